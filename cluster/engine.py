@@ -1,0 +1,46 @@
+"""What vCenter needs from an engine: hosts it can boot, find, reach and retire.
+
+A `ClusterSpec` is realised by an engine: `RayEngine` (one Ray actor per host, hostd
+on its own TLS port) or `InProcessEngine` (every host core in this process, no Ray,
+no sockets). vCenter talks to either through the same two interfaces, so the rules
+it and the hosts enforce are the same in both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from vsim.cluster.spec import HostSpec
+
+
+class HostPort(Protocol):
+    """vCenter's line to one host's hostd."""
+
+    name: str
+    endpoint: str
+    thumbprint: str
+    """SHA-256 thumbprint of the certificate the host presented on this connection."""
+
+    async def call(self, method: str, request: Any, session: str | None) -> Any:
+        """Calls the HostAgent RPC `method`; raises VimFault on failure."""
+
+    async def close(self) -> None: ...
+
+
+class HostEngine(Protocol):
+    kind: str
+    """"ray" or "in-process"."""
+
+    async def provision(self, spec: HostSpec) -> None:
+        """Boots the host if it is not running (a running host is left as it is)."""
+
+    async def is_running(self, name: str) -> bool: ...
+
+    async def connect(self, name: str) -> HostPort:
+        """Opens a line to the host's hostd; HostConnectFault if it does not answer."""
+
+    async def decommission(self, name: str) -> None:
+        """Stops the host and forgets it; its data dir is removed."""
+
+    async def close(self) -> None:
+        """Releases what this engine object holds; running hosts keep running."""

@@ -1,0 +1,84 @@
+"""The in-process engine: every host core in this process, on the caller's clock.
+
+No Ray and no sockets: vCenter's calls reach each host's `Hostd` directly (requests
+are copied, as a wire would), so unit tests and the deterministic simulator run the
+same host code with the same checks as the Ray engine. Host certificates are still
+real; accounts persist in memory across `reboot`, as /etc/shadow does on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vsim.cluster.spec import HostSpec
+from vsim.host.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.hostd import Hostd
+from vsim.host.kernel import HostKernel
+
+from vsim.clock import Clock
+from vsim.faults import HostConnectFault
+from vsim.tls import Identity, make_identity
+
+
+class LocalHostPort:
+    def __init__(self, name: str, hostd: Hostd, identity: Identity) -> None:
+        self.name = name
+        self.endpoint = f"in-process://{name}"
+        self.thumbprint = identity.thumbprint
+        self._hostd: Hostd | None = hostd
+
+    async def call(self, method: str, request: Any, session: str | None) -> Any:
+        if self._hostd is None:
+            raise HostConnectFault(f"the connection to {self.name} is closed")
+        copy = type(request).FromString(request.SerializeToString())
+        return getattr(self._hostd, method)(copy, session)
+
+    async def close(self) -> None:
+        self._hostd = None
+
+
+class InProcessEngine:
+    kind = "in-process"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._hostd: dict[str, Hostd] = {}
+        self._specs: dict[str, HostSpec] = {}
+        self._identities: dict[str, Identity] = {}
+        self._stores: dict[str, MemoryAccountStore] = {}
+
+    async def provision(self, spec: HostSpec) -> None:
+        if spec.name in self._hostd:
+            return
+        self._specs[spec.name] = spec.validated()
+        self._identities.setdefault(spec.name, make_identity(spec.name))
+        store = self._stores.setdefault(spec.name, MemoryAccountStore())
+        kernel = HostKernel(spec, self.clock)
+        self._hostd[spec.name] = Hostd(kernel, HostAccounts(store, spec.root_password))
+
+    async def is_running(self, name: str) -> bool:
+        return name in self._hostd
+
+    async def connect(self, name: str) -> LocalHostPort:
+        hostd = self._hostd.get(name)
+        if hostd is None:
+            raise HostConnectFault(f"host {name} does not answer: it is not running")
+        return LocalHostPort(name, hostd, self._identities[name])
+
+    async def decommission(self, name: str) -> None:
+        for table in (self._hostd, self._specs, self._identities, self._stores):
+            table.pop(name, None)
+
+    async def close(self) -> None:
+        pass
+
+    # Faults the simulator injects (a host is hardware that can fail).
+
+    def crash(self, name: str) -> None:
+        """The host stops answering; its runtime state (powered-on VMs) is lost."""
+        self._hostd.pop(name, None)
+
+    async def reboot(self, name: str) -> None:
+        """Boots a crashed host again with its identity and accounts."""
+        self._hostd.pop(name, None)
+        await self.provision(self._specs[name])

@@ -1,0 +1,66 @@
+"""The description of a cluster, separate from the running thing (Mininet's Topo).
+
+`vsim up`, the tests and docker-compose all build from a `ClusterSpec`; an engine
+turns its `HostSpec`s into live hosts. Names are predictable: esxi-01.., vm-001..
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from vsim import validate
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One ESXi host's hardware and first-boot settings."""
+
+    name: str
+    """Host name, also its Ray actor's name (e.g. esxi-01)."""
+    uuid: str = ""
+    """The host's hardware UUID; vCenter assigns one when it provisions the host."""
+    cpu_cores: int = 32
+    """Physical cores."""
+    cpu_mhz: int = 2600
+    """Clock of each core."""
+    memory_mb: int = 512 * 1024
+    """Physical memory."""
+    root_password: str = ""
+    """root's password at first boot (set by whoever provisions the host)."""
+
+    def validated(self) -> HostSpec:
+        validate.host_name(self.name)
+        validate.int_range(self.cpu_cores, 1, validate.MAX_HOST_CPU_CORES, "cpu_cores")
+        validate.int_range(self.cpu_mhz, 100, 10_000, "cpu_mhz", "MHz")
+        validate.int_range(self.memory_mb, 1024, validate.MAX_HOST_MEMORY_MB, "memory_mb", "MB")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> HostSpec:
+        return cls(**json.loads(text))
+
+
+def host_name(index: int) -> str:
+    return f"esxi-{index:02d}"
+
+
+def vm_name(index: int) -> str:
+    return f"vm-{index:03d}"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A datacenter with one cluster of hosts."""
+
+    datacenter: str = "dc-01"
+    cluster: str = "cluster-01"
+    hosts: tuple[HostSpec, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def default(cls, hosts: int = 3) -> ClusterSpec:
+        validate.int_range(hosts, 0, 96, "hosts")
+        return cls(hosts=tuple(HostSpec(host_name(i)) for i in range(1, hosts + 1)))

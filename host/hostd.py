@@ -1,0 +1,106 @@
+"""hostd: the management agent of one ESXi host, as plain Python.
+
+Each method is named like its HostAgent RPC, takes the request message and the
+caller's session token, and returns the response message or raises a VimFault.
+Who may call is decided here (accounts); what is possible is decided by the kernel.
+The gRPC server and the in-process engine both call these methods, so the two
+engines enforce exactly the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vsim.host.accounts import ROLES, HostAccounts
+from vsim.host.kernel import HostKernel, VmConfig
+
+from vsim import validate
+from vsim.faults import InvalidArgument
+from vsim.v1 import host_agent_pb2 as pb
+
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+UNAUTHENTICATED_METHODS = frozenset({"Login", "GetHostInfo"})
+
+
+def vm_to_proto(vm: VmConfig) -> pb.HostVm:
+    return pb.HostVm(
+        name=vm.name,
+        uuid=vm.uuid,
+        cpus=vm.cpus,
+        memory_mb=vm.memory_mb,
+        powered_on=vm.powered_on,
+        guest_os=vm.guest_os,
+    )
+
+
+class Hostd:
+    def __init__(self, kernel: HostKernel, accounts: HostAccounts) -> None:
+        self.kernel = kernel
+        self.accounts = accounts
+
+    def Login(self, request: pb.HostLoginRequest, session: str | None) -> pb.HostLoginResponse:
+        return pb.HostLoginResponse(
+            session=self.accounts.login(request.user_name, request.password)
+        )
+
+    def GetHostInfo(self, request: pb.GetHostInfoRequest, session: str | None) -> pb.HostInfo:
+        k = self.kernel
+        return pb.HostInfo(
+            name=k.spec.name,
+            uuid=k.spec.uuid,
+            cpu_cores=k.spec.cpu_cores,
+            cpu_mhz=k.spec.cpu_mhz,
+            memory_mb=k.spec.memory_mb,
+            memory_used_mb=k.memory_used_mb,
+            vms=len(k.vms()),
+            vms_powered_on=k.powered_on_count(),
+            boot_time=k.boot_time,
+        )
+
+    def CreateUser(
+        self, request: pb.CreateUserRequest, session: str | None
+    ) -> pb.CreateUserResponse:
+        self.accounts.require_admin(session)
+        if not USER_NAME.match(request.user_name):
+            raise InvalidArgument(
+                f"user_name {request.user_name[:40]!r} is not valid: 1-32 characters, "
+                "lower-case letters, digits, '_', '.', '-'"
+            )
+        if not 8 <= len(request.password) <= 128:
+            raise InvalidArgument("password must be 8-128 characters")
+        if request.role not in ROLES:
+            raise InvalidArgument(
+                f"role must be one of {', '.join(ROLES)}, got {request.role[:40]!r}"
+            )
+        self.accounts.set_account(request.user_name, request.password, request.role)
+        return pb.CreateUserResponse()
+
+    def RegisterVm(
+        self, request: pb.RegisterVmRequest, session: str | None
+    ) -> pb.RegisterVmResponse:
+        self.accounts.require_admin(session)
+        vm = request.vm
+        validate.text(vm.uuid, "vm.uuid", 64)
+        validate.text(vm.guest_os, "vm.guest_os", 64)
+        self.kernel.register_vm(
+            VmConfig(vm.name, vm.uuid, vm.cpus, vm.memory_mb, vm.guest_os or "otherGuest64")
+        )
+        return pb.RegisterVmResponse()
+
+    def UnregisterVm(self, request: pb.HostVmRequest, session: str | None) -> pb.HostVmResponse:
+        self.accounts.require_admin(session)
+        return pb.HostVmResponse(vm=vm_to_proto(self.kernel.unregister_vm(request.name)))
+
+    def PowerOnVm(self, request: pb.HostVmRequest, session: str | None) -> pb.HostVmResponse:
+        self.accounts.require_admin(session)
+        return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_on(request.name)))
+
+    def PowerOffVm(self, request: pb.HostVmRequest, session: str | None) -> pb.HostVmResponse:
+        self.accounts.require_admin(session)
+        return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name)))
+
+    def ListVms(
+        self, request: pb.ListHostVmsRequest, session: str | None
+    ) -> pb.ListHostVmsResponse:
+        self.accounts.user_of(session)
+        return pb.ListHostVmsResponse(vms=[vm_to_proto(vm) for vm in self.kernel.vms()])

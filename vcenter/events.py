@@ -1,0 +1,52 @@
+"""vCenter's event log: every change to the inventory is an event, kept in SQLite
+and followed live by WatchEvents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from vsim.vcenter.inventory import Inventory
+
+from vsim.clock import Clock
+from vsim.v1 import common_pb2
+
+PAGE = 1000
+
+
+class EventLog:
+    def __init__(self, inventory: Inventory, clock: Clock) -> None:
+        self._inventory = inventory
+        self._clock = clock
+        self._changed = asyncio.Event()
+
+    def post(
+        self, type_: str, message: str, *, user: str = "", host: str = "", vm: str = ""
+    ) -> common_pb2.Event:
+        event = self._inventory.add_event(
+            common_pb2.Event(
+                created_time=self._clock.now(),
+                type=type_,
+                message=message,
+                user=user,
+                host=host,
+                vm=vm,
+            )
+        )
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return event
+
+    def after(self, key: int, limit: int = PAGE) -> list[common_pb2.Event]:
+        return self._inventory.events_after(key, limit)
+
+    async def follow(self, after_key: int) -> AsyncIterator[common_pb2.Event]:
+        """Every event after after_key, then each new one as it is posted."""
+        while True:
+            changed = self._changed
+            events = self.after(after_key)
+            for event in events:
+                yield event
+                after_key = event.key
+            if len(events) < PAGE:
+                await changed.wait()

@@ -1,0 +1,362 @@
+"""Hosts as vCenter manages them: adding (thumbprint check, vpxuser), connections,
+heartbeats, re-attaching after a restart, removing.
+
+vCenter keeps one line per host (a `HostPort` from the engine) and a hostd session
+as vpxuser on it; every host call goes through `call`, which logs in again when a
+host has forgotten the session (it rebooted) and marks a silent host not responding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vsim.cluster.engine import HostEngine, HostPort
+from vsim.cluster.spec import HostSpec
+from vsim.vcenter.events import EventLog
+from vsim.vcenter.inventory import HostRecord, Inventory, MachineRecord
+from vsim.vcenter.secrets import SecretBox
+
+from vsim import validate
+from vsim.clock import Clock
+from vsim.faults import (
+    DuplicateName,
+    HostConnectFault,
+    HostNotConnected,
+    InvalidArgument,
+    InvalidState,
+    NotAuthenticated,
+    NotFound,
+    SSLVerifyFault,
+    VimFault,
+)
+from vsim.passwords import generate_password
+from vsim.tls import normalize_thumbprint
+from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import vcenter_pb2 as pb
+
+log = logging.getLogger("vsim.vcenter.hosts")
+
+VPXUSER = "vpxuser"
+VPXUSER_PASSWORD_LENGTH = 32
+HEARTBEAT_INTERVAL = 10.0
+"""Seconds (simulated) between vCenter's checks of each host."""
+HEARTBEAT_TIMEOUT = 5.0
+"""Real seconds a host has to answer a heartbeat before it is marked not responding."""
+CONNECTED = pb.CONNECTION_STATE_CONNECTED
+NOT_RESPONDING = pb.CONNECTION_STATE_NOT_RESPONDING
+ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
+
+
+@dataclass
+class HostLink:
+    port: HostPort
+    session: str
+
+
+class HostManager:
+    def __init__(
+        self,
+        inventory: Inventory,
+        engine: HostEngine,
+        secrets: SecretBox,
+        events: EventLog,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self._inventory = inventory
+        self._engine = engine
+        self._secrets = secrets
+        self._events = events
+        self._clock = clock
+        self._rng = rng
+        self._links: dict[str, HostLink] = {}
+
+    # queries
+
+    def record(self, name: str) -> HostRecord:
+        host = self._inventory.host(name)
+        if host is None:
+            raise NotFound(f"no host named {name[:80]!r} in the inventory")
+        return host
+
+    def connected(self, name: str) -> HostRecord:
+        host = self.record(name)
+        if host.connection_state != CONNECTED or name not in self._links:
+            raise HostNotConnected(f"{name} is not connected (not responding); try again later")
+        return host
+
+    def list(self) -> list[pb.Host]:
+        usage = self._inventory.host_usage()
+        hosts = []
+        for record in self._inventory.hosts():
+            spec = self.public_spec(record.name)
+            n, n_on, mem = usage.get(record.name, (0, 0, 0))
+            hosts.append(
+                pb.Host(
+                    name=record.name,
+                    connection_state=record.connection_state,
+                    endpoint=record.endpoint,
+                    ssl_thumbprint=record.thumbprint,
+                    cpu_cores=spec.cpu_cores,
+                    cpu_mhz=spec.cpu_mhz,
+                    memory_mb=spec.memory_mb,
+                    memory_used_mb=mem,
+                    vms=n,
+                    vms_powered_on=n_on,
+                    uuid=spec.uuid,
+                )
+            )
+        return hosts
+
+    def public_spec(self, name: str) -> HostSpec:
+        """The host's hardware, without its root password."""
+        machine = self._inventory.machine(name)
+        if machine is None:
+            raise NotFound(f"no machine record for {name}")
+        return HostSpec.from_json(machine.spec_json)
+
+    def spec(self, name: str) -> HostSpec:
+        """The host's full spec, root password included, to boot it."""
+        machine = self._inventory.machine(name)
+        if machine is None:
+            raise NotFound(f"no machine record for {name}")
+        spec = HostSpec.from_json(machine.spec_json)
+        return replace(spec, root_password=self._secrets.open(machine.root_password_enc))
+
+    # adding and removing
+
+    def check_add(self, request: pb.AddHostRequest) -> HostSpec:
+        """Validates an AddHost request; returns the spec to provision if needed."""
+        validate.host_name(request.name)
+        if self._inventory.host(request.name) is not None:
+            raise DuplicateName(f"host {request.name} is already in the inventory")
+        if request.ssl_thumbprint:
+            try:
+                normalize_thumbprint(request.ssl_thumbprint)
+            except ValueError as e:
+                raise InvalidArgument(f"ssl_thumbprint: {e}") from None
+        defaults = HostSpec(request.name)
+        spec = HostSpec(
+            name=request.name,
+            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            cpu_cores=request.cpu_cores or defaults.cpu_cores,
+            cpu_mhz=request.cpu_mhz or defaults.cpu_mhz,
+            memory_mb=request.memory_mb or defaults.memory_mb,
+            root_password=generate_password(20),
+        )
+        return spec.validated()
+
+    async def provision(self, spec: HostSpec) -> HostSpec:
+        """Boots the machine for spec, recording it first; an existing record wins."""
+        if self._inventory.machine(spec.name) is None:
+            public = replace(spec, root_password="")
+            self._inventory.add_machine(
+                MachineRecord(spec.name, public.to_json(), self._secrets.seal(spec.root_password))
+            )
+        spec = self.spec(spec.name)
+        await self._engine.provision(spec)
+        return spec
+
+    async def presented_thumbprint(self, name: str) -> str:
+        port = await self._engine.connect(name)
+        try:
+            return port.thumbprint
+        finally:
+            await port.close()
+
+    async def add(self, request: pb.AddHostRequest, spec: HostSpec, user: str) -> str:
+        """AddHost's work: provision if needed, verify the certificate, create vpxuser."""
+        spec = await self.provision(spec)
+        port = await self._engine.connect(spec.name)
+        try:
+            expected = (
+                normalize_thumbprint(request.ssl_thumbprint) if request.ssl_thumbprint else ""
+            )
+            if port.thumbprint != expected:
+                raise SSLVerifyFault(
+                    f"the certificate of {spec.name} ({port.endpoint}) has thumbprint "
+                    f"{port.thumbprint}; verify it and pass it as ssl_thumbprint to add the host",
+                    thumbprint=port.thumbprint,
+                )
+            root = await port.call(
+                "Login", hpb.HostLoginRequest(user_name="root", password=spec.root_password), None
+            )
+            vpx_password = generate_password(VPXUSER_PASSWORD_LENGTH)
+            await port.call(
+                "CreateUser",
+                hpb.CreateUserRequest(user_name=VPXUSER, password=vpx_password, role="Admin"),
+                root.session,
+            )
+            session = await self._login_vpxuser(port, vpx_password)
+        except BaseException:
+            await port.close()
+            raise
+        self._inventory.add_host(
+            HostRecord(
+                spec.name,
+                self._secrets.seal(vpx_password),
+                port.endpoint,
+                port.thumbprint,
+                CONNECTED,
+            )
+        )
+        self._links[spec.name] = HostLink(port, session)
+        self._events.post(
+            "HostAddedEvent", f"Added host {spec.name} to the cluster", user=user, host=spec.name
+        )
+        return spec.name
+
+    def check_remove(self, name: str) -> None:
+        self.record(name)
+        _, n_on, _ = self._inventory.host_usage().get(name, (0, 0, 0))
+        if n_on:
+            raise InvalidState(
+                f"{name} has {n_on} powered-on VMs; power them off before removing the host"
+            )
+
+    async def remove(self, name: str, user: str) -> str:
+        link = self._links.pop(name, None)
+        if link is not None:
+            await link.port.close()
+        self._inventory.remove_host(name)
+        await self._engine.decommission(name)
+        self._events.post("HostRemovedEvent", f"Removed host {name}", user=user, host=name)
+        return name
+
+    # calls to hosts
+
+    async def call(self, name: str, method: str, request: Any) -> Any:
+        """Calls hostd on a connected host as vpxuser."""
+        self.connected(name)
+        link = self._links[name]
+        try:
+            return await link.port.call(method, request, link.session)
+        except NotAuthenticated:
+            # The host forgot our session (it rebooted): log in again once.
+            link.session = await self._login_vpxuser(link.port, self._vpx_password(name))
+            return await link.port.call(method, request, link.session)
+        except HostConnectFault:
+            self._mark_not_responding(name)
+            raise HostNotConnected(f"{name} stopped answering; the operation did not run") from None
+
+    def _vpx_password(self, name: str) -> str:
+        return self._secrets.open(self.record(name).vpx_password_enc)
+
+    async def _login_vpxuser(self, port: HostPort, password: str) -> str:
+        reply = await port.call(
+            "Login", hpb.HostLoginRequest(user_name=VPXUSER, password=password), None
+        )
+        return reply.session
+
+    # connection state
+
+    def _mark_not_responding(self, name: str) -> None:
+        host = self._inventory.host(name)
+        if host is None or host.connection_state == NOT_RESPONDING:
+            return
+        self._inventory.update_host(name, connection_state=NOT_RESPONDING)
+        self._events.post("HostNotRespondingEvent", f"Host {name} is not responding", host=name)
+
+    async def attach(self, name: str, boot: bool) -> None:
+        """(Re)connects to a host in the inventory: boots it first when `boot` and the
+        engine has lost it, checks its certificate, logs in as vpxuser, and brings the
+        inventory's VMs in line with what the host runs."""
+        host = self.record(name)
+        try:
+            if boot:
+                await self._engine.provision(self.spec(name))
+            port = await self._engine.connect(name)
+            if port.thumbprint != host.thumbprint:
+                await port.close()
+                raise SSLVerifyFault(
+                    f"{name} now presents thumbprint {port.thumbprint}, not the "
+                    f"{host.thumbprint} it was added with; remove and add it again",
+                    thumbprint=port.thumbprint,
+                )
+            session = await self._login_vpxuser(port, self._vpx_password(name))
+        except VimFault as fault:
+            log.warning("cannot attach %s: %s", name, fault)
+            self._mark_not_responding(name)
+            return
+        old = self._links.pop(name, None)
+        if old is not None:
+            await old.port.close()
+        self._links[name] = HostLink(port, session)
+        await self._reconcile(name)
+        was = host.connection_state
+        self._inventory.update_host(name, connection_state=CONNECTED, endpoint=port.endpoint)
+        if was != CONNECTED:
+            self._events.post("HostConnectedEvent", f"Host {name} is connected", host=name)
+
+    async def attach_all(self, boot: bool) -> None:
+        await asyncio.gather(*(self.attach(h.name, boot) for h in self._inventory.hosts()))
+
+    async def _reconcile(self, name: str) -> None:
+        """The host is the truth for what runs: re-register VMs it lost (a reboot loses
+        every powered-on VM) and take power states from it."""
+        link = self._links[name]
+        reply = await link.port.call("ListVms", hpb.ListHostVmsRequest(), link.session)
+        on_host = {vm.name: vm for vm in reply.vms}
+        for vm in self._inventory.vms(host=name):
+            running = on_host.get(vm.name)
+            if running is None:
+                await self.call(name, "RegisterVm", hpb.RegisterVmRequest(vm=host_vm(vm)))
+                powered_on = False
+            else:
+                powered_on = running.powered_on
+            state = ON if powered_on else OFF
+            if state != vm.power_state:
+                self._inventory.set_power_state(vm.name, state)
+                kind = "VmPoweredOnEvent" if powered_on else "VmPoweredOffEvent"
+                self._events.post(
+                    kind,
+                    f"{vm.name} on {name} is powered {'on' if powered_on else 'off'} "
+                    "(found when reconnecting to the host)",
+                    host=name,
+                    vm=vm.name,
+                )
+
+    async def heartbeat_once(self) -> None:
+        async def check(name: str) -> None:
+            link = self._links.get(name)
+            try:
+                if link is None:
+                    raise HostConnectFault(f"no connection to {name}")
+                await asyncio.wait_for(
+                    link.port.call("GetHostInfo", hpb.GetHostInfoRequest(), None),
+                    HEARTBEAT_TIMEOUT,
+                )
+            except (VimFault, TimeoutError):
+                self._mark_not_responding(name)
+                if await self._engine.is_running(name):
+                    await self.attach(name, boot=False)
+                return
+            if self.record(name).connection_state != CONNECTED:
+                await self.attach(name, boot=False)
+
+        await asyncio.gather(*(check(h.name) for h in self._inventory.hosts()))
+
+    async def monitor(self) -> None:
+        """Checks every host each HEARTBEAT_INTERVAL simulated seconds, forever."""
+        while True:
+            await self._clock.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.heartbeat_once()
+            except Exception:  # noqa: BLE001 - the monitor must outlive one bad round
+                log.exception("host heartbeat round failed")
+
+    async def close(self) -> None:
+        links, self._links = self._links, {}
+        for link in links.values():
+            await link.port.close()
+
+
+def host_vm(vm: pb.Vm) -> hpb.HostVm:
+    return hpb.HostVm(
+        name=vm.name, uuid=vm.uuid, cpus=vm.cpus, memory_mb=vm.memory_mb, guest_os=vm.guest_os
+    )

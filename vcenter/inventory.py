@@ -1,0 +1,322 @@
+"""vCenter's inventory in SQLite (WAL): the one source of truth that survives a restart.
+
+Tables: meta (instance settings), hosts, vms, tasks, events, accounts, sessions.
+Rows go in and out as the API's protobuf messages or small dataclasses; no other
+module writes SQL. Secrets are stored only hashed (passwords, session tokens) or
+encrypted (vpxuser and root passwords, by the caller).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vsim.v1 import common_pb2, vcenter_pb2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS machines (
+    name TEXT PRIMARY KEY,
+    spec_json TEXT NOT NULL,
+    root_password_enc BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY REFERENCES machines(name),
+    vpx_password_enc BLOB NOT NULL,
+    endpoint TEXT NOT NULL DEFAULT '',
+    thumbprint TEXT NOT NULL DEFAULT '',
+    connection_state INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vms (
+    name TEXT PRIMARY KEY,
+    uuid TEXT NOT NULL,
+    host TEXT NOT NULL REFERENCES hosts(name),
+    cpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    guest_os TEXT NOT NULL,
+    power_state INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vms_by_host ON vms(host);
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    body BLOB NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS unfinished_tasks ON tasks(finished);
+CREATE TABLE IF NOT EXISTS events (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    user_name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_digest TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL REFERENCES accounts(user_name),
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """Hardware vCenter provisioned through the engine: what it needs to boot it again."""
+
+    name: str
+    spec_json: str
+    """The HostSpec without its root password."""
+    root_password_enc: bytes
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """A host in the inventory (connected to this vCenter)."""
+
+    name: str
+    vpx_password_enc: bytes
+    endpoint: str
+    thumbprint: str
+    connection_state: int
+
+
+class Inventory:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only power loss can
+        # take the last transactions (vCenter's own database makes the same trade).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Groups writes: all of them land, or none. Nested use joins the outer one."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # meta
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # machines
+
+    def add_machine(self, machine: MachineRecord) -> None:
+        self._db.execute(
+            "INSERT INTO machines VALUES (?, ?, ?)",
+            (machine.name, machine.spec_json, machine.root_password_enc),
+        )
+
+    def machine(self, name: str) -> MachineRecord | None:
+        row = self._db.execute("SELECT * FROM machines WHERE name=?", (name,)).fetchone()
+        return MachineRecord(*row) if row else None
+
+    def remove_machine(self, name: str) -> None:
+        self._db.execute("DELETE FROM machines WHERE name=?", (name,))
+
+    # hosts
+
+    def add_host(self, host: HostRecord) -> None:
+        self._db.execute(
+            "INSERT INTO hosts VALUES (?, ?, ?, ?, ?)",
+            (
+                host.name,
+                host.vpx_password_enc,
+                host.endpoint,
+                host.thumbprint,
+                host.connection_state,
+            ),
+        )
+
+    def host(self, name: str) -> HostRecord | None:
+        row = self._db.execute("SELECT * FROM hosts WHERE name=?", (name,)).fetchone()
+        return HostRecord(*row) if row else None
+
+    def hosts(self) -> list[HostRecord]:
+        return [HostRecord(*r) for r in self._db.execute("SELECT * FROM hosts ORDER BY name")]
+
+    def update_host(self, name: str, **fields: object) -> None:
+        columns = ", ".join(f"{column}=?" for column in fields)
+        self._db.execute(f"UPDATE hosts SET {columns} WHERE name=?", (*fields.values(), name))
+
+    def remove_host(self, name: str) -> None:
+        """Removes the host, its VMs and its machine record in one transaction."""
+        with self.transaction():
+            self._db.execute("DELETE FROM vms WHERE host=?", (name,))
+            self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
+            self._db.execute("DELETE FROM machines WHERE name=?", (name,))
+
+    def host_usage(self) -> dict[str, tuple[int, int, int]]:
+        """host -> (VMs, powered-on VMs, memory MB of powered-on VMs)."""
+        on = vcenter_pb2.POWER_STATE_POWERED_ON
+        rows = self._db.execute(
+            "SELECT host, COUNT(*), SUM(power_state=?), SUM((power_state=?) * memory_mb) "
+            "FROM vms GROUP BY host",
+            (on, on),
+        )
+        return {host: (n, int(n_on or 0), int(mem or 0)) for host, n, n_on, mem in rows}
+
+    # VMs
+
+    def add_vm(self, vm: vcenter_pb2.Vm) -> None:
+        self._db.execute(
+            "INSERT INTO vms VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (vm.name, vm.uuid, vm.host, vm.cpus, vm.memory_mb, vm.guest_os, vm.power_state),
+        )
+
+    def vm(self, name: str) -> vcenter_pb2.Vm | None:
+        row = self._db.execute(
+            "SELECT name, host, cpus, memory_mb, power_state, uuid, guest_os FROM vms WHERE name=?",
+            (name,),
+        ).fetchone()
+        return _vm(row) if row else None
+
+    def vms(self, host: str | None = None) -> list[vcenter_pb2.Vm]:
+        query = "SELECT name, host, cpus, memory_mb, power_state, uuid, guest_os FROM vms"
+        if host:
+            rows = self._db.execute(query + " WHERE host=? ORDER BY name", (host,))
+        else:
+            rows = self._db.execute(query + " ORDER BY name")
+        return [_vm(r) for r in rows]
+
+    def set_power_state(self, name: str, power_state: int) -> None:
+        self._db.execute("UPDATE vms SET power_state=? WHERE name=?", (power_state, name))
+
+    def remove_vm(self, name: str) -> None:
+        self._db.execute("DELETE FROM vms WHERE name=?", (name,))
+
+    def counts(self) -> tuple[int, int]:
+        """(VMs, powered-on VMs)."""
+        n, n_on = self._db.execute(
+            "SELECT COUNT(*), SUM(power_state=?) FROM vms", (vcenter_pb2.POWER_STATE_POWERED_ON,)
+        ).fetchone()
+        return n, int(n_on or 0)
+
+    # tasks: stored whole as the Task message; seq gives the id
+
+    def add_task(self, task: common_pb2.Task) -> None:
+        """Stores a new task and gives it its id."""
+        with self.transaction():
+            (seq,) = self._db.execute(
+                "INSERT INTO tasks (body) VALUES (x'') RETURNING seq"
+            ).fetchone()
+            task.id = f"task-{seq}"
+            self.save_task(task)
+
+    def save_task(self, task: common_pb2.Task) -> None:
+        finished = task.state in (common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR)
+        self._db.execute(
+            "UPDATE tasks SET body=?, finished=? WHERE seq=?",
+            (task.SerializeToString(), int(finished), _task_seq(task.id)),
+        )
+
+    def task(self, task_id: str) -> common_pb2.Task | None:
+        seq = _task_seq(task_id)
+        if seq is None:
+            return None
+        row = self._db.execute("SELECT body FROM tasks WHERE seq=?", (seq,)).fetchone()
+        return common_pb2.Task.FromString(row[0]) if row and row[0] else None
+
+    def tasks(self, limit: int) -> list[common_pb2.Task]:
+        rows = self._db.execute(
+            "SELECT body FROM tasks WHERE length(body) > 0 ORDER BY seq DESC LIMIT ?", (limit,)
+        )
+        return [common_pb2.Task.FromString(r[0]) for r in rows]
+
+    def unfinished_tasks(self) -> list[common_pb2.Task]:
+        rows = self._db.execute("SELECT body FROM tasks WHERE finished=0 AND length(body) > 0")
+        return [common_pb2.Task.FromString(r[0]) for r in rows]
+
+    # events
+
+    def add_event(self, event: common_pb2.Event) -> common_pb2.Event:
+        (key,) = self._db.execute(
+            "INSERT INTO events (body) VALUES (?) RETURNING key", (event.SerializeToString(),)
+        ).fetchone()
+        event.key = key
+        return event
+
+    def events_after(self, key: int, limit: int) -> list[common_pb2.Event]:
+        rows = self._db.execute(
+            "SELECT key, body FROM events WHERE key > ? ORDER BY key LIMIT ?", (key, limit)
+        )
+        events = []
+        for k, body in rows:
+            event = common_pb2.Event.FromString(body)
+            event.key = k
+            events.append(event)
+        return events
+
+    def last_event_key(self) -> int:
+        (key,) = self._db.execute("SELECT COALESCE(MAX(key), 0) FROM events").fetchone()
+        return key
+
+    # accounts and sessions
+
+    def account(self, user_name: str) -> tuple[str, str] | None:
+        """(password hash, role) of an account."""
+        return self._db.execute(
+            "SELECT password_hash, role FROM accounts WHERE user_name=?", (user_name,)
+        ).fetchone()
+
+    def set_account(self, user_name: str, password_hash: str, role: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?)", (user_name, password_hash, role)
+        )
+
+    def add_session(self, token_digest: str, user_name: str, created: float) -> None:
+        self._db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?)", (token_digest, user_name, created)
+        )
+
+    def session_user(self, token_digest: str) -> str | None:
+        row = self._db.execute(
+            "SELECT user_name FROM sessions WHERE token_digest=?", (token_digest,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def remove_session(self, token_digest: str) -> None:
+        self._db.execute("DELETE FROM sessions WHERE token_digest=?", (token_digest,))
+
+
+def _vm(row: tuple) -> vcenter_pb2.Vm:
+    name, host, cpus, memory_mb, power_state, uuid, guest_os = row
+    return vcenter_pb2.Vm(
+        name=name,
+        host=host,
+        cpus=cpus,
+        memory_mb=memory_mb,
+        power_state=power_state,
+        uuid=uuid,
+        guest_os=guest_os,
+    )
+
+
+def _task_seq(task_id: str) -> int | None:
+    prefix, _, number = task_id.partition("-")
+    if prefix != "task" or not number.isdigit() or len(number) > 18:
+        return None
+    return int(number)

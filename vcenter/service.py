@@ -1,0 +1,232 @@
+"""The vCenter core: one method per VCenter RPC, each a few lines over the managers.
+
+`VCenter` owns the inventory, sessions, tasks, events, hosts and VMs of one vCenter
+instance. Methods take the request message and the caller's `Session` (the gRPC
+chokepoint authenticates before calling) and return the response message or raise a
+VimFault. Nothing here knows about gRPC, so tests drive it with the in-process
+engine and the server drives it with the Ray engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from vsim.cluster.engine import HostEngine
+from vsim.cluster.spec import ClusterSpec
+from vsim.vcenter.events import EventLog
+from vsim.vcenter.host_system import CONNECTED, HostManager
+from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.secrets import SecretBox
+from vsim.vcenter.sessions import ADMINISTRATOR, Session, SessionManager
+from vsim.vcenter.tasks import TaskManager
+from vsim.vcenter.virtual_machine import VmManager
+
+from vsim import __version__, validate
+from vsim.clock import Clock
+from vsim.faults import InvalidArgument
+from vsim.v1 import common_pb2
+from vsim.v1 import vcenter_pb2 as pb
+
+PUBLIC_METHODS = frozenset({"Login"})
+DEFAULT_WAIT = 60.0
+MAX_WAIT = 3600.0
+INVENTORY_FILE = "inventory.sqlite"
+
+
+def instance_uuid(inventory: Inventory) -> str:
+    """This vCenter's instance UUID, made on first start."""
+    value = inventory.meta("instance_uuid")
+    if value is None:
+        value = str(uuid.uuid4())
+        inventory.set_meta("instance_uuid", value)
+    return value
+
+
+class VCenter:
+    def __init__(
+        self,
+        data_dir: Path,
+        inventory: Inventory,
+        engine: HostEngine,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.inventory = inventory
+        self.engine = engine
+        self.clock = clock
+        self.uuid = instance_uuid(inventory)
+        rng = rng or random.Random()
+        self.sessions = SessionManager(inventory, clock, data_dir)
+        self.events = EventLog(inventory, clock)
+        self.tasks = TaskManager(inventory, clock)
+        self.hosts = HostManager(inventory, engine, SecretBox(data_dir), self.events, clock, rng)
+        self.vms = VmManager(inventory, self.hosts, self.tasks, self.events, rng)
+        self._monitor: asyncio.Task | None = None
+
+    async def start(self, spec: ClusterSpec, boot: bool = True) -> None:
+        """Brings the instance up: administrator account, interrupted tasks closed, every
+        known host re-attached (booted again if the engine lost it), the spec's missing
+        hosts added, and the heartbeat monitor started."""
+        self.sessions.ensure_administrator()
+        if self.inventory.meta("datacenter") is None:
+            self.inventory.set_meta("datacenter", spec.datacenter)
+            self.inventory.set_meta("cluster", spec.cluster)
+            self.events.post("VcenterStartedEvent", "vCenter started for the first time")
+        else:
+            self.events.post("VcenterStartedEvent", "vCenter started")
+        self.tasks.close_interrupted()
+        await self.hosts.attach_all(boot)
+        await self.realise(spec)
+        self._monitor = asyncio.get_running_loop().create_task(self.hosts.monitor())
+
+    async def realise(self, spec: ClusterSpec) -> None:
+        """Adds the spec's hosts that the inventory lacks, trusting the certificates of
+        hosts this vCenter provisions itself."""
+
+        async def add(host_spec) -> None:
+            if self.inventory.host(host_spec.name) is not None:
+                return
+            request = pb.AddHostRequest(
+                name=host_spec.name,
+                cpu_cores=host_spec.cpu_cores,
+                cpu_mhz=host_spec.cpu_mhz,
+                memory_mb=host_spec.memory_mb,
+            )
+            full = await self.hosts.provision(self.hosts.check_add(request))
+            request.ssl_thumbprint = await self.hosts.presented_thumbprint(full.name)
+            task = self.tasks.start(
+                "AddHost_Task",
+                full.name,
+                ADMINISTRATOR,
+                lambda _task: self.hosts.add(request, full, ADMINISTRATOR),
+            )
+            done = await self.tasks.wait(task.id, MAX_WAIT)
+            if done.state != common_pb2.TASK_STATE_SUCCESS:
+                raise RuntimeError(
+                    f"adding {full.name} failed: {done.error.name}: {done.error.message}"
+                )
+
+        await asyncio.gather(*(add(h) for h in spec.hosts))
+
+    async def stop(self) -> None:
+        """Stops this vCenter; the hosts keep running."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._monitor = None
+        await self.tasks.drain()
+        await self.hosts.close()
+        await self.engine.close()
+        self.inventory.close()
+
+    def authenticate(self, token: str | None, method: str) -> Session | None:
+        if method in PUBLIC_METHODS:
+            return None
+        return self.sessions.authenticate(token)
+
+    # sessions
+
+    def Login(self, request: pb.LoginRequest, session: None) -> pb.LoginResponse:
+        validate.text(request.user_name, "user_name", 256)
+        validate.text(request.password, "password", 256)
+        token = self.sessions.login(request.user_name, request.password)
+        self.events.post(
+            "UserLoginSessionEvent", f"User {request.user_name} logged in", user=request.user_name
+        )
+        return pb.LoginResponse(session=token, user_name=request.user_name)
+
+    def Logout(self, request: pb.LogoutRequest, session: Session) -> pb.LogoutResponse:
+        self.sessions.logout(session)
+        self.events.post(
+            "UserLogoutSessionEvent", f"User {session.user_name} logged out", user=session.user_name
+        )
+        return pb.LogoutResponse()
+
+    def GetStatus(self, request: pb.GetStatusRequest, session: Session) -> pb.Status:
+        hosts = self.inventory.hosts()
+        vms, vms_on = self.inventory.counts()
+        return pb.Status(
+            instance_uuid=self.uuid,
+            datacenter=self.inventory.meta("datacenter") or "",
+            cluster=self.inventory.meta("cluster") or "",
+            hosts=len(hosts),
+            hosts_connected=sum(h.connection_state == CONNECTED for h in hosts),
+            vms=vms,
+            vms_powered_on=vms_on,
+            engine=self.engine.kind,
+            clock_speed=self.clock.speed if self.clock.speed != float("inf") else 0.0,
+            now=self.clock.now(),
+            version=__version__,
+        )
+
+    # hosts
+
+    def ListHosts(self, request: pb.ListHostsRequest, session: Session) -> pb.ListHostsResponse:
+        return pb.ListHostsResponse(hosts=self.hosts.list())
+
+    def AddHost(self, request: pb.AddHostRequest, session: Session) -> common_pb2.Task:
+        spec = self.hosts.check_add(request)
+        user = session.user_name
+        return self.tasks.start(
+            "AddHost_Task", spec.name, user, lambda _t: self.hosts.add(request, spec, user)
+        )
+
+    def RemoveHost(self, request: pb.RemoveHostRequest, session: Session) -> common_pb2.Task:
+        self.hosts.check_remove(request.name)
+        user = session.user_name
+        return self.tasks.start(
+            "RemoveHost_Task", request.name, user, lambda _t: self.hosts.remove(request.name, user)
+        )
+
+    # VMs
+
+    def CreateVm(self, request: pb.CreateVmRequest, session: Session) -> common_pb2.Task:
+        return self.vms.create(request, session.user_name)
+
+    def ListVms(self, request: pb.ListVmsRequest, session: Session) -> pb.ListVmsResponse:
+        return pb.ListVmsResponse(vms=self.vms.list(request.host))
+
+    def PowerOnVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
+        return self.vms.power_on(request.name, session.user_name)
+
+    def PowerOffVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
+        return self.vms.power_off(request.name, session.user_name)
+
+    def DestroyVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
+        return self.vms.destroy(request.name, session.user_name)
+
+    # tasks and events
+
+    def GetTask(self, request: pb.GetTaskRequest, session: Session) -> common_pb2.Task:
+        return self.tasks.get(request.id)
+
+    async def WaitForTask(
+        self, request: pb.WaitForTaskRequest, session: Session
+    ) -> common_pb2.Task:
+        timeout = request.timeout_seconds or DEFAULT_WAIT
+        if not 0 < timeout <= MAX_WAIT:
+            raise InvalidArgument(f"timeout_seconds must be in (0, {MAX_WAIT:.0f}], got {timeout}")
+        self.tasks.get(request.id)  # NotFound before waiting
+        return await self.tasks.wait(request.id, timeout)
+
+    def ListTasks(self, request: pb.ListTasksRequest, session: Session) -> pb.ListTasksResponse:
+        limit = request.limit or 100
+        validate.int_range(limit, 1, 10_000, "limit")
+        return pb.ListTasksResponse(tasks=self.tasks.recent(limit))
+
+    def ListEvents(self, request: pb.ListEventsRequest, session: Session) -> pb.ListEventsResponse:
+        limit = request.limit or 1000
+        validate.int_range(limit, 1, 10_000, "limit")
+        validate.int_range(request.after_key, 0, 2**62, "after_key")
+        return pb.ListEventsResponse(events=self.events.after(request.after_key, limit))
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, session: Session
+    ) -> AsyncIterator[common_pb2.Event]:
+        validate.int_range(request.after_key, 0, 2**62, "after_key")
+        async for event in self.events.follow(request.after_key):
+            yield event

@@ -1,0 +1,124 @@
+"""Tasks: every long vCenter operation, as vSphere's TaskInfo.
+
+A task is queued → running → success or error; its id is returned at once and the
+work runs in the background. A finished task never changes. One task at a time per
+entity: a second operation on a busy VM or host fails with TaskInProgress. Tasks are
+stored when queued and when finished; one left unfinished by a vCenter restart is
+closed with an error on the next start, so no task stays "running" forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from vsim.vcenter.inventory import Inventory
+
+from vsim.clock import Clock
+from vsim.faults import NotFound, SystemError_, TaskInProgress, VimFault
+from vsim.v1 import common_pb2
+
+log = logging.getLogger("vsim.vcenter.tasks")
+FINISHED = (common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR)
+
+Work = Callable[[common_pb2.Task], Awaitable[str]]
+"""A task's work: given the live task (to report progress), returns the result."""
+
+
+class TaskManager:
+    def __init__(self, inventory: Inventory, clock: Clock) -> None:
+        self._inventory = inventory
+        self._clock = clock
+        self._live: dict[str, tuple[common_pb2.Task, asyncio.Event]] = {}
+        self._busy: dict[str, str] = {}  # entity -> task id
+        self._runners: set[asyncio.Task] = set()
+
+    def close_interrupted(self) -> int:
+        """Closes the tasks a previous vCenter left unfinished; returns how many."""
+        interrupted = self._inventory.unfinished_tasks()
+        for task in interrupted:
+            self._finish(
+                task,
+                fault=SystemError_("vCenter restarted while this task was running; run it again"),
+            )
+        return len(interrupted)
+
+    def start(self, name: str, entity: str, user: str, work: Work) -> common_pb2.Task:
+        if entity in self._busy:
+            raise TaskInProgress(
+                f"{entity} is busy with {self._busy[entity]}; wait for it to finish",
+                task=self._busy[entity],
+            )
+        task = common_pb2.Task(
+            name=name,
+            entity=entity,
+            user=user,
+            state=common_pb2.TASK_STATE_QUEUED,
+            queue_time=self._clock.now(),
+        )
+        self._inventory.add_task(task)
+        self._busy[entity] = task.id
+        self._live[task.id] = (task, asyncio.Event())
+        runner = asyncio.get_running_loop().create_task(self._run(task, work))
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+        return common_pb2.Task.FromString(task.SerializeToString())
+
+    async def _run(self, task: common_pb2.Task, work: Work) -> None:
+        task.state = common_pb2.TASK_STATE_RUNNING
+        task.start_time = self._clock.now()
+        try:
+            result = await work(task)
+        except VimFault as fault:
+            self._finish(task, fault=fault)
+        except Exception as exc:  # noqa: BLE001 - a task records every failure
+            log.exception("task %s (%s) failed", task.id, task.name)
+            self._finish(task, fault=SystemError_(f"{task.name} failed: {type(exc).__name__}"))
+        else:
+            self._finish(task, result=result)
+
+    def _finish(
+        self, task: common_pb2.Task, result: str = "", fault: VimFault | None = None
+    ) -> None:
+        if fault is not None:
+            task.state = common_pb2.TASK_STATE_ERROR
+            task.error.CopyFrom(fault.to_proto())
+        else:
+            task.state = common_pb2.TASK_STATE_SUCCESS
+            task.result = result
+            task.progress = 100
+        task.complete_time = self._clock.now()
+        self._inventory.save_task(task)
+        if self._busy.get(task.entity) == task.id:
+            del self._busy[task.entity]
+        live = self._live.pop(task.id, None)
+        if live is not None:
+            live[1].set()
+
+    def get(self, task_id: str) -> common_pb2.Task:
+        live = self._live.get(task_id)
+        if live is not None:
+            return common_pb2.Task.FromString(live[0].SerializeToString())
+        task = self._inventory.task(task_id)
+        if task is None:
+            raise NotFound(f"no task with id {task_id[:60]!r}")
+        return task
+
+    async def wait(self, task_id: str, timeout: float) -> common_pb2.Task:
+        """The task once finished, or as it is after timeout (real) seconds."""
+        live = self._live.get(task_id)
+        if live is not None:
+            try:
+                await asyncio.wait_for(live[1].wait(), timeout)
+            except TimeoutError:
+                pass
+        return self.get(task_id)
+
+    def recent(self, limit: int) -> list[common_pb2.Task]:
+        return [self.get(t.id) if t.id in self._live else t for t in self._inventory.tasks(limit)]
+
+    async def drain(self) -> None:
+        """Waits for every running task to finish (vCenter shutting down)."""
+        if self._runners:
+            await asyncio.gather(*self._runners, return_exceptions=True)

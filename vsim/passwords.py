@@ -1,0 +1,61 @@
+"""Password hashing (scrypt, stdlib) and generation. Only hashes are ever stored."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import string
+
+# RFC 7914's interactive parameters: ~16 MiB and tens of milliseconds per check.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+ALPHABET = string.ascii_letters + string.digits + "!#%*+-.=@^_~"
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    actual = hashlib.scrypt(
+        password.encode(),
+        salt=base64.b64decode(salt),
+        n=int(n),
+        r=int(r),
+        p=int(p),
+        dklen=32,
+    )
+    return hmac.compare_digest(actual, base64.b64decode(digest))
+
+
+def generate_password(length: int = 32) -> str:
+    """A random password with at least one upper, lower, digit and symbol, as ESXi's
+    password policy wants."""
+    while True:
+        candidate = "".join(secrets.choice(ALPHABET) for _ in range(length))
+        classes = (str.isupper, str.islower, str.isdigit, lambda c: not c.isalnum())
+        if all(any(test(c) for c in candidate) for test in classes):
+            return candidate
+
+
+def new_token() -> str:
+    """An unguessable session token."""
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What a server stores instead of the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,68 @@
+"""Input checks shared by every RPC and CLI command. Each raises InvalidArgument with
+a message naming the field, what was given and what is allowed."""
+
+from __future__ import annotations
+
+import re
+
+from vsim.faults import InvalidArgument
+
+# vSphere limits (vSphere 8 configuration maximums).
+MAX_VM_NAME = 80
+MAX_VCPUS = 768
+MIN_MEMORY_MB = 4
+MAX_MEMORY_MB = 24 * 1024 * 1024
+MAX_HOST_CPU_CORES = 896
+MAX_HOST_MEMORY_MB = 24 * 1024 * 1024
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+VM_NAME_FORBIDDEN = re.compile(r"[/\\%\x00-\x1f\x7f]")
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value)} characters)"
+
+
+def host_name(value: str, field: str = "name") -> str:
+    if not HOST_NAME.match(value):
+        raise InvalidArgument(
+            f"{field} {_shown(value)} is not a valid host name: use 1-63 lower-case "
+            "letters, digits and '-', not starting or ending with '-' (e.g. esxi-04)"
+        )
+    return value
+
+
+def vm_name(value: str, field: str = "name") -> str:
+    if not value or len(value) > MAX_VM_NAME:
+        raise InvalidArgument(
+            f"{field} {_shown(value)} must be 1-{MAX_VM_NAME} characters, got {len(value)}"
+        )
+    if value != value.strip() or VM_NAME_FORBIDDEN.search(value):
+        raise InvalidArgument(
+            f"{field} {_shown(value)} may not contain '/', '\\', '%', control characters "
+            "or leading/trailing spaces"
+        )
+    return value
+
+
+def int_range(value: int, low: int, high: int, field: str, unit: str = "") -> int:
+    if not low <= value <= high:
+        suffix = f" {unit}" if unit else ""
+        raise InvalidArgument(f"{field} must be between {low} and {high}{suffix}, got {value}")
+    return value
+
+
+def vcpus(value: int) -> int:
+    return int_range(value, 1, MAX_VCPUS, "cpus")
+
+
+def memory_mb(value: int) -> int:
+    int_range(value, MIN_MEMORY_MB, MAX_MEMORY_MB, "memory_mb", "MB")
+    if value % 4:
+        raise InvalidArgument(f"memory_mb must be a multiple of 4 MB, got {value}")
+    return value
+
+
+def text(value: str, field: str, max_len: int = 256) -> str:
+    if len(value) > max_len:
+        raise InvalidArgument(f"{field} is {len(value)} characters; at most {max_len}")
+    return value
