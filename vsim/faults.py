@@ -11,7 +11,6 @@ from __future__ import annotations
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, status_pb2
-from grpc_status import rpc_status
 
 from vsim.v1 import common_pb2
 
@@ -71,15 +70,19 @@ def fault_from_proto(fault: common_pb2.Fault) -> VimFault:
     return cls(fault.message, **dict(fault.properties))
 
 
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
 def from_rpc_error(error: grpc.RpcError) -> VimFault:
     """The vSphere fault an RPC failed with; transport failures become HostConnectFault
     or RequestTimeout, so a caller only ever handles VimFault."""
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
-    if status is not None:
-        for detail in status.details:
-            fault = common_pb2.Fault()
-            if detail.Unpack(fault):
-                return fault_from_proto(fault)
+    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == STATUS_DETAILS_KEY:
+            for detail in status_pb2.Status.FromString(value).details:
+                fault = common_pb2.Fault()
+                if detail.Unpack(fault):
+                    return fault_from_proto(fault)
     code = error.code() if hasattr(error, "code") else None
     text = error.details() if hasattr(error, "details") else str(error)
     if code == S.DEADLINE_EXCEEDED:

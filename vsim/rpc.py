@@ -9,9 +9,10 @@ reflection, as every vsim server has them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -21,8 +22,20 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from vsim.faults import SystemError_, VimFault
-from vsim.tls import Identity
+from vsim.faults import (
+    HostConnectFault,
+    InvalidArgument,
+    SystemError_,
+    VimFault,
+    from_rpc_error,
+)
+from vsim.tls import (
+    Identity,
+    common_name_of,
+    fetch_server_certificate,
+    split_endpoint,
+    thumbprint_of_pem,
+)
 
 SESSION_KEY = "vsim-session"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -130,7 +143,10 @@ async def start_server(
         server,
     )
     credentials = grpc.ssl_server_credentials([(identity.key_pem, identity.cert_pem)])
-    bound = server.add_secure_port(f"{bind}:{port}", credentials)
+    try:
+        bound = server.add_secure_port(f"{bind}:{port}", credentials)
+    except RuntimeError:
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot listen on {bind}:{port}: the port is in use or not allowed")
     await server.start()
@@ -139,13 +155,74 @@ async def start_server(
     return server, bound
 
 
-def channel_options(identity_cn: str) -> list[tuple[str, Any]]:
-    """Options for a client channel to a server whose pinned certificate names identity_cn."""
-    return [
-        ("grpc.ssl_target_name_override", identity_cn),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-
-
 def metadata(session: str | None) -> tuple[tuple[str, str], ...]:
     return ((SESSION_KEY, session),) if session else ()
+
+
+async def open_channel(endpoint: str, timeout: float = 10.0) -> tuple[grpc.aio.Channel, str]:
+    """A TLS channel to endpoint that trusts exactly the certificate the server presents
+    now, and that certificate's thumbprint. The caller compares the thumbprint with the
+    one it pinned before sending anything: a server that later presents another
+    certificate fails the handshake, since only this one is trusted."""
+    try:
+        host, port = split_endpoint(endpoint)
+        pem = await asyncio.to_thread(fetch_server_certificate, host, port, timeout)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    except OSError as e:
+        raise HostConnectFault(f"cannot reach {endpoint}: {e}") from None
+    channel = grpc.aio.secure_channel(
+        endpoint,
+        grpc.ssl_channel_credentials(root_certificates=pem),
+        options=[
+            ("grpc.ssl_target_name_override", common_name_of(pem)),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    return channel, thumbprint_of_pem(pem)
+
+
+class RpcClient:
+    """Calls the methods of one service by name over a channel, with the session in
+    metadata and every failure turned into the VimFault it carries."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        service: descriptor.ServiceDescriptor,
+        timeout: float = 30.0,
+    ) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self._methods: dict[str, Any] = {}
+        for method in service.methods:
+            response_cls = message_factory.GetMessageClass(method.output_type)
+            make = channel.unary_stream if method.server_streaming else channel.unary_unary
+            self._methods[method.name] = make(
+                f"/{service.full_name}/{method.name}",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_cls.FromString,
+            )
+
+    async def call(
+        self, method: str, request: Any, session: str | None, timeout: float | None = None
+    ) -> Any:
+        try:
+            return await self._methods[method](
+                request, metadata=metadata(session), timeout=timeout or self.timeout
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def stream(self, method: str, request: Any, session: str | None) -> AsyncIterator[Any]:
+        call = self._methods[method](request, metadata=metadata(session))
+        try:
+            async for item in call:
+                yield item
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self.channel.close()

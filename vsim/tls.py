@@ -88,6 +88,11 @@ def make_identity(common_name: str, now: datetime.datetime | None = None) -> Ide
     )
 
 
+def common_name_of(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
 def load_or_create_identity(directory: Path, common_name: str) -> Identity:
     """The identity kept in directory, made there on first start."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,145 @@
+"""The Python SDK: a typed async client for vCenter. The CLI and the tests use it.
+
+    async with await VCenterClient.connect("127.0.0.1:50051", thumbprint) as vc:
+        await vc.login("administrator@vsphere.local", password)
+        task = await vc.run(await vc.create_vm("vm-001", cpus=2, memory_mb=4096))
+
+Every failure is raised as the VimFault the server sent (`vsim.faults`). A client
+pins the server's SHA-256 thumbprint: connecting to a server that presents another
+certificate raises SSLVerifyFault before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from vsim.faults import SSLVerifyFault, fault_from_proto
+from vsim.rpc import RpcClient, open_channel
+from vsim.tls import normalize_thumbprint
+from vsim.v1 import common_pb2
+from vsim.v1 import vcenter_pb2 as pb
+
+SERVICE = pb.DESCRIPTOR.services_by_name["VCenter"]
+FINISHED = (common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR)
+
+
+class VCenterClient:
+    def __init__(self, rpc: RpcClient, endpoint: str, thumbprint: str, session: str | None) -> None:
+        self._rpc = rpc
+        self.endpoint = endpoint
+        self.thumbprint = thumbprint
+        self.session = session
+
+    @classmethod
+    async def connect(
+        cls, endpoint: str, thumbprint: str | None, session: str | None = None
+    ) -> VCenterClient:
+        """Connects to endpoint. With thumbprint=None the presented certificate is
+        trusted (first use); otherwise it must match."""
+        channel, presented = await open_channel(endpoint)
+        if thumbprint is not None and normalize_thumbprint(thumbprint) != presented:
+            await channel.close()
+            raise SSLVerifyFault(
+                f"the certificate of {endpoint} has changed: pinned thumbprint "
+                f"{normalize_thumbprint(thumbprint)}, presented {presented}. If you expected "
+                "this (the vCenter was set up again), run `vsim login --accept-new-thumbprint`",
+                thumbprint=presented,
+            )
+        return cls(RpcClient(channel, SERVICE), endpoint, presented, session)
+
+    async def __aenter__(self) -> VCenterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._rpc.close()
+
+    async def _call(self, method: str, request, timeout: float | None = None):
+        return await self._rpc.call(method, request, self.session, timeout)
+
+    # sessions
+
+    async def login(self, user_name: str, password: str) -> str:
+        reply = await self._call("Login", pb.LoginRequest(user_name=user_name, password=password))
+        self.session = reply.session
+        return reply.session
+
+    async def logout(self) -> None:
+        await self._call("Logout", pb.LogoutRequest())
+        self.session = None
+
+    async def status(self) -> pb.Status:
+        return await self._call("GetStatus", pb.GetStatusRequest())
+
+    # hosts
+
+    async def hosts(self) -> list[pb.Host]:
+        return list((await self._call("ListHosts", pb.ListHostsRequest())).hosts)
+
+    async def add_host(self, name: str, ssl_thumbprint: str = "", **sizes: int) -> common_pb2.Task:
+        request = pb.AddHostRequest(name=name, ssl_thumbprint=ssl_thumbprint, **sizes)
+        return await self._call("AddHost", request)
+
+    async def remove_host(self, name: str) -> common_pb2.Task:
+        return await self._call("RemoveHost", pb.RemoveHostRequest(name=name))
+
+    # VMs
+
+    async def create_vm(
+        self, name: str, cpus: int = 1, memory_mb: int = 1024, host: str = "", guest_os: str = ""
+    ) -> common_pb2.Task:
+        request = pb.CreateVmRequest(
+            name=name, cpus=cpus, memory_mb=memory_mb, host=host, guest_os=guest_os
+        )
+        return await self._call("CreateVm", request)
+
+    async def vms(self, host: str = "") -> list[pb.Vm]:
+        return list((await self._call("ListVms", pb.ListVmsRequest(host=host))).vms)
+
+    async def power_on(self, name: str) -> common_pb2.Task:
+        return await self._call("PowerOnVm", pb.VmRequest(name=name))
+
+    async def power_off(self, name: str) -> common_pb2.Task:
+        return await self._call("PowerOffVm", pb.VmRequest(name=name))
+
+    async def destroy_vm(self, name: str) -> common_pb2.Task:
+        return await self._call("DestroyVm", pb.VmRequest(name=name))
+
+    # tasks and events
+
+    async def task(self, task_id: str) -> common_pb2.Task:
+        return await self._call("GetTask", pb.GetTaskRequest(id=task_id))
+
+    async def wait(self, task: common_pb2.Task | str, timeout: float = 600.0) -> common_pb2.Task:
+        """The task once finished (polling WaitForTask in rounds of at most 60 s)."""
+        task_id = task if isinstance(task, str) else task.id
+        remaining = timeout
+        while True:
+            step = min(60.0, remaining)
+            done = await self._call(
+                "WaitForTask", pb.WaitForTaskRequest(id=task_id, timeout_seconds=step), step + 30
+            )
+            remaining -= step
+            if done.state in FINISHED or remaining <= 0:
+                return done
+
+    async def run(self, task: common_pb2.Task | str, timeout: float = 600.0) -> common_pb2.Task:
+        """Waits for the task and raises its fault if it failed."""
+        done = await self.wait(task, timeout)
+        if done.state == common_pb2.TASK_STATE_ERROR:
+            raise fault_from_proto(done.error)
+        return done
+
+    async def tasks(self, limit: int = 100) -> list[common_pb2.Task]:
+        return list((await self._call("ListTasks", pb.ListTasksRequest(limit=limit))).tasks)
+
+    async def events(self, after_key: int = 0, limit: int = 1000) -> list[common_pb2.Event]:
+        request = pb.ListEventsRequest(after_key=after_key, limit=limit)
+        return list((await self._call("ListEvents", request)).events)
+
+    async def watch_events(self, after_key: int = 0) -> AsyncIterator[common_pb2.Event]:
+        request = pb.WatchEventsRequest(after_key=after_key)
+        async for event in self._rpc.stream("WatchEvents", request, self.session):
+            yield event

@@ -1,0 +1,95 @@
+"""The Ray engine: each host is a detached Ray actor in this vCenter's namespace.
+
+vCenter reaches a host's hostd over gRPC+TLS (its endpoint comes from the actor); Ray
+itself is used to boot, find and retire hosts. Actors are detached, so a restarted
+vCenter finds them by name; when Ray itself restarted, `provision` boots them again
+from the recorded spec, with the certificate and accounts kept in their data dirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import ray
+from vsim.cluster.spec import HostSpec
+from vsim.host.actor import EsxiHost
+from vsim.host.hostd_client import GrpcHostPort
+
+from vsim.faults import HostConnectFault
+
+EsxiHostActor = ray.remote(EsxiHost)
+NAME_RELEASE_TRIES = 50
+
+
+class RayEngine:
+    kind = "ray"
+
+    def __init__(self, namespace: str, data_dir: Path, clock_speed: float = 1.0) -> None:
+        self.namespace = namespace
+        self.data_dir = data_dir
+        self.clock_speed = clock_speed
+
+    def _actor(self, name: str):  # -> ray.actor.ActorHandle | None
+        try:
+            return ray.get_actor(name, namespace=self.namespace)
+        except ValueError:
+            return None
+
+    def host_dir(self, name: str) -> Path:
+        return self.data_dir / "hosts" / name
+
+    async def provision(self, spec: HostSpec) -> None:
+        actor = self._actor(spec.name)
+        if actor is None:
+            actor = await self._create(spec)
+        await actor.boot.remote()
+
+    async def _create(self, spec: HostSpec):
+        for _ in range(NAME_RELEASE_TRIES):
+            try:
+                return EsxiHostActor.options(
+                    name=spec.name,
+                    namespace=self.namespace,
+                    lifetime="detached",
+                    num_cpus=0,
+                    max_restarts=0,
+                ).remote(spec.to_json(), str(self.host_dir(spec.name)), self.clock_speed)
+            except ValueError:
+                # The name of a just-killed actor is released asynchronously.
+                await asyncio.sleep(0.1)
+        raise HostConnectFault(f"cannot boot {spec.name}: its actor name stays taken")
+
+    async def is_running(self, name: str) -> bool:
+        actor = self._actor(name)
+        if actor is None:
+            return False
+        try:
+            await asyncio.wait_for(actor.boot.remote(), 10)
+        except Exception:  # noqa: BLE001 - any failure means "not running"
+            return False
+        return True
+
+    async def connect(self, name: str) -> GrpcHostPort:
+        actor = self._actor(name)
+        if actor is None:
+            raise HostConnectFault(f"host {name} does not answer: it is not running")
+        try:
+            info = await asyncio.wait_for(actor.boot.remote(), 30)
+        except Exception as e:  # noqa: BLE001 - a dead or hung actor
+            raise HostConnectFault(f"host {name} does not answer: {type(e).__name__}") from None
+        return await GrpcHostPort.open(name, info["endpoint"])
+
+    async def decommission(self, name: str) -> None:
+        actor = self._actor(name)
+        if actor is not None:
+            try:
+                await asyncio.wait_for(actor.shutdown.remote(), 10)
+            except Exception:  # noqa: BLE001 - it is going away either way
+                pass
+            ray.kill(actor, no_restart=True)
+        shutil.rmtree(self.host_dir(name), ignore_errors=True)
+
+    async def close(self) -> None:
+        pass

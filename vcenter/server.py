@@ -1,0 +1,81 @@
+"""The vCenter process: the core behind a TLS gRPC server with health and reflection.
+
+`start_vcenter` opens (or creates) the instance in a data dir, connects it to an
+engine (Ray unless one is given), brings the cluster spec up and starts serving.
+Layout of the data dir: vcenter/ (inventory.sqlite, ssl/, vpxd.key,
+initial-admin-password) and hosts/<name>/ (each host's certificate and accounts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from vsim.cluster.engine import HostEngine
+from vsim.cluster.spec import ClusterSpec
+from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
+
+from vsim.clock import Clock, WallClock
+from vsim.rpc import start_server
+from vsim.tls import Identity, load_or_create_identity
+from vsim.v1 import vcenter_pb2
+
+SERVICE = vcenter_pb2.DESCRIPTOR.services_by_name["VCenter"]
+DEFAULT_PORT = 50051
+COMMON_NAME = "vcenter"
+
+
+@dataclass
+class RunningVCenter:
+    core: VCenter
+    server: grpc.aio.Server
+    identity: Identity
+    endpoint: str
+
+    @property
+    def thumbprint(self) -> str:
+        return self.identity.thumbprint
+
+    async def stop(self) -> None:
+        await self.server.stop(grace=2.0)
+        await self.core.stop()
+
+
+def ray_namespace(instance: str) -> str:
+    return f"vsim-{instance}"
+
+
+async def start_vcenter(
+    data_dir: Path,
+    spec: ClusterSpec,
+    port: int = DEFAULT_PORT,
+    bind: str = "127.0.0.1",
+    clock: Clock | None = None,
+    engine: HostEngine | None = None,
+) -> RunningVCenter:
+    """Starts (or restarts) the vCenter kept in data_dir; Ray must be initialised when
+    no engine is given."""
+    clock = clock or WallClock()
+    home = data_dir / "vcenter"
+    inventory = Inventory(home / INVENTORY_FILE)
+    try:
+        if engine is None:
+            from vsim.cluster.ray_engine import RayEngine
+
+            engine = RayEngine(ray_namespace(instance_uuid(inventory)), data_dir, clock.speed)
+        identity = load_or_create_identity(home / "ssl", COMMON_NAME)
+        core = VCenter(home, inventory, engine, clock)
+        await core.start(spec)
+    except BaseException:
+        inventory.close()
+        raise
+    try:
+        server, bound = await start_server(
+            identity, bind, port, [(SERVICE, core, core.authenticate)]
+        )
+    except BaseException:
+        await core.stop()
+        raise
+    return RunningVCenter(core, server, identity, f"{bind}:{bound}")
