@@ -1,0 +1,361 @@
+"""The `vsim` command: a thin layer over the SDK client (`vsim.cluster.client`).
+
+Each command is a few lines: parse, call the client, print a table (default) or one
+JSON document (`-o json`). Failures print the vSphere fault name and message and
+exit 1 (with `-o json`, the fault is the JSON document).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vsim.cluster import output, up
+from vsim.cluster.client import VCenterClient
+from vsim.cluster.config import Settings, UserConfig
+from vsim.vcenter.sessions import ADMINISTRATOR
+
+from vsim.faults import InvalidArgument, NotAuthenticated, VimFault
+from vsim.tls import normalize_thumbprint
+from vsim.v1 import common_pb2
+
+Handler = Callable[[argparse.Namespace, "Context"], Any]
+
+
+class Context:
+    """What a command needs: the config, the chosen server, and a client on demand."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.config = UserConfig()
+        self.settings = self.config.settings()
+        self.server = args.server or self.settings.server
+        self.json = args.output == "json"
+
+    async def client(self, login: bool = True) -> VCenterClient:
+        pinned = self.config.pinned(self.server)
+        session = self.settings.session if self.server == self.settings.server else ""
+        if login and not session:
+            raise NotAuthenticated(f"no session for {self.server}: run `vsim login` first")
+        if login and pinned is None:
+            raise NotAuthenticated(f"{self.server} is not pinned yet: run `vsim login` first")
+        return await VCenterClient.connect(self.server, pinned, session or None)
+
+    def show(self, value: Any, text: str) -> None:
+        if self.json:
+            output.emit_json(value)
+        else:
+            print(text)
+
+
+# commands
+
+
+async def cmd_login(args: argparse.Namespace, ctx: Context) -> None:
+    user = args.user or ctx.settings.user or ADMINISTRATOR
+    password = args.password or os.environ.get("VSIM_PASSWORD")
+    if password is None:
+        password = getpass.getpass(f"Password for {user}@{ctx.server}: ")
+    pinned = None if args.accept_new_thumbprint else ctx.config.pinned(ctx.server)
+    async with await VCenterClient.connect(ctx.server, pinned) as client:
+        first_use = pinned is None
+        session = await client.login(user, password)
+        ctx.config.pin(ctx.server, client.thumbprint)
+    ctx.config.save_settings(Settings(server=ctx.server, user=user, session=session))
+    note = " (thumbprint pinned on first use)" if first_use else ""
+    ctx.show(
+        {"server": ctx.server, "user": user, "thumbprint": client.thumbprint, "pinned": first_use},
+        f"Logged in to {ctx.server} as {user}{note}\nThumbprint: {client.thumbprint}",
+    )
+
+
+async def cmd_logout(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        await client.logout()
+    ctx.config.save_settings(Settings(server=ctx.server, user=ctx.settings.user))
+    ctx.show({"server": ctx.server, "logged_out": True}, f"Logged out of {ctx.server}")
+
+
+async def cmd_status(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        status = await client.status()
+    d = output.to_dict(status)
+    d["now"] = output.when(status.now)
+    d["server"] = ctx.server
+    ctx.show(status, output.fields(d))
+
+
+HOST_COLUMNS = ["name", "connection_state", "cpu_cores", "cpu_mhz", "memory_mb",
+                "memory_used_mb", "vms", "vms_powered_on", "endpoint"]  # fmt: skip
+VM_COLUMNS = ["name", "host", "power_state", "cpus", "memory_mb", "guest_os"]
+TASK_COLUMNS = ["id", "name", "entity", "state", "result", "error", "user", "queued", "completed"]
+
+
+async def cmd_host_list(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        hosts = await client.hosts()
+    ctx.show(hosts, output.table([output.to_dict(h) for h in hosts], HOST_COLUMNS))
+
+
+async def cmd_host_add(args: argparse.Namespace, ctx: Context) -> None:
+    sizes = {k: v for k, v in (("cpu_cores", args.cpu_cores), ("cpu_mhz", args.cpu_mhz),
+                               ("memory_mb", args.memory_mb)) if v is not None}  # fmt: skip
+    async with await ctx.client() as client:
+        thumbprint = normalize(args.thumbprint) if args.thumbprint else ""
+        task = await client.wait(await client.add_host(args.name, thumbprint, **sizes))
+        if not thumbprint and task.error.name == "SSLVerifyFault":
+            # As the vSphere Client's security alert, accepted: trust on first use.
+            thumbprint = task.error.properties["thumbprint"]
+            if not ctx.json:
+                print(f"Accepting the certificate of {args.name}: {thumbprint}", file=sys.stderr)
+            task = await client.wait(await client.add_host(args.name, thumbprint, **sizes))
+    show_task(ctx, task, f"Added host {args.name} (thumbprint {thumbprint})")
+
+
+async def cmd_host_remove(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        task = await client.wait(await client.remove_host(args.name))
+    show_task(ctx, task, f"Removed host {args.name}")
+
+
+async def cmd_vm_create(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        task = await client.create_vm(
+            args.name, args.cpus, args.memory_mb, args.host or "", args.guest_os or ""
+        )
+        task = await client.wait(task)
+        vm = next((v for v in await client.vms() if v.name == args.name), None)
+    show_task(ctx, task, f"Created {args.name} on {vm.host if vm else '?'}")
+
+
+async def cmd_vm_list(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        vms = await client.vms(args.host or "")
+    ctx.show(vms, output.table([output.to_dict(v) for v in vms], VM_COLUMNS))
+
+
+def vm_action(method: str, done: str) -> Handler:
+    async def run(args: argparse.Namespace, ctx: Context) -> None:
+        async with await ctx.client() as client:
+            task = await client.wait(await getattr(client, method)(args.name))
+        show_task(ctx, task, f"{args.name} {done}")
+
+    return run
+
+
+async def cmd_tasks(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        tasks = await client.tasks(args.limit)
+    rows = [task_row(t) for t in tasks]
+    ctx.show(tasks, output.table(rows, TASK_COLUMNS))
+
+
+async def cmd_events(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        if not args.follow:
+            events = await client.events(args.after, args.limit)
+            ctx.show(events, "\n".join(event_line(e) for e in events))
+            return
+        # --follow: one line per event; with -o json, one JSON document per line.
+        async for event in client.watch_events(args.after):
+            line = output.json.dumps(output.to_dict(event)) if ctx.json else event_line(event)
+            print(line, flush=True)
+
+
+def event_line(event: common_pb2.Event) -> str:
+    return f"{event.key:>6}  {output.when(event.created_time)}  {event.type:<24} {event.message}"
+
+
+def task_row(task: common_pb2.Task) -> dict[str, Any]:
+    row = output.to_dict(task)
+    row["error"] = f"{task.error.name}: {task.error.message}" if task.error.name else ""
+    row["queued"] = output.when(task.queue_time)
+    row["completed"] = output.when(task.complete_time)
+    return row
+
+
+def show_task(ctx: Context, task: common_pb2.Task, success: str) -> None:
+    if task.state == common_pb2.TASK_STATE_ERROR:
+        fault = VimFault(task.error.message, **dict(task.error.properties))
+        fault.name = task.error.name
+        raise fault
+    ctx.show(task, success)
+
+
+def normalize(thumbprint: str) -> str:
+    try:
+        return normalize_thumbprint(thumbprint)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+
+
+# up / down
+
+
+def up_options(args: argparse.Namespace, ctx: Context) -> up.UpOptions:
+    data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else ctx.config.data_dir
+    return up.UpOptions(args.hosts, args.port, data_dir, args.bind, args.clock_speed)
+
+
+def up_text(info: dict) -> str:
+    return output.fields(
+        {
+            "vCenter": info["endpoint"],
+            "thumbprint": info["thumbprint"],
+            "user": info["user"],
+            "password": info["password"],
+            "hosts": ", ".join(info["hosts"]),
+            "data dir": info["data_dir"],
+        }
+    )
+
+
+def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
+    options = up_options(args, ctx)
+    if args.ready_file is None:
+        pid = up.running_pid(ctx.config)
+        if pid is not None:
+            raise InvalidArgument(
+                f"a cluster is already running (pid {pid}); run `vsim down` first"
+            )
+    if args.detach:
+        argv = ["up", "--hosts", str(args.hosts), "--port", str(args.port), "--bind",
+                args.bind, "--clock-speed", str(args.clock_speed),
+                "--data-dir", str(options.data_dir)]  # fmt: skip
+        info = up.detach(argv, options, ctx.config)
+        ctx.show(info, up_text(info) + f"\nlog:        {info['log']}\nStop it with `vsim down`.")
+        return
+
+    def ready(info: dict) -> None:
+        if args.ready_file:
+            up.write_ready(Path(args.ready_file), info)
+        else:
+            ctx.show(info, up_text(info) + "\nServing; press Ctrl-C to stop.")
+
+    asyncio.run(up.serve(options, ctx.config, ready))
+
+
+def cmd_down(args: argparse.Namespace, ctx: Context) -> None:
+    result = up.down(ctx.config, args.timeout)
+    text = f"Stopped the cluster (pid {result['pid']})" if result["stopped"] else result["reason"]
+    ctx.show(result, text)
+
+
+# parsing
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", help="vCenter endpoint HOST:PORT (default: from config)")
+    common.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser = argparse.ArgumentParser(
+        prog="vsim", description="Run and drive a simulated vSphere cluster.", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(parent, name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command(commands, "up", cmd_up, "start a local cluster (Ray, vCenter, ESXi hosts)")
+    p.add_argument("--hosts", type=positive_int, default=3, help="ESXi hosts (default 3)")
+    p.add_argument("--port", type=positive_int, default=50051, help="vCenter port (default 50051)")
+    p.add_argument("--bind", default="127.0.0.1", help="vCenter listen address")
+    p.add_argument("--data-dir", help="where the cluster keeps its state (default ~/.vsim/data)")
+    p.add_argument("--clock-speed", type=float, default=1.0, help="simulated seconds per second")
+    p.add_argument("--detach", action="store_true", help="return once the cluster is ready")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p = command(commands, "down", cmd_down, "stop the cluster `vsim up` started")
+    p.add_argument("--timeout", type=float, default=up.STOP_TIMEOUT)
+
+    p = command(commands, "login", cmd_login, "log in to vCenter and pin its certificate")
+    p.add_argument("--user", help=f"default: {ADMINISTRATOR}")
+    p.add_argument("--password", help="default: $VSIM_PASSWORD, else asked")
+    p.add_argument(
+        "--accept-new-thumbprint",
+        action="store_true",
+        help="trust the certificate the server presents now, replacing the pinned one",
+    )
+    command(commands, "logout", cmd_logout, "end the session")
+    command(commands, "status", cmd_status, "show the vCenter and cluster summary")
+
+    hosts = command(commands, "host", None, "ESXi hosts").add_subparsers(dest="sub", required=True)
+    command(hosts, "list", cmd_host_list, "list hosts")
+    p = command(hosts, "add", cmd_host_add, "add (and provision) a host")
+    p.add_argument("name")
+    p.add_argument("--thumbprint", help="the SHA-256 thumbprint you expect; default: accept")
+    p.add_argument("--cpu-cores", type=positive_int)
+    p.add_argument("--cpu-mhz", type=positive_int)
+    p.add_argument("--memory-mb", type=positive_int)
+    p = command(hosts, "remove", cmd_host_remove, "remove a host and its VMs from the inventory")
+    p.add_argument("name")
+
+    vms = command(commands, "vm", None, "virtual machines").add_subparsers(
+        dest="sub", required=True
+    )
+    p = command(vms, "create", cmd_vm_create, "create a VM")
+    p.add_argument("name")
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--memory-mb", type=int, default=1024)
+    p.add_argument("--host", help="default: the connected host with most free memory")
+    p.add_argument("--guest-os", help="default: otherGuest64")
+    p = command(vms, "list", cmd_vm_list, "list VMs")
+    p.add_argument("--host")
+    for name, method, done, help_ in (
+        ("power-on", "power_on", "powered on", "power a VM on"),
+        ("power-off", "power_off", "powered off", "power a VM off"),
+        ("destroy", "destroy_vm", "destroyed", "delete a powered-off VM"),
+    ):
+        command(vms, name, vm_action(method, done), help_).add_argument("name")
+
+    p = command(commands, "tasks", cmd_tasks, "list recent tasks")
+    p.add_argument("--limit", type=positive_int, default=20)
+    p = command(commands, "events", cmd_events, "list events (or follow them)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--after", type=positive_int, default=0, help="only events after this key")
+    p.add_argument("--limit", type=positive_int, default=1000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(args)
+    try:
+        result = args.handler(args, ctx)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+        return 0
+    except VimFault as fault:
+        report(ctx, fault)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, RuntimeError) as exc:
+        report(ctx, VimFault(str(exc)))
+    return 1
+
+
+def report(ctx: Context, fault: VimFault) -> None:
+    if ctx.json:
+        output.emit_json({"error": output.to_dict(fault.to_proto())})
+    print(f"Error: {fault.name}: {fault.message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

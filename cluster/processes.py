@@ -1,0 +1,79 @@
+"""Finding and stopping the processes one `vsim up` started (Linux /proc), so
+`vsim down` removes exactly what its cluster made and nothing else."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+Proc = tuple[int, int]
+"""(pid, start time in clock ticks): a process, safe against pid reuse."""
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: split after it.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _identity(pid: int) -> Proc | None:
+    fields = _stat(pid)
+    if fields is None or fields[0] == "Z":
+        return None
+    return pid, int(fields[19])
+
+
+def alive(proc: Proc) -> bool:
+    return _identity(proc[0]) == proc
+
+
+def descendants(root: int) -> list[Proc]:
+    """root and every process below it, found by walking parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        identity = _identity(pid)
+        if identity is not None:
+            found.append(identity)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def in_session(sid: int) -> list[Proc]:
+    """Processes whose session id is sid (everything a detached `vsim up` started)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and int(fields[3]) == sid and fields[0] != "Z":
+                found.append((int(entry), int(fields[19])))
+    return found
+
+
+def wait_gone(procs: list[Proc], timeout: float) -> list[Proc]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in procs if alive(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
+
+
+def kill(procs: list[Proc], sig: int = signal.SIGKILL) -> None:
+    for proc in procs:
+        if alive(proc):
+            try:
+                os.kill(proc[0], sig)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,198 @@
+"""`vsim up` and `vsim down`: one local cluster (Ray, vCenter, hosts) per user config.
+
+In the foreground, `vsim up` starts a local Ray cluster, the vCenter (which boots the
+spec's hosts as actors), logs in as the administrator to record a session and the
+pinned thumbprint in the user's config, prints how to reach it, and serves until
+SIGINT/SIGTERM; then it stops vCenter and Ray. `--detach` runs that same program as
+a daemon in its own session and returns once it is ready. `vsim down` signals it,
+waits, and kills whatever it left behind (its descendants, its session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vsim.cluster import processes
+from vsim.cluster.client import VCenterClient
+from vsim.cluster.config import Settings, UserConfig
+from vsim.cluster.spec import ClusterSpec
+from vsim.vcenter.sessions import ADMINISTRATOR
+
+from vsim.clock import WallClock
+
+READY_TIMEOUT = 600.0
+STOP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    hosts: int
+    port: int
+    data_dir: Path
+    bind: str
+    clock_speed: float
+
+
+def client_endpoint(bind: str, port: int) -> str:
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    return f"{host}:{port}"
+
+
+def _start_ray() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        configure_logging=True,
+    )
+
+
+async def serve(options: UpOptions, config: UserConfig, on_ready) -> None:
+    """Runs the cluster until SIGINT/SIGTERM; calls on_ready(info) once it serves."""
+    import ray
+    from vsim.vcenter.server import start_vcenter
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    _start_ray()
+    try:
+        running = await start_vcenter(
+            options.data_dir,
+            ClusterSpec.default(options.hosts),
+            port=options.port,
+            bind=options.bind,
+            clock=WallClock(options.clock_speed),
+        )
+        try:
+            endpoint = client_endpoint(options.bind, int(running.endpoint.rsplit(":", 1)[1]))
+            info = await _record_session(running, endpoint, config)
+            config.save_up_state(
+                {
+                    "pid": os.getpid(),
+                    "data_dir": str(options.data_dir),
+                    "endpoint": endpoint,
+                    "thumbprint": running.thumbprint,
+                }
+            )
+            on_ready(info)
+            await stop.wait()
+        finally:
+            await running.stop()
+    finally:
+        ray.shutdown()
+        config.clear_up_state(os.getpid())
+
+
+async def _record_session(running, endpoint: str, config: UserConfig) -> dict:
+    """Logs in through the API as the administrator and records it in the config."""
+    password = running.core.sessions.initial_password()
+    config.pin(endpoint, running.thumbprint)
+    session = ""
+    if password is not None:
+        async with await VCenterClient.connect(endpoint, running.thumbprint) as client:
+            session = await client.login(ADMINISTRATOR, password)
+    config.save_settings(Settings(server=endpoint, user=ADMINISTRATOR, session=session))
+    hosts = [h.name for h in running.core.hosts.list()]
+    return {
+        "endpoint": endpoint,
+        "thumbprint": running.thumbprint,
+        "user": ADMINISTRATOR,
+        "password": password
+        or f"(unknown: {running.core.data_dir}/initial-admin-password was removed)",
+        "hosts": hosts,
+        "data_dir": str(running.core.data_dir.parent),
+        "pid": os.getpid(),
+    }
+
+
+def running_pid(config: UserConfig) -> int | None:
+    state = config.up_state()
+    if state is None:
+        return None
+    pid = int(state["pid"])
+    if processes.descendants(pid):
+        return pid
+    config.clear_up_state(pid)
+    return None
+
+
+def detach(argv: list[str], options: UpOptions, config: UserConfig) -> dict:
+    """Starts `vsim up` as a daemon in its own session; returns its ready info."""
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    ready = options.data_dir / f".ready-{os.getpid()}.json"
+    ready.unlink(missing_ok=True)
+    log_path = options.data_dir / "vsim-up.log"
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "vsim.cluster.cli", *argv, "--ready-file", str(ready)],
+            stdin=devnull,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "VSIM_CONFIG": str(config.dir)},
+        )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready.exists():
+        if child.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(
+                f"vsim up exited with status {child.returncode} before it was ready; "
+                f"last lines of {log_path}:\n" + "\n".join(tail)
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"vsim up was not ready after {READY_TIMEOUT:.0f} s; see {log_path}")
+        time.sleep(0.2)
+    info = json.loads(ready.read_text())
+    ready.unlink(missing_ok=True)
+    info["log"] = str(log_path)
+    return info
+
+
+def write_ready(path: Path, info: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def down(config: UserConfig, timeout: float = STOP_TIMEOUT) -> dict:
+    """Stops the cluster this config's `vsim up` runs; kills what outlives it."""
+    state = config.up_state()
+    if state is None:
+        return {"stopped": False, "reason": "no cluster is running for this config"}
+    pid = int(state["pid"])
+    procs = processes.descendants(pid) + processes.in_session(pid)
+    if not procs:
+        config.clear_up_state(pid)
+        return {"stopped": False, "reason": f"the cluster's process {pid} is already gone"}
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    left = processes.wait_gone([p for p in procs if p[0] == pid], timeout)
+    # Whatever the cluster started and did not stop goes now.
+    stragglers = [p for p in procs if processes.alive(p)] + processes.in_session(pid)
+    processes.kill(stragglers)
+    remaining = processes.wait_gone(stragglers, 10)
+    config.clear_up_state(pid)
+    return {
+        "stopped": True,
+        "pid": pid,
+        "graceful": not left,
+        "killed": len(stragglers),
+        "remaining": len(remaining),
+    }
