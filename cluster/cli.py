@@ -19,11 +19,10 @@ from typing import Any
 from vsim.cluster import output, up
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
-from vsim.vcenter.sessions import ADMINISTRATOR
-
 from vsim.faults import InvalidArgument, NotAuthenticated, VimFault
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
+from vsim.vcenter.sessions import ADMINISTRATOR
 
 Handler = Callable[[argparse.Namespace, "Context"], Any]
 

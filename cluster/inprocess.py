@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from vsim.clock import Clock
 from vsim.cluster.spec import HostSpec
+from vsim.faults import HostConnectFault
 from vsim.host.accounts import HostAccounts, MemoryAccountStore
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
-
-from vsim.clock import Clock
-from vsim.faults import HostConnectFault
 from vsim.tls import Identity, make_identity
 
 

@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 import ray
+
 from vsim.cluster.spec import HostSpec
+from vsim.faults import HostConnectFault
 from vsim.host.actor import EsxiHost
 from vsim.host.hostd_client import GrpcHostPort
-
-from vsim.faults import HostConnectFault
 
 EsxiHostActor = ray.remote(EsxiHost)
 NAME_RELEASE_TRIES = 50

@@ -21,13 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vsim.clock import WallClock
 from vsim.cluster import processes
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
 from vsim.cluster.spec import ClusterSpec
 from vsim.vcenter.sessions import ADMINISTRATOR
-
-from vsim.clock import WallClock
 
 READY_TIMEOUT = 600.0
 STOP_TIMEOUT = 60.0
@@ -63,6 +62,7 @@ def _start_ray() -> None:
 async def serve(options: UpOptions, config: UserConfig, on_ready) -> None:
     """Runs the cluster until SIGINT/SIGTERM; calls on_ready(info) once it serves."""
     import ray
+
     from vsim.vcenter.server import start_vcenter
 
     stop = asyncio.Event()

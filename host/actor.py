@@ -12,12 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vsim.clock import WallClock
 from vsim.cluster.spec import HostSpec
 from vsim.host.accounts import FileAccountStore, HostAccounts
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
-
-from vsim.clock import WallClock
 from vsim.rpc import start_server
 from vsim.tls import load_or_create_identity
 from vsim.v1 import host_agent_pb2

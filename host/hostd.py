@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import re
 
-from vsim.host.accounts import ROLES, HostAccounts
-from vsim.host.kernel import HostKernel, VmConfig
-
 from vsim import validate
 from vsim.faults import InvalidArgument
+from vsim.host.accounts import ROLES, HostAccounts
+from vsim.host.kernel import HostKernel, VmConfig
 from vsim.v1 import host_agent_pb2 as pb
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vsim.cluster.spec import HostSpec
-
 from vsim import validate
 from vsim.clock import Clock
+from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     AlreadyExists,
     InsufficientResourcesFault,

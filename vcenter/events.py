@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from vsim.vcenter.inventory import Inventory
-
 from vsim.clock import Clock
 from vsim.v1 import common_pb2
+from vsim.vcenter.inventory import Inventory
 
 PAGE = 1000
 

@@ -15,14 +15,10 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vsim.cluster.engine import HostEngine, HostPort
-from vsim.cluster.spec import HostSpec
-from vsim.vcenter.events import EventLog
-from vsim.vcenter.inventory import HostRecord, Inventory, MachineRecord
-from vsim.vcenter.secrets import SecretBox
-
 from vsim import validate
 from vsim.clock import Clock
+from vsim.cluster.engine import HostEngine, HostPort
+from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     DuplicateName,
     HostConnectFault,
@@ -38,6 +34,9 @@ from vsim.passwords import generate_password
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.events import EventLog
+from vsim.vcenter.inventory import HostRecord, Inventory, MachineRecord
+from vsim.vcenter.secrets import SecretBox
 
 log = logging.getLogger("vsim.vcenter.hosts")
 

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from vsim.cluster.engine import HostEngine
-from vsim.cluster.spec import ClusterSpec
-from vsim.vcenter.inventory import Inventory
-from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
 
 from vsim.clock import Clock, WallClock
+from vsim.cluster.engine import HostEngine
+from vsim.cluster.spec import ClusterSpec
 from vsim.rpc import start_server
 from vsim.tls import Identity, load_or_create_identity
 from vsim.v1 import vcenter_pb2
+from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
 
 SERVICE = vcenter_pb2.DESCRIPTOR.services_by_name["VCenter"]
 DEFAULT_PORT = 50051

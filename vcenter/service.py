@@ -15,8 +15,13 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from vsim import __version__, validate
+from vsim.clock import Clock
 from vsim.cluster.engine import HostEngine
 from vsim.cluster.spec import ClusterSpec
+from vsim.faults import InvalidArgument
+from vsim.v1 import common_pb2
+from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager
 from vsim.vcenter.inventory import Inventory
@@ -24,12 +29,6 @@ from vsim.vcenter.secrets import SecretBox
 from vsim.vcenter.sessions import ADMINISTRATOR, Session, SessionManager
 from vsim.vcenter.tasks import TaskManager
 from vsim.vcenter.virtual_machine import VmManager
-
-from vsim import __version__, validate
-from vsim.clock import Clock
-from vsim.faults import InvalidArgument
-from vsim.v1 import common_pb2
-from vsim.v1 import vcenter_pb2 as pb
 
 PUBLIC_METHODS = frozenset({"Login"})
 DEFAULT_WAIT = 60.0

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vsim.vcenter.inventory import Inventory
-
 from vsim.clock import Clock
 from vsim.faults import InvalidLogin, NotAuthenticated
 from vsim.passwords import (
@@ -24,6 +22,7 @@ from vsim.passwords import (
     verify_password,
 )
 from vsim.tls import write_private
+from vsim.vcenter.inventory import Inventory
 
 ADMINISTRATOR = "administrator@vsphere.local"
 INITIAL_PASSWORD_FILE = "initial-admin-password"

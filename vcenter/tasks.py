@@ -13,11 +13,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from vsim.vcenter.inventory import Inventory
-
 from vsim.clock import Clock
 from vsim.faults import NotFound, SystemError_, TaskInProgress, VimFault
 from vsim.v1 import common_pb2
+from vsim.vcenter.inventory import Inventory
 
 log = logging.getLogger("vsim.vcenter.tasks")
 FINISHED = (common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR)

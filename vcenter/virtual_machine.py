@@ -10,16 +10,15 @@ from __future__ import annotations
 import random
 import uuid
 
-from vsim.vcenter.events import EventLog
-from vsim.vcenter.host_system import CONNECTED, HostManager, host_vm
-from vsim.vcenter.inventory import Inventory
-from vsim.vcenter.tasks import TaskManager
-
 from vsim import validate
 from vsim.faults import DuplicateName, InvalidPowerState, InvalidState, NotFound
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.events import EventLog
+from vsim.vcenter.host_system import CONNECTED, HostManager, host_vm
+from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.tasks import TaskManager
 
 ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
 DEFAULT_GUEST_OS = "otherGuest64"
