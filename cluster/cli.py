@@ -60,6 +60,8 @@ async def cmd_login(args: argparse.Namespace, ctx: Context) -> None:
     user = args.user or ctx.settings.user or ADMINISTRATOR
     password = args.password or os.environ.get("VSIM_PASSWORD")
     if password is None:
+        if not sys.stdin.isatty():
+            raise InvalidArgument("no password given: pass --password or set VSIM_PASSWORD")
         password = getpass.getpass(f"Password for {user}@{ctx.server}: ")
     pinned = None if args.accept_new_thumbprint else ctx.config.pinned(ctx.server)
     async with await VCenterClient.connect(ctx.server, pinned) as client:

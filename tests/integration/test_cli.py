@@ -1,0 +1,132 @@
+"""The `vsim` CLI end to end: `vsim up --detach`, every command with -o json and as
+a table, failures, thumbprint pinning, and `vsim down` leaving no process behind.
+This follows the README's quick start."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vsim.cluster import processes
+
+VSIM = str(Path(sys.executable).parent / "vsim")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cli:
+    def __init__(self, config: Path) -> None:
+        self.env = {**os.environ, "VSIM_CONFIG": str(config)}
+
+    def run(self, *args: str, ok: bool = True, env: dict | None = None):
+        done = subprocess.run(
+            [VSIM, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+            timeout=600, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if ok:
+            assert done.returncode == 0, done.stderr + done.stdout
+        return done
+
+    def json(self, *args: str, ok: bool = True):
+        done = self.run(*args, "-o", "json", ok=ok)
+        return json.loads(done.stdout), done
+
+
+@pytest.fixture
+def cli(tmp_path) -> Cli:
+    return Cli(tmp_path / "config")
+
+
+def test_up_drive_and_down(cli: Cli, tmp_path: Path):
+    port = free_port()
+    info, _ = cli.json(
+        "up", "--detach", "--hosts", "2", "--port", str(port), "--data-dir", str(tmp_path / "data")
+    )
+    pid = info["pid"]
+    try:
+        assert info["endpoint"] == f"127.0.0.1:{port}"
+        assert info["hosts"] == ["esxi-01", "esxi-02"]
+        assert len(info["thumbprint"]) == 95 and info["password"]
+        ray_procs = processes.in_session(pid)
+        assert len(ray_procs) > 3, "the daemon and the Ray processes it started"
+        drive(cli, info)
+    finally:
+        down, _ = cli.json("down")
+    assert down["stopped"] is True and down["remaining"] == 0
+    assert processes.in_session(pid) == []
+    assert [p for p in ray_procs if processes.alive(p)] == []
+    assert not (tmp_path / "config" / "up.json").exists()
+    again, _ = cli.json("down")
+    assert again["stopped"] is False
+
+
+def drive(cli: Cli, info: dict) -> None:
+    hosts, _ = cli.json("host", "list")
+    assert [(h["name"], h["connection_state"]) for h in hosts] == [
+        ("esxi-01", "CONNECTION_STATE_CONNECTED"),
+        ("esxi-02", "CONNECTION_STATE_CONNECTED"),
+    ]
+    task, _ = cli.json("vm", "create", "web-01", "--cpus", "2", "--memory-mb", "2048")
+    assert (task["name"], task["state"]) == ("CreateVM_Task", "TASK_STATE_SUCCESS")
+    task, _ = cli.json("vm", "power-on", "web-01")
+    assert task["state"] == "TASK_STATE_SUCCESS"
+    vms, _ = cli.json("vm", "list")
+    assert [(v["name"], v["power_state"]) for v in vms] == [("web-01", "POWER_STATE_POWERED_ON")]
+    table = cli.run("vm", "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "HOST", "POWER_STATE"]
+    assert table[1].split()[:3] == ["web-01", vms[0]["host"], "poweredOn"]
+    status, _ = cli.json("status")
+    assert (status["hosts_connected"], status["vms_powered_on"]) == (2, 1)
+    events, _ = cli.json("events")
+    assert "VmPoweredOnEvent" in [e["type"] for e in events]
+
+    # Failures: non-zero exit, the fault as the one JSON document, a message on stderr.
+    for args, fault in (
+        (("vm", "create", "web-01"), "DuplicateName"),
+        (("vm", "power-on", "nope"), "NotFound"),
+        (("vm", "create", "neg", "--memory-mb", "-4"), "InvalidArgument"),
+        (("host", "remove", "esxi-01"), "InvalidState"),
+    ):
+        error, done = cli.json(*args, ok=False)
+        assert done.returncode == 1
+        assert error["error"]["name"] == fault
+        assert fault in done.stderr
+
+    # host add: the CLI accepts the presented certificate and says which.
+    task, _ = cli.json("host", "add", "esxi-03", "--memory-mb", "65536")
+    assert task["state"] == "TASK_STATE_SUCCESS"
+    error, _ = cli.json("host", "add", "esxi-04", "--thumbprint", ":".join(["AB"] * 32), ok=False)
+    assert error["error"]["name"] == "SSLVerifyFault"
+    assert error["error"]["properties"]["thumbprint"] != ":".join(["AB"] * 32)
+    cli.json("host", "remove", "esxi-03")
+
+    for args in (("vm", "power-off", "web-01"), ("vm", "destroy", "web-01")):
+        assert cli.json(*args)[0]["state"] == "TASK_STATE_SUCCESS"
+
+    # Login again (the password from `vsim up`), then a pinned thumbprint that changed.
+    login, _ = (
+        cli.json("login", env=None) if False else cli.json("login", "--password", info["password"])
+    )
+    assert login["pinned"] is False and login["thumbprint"] == info["thumbprint"]
+    known = Path(cli.env["VSIM_CONFIG"]) / "known_hosts"
+    saved = known.read_text()
+    known.write_text(saved.replace(info["thumbprint"], ":".join(["00"] * 32)))
+    error, done = cli.json("status", ok=False)
+    assert error["error"]["name"] == "SSLVerifyFault" and "changed" in done.stderr
+    known.write_text(saved)
+
+    error, _ = cli.json("up", "--detach", "--port", str(free_port()), ok=False)
+    assert "already running" in error["error"]["message"]
+    assert cli.json("logout")[0]["logged_out"] is True
+    error, _ = cli.json("status", ok=False)
+    assert error["error"]["name"] == "NotAuthenticated"
