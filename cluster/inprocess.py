@@ -20,15 +20,23 @@ from vsim.tls import Identity, make_identity
 
 
 class LocalHostPort:
-    def __init__(self, name: str, hostd: Hostd, identity: Identity) -> None:
+    """A line to one boot of a host: it goes dead when that host crashes or reboots,
+    as a TCP connection would."""
+
+    def __init__(
+        self, engine: InProcessEngine, name: str, hostd: Hostd, identity: Identity
+    ) -> None:
         self.name = name
         self.endpoint = f"in-process://{name}"
         self.thumbprint = identity.thumbprint
+        self._engine = engine
         self._hostd: Hostd | None = hostd
 
     async def call(self, method: str, request: Any, session: str | None) -> Any:
         if self._hostd is None:
             raise HostConnectFault(f"the connection to {self.name} is closed")
+        if self._engine.running(self.name) is not self._hostd:
+            raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
         copy = type(request).FromString(request.SerializeToString())
         return getattr(self._hostd, method)(copy, session)
 
@@ -62,7 +70,11 @@ class InProcessEngine:
         hostd = self._hostd.get(name)
         if hostd is None:
             raise HostConnectFault(f"host {name} does not answer: it is not running")
-        return LocalHostPort(name, hostd, self._identities[name])
+        return LocalHostPort(self, name, hostd, self._identities[name])
+
+    def running(self, name: str) -> Hostd | None:
+        """The hostd of the host's current boot, if it is up."""
+        return self._hostd.get(name)
 
     async def decommission(self, name: str) -> None:
         for table in (self._hostd, self._specs, self._identities, self._stores):

@@ -211,9 +211,11 @@ class HostManager:
         return spec.name
 
     def check_remove(self, name: str) -> None:
-        self.record(name)
+        """A connected host must have no powered-on VMs; one that is not responding may
+        go with its VMs (as in vSphere: what ran there is gone with the host)."""
+        host = self.record(name)
         _, n_on, _ = self._inventory.host_usage().get(name, (0, 0, 0))
-        if n_on:
+        if n_on and host.connection_state == CONNECTED:
             raise InvalidState(
                 f"{name} has {n_on} powered-on VMs; power them off before removing the host"
             )
@@ -304,7 +306,9 @@ class HostManager:
         for vm in self._inventory.vms(host=name):
             running = on_host.get(vm.name)
             if running is None:
-                await self.call(name, "RegisterVm", hpb.RegisterVmRequest(vm=host_vm(vm)))
+                # Straight on the line: the host is not marked connected until this is done.
+                request = hpb.RegisterVmRequest(vm=host_vm(vm))
+                await link.port.call("RegisterVm", request, link.session)
                 powered_on = False
             else:
                 powered_on = running.powered_on

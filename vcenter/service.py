@@ -103,6 +103,7 @@ class VCenter:
                 full.name,
                 ADMINISTRATOR,
                 lambda _task: self.hosts.add(request, full, ADMINISTRATOR),
+                kind="host",
             )
             done = await self.tasks.wait(task.id, MAX_WAIT)
             if done.state != common_pb2.TASK_STATE_SUCCESS:
@@ -171,14 +172,22 @@ class VCenter:
         spec = self.hosts.check_add(request)
         user = session.user_name
         return self.tasks.start(
-            "AddHost_Task", spec.name, user, lambda _t: self.hosts.add(request, spec, user)
+            "AddHost_Task",
+            spec.name,
+            user,
+            lambda _t: self.hosts.add(request, spec, user),
+            kind="host",
         )
 
     def RemoveHost(self, request: pb.RemoveHostRequest, session: Session) -> common_pb2.Task:
         self.hosts.check_remove(request.name)
         user = session.user_name
         return self.tasks.start(
-            "RemoveHost_Task", request.name, user, lambda _t: self.hosts.remove(request.name, user)
+            "RemoveHost_Task",
+            request.name,
+            user,
+            lambda _t: self.hosts.remove(request.name, user),
+            kind="host",
         )
 
     # VMs

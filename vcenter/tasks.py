@@ -30,7 +30,8 @@ class TaskManager:
         self._inventory = inventory
         self._clock = clock
         self._live: dict[str, tuple[common_pb2.Task, asyncio.Event]] = {}
-        self._busy: dict[str, str] = {}  # entity -> task id
+        self._busy: dict[tuple[str, str], str] = {}  # (kind, entity) -> task id
+        self._busy_key: dict[str, tuple[str, str]] = {}  # task id -> (kind, entity)
         self._runners: set[asyncio.Task] = set()
 
     def close_interrupted(self) -> int:
@@ -43,11 +44,13 @@ class TaskManager:
             )
         return len(interrupted)
 
-    def start(self, name: str, entity: str, user: str, work: Work) -> common_pb2.Task:
-        if entity in self._busy:
+    def start(self, name: str, entity: str, user: str, work: Work, *, kind: str) -> common_pb2.Task:
+        """Queues work on entity (of `kind`, "vm" or "host") and returns the task."""
+        key = (kind, entity)
+        if key in self._busy:
             raise TaskInProgress(
-                f"{entity} is busy with {self._busy[entity]}; wait for it to finish",
-                task=self._busy[entity],
+                f"{entity} is busy with {self._busy[key]}; wait for it to finish",
+                task=self._busy[key],
             )
         task = common_pb2.Task(
             name=name,
@@ -57,7 +60,8 @@ class TaskManager:
             queue_time=self._clock.now(),
         )
         self._inventory.add_task(task)
-        self._busy[entity] = task.id
+        self._busy[key] = task.id
+        self._busy_key[task.id] = key
         self._live[task.id] = (task, asyncio.Event())
         runner = asyncio.get_running_loop().create_task(self._run(task, work))
         self._runners.add(runner)
@@ -89,8 +93,9 @@ class TaskManager:
             task.progress = 100
         task.complete_time = self._clock.now()
         self._inventory.save_task(task)
-        if self._busy.get(task.entity) == task.id:
-            del self._busy[task.entity]
+        key = self._busy_key.pop(task.id, None)
+        if key is not None and self._busy.get(key) == task.id:
+            del self._busy[key]
         live = self._live.pop(task.id, None)
         if live is not None:
             live[1].set()

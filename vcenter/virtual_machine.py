@@ -85,7 +85,7 @@ class VmManager:
                 self._creating.discard(vm.name)
             return vm.name
 
-        task = self._tasks.start("CreateVM_Task", vm.name, user, work)
+        task = self._tasks.start("CreateVM_Task", vm.name, user, work, kind="vm")
         self._creating.add(vm.name)
         return task
 
@@ -133,7 +133,7 @@ class VmManager:
             return name
 
         task_name = "PowerOnVM_Task" if state == ON else "PowerOffVM_Task"
-        return self._tasks.start(task_name, name, user, work)
+        return self._tasks.start(task_name, name, user, work, kind="vm")
 
     def destroy(self, name: str, user: str) -> common_pb2.Task:
         vm = self.get(name)
@@ -157,4 +157,4 @@ class VmManager:
                 )
             return name
 
-        return self._tasks.start("Destroy_Task", name, user, work)
+        return self._tasks.start("Destroy_Task", name, user, work, kind="vm")

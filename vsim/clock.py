@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from typing import Protocol
 
@@ -29,8 +30,8 @@ class WallClock:
     """Real time scaled by `speed` (simulated seconds per real second)."""
 
     def __init__(self, speed: float = 1.0, start: float | None = None) -> None:
-        if not speed > 0:
-            raise ValueError(f"clock speed must be > 0, got {speed!r}")
+        if not (speed > 0 and math.isfinite(speed)):
+            raise ValueError(f"clock speed must be a finite number > 0, got {speed!r}")
         self.speed = float(speed)
         self._start = time.time() if start is None else float(start)
         self._mono0 = time.monotonic()

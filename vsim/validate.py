@@ -23,7 +23,7 @@ def _shown(value: str) -> str:
 
 
 def host_name(value: str, field: str = "name") -> str:
-    if not HOST_NAME.match(value):
+    if not HOST_NAME.fullmatch(value):
         raise InvalidArgument(
             f"{field} {_shown(value)} is not a valid host name: use 1-63 lower-case "
             "letters, digits and '-', not starting or ending with '-' (e.g. esxi-04)"

@@ -185,11 +185,6 @@ def test_wallclock_rejects_speed_not_above_zero(speed: float):
         WallClock(speed=speed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: WallClock accepts speed=inf (e.g. `vsim up --clock-speed inf`); "
-    "now() is then nan or inf (0 * inf) and time stops meaning anything",
-)
 def test_wallclock_rejects_infinite_speed():
     try:
         clock = WallClock(speed=float("inf"))

@@ -1,0 +1,326 @@
+"""Hosts through the vCenter core: AddHost's thumbprint check, RemoveHost, host crashes
+and reboots, and a vCenter restart on the same data dir and hosts."""
+
+from __future__ import annotations
+
+import pytest
+from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab
+
+from vsim.faults import DuplicateName, HostNotConnected, InvalidArgument, InvalidState, NotFound
+from vsim.v1 import vcenter_pb2 as pb
+
+# AddHost
+
+
+async def test_add_host_without_thumbprint_fails_with_the_real_thumbprint(lab: Lab):
+    failed = await lab.add_host("esxi-04")
+    assert (failed.state, failed.error.name) == (ERROR, "SSLVerifyFault")
+    real = lab.engine._identities["esxi-04"].thumbprint
+    assert dict(failed.error.properties) == {"thumbprint": real}
+    assert real in failed.error.message
+    assert "esxi-04" not in lab.hosts()
+    assert not [e for e in lab.events() if e.type == "HostAddedEvent" and e.host == "esxi-04"]
+
+    added = await lab.add_host("esxi-04", real)
+    assert (added.state, added.result) == (SUCCESS, "esxi-04")
+    host = lab.hosts()["esxi-04"]
+    assert (host.connection_state, host.ssl_thumbprint) == (CONNECTED, real)
+    assert lab.engine._hostd["esxi-04"].accounts.users() == ["root", "vpxuser"]
+    assert lab.events()[-1].type == "HostAddedEvent"
+    # The new host takes VMs.
+    assert (await lab.create("vm-new", host="esxi-04")).state == SUCCESS
+    assert (await lab.power_on("vm-new")).state == SUCCESS
+
+
+async def test_add_host_accepts_thumbprint_in_any_case_without_colons(lab: Lab):
+    failed = await lab.add_host("esxi-04")
+    plain = failed.error.properties["thumbprint"].replace(":", "").lower()
+    assert (await lab.add_host("esxi-04", plain)).state == SUCCESS
+
+
+async def test_add_host_with_a_wrong_thumbprint_is_ssl_verify_fault(lab: Lab):
+    wrong = lab.engine._identities["esxi-01"].thumbprint  # another host's certificate
+    failed = await lab.add_host("esxi-04", wrong)
+    assert (failed.state, failed.error.name) == (ERROR, "SSLVerifyFault")
+    assert failed.error.properties["thumbprint"] == lab.engine._identities["esxi-04"].thumbprint
+    assert "esxi-04" not in lab.hosts()
+
+
+async def test_add_host_rejects_a_malformed_thumbprint_at_once(lab: Lab):
+    before = lab.snapshot()
+    with pytest.raises(InvalidArgument, match="ssl_thumbprint"):
+        lab.vc.AddHost(pb.AddHostRequest(name="esxi-04", ssl_thumbprint="AB:CD"), lab.session)
+    assert lab.snapshot() == before
+    assert "esxi-04" not in lab.engine._hostd
+
+
+async def test_add_duplicate_host_is_duplicate_name(lab: Lab):
+    before = lab.snapshot()
+    thumbprint = lab.hosts()["esxi-02"].ssl_thumbprint
+    with pytest.raises(DuplicateName):
+        lab.vc.AddHost(pb.AddHostRequest(name="esxi-02", ssl_thumbprint=thumbprint), lab.session)
+    assert lab.snapshot() == before
+
+
+@pytest.mark.parametrize("name", ["", "ESXI-04", "esxi_04", "-esxi", "e" * 64, "h" * 10_000_000])
+async def test_add_host_rejects_bad_names_at_once(lab: Lab, name: str):
+    before = lab.snapshot()
+    with pytest.raises(InvalidArgument) as excinfo:
+        lab.vc.AddHost(pb.AddHostRequest(name=name), lab.session)
+    assert len(excinfo.value.message) < 300
+    assert lab.snapshot() == before
+
+
+async def test_add_host_rejects_a_name_with_a_trailing_newline(lab: Lab):
+    before = lab.snapshot()
+    with pytest.raises(InvalidArgument):
+        lab.vc.AddHost(pb.AddHostRequest(name="esxi-04\n"), lab.session)
+    assert lab.snapshot() == before
+
+
+async def test_add_host_with_too_little_memory_is_invalid_argument(lab: Lab):
+    with pytest.raises(InvalidArgument, match="memory_mb"):
+        lab.vc.AddHost(pb.AddHostRequest(name="esxi-04", memory_mb=512), lab.session)
+
+
+# RemoveHost
+
+
+async def test_remove_host_with_powered_on_vms_is_invalid_state(lab: Lab):
+    await lab.create("vm-001", host="esxi-01")
+    await lab.power_on("vm-001")
+    before = lab.snapshot()
+    with pytest.raises(InvalidState, match="powered-on"):
+        lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-01"), lab.session)
+    assert lab.snapshot() == before
+    assert lab.hosts()["esxi-01"].connection_state == CONNECTED
+
+
+async def test_remove_host_after_power_off_removes_it_and_its_vms(lab: Lab):
+    await lab.create("vm-001", host="esxi-01")
+    await lab.create("vm-002", host="esxi-01")
+    await lab.create("vm-003", host="esxi-02")
+    await lab.power_on("vm-001")
+    await lab.power_off("vm-001")
+    done = await lab.remove_host("esxi-01")
+    assert (done.state, done.name, done.result) == (SUCCESS, "RemoveHost_Task", "esxi-01")
+    assert list(lab.hosts()) == ["esxi-02", "esxi-03"]
+    assert list(lab.vms()) == ["vm-003"]
+    assert not await lab.engine.is_running("esxi-01")
+    assert lab.vc.inventory.machine("esxi-01") is None
+    assert lab.events()[-1].type == "HostRemovedEvent"
+    with pytest.raises(NotFound):
+        lab.vc.PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
+    with pytest.raises(NotFound):
+        lab.vc.CreateVm(
+            pb.CreateVmRequest(name="vm-004", cpus=1, memory_mb=1024, host="esxi-01"), lab.session
+        )
+
+
+async def test_remove_unknown_host_is_not_found(lab: Lab):
+    before = lab.snapshot()
+    with pytest.raises(NotFound):
+        lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-99"), lab.session)
+    assert lab.snapshot() == before
+
+
+# Host crashes and reboots
+
+
+async def _lab_with_vm_on_esxi_01(lab: Lab) -> None:
+    assert (await lab.create("vm-001", host="esxi-01", memory_mb=2048)).state == SUCCESS
+    assert (await lab.create("vm-002", host="esxi-01")).state == SUCCESS
+    assert (await lab.power_on("vm-001")).state == SUCCESS
+
+
+async def test_crashed_host_is_marked_not_responding(lab: Lab):
+    await _lab_with_vm_on_esxi_01(lab)
+    after = lab.last_event_key()
+    lab.engine.crash("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    assert lab.hosts()["esxi-01"].connection_state == NOT_RESPONDING
+    assert [(e.type, e.host) for e in lab.events(after)] == [("HostNotRespondingEvent", "esxi-01")]
+
+
+async def test_host_that_stops_answering_is_marked_not_responding(lab: Lab):
+    """As above, with vCenter's open connection broken too (what a real crash does)."""
+    await _lab_with_vm_on_esxi_01(lab)
+    after = lab.last_event_key()
+    lab.engine.crash("esxi-01")
+    lab.drop_connection("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    hosts = lab.hosts()
+    assert hosts["esxi-01"].connection_state == NOT_RESPONDING
+    assert hosts["esxi-02"].connection_state == CONNECTED
+    assert [(e.type, e.host) for e in lab.events(after)] == [("HostNotRespondingEvent", "esxi-01")]
+    # A second round posts no second event.
+    await lab.vc.hosts.heartbeat_once()
+    assert len(lab.events(after)) == 1
+    status = lab.vc.GetStatus(pb.GetStatusRequest(), lab.session)
+    assert (status.hosts, status.hosts_connected) == (3, 2)
+
+
+async def test_operations_on_vms_of_a_not_responding_host_fail(lab: Lab):
+    await _lab_with_vm_on_esxi_01(lab)
+    lab.engine.crash("esxi-01")
+    lab.drop_connection("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    before = lab.snapshot()
+    for call, name in [
+        (lab.vc.PowerOffVm, "vm-001"),
+        (lab.vc.PowerOnVm, "vm-002"),
+        (lab.vc.DestroyVm, "vm-002"),
+    ]:
+        with pytest.raises(HostNotConnected):
+            call(pb.VmRequest(name=name), lab.session)
+    with pytest.raises(HostNotConnected):
+        lab.vc.CreateVm(
+            pb.CreateVmRequest(name="vm-003", cpus=1, memory_mb=1024, host="esxi-01"), lab.session
+        )
+    assert lab.snapshot() == before
+    # Placement avoids the host.
+    assert (await lab.create("vm-003")).state == SUCCESS
+    assert lab.vms()["vm-003"].host != "esxi-01"
+
+
+async def test_vm_task_fails_when_its_host_dies_under_it(lab: Lab):
+    await _lab_with_vm_on_esxi_01(lab)
+    task = lab.vc.PowerOnVm(pb.VmRequest(name="vm-002"), lab.session)
+    lab.engine.crash("esxi-01")
+    lab.drop_connection("esxi-01")
+    done = await lab.wait(task)
+    assert (done.state, done.error.name) == (ERROR, "HostNotConnected")
+    assert lab.vms()["vm-002"].power_state == OFF
+    assert lab.hosts()["esxi-01"].connection_state == NOT_RESPONDING
+
+
+async def test_rebooted_host_reconnects_and_its_vms_are_powered_off(lab: Lab):
+    await _lab_with_vm_on_esxi_01(lab)
+    lab.engine.crash("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    assert lab.hosts()["esxi-01"].connection_state == NOT_RESPONDING
+    after = lab.last_event_key()
+    await lab.engine.reboot("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    _check_reconnected_after_reboot(lab, after)
+
+
+async def test_host_that_answers_again_after_reboot_reconnects(lab: Lab):
+    """As above, with vCenter's connection broken by the crash (no engine bug involved)."""
+    await _lab_with_vm_on_esxi_01(lab)
+    lab.engine.crash("esxi-01")
+    lab.drop_connection("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    assert lab.hosts()["esxi-01"].connection_state == NOT_RESPONDING
+    after = lab.last_event_key()
+    await lab.engine.reboot("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    _check_reconnected_after_reboot(lab, after)
+
+
+def _check_reconnected_after_reboot(lab: Lab, after: int) -> None:
+    assert lab.hosts()["esxi-01"].connection_state == CONNECTED
+    vms = lab.vms()
+    assert (vms["vm-001"].power_state, vms["vm-002"].power_state) == (OFF, OFF)
+    assert lab.host_power_states()["vm-001"] == OFF
+    assert {vm.name for vm in lab.engine._hostd["esxi-01"].kernel.vms()} == {"vm-001", "vm-002"}
+    events = [(e.type, e.vm) for e in lab.events(after)]
+    assert ("VmPoweredOffEvent", "vm-001") in events
+    assert ("HostConnectedEvent", "") in events
+    assert not any(vm == "vm-002" for _, vm in events)
+
+
+async def test_empty_host_reconnects_after_a_reboot(lab: Lab):
+    lab.engine.crash("esxi-03")
+    lab.drop_connection("esxi-03")
+    await lab.vc.hosts.heartbeat_once()
+    assert lab.hosts()["esxi-03"].connection_state == NOT_RESPONDING
+    after = lab.last_event_key()
+    await lab.engine.reboot("esxi-03")
+    await lab.vc.hosts.heartbeat_once()
+    assert lab.hosts()["esxi-03"].connection_state == CONNECTED
+    assert [(e.type, e.host) for e in lab.events(after)] == [("HostConnectedEvent", "esxi-03")]
+    # vCenter logged in again as vpxuser (the reboot dropped its session).
+    assert (await lab.create("vm-x", host="esxi-03")).state == SUCCESS
+    assert (await lab.power_on("vm-x")).state == SUCCESS
+
+
+# vCenter restart
+
+
+async def test_restart_keeps_inventory_power_states_sessions_and_tasks(lab: Lab):
+    await lab.create("vm-on", host="esxi-01")
+    await lab.create("vm-off", host="esxi-02")
+    await lab.power_on("vm-on")
+    failed = await lab.add_host("esxi-04")  # an error task in the history
+    assert failed.state == ERROR
+    hosts, vms, tasks = lab.hosts(), lab.vms(), lab.tasks()
+    events = lab.events()
+    token, uuid = lab.token, lab.vc.uuid
+    engine = lab.engine
+
+    await lab.restart()
+
+    assert lab.engine is engine
+    assert lab.vc.authenticate(token, "ListVms").user_name == "administrator@vsphere.local"
+    assert lab.vc.uuid == uuid
+    assert lab.hosts() == hosts
+    assert lab.vms() == vms
+    assert {n: vm.power_state for n, vm in lab.vms().items()} == {"vm-on": ON, "vm-off": OFF}
+    assert lab.host_power_states() == {"vm-on": ON, "vm-off": OFF}
+    assert lab.tasks() == tasks
+    assert lab.events()[: len(events)] == events
+    assert lab.events()[len(events)].type == "VcenterStartedEvent"
+    # It keeps working.
+    assert (await lab.power_off("vm-on")).state == SUCCESS
+    assert lab.host_power_states()["vm-on"] == OFF
+
+
+async def test_restart_takes_power_states_from_the_hosts(lab: Lab):
+    await lab.create("vm-001", host="esxi-01")
+    await lab.power_on("vm-001")
+    after = lab.last_event_key()
+    await lab.stop()
+    # While vCenter is down, the VM is powered off on the host directly.
+    lab.engine._hostd["esxi-01"].kernel.power_off("vm-001")
+    await lab.boot(lab.spec)
+    assert lab.vms()["vm-001"].power_state == OFF
+    assert [(e.type, e.vm) for e in lab.events(after)] == [
+        ("VcenterStartedEvent", ""),
+        ("VmPoweredOffEvent", "vm-001"),
+    ]
+
+
+async def test_restart_with_a_new_engine_boots_the_hosts_again(lab: Lab):
+    await lab.create("vm-001", host="esxi-01")
+    await lab.power_on("vm-001")
+    thumbprints = {n: h.ssl_thumbprint for n, h in lab.hosts().items()}
+    await lab.stop()
+    # The engine is gone with its hosts (new identities too): vCenter must refuse
+    # certificates that changed.
+    lab.engine = type(lab.engine)(lab.clock)
+    await lab.boot(lab.spec)
+    hosts = lab.hosts()
+    assert {n: h.connection_state for n, h in hosts.items()} == {
+        n: NOT_RESPONDING for n in thumbprints
+    }
+    assert {n: h.ssl_thumbprint for n, h in hosts.items()} == thumbprints
+
+
+async def test_a_not_responding_host_can_be_removed_with_its_vms(lab: Lab):
+    await _lab_with_vm_on_esxi_01(lab)
+    with pytest.raises(InvalidState):
+        lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-01"), lab.session)
+    lab.engine.crash("esxi-01")
+    await lab.vc.hosts.heartbeat_once()
+    assert (await lab.remove_host("esxi-01")).state == SUCCESS
+    assert "esxi-01" not in lab.hosts()
+    assert not {"vm-001", "vm-002"} & set(lab.vms())
+
+
+async def test_a_vm_named_like_a_host_is_not_blocked_by_that_hosts_task(lab: Lab):
+    assert (await lab.create("esxi-02", host="esxi-03")).state == SUCCESS
+    host_task = lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-02"), lab.session)
+    vm_task = lab.vc.PowerOnVm(pb.VmRequest(name="esxi-02"), lab.session)
+    assert (await lab.wait(vm_task)).state == SUCCESS
+    assert (await lab.wait(host_task)).state == SUCCESS
