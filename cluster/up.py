@@ -91,11 +91,13 @@ async def serve(options: UpOptions, config: UserConfig, on_ready) -> None:
             )
             on_ready(info)
             await stop.wait()
+            print("Stopping vCenter and the hosts...", file=sys.stderr, flush=True)
         finally:
             await running.stop()
     finally:
         ray.shutdown()
         config.clear_up_state(os.getpid())
+    print("Stopped.", file=sys.stderr, flush=True)
 
 
 async def _record_session(running, endpoint: str, config: UserConfig) -> dict:

@@ -90,11 +90,9 @@ class HostManager:
         return host
 
     def list(self) -> list[pb.Host]:
-        usage = self._inventory.host_usage()
         hosts = []
         for record in self._inventory.hosts():
             spec = self.public_spec(record.name)
-            n, n_on, mem = usage.get(record.name, (0, 0, 0))
             hosts.append(
                 pb.Host(
                     name=record.name,
@@ -104,9 +102,9 @@ class HostManager:
                     cpu_cores=spec.cpu_cores,
                     cpu_mhz=spec.cpu_mhz,
                     memory_mb=spec.memory_mb,
-                    memory_used_mb=mem,
-                    vms=n,
-                    vms_powered_on=n_on,
+                    memory_used_mb=record.memory_used_mb,
+                    vms=record.vms,
+                    vms_powered_on=record.vms_powered_on,
                     uuid=spec.uuid,
                 )
             )
@@ -124,8 +122,10 @@ class HostManager:
         machine = self._inventory.machine(name)
         if machine is None:
             raise NotFound(f"no machine record for {name}")
-        spec = HostSpec.from_json(machine.spec_json)
-        return replace(spec, root_password=self._secrets.open(machine.root_password_enc))
+        return replace(
+            HostSpec.from_json(machine.spec_json),
+            root_password=self._secrets.open(machine.root_password_enc),
+        )
 
     # adding and removing
 
@@ -214,10 +214,10 @@ class HostManager:
         """A connected host must have no powered-on VMs; one that is not responding may
         go with its VMs (as in vSphere: what ran there is gone with the host)."""
         host = self.record(name)
-        _, n_on, _ = self._inventory.host_usage().get(name, (0, 0, 0))
-        if n_on and host.connection_state == CONNECTED:
+        if host.vms_powered_on and host.connection_state == CONNECTED:
             raise InvalidState(
-                f"{name} has {n_on} powered-on VMs; power them off before removing the host"
+                f"{name} has {host.vms_powered_on} powered-on VMs; power them off before "
+                "removing the host"
             )
 
     async def remove(self, name: str, user: str) -> str:

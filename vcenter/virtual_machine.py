@@ -95,9 +95,8 @@ class VmManager:
             validate.host_name(request.host, "host")
             self._hosts.connected(request.host)
             return request.host
-        usage = self._inventory.host_usage()
         candidates = [
-            (h.memory_mb - usage.get(h.name, (0, 0, 0))[2], h.name)
+            (h.memory_mb - h.memory_used_mb, h.name)
             for h in self._hosts.list()
             if h.connection_state == CONNECTED
         ]
