@@ -46,6 +46,8 @@ HEARTBEAT_INTERVAL = 10.0
 """Seconds (simulated) between vCenter's checks of each host."""
 HEARTBEAT_TIMEOUT = 5.0
 """Real seconds a host has to answer a heartbeat before it is marked not responding."""
+VIM_PASSWORD_EXPIRATION = 30 * 86400.0
+"""VirtualCenter.VimPasswordExpirationInDays (30 days): vpxuser's password lifetime."""
 CONNECTED = pb.CONNECTION_STATE_CONNECTED
 NOT_RESPONDING = pb.CONNECTION_STATE_NOT_RESPONDING
 ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
@@ -202,6 +204,7 @@ class HostManager:
                 port.endpoint,
                 port.thumbprint,
                 CONNECTED,
+                vpx_password_set=self._clock.now(),
             )
         )
         self._links[spec.name] = HostLink(port, session)
@@ -244,6 +247,22 @@ class HostManager:
         except HostConnectFault:
             self._mark_not_responding(name)
             raise HostNotConnected(f"{name} stopped answering; the operation did not run") from None
+
+    async def rotate_vpxuser(self, name: str) -> None:
+        """Gives vpxuser a new random password on the host (as vCenter does every
+        VimPasswordExpirationInDays) and logs in with it. The new password is stored
+        as soon as the host has taken it; if the host refuses, the old one stays."""
+        link = self._links[name]
+        password = generate_password(VPXUSER_PASSWORD_LENGTH)
+        request = hpb.CreateUserRequest(user_name=VPXUSER, password=password, role="Admin")
+        await link.port.call("CreateUser", request, link.session)
+        self._inventory.update_host(
+            name, vpx_password_enc=self._secrets.seal(password), vpx_password_set=self._clock.now()
+        )
+        self._events.post(
+            "HostVpxuserPasswordChangedEvent", f"Changed the vpxuser password on {name}", host=name
+        )
+        link.session = await self._login_vpxuser(link.port, password)
 
     def _vpx_password(self, name: str) -> str:
         return self._secrets.open(self.record(name).vpx_password_enc)
@@ -339,8 +358,11 @@ class HostManager:
                 if await self._engine.is_running(name):
                     await self.attach(name, boot=False)
                 return
-            if self.record(name).connection_state != CONNECTED:
+            record = self.record(name)
+            if record.connection_state != CONNECTED:
                 await self.attach(name, boot=False)
+            elif self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
+                await self.rotate_vpxuser(name)
 
         await asyncio.gather(*(check(h.name) for h in self._inventory.hosts()))
 

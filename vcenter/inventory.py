@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     -- Kept by the triggers below, so reading a host's use costs O(1), not O(VMs).
     vms INTEGER NOT NULL DEFAULT 0,
     vms_powered_on INTEGER NOT NULL DEFAULT 0,
-    memory_used_mb INTEGER NOT NULL DEFAULT 0
+    memory_used_mb INTEGER NOT NULL DEFAULT 0,
+    vpx_password_set REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS vms (
     name TEXT PRIMARY KEY,
@@ -115,6 +116,8 @@ class HostRecord:
     vms_powered_on: int = 0
     memory_used_mb: int = 0
     """Configured memory of its powered-on VMs."""
+    vpx_password_set: float = 0.0
+    """When (simulated clock) vpxuser's password was last set on the host."""
 
 
 class Inventory:
@@ -174,14 +177,15 @@ class Inventory:
 
     def add_host(self, host: HostRecord) -> None:
         self._db.execute(
-            "INSERT INTO hosts (name, vpx_password_enc, endpoint, thumbprint, connection_state)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO hosts (name, vpx_password_enc, endpoint, thumbprint, connection_state,"
+            " vpx_password_set) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 host.name,
                 host.vpx_password_enc,
                 host.endpoint,
                 host.thumbprint,
                 host.connection_state,
+                host.vpx_password_set,
             ),
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 
 import pytest
-from vclab import Lab
+from vclab import SUCCESS, Lab
 
 from vsim.faults import InvalidArgument, InvalidLogin, NotAuthenticated
 from vsim.host.accounts import HostAccounts
@@ -135,3 +135,27 @@ async def test_host_root_passwords_are_not_in_the_database(lab: Lab):
     for name, spec in lab.engine._specs.items():
         assert len(spec.root_password) >= 16
         assert spec.root_password.encode() not in data, name
+
+
+async def test_vpxuser_password_is_rotated_once_30_days_old(lab: Lab):
+    before = {name: lab.vc.hosts._vpx_password(name) for name in ("esxi-01", "esxi-02")}
+    after_key = lab.last_event_key()
+    await lab.vc.hosts.heartbeat_once()
+    assert lab.vc.hosts._vpx_password("esxi-01") == before["esxi-01"]  # not due yet
+
+    lab.vc.inventory.update_host("esxi-01", vpx_password_set=lab.clock.now() - 30 * 86400)
+    await lab.vc.hosts.heartbeat_once()
+    new = lab.vc.hosts._vpx_password("esxi-01")
+    assert new != before["esxi-01"] and len(new) == 32
+    assert lab.vc.hosts._vpx_password("esxi-02") == before["esxi-02"]
+    accounts = lab.engine.running("esxi-01").accounts
+    with pytest.raises(InvalidLogin):
+        accounts.login(VPXUSER, before["esxi-01"])
+    accounts.login(VPXUSER, new)
+    assert [(e.type, e.host) for e in lab.events(after_key)] == [
+        ("HostVpxuserPasswordChangedEvent", "esxi-01")
+    ]
+    # vCenter keeps working with the new password.
+    assert (await lab.create("after-rotation", host="esxi-01")).state == SUCCESS
+    assert (await lab.power_on("after-rotation")).state == SUCCESS
+    assert lab.vms()["after-rotation"].power_state == pb.POWER_STATE_POWERED_ON
