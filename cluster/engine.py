@@ -31,8 +31,10 @@ class HostEngine(Protocol):
     kind: str
     """"ray" or "in-process"."""
 
-    async def provision(self, spec: HostSpec) -> None:
-        """Boots the host if it is not running (a running host is left as it is)."""
+    async def provision(self, spec: HostSpec) -> str:
+        """Boots the host if it is not running (a running host is left as it is), and
+        returns the thumbprint the host reports through the engine's own channel (Ray,
+        or this process), for vCenter to check against what the network presents."""
 
     async def is_running(self, name: str) -> bool: ...
 

@@ -16,6 +16,7 @@ from vsim.faults import HostConnectFault
 from vsim.host.accounts import HostAccounts, MemoryAccountStore
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
+from vsim.passwords import hash_password
 from vsim.tls import Identity, make_identity
 
 
@@ -38,7 +39,7 @@ class LocalHostPort:
         if self._engine.running(self.name) is not self._hostd:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
         copy = type(request).FromString(request.SerializeToString())
-        return getattr(self._hostd, method)(copy, session)
+        return self._hostd.call(method, copy, session)
 
     async def close(self) -> None:
         self._hostd = None
@@ -54,14 +55,14 @@ class InProcessEngine:
         self._identities: dict[str, Identity] = {}
         self._stores: dict[str, MemoryAccountStore] = {}
 
-    async def provision(self, spec: HostSpec) -> None:
-        if spec.name in self._hostd:
-            return
-        self._specs[spec.name] = spec.validated()
-        self._identities.setdefault(spec.name, make_identity(spec.name))
-        store = self._stores.setdefault(spec.name, MemoryAccountStore())
-        kernel = HostKernel(spec, self.clock)
-        self._hostd[spec.name] = Hostd(kernel, HostAccounts(store, spec.root_password))
+    async def provision(self, spec: HostSpec) -> str:
+        identity = self._identities.setdefault(spec.name, make_identity(spec.name))
+        if spec.name not in self._hostd:
+            self._specs[spec.name] = spec.validated()
+            store = self._stores.setdefault(spec.name, MemoryAccountStore())
+            accounts = HostAccounts(store, hash_password(spec.root_password))
+            self._hostd[spec.name] = Hostd(HostKernel(spec, self.clock), accounts)
+        return identity.thumbprint
 
     async def is_running(self, name: str) -> bool:
         return name in self._hostd

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -18,9 +19,12 @@ from vsim.cluster.spec import HostSpec
 from vsim.faults import HostConnectFault
 from vsim.host.actor import EsxiHost
 from vsim.host.hostd_client import GrpcHostPort
+from vsim.passwords import hash_password
 
 EsxiHostActor = ray.remote(EsxiHost)
 NAME_RELEASE_TRIES = 50
+BOOT_TIMEOUT = 120.0
+"""Real seconds a host actor has to be placed and start hostd."""
 
 
 class RayEngine:
@@ -40,11 +44,17 @@ class RayEngine:
     def host_dir(self, name: str) -> Path:
         return self.data_dir / "hosts" / name
 
-    async def provision(self, spec: HostSpec) -> None:
+    async def provision(self, spec: HostSpec) -> str:
         actor = self._actor(spec.name)
         if actor is None:
             actor = await self._create(spec)
-        await actor.boot.remote()
+        try:
+            info = await asyncio.wait_for(actor.boot.remote(), BOOT_TIMEOUT)
+        except Exception as e:  # noqa: BLE001 - an actor that cannot be placed or boot
+            raise HostConnectFault(
+                f"{spec.name} did not boot within {BOOT_TIMEOUT:.0f} s: {type(e).__name__}"
+            ) from None
+        return info["thumbprint"]
 
     async def _create(self, spec: HostSpec):
         for _ in range(NAME_RELEASE_TRIES):
@@ -55,7 +65,12 @@ class RayEngine:
                     lifetime="detached",
                     num_cpus=0,
                     max_restarts=0,
-                ).remote(spec.to_json(), str(self.host_dir(spec.name)), self.clock_speed)
+                ).remote(
+                    replace(spec, root_password="").to_json(),
+                    hash_password(spec.root_password),
+                    str(self.host_dir(spec.name)),
+                    self.clock_speed,
+                )
             except ValueError:
                 # The name of a just-killed actor is released asynchronously.
                 await asyncio.sleep(0.1)
@@ -66,19 +81,21 @@ class RayEngine:
         if actor is None:
             return False
         try:
-            await asyncio.wait_for(actor.boot.remote(), 10)
+            info = await asyncio.wait_for(actor.info.remote(), 10)
         except Exception:  # noqa: BLE001 - any failure means "not running"
             return False
-        return True
+        return bool(info["endpoint"])
 
     async def connect(self, name: str) -> GrpcHostPort:
         actor = self._actor(name)
         if actor is None:
             raise HostConnectFault(f"host {name} does not answer: it is not running")
         try:
-            info = await asyncio.wait_for(actor.boot.remote(), 30)
+            info = await asyncio.wait_for(actor.info.remote(), 30)
         except Exception as e:  # noqa: BLE001 - a dead or hung actor
             raise HostConnectFault(f"host {name} does not answer: {type(e).__name__}") from None
+        if not info["endpoint"]:
+            raise HostConnectFault(f"host {name} is still booting")
         return await GrpcHostPort.open(name, info["endpoint"])
 
     async def decommission(self, name: str) -> None:
@@ -89,7 +106,7 @@ class RayEngine:
             except Exception:  # noqa: BLE001 - it is going away either way
                 pass
             ray.kill(actor, no_restart=True)
-        shutil.rmtree(self.host_dir(name), ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.host_dir(name), True)
 
     async def close(self) -> None:
         pass

@@ -67,17 +67,19 @@ class HostAccounts:
     def __init__(
         self,
         store: AccountStore,
-        root_password: str,
+        root_password_hash: str,
         token_source: Callable[[], str] = new_token,
     ) -> None:
+        """root_password_hash (scrypt, from vsim.passwords) sets root's password on first
+        boot; whoever provisions the host never hands it the clear password."""
         self._store = store
         self._accounts = store.load()
         self._sessions: dict[str, str] = {}  # token digest -> user name
         self._new_token = token_source
         if "root" not in self._accounts:
-            if not root_password:
-                raise ValueError("a host needs a root password on first boot")
-            self._accounts["root"] = Account("root", hash_password(root_password), "Admin")
+            if not root_password_hash.startswith("scrypt$"):
+                raise ValueError("a host needs root's password hash on first boot")
+            self._accounts["root"] = Account("root", root_password_hash, "Admin")
             self._store.save(self._accounts)
 
     def users(self) -> list[str]:
@@ -100,11 +102,10 @@ class HostAccounts:
             )
         return user
 
-    def require_admin(self, token: str | None) -> str:
-        user = self.user_of(token)
-        if self._accounts[user].role != "Admin":
+    def require_admin(self, user: str) -> None:
+        account = self._accounts.get(user)
+        if account is None or account.role != "Admin":
             raise NoPermission(f"{user} may not do this: it needs the Admin role")
-        return user
 
     def set_account(self, user_name: str, password: str, role: str) -> None:
         """Creates the account or resets its password; drops its open sessions."""

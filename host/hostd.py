@@ -1,15 +1,17 @@
 """hostd: the management agent of one ESXi host, as plain Python.
 
 Each method is named like its HostAgent RPC, takes the request message and the
-caller's session token, and returns the response message or raises a VimFault.
-Who may call is decided here (accounts); what is possible is decided by the kernel.
-The gRPC server and the in-process engine both call these methods, so the two
-engines enforce exactly the same rules.
+caller's user name, and returns the response message or raises a VimFault.
+`authenticate` is the one session check in front of all of them (only Login is
+public); who may do what is decided here (accounts), what is possible by the kernel.
+The gRPC server and the in-process engine both go through `authenticate`, so the
+two engines enforce exactly the same rules.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from vsim import validate
 from vsim.faults import InvalidArgument
@@ -18,7 +20,7 @@ from vsim.host.kernel import HostKernel, VmConfig
 from vsim.v1 import host_agent_pb2 as pb
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-UNAUTHENTICATED_METHODS = frozenset({"Login", "GetHostInfo"})
+PUBLIC_METHODS = frozenset({"Login"})
 
 
 def vm_to_proto(vm: VmConfig) -> pb.HostVm:
@@ -37,12 +39,22 @@ class Hostd:
         self.kernel = kernel
         self.accounts = accounts
 
-    def Login(self, request: pb.HostLoginRequest, session: str | None) -> pb.HostLoginResponse:
+    def authenticate(self, token: str | None, method: str) -> str | None:
+        """The one check before every method: the caller's user (None for Login)."""
+        if method in PUBLIC_METHODS:
+            return None
+        return self.accounts.user_of(token)
+
+    def call(self, method: str, request: Any, token: str | None) -> Any:
+        """Authenticates and dispatches one call, as the gRPC chokepoint does."""
+        return getattr(self, method)(request, self.authenticate(token, method))
+
+    def Login(self, request: pb.HostLoginRequest, user: str | None) -> pb.HostLoginResponse:
         return pb.HostLoginResponse(
             session=self.accounts.login(request.user_name, request.password)
         )
 
-    def GetHostInfo(self, request: pb.GetHostInfoRequest, session: str | None) -> pb.HostInfo:
+    def GetHostInfo(self, request: pb.GetHostInfoRequest, user: str | None) -> pb.HostInfo:
         k = self.kernel
         return pb.HostInfo(
             name=k.spec.name,
@@ -51,15 +63,13 @@ class Hostd:
             cpu_mhz=k.spec.cpu_mhz,
             memory_mb=k.spec.memory_mb,
             memory_used_mb=k.memory_used_mb,
-            vms=len(k.vms()),
+            vms=k.vm_count(),
             vms_powered_on=k.powered_on_count(),
             boot_time=k.boot_time,
         )
 
-    def CreateUser(
-        self, request: pb.CreateUserRequest, session: str | None
-    ) -> pb.CreateUserResponse:
-        self.accounts.require_admin(session)
+    def CreateUser(self, request: pb.CreateUserRequest, user: str | None) -> pb.CreateUserResponse:
+        self.accounts.require_admin(user)
         if not USER_NAME.match(request.user_name):
             raise InvalidArgument(
                 f"user_name {request.user_name[:40]!r} is not valid: 1-32 characters, "
@@ -74,10 +84,8 @@ class Hostd:
         self.accounts.set_account(request.user_name, request.password, request.role)
         return pb.CreateUserResponse()
 
-    def RegisterVm(
-        self, request: pb.RegisterVmRequest, session: str | None
-    ) -> pb.RegisterVmResponse:
-        self.accounts.require_admin(session)
+    def RegisterVm(self, request: pb.RegisterVmRequest, user: str | None) -> pb.RegisterVmResponse:
+        self.accounts.require_admin(user)
         vm = request.vm
         validate.text(vm.uuid, "vm.uuid", 64)
         validate.text(vm.guest_os, "vm.guest_os", 64)
@@ -86,20 +94,17 @@ class Hostd:
         )
         return pb.RegisterVmResponse()
 
-    def UnregisterVm(self, request: pb.HostVmRequest, session: str | None) -> pb.HostVmResponse:
-        self.accounts.require_admin(session)
+    def UnregisterVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.unregister_vm(request.name)))
 
-    def PowerOnVm(self, request: pb.HostVmRequest, session: str | None) -> pb.HostVmResponse:
-        self.accounts.require_admin(session)
+    def PowerOnVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_on(request.name)))
 
-    def PowerOffVm(self, request: pb.HostVmRequest, session: str | None) -> pb.HostVmResponse:
-        self.accounts.require_admin(session)
+    def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name)))
 
-    def ListVms(
-        self, request: pb.ListHostVmsRequest, session: str | None
-    ) -> pb.ListHostVmsResponse:
-        self.accounts.user_of(session)
+    def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
         return pb.ListHostVmsResponse(vms=[vm_to_proto(vm) for vm in self.kernel.vms()])

@@ -52,6 +52,9 @@ class HostKernel:
     def vms(self) -> list[VmConfig]:
         return sorted(self._vms.values(), key=lambda vm: vm.name)
 
+    def vm_count(self) -> int:
+        return len(self._vms)
+
     def powered_on_count(self) -> int:
         return sum(vm.powered_on for vm in self._vms.values())
 

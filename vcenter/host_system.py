@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from vsim.faults import (
     HostConnectFault,
     HostNotConnected,
     InvalidArgument,
+    InvalidLogin,
     InvalidState,
     NotAuthenticated,
     NotFound,
@@ -68,7 +70,10 @@ class HostManager:
         events: EventLog,
         clock: Clock,
         rng: random.Random,
+        busy: Callable[[str, str], bool],
     ) -> None:
+        """busy(kind, name) tells whether a task is under way on that entity."""
+        self._busy = busy
         self._inventory = inventory
         self._engine = engine
         self._secrets = secrets
@@ -76,6 +81,7 @@ class HostManager:
         self._clock = clock
         self._rng = rng
         self._links: dict[str, HostLink] = {}
+        self._rotating: set[str] = set()
 
     # queries
 
@@ -152,29 +158,29 @@ class HostManager:
         )
         return spec.validated()
 
-    async def provision(self, spec: HostSpec) -> HostSpec:
-        """Boots the machine for spec, recording it first; an existing record wins."""
+    async def provision(self, spec: HostSpec) -> tuple[HostSpec, str]:
+        """Boots the machine for spec, recording it first (an existing record wins: the
+        hardware is already there). Returns the spec booted and the thumbprint the host
+        reports through the engine."""
         if self._inventory.machine(spec.name) is None:
             public = replace(spec, root_password="")
             self._inventory.add_machine(
                 MachineRecord(spec.name, public.to_json(), self._secrets.seal(spec.root_password))
             )
         spec = self.spec(spec.name)
-        await self._engine.provision(spec)
-        return spec
-
-    async def presented_thumbprint(self, name: str) -> str:
-        port = await self._engine.connect(name)
-        try:
-            return port.thumbprint
-        finally:
-            await port.close()
+        return spec, await self._engine.provision(spec)
 
     async def add(self, request: pb.AddHostRequest, spec: HostSpec, user: str) -> str:
         """AddHost's work: provision if needed, verify the certificate, create vpxuser."""
-        spec = await self.provision(spec)
+        spec, reported = await self.provision(spec)
         port = await self._engine.connect(spec.name)
         try:
+            if port.thumbprint != reported:
+                raise SSLVerifyFault(
+                    f"{spec.name} reports thumbprint {reported} but {port.endpoint} presents "
+                    f"{port.thumbprint}: something else answers at the host's address",
+                    thumbprint=port.thumbprint,
+                )
             expected = (
                 normalize_thumbprint(request.ssl_thumbprint) if request.ssl_thumbprint else ""
             )
@@ -197,20 +203,24 @@ class HostManager:
         except BaseException:
             await port.close()
             raise
-        self._inventory.add_host(
-            HostRecord(
-                spec.name,
-                self._secrets.seal(vpx_password),
-                port.endpoint,
-                port.thumbprint,
-                CONNECTED,
-                vpx_password_set=self._clock.now(),
+        with self._inventory.transaction():
+            self._inventory.add_host(
+                HostRecord(
+                    spec.name,
+                    self._secrets.seal(vpx_password),
+                    port.endpoint,
+                    port.thumbprint,
+                    CONNECTED,
+                    vpx_password_set=self._clock.now(),
+                )
             )
-        )
+            self._events.post(
+                "HostAddedEvent",
+                f"Added host {spec.name} to the cluster",
+                user=user,
+                host=spec.name,
+            )
         self._links[spec.name] = HostLink(port, session)
-        self._events.post(
-            "HostAddedEvent", f"Added host {spec.name} to the cluster", user=user, host=spec.name
-        )
         return spec.name
 
     def check_remove(self, name: str) -> None:
@@ -241,8 +251,9 @@ class HostManager:
         try:
             return await link.port.call(method, request, link.session)
         except NotAuthenticated:
-            # The host forgot our session (it rebooted): log in again once.
-            link.session = await self._login_vpxuser(link.port, self._vpx_password(name))
+            # The host forgot our session (it rebooted, or vpxuser's password was just
+            # changed): log in again once.
+            link.session = await self._login(name, link.port)
             return await link.port.call(method, request, link.session)
         except HostConnectFault:
             self._mark_not_responding(name)
@@ -250,22 +261,48 @@ class HostManager:
 
     async def rotate_vpxuser(self, name: str) -> None:
         """Gives vpxuser a new random password on the host (as vCenter does every
-        VimPasswordExpirationInDays) and logs in with it. The new password is stored
-        as soon as the host has taken it; if the host refuses, the old one stays."""
+        VimPasswordExpirationInDays). The new password is stored as pending before the
+        host is asked, so whatever happens to the call vCenter knows both passwords;
+        the next login settles which one the host has."""
         link = self._links[name]
+        link.session = await self._login(name, link.port)  # settles an earlier attempt
         password = generate_password(VPXUSER_PASSWORD_LENGTH)
+        self._inventory.update_host(name, vpx_password_next_enc=self._secrets.seal(password))
         request = hpb.CreateUserRequest(user_name=VPXUSER, password=password, role="Admin")
-        await link.port.call("CreateUser", request, link.session)
-        self._inventory.update_host(
-            name, vpx_password_enc=self._secrets.seal(password), vpx_password_set=self._clock.now()
-        )
+        self._rotating.add(name)
+        try:
+            await link.port.call("CreateUser", request, link.session)
+        finally:
+            self._rotating.discard(name)
+        link.session = await self._login(name, link.port)
         self._events.post(
             "HostVpxuserPasswordChangedEvent", f"Changed the vpxuser password on {name}", host=name
         )
-        link.session = await self._login_vpxuser(link.port, password)
 
     def _vpx_password(self, name: str) -> str:
         return self._secrets.open(self.record(name).vpx_password_enc)
+
+    async def _login(self, name: str, port: HostPort) -> str:
+        """Logs in as vpxuser. When a rotation left a pending password, it is tried
+        first: if the host has it, it becomes the current one; if not (and no rotation
+        is under way), the host never took it and it is dropped."""
+        host = self.record(name)
+        pending = host.vpx_password_next_enc
+        if pending:
+            try:
+                session = await self._login_vpxuser(port, self._secrets.open(pending))
+            except InvalidLogin:
+                if name not in self._rotating:
+                    self._inventory.update_host(name, vpx_password_next_enc=None)
+            else:
+                self._inventory.update_host(
+                    name,
+                    vpx_password_enc=pending,
+                    vpx_password_next_enc=None,
+                    vpx_password_set=self._clock.now(),
+                )
+                return session
+        return await self._login_vpxuser(port, self._secrets.open(host.vpx_password_enc))
 
     async def _login_vpxuser(self, port: HostPort, password: str) -> str:
         reply = await port.call(
@@ -287,45 +324,48 @@ class HostManager:
         engine has lost it, checks its certificate, logs in as vpxuser, and brings the
         inventory's VMs in line with what the host runs."""
         host = self.record(name)
+        port = None
         try:
             if boot:
                 await self._engine.provision(self.spec(name))
             port = await self._engine.connect(name)
             if port.thumbprint != host.thumbprint:
-                await port.close()
                 raise SSLVerifyFault(
                     f"{name} now presents thumbprint {port.thumbprint}, not the "
                     f"{host.thumbprint} it was added with; remove and add it again",
                     thumbprint=port.thumbprint,
                 )
-            session = await self._login_vpxuser(port, self._vpx_password(name))
-        except VimFault as fault:
-            log.warning("cannot attach %s: %s", name, fault)
+            session = await self._login(name, port)
+            await self._reconcile(name, HostLink(port, session))
+        except Exception as exc:  # noqa: BLE001 - one bad host must not stop the others
+            log.warning("cannot attach %s: %s", name, exc)
+            if port is not None:
+                await port.close()
             self._mark_not_responding(name)
             return
         old = self._links.pop(name, None)
         if old is not None:
             await old.port.close()
         self._links[name] = HostLink(port, session)
-        await self._reconcile(name)
-        was = host.connection_state
-        self._inventory.update_host(name, connection_state=CONNECTED, endpoint=port.endpoint)
-        if was != CONNECTED:
-            self._events.post("HostConnectedEvent", f"Host {name} is connected", host=name)
+        with self._inventory.transaction():
+            self._inventory.update_host(name, connection_state=CONNECTED, endpoint=port.endpoint)
+            if host.connection_state != CONNECTED:
+                self._events.post("HostConnectedEvent", f"Host {name} is connected", host=name)
 
     async def attach_all(self, boot: bool) -> None:
         await asyncio.gather(*(self.attach(h.name, boot) for h in self._inventory.hosts()))
 
-    async def _reconcile(self, name: str) -> None:
+    async def _reconcile(self, name: str, link: HostLink) -> None:
         """The host is the truth for what runs: re-register VMs it lost (a reboot loses
-        every powered-on VM) and take power states from it."""
-        link = self._links[name]
+        every powered-on VM) and take power states from it. VMs with a task under way
+        are left to that task."""
         reply = await link.port.call("ListVms", hpb.ListHostVmsRequest(), link.session)
         on_host = {vm.name: vm for vm in reply.vms}
         for vm in self._inventory.vms(host=name):
+            if self._busy("vm", vm.name):
+                continue
             running = on_host.get(vm.name)
             if running is None:
-                # Straight on the line: the host is not marked connected until this is done.
                 request = hpb.RegisterVmRequest(vm=host_vm(vm))
                 await link.port.call("RegisterVm", request, link.session)
                 powered_on = False
@@ -344,27 +384,30 @@ class HostManager:
                 )
 
     async def heartbeat_once(self) -> None:
-        async def check(name: str) -> None:
-            link = self._links.get(name)
-            try:
-                if link is None:
-                    raise HostConnectFault(f"no connection to {name}")
-                await asyncio.wait_for(
-                    link.port.call("GetHostInfo", hpb.GetHostInfoRequest(), None),
-                    HEARTBEAT_TIMEOUT,
-                )
-            except (VimFault, TimeoutError):
-                self._mark_not_responding(name)
+        """One round: each connected host answers an authenticated call in time or is
+        marked not responding; a host that answers again is re-attached; vpxuser's
+        password is rotated where due."""
+
+        async def check(record: HostRecord) -> None:
+            name = record.name
+            if record.connection_state != CONNECTED or name not in self._links:
                 if await self._engine.is_running(name):
                     await self.attach(name, boot=False)
                 return
-            record = self.record(name)
-            if record.connection_state != CONNECTED:
-                await self.attach(name, boot=False)
-            elif self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
-                await self.rotate_vpxuser(name)
+            try:
+                request = hpb.GetHostInfoRequest()
+                await asyncio.wait_for(self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT)
+            except (VimFault, TimeoutError) as exc:
+                log.warning("%s failed its heartbeat: %s", name, exc)
+                self._mark_not_responding(name)
+                return
+            if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
+                try:
+                    await self.rotate_vpxuser(name)
+                except VimFault as fault:
+                    log.warning("rotating vpxuser's password on %s failed: %s", name, fault)
 
-        await asyncio.gather(*(check(h.name) for h in self._inventory.hosts()))
+        await asyncio.gather(*(check(h) for h in self._inventory.hosts()))
 
     async def monitor(self) -> None:
         """Checks every host each HEARTBEAT_INTERVAL simulated seconds, forever."""

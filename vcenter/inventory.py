@@ -19,13 +19,13 @@ from vsim.v1 import common_pb2, vcenter_pb2
 _ON = vcenter_pb2.POWER_STATE_POWERED_ON
 
 SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS machines (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE machines (
     name TEXT PRIMARY KEY,
     spec_json TEXT NOT NULL,
     root_password_enc BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS hosts (
+CREATE TABLE hosts (
     name TEXT PRIMARY KEY REFERENCES machines(name),
     vpx_password_enc BLOB NOT NULL,
     endpoint TEXT NOT NULL DEFAULT '',
@@ -35,9 +35,11 @@ CREATE TABLE IF NOT EXISTS hosts (
     vms INTEGER NOT NULL DEFAULT 0,
     vms_powered_on INTEGER NOT NULL DEFAULT 0,
     memory_used_mb INTEGER NOT NULL DEFAULT 0,
-    vpx_password_set REAL NOT NULL DEFAULT 0
+    vpx_password_set REAL NOT NULL DEFAULT 0,
+    -- A new vpxuser password being set on the host (rotation), until a login settles it.
+    vpx_password_next_enc BLOB
 );
-CREATE TABLE IF NOT EXISTS vms (
+CREATE TABLE vms (
     name TEXT PRIMARY KEY,
     uuid TEXT NOT NULL,
     host TEXT NOT NULL REFERENCES hosts(name),
@@ -46,20 +48,20 @@ CREATE TABLE IF NOT EXISTS vms (
     guest_os TEXT NOT NULL,
     power_state INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS vms_by_host ON vms(host);
-CREATE TRIGGER IF NOT EXISTS vm_added AFTER INSERT ON vms BEGIN
+CREATE INDEX vms_by_host ON vms(host);
+CREATE TRIGGER vm_added AFTER INSERT ON vms BEGIN
     UPDATE hosts SET vms = vms + 1,
         vms_powered_on = vms_powered_on + (NEW.power_state = {_ON}),
         memory_used_mb = memory_used_mb + (NEW.power_state = {_ON}) * NEW.memory_mb
     WHERE name = NEW.host;
 END;
-CREATE TRIGGER IF NOT EXISTS vm_removed AFTER DELETE ON vms BEGIN
+CREATE TRIGGER vm_removed AFTER DELETE ON vms BEGIN
     UPDATE hosts SET vms = vms - 1,
         vms_powered_on = vms_powered_on - (OLD.power_state = {_ON}),
         memory_used_mb = memory_used_mb - (OLD.power_state = {_ON}) * OLD.memory_mb
     WHERE name = OLD.host;
 END;
-CREATE TRIGGER IF NOT EXISTS vm_changed AFTER UPDATE OF host, memory_mb, power_state ON vms
+CREATE TRIGGER vm_changed AFTER UPDATE OF host, memory_mb, power_state ON vms
 BEGIN
     UPDATE hosts SET vms = vms - 1,
         vms_powered_on = vms_powered_on - (OLD.power_state = {_ON}),
@@ -70,27 +72,30 @@ BEGIN
         memory_used_mb = memory_used_mb + (NEW.power_state = {_ON}) * NEW.memory_mb
     WHERE name = NEW.host;
 END;
-CREATE TABLE IF NOT EXISTS tasks (
+CREATE TABLE tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     body BLOB NOT NULL,
     finished INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS unfinished_tasks ON tasks(finished);
-CREATE TABLE IF NOT EXISTS events (
+CREATE INDEX unfinished_tasks ON tasks(finished);
+CREATE TABLE events (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
     body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS accounts (
+CREATE TABLE accounts (
     user_name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
     role TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sessions (
+CREATE TABLE sessions (
     token_digest TEXT PRIMARY KEY,
     user_name TEXT NOT NULL REFERENCES accounts(user_name),
     created REAL NOT NULL
 );
 """
+
+
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,11 @@ class HostRecord:
     """Configured memory of its powered-on VMs."""
     vpx_password_set: float = 0.0
     """When (simulated clock) vpxuser's password was last set on the host."""
+    vpx_password_next_enc: bytes | None = None
+    """A rotation's new password, until a login shows whether the host took it."""
+
+
+HOST_COLUMNS = ", ".join(HostRecord.__dataclass_fields__)
 
 
 class Inventory:
@@ -130,7 +140,20 @@ class Inventory:
         # take the last transactions (vCenter's own database makes the same trade).
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._create_or_check_schema()
+
+    def _create_or_check_schema(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        (tables,) = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        if version == 0 and tables == 0:
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            self._db.close()
+            raise RuntimeError(
+                f"{self.path} holds inventory schema {version}; this vsim reads schema "
+                f"{SCHEMA_VERSION}. Start with another --data-dir (or remove this one)."
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -170,9 +193,6 @@ class Inventory:
         row = self._db.execute("SELECT * FROM machines WHERE name=?", (name,)).fetchone()
         return MachineRecord(*row) if row else None
 
-    def remove_machine(self, name: str) -> None:
-        self._db.execute("DELETE FROM machines WHERE name=?", (name,))
-
     # hosts
 
     def add_host(self, host: HostRecord) -> None:
@@ -190,11 +210,13 @@ class Inventory:
         )
 
     def host(self, name: str) -> HostRecord | None:
-        row = self._db.execute("SELECT * FROM hosts WHERE name=?", (name,)).fetchone()
+        row = self._db.execute(f"SELECT {HOST_COLUMNS} FROM hosts WHERE name=?", (name,))
+        row = row.fetchone()
         return HostRecord(*row) if row else None
 
     def hosts(self) -> list[HostRecord]:
-        return [HostRecord(*r) for r in self._db.execute("SELECT * FROM hosts ORDER BY name")]
+        rows = self._db.execute(f"SELECT {HOST_COLUMNS} FROM hosts ORDER BY name")
+        return [HostRecord(*r) for r in rows]
 
     def update_host(self, name: str, **fields: object) -> None:
         columns = ", ".join(f"{column}=?" for column in fields)

@@ -63,14 +63,17 @@ class VCenter:
         self.sessions = SessionManager(inventory, clock, data_dir)
         self.events = EventLog(inventory, clock)
         self.tasks = TaskManager(inventory, clock)
-        self.hosts = HostManager(inventory, engine, SecretBox(data_dir), self.events, clock, rng)
+        self.hosts = HostManager(
+            inventory, engine, SecretBox(data_dir), self.events, clock, rng, self.tasks.busy
+        )
         self.vms = VmManager(inventory, self.hosts, self.tasks, self.events, rng)
         self._monitor: asyncio.Task | None = None
 
     async def start(self, spec: ClusterSpec, boot: bool = True) -> None:
         """Brings the instance up: administrator account, interrupted tasks closed, every
-        known host re-attached (booted again if the engine lost it), the spec's missing
-        hosts added, and the heartbeat monitor started."""
+        known host re-attached (booted again if the engine lost it), the spec's hosts
+        added on the first start (afterwards the inventory is the truth: a host removed
+        stays removed), and the heartbeat monitor started."""
         self.sessions.ensure_administrator()
         if self.inventory.meta("datacenter") is None:
             self.inventory.set_meta("datacenter", spec.datacenter)
@@ -80,7 +83,9 @@ class VCenter:
             self.events.post("VcenterStartedEvent", "vCenter started")
         self.tasks.close_interrupted()
         await self.hosts.attach_all(boot)
-        await self.realise(spec)
+        if self.inventory.meta("realised") is None:
+            await self.realise(spec)
+            self.inventory.set_meta("realised", "1")
         self._monitor = asyncio.get_running_loop().create_task(self.hosts.monitor())
 
     async def realise(self, spec: ClusterSpec) -> None:
@@ -96,8 +101,8 @@ class VCenter:
                 cpu_mhz=host_spec.cpu_mhz,
                 memory_mb=host_spec.memory_mb,
             )
-            full = await self.hosts.provision(self.hosts.check_add(request))
-            request.ssl_thumbprint = await self.hosts.presented_thumbprint(full.name)
+            full, reported = await self.hosts.provision(self.hosts.check_add(request))
+            request.ssl_thumbprint = reported
             task = self.tasks.start(
                 "AddHost_Task",
                 full.name,
@@ -111,7 +116,10 @@ class VCenter:
                     f"adding {full.name} failed: {done.error.name}: {done.error.message}"
                 )
 
-        await asyncio.gather(*(add(h) for h in spec.hosts))
+        results = await asyncio.gather(*(add(h) for h in spec.hosts), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def stop(self) -> None:
         """Stops this vCenter; the hosts keep running."""
@@ -130,10 +138,10 @@ class VCenter:
 
     # sessions
 
-    def Login(self, request: pb.LoginRequest, session: None) -> pb.LoginResponse:
+    async def Login(self, request: pb.LoginRequest, session: None) -> pb.LoginResponse:
         validate.text(request.user_name, "user_name", 256)
         validate.text(request.password, "password", 256)
-        token = self.sessions.login(request.user_name, request.password)
+        token = await self.sessions.login(request.user_name, request.password)
         self.events.post(
             "UserLoginSessionEvent", f"User {request.user_name} logged in", user=request.user_name
         )

@@ -9,6 +9,7 @@ digests, so a stolen database opens no session; sessions survive a vCenter resta
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class SessionManager:
         self._clock = clock
         self._data_dir = data_dir
         self._cache: dict[str, Session] = {}
+        self._decoy_hash = hash_password(new_token())
 
     def ensure_administrator(self) -> None:
         """Creates the administrator account on first start."""
@@ -53,9 +55,14 @@ class SessionManager:
         path = self._data_dir / INITIAL_PASSWORD_FILE
         return path.read_text() if path.exists() else None
 
-    def login(self, user_name: str, password: str) -> str:
+    async def login(self, user_name: str, password: str) -> str:
+        """A new session token if the password is right; InvalidLogin otherwise."""
         account = self._inventory.account(user_name)
-        if account is None or not verify_password(password, account[0]):
+        # scrypt takes tens of milliseconds: run it off the event loop, and for an
+        # unknown user too, so the answer's timing does not tell which users exist.
+        stored = account[0] if account else self._decoy_hash
+        matches = await asyncio.to_thread(verify_password, password, stored)
+        if account is None or not matches:
             raise InvalidLogin("cannot complete login due to an incorrect user name or password")
         token = new_token()
         self._inventory.add_session(token_digest(token), user_name, self._clock.now())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from vsim.clock import Clock
@@ -32,6 +33,10 @@ class TaskManager:
         self._live: dict[str, tuple[common_pb2.Task, asyncio.Event]] = {}
         self._busy: dict[tuple[str, str], str] = {}  # (kind, entity) -> task id
         self._busy_key: dict[str, tuple[str, str]] = {}  # task id -> (kind, entity)
+        self._within: dict[str, tuple[str, str]] = {}  # task id -> the entity holding it
+        self._inner: Counter[tuple[str, str]] = Counter()  # entity -> tasks on its parts
+        self._within: dict[str, tuple[str, str]] = {}  # task id -> the entity holding it
+        self._inner: Counter[tuple[str, str]] = Counter()  # entity -> tasks on its parts
         self._runners: set[asyncio.Task] = set()
 
     def close_interrupted(self) -> int:
@@ -44,13 +49,32 @@ class TaskManager:
             )
         return len(interrupted)
 
-    def start(self, name: str, entity: str, user: str, work: Work, *, kind: str) -> common_pb2.Task:
-        """Queues work on entity (of `kind`, "vm" or "host") and returns the task."""
+    def busy(self, kind: str, entity: str) -> bool:
+        return (kind, entity) in self._busy
+
+    def start(
+        self,
+        name: str,
+        entity: str,
+        user: str,
+        work: Work,
+        *,
+        kind: str,
+        within: tuple[str, str] | None = None,
+    ) -> common_pb2.Task:
+        """Queues work on entity (of `kind`, "vm" or "host") and returns the task.
+        `within` names the entity that holds it (a VM's host): a task on the holder
+        and tasks on what it holds exclude each other."""
         key = (kind, entity)
-        if key in self._busy:
+        for blocker in (key, within):
+            if blocker in self._busy:
+                raise TaskInProgress(
+                    f"{blocker[1]} is busy with {self._busy[blocker]}; wait for it to finish",
+                    task=self._busy[blocker],
+                )
+        if self._inner[key]:
             raise TaskInProgress(
-                f"{entity} is busy with {self._busy[key]}; wait for it to finish",
-                task=self._busy[key],
+                f"{entity} has {self._inner[key]} task(s) running on its VMs; wait for them"
             )
         task = common_pb2.Task(
             name=name,
@@ -62,6 +86,9 @@ class TaskManager:
         self._inventory.add_task(task)
         self._busy[key] = task.id
         self._busy_key[task.id] = key
+        if within is not None:
+            self._within[task.id] = within
+            self._inner[within] += 1
         self._live[task.id] = (task, asyncio.Event())
         runner = asyncio.get_running_loop().create_task(self._run(task, work))
         self._runners.add(runner)
@@ -96,6 +123,9 @@ class TaskManager:
         key = self._busy_key.pop(task.id, None)
         if key is not None and self._busy.get(key) == task.id:
             del self._busy[key]
+        within = self._within.pop(task.id, None)
+        if within is not None:
+            self._inner[within] -= 1
         live = self._live.pop(task.id, None)
         if live is not None:
             live[1].set()

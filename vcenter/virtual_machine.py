@@ -72,20 +72,27 @@ class VmManager:
         async def work(task: common_pb2.Task) -> str:
             try:
                 await self._hosts.call(host, "RegisterVm", hpb.RegisterVmRequest(vm=host_vm(vm)))
-                with self._inventory.transaction():
-                    self._inventory.add_vm(vm)
-                    self._events.post(
-                        "VmCreatedEvent",
-                        f"Created {vm.name} on {host}",
-                        user=user,
-                        host=host,
-                        vm=vm.name,
-                    )
+                try:
+                    with self._inventory.transaction():
+                        self._inventory.add_vm(vm)
+                        self._events.post(
+                            "VmCreatedEvent",
+                            f"Created {vm.name} on {host}",
+                            user=user,
+                            host=host,
+                            vm=vm.name,
+                        )
+                except Exception:
+                    # Not recorded: take it off the host again, so a retry can succeed.
+                    await self._hosts.call(host, "UnregisterVm", hpb.HostVmRequest(name=vm.name))
+                    raise
             finally:
                 self._creating.discard(vm.name)
             return vm.name
 
-        task = self._tasks.start("CreateVM_Task", vm.name, user, work, kind="vm")
+        task = self._tasks.start(
+            "CreateVM_Task", vm.name, user, work, kind="vm", within=("host", host)
+        )
         self._creating.add(vm.name)
         return task
 
@@ -132,7 +139,7 @@ class VmManager:
             return name
 
         task_name = "PowerOnVM_Task" if state == ON else "PowerOffVM_Task"
-        return self._tasks.start(task_name, name, user, work, kind="vm")
+        return self._tasks.start(task_name, name, user, work, kind="vm", within=("host", vm.host))
 
     def destroy(self, name: str, user: str) -> common_pb2.Task:
         vm = self.get(name)
@@ -156,4 +163,6 @@ class VmManager:
                 )
             return name
 
-        return self._tasks.start("Destroy_Task", name, user, work, kind="vm")
+        return self._tasks.start(
+            "Destroy_Task", name, user, work, kind="vm", within=("host", vm.host)
+        )

@@ -79,7 +79,16 @@ class SimClock:
             self._now = deadline
             if not future.done():
                 future.set_result(None)
-            # Let the woken coroutine run (and perhaps sleep again) before going on.
-            for _ in range(3):
-                await asyncio.sleep(0)
+            await _settle()
         self._now = target
+
+
+async def _settle(limit: int = 10_000) -> None:
+    """Yields until the event loop has nothing ready to run: the woken coroutines and
+    all they set off have run (or wait on a timer, I/O or a thread)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(limit):
+        await asyncio.sleep(0)
+        ready = getattr(loop, "_ready", None)  # CPython's run queue
+        if ready is not None and not ready:
+            return

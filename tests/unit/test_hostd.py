@@ -20,7 +20,7 @@ from vsim.faults import (
 from vsim.host.accounts import FileAccountStore, HostAccounts, MemoryAccountStore
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
-from vsim.passwords import verify_password
+from vsim.passwords import hash_password, verify_password
 from vsim.v1 import host_agent_pb2 as hpb
 
 ROOT_PASSWORD = "Root-Pass-0123"
@@ -30,22 +30,25 @@ ROOT_PASSWORD = "Root-Pass-0123"
 def hostd(fast_scrypt: None) -> Hostd:
     spec = HostSpec("esxi-01", uuid="host-uuid", cpu_cores=4, memory_mb=8192)
     return Hostd(
-        HostKernel(spec, SimClock(10.0)), HostAccounts(MemoryAccountStore(), ROOT_PASSWORD)
+        HostKernel(spec, SimClock(10.0)),
+        HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD)),
     )
 
 
 def login(hostd: Hostd, user: str = "root", password: str = ROOT_PASSWORD) -> str:
-    return hostd.Login(hpb.HostLoginRequest(user_name=user, password=password), None).session
+    return hostd.call(
+        "Login", hpb.HostLoginRequest(user_name=user, password=password), None
+    ).session
 
 
 def register(hostd: Hostd, session: str | None, name: str = "vm-001", memory_mb: int = 1024):
     vm = hpb.HostVm(name=name, uuid="u", cpus=1, memory_mb=memory_mb)
-    return hostd.RegisterVm(hpb.RegisterVmRequest(vm=vm), session)
+    return hostd.call("RegisterVm", hpb.RegisterVmRequest(vm=vm), session)
 
 
 def add_user(hostd: Hostd, session: str, user: str, password: str, role: str = "Admin") -> None:
     request = hpb.CreateUserRequest(user_name=user, password=password, role=role)
-    hostd.CreateUser(request, session)
+    hostd.call("CreateUser", request, session)
 
 
 def test_root_is_created_at_first_boot(hostd: Hostd):
@@ -54,14 +57,14 @@ def test_root_is_created_at_first_boot(hostd: Hostd):
 
 
 def test_first_boot_without_root_password_is_refused():
-    with pytest.raises(ValueError, match="root password"):
+    with pytest.raises(ValueError, match="root.s password hash"):
         HostAccounts(MemoryAccountStore(), "")
 
 
 def test_root_password_of_a_later_boot_does_not_reset_root(fast_scrypt: None):
     store = MemoryAccountStore()
-    HostAccounts(store, ROOT_PASSWORD)
-    accounts = HostAccounts(store, "another-password")
+    HostAccounts(store, hash_password(ROOT_PASSWORD))
+    accounts = HostAccounts(store, hash_password("another-password"))
     assert accounts.login("root", ROOT_PASSWORD)
     with pytest.raises(InvalidLogin):
         accounts.login("root", "another-password")
@@ -86,13 +89,22 @@ def test_each_login_gets_its_own_token(hostd: Hostd):
     "call",
     [
         lambda h, s: register(h, s),
-        lambda h, s: h.UnregisterVm(hpb.HostVmRequest(name="vm-001"), s),
-        lambda h, s: h.PowerOnVm(hpb.HostVmRequest(name="vm-001"), s),
-        lambda h, s: h.PowerOffVm(hpb.HostVmRequest(name="vm-001"), s),
-        lambda h, s: h.ListVms(hpb.ListHostVmsRequest(), s),
+        lambda h, s: h.call("UnregisterVm", hpb.HostVmRequest(name="vm-001"), s),
+        lambda h, s: h.call("PowerOnVm", hpb.HostVmRequest(name="vm-001"), s),
+        lambda h, s: h.call("PowerOffVm", hpb.HostVmRequest(name="vm-001"), s),
+        lambda h, s: h.call("ListVms", hpb.ListHostVmsRequest(), s),
         lambda h, s: add_user(h, s, "eve", "password-1"),
+        lambda h, s: h.call("GetHostInfo", hpb.GetHostInfoRequest(), s),
     ],
-    ids=["RegisterVm", "UnregisterVm", "PowerOnVm", "PowerOffVm", "ListVms", "CreateUser"],
+    ids=[
+        "RegisterVm",
+        "UnregisterVm",
+        "PowerOnVm",
+        "PowerOffVm",
+        "ListVms",
+        "CreateUser",
+        "GetHostInfo",
+    ],
 )
 def test_calls_without_a_valid_session_are_not_authenticated(hostd: Hostd, call, token):
     session = login(hostd)
@@ -103,12 +115,12 @@ def test_calls_without_a_valid_session_are_not_authenticated(hostd: Hostd, call,
     assert [(v.name, v.powered_on) for v in hostd.kernel.vms()] == [("vm-001", False)]
 
 
-def test_get_host_info_needs_no_session(hostd: Hostd):
+def test_get_host_info_reports_capacity_and_use(hostd: Hostd):
     session = login(hostd)
     register(hostd, session, "vm-a", 1024)
     register(hostd, session, "vm-b", 2048)
-    hostd.PowerOnVm(hpb.HostVmRequest(name="vm-b"), session)
-    info = hostd.GetHostInfo(hpb.GetHostInfoRequest(), None)
+    hostd.call("PowerOnVm", hpb.HostVmRequest(name="vm-b"), session)
+    info = hostd.call("GetHostInfo", hpb.GetHostInfoRequest(), session)
     assert (info.name, info.uuid, info.cpu_cores, info.memory_mb) == (
         "esxi-01",
         "host-uuid",
@@ -128,9 +140,11 @@ def test_read_only_user_may_list_but_not_change(hostd: Hostd):
     register(hostd, root)
     add_user(hostd, root, "viewer", "viewer-pass", "ReadOnly")
     viewer = login(hostd, "viewer", "viewer-pass")
-    assert [vm.name for vm in hostd.ListVms(hpb.ListHostVmsRequest(), viewer).vms] == ["vm-001"]
+    assert [vm.name for vm in hostd.call("ListVms", hpb.ListHostVmsRequest(), viewer).vms] == [
+        "vm-001"
+    ]
     with pytest.raises(NoPermission):
-        hostd.PowerOnVm(hpb.HostVmRequest(name="vm-001"), viewer)
+        hostd.call("PowerOnVm", hpb.HostVmRequest(name="vm-001"), viewer)
     with pytest.raises(NoPermission):
         register(hostd, viewer, "vm-002")
     with pytest.raises(NoPermission):
@@ -146,11 +160,11 @@ def test_create_user_resets_password_and_drops_old_sessions(hostd: Hostd):
     old = login(hostd, "vpxuser", "first-password")
     add_user(hostd, root, "vpxuser", "second-password")
     with pytest.raises(NotAuthenticated):
-        hostd.ListVms(hpb.ListHostVmsRequest(), old)
+        hostd.call("ListVms", hpb.ListHostVmsRequest(), old)
     with pytest.raises(InvalidLogin):
         login(hostd, "vpxuser", "first-password")
     new = login(hostd, "vpxuser", "second-password")
-    assert hostd.ListVms(hpb.ListHostVmsRequest(), new).vms == []
+    assert hostd.call("ListVms", hpb.ListHostVmsRequest(), new).vms == []
     # Only vpxuser's sessions went: root's still works.
     assert hostd.accounts.user_of(root) == "root"
     assert hostd.accounts.users() == ["root", "vpxuser"]
@@ -179,21 +193,21 @@ def test_register_rejects_oversized_uuid_without_registering(hostd: Hostd):
     root = login(hostd)
     vm = hpb.HostVm(name="vm-001", uuid="u" * 65, cpus=1, memory_mb=1024)
     with pytest.raises(InvalidArgument):
-        hostd.RegisterVm(hpb.RegisterVmRequest(vm=vm), root)
+        hostd.call("RegisterVm", hpb.RegisterVmRequest(vm=vm), root)
     assert hostd.kernel.vms() == []
 
 
 def test_admin_drives_a_vm_through_hostd(hostd: Hostd):
     root = login(hostd)
     register(hostd, root)
-    on = hostd.PowerOnVm(hpb.HostVmRequest(name="vm-001"), root).vm
+    on = hostd.call("PowerOnVm", hpb.HostVmRequest(name="vm-001"), root).vm
     assert (on.name, on.powered_on, on.guest_os) == ("vm-001", True, "otherGuest64")
-    off = hostd.PowerOffVm(hpb.HostVmRequest(name="vm-001"), root).vm
+    off = hostd.call("PowerOffVm", hpb.HostVmRequest(name="vm-001"), root).vm
     assert off.powered_on is False
-    gone = hostd.UnregisterVm(hpb.HostVmRequest(name="vm-001"), root).vm
+    gone = hostd.call("UnregisterVm", hpb.HostVmRequest(name="vm-001"), root).vm
     assert gone.name == "vm-001"
     with pytest.raises(NotFound):
-        hostd.PowerOnVm(hpb.HostVmRequest(name="vm-001"), root)
+        hostd.call("PowerOnVm", hpb.HostVmRequest(name="vm-001"), root)
 
 
 # The on-disk account store, with the real scrypt parameters.
@@ -201,7 +215,7 @@ def test_admin_drives_a_vm_through_hostd(hostd: Hostd):
 
 def test_file_account_store_keeps_only_scrypt_hashes(tmp_path: Path):
     path = tmp_path / "etc" / "shadow.json"
-    accounts = HostAccounts(FileAccountStore(path), ROOT_PASSWORD)
+    accounts = HostAccounts(FileAccountStore(path), hash_password(ROOT_PASSWORD))
     vpx_password = "Vpx-Secret-Password-4567"
     accounts.set_account("vpxuser", vpx_password, "Admin")
     data = path.read_bytes()
@@ -217,7 +231,7 @@ def test_file_account_store_keeps_only_scrypt_hashes(tmp_path: Path):
 
 def test_file_account_store_survives_a_reboot(tmp_path: Path):
     path = tmp_path / "shadow.json"
-    first = HostAccounts(FileAccountStore(path), ROOT_PASSWORD)
+    first = HostAccounts(FileAccountStore(path), hash_password(ROOT_PASSWORD))
     first.set_account("vpxuser", "vpx-password-1", "Admin")
     token = first.login("vpxuser", "vpx-password-1")
     rebooted = HostAccounts(FileAccountStore(path), "")

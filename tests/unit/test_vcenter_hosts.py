@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab
 
-from vsim.faults import DuplicateName, HostNotConnected, InvalidArgument, InvalidState, NotFound
+from vsim.faults import (
+    DuplicateName,
+    HostNotConnected,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    TaskInProgress,
+)
 from vsim.v1 import vcenter_pb2 as pb
 
 # AddHost
@@ -324,3 +331,31 @@ async def test_a_vm_named_like_a_host_is_not_blocked_by_that_hosts_task(lab: Lab
     vm_task = lab.vc.PowerOnVm(pb.VmRequest(name="esxi-02"), lab.session)
     assert (await lab.wait(vm_task)).state == SUCCESS
     assert (await lab.wait(host_task)).state == SUCCESS
+
+
+async def test_the_monitor_finds_a_crashed_host_on_the_sim_clock(lab: Lab):
+    """The heartbeat monitor itself (not one round called by hand), on virtual time."""
+    await _lab_with_vm_on_esxi_01(lab)
+    lab.engine.crash("esxi-01")
+    await lab.clock.advance(9)
+    assert lab.hosts()["esxi-01"].connection_state == CONNECTED  # no round yet
+    await lab.clock.advance(1)
+    assert lab.hosts()["esxi-01"].connection_state == NOT_RESPONDING
+    await lab.engine.reboot("esxi-01")
+    await lab.clock.advance(10)
+    assert lab.hosts()["esxi-01"].connection_state == CONNECTED
+    assert lab.vms()["vm-001"].power_state == OFF  # the reboot lost it
+
+
+async def test_remove_host_waits_for_tasks_on_its_vms(lab: Lab):
+    assert (await lab.create("vm-001", host="esxi-02")).state == SUCCESS
+    power_on = lab.vc.PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
+    with pytest.raises(TaskInProgress):
+        lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-02"), lab.session)
+    assert (await lab.wait(power_on)).state == SUCCESS
+    assert (await lab.power_off("vm-001")).state == SUCCESS
+    remove = lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-02"), lab.session)
+    with pytest.raises(TaskInProgress):
+        lab.vc.PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
+    assert (await lab.wait(remove)).state == SUCCESS
+    assert "vm-001" not in lab.vms()

@@ -7,7 +7,7 @@ import stat
 import pytest
 from vclab import SUCCESS, Lab
 
-from vsim.faults import InvalidArgument, InvalidLogin, NotAuthenticated
+from vsim.faults import HostConnectFault, InvalidArgument, InvalidLogin, NotAuthenticated
 from vsim.host.accounts import HostAccounts
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.host_system import VPXUSER
@@ -39,7 +39,7 @@ async def test_login_is_public(lab: Lab):
 
 async def test_login_returns_a_working_session(lab: Lab):
     after = lab.last_event_key()
-    reply = lab.vc.Login(
+    reply = await lab.vc.Login(
         pb.LoginRequest(user_name=ADMINISTRATOR, password=lab.vc.sessions.initial_password()),
         None,
     )
@@ -66,18 +66,20 @@ async def test_login_with_wrong_credentials_is_invalid_login(lab: Lab, user, pas
     password = password if password is not None else lab.vc.sessions.initial_password()
     events = len(lab.events())
     with pytest.raises(InvalidLogin):
-        lab.vc.Login(pb.LoginRequest(user_name=user, password=password), None)
+        await lab.vc.Login(pb.LoginRequest(user_name=user, password=password), None)
     assert len(lab.events()) == events
 
 
 async def test_login_with_10_mb_password_is_invalid_argument(lab: Lab):
     with pytest.raises(InvalidArgument) as excinfo:
-        lab.vc.Login(pb.LoginRequest(user_name=ADMINISTRATOR, password="p" * 10_000_000), None)
+        await lab.vc.Login(
+            pb.LoginRequest(user_name=ADMINISTRATOR, password="p" * 10_000_000), None
+        )
     assert len(excinfo.value.message) < 300
 
 
 async def test_logout_invalidates_the_token(lab: Lab):
-    token = lab.login()
+    token = await lab.login()
     session = lab.vc.authenticate(token, "Logout")
     lab.vc.Logout(pb.LogoutRequest(), session)
     with pytest.raises(NotAuthenticated):
@@ -98,7 +100,7 @@ async def test_administrator_password_is_stored_only_hashed(lab: Lab):
 
 
 async def test_session_tokens_are_stored_only_as_digests(lab: Lab):
-    tokens = [lab.token, lab.login()]
+    tokens = [lab.token, await lab.login()]
     data = database_bytes(lab)
     for token in tokens:
         assert token.encode() not in data
@@ -159,3 +161,45 @@ async def test_vpxuser_password_is_rotated_once_30_days_old(lab: Lab):
     assert (await lab.create("after-rotation", host="esxi-01")).state == SUCCESS
     assert (await lab.power_on("after-rotation")).state == SUCCESS
     assert lab.vms()["after-rotation"].power_state == pb.POWER_STATE_POWERED_ON
+
+
+def _fail_create_user(lab: Lab, host: str, applied: bool) -> None:
+    """Makes vCenter's next CreateUser to host fail: after the host applied it (the reply
+    was lost) or before (the host refused)."""
+    port = lab.vc.hosts._links[host].port
+    original = port.call
+
+    async def call(method, request, session):
+        if method == "CreateUser":
+            port.call = original
+            if applied:
+                await original(method, request, session)
+            raise HostConnectFault("connection reset")
+        return await original(method, request, session)
+
+    port.call = call
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["reply-lost", "host-refused"])
+async def test_a_failed_rotation_never_locks_vcenter_out(lab: Lab, applied: bool):
+    old = lab.vc.hosts._vpx_password("esxi-01")
+    lab.vc.inventory.update_host("esxi-01", vpx_password_set=lab.clock.now() - 30 * 86400)
+    _fail_create_user(lab, "esxi-01", applied)
+    await lab.vc.hosts.heartbeat_once()
+    pending = lab.vc.inventory.host("esxi-01").vpx_password_next_enc
+    assert pending is not None, "the new password is kept until a login settles it"
+
+    # vCenter still reaches the host, whichever password the host now has.
+    assert (await lab.create("after-failure", host="esxi-01")).state == SUCCESS
+    assert (await lab.power_on("after-failure")).state == SUCCESS
+    # The next round settles it: the taken password became current (so no rotation is
+    # due), or the refused one is dropped and the rotation done again.
+    await lab.vc.hosts.heartbeat_once()
+    record = lab.vc.inventory.host("esxi-01")
+    current = lab.vc.hosts._secrets.open(record.vpx_password_enc)
+    assert record.vpx_password_next_enc is None
+    assert current != old
+    assert lab.clock.now() - record.vpx_password_set < 30 * 86400
+    lab.engine.running("esxi-01").accounts.login(VPXUSER, current)
+    with pytest.raises(InvalidLogin):
+        lab.engine.running("esxi-01").accounts.login(VPXUSER, old)

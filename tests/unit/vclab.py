@@ -49,13 +49,15 @@ class Lab:
         )
         await self.vc.start(spec)
         if not self.token:
-            self.token = self.login()
+            self.token = await self.login()
         self.session = self.vc.authenticate(self.token, "ListVms")
         return self
 
-    def login(self) -> str:
+    async def login(self) -> str:
         password = self.vc.sessions.initial_password()
-        reply = self.vc.Login(pb.LoginRequest(user_name=ADMINISTRATOR, password=password), None)
+        reply = await self.vc.Login(
+            pb.LoginRequest(user_name=ADMINISTRATOR, password=password), None
+        )
         return reply.session
 
     async def stop(self) -> None:
