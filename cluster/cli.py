@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -19,12 +21,20 @@ from typing import Any
 from vsim.cluster import output, up
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
-from vsim.faults import InvalidArgument, NotAuthenticated, VimFault
+from vsim.faults import (
+    InvalidArgument,
+    NotAuthenticated,
+    SSLVerifyFault,
+    SystemError_,
+    VimFault,
+    fault_from_proto,
+)
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
 from vsim.vcenter.sessions import ADMINISTRATOR
 
 Handler = Callable[[argparse.Namespace, "Context"], Any]
+SUCCESS = common_pb2.TASK_STATE_SUCCESS
 
 
 class Context:
@@ -110,13 +120,24 @@ async def cmd_host_add(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
         thumbprint = normalize(args.thumbprint) if args.thumbprint else ""
         task = await client.wait(await client.add_host(args.name, thumbprint, **sizes))
-        if not thumbprint and task.error.name == "SSLVerifyFault":
-            # As the vSphere Client's security alert, accepted: trust on first use.
-            thumbprint = task.error.properties["thumbprint"]
-            if not ctx.json:
-                print(f"Accepting the certificate of {args.name}: {thumbprint}", file=sys.stderr)
-            task = await client.wait(await client.add_host(args.name, thumbprint, **sizes))
+        if not thumbprint and task.error.name == SSLVerifyFault.name:
+            # The vSphere Client's security alert: the user accepts the thumbprint, with
+            # --accept-thumbprint or at the prompt, or the add fails showing it.
+            presented = task.error.properties["thumbprint"]
+            if args.accept_thumbprint or confirm(
+                f"{args.name} presents a certificate with SHA-256 thumbprint\n  {presented}\n"
+                "Trust it and add the host? [y/N] "
+            ):
+                thumbprint = presented
+                task = await client.wait(await client.add_host(args.name, thumbprint, **sizes))
     show_task(ctx, task, f"Added host {args.name} (thumbprint {thumbprint})")
+
+
+def confirm(question: str) -> bool:
+    """Asks a yes/no question on the terminal; False when there is none to ask on."""
+    if not sys.stdin.isatty():
+        return False
+    return input(question).strip().lower() in ("y", "yes")
 
 
 async def cmd_host_remove(args: argparse.Namespace, ctx: Context) -> None:
@@ -131,8 +152,8 @@ async def cmd_vm_create(args: argparse.Namespace, ctx: Context) -> None:
             args.name, args.cpus, args.memory_mb, args.host or "", args.guest_os or ""
         )
         task = await client.wait(task)
-        vm = next((v for v in await client.vms() if v.name == args.name), None)
-    show_task(ctx, task, f"Created {args.name} on {vm.host if vm else '?'}")
+        host = (await client.vm(args.name)).host if task.state == SUCCESS else ""
+    show_task(ctx, task, f"Created {args.name} on {host}")
 
 
 async def cmd_vm_list(args: argparse.Namespace, ctx: Context) -> None:
@@ -165,7 +186,7 @@ async def cmd_events(args: argparse.Namespace, ctx: Context) -> None:
             return
         # --follow: one line per event; with -o json, one JSON document per line.
         async for event in client.watch_events(args.after):
-            line = output.json.dumps(output.to_dict(event)) if ctx.json else event_line(event)
+            line = json.dumps(output.to_dict(event)) if ctx.json else event_line(event)
             print(line, flush=True)
 
 
@@ -183,9 +204,7 @@ def task_row(task: common_pb2.Task) -> dict[str, Any]:
 
 def show_task(ctx: Context, task: common_pb2.Task, success: str) -> None:
     if task.state == common_pb2.TASK_STATE_ERROR:
-        fault = VimFault(task.error.message, **dict(task.error.properties))
-        fault.name = task.error.name
-        raise fault
+        raise fault_from_proto(task.error)
     ctx.show(task, success)
 
 
@@ -218,6 +237,10 @@ def up_text(info: dict) -> str:
 
 
 def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
+    if not (args.clock_speed > 0 and math.isfinite(args.clock_speed)):
+        raise InvalidArgument(f"--clock-speed must be a finite number > 0, got {args.clock_speed}")
+    if not 0 <= args.port < 65536:
+        raise InvalidArgument(f"--port must be 0-65535, got {args.port}")
     options = up_options(args, ctx)
     if args.ready_file is None:
         pid = up.running_pid(ctx.config)
@@ -301,7 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     command(hosts, "list", cmd_host_list, "list hosts")
     p = command(hosts, "add", cmd_host_add, "add (and provision) a host")
     p.add_argument("name")
-    p.add_argument("--thumbprint", help="the SHA-256 thumbprint you expect; default: accept")
+    p.add_argument("--thumbprint", help="the SHA-256 thumbprint you expect the host to present")
+    p.add_argument(
+        "--accept-thumbprint",
+        action="store_true",
+        help="trust whatever certificate the host presents (asked on a terminal otherwise)",
+    )
     p.add_argument("--cpu-cores", type=positive_int)
     p.add_argument("--cpu-mhz", type=positive_int)
     p.add_argument("--memory-mb", type=positive_int)
@@ -337,23 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    ctx = Context(args)
     try:
-        result = args.handler(args, ctx)
+        result = args.handler(args, Context(args))
         if asyncio.iscoroutine(result):
             asyncio.run(result)
         return 0
     except VimFault as fault:
-        report(ctx, fault)
+        report(args, fault)
     except KeyboardInterrupt:
         return 130
+    except ValueError as exc:  # a config file or option that does not parse
+        report(args, InvalidArgument(str(exc)))
     except (OSError, RuntimeError) as exc:
-        report(ctx, VimFault(str(exc)))
+        report(args, SystemError_(str(exc)))
     return 1
 
 
-def report(ctx: Context, fault: VimFault) -> None:
-    if ctx.json:
+def report(args: argparse.Namespace, fault: VimFault) -> None:
+    if args.output == "json":
         output.emit_json({"error": output.to_dict(fault.to_proto())})
     print(f"Error: {fault.name}: {fault.message}", file=sys.stderr)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from vsim.faults import SSLVerifyFault, fault_from_proto
+from vsim.faults import InvalidArgument, SSLVerifyFault, fault_from_proto
 from vsim.rpc import RpcClient, open_channel
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
@@ -36,13 +36,17 @@ class VCenterClient:
     ) -> VCenterClient:
         """Connects to endpoint. With thumbprint=None the presented certificate is
         trusted (first use); otherwise it must match."""
+        try:
+            pinned = normalize_thumbprint(thumbprint) if thumbprint is not None else None
+        except ValueError as e:
+            raise InvalidArgument(f"pinned thumbprint for {endpoint}: {e}") from None
         channel, presented = await open_channel(endpoint)
-        if thumbprint is not None and normalize_thumbprint(thumbprint) != presented:
+        if pinned is not None and pinned != presented:
             await channel.close()
             raise SSLVerifyFault(
                 f"the certificate of {endpoint} has changed: pinned thumbprint "
-                f"{normalize_thumbprint(thumbprint)}, presented {presented}. If you expected "
-                "this (the vCenter was set up again), run `vsim login --accept-new-thumbprint`",
+                f"{pinned}, presented {presented}. If you expected this (the vCenter was "
+                "set up again), run `vsim login --accept-new-thumbprint`",
                 thumbprint=presented,
             )
         return cls(RpcClient(channel, SERVICE), endpoint, presented, session)
@@ -97,6 +101,9 @@ class VCenterClient:
 
     async def vms(self, host: str = "") -> list[pb.Vm]:
         return list((await self._call("ListVms", pb.ListVmsRequest(host=host))).vms)
+
+    async def vm(self, name: str) -> pb.Vm:
+        return await self._call("GetVm", pb.VmRequest(name=name))
 
     async def power_on(self, name: str) -> common_pb2.Task:
         return await self._call("PowerOnVm", pb.VmRequest(name=name))

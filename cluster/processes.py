@@ -21,7 +21,8 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def _identity(pid: int) -> Proc | None:
+def identity(pid: int) -> Proc | None:
+    """The running (not zombie) process with this pid, as (pid, start time)."""
     fields = _stat(pid)
     if fields is None or fields[0] == "Z":
         return None
@@ -29,7 +30,7 @@ def _identity(pid: int) -> Proc | None:
 
 
 def alive(proc: Proc) -> bool:
-    return _identity(proc[0]) == proc
+    return identity(proc[0]) == proc
 
 
 def descendants(root: int) -> list[Proc]:
@@ -43,9 +44,9 @@ def descendants(root: int) -> list[Proc]:
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        identity = _identity(pid)
-        if identity is not None:
-            found.append(identity)
+        proc = identity(pid)
+        if proc is not None:
+            found.append(proc)
         todo.extend(children.get(pid, []))
     return found
 

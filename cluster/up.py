@@ -26,6 +26,7 @@ from vsim.cluster import processes
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
 from vsim.cluster.spec import ClusterSpec
+from vsim.tls import write_private
 from vsim.vcenter.sessions import ADMINISTRATOR
 
 READY_TIMEOUT = 600.0
@@ -84,6 +85,7 @@ async def serve(options: UpOptions, config: UserConfig, on_ready) -> None:
             config.save_up_state(
                 {
                     "pid": os.getpid(),
+                    "started": processes.identity(os.getpid())[1],
                     "data_dir": str(options.data_dir),
                     "endpoint": endpoint,
                     "thumbprint": running.thumbprint,
@@ -122,15 +124,25 @@ async def _record_session(running, endpoint: str, config: UserConfig) -> dict:
     }
 
 
-def running_pid(config: UserConfig) -> int | None:
+def recorded_process(config: UserConfig) -> processes.Proc | None:
+    """The `vsim up` process the config records, if it still runs (the same process,
+    not another that got its pid)."""
     state = config.up_state()
     if state is None:
         return None
-    pid = int(state["pid"])
-    if processes.descendants(pid):
-        return pid
-    config.clear_up_state(pid)
+    try:
+        proc = (int(state["pid"]), int(state["started"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{config.dir / 'up.json'} is damaged; remove it") from None
+    if processes.alive(proc):
+        return proc
+    config.clear_up_state(proc[0])
     return None
+
+
+def running_pid(config: UserConfig) -> int | None:
+    proc = recorded_process(config)
+    return proc[0] if proc else None
 
 
 def detach(argv: list[str], options: UpOptions, config: UserConfig) -> dict:
@@ -148,6 +160,21 @@ def detach(argv: list[str], options: UpOptions, config: UserConfig) -> dict:
             start_new_session=True,
             env={**os.environ, "VSIM_CONFIG": str(config.dir)},
         )
+    try:
+        _wait_ready(child, ready, log_path)
+        info = json.loads(ready.read_text())
+    except BaseException:
+        # Not ready (or interrupted): take down whatever the daemon started.
+        processes.kill(processes.in_session(child.pid))
+        child.wait()
+        raise
+    finally:
+        ready.unlink(missing_ok=True)
+    info["log"] = str(log_path)
+    return info
+
+
+def _wait_ready(child: subprocess.Popen, ready: Path, log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while not ready.exists():
         if child.poll() is not None:
@@ -159,16 +186,12 @@ def detach(argv: list[str], options: UpOptions, config: UserConfig) -> dict:
         if time.monotonic() > deadline:
             raise RuntimeError(f"vsim up was not ready after {READY_TIMEOUT:.0f} s; see {log_path}")
         time.sleep(0.2)
-    info = json.loads(ready.read_text())
-    ready.unlink(missing_ok=True)
-    info["log"] = str(log_path)
-    return info
 
 
 def write_ready(path: Path, info: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    """Hands the ready info (the administrator password among it) to the parent,
+    readable by this user only."""
+    write_private(path, json.dumps(info).encode())
 
 
 def down(config: UserConfig, timeout: float = STOP_TIMEOUT) -> dict:
@@ -176,11 +199,11 @@ def down(config: UserConfig, timeout: float = STOP_TIMEOUT) -> dict:
     state = config.up_state()
     if state is None:
         return {"stopped": False, "reason": "no cluster is running for this config"}
-    pid = int(state["pid"])
+    proc = recorded_process(config)
+    if proc is None:
+        return {"stopped": False, "reason": f"the cluster's process {state.get('pid')} is gone"}
+    pid = proc[0]
     procs = processes.descendants(pid) + processes.in_session(pid)
-    if not procs:
-        config.clear_up_state(pid)
-        return {"stopped": False, "reason": f"the cluster's process {pid} is already gone"}
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -67,9 +67,13 @@ async def start_vcenter(
             engine = RayEngine(ray_namespace(instance_uuid(inventory)), data_dir, clock.speed)
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
         core = VCenter(home, inventory, engine, clock)
-        await core.start(spec)
     except BaseException:
         inventory.close()
+        raise
+    try:
+        await core.start(spec)
+    except BaseException:
+        await core.stop()  # closes what start opened: links, tasks, the inventory
         raise
     try:
         server, bound = await start_server(

@@ -206,6 +206,9 @@ class VCenter:
     def ListVms(self, request: pb.ListVmsRequest, session: Session) -> pb.ListVmsResponse:
         return pb.ListVmsResponse(vms=self.vms.list(request.host))
 
+    def GetVm(self, request: pb.VmRequest, session: Session) -> pb.Vm:
+        return self.vms.get(request.name)
+
     def PowerOnVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
         return self.vms.power_on(request.name, session.user_name)
 

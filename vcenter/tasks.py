@@ -20,7 +20,6 @@ from vsim.v1 import common_pb2
 from vsim.vcenter.inventory import Inventory
 
 log = logging.getLogger("vsim.vcenter.tasks")
-FINISHED = (common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR)
 
 Work = Callable[[common_pb2.Task], Awaitable[str]]
 """A task's work: given the live task (to report progress), returns the result."""

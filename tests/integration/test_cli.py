@@ -61,8 +61,13 @@ def test_up_drive_and_down(cli: Cli, tmp_path: Path):
         assert len(ray_procs) > 3, "the daemon and the Ray processes it started"
         drive(cli, info)
     finally:
-        down, _ = cli.json("down")
+        done = cli.run("down", "-o", "json", ok=False)
+        leftovers = processes.in_session(pid)
+        processes.kill(leftovers)  # whatever happens, this test leaves nothing running
+    assert done.returncode == 0, done.stderr
+    down = json.loads(done.stdout)
     assert down["stopped"] is True and down["remaining"] == 0
+    assert leftovers == []
     assert processes.in_session(pid) == []
     assert [p for p in ray_procs if processes.alive(p)] == []
     assert not (tmp_path / "config" / "up.json").exists()
@@ -102,9 +107,14 @@ def drive(cli: Cli, info: dict) -> None:
         assert error["error"]["name"] == fault
         assert fault in done.stderr
 
-    # host add: the CLI accepts the presented certificate and says which.
-    task, _ = cli.json("host", "add", "esxi-03", "--memory-mb", "65536")
+    # host add: with no terminal to ask on, the thumbprint must be given or accepted.
+    error, _ = cli.json("host", "add", "esxi-03", "--memory-mb", "65536", ok=False)
+    assert error["error"]["name"] == "SSLVerifyFault"
+    presented = error["error"]["properties"]["thumbprint"]
+    task, _ = cli.json("host", "add", "esxi-03", "--accept-thumbprint")
     assert task["state"] == "TASK_STATE_SUCCESS"
+    hosts, _ = cli.json("host", "list")
+    assert [h["ssl_thumbprint"] for h in hosts if h["name"] == "esxi-03"] == [presented]
     error, _ = cli.json("host", "add", "esxi-04", "--thumbprint", ":".join(["AB"] * 32), ok=False)
     assert error["error"]["name"] == "SSLVerifyFault"
     assert error["error"]["properties"]["thumbprint"] != ":".join(["AB"] * 32)
@@ -114,9 +124,7 @@ def drive(cli: Cli, info: dict) -> None:
         assert cli.json(*args)[0]["state"] == "TASK_STATE_SUCCESS"
 
     # Login again (the password from `vsim up`), then a pinned thumbprint that changed.
-    login, _ = (
-        cli.json("login", env=None) if False else cli.json("login", "--password", info["password"])
-    )
+    login, _ = cli.json("login", "--password", info["password"])
     assert login["pinned"] is False and login["thumbprint"] == info["thumbprint"]
     known = Path(cli.env["VSIM_CONFIG"]) / "known_hosts"
     saved = known.read_text()

@@ -75,6 +75,11 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListVmsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListVmsResponse.FromString,
                 _registered_method=True)
+        self.GetVm = channel.unary_unary(
+                '/vsim.v1.VCenter/GetVm',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.Vm.FromString,
+                _registered_method=True)
         self.PowerOnVm = channel.unary_unary(
                 '/vsim.v1.VCenter/PowerOnVm',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
@@ -167,6 +172,12 @@ class VCenterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListVms(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVm(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -265,6 +276,11 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.ListVms,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListVmsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_vcenter__pb2.ListVmsResponse.SerializeToString,
+            ),
+            'GetVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVm,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.Vm.SerializeToString,
             ),
             'PowerOnVm': grpc.unary_unary_rpc_method_handler(
                     servicer.PowerOnVm,
@@ -523,6 +539,33 @@ class VCenter:
             '/vsim.v1.VCenter/ListVms',
             vsim_dot_v1_dot_vcenter__pb2.ListVmsRequest.SerializeToString,
             vsim_dot_v1_dot_vcenter__pb2.ListVmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/GetVm',
+            vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,
