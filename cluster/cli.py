@@ -47,12 +47,12 @@ class Context:
         self.server = args.server or self.settings.server
         self.json = args.output == "json"
 
-    async def client(self, login: bool = True) -> VCenterClient:
+    async def client(self) -> VCenterClient:
         pinned = self.config.pinned(self.server)
         session = self.settings.session if self.server == self.settings.server else ""
-        if login and not session:
+        if not session:
             raise NotAuthenticated(f"no session for {self.server}: run `vsim login` first")
-        if login and pinned is None:
+        if pinned is None:
             raise NotAuthenticated(f"{self.server} is not pinned yet: run `vsim login` first")
         return await VCenterClient.connect(self.server, pinned, session or None)
 

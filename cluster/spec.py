@@ -48,10 +48,6 @@ def host_name(index: int) -> str:
     return f"esxi-{index:02d}"
 
 
-def vm_name(index: int) -> str:
-    return f"vm-{index:03d}"
-
-
 @dataclass(frozen=True)
 class ClusterSpec:
     """A datacenter with one cluster of hosts."""

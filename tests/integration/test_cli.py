@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,34 @@ def test_up_drive_and_down(cli: Cli, tmp_path: Path):
     assert again["stopped"] is False
 
 
+def follow_events(cli: Cli, after: int) -> None:
+    """`vsim events --follow -o json` prints each new event as one JSON line."""
+    follow = subprocess.Popen(
+        [VSIM, "events", "--follow", "--after", str(after), "-o", "json"],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in follow.stdout], daemon=True
+    ).start()
+    try:
+        cli.json("vm", "create", "follow-01", "--memory-mb", "256")
+        seen = []
+        deadline = time.monotonic() + 60
+        while not any(e["type"] == "VmCreatedEvent" and e["vm"] == "follow-01" for e in seen):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no VmCreatedEvent for follow-01 in {seen}"
+            try:
+                seen.append(json.loads(lines.get(timeout=left)))
+            except queue.Empty:
+                pass
+        assert all(int(e["key"]) > after for e in seen)
+    finally:
+        follow.terminate()
+        follow.wait(10)
+    cli.json("vm", "destroy", "follow-01")
+
+
 def drive(cli: Cli, info: dict) -> None:
     hosts, _ = cli.json("host", "list")
     assert [(h["name"], h["connection_state"]) for h in hosts] == [
@@ -122,6 +153,12 @@ def drive(cli: Cli, info: dict) -> None:
 
     for args in (("vm", "power-off", "web-01"), ("vm", "destroy", "web-01")):
         assert cli.json(*args)[0]["state"] == "TASK_STATE_SUCCESS"
+    tasks, _ = cli.json("tasks", "--limit", "2")
+    assert [(t["name"], t["entity"]) for t in tasks] == [
+        ("Destroy_Task", "web-01"),
+        ("PowerOffVM_Task", "web-01"),
+    ]
+    follow_events(cli, int(events[-1]["key"]))
 
     # Login again (the password from `vsim up`), then a pinned thumbprint that changed.
     login, _ = cli.json("login", "--password", info["password"])

@@ -298,7 +298,7 @@ async def test_restart_takes_power_states_from_the_hosts(lab: Lab):
     ]
 
 
-async def test_restart_with_a_new_engine_boots_the_hosts_again(lab: Lab):
+async def test_hosts_booted_again_with_new_certificates_are_not_trusted(lab: Lab):
     await lab.create("vm-001", host="esxi-01")
     await lab.power_on("vm-001")
     thumbprints = {n: h.ssl_thumbprint for n, h in lab.hosts().items()}
@@ -312,6 +312,7 @@ async def test_restart_with_a_new_engine_boots_the_hosts_again(lab: Lab):
         n: NOT_RESPONDING for n in thumbprints
     }
     assert {n: h.ssl_thumbprint for n, h in hosts.items()} == thumbprints
+    assert all(lab.engine.running(n) is not None for n in thumbprints)  # booted, refused
 
 
 async def test_a_not_responding_host_can_be_removed_with_its_vms(lab: Lab):
