@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -110,4 +111,7 @@ if __name__ == "__main__":
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--big-hosts", type=int, default=32)
-    print(json.dumps(asyncio.run(main(parser.parse_args()))))
+    # Ray prints its warnings on stdout: send them to stderr, keep stdout for the JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = asyncio.run(main(parser.parse_args()))
+    print(json.dumps(result))

@@ -11,6 +11,7 @@ waits, and kills whatever it left behind (its descendants, its session).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -61,7 +62,20 @@ def _start_ray() -> None:
 
 
 async def serve(options: UpOptions, config: UserConfig, on_ready) -> None:
-    """Runs the cluster until SIGINT/SIGTERM; calls on_ready(info) once it serves."""
+    """Runs the cluster until SIGINT/SIGTERM; calls on_ready(info) once it serves.
+    Ray prints its own warnings on stdout; they go to stderr, so that stdout carries
+    only what on_ready prints (with -o json, one JSON document)."""
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        await _serve(options, config, lambda info: _with_stdout(out, on_ready, info))
+
+
+def _with_stdout(out, function, *args) -> None:
+    with contextlib.redirect_stdout(out):
+        function(*args)
+
+
+async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
     import ray
 
     from vsim.vcenter.server import start_vcenter
