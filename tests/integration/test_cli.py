@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -175,3 +176,44 @@ def drive(cli: Cli, info: dict) -> None:
     assert cli.json("logout")[0]["logged_out"] is True
     error, _ = cli.json("status", ok=False)
     assert error["error"]["name"] == "NotAuthenticated"
+
+
+def test_ctrl_c_stops_a_foreground_cluster_and_leaves_nothing(cli: Cli, tmp_path: Path):
+    """`make run` is `vsim up` in the foreground; Ctrl-C (SIGINT to the terminal's whole
+    process group) stops it with no process left behind."""
+    up = subprocess.Popen(
+        [VSIM, "up", "--hosts", "1", "--port", str(free_port()), "-o", "json",
+         "--data-dir", str(tmp_path / "data")],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        info = json.loads(read_document(up.stdout, timeout=300))
+        assert info["hosts"] == ["esxi-01"]
+        started = processes.descendants(up.pid)
+        assert len(started) > 3, "vsim up and the Ray processes it started"
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(120) == 0
+        assert "Stopped." in up.stderr.read()
+        assert processes.wait_gone(started, 30) == []
+        assert processes.in_session(up.pid) == []
+    finally:
+        processes.kill(processes.in_session(up.pid))
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def read_document(stream, timeout: float) -> str:
+    """One JSON document from a stream that stays open after it."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    text = ""
+    deadline = time.monotonic() + timeout
+    while True:
+        text += lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            json.loads(text)
+            return text
+        except json.JSONDecodeError:
+            continue
