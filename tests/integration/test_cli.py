@@ -164,6 +164,15 @@ def drive(cli: Cli, info: dict) -> None:
     # Login again (the password from `vsim up`), then a pinned thumbprint that changed.
     login, _ = cli.json("login", "--password", info["password"])
     assert login["pinned"] is False and login["thumbprint"] == info["thumbprint"]
+    # Another user's config: the first login pins the thumbprint (trust on first use).
+    other = Cli(Path(cli.env["VSIM_CONFIG"] + "-other"))
+    error, _ = other.json("host", "list", "--server", info["endpoint"], ok=False)
+    assert error["error"]["name"] == "NotAuthenticated"
+    login, _ = other.json("login", "--server", info["endpoint"], "--password", info["password"])
+    assert login["pinned"] is True and login["thumbprint"] == info["thumbprint"]
+    assert len(other.json("host", "list")[0]) == 2
+    error, _ = other.json("login", "--password", "wrong", ok=False)
+    assert error["error"]["name"] == "InvalidLogin"
     known = Path(cli.env["VSIM_CONFIG"]) / "known_hosts"
     saved = known.read_text()
     known.write_text(saved.replace(info["thumbprint"], ":".join(["00"] * 32)))
