@@ -13,6 +13,7 @@ import getpass
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -265,6 +266,32 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
     asyncio.run(up.serve(options, ctx.config, ready))
 
 
+async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
+    """Serves the storage array in the foreground until SIGINT/SIGTERM."""
+    from vsim.storage.server import start_array
+
+    if not 0 <= args.port < 65536:
+        raise InvalidArgument(f"--port must be 0-65535, got {args.port}")
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    running = await start_array(data_dir, args.port, args.bind)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        info = {
+            "endpoint": running.endpoint,
+            "thumbprint": running.identity.thumbprint,
+            "luns": len(running.array.luns),
+            "exports": sorted(running.array.exports),
+            "data_dir": str(data_dir),
+        }
+        ctx.show(info, output.fields(info) + "\nServing; press Ctrl-C to stop.")
+        await stop.wait()
+    finally:
+        await running.stop()
+
+
 def cmd_down(args: argparse.Namespace, ctx: Context) -> None:
     result = up.down(ctx.config, args.timeout)
     text = f"Stopped the cluster (pid {result['pid']})" if result["stopped"] else result["reason"]
@@ -308,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p = command(commands, "down", cmd_down, "stop the cluster `vsim up` started")
     p.add_argument("--timeout", type=float, default=up.STOP_TIMEOUT)
+
+    array = command(commands, "array", None, "the storage array").add_subparsers(
+        dest="sub", required=True
+    )
+    p = command(array, "serve", cmd_array_serve, "serve a storage array (LUNs, NFS exports)")
+    p.add_argument("--data-dir", required=True, help="where its LUNs, exports and config live")
+    p.add_argument("--port", type=positive_int, default=50052)
+    p.add_argument("--bind", default="127.0.0.1")
 
     p = command(commands, "login", cmd_login, "log in to vCenter and pin its certificate")
     p.add_argument("--user", help=f"default: {ADMINISTRATOR}")

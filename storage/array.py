@@ -1,0 +1,153 @@
+"""The storage array: its LUNs (with LUN masking) and NFS exports, kept under one
+data dir so that everything survives a restart.
+
+    array.json        what exists: LUNs (size, serial, initiators mapped), exports
+    luns/lun-N.img    each LUN's sectors (a sparse file)
+    exports/NAME/     each export's files
+
+An initiator sees only the LUNs mapped to it: to every other one an unmapped LUN
+does not exist (LOGICAL UNIT NOT SUPPORTED), as LUN masking does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from vsim.storage.lun import SECTOR, Lun
+from vsim.storage.nfs_export import ExportOptions, NfsError, NfsExport, NfsStatus
+from vsim.storage.scsi import LUN_NOT_SUPPORTED, check_condition
+from vsim.tls import write_private
+
+CONFIG = "array.json"
+DEFAULT_LUN_BYTES = 4 * 1024**3
+MIN_LUN_BYTES = 1024**2
+MAX_LUN_BYTES = 64 * 1024**4
+MAX_LUNS = 256
+EXPORT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class ArrayError(ValueError):
+    """A management request the array refuses (bad size, name taken, ...)."""
+
+
+class StorageArray:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.luns: dict[int, Lun] = {}
+        self.masking: dict[int, set[str]] = {}
+        self.exports: dict[str, NfsExport] = {}
+        self._load()
+
+    # persistence
+
+    def _load(self) -> None:
+        path = self.data_dir / CONFIG
+        if not path.exists():
+            return
+        config = json.loads(path.read_text())
+        for lun in config.get("luns", []):
+            self._open_lun(lun["id"], lun["size"], lun["serial"])
+            self.masking[lun["id"]] = set(lun["initiators"])
+        for export in config.get("exports", []):
+            options = ExportOptions(
+                **{**export["options"], "clients": tuple(export["options"]["clients"])}
+            )
+            self._open_export(export["name"], options)
+
+    def _save(self) -> None:
+        config = {
+            "luns": [
+                {
+                    "id": lun.id,
+                    "size": lun.size_bytes,
+                    "serial": lun.serial,
+                    "initiators": sorted(self.masking[lun.id]),
+                }
+                for lun in self.luns.values()
+            ],
+            "exports": [
+                {"name": e.name, "options": asdict(e.options)} for e in self.exports.values()
+            ],
+        }
+        write_private(self.data_dir / CONFIG, json.dumps(config, indent=1).encode())
+
+    def _open_lun(self, lun_id: int, size: int, serial: str) -> Lun:
+        lun = Lun(lun_id, self.data_dir / "luns" / f"lun-{lun_id}.img", size, serial)
+        self.luns[lun_id] = lun
+        return lun
+
+    def _open_export(self, name: str, options: ExportOptions) -> NfsExport:
+        export = NfsExport(name, self.data_dir / "exports" / name, options)
+        self.exports[name] = export
+        return export
+
+    def close(self) -> None:
+        for lun in self.luns.values():
+            lun.close()
+
+    # management
+
+    def create_lun(
+        self, size_bytes: int = DEFAULT_LUN_BYTES, initiators: tuple[str, ...] = ()
+    ) -> Lun:
+        if not MIN_LUN_BYTES <= size_bytes <= MAX_LUN_BYTES or size_bytes % SECTOR:
+            raise ArrayError(
+                f"a LUN is 1 MiB to 64 TiB, a multiple of {SECTOR} bytes; got {size_bytes}"
+            )
+        if len(self.luns) >= MAX_LUNS:
+            raise ArrayError(f"the array holds at most {MAX_LUNS} LUNs")
+        lun_id = max(self.luns, default=-1) + 1
+        lun = self._open_lun(lun_id, size_bytes, uuid.uuid4().hex[:16].upper())
+        self.masking[lun_id] = set()
+        self.map_lun(lun_id, initiators)
+        return lun
+
+    def map_lun(self, lun_id: int, initiators: tuple[str, ...]) -> None:
+        """Makes the LUN visible to these initiators (as well as those it has)."""
+        if lun_id not in self.luns:
+            raise ArrayError(f"no LUN {lun_id}")
+        for initiator in initiators:
+            check_initiator(initiator)
+        self.masking[lun_id].update(initiators)
+        self._save()
+
+    def create_export(self, name: str, options: ExportOptions) -> NfsExport:
+        if not EXPORT_NAME.match(name):
+            raise ArrayError(f"export name {name[:80]!r} must be 1-63 of a-z 0-9 . _ -")
+        if name in self.exports:
+            raise ArrayError(f"export {name} exists")
+        export = self._open_export(name, options)
+        self._save()
+        return export
+
+    # what initiators and clients see
+
+    def report_luns(self, initiator: str) -> list[int]:
+        check_initiator(initiator)
+        return sorted(i for i, seen_by in self.masking.items() if initiator in seen_by)
+
+    def lun(self, initiator: str, lun_id: int) -> Lun:
+        """The LUN, if it is mapped to initiator; else it does not exist for it."""
+        check_initiator(initiator)
+        if lun_id not in self.luns or initiator not in self.masking[lun_id]:
+            raise check_condition(LUN_NOT_SUPPORTED, f"no LUN {lun_id} for {initiator}")
+        return self.luns[lun_id]
+
+    def export(self, name: str) -> NfsExport:
+        export = self.exports.get(name)
+        if export is None:
+            raise NfsError(NfsStatus.NOENT, f"no export named {name[:80]!r}")
+        return export
+
+
+def check_initiator(initiator: str) -> str:
+    """An initiator name: an iSCSI qualified name (iqn.YYYY-MM.domain:...) or similar,
+    1-223 printable characters without spaces."""
+    if not 0 < len(initiator) <= 223 or not initiator.isprintable() or " " in initiator:
+        raise ArrayError(f"initiator name {initiator[:80]!r} must be 1-223 printable characters")
+    return initiator

@@ -1,0 +1,45 @@
+"""The array process: the StorageArray service over TLS, with health and reflection.
+`vsim up` embeds it; docker-compose runs it as a container of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from vsim.rpc import start_server
+from vsim.storage.array import StorageArray
+from vsim.storage.service import ArrayService
+from vsim.tls import Identity, load_or_create_identity
+from vsim.v1 import storage_pb2
+
+SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageArray"]
+COMMON_NAME = "array"
+
+
+@dataclass
+class RunningArray:
+    array: StorageArray
+    server: grpc.aio.Server
+    identity: Identity
+    endpoint: str
+
+    async def stop(self) -> None:
+        await self.server.stop(grace=2.0)
+        self.array.close()
+
+
+async def start_array(data_dir: Path, port: int = 0, bind: str = "127.0.0.1") -> RunningArray:
+    """Starts (or restarts) the array kept in data_dir."""
+    array = StorageArray(data_dir)
+    try:
+        identity = load_or_create_identity(data_dir / "ssl", COMMON_NAME)
+        service = ArrayService(array)
+        server, bound = await start_server(
+            identity, bind, port, [(SERVICE, service, service.authenticate)]
+        )
+    except BaseException:
+        array.close()
+        raise
+    return RunningArray(array, server, identity, f"{bind}:{bound}")

@@ -1,0 +1,260 @@
+"""The StorageArray service: one method per RPC over the array core.
+
+SCSI and NFS outcomes travel in the response (a RESERVATION CONFLICT is an answer,
+not a failure); management requests the array refuses fail with InvalidArgument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vsim.faults import InvalidArgument
+from vsim.storage.array import DEFAULT_LUN_BYTES, ArrayError, StorageArray
+from vsim.storage.lun import Lun
+from vsim.storage.nfs_export import (
+    Attributes,
+    Caller,
+    CreateMode,
+    ExportOptions,
+    NfsError,
+    NfsExport,
+)
+from vsim.storage.scsi import ScsiError
+from vsim.v1 import storage_pb2 as pb
+
+
+def _scsi(command: Callable[[], pb.ScsiResponse]) -> pb.ScsiResponse:
+    try:
+        return command()
+    except ScsiError as e:
+        status = pb.ScsiStatus(status=e.status, detail=e.detail)
+        if e.sense is not None:
+            status.sense_key, status.asc, status.ascq = e.sense.key, e.sense.asc, e.sense.ascq
+        return pb.ScsiResponse(status=status, data=e.data)
+    except ArrayError as e:
+        raise InvalidArgument(str(e)) from None
+
+
+def _nfs(operation: Callable[[], pb.NfsResponse]) -> pb.NfsResponse:
+    try:
+        return operation()
+    except NfsError as e:
+        return pb.NfsResponse(status=int(e.status), message=e.message)
+
+
+def _attributes(a: Attributes) -> pb.NfsAttributes:
+    return pb.NfsAttributes(
+        fileid=a.fileid, type=a.kind, size=a.size, mtime_ns=a.mtime_ns, ctime_ns=a.ctime_ns
+    )
+
+
+class ArrayService:
+    def __init__(self, array: StorageArray) -> None:
+        self.array = array
+
+    def authenticate(self, token: str | None, method: str) -> None:
+        """The array trusts its storage network, as an iSCSI target without CHAP and an
+        NFS server with AUTH_SYS do: initiators and clients say who they are."""
+        return None
+
+    # SCSI
+
+    def _lun(self, r: pb.ScsiRequest) -> Lun:
+        return self.array.lun(r.initiator, r.lun)
+
+    def ReportLuns(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        return _scsi(lambda: pb.ScsiResponse(luns=self.array.report_luns(r.initiator)))
+
+    def Inquiry(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        def run() -> pb.ScsiResponse:
+            i = self._lun(r).inquiry(r.initiator)
+            return pb.ScsiResponse(vendor=i.vendor, product=i.product, serial=i.serial, ats=i.ats)
+
+        return _scsi(run)
+
+    def ReadCapacity(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        def run() -> pb.ScsiResponse:
+            last_lba, block_length = self._lun(r).read_capacity(r.initiator)
+            return pb.ScsiResponse(last_lba=last_lba, block_length=block_length)
+
+        return _scsi(run)
+
+    def Read(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        return _scsi(lambda: pb.ScsiResponse(data=self._lun(r).read(r.initiator, r.lba, r.blocks)))
+
+    def Write(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        return _scsi(lambda: self._done(self._lun(r).write(r.initiator, r.lba, r.data)))
+
+    def CompareAndWrite(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        return _scsi(
+            lambda: self._done(self._lun(r).compare_and_write(r.initiator, r.lba, r.verify, r.data))
+        )
+
+    def Reserve(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        return _scsi(lambda: self._done(self._lun(r).reserve(r.initiator)))
+
+    def Release(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        return _scsi(lambda: self._done(self._lun(r).release(r.initiator)))
+
+    @staticmethod
+    def _done(_: None) -> pb.ScsiResponse:
+        return pb.ScsiResponse()
+
+    # NFS
+
+    def _export(self, r: pb.NfsRequest) -> tuple[NfsExport, Caller]:
+        if not 0 < len(r.client) <= 255 or not r.client.isprintable():
+            raise InvalidArgument("client must be 1-255 printable characters naming the caller")
+        return self.array.export(r.export), Caller(r.client, r.uid)
+
+    def _entry(self, handle_and_attributes: tuple[str, Attributes]) -> pb.NfsResponse:
+        handle, attributes = handle_and_attributes
+        return pb.NfsResponse(handle=handle, attributes=_attributes(attributes))
+
+    def NfsLookup(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            return self._entry(export.lookup(caller, r.handle, r.name))
+
+        return _nfs(run)
+
+    def NfsGetattr(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            return pb.NfsResponse(
+                handle=r.handle, attributes=_attributes(export.getattr(caller, r.handle))
+            )
+
+        return _nfs(run)
+
+    def NfsCreate(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            try:
+                mode = CreateMode(r.create_mode)
+            except ValueError:
+                raise InvalidArgument(
+                    f"create_mode must be 0, 1 or 2, got {r.create_mode}"
+                ) from None
+            return self._entry(export.create(caller, r.handle, r.name, mode, r.verifier))
+
+        return _nfs(run)
+
+    def NfsMkdir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            return self._entry(export.mkdir(caller, r.handle, r.name))
+
+        return _nfs(run)
+
+    def NfsRead(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            data, eof = export.read(caller, r.handle, r.offset, r.count)
+            return pb.NfsResponse(data=data, eof=eof, count=len(data))
+
+        return _nfs(run)
+
+    def NfsWrite(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            return pb.NfsResponse(count=export.write(caller, r.handle, r.offset, r.data, r.stable))
+
+        return _nfs(run)
+
+    def NfsRemove(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            export.remove(caller, r.handle, r.name)
+            return pb.NfsResponse()
+
+        return _nfs(run)
+
+    def NfsRename(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            export.rename(caller, r.handle, r.name, r.to_handle, r.to_name)
+            return pb.NfsResponse()
+
+        return _nfs(run)
+
+    def NfsReaddir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            entries = [
+                pb.NfsEntry(name=name, attributes=_attributes(a))
+                for name, a in export.readdir(caller, r.handle)
+            ]
+            return pb.NfsResponse(entries=entries)
+
+        return _nfs(run)
+
+    # management
+
+    def CreateLun(self, r: pb.CreateLunRequest, _: Any) -> pb.LunInfo:
+        try:
+            lun = self.array.create_lun(r.size_bytes or DEFAULT_LUN_BYTES, tuple(r.initiators))
+        except ArrayError as e:
+            raise InvalidArgument(str(e)) from None
+        return self._lun_info(lun.id)
+
+    def MapLun(self, r: pb.MapLunRequest, _: Any) -> pb.LunInfo:
+        try:
+            self.array.map_lun(r.lun, tuple(r.initiators))
+        except ArrayError as e:
+            raise InvalidArgument(str(e)) from None
+        return self._lun_info(r.lun)
+
+    def _lun_info(self, lun_id: int) -> pb.LunInfo:
+        lun = self.array.luns[lun_id]
+        return pb.LunInfo(
+            id=lun.id,
+            size_bytes=lun.size_bytes,
+            serial=lun.serial,
+            initiators=sorted(self.array.masking[lun.id]),
+            reserved_by=lun.reservation or "",
+        )
+
+    def CreateExport(self, r: pb.CreateExportRequest, _: Any) -> pb.ExportInfo:
+        options = ExportOptions(
+            rw=not r.read_only,
+            sync=not r.async_writes,
+            root_squash=r.root_squash,
+            clients=tuple(r.clients) or ("*",),
+        )
+        try:
+            export = self.array.create_export(r.name, options)
+        except ArrayError as e:
+            raise InvalidArgument(str(e)) from None
+        return self._export_info(export)
+
+    @staticmethod
+    def _export_info(export: NfsExport) -> pb.ExportInfo:
+        o = export.options
+        return pb.ExportInfo(
+            name=export.name,
+            read_only=not o.rw,
+            async_writes=not o.sync,
+            root_squash=o.root_squash,
+            clients=list(o.clients),
+        )
+
+    def GetArray(self, r: pb.GetArrayRequest, _: Any) -> pb.ArrayInfo:
+        return pb.ArrayInfo(
+            luns=[self._lun_info(i) for i in sorted(self.array.luns)],
+            exports=[self._export_info(e) for e in self.array.exports.values()],
+        )
+
+    def GetStats(self, r: pb.GetStatsRequest, _: Any) -> pb.ArrayStats:
+        scsi = [
+            pb.InitiatorCounters(lun=lun.id, initiator=initiator, counters=dict(counters))
+            for lun in self.array.luns.values()
+            for initiator, counters in sorted(lun.stats.items())
+        ]
+        writes = [
+            pb.WriteSizes(export=export.name, client=client, sizes=dict(sizes))
+            for export in self.array.exports.values()
+            for client, sizes in sorted(export.stats.write_sizes.items())
+        ]
+        return pb.ArrayStats(scsi=scsi, nfs_writes=writes)
