@@ -60,6 +60,8 @@ SSLVerifyFault = _fault("SSLVerifyFault", S.FAILED_PRECONDITION)
 HostConnectFault = _fault("HostConnectFault", S.UNAVAILABLE)
 HostNotConnected = _fault("HostNotConnected", S.UNAVAILABLE)
 RequestTimeout = _fault("RequestTimeout", S.DEADLINE_EXCEEDED)
+FileLocked = _fault("FileLocked", S.FAILED_PRECONDITION)
+CannotAccessFile = _fault("CannotAccessFile", S.UNAVAILABLE)
 SystemError_ = _fault("SystemError", S.INTERNAL)
 
 _BY_NAME: dict[str, type[VimFault]] = {cls.name: cls for cls in VimFault.__subclasses__()}

@@ -1,0 +1,347 @@
+"""The VMFS driver of a host's kernel: heartbeats and on-disk locks on a shared LUN.
+
+Hosts never talk to each other or to vCenter to lock: everything is in the sectors
+described in `vsim.storage.vmfs_format`, changed atomically with COMPARE AND WRITE
+(ATS) on ats-only volumes, or under a SCSI-2 reservation on ats+scsi volumes
+(conflicts retried with backoff and counted).
+
+- Mount claims a free heartbeat slot; the slot's counter is bumped every 3 s. A host
+  whose slot was cleared by another (it was presumed dead), or that could not
+  heartbeat for 16 s, marks the volume lost access and issues no more I/O to it.
+- A lock held by another host is refused with FileLocked naming the holder, unless
+  the holder is gone: its slot was cleared or reused (stale at once), or its counter
+  has not moved for 16 s as this host has watched it (then this host clears the slot,
+  generation + 1, and takes the lock). Never before 16 s.
+
+Plain Python over two injected ports: the block device (the LUN as this host's
+initiator sees it) and the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from vsim.clock import Clock
+from vsim.faults import CannotAccessFile, FileLocked
+from vsim.storage.lun import Lun
+from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT, ScsiError
+from vsim.storage.vmfs_format import (
+    SECTOR,
+    HeartbeatSlot,
+    LockMode,
+    LockOwner,
+    LockRecord,
+    SlotState,
+    Superblock,
+    VolumeLockMode,
+)
+
+HB_INTERVAL = 3.0
+"""Seconds between a host's heartbeats on a VMFS volume."""
+HB_TIMEOUT = 16.0
+"""Seconds without a heartbeat after which a host is presumed dead (and, for itself,
+after which it marks the volume lost access)."""
+RESERVE_RETRIES = 80
+RESERVE_BACKOFF = (0.002, 0.05)
+"""Seconds: the first backoff after a RESERVATION CONFLICT, and the most."""
+
+
+class BlockDevice(Protocol):
+    """A LUN as one initiator sees it. Failures raise ScsiError."""
+
+    async def read(self, lba: int, blocks: int) -> bytes: ...
+
+    async def write(self, lba: int, data: bytes) -> None: ...
+
+    async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None: ...
+
+    async def reserve(self) -> None: ...
+
+    async def release(self) -> None: ...
+
+
+async def format_volume(
+    device: BlockDevice,
+    label: str,
+    lock_mode: VolumeLockMode,
+    volume_uuid: uuid.UUID,
+    block_size: int = 1024 * 1024,
+) -> Superblock:
+    """vmkfstools -C: writes the superblock and empty heartbeat and lock regions."""
+    superblock = Superblock(volume_uuid, label, block_size, lock_mode)
+    empty = bytes(SECTOR * (superblock.metadata_blocks - 1))
+    for start in range(0, len(empty), 2048 * SECTOR):
+        chunk = empty[start : start + 2048 * SECTOR]
+        await device.write(1 + start // SECTOR, chunk)
+    await device.write(0, superblock.pack())
+    return superblock
+
+
+@dataclass
+class _Watch:
+    """What this host has seen of another host's heartbeat slot."""
+
+    counter: int
+    since: float
+
+
+class VmfsVolume:
+    def __init__(
+        self,
+        device: BlockDevice,
+        host: uuid.UUID,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.device = device
+        self.host = host
+        self.clock = clock
+        self.rng = rng
+        self.superblock: Superblock | None = None
+        self.slot = -1
+        self.lost_access = False
+        self.stats: Counter[str] = Counter()
+        self._slot_sector = b""
+        self._last_heartbeat = 0.0
+        self._watches: dict[int, _Watch] = {}
+
+    # mounting and heartbeats
+
+    async def mount(self) -> None:
+        self.superblock = Superblock.unpack(await self._io(self.device.read, 0, 1))
+        sb = self.superblock
+        region = await self._io(self.device.read, sb.heartbeat_lba(0), sb.heartbeat_slots)
+        for index in range(sb.heartbeat_slots):
+            sector = region[index * SECTOR : (index + 1) * SECTOR]
+            slot = HeartbeatSlot.unpack(sector)
+            if slot.state == SlotState.FREE or slot.owner == self.host:
+                claimed = HeartbeatSlot(
+                    SlotState.IN_USE, slot.generation, self.host, 1, self.clock.now()
+                )
+                if await self._swap(sb.heartbeat_lba(index), sector, claimed.pack()):
+                    self.slot = index
+                    self._slot_sector = claimed.pack()
+                    self._last_heartbeat = self.clock.now()
+                    return
+        raise CannotAccessFile(f"no free heartbeat slot on volume {sb.label}")
+
+    @property
+    def slot_generation(self) -> int:
+        return HeartbeatSlot.unpack(self._slot_sector).generation
+
+    async def heartbeat(self) -> bool:
+        """Bumps this host's counter (COMPARE AND WRITE against what it last wrote).
+        Returns False, and marks the volume lost access, when the slot is no longer
+        ours or the last good heartbeat is HB_TIMEOUT old."""
+        if self.lost_access:
+            return False
+        sb = self._mounted()
+        current = HeartbeatSlot.unpack(self._slot_sector)
+        bumped = replace(current, counter=current.counter + 1, owner_clock=self.clock.now())
+        try:
+            await self._io(
+                self.device.compare_and_write,
+                sb.heartbeat_lba(self.slot),
+                self._slot_sector,
+                bumped.pack(),
+            )
+        except ScsiError as e:
+            if e.sense is not None and e.sense.key == MISCOMPARE:
+                self._lose_access("another host cleared this host's heartbeat slot")
+                return False
+            self.stats["heartbeat_failures"] += 1
+        except Exception:  # noqa: BLE001 - a path failure is a missed heartbeat
+            self.stats["heartbeat_failures"] += 1
+        else:
+            self._slot_sector = bumped.pack()
+            self._last_heartbeat = self.clock.now()
+            self.stats["heartbeats"] += 1
+            return True
+        if self.clock.now() - self._last_heartbeat >= HB_TIMEOUT:
+            self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
+            return False
+        return True
+
+    async def heartbeat_forever(self) -> None:
+        """Heartbeats every HB_INTERVAL until the volume is lost."""
+        while await self.heartbeat():
+            await self.clock.sleep(HB_INTERVAL)
+
+    def _lose_access(self, why: str) -> None:
+        self.lost_access = True
+        self.stats["lost_access"] += 1
+        self.lost_reason = why
+
+    def _mounted(self) -> Superblock:
+        if self.superblock is None:
+            raise CannotAccessFile("the volume is not mounted")
+        if self.lost_access:
+            raise CannotAccessFile(
+                f"lost access to volume {self.superblock.label}: {self.lost_reason}"
+            )
+        return self.superblock
+
+    # locks
+
+    async def lock(self, index: int, path: str, mode: LockMode = LockMode.EXCLUSIVE) -> LockRecord:
+        """Takes lock record `index` for path in mode, or raises FileLocked."""
+        sb = self._mounted()
+        if not 0 <= index < sb.lock_records:
+            raise ValueError(f"lock index {index} is outside 0..{sb.lock_records - 1}")
+        me = LockOwner(self.host, self.slot, self.slot_generation)
+        while True:
+            sector = await self._io(self.device.read, sb.lock_lba(index), 1)
+            record = LockRecord.unpack(sector)
+            others = [o for o in record.owners if o.host != self.host]
+            live = [o for o in others if await self._alive(o)]
+            if live and not (record.mode == mode and mode != LockMode.EXCLUSIVE):
+                holder = live[0]
+                raise FileLocked(
+                    f"{path} is locked {record.mode.name.lower()} by host {holder.host} "
+                    f"(heartbeat slot {holder.slot})",
+                    holder=str(holder.host),
+                    mode=record.mode.name,
+                )
+            if len(others) != len(live):
+                await self._break(record, [o for o in others if o not in live])
+            owners = tuple(live) + (me,) if mode != LockMode.EXCLUSIVE else (me,)
+            new = LockRecord(mode, record.generation + 1, owners, path)
+            if await self._swap(sb.lock_lba(index), sector, new.pack()):
+                self.stats["locks"] += 1
+                return new
+            self.stats["lock_races"] += 1
+
+    async def unlock(self, index: int) -> None:
+        sb = self._mounted()
+        while True:
+            sector = await self._io(self.device.read, sb.lock_lba(index), 1)
+            record = LockRecord.unpack(sector)
+            owners = tuple(o for o in record.owners if o.host != self.host)
+            if len(owners) == len(record.owners):
+                return  # not ours (any more)
+            mode = record.mode if owners else LockMode.FREE
+            new = LockRecord(mode, record.generation + 1, owners, record.path if owners else "")
+            if await self._swap(sb.lock_lba(index), sector, new.pack()):
+                return
+
+    async def read_lock(self, index: int) -> LockRecord:
+        sb = self._mounted()
+        return LockRecord.unpack(await self._io(self.device.read, sb.lock_lba(index), 1))
+
+    async def _alive(self, owner: LockOwner) -> bool:
+        """Whether a lock owner still holds its heartbeat slot and has heartbeated in
+        the last HB_TIMEOUT seconds of this host's watching."""
+        sb = self._mounted()
+        slot = HeartbeatSlot.unpack(
+            await self._io(self.device.read, sb.heartbeat_lba(owner.slot), 1)
+        )
+        if (
+            slot.state != SlotState.IN_USE
+            or slot.owner != owner.host
+            or slot.generation != owner.slot_generation
+        ):
+            return False  # the slot was cleared or taken over: the owner is gone
+        now = self.clock.now()
+        watch = self._watches.get(owner.slot)
+        if watch is None or watch.counter != slot.counter:
+            self._watches[owner.slot] = _Watch(slot.counter, now)
+            return True
+        return now - watch.since < HB_TIMEOUT
+
+    async def _break(self, record: LockRecord, dead: list[LockOwner]) -> None:
+        """Clears the heartbeat slots of dead owners (generation + 1), so that they
+        stop writing if they come back, before their locks are taken."""
+        sb = self._mounted()
+        for owner in dead:
+            lba = sb.heartbeat_lba(owner.slot)
+            sector = await self._io(self.device.read, lba, 1)
+            slot = HeartbeatSlot.unpack(sector)
+            if slot.owner == owner.host and slot.generation == owner.slot_generation:
+                cleared = HeartbeatSlot(SlotState.FREE, slot.generation + 1)
+                if await self._swap(lba, sector, cleared.pack()):
+                    self.stats["slots_cleared"] += 1
+            self._watches.pop(owner.slot, None)
+        self.stats["locks_broken"] += 1
+
+    # atomic sector updates
+
+    async def _swap(self, lba: int, expected: bytes, new: bytes) -> bool:
+        """Replaces the sector at lba with new if it still holds expected: with ATS,
+        or under a SCSI-2 reservation. False if another host changed it first."""
+        sb = self.superblock
+        if sb is not None and sb.lock_mode == VolumeLockMode.ATS_SCSI:
+            return await self._under_reservation(lambda: self._write_if(lba, expected, new))
+        try:
+            await self._io(self.device.compare_and_write, lba, expected, new)
+        except ScsiError as e:
+            if e.sense is not None and e.sense.key == MISCOMPARE:
+                self.stats["ats_miscompares"] += 1
+                return False
+            raise
+        return True
+
+    async def _write_if(self, lba: int, expected: bytes, new: bytes) -> bool:
+        if await self._io(self.device.read, lba, 1) != expected:
+            return False
+        await self._io(self.device.write, lba, new)
+        return True
+
+    async def _under_reservation(self, work: Callable[[], Awaitable[bool]]) -> bool:
+        await self._io(self.device.reserve)
+        try:
+            return await work()
+        finally:
+            await self.device.release()
+
+    async def _io(self, command: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Runs one SCSI command, retrying RESERVATION CONFLICTs (another host holds
+        the LUN for a metadata update) with randomised exponential backoff."""
+        backoff = RESERVE_BACKOFF[0]
+        for _ in range(RESERVE_RETRIES):
+            try:
+                return await command(*args)
+            except ScsiError as e:
+                if e.status != RESERVATION_CONFLICT:
+                    raise
+            self.stats["reservation_conflicts"] += 1
+            await self.clock.sleep(backoff * (0.5 + self.rng.random()))
+            backoff = min(backoff * 2, RESERVE_BACKOFF[1])
+        raise CannotAccessFile(
+            f"the LUN stayed reserved by other hosts through {RESERVE_RETRIES} tries"
+        )
+
+
+class LunDevice:
+    """A BlockDevice over an in-process Lun (the in-process engine and tests). Each
+    command yields to the event loop first, as a round trip to the array would, so
+    hosts running as tasks interleave between commands."""
+
+    def __init__(self, lun: Lun, initiator: str) -> None:
+        self.lun = lun
+        self.initiator = initiator
+
+    async def read(self, lba: int, blocks: int) -> bytes:
+        await asyncio.sleep(0)
+        return self.lun.read(self.initiator, lba, blocks)
+
+    async def write(self, lba: int, data: bytes) -> None:
+        await asyncio.sleep(0)
+        self.lun.write(self.initiator, lba, data)
+
+    async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
+        await asyncio.sleep(0)
+        self.lun.compare_and_write(self.initiator, lba, verify, data)
+
+    async def reserve(self) -> None:
+        await asyncio.sleep(0)
+        self.lun.reserve(self.initiator)
+
+    async def release(self) -> None:
+        await asyncio.sleep(0)
+        self.lun.release(self.initiator)

@@ -1,0 +1,204 @@
+"""The on-disk layout of a vsim VMFS volume: every byte's place, in one module.
+
+VMFS keeps its locks on the LUN itself; hosts coordinate only through these sectors
+(no lock server). All integers are little-endian. Each structure is one 512-byte
+sector, so COMPARE AND WRITE (ATS) can swap it whole.
+
+    LBA 0                       superblock
+    LBA 1 .. 1+H-1              heartbeat region: H slots, one per mounting host
+    LBA 1+H .. 1+H+L-1          lock records: L locks, one sector each
+
+Superblock (LBA 0):
+    0   8   magic b"VSIMVMFS"
+    8   4   version (1)
+    12  16  volume UUID
+    28  64  label, UTF-8, NUL-padded
+    92  4   file block size in bytes
+    96  1   lock mode: 1 = ats-only, 2 = ats+scsi
+    97  4   heartbeat slots H
+    101 4   lock records L
+
+Heartbeat slot (one sector):
+    0   2   magic b"HB"
+    2   1   state: 0 free, 1 in use, 2 being replayed
+    3   8   generation: +1 each time the slot is cleared by another host
+    11  16  owner host UUID (zeros when free)
+    27  8   heartbeat counter: +1 at every heartbeat (every 3 s)
+    35  8   owner's clock at the last heartbeat (float64 seconds; for people only:
+            liveness is judged by the counter changing, never by another host's clock)
+
+Lock record (one sector):
+    0   2   magic b"LK"
+    2   1   mode: 0 free, 1 exclusive, 2 read-only, 3 multi-writer
+    3   8   lock generation: +1 at every change of owner
+    11  1   number of owners n (1 for exclusive; up to 8 shared)
+    12  n*28 owners: host UUID (16), heartbeat slot index (4), slot generation (8)
+    236 2   length of the locked file's path, then the path (UTF-8, at most 256 bytes)
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+from dataclasses import dataclass, field
+
+SECTOR = 512
+MAGIC = b"VSIMVMFS"
+VERSION = 1
+SUPERBLOCK_LBA = 0
+HEARTBEAT_SLOTS = 64
+LOCK_RECORDS = 1024
+MAX_SHARED_OWNERS = 8
+MAX_PATH = 256
+
+
+class LockMode(enum.IntEnum):
+    FREE = 0
+    EXCLUSIVE = 1
+    READ_ONLY = 2
+    MULTI_WRITER = 3
+
+
+class VolumeLockMode(enum.IntEnum):
+    """How metadata changes are made atomic: ATS alone, or SCSI-2 reservations."""
+
+    ATS_ONLY = 1
+    ATS_SCSI = 2
+
+
+class SlotState(enum.IntEnum):
+    FREE = 0
+    IN_USE = 1
+    REPLAYING = 2
+
+
+def _pad(data: bytes) -> bytes:
+    if len(data) > SECTOR:
+        raise ValueError(f"{len(data)} bytes do not fit one sector")
+    return data + bytes(SECTOR - len(data))
+
+
+@dataclass(frozen=True)
+class Superblock:
+    uuid: uuid.UUID
+    label: str
+    block_size: int
+    lock_mode: VolumeLockMode
+    heartbeat_slots: int = HEARTBEAT_SLOTS
+    lock_records: int = LOCK_RECORDS
+
+    _FORMAT = struct.Struct("<8sI16s64sIBII")
+
+    def pack(self) -> bytes:
+        return _pad(
+            self._FORMAT.pack(
+                MAGIC,
+                VERSION,
+                self.uuid.bytes,
+                self.label.encode()[:64],
+                self.block_size,
+                self.lock_mode,
+                self.heartbeat_slots,
+                self.lock_records,
+            )
+        )
+
+    @classmethod
+    def unpack(cls, sector: bytes) -> Superblock:
+        magic, version, raw_uuid, label, block_size, mode, slots, locks = cls._FORMAT.unpack_from(
+            sector
+        )
+        if magic != MAGIC or version != VERSION:
+            raise ValueError("no vsim VMFS volume here (bad superblock magic or version)")
+        return cls(
+            uuid.UUID(bytes=raw_uuid),
+            label.rstrip(b"\0").decode(),
+            block_size,
+            VolumeLockMode(mode),
+            slots,
+            locks,
+        )
+
+    def heartbeat_lba(self, slot: int) -> int:
+        return 1 + slot
+
+    def lock_lba(self, index: int) -> int:
+        return 1 + self.heartbeat_slots + index
+
+    @property
+    def metadata_blocks(self) -> int:
+        return 1 + self.heartbeat_slots + self.lock_records
+
+
+@dataclass(frozen=True)
+class HeartbeatSlot:
+    state: SlotState = SlotState.FREE
+    generation: int = 0
+    owner: uuid.UUID = uuid.UUID(int=0)
+    counter: int = 0
+    owner_clock: float = 0.0
+
+    _FORMAT = struct.Struct("<2sBQ16sQd")
+
+    def pack(self) -> bytes:
+        return _pad(
+            self._FORMAT.pack(
+                b"HB", self.state, self.generation, self.owner.bytes, self.counter, self.owner_clock
+            )
+        )
+
+    @classmethod
+    def unpack(cls, sector: bytes) -> HeartbeatSlot:
+        if sector[:2] != b"HB":
+            return cls()  # never written: free
+        _, state, generation, owner, counter, clock = cls._FORMAT.unpack_from(sector)
+        return cls(SlotState(state), generation, uuid.UUID(bytes=owner), counter, clock)
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    host: uuid.UUID
+    slot: int
+    slot_generation: int
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    mode: LockMode = LockMode.FREE
+    generation: int = 0
+    owners: tuple[LockOwner, ...] = field(default_factory=tuple)
+    path: str = ""
+
+    _HEAD = struct.Struct("<2sBQB")
+    _OWNER = struct.Struct("<16sIQ")
+    _PATH_AT = 236
+
+    def pack(self) -> bytes:
+        if len(self.owners) > MAX_SHARED_OWNERS:
+            raise ValueError(f"a lock has at most {MAX_SHARED_OWNERS} owners")
+        path = self.path.encode()
+        if len(path) > MAX_PATH:
+            raise ValueError(f"a locked path is at most {MAX_PATH} bytes")
+        head = self._HEAD.pack(b"LK", self.mode, self.generation, len(self.owners))
+        owners = b"".join(
+            self._OWNER.pack(o.host.bytes, o.slot, o.slot_generation) for o in self.owners
+        )
+        body = (head + owners).ljust(self._PATH_AT, b"\0")
+        return _pad(body + struct.pack("<H", len(path)) + path)
+
+    @classmethod
+    def unpack(cls, sector: bytes) -> LockRecord:
+        if sector[:2] != b"LK":
+            return cls()
+        _, mode, generation, n = cls._HEAD.unpack_from(sector)
+        owners = tuple(
+            LockOwner(uuid.UUID(bytes=h), slot, gen)
+            for h, slot, gen in (
+                cls._OWNER.unpack_from(sector, cls._HEAD.size + i * cls._OWNER.size)
+                for i in range(min(n, MAX_SHARED_OWNERS))
+            )
+        )
+        (length,) = struct.unpack_from("<H", sector, cls._PATH_AT)
+        path = sector[cls._PATH_AT + 2 : cls._PATH_AT + 2 + min(length, MAX_PATH)].decode()
+        return cls(LockMode(mode), generation, owners, path)
