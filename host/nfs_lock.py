@@ -1,0 +1,244 @@
+"""NFS v3 file locks as ESXi takes them: `.lck-<fileid>` files beside the locked file.
+
+No NLM: a lock is a file created exclusively (GUARDED CREATE) in the locked file's
+directory, holding one 84-byte record. The holder rewrites it every
+NFS.DiskFileLockUpdateFreq (10 s), always as one 84-byte stable WRITE. Another host
+finds the lock stale only when the record has not changed for
+DiskFileLockUpdateFreq x LockRenewMaxFailureNumber + LockUpdateTimeout
+(10 x 3 + 5 = 35 s) as it has watched it; then it removes the file and creates its
+own. A holder whose renewal finds its file gone or replaced has lost the lock.
+
+The 84-byte lock record (little-endian):
+    0   4   magic b"VLCK"
+    4   2   version (1)
+    6   2   lock type: 1 exclusive, 2 read-only
+    8   16  owner host UUID
+    24  8   sequence number: +1 at every renewal
+    32  8   owner's clock at the renewal (float64 seconds; for people only)
+    40  4   the owner's renewal interval in milliseconds
+    44  40  owner host name, UTF-8, NUL-padded
+
+Plain Python over an injected NFS client port and clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from vsim.clock import Clock
+from vsim.faults import CannotAccessFile, FileLocked
+from vsim.storage.nfs_export import Caller, CreateMode, NfsError, NfsExport, NfsStatus
+
+DISK_FILE_LOCK_UPDATE_FREQ = 10.0
+"""NFS.DiskFileLockUpdateFreq: seconds between a holder's rewrites of its lock file."""
+LOCK_RENEW_MAX_FAILURE_NUMBER = 3
+"""NFS.LockRenewMaxFailureNumber."""
+LOCK_UPDATE_TIMEOUT = 5.0
+"""NFS.LockUpdateTimeout (seconds)."""
+STALE_AFTER = DISK_FILE_LOCK_UPDATE_FREQ * LOCK_RENEW_MAX_FAILURE_NUMBER + LOCK_UPDATE_TIMEOUT
+"""35 s without a change: the lock is stale."""
+
+RECORD = struct.Struct("<4sHH16sQdI40s")
+RECORD_SIZE = RECORD.size
+assert RECORD_SIZE == 84
+EXCLUSIVE, READ_ONLY = 1, 2
+
+
+@dataclass(frozen=True)
+class LockFile:
+    lock_type: int
+    owner: uuid.UUID
+    sequence: int
+    owner_clock: float
+    host_name: str
+
+    def pack(self) -> bytes:
+        return RECORD.pack(
+            b"VLCK",
+            1,
+            self.lock_type,
+            self.owner.bytes,
+            self.sequence,
+            self.owner_clock,
+            int(DISK_FILE_LOCK_UPDATE_FREQ * 1000),
+            self.host_name.encode()[:40],
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> LockFile | None:
+        if len(data) != RECORD_SIZE or data[:4] != b"VLCK":
+            return None  # being created, or not ours: treated as held by someone unknown
+        _, _, lock_type, owner, sequence, clock, _, name = RECORD.unpack(data)
+        return cls(lock_type, uuid.UUID(bytes=owner), sequence, clock, name.rstrip(b"\0").decode())
+
+
+class NfsClient(Protocol):
+    """What the lock manager needs of an NFS mount. Failures raise NfsError."""
+
+    async def lookup(self, directory: str, name: str) -> str: ...
+
+    async def create(self, directory: str, name: str) -> str:
+        """GUARDED create: NfsError(EXIST) if the name exists."""
+
+    async def read(self, handle: str, count: int) -> bytes: ...
+
+    async def write(self, handle: str, data: bytes) -> None:
+        """A stable WRITE at offset 0."""
+
+    async def remove(self, directory: str, name: str) -> None: ...
+
+
+@dataclass
+class _Held:
+    directory: str
+    name: str
+    handle: str
+    record: LockFile
+
+
+@dataclass
+class _Watch:
+    content: bytes
+    since: float
+
+
+def lock_file_name(fileid: int) -> str:
+    return f".lck-{fileid:016x}"
+
+
+class NfsLockManager:
+    def __init__(self, client: NfsClient, host: uuid.UUID, host_name: str, clock: Clock) -> None:
+        self.client = client
+        self.host = host
+        self.host_name = host_name
+        self.clock = clock
+        self.held: dict[tuple[str, str], _Held] = {}
+        self.lost: set[tuple[str, str]] = set()
+        self.stats: Counter[str] = Counter()
+        self._watches: dict[tuple[str, str], _Watch] = {}
+
+    async def lock(self, directory: str, fileid: int, path: str) -> None:
+        """Takes the exclusive lock on the file with this fileid, or raises FileLocked."""
+        name = lock_file_name(fileid)
+        key = (directory, name)
+        if key in self.held:
+            return
+        while True:
+            try:
+                handle = await self.client.create(directory, name)
+            except NfsError as e:
+                if e.status != NfsStatus.EXIST:
+                    raise CannotAccessFile(f"cannot lock {path}: {e}") from None
+                await self._break_if_stale(key, path)  # FileLocked while the holder lives
+                continue
+            record = LockFile(EXCLUSIVE, self.host, 1, self.clock.now(), self.host_name)
+            await self.client.write(handle, record.pack())
+            self.held[key] = _Held(directory, name, handle, record)
+            self._watches.pop(key, None)
+            self.stats["locks"] += 1
+            return
+
+    async def _break_if_stale(self, key: tuple[str, str], path: str) -> None:
+        """Raises FileLocked while the lock file is live; removes it once its content
+        has not changed for STALE_AFTER seconds of watching."""
+        directory, name = key
+        try:
+            handle = await self.client.lookup(directory, name)
+            content = await self.client.read(handle, RECORD_SIZE + 1)
+        except NfsError as e:
+            if e.status in (NfsStatus.NOENT, NfsStatus.STALE):
+                return  # released meanwhile
+            raise CannotAccessFile(f"cannot read the lock of {path}: {e}") from None
+        now = self.clock.now()
+        watch = self._watches.get(key)
+        if watch is None or watch.content != content:
+            self._watches[key] = _Watch(content, now)
+            watch = self._watches[key]
+        if now - watch.since < STALE_AFTER:
+            record = LockFile.unpack(content)
+            holder = f"{record.host_name} ({record.owner})" if record else "another host"
+            raise FileLocked(
+                f"{path} is locked by {holder}", holder=str(record.owner) if record else ""
+            )
+        # Stale: check once more that nothing changed, then break it.
+        try:
+            if await self.client.read(handle, RECORD_SIZE + 1) == watch.content:
+                await self.client.remove(directory, name)
+                self.stats["locks_broken"] += 1
+        except NfsError:
+            pass
+        self._watches.pop(key, None)
+
+    async def unlock(self, directory: str, fileid: int) -> None:
+        key = (directory, lock_file_name(fileid))
+        held = self.held.pop(key, None)
+        self.lost.discard(key)
+        if held is None:
+            return
+        try:
+            await self.client.remove(directory, held.name)
+        except NfsError:
+            pass  # already gone (broken by another host)
+
+    async def renew(self) -> None:
+        """Rewrites every held lock file (one 84-byte WRITE each). A lock whose file
+        was removed or replaced by another host is lost."""
+        for key, held in list(self.held.items()):
+            try:
+                current = await self.client.read(held.handle, RECORD_SIZE + 1)
+                if current != held.record.pack():
+                    raise NfsError(NfsStatus.STALE, "replaced by another host")
+                record = LockFile(
+                    held.record.lock_type,
+                    self.host,
+                    held.record.sequence + 1,
+                    self.clock.now(),
+                    self.host_name,
+                )
+                await self.client.write(held.handle, record.pack())
+            except NfsError:
+                del self.held[key]
+                self.lost.add(key)
+                self.stats["locks_lost"] += 1
+                continue
+            held.record = record
+            self.stats["renewals"] += 1
+
+    async def renew_forever(self) -> None:
+        while True:
+            await self.clock.sleep(DISK_FILE_LOCK_UPDATE_FREQ)
+            await self.renew()
+
+
+class ExportClient:
+    """An NfsClient over an in-process NfsExport, as root from one client. Each call
+    yields to the event loop first, as a round trip would."""
+
+    def __init__(self, export: NfsExport, client: str) -> None:
+        self.export = export
+        self.caller = Caller(client, 0)
+
+    async def lookup(self, directory: str, name: str) -> str:
+        await asyncio.sleep(0)
+        return self.export.lookup(self.caller, directory, name)[0]
+
+    async def create(self, directory: str, name: str) -> str:
+        await asyncio.sleep(0)
+        return self.export.create(self.caller, directory, name, CreateMode.GUARDED)[0]
+
+    async def read(self, handle: str, count: int) -> bytes:
+        await asyncio.sleep(0)
+        return self.export.read(self.caller, handle, 0, count)[0]
+
+    async def write(self, handle: str, data: bytes) -> None:
+        await asyncio.sleep(0)
+        self.export.write(self.caller, handle, 0, data, stable=True)
+
+    async def remove(self, directory: str, name: str) -> None:
+        await asyncio.sleep(0)
+        self.export.remove(self.caller, directory, name)

@@ -1,0 +1,111 @@
+"""NFS lock files: 84-byte records and renewals, stale after exactly 35 s on a
+SimClock, lost locks, and mutual exclusion over a history of contending hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from vsim.clock import SimClock
+from vsim.faults import FileLocked
+from vsim.host.nfs_lock import (
+    DISK_FILE_LOCK_UPDATE_FREQ,
+    RECORD_SIZE,
+    STALE_AFTER,
+    ExportClient,
+    LockFile,
+    NfsLockManager,
+    lock_file_name,
+)
+from vsim.storage.nfs_export import ExportOptions, NfsExport
+
+
+def managers(tmp_path, n: int, clock) -> tuple[NfsExport, list[NfsLockManager]]:
+    export = NfsExport("nfs-01", tmp_path / "export", ExportOptions())
+    return export, [
+        NfsLockManager(
+            ExportClient(export, f"esxi-{i:02d}"), uuid.UUID(int=i + 1), f"esxi-{i:02d}", clock
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def test_the_lock_record_is_84_bytes_and_round_trips():
+    record = LockFile(1, uuid.uuid4(), 7, 123.5, "esxi-01")
+    assert len(record.pack()) == RECORD_SIZE == 84
+    assert LockFile.unpack(record.pack()) == record
+    assert LockFile.unpack(b"x" * 84) is None
+
+
+async def test_lock_renew_and_every_write_is_84_bytes(tmp_path):
+    clock = SimClock()
+    export, (a, b) = managers(tmp_path, 2, clock)
+    await a.lock("", 0x42, "vm-001.vmdk")
+    with pytest.raises(FileLocked) as info:
+        await b.lock("", 0x42, "vm-001.vmdk")
+    assert "esxi-01" in info.value.message
+    for _ in range(5):
+        await clock.advance(DISK_FILE_LOCK_UPDATE_FREQ)
+        await a.renew()
+    record = LockFile.unpack((tmp_path / "export" / lock_file_name(0x42)).read_bytes())
+    assert record.sequence == 6 and record.owner == a.host
+    assert dict(export.stats.write_sizes["esxi-01"]) == {84: 6}
+    await a.unlock("", 0x42)
+    await b.lock("", 0x42, "vm-001.vmdk")
+
+
+async def test_a_dead_holders_lock_is_stale_after_exactly_35_seconds(tmp_path):
+    clock = SimClock(500.0)
+    export, (holder, waiter) = managers(tmp_path, 2, clock)
+    await holder.lock("", 7, "vm-002.vmdk")
+    start = clock.now()
+    taken_at = None
+    for _ in range(80):
+        now = clock.now() - start
+        if now in (10, 20):  # the holder renews twice, then its host dies
+            await holder.renew()
+        try:
+            await waiter.lock("", 7, "vm-002.vmdk")
+        except FileLocked:
+            pass
+        else:
+            taken_at = now
+            break
+        await clock.advance(1)
+    assert taken_at == 20 + STALE_AFTER
+    # The old holder, back, finds its lock gone and stops counting on it.
+    await holder.renew()
+    assert ("", lock_file_name(7)) in holder.lost and not holder.held
+    assert all(size == 84 for size in export.stats.write_sizes["esxi-01"])
+
+
+async def test_exclusive_holds_never_overlap_under_contention(tmp_path):
+    clock = SimClock()
+    _, hosts = managers(tmp_path, 4, clock)
+    history: list[tuple[str, int]] = []
+
+    async def hammer(i: int, manager: NfsLockManager) -> None:
+        for round_ in range(50):
+            try:
+                await manager.lock("", 9, "shared.vmdk")
+            except FileLocked:
+                await asyncio.sleep(0)
+                continue
+            history.append(("grant", i))
+            for _ in range((i + round_) % 3):
+                await asyncio.sleep(0)
+            history.append(("release", i))
+            await manager.unlock("", 9)
+
+    await asyncio.gather(*(hammer(i, m) for i, m in enumerate(hosts)))
+    assert sum(kind == "grant" for kind, _ in history) >= 10
+    current = None
+    for kind, who in history:
+        if kind == "grant":
+            assert current is None, f"{who} granted while {current} held the lock"
+            current = who
+        else:
+            assert current == who
+            current = None
