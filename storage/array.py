@@ -101,8 +101,13 @@ class StorageArray:
             )
         if len(self.luns) >= MAX_LUNS:
             raise ArrayError(f"the array holds at most {MAX_LUNS} LUNs")
+        for initiator in initiators:
+            check_initiator(initiator)
         lun_id = max(self.luns, default=-1) + 1
-        lun = self._open_lun(lun_id, size_bytes, uuid.uuid4().hex[:16].upper())
+        try:
+            lun = self._open_lun(lun_id, size_bytes, uuid.uuid4().hex[:16].upper())
+        except OSError as e:
+            raise ArrayError(f"cannot make a {size_bytes}-byte LUN here: {e.strerror}") from None
         self.masking[lun_id] = set()
         self.map_lun(lun_id, initiators)
         return lun
@@ -117,7 +122,7 @@ class StorageArray:
         self._save()
 
     def create_export(self, name: str, options: ExportOptions) -> NfsExport:
-        if not EXPORT_NAME.match(name):
+        if not EXPORT_NAME.fullmatch(name):
             raise ArrayError(f"export name {name[:80]!r} must be 1-63 of a-z 0-9 . _ -")
         if name in self.exports:
             raise ArrayError(f"export {name} exists")

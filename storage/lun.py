@@ -55,8 +55,14 @@ class Lun:
         new = not path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DSYNC, 0o600)
-        if new or os.fstat(self._fd).st_size < size_bytes:
-            os.ftruncate(self._fd, size_bytes)  # sparse: blocks appear as they are written
+        try:
+            if new or os.fstat(self._fd).st_size < size_bytes:
+                os.ftruncate(self._fd, size_bytes)  # sparse: blocks appear as written
+        except OSError:
+            self.close()
+            if new:
+                path.unlink(missing_ok=True)
+            raise
 
     @property
     def blocks(self) -> int:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 MAX_NAME = 255
 MAX_TRANSFER = 1024 * 1024
+MAX_FILE_SIZE = 16 * 1024**4
+"""The largest file an export holds (16 TiB, what ext4 allows)."""
 ANONYMOUS_UID = 65534
 
 
@@ -38,6 +40,7 @@ class NfsStatus(enum.IntEnum):
     ISDIR = 21
     INVAL = 22
     ROFS = 30
+    FBIG = 27
     NAMETOOLONG = 63
     NOTEMPTY = 66
     STALE = 70
@@ -102,7 +105,8 @@ class NfsExport:
         self.root.mkdir(parents=True, exist_ok=True)
         self.options = options
         self.stats = ExportStats()
-        self._verifiers: dict[str, bytes] = {}
+        self._verifiers: dict[int, bytes] = {}
+        """fileid -> the verifier of the EXCLUSIVE create that made the file."""
 
     # access
 
@@ -188,15 +192,23 @@ class NfsExport:
         try:
             fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
         except FileExistsError:
-            if mode == CreateMode.EXCLUSIVE and verifier and self._verifiers.get(key) == verifier:
-                return key, self._attributes(path)  # a retry of our own create
+            existing = self._attributes(path)
+            if (
+                mode == CreateMode.EXCLUSIVE
+                and verifier
+                and self._verifiers.get(existing.fileid) == verifier
+            ):
+                return key, existing  # a retry of the create that made this very file
             raise NfsError(NfsStatus.EXIST, f"{name} exists") from None
         except IsADirectoryError:
             raise NfsError(NfsStatus.ISDIR, f"{name} is a directory") from None
+        except OSError as e:  # ELOOP: a symlink sits at that name
+            raise NfsError(NfsStatus.EXIST, f"{name} exists ({e.strerror})") from None
         os.close(fd)
+        attributes = self._attributes(path)
         if mode == CreateMode.EXCLUSIVE:
-            self._verifiers[key] = verifier
-        return key, self._attributes(path)
+            self._verifiers[attributes.fileid] = verifier
+        return key, attributes
 
     def mkdir(self, caller: Caller, directory: str, name: str) -> tuple[str, Attributes]:
         self._enter(caller, "mkdir")
@@ -227,14 +239,21 @@ class NfsExport:
         self._may_change(caller)
         path = self._file(handle)
         self._check_span(offset, len(data))
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise NfsError(
+                NfsStatus.FBIG, f"a file on this export is at most {MAX_FILE_SIZE} bytes"
+            )
         self.stats.write_sizes[caller.client][len(data)] += 1
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
-            written = os.pwrite(fd, data, offset)
-            if stable or self.options.sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                written = os.pwrite(fd, data, offset)
+                if stable or self.options.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise NfsError(NfsStatus.IO, f"write failed: {e.strerror}") from None
         return written
 
     def remove(self, caller: Caller, directory: str, name: str) -> None:
@@ -242,6 +261,7 @@ class NfsExport:
         self._may_change(caller)
         path = self._child(self._dir(directory), name)
         try:
+            fileid = path.lstat().st_ino
             if path.is_dir() and not path.is_symlink():
                 path.rmdir()
             else:
@@ -250,7 +270,7 @@ class NfsExport:
             raise NfsError(NfsStatus.NOENT, f"{name} not found") from None
         except OSError:
             raise NfsError(NfsStatus.NOTEMPTY, f"{name} is a directory that is not empty") from None
-        self._verifiers.pop(self.handle_of(path), None)
+        self._forget(fileid)
 
     def rename(
         self, caller: Caller, from_dir: str, from_name: str, to_dir: str, to_name: str
@@ -261,11 +281,18 @@ class NfsExport:
         source = self._child(self._dir(from_dir), from_name)
         target = self._child(self._dir(to_dir), to_name)
         try:
+            replaced = target.lstat().st_ino if target.is_symlink() or target.exists() else None
             os.rename(source, target)
         except FileNotFoundError:
             raise NfsError(NfsStatus.NOENT, f"{from_name} not found") from None
         except OSError as e:
             raise NfsError(NfsStatus.INVAL, f"cannot rename {from_name}: {e.strerror}") from None
+        if replaced is not None and replaced != target.lstat().st_ino:
+            self._forget(replaced)
+
+    def _forget(self, fileid: int) -> None:
+        """A file is gone: its fileid may be reused, so its create verifier goes too."""
+        self._verifiers.pop(fileid, None)
 
     def readdir(self, caller: Caller, directory: str) -> list[tuple[str, Attributes]]:
         self._enter(caller, "readdir")
