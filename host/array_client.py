@@ -1,0 +1,105 @@
+"""A host's lines to the storage array over gRPC: its LUNs as block devices (one
+initiator per host, like an iSCSI session) and its NFS mounts. SCSI and NFS outcomes
+come back in-band and are raised here as ScsiError / NfsError, so the VMFS driver
+and the NFS lock manager see the same errors as with an in-process array."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vsim.rpc import RpcClient, open_channel
+from vsim.storage.nfs_export import NfsError, NfsStatus
+from vsim.storage.scsi import GOOD, ScsiError, Sense
+from vsim.v1 import storage_pb2 as pb
+
+SERVICE = pb.DESCRIPTOR.services_by_name["StorageArray"]
+
+
+class ArrayConnection:
+    """One TLS channel to the array, pinned to the thumbprint the caller expects."""
+
+    def __init__(self, rpc: RpcClient, thumbprint: str) -> None:
+        self.rpc = rpc
+        self.thumbprint = thumbprint
+
+    @classmethod
+    async def open(cls, endpoint: str, expected_thumbprint: str = "") -> ArrayConnection:
+        channel, thumbprint = await open_channel(endpoint)
+        if expected_thumbprint and thumbprint != expected_thumbprint:
+            await channel.close()
+            raise ConnectionError(
+                f"the array at {endpoint} presents thumbprint {thumbprint}, "
+                f"not {expected_thumbprint}"
+            )
+        return cls(RpcClient(channel, SERVICE, timeout=30), thumbprint)
+
+    async def call(self, method: str, request: Any) -> Any:
+        return await self.rpc.call(method, request, None)
+
+    async def close(self) -> None:
+        await self.rpc.close()
+
+
+class ArrayBlockDevice:
+    """A LUN as this host's initiator sees it (the VMFS driver's BlockDevice)."""
+
+    def __init__(self, connection: ArrayConnection, initiator: str, lun: int) -> None:
+        self.connection = connection
+        self.initiator = initiator
+        self.lun = lun
+
+    async def _command(self, method: str, **fields: Any) -> pb.ScsiResponse:
+        request = pb.ScsiRequest(initiator=self.initiator, lun=self.lun, **fields)
+        reply = await self.connection.call(method, request)
+        if reply.status.status != GOOD:
+            s = reply.status
+            sense = Sense(s.sense_key, s.asc, s.ascq, s.detail) if s.sense_key else None
+            raise ScsiError(s.status, sense, s.detail, reply.data)
+        return reply
+
+    async def read(self, lba: int, blocks: int) -> bytes:
+        return (await self._command("Read", lba=lba, blocks=blocks)).data
+
+    async def write(self, lba: int, data: bytes) -> None:
+        await self._command("Write", lba=lba, data=data)
+
+    async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
+        await self._command("CompareAndWrite", lba=lba, verify=verify, data=data)
+
+    async def reserve(self) -> None:
+        await self._command("Reserve")
+
+    async def release(self) -> None:
+        await self._command("Release")
+
+
+class ArrayNfsClient:
+    """An NFS v3 mount of one export, as root from this host (the NfsClient of the
+    NFS lock manager)."""
+
+    def __init__(self, connection: ArrayConnection, client: str, export: str) -> None:
+        self.connection = connection
+        self.client = client
+        self.export = export
+
+    async def _op(self, method: str, **fields: Any) -> pb.NfsResponse:
+        request = pb.NfsRequest(client=self.client, uid=0, export=self.export, **fields)
+        reply = await self.connection.call(method, request)
+        if reply.status:
+            raise NfsError(NfsStatus(reply.status), reply.message)
+        return reply
+
+    async def lookup(self, directory: str, name: str) -> str:
+        return (await self._op("NfsLookup", handle=directory, name=name)).handle
+
+    async def create(self, directory: str, name: str) -> str:
+        return (await self._op("NfsCreate", handle=directory, name=name, create_mode=1)).handle
+
+    async def read(self, handle: str, count: int) -> bytes:
+        return (await self._op("NfsRead", handle=handle, offset=0, count=count)).data
+
+    async def write(self, handle: str, data: bytes) -> None:
+        await self._op("NfsWrite", handle=handle, offset=0, data=data, stable=True)
+
+    async def remove(self, directory: str, name: str) -> None:
+        await self._op("NfsRemove", handle=directory, name=name)
