@@ -91,6 +91,9 @@ class EsxiHost:
     async def unlock(self, label: str, target: int) -> None:
         await self.storage.unlock(label, target)
 
+    async def lock_load(self, label: str, target: int, seconds: float) -> dict[str, int]:
+        return await self.storage.lock_load(label, target, seconds)
+
     async def storage_stats(self) -> dict[str, dict[str, int]]:
         return self.storage.stats()
 

@@ -70,6 +70,20 @@ class StorageStack:
             return e.properties.get("holder") or "unknown"
         return ""
 
+    async def lock_load(self, label: str, target: int, seconds: float) -> dict[str, int]:
+        """Takes and releases one lock as fast as it can for `seconds` of this host's
+        clock (a load generator for stress tests and bench/locks.py)."""
+        deadline = self.clock.now() + seconds
+        counts = {"acquired": 0, "refused": 0}
+        while self.clock.now() < deadline:
+            if await self.try_lock(label, target, f"load-{target}"):
+                counts["refused"] += 1
+                await asyncio.sleep(0)
+                continue
+            counts["acquired"] += 1
+            await self.unlock(label, target)
+        return counts
+
     async def unlock(self, label: str, target: int) -> None:
         if label in self.vmfs:
             await self.vmfs[label].unlock(target)
