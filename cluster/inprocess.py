@@ -8,6 +8,9 @@ real; accounts persist in memory across `reboot`, as /etc/shadow does on disk.
 
 from __future__ import annotations
 
+import inspect
+import random
+import uuid
 from typing import Any
 
 from vsim.clock import Clock
@@ -16,7 +19,9 @@ from vsim.faults import HostConnectFault
 from vsim.host.accounts import HostAccounts, MemoryAccountStore
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
+from vsim.host.storage_stack import LocalStoragePorts, StorageStack
 from vsim.passwords import hash_password
+from vsim.storage.array import StorageArray
 from vsim.tls import Identity, make_identity
 
 
@@ -39,7 +44,8 @@ class LocalHostPort:
         if self._engine.running(self.name) is not self._hostd:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
         copy = type(request).FromString(request.SerializeToString())
-        return self._hostd.call(method, copy, session)
+        result = self._hostd.call(method, copy, session)
+        return await result if inspect.isawaitable(result) else result
 
     async def close(self) -> None:
         self._hostd = None
@@ -48,8 +54,10 @@ class LocalHostPort:
 class InProcessEngine:
     kind = "in-process"
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, array: StorageArray | None = None) -> None:
         self.clock = clock
+        self.array = array
+        """The storage array the hosts reach (in this process), if any."""
         self._hostd: dict[str, Hostd] = {}
         self._specs: dict[str, HostSpec] = {}
         self._identities: dict[str, Identity] = {}
@@ -61,7 +69,10 @@ class InProcessEngine:
             self._specs[spec.name] = spec.validated()
             store = self._stores.setdefault(spec.name, MemoryAccountStore())
             accounts = HostAccounts(store, hash_password(spec.root_password))
-            self._hostd[spec.name] = Hostd(HostKernel(spec, self.clock), accounts)
+            ports = LocalStoragePorts(self.array) if self.array is not None else None
+            host = uuid.UUID(spec.uuid) if spec.uuid else uuid.uuid5(uuid.NAMESPACE_DNS, spec.name)
+            storage = StorageStack(host, spec.name, self.clock, random.Random(spec.name), ports)
+            self._hostd[spec.name] = Hostd(HostKernel(spec, self.clock), accounts, storage)
         return identity.thumbprint
 
     async def is_running(self, name: str) -> bool:
@@ -78,6 +89,8 @@ class InProcessEngine:
         return self._hostd.get(name)
 
     async def decommission(self, name: str) -> None:
+        if name in self._hostd:
+            await self._hostd[name].storage.close()
         for table in (self._hostd, self._specs, self._identities, self._stores):
             table.pop(name, None)
 
@@ -87,8 +100,11 @@ class InProcessEngine:
     # Faults the simulator injects (a host is hardware that can fail).
 
     def crash(self, name: str) -> None:
-        """The host stops answering; its runtime state (powered-on VMs) is lost."""
-        self._hostd.pop(name, None)
+        """The host stops answering and stops heartbeating; its runtime state
+        (powered-on VMs, mounts) is lost."""
+        hostd = self._hostd.pop(name, None)
+        if hostd is not None:
+            hostd.storage.halt()
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""

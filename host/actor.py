@@ -18,10 +18,10 @@ from typing import Any
 from vsim.clock import WallClock
 from vsim.cluster.spec import HostSpec
 from vsim.host.accounts import FileAccountStore, HostAccounts
-from vsim.host.array_client import ArrayBlockDevice, ArrayConnection, ArrayNfsClient
+from vsim.host.array_client import GrpcStoragePorts
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
-from vsim.host.storage_stack import StorageStack, initiator_name
+from vsim.host.storage_stack import StorageStack
 from vsim.rpc import start_server
 from vsim.tls import load_or_create_identity
 from vsim.v1 import host_agent_pb2
@@ -45,10 +45,11 @@ class EsxiHost:
         accounts = HostAccounts(FileAccountStore(self._dir / "accounts.json"), root_password_hash)
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
         clock = WallClock(clock_speed)
-        self.hostd = Hostd(HostKernel(spec, clock), accounts)
         host_uuid = uuid.UUID(spec.uuid) if spec.uuid else uuid.uuid5(uuid.NAMESPACE_DNS, spec.name)
-        self.storage = StorageStack(host_uuid, spec.name, clock, random.Random())
-        self._arrays: dict[str, ArrayConnection] = {}
+        self.storage = StorageStack(
+            host_uuid, spec.name, clock, random.Random(), GrpcStoragePorts()
+        )
+        self.hostd = Hostd(HostKernel(spec, clock), accounts, self.storage)
         self._server: Any = None
         self._endpoint = ""
         self._booting = asyncio.Lock()
@@ -69,21 +70,14 @@ class EsxiHost:
 
     # The storage stack (datastores will reach it through hostd as vCenter grows them).
 
-    async def _array(self, endpoint: str, thumbprint: str) -> ArrayConnection:
-        if endpoint not in self._arrays:
-            self._arrays[endpoint] = await ArrayConnection.open(endpoint, thumbprint)
-        return self._arrays[endpoint]
-
     async def mount_vmfs(self, label: str, endpoint: str, thumbprint: str, lun: int) -> int:
         """Mounts the VMFS volume on a LUN of the array; returns its heartbeat slot."""
-        connection = await self._array(endpoint, thumbprint)
-        device = ArrayBlockDevice(connection, initiator_name(self.hostd.kernel.spec.name), lun)
-        return (await self.storage.mount_vmfs(label, device)).slot
+        return (
+            await self.storage.mount(label, "vmfs", endpoint, thumbprint, lun, "")
+        ).heartbeat_slot
 
     async def mount_nfs(self, label: str, endpoint: str, thumbprint: str, export: str) -> None:
-        connection = await self._array(endpoint, thumbprint)
-        client = ArrayNfsClient(connection, self.hostd.kernel.spec.name, export)
-        await self.storage.mount_nfs(label, client)
+        await self.storage.mount(label, "nfs", endpoint, thumbprint, 0, export)
 
     async def try_lock(self, label: str, target: int, path: str, mode: str = "EXCLUSIVE") -> str:
         return await self.storage.try_lock(label, target, path, mode)
@@ -99,9 +93,6 @@ class EsxiHost:
 
     async def shutdown(self) -> None:
         await self.storage.close()
-        for connection in self._arrays.values():
-            await connection.close()
-        self._arrays.clear()
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None

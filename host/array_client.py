@@ -40,6 +40,33 @@ class ArrayConnection:
         await self.rpc.close()
 
 
+class GrpcStoragePorts:
+    """The host's lines to arrays over gRPC, one pinned connection per array."""
+
+    def __init__(self) -> None:
+        self._connections: dict[str, ArrayConnection] = {}
+
+    async def connection(self, endpoint: str, thumbprint: str) -> ArrayConnection:
+        if endpoint not in self._connections:
+            self._connections[endpoint] = await ArrayConnection.open(endpoint, thumbprint)
+        return self._connections[endpoint]
+
+    async def block_device(
+        self, endpoint: str, thumbprint: str, lun: int, initiator: str
+    ) -> ArrayBlockDevice:
+        return ArrayBlockDevice(await self.connection(endpoint, thumbprint), initiator, lun)
+
+    async def nfs_client(
+        self, endpoint: str, thumbprint: str, export: str, client: str
+    ) -> ArrayNfsClient:
+        return ArrayNfsClient(await self.connection(endpoint, thumbprint), client, export)
+
+    async def close(self) -> None:
+        for connection in self._connections.values():
+            await connection.close()
+        self._connections.clear()
+
+
 class ArrayBlockDevice:
     """A LUN as this host's initiator sees it (the VMFS driver's BlockDevice)."""
 
@@ -56,6 +83,10 @@ class ArrayBlockDevice:
             sense = Sense(s.sense_key, s.asc, s.ascq, s.detail) if s.sense_key else None
             raise ScsiError(s.status, sense, s.detail, reply.data)
         return reply
+
+    async def capacity(self) -> int:
+        reply = await self._command("ReadCapacity")
+        return (reply.last_lba + 1) * reply.block_length
 
     async def read(self, lba: int, blocks: int) -> bytes:
         return (await self._command("Read", lba=lba, blocks=blocks)).data
@@ -88,6 +119,10 @@ class ArrayNfsClient:
         if reply.status:
             raise NfsError(NfsStatus(reply.status), reply.message)
         return reply
+
+    async def fsstat(self) -> tuple[int, int]:
+        reply = await self._op("NfsFsstat")
+        return reply.total_bytes, reply.free_bytes
 
     async def lookup(self, directory: str, name: str) -> str:
         return (await self._op("NfsLookup", handle=directory, name=name)).handle

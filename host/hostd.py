@@ -10,13 +10,16 @@ two engines enforce exactly the same rules.
 
 from __future__ import annotations
 
+import random
 import re
+import uuid
 from typing import Any
 
 from vsim import validate
 from vsim.faults import InvalidArgument
 from vsim.host.accounts import ROLES, HostAccounts
 from vsim.host.kernel import HostKernel, VmConfig
+from vsim.host.storage_stack import Datastore, StorageStack
 from vsim.v1 import host_agent_pb2 as pb
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
@@ -34,10 +37,29 @@ def vm_to_proto(vm: VmConfig) -> pb.HostVm:
     )
 
 
+def datastore_to_proto(d: Datastore) -> pb.HostDatastore:
+    return pb.HostDatastore(
+        name=d.name,
+        type=d.type,
+        accessible=d.accessible,
+        heartbeat_slot=d.heartbeat_slot,
+        capacity_bytes=d.capacity_bytes,
+        lock_mode=d.lock_mode,
+    )
+
+
 class Hostd:
-    def __init__(self, kernel: HostKernel, accounts: HostAccounts) -> None:
+    def __init__(
+        self, kernel: HostKernel, accounts: HostAccounts, storage: StorageStack | None = None
+    ) -> None:
         self.kernel = kernel
         self.accounts = accounts
+        self.storage = storage or StorageStack(
+            uuid.uuid5(uuid.NAMESPACE_DNS, kernel.spec.name),
+            kernel.spec.name,
+            kernel.clock,
+            random.Random(0),
+        )
 
     def authenticate(self, token: str | None, method: str) -> str | None:
         """The one check before every method: the caller's user (None for Login)."""
@@ -105,6 +127,38 @@ class Hostd:
     def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
         self.accounts.require_admin(user)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name)))
+
+    async def FormatVmfs(self, request: pb.FormatVmfsRequest, user: str | None) -> pb.HostDatastore:
+        self.accounts.require_admin(user)
+        validate.host_name(request.label, "label")
+        try:
+            volume = uuid.UUID(request.uuid)
+        except ValueError:
+            raise InvalidArgument(f"uuid {request.uuid[:40]!r} is not a UUID") from None
+        t = request.target
+        capacity = await self.storage.format_vmfs(
+            t.endpoint, t.thumbprint, t.lun, request.label, request.lock_mode, volume
+        )
+        return pb.HostDatastore(
+            name=request.label, type="vmfs", capacity_bytes=capacity, lock_mode=request.lock_mode
+        )
+
+    async def MountDatastore(
+        self, request: pb.MountDatastoreRequest, user: str | None
+    ) -> pb.HostDatastore:
+        self.accounts.require_admin(user)
+        validate.host_name(request.name, "name")
+        t = request.target
+        mounted = await self.storage.mount(
+            request.name, request.type, t.endpoint, t.thumbprint, t.lun, t.export
+        )
+        return datastore_to_proto(mounted)
+
+    async def ListDatastores(
+        self, request: pb.ListDatastoresRequest, user: str | None
+    ) -> pb.ListDatastoresResponse:
+        datastores = await self.storage.datastores()
+        return pb.ListDatastoresResponse(datastores=[datastore_to_proto(d) for d in datastores])
 
     def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
         return pb.ListHostVmsResponse(vms=[vm_to_proto(vm) for vm in self.kernel.vms()])

@@ -80,6 +80,9 @@ class LockFile:
 class NfsClient(Protocol):
     """What the lock manager needs of an NFS mount. Failures raise NfsError."""
 
+    async def fsstat(self) -> tuple[int, int]:
+        """(total bytes, free bytes) of the export."""
+
     async def lookup(self, directory: str, name: str) -> str: ...
 
     async def create(self, directory: str, name: str) -> str:
@@ -222,6 +225,10 @@ class ExportClient:
     def __init__(self, export: NfsExport, client: str) -> None:
         self.export = export
         self.caller = Caller(client, 0)
+
+    async def fsstat(self) -> tuple[int, int]:
+        await asyncio.sleep(0)
+        return self.export.fsstat(self.caller)
 
     async def lookup(self, directory: str, name: str) -> str:
         await asyncio.sleep(0)

@@ -8,12 +8,72 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from dataclasses import dataclass
+from typing import Protocol
 
 from vsim.clock import Clock
-from vsim.faults import FileLocked, InvalidArgument, NotFound
-from vsim.host.nfs_lock import NfsClient, NfsLockManager
-from vsim.host.vmfs import BlockDevice, VmfsVolume
-from vsim.storage.vmfs_format import LockMode
+from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, NotFound
+from vsim.host.nfs_lock import ExportClient, NfsClient, NfsLockManager
+from vsim.host.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume
+from vsim.storage.array import StorageArray
+from vsim.storage.nfs_export import NfsError
+from vsim.storage.scsi import ScsiError
+from vsim.storage.vmfs_format import SECTOR, LockMode, VolumeLockMode
+
+LOCK_MODES = {"ats-only": VolumeLockMode.ATS_ONLY, "ats+scsi": VolumeLockMode.ATS_SCSI}
+
+
+class StoragePorts(Protocol):
+    """How a host reaches arrays: a LUN as its initiator sees it, an NFS mount."""
+
+    async def block_device(
+        self, endpoint: str, thumbprint: str, lun: int, initiator: str
+    ) -> BlockDevice: ...
+
+    async def nfs_client(
+        self, endpoint: str, thumbprint: str, export: str, client: str
+    ) -> NfsClient: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalStoragePorts:
+    """StoragePorts onto an array object in this process (the in-process engine)."""
+
+    def __init__(self, array: StorageArray) -> None:
+        self.array = array
+
+    async def block_device(
+        self, endpoint: str, thumbprint: str, lun: int, initiator: str
+    ) -> BlockDevice:
+        try:
+            return LunDevice(self.array.lun(initiator, lun), initiator)
+        except ScsiError as e:
+            raise CannotAccessFile(f"LUN {lun}: {e}") from None
+
+    async def nfs_client(
+        self, endpoint: str, thumbprint: str, export: str, client: str
+    ) -> NfsClient:
+        try:
+            return ExportClient(self.array.export(export), client)
+        except NfsError as e:
+            raise CannotAccessFile(f"export {export}: {e}") from None
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Datastore:
+    """A mounted datastore, as the host reports it."""
+
+    name: str
+    type: str
+    accessible: bool
+    capacity_bytes: int
+    free_bytes: int
+    heartbeat_slot: int = -1
+    lock_mode: str = ""
 
 
 def initiator_name(host_name: str) -> str:
@@ -22,9 +82,18 @@ def initiator_name(host_name: str) -> str:
 
 
 class StorageStack:
-    def __init__(self, host: uuid.UUID, host_name: str, clock: Clock, rng: random.Random):
+    def __init__(
+        self,
+        host: uuid.UUID,
+        host_name: str,
+        clock: Clock,
+        rng: random.Random,
+        ports: StoragePorts | None = None,
+    ):
         self.host = host
         self.host_name = host_name
+        self.ports = ports
+        self._capacity: dict[str, int] = {}
         self.clock = clock
         self.rng = rng
         self.vmfs: dict[str, VmfsVolume] = {}
@@ -47,6 +116,77 @@ class StorageStack:
         self.nfs[label] = manager
         self._loops[label] = asyncio.get_running_loop().create_task(manager.renew_forever())
         return manager
+
+    # datastores, by where they live on an array
+
+    def _ports(self) -> StoragePorts:
+        if self.ports is None:
+            raise CannotAccessFile(f"{self.host_name} has no path to a storage array")
+        return self.ports
+
+    async def format_vmfs(
+        self, endpoint: str, thumbprint: str, lun: int, label: str, mode: str, volume: uuid.UUID
+    ) -> int:
+        """vmkfstools -C on a LUN this host sees; returns the LUN's capacity."""
+        if mode not in LOCK_MODES:
+            raise InvalidArgument(f"lock mode must be ats-only or ats+scsi, got {mode[:40]!r}")
+        device = await self._ports().block_device(
+            endpoint, thumbprint, lun, initiator_name(self.host_name)
+        )
+        try:
+            await format_volume(device, label, LOCK_MODES[mode], volume)
+            return await device.capacity()
+        except ScsiError as e:
+            raise CannotAccessFile(f"cannot format LUN {lun}: {e}") from None
+
+    async def mount(
+        self, name: str, kind: str, endpoint: str, thumbprint: str, lun: int, export: str
+    ) -> Datastore:
+        ports = self._ports()
+        try:
+            if kind == "vmfs":
+                device = await ports.block_device(
+                    endpoint, thumbprint, lun, initiator_name(self.host_name)
+                )
+                capacity = await device.capacity()
+                await self.mount_vmfs(name, device)
+                self._capacity[name] = capacity
+            elif kind == "nfs":
+                client = await ports.nfs_client(endpoint, thumbprint, export, self.host_name)
+                await client.fsstat()  # the export answers this host, or the mount fails
+                await self.mount_nfs(name, client)
+            else:
+                raise InvalidArgument(f"datastore type must be vmfs or nfs, got {kind[:20]!r}")
+        except (ScsiError, NfsError, ValueError) as e:
+            raise CannotAccessFile(f"cannot mount {name} on {self.host_name}: {e}") from None
+        return await self.describe(name)
+
+    async def describe(self, name: str) -> Datastore:
+        if name in self.vmfs:
+            volume = self.vmfs[name]
+            sb = volume.superblock
+            capacity = self._capacity.get(name, 0)
+            metadata = sb.metadata_blocks * SECTOR if sb else 0
+            mode = next((k for k, v in LOCK_MODES.items() if sb and v == sb.lock_mode), "")
+            # No files are allocated on VMFS volumes yet: all but the metadata is free.
+            return Datastore(
+                name,
+                "vmfs",
+                not volume.lost_access,
+                capacity,
+                capacity - metadata,
+                volume.slot,
+                mode,
+            )
+        manager = self.nfs_mount(name)
+        try:
+            total, free = await manager.client.fsstat()
+        except NfsError:
+            return Datastore(name, "nfs", False, 0, 0)
+        return Datastore(name, "nfs", True, total, free)
+
+    async def datastores(self) -> list[Datastore]:
+        return [await self.describe(n) for n in sorted([*self.vmfs, *self.nfs])]
 
     def volume(self, label: str) -> VmfsVolume:
         if label not in self.vmfs:
@@ -98,7 +238,13 @@ class StorageStack:
             out[label] = dict(manager.stats)
         return out
 
-    async def close(self) -> None:
+    def halt(self) -> None:
+        """Stops heartbeats and renewals at once (the host crashed or shuts down)."""
         for task in self._loops.values():
             task.cancel()
         self._loops.clear()
+
+    async def close(self) -> None:
+        self.halt()
+        if self.ports is not None:
+            await self.ports.close()

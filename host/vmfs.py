@@ -55,6 +55,9 @@ RESERVE_BACKOFF = (0.002, 0.05)
 class BlockDevice(Protocol):
     """A LUN as one initiator sees it. Failures raise ScsiError."""
 
+    async def capacity(self) -> int:
+        """The LUN's size in bytes (READ CAPACITY)."""
+
     async def read(self, lba: int, blocks: int) -> bytes: ...
 
     async def write(self, lba: int, data: bytes) -> None: ...
@@ -325,6 +328,11 @@ class LunDevice:
     def __init__(self, lun: Lun, initiator: str) -> None:
         self.lun = lun
         self.initiator = initiator
+
+    async def capacity(self) -> int:
+        await asyncio.sleep(0)
+        last_lba, block_length = self.lun.read_capacity(self.initiator)
+        return (last_lba + 1) * block_length
 
     async def read(self, lba: int, blocks: int) -> bytes:
         await asyncio.sleep(0)

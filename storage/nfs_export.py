@@ -299,6 +299,12 @@ class NfsExport:
         path = self._dir(directory)
         return [(p.name, self._attributes(p)) for p in sorted(path.iterdir()) if not p.is_symlink()]
 
+    def fsstat(self, caller: Caller) -> tuple[int, int]:
+        """(total bytes, free bytes) of the file system holding the export."""
+        self._enter(caller, "fsstat")
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
     # helpers
 
     def _file(self, handle: str) -> Path:

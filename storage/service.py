@@ -190,6 +190,14 @@ class ArrayService:
 
         return _nfs(run)
 
+    def NfsFsstat(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        def run() -> pb.NfsResponse:
+            export, caller = self._export(r)
+            total, free = export.fsstat(caller)
+            return pb.NfsResponse(total_bytes=total, free_bytes=free)
+
+        return _nfs(run)
+
     # management
 
     def CreateLun(self, r: pb.CreateLunRequest, _: Any) -> pb.LunInfo:

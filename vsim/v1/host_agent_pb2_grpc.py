@@ -74,6 +74,21 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsResponse.FromString,
                 _registered_method=True)
+        self.FormatVmfs = channel.unary_unary(
+                '/vsim.v1.HostAgent/FormatVmfs',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.FormatVmfsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostDatastore.FromString,
+                _registered_method=True)
+        self.MountDatastore = channel.unary_unary(
+                '/vsim.v1.HostAgent/MountDatastore',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.MountDatastoreRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostDatastore.FromString,
+                _registered_method=True)
+        self.ListDatastores = channel.unary_unary(
+                '/vsim.v1.HostAgent/ListDatastores',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresResponse.FromString,
+                _registered_method=True)
 
 
 class HostAgentServicer:
@@ -128,6 +143,25 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FormatVmfs(self, request, context):
+        """vmkfstools -C: writes a new VMFS volume on a LUN (it is not mounted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MountDatastore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatastores(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +204,21 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.ListVms,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsResponse.SerializeToString,
+            ),
+            'FormatVmfs': grpc.unary_unary_rpc_method_handler(
+                    servicer.FormatVmfs,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.FormatVmfsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostDatastore.SerializeToString,
+            ),
+            'MountDatastore': grpc.unary_unary_rpc_method_handler(
+                    servicer.MountDatastore,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.MountDatastoreRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostDatastore.SerializeToString,
+            ),
+            'ListDatastores': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatastores,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +437,87 @@ class HostAgent:
             '/vsim.v1.HostAgent/ListVms',
             vsim_dot_v1_dot_host__agent__pb2.ListHostVmsRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.ListHostVmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FormatVmfs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/FormatVmfs',
+            vsim_dot_v1_dot_host__agent__pb2.FormatVmfsRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostDatastore.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MountDatastore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/MountDatastore',
+            vsim_dot_v1_dot_host__agent__pb2.MountDatastoreRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostDatastore.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatastores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ListDatastores',
+            vsim_dot_v1_dot_host__agent__pb2.ListDatastoresRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.ListDatastoresResponse.FromString,
             options,
             channel_credentials,
             insecure,

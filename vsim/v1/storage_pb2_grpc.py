@@ -119,6 +119,11 @@ class StorageArrayStub:
                 request_serializer=vsim_dot_v1_dot_storage__pb2.NfsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_storage__pb2.NfsResponse.FromString,
                 _registered_method=True)
+        self.NfsFsstat = channel.unary_unary(
+                '/vsim.v1.StorageArray/NfsFsstat',
+                request_serializer=vsim_dot_v1_dot_storage__pb2.NfsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_storage__pb2.NfsResponse.FromString,
+                _registered_method=True)
         self.CreateLun = channel.unary_unary(
                 '/vsim.v1.StorageArray/CreateLun',
                 request_serializer=vsim_dot_v1_dot_storage__pb2.CreateLunRequest.SerializeToString,
@@ -252,6 +257,12 @@ class StorageArrayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NfsFsstat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateLun(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -367,6 +378,11 @@ def add_StorageArrayServicer_to_server(servicer, server):
             ),
             'NfsReaddir': grpc.unary_unary_rpc_method_handler(
                     servicer.NfsReaddir,
+                    request_deserializer=vsim_dot_v1_dot_storage__pb2.NfsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_storage__pb2.NfsResponse.SerializeToString,
+            ),
+            'NfsFsstat': grpc.unary_unary_rpc_method_handler(
+                    servicer.NfsFsstat,
                     request_deserializer=vsim_dot_v1_dot_storage__pb2.NfsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_storage__pb2.NfsResponse.SerializeToString,
             ),
@@ -853,6 +869,33 @@ class StorageArray:
             request,
             target,
             '/vsim.v1.StorageArray/NfsReaddir',
+            vsim_dot_v1_dot_storage__pb2.NfsRequest.SerializeToString,
+            vsim_dot_v1_dot_storage__pb2.NfsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NfsFsstat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.StorageArray/NfsFsstat',
             vsim_dot_v1_dot_storage__pb2.NfsRequest.SerializeToString,
             vsim_dot_v1_dot_storage__pb2.NfsResponse.FromString,
             options,
