@@ -49,14 +49,35 @@ def host_name(index: int) -> str:
 
 
 @dataclass(frozen=True)
+class DatastoreSpec:
+    """A datastore the cluster starts with, and the storage it lives on."""
+
+    name: str
+    """Datastore name (e.g. vmfs-01); also the LUN's or export's name on the array."""
+    type: str
+    """"vmfs" (on a LUN masked to every host) or "nfs" (on an export)."""
+    size_bytes: int = 4 * 1024**3
+    """VMFS: the LUN's size."""
+    lock_mode: str = "ats+scsi"
+    """VMFS: "ats+scsi" or "ats-only"."""
+    lun: int = -1
+    """VMFS: the LUN's id, once the array has it."""
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
-    """A datacenter with one cluster of hosts."""
+    """A datacenter with one cluster of hosts and its datastores."""
 
     datacenter: str = "dc-01"
     cluster: str = "cluster-01"
     hosts: tuple[HostSpec, ...] = field(default_factory=tuple)
+    datastores: tuple[DatastoreSpec, ...] = field(default_factory=tuple)
 
     @classmethod
     def default(cls, hosts: int = 3) -> ClusterSpec:
+        """N hosts, one ats+scsi VMFS datastore on a 4 GiB LUN and one NFS datastore."""
         validate.int_range(hosts, 0, 96, "hosts")
-        return cls(hosts=tuple(HostSpec(host_name(i)) for i in range(1, hosts + 1)))
+        return cls(
+            hosts=tuple(HostSpec(host_name(i)) for i in range(1, hosts + 1)),
+            datastores=(DatastoreSpec("vmfs-01", "vmfs"), DatastoreSpec("nfs-01", "nfs")),
+        )

@@ -44,6 +44,7 @@ def datastore_to_proto(d: Datastore) -> pb.HostDatastore:
         accessible=d.accessible,
         heartbeat_slot=d.heartbeat_slot,
         capacity_bytes=d.capacity_bytes,
+        free_bytes=d.free_bytes,
         lock_mode=d.lock_mode,
     )
 
@@ -155,10 +156,10 @@ class Hostd:
         return datastore_to_proto(mounted)
 
     async def ListDatastores(
-        self, request: pb.ListDatastoresRequest, user: str | None
-    ) -> pb.ListDatastoresResponse:
+        self, request: pb.HostListDatastoresRequest, user: str | None
+    ) -> pb.HostListDatastoresResponse:
         datastores = await self.storage.datastores()
-        return pb.ListDatastoresResponse(datastores=[datastore_to_proto(d) for d in datastores])
+        return pb.HostListDatastoresResponse(datastores=[datastore_to_proto(d) for d in datastores])
 
     def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
         return pb.ListHostVmsResponse(vms=[vm_to_proto(vm) for vm in self.kernel.vms()])

@@ -40,6 +40,8 @@ class StorageArray:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.luns: dict[int, Lun] = {}
         self.masking: dict[int, set[str]] = {}
+        self.lun_names: dict[int, str] = {}
+        """The name the storage admin gave a LUN (optional; unique)."""
         self.exports: dict[str, NfsExport] = {}
         self._load()
 
@@ -53,6 +55,8 @@ class StorageArray:
         for lun in config.get("luns", []):
             self._open_lun(lun["id"], lun["size"], lun["serial"])
             self.masking[lun["id"]] = set(lun["initiators"])
+            if lun.get("name"):
+                self.lun_names[lun["id"]] = lun["name"]
         for export in config.get("exports", []):
             options = ExportOptions(
                 **{**export["options"], "clients": tuple(export["options"]["clients"])}
@@ -66,6 +70,7 @@ class StorageArray:
                     "id": lun.id,
                     "size": lun.size_bytes,
                     "serial": lun.serial,
+                    "name": self.lun_names.get(lun.id, ""),
                     "initiators": sorted(self.masking[lun.id]),
                 }
                 for lun in self.luns.values()
@@ -92,8 +97,11 @@ class StorageArray:
 
     # management
 
+    def lun_named(self, name: str) -> int | None:
+        return next((i for i, n in self.lun_names.items() if n == name), None)
+
     def create_lun(
-        self, size_bytes: int = DEFAULT_LUN_BYTES, initiators: tuple[str, ...] = ()
+        self, size_bytes: int = DEFAULT_LUN_BYTES, initiators: tuple[str, ...] = (), name: str = ""
     ) -> Lun:
         if not MIN_LUN_BYTES <= size_bytes <= MAX_LUN_BYTES or size_bytes % SECTOR:
             raise ArrayError(
@@ -103,12 +111,18 @@ class StorageArray:
             raise ArrayError(f"the array holds at most {MAX_LUNS} LUNs")
         for initiator in initiators:
             check_initiator(initiator)
+        if name and not EXPORT_NAME.fullmatch(name):
+            raise ArrayError(f"LUN name {name[:80]!r} must be 1-63 of a-z 0-9 . _ -")
+        if name and self.lun_named(name) is not None:
+            raise ArrayError(f"a LUN named {name} exists")
         lun_id = max(self.luns, default=-1) + 1
         try:
             lun = self._open_lun(lun_id, size_bytes, uuid.uuid4().hex[:16].upper())
         except OSError as e:
             raise ArrayError(f"cannot make a {size_bytes}-byte LUN here: {e.strerror}") from None
         self.masking[lun_id] = set()
+        if name:
+            self.lun_names[lun_id] = name
         self.map_lun(lun_id, initiators)
         return lun
 

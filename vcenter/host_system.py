@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -74,6 +74,8 @@ class HostManager:
     ) -> None:
         """busy(kind, name) tells whether a task is under way on that entity."""
         self._busy = busy
+        self.after_attach: Callable[[str], Awaitable[None]] | None = None
+        """Called once a host is (re)connected: mounts its datastores."""
         self._inventory = inventory
         self._engine = engine
         self._secrets = secrets
@@ -351,6 +353,11 @@ class HostManager:
             self._inventory.update_host(name, connection_state=CONNECTED, endpoint=port.endpoint)
             if host.connection_state != CONNECTED:
                 self._events.post("HostConnectedEvent", f"Host {name} is connected", host=name)
+        if self.after_attach is not None:
+            try:
+                await self.after_attach(name)
+            except VimFault as fault:
+                log.warning("after attaching %s: %s", name, fault)
 
     async def attach_all(self, boot: bool) -> None:
         await asyncio.gather(*(self.attach(h.name, boot) for h in self._inventory.hosts()))

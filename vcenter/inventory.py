@@ -72,6 +72,14 @@ BEGIN
         memory_used_mb = memory_used_mb + (NEW.power_state = {_ON}) * NEW.memory_mb
     WHERE name = NEW.host;
 END;
+CREATE TABLE datastores (
+    name TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    lun INTEGER NOT NULL DEFAULT -1,
+    export TEXT NOT NULL DEFAULT '',
+    lock_mode TEXT NOT NULL DEFAULT '',
+    uuid TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     body BLOB NOT NULL,
@@ -95,7 +103,7 @@ CREATE TABLE sessions (
 """
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,17 @@ class HostRecord:
     """When (simulated clock) vpxuser's password was last set on the host."""
     vpx_password_next_enc: bytes | None = None
     """A rotation's new password, until a login shows whether the host took it."""
+
+
+@dataclass(frozen=True)
+class DatastoreRecord:
+    name: str
+    type: str
+    """"vmfs" or "nfs"."""
+    lun: int = -1
+    export: str = ""
+    lock_mode: str = ""
+    uuid: str = ""
 
 
 HOST_COLUMNS = ", ".join(HostRecord.__dataclass_fields__)
@@ -264,6 +283,22 @@ class Inventory:
             "SELECT COALESCE(SUM(vms), 0), COALESCE(SUM(vms_powered_on), 0) FROM hosts"
         ).fetchone()
         return n, n_on
+
+    # datastores
+
+    def add_datastore(self, record: DatastoreRecord) -> None:
+        self._db.execute(
+            "INSERT INTO datastores VALUES (?, ?, ?, ?, ?, ?)",
+            (record.name, record.type, record.lun, record.export, record.lock_mode, record.uuid),
+        )
+
+    def datastore(self, name: str) -> DatastoreRecord | None:
+        row = self._db.execute("SELECT * FROM datastores WHERE name=?", (name,)).fetchone()
+        return DatastoreRecord(*row) if row else None
+
+    def datastores(self) -> list[DatastoreRecord]:
+        rows = self._db.execute("SELECT * FROM datastores ORDER BY name")
+        return [DatastoreRecord(*r) for r in rows]
 
     # tasks: stored whole as the Task message; seq gives the id
 

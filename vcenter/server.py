@@ -19,6 +19,7 @@ from vsim.cluster.spec import ClusterSpec
 from vsim.rpc import start_server
 from vsim.tls import Identity, load_or_create_identity
 from vsim.v1 import vcenter_pb2
+from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
 
@@ -54,6 +55,7 @@ async def start_vcenter(
     bind: str = "127.0.0.1",
     clock: Clock | None = None,
     engine: HostEngine | None = None,
+    array: ArrayRef | None = None,
 ) -> RunningVCenter:
     """Starts (or restarts) the vCenter kept in data_dir; Ray must be initialised when
     no engine is given."""
@@ -66,7 +68,7 @@ async def start_vcenter(
 
             engine = RayEngine(ray_namespace(instance_uuid(inventory)), data_dir, clock.speed)
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
-        core = VCenter(home, inventory, engine, clock)
+        core = VCenter(home, inventory, engine, clock, array=array)
     except BaseException:
         inventory.close()
         raise

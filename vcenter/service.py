@@ -22,6 +22,7 @@ from vsim.cluster.spec import ClusterSpec
 from vsim.faults import InvalidArgument
 from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.datastore import ArrayRef, DatastoreManager
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager
 from vsim.vcenter.inventory import Inventory
@@ -53,6 +54,7 @@ class VCenter:
         engine: HostEngine,
         clock: Clock,
         rng: random.Random | None = None,
+        array: ArrayRef | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.inventory = inventory
@@ -67,6 +69,10 @@ class VCenter:
             inventory, engine, SecretBox(data_dir), self.events, clock, rng, self.tasks.busy
         )
         self.vms = VmManager(inventory, self.hosts, self.tasks, self.events, rng)
+        self.datastores = DatastoreManager(
+            inventory, self.hosts, self.tasks, self.events, rng, array
+        )
+        self.hosts.after_attach = self.datastores.remount
         self._monitor: asyncio.Task | None = None
 
     async def start(self, spec: ClusterSpec, boot: bool = True) -> None:
@@ -120,6 +126,26 @@ class VCenter:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        if self.datastores.array is not None:
+            for datastore in spec.datastores:
+                await self._create_datastore(datastore)
+
+    async def _create_datastore(self, datastore) -> None:
+        if self.inventory.datastore(datastore.name) is not None:
+            return
+        if datastore.type == "vmfs":
+            request = pb.CreateVmfsDatastoreRequest(
+                name=datastore.name, lun=datastore.lun, lock_mode=datastore.lock_mode
+            )
+            task = self.datastores.create_vmfs(request, ADMINISTRATOR)
+        else:
+            request = pb.CreateNasDatastoreRequest(name=datastore.name, export=datastore.name)
+            task = self.datastores.create_nas(request, ADMINISTRATOR)
+        done = await self.tasks.wait(task.id, MAX_WAIT)
+        if done.state != common_pb2.TASK_STATE_SUCCESS:
+            raise RuntimeError(
+                f"creating {datastore.name} failed: {done.error.name}: {done.error.message}"
+            )
 
     async def stop(self) -> None:
         """Stops this vCenter; the hosts keep running."""
@@ -217,6 +243,23 @@ class VCenter:
 
     def DestroyVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
         return self.vms.destroy(request.name, session.user_name)
+
+    # datastores
+
+    def CreateVmfsDatastore(
+        self, request: pb.CreateVmfsDatastoreRequest, session: Session
+    ) -> common_pb2.Task:
+        return self.datastores.create_vmfs(request, session.user_name)
+
+    def CreateNasDatastore(
+        self, request: pb.CreateNasDatastoreRequest, session: Session
+    ) -> common_pb2.Task:
+        return self.datastores.create_nas(request, session.user_name)
+
+    async def ListDatastores(
+        self, request: pb.ListDatastoresRequest, session: Session
+    ) -> pb.ListDatastoresResponse:
+        return pb.ListDatastoresResponse(datastores=await self.datastores.list())
 
     # tasks and events
 

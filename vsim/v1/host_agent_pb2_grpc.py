@@ -86,8 +86,8 @@ class HostAgentStub:
                 _registered_method=True)
         self.ListDatastores = channel.unary_unary(
                 '/vsim.v1.HostAgent/ListDatastores',
-                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresRequest.SerializeToString,
-                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresResponse.FromString,
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresResponse.FromString,
                 _registered_method=True)
 
 
@@ -217,8 +217,8 @@ def add_HostAgentServicer_to_server(servicer, server):
             ),
             'ListDatastores': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDatastores,
-                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresRequest.FromString,
-                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.ListDatastoresResponse.SerializeToString,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,8 +516,8 @@ class HostAgent:
             request,
             target,
             '/vsim.v1.HostAgent/ListDatastores',
-            vsim_dot_v1_dot_host__agent__pb2.ListDatastoresRequest.SerializeToString,
-            vsim_dot_v1_dot_host__agent__pb2.ListDatastoresResponse.FromString,
+            vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from vsim.v1 import common_pb2 as vsim_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vsim/v1/vcenter.proto\x12\x07vsim.v1\x1a\x14vsim/v1/common.proto\"3\n\x0cLoginRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"3\n\rLoginResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tuser_name\x18\x02 \x01(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x12\n\x10GetStatusRequest\"\xd4\x01\n\x06Status\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x12\n\ndatacenter\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\r\n\x05hosts\x18\x04 \x01(\x05\x12\x17\n\x0fhosts_connected\x18\x05 \x01(\x05\x12\x0b\n\x03vms\x18\x06 \x01(\x05\x12\x16\n\x0evms_powered_on\x18\x07 \x01(\x05\x12\x0e\n\x06\x65ngine\x18\x08 \x01(\t\x12\x13\n\x0b\x63lock_speed\x18\t \x01(\x01\x12\x0b\n\x03now\x18\n \x01(\x01\x12\x0f\n\x07version\x18\x0b \x01(\t\"\xf4\x01\n\x04Host\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x10\x63onnection_state\x18\x02 \x01(\x0e\x32\x18.vsim.v1.ConnectionState\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x16\n\x0essl_thumbprint\x18\x04 \x01(\t\x12\x11\n\tcpu_cores\x18\x05 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x06 \x01(\x05\x12\x11\n\tmemory_mb\x18\x07 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x08 \x01(\x03\x12\x0b\n\x03vms\x18\t \x01(\x05\x12\x16\n\x0evms_powered_on\x18\n \x01(\x05\x12\x0c\n\x04uuid\x18\x0b \x01(\t\"\x12\n\x10ListHostsRequest\"1\n\x11ListHostsResponse\x12\x1c\n\x05hosts\x18\x01 \x03(\x0b\x32\r.vsim.v1.Host\"m\n\x0e\x41\x64\x64HostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0essl_thumbprint\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\"!\n\x11RemoveHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8b\x01\n\x02Vm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12(\n\x0bpower_state\x18\x05 \x01(\x0e\x32\x13.vsim.v1.PowerState\x12\x0c\n\x04uuid\x18\x06 \x01(\t\x12\x10\n\x08guest_os\x18\x07 \x01(\t\"`\n\x0f\x43reateVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x10\n\x08guest_os\x18\x05 \x01(\t\"\x1e\n\x0eListVmsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"+\n\x0fListVmsResponse\x12\x18\n\x03vms\x18\x01 \x03(\x0b\x32\x0b.vsim.v1.Vm\"\x19\n\tVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12WaitForTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"!\n\x10ListTasksRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"1\n\x11ListTasksResponse\x12\x1c\n\x05tasks\x18\x01 \x03(\x0b\x32\r.vsim.v1.Task\"5\n\x11ListEventsRequest\x12\x11\n\tafter_key\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.vsim.v1.Event\"\'\n\x12WatchEventsRequest\x12\x11\n\tafter_key\x18\x01 \x01(\x03*\x9b\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x01\x12!\n\x1d\x43ONNECTION_STATE_DISCONNECTED\x10\x02\x12#\n\x1f\x43ONNECTION_STATE_NOT_RESPONDING\x10\x03*b\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17POWER_STATE_POWERED_OFF\x10\x01\x12\x1a\n\x16POWER_STATE_POWERED_ON\x10\x02\x32\xca\x07\n\x07VCenter\x12\x36\n\x05Login\x12\x15.vsim.v1.LoginRequest\x1a\x16.vsim.v1.LoginResponse\x12\x39\n\x06Logout\x12\x16.vsim.v1.LogoutRequest\x1a\x17.vsim.v1.LogoutResponse\x12\x37\n\tGetStatus\x12\x19.vsim.v1.GetStatusRequest\x1a\x0f.vsim.v1.Status\x12\x42\n\tListHosts\x12\x19.vsim.v1.ListHostsRequest\x1a\x1a.vsim.v1.ListHostsResponse\x12\x31\n\x07\x41\x64\x64Host\x12\x17.vsim.v1.AddHostRequest\x1a\r.vsim.v1.Task\x12\x37\n\nRemoveHost\x12\x1a.vsim.v1.RemoveHostRequest\x1a\r.vsim.v1.Task\x12\x33\n\x08\x43reateVm\x12\x18.vsim.v1.CreateVmRequest\x1a\r.vsim.v1.Task\x12<\n\x07ListVms\x12\x17.vsim.v1.ListVmsRequest\x1a\x18.vsim.v1.ListVmsResponse\x12(\n\x05GetVm\x12\x12.vsim.v1.VmRequest\x1a\x0b.vsim.v1.Vm\x12.\n\tPowerOnVm\x12\x12.vsim.v1.VmRequest\x1a\r.vsim.v1.Task\x12/\n\nPowerOffVm\x12\x12.vsim.v1.VmRequest\x1a\r.vsim.v1.Task\x12.\n\tDestroyVm\x12\x12.vsim.v1.VmRequest\x1a\r.vsim.v1.Task\x12\x31\n\x07GetTask\x12\x17.vsim.v1.GetTaskRequest\x1a\r.vsim.v1.Task\x12\x39\n\x0bWaitForTask\x12\x1b.vsim.v1.WaitForTaskRequest\x1a\r.vsim.v1.Task\x12\x42\n\tListTasks\x12\x19.vsim.v1.ListTasksRequest\x1a\x1a.vsim.v1.ListTasksResponse\x12\x45\n\nListEvents\x12\x1a.vsim.v1.ListEventsRequest\x1a\x1b.vsim.v1.ListEventsResponse\x12<\n\x0bWatchEvents\x12\x1b.vsim.v1.WatchEventsRequest\x1a\x0e.vsim.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vsim/v1/vcenter.proto\x12\x07vsim.v1\x1a\x14vsim/v1/common.proto\"3\n\x0cLoginRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"3\n\rLoginResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tuser_name\x18\x02 \x01(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x12\n\x10GetStatusRequest\"\xd4\x01\n\x06Status\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x12\n\ndatacenter\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\r\n\x05hosts\x18\x04 \x01(\x05\x12\x17\n\x0fhosts_connected\x18\x05 \x01(\x05\x12\x0b\n\x03vms\x18\x06 \x01(\x05\x12\x16\n\x0evms_powered_on\x18\x07 \x01(\x05\x12\x0e\n\x06\x65ngine\x18\x08 \x01(\t\x12\x13\n\x0b\x63lock_speed\x18\t \x01(\x01\x12\x0b\n\x03now\x18\n \x01(\x01\x12\x0f\n\x07version\x18\x0b \x01(\t\"\xf4\x01\n\x04Host\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x10\x63onnection_state\x18\x02 \x01(\x0e\x32\x18.vsim.v1.ConnectionState\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x16\n\x0essl_thumbprint\x18\x04 \x01(\t\x12\x11\n\tcpu_cores\x18\x05 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x06 \x01(\x05\x12\x11\n\tmemory_mb\x18\x07 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x08 \x01(\x03\x12\x0b\n\x03vms\x18\t \x01(\x05\x12\x16\n\x0evms_powered_on\x18\n \x01(\x05\x12\x0c\n\x04uuid\x18\x0b \x01(\t\"\x12\n\x10ListHostsRequest\"1\n\x11ListHostsResponse\x12\x1c\n\x05hosts\x18\x01 \x03(\x0b\x32\r.vsim.v1.Host\"m\n\x0e\x41\x64\x64HostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0essl_thumbprint\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\"!\n\x11RemoveHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8b\x01\n\x02Vm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12(\n\x0bpower_state\x18\x05 \x01(\x0e\x32\x13.vsim.v1.PowerState\x12\x0c\n\x04uuid\x18\x06 \x01(\t\x12\x10\n\x08guest_os\x18\x07 \x01(\t\"`\n\x0f\x43reateVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x10\n\x08guest_os\x18\x05 \x01(\t\"\x1e\n\x0eListVmsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"+\n\x0fListVmsResponse\x12\x18\n\x03vms\x18\x01 \x03(\x0b\x32\x0b.vsim.v1.Vm\"\x19\n\tVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x1a\x43reateVmfsDatastoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03lun\x18\x02 \x01(\x05\x12\x11\n\tlock_mode\x18\x03 \x01(\t\"9\n\x19\x43reateNasDatastoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65xport\x18\x02 \x01(\t\"J\n\x0e\x44\x61tastoreMount\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x12\n\naccessible\x18\x02 \x01(\x08\x12\x16\n\x0eheartbeat_slot\x18\x03 \x01(\x05\"\xac\x01\n\tDatastore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x03\x12\x12\n\nfree_bytes\x18\x04 \x01(\x03\x12\x11\n\tlock_mode\x18\x05 \x01(\t\x12\x0b\n\x03lun\x18\x06 \x01(\x05\x12\x0e\n\x06\x65xport\x18\x07 \x01(\t\x12\'\n\x06mounts\x18\x08 \x03(\x0b\x32\x17.vsim.v1.DatastoreMount\"\x17\n\x15ListDatastoresRequest\"@\n\x16ListDatastoresResponse\x12&\n\ndatastores\x18\x01 \x03(\x0b\x32\x12.vsim.v1.Datastore\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12WaitForTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"!\n\x10ListTasksRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"1\n\x11ListTasksResponse\x12\x1c\n\x05tasks\x18\x01 \x03(\x0b\x32\r.vsim.v1.Task\"5\n\x11ListEventsRequest\x12\x11\n\tafter_key\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.vsim.v1.Event\"\'\n\x12WatchEventsRequest\x12\x11\n\tafter_key\x18\x01 \x01(\x03*\x9b\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x01\x12!\n\x1d\x43ONNECTION_STATE_DISCONNECTED\x10\x02\x12#\n\x1f\x43ONNECTION_STATE_NOT_RESPONDING\x10\x03*b\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17POWER_STATE_POWERED_OFF\x10\x01\x12\x1a\n\x16POWER_STATE_POWERED_ON\x10\x02\x32\xb1\t\n\x07VCenter\x12\x36\n\x05Login\x12\x15.vsim.v1.LoginRequest\x1a\x16.vsim.v1.LoginResponse\x12\x39\n\x06Logout\x12\x16.vsim.v1.LogoutRequest\x1a\x17.vsim.v1.LogoutResponse\x12\x37\n\tGetStatus\x12\x19.vsim.v1.GetStatusRequest\x1a\x0f.vsim.v1.Status\x12\x42\n\tListHosts\x12\x19.vsim.v1.ListHostsRequest\x1a\x1a.vsim.v1.ListHostsResponse\x12\x31\n\x07\x41\x64\x64Host\x12\x17.vsim.v1.AddHostRequest\x1a\r.vsim.v1.Task\x12\x37\n\nRemoveHost\x12\x1a.vsim.v1.RemoveHostRequest\x1a\r.vsim.v1.Task\x12\x33\n\x08\x43reateVm\x12\x18.vsim.v1.CreateVmRequest\x1a\r.vsim.v1.Task\x12<\n\x07ListVms\x12\x17.vsim.v1.ListVmsRequest\x1a\x18.vsim.v1.ListVmsResponse\x12(\n\x05GetVm\x12\x12.vsim.v1.VmRequest\x1a\x0b.vsim.v1.Vm\x12.\n\tPowerOnVm\x12\x12.vsim.v1.VmRequest\x1a\r.vsim.v1.Task\x12/\n\nPowerOffVm\x12\x12.vsim.v1.VmRequest\x1a\r.vsim.v1.Task\x12.\n\tDestroyVm\x12\x12.vsim.v1.VmRequest\x1a\r.vsim.v1.Task\x12I\n\x13\x43reateVmfsDatastore\x12#.vsim.v1.CreateVmfsDatastoreRequest\x1a\r.vsim.v1.Task\x12G\n\x12\x43reateNasDatastore\x12\".vsim.v1.CreateNasDatastoreRequest\x1a\r.vsim.v1.Task\x12Q\n\x0eListDatastores\x12\x1e.vsim.v1.ListDatastoresRequest\x1a\x1f.vsim.v1.ListDatastoresResponse\x12\x31\n\x07GetTask\x12\x17.vsim.v1.GetTaskRequest\x1a\r.vsim.v1.Task\x12\x39\n\x0bWaitForTask\x12\x1b.vsim.v1.WaitForTaskRequest\x1a\r.vsim.v1.Task\x12\x42\n\tListTasks\x12\x19.vsim.v1.ListTasksRequest\x1a\x1a.vsim.v1.ListTasksResponse\x12\x45\n\nListEvents\x12\x1a.vsim.v1.ListEventsRequest\x1a\x1b.vsim.v1.ListEventsResponse\x12<\n\x0bWatchEvents\x12\x1b.vsim.v1.WatchEventsRequest\x1a\x0e.vsim.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vsim.v1.vcenter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONNECTIONSTATE']._serialized_start=1566
-  _globals['_CONNECTIONSTATE']._serialized_end=1721
-  _globals['_POWERSTATE']._serialized_start=1723
-  _globals['_POWERSTATE']._serialized_end=1821
+  _globals['_CONNECTIONSTATE']._serialized_start=2043
+  _globals['_CONNECTIONSTATE']._serialized_end=2198
+  _globals['_POWERSTATE']._serialized_start=2200
+  _globals['_POWERSTATE']._serialized_end=2298
   _globals['_LOGINREQUEST']._serialized_start=56
   _globals['_LOGINREQUEST']._serialized_end=107
   _globals['_LOGINRESPONSE']._serialized_start=109
@@ -68,20 +68,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVMSRESPONSE']._serialized_end=1211
   _globals['_VMREQUEST']._serialized_start=1213
   _globals['_VMREQUEST']._serialized_end=1238
-  _globals['_GETTASKREQUEST']._serialized_start=1240
-  _globals['_GETTASKREQUEST']._serialized_end=1268
-  _globals['_WAITFORTASKREQUEST']._serialized_start=1270
-  _globals['_WAITFORTASKREQUEST']._serialized_end=1327
-  _globals['_LISTTASKSREQUEST']._serialized_start=1329
-  _globals['_LISTTASKSREQUEST']._serialized_end=1362
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1364
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1413
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1415
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1468
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1470
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1522
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1524
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1563
-  _globals['_VCENTER']._serialized_start=1824
-  _globals['_VCENTER']._serialized_end=2794
+  _globals['_CREATEVMFSDATASTOREREQUEST']._serialized_start=1240
+  _globals['_CREATEVMFSDATASTOREREQUEST']._serialized_end=1314
+  _globals['_CREATENASDATASTOREREQUEST']._serialized_start=1316
+  _globals['_CREATENASDATASTOREREQUEST']._serialized_end=1373
+  _globals['_DATASTOREMOUNT']._serialized_start=1375
+  _globals['_DATASTOREMOUNT']._serialized_end=1449
+  _globals['_DATASTORE']._serialized_start=1452
+  _globals['_DATASTORE']._serialized_end=1624
+  _globals['_LISTDATASTORESREQUEST']._serialized_start=1626
+  _globals['_LISTDATASTORESREQUEST']._serialized_end=1649
+  _globals['_LISTDATASTORESRESPONSE']._serialized_start=1651
+  _globals['_LISTDATASTORESRESPONSE']._serialized_end=1715
+  _globals['_GETTASKREQUEST']._serialized_start=1717
+  _globals['_GETTASKREQUEST']._serialized_end=1745
+  _globals['_WAITFORTASKREQUEST']._serialized_start=1747
+  _globals['_WAITFORTASKREQUEST']._serialized_end=1804
+  _globals['_LISTTASKSREQUEST']._serialized_start=1806
+  _globals['_LISTTASKSREQUEST']._serialized_end=1839
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1841
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1890
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1892
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1945
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1947
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1999
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=2001
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=2040
+  _globals['_VCENTER']._serialized_start=2301
+  _globals['_VCENTER']._serialized_end=3502
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,21 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.CreateVmfsDatastore = channel.unary_unary(
+                '/vsim.v1.VCenter/CreateVmfsDatastore',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.CreateVmfsDatastoreRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.CreateNasDatastore = channel.unary_unary(
+                '/vsim.v1.VCenter/CreateNasDatastore',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.CreateNasDatastoreRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.ListDatastores = channel.unary_unary(
+                '/vsim.v1.VCenter/ListDatastores',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/vsim.v1.VCenter/GetTask',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.GetTaskRequest.SerializeToString,
@@ -201,6 +216,29 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVmfsDatastore(self, request, context):
+        """Formats a LUN of the array as VMFS (on one connected host) and mounts it on
+        every connected host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateNasDatastore(self, request, context):
+        """Mounts an NFS export of the array on every connected host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatastores(self, request, context):
+        """Datastores with capacity, free space and their mounts per host, as the hosts
+        report them now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -296,6 +334,21 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.DestroyVm,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'CreateVmfsDatastore': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVmfsDatastore,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.CreateVmfsDatastoreRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'CreateNasDatastore': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNasDatastore,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.CreateNasDatastoreRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'ListDatastores': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatastores,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -647,6 +700,87 @@ class VCenter:
             '/vsim.v1.VCenter/DestroyVm',
             vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
             vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVmfsDatastore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/CreateVmfsDatastore',
+            vsim_dot_v1_dot_vcenter__pb2.CreateVmfsDatastoreRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNasDatastore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/CreateNasDatastore',
+            vsim_dot_v1_dot_vcenter__pb2.CreateNasDatastoreRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatastores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ListDatastores',
+            vsim_dot_v1_dot_vcenter__pb2.ListDatastoresRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ListDatastoresResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,139 @@
+"""Datastores through the vCenter core on the in-process engine and array: the spec's
+VMFS and NFS datastores, creating more, refusals without side effects, and hosts
+mounting them again after a reboot."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from vsim.clock import WallClock
+from vsim.cluster.array_setup import prepare_array
+from vsim.cluster.inprocess import InProcessEngine
+from vsim.cluster.spec import ClusterSpec
+from vsim.faults import DuplicateName, InvalidArgument
+from vsim.host.storage_stack import initiator_name
+from vsim.storage.array import StorageArray
+from vsim.storage.nfs_export import ExportOptions
+from vsim.v1 import common_pb2
+from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.datastore import ArrayRef
+from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.service import INVENTORY_FILE, VCenter
+from vsim.vcenter.sessions import ADMINISTRATOR
+
+HOSTS = ["esxi-01", "esxi-02", "esxi-03"]
+
+
+@pytest.fixture
+async def cluster(tmp_path, fast_scrypt):
+    clock = WallClock()  # reservation backoffs sleep: let real time move them
+    array = StorageArray(tmp_path / "array")
+    spec = prepare_array(array, ClusterSpec.default(3))
+    engine = InProcessEngine(clock, array)
+    vc = VCenter(
+        tmp_path / "vc",
+        Inventory(tmp_path / "vc" / INVENTORY_FILE),
+        engine,
+        clock,
+        random.Random(3),
+        array=ArrayRef("", ""),
+    )
+    await vc.start(spec)
+    token = (
+        await vc.Login(
+            pb.LoginRequest(user_name=ADMINISTRATOR, password=vc.sessions.initial_password()), None
+        )
+    ).session
+    session = vc.authenticate(token, "ListDatastores")
+    yield vc, array, engine, session
+    await vc.stop()
+    array.close()
+
+
+async def listed(vc, session) -> dict[str, pb.Datastore]:
+    reply = await vc.ListDatastores(pb.ListDatastoresRequest(), session)
+    return {d.name: d for d in reply.datastores}
+
+
+async def run(vc, task) -> common_pb2.Task:
+    return await vc.tasks.wait(task.id, 10)
+
+
+async def test_the_spec_datastores_are_mounted_on_every_host(cluster):
+    vc, array, _, session = cluster
+    datastores = await listed(vc, session)
+    vmfs, nfs = datastores["vmfs-01"], datastores["nfs-01"]
+    assert (vmfs.type, vmfs.lock_mode, vmfs.capacity_bytes) == ("vmfs", "ats+scsi", 4 * 1024**3)
+    assert 0 < vmfs.free_bytes < vmfs.capacity_bytes
+    assert sorted((m.host, m.accessible) for m in vmfs.mounts) == [(h, True) for h in HOSTS]
+    assert len({m.heartbeat_slot for m in vmfs.mounts}) == 3
+    assert nfs.type == "nfs" and nfs.capacity_bytes > 0
+    assert sorted(m.host for m in nfs.mounts) == HOSTS
+    assert array.lun_named("vmfs-01") == vmfs.lun
+
+
+async def test_create_vmfs_on_a_masked_lun_and_refusals(cluster):
+    vc, array, _, session = cluster
+    lun = array.create_lun(64 * 1024**2, tuple(initiator_name(h) for h in HOSTS)).id
+    request = pb.CreateVmfsDatastoreRequest(name="vmfs-02", lun=lun, lock_mode="ats-only")
+    done = await run(vc, vc.CreateVmfsDatastore(request, session))
+    assert done.state == common_pb2.TASK_STATE_SUCCESS
+    vmfs2 = (await listed(vc, session))["vmfs-02"]
+    assert (vmfs2.lock_mode, vmfs2.capacity_bytes, len(vmfs2.mounts)) == (
+        "ats-only",
+        64 * 1024**2,
+        3,
+    )
+
+    before = (await listed(vc, session)).keys(), len(vc.tasks.recent(1000))
+    for request, fault in [
+        (pb.CreateVmfsDatastoreRequest(name="vmfs-02", lun=lun), DuplicateName),
+        (pb.CreateVmfsDatastoreRequest(name="Bad Name", lun=lun), InvalidArgument),
+        (pb.CreateVmfsDatastoreRequest(name="vmfs-03", lun=-1), InvalidArgument),
+        (pb.CreateVmfsDatastoreRequest(name="vmfs-03", lun=lun, lock_mode="nope"), InvalidArgument),
+    ]:
+        with pytest.raises(fault):
+            vc.CreateVmfsDatastore(request, session)
+    assert ((await listed(vc, session)).keys(), len(vc.tasks.recent(1000))) == before
+
+    hidden = array.create_lun(64 * 1024**2, ()).id  # masked from every host
+    done = await run(
+        vc,
+        vc.CreateVmfsDatastore(pb.CreateVmfsDatastoreRequest(name="vmfs-03", lun=hidden), session),
+    )
+    assert done.state == common_pb2.TASK_STATE_ERROR and done.error.name == "CannotAccessFile"
+    assert "vmfs-03" not in await listed(vc, session)
+
+
+async def test_nas_datastores_need_an_export(cluster):
+    vc, array, _, session = cluster
+    done = await run(
+        vc,
+        vc.CreateNasDatastore(
+            pb.CreateNasDatastoreRequest(name="nfs-02", export="missing"), session
+        ),
+    )
+    assert done.state == common_pb2.TASK_STATE_ERROR and done.error.name == "CannotAccessFile"
+    array.create_export("squashed", ExportOptions(root_squash=True))
+    done = await run(
+        vc,
+        vc.CreateNasDatastore(
+            pb.CreateNasDatastoreRequest(name="nfs-02", export="squashed"), session
+        ),
+    )
+    assert done.state == common_pb2.TASK_STATE_SUCCESS  # mounts, as on ESXi
+
+
+async def test_a_rebooted_host_mounts_its_datastores_again(cluster):
+    vc, _, engine, session = cluster
+    engine.crash("esxi-02")
+    await vc.hosts.heartbeat_once()
+    mounts = {d: sorted(m.host for m in ds.mounts) for d, ds in (await listed(vc, session)).items()}
+    assert mounts == {"nfs-01": ["esxi-01", "esxi-03"], "vmfs-01": ["esxi-01", "esxi-03"]}
+    await engine.reboot("esxi-02")
+    await vc.hosts.heartbeat_once()
+    datastores = await listed(vc, session)
+    assert sorted(m.host for m in datastores["vmfs-01"].mounts) == HOSTS
+    assert all(m.accessible for m in datastores["vmfs-01"].mounts)

@@ -1,0 +1,196 @@
+"""Datastores as vCenter manages them: VMFS on a LUN of the array (formatted by one
+host, mounted by all), NFS exports mounted by all, and what the hosts report of them.
+
+vCenter records only what a datastore is (type, LUN or export, lock mode); whether
+a host has it mounted and can reach it is asked of the hosts, which are the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import uuid
+from dataclasses import dataclass
+
+from vsim.faults import DuplicateName, InvalidArgument, InvalidState, VimFault
+from vsim.v1 import common_pb2
+from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.events import EventLog
+from vsim.vcenter.host_system import CONNECTED, HostManager
+from vsim.vcenter.inventory import DatastoreRecord, Inventory
+from vsim.vcenter.tasks import TaskManager
+
+log = logging.getLogger("vsim.vcenter.datastores")
+DATASTORE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,41}")
+LOCK_MODES = ("ats+scsi", "ats-only")
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """Where the hosts find the storage array: its endpoint and pinned thumbprint
+    ("" for an array in this process)."""
+
+    endpoint: str
+    thumbprint: str
+
+
+class DatastoreManager:
+    def __init__(
+        self,
+        inventory: Inventory,
+        hosts: HostManager,
+        tasks: TaskManager,
+        events: EventLog,
+        rng: random.Random,
+        array: ArrayRef | None,
+    ) -> None:
+        self._inventory = inventory
+        self._hosts = hosts
+        self._tasks = tasks
+        self._events = events
+        self._rng = rng
+        self.array = array
+
+    def _target(self, record: DatastoreRecord) -> hpb.ArrayTarget:
+        assert self.array is not None
+        return hpb.ArrayTarget(
+            endpoint=self.array.endpoint,
+            thumbprint=self.array.thumbprint,
+            lun=max(record.lun, 0),
+            export=record.export,
+        )
+
+    def _check_new(self, name: str) -> list[str]:
+        if not DATASTORE_NAME.fullmatch(name):
+            raise InvalidArgument(
+                f"datastore name {name[:60]!r} must be 1-42 of a-z 0-9 . _ - (e.g. vmfs-01)"
+            )
+        if self._inventory.datastore(name) is not None:
+            raise DuplicateName(f"a datastore named {name} exists")
+        if self.array is None:
+            raise InvalidState("this vCenter has no storage array to make datastores on")
+        connected = [h.name for h in self._hosts.list() if h.connection_state == CONNECTED]
+        if not connected:
+            raise InvalidState("no connected host to mount the datastore on")
+        return connected
+
+    def create_vmfs(self, request: pb.CreateVmfsDatastoreRequest, user: str) -> common_pb2.Task:
+        hosts = self._check_new(request.name)
+        mode = request.lock_mode or "ats+scsi"
+        if mode not in LOCK_MODES:
+            raise InvalidArgument(f"lock_mode must be ats+scsi or ats-only, got {mode[:40]!r}")
+        if not 0 <= request.lun < 256:
+            raise InvalidArgument(f"lun must be 0-255, got {request.lun}")
+        record = DatastoreRecord(
+            request.name,
+            "vmfs",
+            request.lun,
+            "",
+            mode,
+            str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+        )
+
+        async def work(task: common_pb2.Task) -> str:
+            format_request = hpb.FormatVmfsRequest(
+                label=record.name,
+                target=self._target(record),
+                lock_mode=mode,
+                uuid=record.uuid,
+            )
+            await self._hosts.call(hosts[0], "FormatVmfs", format_request)
+            return await self._mount_everywhere(record, hosts, user, "VmfsDatastoreCreatedEvent")
+
+        return self._tasks.start("CreateVmfsDatastore", record.name, user, work, kind="datastore")
+
+    def create_nas(self, request: pb.CreateNasDatastoreRequest, user: str) -> common_pb2.Task:
+        hosts = self._check_new(request.name)
+        if not 0 < len(request.export) <= 63:
+            raise InvalidArgument("export must name an NFS export of the array")
+        record = DatastoreRecord(request.name, "nfs", -1, request.export)
+
+        async def work(task: common_pb2.Task) -> str:
+            return await self._mount_everywhere(record, hosts, user, "NasDatastoreCreatedEvent")
+
+        return self._tasks.start("CreateNasDatastore", record.name, user, work, kind="datastore")
+
+    async def _mount_everywhere(
+        self, record: DatastoreRecord, hosts: list[str], user: str, event: str
+    ) -> str:
+        outcomes = await asyncio.gather(
+            *(self._mount(host, record) for host in hosts), return_exceptions=True
+        )
+        failures = {h: o for h, o in zip(hosts, outcomes, strict=True) if o is not None}
+        if len(failures) == len(hosts):
+            first = next(iter(failures.values()))
+            if isinstance(first, VimFault):
+                raise first
+            raise InvalidState(f"no host could mount {record.name}: {first}")
+        with self._inventory.transaction():
+            self._inventory.add_datastore(record)
+            mounted = [h for h in hosts if h not in failures]
+            self._events.post(
+                event,
+                f"Created datastore {record.name} ({record.type}), mounted on "
+                f"{', '.join(mounted)}" + (f"; not on {', '.join(failures)}" if failures else ""),
+                user=user,
+            )
+        return record.name
+
+    async def _mount(self, host: str, record: DatastoreRecord) -> None:
+        request = hpb.MountDatastoreRequest(
+            name=record.name, type=record.type, target=self._target(record)
+        )
+        await self._hosts.call(host, "MountDatastore", request)
+
+    async def remount(self, host: str) -> None:
+        """Mounts on a host the datastores it lacks (it rebooted, or just came)."""
+        records = self._inventory.datastores()
+        if self.array is None or not records:
+            return
+        reply = await self._hosts.call(host, "ListDatastores", hpb.HostListDatastoresRequest())
+        mounted = {d.name for d in reply.datastores}
+        for record in records:
+            if record.name not in mounted:
+                try:
+                    await self._mount(host, record)
+                except VimFault as fault:
+                    log.warning("cannot mount %s on %s: %s", record.name, host, fault)
+
+    async def list(self) -> list[pb.Datastore]:
+        hosts = [h.name for h in self._hosts.list() if h.connection_state == CONNECTED]
+
+        async def reported(host: str) -> list[hpb.HostDatastore]:
+            try:
+                reply = await self._hosts.call(
+                    host, "ListDatastores", hpb.HostListDatastoresRequest()
+                )
+            except VimFault:
+                return []
+            return list(reply.datastores)
+
+        views = dict(zip(hosts, await asyncio.gather(*(reported(h) for h in hosts)), strict=True))
+        datastores = []
+        for record in self._inventory.datastores():
+            datastore = pb.Datastore(
+                name=record.name,
+                type=record.type,
+                lock_mode=record.lock_mode,
+                lun=record.lun,
+                export=record.export,
+            )
+            for host, seen in views.items():
+                for d in seen:
+                    if d.name == record.name:
+                        datastore.mounts.append(
+                            pb.DatastoreMount(
+                                host=host, accessible=d.accessible, heartbeat_slot=d.heartbeat_slot
+                            )
+                        )
+                        if d.accessible and not datastore.capacity_bytes:
+                            datastore.capacity_bytes = d.capacity_bytes
+                            datastore.free_bytes = d.free_bytes
+            datastores.append(datastore)
+        return datastores
