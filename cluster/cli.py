@@ -172,6 +172,39 @@ def vm_action(method: str, done: str) -> Handler:
     return run
 
 
+DATASTORE_COLUMNS = ["name", "type", "capacity_gb", "free_gb", "lock_mode", "backing", "mounts"]
+
+
+async def cmd_datastore_list(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        datastores = await client.datastores()
+    rows = []
+    for d in datastores:
+        row = output.to_dict(d)
+        row["capacity_gb"] = f"{d.capacity_bytes / 1024**3:.1f}"
+        row["free_gb"] = f"{d.free_bytes / 1024**3:.1f}"
+        row["backing"] = f"lun {d.lun}" if d.type == "vmfs" else f"export {d.export}"
+        row["mounts"] = ", ".join(
+            m.host + ("" if m.accessible else " (inaccessible)") for m in d.mounts
+        )
+        rows.append(row)
+    ctx.show(datastores, output.table(rows, DATASTORE_COLUMNS))
+
+
+async def cmd_datastore_create(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        if args.type == "vmfs":
+            if args.lun is None:
+                raise InvalidArgument("a VMFS datastore needs --lun")
+            task = await client.create_vmfs_datastore(args.name, args.lun, args.lock_mode)
+        else:
+            if not args.export:
+                raise InvalidArgument("an NFS datastore needs --export")
+            task = await client.create_nas_datastore(args.name, args.export)
+        task = await client.wait(task)
+    show_task(ctx, task, f"Created datastore {args.name}")
+
+
 async def cmd_tasks(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
         tasks = await client.tasks(args.limit)
@@ -232,6 +265,8 @@ def up_text(info: dict) -> str:
             "user": info["user"],
             "password": info["password"],
             "hosts": ", ".join(info["hosts"]),
+            "datastores": ", ".join(info["datastores"]),
+            "array": info["array"],
             "data dir": info["data_dir"],
         }
     )
@@ -388,6 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("destroy", "destroy_vm", "destroyed", "delete a powered-off VM"),
     ):
         command(vms, name, vm_action(method, done), help_).add_argument("name")
+
+    datastores = command(commands, "datastore", None, "datastores").add_subparsers(
+        dest="sub", required=True
+    )
+    command(datastores, "list", cmd_datastore_list, "list datastores and their mounts")
+    p = command(datastores, "create", cmd_datastore_create, "create a VMFS or NFS datastore")
+    p.add_argument("name")
+    p.add_argument("--type", choices=["vmfs", "nfs"], required=True)
+    p.add_argument("--lun", type=positive_int, help="VMFS: the array LUN to format")
+    p.add_argument("--lock-mode", choices=["ats+scsi", "ats-only"], default="ats+scsi")
+    p.add_argument("--export", help="NFS: the array export to mount")
 
     p = command(commands, "tasks", cmd_tasks, "list recent tasks")
     p.add_argument("--limit", type=positive_int, default=20)

@@ -114,6 +114,21 @@ class VCenterClient:
     async def destroy_vm(self, name: str) -> common_pb2.Task:
         return await self._call("DestroyVm", pb.VmRequest(name=name))
 
+    # datastores
+
+    async def create_vmfs_datastore(
+        self, name: str, lun: int, lock_mode: str = "ats+scsi"
+    ) -> common_pb2.Task:
+        request = pb.CreateVmfsDatastoreRequest(name=name, lun=lun, lock_mode=lock_mode)
+        return await self._call("CreateVmfsDatastore", request)
+
+    async def create_nas_datastore(self, name: str, export: str) -> common_pb2.Task:
+        request = pb.CreateNasDatastoreRequest(name=name, export=export)
+        return await self._call("CreateNasDatastore", request)
+
+    async def datastores(self) -> list[pb.Datastore]:
+        return list((await self._call("ListDatastores", pb.ListDatastoresRequest())).datastores)
+
     # tasks and events
 
     async def task(self, task_id: str) -> common_pb2.Task:

@@ -24,10 +24,13 @@ from pathlib import Path
 
 from vsim.clock import WallClock
 from vsim.cluster import processes
+from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
 from vsim.cluster.spec import ClusterSpec
+from vsim.storage.server import start_array
 from vsim.tls import write_private
+from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.sessions import ADMINISTRATOR
 
 READY_TIMEOUT = 600.0
@@ -85,17 +88,22 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     _start_ray()
+    array = await start_array(options.data_dir / "array", 0, "127.0.0.1")
     try:
+        spec = prepare_array(array.array, ClusterSpec.default(options.hosts))
         running = await start_vcenter(
             options.data_dir,
-            ClusterSpec.default(options.hosts),
+            spec,
             port=options.port,
             bind=options.bind,
             clock=WallClock(options.clock_speed),
+            array=ArrayRef(array.endpoint, array.identity.thumbprint),
         )
         try:
             endpoint = client_endpoint(options.bind, int(running.endpoint.rsplit(":", 1)[1]))
             info = await _record_session(running, endpoint, config)
+            info["array"] = array.endpoint
+            info["datastores"] = [d.name for d in await running.core.datastores.list()]
             config.save_up_state(
                 {
                     "pid": os.getpid(),
@@ -111,6 +119,7 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
         finally:
             await running.stop()
     finally:
+        await array.stop()
         ray.shutdown()
         config.clear_up_state(os.getpid())
     print("Stopped.", file=sys.stderr, flush=True)

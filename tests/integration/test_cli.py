@@ -60,6 +60,7 @@ def test_up_drive_and_down(cli: Cli, tmp_path: Path):
     try:
         assert info["endpoint"] == f"127.0.0.1:{port}"
         assert info["hosts"] == ["esxi-01", "esxi-02"]
+        assert info["datastores"] == ["nfs-01", "vmfs-01"]
         assert len(info["thumbprint"]) == 95 and info["password"]
         ray_procs = processes.in_session(pid)
         assert len(ray_procs) > 3, "the daemon and the Ray processes it started"
@@ -113,6 +114,22 @@ def drive(cli: Cli, info: dict) -> None:
         ("esxi-01", "CONNECTION_STATE_CONNECTED"),
         ("esxi-02", "CONNECTION_STATE_CONNECTED"),
     ]
+    datastores, _ = cli.json("datastore", "list")
+    assert [(d["name"], d["type"]) for d in datastores] == [("nfs-01", "nfs"), ("vmfs-01", "vmfs")]
+    for d in datastores:
+        assert sorted((m["host"], m["accessible"]) for m in d["mounts"]) == [
+            ("esxi-01", True),
+            ("esxi-02", True),
+        ]
+    assert (
+        datastores[1]["lock_mode"] == "ats+scsi"
+        and int(datastores[1]["capacity_bytes"]) == 4 * 1024**3
+    )
+    table = cli.run("datastore", "list").stdout
+    assert "vmfs-01" in table and "lun 0" in table and "export nfs-01" in table
+    error, _ = cli.json("datastore", "create", "vmfs-01", "--type", "vmfs", "--lun", "0", ok=False)
+    assert error["error"]["name"] == "DuplicateName"
+
     task, _ = cli.json("vm", "create", "web-01", "--cpus", "2", "--memory-mb", "2048")
     assert (task["name"], task["state"]) == ("CreateVM_Task", "TASK_STATE_SUCCESS")
     task, _ = cli.json("vm", "power-on", "web-01")
