@@ -29,6 +29,7 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py
+	$(BIN)/python bench/locks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
