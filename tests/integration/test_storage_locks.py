@@ -100,3 +100,70 @@ async def test_exclusive_holds_never_overlap(lab, label):
         array_stats = await connection.call("GetStats", pb.GetStatsRequest())
         sizes = [w.sizes for w in array_stats.nfs_writes if w.export == "nfs-01"]
         assert sizes and all(set(s) == {84} for s in sizes), "every lock WRITE is 84 bytes"
+
+
+SPEED = 10.0  # simulated seconds per real second, so the timeouts pass in a few seconds
+
+
+@pytest.fixture
+async def fast_hosts(ray_cluster, tmp_path):
+    """Two host actors on a clock 10x real time, with the VMFS and NFS datastores."""
+    array = await start_array(tmp_path / "array")
+    connection = await ArrayConnection.open(array.endpoint, array.identity.thumbprint)
+    names = HOSTS[:2]
+    lun = await connection.call(
+        "CreateLun",
+        pb.CreateLunRequest(
+            size_bytes=16 * 1024**2, initiators=[initiator_name(n) for n in names] + ["iqn.format"]
+        ),
+    )
+    await format_volume(
+        ArrayBlockDevice(connection, "iqn.format", lun.id),
+        "vmfs",
+        VolumeLockMode.ATS_SCSI,
+        uuid.uuid4(),
+    )
+    await connection.call("CreateExport", pb.CreateExportRequest(name="nfs"))
+    namespace = f"kill-{uuid.uuid4().hex[:8]}"
+    actors = []
+    for name in names:
+        actor = EsxiHostActor.options(name=name, namespace=namespace, num_cpus=0).remote(
+            HostSpec(name, uuid=str(uuid.uuid4())).to_json(),
+            hash_password("root-password"),
+            str(tmp_path / name),
+            SPEED,
+        )
+        await actor.mount_vmfs.remote("vmfs", array.endpoint, array.identity.thumbprint, lun.id)
+        await actor.mount_nfs.remote("nfs", array.endpoint, array.identity.thumbprint, "nfs")
+        actors.append(actor)
+    yield actors
+    for actor in actors:
+        try:
+            await actor.shutdown.remote()
+        except ray.exceptions.RayActorError:
+            pass
+        ray.kill(actor)
+    await connection.close()
+    await array.stop()
+
+
+@pytest.mark.parametrize("label, timeout", [("vmfs", 16.0), ("nfs", 35.0)])
+async def test_a_killed_holders_lock_is_broken_only_after_the_timeout(fast_hosts, label, timeout):
+    holder, other = fast_hosts
+    target = 11
+    assert await holder.try_lock.remote(label, target, "vm-001-flat.vmdk") == ""
+    assert await other.try_lock.remote(label, target, "vm-001-flat.vmdk") != ""
+    ray.kill(holder)  # the host dies: no more heartbeats or renewals
+    killed = time.monotonic()
+    while True:
+        holder_seen = await other.try_lock.remote(label, target, "vm-001-flat.vmdk")
+        waited = (time.monotonic() - killed) * SPEED  # simulated seconds
+        if not holder_seen:
+            break
+        assert waited < timeout + 15, f"the stale lock was never broken ({waited:.0f} s)"
+        await asyncio.sleep(0.05)
+    # The holder's last heartbeat (renewal) came at most one interval before it died.
+    interval = 3.0 if label == "vmfs" else 10.0
+    assert waited >= timeout - interval, f"broken after only {waited:.1f} simulated s"
+    stats = await other.storage_stats.remote()
+    assert stats[label]["locks_broken"] >= 1
