@@ -129,6 +129,12 @@ class VCenterClient:
     async def datastores(self) -> list[pb.Datastore]:
         return list((await self._call("ListDatastores", pb.ListDatastoresRequest())).datastores)
 
+    async def lock_owner(self, datastore: str, path: str) -> pb.LockInfo:
+        return await self._call("QueryLockOwner", pb.LockRequest(datastore=datastore, path=path))
+
+    async def break_stale_lock(self, datastore: str, path: str) -> pb.LockInfo:
+        return await self._call("BreakStaleLock", pb.LockRequest(datastore=datastore, path=path))
+
     # tasks and events
 
     async def task(self, task_id: str) -> common_pb2.Task:

@@ -127,6 +127,9 @@ class ArrayNfsClient:
     async def lookup(self, directory: str, name: str) -> str:
         return (await self._op("NfsLookup", handle=directory, name=name)).handle
 
+    async def fileid(self, directory: str, name: str) -> int:
+        return (await self._op("NfsLookup", handle=directory, name=name)).attributes.fileid
+
     async def create(self, directory: str, name: str) -> str:
         return (await self._op("NfsCreate", handle=directory, name=name, create_mode=1)).handle
 

@@ -19,7 +19,7 @@ from vsim import validate
 from vsim.faults import InvalidArgument
 from vsim.host.accounts import ROLES, HostAccounts
 from vsim.host.kernel import HostKernel, VmConfig
-from vsim.host.storage_stack import Datastore, StorageStack
+from vsim.host.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.v1 import host_agent_pb2 as pb
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
@@ -46,6 +46,21 @@ def datastore_to_proto(d: Datastore) -> pb.HostDatastore:
         capacity_bytes=d.capacity_bytes,
         free_bytes=d.free_bytes,
         lock_mode=d.lock_mode,
+    )
+
+
+def lock_to_proto(status: LockStatus) -> pb.HostLockInfo:
+    return pb.HostLockInfo(
+        mode=status.mode,
+        holders=[
+            pb.HostLockHolder(
+                host_uuid=h.host,
+                heartbeat_slot=h.heartbeat_slot,
+                seconds_unchanged=h.seconds_unchanged,
+                live=h.live,
+            )
+            for h in status.holders
+        ],
     )
 
 
@@ -160,6 +175,17 @@ class Hostd:
     ) -> pb.HostListDatastoresResponse:
         datastores = await self.storage.datastores()
         return pb.HostListDatastoresResponse(datastores=[datastore_to_proto(d) for d in datastores])
+
+    async def QueryLock(self, request: pb.HostLockRequest, user: str | None) -> pb.HostLockInfo:
+        validate.text(request.path, "path", 1024)
+        return lock_to_proto(await self.storage.query_lock(request.datastore, request.path))
+
+    async def BreakStaleLock(
+        self, request: pb.HostLockRequest, user: str | None
+    ) -> pb.HostLockInfo:
+        self.accounts.require_admin(user)
+        validate.text(request.path, "path", 1024)
+        return lock_to_proto(await self.storage.break_stale_lock(request.datastore, request.path))
 
     def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
         return pb.ListHostVmsResponse(vms=[vm_to_proto(vm) for vm in self.kernel.vms()])

@@ -85,6 +85,9 @@ class NfsClient(Protocol):
 
     async def lookup(self, directory: str, name: str) -> str: ...
 
+    async def fileid(self, directory: str, name: str) -> int:
+        """The fileid of a file (NfsError NOENT if there is none)."""
+
     async def create(self, directory: str, name: str) -> str:
         """GUARDED create: NfsError(EXIST) if the name exists."""
 
@@ -157,12 +160,9 @@ class NfsLockManager:
             if e.status in (NfsStatus.NOENT, NfsStatus.STALE):
                 return  # released meanwhile
             raise CannotAccessFile(f"cannot read the lock of {path}: {e}") from None
-        now = self.clock.now()
-        watch = self._watches.get(key)
-        if watch is None or watch.content != content:
-            self._watches[key] = _Watch(content, now)
-            watch = self._watches[key]
-        if now - watch.since < STALE_AFTER:
+        age = self._watch(key, content)
+        watch = self._watches[key]
+        if age < STALE_AFTER:
             record = LockFile.unpack(content)
             holder = f"{record.host_name} ({record.owner})" if record else "another host"
             raise FileLocked(
@@ -176,6 +176,32 @@ class NfsLockManager:
         except NfsError:
             pass
         self._watches.pop(key, None)
+
+    def _watch(self, key: tuple[str, str], content: bytes) -> float:
+        """Seconds this host has seen the lock file's content unchanged."""
+        now = self.clock.now()
+        watch = self._watches.get(key)
+        if watch is None or watch.content != content:
+            self._watches[key] = watch = _Watch(content, now)
+        return now - watch.since
+
+    async def inspect(self, directory: str, fileid: int) -> tuple[LockFile | None, float] | None:
+        """The lock on a file: its record and how long this host has seen it
+        unchanged; None when the file is not locked."""
+        key = (directory, lock_file_name(fileid))
+        try:
+            handle = await self.client.lookup(directory, key[1])
+            content = await self.client.read(handle, RECORD_SIZE + 1)
+        except NfsError as e:
+            if e.status in (NfsStatus.NOENT, NfsStatus.STALE):
+                return None
+            raise CannotAccessFile(f"cannot read the lock file {key[1]}: {e}") from None
+        return LockFile.unpack(content), self._watch(key, content)
+
+    async def break_stale(self, directory: str, fileid: int, path: str) -> None:
+        """Removes a lock file that has not changed for STALE_AFTER seconds of this
+        host's watching; FileLocked while it is live."""
+        await self._break_if_stale((directory, lock_file_name(fileid)), path)
 
     async def unlock(self, directory: str, fileid: int) -> None:
         key = (directory, lock_file_name(fileid))
@@ -233,6 +259,10 @@ class ExportClient:
     async def lookup(self, directory: str, name: str) -> str:
         await asyncio.sleep(0)
         return self.export.lookup(self.caller, directory, name)[0]
+
+    async def fileid(self, directory: str, name: str) -> int:
+        await asyncio.sleep(0)
+        return self.export.lookup(self.caller, directory, name)[1].fileid
 
     async def create(self, directory: str, name: str) -> str:
         await asyncio.sleep(0)

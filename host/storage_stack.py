@@ -13,8 +13,8 @@ from typing import Protocol
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, NotFound
-from vsim.host.nfs_lock import ExportClient, NfsClient, NfsLockManager
-from vsim.host.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume
+from vsim.host.nfs_lock import STALE_AFTER, ExportClient, NfsClient, NfsLockManager
+from vsim.host.vmfs import HB_TIMEOUT, BlockDevice, LunDevice, VmfsVolume, format_volume
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
 from vsim.storage.scsi import ScsiError
@@ -79,6 +79,25 @@ class Datastore:
 def initiator_name(host_name: str) -> str:
     """The host's iSCSI qualified name, as ESXi names its software initiator."""
     return f"iqn.1998-01.com.vmware:{host_name}"
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    host: str
+    """The holder's host UUID."""
+    heartbeat_slot: int
+    """VMFS: its heartbeat slot (-1 on NFS)."""
+    seconds_unchanged: float
+    """How long this host has seen the holder's heartbeat (VMFS) or lock file (NFS)
+    unchanged; -1 when the holder is gone (its slot was cleared)."""
+    live: bool
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    mode: str
+    """"FREE", "EXCLUSIVE", "READ_ONLY" or "MULTI_WRITER"."""
+    holders: tuple[LockHolder, ...] = ()
 
 
 class StorageStack:
@@ -187,6 +206,61 @@ class StorageStack:
 
     async def datastores(self) -> list[Datastore]:
         return [await self.describe(n) for n in sorted([*self.vmfs, *self.nfs])]
+
+    # lock arbitration
+
+    def _nfs_file(self, path: str) -> tuple[str, str]:
+        directory, _, name = path.rpartition("/")
+        if not name:
+            raise InvalidArgument(f"path {path[:80]!r} names no file")
+        return directory, name
+
+    async def query_lock(self, label: str, path: str) -> LockStatus:
+        """Who holds the lock on path, and how fresh their heartbeat looks from here."""
+        if label in self.vmfs:
+            volume = self.vmfs[label]
+            found = await volume.find_lock(path)
+            if found is None:
+                return LockStatus("FREE")
+            _, record = found
+            holders = []
+            for owner in record.owners:
+                age = await volume.heartbeat_age(owner)
+                live = age is not None and age < HB_TIMEOUT
+                holders.append(
+                    LockHolder(str(owner.host), owner.slot, -1 if age is None else age, live)
+                )
+            return LockStatus(record.mode.name, tuple(holders))
+        manager = self.nfs_mount(label)
+        directory, name = self._nfs_file(path)
+        try:
+            fileid = await manager.client.fileid(directory, name)
+        except NfsError as e:
+            raise NotFound(f"{path} on {label}: {e}") from None
+        seen = await manager.inspect(directory, fileid)
+        if seen is None:
+            return LockStatus("FREE")
+        record, age = seen
+        owner = str(record.owner) if record else "unknown"
+        mode = "EXCLUSIVE" if record is None or record.lock_type == 1 else "READ_ONLY"
+        return LockStatus(mode, (LockHolder(owner, -1, age, age < STALE_AFTER),))
+
+    async def break_stale_lock(self, label: str, path: str) -> LockStatus:
+        """Breaks the lock on path if its holder is gone; FileLocked while it lives.
+        Returns the lock as it was."""
+        before = await self.query_lock(label, path)
+        if before.mode == "FREE":
+            return before
+        if label in self.vmfs:
+            volume = self.vmfs[label]
+            found = await volume.find_lock(path)
+            if found is not None:
+                await volume.break_stale(found[0])
+        else:
+            directory, name = self._nfs_file(path)
+            manager = self.nfs_mount(label)
+            await manager.break_stale(directory, await manager.client.fileid(directory, name), path)
+        return before
 
     def volume(self, label: str) -> VmfsVolume:
         if label not in self.vmfs:

@@ -237,9 +237,10 @@ class VmfsVolume:
         sb = self._mounted()
         return LockRecord.unpack(await self._io(self.device.read, sb.lock_lba(index), 1))
 
-    async def _alive(self, owner: LockOwner) -> bool:
-        """Whether a lock owner still holds its heartbeat slot and has heartbeated in
-        the last HB_TIMEOUT seconds of this host's watching."""
+    async def heartbeat_age(self, owner: LockOwner) -> float | None:
+        """Seconds this host has watched the owner's heartbeat counter stand still (0
+        when it just moved), or None when the owner's slot was cleared or taken over
+        (the owner is gone)."""
         sb = self._mounted()
         slot = HeartbeatSlot.unpack(
             await self._io(self.device.read, sb.heartbeat_lba(owner.slot), 1)
@@ -249,13 +250,51 @@ class VmfsVolume:
             or slot.owner != owner.host
             or slot.generation != owner.slot_generation
         ):
-            return False  # the slot was cleared or taken over: the owner is gone
+            return None
         now = self.clock.now()
         watch = self._watches.get(owner.slot)
         if watch is None or watch.counter != slot.counter:
-            self._watches[owner.slot] = _Watch(slot.counter, now)
-            return True
-        return now - watch.since < HB_TIMEOUT
+            self._watches[owner.slot] = watch = _Watch(slot.counter, now)
+        return now - watch.since
+
+    async def _alive(self, owner: LockOwner) -> bool:
+        """Whether a lock owner still holds its heartbeat slot and has heartbeated in
+        the last HB_TIMEOUT seconds of this host's watching."""
+        age = await self.heartbeat_age(owner)
+        return age is not None and age < HB_TIMEOUT
+
+    async def find_lock(self, path: str) -> tuple[int, LockRecord] | None:
+        """The lock record held for path, if any (a scan of the lock region)."""
+        sb = self._mounted()
+        region = await self._io(self.device.read, sb.lock_lba(0), sb.lock_records)
+        for index in range(sb.lock_records):
+            record = LockRecord.unpack(region[index * SECTOR : (index + 1) * SECTOR])
+            if record.mode != LockMode.FREE and record.path == path:
+                return index, record
+        return None
+
+    async def break_stale(self, index: int) -> LockRecord:
+        """Frees lock record `index` if every owner is gone (heartbeat still for
+        HB_TIMEOUT as this host watched it, or slot cleared); FileLocked otherwise.
+        Returns the record as it was."""
+        sb = self._mounted()
+        while True:
+            sector = await self._io(self.device.read, sb.lock_lba(index), 1)
+            record = LockRecord.unpack(sector)
+            if record.mode == LockMode.FREE:
+                return record
+            for owner in record.owners:
+                if await self._alive(owner):
+                    age = await self.heartbeat_age(owner)
+                    raise FileLocked(
+                        f"{record.path} is held by host {owner.host}, whose heartbeat moved "
+                        f"{age:.0f} s ago (stale only after {HB_TIMEOUT:.0f} s still)",
+                        holder=str(owner.host),
+                    )
+            await self._break(record, list(record.owners))
+            freed = LockRecord(LockMode.FREE, record.generation + 1)
+            if await self._swap(sb.lock_lba(index), sector, freed.pack()):
+                return record
 
     async def _break(self, record: LockRecord, dead: list[LockOwner]) -> None:
         """Clears the heartbeat slots of dead owners (generation + 1), so that they

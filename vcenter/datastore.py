@@ -14,7 +14,14 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from vsim.faults import DuplicateName, InvalidArgument, InvalidState, VimFault
+from vsim.faults import (
+    DuplicateName,
+    HostNotConnected,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    VimFault,
+)
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -158,6 +165,40 @@ class DatastoreManager:
                     await self._mount(host, record)
                 except VimFault as fault:
                     log.warning("cannot mount %s on %s: %s", record.name, host, fault)
+
+    async def lock(self, request: pb.LockRequest, method: str) -> pb.LockInfo:
+        """Asks a connected host that has the datastore mounted to query (or break)
+        the lock on a file."""
+        if self._inventory.datastore(request.datastore) is None:
+            raise NotFound(f"no datastore named {request.datastore[:60]!r}")
+        if not request.path or len(request.path) > 1024:
+            raise InvalidArgument("path must name a file on the datastore (1-1024 characters)")
+        host_request = hpb.HostLockRequest(datastore=request.datastore, path=request.path)
+        names = {spec_uuid: name for name, spec_uuid in self._hosts.uuids().items()}
+        last: VimFault | None = None
+        for host in sorted(h.name for h in self._hosts.list() if h.connection_state == CONNECTED):
+            try:
+                reply = await self._hosts.call(host, method, host_request)
+            except (NotFound, HostNotConnected) as fault:  # not mounted there, or host gone
+                last = fault
+                continue
+            return pb.LockInfo(
+                datastore=request.datastore,
+                path=request.path,
+                mode=reply.mode,
+                observed_by=host,
+                holders=[
+                    pb.LockHolder(
+                        host=names.get(h.host_uuid, ""),
+                        host_uuid=h.host_uuid,
+                        heartbeat_slot=h.heartbeat_slot,
+                        seconds_since_heartbeat_change=h.seconds_unchanged,
+                        live=h.live,
+                    )
+                    for h in reply.holders
+                ],
+            )
+        raise last or InvalidState(f"no connected host has {request.datastore} mounted")
 
     async def list(self) -> list[pb.Datastore]:
         hosts = [h.name for h in self._hosts.list() if h.connection_state == CONNECTED]

@@ -120,6 +120,10 @@ class HostManager:
             )
         return hosts
 
+    def uuids(self) -> dict[str, str]:
+        """host name -> hardware UUID, for the hosts in the inventory."""
+        return {h.name: self.public_spec(h.name).uuid for h in self._inventory.hosts()}
+
     def public_spec(self, name: str) -> HostSpec:
         """The host's hardware, without its root password."""
         machine = self._inventory.machine(name)

@@ -261,6 +261,20 @@ class VCenter:
     ) -> pb.ListDatastoresResponse:
         return pb.ListDatastoresResponse(datastores=await self.datastores.list())
 
+    async def QueryLockOwner(self, request: pb.LockRequest, session: Session) -> pb.LockInfo:
+        return await self.datastores.lock(request, "QueryLock")
+
+    async def BreakStaleLock(self, request: pb.LockRequest, session: Session) -> pb.LockInfo:
+        info = await self.datastores.lock(request, "BreakStaleLock")
+        if info.mode != "FREE":
+            self.events.post(
+                "StaleLockBrokenEvent",
+                f"Broke the stale lock on {request.path} on {request.datastore} "
+                f"(held by {', '.join(h.host or h.host_uuid for h in info.holders)})",
+                user=session.user_name,
+            )
+        return info
+
     # tasks and events
 
     def GetTask(self, request: pb.GetTaskRequest, session: Session) -> common_pb2.Task:

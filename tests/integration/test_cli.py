@@ -129,6 +129,14 @@ def drive(cli: Cli, info: dict) -> None:
     assert "vmfs-01" in table and "lun 0" in table and "export nfs-01" in table
     error, _ = cli.json("datastore", "create", "vmfs-01", "--type", "vmfs", "--lun", "0", ok=False)
     assert error["error"]["name"] == "DuplicateName"
+    lock, _ = cli.json("lock", "show", "[vmfs-01] vm-001/vm-001-flat.vmdk")
+    assert (lock["mode"], lock["holders"]) == ("FREE", [])
+    assert cli.run("lock", "show", "[vmfs-01] vm-001/vm-001-flat.vmdk").stdout.startswith(
+        "[vmfs-01] vm-001/vm-001-flat.vmdk: free"
+    )
+    for path, fault in (("vmfs-01 x.vmdk", "InvalidArgument"), ("[nfs-01] none.vmdk", "NotFound")):
+        error, _ = cli.json("lock", "show", path, ok=False)
+        assert error["error"]["name"] == fault
 
     task, _ = cli.json("vm", "create", "web-01", "--cpus", "2", "--memory-mb", "2048")
     assert (task["name"], task["state"]) == ("CreateVM_Task", "TASK_STATE_SUCCESS")

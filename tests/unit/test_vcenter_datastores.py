@@ -4,6 +4,7 @@ mounting them again after a reboot."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from vsim.clock import WallClock
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.inprocess import InProcessEngine
 from vsim.cluster.spec import ClusterSpec
-from vsim.faults import DuplicateName, InvalidArgument
+from vsim.faults import DuplicateName, FileLocked, InvalidArgument, NotFound
 from vsim.host.storage_stack import initiator_name
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions
@@ -24,11 +25,13 @@ from vsim.vcenter.service import INVENTORY_FILE, VCenter
 from vsim.vcenter.sessions import ADMINISTRATOR
 
 HOSTS = ["esxi-01", "esxi-02", "esxi-03"]
+SPEED = 20.0
 
 
 @pytest.fixture
 async def cluster(tmp_path, fast_scrypt):
-    clock = WallClock()  # reservation backoffs sleep: let real time move them
+    # Reservation backoffs sleep, so real time must move; 20x makes 16 s pass in 0.8 s.
+    clock = WallClock(speed=SPEED)
     array = StorageArray(tmp_path / "array")
     spec = prepare_array(array, ClusterSpec.default(3))
     engine = InProcessEngine(clock, array)
@@ -137,3 +140,45 @@ async def test_a_rebooted_host_mounts_its_datastores_again(cluster):
     datastores = await listed(vc, session)
     assert sorted(m.host for m in datastores["vmfs-01"].mounts) == HOSTS
     assert all(m.accessible for m in datastores["vmfs-01"].mounts)
+
+
+async def test_lock_owner_and_breaking_a_stale_lock(cluster):
+    vc, array, engine, session = cluster
+    holder = engine.running("esxi-01").storage
+    await holder.vmfs["vmfs-01"].lock(4, "vm-001/vm-001-flat.vmdk")
+    request = pb.LockRequest(datastore="vmfs-01", path="vm-001/vm-001-flat.vmdk")
+    info = await vc.QueryLockOwner(request, session)
+    assert (info.mode, [h.host for h in info.holders]) == ("EXCLUSIVE", ["esxi-01"])
+    assert info.holders[0].live and info.holders[0].heartbeat_slot >= 0
+    with pytest.raises(FileLocked):
+        await vc.BreakStaleLock(request, session)
+
+    engine.crash("esxi-01")  # its heartbeats stop
+    crashed = vc.clock.now()
+    while True:
+        try:
+            broken = await vc.BreakStaleLock(request, session)
+            break
+        except FileLocked:
+            assert vc.clock.now() - crashed < 40, "never broken"
+            await asyncio.sleep(0.02)
+    assert vc.clock.now() - crashed >= 16 - 3  # its last heartbeat was at most 3 s before
+    assert broken.mode == "EXCLUSIVE" and broken.holders[0].host == "esxi-01"
+    assert (await vc.QueryLockOwner(request, session)).mode == "FREE"
+    assert "StaleLockBrokenEvent" in [e.type for e in vc.events.after(0, 10_000)]
+
+    missing = pb.LockRequest(datastore="nope", path="x")
+    with pytest.raises(NotFound):
+        await vc.QueryLockOwner(missing, session)
+
+
+async def test_an_nfs_lock_file_names_its_owner(cluster):
+    vc, array, engine, session = cluster
+    export = array.export("nfs-01")
+    from vsim.storage.nfs_export import Caller
+
+    _, attributes = export.create(Caller("setup"), "", "vm-002.vmdk")
+    await engine.running("esxi-02").storage.nfs["nfs-01"].lock("", attributes.fileid, "vm-002.vmdk")
+    info = await vc.QueryLockOwner(pb.LockRequest(datastore="nfs-01", path="vm-002.vmdk"), session)
+    assert (info.mode, [h.host for h in info.holders]) == ("EXCLUSIVE", ["esxi-02"])
+    assert info.holders[0].live

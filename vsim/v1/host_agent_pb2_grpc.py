@@ -89,6 +89,16 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresResponse.FromString,
                 _registered_method=True)
+        self.QueryLock = channel.unary_unary(
+                '/vsim.v1.HostAgent/QueryLock',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.FromString,
+                _registered_method=True)
+        self.BreakStaleLock = channel.unary_unary(
+                '/vsim.v1.HostAgent/BreakStaleLock',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.FromString,
+                _registered_method=True)
 
 
 class HostAgentServicer:
@@ -162,6 +172,19 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryLock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BreakStaleLock(self, request, context):
+        """Breaks a lock whose holder is gone; FileLocked while its heartbeat is live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +242,16 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.ListDatastores,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresResponse.SerializeToString,
+            ),
+            'QueryLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryLock,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.SerializeToString,
+            ),
+            'BreakStaleLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.BreakStaleLock,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +551,60 @@ class HostAgent:
             '/vsim.v1.HostAgent/ListDatastores',
             vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.HostListDatastoresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/QueryLock',
+            vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BreakStaleLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/BreakStaleLock',
+            vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.FromString,
             options,
             channel_credentials,
             insecure,

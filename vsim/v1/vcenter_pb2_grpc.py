@@ -110,6 +110,16 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresResponse.FromString,
                 _registered_method=True)
+        self.QueryLockOwner = channel.unary_unary(
+                '/vsim.v1.VCenter/QueryLockOwner',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.LockRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.LockInfo.FromString,
+                _registered_method=True)
+        self.BreakStaleLock = channel.unary_unary(
+                '/vsim.v1.VCenter/BreakStaleLock',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.LockRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.LockInfo.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/vsim.v1.VCenter/GetTask',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.GetTaskRequest.SerializeToString,
@@ -239,6 +249,22 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryLockOwner(self, request, context):
+        """Who holds a file's on-disk lock, and how fresh the holder's heartbeat is (as a
+        host with the datastore mounted sees it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BreakStaleLock(self, request, context):
+        """Breaks a lock whose holder's heartbeat is stale (16 s VMFS, 35 s NFS); refused
+        with FileLocked while it is live. Returns the lock as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -349,6 +375,16 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.ListDatastores,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_vcenter__pb2.ListDatastoresResponse.SerializeToString,
+            ),
+            'QueryLockOwner': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryLockOwner,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.LockRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.LockInfo.SerializeToString,
+            ),
+            'BreakStaleLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.BreakStaleLock,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.LockRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.LockInfo.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -781,6 +817,60 @@ class VCenter:
             '/vsim.v1.VCenter/ListDatastores',
             vsim_dot_v1_dot_vcenter__pb2.ListDatastoresRequest.SerializeToString,
             vsim_dot_v1_dot_vcenter__pb2.ListDatastoresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryLockOwner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/QueryLockOwner',
+            vsim_dot_v1_dot_vcenter__pb2.LockRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.LockInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BreakStaleLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/BreakStaleLock',
+            vsim_dot_v1_dot_vcenter__pb2.LockRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.LockInfo.FromString,
             options,
             channel_credentials,
             insecure,
