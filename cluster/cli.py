@@ -238,9 +238,13 @@ async def cmd_lock_break(args: argparse.Namespace, ctx: Context) -> None:
     datastore, path = datastore_path(args.path)
     async with await ctx.client() as client:
         info = await client.break_stale_lock(datastore, path)
-    ctx.show(
-        info, "Broke " + lock_text(info) if info.mode != "FREE" else f"{args.path} is not locked"
-    )
+    if info.broken:
+        text = "Broke " + lock_text(info)
+    elif info.mode == "FREE":
+        text = f"{args.path} is not locked"
+    else:
+        text = "Already broken or released: " + lock_text(info)
+    ctx.show(info, text)
 
 
 async def cmd_tasks(args: argparse.Namespace, ctx: Context) -> None:

@@ -141,3 +141,8 @@ class ArrayNfsClient:
 
     async def remove(self, directory: str, name: str) -> None:
         await self._op("NfsRemove", handle=directory, name=name)
+
+    async def rename(self, from_dir: str, from_name: str, to_dir: str, to_name: str) -> None:
+        await self._op(
+            "NfsRename", handle=from_dir, name=from_name, to_handle=to_dir, to_name=to_name
+        )

@@ -52,6 +52,7 @@ def datastore_to_proto(d: Datastore) -> pb.HostDatastore:
 def lock_to_proto(status: LockStatus) -> pb.HostLockInfo:
     return pb.HostLockInfo(
         mode=status.mode,
+        broken=status.broken,
         holders=[
             pb.HostLockHolder(
                 host_uuid=h.host,

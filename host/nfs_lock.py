@@ -24,6 +24,7 @@ Plain Python over an injected NFS client port and clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import uuid
 from collections import Counter
@@ -98,6 +99,8 @@ class NfsClient(Protocol):
 
     async def remove(self, directory: str, name: str) -> None: ...
 
+    async def rename(self, from_dir: str, from_name: str, to_dir: str, to_name: str) -> None: ...
+
 
 @dataclass
 class _Held:
@@ -105,6 +108,8 @@ class _Held:
     name: str
     handle: str
     record: LockFile
+    renewed: float
+    """When (this host's clock) the lock file was last written."""
 
 
 @dataclass
@@ -133,7 +138,7 @@ class NfsLockManager:
         name = lock_file_name(fileid)
         key = (directory, name)
         if key in self.held:
-            return
+            raise FileLocked(f"{path} is already locked by this host", holder=str(self.host))
         while True:
             try:
                 handle = await self.client.create(directory, name)
@@ -143,22 +148,29 @@ class NfsLockManager:
                 await self._break_if_stale(key, path)  # FileLocked while the holder lives
                 continue
             record = LockFile(EXCLUSIVE, self.host, 1, self.clock.now(), self.host_name)
-            await self.client.write(handle, record.pack())
-            self.held[key] = _Held(directory, name, handle, record)
+            try:
+                await self.client.write(handle, record.pack())
+            except NfsError as e:
+                # Do not leave an empty lock file that blocks everyone for 35 s.
+                with contextlib.suppress(NfsError):
+                    await self.client.remove(directory, name)
+                raise CannotAccessFile(f"cannot write the lock of {path}: {e}") from None
+            self.held[key] = _Held(directory, name, handle, record, self.clock.now())
             self._watches.pop(key, None)
             self.stats["locks"] += 1
             return
 
-    async def _break_if_stale(self, key: tuple[str, str], path: str) -> None:
+    async def _break_if_stale(self, key: tuple[str, str], path: str) -> bool:
         """Raises FileLocked while the lock file is live; removes it once its content
-        has not changed for STALE_AFTER seconds of watching."""
+        has not changed for STALE_AFTER seconds of watching. True if this host broke
+        it, False if it was gone already."""
         directory, name = key
         try:
             handle = await self.client.lookup(directory, name)
             content = await self.client.read(handle, RECORD_SIZE + 1)
         except NfsError as e:
             if e.status in (NfsStatus.NOENT, NfsStatus.STALE):
-                return  # released meanwhile
+                return False  # released meanwhile
             raise CannotAccessFile(f"cannot read the lock of {path}: {e}") from None
         age = self._watch(key, content)
         watch = self._watches[key]
@@ -168,14 +180,22 @@ class NfsLockManager:
             raise FileLocked(
                 f"{path} is locked by {holder}", holder=str(record.owner) if record else ""
             )
-        # Stale: check once more that nothing changed, then break it.
-        try:
-            if await self.client.read(handle, RECORD_SIZE + 1) == watch.content:
-                await self.client.remove(directory, name)
-                self.stats["locks_broken"] += 1
-        except NfsError:
-            pass
+        # Stale. Move it aside under a name only this host uses (RENAME is atomic),
+        # then check that what was moved is the stale record: if another host broke
+        # it meanwhile and a fresh lock took its place, put that one back.
+        aside = f"{name}.broken-{self.host.hex}"
         self._watches.pop(key, None)
+        try:
+            await self.client.rename(directory, name, directory, aside)
+        except NfsError:
+            return False  # gone already: released or broken by another host
+        moved = await self.client.read(await self.client.lookup(directory, aside), RECORD_SIZE + 1)
+        if moved != watch.content:
+            await self.client.rename(directory, aside, directory, name)
+            raise FileLocked(f"{path} was locked again while this host broke its stale lock")
+        await self.client.remove(directory, aside)
+        self.stats["locks_broken"] += 1
+        return True
 
     def _watch(self, key: tuple[str, str], content: bytes) -> float:
         """Seconds this host has seen the lock file's content unchanged."""
@@ -198,10 +218,10 @@ class NfsLockManager:
             raise CannotAccessFile(f"cannot read the lock file {key[1]}: {e}") from None
         return LockFile.unpack(content), self._watch(key, content)
 
-    async def break_stale(self, directory: str, fileid: int, path: str) -> None:
+    async def break_stale(self, directory: str, fileid: int, path: str) -> bool:
         """Removes a lock file that has not changed for STALE_AFTER seconds of this
-        host's watching; FileLocked while it is live."""
-        await self._break_if_stale((directory, lock_file_name(fileid)), path)
+        host's watching; FileLocked while it is live. True if it was broken here."""
+        return await self._break_if_stale((directory, lock_file_name(fileid)), path)
 
     async def unlock(self, directory: str, fileid: int) -> None:
         key = (directory, lock_file_name(fileid))
@@ -210,9 +230,12 @@ class NfsLockManager:
         if held is None:
             return
         try:
-            await self.client.remove(directory, held.name)
+            handle = await self.client.lookup(directory, held.name)
+            if await self.client.read(handle, RECORD_SIZE + 1) == held.record.pack():
+                await self.client.remove(directory, held.name)
+            # Otherwise it is another host's lock now (ours was broken): leave it.
         except NfsError:
-            pass  # already gone (broken by another host)
+            pass  # already gone
 
     async def renew(self) -> None:
         """Rewrites every held lock file (one 84-byte WRITE each). A lock whose file
@@ -220,28 +243,49 @@ class NfsLockManager:
         for key, held in list(self.held.items()):
             try:
                 current = await self.client.read(held.handle, RECORD_SIZE + 1)
-                if current != held.record.pack():
-                    raise NfsError(NfsStatus.STALE, "replaced by another host")
-                record = LockFile(
-                    held.record.lock_type,
-                    self.host,
-                    held.record.sequence + 1,
-                    self.clock.now(),
-                    self.host_name,
-                )
-                await self.client.write(held.handle, record.pack())
             except NfsError:
-                del self.held[key]
-                self.lost.add(key)
-                self.stats["locks_lost"] += 1
+                current = b""  # gone: removed by a host that broke it
+            except Exception:  # noqa: BLE001 - the path to the array failed this time
+                self._missed(key, held)
+                continue
+            if current != held.record.pack():
+                self._drop(key)  # broken and perhaps taken by another host
+                continue
+            record = LockFile(
+                held.record.lock_type,
+                self.host,
+                held.record.sequence + 1,
+                self.clock.now(),
+                self.host_name,
+            )
+            try:
+                await self.client.write(held.handle, record.pack())
+            except Exception:  # noqa: BLE001
+                self._missed(key, held)
                 continue
             held.record = record
+            held.renewed = self.clock.now()
             self.stats["renewals"] += 1
+
+    def _missed(self, key: tuple[str, str], held: _Held) -> None:
+        """A renewal that did not happen. Before others may find the lock stale
+        (STALE_AFTER), with one renewal interval to spare, this host gives it up."""
+        self.stats["renewal_failures"] += 1
+        if self.clock.now() - held.renewed >= STALE_AFTER - DISK_FILE_LOCK_UPDATE_FREQ:
+            self._drop(key)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        self.held.pop(key, None)
+        self.lost.add(key)
+        self.stats["locks_lost"] += 1
 
     async def renew_forever(self) -> None:
         while True:
             await self.clock.sleep(DISK_FILE_LOCK_UPDATE_FREQ)
-            await self.renew()
+            try:
+                await self.renew()
+            except Exception:  # noqa: BLE001 - renewals must go on
+                self.stats["renewal_failures"] += 1
 
 
 class ExportClient:
@@ -279,3 +323,7 @@ class ExportClient:
     async def remove(self, directory: str, name: str) -> None:
         await asyncio.sleep(0)
         self.export.remove(self.caller, directory, name)
+
+    async def rename(self, from_dir: str, from_name: str, to_dir: str, to_name: str) -> None:
+        await asyncio.sleep(0)
+        self.export.rename(self.caller, from_dir, from_name, to_dir, to_name)

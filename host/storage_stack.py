@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vsim.clock import Clock
@@ -98,6 +98,8 @@ class LockStatus:
     mode: str
     """"FREE", "EXCLUSIVE", "READ_ONLY" or "MULTI_WRITER"."""
     holders: tuple[LockHolder, ...] = ()
+    broken: bool = False
+    """Set by break_stale_lock when it broke the lock."""
 
 
 class StorageStack:
@@ -254,13 +256,18 @@ class StorageStack:
         if label in self.vmfs:
             volume = self.vmfs[label]
             found = await volume.find_lock(path)
-            if found is not None:
-                await volume.break_stale(found[0])
+            broken = found is not None and (await volume.break_stale(found[0])).mode != (
+                LockMode.FREE
+            )
         else:
             directory, name = self._nfs_file(path)
             manager = self.nfs_mount(label)
-            await manager.break_stale(directory, await manager.client.fileid(directory, name), path)
-        return before
+            try:
+                fileid = await manager.client.fileid(directory, name)
+            except NfsError as e:
+                raise NotFound(f"{path} on {label}: {e}") from None
+            broken = await manager.break_stale(directory, fileid, path)
+        return replace(before, broken=broken)
 
     def volume(self, label: str) -> VmfsVolume:
         if label not in self.vmfs:

@@ -28,10 +28,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from vsim.clock import Clock
-from vsim.faults import CannotAccessFile, FileLocked
+from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument
 from vsim.storage.lun import Lun
 from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT, ScsiError
 from vsim.storage.vmfs_format import (
+    MAX_PATH,
+    MAX_SHARED_OWNERS,
     SECTOR,
     HeartbeatSlot,
     LockMode,
@@ -112,7 +114,7 @@ class VmfsVolume:
         self.stats: Counter[str] = Counter()
         self._slot_sector = b""
         self._last_heartbeat = 0.0
-        self._watches: dict[int, _Watch] = {}
+        self._watches: dict[tuple[int, uuid.UUID, int], _Watch] = {}
 
     # mounting and heartbeats
 
@@ -124,8 +126,11 @@ class VmfsVolume:
             sector = region[index * SECTOR : (index + 1) * SECTOR]
             slot = HeartbeatSlot.unpack(sector)
             if slot.state == SlotState.FREE or slot.owner == self.host:
+                # Taking back our own slot after a crash starts a new generation: the
+                # locks the old incarnation held are then seen as gone by everyone.
+                generation = slot.generation + (slot.owner == self.host)
                 claimed = HeartbeatSlot(
-                    SlotState.IN_USE, slot.generation, self.host, 1, self.clock.now()
+                    SlotState.IN_USE, generation, self.host, 1, self.clock.now()
                 )
                 if await self._swap(sb.heartbeat_lba(index), sector, claimed.pack()):
                     self.slot = index
@@ -143,6 +148,11 @@ class VmfsVolume:
         Returns False, and marks the volume lost access, when the slot is no longer
         ours or the last good heartbeat is HB_TIMEOUT old."""
         if self.lost_access:
+            return False
+        if self.clock.now() - self._last_heartbeat >= HB_TIMEOUT:
+            # Too late: others may have broken this host's locks; coming back now
+            # would write under them.
+            self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
             return False
         sb = self._mounted()
         current = HeartbeatSlot.unpack(self._slot_sector)
@@ -182,8 +192,12 @@ class VmfsVolume:
         self.lost_reason = why
 
     def _mounted(self) -> Superblock:
+        """The superblock, while this host may still use the volume: not once its
+        heartbeat is HB_TIMEOUT old (others may already have broken its locks)."""
         if self.superblock is None:
             raise CannotAccessFile("the volume is not mounted")
+        if not self.lost_access and self.clock.now() - self._last_heartbeat >= HB_TIMEOUT:
+            self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
         if self.lost_access:
             raise CannotAccessFile(
                 f"lost access to volume {self.superblock.label}: {self.lost_reason}"
@@ -197,10 +211,21 @@ class VmfsVolume:
         sb = self._mounted()
         if not 0 <= index < sb.lock_records:
             raise ValueError(f"lock index {index} is outside 0..{sb.lock_records - 1}")
+        if len(path.encode()) > MAX_PATH:
+            raise InvalidArgument(f"a locked path is at most {MAX_PATH} bytes")
         me = LockOwner(self.host, self.slot, self.slot_generation)
         while True:
             sector = await self._io(self.device.read, sb.lock_lba(index), 1)
-            record = LockRecord.unpack(sector)
+            record = self._record(sector)
+            mine = [o for o in record.owners if o == me]
+            if mine and (mode == LockMode.EXCLUSIVE or record.mode == LockMode.EXCLUSIVE):
+                raise FileLocked(
+                    f"{path} is already locked {record.mode.name.lower()} by this host",
+                    holder=str(self.host),
+                    mode=record.mode.name,
+                )
+            if mine:
+                return record  # a shared lock this host already has
             others = [o for o in record.owners if o.host != self.host]
             live = [o for o in others if await self._alive(o)]
             if live and not (record.mode == mode and mode != LockMode.EXCLUSIVE):
@@ -214,17 +239,34 @@ class VmfsVolume:
             if len(others) != len(live):
                 await self._break(record, [o for o in others if o not in live])
             owners = tuple(live) + (me,) if mode != LockMode.EXCLUSIVE else (me,)
+            if len(owners) > MAX_SHARED_OWNERS:
+                raise FileLocked(f"{path} already has {MAX_SHARED_OWNERS} sharers")
             new = LockRecord(mode, record.generation + 1, owners, path)
             if await self._swap(sb.lock_lba(index), sector, new.pack()):
+                await self._check_own_slot()
                 self.stats["locks"] += 1
                 return new
             self.stats["lock_races"] += 1
+
+    async def _check_own_slot(self) -> None:
+        """A lock granted on a heartbeat slot someone has meanwhile cleared is worth
+        nothing: others see its holder as gone. Then this host has lost the volume."""
+        sb = self._mounted()
+        if await self._io(self.device.read, sb.heartbeat_lba(self.slot), 1) != self._slot_sector:
+            self._lose_access("another host cleared this host's heartbeat slot")
+            raise CannotAccessFile(self.lost_reason)
+
+    def _record(self, sector: bytes) -> LockRecord:
+        try:
+            return LockRecord.unpack(sector)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CannotAccessFile(f"a lock record on the volume is damaged: {e}") from None
 
     async def unlock(self, index: int) -> None:
         sb = self._mounted()
         while True:
             sector = await self._io(self.device.read, sb.lock_lba(index), 1)
-            record = LockRecord.unpack(sector)
+            record = self._record(sector)
             owners = tuple(o for o in record.owners if o.host != self.host)
             if len(owners) == len(record.owners):
                 return  # not ours (any more)
@@ -252,9 +294,10 @@ class VmfsVolume:
         ):
             return None
         now = self.clock.now()
-        watch = self._watches.get(owner.slot)
+        key = (owner.slot, owner.host, owner.slot_generation)
+        watch = self._watches.get(key)
         if watch is None or watch.counter != slot.counter:
-            self._watches[owner.slot] = watch = _Watch(slot.counter, now)
+            self._watches[key] = watch = _Watch(slot.counter, now)
         return now - watch.since
 
     async def _alive(self, owner: LockOwner) -> bool:
@@ -308,7 +351,7 @@ class VmfsVolume:
                 cleared = HeartbeatSlot(SlotState.FREE, slot.generation + 1)
                 if await self._swap(lba, sector, cleared.pack()):
                     self.stats["slots_cleared"] += 1
-            self._watches.pop(owner.slot, None)
+            self._watches.pop((owner.slot, owner.host, owner.slot_generation), None)
         self.stats["locks_broken"] += 1
 
     # atomic sector updates
@@ -335,11 +378,23 @@ class VmfsVolume:
         return True
 
     async def _under_reservation(self, work: Callable[[], Awaitable[bool]]) -> bool:
-        await self._io(self.device.reserve)
         try:
+            await self._io(self.device.reserve)
             return await work()
         finally:
-            await self.device.release()
+            await self._release()
+
+    async def _release(self) -> None:
+        """RELEASE, retried: a reservation left held blocks every other host. (A
+        release from a host that holds none is a harmless no-op.)"""
+        for attempt in range(3):
+            try:
+                await asyncio.shield(self.device.release())
+                return
+            except Exception:  # noqa: BLE001 - try again, then give up loudly
+                if attempt == 2:
+                    self.stats["release_failures"] += 1
+                    raise
 
     async def _io(self, command: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Runs one SCSI command, retrying RESERVATION CONFLICTs (another host holds

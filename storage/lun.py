@@ -21,6 +21,8 @@ from vsim.storage.scsi import (
     LBA_OUT_OF_RANGE,
     MISCOMPARE_DURING_VERIFY,
     PARAMETER_LIST_LENGTH_ERROR,
+    UNRECOVERED_READ_ERROR,
+    WRITE_ERROR,
     check_condition,
     reservation_conflict,
 )
@@ -88,7 +90,10 @@ class Lun:
         self._count(initiator, "read")
         self._media_access(initiator)
         self._check_range(lba, blocks, MAX_TRANSFER_BLOCKS)
-        data = os.pread(self._fd, blocks * SECTOR, lba * SECTOR)
+        try:
+            data = os.pread(self._fd, blocks * SECTOR, lba * SECTOR)
+        except OSError as e:
+            raise check_condition(UNRECOVERED_READ_ERROR, e.strerror or "") from None
         self.stats[initiator]["bytes_read"] += len(data)
         return data
 
@@ -169,6 +174,9 @@ class Lun:
             )
 
     def _pwrite(self, data: bytes, lba: int) -> None:
-        written = os.pwrite(self._fd, data, lba * SECTOR)
+        try:
+            written = os.pwrite(self._fd, data, lba * SECTOR)
+        except OSError as e:  # no space for a sparse block, an I/O error: never acked
+            raise check_condition(WRITE_ERROR, e.strerror or "") from None
         if written != len(data):
-            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+            raise check_condition(WRITE_ERROR, f"short write: {written} of {len(data)} bytes")

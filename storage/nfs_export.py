@@ -130,10 +130,16 @@ class NfsExport:
         points outside the export."""
         if "\x00" in handle or handle.startswith("/") or ".." in Path(handle).parts:
             raise NfsError(NfsStatus.INVAL, f"bad file handle {handle[:80]!r}")
-        path = (self.root / handle).resolve() if handle else self.root
+        try:
+            path = (self.root / handle).resolve() if handle else self.root
+            exists = path.exists()
+        except OSError as e:  # a component too long, a symlink loop, ...
+            raise NfsError(
+                NfsStatus.INVAL, f"bad file handle {handle[:80]!r}: {e.strerror}"
+            ) from None
         if path != self.root and self.root not in path.parents:
             raise NfsError(NfsStatus.INVAL, f"bad file handle {handle[:80]!r}")
-        if not path.exists():
+        if not exists:
             raise NfsError(NfsStatus.STALE, f"{handle or '/'} no longer exists")
         return path
 

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from vsim.faults import (
+    CannotAccessFile,
     DuplicateName,
     HostNotConnected,
     InvalidArgument,
@@ -91,6 +92,12 @@ class DatastoreManager:
             raise InvalidArgument(f"lock_mode must be ats+scsi or ats-only, got {mode[:40]!r}")
         if not 0 <= request.lun < 256:
             raise InvalidArgument(f"lun must be 0-255, got {request.lun}")
+        for other in self._inventory.datastores():
+            if other.type == "vmfs" and other.lun == request.lun:
+                raise InvalidState(
+                    f"LUN {request.lun} already holds datastore {other.name}; formatting "
+                    "it again would destroy it"
+                )
         record = DatastoreRecord(
             request.name,
             "vmfs",
@@ -179,7 +186,7 @@ class DatastoreManager:
         for host in sorted(h.name for h in self._hosts.list() if h.connection_state == CONNECTED):
             try:
                 reply = await self._hosts.call(host, method, host_request)
-            except (NotFound, HostNotConnected) as fault:  # not mounted there, or host gone
+            except (NotFound, HostNotConnected, CannotAccessFile) as fault:  # try another
                 last = fault
                 continue
             return pb.LockInfo(
@@ -187,6 +194,7 @@ class DatastoreManager:
                 path=request.path,
                 mode=reply.mode,
                 observed_by=host,
+                broken=reply.broken,
                 holders=[
                     pb.LockHolder(
                         host=names.get(h.host_uuid, ""),

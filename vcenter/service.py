@@ -266,7 +266,7 @@ class VCenter:
 
     async def BreakStaleLock(self, request: pb.LockRequest, session: Session) -> pb.LockInfo:
         info = await self.datastores.lock(request, "BreakStaleLock")
-        if info.mode != "FREE":
+        if info.broken:
             self.events.post(
                 "StaleLockBrokenEvent",
                 f"Broke the stale lock on {request.path} on {request.datastore} "

@@ -109,3 +109,43 @@ async def test_exclusive_holds_never_overlap_under_contention(tmp_path):
         else:
             assert current == who
             current = None
+
+
+async def test_unlock_after_being_broken_leaves_the_new_holders_lock(tmp_path):
+    clock = SimClock()
+    export, (a, b, c) = managers(tmp_path, 3, clock)
+    await a.lock("", 5, "vm.vmdk")
+    with pytest.raises(FileLocked):
+        await b.lock("", 5, "vm.vmdk")
+    await clock.advance(STALE_AFTER)  # a stalls: no renewals
+    await b.lock("", 5, "vm.vmdk")  # stale: b breaks it and takes it
+    await a.unlock("", 5)  # a wakes up and releases what it thinks it holds
+    with pytest.raises(FileLocked):
+        await c.lock("", 5, "vm.vmdk")  # b still holds it
+    record = LockFile.unpack((tmp_path / "export" / lock_file_name(5)).read_bytes())
+    assert record.owner == b.host
+
+
+async def test_a_host_that_cannot_renew_gives_its_lock_up_before_others_may_break_it(tmp_path):
+    clock = SimClock()
+    _, (a,) = managers(tmp_path, 1, clock)
+    await a.lock("", 8, "vm.vmdk")
+
+    async def array_down(*args):
+        raise ConnectionError("the storage path is down")
+
+    a.client.read = array_down
+    for _ in range(2):
+        await clock.advance(DISK_FILE_LOCK_UPDATE_FREQ)
+        await a.renew()
+        assert a.held, "still within the renewal budget"
+    await clock.advance(DISK_FILE_LOCK_UPDATE_FREQ / 2)
+    await a.renew()  # 25 s without a renewal: given up, 10 s before it could be broken
+    assert not a.held and ("", lock_file_name(8)) in a.lost
+
+
+async def test_the_same_host_cannot_lock_a_file_twice(tmp_path):
+    _, (a,) = managers(tmp_path, 1, SimClock())
+    await a.lock("", 3, "vm.vmdk")
+    with pytest.raises(FileLocked):
+        await a.lock("", 3, "vm.vmdk")

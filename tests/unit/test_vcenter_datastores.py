@@ -13,7 +13,7 @@ from vsim.clock import WallClock
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.inprocess import InProcessEngine
 from vsim.cluster.spec import ClusterSpec
-from vsim.faults import DuplicateName, FileLocked, InvalidArgument, NotFound
+from vsim.faults import DuplicateName, FileLocked, InvalidArgument, InvalidState, NotFound
 from vsim.host.storage_stack import initiator_name
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions
@@ -101,6 +101,10 @@ async def test_create_vmfs_on_a_masked_lun_and_refusals(cluster):
             vc.CreateVmfsDatastore(request, session)
     assert ((await listed(vc, session)).keys(), len(vc.tasks.recent(1000))) == before
 
+    in_use = pb.CreateVmfsDatastoreRequest(name="vmfs-04", lun=lun)  # holds vmfs-02 already
+    with pytest.raises(InvalidState):
+        vc.CreateVmfsDatastore(in_use, session)
+
     hidden = array.create_lun(64 * 1024**2, ()).id  # masked from every host
     done = await run(
         vc,
@@ -163,7 +167,7 @@ async def test_lock_owner_and_breaking_a_stale_lock(cluster):
             assert vc.clock.now() - crashed < 40, "never broken"
             await asyncio.sleep(0.02)
     assert vc.clock.now() - crashed >= 16 - 3  # its last heartbeat was at most 3 s before
-    assert broken.mode == "EXCLUSIVE" and broken.holders[0].host == "esxi-01"
+    assert broken.mode == "EXCLUSIVE" and broken.holders[0].host == "esxi-01" and broken.broken
     assert (await vc.QueryLockOwner(request, session)).mode == "FREE"
     assert "StaleLockBrokenEvent" in [e.type for e in vc.events.after(0, 10_000)]
 

@@ -91,8 +91,10 @@ async def test_a_dead_holders_lock_breaks_at_exactly_16_seconds(tmp_path, mode):
     start = clock.now()
     for second in range(40):
         now = clock.now() - start
-        if second % HB_INTERVAL == 0 and now <= 9:
-            assert await holder.heartbeat()
+        if second % HB_INTERVAL == 0:
+            assert await waiter.heartbeat()  # the waiter lives on
+            if now <= 9:
+                assert await holder.heartbeat()
         try:
             await waiter.lock(7, "vm-002.vmdk")
         except FileLocked:
@@ -174,3 +176,32 @@ async def test_exclusive_holds_never_overlap_under_contention(tmp_path, mode):
         assert conflicts == 0
     final = LockRecord.unpack(await volumes[0].device.read(volumes[0].superblock.lock_lba(3), 1))
     assert final.mode == LockMode.FREE
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_same_host_cannot_take_an_exclusive_lock_twice(tmp_path, mode):
+    (a,) = await volume_with_hosts(tmp_path, mode, 1, SimClock())
+    await a.lock(2, "disk.vmdk")
+    with pytest.raises(FileLocked):
+        await a.lock(2, "disk.vmdk")
+
+
+async def test_a_rebooted_host_starts_a_new_generation_and_its_old_locks_are_free(tmp_path):
+    clock = SimClock()
+    a, b = await volume_with_hosts(tmp_path, VolumeLockMode.ATS_ONLY, 2, clock)
+    await a.lock(6, "vm.vmdk")
+    old_generation = a.slot_generation
+    reborn = VmfsVolume(a.device, a.host, clock, random.Random(9))  # same host, new boot
+    await reborn.mount()
+    assert reborn.slot == a.slot and reborn.slot_generation == old_generation + 1
+    record = await b.lock(6, "vm.vmdk")  # the old incarnation's lock is gone at once
+    assert [o.host for o in record.owners] == [b.host]
+
+
+async def test_no_lock_is_granted_once_this_hosts_heartbeat_is_stale(tmp_path):
+    clock = SimClock()
+    (a,) = await volume_with_hosts(tmp_path, VolumeLockMode.ATS_SCSI, 1, clock)
+    await clock.advance(HB_TIMEOUT)
+    with pytest.raises(CannotAccessFile):
+        await a.lock(1, "late.vmdk")
+    assert a.lost_access and not await a.heartbeat()
