@@ -124,7 +124,10 @@ class VmfsVolume:
         region = await self._io(self.device.read, sb.heartbeat_lba(0), sb.heartbeat_slots)
         for index in range(sb.heartbeat_slots):
             sector = region[index * SECTOR : (index + 1) * SECTOR]
-            slot = HeartbeatSlot.unpack(sector)
+            try:
+                slot = self._slot(sector)
+            except CannotAccessFile:
+                continue  # a damaged slot is nobody's to take
             if slot.state == SlotState.FREE or slot.owner == self.host:
                 # Taking back our own slot after a crash starts a new generation: the
                 # locks the old incarnation held are then seen as gone by everyone.
@@ -256,6 +259,12 @@ class VmfsVolume:
             self._lose_access("another host cleared this host's heartbeat slot")
             raise CannotAccessFile(self.lost_reason)
 
+    def _slot(self, sector: bytes) -> HeartbeatSlot:
+        try:
+            return HeartbeatSlot.unpack(sector)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CannotAccessFile(f"a heartbeat slot on the volume is damaged: {e}") from None
+
     def _record(self, sector: bytes) -> LockRecord:
         try:
             return LockRecord.unpack(sector)
@@ -284,9 +293,7 @@ class VmfsVolume:
         when it just moved), or None when the owner's slot was cleared or taken over
         (the owner is gone)."""
         sb = self._mounted()
-        slot = HeartbeatSlot.unpack(
-            await self._io(self.device.read, sb.heartbeat_lba(owner.slot), 1)
-        )
+        slot = self._slot(await self._io(self.device.read, sb.heartbeat_lba(owner.slot), 1))
         if (
             slot.state != SlotState.IN_USE
             or slot.owner != owner.host
@@ -346,7 +353,7 @@ class VmfsVolume:
         for owner in dead:
             lba = sb.heartbeat_lba(owner.slot)
             sector = await self._io(self.device.read, lba, 1)
-            slot = HeartbeatSlot.unpack(sector)
+            slot = self._slot(sector)
             if slot.owner == owner.host and slot.generation == owner.slot_generation:
                 cleared = HeartbeatSlot(SlotState.FREE, slot.generation + 1)
                 if await self._swap(lba, sector, cleared.pack()):
