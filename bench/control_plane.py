@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import logging
 import os
 import platform
 import sys
@@ -23,6 +20,7 @@ import time
 from pathlib import Path
 
 import ray
+from harness import report, start_ray
 
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.spec import ClusterSpec
@@ -65,10 +63,8 @@ async def power_cycle(client: VCenterClient, names: list[str], concurrency: int)
 
 
 async def main(args: argparse.Namespace) -> dict:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     began = time.perf_counter()
-    ray.init(address="local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)  # fmt: skip
+    start_ray()
     ray_init = time.perf_counter() - began
     result: dict = {
         "benchmark": "control_plane",
@@ -111,7 +107,4 @@ if __name__ == "__main__":
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--big-hosts", type=int, default=32)
-    # Ray prints its warnings on stdout: send them to stderr, keep stdout for the JSON.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = asyncio.run(main(parser.parse_args()))
-    print(json.dumps(result))
+    report(main(parser.parse_args()))

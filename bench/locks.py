@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import logging
-import os
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import ray
+from harness import report, start_ray
 
 from vsim.cluster.ray_engine import EsxiHostActor
 from vsim.cluster.spec import HostSpec, host_name
@@ -87,10 +84,7 @@ async def measure(actors, label: str, seconds: float) -> dict:
 
 
 async def main(args: argparse.Namespace) -> dict:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
-    )
+    start_ray()
     result: dict = {"benchmark": "locks", "seconds_per_run": args.seconds, "runs": {}}
     for hosts in args.hosts:
         with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +109,4 @@ if __name__ == "__main__":
     parser.add_argument(
         "--hosts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16]
     )
-    # Ray prints its warnings on stdout: send them to stderr, keep stdout for the JSON.
-    with contextlib.redirect_stdout(sys.stderr):
-        outcome = asyncio.run(main(parser.parse_args()))
-    print(json.dumps(outcome))
+    report(main(parser.parse_args()))
