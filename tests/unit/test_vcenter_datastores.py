@@ -25,12 +25,12 @@ from vsim.vcenter.service import INVENTORY_FILE, VCenter
 from vsim.vcenter.sessions import ADMINISTRATOR
 
 HOSTS = ["esxi-01", "esxi-02", "esxi-03"]
-SPEED = 20.0
+SPEED = 10.0
 
 
 @pytest.fixture
 async def cluster(tmp_path, fast_scrypt):
-    # Reservation backoffs sleep, so real time must move; 20x makes 16 s pass in 0.8 s.
+    # Reservation backoffs sleep, so real time must move; 10x makes 16 s pass in 1.6 s.
     clock = WallClock(speed=SPEED)
     array = StorageArray(tmp_path / "array")
     spec = prepare_array(array, ClusterSpec.default(3))
@@ -164,7 +164,7 @@ async def test_lock_owner_and_breaking_a_stale_lock(cluster):
             broken = await vc.BreakStaleLock(request, session)
             break
         except FileLocked:
-            assert vc.clock.now() - crashed < 40, "never broken"
+            assert vc.clock.now() - crashed < 60, "never broken"
             await asyncio.sleep(0.02)
     assert vc.clock.now() - crashed >= 16 - 3  # its last heartbeat was at most 3 s before
     assert broken.mode == "EXCLUSIVE" and broken.holders[0].host == "esxi-01" and broken.broken
