@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import random
-import uuid
 from typing import Any
 
 from vsim.clock import Clock
@@ -70,8 +69,9 @@ class InProcessEngine:
             store = self._stores.setdefault(spec.name, MemoryAccountStore())
             accounts = HostAccounts(store, hash_password(spec.root_password))
             ports = LocalStoragePorts(self.array) if self.array is not None else None
-            host = uuid.UUID(spec.uuid) if spec.uuid else uuid.uuid5(uuid.NAMESPACE_DNS, spec.name)
-            storage = StorageStack(host, spec.name, self.clock, random.Random(spec.name), ports)
+            storage = StorageStack(
+                spec.host_uuid, spec.name, self.clock, random.Random(spec.name), ports
+            )
             self._hostd[spec.name] = Hostd(HostKernel(spec, self.clock), accounts, storage)
         return identity.thumbprint
 

@@ -7,9 +7,11 @@ turns its `HostSpec`s into live hosts. Names are predictable: esxi-01.., vm-001.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict, dataclass, field
 
 from vsim import validate
+from vsim.faults import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,19 @@ class HostSpec:
     root_password: str = ""
     """root's password at first boot (set by whoever provisions the host)."""
 
+    @property
+    def host_uuid(self) -> uuid.UUID:
+        """The hardware UUID; derived from the name when none was assigned (a host
+        built outside vCenter, as in unit tests)."""
+        return uuid.UUID(self.uuid) if self.uuid else uuid.uuid5(uuid.NAMESPACE_DNS, self.name)
+
     def validated(self) -> HostSpec:
         validate.host_name(self.name)
+        if self.uuid:
+            try:
+                uuid.UUID(self.uuid)
+            except ValueError:
+                raise InvalidArgument(f"uuid {self.uuid[:40]!r} is not a UUID") from None
         validate.int_range(self.cpu_cores, 1, validate.MAX_HOST_CPU_CORES, "cpu_cores")
         validate.int_range(self.cpu_mhz, 100, 10_000, "cpu_mhz", "MHz")
         validate.int_range(self.memory_mb, 1024, validate.MAX_HOST_MEMORY_MB, "memory_mb", "MB")

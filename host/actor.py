@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,8 @@ class EsxiHost:
         accounts = HostAccounts(FileAccountStore(self._dir / "accounts.json"), root_password_hash)
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
         clock = WallClock(clock_speed)
-        host_uuid = uuid.UUID(spec.uuid) if spec.uuid else uuid.uuid5(uuid.NAMESPACE_DNS, spec.name)
         self.storage = StorageStack(
-            host_uuid, spec.name, clock, random.Random(), GrpcStoragePorts()
+            spec.host_uuid, spec.name, clock, random.Random(), GrpcStoragePorts()
         )
         self.hostd = Hostd(HostKernel(spec, clock), accounts, self.storage)
         self._server: Any = None

@@ -72,7 +72,7 @@ class Hostd:
         self.kernel = kernel
         self.accounts = accounts
         self.storage = storage or StorageStack(
-            uuid.uuid5(uuid.NAMESPACE_DNS, kernel.spec.name),
+            kernel.spec.host_uuid,
             kernel.spec.name,
             kernel.clock,
             random.Random(0),

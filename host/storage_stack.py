@@ -202,7 +202,7 @@ class StorageStack:
         manager = self.nfs_mount(name)
         try:
             total, free = await manager.client.fsstat()
-        except NfsError:
+        except Exception:  # noqa: BLE001 - unreachable export: mounted but inaccessible
             return Datastore(name, "nfs", False, 0, 0)
         return Datastore(name, "nfs", True, total, free)
 

@@ -27,7 +27,7 @@ from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
-from vsim.vcenter.host_system import CONNECTED, HostManager
+from vsim.vcenter.host_system import HostManager
 from vsim.vcenter.inventory import DatastoreRecord, Inventory
 from vsim.vcenter.tasks import TaskManager
 
@@ -80,7 +80,7 @@ class DatastoreManager:
             raise DuplicateName(f"a datastore named {name} exists")
         if self.array is None:
             raise InvalidState("this vCenter has no storage array to make datastores on")
-        connected = [h.name for h in self._hosts.list() if h.connection_state == CONNECTED]
+        connected = self._hosts.connected_names()
         if not connected:
             raise InvalidState("no connected host to mount the datastore on")
         return connected
@@ -183,7 +183,7 @@ class DatastoreManager:
         host_request = hpb.HostLockRequest(datastore=request.datastore, path=request.path)
         names = {spec_uuid: name for name, spec_uuid in self._hosts.uuids().items()}
         last: VimFault | None = None
-        for host in sorted(h.name for h in self._hosts.list() if h.connection_state == CONNECTED):
+        for host in self._hosts.connected_names():
             try:
                 reply = await self._hosts.call(host, method, host_request)
             except (NotFound, HostNotConnected, CannotAccessFile) as fault:  # try another
@@ -209,7 +209,7 @@ class DatastoreManager:
         raise last or InvalidState(f"no connected host has {request.datastore} mounted")
 
     async def list(self) -> list[pb.Datastore]:
-        hosts = [h.name for h in self._hosts.list() if h.connection_state == CONNECTED]
+        hosts = self._hosts.connected_names()
 
         async def reported(host: str) -> list[hpb.HostDatastore]:
             try:

@@ -99,6 +99,10 @@ class HostManager:
             raise HostNotConnected(f"{name} is not connected (not responding); try again later")
         return host
 
+    def connected_names(self) -> list[str]:
+        """The connected hosts, by name (from the inventory alone)."""
+        return [h.name for h in self._inventory.hosts() if h.connection_state == CONNECTED]
+
     def list(self) -> list[pb.Host]:
         hosts = []
         for record in self._inventory.hosts():

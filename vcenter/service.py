@@ -18,7 +18,7 @@ from pathlib import Path
 from vsim import __version__, validate
 from vsim.clock import Clock
 from vsim.cluster.engine import HostEngine
-from vsim.cluster.spec import ClusterSpec
+from vsim.cluster.spec import ClusterSpec, DatastoreSpec
 from vsim.faults import InvalidArgument
 from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb
@@ -130,7 +130,7 @@ class VCenter:
             for datastore in spec.datastores:
                 await self._create_datastore(datastore)
 
-    async def _create_datastore(self, datastore) -> None:
+    async def _create_datastore(self, datastore: DatastoreSpec) -> None:
         if self.inventory.datastore(datastore.name) is not None:
             return
         if datastore.type == "vmfs":

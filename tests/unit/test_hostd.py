@@ -28,7 +28,9 @@ ROOT_PASSWORD = "Root-Pass-0123"
 
 @pytest.fixture
 def hostd(fast_scrypt: None) -> Hostd:
-    spec = HostSpec("esxi-01", uuid="host-uuid", cpu_cores=4, memory_mb=8192)
+    spec = HostSpec(
+        "esxi-01", uuid="9c1f2e5a-3b4d-4e6f-8a7b-0c1d2e3f4a5b", cpu_cores=4, memory_mb=8192
+    )
     return Hostd(
         HostKernel(spec, SimClock(10.0)),
         HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD)),
@@ -123,7 +125,7 @@ def test_get_host_info_reports_capacity_and_use(hostd: Hostd):
     info = hostd.call("GetHostInfo", hpb.GetHostInfoRequest(), session)
     assert (info.name, info.uuid, info.cpu_cores, info.memory_mb) == (
         "esxi-01",
-        "host-uuid",
+        "9c1f2e5a-3b4d-4e6f-8a7b-0c1d2e3f4a5b",
         4,
         8192,
     )
@@ -240,3 +242,8 @@ def test_file_account_store_survives_a_reboot(tmp_path: Path):
     with pytest.raises(NotAuthenticated):
         rebooted.user_of(token)  # sessions do not survive a reboot
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_host_spec_with_a_malformed_uuid_is_refused():
+    with pytest.raises(InvalidArgument):
+        HostSpec("esxi-09", uuid="not-a-uuid").validated()

@@ -186,3 +186,14 @@ async def test_an_nfs_lock_file_names_its_owner(cluster):
     info = await vc.QueryLockOwner(pb.LockRequest(datastore="nfs-01", path="vm-002.vmdk"), session)
     assert (info.mode, [h.host for h in info.holders]) == ("EXCLUSIVE", ["esxi-02"])
     assert info.holders[0].live
+
+
+async def test_an_export_a_host_cannot_reach_shows_as_inaccessible(cluster):
+    vc, _, engine, session = cluster
+
+    async def path_down():
+        raise ConnectionError("the storage path is down")
+
+    engine.running("esxi-03").storage.nfs["nfs-01"].client.fsstat = path_down
+    mounts = {m.host: m.accessible for m in (await listed(vc, session))["nfs-01"].mounts}
+    assert mounts == {"esxi-01": True, "esxi-02": True, "esxi-03": False}
