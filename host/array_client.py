@@ -133,11 +133,22 @@ class ArrayNfsClient:
     async def create(self, directory: str, name: str) -> str:
         return (await self._op("NfsCreate", handle=directory, name=name, create_mode=1)).handle
 
-    async def read(self, handle: str, count: int) -> bytes:
-        return (await self._op("NfsRead", handle=handle, offset=0, count=count)).data
+    async def getattr(self, handle: str) -> tuple[str, int]:
+        attributes = (await self._op("NfsGetattr", handle=handle)).attributes
+        return attributes.type, attributes.size
 
-    async def write(self, handle: str, data: bytes) -> None:
-        await self._op("NfsWrite", handle=handle, offset=0, data=data, stable=True)
+    async def mkdir(self, directory: str, name: str) -> str:
+        return (await self._op("NfsMkdir", handle=directory, name=name)).handle
+
+    async def readdir(self, directory: str) -> list[tuple[str, str, int]]:
+        reply = await self._op("NfsReaddir", handle=directory)
+        return [(e.name, e.attributes.type, e.attributes.size) for e in reply.entries]
+
+    async def read(self, handle: str, count: int, offset: int = 0) -> bytes:
+        return (await self._op("NfsRead", handle=handle, offset=offset, count=count)).data
+
+    async def write(self, handle: str, data: bytes, offset: int = 0) -> None:
+        await self._op("NfsWrite", handle=handle, offset=offset, data=data, stable=True)
 
     async def remove(self, directory: str, name: str) -> None:
         await self._op("NfsRemove", handle=directory, name=name)

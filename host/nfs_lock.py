@@ -92,10 +92,18 @@ class NfsClient(Protocol):
     async def create(self, directory: str, name: str) -> str:
         """GUARDED create: NfsError(EXIST) if the name exists."""
 
-    async def read(self, handle: str, count: int) -> bytes: ...
+    async def getattr(self, handle: str) -> tuple[str, int]:
+        """(kind "file" or "dir", size in bytes)."""
 
-    async def write(self, handle: str, data: bytes) -> None:
-        """A stable WRITE at offset 0."""
+    async def mkdir(self, directory: str, name: str) -> str: ...
+
+    async def readdir(self, directory: str) -> list[tuple[str, str, int]]:
+        """(name, kind, size) of each entry."""
+
+    async def read(self, handle: str, count: int, offset: int = 0) -> bytes: ...
+
+    async def write(self, handle: str, data: bytes, offset: int = 0) -> None:
+        """A stable (FILE_SYNC) WRITE."""
 
     async def remove(self, directory: str, name: str) -> None: ...
 
@@ -122,6 +130,10 @@ def lock_file_name(fileid: int) -> str:
     return f".lck-{fileid:016x}"
 
 
+def read_only_lock_name(fileid: int, host: uuid.UUID) -> str:
+    return f"{lock_file_name(fileid)}-ro-{host.hex}"
+
+
 class NfsLockManager:
     def __init__(self, client: NfsClient, host: uuid.UUID, host_name: str, clock: Clock) -> None:
         self.client = client
@@ -133,12 +145,22 @@ class NfsLockManager:
         self.stats: Counter[str] = Counter()
         self._watches: dict[tuple[str, str], _Watch] = {}
 
-    async def lock(self, directory: str, fileid: int, path: str) -> None:
-        """Takes the exclusive lock on the file with this fileid, or raises FileLocked."""
-        name = lock_file_name(fileid)
+    async def lock(
+        self, directory: str, fileid: int, path: str, lock_type: int = EXCLUSIVE
+    ) -> None:
+        """Takes the lock on the file with this fileid, exclusive or read-only, or
+        raises FileLocked. Read-only holders each have their own lock file
+        (`.lck-<fileid>-ro-<host>`); either kind creates its file first and then looks
+        for the other kind, so an exclusive and a read-only lock never both stand."""
+        base = lock_file_name(fileid)
+        name = base if lock_type == EXCLUSIVE else read_only_lock_name(fileid, self.host)
         key = (directory, name)
-        if key in self.held:
+        if key in self.held or (directory, base) in self.held:
             raise FileLocked(f"{path} is already locked by this host", holder=str(self.host))
+        if lock_type == EXCLUSIVE and any(
+            d == directory and n.startswith(base + "-ro-") for d, n in self.held
+        ):
+            raise FileLocked(f"{path} is already open read-only on this host")
         while True:
             try:
                 handle = await self.client.create(directory, name)
@@ -147,7 +169,7 @@ class NfsLockManager:
                     raise CannotAccessFile(f"cannot lock {path}: {e}") from None
                 await self._break_if_stale(key, path)  # FileLocked while the holder lives
                 continue
-            record = LockFile(EXCLUSIVE, self.host, 1, self.clock.now(), self.host_name)
+            record = LockFile(lock_type, self.host, 1, self.clock.now(), self.host_name)
             try:
                 await self.client.write(handle, record.pack())
             except NfsError as e:
@@ -157,8 +179,42 @@ class NfsLockManager:
                 raise CannotAccessFile(f"cannot write the lock of {path}: {e}") from None
             self.held[key] = _Held(directory, name, handle, record, self.clock.now())
             self._watches.pop(key, None)
-            self.stats["locks"] += 1
-            return
+            break
+        try:
+            for other in await self._conflicting(directory, base, lock_type):
+                await self._break_if_stale((directory, other), path)
+        except BaseException:
+            await self.unlock(directory, fileid, lock_type)
+            raise
+        self.stats["locks"] += 1
+
+    async def _conflicting(self, directory: str, base: str, lock_type: int) -> list[str]:
+        """The lock files of the other kind on the same file."""
+        try:
+            names = [entry[0] for entry in await self.client.readdir(directory)]
+        except NfsError as e:
+            raise CannotAccessFile(f"cannot list the locks in {directory or '/'}: {e}") from None
+        if lock_type == EXCLUSIVE:
+            return [n for n in names if n.startswith(base + "-ro-") and ".broken-" not in n]
+        return [base] if base in names else []
+
+    async def holders(
+        self, directory: str, fileid: int
+    ) -> list[tuple[LockFile | None, float]]:
+        """Every lock on a file (the exclusive one, or the read-only ones), each with
+        how long this host has seen it unchanged."""
+        base = lock_file_name(fileid)
+        try:
+            names = [entry[0] for entry in await self.client.readdir(directory)]
+        except NfsError as e:
+            raise CannotAccessFile(f"cannot list the locks in {directory or '/'}: {e}") from None
+        out = []
+        for name in names:
+            if name == base or (name.startswith(base + "-ro-") and ".broken-" not in name):
+                seen = await self._inspect_name(directory, name)
+                if seen is not None:
+                    out.append(seen)
+        return out
 
     async def _break_if_stale(self, key: tuple[str, str], path: str) -> bool:
         """Raises FileLocked while the lock file is live; removes it once its content
@@ -206,16 +262,21 @@ class NfsLockManager:
         return now - watch.since
 
     async def inspect(self, directory: str, fileid: int) -> tuple[LockFile | None, float] | None:
-        """The lock on a file: its record and how long this host has seen it
-        unchanged; None when the file is not locked."""
-        key = (directory, lock_file_name(fileid))
+        """The exclusive lock on a file: its record and how long this host has seen
+        it unchanged; None when there is none."""
+        return await self._inspect_name(directory, lock_file_name(fileid))
+
+    async def _inspect_name(
+        self, directory: str, name: str
+    ) -> tuple[LockFile | None, float] | None:
+        key = (directory, name)
         try:
-            handle = await self.client.lookup(directory, key[1])
+            handle = await self.client.lookup(directory, name)
             content = await self.client.read(handle, RECORD_SIZE + 1)
         except NfsError as e:
             if e.status in (NfsStatus.NOENT, NfsStatus.STALE):
                 return None
-            raise CannotAccessFile(f"cannot read the lock file {key[1]}: {e}") from None
+            raise CannotAccessFile(f"cannot read the lock file {name}: {e}") from None
         return LockFile.unpack(content), self._watch(key, content)
 
     async def break_stale(self, directory: str, fileid: int, path: str) -> bool:
@@ -223,8 +284,13 @@ class NfsLockManager:
         host's watching; FileLocked while it is live. True if it was broken here."""
         return await self._break_if_stale((directory, lock_file_name(fileid)), path)
 
-    async def unlock(self, directory: str, fileid: int) -> None:
-        key = (directory, lock_file_name(fileid))
+    async def unlock(self, directory: str, fileid: int, lock_type: int = EXCLUSIVE) -> None:
+        name = (
+            lock_file_name(fileid)
+            if lock_type == EXCLUSIVE
+            else read_only_lock_name(fileid, self.host)
+        )
+        key = (directory, name)
         held = self.held.pop(key, None)
         self.lost.discard(key)
         if held is None:
@@ -312,13 +378,26 @@ class ExportClient:
         await asyncio.sleep(0)
         return self.export.create(self.caller, directory, name, CreateMode.GUARDED)[0]
 
-    async def read(self, handle: str, count: int) -> bytes:
+    async def getattr(self, handle: str) -> tuple[str, int]:
         await asyncio.sleep(0)
-        return self.export.read(self.caller, handle, 0, count)[0]
+        attributes = self.export.getattr(self.caller, handle)
+        return attributes.kind, attributes.size
 
-    async def write(self, handle: str, data: bytes) -> None:
+    async def mkdir(self, directory: str, name: str) -> str:
         await asyncio.sleep(0)
-        self.export.write(self.caller, handle, 0, data, stable=True)
+        return self.export.mkdir(self.caller, directory, name)[0]
+
+    async def readdir(self, directory: str) -> list[tuple[str, str, int]]:
+        await asyncio.sleep(0)
+        return [(n, a.kind, a.size) for n, a in self.export.readdir(self.caller, directory)]
+
+    async def read(self, handle: str, count: int, offset: int = 0) -> bytes:
+        await asyncio.sleep(0)
+        return self.export.read(self.caller, handle, offset, count)[0]
+
+    async def write(self, handle: str, data: bytes, offset: int = 0) -> None:
+        await asyncio.sleep(0)
+        self.export.write(self.caller, handle, offset, data, stable=True)
 
     async def remove(self, directory: str, name: str) -> None:
         await asyncio.sleep(0)

@@ -13,12 +13,14 @@ from typing import Protocol
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, NotFound
+from vsim.host.nfs_files import NfsFileSystem
 from vsim.host.nfs_lock import STALE_AFTER, ExportClient, NfsClient, NfsLockManager
 from vsim.host.vmfs import HB_TIMEOUT, BlockDevice, LunDevice, VmfsVolume, format_volume
+from vsim.host.vmfs_files import VmfsFileSystem
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
 from vsim.storage.scsi import ScsiError
-from vsim.storage.vmfs_format import SECTOR, LockMode, VolumeLockMode
+from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 
 LOCK_MODES = {"ats-only": VolumeLockMode.ATS_ONLY, "ats+scsi": VolumeLockMode.ATS_SCSI}
 
@@ -119,6 +121,7 @@ class StorageStack:
         self.rng = rng
         self.vmfs: dict[str, VmfsVolume] = {}
         self.nfs: dict[str, NfsLockManager] = {}
+        self.files: dict[str, VmfsFileSystem | NfsFileSystem] = {}
         self._loops: dict[str, asyncio.Task] = {}
 
     async def mount_vmfs(self, label: str, device: BlockDevice) -> VmfsVolume:
@@ -127,6 +130,7 @@ class StorageStack:
         volume = VmfsVolume(device, self.host, self.clock, self.rng)
         await volume.mount()
         self.vmfs[label] = volume
+        self.files[label] = VmfsFileSystem(volume)
         self._loops[label] = asyncio.get_running_loop().create_task(volume.heartbeat_forever())
         return volume
 
@@ -135,6 +139,7 @@ class StorageStack:
             raise InvalidArgument(f"a datastore named {label} is already mounted")
         manager = NfsLockManager(client, self.host, self.host_name, self.clock)
         self.nfs[label] = manager
+        self.files[label] = NfsFileSystem(manager)
         self._loops[label] = asyncio.get_running_loop().create_task(manager.renew_forever())
         return manager
 
@@ -187,17 +192,13 @@ class StorageStack:
             volume = self.vmfs[name]
             sb = volume.superblock
             capacity = self._capacity.get(name, 0)
-            metadata = sb.metadata_blocks * SECTOR if sb else 0
             mode = next((k for k, v in LOCK_MODES.items() if sb and v == sb.lock_mode), "")
-            # No files are allocated on VMFS volumes yet: all but the metadata is free.
+            try:
+                free = await self.files[name].free_bytes()
+            except Exception:  # noqa: BLE001 - lost access or no path: report it so
+                return Datastore(name, "vmfs", False, capacity, 0, volume.slot, mode)
             return Datastore(
-                name,
-                "vmfs",
-                not volume.lost_access,
-                capacity,
-                capacity - metadata,
-                volume.slot,
-                mode,
+                name, "vmfs", not volume.lost_access, capacity, free, volume.slot, mode
             )
         manager = self.nfs_mount(name)
         try:

@@ -35,6 +35,8 @@ from vsim.storage.vmfs_format import (
     MAX_PATH,
     MAX_SHARED_OWNERS,
     SECTOR,
+    FileDescriptor,
+    FileType,
     HeartbeatSlot,
     LockMode,
     LockOwner,
@@ -42,6 +44,7 @@ from vsim.storage.vmfs_format import (
     SlotState,
     Superblock,
     VolumeLockMode,
+    bitmap_bit,
 )
 
 HB_INTERVAL = 3.0
@@ -78,12 +81,26 @@ async def format_volume(
     volume_uuid: uuid.UUID,
     block_size: int = 1024 * 1024,
 ) -> Superblock:
-    """vmkfstools -C: writes the superblock and empty heartbeat and lock regions."""
-    superblock = Superblock(volume_uuid, label, block_size, lock_mode)
-    empty = bytes(SECTOR * (superblock.metadata_blocks - 1))
+    """vmkfstools -C: writes empty heartbeat, lock and descriptor regions, the root
+    directory, a bitmap with the metadata's blocks in use, then the superblock (last,
+    so a format cut short leaves no volume that looks whole)."""
+    try:
+        superblock = Superblock.for_capacity(
+            volume_uuid, label, block_size, lock_mode, await device.capacity()
+        )
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    empty = bytes(SECTOR * (superblock.metadata_sectors - 1))
     for start in range(0, len(empty), 2048 * SECTOR):
         chunk = empty[start : start + 2048 * SECTOR]
         await device.write(1 + start // SECTOR, chunk)
+    root = FileDescriptor(FileType.DIRECTORY, 1)
+    await device.write(superblock.descriptor_lba(0), root.pack())
+    bitmap = bytearray(SECTOR * superblock.bitmap_sectors)
+    for block in range(superblock.first_data_block):
+        sector, byte, bit = bitmap_bit(block)
+        bitmap[sector * SECTOR + byte] |= 1 << bit
+    await device.write(superblock.bitmap_lba(), bytes(bitmap))
     await device.write(0, superblock.pack())
     return superblock
 
@@ -119,9 +136,9 @@ class VmfsVolume:
     # mounting and heartbeats
 
     async def mount(self) -> None:
-        self.superblock = Superblock.unpack(await self._io(self.device.read, 0, 1))
+        self.superblock = Superblock.unpack(await self.io(self.device.read, 0, 1))
         sb = self.superblock
-        region = await self._io(self.device.read, sb.heartbeat_lba(0), sb.heartbeat_slots)
+        region = await self.io(self.device.read, sb.heartbeat_lba(0), sb.heartbeat_slots)
         for index in range(sb.heartbeat_slots):
             sector = region[index * SECTOR : (index + 1) * SECTOR]
             try:
@@ -135,7 +152,7 @@ class VmfsVolume:
                 claimed = HeartbeatSlot(
                     SlotState.IN_USE, generation, self.host, 1, self.clock.now()
                 )
-                if await self._swap(sb.heartbeat_lba(index), sector, claimed.pack()):
+                if await self.swap(sb.heartbeat_lba(index), sector, claimed.pack()):
                     self.slot = index
                     self._slot_sector = claimed.pack()
                     self._last_heartbeat = self.clock.now()
@@ -157,11 +174,11 @@ class VmfsVolume:
             # would write under them.
             self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
             return False
-        sb = self._mounted()
+        sb = self.mounted()
         current = HeartbeatSlot.unpack(self._slot_sector)
         bumped = replace(current, counter=current.counter + 1, owner_clock=self.clock.now())
         try:
-            await self._io(
+            await self.io(
                 self.device.compare_and_write,
                 sb.heartbeat_lba(self.slot),
                 self._slot_sector,
@@ -194,7 +211,7 @@ class VmfsVolume:
         self.stats["lost_access"] += 1
         self.lost_reason = why
 
-    def _mounted(self) -> Superblock:
+    def mounted(self) -> Superblock:
         """The superblock, while this host may still use the volume: not once its
         heartbeat is HB_TIMEOUT old (others may already have broken its locks)."""
         if self.superblock is None:
@@ -211,14 +228,14 @@ class VmfsVolume:
 
     async def lock(self, index: int, path: str, mode: LockMode = LockMode.EXCLUSIVE) -> LockRecord:
         """Takes lock record `index` for path in mode, or raises FileLocked."""
-        sb = self._mounted()
+        sb = self.mounted()
         if not 0 <= index < sb.lock_records:
             raise ValueError(f"lock index {index} is outside 0..{sb.lock_records - 1}")
         if len(path.encode()) > MAX_PATH:
             raise InvalidArgument(f"a locked path is at most {MAX_PATH} bytes")
         me = LockOwner(self.host, self.slot, self.slot_generation)
         while True:
-            sector = await self._io(self.device.read, sb.lock_lba(index), 1)
+            sector = await self.io(self.device.read, sb.lock_lba(index), 1)
             record = self._record(sector)
             mine = [o for o in record.owners if o == me]
             if mine and (mode == LockMode.EXCLUSIVE or record.mode == LockMode.EXCLUSIVE):
@@ -245,7 +262,7 @@ class VmfsVolume:
             if len(owners) > MAX_SHARED_OWNERS:
                 raise FileLocked(f"{path} already has {MAX_SHARED_OWNERS} sharers")
             new = LockRecord(mode, record.generation + 1, owners, path)
-            if await self._swap(sb.lock_lba(index), sector, new.pack()):
+            if await self.swap(sb.lock_lba(index), sector, new.pack()):
                 await self._check_own_slot()
                 self.stats["locks"] += 1
                 return new
@@ -254,8 +271,8 @@ class VmfsVolume:
     async def _check_own_slot(self) -> None:
         """A lock granted on a heartbeat slot someone has meanwhile cleared is worth
         nothing: others see its holder as gone. Then this host has lost the volume."""
-        sb = self._mounted()
-        if await self._io(self.device.read, sb.heartbeat_lba(self.slot), 1) != self._slot_sector:
+        sb = self.mounted()
+        if await self.io(self.device.read, sb.heartbeat_lba(self.slot), 1) != self._slot_sector:
             self._lose_access("another host cleared this host's heartbeat slot")
             raise CannotAccessFile(self.lost_reason)
 
@@ -272,28 +289,28 @@ class VmfsVolume:
             raise CannotAccessFile(f"a lock record on the volume is damaged: {e}") from None
 
     async def unlock(self, index: int) -> None:
-        sb = self._mounted()
+        sb = self.mounted()
         while True:
-            sector = await self._io(self.device.read, sb.lock_lba(index), 1)
+            sector = await self.io(self.device.read, sb.lock_lba(index), 1)
             record = self._record(sector)
             owners = tuple(o for o in record.owners if o.host != self.host)
             if len(owners) == len(record.owners):
                 return  # not ours (any more)
             mode = record.mode if owners else LockMode.FREE
             new = LockRecord(mode, record.generation + 1, owners, record.path if owners else "")
-            if await self._swap(sb.lock_lba(index), sector, new.pack()):
+            if await self.swap(sb.lock_lba(index), sector, new.pack()):
                 return
 
     async def read_lock(self, index: int) -> LockRecord:
-        sb = self._mounted()
-        return LockRecord.unpack(await self._io(self.device.read, sb.lock_lba(index), 1))
+        sb = self.mounted()
+        return LockRecord.unpack(await self.io(self.device.read, sb.lock_lba(index), 1))
 
     async def heartbeat_age(self, owner: LockOwner) -> float | None:
         """Seconds this host has watched the owner's heartbeat counter stand still (0
         when it just moved), or None when the owner's slot was cleared or taken over
         (the owner is gone)."""
-        sb = self._mounted()
-        slot = self._slot(await self._io(self.device.read, sb.heartbeat_lba(owner.slot), 1))
+        sb = self.mounted()
+        slot = self._slot(await self.io(self.device.read, sb.heartbeat_lba(owner.slot), 1))
         if (
             slot.state != SlotState.IN_USE
             or slot.owner != owner.host
@@ -315,8 +332,8 @@ class VmfsVolume:
 
     async def find_lock(self, path: str) -> tuple[int, LockRecord] | None:
         """The lock record held for path, if any (a scan of the lock region)."""
-        sb = self._mounted()
-        region = await self._io(self.device.read, sb.lock_lba(0), sb.lock_records)
+        sb = self.mounted()
+        region = await self.io(self.device.read, sb.lock_lba(0), sb.lock_records)
         for index in range(sb.lock_records):
             record = LockRecord.unpack(region[index * SECTOR : (index + 1) * SECTOR])
             if record.mode != LockMode.FREE and record.path == path:
@@ -327,9 +344,9 @@ class VmfsVolume:
         """Frees lock record `index` if every owner is gone (heartbeat still for
         HB_TIMEOUT as this host watched it, or slot cleared); FileLocked otherwise.
         Returns the record as it was."""
-        sb = self._mounted()
+        sb = self.mounted()
         while True:
-            sector = await self._io(self.device.read, sb.lock_lba(index), 1)
+            sector = await self.io(self.device.read, sb.lock_lba(index), 1)
             record = LockRecord.unpack(sector)
             if record.mode == LockMode.FREE:
                 return record
@@ -343,34 +360,34 @@ class VmfsVolume:
                     )
             await self._break(record, list(record.owners))
             freed = LockRecord(LockMode.FREE, record.generation + 1)
-            if await self._swap(sb.lock_lba(index), sector, freed.pack()):
+            if await self.swap(sb.lock_lba(index), sector, freed.pack()):
                 return record
 
     async def _break(self, record: LockRecord, dead: list[LockOwner]) -> None:
         """Clears the heartbeat slots of dead owners (generation + 1), so that they
         stop writing if they come back, before their locks are taken."""
-        sb = self._mounted()
+        sb = self.mounted()
         for owner in dead:
             lba = sb.heartbeat_lba(owner.slot)
-            sector = await self._io(self.device.read, lba, 1)
+            sector = await self.io(self.device.read, lba, 1)
             slot = self._slot(sector)
             if slot.owner == owner.host and slot.generation == owner.slot_generation:
                 cleared = HeartbeatSlot(SlotState.FREE, slot.generation + 1)
-                if await self._swap(lba, sector, cleared.pack()):
+                if await self.swap(lba, sector, cleared.pack()):
                     self.stats["slots_cleared"] += 1
             self._watches.pop((owner.slot, owner.host, owner.slot_generation), None)
         self.stats["locks_broken"] += 1
 
     # atomic sector updates
 
-    async def _swap(self, lba: int, expected: bytes, new: bytes) -> bool:
+    async def swap(self, lba: int, expected: bytes, new: bytes) -> bool:
         """Replaces the sector at lba with new if it still holds expected: with ATS,
         or under a SCSI-2 reservation. False if another host changed it first."""
         sb = self.superblock
         if sb is not None and sb.lock_mode == VolumeLockMode.ATS_SCSI:
             return await self._under_reservation(lambda: self._write_if(lba, expected, new))
         try:
-            await self._io(self.device.compare_and_write, lba, expected, new)
+            await self.io(self.device.compare_and_write, lba, expected, new)
         except ScsiError as e:
             if e.sense is not None and e.sense.key == MISCOMPARE:
                 self.stats["ats_miscompares"] += 1
@@ -379,14 +396,14 @@ class VmfsVolume:
         return True
 
     async def _write_if(self, lba: int, expected: bytes, new: bytes) -> bool:
-        if await self._io(self.device.read, lba, 1) != expected:
+        if await self.io(self.device.read, lba, 1) != expected:
             return False
-        await self._io(self.device.write, lba, new)
+        await self.io(self.device.write, lba, new)
         return True
 
     async def _under_reservation(self, work: Callable[[], Awaitable[bool]]) -> bool:
         try:
-            await self._io(self.device.reserve)
+            await self.io(self.device.reserve)
             return await work()
         finally:
             await self._release()
@@ -403,7 +420,7 @@ class VmfsVolume:
                     self.stats["release_failures"] += 1
                     raise
 
-    async def _io(self, command: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def io(self, command: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Runs one SCSI command, retrying RESERVATION CONFLICTs (another host holds
         the LUN for a metadata update) with randomised exponential backoff."""
         backoff = RESERVE_BACKOFF[0]

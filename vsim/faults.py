@@ -62,6 +62,11 @@ HostNotConnected = _fault("HostNotConnected", S.UNAVAILABLE)
 RequestTimeout = _fault("RequestTimeout", S.DEADLINE_EXCEEDED)
 FileLocked = _fault("FileLocked", S.FAILED_PRECONDITION)
 CannotAccessFile = _fault("CannotAccessFile", S.UNAVAILABLE)
+CannotCreateFile = _fault("CannotCreateFile", S.PERMISSION_DENIED)
+FileNotFound = _fault("FileNotFound", S.NOT_FOUND)
+FileAlreadyExists = _fault("FileAlreadyExists", S.ALREADY_EXISTS)
+FileTooLarge = _fault("FileTooLarge", S.OUT_OF_RANGE)
+NoDiskSpace = _fault("NoDiskSpace", S.RESOURCE_EXHAUSTED)
 SystemError_ = _fault("SystemError", S.INTERNAL)
 
 _BY_NAME: dict[str, type[VimFault]] = {cls.name: cls for cls in VimFault.__subclasses__()}

@@ -1,0 +1,201 @@
+"""Files on an NFS v3 datastore: the export's own files, reached by LOOKUP from the
+export root, locked with `.lck-<fileid>` files (`vsim.host.nfs_lock`). ESXi always
+comes as root; an export that squashes root mounts, but nothing can be created on it.
+A file whose lock this host has lost (another host found it stale and broke it) takes
+no more I/O from here."""
+
+from __future__ import annotations
+
+from vsim.faults import (
+    CannotAccessFile,
+    CannotCreateFile,
+    FileAlreadyExists,
+    FileLocked,
+    FileNotFound,
+    InvalidArgument,
+    InvalidState,
+    VimFault,
+)
+from vsim.host.datastore_files import FileInfo, parent_of, split_path
+from vsim.host.nfs_lock import (
+    EXCLUSIVE,
+    READ_ONLY,
+    STALE_AFTER,
+    NfsLockManager,
+    lock_file_name,
+    read_only_lock_name,
+)
+from vsim.storage.nfs_export import MAX_TRANSFER, NfsError, NfsStatus
+from vsim.storage.vmfs_format import LockMode
+
+LOCK_TYPES = {LockMode.EXCLUSIVE: EXCLUSIVE, LockMode.READ_ONLY: READ_ONLY}
+
+
+def nfs_fault(error: NfsError, path: str, creating: bool = False) -> VimFault:
+    """The vSphere fault for an NFS error on path."""
+    if error.status in (NfsStatus.NOENT, NfsStatus.STALE):
+        return FileNotFound(f"{path} does not exist ({error.message})")
+    if error.status == NfsStatus.EXIST:
+        return FileAlreadyExists(f"{path} already exists")
+    if error.status in (NfsStatus.ACCES, NfsStatus.PERM, NfsStatus.ROFS):
+        if creating:
+            return CannotCreateFile(
+                f"cannot create {path}: {error.message}. ESXi writes as root: the export "
+                "must be rw with no_root_squash"
+            )
+        return CannotAccessFile(f"cannot change {path}: {error.message}")
+    if error.status == NfsStatus.NOTEMPTY:
+        return InvalidState(f"directory {path} is not empty")
+    if error.status in (NfsStatus.NOTDIR, NfsStatus.ISDIR, NfsStatus.INVAL):
+        return InvalidArgument(f"{path}: {error.message}")
+    return CannotAccessFile(f"{path}: {error}")
+
+
+class NfsFileSystem:
+    def __init__(self, manager: NfsLockManager) -> None:
+        self.manager = manager
+        self.client = manager.client
+
+    async def _handle(self, path: str) -> str:
+        handle = ""
+        try:
+            for name in split_path(path) if path else []:
+                handle = await self.client.lookup(handle, name)
+        except NfsError as e:
+            raise nfs_fault(e, path) from None
+        return handle
+
+    async def mkdir(self, path: str) -> None:
+        directory, name = parent_of(path)
+        parent = await self._handle(directory)
+        try:
+            await self.client.mkdir(parent, name)
+        except NfsError as e:
+            raise nfs_fault(e, path, creating=True) from None
+
+    async def create(self, path: str) -> None:
+        directory, name = parent_of(path)
+        if name.startswith(".lck-"):
+            raise InvalidArgument(f"{name} is a lock file name")
+        parent = await self._handle(directory)
+        try:
+            await self.client.create(parent, name)
+        except NfsError as e:
+            raise nfs_fault(e, path, creating=True) from None
+
+    async def stat(self, path: str) -> FileInfo:
+        handle = await self._handle(path)
+        try:
+            kind, size = await self.client.getattr(handle)
+        except NfsError as e:
+            raise nfs_fault(e, path) from None
+        return FileInfo(path, kind, size)
+
+    async def listdir(self, path: str) -> list[FileInfo]:
+        handle = await self._handle(path)
+        try:
+            entries = await self.client.readdir(handle)
+        except NfsError as e:
+            raise nfs_fault(e, path) from None
+        prefix = f"{path}/" if path else ""
+        return [
+            FileInfo(prefix + name, kind, size)
+            for name, kind, size in entries
+            if not name.startswith(".lck-")
+        ]
+
+    async def remove(self, path: str) -> None:
+        directory, name = parent_of(path)
+        parent = await self._handle(directory)
+        try:
+            fileid = await self.client.fileid(parent, name)
+            for record, age in await self.manager.holders(parent, fileid):
+                if age < STALE_AFTER:
+                    holder = f"{record.host_name} ({record.owner})" if record else "another host"
+                    raise FileLocked(f"{path} is open on {holder}", holder=holder)
+            await self.client.remove(parent, name)
+        except NfsError as e:
+            raise nfs_fault(e, path) from None
+
+    async def open(self, path: str, mode: LockMode = LockMode.EXCLUSIVE) -> NfsFile:
+        if mode not in LOCK_TYPES:
+            raise InvalidArgument("an NFS file opens exclusive or read-only")
+        directory, name = parent_of(path)
+        parent = await self._handle(directory)
+        try:
+            handle = await self.client.lookup(parent, name)
+            if (await self.client.getattr(handle))[0] != "file":
+                raise InvalidArgument(f"{path} is a directory")
+            fileid = await self.client.fileid(parent, name)
+        except NfsError as e:
+            raise nfs_fault(e, path) from None
+        await self.manager.lock(parent, fileid, path, LOCK_TYPES[mode])
+        return NfsFile(self, parent, fileid, handle, path, mode)
+
+
+class NfsFile:
+    def __init__(
+        self, fs: NfsFileSystem, directory: str, fileid: int, handle: str, path: str, mode: LockMode
+    ) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.fileid = fileid
+        self.handle = handle
+        self.path = path
+        self.mode = mode
+        self._closed = False
+
+    def _check(self, writing: bool = False) -> None:
+        if self._closed:
+            raise InvalidState(f"{self.path} is closed")
+        if writing and self.mode != LockMode.EXCLUSIVE:
+            raise InvalidState(f"{self.path} is open read-only")
+        manager = self.fs.manager
+        name = (
+            lock_file_name(self.fileid)
+            if self.mode == LockMode.EXCLUSIVE
+            else read_only_lock_name(self.fileid, manager.host)
+        )
+        if (self.directory, name) in manager.lost:
+            raise CannotAccessFile(
+                f"this host lost the lock on {self.path}: its lock file was broken by another"
+            )
+
+    async def read(self, offset: int, count: int) -> bytes:
+        self._check()
+        if offset < 0 or count < 0:
+            raise InvalidArgument(f"offset and length must be >= 0, got {offset} and {count}")
+        out = bytearray()
+        try:
+            while len(out) < count:
+                want = min(MAX_TRANSFER, count - len(out))
+                data = await self.fs.client.read(self.handle, want, offset + len(out))
+                out += data
+                if len(data) < want:
+                    break
+        except NfsError as e:
+            raise nfs_fault(e, self.path) from None
+        return bytes(out) + bytes(count - len(out))
+
+    async def write(self, offset: int, data: bytes) -> None:
+        self._check(writing=True)
+        if offset < 0:
+            raise InvalidArgument(f"offset must be >= 0, got {offset}")
+        try:
+            for at in range(0, len(data), MAX_TRANSFER):
+                await self.fs.client.write(self.handle, data[at : at + MAX_TRANSFER], offset + at)
+        except NfsError as e:
+            raise nfs_fault(e, self.path) from None
+
+    async def size(self) -> int:
+        self._check()
+        try:
+            return (await self.fs.client.getattr(self.handle))[1]
+        except NfsError as e:
+            raise nfs_fault(e, self.path) from None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.fs.manager.unlock(self.directory, self.fileid, LOCK_TYPES[self.mode])
