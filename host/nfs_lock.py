@@ -198,9 +198,7 @@ class NfsLockManager:
             return [n for n in names if n.startswith(base + "-ro-") and ".broken-" not in n]
         return [base] if base in names else []
 
-    async def holders(
-        self, directory: str, fileid: int
-    ) -> list[tuple[LockFile | None, float]]:
+    async def holders(self, directory: str, fileid: int) -> list[tuple[LockFile | None, float]]:
         """Every lock on a file (the exclusive one, or the read-only ones), each with
         how long this host has seen it unchanged."""
         base = lock_file_name(fileid)

@@ -265,9 +265,7 @@ class VmfsFileSystem:
 
     async def free_bytes(self) -> int:
         sb = self.sb
-        bitmap = await self.volume.io(
-            self.volume.device.read, sb.bitmap_lba(), sb.bitmap_sectors
-        )
+        bitmap = await self.volume.io(self.volume.device.read, sb.bitmap_lba(), sb.bitmap_sectors)
         used = int.from_bytes(bitmap, "little").bit_count()
         return (sb.blocks - used) * sb.block_size
 
@@ -407,9 +405,7 @@ class VmfsFile:
     async def _add_indirect(self) -> None:
         sb = self.volume.mounted()
         block = await self.fs.allocate()
-        await self.volume.io(
-            self.volume.device.write, sb.block_lba(block), bytes(sb.block_size)
-        )
+        await self.volume.io(self.volume.device.write, sb.block_lba(block), bytes(sb.block_size))
         await self._update(lambda d: d if d.indirect else replace(d, indirect=block))
         if self._descriptor.indirect != block:
             await self.fs._free_blocks([block])  # another writer added one first
