@@ -55,6 +55,8 @@ class NfsFileSystem:
     def __init__(self, manager: NfsLockManager) -> None:
         self.manager = manager
         self.client = manager.client
+        self._shared: dict[tuple[str, int], int] = {}
+        """(directory, fileid) -> read-only opens on this host sharing one lock file."""
 
     async def _handle(self, path: str) -> str:
         handle = ""
@@ -129,8 +131,24 @@ class NfsFileSystem:
             fileid = await self.client.fileid(parent, name)
         except NfsError as e:
             raise nfs_fault(e, path) from None
-        await self.manager.lock(parent, fileid, path, LOCK_TYPES[mode])
+        key = (parent, fileid)
+        if mode == LockMode.READ_ONLY and key in self._shared:
+            self._shared[key] += 1  # another open on this host shares the lock
+        else:
+            await self.manager.lock(parent, fileid, path, LOCK_TYPES[mode])
+            if mode == LockMode.READ_ONLY:
+                self._shared[key] = 1
         return NfsFile(self, parent, fileid, handle, path, mode)
+
+    async def release(self, directory: str, fileid: int, mode: LockMode) -> None:
+        """Drops one open's hold on a file's lock; the lock goes with the last one."""
+        key = (directory, fileid)
+        if mode == LockMode.READ_ONLY:
+            self._shared[key] -= 1
+            if self._shared[key]:
+                return
+            del self._shared[key]
+        await self.manager.unlock(directory, fileid, LOCK_TYPES[mode])
 
 
 class NfsFile:
@@ -198,4 +216,4 @@ class NfsFile:
         if self._closed:
             return
         self._closed = True
-        await self.fs.manager.unlock(self.directory, self.fileid, LOCK_TYPES[self.mode])
+        await self.fs.release(self.directory, self.fileid, self.mode)

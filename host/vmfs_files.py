@@ -56,6 +56,8 @@ class VmfsFileSystem:
         self._index: dict[str, int] = {"": 0}
         """path -> descriptor index, checked against the descriptor on every use."""
         self._dir_guards: dict[int, asyncio.Lock] = {}
+        self._shared: dict[int, tuple[LockMode, int]] = {}
+        """descriptor index -> (shared mode, opens on this host holding it)."""
 
     @property
     def sb(self) -> Superblock:
@@ -278,12 +280,27 @@ class VmfsFileSystem:
         index, _, descriptor = await self._lookup(path)
         if descriptor.type != FileType.FILE:
             raise InvalidArgument(f"{path} is a directory")
-        await self.volume.lock(index, path, mode)
+        if mode != LockMode.EXCLUSIVE and self._shared.get(index, (None, 0))[0] == mode:
+            # Another open on this host shares the lock (two clones reading one parent).
+            self._shared[index] = (mode, self._shared[index][1] + 1)
+        else:
+            await self.volume.lock(index, path, mode)
+            if mode != LockMode.EXCLUSIVE:
+                self._shared[index] = (mode, 1)
         sector, descriptor = await self._descriptor(index)
         if descriptor.type != FileType.FILE or descriptor.path != path:
-            await self.volume.unlock(index)  # removed between the lookup and the lock
+            await self.release(index)  # removed between the lookup and the lock
             raise FileNotFound(f"{path} does not exist on {self.sb.label}")
         return VmfsFile(self, index, path, mode, sector)
+
+    async def release(self, index: int) -> None:
+        """Drops one open's hold on a file's lock; the lock goes with the last one."""
+        mode, count = self._shared.get(index, (LockMode.EXCLUSIVE, 1))
+        if count > 1:
+            self._shared[index] = (mode, count - 1)
+            return
+        self._shared.pop(index, None)
+        await self.volume.unlock(index)
 
 
 def _parent(path: str) -> str:
@@ -489,7 +506,7 @@ class VmfsFile:
         self._closed = True
         # A lost volume's locks are broken by others, not released from here.
         with contextlib.suppress(CannotAccessFile):
-            await self.volume.unlock(self.index)
+            await self.fs.release(self.index)
 
 
 def _pieces(offset: int, count: int, block_size: int) -> list[tuple[int, int, int]]:
