@@ -104,7 +104,7 @@ class InProcessEngine:
         (powered-on VMs, mounts) is lost."""
         hostd = self._hostd.pop(name, None)
         if hostd is not None:
-            hostd.storage.halt()
+            hostd.halt()
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""

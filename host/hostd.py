@@ -16,17 +16,29 @@ import uuid
 from typing import Any
 
 from vsim import validate
-from vsim.faults import InvalidArgument
+from vsim.faults import CannotAccessFile, InvalidArgument, InvalidPowerState, InvalidState, NotFound
 from vsim.host.accounts import ROLES, HostAccounts
-from vsim.host.kernel import HostKernel, VmConfig
+from vsim.host.disk_scheduler import DiskScheduler
+from vsim.host.kernel import DiskConfig, HostKernel, VmConfig
 from vsim.host.storage_stack import Datastore, LockStatus, StorageStack
+from vsim.host.vm_files import (
+    check_disks,
+    create_vm_files,
+    delete_vm_files,
+    snapshot_disks,
+    write_vmx,
+)
+from vsim.host.vmdk import open_disk
+from vsim.host.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
+from vsim.storage.vmfs_format import LockMode
+from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 PUBLIC_METHODS = frozenset({"Login"})
 
 
-def vm_to_proto(vm: VmConfig) -> pb.HostVm:
+def vm_to_proto(vm: VmConfig, vmx: VmxProcess | None = None) -> pb.HostVm:
     return pb.HostVm(
         name=vm.name,
         uuid=vm.uuid,
@@ -34,6 +46,40 @@ def vm_to_proto(vm: VmConfig) -> pb.HostVm:
         memory_mb=vm.memory_mb,
         powered_on=vm.powered_on,
         guest_os=vm.guest_os,
+        datastore=vm.datastore,
+        disks=[
+            common_pb2.VirtualDisk(path=d.path, capacity_bytes=d.capacity_bytes, parent=d.parent)
+            for d in vm.disks
+        ],
+        guest_write_iops=vm.guest_write_iops,
+        guest_writes_acked=vmx.acked_seq if vmx else 0,
+        disks_open=bool(vmx and vmx.disks),
+    )
+
+
+def vm_from_proto(vm: pb.HostVm) -> VmConfig:
+    return VmConfig(
+        vm.name,
+        vm.uuid,
+        vm.cpus,
+        vm.memory_mb,
+        vm.guest_os or "otherGuest64",
+        datastore=vm.datastore,
+        disks=tuple(DiskConfig(d.path, d.capacity_bytes, d.parent) for d in vm.disks),
+        guest_write_iops=vm.guest_write_iops,
+    )
+
+
+def report_to_proto(report: GuestDiskReport, host: str) -> common_pb2.GuestDiskReport:
+    return common_pb2.GuestDiskReport(
+        disk=report.disk,
+        blocks=report.blocks,
+        written=report.written,
+        corrupt=report.corrupt,
+        missing=report.missing,
+        highest_seq=report.highest_seq,
+        acked_seq=report.acked_seq,
+        host=host,
     )
 
 
@@ -71,6 +117,9 @@ class Hostd:
     ) -> None:
         self.kernel = kernel
         self.accounts = accounts
+        self.scheduler = DiskScheduler()
+        self.vmx: dict[str, VmxProcess] = {}
+        """VMs with a VMX here: powered on, or holding their disks for a hand-off."""
         self.storage = storage or StorageStack(
             kernel.spec.host_uuid,
             kernel.spec.name,
@@ -123,27 +172,154 @@ class Hostd:
         self.accounts.set_account(request.user_name, request.password, request.role)
         return pb.CreateUserResponse()
 
-    def RegisterVm(self, request: pb.RegisterVmRequest, user: str | None) -> pb.RegisterVmResponse:
+    def _files(self, vm: VmConfig):
+        if vm.datastore not in self.storage.files:
+            raise NotFound(
+                f"datastore {vm.datastore[:80]!r} of {vm.name} is not mounted on "
+                f"{self.kernel.spec.name}"
+            )
+        return self.storage.files[vm.datastore]
+
+    def _vmx(self, vm: VmConfig) -> VmxProcess:
+        vmx = self.vmx.get(vm.name)
+        if vmx is None:
+            files = self._files(vm)
+            vmx = self.vmx[vm.name] = VmxProcess(
+                vm.name,
+                uuid.UUID(vm.uuid),
+                [(vm.datastore, files, d.path) for d in vm.disks],
+                self.scheduler,
+                self.kernel.clock,
+                vm.guest_write_iops,
+            )
+        return vmx
+
+    async def RegisterVm(
+        self, request: pb.RegisterVmRequest, user: str | None
+    ) -> pb.RegisterVmResponse:
         self.accounts.require_admin(user)
-        vm = request.vm
+        vm = vm_from_proto(request.vm)
         validate.text(vm.uuid, "vm.uuid", 64)
+        try:
+            uuid.UUID(vm.uuid)
+        except ValueError:
+            raise InvalidArgument(f"vm.uuid {vm.uuid[:40]!r} is not a UUID") from None
         validate.text(vm.guest_os, "vm.guest_os", 64)
-        self.kernel.register_vm(
-            VmConfig(vm.name, vm.uuid, vm.cpus, vm.memory_mb, vm.guest_os or "otherGuest64")
-        )
+        validate.int_range(vm.guest_write_iops, 0, 10_000, "vm.guest_write_iops")
+        check_disks(vm)
+        files = self._files(vm) if vm.disks else None
+        self.kernel.register_vm(vm)
+        if request.create_files and files is not None:
+            try:
+                await create_vm_files(files, vm)
+            except BaseException:
+                self.kernel.unregister_vm(vm.name)
+                raise
         return pb.RegisterVmResponse()
 
-    def UnregisterVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
+    async def UnregisterVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
         self.accounts.require_admin(user)
+        vm = self.kernel.vm(request.name)
+        if vm.powered_on:
+            raise InvalidPowerState(
+                f"{vm.name} is powered on; power it off before unregistering it"
+            )
+        vmx = self.vmx.pop(vm.name, None)
+        if vmx is not None:
+            await vmx.close_disks()
+        if request.delete_files and vm.disks:
+            await delete_vm_files(self._files(vm), vm)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.unregister_vm(request.name)))
 
-    def PowerOnVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
+    async def PowerOnVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
         self.accounts.require_admin(user)
-        return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_on(request.name)))
+        vm = self.kernel.power_on(request.name)  # admission control first: no locks taken
+        if vm.disks:
+            try:
+                vmx = self._vmx(vm)
+                await vmx.open_disks()  # FileLocked if another host runs these disks
+                vmx.start_guest()
+            except BaseException:
+                self.kernel.power_off(vm.name)
+                raise
+        return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
 
-    def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
+    async def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
         self.accounts.require_admin(user)
-        return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name)))
+        vm = self.kernel.vm(request.name)
+        if not vm.powered_on:
+            raise InvalidPowerState(f"{vm.name} is already powered off")
+        vmx = self.vmx.get(vm.name)
+        if vmx is not None:
+            try:
+                await vmx.close_disks()
+            except CannotAccessFile:
+                pass  # the datastore is gone; the locks are others' to break
+        return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name), vmx))
+
+    async def SnapshotVmDisks(
+        self, request: pb.HostVmRequest, user: str | None
+    ) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
+        vm = self.kernel.vm(request.name)
+        if vm.powered_on or (vm.name in self.vmx and self.vmx[vm.name].disks):
+            raise InvalidPowerState(f"{vm.name} must be powered off to add deltas to its disks")
+        if not vm.disks:
+            raise InvalidState(f"{vm.name} has no disks")
+        files = self._files(vm)
+        disks = await snapshot_disks(files, vm)
+        vm = self.kernel.update_disks(vm.name, disks)
+        self.vmx.pop(vm.name, None)
+        await write_vmx(files, vm, create=False)
+        return pb.HostVmResponse(vm=vm_to_proto(vm))
+
+    async def ReleaseVmDisks(
+        self, request: pb.HostVmRequest, user: str | None
+    ) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
+        vm = self.kernel.vm(request.name)
+        vmx = self.vmx.get(vm.name)
+        if vmx is None or not vmx.disks:
+            raise InvalidState(f"{vm.name}'s disks are not open on {self.kernel.spec.name}")
+        await vmx.close_disks()  # the guest's last write is acknowledged first
+        return pb.HostVmResponse(vm=vm_to_proto(vm, vmx))
+
+    async def OpenVmDisks(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
+        vm = self.kernel.vm(request.name)
+        if not vm.disks:
+            raise InvalidState(f"{vm.name} has no disks")
+        vmx = self._vmx(vm)
+        await vmx.open_disks()
+        if vm.powered_on:
+            vmx.start_guest()  # a hand-off back to this host: the guest goes on
+        return pb.HostVmResponse(vm=vm_to_proto(vm, vmx))
+
+    async def VerifyGuestDisk(
+        self, request: pb.VerifyGuestDiskRequest, user: str | None
+    ) -> common_pb2.GuestDiskReport:
+        vm = self.kernel.vm(request.vm)
+        if not vm.disks:
+            raise InvalidState(f"{vm.name} has no disks")
+        if request.acked_seq < 0:
+            raise InvalidArgument(f"acked_seq must be >= 0, got {request.acked_seq}")
+        vmx = self.vmx.get(vm.name)
+        if vmx is not None and vmx.disks:
+            report = await vmx.verify(request.acked_seq)
+        else:
+            disk = await open_disk(self._files(vm), vm.disks[0].path, LockMode.READ_ONLY)
+            try:
+                report = await verify_guest_disk(disk, uuid.UUID(vm.uuid), request.acked_seq)
+            finally:
+                await disk.close()
+        return report_to_proto(report, self.kernel.spec.name)
+
+    def halt(self) -> None:
+        """The host stops at once (a crash): no more heartbeats, renewals or guest I/O."""
+        self.storage.halt()
+        for vmx in self.vmx.values():
+            vmx.kill()
+        self.vmx.clear()
 
     async def FormatVmfs(self, request: pb.FormatVmfsRequest, user: str | None) -> pb.HostDatastore:
         self.accounts.require_admin(user)
@@ -189,4 +365,6 @@ class Hostd:
         return lock_to_proto(await self.storage.break_stale_lock(request.datastore, request.path))
 
     def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
-        return pb.ListHostVmsResponse(vms=[vm_to_proto(vm) for vm in self.kernel.vms()])
+        return pb.ListHostVmsResponse(
+            vms=[vm_to_proto(vm, self.vmx.get(vm.name)) for vm in self.kernel.vms()]
+        )

@@ -22,6 +22,14 @@ from vsim.faults import (
 
 
 @dataclass(frozen=True)
+class DiskConfig:
+    path: str
+    """The descriptor's datastore path."""
+    capacity_bytes: int
+    parent: str = ""
+
+
+@dataclass(frozen=True)
 class VmConfig:
     """What a host knows of a registered VM."""
 
@@ -31,6 +39,9 @@ class VmConfig:
     memory_mb: int
     guest_os: str = "otherGuest64"
     powered_on: bool = False
+    datastore: str = ""
+    disks: tuple[DiskConfig, ...] = ()
+    guest_write_iops: int = 0
 
 
 class HostKernel:
@@ -73,6 +84,13 @@ class HostKernel:
         registered = replace(vm, powered_on=False)
         self._vms[vm.name] = registered
         return registered
+
+    def update_disks(self, name: str, disks: tuple[DiskConfig, ...]) -> VmConfig:
+        vm = self.vm(name)
+        if vm.powered_on:
+            raise InvalidPowerState(f"{name} is powered on; its disks cannot change now")
+        vm = self._vms[name] = replace(vm, disks=disks)
+        return vm
 
     def unregister_vm(self, name: str) -> VmConfig:
         vm = self.vm(name)

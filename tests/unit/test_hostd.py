@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import uuid
+
 import json
 import stat
 from pathlib import Path
@@ -31,10 +35,19 @@ def hostd(fast_scrypt: None) -> Hostd:
     spec = HostSpec(
         "esxi-01", uuid="9c1f2e5a-3b4d-4e6f-8a7b-0c1d2e3f4a5b", cpu_cores=4, memory_mb=8192
     )
-    return Hostd(
+    hostd = Hostd(
         HostKernel(spec, SimClock(10.0)),
         HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD)),
     )
+    call = hostd.call
+
+    def synchronous(method: str, request, token):
+        """hostd's storage-facing methods are coroutines; these tests drive them to the end."""
+        result = call(method, request, token)
+        return asyncio.run(result) if inspect.iscoroutine(result) else result
+
+    hostd.call = synchronous
+    return hostd
 
 
 def login(hostd: Hostd, user: str = "root", password: str = ROOT_PASSWORD) -> str:
@@ -44,7 +57,7 @@ def login(hostd: Hostd, user: str = "root", password: str = ROOT_PASSWORD) -> st
 
 
 def register(hostd: Hostd, session: str | None, name: str = "vm-001", memory_mb: int = 1024):
-    vm = hpb.HostVm(name=name, uuid="u", cpus=1, memory_mb=memory_mb)
+    vm = hpb.HostVm(name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), cpus=1, memory_mb=memory_mb)
     return hostd.call("RegisterVm", hpb.RegisterVmRequest(vm=vm), session)
 
 

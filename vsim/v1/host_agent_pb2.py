@@ -22,59 +22,62 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from vsim.v1 import common_pb2 as vsim_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vsim/v1/host_agent.proto\x12\x07vsim.v1\"7\n\x10HostLoginRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"$\n\x11HostLoginResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x14\n\x12GetHostInfoRequest\"\xad\x01\n\x08HostInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x06 \x01(\x03\x12\x0b\n\x03vms\x18\x07 \x01(\x05\x12\x16\n\x0evms_powered_on\x18\x08 \x01(\x05\x12\x11\n\tboot_time\x18\t \x01(\x01\"F\n\x11\x43reateUserRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"\x14\n\x12\x43reateUserResponse\"k\n\x06HostVm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\npowered_on\x18\x05 \x01(\x08\x12\x10\n\x08guest_os\x18\x06 \x01(\t\"0\n\x11RegisterVmRequest\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\"\x14\n\x12RegisterVmResponse\"\x1d\n\rHostVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x0eHostVmResponse\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\"\x14\n\x12ListHostVmsRequest\"3\n\x13ListHostVmsResponse\x12\x1c\n\x03vms\x18\x01 \x03(\x0b\x32\x0f.vsim.v1.HostVm\"P\n\x0b\x41rrayTarget\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nthumbprint\x18\x02 \x01(\t\x12\x0b\n\x03lun\x18\x03 \x01(\x05\x12\x0e\n\x06\x65xport\x18\x04 \x01(\t\"i\n\x11\x46ormatVmfsRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12$\n\x06target\x18\x02 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\x12\x11\n\tlock_mode\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\"Y\n\x15MountDatastoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12$\n\x06target\x18\x03 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\"\x96\x01\n\rHostDatastore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\naccessible\x18\x03 \x01(\x08\x12\x16\n\x0eheartbeat_slot\x18\x04 \x01(\x05\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x03\x12\x11\n\tlock_mode\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x03\"\x1b\n\x19HostListDatastoresRequest\"H\n\x1aHostListDatastoresResponse\x12*\n\ndatastores\x18\x01 \x03(\x0b\x32\x16.vsim.v1.HostDatastore\"2\n\x0fHostLockRequest\x12\x11\n\tdatastore\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"d\n\x0eHostLockHolder\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x16\n\x0eheartbeat_slot\x18\x02 \x01(\x05\x12\x19\n\x11seconds_unchanged\x18\x03 \x01(\x01\x12\x0c\n\x04live\x18\x04 \x01(\x08\"V\n\x0cHostLockInfo\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12(\n\x07holders\x18\x02 \x03(\x0b\x32\x17.vsim.v1.HostLockHolder\x12\x0e\n\x06\x62roken\x18\x03 \x01(\x08\x32\x84\x07\n\tHostAgent\x12>\n\x05Login\x12\x19.vsim.v1.HostLoginRequest\x1a\x1a.vsim.v1.HostLoginResponse\x12=\n\x0bGetHostInfo\x12\x1b.vsim.v1.GetHostInfoRequest\x1a\x11.vsim.v1.HostInfo\x12\x45\n\nCreateUser\x12\x1a.vsim.v1.CreateUserRequest\x1a\x1b.vsim.v1.CreateUserResponse\x12\x45\n\nRegisterVm\x12\x1a.vsim.v1.RegisterVmRequest\x1a\x1b.vsim.v1.RegisterVmResponse\x12?\n\x0cUnregisterVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12<\n\tPowerOnVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12=\n\nPowerOffVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12\x44\n\x07ListVms\x12\x1b.vsim.v1.ListHostVmsRequest\x1a\x1c.vsim.v1.ListHostVmsResponse\x12@\n\nFormatVmfs\x12\x1a.vsim.v1.FormatVmfsRequest\x1a\x16.vsim.v1.HostDatastore\x12H\n\x0eMountDatastore\x12\x1e.vsim.v1.MountDatastoreRequest\x1a\x16.vsim.v1.HostDatastore\x12Y\n\x0eListDatastores\x12\".vsim.v1.HostListDatastoresRequest\x1a#.vsim.v1.HostListDatastoresResponse\x12<\n\tQueryLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfo\x12\x41\n\x0e\x42reakStaleLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vsim/v1/host_agent.proto\x12\x07vsim.v1\x1a\x14vsim/v1/common.proto\"7\n\x10HostLoginRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"$\n\x11HostLoginResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x14\n\x12GetHostInfoRequest\"\xad\x01\n\x08HostInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x06 \x01(\x03\x12\x0b\n\x03vms\x18\x07 \x01(\x05\x12\x16\n\x0evms_powered_on\x18\x08 \x01(\x05\x12\x11\n\tboot_time\x18\t \x01(\x01\"F\n\x11\x43reateUserRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"\x14\n\x12\x43reateUserResponse\"\xed\x01\n\x06HostVm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\npowered_on\x18\x05 \x01(\x08\x12\x10\n\x08guest_os\x18\x06 \x01(\t\x12\x11\n\tdatastore\x18\x07 \x01(\t\x12#\n\x05\x64isks\x18\x08 \x03(\x0b\x32\x14.vsim.v1.VirtualDisk\x12\x18\n\x10guest_write_iops\x18\t \x01(\x05\x12\x1a\n\x12guest_writes_acked\x18\n \x01(\x03\x12\x12\n\ndisks_open\x18\x0b \x01(\x08\"F\n\x11RegisterVmRequest\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\x12\x14\n\x0c\x63reate_files\x18\x02 \x01(\x08\"\x14\n\x12RegisterVmResponse\"3\n\rHostVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65lete_files\x18\x02 \x01(\x08\"7\n\x16VerifyGuestDiskRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x11\n\tacked_seq\x18\x02 \x01(\x03\"-\n\x0eHostVmResponse\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\"\x14\n\x12ListHostVmsRequest\"3\n\x13ListHostVmsResponse\x12\x1c\n\x03vms\x18\x01 \x03(\x0b\x32\x0f.vsim.v1.HostVm\"P\n\x0b\x41rrayTarget\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nthumbprint\x18\x02 \x01(\t\x12\x0b\n\x03lun\x18\x03 \x01(\x05\x12\x0e\n\x06\x65xport\x18\x04 \x01(\t\"i\n\x11\x46ormatVmfsRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12$\n\x06target\x18\x02 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\x12\x11\n\tlock_mode\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\"Y\n\x15MountDatastoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12$\n\x06target\x18\x03 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\"\x96\x01\n\rHostDatastore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\naccessible\x18\x03 \x01(\x08\x12\x16\n\x0eheartbeat_slot\x18\x04 \x01(\x05\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x03\x12\x11\n\tlock_mode\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x03\"\x1b\n\x19HostListDatastoresRequest\"H\n\x1aHostListDatastoresResponse\x12*\n\ndatastores\x18\x01 \x03(\x0b\x32\x16.vsim.v1.HostDatastore\"2\n\x0fHostLockRequest\x12\x11\n\tdatastore\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"d\n\x0eHostLockHolder\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x16\n\x0eheartbeat_slot\x18\x02 \x01(\x05\x12\x19\n\x11seconds_unchanged\x18\x03 \x01(\x01\x12\x0c\n\x04live\x18\x04 \x01(\x08\"V\n\x0cHostLockInfo\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12(\n\x07holders\x18\x02 \x03(\x0b\x32\x17.vsim.v1.HostLockHolder\x12\x0e\n\x06\x62roken\x18\x03 \x01(\x08\x32\x99\t\n\tHostAgent\x12>\n\x05Login\x12\x19.vsim.v1.HostLoginRequest\x1a\x1a.vsim.v1.HostLoginResponse\x12=\n\x0bGetHostInfo\x12\x1b.vsim.v1.GetHostInfoRequest\x1a\x11.vsim.v1.HostInfo\x12\x45\n\nCreateUser\x12\x1a.vsim.v1.CreateUserRequest\x1a\x1b.vsim.v1.CreateUserResponse\x12\x45\n\nRegisterVm\x12\x1a.vsim.v1.RegisterVmRequest\x1a\x1b.vsim.v1.RegisterVmResponse\x12?\n\x0cUnregisterVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12<\n\tPowerOnVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12=\n\nPowerOffVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12\x44\n\x07ListVms\x12\x1b.vsim.v1.ListHostVmsRequest\x1a\x1c.vsim.v1.ListHostVmsResponse\x12\x42\n\x0fSnapshotVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12\x41\n\x0eReleaseVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12>\n\x0bOpenVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12L\n\x0fVerifyGuestDisk\x12\x1f.vsim.v1.VerifyGuestDiskRequest\x1a\x18.vsim.v1.GuestDiskReport\x12@\n\nFormatVmfs\x12\x1a.vsim.v1.FormatVmfsRequest\x1a\x16.vsim.v1.HostDatastore\x12H\n\x0eMountDatastore\x12\x1e.vsim.v1.MountDatastoreRequest\x1a\x16.vsim.v1.HostDatastore\x12Y\n\x0eListDatastores\x12\".vsim.v1.HostListDatastoresRequest\x1a#.vsim.v1.HostListDatastoresResponse\x12<\n\tQueryLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfo\x12\x41\n\x0e\x42reakStaleLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vsim.v1.host_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOSTLOGINREQUEST']._serialized_start=37
-  _globals['_HOSTLOGINREQUEST']._serialized_end=92
-  _globals['_HOSTLOGINRESPONSE']._serialized_start=94
-  _globals['_HOSTLOGINRESPONSE']._serialized_end=130
-  _globals['_GETHOSTINFOREQUEST']._serialized_start=132
-  _globals['_GETHOSTINFOREQUEST']._serialized_end=152
-  _globals['_HOSTINFO']._serialized_start=155
-  _globals['_HOSTINFO']._serialized_end=328
-  _globals['_CREATEUSERREQUEST']._serialized_start=330
-  _globals['_CREATEUSERREQUEST']._serialized_end=400
-  _globals['_CREATEUSERRESPONSE']._serialized_start=402
-  _globals['_CREATEUSERRESPONSE']._serialized_end=422
-  _globals['_HOSTVM']._serialized_start=424
-  _globals['_HOSTVM']._serialized_end=531
-  _globals['_REGISTERVMREQUEST']._serialized_start=533
-  _globals['_REGISTERVMREQUEST']._serialized_end=581
-  _globals['_REGISTERVMRESPONSE']._serialized_start=583
-  _globals['_REGISTERVMRESPONSE']._serialized_end=603
-  _globals['_HOSTVMREQUEST']._serialized_start=605
-  _globals['_HOSTVMREQUEST']._serialized_end=634
-  _globals['_HOSTVMRESPONSE']._serialized_start=636
-  _globals['_HOSTVMRESPONSE']._serialized_end=681
-  _globals['_LISTHOSTVMSREQUEST']._serialized_start=683
-  _globals['_LISTHOSTVMSREQUEST']._serialized_end=703
-  _globals['_LISTHOSTVMSRESPONSE']._serialized_start=705
-  _globals['_LISTHOSTVMSRESPONSE']._serialized_end=756
-  _globals['_ARRAYTARGET']._serialized_start=758
-  _globals['_ARRAYTARGET']._serialized_end=838
-  _globals['_FORMATVMFSREQUEST']._serialized_start=840
-  _globals['_FORMATVMFSREQUEST']._serialized_end=945
-  _globals['_MOUNTDATASTOREREQUEST']._serialized_start=947
-  _globals['_MOUNTDATASTOREREQUEST']._serialized_end=1036
-  _globals['_HOSTDATASTORE']._serialized_start=1039
-  _globals['_HOSTDATASTORE']._serialized_end=1189
-  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_start=1191
-  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_end=1218
-  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_start=1220
-  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_end=1292
-  _globals['_HOSTLOCKREQUEST']._serialized_start=1294
-  _globals['_HOSTLOCKREQUEST']._serialized_end=1344
-  _globals['_HOSTLOCKHOLDER']._serialized_start=1346
-  _globals['_HOSTLOCKHOLDER']._serialized_end=1446
-  _globals['_HOSTLOCKINFO']._serialized_start=1448
-  _globals['_HOSTLOCKINFO']._serialized_end=1534
-  _globals['_HOSTAGENT']._serialized_start=1537
-  _globals['_HOSTAGENT']._serialized_end=2437
+  _globals['_HOSTLOGINREQUEST']._serialized_start=59
+  _globals['_HOSTLOGINREQUEST']._serialized_end=114
+  _globals['_HOSTLOGINRESPONSE']._serialized_start=116
+  _globals['_HOSTLOGINRESPONSE']._serialized_end=152
+  _globals['_GETHOSTINFOREQUEST']._serialized_start=154
+  _globals['_GETHOSTINFOREQUEST']._serialized_end=174
+  _globals['_HOSTINFO']._serialized_start=177
+  _globals['_HOSTINFO']._serialized_end=350
+  _globals['_CREATEUSERREQUEST']._serialized_start=352
+  _globals['_CREATEUSERREQUEST']._serialized_end=422
+  _globals['_CREATEUSERRESPONSE']._serialized_start=424
+  _globals['_CREATEUSERRESPONSE']._serialized_end=444
+  _globals['_HOSTVM']._serialized_start=447
+  _globals['_HOSTVM']._serialized_end=684
+  _globals['_REGISTERVMREQUEST']._serialized_start=686
+  _globals['_REGISTERVMREQUEST']._serialized_end=756
+  _globals['_REGISTERVMRESPONSE']._serialized_start=758
+  _globals['_REGISTERVMRESPONSE']._serialized_end=778
+  _globals['_HOSTVMREQUEST']._serialized_start=780
+  _globals['_HOSTVMREQUEST']._serialized_end=831
+  _globals['_VERIFYGUESTDISKREQUEST']._serialized_start=833
+  _globals['_VERIFYGUESTDISKREQUEST']._serialized_end=888
+  _globals['_HOSTVMRESPONSE']._serialized_start=890
+  _globals['_HOSTVMRESPONSE']._serialized_end=935
+  _globals['_LISTHOSTVMSREQUEST']._serialized_start=937
+  _globals['_LISTHOSTVMSREQUEST']._serialized_end=957
+  _globals['_LISTHOSTVMSRESPONSE']._serialized_start=959
+  _globals['_LISTHOSTVMSRESPONSE']._serialized_end=1010
+  _globals['_ARRAYTARGET']._serialized_start=1012
+  _globals['_ARRAYTARGET']._serialized_end=1092
+  _globals['_FORMATVMFSREQUEST']._serialized_start=1094
+  _globals['_FORMATVMFSREQUEST']._serialized_end=1199
+  _globals['_MOUNTDATASTOREREQUEST']._serialized_start=1201
+  _globals['_MOUNTDATASTOREREQUEST']._serialized_end=1290
+  _globals['_HOSTDATASTORE']._serialized_start=1293
+  _globals['_HOSTDATASTORE']._serialized_end=1443
+  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_start=1445
+  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_end=1472
+  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_start=1474
+  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_end=1546
+  _globals['_HOSTLOCKREQUEST']._serialized_start=1548
+  _globals['_HOSTLOCKREQUEST']._serialized_end=1598
+  _globals['_HOSTLOCKHOLDER']._serialized_start=1600
+  _globals['_HOSTLOCKHOLDER']._serialized_end=1700
+  _globals['_HOSTLOCKINFO']._serialized_start=1702
+  _globals['_HOSTLOCKINFO']._serialized_end=1788
+  _globals['_HOSTAGENT']._serialized_start=1791
+  _globals['_HOSTAGENT']._serialized_end=2968
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from vsim.v1 import common_pb2 as vsim_dot_v1_dot_common__pb2
 from vsim.v1 import host_agent_pb2 as vsim_dot_v1_dot_host__agent__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -73,6 +74,26 @@ class HostAgentStub:
                 '/vsim.v1.HostAgent/ListVms',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsResponse.FromString,
+                _registered_method=True)
+        self.SnapshotVmDisks = channel.unary_unary(
+                '/vsim.v1.HostAgent/SnapshotVmDisks',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+                _registered_method=True)
+        self.ReleaseVmDisks = channel.unary_unary(
+                '/vsim.v1.HostAgent/ReleaseVmDisks',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+                _registered_method=True)
+        self.OpenVmDisks = channel.unary_unary(
+                '/vsim.v1.HostAgent/OpenVmDisks',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+                _registered_method=True)
+        self.VerifyGuestDisk = channel.unary_unary(
+                '/vsim.v1.HostAgent/VerifyGuestDisk',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.VerifyGuestDiskRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.GuestDiskReport.FromString,
                 _registered_method=True)
         self.FormatVmfs = channel.unary_unary(
                 '/vsim.v1.HostAgent/FormatVmfs',
@@ -153,6 +174,35 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotVmDisks(self, request, context):
+        """Gives each disk of a powered-off VM a new delta over its current top, which
+        becomes read-only for good (a linked clone's base).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseVmDisks(self, request, context):
+        """Lock hand-off for vMotion: the source stops the guest's disk I/O and releases
+        the disk locks; the destination then opens the disks of its registered copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenVmDisks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyGuestDisk(self, request, context):
+        """Reads back the guest's writes on the VM's first disk and checks them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FormatVmfs(self, request, context):
         """vmkfstools -C: writes a new VMFS volume on a LUN (it is not mounted).
         """
@@ -227,6 +277,26 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.ListVms,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.ListHostVmsResponse.SerializeToString,
+            ),
+            'SnapshotVmDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotVmDisks,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
+            ),
+            'ReleaseVmDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseVmDisks,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
+            ),
+            'OpenVmDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenVmDisks,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
+            ),
+            'VerifyGuestDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyGuestDisk,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.VerifyGuestDiskRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.GuestDiskReport.SerializeToString,
             ),
             'FormatVmfs': grpc.unary_unary_rpc_method_handler(
                     servicer.FormatVmfs,
@@ -470,6 +540,114 @@ class HostAgent:
             '/vsim.v1.HostAgent/ListVms',
             vsim_dot_v1_dot_host__agent__pb2.ListHostVmsRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.ListHostVmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotVmDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/SnapshotVmDisks',
+            vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseVmDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ReleaseVmDisks',
+            vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenVmDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/OpenVmDisks',
+            vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyGuestDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/VerifyGuestDisk',
+            vsim_dot_v1_dot_host__agent__pb2.VerifyGuestDiskRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.GuestDiskReport.FromString,
             options,
             channel_credentials,
             insecure,

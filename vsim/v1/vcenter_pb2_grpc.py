@@ -95,6 +95,16 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.LinkedCloneVm = channel.unary_unary(
+                '/vsim.v1.VCenter/LinkedCloneVm',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.LinkedCloneVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.VerifyVmDisk = channel.unary_unary(
+                '/vsim.v1.VCenter/VerifyVmDisk',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.VerifyVmDiskRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.GuestDiskReport.FromString,
+                _registered_method=True)
         self.CreateVmfsDatastore = channel.unary_unary(
                 '/vsim.v1.VCenter/CreateVmfsDatastore',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.CreateVmfsDatastoreRequest.SerializeToString,
@@ -222,6 +232,22 @@ class VCenterServicer:
 
     def DestroyVm(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkedCloneVm(self, request, context):
+        """A new VM whose disks are deltas over the source's (the source gets deltas too,
+        so the shared base is never written again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyVmDisk(self, request, context):
+        """Reads back the simulated guest's writes on the VM's first disk, on the VM's host
+        or, if it is powered off, on a host that mounts its datastore.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -360,6 +386,16 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.DestroyVm,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'LinkedCloneVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkedCloneVm,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.LinkedCloneVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'VerifyVmDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyVmDisk,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.VerifyVmDiskRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.GuestDiskReport.SerializeToString,
             ),
             'CreateVmfsDatastore': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVmfsDatastore,
@@ -736,6 +772,60 @@ class VCenter:
             '/vsim.v1.VCenter/DestroyVm',
             vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
             vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkedCloneVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/LinkedCloneVm',
+            vsim_dot_v1_dot_vcenter__pb2.LinkedCloneVmRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyVmDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/VerifyVmDisk',
+            vsim_dot_v1_dot_vcenter__pb2.VerifyVmDiskRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.GuestDiskReport.FromString,
             options,
             channel_credentials,
             insecure,
