@@ -441,5 +441,12 @@ class HostManager:
 
 def host_vm(vm: pb.Vm) -> hpb.HostVm:
     return hpb.HostVm(
-        name=vm.name, uuid=vm.uuid, cpus=vm.cpus, memory_mb=vm.memory_mb, guest_os=vm.guest_os
+        name=vm.name,
+        uuid=vm.uuid,
+        cpus=vm.cpus,
+        memory_mb=vm.memory_mb,
+        guest_os=vm.guest_os,
+        datastore=vm.datastore,
+        disks=vm.disks,
+        guest_write_iops=vm.guest_write_iops,
     )

@@ -46,7 +46,9 @@ CREATE TABLE vms (
     cpus INTEGER NOT NULL,
     memory_mb INTEGER NOT NULL,
     guest_os TEXT NOT NULL,
-    power_state INTEGER NOT NULL
+    power_state INTEGER NOT NULL,
+    storage BLOB NOT NULL DEFAULT x''
+        -- a serialized vsim.v1.Vm holding only datastore, disks and guest_write_iops
 );
 CREATE INDEX vms_by_host ON vms(host);
 CREATE TRIGGER vm_added AFTER INSERT ON vms BEGIN
@@ -103,7 +105,11 @@ CREATE TABLE sessions (
 """
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+MIGRATIONS = {
+    2: "ALTER TABLE vms ADD COLUMN storage BLOB NOT NULL DEFAULT x''",
+}
+"""Schema version -> the SQL that brings it to the next version."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,14 @@ class Inventory:
         if version == 0 and tables == 0:
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
+            return
+        if version in MIGRATIONS:
+            with self._db:
+                while version in MIGRATIONS:
+                    self._db.executescript(MIGRATIONS[version])
+                    version += 1
+                self._db.execute(f"PRAGMA user_version={version}")
+        if version != SCHEMA_VERSION:
             self._db.close()
             raise RuntimeError(
                 f"{self.path} holds inventory schema {version}; this vsim reads schema "
@@ -252,19 +265,37 @@ class Inventory:
 
     def add_vm(self, vm: vcenter_pb2.Vm) -> None:
         self._db.execute(
-            "INSERT INTO vms VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (vm.name, vm.uuid, vm.host, vm.cpus, vm.memory_mb, vm.guest_os, vm.power_state),
+            "INSERT INTO vms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                vm.name,
+                vm.uuid,
+                vm.host,
+                vm.cpus,
+                vm.memory_mb,
+                vm.guest_os,
+                vm.power_state,
+                _storage(vm),
+            ),
         )
+
+    def set_vm_disks(self, name: str, disks: list[common_pb2.VirtualDisk]) -> None:
+        vm = self.vm(name)
+        if vm is None:
+            raise KeyError(name)
+        del vm.disks[:]
+        vm.disks.extend(disks)
+        self._db.execute("UPDATE vms SET storage=? WHERE name=?", (_storage(vm), name))
+
+    _VM_COLUMNS = "name, host, cpus, memory_mb, power_state, uuid, guest_os, storage"
 
     def vm(self, name: str) -> vcenter_pb2.Vm | None:
         row = self._db.execute(
-            "SELECT name, host, cpus, memory_mb, power_state, uuid, guest_os FROM vms WHERE name=?",
-            (name,),
+            f"SELECT {self._VM_COLUMNS} FROM vms WHERE name=?", (name,)
         ).fetchone()
         return _vm(row) if row else None
 
     def vms(self, host: str | None = None) -> list[vcenter_pb2.Vm]:
-        query = "SELECT name, host, cpus, memory_mb, power_state, uuid, guest_os FROM vms"
+        query = f"SELECT {self._VM_COLUMNS} FROM vms"
         if host:
             rows = self._db.execute(query + " WHERE host=? ORDER BY name", (host,))
         else:
@@ -387,17 +418,27 @@ class Inventory:
         self._db.execute("DELETE FROM sessions WHERE token_digest=?", (token_digest,))
 
 
-def _vm(row: tuple) -> vcenter_pb2.Vm:
-    name, host, cpus, memory_mb, power_state, uuid, guest_os = row
+def _storage(vm: vcenter_pb2.Vm) -> bytes:
     return vcenter_pb2.Vm(
-        name=name,
-        host=host,
-        cpus=cpus,
-        memory_mb=memory_mb,
-        power_state=power_state,
-        uuid=uuid,
-        guest_os=guest_os,
+        datastore=vm.datastore, disks=vm.disks, guest_write_iops=vm.guest_write_iops
+    ).SerializeToString()
+
+
+def _vm(row: tuple) -> vcenter_pb2.Vm:
+    name, host, cpus, memory_mb, power_state, uuid, guest_os, storage = row
+    vm = vcenter_pb2.Vm.FromString(storage)
+    vm.MergeFrom(
+        vcenter_pb2.Vm(
+            name=name,
+            host=host,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            power_state=power_state,
+            uuid=uuid,
+            guest_os=guest_os,
+        )
     )
+    return vm
 
 
 def _task_seq(task_id: str) -> int | None:

@@ -232,8 +232,8 @@ class VCenter:
     def ListVms(self, request: pb.ListVmsRequest, session: Session) -> pb.ListVmsResponse:
         return pb.ListVmsResponse(vms=self.vms.list(request.host))
 
-    def GetVm(self, request: pb.VmRequest, session: Session) -> pb.Vm:
-        return self.vms.get(request.name)
+    async def GetVm(self, request: pb.VmRequest, session: Session) -> pb.Vm:
+        return await self.vms.get_live(request.name)
 
     def PowerOnVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
         return self.vms.power_on(request.name, session.user_name)
@@ -243,6 +243,14 @@ class VCenter:
 
     def DestroyVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
         return self.vms.destroy(request.name, session.user_name)
+
+    def LinkedCloneVm(self, request: pb.LinkedCloneVmRequest, session: Session) -> common_pb2.Task:
+        return self.vms.linked_clone(request, session.user_name)
+
+    async def VerifyVmDisk(
+        self, request: pb.VerifyVmDiskRequest, session: Session
+    ) -> common_pb2.GuestDiskReport:
+        return await self.vms.verify_disk(request)
 
     # datastores
 

@@ -31,7 +31,7 @@ class TaskManager:
         self._clock = clock
         self._live: dict[str, tuple[common_pb2.Task, asyncio.Event]] = {}
         self._busy: dict[tuple[str, str], str] = {}  # (kind, entity) -> task id
-        self._busy_key: dict[str, tuple[str, str]] = {}  # task id -> (kind, entity)
+        self._busy_key: dict[str, tuple[tuple[str, str], ...]] = {}  # task id -> (kind, entity)s
         self._within: dict[str, tuple[str, str]] = {}  # task id -> the entity holding it
         self._inner: Counter[tuple[str, str]] = Counter()  # entity -> tasks on its parts
         self._within: dict[str, tuple[str, str]] = {}  # task id -> the entity holding it
@@ -60,12 +60,14 @@ class TaskManager:
         *,
         kind: str,
         within: tuple[str, str] | None = None,
+        also: tuple[tuple[str, str], ...] = (),
     ) -> common_pb2.Task:
         """Queues work on entity (of `kind`, "vm" or "host") and returns the task.
         `within` names the entity that holds it (a VM's host): a task on the holder
-        and tasks on what it holds exclude each other."""
+        and tasks on what it holds exclude each other. `also` names more entities the
+        task keeps busy (a linked clone's source VM)."""
         key = (kind, entity)
-        for blocker in (key, within):
+        for blocker in (key, within, *also):
             if blocker in self._busy:
                 raise TaskInProgress(
                     f"{blocker[1]} is busy with {self._busy[blocker]}; wait for it to finish",
@@ -83,8 +85,9 @@ class TaskManager:
             queue_time=self._clock.now(),
         )
         self._inventory.add_task(task)
-        self._busy[key] = task.id
-        self._busy_key[task.id] = key
+        for busy in (key, *also):
+            self._busy[busy] = task.id
+        self._busy_key[task.id] = (key, *also)
         if within is not None:
             self._within[task.id] = within
             self._inner[within] += 1
@@ -119,9 +122,9 @@ class TaskManager:
             task.progress = 100
         task.complete_time = self._clock.now()
         self._inventory.save_task(task)
-        key = self._busy_key.pop(task.id, None)
-        if key is not None and self._busy.get(key) == task.id:
-            del self._busy[key]
+        for key in self._busy_key.pop(task.id, ()):
+            if self._busy.get(key) == task.id:
+                del self._busy[key]
         within = self._within.pop(task.id, None)
         if within is not None:
             self._inner[within] -= 1

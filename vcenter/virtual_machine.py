@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 
 from vsim import validate
-from vsim.faults import DuplicateName, InvalidPowerState, InvalidState, NotFound
+from vsim.faults import (
+    DuplicateName,
+    InvalidArgument,
+    InvalidPowerState,
+    InvalidState,
+    NotFound,
+    VimFault,
+)
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -22,6 +30,9 @@ from vsim.vcenter.tasks import TaskManager
 
 ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
 DEFAULT_GUEST_OS = "otherGuest64"
+MAX_DISK_MB = 2 * 1024 * 1024
+"""2 TiB, the largest disk vsim makes."""
+MAX_GUEST_WRITE_IOPS = 10_000
 
 
 class VmManager:
@@ -56,9 +67,18 @@ class VmManager:
         validate.vcpus(request.cpus)
         validate.memory_mb(request.memory_mb)
         validate.text(request.guest_os, "guest_os", 64)
-        if self._inventory.vm(request.name) is not None or request.name in self._creating:
-            raise DuplicateName(f"a VM named {request.name!r} already exists")
-        host = self._place(request)
+        validate.int_range(request.guest_write_iops, 0, MAX_GUEST_WRITE_IOPS, "guest_write_iops")
+        validate.int_range(request.disk_mb, 0, MAX_DISK_MB, "disk_mb", " MB")
+        if request.disk_mb and not request.datastore:
+            raise InvalidArgument("a VM with a disk needs a datastore (--datastore)")
+        if request.datastore and not request.disk_mb:
+            raise InvalidArgument("give the disk's size (disk_mb) with its datastore")
+        if request.guest_write_iops and not request.disk_mb:
+            raise InvalidArgument("a guest writes to disk only if the VM has one (disk_mb)")
+        if request.datastore:
+            self._datastore(request.datastore)
+        self._check_new_name(request.name)
+        host = self._place(request.host)
         vm = pb.Vm(
             name=request.name,
             host=host,
@@ -67,11 +87,43 @@ class VmManager:
             power_state=OFF,
             uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
             guest_os=request.guest_os or DEFAULT_GUEST_OS,
+            datastore=request.datastore,
+            guest_write_iops=request.guest_write_iops,
         )
+        if request.disk_mb:
+            vm.disks.append(
+                common_pb2.VirtualDisk(
+                    path=f"{vm.name}/{vm.name}.vmdk", capacity_bytes=request.disk_mb * 1024**2
+                )
+            )
+        return self._register_new(vm, user, "CreateVM_Task")
+
+    def _check_new_name(self, name: str) -> None:
+        if self._inventory.vm(name) is not None or name in self._creating:
+            raise DuplicateName(f"a VM named {name!r} already exists")
+
+    def _datastore(self, name: str) -> None:
+        if self._inventory.datastore(name) is None:
+            raise NotFound(f"no datastore named {name[:60]!r}")
+
+    def _register_new(
+        self,
+        vm: pb.Vm,
+        user: str,
+        task_name: str,
+        before: Callable[[], Awaitable[None]] | None = None,
+        also: tuple[tuple[str, str], ...] = (),
+    ) -> common_pb2.Task:
+        """Registers vm on its host (making its files there) and records it, as a task.
+        `before` runs first in the task (a linked clone's snapshot of its source)."""
+        host = vm.host
 
         async def work(task: common_pb2.Task) -> str:
             try:
-                await self._hosts.call(host, "RegisterVm", hpb.RegisterVmRequest(vm=host_vm(vm)))
+                if before is not None:
+                    await before()
+                request = hpb.RegisterVmRequest(vm=host_vm(vm), create_files=bool(vm.disks))
+                await self._hosts.call(host, "RegisterVm", request)
                 try:
                     with self._inventory.transaction():
                         self._inventory.add_vm(vm)
@@ -84,24 +136,110 @@ class VmManager:
                         )
                 except Exception:
                     # Not recorded: take it off the host again, so a retry can succeed.
-                    await self._hosts.call(host, "UnregisterVm", hpb.HostVmRequest(name=vm.name))
+                    undo = hpb.HostVmRequest(name=vm.name, delete_files=True)
+                    await self._hosts.call(host, "UnregisterVm", undo)
                     raise
             finally:
                 self._creating.discard(vm.name)
             return vm.name
 
         task = self._tasks.start(
-            "CreateVM_Task", vm.name, user, work, kind="vm", within=("host", host)
+            task_name, vm.name, user, work, kind="vm", within=("host", host), also=also
         )
         self._creating.add(vm.name)
         return task
 
-    def _place(self, request: pb.CreateVmRequest) -> str:
+    def linked_clone(self, request: pb.LinkedCloneVmRequest, user: str) -> common_pb2.Task:
+        validate.vm_name(request.name)
+        source = self.get(request.source)
+        if not source.disks:
+            raise InvalidState(f"{source.name} has no disks to clone")
+        if source.power_state == ON:
+            raise InvalidPowerState(f"{source.name} is powered on; power it off to clone it")
+        self._check_new_name(request.name)
+        self._hosts.connected(source.host)
+        host = self._place(request.host)
+        vm = pb.Vm(
+            name=request.name,
+            host=host,
+            cpus=source.cpus,
+            memory_mb=source.memory_mb,
+            power_state=OFF,
+            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            guest_os=source.guest_os,
+            datastore=source.datastore,
+            guest_write_iops=source.guest_write_iops,
+        )
+        for unit, disk in enumerate(source.disks):
+            suffix = f"_{unit}" if unit else ""
+            vm.disks.append(
+                common_pb2.VirtualDisk(
+                    path=f"{vm.name}/{vm.name}{suffix}.vmdk",
+                    capacity_bytes=disk.capacity_bytes,
+                    parent=disk.path,
+                )
+            )
+
+        async def snapshot_source() -> None:
+            # The source moves onto deltas of its own, so the base both share is
+            # never written again.
+            reply = await self._hosts.call(
+                source.host, "SnapshotVmDisks", hpb.HostVmRequest(name=source.name)
+            )
+            with self._inventory.transaction():
+                self._inventory.set_vm_disks(source.name, list(reply.vm.disks))
+
+        return self._register_new(
+            vm, user, "CloneVM_Task", before=snapshot_source, also=(("vm", source.name),)
+        )
+
+    async def verify_disk(self, request: pb.VerifyVmDiskRequest) -> common_pb2.GuestDiskReport:
+        vm = self.get(request.name)
+        if not vm.disks:
+            raise InvalidState(f"{vm.name} has no disks")
+        if request.acked_seq < 0:
+            raise InvalidArgument(f"acked_seq must be >= 0, got {request.acked_seq}")
+        host_request = hpb.VerifyGuestDiskRequest(vm=vm.name, acked_seq=request.acked_seq)
+        return await self._hosts.call(vm.host, "VerifyGuestDisk", host_request)
+
+    async def get_live(self, name: str) -> pb.Vm:
+        """The VM, with its guest's acknowledged writes when it runs on a connected host."""
+        vm = self.get(name)
+        if vm.power_state == ON and vm.disks:
+            try:
+                reply = await self._hosts.call(vm.host, "ListVms", hpb.ListHostVmsRequest())
+            except VimFault:
+                return vm
+            for running in reply.vms:
+                if running.name == name:
+                    vm.guest_writes_acked = running.guest_writes_acked
+        return vm
+
+    async def hand_off_disks(self, name: str, destination: str) -> None:
+        """vMotion's lock hand-off: the VM's host stops the guest's disk I/O and
+        releases the disk locks; the destination (where the VM is registered too)
+        opens the disks. If the destination cannot, the source takes them back and
+        the guest goes on there: a failed hand-off never leaves the disks unowned."""
+        vm = self.get(name)
+        if not vm.disks:
+            raise InvalidState(f"{name} has no disks")
+        if destination == vm.host:
+            raise InvalidArgument(f"{name} already runs on {destination}")
+        self._hosts.connected(destination)
+        request = hpb.HostVmRequest(name=name)
+        await self._hosts.call(vm.host, "ReleaseVmDisks", request)
+        try:
+            await self._hosts.call(destination, "OpenVmDisks", request)
+        except BaseException:
+            await self._hosts.call(vm.host, "OpenVmDisks", request)
+            raise
+
+    def _place(self, requested: str) -> str:
         """The requested host, or the connected host with the most free memory."""
-        if request.host:
-            validate.host_name(request.host, "host")
-            self._hosts.connected(request.host)
-            return request.host
+        if requested:
+            validate.host_name(requested, "host")
+            self._hosts.connected(requested)
+            return requested
         candidates = [
             (h.memory_mb - h.memory_used_mb, h.name)
             for h in self._hosts.list()
@@ -147,9 +285,23 @@ class VmManager:
             raise InvalidPowerState(f"{name} is powered on; power it off before destroying it")
         self._hosts.connected(vm.host)
 
+        dependents = [
+            other.name
+            for other in self._inventory.vms()
+            if other.name != name
+            and other.datastore == vm.datastore
+            and any(d.parent.startswith(f"{name}/") for d in other.disks)
+        ]
+        if dependents:
+            raise InvalidState(
+                f"{name}'s disks are the base of linked clones ({', '.join(dependents[:5])}); "
+                "destroy those first"
+            )
+
         async def work(task: common_pb2.Task) -> str:
             try:
-                await self._hosts.call(vm.host, "UnregisterVm", hpb.HostVmRequest(name=name))
+                request = hpb.HostVmRequest(name=name, delete_files=True)
+                await self._hosts.call(vm.host, "UnregisterVm", request)
             except NotFound:
                 pass  # the host had already lost it: nothing to undo there
             with self._inventory.transaction():

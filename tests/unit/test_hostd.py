@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import uuid
-
 import json
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
@@ -57,7 +56,9 @@ def login(hostd: Hostd, user: str = "root", password: str = ROOT_PASSWORD) -> st
 
 
 def register(hostd: Hostd, session: str | None, name: str = "vm-001", memory_mb: int = 1024):
-    vm = hpb.HostVm(name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), cpus=1, memory_mb=memory_mb)
+    vm = hpb.HostVm(
+        name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), cpus=1, memory_mb=memory_mb
+    )
     return hostd.call("RegisterVm", hpb.RegisterVmRequest(vm=vm), session)
 
 
