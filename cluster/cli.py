@@ -105,7 +105,7 @@ async def cmd_status(args: argparse.Namespace, ctx: Context) -> None:
 
 HOST_COLUMNS = ["name", "connection_state", "cpu_cores", "cpu_mhz", "memory_mb",
                 "memory_used_mb", "vms", "vms_powered_on", "endpoint"]  # fmt: skip
-VM_COLUMNS = ["name", "host", "power_state", "cpus", "memory_mb", "guest_os"]
+VM_COLUMNS = ["name", "host", "power_state", "cpus", "memory_mb", "guest_os", "datastore"]
 TASK_COLUMNS = ["id", "name", "entity", "state", "result", "error", "user", "queued", "completed"]
 
 
@@ -150,11 +150,47 @@ async def cmd_host_remove(args: argparse.Namespace, ctx: Context) -> None:
 async def cmd_vm_create(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
         task = await client.create_vm(
-            args.name, args.cpus, args.memory_mb, args.host or "", args.guest_os or ""
+            args.name,
+            args.cpus,
+            args.memory_mb,
+            args.host or "",
+            args.guest_os or "",
+            args.datastore or "",
+            disk_mb(args.disk_gb),
+            args.guest_iops,
         )
         task = await client.wait(task)
         host = (await client.vm(args.name)).host if task.state == SUCCESS else ""
     show_task(ctx, task, f"Created {args.name} on {host}")
+
+
+def disk_mb(gb: float | None) -> int:
+    """--disk-gb (decimals allowed) in whole MB."""
+    if gb is None:
+        return 0
+    if not (gb > 0 and math.isfinite(gb)):
+        raise InvalidArgument(f"--disk-gb must be a number > 0, got {gb}")
+    return max(1, round(gb * 1024))
+
+
+async def cmd_vm_clone(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        task = await client.wait(await client.linked_clone(args.source, args.name, args.host or ""))
+        host = (await client.vm(args.name)).host if task.state == SUCCESS else ""
+    show_task(ctx, task, f"Created {args.name} on {host}, a linked clone of {args.source}")
+
+
+async def cmd_vm_verify_disk(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        report = await client.verify_disk(args.name, args.acked)
+    text = (
+        f"{report.disk} (read on {report.host}): {report.written} of {report.blocks} blocks "
+        f"written, newest write {report.highest_seq}; {report.corrupt} corrupt, "
+        f"{report.missing} missing of the writes up to {report.acked_seq}"
+    )
+    ctx.show(report, text)
+    if report.corrupt or report.missing:
+        raise SystemExit(1)
 
 
 async def cmd_vm_list(args: argparse.Namespace, ctx: Context) -> None:
@@ -457,6 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-mb", type=int, default=1024)
     p.add_argument("--host", help="default: the connected host with most free memory")
     p.add_argument("--guest-os", help="default: otherGuest64")
+    p.add_argument("--datastore", help="where the VM's folder, .vmx and disk go")
+    p.add_argument("--disk-gb", type=float, help="a thin disk of this size (needs --datastore)")
+    p.add_argument(
+        "--guest-iops", type=int, default=0, help="simulated guest disk writes per second"
+    )
+    p = command(vms, "clone", cmd_vm_clone, "make a linked clone of a powered-off VM")
+    p.add_argument("source")
+    p.add_argument("name")
+    p.add_argument("--host", help="default: the connected host with most free memory")
+    p = command(vms, "verify-disk", cmd_vm_verify_disk, "check the guest's writes on the VM's disk")
+    p.add_argument("name")
+    p.add_argument(
+        "--acked", type=int, default=0, help="every write up to this sequence number must be there"
+    )
     p = command(vms, "list", cmd_vm_list, "list VMs")
     p.add_argument("--host")
     for name, method, done, help_ in (

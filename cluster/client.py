@@ -92,12 +92,35 @@ class VCenterClient:
     # VMs
 
     async def create_vm(
-        self, name: str, cpus: int = 1, memory_mb: int = 1024, host: str = "", guest_os: str = ""
+        self,
+        name: str,
+        cpus: int = 1,
+        memory_mb: int = 1024,
+        host: str = "",
+        guest_os: str = "",
+        datastore: str = "",
+        disk_mb: int = 0,
+        guest_write_iops: int = 0,
     ) -> common_pb2.Task:
         request = pb.CreateVmRequest(
-            name=name, cpus=cpus, memory_mb=memory_mb, host=host, guest_os=guest_os
+            name=name,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            host=host,
+            guest_os=guest_os,
+            datastore=datastore,
+            disk_mb=disk_mb,
+            guest_write_iops=guest_write_iops,
         )
         return await self._call("CreateVm", request)
+
+    async def linked_clone(self, source: str, name: str, host: str = "") -> common_pb2.Task:
+        request = pb.LinkedCloneVmRequest(source=source, name=name, host=host)
+        return await self._call("LinkedCloneVm", request)
+
+    async def verify_disk(self, name: str, acked_seq: int = 0) -> common_pb2.GuestDiskReport:
+        request = pb.VerifyVmDiskRequest(name=name, acked_seq=acked_seq)
+        return await self._call("VerifyVmDisk", request)
 
     async def vms(self, host: str = "") -> list[pb.Vm]:
         return list((await self._call("ListVms", pb.ListVmsRequest(host=host))).vms)

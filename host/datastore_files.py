@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from vsim.clock import Clock
 from vsim.faults import InvalidArgument
 from vsim.storage.vmfs_format import MAX_PATH, LockMode
 
@@ -65,6 +66,8 @@ class DatastoreFile(Protocol):
 
 class DatastoreFiles(Protocol):
     """The file system of one mounted datastore, as this host sees it."""
+
+    clock: Clock
 
     async def mkdir(self, path: str) -> None: ...
 

@@ -55,6 +55,7 @@ class NfsFileSystem:
     def __init__(self, manager: NfsLockManager) -> None:
         self.manager = manager
         self.client = manager.client
+        self.clock = manager.clock
         self._shared: dict[tuple[str, int], int] = {}
         """(directory, fileid) -> read-only opens on this host sharing one lock file."""
 

@@ -44,7 +44,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-from vsim.faults import CannotAccessFile, InvalidArgument, InvalidState
+from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, InvalidState
 from vsim.host.datastore_files import DatastoreFile, DatastoreFiles, parent_of
 from vsim.storage.vmfs_format import SECTOR, LockMode
 
@@ -158,9 +158,21 @@ async def read_descriptor(fs: DatastoreFiles, path: str) -> Descriptor:
         raise CannotAccessFile(f"{path} is not a virtual disk descriptor") from None
 
 
+DESCRIPTOR_LOCK_TRIES = 50
+DESCRIPTOR_LOCK_PAUSE = 0.1
+"""Seconds between tries to lock a descriptor another host is reading (a short hold)."""
+
+
 async def _rewrite_descriptor(fs: DatastoreFiles, path: str, descriptor: Descriptor) -> None:
     text = descriptor.render().encode()
-    file = await fs.open(path, LockMode.EXCLUSIVE)
+    for attempt in range(DESCRIPTOR_LOCK_TRIES):
+        try:
+            file = await fs.open(path, LockMode.EXCLUSIVE)
+            break
+        except FileLocked:
+            if attempt == DESCRIPTOR_LOCK_TRIES - 1:
+                raise
+            await fs.clock.sleep(DESCRIPTOR_LOCK_PAUSE)
     try:
         # Same length in practice (CIDs are fixed width); pad so no old tail survives.
         old = await file.size()

@@ -53,6 +53,7 @@ POINTERS_PER_SECTOR = SECTOR // 4
 class VmfsFileSystem:
     def __init__(self, volume: VmfsVolume) -> None:
         self.volume = volume
+        self.clock = volume.clock
         self._index: dict[str, int] = {"": 0}
         """path -> descriptor index, checked against the descriptor on every use."""
         self._dir_guards: dict[int, asyncio.Lock] = {}

@@ -1,0 +1,182 @@
+"""VMs with disks through the vCenter core on the in-process engine and array: files
+on the datastore, exclusive disk locks at power-on, guest writes that survive a host
+crash, linked clones that never write their base, the lock hand-off, root_squash."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
+
+from vsim.faults import CannotCreateFile, FileLocked, InvalidState
+from vsim.host.vmdk import open_disk
+from vsim.storage.nfs_export import ExportOptions
+from vsim.storage.vmfs_format import LockMode
+from vsim.v1 import common_pb2
+from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import vcenter_pb2 as pb
+
+OK = common_pb2.TASK_STATE_SUCCESS
+
+
+async def make_vm(vc, session, name, host="esxi-01", datastore="vmfs-01", iops=50):
+    request = pb.CreateVmRequest(
+        name=name,
+        cpus=1,
+        memory_mb=256,
+        host=host,
+        datastore=datastore,
+        disk_mb=8,
+        guest_write_iops=iops,
+    )
+    return await run(vc, vc.vms.create(request, session.user_name))
+
+
+async def host_call(engine, host: str, method: str, request):
+    """Calls a host's hostd directly, as root (what vCenter does as vpxuser)."""
+    hostd = engine.running(host)
+    token = hostd.accounts.login("root", engine._specs[host].root_password)
+    result = hostd.call(method, request, token)
+    return await result if asyncio.iscoroutine(result) else result
+
+
+def copy_of(vm: pb.Vm) -> hpb.RegisterVmRequest:
+    """vm registered again (files as they are), as vMotion's destination would."""
+    return hpb.RegisterVmRequest(
+        vm=hpb.HostVm(
+            name=vm.name,
+            uuid=vm.uuid,
+            cpus=vm.cpus,
+            memory_mb=vm.memory_mb,
+            datastore=vm.datastore,
+            disks=list(vm.disks),
+        )
+    )
+
+
+async def acked(vc, session, name, at_least: int) -> int:
+    for _ in range(200):
+        vm = await vc.GetVm(pb.VmRequest(name=name), session)
+        if vm.guest_writes_acked >= at_least:
+            return vm.guest_writes_acked
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name}'s guest did not reach {at_least} writes")
+
+
+@pytest.mark.parametrize("datastore", ["vmfs-01", "nfs-01"])
+async def test_vm_files_locks_and_guest_writes(cluster, datastore):  # noqa: F811
+    vc, _, engine, session = cluster
+    assert (await make_vm(vc, session, "vm-a", datastore=datastore)).state == OK
+    files = engine.running("esxi-02").storage.files[datastore]
+    names = {f.path for f in await files.listdir("vm-a")}
+    assert names == {"vm-a/vm-a.vmx", "vm-a/vm-a.vmdk", "vm-a/vm-a-flat.vmdk"}
+
+    assert (await run(vc, vc.vms.power_on("vm-a", session.user_name))).state == OK
+    # Another host cannot open the running VM's disk.
+    with pytest.raises(FileLocked):
+        await open_disk(files, "vm-a/vm-a.vmdk", LockMode.READ_ONLY)
+    seq = await acked(vc, session, "vm-a", 10)
+    assert (await run(vc, vc.vms.power_off("vm-a", session.user_name))).state == OK
+    report = await vc.vms.verify_disk(pb.VerifyVmDiskRequest(name="vm-a", acked_seq=seq))
+    assert report.corrupt == 0 and report.missing == 0 and report.highest_seq >= seq
+    # Released at power-off: another host opens it now.
+    disk = await open_disk(files, "vm-a/vm-a.vmdk", LockMode.EXCLUSIVE)
+    await disk.close()
+
+    assert (await run(vc, vc.vms.destroy("vm-a", session.user_name))).state == OK
+    assert not [f for f in await files.listdir("") if f.path == "vm-a"]
+
+
+async def test_guest_writes_acknowledged_before_a_host_crash_are_intact(cluster):  # noqa: F811
+    vc, _, engine, session = cluster
+    assert (await make_vm(vc, session, "vm-c", iops=100)).state == OK
+    assert (await run(vc, vc.vms.power_on("vm-c", session.user_name))).state == OK
+    seq = await acked(vc, session, "vm-c", 300)  # the 256-block area wrapped around
+    vm = vc.vms.get("vm-c")
+    engine.crash("esxi-01")
+
+    # Another host reads the disk once the dead host's lock has gone stale (16 s).
+    await host_call(engine, "esxi-02", "RegisterVm", copy_of(vm))
+    request = hpb.VerifyGuestDiskRequest(vm="vm-c", acked_seq=seq)
+    refused = 0
+    for _ in range(400):
+        try:
+            report = await host_call(engine, "esxi-02", "VerifyGuestDisk", request)
+            break
+        except FileLocked:
+            refused += 1
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the dead host's disk lock never went stale")
+    assert refused > 0  # not before the timeout
+    assert report.missing == 0 and report.corrupt == 0
+    assert report.highest_seq >= seq and report.written == report.blocks
+
+
+async def test_linked_clones_share_a_base_they_never_write(cluster):  # noqa: F811
+    vc, _, engine, session = cluster
+    assert (await make_vm(vc, session, "base", iops=100)).state == OK
+    assert (await run(vc, vc.vms.power_on("base", session.user_name))).state == OK
+    await acked(vc, session, "base", 20)
+    assert (await run(vc, vc.vms.power_off("base", session.user_name))).state == OK
+    files = engine.running("esxi-03").storage.files["vmfs-01"]
+    disk = await open_disk(files, "base/base.vmdk", LockMode.READ_ONLY)
+    before = await disk.read(0, 2048)
+    await disk.close()
+
+    clone = pb.LinkedCloneVmRequest(source="base", name="clone-1", host="esxi-02")
+    assert (await run(vc, vc.vms.linked_clone(clone, session.user_name))).state == OK
+    source = vc.vms.get("base")
+    assert [d.parent for d in source.disks] == ["base/base.vmdk"]  # moved onto a delta
+    assert [d.parent for d in vc.vms.get("clone-1").disks] == ["base/base.vmdk"]
+
+    # Both run at once on two hosts: each holds its own delta, the base is read-only.
+    for name in ("base", "clone-1"):
+        assert (await run(vc, vc.vms.power_on(name, session.user_name))).state == OK
+    await acked(vc, session, "clone-1", 40)
+    await acked(vc, session, "base", 40)
+    with pytest.raises(FileLocked):
+        await open_disk(files, "base/base.vmdk", LockMode.EXCLUSIVE)
+    for name in ("base", "clone-1"):
+        assert (await run(vc, vc.vms.power_off(name, session.user_name))).state == OK
+
+    disk = await open_disk(files, "base/base.vmdk", LockMode.READ_ONLY)
+    assert await disk.read(0, 2048) == before
+    await disk.close()
+    with pytest.raises(InvalidState):
+        vc.vms.destroy("base", session.user_name)  # the clone depends on its disks
+    assert (await run(vc, vc.vms.destroy("clone-1", session.user_name))).state == OK
+    assert (await run(vc, vc.vms.destroy("base", session.user_name))).state == OK
+
+
+async def test_disk_lock_hand_off_moves_the_locks(cluster):  # noqa: F811
+    vc, _, engine, session = cluster
+    assert (await make_vm(vc, session, "vm-h")).state == OK
+    assert (await run(vc, vc.vms.power_on("vm-h", session.user_name))).state == OK
+    seq = await acked(vc, session, "vm-h", 5)
+    vm = vc.vms.get("vm-h")
+    await host_call(engine, "esxi-02", "RegisterVm", copy_of(vm))
+    with pytest.raises(FileLocked):
+        await host_call(engine, "esxi-02", "OpenVmDisks", hpb.HostVmRequest(name="vm-h"))
+
+    await vc.vms.hand_off_disks("vm-h", "esxi-02")
+    lock = await vc.datastores.lock(
+        pb.LockRequest(datastore="vmfs-01", path="vm-h/vm-h-flat.vmdk"), "QueryLock"
+    )
+    assert [h.host for h in lock.holders] == ["esxi-02"]
+    request = hpb.VerifyGuestDiskRequest(vm="vm-h", acked_seq=seq)
+    report = await host_call(engine, "esxi-02", "VerifyGuestDisk", request)
+    assert report.missing == 0 and report.corrupt == 0
+
+
+async def test_root_squash_export_mounts_but_refuses_vm_create(cluster):  # noqa: F811
+    vc, array, _, session = cluster
+    array.create_export("squashed", ExportOptions(root_squash=True))
+    request = pb.CreateNasDatastoreRequest(name="squashed", export="squashed")
+    assert (await run(vc, vc.datastores.create_nas(request, session.user_name))).state == OK
+    task = await make_vm(vc, session, "vm-s", datastore="squashed")
+    assert task.state == common_pb2.TASK_STATE_ERROR
+    assert task.error.name == CannotCreateFile.name
+    assert "no_root_squash" in task.error.message
+    assert vc.vms.list("") == [] or "vm-s" not in {v.name for v in vc.vms.list("")}
