@@ -298,18 +298,27 @@ class Hostd:
     async def VerifyGuestDisk(
         self, request: pb.VerifyGuestDiskRequest, user: str | None
     ) -> common_pb2.GuestDiskReport:
-        vm = self.kernel.vm(request.vm)
+        """Reads the guest's writes back: through the VM's open disks if it runs here,
+        else by opening its first disk read-only (FileLocked while another host runs
+        it, or until a dead holder's lock has gone stale)."""
+        self.accounts.require_admin(user)
+        vm = vm_from_proto(request.vm)
+        try:
+            vm_uuid = uuid.UUID(vm.uuid)
+        except ValueError:
+            raise InvalidArgument(f"vm.uuid {vm.uuid[:40]!r} is not a UUID") from None
+        check_disks(vm)
         if not vm.disks:
             raise InvalidState(f"{vm.name} has no disks")
         if request.acked_seq < 0:
             raise InvalidArgument(f"acked_seq must be >= 0, got {request.acked_seq}")
         vmx = self.vmx.get(vm.name)
-        if vmx is not None and vmx.disks:
+        if vmx is not None and vmx.disks and vmx.vm_uuid == vm_uuid:
             report = await vmx.verify(request.acked_seq)
         else:
             disk = await open_disk(self._files(vm), vm.disks[0].path, LockMode.READ_ONLY)
             try:
-                report = await verify_guest_disk(disk, uuid.UUID(vm.uuid), request.acked_seq)
+                report = await verify_guest_disk(disk, vm_uuid, request.acked_seq)
             finally:
                 await disk.close()
         return report_to_proto(report, self.kernel.spec.name)

@@ -14,10 +14,13 @@ from collections.abc import Awaitable, Callable
 from vsim import validate
 from vsim.faults import (
     DuplicateName,
+    HostConnectFault,
+    HostNotConnected,
     InvalidArgument,
     InvalidPowerState,
     InvalidState,
     NotFound,
+    RequestTimeout,
     VimFault,
 )
 from vsim.v1 import common_pb2
@@ -199,8 +202,17 @@ class VmManager:
             raise InvalidState(f"{vm.name} has no disks")
         if request.acked_seq < 0:
             raise InvalidArgument(f"acked_seq must be >= 0, got {request.acked_seq}")
-        host_request = hpb.VerifyGuestDiskRequest(vm=vm.name, acked_seq=request.acked_seq)
-        return await self._hosts.call(vm.host, "VerifyGuestDisk", host_request)
+        host_request = hpb.VerifyGuestDiskRequest(vm=host_vm(vm), acked_seq=request.acked_seq)
+        # Its own host first; if that one is down, any host that mounts the datastore
+        # (it gets FileLocked until the dead host's disk lock has gone stale).
+        hosts = [vm.host] + [h for h in self._hosts.connected_names() if h != vm.host]
+        last: VimFault = HostNotConnected(f"no connected host can read {vm.name}'s disk")
+        for host in hosts:
+            try:
+                return await self._hosts.call(host, "VerifyGuestDisk", host_request)
+            except (HostNotConnected, HostConnectFault, RequestTimeout, NotFound) as fault:
+                last = fault
+        raise last
 
     async def get_live(self, name: str) -> pb.Vm:
         """The VM, with its guest's acknowledged writes when it runs on a connected host."""

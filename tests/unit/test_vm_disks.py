@@ -93,16 +93,14 @@ async def test_guest_writes_acknowledged_before_a_host_crash_are_intact(cluster)
     assert (await make_vm(vc, session, "vm-c", iops=100)).state == OK
     assert (await run(vc, vc.vms.power_on("vm-c", session.user_name))).state == OK
     seq = await acked(vc, session, "vm-c", 300)  # the 256-block area wrapped around
-    vm = vc.vms.get("vm-c")
     engine.crash("esxi-01")
 
     # Another host reads the disk once the dead host's lock has gone stale (16 s).
-    await host_call(engine, "esxi-02", "RegisterVm", copy_of(vm))
-    request = hpb.VerifyGuestDiskRequest(vm="vm-c", acked_seq=seq)
+    request = pb.VerifyVmDiskRequest(name="vm-c", acked_seq=seq)
     refused = 0
     for _ in range(400):
         try:
-            report = await host_call(engine, "esxi-02", "VerifyGuestDisk", request)
+            report = await vc.vms.verify_disk(request)
             break
         except FileLocked:
             refused += 1
@@ -112,6 +110,7 @@ async def test_guest_writes_acknowledged_before_a_host_crash_are_intact(cluster)
     assert refused > 0  # not before the timeout
     assert report.missing == 0 and report.corrupt == 0
     assert report.highest_seq >= seq and report.written == report.blocks
+    assert report.host != "esxi-01"
 
 
 async def test_linked_clones_share_a_base_they_never_write(cluster):  # noqa: F811
@@ -165,7 +164,7 @@ async def test_disk_lock_hand_off_moves_the_locks(cluster):  # noqa: F811
         pb.LockRequest(datastore="vmfs-01", path="vm-h/vm-h-flat.vmdk"), "QueryLock"
     )
     assert [h.host for h in lock.holders] == ["esxi-02"]
-    request = hpb.VerifyGuestDiskRequest(vm="vm-h", acked_seq=seq)
+    request = hpb.VerifyGuestDiskRequest(vm=copy_of(vm).vm, acked_seq=seq)
     report = await host_call(engine, "esxi-02", "VerifyGuestDisk", request)
     assert report.missing == 0 and report.corrupt == 0
 
