@@ -103,6 +103,9 @@ class ArrayBlockDevice:
     async def release(self) -> None:
         await self._command("Release")
 
+    async def lun_reset(self) -> None:
+        await self._command("LunReset")
+
 
 class ArrayNfsClient:
     """An NFS v3 mount of one export, as root from this host (the NfsClient of the

@@ -52,9 +52,13 @@ HB_INTERVAL = 3.0
 HB_TIMEOUT = 16.0
 """Seconds without a heartbeat after which a host is presumed dead (and, for itself,
 after which it marks the volume lost access)."""
-RESERVE_RETRIES = 80
 RESERVE_BACKOFF = (0.002, 0.05)
 """Seconds: the first backoff after a RESERVATION CONFLICT, and the most."""
+RESERVATION_RESET_AFTER = 2.0
+"""Seconds of unbroken RESERVATION CONFLICTs after which the holder is presumed dead
+(a metadata update holds the LUN for milliseconds) and the host resets the LUN."""
+RESERVE_GIVE_UP = 10.0
+"""Seconds of conflicts (resets included) after which a command fails."""
 
 
 class BlockDevice(Protocol):
@@ -72,6 +76,9 @@ class BlockDevice(Protocol):
     async def reserve(self) -> None: ...
 
     async def release(self) -> None: ...
+
+    async def lun_reset(self) -> None:
+        """LOGICAL UNIT RESET: clears whatever reservation the LUN holds."""
 
 
 async def format_volume(
@@ -422,20 +429,32 @@ class VmfsVolume:
 
     async def io(self, command: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Runs one SCSI command, retrying RESERVATION CONFLICTs (another host holds
-        the LUN for a metadata update) with randomised exponential backoff."""
+        the LUN for a metadata update) with randomised exponential backoff. A
+        reservation that blocks for RESERVATION_RESET_AFTER seconds belongs to a dead
+        host: a LUN reset clears it."""
         backoff = RESERVE_BACKOFF[0]
-        for _ in range(RESERVE_RETRIES):
+        started = self.clock.now()
+        reset = False
+        while True:
             try:
                 return await command(*args)
             except ScsiError as e:
                 if e.status != RESERVATION_CONFLICT:
                     raise
             self.stats["reservation_conflicts"] += 1
+            blocked = self.clock.now() - started
+            if blocked >= RESERVE_GIVE_UP:
+                raise CannotAccessFile(
+                    f"the LUN stayed reserved by another host for {blocked:.0f} s, "
+                    "through a LUN reset"
+                )
+            if blocked >= RESERVATION_RESET_AFTER and not reset:
+                await self.device.lun_reset()
+                self.stats["lun_resets"] += 1
+                reset = True
+                continue
             await self.clock.sleep(backoff * (0.5 + self.rng.random()))
             backoff = min(backoff * 2, RESERVE_BACKOFF[1])
-        raise CannotAccessFile(
-            f"the LUN stayed reserved by other hosts through {RESERVE_RETRIES} tries"
-        )
 
 
 class LunDevice:
@@ -471,3 +490,7 @@ class LunDevice:
     async def release(self) -> None:
         await asyncio.sleep(0)
         self.lun.release(self.initiator)
+
+    async def lun_reset(self) -> None:
+        await asyncio.sleep(0)
+        self.lun.reset(self.initiator)

@@ -137,8 +137,12 @@ class Lun:
         if self.reservation == initiator:
             self.reservation = None
 
-    def reset(self) -> None:
-        """A LUN reset: the reservation is gone."""
+    def reset(self, initiator: str = "") -> None:
+        """A LUN reset (LOGICAL UNIT RESET task management): the reservation is gone,
+        whoever held it. Hosts send one when a reservation has blocked them far longer
+        than any metadata update takes: its holder is presumed dead."""
+        if initiator:
+            self._count(initiator, "lun_reset")
         self.reservation = None
 
     # checks

@@ -97,6 +97,9 @@ class ArrayService:
     def Release(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(lambda: self._done(self._lun(r).release(r.initiator)))
 
+    def LunReset(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        return _scsi(lambda: self._done(self._lun(r).reset(r.initiator)))
+
     @staticmethod
     def _done(_: None) -> pb.ScsiResponse:
         return pb.ScsiResponse()

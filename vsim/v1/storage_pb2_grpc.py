@@ -74,6 +74,11 @@ class StorageArrayStub:
                 request_serializer=vsim_dot_v1_dot_storage__pb2.ScsiRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_storage__pb2.ScsiResponse.FromString,
                 _registered_method=True)
+        self.LunReset = channel.unary_unary(
+                '/vsim.v1.StorageArray/LunReset',
+                request_serializer=vsim_dot_v1_dot_storage__pb2.ScsiRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_storage__pb2.ScsiResponse.FromString,
+                _registered_method=True)
         self.NfsLookup = channel.unary_unary(
                 '/vsim.v1.StorageArray/NfsLookup',
                 request_serializer=vsim_dot_v1_dot_storage__pb2.NfsRequest.SerializeToString,
@@ -199,6 +204,13 @@ class StorageArrayServicer:
 
     def Release(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LunReset(self, request, context):
+        """LOGICAL UNIT RESET: clears the LUN's reservation, whoever holds it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -333,6 +345,11 @@ def add_StorageArrayServicer_to_server(servicer, server):
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
+                    request_deserializer=vsim_dot_v1_dot_storage__pb2.ScsiRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_storage__pb2.ScsiResponse.SerializeToString,
+            ),
+            'LunReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.LunReset,
                     request_deserializer=vsim_dot_v1_dot_storage__pb2.ScsiRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_storage__pb2.ScsiResponse.SerializeToString,
             ),
@@ -626,6 +643,33 @@ class StorageArray:
             request,
             target,
             '/vsim.v1.StorageArray/Release',
+            vsim_dot_v1_dot_storage__pb2.ScsiRequest.SerializeToString,
+            vsim_dot_v1_dot_storage__pb2.ScsiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LunReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.StorageArray/LunReset',
             vsim_dot_v1_dot_storage__pb2.ScsiRequest.SerializeToString,
             vsim_dot_v1_dot_storage__pb2.ScsiResponse.FromString,
             options,
