@@ -108,6 +108,37 @@ def follow_events(cli: Cli, after: int) -> None:
     cli.json("vm", "destroy", "follow-01")
 
 
+def drive_disks(cli: Cli) -> None:
+    """VMs with disks: create, lock show while running, verify-disk, linked clone."""
+    task, _ = cli.json(
+        "vm", "create", "db-01", "--memory-mb", "256", "--datastore", "vmfs-01",
+        "--disk-gb", "0.02", "--guest-iops", "50", "--host", "esxi-01",
+    )  # fmt: skip
+    assert task["state"] == "TASK_STATE_SUCCESS"
+    vm, _ = cli.json("vm", "list")
+    assert [(v["name"], v["datastore"], v["disks"][0]["path"]) for v in vm] == [
+        ("db-01", "vmfs-01", "db-01/db-01.vmdk")
+    ]
+    assert cli.json("vm", "power-on", "db-01")[0]["state"] == "TASK_STATE_SUCCESS"
+    lock, _ = cli.json("lock", "show", "[vmfs-01] db-01/db-01-flat.vmdk")
+    assert lock["mode"] == "EXCLUSIVE" and [h["host"] for h in lock["holders"]] == ["esxi-01"]
+    error, _ = cli.json("vm", "clone", "db-01", "db-02", ok=False)
+    assert error["error"]["name"] == "InvalidPowerState"
+    time.sleep(1)
+    assert cli.json("vm", "power-off", "db-01")[0]["state"] == "TASK_STATE_SUCCESS"
+    report, _ = cli.json("vm", "verify-disk", "db-01")
+    assert int(report["written"]) > 0 and int(report["corrupt"]) == int(report["missing"]) == 0
+    assert "0 corrupt, 0 missing" in cli.run("vm", "verify-disk", "db-01").stdout
+    task, _ = cli.json("vm", "clone", "db-01", "db-02", "--host", "esxi-02")
+    assert task["state"] == "TASK_STATE_SUCCESS"
+    error, _ = cli.json("vm", "destroy", "db-01", ok=False)
+    assert error["error"]["name"] == "InvalidState"  # db-02's disk is a delta over it
+    error, _ = cli.json("vm", "create", "bad", "--disk-gb", "1", ok=False)
+    assert error["error"]["name"] == "InvalidArgument"  # no datastore
+    for name in ("db-02", "db-01"):
+        assert cli.json("vm", "destroy", name)[0]["state"] == "TASK_STATE_SUCCESS"
+
+
 def drive(cli: Cli, info: dict) -> None:
     hosts, _ = cli.json("host", "list")
     assert [(h["name"], h["connection_state"]) for h in hosts] == [
@@ -185,6 +216,7 @@ def drive(cli: Cli, info: dict) -> None:
         ("PowerOffVM_Task", "web-01"),
     ]
     follow_events(cli, int(events[-1]["key"]))
+    drive_disks(cli)
 
     # Login again (the password from `vsim up`), then a pinned thumbprint that changed.
     login, _ = cli.json("login", "--password", info["password"])
