@@ -6,12 +6,15 @@ no more I/O from here."""
 
 from __future__ import annotations
 
+import contextlib
+
 from vsim.faults import (
     CannotAccessFile,
     CannotCreateFile,
     FileAlreadyExists,
     FileLocked,
     FileNotFound,
+    FileTooLarge,
     InvalidArgument,
     InvalidState,
     VimFault,
@@ -44,6 +47,8 @@ def nfs_fault(error: NfsError, path: str, creating: bool = False) -> VimFault:
                 "must be rw with no_root_squash"
             )
         return CannotAccessFile(f"cannot change {path}: {error.message}")
+    if error.status == NfsStatus.FBIG:
+        return FileTooLarge(f"{path}: {error.message}")
     if error.status == NfsStatus.NOTEMPTY:
         return InvalidState(f"directory {path} is not empty")
     if error.status in (NfsStatus.NOTDIR, NfsStatus.ISDIR, NfsStatus.INVAL):
@@ -70,6 +75,8 @@ class NfsFileSystem:
 
     async def mkdir(self, path: str) -> None:
         directory, name = parent_of(path)
+        if name.startswith(".lck-"):
+            raise InvalidArgument(f"{name} is a lock file name")
         parent = await self._handle(directory)
         try:
             await self.client.mkdir(parent, name)
@@ -117,6 +124,12 @@ class NfsFileSystem:
                     holder = f"{record.host_name} ({record.owner})" if record else "another host"
                     raise FileLocked(f"{path} is open on {holder}", holder=holder)
             await self.client.remove(parent, name)
+            # Stale lock files of the removed file go too: a new file may get its fileid.
+            base = lock_file_name(fileid)
+            for entry, _, _ in await self.client.readdir(parent):
+                if entry == base or entry.startswith(base + "-ro-"):
+                    with contextlib.suppress(NfsError):
+                        await self.client.remove(parent, entry)
         except NfsError as e:
             raise nfs_fault(e, path) from None
 

@@ -245,7 +245,11 @@ class VmfsVolume:
             sector = await self.io(self.device.read, sb.lock_lba(index), 1)
             record = self._record(sector)
             mine = [o for o in record.owners if o == me]
-            if mine and (mode == LockMode.EXCLUSIVE or record.mode == LockMode.EXCLUSIVE):
+            if mine and (
+                mode == LockMode.EXCLUSIVE
+                or record.mode == LockMode.EXCLUSIVE
+                or record.mode != mode
+            ):
                 raise FileLocked(
                     f"{path} is already locked {record.mode.name.lower()} by this host",
                     holder=str(self.host),

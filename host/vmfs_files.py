@@ -154,6 +154,10 @@ class VmfsFileSystem:
                 await self.volume.clock.sleep(pause * (0.5 + self.volume.rng.random()))
                 pause = min(pause * 2, 0.2)
             try:
+                # It may have been removed while this host waited for its lock.
+                _, now = await self._descriptor(index)
+                if now.type != FileType.DIRECTORY or now.path != directory.path:
+                    raise FileNotFound(f"{path or '/'} does not exist on {self.sb.label}")
                 yield index
             finally:
                 await self.volume.unlock(index)
@@ -381,8 +385,9 @@ class VmfsFile:
     async def _pointer(self, file_block: int) -> int:
         if file_block < DIRECT_POINTERS:
             return self._descriptor.direct[file_block]
-        if not self._descriptor.indirect:
-            return 0
+        sb = self.volume.mounted()
+        if not self._descriptor.indirect or file_block >= DIRECT_POINTERS + sb.pointers_per_block:
+            return 0  # no block can be there: reads as zeros
         lba, entry = self._pointer_location(file_block)
         if lba not in self._pointer_sectors:
             self._pointer_sectors[lba] = await self.volume.io(self.volume.device.read, lba, 1)
@@ -460,6 +465,8 @@ class VmfsFile:
                 f"a file on {sb.label} is at most {sb.max_file_size} bytes "
                 f"({sb.block_size}-byte blocks)"
             )
+        if not data:
+            return
         done = 0
         for file_block, start, length in _pieces(offset, len(data), sb.block_size):
             piece = data[done : done + length]
@@ -481,8 +488,13 @@ class VmfsFile:
         block = await self.fs.allocate()
         whole = bytearray(sb.block_size)
         whole[start : start + len(piece)] = piece
-        await self.volume.io(self.volume.device.write, sb.block_lba(block), bytes(whole))
-        used = await self._set_pointer(file_block, block)
+        try:
+            await self.volume.io(self.volume.device.write, sb.block_lba(block), bytes(whole))
+            used = await self._set_pointer(file_block, block)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.fs._free_blocks([block])  # not pointed at: give it back
+            raise
         if used == block:
             return None
         await self.fs._free_blocks([block])
