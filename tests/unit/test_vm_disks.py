@@ -158,6 +158,10 @@ async def test_disk_lock_hand_off_moves_the_locks(cluster):  # noqa: F811
     await host_call(engine, "esxi-02", "RegisterVm", copy_of(vm))
     with pytest.raises(FileLocked):
         await host_call(engine, "esxi-02", "OpenVmDisks", hpb.HostVmRequest(name="vm-h"))
+    # Powering the copy on there is refused too, and leaves it powered off.
+    with pytest.raises(FileLocked):
+        await host_call(engine, "esxi-02", "PowerOnVm", hpb.HostVmRequest(name="vm-h"))
+    assert not engine.running("esxi-02").kernel.vm("vm-h").powered_on
 
     await vc.vms.hand_off_disks("vm-h", "esxi-02")
     lock = await vc.datastores.lock(
