@@ -407,9 +407,18 @@ class VmfsVolume:
         return True
 
     async def _write_if(self, lba: int, expected: bytes, new: bytes) -> bool:
+        """The update made under the reservation. The write itself is a COMPARE AND
+        WRITE: should the reservation be lost under it (another host reset the LUN,
+        taking this host for dead), a sector changed meanwhile is not overwritten."""
         if await self.io(self.device.read, lba, 1) != expected:
             return False
-        await self.io(self.device.write, lba, new)
+        try:
+            await self.io(self.device.compare_and_write, lba, expected, new)
+        except ScsiError as e:
+            if e.sense is not None and e.sense.key == MISCOMPARE:
+                self.stats["reservation_lost_races"] += 1
+                return False
+            raise
         return True
 
     async def _under_reservation(self, work: Callable[[], Awaitable[bool]]) -> bool:
@@ -438,19 +447,26 @@ class VmfsVolume:
         host: a LUN reset clears it."""
         backoff = RESERVE_BACKOFF[0]
         started = self.clock.now()
+        first = started
+        holder = None
         reset = False
         while True:
+            if self.slot >= 0:
+                self.mounted()  # no retried I/O once this host may have lost the volume
             try:
                 return await command(*args)
             except ScsiError as e:
                 if e.status != RESERVATION_CONFLICT:
                     raise
+                if e.detail != holder:
+                    # Another holder: short holds by live hosts, one after another, are
+                    # no reason to reset. Only one holder blocking throughout is.
+                    holder, started = e.detail, self.clock.now()
             self.stats["reservation_conflicts"] += 1
             blocked = self.clock.now() - started
-            if blocked >= RESERVE_GIVE_UP:
+            if self.clock.now() - first >= RESERVE_GIVE_UP:
                 raise CannotAccessFile(
-                    f"the LUN stayed reserved by another host for {blocked:.0f} s, "
-                    "through a LUN reset"
+                    f"the LUN stayed reserved by other hosts for {RESERVE_GIVE_UP:.0f} s"
                 )
             if blocked >= RESERVATION_RESET_AFTER and not reset:
                 await self.device.lun_reset()

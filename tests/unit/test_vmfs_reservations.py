@@ -51,3 +51,40 @@ async def test_a_live_holders_short_reservation_is_waited_for_not_reset(tmp_path
     await asyncio.gather(release_soon(), waiter.lock(5, "a.vmdk"))
     assert waiter.stats["reservation_conflicts"] > 0
     assert waiter.stats["lun_resets"] == 0 and lun.stats["iqn.1"]["lun_reset"] == 0
+
+
+class StallsUnderReservation(LunDevice):
+    """A live host that stalls (3 s of the clock) between reading a sector under its
+    reservation and writing it: long enough for another host to reset the LUN."""
+
+    stall = False
+
+    async def read(self, lba: int, blocks: int) -> bytes:
+        data = await super().read(lba, blocks)
+        if self.stall and self.lun.reservation == self.initiator:
+            self.stall = False
+            await asyncio.sleep(3.0 / SPEED)
+        return data
+
+
+async def test_a_reset_under_a_stalled_live_holder_never_gives_a_lock_twice(tmp_path):
+    lun = Lun(0, tmp_path / "lun.img", 8 * 1024**2, "S")
+    await format_volume(LunDevice(lun, "iqn.f"), "v", VolumeLockMode.ATS_SCSI, uuid.uuid4())
+    clock = WallClock(speed=SPEED)
+    slow = StallsUnderReservation(lun, "iqn.0")
+    a = VmfsVolume(slow, uuid.UUID(int=1), clock, random.Random(0))
+    b = VmfsVolume(LunDevice(lun, "iqn.1"), uuid.UUID(int=2), clock, random.Random(1))
+    await a.mount()
+    await b.mount()
+    slow.stall = True
+
+    async def b_a_moment_later():
+        await asyncio.sleep(0.01)
+        return await b.lock(5, "x.vmdk")
+
+    outcomes = await asyncio.gather(a.lock(5, "x.vmdk"), b_a_moment_later(), return_exceptions=True)
+    assert b.stats["lun_resets"] == 1  # b took the stalled holder for dead
+    granted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(granted) == 1, outcomes  # the other got FileLocked: one owner
+    record = await b.read_lock(5)
+    assert len(record.owners) == 1 and record.owners[0] == granted[0].owners[0]
