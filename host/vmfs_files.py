@@ -492,8 +492,12 @@ class VmfsFile:
             await self.volume.io(self.volume.device.write, sb.block_lba(block), bytes(whole))
             used = await self._set_pointer(file_block, block)
         except BaseException:
+            # The pointer update may have landed even so (a lost reply): give the block
+            # back only if the file does not name it. If that cannot be read, leak it.
             with contextlib.suppress(Exception):
-                await self.fs._free_blocks([block])  # not pointed at: give it back
+                await self._reload()
+                if await self._pointer(file_block) != block:
+                    await self.fs._free_blocks([block])
             raise
         if used == block:
             return None

@@ -1077,3 +1077,38 @@ async def test_another_host_and_a_rebooted_host_read_what_was_written(rigs, mode
     assert await h.read(123, len(data)) == data
     await h.close()
     rig.check_consistent()
+
+
+class LostDescriptorReply(LunDevice):
+    """The array applies a descriptor update but its reply is lost once."""
+
+    arm = False
+
+    async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
+        await super().compare_and_write(lba, verify, data)
+        if self.arm and data[:2] == b"FD":
+            self.arm = False
+            raise ConnectionError("the reply was lost (the array applied the update)")
+
+
+async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
+    lun = Lun(0, tmp_path / "lost.img", 8 * MiB, "S")
+    await format_volume(
+        LunDevice(lun, "iqn.f"), "v", VolumeLockMode.ATS_ONLY, uuid.uuid4(), block_size=64 * KiB
+    )
+    device = LostDescriptorReply(lun, "iqn.0")
+    volume = VmfsVolume(device, uuid.UUID(int=1), WallClock(speed=1), random.Random(0))
+    await volume.mount()
+    fs = VmfsFileSystem(volume)
+    await fs.create("a")
+    await fs.create("b")
+    a, b = await fs.open("a"), await fs.open("b")
+    device.arm = True
+    with pytest.raises(ConnectionError):
+        await a.write(0, b"A" * 4096)
+    await a.close()
+    a = await fs.open("a")
+    await a.write(0, b"A" * 4096)  # the guest retries; this one is acknowledged
+    await b.write(0, b"B" * 4096)
+    assert await a.read(0, 4096) == b"A" * 4096
+    assert a._descriptor.direct[0] != b._descriptor.direct[0]
