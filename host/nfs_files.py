@@ -6,6 +6,7 @@ no more I/O from here."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from vsim.faults import (
@@ -62,6 +63,7 @@ class NfsFileSystem:
         self.client = manager.client
         self.clock = manager.clock
         self._shared: dict[tuple[str, int], int] = {}
+        self._open_guards: dict[tuple[str, int], asyncio.Lock] = {}
         """(directory, fileid) -> read-only opens on this host sharing one lock file."""
 
     async def _handle(self, path: str) -> str:
@@ -146,23 +148,25 @@ class NfsFileSystem:
         except NfsError as e:
             raise nfs_fault(e, path) from None
         key = (parent, fileid)
-        if mode == LockMode.READ_ONLY and key in self._shared:
-            self._shared[key] += 1  # another open on this host shares the lock
-        else:
-            await self.manager.lock(parent, fileid, path, LOCK_TYPES[mode])
-            if mode == LockMode.READ_ONLY:
-                self._shared[key] = 1
+        async with self._open_guards.setdefault(key, asyncio.Lock()):
+            if mode == LockMode.READ_ONLY and key in self._shared:
+                self._shared[key] += 1  # another open on this host shares the lock
+            else:
+                await self.manager.lock(parent, fileid, path, LOCK_TYPES[mode])
+                if mode == LockMode.READ_ONLY:
+                    self._shared[key] = 1
         return NfsFile(self, parent, fileid, handle, path, mode)
 
     async def release(self, directory: str, fileid: int, mode: LockMode) -> None:
         """Drops one open's hold on a file's lock; the lock goes with the last one."""
         key = (directory, fileid)
-        if mode == LockMode.READ_ONLY:
-            self._shared[key] -= 1
-            if self._shared[key]:
-                return
-            del self._shared[key]
-        await self.manager.unlock(directory, fileid, LOCK_TYPES[mode])
+        async with self._open_guards.setdefault(key, asyncio.Lock()):
+            if mode == LockMode.READ_ONLY:
+                self._shared[key] -= 1
+                if self._shared[key]:
+                    return
+                del self._shared[key]
+            await self.manager.unlock(directory, fileid, LOCK_TYPES[mode])
 
 
 class NfsFile:

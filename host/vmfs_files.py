@@ -58,6 +58,7 @@ class VmfsFileSystem:
         """path -> descriptor index, checked against the descriptor on every use."""
         self._dir_guards: dict[int, asyncio.Lock] = {}
         self._shared: dict[int, tuple[LockMode, int]] = {}
+        self._open_guards: dict[int, asyncio.Lock] = {}
         """descriptor index -> (shared mode, opens on this host holding it)."""
 
     @property
@@ -207,12 +208,13 @@ class VmfsFileSystem:
         parent, _ = parent_of(path)
         async with self._directory_locked(parent):
             index, _, descriptor = await self._lookup(path)
-            if descriptor.type == FileType.DIRECTORY and any(
-                _parent(d.path) == path for _, _, d in await self._all()
-            ):
-                raise InvalidState(f"directory {path} is not empty")
             await self.volume.lock(index, path, LockMode.EXCLUSIVE)  # FileLocked if open
             try:
+                # Checked under the directory's own lock: no create can slip in now.
+                if descriptor.type == FileType.DIRECTORY and any(
+                    _parent(d.path) == path for _, _, d in await self._all()
+                ):
+                    raise InvalidState(f"directory {path} is not empty")
                 while True:
                     sector, descriptor = await self._descriptor(index)
                     freed = FileDescriptor(FileType.FREE, descriptor.generation + 1)
@@ -285,21 +287,31 @@ class VmfsFileSystem:
         index, _, descriptor = await self._lookup(path)
         if descriptor.type != FileType.FILE:
             raise InvalidArgument(f"{path} is a directory")
-        if mode != LockMode.EXCLUSIVE and self._shared.get(index, (None, 0))[0] == mode:
-            # Another open on this host shares the lock (two clones reading one parent).
-            self._shared[index] = (mode, self._shared[index][1] + 1)
-        else:
-            await self.volume.lock(index, path, mode)
-            if mode != LockMode.EXCLUSIVE:
-                self._shared[index] = (mode, 1)
-        sector, descriptor = await self._descriptor(index)
-        if descriptor.type != FileType.FILE or descriptor.path != path:
-            await self.release(index)  # removed between the lookup and the lock
-            raise FileNotFound(f"{path} does not exist on {self.sb.label}")
+        # Opens and closes of one file on this host take turns, so the count of opens
+        # sharing its lock is always that of the lock on disk.
+        async with self._open_guards.setdefault(index, asyncio.Lock()):
+            if mode != LockMode.EXCLUSIVE and self._shared.get(index, (None, 0))[0] == mode:
+                # Another open on this host shares the lock (two clones reading one parent).
+                self._shared[index] = (mode, self._shared[index][1] + 1)
+            else:
+                await self.volume.lock(index, path, mode)
+                if mode != LockMode.EXCLUSIVE:
+                    self._shared[index] = (mode, 1)
+            try:
+                sector, descriptor = await self._descriptor(index)
+                if descriptor.type != FileType.FILE or descriptor.path != path:
+                    raise FileNotFound(f"{path} does not exist on {self.sb.label}")
+            except BaseException:
+                await self._release(index)  # removed between the lookup and the lock
+                raise
         return VmfsFile(self, index, path, mode, sector)
 
     async def release(self, index: int) -> None:
         """Drops one open's hold on a file's lock; the lock goes with the last one."""
+        async with self._open_guards.setdefault(index, asyncio.Lock()):
+            await self._release(index)
+
+    async def _release(self, index: int) -> None:
         mode, count = self._shared.get(index, (LockMode.EXCLUSIVE, 1))
         if count > 1:
             self._shared[index] = (mode, count - 1)

@@ -551,3 +551,17 @@ async def test_removing_a_file_with_a_stale_lock_leaves_no_lock_file(tmp_path):
     assert await b.listdir("vm") == []
     await b.remove("vm")
     assert list(export.root.iterdir()) == []
+
+
+async def test_read_only_opens_at_once_on_one_host_share_one_lock_file(tmp_path):
+    _, (a, b) = make(tmp_path, 2)
+    await a.mkdir("base")
+    await a.create("base/base.vmdk")
+    first, second = await asyncio.gather(
+        a.open("base/base.vmdk", LockMode.READ_ONLY), a.open("base/base.vmdk", LockMode.READ_ONLY)
+    )
+    await first.close()
+    with pytest.raises(FileLocked):
+        await b.open("base/base.vmdk", LockMode.EXCLUSIVE)
+    await second.close()
+    await (await b.open("base/base.vmdk", LockMode.EXCLUSIVE)).close()

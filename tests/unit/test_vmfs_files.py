@@ -1112,3 +1112,41 @@ async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
     await b.write(0, b"B" * 4096)
     assert await a.read(0, 4096) == b"A" * 4096
     assert a._descriptor.direct[0] != b._descriptor.direct[0]
+
+
+async def test_read_only_opens_at_once_on_one_host_share_one_lock_to_the_last_close(rigs):
+    rig = await rigs(hosts=2)
+    a, b = rig.hosts
+    await a.create("base")
+    first, second = await asyncio.gather(
+        a.open("base", LockMode.READ_ONLY), a.open("base", LockMode.READ_ONLY)
+    )
+    await first.close()
+    with pytest.raises(FileLocked):
+        await b.open("base", LockMode.EXCLUSIVE)  # the second open still holds it
+    await second.close()
+    await (await b.open("base", LockMode.EXCLUSIVE)).close()
+
+
+async def test_a_create_while_its_directory_is_being_removed_is_not_orphaned(rigs):
+    rig = await rigs(hosts=2)
+    a, b = rig.hosts
+    await a.mkdir("d")
+    take_lock = a.volume.lock
+    created: list[BaseException | None] = []
+
+    async def create_in_between(index, path, mode=LockMode.EXCLUSIVE):
+        if path == "d" and not created:  # a has found d, b creates in it now
+            try:
+                await b.create("d/f")
+                created.append(None)
+            except BaseException as e:  # noqa: BLE001
+                created.append(e)
+        return await take_lock(index, path, mode)
+
+    a.volume.lock = create_in_between
+    with pytest.raises(InvalidState):
+        await a.remove("d")  # not empty any more: the check is made under d's lock
+    assert created == [None]
+    assert (await b.stat("d/f")).kind == "file"
+    rig.check_consistent()
