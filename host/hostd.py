@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import re
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from vsim import validate
@@ -268,9 +269,9 @@ class Hostd:
             raise InvalidState(f"{vm.name} has no disks")
         files = self._files(vm)
         disks = await snapshot_disks(files, vm)
+        await write_vmx(files, replace(vm, disks=disks), create=False)  # the file first
         vm = self.kernel.update_disks(vm.name, disks)
         self.vmx.pop(vm.name, None)
-        await write_vmx(files, vm, create=False)
         return pb.HostVmResponse(vm=vm_to_proto(vm))
 
     async def ReleaseVmDisks(

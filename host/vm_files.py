@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 
-from vsim.faults import FileAlreadyExists, InvalidArgument, VimFault
+from vsim.faults import FileAlreadyExists, FileNotFound, InvalidArgument, VimFault
 from vsim.host.datastore_files import DatastoreFiles, split_path
 from vsim.host.kernel import DiskConfig, VmConfig
 from vsim.host.vmdk import create_delta, create_disk, delete_disk
@@ -62,48 +62,49 @@ async def write_vmx(files: DatastoreFiles, vm: VmConfig, create: bool) -> None:
 
 
 async def create_vm_files(files: DatastoreFiles, vm: VmConfig) -> None:
-    """The VM's folder, .vmx and disks; on failure removes what it made."""
+    """The VM's folder, .vmx and disks; on failure removes the folder and whatever
+    was made in it (even a file whose first write failed)."""
     split_path(vm.name)
-    made: list[tuple[str, str]] = []
     try:
-        try:
-            await files.mkdir(vm.name)
-        except FileAlreadyExists:
-            raise FileAlreadyExists(
-                f"a folder named {vm.name} already exists on {vm.datastore}"
-            ) from None
-        made.append(("dir", vm.name))
+        await files.mkdir(vm.name)
+    except FileAlreadyExists:
+        raise FileAlreadyExists(
+            f"a folder named {vm.name} already exists on {vm.datastore}"
+        ) from None
+    try:
         await write_vmx(files, vm, create=True)
-        made.append(("file", vmx_path(vm)))
         for disk in vm.disks:
             if disk.parent:
                 await create_delta(files, disk.path, disk.parent)
             else:
                 await create_disk(files, disk.path, disk.capacity_bytes)
-            made.append(("disk", disk.path))
     except BaseException:
-        for kind, path in reversed(made):
-            with contextlib.suppress(VimFault):
-                if kind == "disk":
-                    await delete_disk(files, path)
-                else:
-                    await files.remove(path)
+        with contextlib.suppress(VimFault):
+            await _remove_folder(files, vm.name)
         raise
 
 
+async def _remove_folder(files: DatastoreFiles, folder: str) -> None:
+    for info in await files.listdir(folder):
+        with contextlib.suppress(FileNotFound):
+            await files.remove(info.path)
+    with contextlib.suppress(FileNotFound):
+        await files.remove(folder)
+
+
 async def delete_vm_files(files: DatastoreFiles, vm: VmConfig) -> None:
-    """Removes the VM's disks (never a parent another VM uses: parents live in their
-    own VM's folder), its .vmx and folder. FileLocked if a disk is open anywhere."""
-    for disk in vm.disks:
-        await delete_disk(files, disk.path)
-    with contextlib.suppress(VimFault):
-        await files.remove(vmx_path(vm))
-    # Deltas the VM got as a linked-clone source are in its folder too.
-    for info in await files.listdir(vm.name):
+    """Removes the VM's folder: its disks (with the deltas it got as a linked-clone
+    source), its .vmx and the folder. vCenter never asks while a linked clone reads
+    any of them. FileLocked if a disk is open anywhere; once past that, a retry after
+    a failure finishes the job (what is gone already is skipped)."""
+    try:
+        listing = await files.listdir(vm.name)
+    except FileNotFound:
+        return  # gone already
+    for info in listing:
         if info.path.endswith(".vmdk") and not info.path.endswith(("-flat.vmdk", "-delta.vmdk")):
-            with contextlib.suppress(VimFault):
-                await delete_disk(files, info.path)
-    await files.remove(vm.name)
+            await delete_disk(files, info.path)
+    await _remove_folder(files, vm.name)
 
 
 def next_delta_path(vm: VmConfig, taken: set[str]) -> str:

@@ -38,13 +38,14 @@ between leaves an unused slot, never a table entry pointing at unwritten data.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import struct
 import uuid
 from dataclasses import dataclass
 
-from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, InvalidState
+from vsim.faults import CannotAccessFile, FileLocked, FileNotFound, InvalidArgument, InvalidState
 from vsim.host.datastore_files import DatastoreFile, DatastoreFiles, parent_of
 from vsim.storage.vmfs_format import SECTOR, LockMode
 
@@ -221,10 +222,16 @@ async def create_delta(fs: DatastoreFiles, path: str, parent: str) -> Descriptor
 
 
 async def delete_disk(fs: DatastoreFiles, path: str) -> None:
-    """Removes a disk's descriptor and extent (never its parent)."""
-    descriptor = await read_descriptor(fs, path)
-    await fs.remove(extent_path(path, descriptor.extent))
-    await fs.remove(path)
+    """Removes a disk's descriptor and extent (never its parent). What is gone
+    already is skipped, so a delete cut short can be finished."""
+    try:
+        descriptor = await read_descriptor(fs, path)
+    except FileNotFound:
+        return
+    with contextlib.suppress(FileNotFound):
+        await fs.remove(extent_path(path, descriptor.extent))
+    with contextlib.suppress(FileNotFound):
+        await fs.remove(path)
 
 
 def _grains(sectors: int) -> int:
@@ -285,6 +292,12 @@ class VirtualDisk:
             raise InvalidArgument(
                 f"sectors {lba}..{lba + sectors} are outside the {self.sectors}-sector disk"
             )
+
+    @property
+    def has_parent(self) -> bool:
+        """A delta over other disks: blocks written by the VMs of the chain below may
+        show through (or be copied up with a grain)."""
+        return len(self.layers) > 1
 
     async def read(self, lba: int, sectors: int) -> bytes:
         self._span(lba, sectors)
@@ -363,11 +376,16 @@ class VirtualDisk:
         if self._closed:
             return
         self._closed = True
+        failure: BaseException | None = None
         for layer in self.layers:
             try:
                 await layer.extent.close()
             except CannotAccessFile:
                 pass  # the datastore is gone; its locks are broken by others
+            except Exception as e:  # noqa: BLE001 - close the other layers, then report
+                failure = failure or e
+        if failure is not None:
+            raise failure
 
 
 async def open_disk(

@@ -59,21 +59,22 @@ def guest_block(vm_uuid: uuid.UUID, seq: int, block: int) -> bytes:
     return head + checksum + payload
 
 
-def read_guest_block(data: bytes, vm_uuid: uuid.UUID, block: int) -> int | None:
+def read_guest_block(
+    data: bytes, vm_uuid: uuid.UUID, block: int, inherited: bool = False
+) -> int | None:
     """The sequence number of a valid guest write of this VM's to this block; 0 for a
-    block never written (all zeros); None for anything else (corrupt)."""
+    block never written (all zeros), or, when `inherited` (the block comes from a
+    linked clone's chain, where the copy-on-write of a grain also carries the parent's
+    neighbouring blocks), for a valid write of another VM's; None for anything else
+    (corrupt)."""
     if not any(data):
         return 0
     magic, owner, seq, where = _HEAD.unpack_from(data)
     checksum = hashlib.blake2b(data[:_SUM_AT] + data[_PAYLOAD_AT:], digest_size=16).digest()
-    if (
-        magic != MAGIC
-        or owner != vm_uuid.bytes
-        or where != block
-        or checksum != data[_SUM_AT:_PAYLOAD_AT]
-        or seq < 1
-    ):
+    if magic != MAGIC or where != block or checksum != data[_SUM_AT:_PAYLOAD_AT] or seq < 1:
         return None
+    if owner != vm_uuid.bytes:
+        return 0 if inherited else None
     return seq
 
 
@@ -100,7 +101,10 @@ async def verify_guest_disk(
     written = corrupt = missing = highest = 0
     for block in range(blocks):
         seq = read_guest_block(
-            data[block * GUEST_BLOCK : (block + 1) * GUEST_BLOCK], vm_uuid, block
+            data[block * GUEST_BLOCK : (block + 1) * GUEST_BLOCK],
+            vm_uuid,
+            block,
+            inherited=disk.has_parent,
         )
         if seq is None:
             corrupt += 1
@@ -174,6 +178,11 @@ class VmxProcess:
         blocks = area_blocks(disk.sectors)
         if blocks == 0:
             return
+        # A guest that ran before (another host, another boot) goes on from its newest
+        # write on disk, so sequence numbers never repeat.
+        found = await verify_guest_disk(disk, self.vm_uuid, 0)
+        self._next_seq = max(self._next_seq, found.highest_seq + 1)
+        self.acked_seq = max(self.acked_seq, found.highest_seq)
         interval = 1.0 / self.guest_write_iops
         while not self._stopping:
             seq = self._next_seq
@@ -212,8 +221,14 @@ class VmxProcess:
     async def close_disks(self) -> None:
         await self.stop_guest()
         disks, self.disks = self.disks, []
+        failure: BaseException | None = None
         for disk in disks:
-            await disk.close()
+            try:
+                await disk.close()
+            except Exception as e:  # noqa: BLE001 - close the others, then report
+                failure = failure or e
+        if failure is not None:
+            raise failure
 
     def kill(self) -> None:
         """The host died: the guest stops mid-stride, nothing is closed."""

@@ -36,6 +36,7 @@ DEFAULT_GUEST_OS = "otherGuest64"
 MAX_DISK_MB = 2 * 1024 * 1024
 """2 TiB, the largest disk vsim makes."""
 MAX_GUEST_WRITE_IOPS = 10_000
+MAX_DATASTORE_PATH = 256
 
 
 class VmManager:
@@ -175,22 +176,41 @@ class VmManager:
         )
         for unit, disk in enumerate(source.disks):
             suffix = f"_{unit}" if unit else ""
-            vm.disks.append(
-                common_pb2.VirtualDisk(
-                    path=f"{vm.name}/{vm.name}{suffix}.vmdk",
-                    capacity_bytes=disk.capacity_bytes,
-                    parent=disk.path,
-                )
-            )
+            path = f"{vm.name}/{vm.name}{suffix}.vmdk"
+            if len(path.encode()) > MAX_DATASTORE_PATH - len("-delta"):
+                raise InvalidArgument(f"the clone's name {vm.name[:40]!r} makes its paths too long")
+            vm.disks.append(common_pb2.VirtualDisk(path=path, capacity_bytes=disk.capacity_bytes))
 
         async def snapshot_source() -> None:
+            # Before the source changes, make sure the clone's host can hold the clone.
+            mounted = await self._hosts.call(
+                host, "ListDatastores", hpb.HostListDatastoresRequest()
+            )
+            if not any(d.name == vm.datastore and d.accessible for d in mounted.datastores):
+                raise InvalidState(f"{host} cannot reach datastore {vm.datastore}")
             # The source moves onto deltas of its own, so the base both share is
             # never written again.
             reply = await self._hosts.call(
                 source.host, "SnapshotVmDisks", hpb.HostVmRequest(name=source.name)
             )
+            before = {d.path: d for d in source.disks}
+            tops = []
+            for new_top in reply.vm.disks:
+                old = before[new_top.parent]
+                ancestors = [old.path, *old.ancestors]
+                tops.append(
+                    common_pb2.VirtualDisk(
+                        path=new_top.path,
+                        capacity_bytes=new_top.capacity_bytes,
+                        parent=new_top.parent,
+                        ancestors=ancestors,
+                    )
+                )
+            for clone_disk, top in zip(vm.disks, tops, strict=True):
+                clone_disk.parent = top.parent
+                clone_disk.ancestors.extend(top.ancestors)
             with self._inventory.transaction():
-                self._inventory.set_vm_disks(source.name, list(reply.vm.disks))
+                self._inventory.set_vm_disks(source.name, tops)
 
         return self._register_new(
             vm, user, "CloneVM_Task", before=snapshot_source, also=(("vm", source.name),)
@@ -302,7 +322,7 @@ class VmManager:
             for other in self._inventory.vms()
             if other.name != name
             and other.datastore == vm.datastore
-            and any(d.parent.startswith(f"{name}/") for d in other.disks)
+            and any(a.startswith(f"{name}/") for d in other.disks for a in d.ancestors)
         ]
         if dependents:
             raise InvalidState(

@@ -183,3 +183,72 @@ async def test_root_squash_export_mounts_but_refuses_vm_create(cluster):  # noqa
     assert task.error.name == CannotCreateFile.name
     assert "no_root_squash" in task.error.message
     assert vc.vms.list("") == [] or "vm-s" not in {v.name for v in vc.vms.list("")}
+
+
+async def test_clone_chains_keep_every_base_and_verify_clean(cluster):  # noqa: F811
+    vc, _, engine, session = cluster
+    user = session.user_name
+    assert (await make_vm(vc, session, "src", iops=100)).state == OK
+    assert (await run(vc, vc.vms.power_on("src", user))).state == OK
+    first = await acked(vc, session, "src", 30)
+    assert (await run(vc, vc.vms.power_off("src", user))).state == OK
+    for source, clone, host in (("src", "c1", "esxi-02"), ("c1", "c2", "esxi-03")):
+        request = pb.LinkedCloneVmRequest(source=source, name=clone, host=host)
+        assert (await run(vc, vc.vms.linked_clone(request, user))).state == OK
+    assert list(vc.vms.get("c2").disks[0].ancestors) == ["c1/c1.vmdk", "src/src.vmdk"]
+
+    # The source goes on from its newest write after moving onto a delta.
+    assert (await run(vc, vc.vms.power_on("src", user))).state == OK
+    later = await acked(vc, session, "src", first + 10)
+    assert (await run(vc, vc.vms.power_off("src", user))).state == OK
+    report = await vc.vms.verify_disk(pb.VerifyVmDiskRequest(name="src", acked_seq=later))
+    assert report.missing == 0 and report.corrupt == 0 and report.highest_seq >= later
+    # A clone sees its source's blocks as inherited, not corrupt, and writes its own.
+    assert (await run(vc, vc.vms.power_on("c2", user))).state == OK
+    own = await acked(vc, session, "c2", 5)
+    assert (await run(vc, vc.vms.power_off("c2", user))).state == OK
+    report = await vc.vms.verify_disk(pb.VerifyVmDiskRequest(name="c2", acked_seq=own))
+    assert report.corrupt == 0 and report.missing == 0
+
+    # src's files are the base of c2 too (through c1): not deletable while c2 exists.
+    for name in ("src", "c1"):
+        with pytest.raises(InvalidState):
+            vc.vms.destroy(name, user)
+    for name in ("c2", "c1", "src"):
+        assert (await run(vc, vc.vms.destroy(name, user))).state == OK
+    files = engine.running("esxi-01").storage.files["vmfs-01"]
+    assert [f.path for f in await files.listdir("")] == []
+
+
+async def test_a_clone_its_host_cannot_hold_leaves_the_source_as_it_was(cluster):  # noqa: F811
+    vc, _, engine, session = cluster
+    assert (await make_vm(vc, session, "src", iops=0)).state == OK
+    before = list(vc.vms.get("src").disks)
+    await engine.running("esxi-02").storage.close()  # its datastores are gone
+    engine.running("esxi-02").storage.vmfs.clear()
+    engine.running("esxi-02").storage.files.clear()
+    request = pb.LinkedCloneVmRequest(source="src", name="c1", host="esxi-02")
+    task = await run(vc, vc.vms.linked_clone(request, session.user_name))
+    assert task.state == common_pb2.TASK_STATE_ERROR and task.error.name == InvalidState.name
+    assert list(vc.vms.get("src").disks) == before
+    files = engine.running("esxi-01").storage.files["vmfs-01"]
+    assert sorted(f.path for f in await files.listdir("src")) == [
+        "src/src-flat.vmdk", "src/src.vmdk", "src/src.vmx"
+    ]  # fmt: skip
+
+
+async def test_a_failed_create_leaves_no_files_behind(cluster, monkeypatch):  # noqa: F811
+    vc, _, engine, session = cluster
+    from vsim.faults import NoDiskSpace
+    from vsim.host import vm_files
+
+    async def full(*args, **kwargs):
+        raise NoDiskSpace("vmfs-01 is full")
+
+    monkeypatch.setattr(vm_files, "create_disk", full)
+    task = await make_vm(vc, session, "vm-f")
+    assert task.state == common_pb2.TASK_STATE_ERROR and task.error.name == "NoDiskSpace"
+    files = engine.running("esxi-02").storage.files["vmfs-01"]
+    assert [f.path for f in await files.listdir("")] == []
+    monkeypatch.undo()
+    assert (await make_vm(vc, session, "vm-f")).state == OK  # a retry succeeds
