@@ -240,13 +240,15 @@ class StorageStack:
             fileid = await manager.client.fileid(directory, name)
         except NfsError as e:
             raise NotFound(f"{path} on {label}: {e}") from None
-        seen = await manager.inspect(directory, fileid)
-        if seen is None:
+        seen = await manager.holders(directory, fileid)  # exclusive, or read-only ones
+        if not seen:
             return LockStatus("FREE")
-        record, age = seen
-        owner = str(record.owner) if record else "unknown"
-        mode = "EXCLUSIVE" if record is None or record.lock_type == 1 else "READ_ONLY"
-        return LockStatus(mode, (LockHolder(owner, -1, age, age < STALE_AFTER),))
+        holders = tuple(
+            LockHolder(str(record.owner) if record else "unknown", -1, age, age < STALE_AFTER)
+            for record, age in seen
+        )
+        exclusive = any(record is None or record.lock_type == 1 for record, _ in seen)
+        return LockStatus("EXCLUSIVE" if exclusive else "READ_ONLY", holders)
 
     async def break_stale_lock(self, label: str, path: str) -> LockStatus:
         """Breaks the lock on path if its holder is gone; FileLocked while it lives.

@@ -174,12 +174,12 @@ class Inventory:
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
-        if version in MIGRATIONS:
-            with self._db:
-                while version in MIGRATIONS:
-                    self._db.executescript(MIGRATIONS[version])
-                    version += 1
-                self._db.execute(f"PRAGMA user_version={version}")
+        while version in MIGRATIONS:
+            # One transaction a step: the change and the new version land together.
+            self._db.executescript(
+                f"BEGIN; {MIGRATIONS[version]}; PRAGMA user_version={version + 1}; COMMIT;"
+            )
+            version += 1
         if version != SCHEMA_VERSION:
             self._db.close()
             raise RuntimeError(

@@ -252,3 +252,19 @@ async def test_a_failed_create_leaves_no_files_behind(cluster, monkeypatch):  # 
     assert [f.path for f in await files.listdir("")] == []
     monkeypatch.undo()
     assert (await make_vm(vc, session, "vm-f")).state == OK  # a retry succeeds
+
+
+async def test_lock_show_names_every_read_only_holder_of_an_nfs_base(cluster):  # noqa: F811
+    vc, _, _, session = cluster
+    user = session.user_name
+    assert (await make_vm(vc, session, "src", datastore="nfs-01", iops=0)).state == OK
+    request = pb.LinkedCloneVmRequest(source="src", name="c1", host="esxi-02")
+    assert (await run(vc, vc.vms.linked_clone(request, user))).state == OK
+    for name in ("src", "c1"):
+        assert (await run(vc, vc.vms.power_on(name, user))).state == OK
+    lock = await vc.datastores.lock(
+        pb.LockRequest(datastore="nfs-01", path="src/src-flat.vmdk"), "QueryLock"
+    )
+    assert lock.mode == "READ_ONLY"
+    assert sorted(h.host for h in lock.holders) == ["esxi-01", "esxi-02"]
+    assert all(h.live for h in lock.holders)
