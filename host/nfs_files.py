@@ -13,7 +13,6 @@ from vsim.faults import (
     CannotAccessFile,
     CannotCreateFile,
     FileAlreadyExists,
-    FileLocked,
     FileNotFound,
     FileTooLarge,
     InvalidArgument,
@@ -24,7 +23,6 @@ from vsim.host.datastore_files import FileInfo, parent_of, split_path
 from vsim.host.nfs_lock import (
     EXCLUSIVE,
     READ_ONLY,
-    STALE_AFTER,
     NfsLockManager,
     lock_file_name,
     read_only_lock_name,
@@ -117,16 +115,22 @@ class NfsFileSystem:
         ]
 
     async def remove(self, path: str) -> None:
+        """A file is removed under its own exclusive lock (FileLocked while any host
+        has it open), so no host can open it meanwhile."""
         directory, name = parent_of(path)
         parent = await self._handle(directory)
         try:
+            handle = await self.client.lookup(parent, name)
+            if (await self.client.getattr(handle))[0] == "dir":
+                await self.client.remove(parent, name)
+                return
             fileid = await self.client.fileid(parent, name)
-            for record, age in await self.manager.holders(parent, fileid):
-                if age < STALE_AFTER:
-                    holder = f"{record.host_name} ({record.owner})" if record else "another host"
-                    raise FileLocked(f"{path} is open on {holder}", holder=holder)
-            await self.client.remove(parent, name)
-            # Stale lock files of the removed file go too: a new file may get its fileid.
+            await self.manager.lock(parent, fileid, path, EXCLUSIVE)
+            try:
+                await self.client.remove(parent, name)
+            finally:
+                await self.manager.unlock(parent, fileid)
+            # Lock files left by dead hosts go too: a new file may get this fileid.
             base = lock_file_name(fileid)
             for entry, _, _ in await self.client.readdir(parent):
                 if entry == base or entry.startswith(base + "-ro-"):
