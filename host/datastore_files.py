@@ -8,14 +8,18 @@ bytes in all (what a VMFS lock record holds).
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from vsim.clock import Clock
-from vsim.faults import InvalidArgument
+from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument
 from vsim.storage.vmfs_format import MAX_PATH, LockMode
 
 MAX_NAME = 255
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,115 @@ class DatastoreFiles(Protocol):
         is in the way)."""
 
 
-def check_span(offset: int, count: int, limit: int) -> None:
+def check_span(offset: int, count: int) -> None:
+    """InvalidArgument for a negative offset or length."""
     if offset < 0 or count < 0:
         raise InvalidArgument(f"offset and length must be >= 0, got {offset} and {count}")
-    if offset + count > limit:
-        raise InvalidArgument(f"bytes {offset}..{offset + count} go past the {limit}-byte limit")
+
+
+SHORT_HOLD_WAIT = 10.0
+"""Seconds to wait out another host's short hold of a lock (it is creating a name in
+a directory, or reading a descriptor) before reporting FileLocked."""
+
+
+async def wait_out_short_holds(
+    clock: Clock,
+    attempt: Callable[[], Awaitable[T]],
+    wait: float = SHORT_HOLD_WAIT,
+    rng: random.Random | None = None,
+) -> T:
+    """attempt(), tried again with growing, randomised pauses (so racing hosts fall
+    out of step) while it raises FileLocked, for up to `wait` seconds of the clock."""
+    rng = rng or random.Random()
+    deadline = clock.now() + wait
+    pause = 0.005
+    while True:
+        try:
+            return await attempt()
+        except FileLocked:
+            if clock.now() >= deadline:
+                raise
+        await clock.sleep(pause * (0.5 + rng.random()))
+        pause = min(pause * 2, 0.2)
+
+
+async def write_whole(fs: DatastoreFiles, path: str, data: bytes, create: bool = False) -> None:
+    """Writes a small file (a descriptor, a .vmx, a header) from its start, opened
+    exclusive. A longer old content is overwritten with newlines (text files only
+    grow or keep their length in practice: nothing stale survives)."""
+    if create:
+        await fs.create(path)
+    file = await wait_out_short_holds(fs.clock, lambda: fs.open(path, LockMode.EXCLUSIVE))
+    try:
+        old = 0 if create else await file.size()
+        await file.write(0, data + b"\n" * max(0, old - len(data)))
+    finally:
+        await file.close()
+
+
+async def close_all(files: Iterable[Closable]) -> None:
+    """Closes every one, even when some fail; then raises the first failure. A
+    datastore lost meanwhile is no failure: its locks are others' to break."""
+    failure: BaseException | None = None
+    for file in files:
+        try:
+            await file.close()
+        except CannotAccessFile:
+            pass
+        except Exception as e:  # noqa: BLE001 - close the others first
+            failure = failure or e
+    if failure is not None:
+        raise failure
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+class SharedLocks:
+    """The opens on this host that share one on-disk lock: a shared (read-only or
+    multi-writer) lock is taken by the first open in that mode and given back by the
+    last close. Opens and closes of one file take turns, so the count is always that
+    of the lock on disk."""
+
+    def __init__(self) -> None:
+        self._held: dict[Hashable, tuple[LockMode, int]] = {}
+        self._guards: dict[Hashable, asyncio.Lock] = {}
+
+    async def open(
+        self,
+        key: Hashable,
+        mode: LockMode,
+        take: Callable[[], Awaitable[object]],
+        drop: Callable[[], Awaitable[object]],
+        check: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """One more open of key in mode: take() the lock unless this host holds it
+        shared in that mode already; then check() (the file is still there), giving
+        the hold back if that fails."""
+        async with self._guards.setdefault(key, asyncio.Lock()):
+            held = self._held.get(key)
+            if mode != LockMode.EXCLUSIVE and held is not None and held[0] == mode:
+                self._held[key] = (mode, held[1] + 1)
+            else:
+                await take()  # FileLocked if this host holds it in another mode
+                self._held[key] = (mode, 1)
+            if check is not None:
+                try:
+                    await check()
+                except BaseException:
+                    await self._close(key, drop)
+                    raise
+
+    async def close(self, key: Hashable, drop: Callable[[], Awaitable[object]]) -> None:
+        """One open fewer; drop() the lock with the last one."""
+        async with self._guards.setdefault(key, asyncio.Lock()):
+            await self._close(key, drop)
+
+    async def _close(self, key: Hashable, drop: Callable[[], Awaitable[object]]) -> None:
+        mode, count = self._held.get(key, (LockMode.EXCLUSIVE, 1))
+        if count > 1:
+            self._held[key] = (mode, count - 1)
+            return
+        self._held.pop(key, None)
+        await drop()

@@ -6,7 +6,6 @@ no more I/O from here."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from vsim.faults import (
@@ -19,13 +18,12 @@ from vsim.faults import (
     InvalidState,
     VimFault,
 )
-from vsim.host.datastore_files import FileInfo, parent_of, split_path
+from vsim.host.datastore_files import FileInfo, SharedLocks, check_span, parent_of, split_path
 from vsim.host.nfs_lock import (
     EXCLUSIVE,
     READ_ONLY,
     NfsLockManager,
     lock_file_name,
-    read_only_lock_name,
 )
 from vsim.storage.nfs_export import MAX_TRANSFER, NfsError, NfsStatus
 from vsim.storage.vmfs_format import LockMode
@@ -60,9 +58,7 @@ class NfsFileSystem:
         self.manager = manager
         self.client = manager.client
         self.clock = manager.clock
-        self._shared: dict[tuple[str, int], int] = {}
-        self._open_guards: dict[tuple[str, int], asyncio.Lock] = {}
-        """(directory, fileid) -> read-only opens on this host sharing one lock file."""
+        self._opens = SharedLocks()  # keyed by (directory handle, fileid)
 
     async def _handle(self, path: str) -> str:
         handle = ""
@@ -151,26 +147,19 @@ class NfsFileSystem:
             fileid = await self.client.fileid(parent, name)
         except NfsError as e:
             raise nfs_fault(e, path) from None
-        key = (parent, fileid)
-        async with self._open_guards.setdefault(key, asyncio.Lock()):
-            if mode == LockMode.READ_ONLY and key in self._shared:
-                self._shared[key] += 1  # another open on this host shares the lock
-            else:
-                await self.manager.lock(parent, fileid, path, LOCK_TYPES[mode])
-                if mode == LockMode.READ_ONLY:
-                    self._shared[key] = 1
+        await self._opens.open(
+            (parent, fileid),
+            mode,
+            lambda: self.manager.lock(parent, fileid, path, LOCK_TYPES[mode]),
+            lambda: self.manager.unlock(parent, fileid, LOCK_TYPES[mode]),
+        )
         return NfsFile(self, parent, fileid, handle, path, mode)
 
     async def release(self, directory: str, fileid: int, mode: LockMode) -> None:
         """Drops one open's hold on a file's lock; the lock goes with the last one."""
-        key = (directory, fileid)
-        async with self._open_guards.setdefault(key, asyncio.Lock()):
-            if mode == LockMode.READ_ONLY:
-                self._shared[key] -= 1
-                if self._shared[key]:
-                    return
-                del self._shared[key]
-            await self.manager.unlock(directory, fileid, LOCK_TYPES[mode])
+        await self._opens.close(
+            (directory, fileid), lambda: self.manager.unlock(directory, fileid, LOCK_TYPES[mode])
+        )
 
 
 class NfsFile:
@@ -191,11 +180,7 @@ class NfsFile:
         if writing and self.mode != LockMode.EXCLUSIVE:
             raise InvalidState(f"{self.path} is open read-only")
         manager = self.fs.manager
-        name = (
-            lock_file_name(self.fileid)
-            if self.mode == LockMode.EXCLUSIVE
-            else read_only_lock_name(self.fileid, manager.host)
-        )
+        name = manager.lock_name(self.fileid, LOCK_TYPES[self.mode])
         if (self.directory, name) in manager.lost:
             raise CannotAccessFile(
                 f"this host lost the lock on {self.path}: its lock file was broken by another"
@@ -203,8 +188,7 @@ class NfsFile:
 
     async def read(self, offset: int, count: int) -> bytes:
         self._check()
-        if offset < 0 or count < 0:
-            raise InvalidArgument(f"offset and length must be >= 0, got {offset} and {count}")
+        check_span(offset, count)
         out = bytearray()
         try:
             while len(out) < count:
@@ -219,8 +203,7 @@ class NfsFile:
 
     async def write(self, offset: int, data: bytes) -> None:
         self._check(writing=True)
-        if offset < 0:
-            raise InvalidArgument(f"offset must be >= 0, got {offset}")
+        check_span(offset, len(data))
         try:
             for at in range(0, len(data), MAX_TRANSFER):
                 await self.fs.client.write(self.handle, data[at : at + MAX_TRANSFER], offset + at)

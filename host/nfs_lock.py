@@ -130,10 +130,6 @@ def lock_file_name(fileid: int) -> str:
     return f".lck-{fileid:016x}"
 
 
-def read_only_lock_name(fileid: int, host: uuid.UUID) -> str:
-    return f"{lock_file_name(fileid)}-ro-{host.hex}"
-
-
 class NfsLockManager:
     def __init__(self, client: NfsClient, host: uuid.UUID, host_name: str, clock: Clock) -> None:
         self.client = client
@@ -145,6 +141,13 @@ class NfsLockManager:
         self.stats: Counter[str] = Counter()
         self._watches: dict[tuple[str, str], _Watch] = {}
 
+    def lock_name(self, fileid: int, lock_type: int = EXCLUSIVE) -> str:
+        """The name of this host's lock file on a file: shared for an exclusive lock,
+        its own for a read-only one."""
+        if lock_type == EXCLUSIVE:
+            return lock_file_name(fileid)
+        return f"{lock_file_name(fileid)}-ro-{self.host.hex}"
+
     async def lock(
         self, directory: str, fileid: int, path: str, lock_type: int = EXCLUSIVE
     ) -> None:
@@ -153,7 +156,7 @@ class NfsLockManager:
         (`.lck-<fileid>-ro-<host>`); either kind creates its file first and then looks
         for the other kind, so an exclusive and a read-only lock never both stand."""
         base = lock_file_name(fileid)
-        name = base if lock_type == EXCLUSIVE else read_only_lock_name(fileid, self.host)
+        name = self.lock_name(fileid, lock_type)
         key = (directory, name)
         if key in self.held or (directory, base) in self.held:
             raise FileLocked(f"{path} is already locked by this host", holder=str(self.host))
@@ -259,11 +262,6 @@ class NfsLockManager:
             self._watches[key] = watch = _Watch(content, now)
         return now - watch.since
 
-    async def inspect(self, directory: str, fileid: int) -> tuple[LockFile | None, float] | None:
-        """The exclusive lock on a file: its record and how long this host has seen
-        it unchanged; None when there is none."""
-        return await self._inspect_name(directory, lock_file_name(fileid))
-
     async def _inspect_name(
         self, directory: str, name: str
     ) -> tuple[LockFile | None, float] | None:
@@ -283,12 +281,7 @@ class NfsLockManager:
         return await self._break_if_stale((directory, lock_file_name(fileid)), path)
 
     async def unlock(self, directory: str, fileid: int, lock_type: int = EXCLUSIVE) -> None:
-        name = (
-            lock_file_name(fileid)
-            if lock_type == EXCLUSIVE
-            else read_only_lock_name(fileid, self.host)
-        )
-        key = (directory, name)
+        key = (directory, self.lock_name(fileid, lock_type))
         held = self.held.pop(key, None)
         self.lost.discard(key)
         if held is None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import contextlib
 
 from vsim.faults import FileAlreadyExists, FileNotFound, InvalidArgument, VimFault
-from vsim.host.datastore_files import DatastoreFiles, split_path
+from vsim.host.datastore_files import DatastoreFiles, split_path, write_whole
 from vsim.host.kernel import DiskConfig, VmConfig
 from vsim.host.vmdk import create_delta, create_disk, delete_disk
-from vsim.storage.vmfs_format import LockMode
 
 
 def vmx_path(vm: VmConfig) -> str:
@@ -49,16 +48,7 @@ def check_disks(vm: VmConfig) -> None:
 
 
 async def write_vmx(files: DatastoreFiles, vm: VmConfig, create: bool) -> None:
-    path = vmx_path(vm)
-    if create:
-        await files.create(path)
-    file = await files.open(path, LockMode.EXCLUSIVE)
-    try:
-        text = render_vmx(vm).encode()
-        old = await file.size()
-        await file.write(0, text + b"\n" * max(0, old - len(text)))
-    finally:
-        await file.close()
+    await write_whole(files, vmx_path(vm), render_vmx(vm).encode(), create)
 
 
 async def create_vm_files(files: DatastoreFiles, vm: VmConfig) -> None:

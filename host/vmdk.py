@@ -43,10 +43,16 @@ import re
 import secrets
 import struct
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from vsim.faults import CannotAccessFile, FileLocked, FileNotFound, InvalidArgument, InvalidState
-from vsim.host.datastore_files import DatastoreFile, DatastoreFiles, parent_of
+from vsim.faults import CannotAccessFile, FileNotFound, InvalidArgument, InvalidState
+from vsim.host.datastore_files import (
+    DatastoreFile,
+    DatastoreFiles,
+    close_all,
+    parent_of,
+    write_whole,
+)
 from vsim.storage.vmfs_format import SECTOR, LockMode
 
 GRAIN_SECTORS = 128
@@ -134,15 +140,6 @@ def _stem(path: str) -> str:
     return name[: -len(".vmdk")]
 
 
-async def _write_text(fs: DatastoreFiles, path: str, text: str) -> None:
-    await fs.create(path)
-    file = await fs.open(path, LockMode.EXCLUSIVE)
-    try:
-        await file.write(0, text.encode())
-    finally:
-        await file.close()
-
-
 async def read_descriptor(fs: DatastoreFiles, path: str) -> Descriptor:
     # Read-only opens share: a descriptor being read by one host stays readable by all.
     file = await fs.open(path, LockMode.READ_ONLY)
@@ -157,29 +154,6 @@ async def read_descriptor(fs: DatastoreFiles, path: str) -> Descriptor:
         return Descriptor.parse(data.decode(), path)
     except UnicodeDecodeError:
         raise CannotAccessFile(f"{path} is not a virtual disk descriptor") from None
-
-
-DESCRIPTOR_LOCK_TRIES = 50
-DESCRIPTOR_LOCK_PAUSE = 0.1
-"""Seconds between tries to lock a descriptor another host is reading (a short hold)."""
-
-
-async def _rewrite_descriptor(fs: DatastoreFiles, path: str, descriptor: Descriptor) -> None:
-    text = descriptor.render().encode()
-    for attempt in range(DESCRIPTOR_LOCK_TRIES):
-        try:
-            file = await fs.open(path, LockMode.EXCLUSIVE)
-            break
-        except FileLocked:
-            if attempt == DESCRIPTOR_LOCK_TRIES - 1:
-                raise
-            await fs.clock.sleep(DESCRIPTOR_LOCK_PAUSE)
-    try:
-        # Same length in practice (CIDs are fixed width); pad so no old tail survives.
-        old = await file.size()
-        await file.write(0, text + b"\n" * max(0, old - len(text)))
-    finally:
-        await file.close()
 
 
 async def create_disk(fs: DatastoreFiles, path: str, capacity_bytes: int) -> Descriptor:
@@ -198,7 +172,7 @@ async def create_disk(fs: DatastoreFiles, path: str, capacity_bytes: int) -> Des
         disk_uuid=str(uuid.uuid4()),
     )
     await fs.create(extent_path(path, descriptor.extent))
-    await _write_text(fs, path, descriptor.render())
+    await write_whole(fs, path, descriptor.render().encode(), create=True)
     return descriptor
 
 
@@ -210,14 +184,10 @@ async def create_delta(fs: DatastoreFiles, path: str, parent: str) -> Descriptor
     descriptor = Descriptor(
         new_cid(), base.cid, base.sectors, f"{stem}-delta.vmdk", parent, str(uuid.uuid4())
     )
-    extent = extent_path(path, descriptor.extent)
-    await fs.create(extent)
-    file = await fs.open(extent, LockMode.EXCLUSIVE)
-    try:
-        await file.write(0, _HEADER.pack(DELTA_MAGIC, base.sectors, GRAIN_SECTORS, 0))
-    finally:
-        await file.close()
-    await _write_text(fs, path, descriptor.render())
+    await write_whole(
+        fs, extent_path(path, descriptor.extent), _header(base.sectors, 0), create=True
+    )
+    await write_whole(fs, path, descriptor.render().encode(), create=True)
     return descriptor
 
 
@@ -232,6 +202,10 @@ async def delete_disk(fs: DatastoreFiles, path: str) -> None:
         await fs.remove(extent_path(path, descriptor.extent))
     with contextlib.suppress(FileNotFound):
         await fs.remove(path)
+
+
+def _header(sectors: int, used: int) -> bytes:
+    return _HEADER.pack(DELTA_MAGIC, sectors, GRAIN_SECTORS, used)
 
 
 def _grains(sectors: int) -> int:
@@ -280,10 +254,6 @@ class VirtualDisk:
     @property
     def sectors(self) -> int:
         return self.layers[0].descriptor.sectors
-
-    @property
-    def chain(self) -> list[str]:
-        return [layer.path for layer in self.layers]
 
     def _span(self, lba: int, sectors: int) -> None:
         if self._closed:
@@ -349,9 +319,7 @@ class VirtualDisk:
                 slot = top.used + 1
                 await top.extent.write(start + (slot - 1) * GRAIN, bytes(whole))
                 top.used = slot
-                await top.extent.write(
-                    0, _HEADER.pack(DELTA_MAGIC, top.descriptor.sectors, GRAIN_SECTORS, slot)
-                )
+                await top.extent.write(0, _header(top.descriptor.sectors, slot))
                 await top.extent.write(SECTOR + 4 * grain, struct.pack("<I", slot))
                 top.table[grain] = slot
             done += length
@@ -360,15 +328,9 @@ class VirtualDisk:
         """The first write after an open gives the disk a new CID, so deltas made over
         its old content would notice (none can be: parents are read-only)."""
         top = self.layers[0]
-        descriptor = Descriptor(
-            new_cid(),
-            top.descriptor.parent_cid,
-            top.descriptor.sectors,
-            top.descriptor.extent,
-            top.descriptor.parent,
-            top.descriptor.disk_uuid,
-        )
-        await _rewrite_descriptor(self.fs, self.path, descriptor)
+        descriptor = replace(top.descriptor, cid=new_cid())
+        # The descriptor is only read by others, briefly: its lock is waited for.
+        await write_whole(self.fs, self.path, descriptor.render().encode())
         top.descriptor = descriptor
         self._written = True
 
@@ -376,16 +338,7 @@ class VirtualDisk:
         if self._closed:
             return
         self._closed = True
-        failure: BaseException | None = None
-        for layer in self.layers:
-            try:
-                await layer.extent.close()
-            except CannotAccessFile:
-                pass  # the datastore is gone; its locks are broken by others
-            except Exception as e:  # noqa: BLE001 - close the other layers, then report
-                failure = failure or e
-        if failure is not None:
-            raise failure
+        await close_all(layer.extent for layer in self.layers)
 
 
 async def open_disk(
@@ -412,10 +365,7 @@ async def open_disk(
             await layer.load()
             child, current, want = descriptor, descriptor.parent, LockMode.READ_ONLY
     except BaseException:
-        for layer in layers:
-            try:
-                await layer.extent.close()
-            except Exception:  # noqa: BLE001 - the open failed; release what it took
-                pass
+        with contextlib.suppress(Exception):  # the open failed: release what it took
+            await close_all(layer.extent for layer in layers)
         raise
     return VirtualDisk(fs, path, layers)

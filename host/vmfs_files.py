@@ -24,14 +24,21 @@ from dataclasses import replace
 from vsim.faults import (
     CannotAccessFile,
     FileAlreadyExists,
-    FileLocked,
     FileNotFound,
     FileTooLarge,
     InvalidArgument,
     InvalidState,
     NoDiskSpace,
 )
-from vsim.host.datastore_files import FileInfo, parent_of, split_path
+from vsim.host.datastore_files import (
+    SHORT_HOLD_WAIT,
+    FileInfo,
+    SharedLocks,
+    check_span,
+    parent_of,
+    split_path,
+    wait_out_short_holds,
+)
 from vsim.host.vmfs import VmfsVolume
 from vsim.storage.vmfs_format import (
     BLOCKS_PER_BITMAP_SECTOR,
@@ -44,7 +51,7 @@ from vsim.storage.vmfs_format import (
     bitmap_bit,
 )
 
-DIR_LOCK_WAIT = 10.0
+DIR_LOCK_WAIT = SHORT_HOLD_WAIT
 """Seconds to wait for another host's short hold of a directory's lock (it creates or
 removes a name there) before reporting FileLocked."""
 POINTERS_PER_SECTOR = SECTOR // 4
@@ -57,9 +64,7 @@ class VmfsFileSystem:
         self._index: dict[str, int] = {"": 0}
         """path -> descriptor index, checked against the descriptor on every use."""
         self._dir_guards: dict[int, asyncio.Lock] = {}
-        self._shared: dict[int, tuple[LockMode, int]] = {}
-        self._open_guards: dict[int, asyncio.Lock] = {}
-        """descriptor index -> (shared mode, opens on this host holding it)."""
+        self._opens = SharedLocks()  # keyed by descriptor index
 
     @property
     def sb(self) -> Superblock:
@@ -78,7 +83,8 @@ class VmfsFileSystem:
         except (ValueError, UnicodeDecodeError, struct.error) as e:
             raise CannotAccessFile(f"a file descriptor on the volume is damaged: {e}") from None
 
-    async def _all(self) -> list[tuple[int, bytes, FileDescriptor]]:
+    async def _region(self) -> list[tuple[int, bytes, FileDescriptor]]:
+        """Every descriptor, free ones too, in one read (and the path index refreshed)."""
         sb = self.sb
         region = await self.volume.io(
             self.volume.device.read, sb.descriptor_lba(0), sb.lock_records
@@ -87,10 +93,14 @@ class VmfsFileSystem:
         for index in range(sb.lock_records):
             sector = region[index * SECTOR : (index + 1) * SECTOR]
             descriptor = self._parse(sector)
+            out.append((index, sector, descriptor))
             if descriptor.type != FileType.FREE:
-                out.append((index, sector, descriptor))
                 self._index[descriptor.path] = index
         return out
+
+    async def _all(self) -> list[tuple[int, bytes, FileDescriptor]]:
+        """The descriptors in use."""
+        return [entry for entry in await self._region() if entry[2].type != FileType.FREE]
 
     async def _find(self, path: str) -> tuple[int, bytes, FileDescriptor] | None:
         index = self._index.get(path)
@@ -143,17 +153,12 @@ class VmfsFileSystem:
             raise InvalidArgument(f"{path} is not a directory")
         guard = self._dir_guards.setdefault(index, asyncio.Lock())
         async with guard:
-            deadline = self.volume.clock.now() + DIR_LOCK_WAIT
-            pause = 0.005
-            while True:
-                try:
-                    await self.volume.lock(index, path or "/", LockMode.EXCLUSIVE)
-                    break
-                except FileLocked:
-                    if self.volume.clock.now() >= deadline:
-                        raise
-                await self.volume.clock.sleep(pause * (0.5 + self.volume.rng.random()))
-                pause = min(pause * 2, 0.2)
+            await wait_out_short_holds(
+                self.clock,
+                lambda: self.volume.lock(index, path or "/", LockMode.EXCLUSIVE),
+                DIR_LOCK_WAIT,
+                self.volume.rng,
+            )
             try:
                 # It may have been removed while this host waited for its lock.
                 _, now = await self._descriptor(index)
@@ -173,10 +178,13 @@ class VmfsFileSystem:
         split_path(path)
         parent, _ = parent_of(path)
         async with self._directory_locked(parent):
-            if await self._find(path) is not None:
-                raise FileAlreadyExists(f"{path} already exists on {self.sb.label}")
             while True:
-                free = await self._free_descriptor()
+                # One read of the descriptors answers both: is the name taken, and
+                # which descriptor is free.
+                region = await self._region()
+                if any(d.type != FileType.FREE and d.path == path for _, _, d in region):
+                    raise FileAlreadyExists(f"{path} already exists on {self.sb.label}")
+                free = self._free_descriptor(region)
                 if free is None:
                     raise NoDiskSpace(
                         f"{self.sb.label} has no free file descriptor "
@@ -188,19 +196,16 @@ class VmfsFileSystem:
                     self._index[path] = index
                     return
 
-    async def _free_descriptor(self) -> tuple[int, bytes, FileDescriptor] | None:
-        sb = self.sb
-        region = await self.volume.io(
-            self.volume.device.read, sb.descriptor_lba(0), sb.lock_records
-        )
+    def _free_descriptor(
+        self, region: list[tuple[int, bytes, FileDescriptor]]
+    ) -> tuple[int, bytes, FileDescriptor] | None:
         # Hosts start looking at different places, so they rarely race for one.
-        start = 1 + self.volume.host.int % (sb.lock_records - 1)
-        for step in range(sb.lock_records - 1):
-            index = 1 + (start - 1 + step) % (sb.lock_records - 1)
-            sector = region[index * SECTOR : (index + 1) * SECTOR]
-            descriptor = self._parse(sector)
-            if descriptor.type == FileType.FREE:
-                return index, sector, descriptor
+        count = len(region) - 1  # descriptor 0 is the root
+        start = self.volume.host.int % count
+        for step in range(count):
+            entry = region[1 + (start + step) % count]
+            if entry[2].type == FileType.FREE:
+                return entry
         return None
 
     async def remove(self, path: str) -> None:
@@ -287,37 +292,26 @@ class VmfsFileSystem:
         index, _, descriptor = await self._lookup(path)
         if descriptor.type != FileType.FILE:
             raise InvalidArgument(f"{path} is a directory")
-        # Opens and closes of one file on this host take turns, so the count of opens
-        # sharing its lock is always that of the lock on disk.
-        async with self._open_guards.setdefault(index, asyncio.Lock()):
-            if mode != LockMode.EXCLUSIVE and self._shared.get(index, (None, 0))[0] == mode:
-                # Another open on this host shares the lock (two clones reading one parent).
-                self._shared[index] = (mode, self._shared[index][1] + 1)
-            else:
-                await self.volume.lock(index, path, mode)
-                if mode != LockMode.EXCLUSIVE:
-                    self._shared[index] = (mode, 1)
-            try:
-                sector, descriptor = await self._descriptor(index)
-                if descriptor.type != FileType.FILE or descriptor.path != path:
-                    raise FileNotFound(f"{path} does not exist on {self.sb.label}")
-            except BaseException:
-                await self._release(index)  # removed between the lookup and the lock
-                raise
-        return VmfsFile(self, index, path, mode, sector)
+        opened: list[bytes] = []
+
+        async def still_there() -> None:  # it may be removed between lookup and lock
+            sector, descriptor = await self._descriptor(index)
+            if descriptor.type != FileType.FILE or descriptor.path != path:
+                raise FileNotFound(f"{path} does not exist on {self.sb.label}")
+            opened.append(sector)
+
+        await self._opens.open(
+            index,
+            mode,
+            lambda: self.volume.lock(index, path, mode),
+            lambda: self.volume.unlock(index),
+            still_there,
+        )
+        return VmfsFile(self, index, path, mode, opened[0])
 
     async def release(self, index: int) -> None:
         """Drops one open's hold on a file's lock; the lock goes with the last one."""
-        async with self._open_guards.setdefault(index, asyncio.Lock()):
-            await self._release(index)
-
-    async def _release(self, index: int) -> None:
-        mode, count = self._shared.get(index, (LockMode.EXCLUSIVE, 1))
-        if count > 1:
-            self._shared[index] = (mode, count - 1)
-            return
-        self._shared.pop(index, None)
-        await self.volume.unlock(index)
+        await self._opens.close(index, lambda: self.volume.unlock(index))
 
 
 def _parent(path: str) -> str:
@@ -449,8 +443,7 @@ class VmfsFile:
 
     async def read(self, offset: int, count: int) -> bytes:
         sb = self._check()
-        if offset < 0 or count < 0:
-            raise InvalidArgument(f"offset and length must be >= 0, got {offset} and {count}")
+        check_span(offset, count)
         if self.mode == LockMode.MULTI_WRITER:
             await self._reload()
         out = bytearray()
@@ -470,8 +463,7 @@ class VmfsFile:
 
     async def write(self, offset: int, data: bytes) -> None:
         sb = self._check(writing=True)
-        if offset < 0:
-            raise InvalidArgument(f"offset must be >= 0, got {offset}")
+        check_span(offset, len(data))
         if offset + len(data) > sb.max_file_size:
             raise FileTooLarge(
                 f"a file on {sb.label} is at most {sb.max_file_size} bytes "

@@ -25,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import struct
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 
 from vsim.clock import Clock
 from vsim.faults import InvalidState, VimFault
-from vsim.host.datastore_files import DatastoreFiles
+from vsim.host.datastore_files import DatastoreFiles, close_all
 from vsim.host.disk_scheduler import DiskScheduler
 from vsim.host.vmdk import VirtualDisk, open_disk
 from vsim.storage.vmfs_format import SECTOR, LockMode
+
+log = logging.getLogger(__name__)
 
 GUEST_BLOCK = 4096
 GUEST_AREA_BLOCKS = 256
@@ -145,8 +147,6 @@ class VmxProcess:
         self.guest_write_iops = guest_write_iops
         self.disks: list[VirtualDisk] = []
         self.acked_seq = 0
-        self.stats: Counter[str] = Counter()
-        self.error = ""
         self._guest: asyncio.Task | None = None
         self._next_seq = 1
         self._stopping = False
@@ -161,8 +161,7 @@ class VmxProcess:
             for _, files, path in self.disk_specs:
                 opened.append(await open_disk(files, path, LockMode.EXCLUSIVE))
         except BaseException:
-            for disk in opened:
-                await disk.close()
+            await close_all(opened)
             raise
         self.disks = opened
 
@@ -197,14 +196,12 @@ class VmxProcess:
             except VimFault as e:
                 # The datastore is gone (lost access, lock broken): a real guest would
                 # see I/O errors and retry; this one stops writing.
-                self.stats["write_errors"] += 1
-                self.error = str(e)
+                log.warning("%s: the guest stops writing to its disk: %s", self.name, e)
                 return
             finally:
                 self._writing = False
             self.acked_seq = seq
             self._next_seq = seq + 1
-            self.stats["writes"] += 1
             await self.clock.sleep(interval)
 
     async def stop_guest(self) -> None:
@@ -221,14 +218,7 @@ class VmxProcess:
     async def close_disks(self) -> None:
         await self.stop_guest()
         disks, self.disks = self.disks, []
-        failure: BaseException | None = None
-        for disk in disks:
-            try:
-                await disk.close()
-            except Exception as e:  # noqa: BLE001 - close the others, then report
-                failure = failure or e
-        if failure is not None:
-            raise failure
+        await close_all(disks)
 
     def kill(self) -> None:
         """The host died: the guest stops mid-stride, nothing is closed."""

@@ -31,13 +31,13 @@ from vsim.host.datastore_files import MAX_NAME, FileInfo
 from vsim.host.nfs_files import NfsFileSystem
 from vsim.host.nfs_lock import (
     DISK_FILE_LOCK_UPDATE_FREQ,
+    READ_ONLY,
     RECORD_SIZE,
     STALE_AFTER,
     ExportClient,
     LockFile,
     NfsLockManager,
     lock_file_name,
-    read_only_lock_name,
 )
 from vsim.storage.nfs_export import MAX_FILE_SIZE, MAX_TRANSFER, ExportOptions, NfsExport
 from vsim.storage.vmfs_format import LockMode
@@ -395,7 +395,7 @@ async def test_read_only_opens_share_and_keep_writers_out(tmp_path):
     ra2 = await a.open("base.vmdk", LockMode.READ_ONLY)  # shares a's lock file
     rb = await b.open("base.vmdk", LockMode.READ_ONLY)
     fid = fileid(export, "base.vmdk")
-    assert lock_files(export) == sorted(read_only_lock_name(fid, fs.manager.host) for fs in (a, b))
+    assert lock_files(export) == sorted(fs.manager.lock_name(fid, READ_ONLY) for fs in (a, b))
     for f in (ra, ra2, rb):
         assert await f.read(0, 9) == b"base data" and await f.size() == 9
         with pytest.raises(InvalidState):
@@ -410,7 +410,7 @@ async def test_read_only_opens_share_and_keep_writers_out(tmp_path):
     assert await ra2.read(0, 4) == b"base"  # the lock file stays for the other open
     assert len(lock_files(export)) == 2
     await ra2.close()
-    assert lock_files(export) == [read_only_lock_name(fid, b.manager.host)]
+    assert lock_files(export) == [b.manager.lock_name(fid, READ_ONLY)]
     with pytest.raises(FileLocked):
         await c.open("base.vmdk")
     await rb.close()

@@ -222,11 +222,11 @@ def test_split_path_refuses_non_strings(path):
 
 
 def test_check_span():
-    check_span(0, 0, 0)
-    check_span(10, 90, 100)
-    for offset, count in [(-1, 1), (0, -1), (50, 51), (101, 0)]:
+    check_span(0, 0)
+    check_span(10, 90)
+    for offset, count in [(-1, 1), (0, -1), (-5, -5)]:
         with pytest.raises(InvalidArgument):
-            check_span(offset, count, 100)
+            check_span(offset, count)
 
 
 # the random model
