@@ -130,8 +130,9 @@ class ArrayNfsClient:
     async def lookup(self, directory: str, name: str) -> str:
         return (await self._op("NfsLookup", handle=directory, name=name)).handle
 
-    async def fileid(self, directory: str, name: str) -> int:
-        return (await self._op("NfsLookup", handle=directory, name=name)).attributes.fileid
+    async def entry(self, directory: str, name: str) -> tuple[str, str, int]:
+        reply = await self._op("NfsLookup", handle=directory, name=name)
+        return reply.handle, reply.attributes.type, reply.attributes.fileid
 
     async def create(self, directory: str, name: str) -> str:
         return (await self._op("NfsCreate", handle=directory, name=name, create_mode=1)).handle

@@ -60,7 +60,8 @@ class NfsFileSystem:
         self.clock = manager.clock
         self._opens = SharedLocks()  # keyed by (directory handle, fileid)
 
-    async def _handle(self, path: str) -> str:
+    async def handle(self, path: str) -> str:
+        """The handle of a path, by LOOKUP from the export root."""
         handle = ""
         try:
             for name in split_path(path) if path else []:
@@ -73,7 +74,7 @@ class NfsFileSystem:
         directory, name = parent_of(path)
         if name.startswith(".lck-"):
             raise InvalidArgument(f"{name} is a lock file name")
-        parent = await self._handle(directory)
+        parent = await self.handle(directory)
         try:
             await self.client.mkdir(parent, name)
         except NfsError as e:
@@ -83,14 +84,14 @@ class NfsFileSystem:
         directory, name = parent_of(path)
         if name.startswith(".lck-"):
             raise InvalidArgument(f"{name} is a lock file name")
-        parent = await self._handle(directory)
+        parent = await self.handle(directory)
         try:
             await self.client.create(parent, name)
         except NfsError as e:
             raise nfs_fault(e, path, creating=True) from None
 
     async def stat(self, path: str) -> FileInfo:
-        handle = await self._handle(path)
+        handle = await self.handle(path)
         try:
             kind, size = await self.client.getattr(handle)
         except NfsError as e:
@@ -98,7 +99,7 @@ class NfsFileSystem:
         return FileInfo(path, kind, size)
 
     async def listdir(self, path: str) -> list[FileInfo]:
-        handle = await self._handle(path)
+        handle = await self.handle(path)
         try:
             entries = await self.client.readdir(handle)
         except NfsError as e:
@@ -114,24 +115,21 @@ class NfsFileSystem:
         """A file is removed under its own exclusive lock (FileLocked while any host
         has it open), so no host can open it meanwhile."""
         directory, name = parent_of(path)
-        parent = await self._handle(directory)
+        parent = await self.handle(directory)
         try:
-            handle = await self.client.lookup(parent, name)
-            if (await self.client.getattr(handle))[0] == "dir":
+            _, kind, fileid = await self.client.entry(parent, name)
+            if kind == "dir":
                 await self.client.remove(parent, name)
                 return
-            fileid = await self.client.fileid(parent, name)
             await self.manager.lock(parent, fileid, path, EXCLUSIVE)
             try:
                 await self.client.remove(parent, name)
             finally:
                 await self.manager.unlock(parent, fileid)
             # Lock files left by dead hosts go too: a new file may get this fileid.
-            base = lock_file_name(fileid)
-            for entry, _, _ in await self.client.readdir(parent):
-                if entry == base or entry.startswith(base + "-ro-"):
-                    with contextlib.suppress(NfsError):
-                        await self.client.remove(parent, entry)
+            for stale in await self.manager.lock_files(parent, lock_file_name(fileid)):
+                with contextlib.suppress(NfsError):
+                    await self.client.remove(parent, stale)
         except NfsError as e:
             raise nfs_fault(e, path) from None
 
@@ -139,14 +137,13 @@ class NfsFileSystem:
         if mode not in LOCK_TYPES:
             raise InvalidArgument("an NFS file opens exclusive or read-only")
         directory, name = parent_of(path)
-        parent = await self._handle(directory)
+        parent = await self.handle(directory)
         try:
-            handle = await self.client.lookup(parent, name)
-            if (await self.client.getattr(handle))[0] != "file":
-                raise InvalidArgument(f"{path} is a directory")
-            fileid = await self.client.fileid(parent, name)
+            handle, kind, fileid = await self.client.entry(parent, name)
         except NfsError as e:
             raise nfs_fault(e, path) from None
+        if kind != "file":
+            raise InvalidArgument(f"{path} is a directory")
         await self._opens.open(
             (parent, fileid),
             mode,

@@ -86,8 +86,9 @@ class NfsClient(Protocol):
 
     async def lookup(self, directory: str, name: str) -> str: ...
 
-    async def fileid(self, directory: str, name: str) -> int:
-        """The fileid of a file (NfsError NOENT if there is none)."""
+    async def entry(self, directory: str, name: str) -> tuple[str, str, int]:
+        """(handle, kind "file" or "dir", fileid) of a name, from one LOOKUP (NfsError
+        NOENT if there is none)."""
 
     async def create(self, directory: str, name: str) -> str:
         """GUARDED create: NfsError(EXIST) if the name exists."""
@@ -193,28 +194,30 @@ class NfsLockManager:
 
     async def _conflicting(self, directory: str, base: str, lock_type: int) -> list[str]:
         """The lock files of the other kind on the same file."""
+        names = await self.lock_files(directory, base)
+        if lock_type == EXCLUSIVE:
+            return [n for n in names if n != base]
+        return [base] if base in names else []
+
+    async def lock_files(self, directory: str, base: str) -> list[str]:
+        """The lock files on one file: `base` (the exclusive one) and the read-only
+        ones (`base-ro-<host>`), not those being moved aside by a breaker."""
         try:
             names = [entry[0] for entry in await self.client.readdir(directory)]
         except NfsError as e:
             raise CannotAccessFile(f"cannot list the locks in {directory or '/'}: {e}") from None
-        if lock_type == EXCLUSIVE:
-            return [n for n in names if n.startswith(base + "-ro-") and ".broken-" not in n]
-        return [base] if base in names else []
+        return [
+            n for n in names if n == base or (n.startswith(base + "-ro-") and ".broken-" not in n)
+        ]
 
     async def holders(self, directory: str, fileid: int) -> list[tuple[LockFile | None, float]]:
         """Every lock on a file (the exclusive one, or the read-only ones), each with
         how long this host has seen it unchanged."""
-        base = lock_file_name(fileid)
-        try:
-            names = [entry[0] for entry in await self.client.readdir(directory)]
-        except NfsError as e:
-            raise CannotAccessFile(f"cannot list the locks in {directory or '/'}: {e}") from None
         out = []
-        for name in names:
-            if name == base or (name.startswith(base + "-ro-") and ".broken-" not in name):
-                seen = await self._inspect_name(directory, name)
-                if seen is not None:
-                    out.append(seen)
+        for name in await self.lock_files(directory, lock_file_name(fileid)):
+            seen = await self._inspect_name(directory, name)
+            if seen is not None:
+                out.append(seen)
         return out
 
     async def _break_if_stale(self, key: tuple[str, str], path: str) -> bool:
@@ -222,17 +225,12 @@ class NfsLockManager:
         has not changed for STALE_AFTER seconds of watching. True if this host broke
         it, False if it was gone already."""
         directory, name = key
-        try:
-            handle = await self.client.lookup(directory, name)
-            content = await self.client.read(handle, RECORD_SIZE + 1)
-        except NfsError as e:
-            if e.status in (NfsStatus.NOENT, NfsStatus.STALE):
-                return False  # released meanwhile
-            raise CannotAccessFile(f"cannot read the lock of {path}: {e}") from None
-        age = self._watch(key, content)
+        seen = await self._inspect_name(directory, name)
+        if seen is None:
+            return False  # released meanwhile
+        record, age = seen
         watch = self._watches[key]
         if age < STALE_AFTER:
-            record = LockFile.unpack(content)
             holder = f"{record.host_name} ({record.owner})" if record else "another host"
             raise FileLocked(
                 f"{path} is locked by {holder}", holder=str(record.owner) if record else ""
@@ -361,9 +359,10 @@ class ExportClient:
         await asyncio.sleep(0)
         return self.export.lookup(self.caller, directory, name)[0]
 
-    async def fileid(self, directory: str, name: str) -> int:
+    async def entry(self, directory: str, name: str) -> tuple[str, str, int]:
         await asyncio.sleep(0)
-        return self.export.lookup(self.caller, directory, name)[1].fileid
+        handle, attributes = self.export.lookup(self.caller, directory, name)
+        return handle, attributes.kind, attributes.fileid
 
     async def create(self, directory: str, name: str) -> str:
         await asyncio.sleep(0)

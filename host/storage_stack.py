@@ -13,9 +13,10 @@ from typing import Protocol
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, NotFound
+from vsim.host.datastore_files import parent_of
 from vsim.host.nfs_files import NfsFileSystem
-from vsim.host.nfs_lock import STALE_AFTER, ExportClient, NfsClient, NfsLockManager
-from vsim.host.vmfs import HB_TIMEOUT, BlockDevice, LunDevice, VmfsVolume, format_volume
+from vsim.host.nfs_lock import EXCLUSIVE, STALE_AFTER, ExportClient, NfsClient, NfsLockManager
+from vsim.host.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume, is_live
 from vsim.host.vmfs_files import VmfsFileSystem
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
@@ -212,34 +213,62 @@ class StorageStack:
 
     # lock arbitration
 
-    def _nfs_file(self, path: str) -> tuple[str, str]:
-        directory, _, name = path.rpartition("/")
-        if not name:
-            raise InvalidArgument(f"path {path[:80]!r} names no file")
-        return directory, name
-
     async def query_lock(self, label: str, path: str) -> LockStatus:
         """Who holds the lock on path, and how fresh their heartbeat looks from here."""
         if label in self.vmfs:
-            volume = self.vmfs[label]
-            found = await volume.find_lock(path)
-            if found is None:
+            index = await self.files[label].lock_index(path)
+            if index is None:
                 return LockStatus("FREE")
-            _, record = found
-            holders = []
-            for owner in record.owners:
-                age = await volume.heartbeat_age(owner)
-                live = age is not None and age < HB_TIMEOUT
-                holders.append(
-                    LockHolder(str(owner.host), owner.slot, -1 if age is None else age, live)
-                )
-            return LockStatus(record.mode.name, tuple(holders))
+            return await self._vmfs_status(self.vmfs[label], index)
+        directory, fileid = await self._nfs_file(label, path)
+        return await self._nfs_status(self.nfs[label], directory, fileid)
+
+    async def break_stale_lock(self, label: str, path: str) -> LockStatus:
+        """Breaks the lock on path if its holder is gone; FileLocked while it lives.
+        Returns the lock as it was."""
+        if label in self.vmfs:
+            volume = self.vmfs[label]
+            index = await self.files[label].lock_index(path)
+            if index is None:
+                return LockStatus("FREE")
+            before = await self._vmfs_status(volume, index)
+            if before.mode == "FREE":
+                return before
+            broken = (await volume.break_stale(index)).mode != LockMode.FREE
+            return replace(before, broken=broken)
         manager = self.nfs_mount(label)
-        directory, name = self._nfs_file(path)
+        directory, fileid = await self._nfs_file(label, path)
+        before = await self._nfs_status(manager, directory, fileid)
+        if before.mode == "FREE":
+            return before
+        return replace(before, broken=await manager.break_stale(directory, fileid, path))
+
+    @staticmethod
+    async def _vmfs_status(volume: VmfsVolume, index: int) -> LockStatus:
+        record = await volume.read_lock(index)
+        if record.mode == LockMode.FREE:
+            return LockStatus("FREE")
+        holders = []
+        for owner in record.owners:
+            age = await volume.heartbeat_age(owner)
+            holders.append(
+                LockHolder(str(owner.host), owner.slot, -1 if age is None else age, is_live(age))
+            )
+        return LockStatus(record.mode.name, tuple(holders))
+
+    async def _nfs_file(self, label: str, path: str) -> tuple[str, int]:
+        """(directory handle, fileid) of a file on an NFS datastore."""
+        self.nfs_mount(label)  # NotFound when it is not mounted here
+        files = self.files[label]
+        directory, name = parent_of(path)
+        handle = await files.handle(directory)
         try:
-            fileid = await manager.client.fileid(directory, name)
+            return handle, (await files.client.entry(handle, name))[2]
         except NfsError as e:
             raise NotFound(f"{path} on {label}: {e}") from None
+
+    @staticmethod
+    async def _nfs_status(manager: NfsLockManager, directory: str, fileid: int) -> LockStatus:
         seen = await manager.holders(directory, fileid)  # exclusive, or read-only ones
         if not seen:
             return LockStatus("FREE")
@@ -247,35 +276,8 @@ class StorageStack:
             LockHolder(str(record.owner) if record else "unknown", -1, age, age < STALE_AFTER)
             for record, age in seen
         )
-        exclusive = any(record is None or record.lock_type == 1 for record, _ in seen)
+        exclusive = any(record is None or record.lock_type == EXCLUSIVE for record, _ in seen)
         return LockStatus("EXCLUSIVE" if exclusive else "READ_ONLY", holders)
-
-    async def break_stale_lock(self, label: str, path: str) -> LockStatus:
-        """Breaks the lock on path if its holder is gone; FileLocked while it lives.
-        Returns the lock as it was."""
-        before = await self.query_lock(label, path)
-        if before.mode == "FREE":
-            return before
-        if label in self.vmfs:
-            volume = self.vmfs[label]
-            found = await volume.find_lock(path)
-            broken = found is not None and (await volume.break_stale(found[0])).mode != (
-                LockMode.FREE
-            )
-        else:
-            directory, name = self._nfs_file(path)
-            manager = self.nfs_mount(label)
-            try:
-                fileid = await manager.client.fileid(directory, name)
-            except NfsError as e:
-                raise NotFound(f"{path} on {label}: {e}") from None
-            broken = await manager.break_stale(directory, fileid, path)
-        return replace(before, broken=broken)
-
-    def volume(self, label: str) -> VmfsVolume:
-        if label not in self.vmfs:
-            raise NotFound(f"no VMFS datastore {label} is mounted on {self.host_name}")
-        return self.vmfs[label]
 
     def nfs_mount(self, label: str) -> NfsLockManager:
         if label not in self.nfs:

@@ -112,6 +112,12 @@ async def format_volume(
     return superblock
 
 
+def is_live(heartbeat_age: float | None) -> bool:
+    """Whether a lock owner with this heartbeat age (see VmfsVolume.heartbeat_age)
+    still holds its slot and heartbeated in the last HB_TIMEOUT seconds of watching."""
+    return heartbeat_age is not None and heartbeat_age < HB_TIMEOUT
+
+
 @dataclass
 class _Watch:
     """What this host has seen of another host's heartbeat slot."""
@@ -314,7 +320,7 @@ class VmfsVolume:
 
     async def read_lock(self, index: int) -> LockRecord:
         sb = self.mounted()
-        return LockRecord.unpack(await self.io(self.device.read, sb.lock_lba(index), 1))
+        return self._record(await self.io(self.device.read, sb.lock_lba(index), 1))
 
     async def heartbeat_age(self, owner: LockOwner) -> float | None:
         """Seconds this host has watched the owner's heartbeat counter stand still (0
@@ -336,20 +342,7 @@ class VmfsVolume:
         return now - watch.since
 
     async def _alive(self, owner: LockOwner) -> bool:
-        """Whether a lock owner still holds its heartbeat slot and has heartbeated in
-        the last HB_TIMEOUT seconds of this host's watching."""
-        age = await self.heartbeat_age(owner)
-        return age is not None and age < HB_TIMEOUT
-
-    async def find_lock(self, path: str) -> tuple[int, LockRecord] | None:
-        """The lock record held for path, if any (a scan of the lock region)."""
-        sb = self.mounted()
-        region = await self.io(self.device.read, sb.lock_lba(0), sb.lock_records)
-        for index in range(sb.lock_records):
-            record = LockRecord.unpack(region[index * SECTOR : (index + 1) * SECTOR])
-            if record.mode != LockMode.FREE and record.path == path:
-                return index, record
-        return None
+        return is_live(await self.heartbeat_age(owner))
 
     async def break_stale(self, index: int) -> LockRecord:
         """Frees lock record `index` if every owner is gone (heartbeat still for
@@ -358,12 +351,12 @@ class VmfsVolume:
         sb = self.mounted()
         while True:
             sector = await self.io(self.device.read, sb.lock_lba(index), 1)
-            record = LockRecord.unpack(sector)
+            record = self._record(sector)
             if record.mode == LockMode.FREE:
                 return record
             for owner in record.owners:
-                if await self._alive(owner):
-                    age = await self.heartbeat_age(owner)
+                age = await self.heartbeat_age(owner)
+                if is_live(age):
                     raise FileLocked(
                         f"{record.path} is held by host {owner.host}, whose heartbeat moved "
                         f"{age:.0f} s ago (stale only after {HB_TIMEOUT:.0f} s still)",

@@ -114,6 +114,13 @@ class VmfsFileSystem:
                 return index, sector, descriptor
         return None
 
+    async def lock_index(self, path: str) -> int | None:
+        """The lock record guarding a file (its descriptor's index), or None when
+        there is no such file."""
+        split_path(path)
+        found = await self._find(path)
+        return None if found is None else found[0]
+
     async def _lookup(self, path: str) -> tuple[int, bytes, FileDescriptor]:
         found = await self._find(path)
         if found is None:

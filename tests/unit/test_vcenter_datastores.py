@@ -148,8 +148,10 @@ async def test_a_rebooted_host_mounts_its_datastores_again(cluster):
 
 async def test_lock_owner_and_breaking_a_stale_lock(cluster):
     vc, array, engine, session = cluster
-    holder = engine.running("esxi-01").storage
-    await holder.vmfs["vmfs-01"].lock(4, "vm-001/vm-001-flat.vmdk")
+    files = engine.running("esxi-01").storage.files["vmfs-01"]
+    await files.mkdir("vm-001")
+    await files.create("vm-001/vm-001-flat.vmdk")
+    await files.open("vm-001/vm-001-flat.vmdk")  # held exclusive until esxi-01 dies
     request = pb.LockRequest(datastore="vmfs-01", path="vm-001/vm-001-flat.vmdk")
     info = await vc.QueryLockOwner(request, session)
     assert (info.mode, [h.host for h in info.holders]) == ("EXCLUSIVE", ["esxi-01"])
