@@ -6,19 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import os
 import sys
 from collections.abc import Awaitable
 
+from vsim.cluster.up import start_ray
 
-def start_ray() -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    ray.init(
-        address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
-    )
+__all__ = ["report", "start_ray"]
 
 
 def report(run: Awaitable[dict]) -> None:

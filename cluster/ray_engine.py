@@ -57,6 +57,8 @@ class RayEngine:
         return info["thumbprint"]
 
     async def _create(self, spec: HostSpec):
+        # scrypt is slow: once, and off the event loop (hosts boot concurrently).
+        root_hash = await asyncio.to_thread(hash_password, spec.root_password)
         for _ in range(NAME_RELEASE_TRIES):
             try:
                 return EsxiHostActor.options(
@@ -67,7 +69,7 @@ class RayEngine:
                     max_restarts=0,
                 ).remote(
                     replace(spec, root_password="").to_json(),
-                    hash_password(spec.root_password),
+                    root_hash,
                     str(self.host_dir(spec.name)),
                     self.clock_speed,
                 )

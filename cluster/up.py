@@ -51,7 +51,8 @@ def client_endpoint(bind: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _start_ray() -> None:
+def start_ray() -> None:
+    """A local Ray cluster for this process (vsim up, the benchmarks)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -87,7 +88,7 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    _start_ray()
+    start_ray()
     array = await start_array(options.data_dir / "array", 0, "127.0.0.1")
     try:
         spec = prepare_array(array.array, ClusterSpec.default(options.hosts))
@@ -103,7 +104,7 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
             endpoint = client_endpoint(options.bind, int(running.endpoint.rsplit(":", 1)[1]))
             info = await _record_session(running, endpoint, config)
             info["array"] = array.endpoint
-            info["datastores"] = [d.name for d in await running.core.datastores.list()]
+            info["datastores"] = [d.name for d in running.core.inventory.datastores()]
             config.save_up_state(
                 {
                     "pid": os.getpid(),
@@ -134,7 +135,7 @@ async def _record_session(running, endpoint: str, config: UserConfig) -> dict:
         async with await VCenterClient.connect(endpoint, running.thumbprint) as client:
             session = await client.login(ADMINISTRATOR, password)
     config.save_settings(Settings(server=endpoint, user=ADMINISTRATOR, session=session))
-    hosts = [h.name for h in running.core.hosts.list()]
+    hosts = [h.name for h in running.core.inventory.hosts()]
     return {
         "endpoint": endpoint,
         "thumbprint": running.thumbprint,

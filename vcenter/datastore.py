@@ -14,6 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from vsim import validate
 from vsim.faults import (
     CannotAccessFile,
     DuplicateName,
@@ -90,8 +91,7 @@ class DatastoreManager:
         mode = request.lock_mode or "ats+scsi"
         if mode not in LOCK_MODES:
             raise InvalidArgument(f"lock_mode must be ats+scsi or ats-only, got {mode[:40]!r}")
-        if not 0 <= request.lun < 256:
-            raise InvalidArgument(f"lun must be 0-255, got {request.lun}")
+        validate.int_range(request.lun, 0, 255, "lun")
         for other in self._inventory.datastores():
             if other.type == "vmfs" and other.lun == request.lun:
                 raise InvalidState(
@@ -181,7 +181,7 @@ class DatastoreManager:
         if not request.path or len(request.path) > 1024:
             raise InvalidArgument("path must name a file on the datastore (1-1024 characters)")
         host_request = hpb.HostLockRequest(datastore=request.datastore, path=request.path)
-        names = {spec_uuid: name for name, spec_uuid in self._hosts.uuids().items()}
+        names = self._hosts.names_by_uuid()
         last: VimFault | None = None
         for host in self._hosts.connected_names():
             try:
@@ -220,7 +220,9 @@ class DatastoreManager:
                 return []
             return list(reply.datastores)
 
-        views = dict(zip(hosts, await asyncio.gather(*(reported(h) for h in hosts)), strict=True))
+        replies = await asyncio.gather(*(reported(h) for h in hosts))
+        # host -> {datastore name: what the host reports of it}
+        views = {host: {d.name: d for d in seen} for host, seen in zip(hosts, replies, strict=True)}
         datastores = []
         for record in self._inventory.datastores():
             datastore = pb.Datastore(
@@ -231,15 +233,16 @@ class DatastoreManager:
                 export=record.export,
             )
             for host, seen in views.items():
-                for d in seen:
-                    if d.name == record.name:
-                        datastore.mounts.append(
-                            pb.DatastoreMount(
-                                host=host, accessible=d.accessible, heartbeat_slot=d.heartbeat_slot
-                            )
-                        )
-                        if d.accessible and not datastore.capacity_bytes:
-                            datastore.capacity_bytes = d.capacity_bytes
-                            datastore.free_bytes = d.free_bytes
+                d = seen.get(record.name)
+                if d is None:
+                    continue
+                datastore.mounts.append(
+                    pb.DatastoreMount(
+                        host=host, accessible=d.accessible, heartbeat_slot=d.heartbeat_slot
+                    )
+                )
+                if d.accessible and not datastore.capacity_bytes:
+                    datastore.capacity_bytes = d.capacity_bytes
+                    datastore.free_bytes = d.free_bytes
             datastores.append(datastore)
         return datastores

@@ -124,9 +124,9 @@ class HostManager:
             )
         return hosts
 
-    def uuids(self) -> dict[str, str]:
-        """host name -> hardware UUID, for the hosts in the inventory."""
-        return {h.name: self.public_spec(h.name).uuid for h in self._inventory.hosts()}
+    def names_by_uuid(self) -> dict[str, str]:
+        """hardware UUID -> host name, for the hosts in the inventory."""
+        return {self.public_spec(h.name).uuid: h.name for h in self._inventory.hosts()}
 
     def public_spec(self, name: str) -> HostSpec:
         """The host's hardware, without its root password."""
@@ -290,6 +290,7 @@ class HostManager:
         )
 
     def _vpx_password(self, name: str) -> str:
+        """vpxuser's current password on a host (what _login falls back to)."""
         return self._secrets.open(self.record(name).vpx_password_enc)
 
     async def _login(self, name: str, port: HostPort) -> str:
@@ -312,7 +313,7 @@ class HostManager:
                     vpx_password_set=self._clock.now(),
                 )
                 return session
-        return await self._login_vpxuser(port, self._secrets.open(host.vpx_password_enc))
+        return await self._login_vpxuser(port, self._vpx_password(name))
 
     async def _login_vpxuser(self, port: HostPort, password: str) -> str:
         reply = await port.call(

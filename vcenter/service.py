@@ -116,11 +116,7 @@ class VCenter:
                 lambda _task: self.hosts.add(request, full, ADMINISTRATOR),
                 kind="host",
             )
-            done = await self.tasks.wait(task.id, MAX_WAIT)
-            if done.state != common_pb2.TASK_STATE_SUCCESS:
-                raise RuntimeError(
-                    f"adding {full.name} failed: {done.error.name}: {done.error.message}"
-                )
+            await self._succeeded(task, f"adding {full.name}")
 
         results = await asyncio.gather(*(add(h) for h in spec.hosts), return_exceptions=True)
         for result in results:
@@ -141,11 +137,13 @@ class VCenter:
         else:
             request = pb.CreateNasDatastoreRequest(name=datastore.name, export=datastore.name)
             task = self.datastores.create_nas(request, ADMINISTRATOR)
+        await self._succeeded(task, f"creating {datastore.name}")
+
+    async def _succeeded(self, task: common_pb2.Task, doing: str) -> None:
+        """Waits for a task of realise(); RuntimeError if it failed."""
         done = await self.tasks.wait(task.id, MAX_WAIT)
         if done.state != common_pb2.TASK_STATE_SUCCESS:
-            raise RuntimeError(
-                f"creating {datastore.name} failed: {done.error.name}: {done.error.message}"
-            )
+            raise RuntimeError(f"{doing} failed: {done.error.name}: {done.error.message}")
 
     async def stop(self) -> None:
         """Stops this vCenter; the hosts keep running."""

@@ -34,8 +34,6 @@ class TaskManager:
         self._busy_key: dict[str, tuple[tuple[str, str], ...]] = {}  # task id -> (kind, entity)s
         self._within: dict[str, tuple[str, str]] = {}  # task id -> the entity holding it
         self._inner: Counter[tuple[str, str]] = Counter()  # entity -> tasks on its parts
-        self._within: dict[str, tuple[str, str]] = {}  # task id -> the entity holding it
-        self._inner: Counter[tuple[str, str]] = Counter()  # entity -> tasks on its parts
         self._runners: set[asyncio.Task] = set()
 
     def close_interrupted(self) -> int:

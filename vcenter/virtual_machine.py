@@ -53,7 +53,6 @@ class VmManager:
         self._tasks = tasks
         self._events = events
         self._rng = rng
-        self._creating: set[str] = set()
 
     def get(self, name: str) -> pb.Vm:
         vm = self._inventory.vm(name)
@@ -103,7 +102,8 @@ class VmManager:
         return self._register_new(vm, user, "CreateVM_Task")
 
     def _check_new_name(self, name: str) -> None:
-        if self._inventory.vm(name) is not None or name in self._creating:
+        # A create or clone under way holds the name (its task keeps it busy).
+        if self._inventory.vm(name) is not None or self._tasks.busy("vm", name):
             raise DuplicateName(f"a VM named {name!r} already exists")
 
     def _datastore(self, name: str) -> None:
@@ -123,35 +123,30 @@ class VmManager:
         host = vm.host
 
         async def work(task: common_pb2.Task) -> str:
+            if before is not None:
+                await before()
+            request = hpb.RegisterVmRequest(vm=host_vm(vm), create_files=bool(vm.disks))
+            await self._hosts.call(host, "RegisterVm", request)
             try:
-                if before is not None:
-                    await before()
-                request = hpb.RegisterVmRequest(vm=host_vm(vm), create_files=bool(vm.disks))
-                await self._hosts.call(host, "RegisterVm", request)
-                try:
-                    with self._inventory.transaction():
-                        self._inventory.add_vm(vm)
-                        self._events.post(
-                            "VmCreatedEvent",
-                            f"Created {vm.name} on {host}",
-                            user=user,
-                            host=host,
-                            vm=vm.name,
-                        )
-                except Exception:
-                    # Not recorded: take it off the host again, so a retry can succeed.
-                    undo = hpb.HostVmRequest(name=vm.name, delete_files=True)
-                    await self._hosts.call(host, "UnregisterVm", undo)
-                    raise
-            finally:
-                self._creating.discard(vm.name)
+                with self._inventory.transaction():
+                    self._inventory.add_vm(vm)
+                    self._events.post(
+                        "VmCreatedEvent",
+                        f"Created {vm.name} on {host}",
+                        user=user,
+                        host=host,
+                        vm=vm.name,
+                    )
+            except Exception:
+                # Not recorded: take it off the host again, so a retry can succeed.
+                undo = hpb.HostVmRequest(name=vm.name, delete_files=True)
+                await self._hosts.call(host, "UnregisterVm", undo)
+                raise
             return vm.name
 
-        task = self._tasks.start(
+        return self._tasks.start(
             task_name, vm.name, user, work, kind="vm", within=("host", host), also=also
         )
-        self._creating.add(vm.name)
-        return task
 
     def linked_clone(self, request: pb.LinkedCloneVmRequest, user: str) -> common_pb2.Task:
         validate.vm_name(request.name)

@@ -99,12 +99,7 @@ def load_or_create_identity(directory: Path, common_name: str) -> Identity:
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     if cert_path.exists() and key_path.exists():
         cert_pem = cert_path.read_bytes()
-        cn = (
-            x509.load_pem_x509_certificate(cert_pem)
-            .subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0]
-            .value
-        )
-        return Identity(cert_pem, key_path.read_bytes(), str(cn))
+        return Identity(cert_pem, key_path.read_bytes(), common_name_of(cert_pem))
     identity = make_identity(common_name)
     write_private(key_path, identity.key_pem)
     cert_path.write_bytes(identity.cert_pem)
