@@ -81,18 +81,7 @@ class VmManager:
         if request.datastore:
             self._datastore(request.datastore)
         self._check_new_name(request.name)
-        host = self._place(request.host)
-        vm = pb.Vm(
-            name=request.name,
-            host=host,
-            cpus=request.cpus,
-            memory_mb=request.memory_mb,
-            power_state=OFF,
-            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
-            guest_os=request.guest_os or DEFAULT_GUEST_OS,
-            datastore=request.datastore,
-            guest_write_iops=request.guest_write_iops,
-        )
+        vm = self._fresh(request.name, self._place(request.host), request)
         if request.disk_mb:
             vm.disks.append(
                 common_pb2.VirtualDisk(
@@ -100,6 +89,21 @@ class VmManager:
                 )
             )
         return self._register_new(vm, user, "CreateVM_Task")
+
+    def _fresh(self, name: str, host: str, config: pb.CreateVmRequest | pb.Vm) -> pb.Vm:
+        """A new powered-off VM (with a new UUID, no disks yet) with config's hardware
+        and storage settings."""
+        return pb.Vm(
+            name=name,
+            host=host,
+            cpus=config.cpus,
+            memory_mb=config.memory_mb,
+            power_state=OFF,
+            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            guest_os=config.guest_os or DEFAULT_GUEST_OS,
+            datastore=config.datastore,
+            guest_write_iops=config.guest_write_iops,
+        )
 
     def _check_new_name(self, name: str) -> None:
         # A create or clone under way holds the name (its task keeps it busy).
@@ -158,17 +162,7 @@ class VmManager:
         self._check_new_name(request.name)
         self._hosts.connected(source.host)
         host = self._place(request.host)
-        vm = pb.Vm(
-            name=request.name,
-            host=host,
-            cpus=source.cpus,
-            memory_mb=source.memory_mb,
-            power_state=OFF,
-            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
-            guest_os=source.guest_os,
-            datastore=source.datastore,
-            guest_write_iops=source.guest_write_iops,
-        )
+        vm = self._fresh(request.name, host, source)
         for unit, disk in enumerate(source.disks):
             suffix = f"_{unit}" if unit else ""
             path = f"{vm.name}/{vm.name}{suffix}.vmdk"
