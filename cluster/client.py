@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from vsim.faults import InvalidArgument, SSLVerifyFault, fault_from_proto
+from vsim.faults import InvalidArgument, fault_from_proto
 from vsim.rpc import RpcClient, open_channel
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
@@ -40,15 +40,12 @@ class VCenterClient:
             pinned = normalize_thumbprint(thumbprint) if thumbprint is not None else None
         except ValueError as e:
             raise InvalidArgument(f"pinned thumbprint for {endpoint}: {e}") from None
-        channel, presented = await open_channel(endpoint)
-        if pinned is not None and pinned != presented:
-            await channel.close()
-            raise SSLVerifyFault(
-                f"the certificate of {endpoint} has changed: pinned thumbprint "
-                f"{pinned}, presented {presented}. If you expected this (the vCenter was "
-                "set up again), run `vsim login --accept-new-thumbprint`",
-                thumbprint=presented,
-            )
+        channel, presented = await open_channel(
+            endpoint,
+            pinned=pinned,
+            hint="If you expected this (the vCenter was set up again), run "
+            "`vsim login --accept-new-thumbprint`",
+        )
         return cls(RpcClient(channel, SERVICE), endpoint, presented, session)
 
     async def __aenter__(self) -> VCenterClient:

@@ -11,7 +11,6 @@ import uuid
 from dataclasses import asdict, dataclass, field
 
 from vsim import validate
-from vsim.faults import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,7 @@ class HostSpec:
     def validated(self) -> HostSpec:
         validate.host_name(self.name)
         if self.uuid:
-            try:
-                uuid.UUID(self.uuid)
-            except ValueError:
-                raise InvalidArgument(f"uuid {self.uuid[:40]!r} is not a UUID") from None
+            validate.uuid(self.uuid)
         validate.int_range(self.cpu_cores, 1, validate.MAX_HOST_CPU_CORES, "cpu_cores")
         validate.int_range(self.cpu_mhz, 100, 10_000, "cpu_mhz", "MHz")
         validate.int_range(self.memory_mb, 1024, validate.MAX_HOST_MEMORY_MB, "memory_mb", "MB")

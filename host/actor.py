@@ -66,7 +66,8 @@ class EsxiHost:
         """Where hostd listens ("" before boot) and the host's thumbprint."""
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}
 
-    # The storage stack (datastores will reach it through hostd as vCenter grows them).
+    # The storage stack reached directly, by label and LUN or export, for the lock
+    # tests and bench/locks.py (vCenter mounts datastores through hostd).
 
     async def mount_vmfs(self, label: str, endpoint: str, thumbprint: str, lun: int) -> int:
         """Mounts the VMFS volume on a LUN of the array; returns its heartbeat slot."""

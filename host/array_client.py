@@ -24,13 +24,7 @@ class ArrayConnection:
 
     @classmethod
     async def open(cls, endpoint: str, expected_thumbprint: str = "") -> ArrayConnection:
-        channel, thumbprint = await open_channel(endpoint)
-        if expected_thumbprint and thumbprint != expected_thumbprint:
-            await channel.close()
-            raise ConnectionError(
-                f"the array at {endpoint} presents thumbprint {thumbprint}, "
-                f"not {expected_thumbprint}"
-            )
+        channel, thumbprint = await open_channel(endpoint, pinned=expected_thumbprint or None)
         return cls(RpcClient(channel, SERVICE, timeout=30), thumbprint)
 
     async def call(self, method: str, request: Any) -> Any:
@@ -44,12 +38,14 @@ class GrpcStoragePorts:
     """The host's lines to arrays over gRPC, one pinned connection per array."""
 
     def __init__(self) -> None:
-        self._connections: dict[str, ArrayConnection] = {}
+        self._connections: dict[tuple[str, str], ArrayConnection] = {}
 
     async def connection(self, endpoint: str, thumbprint: str) -> ArrayConnection:
-        if endpoint not in self._connections:
-            self._connections[endpoint] = await ArrayConnection.open(endpoint, thumbprint)
-        return self._connections[endpoint]
+        """A connection pinned to thumbprint (another pin gets its own, checked anew)."""
+        key = (endpoint, thumbprint)
+        if key not in self._connections:
+            self._connections[key] = await ArrayConnection.open(endpoint, thumbprint)
+        return self._connections[key]
 
     async def block_device(
         self, endpoint: str, thumbprint: str, lun: int, initiator: str

@@ -200,11 +200,7 @@ class Hostd:
     ) -> pb.RegisterVmResponse:
         self.accounts.require_admin(user)
         vm = vm_from_proto(request.vm)
-        validate.text(vm.uuid, "vm.uuid", 64)
-        try:
-            uuid.UUID(vm.uuid)
-        except ValueError:
-            raise InvalidArgument(f"vm.uuid {vm.uuid[:40]!r} is not a UUID") from None
+        validate.uuid(vm.uuid, "vm.uuid")
         validate.text(vm.guest_os, "vm.guest_os", 64)
         validate.int_range(vm.guest_write_iops, 0, 10_000, "vm.guest_write_iops")
         check_disks(vm)
@@ -304,10 +300,7 @@ class Hostd:
         it, or until a dead holder's lock has gone stale)."""
         self.accounts.require_admin(user)
         vm = vm_from_proto(request.vm)
-        try:
-            vm_uuid = uuid.UUID(vm.uuid)
-        except ValueError:
-            raise InvalidArgument(f"vm.uuid {vm.uuid[:40]!r} is not a UUID") from None
+        vm_uuid = validate.uuid(vm.uuid, "vm.uuid")
         check_disks(vm)
         if not vm.disks:
             raise InvalidState(f"{vm.name} has no disks")
@@ -334,10 +327,7 @@ class Hostd:
     async def FormatVmfs(self, request: pb.FormatVmfsRequest, user: str | None) -> pb.HostDatastore:
         self.accounts.require_admin(user)
         validate.host_name(request.label, "label")
-        try:
-            volume = uuid.UUID(request.uuid)
-        except ValueError:
-            raise InvalidArgument(f"uuid {request.uuid[:40]!r} is not a UUID") from None
+        volume = validate.uuid(request.uuid)
         t = request.target
         capacity = await self.storage.format_vmfs(
             t.endpoint, t.thumbprint, t.lun, request.label, request.lock_mode, volume

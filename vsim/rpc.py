@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 from vsim.faults import (
     HostConnectFault,
     InvalidArgument,
+    SSLVerifyFault,
     SystemError_,
     VimFault,
     from_rpc_error,
@@ -159,10 +160,13 @@ def metadata(session: str | None) -> tuple[tuple[str, str], ...]:
     return ((SESSION_KEY, session),) if session else ()
 
 
-async def open_channel(endpoint: str, timeout: float = 10.0) -> tuple[grpc.aio.Channel, str]:
+async def open_channel(
+    endpoint: str, timeout: float = 10.0, pinned: str | None = None, hint: str = ""
+) -> tuple[grpc.aio.Channel, str]:
     """A TLS channel to endpoint that trusts exactly the certificate the server presents
-    now, and that certificate's thumbprint. The caller compares the thumbprint with the
-    one it pinned before sending anything: a server that later presents another
+    now, and that certificate's thumbprint. With `pinned`, a server presenting another
+    certificate is refused (SSLVerifyFault carrying the presented thumbprint, and the
+    hint of what to do) before anything is sent; a server that later presents another
     certificate fails the handshake, since only this one is trusted."""
     try:
         host, port = split_endpoint(endpoint)
@@ -171,6 +175,13 @@ async def open_channel(endpoint: str, timeout: float = 10.0) -> tuple[grpc.aio.C
         raise InvalidArgument(str(e)) from None
     except OSError as e:
         raise HostConnectFault(f"cannot reach {endpoint}: {e}") from None
+    presented = thumbprint_of_pem(pem)
+    if pinned is not None and pinned != presented:
+        raise SSLVerifyFault(
+            f"the certificate of {endpoint} has changed: pinned thumbprint {pinned}, "
+            f"presented {presented}" + (f". {hint}" if hint else ""),
+            thumbprint=presented,
+        )
     channel = grpc.aio.secure_channel(
         endpoint,
         grpc.ssl_channel_credentials(root_certificates=pem),
@@ -179,7 +190,7 @@ async def open_channel(endpoint: str, timeout: float = 10.0) -> tuple[grpc.aio.C
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    return channel, thumbprint_of_pem(pem)
+    return channel, presented
 
 
 class RpcClient:

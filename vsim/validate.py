@@ -4,6 +4,7 @@ a message naming the field, what was given and what is allowed."""
 from __future__ import annotations
 
 import re
+import uuid as uuid_
 
 from vsim.faults import InvalidArgument
 
@@ -66,3 +67,11 @@ def text(value: str, field: str, max_len: int = 256) -> str:
     if len(value) > max_len:
         raise InvalidArgument(f"{field} is {len(value)} characters; at most {max_len}")
     return value
+
+
+def uuid(value: str, field: str = "uuid") -> uuid_.UUID:
+    """The UUID a field holds; InvalidArgument if it is not one."""
+    try:
+        return uuid_.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidArgument(f"{field} {_shown(str(value))} is not a UUID") from None
