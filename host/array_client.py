@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from vsim.rpc import RpcClient, open_channel
-from vsim.storage.nfs_export import NfsError, NfsStatus
+from vsim.storage.nfs_export import CreateMode, NfsError, NfsStatus
 from vsim.storage.scsi import GOOD, ScsiError, Sense
 from vsim.v1 import storage_pb2 as pb
 
@@ -131,7 +131,9 @@ class ArrayNfsClient:
         return reply.handle, reply.attributes.type, reply.attributes.fileid
 
     async def create(self, directory: str, name: str) -> str:
-        return (await self._op("NfsCreate", handle=directory, name=name, create_mode=1)).handle
+        return (
+            await self._op("NfsCreate", handle=directory, name=name, create_mode=CreateMode.GUARDED)
+        ).handle
 
     async def getattr(self, handle: str) -> tuple[str, int]:
         attributes = (await self._op("NfsGetattr", handle=handle)).attributes

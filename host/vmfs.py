@@ -29,12 +29,13 @@ from typing import Any, Protocol
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument
-from vsim.storage.lun import Lun
-from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT, ScsiError
+from vsim.storage.lun import MAX_TRANSFER_BLOCKS, Lun
+from vsim.storage.scsi import RESERVATION_CONFLICT, ScsiError
 from vsim.storage.vmfs_format import (
     MAX_PATH,
     MAX_SHARED_OWNERS,
     SECTOR,
+    SUPERBLOCK_LBA,
     FileDescriptor,
     FileType,
     HeartbeatSlot,
@@ -98,8 +99,8 @@ async def format_volume(
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
     empty = bytes(SECTOR * (superblock.metadata_sectors - 1))
-    for start in range(0, len(empty), 2048 * SECTOR):
-        chunk = empty[start : start + 2048 * SECTOR]
+    for start in range(0, len(empty), MAX_TRANSFER_BLOCKS * SECTOR):
+        chunk = empty[start : start + MAX_TRANSFER_BLOCKS * SECTOR]
         await device.write(1 + start // SECTOR, chunk)
     root = FileDescriptor(FileType.DIRECTORY, 1)
     await device.write(superblock.descriptor_lba(0), root.pack())
@@ -108,7 +109,7 @@ async def format_volume(
         sector, byte, bit = bitmap_bit(block)
         bitmap[sector * SECTOR + byte] |= 1 << bit
     await device.write(superblock.bitmap_lba(), bytes(bitmap))
-    await device.write(0, superblock.pack())
+    await device.write(SUPERBLOCK_LBA, superblock.pack())
     return superblock
 
 
@@ -149,7 +150,7 @@ class VmfsVolume:
     # mounting and heartbeats
 
     async def mount(self) -> None:
-        self.superblock = Superblock.unpack(await self.io(self.device.read, 0, 1))
+        self.superblock = Superblock.unpack(await self.io(self.device.read, SUPERBLOCK_LBA, 1))
         sb = self.superblock
         region = await self.io(self.device.read, sb.heartbeat_lba(0), sb.heartbeat_slots)
         for index in range(sb.heartbeat_slots):
@@ -180,12 +181,9 @@ class VmfsVolume:
         """Bumps this host's counter (COMPARE AND WRITE against what it last wrote).
         Returns False, and marks the volume lost access, when the slot is no longer
         ours or the last good heartbeat is HB_TIMEOUT old."""
-        if self.lost_access:
-            return False
-        if self.clock.now() - self._last_heartbeat >= HB_TIMEOUT:
-            # Too late: others may have broken this host's locks; coming back now
-            # would write under them.
-            self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
+        # Too late after HB_TIMEOUT: others may have broken this host's locks, and
+        # coming back now would write under them.
+        if self._heartbeat_too_old():
             return False
         sb = self.mounted()
         current = HeartbeatSlot.unpack(self._slot_sector)
@@ -198,7 +196,7 @@ class VmfsVolume:
                 bumped.pack(),
             )
         except ScsiError as e:
-            if e.sense is not None and e.sense.key == MISCOMPARE:
+            if e.miscompare:
                 self._lose_access("another host cleared this host's heartbeat slot")
                 return False
             self.stats["heartbeat_failures"] += 1
@@ -209,15 +207,19 @@ class VmfsVolume:
             self._last_heartbeat = self.clock.now()
             self.stats["heartbeats"] += 1
             return True
-        if self.clock.now() - self._last_heartbeat >= HB_TIMEOUT:
-            self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
-            return False
-        return True
+        return not self._heartbeat_too_old()
 
     async def heartbeat_forever(self) -> None:
         """Heartbeats every HB_INTERVAL until the volume is lost."""
         while await self.heartbeat():
             await self.clock.sleep(HB_INTERVAL)
+
+    def _heartbeat_too_old(self) -> bool:
+        """Whether the volume is lost: already, or now because this host's last good
+        heartbeat is HB_TIMEOUT old."""
+        if not self.lost_access and self.clock.now() - self._last_heartbeat >= HB_TIMEOUT:
+            self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
+        return self.lost_access
 
     def _lose_access(self, why: str) -> None:
         self.lost_access = True
@@ -229,9 +231,7 @@ class VmfsVolume:
         heartbeat is HB_TIMEOUT old (others may already have broken its locks)."""
         if self.superblock is None:
             raise CannotAccessFile("the volume is not mounted")
-        if not self.lost_access and self.clock.now() - self._last_heartbeat >= HB_TIMEOUT:
-            self._lose_access(f"no heartbeat for {HB_TIMEOUT:.0f} s")
-        if self.lost_access:
+        if self._heartbeat_too_old():
             raise CannotAccessFile(
                 f"lost access to volume {self.superblock.label}: {self.lost_reason}"
             )
@@ -389,27 +389,20 @@ class VmfsVolume:
         or under a SCSI-2 reservation. False if another host changed it first."""
         sb = self.superblock
         if sb is not None and sb.lock_mode == VolumeLockMode.ATS_SCSI:
-            return await self._under_reservation(lambda: self._write_if(lba, expected, new))
-        try:
-            await self.io(self.device.compare_and_write, lba, expected, new)
-        except ScsiError as e:
-            if e.sense is not None and e.sense.key == MISCOMPARE:
-                self.stats["ats_miscompares"] += 1
-                return False
-            raise
-        return True
+            # The update is made under the reservation, and is a COMPARE AND WRITE
+            # even so: should the reservation be lost under it (another host reset the
+            # LUN, taking this one for dead), a sector changed meanwhile is kept.
+            return await self._under_reservation(
+                lambda: self._compare_and_write(lba, expected, new)
+            )
+        return await self._compare_and_write(lba, expected, new)
 
-    async def _write_if(self, lba: int, expected: bytes, new: bytes) -> bool:
-        """The update made under the reservation. The write itself is a COMPARE AND
-        WRITE: should the reservation be lost under it (another host reset the LUN,
-        taking this host for dead), a sector changed meanwhile is not overwritten."""
-        if await self.io(self.device.read, lba, 1) != expected:
-            return False
+    async def _compare_and_write(self, lba: int, expected: bytes, new: bytes) -> bool:
         try:
             await self.io(self.device.compare_and_write, lba, expected, new)
         except ScsiError as e:
-            if e.sense is not None and e.sense.key == MISCOMPARE:
-                self.stats["reservation_lost_races"] += 1
+            if e.miscompare:
+                self.stats["ats_miscompares"] += 1
                 return False
             raise
         return True

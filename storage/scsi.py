@@ -56,6 +56,11 @@ class ScsiError(Exception):
         )
         super().__init__(f"{what}: {detail}" if detail else what)
 
+    @property
+    def miscompare(self) -> bool:
+        """COMPARE AND WRITE found other data than expected (nothing was written)."""
+        return self.sense is not None and self.sense.key == MISCOMPARE
+
 
 def check_condition(sense: Sense, detail: str = "", data: bytes = b"") -> ScsiError:
     return ScsiError(CHECK_CONDITION, sense, detail, data)

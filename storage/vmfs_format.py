@@ -110,6 +110,24 @@ def _pad(data: bytes) -> bytes:
     return data + bytes(SECTOR - len(data))
 
 
+PATH_AT = 236
+"""Where lock records and file descriptors keep their path: a 2-byte length, then the
+UTF-8 bytes (at most MAX_PATH)."""
+
+
+def _with_path(head: bytes, path: str) -> bytes:
+    """A sector: head, then path at PATH_AT."""
+    raw = path.encode()
+    if len(raw) > MAX_PATH:
+        raise ValueError(f"a path is at most {MAX_PATH} bytes")
+    return _pad(head.ljust(PATH_AT, b"\0") + struct.pack("<H", len(raw)) + raw)
+
+
+def _path_of(sector: bytes) -> str:
+    (length,) = struct.unpack_from("<H", sector, PATH_AT)
+    return sector[PATH_AT + 2 : PATH_AT + 2 + min(length, MAX_PATH)].decode()
+
+
 @dataclass(frozen=True)
 class Superblock:
     uuid: uuid.UUID
@@ -265,20 +283,15 @@ class LockRecord:
 
     _HEAD = struct.Struct("<2sBQB")
     _OWNER = struct.Struct("<16sIQ")
-    _PATH_AT = 236
 
     def pack(self) -> bytes:
         if len(self.owners) > MAX_SHARED_OWNERS:
             raise ValueError(f"a lock has at most {MAX_SHARED_OWNERS} owners")
-        path = self.path.encode()
-        if len(path) > MAX_PATH:
-            raise ValueError(f"a locked path is at most {MAX_PATH} bytes")
         head = self._HEAD.pack(b"LK", self.mode, self.generation, len(self.owners))
         owners = b"".join(
             self._OWNER.pack(o.host.bytes, o.slot, o.slot_generation) for o in self.owners
         )
-        body = (head + owners).ljust(self._PATH_AT, b"\0")
-        return _pad(body + struct.pack("<H", len(path)) + path)
+        return _with_path(head + owners, self.path)
 
     @classmethod
     def unpack(cls, sector: bytes) -> LockRecord:
@@ -292,9 +305,7 @@ class LockRecord:
                 for i in range(min(n, MAX_SHARED_OWNERS))
             )
         )
-        (length,) = struct.unpack_from("<H", sector, cls._PATH_AT)
-        path = sector[cls._PATH_AT + 2 : cls._PATH_AT + 2 + min(length, MAX_PATH)].decode()
-        return cls(LockMode(mode), generation, owners, path)
+        return cls(LockMode(mode), generation, owners, _path_of(sector))
 
 
 class FileType(enum.IntEnum):
@@ -313,25 +324,19 @@ class FileDescriptor:
     path: str = ""
 
     _HEAD = struct.Struct(f"<2sBQQI{DIRECT_POINTERS}I")
-    _PATH_AT = 236
 
     def pack(self) -> bytes:
-        path = self.path.encode()
-        if len(path) > MAX_PATH:
-            raise ValueError(f"a path is at most {MAX_PATH} bytes")
         head = self._HEAD.pack(
             b"FD", self.type, self.generation, self.size, self.indirect, *self.direct
         )
-        return _pad(head.ljust(self._PATH_AT, b"\0") + struct.pack("<H", len(path)) + path)
+        return _with_path(head, self.path)
 
     @classmethod
     def unpack(cls, sector: bytes) -> FileDescriptor:
         if sector[:2] != b"FD":
             return cls()
         _, kind, generation, size, indirect, *direct = cls._HEAD.unpack_from(sector)
-        (length,) = struct.unpack_from("<H", sector, cls._PATH_AT)
-        path = sector[cls._PATH_AT + 2 : cls._PATH_AT + 2 + min(length, MAX_PATH)].decode()
-        return cls(FileType(kind), generation, size, indirect, tuple(direct), path)
+        return cls(FileType(kind), generation, size, indirect, tuple(direct), _path_of(sector))
 
 
 def bitmap_bit(block: int) -> tuple[int, int, int]:

@@ -54,17 +54,29 @@ async def test_a_live_holders_short_reservation_is_waited_for_not_reset(tmp_path
 
 
 class StallsUnderReservation(LunDevice):
-    """A live host that stalls (3 s of the clock) between reading a sector under its
-    reservation and writing it: long enough for another host to reset the LUN."""
+    """A live host that stalls (3 s of the clock) at its first command under a
+    reservation, in the middle of its update: long enough for another host to reset
+    the LUN and update first."""
 
     stall = False
 
-    async def read(self, lba: int, blocks: int) -> bytes:
-        data = await super().read(lba, blocks)
+    async def _maybe_stall(self) -> None:
         if self.stall and self.lun.reservation == self.initiator:
             self.stall = False
             await asyncio.sleep(3.0 / SPEED)
+
+    async def read(self, lba: int, blocks: int) -> bytes:
+        data = await super().read(lba, blocks)
+        await self._maybe_stall()  # having read what it will decide on
         return data
+
+    async def write(self, lba: int, data: bytes) -> None:
+        await self._maybe_stall()
+        await super().write(lba, data)
+
+    async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
+        await self._maybe_stall()
+        await super().compare_and_write(lba, verify, data)
 
 
 async def test_a_reset_under_a_stalled_live_holder_never_gives_a_lock_twice(tmp_path):
