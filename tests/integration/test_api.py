@@ -223,11 +223,11 @@ async def test_health_and_reflection(vcenter, client, which):
 
 
 def reflected_services(endpoint: str) -> list[str]:
-    from vsim.tls import fetch_server_certificate, split_endpoint
+    from vsim.tls import common_name_of, fetch_server_certificate, split_endpoint
 
     pem = fetch_server_certificate(*split_endpoint(endpoint))
     creds = grpc.ssl_channel_credentials(root_certificates=pem)
-    options = [("grpc.ssl_target_name_override", "localhost")]
+    options = [("grpc.ssl_target_name_override", common_name_of(pem))]
     with grpc.secure_channel(endpoint, creds, options=options) as channel:
         return list(ProtoReflectionDescriptorDatabase(channel).get_services())
 

@@ -3,10 +3,12 @@ health and reflection, and acknowledged data intact across an array restart."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_api import reflected_services
 
 from vsim.faults import InvalidArgument
 from vsim.rpc import RpcClient, open_channel
@@ -151,8 +153,8 @@ async def test_acknowledged_data_survives_an_array_restart(tmp_path):
         reply = await rpc.call(
             "Write", pb.ScsiRequest(initiator=HOST_A, lun=lun.id, lba=lba, data=data), None
         )
-        if reply.status.status == 0:
-            acknowledged[lba] = data
+        assert reply.status.status == 0  # GOOD: acknowledged, so it must survive
+        acknowledged[lba] = data
     created = await rpc.call(
         "NfsCreate", pb.NfsRequest(client="c", export="nfs-01", name="f"), None
     )
@@ -197,6 +199,8 @@ async def test_array_serves_health_and_reflection(tmp_path):
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service="vsim.v1.StorageArray"))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        services = await asyncio.to_thread(reflected_services, running.endpoint)
+        assert "vsim.v1.StorageArray" in services and "grpc.health.v1.Health" in services
     finally:
         await channel.close()
         await running.stop()
