@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import getpass
 import json
-import math
 import os
 import signal
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vsim import validate
 from vsim.cluster import output, up
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
@@ -168,8 +168,7 @@ def disk_mb(gb: float | None) -> int:
     """--disk-gb (decimals allowed) in whole MB."""
     if gb is None:
         return 0
-    if not (gb > 0 and math.isfinite(gb)):
-        raise InvalidArgument(f"--disk-gb must be a number > 0, got {gb}")
+    validate.positive_number(gb, "--disk-gb")
     return max(1, round(gb * 1024))
 
 
@@ -351,10 +350,8 @@ def up_text(info: dict) -> str:
 
 
 def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
-    if not (args.clock_speed > 0 and math.isfinite(args.clock_speed)):
-        raise InvalidArgument(f"--clock-speed must be a finite number > 0, got {args.clock_speed}")
-    if not 0 <= args.port < 65536:
-        raise InvalidArgument(f"--port must be 0-65535, got {args.port}")
+    validate.positive_number(args.clock_speed, "--clock-speed")
+    validate.port(args.port)
     options = up_options(args, ctx)
     if args.ready_file is None:
         pid = up.running_pid(ctx.config)
@@ -383,8 +380,7 @@ async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
     """Serves the storage array in the foreground until SIGINT/SIGTERM."""
     from vsim.storage.server import start_array
 
-    if not 0 <= args.port < 65536:
-        raise InvalidArgument(f"--port must be 0-65535, got {args.port}")
+    validate.port(args.port)
     data_dir = Path(args.data_dir).expanduser().resolve()
     running = await start_array(data_dir, args.port, args.bind)
     stop = asyncio.Event()

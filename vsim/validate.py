@@ -3,6 +3,7 @@ a message naming the field, what was given and what is allowed."""
 
 from __future__ import annotations
 
+import math
 import re
 import uuid as uuid_
 
@@ -75,3 +76,16 @@ def uuid(value: str, field: str = "uuid") -> uuid_.UUID:
         return uuid_.UUID(value)
     except (ValueError, TypeError, AttributeError):
         raise InvalidArgument(f"{field} {_shown(str(value))} is not a UUID") from None
+
+
+def positive_number(value: float, field: str) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise InvalidArgument(f"{field} must be a finite number > 0, got {value}")
+    return value
+
+
+def port(value: int, field: str = "--port") -> int:
+    """A TCP port to listen on (0: any free one)."""
+    if not 0 <= value < 65536:
+        raise InvalidArgument(f"{field} must be 0-65535, got {value}")
+    return value
