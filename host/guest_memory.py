@@ -1,0 +1,138 @@
+"""The guest's use of its memory: which pages it touches and what it writes there.
+
+A powered-on VM boots (touching part of its memory), then keeps a working set hot:
+it reads pages at `touch_rate` and rewrites pages at `dirty_rate`. Content is drawn
+so that the three kinds of page TPS cares about all occur:
+
+- zero pages (fingerprint 0), as a guest leaves free memory zeroed;
+- pages common to every VM of the same guest OS family (its kernel and libraries):
+  drawn from one pool of fingerprints per family, so VMs of one family find matches;
+- private pages: random fingerprints no other page has.
+
+Plain Python and numpy: the caller passes the elapsed time, and randomness comes from
+a generator seeded by the VM (a run replays exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from vsim.faults import InvalidArgument
+
+COMMON_POOL_PAGES = 16_384
+"""Distinct common pages per guest OS family (64 MB of kernel and libraries)."""
+
+
+@dataclass(frozen=True)
+class GuestWorkload:
+    """How a guest uses its memory."""
+
+    working_set_pct: float = 25.0
+    """Share of configured memory the guest keeps active (its demand)."""
+    boot_touch_pct: float = 40.0
+    """Share of configured memory touched while booting (at least the working set)."""
+    zero_pct: float = 20.0
+    """Share of written pages that are zero."""
+    common_pct: float = 30.0
+    """Share of written pages drawn from the guest OS family's common pool."""
+    dirty_rate: float = 256.0
+    """Working-set pages rewritten per second."""
+    touch_rate: float = 1024.0
+    """Working-set pages read per second."""
+
+    def validated(self) -> GuestWorkload:
+        for name in ("working_set_pct", "boot_touch_pct", "zero_pct", "common_pct"):
+            value = getattr(self, name)
+            if not 0 <= value <= 100:
+                raise InvalidArgument(f"{name} must be between 0 and 100, got {value}")
+        if self.zero_pct + self.common_pct > 100:
+            raise InvalidArgument(
+                f"zero_pct + common_pct cannot pass 100, got {self.zero_pct + self.common_pct}"
+            )
+        for name in ("dirty_rate", "touch_rate"):
+            if not 0 <= getattr(self, name) < 1e9:
+                raise InvalidArgument(f"{name} must be >= 0 pages per second")
+        return self
+
+
+GUEST_DEFAULTS: dict[str, GuestWorkload] = {
+    # Windows zeroes its free memory at boot, so much of it is zero pages.
+    "windows": GuestWorkload(boot_touch_pct=100.0, zero_pct=45.0, common_pct=25.0),
+    "linux": GuestWorkload(boot_touch_pct=35.0, zero_pct=15.0, common_pct=35.0),
+    "other": GuestWorkload(),
+}
+
+
+def os_family(guest_os: str) -> str:
+    """vSphere guest ids (windows2019srv_64Guest, rhel9_64Guest, ubuntu64Guest...)."""
+    name = guest_os.lower()
+    if name.startswith("win"):
+        return "windows"
+    linux = ("rhel", "centos", "ubuntu", "debian", "sles", "oracle", "linux", "photon", "rocky")
+    if name.startswith(linux):
+        return "linux"
+    return "other"
+
+
+def _seed(*parts: str) -> int:
+    return int.from_bytes(hashlib.blake2b("/".join(parts).encode(), digest_size=8).digest())
+
+
+def common_pool(family: str) -> np.ndarray:
+    """The fingerprints of a family's common pages (the same on every host)."""
+    rng = np.random.default_rng(_seed("common", family))
+    return rng.integers(1, 2**63, COMMON_POOL_PAGES, dtype=np.uint64)
+
+
+class GuestMemoryModel:
+    """One VM's guest, from power-on to power-off."""
+
+    def __init__(
+        self,
+        vm_uuid: str,
+        guest_os: str,
+        configured_pages: int,
+        workload: GuestWorkload | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.family = os_family(guest_os)
+        self.workload = (workload or GUEST_DEFAULTS[self.family]).validated()
+        self.configured_pages = configured_pages
+        self.working_set = max(1, int(configured_pages * self.workload.working_set_pct / 100))
+        self.booted_pages = max(
+            self.working_set, int(configured_pages * self.workload.boot_touch_pct / 100)
+        )
+        self._rng = np.random.default_rng(_seed("guest", vm_uuid, str(seed)))
+        self._pool = common_pool(self.family)
+        self._carry = {"dirty": 0.0, "touch": 0.0}
+
+    def content(self, count: int) -> np.ndarray:
+        """Fingerprints for `count` written pages, in the workload's mix."""
+        w = self.workload
+        kind = self._rng.random(count) * 100
+        fingerprints = self._rng.integers(1, 2**63, count, dtype=np.uint64)
+        common = (kind >= w.zero_pct) & (kind < w.zero_pct + w.common_pct)
+        fingerprints[common] = self._pool[self._rng.integers(0, len(self._pool), int(common.sum()))]
+        fingerprints[kind < w.zero_pct] = 0
+        return fingerprints
+
+    def boot(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pages written while booting, and their content."""
+        ppns = np.arange(self.booted_pages, dtype=np.int64)
+        return ppns, self.content(len(ppns))
+
+    def step(self, seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The guest's activity over `seconds`: pages read, pages written, content."""
+        reads = self._pages("touch", self.workload.touch_rate * seconds)
+        writes = self._pages("dirty", self.workload.dirty_rate * seconds)
+        return reads, writes, self.content(len(writes))
+
+    def _pages(self, kind: str, expected: float) -> np.ndarray:
+        """Working-set pages; fractional counts carry over to the next step."""
+        total = self._carry[kind] + expected
+        count = int(total)
+        self._carry[kind] = total - count
+        return self._rng.integers(0, self.working_set, count, dtype=np.int64)
