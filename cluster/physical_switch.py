@@ -32,14 +32,12 @@ from typing import Any, NamedTuple
 
 from vsim import validate
 from vsim.faults import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from vsim.host.ethernet_frame import VLAN_VST_MAX, Frame, uplink_name
 from vsim.host.vswitch import (
-    VLAN_VST_MAX,
     Delivery,
-    Frame,
     HostNetworkSystem,
     PortCounters,
     PortStats,
-    uplink_name,
 )
 
 NATIVE_VLAN = 0

@@ -22,7 +22,14 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vsim import validate
-from vsim.faults import AlreadyExists, InvalidArgument, InvalidPowerState, InvalidState, NotFound
+from vsim.faults import (
+    AlreadyExists,
+    InvalidArgument,
+    InvalidPowerState,
+    InvalidState,
+    NotFound,
+    ResourceInUse,
+)
 
 PCI_ID = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
 """domain:bus:device.function, in hex, as ESXi lists them (0000:3b:00.0)."""
@@ -196,7 +203,7 @@ class PciPassthruSystem:
         if holder is not None and holder.vm == vm.name:
             raise AlreadyExists(f"{vm.name} already has PCI device {device.id}")
         if holder is not None:
-            raise InvalidState(
+            raise ResourceInUse(
                 f"PCI device {device.id} is in use by {holder.vm}; a passthrough device "
                 f"belongs to one VM: remove it from {holder.vm} first",
                 device=device.id,

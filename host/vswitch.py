@@ -44,17 +44,20 @@ from vsim.faults import (
     AlreadyExists,
     InsufficientResourcesFault,
     InvalidArgument,
-    InvalidState,
     NotFound,
+    ResourceInUse,
 )
-from vsim.host.vnic_firewall import IN, OUT, VnicFirewall, ipv4_int
+from vsim.host.ethernet_frame import (
+    VLAN_NONE,
+    VLAN_VGT,
+    Frame,
+    tagged,
+    unicast_mac,
+    uplink_name,
+    vlan_id,
+)
+from vsim.host.vnic_firewall import IN, OUT, VnicFirewall
 
-VLAN_NONE = 0
-"""HostPortGroupSpec.vlanId 0: no VLAN; untagged frames (EST: the physical port tags)."""
-VLAN_VST_MAX = 4094
-"""vlanId 1-4094: Virtual Switch Tagging; the vSwitch tags and untags."""
-VLAN_VGT = 4095
-"""vlanId 4095: Virtual Guest Tagging; the guest's tags pass through, all VLANs."""
 NIC_TEAMING_POLICY = "failover_explicit"
 """HostNicTeamingPolicy.policy of every vSwitch here: use explicit failover order."""
 MAX_UPLINKS_PER_VSWITCH = 32
@@ -64,9 +67,6 @@ MAX_PORT_GROUPS_PER_VSWITCH = 512
 MAX_PORTS_PER_HOST = 4096
 """Virtual network switch ports per host (vSphere configuration maximums)."""
 MAX_VSWITCH_NAME = 32
-BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
-
-FRAME_PROTOCOLS = frozenset({"tcp", "udp", "icmp", "other"})
 
 # Why a frame was dropped (the keys of PortStats.dropped).
 DROP_VLAN = "vlan"
@@ -90,128 +90,9 @@ DROP_LINK_DOWN = "link_down"
 DROP_NO_VSWITCH = "no_vswitch"
 """Arrived on a physical NIC that is no vSwitch's uplink."""
 
-_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
-_GROUP_DIGITS = frozenset("13579bdf")
-"""Second hex digit of a group (broadcast/multicast) MAC: the I/G bit is set."""
 _VSWITCH_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_VSWITCH_NAME - 1}}}")
-_UPLINK_NAME = re.compile(r"vmnic[0-9]{1,3}")
 _NIC_NAME = re.compile(r"ethernet[0-9]")
 """A VM's network adapters, as the .vmx names them: ethernet0..ethernet9 (10 per VM)."""
-
-
-def mac_address(value: object, field: str = "mac") -> str:
-    """The MAC in canonical form (lower-case, colon-separated); accepts ':' or '-'."""
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{field} must be a MAC address string, got {value!r}")
-    mac = value.strip().lower().replace("-", ":")
-    if not _CANONICAL_MAC.fullmatch(mac):
-        raise InvalidArgument(
-            f"{field} {value!r} is not a MAC address: write six hex octets, e.g. 00:50:56:01:02:03"
-        )
-    return mac
-
-
-def uplink_name(value: object, field: str = "uplink") -> str:
-    """A physical NIC's name: vmnic0, vmnic1, ..."""
-    if not isinstance(value, str) or not _UPLINK_NAME.fullmatch(value):
-        raise InvalidArgument(f"{field} {value!r} is not a physical NIC name (vmnic0, vmnic1, ...)")
-    return value
-
-
-def is_group_mac(mac: str) -> bool:
-    """Broadcast or multicast (the I/G bit of the first octet is set)."""
-    return mac[1] in _GROUP_DIGITS
-
-
-def unicast_mac(value: object, field: str = "mac") -> str:
-    mac = mac_address(value, field)
-    if is_group_mac(mac):
-        raise InvalidArgument(
-            f"{field} {mac} is a multicast/broadcast address (the low bit of the first octet "
-            "is set); a vNIC needs a unicast MAC, e.g. 00:50:56:01:02:03"
-        )
-    if mac == "00:00:00:00:00:00":
-        raise InvalidArgument(f"{field} 00:00:00:00:00:00 is not a usable MAC address")
-    return mac
-
-
-def _int(value: object, low: int, high: int, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{field} must be an integer {low}-{high}, got {value!r}")
-    return validate.int_range(value, low, high, field)
-
-
-def vlan_id(value: object, field: str = "vlan") -> int:
-    """A port group's VLAN: 0 none, 1-4094 VST, 4095 VGT."""
-    return _int(value, VLAN_NONE, VLAN_VGT, field)
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """An Ethernet frame, with the fields the vNIC firewall reads.
-
-    MACs are held in canonical form. 0 and None both mean untagged and are held as None.
-    """
-
-    src_mac: str
-    dst_mac: str
-    vlan: int | None = None
-    """The 802.1Q tag's VLAN id (1-4094), outside the payload; None = untagged."""
-    protocol: str = "other"
-    """"tcp", "udp", "icmp" or "other" (not IP, or an IP protocol the firewall ignores)."""
-    src_ip: str = ""
-    """IPv4 source address; "" when the frame has none."""
-    dst_ip: str = ""
-    src_port: int = 0
-    """TCP/UDP ports; 0 for other protocols."""
-    dst_port: int = 0
-    payload: bytes = b""
-
-    def __post_init__(self) -> None:
-        if not _CANONICAL_MAC.fullmatch(self.src_mac):
-            object.__setattr__(self, "src_mac", mac_address(self.src_mac, "src_mac"))
-        if not _CANONICAL_MAC.fullmatch(self.dst_mac):
-            object.__setattr__(self, "dst_mac", mac_address(self.dst_mac, "dst_mac"))
-        if self.vlan is not None:
-            if _int(self.vlan, 0, VLAN_VST_MAX, "frame vlan") == 0:
-                object.__setattr__(self, "vlan", None)
-        if self.protocol not in FRAME_PROTOCOLS:
-            raise InvalidArgument(
-                f"protocol must be one of {', '.join(sorted(FRAME_PROTOCOLS))}, "
-                f"got {self.protocol!r}"
-            )
-        ipv4_int(self.src_ip)
-        ipv4_int(self.dst_ip)
-        _int(self.src_port, 0, 65535, "src_port")
-        _int(self.dst_port, 0, 65535, "dst_port")
-        if not isinstance(self.payload, bytes):
-            raise InvalidArgument(f"payload must be bytes, got {type(self.payload).__name__}")
-
-    @property
-    def is_group(self) -> bool:
-        """Broadcast or multicast destination."""
-        return self.dst_mac[1] in _GROUP_DIGITS
-
-    def with_vlan(self, vlan: int | None) -> Frame:
-        """This frame with another 802.1Q tag (None or 0: untagged)."""
-        if vlan is not None and not (isinstance(vlan, int) and 0 < vlan <= VLAN_VST_MAX):
-            vlan = _int(vlan, 0, VLAN_VST_MAX, "vlan") or None
-        return _tagged(self, vlan)
-
-
-def _tagged(frame: Frame, vlan: int | None) -> Frame:
-    """The frame with another tag, without validating again: every other field is
-    already valid, and a copy is made per delivery on the data path."""
-    if frame.vlan == vlan:
-        return frame
-    copy = object.__new__(Frame)
-    for name in _FRAME_FIELDS:
-        object.__setattr__(copy, name, getattr(frame, name))
-    object.__setattr__(copy, "vlan", vlan)
-    return copy
-
-
-_FRAME_FIELDS = Frame.__slots__
 
 
 @dataclass(frozen=True)
@@ -488,8 +369,8 @@ def _discard(table: dict[int, dict[_Port, None]], vlan: int, port: _Port) -> Non
 def _seen_by(port: _Port, frame: Frame, vlan: int) -> Frame:
     """The frame as the port's guest gets it: tag kept on VGT, removed otherwise."""
     if port.vlan == VLAN_VGT:
-        return _tagged(frame, vlan or None)
-    return _tagged(frame, None)
+        return tagged(frame, vlan or None)
+    return tagged(frame, None)
 
 
 def _with_extra(targets: list[_Port], extra: list[_Port]) -> list[_Port]:
@@ -574,7 +455,7 @@ class HostNetworkSystem:
         sw = self._switch(name)
         if sw.configured_macs:
             users = ", ".join(sorted(map(str, sw.configured_macs.values())))
-            raise InvalidState(f"vSwitch {name} is in use by {users}; disconnect them first")
+            raise ResourceInUse(f"vSwitch {name} is in use by {users}; disconnect them first")
         view = self._view(sw)
         for pg in [pg for pg in self._port_groups.values() if pg.vswitch == name]:
             del self._port_groups[pg.name]
@@ -711,7 +592,7 @@ class HostNetworkSystem:
         self._port_group(name)
         if self._pg_ports[name]:
             users = ", ".join(sorted(str(p.id) for p in self._pg_ports[name]))
-            raise InvalidState(f"port group {name!r} is in use by {users}; disconnect them first")
+            raise ResourceInUse(f"port group {name!r} is in use by {users}; disconnect them first")
         del self._pg_ports[name]
         return self._port_groups.pop(name)
 
@@ -913,7 +794,7 @@ class HostNetworkSystem:
                 )
             return ()
         self._uplink_counters[sw.active].tx += 1
-        return ((sw.active, _tagged(frame, vlan or None)),)
+        return ((sw.active, tagged(frame, vlan or None)),)
 
     def receive(self, uplink: str, frame: Frame) -> Delivery:
         """A frame from the physical network arrived on physical NIC `uplink`."""
@@ -965,7 +846,7 @@ def _fast_unicast(sw: _Switch, sender: _Port, frame: Frame, vlan: int) -> Delive
     if target is sender or target.blocked or target.firewall is not None:
         return None
     target.rx += 1
-    seen = frame if frame.vlan is None else _tagged(frame, None)
+    seen = frame if frame.vlan is None else tagged(frame, None)
     return Delivery(((target.id, seen),), (), ())
 
 

@@ -17,6 +17,7 @@ from vsim.faults import (
     InvalidPowerState,
     InvalidState,
     NotFound,
+    ResourceInUse,
     VimFault,
 )
 from vsim.host.kernel import VmConfig
@@ -110,7 +111,7 @@ def test_an_enabled_device_goes_to_one_vm_and_the_second_is_told_who_has_it():
     assert seen == GuestPciDevice("pciPassthru0", 0x10DE, 0x20B5, GPU.vendor_name, GPU.device_name)
     assert system.holder(GPU.id) == "vm-001"
     before = state(system)
-    with pytest.raises(InvalidState, match="in use by vm-001") as refused:
+    with pytest.raises(ResourceInUse, match="in use by vm-001") as refused:
         system.assign(vm("vm-002"), GPU.id)
     assert refused.value.properties == {"device": GPU.id, "vm": "vm-001"}
     with pytest.raises(AlreadyExists, match="vm-001 already has"):
@@ -258,7 +259,7 @@ class Model:
         if on:
             return InvalidPowerState
         if pci in self.holder:
-            return AlreadyExists if self.holder[pci] == vm_name else InvalidState
+            return AlreadyExists if self.holder[pci] == vm_name else ResourceInUse
         if pci not in self.enabled:
             return InvalidState
         self.holder[pci] = vm_name

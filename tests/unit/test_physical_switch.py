@@ -21,12 +21,11 @@ from vsim.cluster.physical_switch import (
 )
 from vsim.cluster.physical_switch import DROP_VLAN as SWITCH_DROP_VLAN
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
+from vsim.host.ethernet_frame import BROADCAST_MAC, Frame
 from vsim.host.vswitch import (
-    BROADCAST_MAC,
     DROP_NO_PATH,
     DROP_NO_PORT,
     DROP_STANDBY,
-    Frame,
     HostNetworkSystem,
     SecurityPolicy,
 )

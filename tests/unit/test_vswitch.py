@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsim.faults import AlreadyExists, InvalidArgument, InvalidState, NotFound, VimFault
+from vsim.faults import AlreadyExists, InvalidArgument, NotFound, ResourceInUse, VimFault
+from vsim.host.ethernet_frame import BROADCAST_MAC, Frame
 from vsim.host.vnic_firewall import FirewallRule, VnicFirewall
 from vsim.host.vswitch import (
-    BROADCAST_MAC,
     DROP_FIREWALL,
     DROP_FORGED_TRANSMIT,
     DROP_LINK_DOWN,
@@ -22,7 +22,6 @@ from vsim.host.vswitch import (
     DROP_OWN_MAC,
     DROP_STANDBY,
     DROP_VLAN,
-    Frame,
     HostNetworkSystem,
     SecurityPolicy,
     VnicId,
@@ -374,9 +373,9 @@ def test_port_group_names_are_unique_per_host_and_in_use_ones_stay():
         net.add_port_group("VM Network", "vSwitch1", 5)
     net.connect_vnic("vm-a", "ethernet0", "VM Network", A)
     before = snapshot(net)
-    with pytest.raises(InvalidState, match="vm-a/ethernet0"):
+    with pytest.raises(ResourceInUse, match="vm-a/ethernet0"):
         net.remove_port_group("VM Network")
-    with pytest.raises(InvalidState):
+    with pytest.raises(ResourceInUse, match="vm-a/ethernet0"):
         net.remove_vswitch("vSwitch0")
     assert snapshot(net) == before
     net.disconnect_vnic("vm-a", "ethernet0")
