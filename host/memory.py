@@ -1,0 +1,361 @@
+"""The host's memory manager: machine memory, each powered-on VM's guest, page
+sharing and reclaim, tied together on the host's clock.
+
+`tick()` runs one period: every guest does what its workload does over the elapsed
+time, the TPS scan runs when it is due, every VM's target (entitlement) is computed
+from shares, reservation and limit, and the reclaimer brings free memory back to
+minFree. Statistics are read from the pmaps, never kept as separate counters that
+could drift.
+
+Plain Python and numpy; time from the injected Clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from vsim import validate
+from vsim.clock import Clock
+from vsim.faults import InvalidArgument, NotFound
+from vsim.host.guest_memory import GuestMemoryModel, GuestWorkload
+from vsim.host.memory_reclaim import MemoryState, Reclaimer, VmReclaim, VmSwapFile
+from vsim.host.page_sharing import SHARE_FORCE_SALTING, PageSharing, ScanResult, salt_domain
+from vsim.host.pmap import (
+    BALLOONED,
+    COMPRESSED,
+    MAPPED,
+    PAGES_PER_MB,
+    SWAPPED,
+    MachineMemory,
+)
+from vsim.host.resource_pool import UNLIMITED, VM_MEMORY_SHARES_PER_MB, Allocation, ResourceTree
+
+SHARE_SCAN_PERIOD = 60.0
+"""Seconds between TPS scans (ESXi spreads a full scan over Mem.ShareScanTime)."""
+ACCESS_BATCH = 4 * PAGES_PER_MB
+"""Guest pages touched as one step (reclaim may take earlier steps' pages)."""
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The host's advanced memory settings."""
+
+    share_force_salting: int = SHARE_FORCE_SALTING
+    """Mem.ShareForceSalting: 0, 1 or 2; reaches a VM at its next power-on."""
+    page_sharing: bool = True
+    """False stops the TPS scan on this host (Mem.ShareScanGHz = 0)."""
+    share_scan_period: float = SHARE_SCAN_PERIOD
+    """Seconds between scans."""
+
+    def validated(self) -> MemorySettings:
+        if self.share_force_salting not in (0, 1, 2):
+            raise InvalidArgument(
+                f"Mem.ShareForceSalting must be 0, 1 or 2, got {self.share_force_salting}"
+            )
+        validate.positive_number(self.share_scan_period, "share_scan_period")
+        return self
+
+
+@dataclass(frozen=True)
+class VmMemorySettings:
+    """A VM's memory resource settings (its .vmx sched.mem.* keys)."""
+
+    reservation_mb: int = 0
+    """sched.mem.min: never reclaimed once the guest has touched it."""
+    limit_mb: int = -1
+    """sched.mem.max; -1 for unlimited."""
+    shares: int = 0
+    """sched.mem.shares; 0 means normal (10 per MB)."""
+    page_sharing: bool = True
+    """sched.mem.pshare.enable; applies from the next power-on."""
+    salt: str = ""
+    """sched.mem.pshare.salt; applies from the next power-on."""
+    balloon_driver: bool = True
+    """VMware Tools' balloon driver runs in the guest."""
+
+    def validated(self, memory_mb: int) -> VmMemorySettings:
+        if not 0 <= self.reservation_mb <= memory_mb:
+            raise InvalidArgument(
+                f"memory reservation must be 0..{memory_mb} MB (the VM's memory), "
+                f"got {self.reservation_mb}"
+            )
+        if self.limit_mb != -1 and self.limit_mb < self.reservation_mb:
+            raise InvalidArgument(
+                f"memory limit {self.limit_mb} MB is below the reservation "
+                f"{self.reservation_mb} MB; use -1 for unlimited"
+            )
+        if self.shares < 0:
+            raise InvalidArgument(f"memory shares must be > 0, got {self.shares}")
+        if len(self.salt) > 256:
+            raise InvalidArgument("sched.mem.pshare.salt is at most 256 characters")
+        return self
+
+    def allocation(self, memory_mb: int) -> Allocation:
+        shares = self.shares or VM_MEMORY_SHARES_PER_MB["normal"] * memory_mb
+        limit = UNLIMITED if self.limit_mb == -1 else self.limit_mb
+        return Allocation(shares, self.reservation_mb, limit)
+
+
+@dataclass(frozen=True)
+class VmMemoryStats:
+    """One VM's memory, in MB (vSphere's per-VM counters)."""
+
+    granted: float
+    shared: float
+    """Guest pages backed by a machine page they share with other pages."""
+    shared_saved: float
+    """The VM's part of the memory sharing saves: its shared pages minus its share of
+    the machine pages behind them."""
+    zero: float
+    ballooned: float
+    compressed: float
+    swapped: float
+    consumed: float
+    """Machine memory charged to the VM: granted minus sharing's saving, plus its
+    compression cache."""
+    active: float
+    target: float
+
+
+@dataclass(frozen=True)
+class HostMemoryStats:
+    """The host's memory, in MB."""
+
+    total: float
+    free: float
+    min_free: float
+    state: str
+    granted: float
+    shared: float
+    shared_common: float
+    """Machine memory behind shared pages."""
+    shared_saved: float
+    zero: float
+    ballooned: float
+    compressed: float
+    swapped: float
+    consumed: float
+    scans: int
+    last_scan: ScanResult | None
+
+
+def _mb(pages: float) -> float:
+    return pages / PAGES_PER_MB
+
+
+@dataclass
+class _PoweredOn:
+    guest: GuestMemoryModel
+    reclaim: VmReclaim
+    settings: VmMemorySettings
+    memory_mb: int
+
+
+class MemoryManager:
+    def __init__(
+        self,
+        memory_mb: int,
+        clock: Clock,
+        swap_dir: Path,
+        settings: MemorySettings | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.memory = MachineMemory(memory_mb * PAGES_PER_MB)
+        self.clock = clock
+        self.swap_dir = Path(swap_dir)
+        self.settings = (settings or MemorySettings()).validated()
+        self.sharing = PageSharing(self.memory)
+        self.reclaimer = Reclaimer(self.memory)
+        self.tree = ResourceTree(memory_mb, "MB")
+        """Memory shares, reservations and limits of the powered-on VMs (and pools)."""
+        self.seed = seed
+        self._vms: dict[str, _PoweredOn] = {}
+        self._last_tick = clock.now()
+        self._next_scan = self._last_tick + self.settings.share_scan_period
+        self.scans = 0
+        self.last_scan: ScanResult | None = None
+
+    # -- configuration -------------------------------------------------------
+
+    def set_settings(self, settings: MemorySettings) -> MemorySettings:
+        self.settings = settings.validated()
+        self._next_scan = min(self._next_scan, self.clock.now() + settings.share_scan_period)
+        return self.settings
+
+    def set_vm_settings(self, name: str, settings: VmMemorySettings) -> VmMemorySettings:
+        """Reservation, limit and shares apply at once; sharing and salt at the next
+        power-on (as in ESXi)."""
+        vm = self._vm(name)
+        settings = settings.validated(vm.memory_mb)
+        self.tree.set_consumer(name, settings.allocation(vm.memory_mb))  # admission first
+        vm.settings = settings
+        vm.reclaim.reservation_pages = settings.reservation_mb * PAGES_PER_MB
+        vm.reclaim.balloon_driver = settings.balloon_driver
+        return settings
+
+    def reserved_mb(self) -> int:
+        return self.tree.reserved()
+
+    # -- power ------------------------------------------------------------------
+
+    def power_on(
+        self,
+        name: str,
+        vm_uuid: str,
+        memory_mb: int,
+        guest_os: str,
+        settings: VmMemorySettings | None = None,
+        workload: GuestWorkload | None = None,
+    ) -> None:
+        """Gives the VM guest memory and boots its guest (writing its boot pages)."""
+        if name in self._vms:
+            raise InvalidArgument(f"{name} is already powered on")
+        settings = (settings or VmMemorySettings()).validated(memory_mb)
+        pages = memory_mb * PAGES_PER_MB
+        guest = GuestMemoryModel(vm_uuid, guest_os, pages, workload, self.seed)
+        domain = salt_domain(self.settings.share_force_salting, settings.salt, vm_uuid)
+        self.tree.add_consumer(name, settings.allocation(memory_mb))  # admission control
+        reserved = settings.reservation_mb * PAGES_PER_MB
+        vm_pages = self.memory.add_vm(name, pages, domain, settings.page_sharing)
+        swap = VmSwapFile(self.swap_dir / f"{name}-{vm_uuid[:8]}.vswp", pages - reserved)
+        reclaim = VmReclaim(vm_pages, swap, reserved, guest.working_set, settings.balloon_driver)
+        self.reclaimer.add(reclaim)
+        self._vms[name] = _PoweredOn(guest, reclaim, settings, memory_mb)
+        try:
+            ppns, content = guest.boot()
+            self.write(name, ppns, content)
+        except BaseException:
+            self.power_off(name)
+            raise
+
+    def power_off(self, name: str) -> None:
+        self._vm(name)
+        del self._vms[name]
+        self.tree.remove_consumer(name)
+        self.reclaimer.remove(name)
+        self.memory.remove_vm(name)
+
+    def powered_on(self) -> list[str]:
+        return sorted(self._vms)
+
+    # -- the guest's accesses -----------------------------------------------------
+
+    def read(self, name: str, ppns: np.ndarray) -> np.ndarray:
+        """What the guest reads at these pages (faulting them in), a batch at a time
+        as a guest touches pages: one batch may push out pages of an earlier one."""
+        vm = self._vm(name)
+        ppns = np.asarray(ppns, np.int64)
+        out = np.empty(len(ppns), np.uint64)
+        for at in range(0, len(ppns), ACCESS_BATCH):
+            batch = ppns[at : at + ACCESS_BATCH]
+            self.reclaimer.bring_in(vm.reclaim, batch)
+            out[at : at + ACCESS_BATCH] = self.memory.read_mapped(vm.reclaim.pages, batch)
+        return out
+
+    def write(self, name: str, ppns: np.ndarray, fingerprints: np.ndarray) -> None:
+        vm = self._vm(name)
+        ppns = np.asarray(ppns, np.int64)
+        fingerprints = np.asarray(fingerprints, np.uint64)
+        if len(ppns) != len(fingerprints):
+            raise InvalidArgument("one fingerprint per page is needed")
+        for at in range(0, len(ppns), ACCESS_BATCH):
+            end = at + ACCESS_BATCH
+            self.reclaimer.overwrite(vm.reclaim, ppns[at:end], fingerprints[at:end])
+
+    # -- the period ----------------------------------------------------------------
+
+    def tick(self) -> MemoryState:
+        now = self.clock.now()
+        elapsed, self._last_tick = max(0.0, now - self._last_tick), now
+        for name, vm in self._vms.items():
+            reads, writes, content = vm.guest.step(elapsed)
+            if len(reads):
+                self.read(name, reads)
+            if len(writes):
+                self.write(name, writes, content)
+        if self.settings.page_sharing and now >= self._next_scan:
+            self.scan()
+        self._set_targets()
+        return self.reclaimer.tick(elapsed)
+
+    def scan(self) -> ScanResult:
+        self.last_scan = self.sharing.scan()
+        self.scans += 1
+        self._next_scan = self.clock.now() + self.settings.share_scan_period
+        return self.last_scan
+
+    def _set_targets(self) -> None:
+        """Each VM's entitlement: its active memory, shared out by shares (through
+        the resource pools) when the host has too little, never below what it
+        reserved, never above its limit."""
+        if not self._vms:
+            return
+        demand_mb = np.zeros(len(self.tree))
+        for name, vm in self._vms.items():
+            demand_mb[self.tree.index(name)] = vm.reclaim.working_set / PAGES_PER_MB
+        targets = self.tree.entitlements(demand_mb)
+        for name, vm in self._vms.items():
+            vm.reclaim.target_pages = int(targets[self.tree.index(name)] * PAGES_PER_MB)
+
+    # -- statistics ----------------------------------------------------------------
+
+    def vm_stats(self, name: str) -> VmMemoryStats:
+        vm = self._vm(name)
+        return self._vm_stats(vm)
+
+    def _vm_stats(self, vm: _PoweredOn) -> VmMemoryStats:
+        pages, memory = vm.reclaim.pages, self.memory
+        mapped = pages.pmap[pages.backing == MAPPED]
+        refs = memory.refcount[mapped]
+        shared = refs > 1
+        saved = float(np.sum(1.0 - 1.0 / refs[shared])) if shared.any() else 0.0
+        return VmMemoryStats(
+            granted=_mb(len(mapped)),
+            shared=_mb(int(shared.sum())),
+            shared_saved=_mb(saved),
+            zero=_mb(int(np.count_nonzero(memory.content[mapped] == 0))),
+            ballooned=_mb(pages.count(BALLOONED)),
+            compressed=_mb(pages.count(COMPRESSED)),
+            swapped=_mb(pages.count(SWAPPED)),
+            consumed=_mb(len(mapped) - saved + len(pages.zip_mpns)),
+            active=_mb(vm.reclaim.working_set),
+            target=_mb(max(vm.reclaim.target_pages, 0)),
+        )
+
+    def host_stats(self) -> HostMemoryStats:
+        memory = self.memory
+        per_vm = [self._vm_stats(vm) for vm in self._vms.values()]
+        refs = memory.refcount[: memory.high_water]
+
+        def total(field: str) -> float:
+            return sum(getattr(s, field) for s in per_vm)
+
+        return HostMemoryStats(
+            total=_mb(memory.pages),
+            free=_mb(memory.free_pages),
+            min_free=_mb(self.reclaimer.min_free),
+            state=self.reclaimer.state.name.lower(),
+            granted=total("granted"),
+            shared=total("shared"),
+            shared_common=_mb(int(np.count_nonzero(refs > 1))),
+            shared_saved=_mb(int(np.sum(refs[refs > 1] - 1))),
+            zero=total("zero"),
+            ballooned=total("ballooned"),
+            compressed=total("compressed"),
+            swapped=total("swapped"),
+            consumed=_mb(memory.used_pages),
+            scans=self.scans,
+            last_scan=self.last_scan,
+        )
+
+    def _vm(self, name: str) -> _PoweredOn:
+        try:
+            return self._vms[name]
+        except KeyError:
+            raise NotFound(f"{name} is not powered on on this host") from None
+
+    def with_settings(self, name: str, **changes: object) -> VmMemorySettings:
+        return self.set_vm_settings(name, replace(self._vm(name).settings, **changes))
