@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import inspect
 import random
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
 from vsim.clock import Clock
@@ -61,6 +65,10 @@ class InProcessEngine:
         self._specs: dict[str, HostSpec] = {}
         self._identities: dict[str, Identity] = {}
         self._stores: dict[str, MemoryAccountStore] = {}
+        self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
+        """The hosts' local disks (their swap files); they outlive a vCenter restart
+        and go with the engine."""
+        weakref.finalize(self, shutil.rmtree, self._swap_root, True)
 
     async def provision(self, spec: HostSpec) -> str:
         identity = self._identities.setdefault(spec.name, make_identity(spec.name))
@@ -72,7 +80,8 @@ class InProcessEngine:
             storage = StorageStack(
                 spec.host_uuid, spec.name, self.clock, random.Random(spec.name), ports
             )
-            self._hostd[spec.name] = Hostd(HostKernel(spec, self.clock), accounts, storage)
+            kernel = HostKernel(spec, self.clock, self._swap_root / spec.name)
+            self._hostd[spec.name] = Hostd(kernel, accounts, storage)
         return identity.thumbprint
 
     async def is_running(self, name: str) -> bool:

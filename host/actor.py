@@ -47,7 +47,7 @@ class EsxiHost:
         self.storage = StorageStack(
             spec.host_uuid, spec.name, clock, random.Random(), GrpcStoragePorts()
         )
-        self.hostd = Hostd(HostKernel(spec, clock), accounts, self.storage)
+        self.hostd = Hostd(HostKernel(spec, clock, self._dir / "vswp"), accounts, self.storage)
         self._server: Any = None
         self._endpoint = ""
         self._booting = asyncio.Lock()

@@ -10,6 +10,7 @@ two engines enforce exactly the same rules.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import uuid
@@ -19,8 +20,26 @@ from typing import Any
 from vsim import validate
 from vsim.faults import CannotAccessFile, InvalidArgument, InvalidPowerState, InvalidState, NotFound
 from vsim.host.accounts import ROLES, HostAccounts
-from vsim.host.disk_scheduler import DiskScheduler
-from vsim.host.kernel import DiskConfig, HostKernel, VmConfig
+from vsim.host.disk_scheduler import DiskAllocation, DiskScheduler
+from vsim.host.kernel import (
+    KERNEL_TICK,
+    PHYSICAL_NICS,
+    DiskConfig,
+    HostKernel,
+    VmConfig,
+    VmResources,
+)
+from vsim.host.kernel_messages import (
+    delivery_to_proto,
+    frame_from_proto,
+    host_stats_to_proto,
+    network_to_proto,
+    nic_from_proto,
+    nic_to_proto,
+    resources_from_proto,
+    resources_to_proto,
+    security_from_proto,
+)
 from vsim.host.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.vm_files import (
     check_disks,
@@ -31,9 +50,12 @@ from vsim.host.vm_files import (
 )
 from vsim.host.vmdk import open_disk
 from vsim.host.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
+from vsim.host.vscsi import VirtualScsi, guest_scan
+from vsim.host.vswitch import STANDARD_SWITCH_SECURITY
 from vsim.storage.vmfs_format import LockMode
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
+from vsim.v1 import kernel_pb2 as kpb
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 PUBLIC_METHODS = frozenset({"Login"})
@@ -55,19 +77,30 @@ def vm_to_proto(vm: VmConfig, vmx: VmxProcess | None = None) -> pb.HostVm:
         guest_write_iops=vm.guest_write_iops,
         guest_writes_acked=vmx.acked_seq if vmx else 0,
         disks_open=bool(vmx and vmx.disks),
+        resources=resources_to_proto(vm.resources),
+        nics=[nic_to_proto(n) for n in vm.nics],
+        pci_devices=list(vm.pci_devices),
     )
 
 
 def vm_from_proto(vm: pb.HostVm) -> VmConfig:
+    guest_os = vm.guest_os or "otherGuest64"
     return VmConfig(
         vm.name,
         vm.uuid,
         vm.cpus,
         vm.memory_mb,
-        vm.guest_os or "otherGuest64",
+        guest_os,
         datastore=vm.datastore,
         disks=tuple(DiskConfig(d.path, d.capacity_bytes, d.parent) for d in vm.disks),
         guest_write_iops=vm.guest_write_iops,
+        resources=(
+            resources_from_proto(vm.resources, guest_os)
+            if vm.HasField("resources")
+            else VmResources()
+        ),
+        nics=tuple(nic_from_proto(n) for n in vm.nics),
+        pci_devices=tuple(vm.pci_devices),
     )
 
 
@@ -118,7 +151,8 @@ class Hostd:
     ) -> None:
         self.kernel = kernel
         self.accounts = accounts
-        self.scheduler = DiskScheduler()
+        self.scheduler = DiskScheduler(clock=kernel.clock)
+        self._ticker: asyncio.Task | None = None
         self.vmx: dict[str, VmxProcess] = {}
         """VMs with a VMX here: powered on, or holding their disks for a hand-off."""
         self.storage = storage or StorageStack(
@@ -233,13 +267,31 @@ class Hostd:
         vm = self.kernel.power_on(request.name)  # admission control first: no locks taken
         if vm.disks:
             try:
+                self._set_disk_allocation(vm)
                 vmx = self._vmx(vm)
                 await vmx.open_disks()  # FileLocked if another host runs these disks
                 vmx.start_guest()
             except BaseException:
                 self.kernel.power_off(vm.name)
                 raise
+        self._start_ticking()
         return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
+
+    def _set_disk_allocation(self, vm: VmConfig) -> None:
+        """The VM's Storage I/O Control shares and IOPS limit on its datastore."""
+        r = vm.resources
+        allocation = DiskAllocation(r.disk_shares or DiskAllocation().shares, r.disk_iops_limit)
+        self.scheduler.set_disk_allocation(vm.datastore, vm.name, allocation)
+
+    def _start_ticking(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """The kernel's periods, while any VM runs here."""
+        while self.kernel.powered_on_count():
+            await self.kernel.clock.sleep(KERNEL_TICK)
+            self.kernel.tick()
 
     async def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
         self.accounts.require_admin(user)
@@ -252,6 +304,7 @@ class Hostd:
                 await vmx.close_disks()
             except CannotAccessFile:
                 pass  # the datastore is gone; the locks are others' to break
+        self.scheduler.forget_vm(vm.name)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name), vmx))
 
     async def SnapshotVmDisks(
@@ -319,6 +372,8 @@ class Hostd:
 
     def halt(self) -> None:
         """The host stops at once (a crash): no more heartbeats, renewals or guest I/O."""
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.storage.halt()
         for vmx in self.vmx.values():
             vmx.kill()
@@ -367,4 +422,134 @@ class Hostd:
     def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
         return pb.ListHostVmsResponse(
             vms=[vm_to_proto(vm, self.vmx.get(vm.name)) for vm in self.kernel.vms()]
+        )
+
+    # -- the VMkernel ------------------------------------------------------------------
+
+    def GetHostStats(self, request: pb.GetHostStatsRequest, user: str | None) -> kpb.HostStats:
+        self.kernel.tick()  # the numbers as of now
+        return host_stats_to_proto(self.kernel)
+
+    def UpdateMemorySettings(
+        self, request: pb.UpdateMemorySettingsRequest, user: str | None
+    ) -> kpb.HostMemorySettings:
+        self.accounts.require_admin(user)
+        settings = self.kernel.memory.settings
+        if request.HasField("share_force_salting"):
+            settings = replace(settings, share_force_salting=request.share_force_salting)
+        if request.HasField("page_sharing_disabled"):
+            settings = replace(settings, page_sharing=not request.page_sharing_disabled)
+        if request.HasField("share_scan_period"):
+            settings = replace(settings, share_scan_period=request.share_scan_period)
+        settings = self.kernel.memory.set_settings(settings)
+        return kpb.HostMemorySettings(
+            share_force_salting=settings.share_force_salting,
+            page_sharing_disabled=not settings.page_sharing,
+            share_scan_period=settings.share_scan_period,
+        )
+
+    def ReconfigureVm(
+        self, request: pb.ReconfigureVmRequest, user: str | None
+    ) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
+        wanted = vm_from_proto(request.vm)
+        vm = self.kernel.reconfigure(wanted.name, wanted.resources, wanted.nics, wanted.pci_devices)
+        if vm.powered_on and vm.disks:
+            self._set_disk_allocation(vm)
+        return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
+
+    def AddVirtualSwitch(
+        self, request: pb.AddVirtualSwitchRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        self.accounts.require_admin(user)
+        v = request.vswitch
+        for uplink in v.uplinks:
+            if uplink not in PHYSICAL_NICS:
+                raise NotFound(
+                    f"{self.kernel.spec.name} has no physical NIC {uplink[:40]!r}; it has "
+                    + ", ".join(PHYSICAL_NICS)
+                )
+        security = security_from_proto(v.security).over(STANDARD_SWITCH_SECURITY)
+        self.kernel.network.add_vswitch(v.name, tuple(v.uplinks), security)
+        return network_to_proto(self.kernel)
+
+    def AddPortGroup(self, request: pb.AddPortGroupRequest, user: str | None) -> kpb.HostNetwork:
+        self.accounts.require_admin(user)
+        p = request.port_group
+        self.kernel.network.add_port_group(
+            p.name, p.vswitch, p.vlan, security_from_proto(p.security)
+        )
+        return network_to_proto(self.kernel)
+
+    def GetNetwork(self, request: pb.GetNetworkRequest, user: str | None) -> kpb.HostNetwork:
+        return network_to_proto(self.kernel)
+
+    def SendFrame(self, request: pb.SendFrameRequest, user: str | None) -> kpb.HostDelivery:
+        self.accounts.require_admin(user)
+        vm = self.kernel.vm(request.vm)
+        if not vm.powered_on:
+            raise InvalidPowerState(f"{vm.name} is powered off: its guest sends nothing")
+        nic = request.nic or "ethernet0"
+        vnic = self.kernel.network.vnic(vm.name, nic)
+        frame = frame_from_proto(request.frame, src_mac=vnic.effective_mac)
+        delivery = self.kernel.network.send(vm.name, nic, frame)
+        return delivery_to_proto(self.kernel.spec.name, delivery)
+
+    def ReceiveFrame(self, request: pb.ReceiveFrameRequest, user: str | None) -> kpb.HostDelivery:
+        self.accounts.require_admin(user)
+        delivery = self.kernel.network.receive(request.uplink, frame_from_proto(request.frame))
+        return delivery_to_proto(self.kernel.spec.name, delivery)
+
+    def ListPciDevices(self, request: pb.ListPciDevicesRequest, user: str | None) -> kpb.PciDevices:
+        pci = self.kernel.pci
+        info = {i.id: i for i in pci.passthru_info()}
+        return kpb.PciDevices(
+            host=self.kernel.spec.name,
+            devices=[
+                kpb.PciDevice(
+                    id=d.id,
+                    vendor_name=d.vendor_name,
+                    device_name=d.device_name,
+                    passthru_enabled=info[d.id].enabled,
+                    vm=info[d.id].vm,
+                )
+                for d in pci.devices()
+            ],
+        )
+
+    def UpdatePassthruConfig(
+        self, request: pb.UpdatePassthruRequest, user: str | None
+    ) -> kpb.PciDevice:
+        self.accounts.require_admin(user)
+        info = self.kernel.pci.update_passthru_config(request.id, request.enabled)
+        device = self.kernel.pci.device(info.id)
+        return kpb.PciDevice(
+            id=device.id,
+            vendor_name=device.vendor_name,
+            device_name=device.device_name,
+            passthru_enabled=info.enabled,
+            vm=info.vm,
+        )
+
+    async def GuestReportLuns(self, request: pb.HostVmRequest, user: str | None) -> kpb.GuestLuns:
+        """The guest scans its virtual SCSI adapters: it can name only its own disks."""
+        vm = self.kernel.vm(request.name)
+        if not vm.powered_on:
+            raise InvalidPowerState(f"{vm.name} is powered off: it has no running guest")
+        vmx = self.vmx.get(vm.name)
+        adapter = VirtualScsi.for_vm(vm, vmx.disks if vmx else [])
+        return kpb.GuestLuns(
+            vm=vm.name,
+            luns=[
+                kpb.GuestLun(
+                    address=f"scsi{f.bus}:{f.target}",
+                    bus=f.bus,
+                    target=f.target,
+                    lun=f.lun,
+                    vendor=f.vendor,
+                    product=f.product,
+                    capacity_bytes=f.capacity_bytes,
+                )
+                for f in await guest_scan(adapter)
+            ],
         )

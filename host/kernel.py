@@ -1,14 +1,20 @@
 """The VMkernel core of one ESXi host.
 
-Owns the host's capacity (CPU cores and MHz, memory), its registered VMs and their
-power state, and admission control. Plain Python: no Ray, no sockets, no wall clock;
-time comes from the injected `Clock`. Never trusts its caller: hostd checks who is
-calling, the kernel checks that what is asked is possible.
+Owns the host's capacity and its registered VMs with their power state, and the
+mechanisms that share the host among them: memory (pmaps, page sharing, reclaim:
+memory.py), the CPU scheduler (cpu_scheduler.py), the standard vSwitches
+(vswitch.py) and DirectPath devices (passthrough.py). Admission control asks each of
+them before a VM powers on, and a refusal changes nothing. Plain Python: no Ray, no
+sockets, no wall clock; time comes from the injected `Clock`. Never trusts its caller:
+hostd checks who is calling, the kernel checks that what is asked is possible.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from vsim import validate
 from vsim.clock import Clock
@@ -16,9 +22,30 @@ from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     AlreadyExists,
     InsufficientResourcesFault,
+    InvalidArgument,
     InvalidPowerState,
     NotFound,
 )
+from vsim.host.cpu_scheduler import CpuScheduler
+from vsim.host.guest_memory import GuestWorkload
+from vsim.host.memory import MemoryManager, VmMemorySettings
+from vsim.host.passthrough import PciDevice, PciPassthruSystem
+from vsim.host.resource_pool import UNLIMITED, VM_CPU_SHARES_PER_VCPU, Allocation
+from vsim.host.vnic_firewall import VnicFirewall
+from vsim.host.vswitch import HostNetworkSystem
+
+KERNEL_TICK = 1.0
+"""Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""
+PHYSICAL_NICS = ("vmnic0", "vmnic1", "vmnic2", "vmnic3")
+DEFAULT_VSWITCH = "vSwitch0"
+DEFAULT_PORT_GROUPS = ("VM Network", "Management Network")
+PCI_DEVICES = (
+    PciDevice("0000:3b:00.0", "NVIDIA Corporation", "GA100 [A100 PCIe 40GB]", 0x10DE, 0x20F1),
+    PciDevice("0000:af:00.0", "NVIDIA Corporation", "GA100 [A100 PCIe 40GB]", 0x10DE, 0x20F1),
+    PciDevice("0000:5e:00.0", "Samsung Electronics", "NVMe SSD Controller PM173X", 0x144D, 0xA824),
+    PciDevice("0000:d8:00.0", "Intel Corporation", "Ethernet Controller E810-C", 0x8086, 0x1592),
+)
+"""The PCI devices every simulated host has that can be passed through (DirectPath)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +54,51 @@ class DiskConfig:
     """The descriptor's datastore path."""
     capacity_bytes: int
     parent: str = ""
+
+
+@dataclass(frozen=True)
+class NicConfig:
+    """A virtual NIC (its .vmx ethernetN keys) and its firewall rules."""
+
+    name: str
+    """ethernet0..ethernet9"""
+    port_group: str
+    mac: str
+    firewall: VnicFirewall = field(default_factory=VnicFirewall)
+
+
+@dataclass(frozen=True)
+class VmResources:
+    """A VM's resource settings and its simulated guest's load."""
+
+    cpu_shares: int = 0
+    """0: normal (1000 per vCPU)."""
+    cpu_reservation_mhz: int = 0
+    cpu_limit_mhz: int = UNLIMITED
+    memory: VmMemorySettings = field(default_factory=VmMemorySettings)
+    cpu_load_pct: int = 0
+    """Share of its vCPUs the guest keeps busy (0: idle)."""
+    workload: GuestWorkload | None = None
+    """How the guest uses its memory; None: its guest OS's defaults."""
+    disk_shares: int = 0
+    """Per disk under Storage I/O Control; 0: normal (1000)."""
+    disk_iops_limit: int = UNLIMITED
+
+    def cpu_allocation(self, vcpus: int) -> Allocation:
+        shares = self.cpu_shares or VM_CPU_SHARES_PER_VCPU["normal"] * vcpus
+        return Allocation(shares, self.cpu_reservation_mhz, self.cpu_limit_mhz)
+
+    def validated(self, vcpus: int, memory_mb: int) -> VmResources:
+        if self.cpu_shares < 0 or self.disk_shares < 0:
+            raise InvalidArgument("shares must be > 0 (or 0 for normal)")
+        self.cpu_allocation(vcpus)  # reservation >= 0, limit >= reservation
+        self.memory.validated(memory_mb)
+        validate.int_range(self.cpu_load_pct, 0, 100, "cpu_load_pct", "%")
+        if self.workload is not None:
+            self.workload.validated()
+        if self.disk_iops_limit != UNLIMITED:
+            validate.int_range(self.disk_iops_limit, 1, 1_000_000, "disk_iops_limit")
+        return self
 
 
 @dataclass(frozen=True)
@@ -42,15 +114,54 @@ class VmConfig:
     datastore: str = ""
     disks: tuple[DiskConfig, ...] = ()
     guest_write_iops: int = 0
+    resources: VmResources = field(default_factory=VmResources)
+    nics: tuple[NicConfig, ...] = ()
+    pci_devices: tuple[str, ...] = ()
+    """DirectPath devices assigned to it (PCI ids)."""
+
+
+def default_network(host: str) -> HostNetworkSystem:
+    """An ESXi host as installed: vSwitch0 on vmnic0 with the default port groups."""
+    network = HostNetworkSystem(host)
+    network.add_vswitch(DEFAULT_VSWITCH, (PHYSICAL_NICS[0],))
+    for name in DEFAULT_PORT_GROUPS:
+        network.add_port_group(name, DEFAULT_VSWITCH)
+    return network
+
+
+def check_nics(vm_name: str, nics: tuple[NicConfig, ...]) -> None:
+    names = [nic.name for nic in nics]
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"{vm_name} names a network adapter twice: {', '.join(names)}")
+    macs = [nic.mac.lower() for nic in nics]
+    if len(set(macs)) != len(macs):
+        raise InvalidArgument(f"{vm_name} has two network adapters with one MAC address")
+    if len(nics) > 10:
+        raise InvalidArgument(f"{vm_name} has {len(nics)} network adapters; at most 10")
 
 
 class HostKernel:
-    def __init__(self, spec: HostSpec, clock: Clock) -> None:
+    def __init__(self, spec: HostSpec, clock: Clock, swap_dir: Path | None = None) -> None:
         self.spec = spec.validated()
         self.clock = clock
         self.boot_time = clock.now()
         self._vms: dict[str, VmConfig] = {}
         self._memory_used_mb = 0  # configured memory of powered-on VMs
+        self._own_swap_dir = swap_dir is None
+        self.swap_dir = Path(swap_dir or tempfile.mkdtemp(prefix=f"vsim-{spec.name}-vswp-"))
+        """Host-local swap: each powered-on VM's .vswp."""
+        for stale in self.swap_dir.glob("*.vswp"):  # of VMs that ran before a crash
+            stale.unlink()
+        self.memory = MemoryManager(self.spec.memory_mb, clock, self.swap_dir)
+        self.cpu = CpuScheduler.for_host(self.spec)
+        self.network = default_network(self.spec.name)
+        self.pci = PciPassthruSystem(PCI_DEVICES)
+        self._last_tick = clock.now()
+
+    def close(self) -> None:
+        """Removes what this boot made on the local disk (its swap directory)."""
+        if self._own_swap_dir:
+            shutil.rmtree(self.swap_dir, ignore_errors=True)
 
     @property
     def memory_used_mb(self) -> int:
@@ -75,15 +186,24 @@ class HostKernel:
         except KeyError:
             raise NotFound(f"no VM named {name!r} is registered on {self.spec.name}") from None
 
+    # -- registration ------------------------------------------------------------------
+
     def register_vm(self, vm: VmConfig) -> VmConfig:
         validate.vm_name(vm.name)
         validate.vcpus(vm.cpus)
         validate.memory_mb(vm.memory_mb)
+        vm.resources.validated(vm.cpus, vm.memory_mb)
+        check_nics(vm.name, vm.nics)
         if vm.name in self._vms:
             raise AlreadyExists(f"a VM named {vm.name!r} is already registered on {self.spec.name}")
-        registered = replace(vm, powered_on=False)
+        registered = replace(vm, powered_on=False, pci_devices=())
         self._vms[vm.name] = registered
-        return registered
+        try:
+            self._assign_devices(registered, vm.pci_devices)
+        except BaseException:
+            del self._vms[vm.name]
+            raise
+        return self._vms[vm.name]
 
     def update_disks(self, name: str, disks: tuple[DiskConfig, ...]) -> VmConfig:
         vm = self.vm(name)
@@ -96,13 +216,112 @@ class HostKernel:
         vm = self.vm(name)
         if vm.powered_on:
             raise InvalidPowerState(f"{name} is powered on; power it off before unregistering it")
+        self.pci.release_vm(name)
         return self._vms.pop(name)
 
+    def reconfigure(
+        self,
+        name: str,
+        resources: VmResources,
+        nics: tuple[NicConfig, ...],
+        pci_devices: tuple[str, ...],
+    ) -> VmConfig:
+        """ReconfigVM: resources apply at once (admission-checked) on a running VM,
+        page sharing and salt at its next power-on; vNICs connect, disconnect or take
+        new firewall rules live; DirectPath devices change only while it is off."""
+        vm = self.vm(name)
+        resources.validated(vm.cpus, vm.memory_mb)
+        check_nics(name, nics)
+        if vm.powered_on:
+            if tuple(pci_devices) != vm.pci_devices:
+                raise InvalidPowerState(
+                    f"{name} is powered on: DirectPath I/O devices are added and removed "
+                    "only while the VM is powered off"
+                )
+            self._apply_resources(vm, resources)
+            try:
+                self._reconnect(vm, nics)
+            except BaseException:
+                self._apply_resources(replace(vm, resources=resources), vm.resources)
+                raise
+        else:
+            self._assign_devices(vm, tuple(pci_devices))
+        vm = self._vms[name] = replace(self._vms[name], resources=resources, nics=tuple(nics))
+        return vm
+
+    def _apply_resources(self, vm: VmConfig, resources: VmResources) -> None:
+        self.cpu.set_allocation(vm.name, resources.cpu_allocation(vm.cpus))
+        try:
+            self.memory.set_vm_settings(vm.name, resources.memory)
+        except BaseException:
+            self.cpu.set_allocation(vm.name, vm.resources.cpu_allocation(vm.cpus))
+            raise
+
+    def _reconnect(self, vm: VmConfig, nics: tuple[NicConfig, ...]) -> None:
+        """Moves a running VM's vNICs from its configuration to `nics`, all or none."""
+        old = {nic.name: nic for nic in vm.nics}
+        new = {nic.name: nic for nic in nics}
+        gone = [nic for name, nic in old.items() if name not in new or _moved(nic, new[name])]
+        added = [nic for name, nic in new.items() if name not in old or _moved(old[name], nic)]
+        for nic in gone:
+            self.network.disconnect_vnic(vm.name, nic.name)
+        connected: list[NicConfig] = []
+        try:
+            for nic in added:
+                self._connect(vm.name, nic)
+                connected.append(nic)
+        except BaseException:
+            for nic in connected:
+                self.network.disconnect_vnic(vm.name, nic.name)
+            for nic in gone:
+                self._connect(vm.name, nic)
+            raise
+        for name, nic in new.items():
+            if name in old and not _moved(old[name], nic) and old[name].firewall != nic.firewall:
+                self.network.set_firewall(vm.name, name, nic.firewall)
+
+    def _assign_devices(self, vm: VmConfig, wanted: tuple[str, ...]) -> None:
+        """Gives a powered-off VM exactly `wanted` (checked before anything changes)."""
+        if len(set(wanted)) != len(wanted):
+            raise InvalidArgument(f"{vm.name} names a PCI device twice")
+        for pci in wanted:
+            holder = self.pci.holder(pci)
+            if holder not in (None, vm.name):
+                self.pci.assign(vm, pci)  # raises ResourceInUse naming the holder
+        current = set(self.pci.vm_devices(vm.name))
+        for pci in current - set(wanted):
+            self.pci.unassign(vm, pci)
+        for pci in wanted:
+            if pci not in current:
+                self.pci.assign(vm, pci)
+        self._vms[vm.name] = replace(
+            self._vms[vm.name], pci_devices=tuple(self.pci.vm_devices(vm.name))
+        )
+
+    # -- power -------------------------------------------------------------------------
+
     def power_on(self, name: str) -> VmConfig:
+        """Admission control, then the VM's CPU, memory (its guest boots) and vNICs;
+        if any refuses, whatever was done is undone."""
         vm = self.vm(name)
         if vm.powered_on:
             raise InvalidPowerState(f"{name} is already powered on")
         self._admit(vm)
+        undo: list = []
+        try:
+            self.cpu.power_on(name, vm.cpus, vm.resources.cpu_allocation(vm.cpus))
+            undo.append(lambda: self.cpu.power_off(name))
+            self.memory.power_on(
+                name, vm.uuid, vm.memory_mb, vm.guest_os, vm.resources.memory, vm.resources.workload
+            )
+            undo.append(lambda: self.memory.power_off(name))
+            for nic in vm.nics:
+                self._connect(name, nic)
+                undo.append(lambda nic=nic: self.network.disconnect_vnic(name, nic.name))
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
         vm = self._vms[name] = replace(vm, powered_on=True)
         self._memory_used_mb += vm.memory_mb
         return vm
@@ -111,23 +330,58 @@ class HostKernel:
         vm = self.vm(name)
         if not vm.powered_on:
             raise InvalidPowerState(f"{name} is already powered off")
+        for nic in vm.nics:
+            self.network.disconnect_vnic(name, nic.name)
+        self.memory.power_off(name)
+        self.cpu.power_off(name)
         vm = self._vms[name] = replace(vm, powered_on=False)
         self._memory_used_mb -= vm.memory_mb
         return vm
 
+    def _connect(self, vm: str, nic: NicConfig) -> None:
+        self.network.connect_vnic(vm, nic.name, nic.port_group, nic.mac, nic.firewall)
+
     def _admit(self, vm: VmConfig) -> None:
-        """Admission control: a VM powers on only if the host can hold it."""
+        """What must hold before anything is taken: the VM fits the hardware, its
+        DirectPath devices have all its memory reserved, its port groups exist.
+        Reservations are admitted by the CPU scheduler and the memory manager."""
         if vm.cpus > self.spec.cpu_cores:
             raise InsufficientResourcesFault(
                 f"{vm.name} has {vm.cpus} virtual CPUs but {self.spec.name} has only "
                 f"{self.spec.cpu_cores} cores",
                 host=self.spec.name,
             )
-        if vm.memory_mb > self.memory_free_mb:
+        if vm.memory_mb > self.spec.memory_mb:
             raise InsufficientResourcesFault(
-                f"cannot power on {vm.name}: it needs {vm.memory_mb} MB of memory and "
-                f"{self.spec.name} has {self.memory_free_mb} MB free of {self.spec.memory_mb} MB",
+                f"cannot power on {vm.name}: it has {vm.memory_mb} MB of memory and "
+                f"{self.spec.name} has {self.spec.memory_mb} MB in all",
                 host=self.spec.name,
                 requested_mb=vm.memory_mb,
                 free_mb=self.memory_free_mb,
             )
+        if vm.pci_devices:
+            self.pci.check_power_on(vm, vm.resources.memory.reservation_mb)
+        for nic in vm.nics:
+            self.network.port_group(nic.port_group)  # NotFound names what is missing
+
+    # -- the period --------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One kernel period: the guests run (CPU demand, memory activity), the CPU
+        scheduler divides the host, memory is shared and reclaimed."""
+        now = self.clock.now()
+        elapsed, self._last_tick = now - self._last_tick, now
+        if elapsed <= 0:
+            return
+        demand = [0.0] * len(self.cpu.vms())
+        for i, name in enumerate(self.cpu.vms()):
+            vm = self._vms[name]
+            demand[i] = vm.cpus * self.spec.cpu_mhz * vm.resources.cpu_load_pct / 100
+        self.cpu.set_demands(demand)
+        self.cpu.tick(elapsed)
+        self.memory.tick()
+
+
+def _moved(old: NicConfig, new: NicConfig) -> bool:
+    """The vNIC must be reconnected (another port group or MAC), not just re-ruled."""
+    return (old.port_group, old.mac.lower()) != (new.port_group, new.mac.lower())

@@ -512,3 +512,45 @@ def cdb_read_16(lba: int, blocks: int) -> bytes:
 
 def cdb_write_16(lba: int, blocks: int) -> bytes:
     return bytes([WRITE_16, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
+
+
+# What a guest finds when it scans its adapters.
+
+
+@dataclass(frozen=True)
+class FoundLun:
+    """One logical unit a guest's scan found."""
+
+    bus: int
+    target: int
+    lun: int
+    vendor: str
+    product: str
+    capacity_bytes: int
+
+
+async def guest_scan(vscsi: VirtualScsi) -> list[FoundLun]:
+    """What the guest's SCSI driver does at boot: REPORT LUNS to every target of
+    every adapter, then INQUIRY and READ CAPACITY(16) of each LUN reported."""
+    found: list[FoundLun] = []
+    for bus in range(MAX_CONTROLLERS):
+        for target in range(max(TARGETS_PER_CONTROLLER.values())):
+            report = await vscsi.execute(bus, target, 0, cdb_report_luns())
+            if report.status != GOOD:
+                continue
+            for lun in parse_report_luns(report.data):
+                inquiry = (await vscsi.execute(bus, target, lun, cdb_inquiry())).check()
+                capacity = (await vscsi.execute(bus, target, lun, cdb_read_capacity_16())).check()
+                blocks = int.from_bytes(capacity[0:8], "big") + 1
+                block = int.from_bytes(capacity[8:12], "big")
+                found.append(
+                    FoundLun(
+                        bus,
+                        target,
+                        lun,
+                        inquiry[8:16].decode("ascii").strip(),
+                        inquiry[16:32].decode("ascii").strip(),
+                        blocks * block,
+                    )
+                )
+    return found

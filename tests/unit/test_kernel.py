@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +18,9 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.kernel import HostKernel, VmConfig
+from vsim.host.guest_memory import GuestWorkload
+from vsim.host.kernel import HostKernel, VmConfig, VmResources
+from vsim.host.memory import VmMemorySettings
 
 CORES, MEMORY = 4, 8192
 
@@ -27,8 +31,18 @@ def make_kernel(cores: int = CORES, memory_mb: int = MEMORY) -> HostKernel:
     )
 
 
+QUIET = GuestWorkload(working_set_pct=0, boot_touch_pct=0, dirty_rate=0, touch_rate=0)
+"""A guest that touches one page: these tests are about the kernel's bookkeeping."""
+
+
 def vm(name: str = "vm-001", cpus: int = 2, memory_mb: int = 1024) -> VmConfig:
-    return VmConfig(name=name, uuid=f"uuid-{name}", cpus=cpus, memory_mb=memory_mb)
+    return VmConfig(
+        name=name,
+        uuid=f"uuid-{name}",
+        cpus=cpus,
+        memory_mb=memory_mb,
+        resources=VmResources(workload=QUIET),
+    )
 
 
 def test_new_kernel_is_empty_and_remembers_boot_time():
@@ -153,20 +167,31 @@ def test_admission_control_admits_a_vm_that_exactly_fits():
     assert kernel.memory_free_mb == 0
 
 
-def test_admission_control_refuses_memory_that_does_not_fit():
+def test_memory_is_overcommitted_but_reservations_must_fit():
     kernel = make_kernel()
-    kernel.register_vm(vm("vm-a", memory_mb=MEMORY - 1024))
-    kernel.register_vm(vm("vm-b", memory_mb=1028))
+    reserved = VmResources(memory=VmMemorySettings(reservation_mb=MEMORY - 1024), workload=QUIET)
+    kernel.register_vm(replace(vm("vm-a", memory_mb=MEMORY - 1024), resources=reserved))
+    kernel.register_vm(vm("vm-b", memory_mb=4096))
+    wants = VmResources(memory=VmMemorySettings(reservation_mb=2048), workload=QUIET)
+    kernel.register_vm(replace(vm("vm-c", memory_mb=2048), resources=wants))
     kernel.power_on("vm-a")
+    kernel.power_on("vm-b")  # configured memory past the host's: overcommit is allowed
+    assert kernel.memory_used_mb == MEMORY + 3072
+    with pytest.raises(InsufficientResourcesFault, match="2048 MB reservation"):
+        kernel.power_on("vm-c")
+    assert kernel.vm("vm-c").powered_on is False
+    assert kernel.memory.reserved_mb() == MEMORY - 1024
+    assert "vm-c" not in kernel.cpu.vms()
+
+
+def test_admission_control_refuses_a_vm_larger_than_the_host():
+    kernel = make_kernel()
+    kernel.register_vm(vm("vm-a", memory_mb=MEMORY + 4))
     with pytest.raises(InsufficientResourcesFault) as excinfo:
-        kernel.power_on("vm-b")
-    assert excinfo.value.properties == {
-        "host": "esxi-01",
-        "requested_mb": "1028",
-        "free_mb": "1024",
-    }
-    assert kernel.vm("vm-b").powered_on is False
-    assert kernel.memory_used_mb == MEMORY - 1024
+        kernel.power_on("vm-a")
+    assert excinfo.value.properties["requested_mb"] == str(MEMORY + 4)
+    assert kernel.vm("vm-a").powered_on is False
+    assert kernel.memory_used_mb == 0
 
 
 def test_admission_control_refuses_more_vcpus_than_cores():
@@ -199,9 +224,8 @@ def _expected_to_succeed(model: dict[str, tuple[int, int, bool]], op, name, cpus
     if name not in model:
         return False
     vm_cpus, vm_mem, on = model[name]
-    if op == "power_on":
-        used = sum(m for _, m, o in model.values() if o)
-        return not on and vm_cpus <= CORES and vm_mem <= MEMORY - used
+    if op == "power_on":  # memory is overcommitted; only the hardware limits hold
+        return not on and vm_cpus <= CORES and vm_mem <= MEMORY
     if op == "power_off":
         return on
     return not on  # unregister
@@ -217,7 +241,7 @@ def test_kernel_memory_accounting_holds_over_any_sequence(ops):
         expected = _expected_to_succeed(model, op, name, cpus, mem)
         try:
             if op == "register":
-                kernel.register_vm(VmConfig(name, "", cpus, mem))
+                kernel.register_vm(replace(vm(name, cpus, mem), uuid=""))
             else:
                 getattr(kernel, op if op != "unregister" else "unregister_vm")(name)
         except VimFault:
@@ -234,7 +258,8 @@ def test_kernel_memory_accounting_holds_over_any_sequence(ops):
                 model[name] = (c, m, op == "power_on")
         on = [v for v in kernel.vms() if v.powered_on]
         assert kernel.memory_used_mb == sum(v.memory_mb for v in on)
-        assert 0 <= kernel.memory_used_mb <= MEMORY
+        assert kernel.memory_used_mb >= 0
+        kernel.memory.memory.check()
         assert kernel.memory_free_mb == MEMORY - kernel.memory_used_mb
         assert kernel.powered_on_count() == len(on)
         assert {v.name: (v.cpus, v.memory_mb, v.powered_on) for v in kernel.vms()} == model

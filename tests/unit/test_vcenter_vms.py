@@ -97,20 +97,23 @@ async def test_placement_picks_the_host_with_most_free_memory(make_lab):
 
 
 async def test_power_on_beyond_host_memory_fails_with_insufficient_resources(make_lab):
+    """Memory is overcommitted (6 + 6 GB on an 8 GB host runs), but a VM larger than
+    the host's memory does not power on."""
     lab = await make_lab(small_cluster(hosts=1, memory_mb=8192))
-    assert (await lab.create("vm-a", memory_mb=6144)).state == SUCCESS
-    assert (await lab.create("vm-b", memory_mb=4096)).state == SUCCESS
+    for name, memory_mb in (("vm-a", 6144), ("vm-b", 6144), ("vm-c", 12288)):
+        assert (await lab.create(name, memory_mb=memory_mb)).state == SUCCESS
     assert (await lab.power_on("vm-a")).state == SUCCESS
+    assert (await lab.power_on("vm-b")).state == SUCCESS
     after = lab.last_event_key()
-    failed = await lab.power_on("vm-b")
+    failed = await lab.power_on("vm-c")
     assert failed.state == ERROR
     assert failed.error.name == "InsufficientResourcesFault"
-    assert dict(failed.error.properties)["requested_mb"] == "4096"
+    assert dict(failed.error.properties)["requested_mb"] == "12288"
     assert failed.result == ""
-    assert lab.vms()["vm-b"].power_state == OFF
-    assert lab.host_power_states() == {"vm-a": ON, "vm-b": OFF}
+    assert lab.vms()["vm-c"].power_state == OFF
+    assert lab.host_power_states() == {"vm-a": ON, "vm-b": ON, "vm-c": OFF}
     assert lab.events(after) == []
-    assert lab.hosts()["esxi-01"].memory_used_mb == 6144
+    assert lab.hosts()["esxi-01"].memory_used_mb == 12288
 
 
 async def test_power_on_with_more_vcpus_than_cores_fails(make_lab):
@@ -348,7 +351,9 @@ def apply(model: dict[str, int], op: str, name: str) -> dict[str, int]:
 def start_op(lab: Lab, rng: random.Random, op: str, name: str) -> common_pb2.Task:
     if op == "create":
         request = pb.CreateVmRequest(
-            name=name, cpus=rng.choice([1, 2, 4, 6]), memory_mb=rng.choice([1024, 3072, 6144])
+            name=name,
+            cpus=rng.choice([1, 2, 4, 6]),
+            memory_mb=rng.choice([1024, 6144, 12288]),  # 12 GB: more than a host has
         )
         return lab.vc.CreateVm(request, lab.session)
     call = {"on": lab.vc.PowerOnVm, "off": lab.vc.PowerOffVm, "destroy": lab.vc.DestroyVm}[op]

@@ -23,61 +23,82 @@ _sym_db = _symbol_database.Default()
 
 
 from vsim.v1 import common_pb2 as vsim_dot_v1_dot_common__pb2
+from vsim.v1 import kernel_pb2 as vsim_dot_v1_dot_kernel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vsim/v1/host_agent.proto\x12\x07vsim.v1\x1a\x14vsim/v1/common.proto\"7\n\x10HostLoginRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"$\n\x11HostLoginResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x14\n\x12GetHostInfoRequest\"\xad\x01\n\x08HostInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x06 \x01(\x03\x12\x0b\n\x03vms\x18\x07 \x01(\x05\x12\x16\n\x0evms_powered_on\x18\x08 \x01(\x05\x12\x11\n\tboot_time\x18\t \x01(\x01\"F\n\x11\x43reateUserRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"\x14\n\x12\x43reateUserResponse\"\xed\x01\n\x06HostVm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\npowered_on\x18\x05 \x01(\x08\x12\x10\n\x08guest_os\x18\x06 \x01(\t\x12\x11\n\tdatastore\x18\x07 \x01(\t\x12#\n\x05\x64isks\x18\x08 \x03(\x0b\x32\x14.vsim.v1.VirtualDisk\x12\x18\n\x10guest_write_iops\x18\t \x01(\x05\x12\x1a\n\x12guest_writes_acked\x18\n \x01(\x03\x12\x12\n\ndisks_open\x18\x0b \x01(\x08\"F\n\x11RegisterVmRequest\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\x12\x14\n\x0c\x63reate_files\x18\x02 \x01(\x08\"\x14\n\x12RegisterVmResponse\"3\n\rHostVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65lete_files\x18\x02 \x01(\x08\"H\n\x16VerifyGuestDiskRequest\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\x12\x11\n\tacked_seq\x18\x02 \x01(\x03\"-\n\x0eHostVmResponse\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\"\x14\n\x12ListHostVmsRequest\"3\n\x13ListHostVmsResponse\x12\x1c\n\x03vms\x18\x01 \x03(\x0b\x32\x0f.vsim.v1.HostVm\"P\n\x0b\x41rrayTarget\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nthumbprint\x18\x02 \x01(\t\x12\x0b\n\x03lun\x18\x03 \x01(\x05\x12\x0e\n\x06\x65xport\x18\x04 \x01(\t\"i\n\x11\x46ormatVmfsRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12$\n\x06target\x18\x02 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\x12\x11\n\tlock_mode\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\"Y\n\x15MountDatastoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12$\n\x06target\x18\x03 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\"\x96\x01\n\rHostDatastore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\naccessible\x18\x03 \x01(\x08\x12\x16\n\x0eheartbeat_slot\x18\x04 \x01(\x05\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x03\x12\x11\n\tlock_mode\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x03\"\x1b\n\x19HostListDatastoresRequest\"H\n\x1aHostListDatastoresResponse\x12*\n\ndatastores\x18\x01 \x03(\x0b\x32\x16.vsim.v1.HostDatastore\"2\n\x0fHostLockRequest\x12\x11\n\tdatastore\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"d\n\x0eHostLockHolder\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x16\n\x0eheartbeat_slot\x18\x02 \x01(\x05\x12\x19\n\x11seconds_unchanged\x18\x03 \x01(\x01\x12\x0c\n\x04live\x18\x04 \x01(\x08\"V\n\x0cHostLockInfo\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12(\n\x07holders\x18\x02 \x03(\x0b\x32\x17.vsim.v1.HostLockHolder\x12\x0e\n\x06\x62roken\x18\x03 \x01(\x08\x32\x99\t\n\tHostAgent\x12>\n\x05Login\x12\x19.vsim.v1.HostLoginRequest\x1a\x1a.vsim.v1.HostLoginResponse\x12=\n\x0bGetHostInfo\x12\x1b.vsim.v1.GetHostInfoRequest\x1a\x11.vsim.v1.HostInfo\x12\x45\n\nCreateUser\x12\x1a.vsim.v1.CreateUserRequest\x1a\x1b.vsim.v1.CreateUserResponse\x12\x45\n\nRegisterVm\x12\x1a.vsim.v1.RegisterVmRequest\x1a\x1b.vsim.v1.RegisterVmResponse\x12?\n\x0cUnregisterVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12<\n\tPowerOnVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12=\n\nPowerOffVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12\x44\n\x07ListVms\x12\x1b.vsim.v1.ListHostVmsRequest\x1a\x1c.vsim.v1.ListHostVmsResponse\x12\x42\n\x0fSnapshotVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12\x41\n\x0eReleaseVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12>\n\x0bOpenVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12L\n\x0fVerifyGuestDisk\x12\x1f.vsim.v1.VerifyGuestDiskRequest\x1a\x18.vsim.v1.GuestDiskReport\x12@\n\nFormatVmfs\x12\x1a.vsim.v1.FormatVmfsRequest\x1a\x16.vsim.v1.HostDatastore\x12H\n\x0eMountDatastore\x12\x1e.vsim.v1.MountDatastoreRequest\x1a\x16.vsim.v1.HostDatastore\x12Y\n\x0eListDatastores\x12\".vsim.v1.HostListDatastoresRequest\x1a#.vsim.v1.HostListDatastoresResponse\x12<\n\tQueryLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfo\x12\x41\n\x0e\x42reakStaleLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vsim/v1/host_agent.proto\x12\x07vsim.v1\x1a\x14vsim/v1/common.proto\x1a\x14vsim/v1/kernel.proto\"7\n\x10HostLoginRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"$\n\x11HostLoginResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x14\n\x12GetHostInfoRequest\"\xad\x01\n\x08HostInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\x05\x12\x0f\n\x07\x63pu_mhz\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\x12\x16\n\x0ememory_used_mb\x18\x06 \x01(\x03\x12\x0b\n\x03vms\x18\x07 \x01(\x05\x12\x16\n\x0evms_powered_on\x18\x08 \x01(\x05\x12\x11\n\tboot_time\x18\t \x01(\x01\"F\n\x11\x43reateUserRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"\x14\n\x12\x43reateUserResponse\"\xc9\x02\n\x06HostVm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\npowered_on\x18\x05 \x01(\x08\x12\x10\n\x08guest_os\x18\x06 \x01(\t\x12\x11\n\tdatastore\x18\x07 \x01(\t\x12#\n\x05\x64isks\x18\x08 \x03(\x0b\x32\x14.vsim.v1.VirtualDisk\x12\x18\n\x10guest_write_iops\x18\t \x01(\x05\x12\x1a\n\x12guest_writes_acked\x18\n \x01(\x03\x12\x12\n\ndisks_open\x18\x0b \x01(\x08\x12\'\n\tresources\x18\x0c \x01(\x0b\x32\x14.vsim.v1.VmResources\x12\x1c\n\x04nics\x18\r \x03(\x0b\x32\x0e.vsim.v1.VmNic\x12\x13\n\x0bpci_devices\x18\x0e \x03(\t\"F\n\x11RegisterVmRequest\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\x12\x14\n\x0c\x63reate_files\x18\x02 \x01(\x08\"\x14\n\x12RegisterVmResponse\"3\n\rHostVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65lete_files\x18\x02 \x01(\x08\"H\n\x16VerifyGuestDiskRequest\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\x12\x11\n\tacked_seq\x18\x02 \x01(\x03\"-\n\x0eHostVmResponse\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\"\x14\n\x12ListHostVmsRequest\"3\n\x13ListHostVmsResponse\x12\x1c\n\x03vms\x18\x01 \x03(\x0b\x32\x0f.vsim.v1.HostVm\"P\n\x0b\x41rrayTarget\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nthumbprint\x18\x02 \x01(\t\x12\x0b\n\x03lun\x18\x03 \x01(\x05\x12\x0e\n\x06\x65xport\x18\x04 \x01(\t\"i\n\x11\x46ormatVmfsRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12$\n\x06target\x18\x02 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\x12\x11\n\tlock_mode\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\"Y\n\x15MountDatastoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12$\n\x06target\x18\x03 \x01(\x0b\x32\x14.vsim.v1.ArrayTarget\"\x96\x01\n\rHostDatastore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\naccessible\x18\x03 \x01(\x08\x12\x16\n\x0eheartbeat_slot\x18\x04 \x01(\x05\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x03\x12\x11\n\tlock_mode\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x03\"\x1b\n\x19HostListDatastoresRequest\"H\n\x1aHostListDatastoresResponse\x12*\n\ndatastores\x18\x01 \x03(\x0b\x32\x16.vsim.v1.HostDatastore\"2\n\x0fHostLockRequest\x12\x11\n\tdatastore\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"d\n\x0eHostLockHolder\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x16\n\x0eheartbeat_slot\x18\x02 \x01(\x05\x12\x19\n\x11seconds_unchanged\x18\x03 \x01(\x01\x12\x0c\n\x04live\x18\x04 \x01(\x08\"V\n\x0cHostLockInfo\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12(\n\x07holders\x18\x02 \x03(\x0b\x32\x17.vsim.v1.HostLockHolder\x12\x0e\n\x06\x62roken\x18\x03 \x01(\x08\"\x15\n\x13GetHostStatsRequest\"\xcb\x01\n\x1bUpdateMemorySettingsRequest\x12 \n\x13share_force_salting\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\"\n\x15page_sharing_disabled\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1e\n\x11share_scan_period\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x16\n\x14_share_force_saltingB\x18\n\x16_page_sharing_disabledB\x14\n\x12_share_scan_period\"3\n\x14ReconfigureVmRequest\x12\x1b\n\x02vm\x18\x01 \x01(\x0b\x32\x0f.vsim.v1.HostVm\"B\n\x17\x41\x64\x64VirtualSwitchRequest\x12\'\n\x07vswitch\x18\x01 \x01(\x0b\x32\x16.vsim.v1.VirtualSwitch\"=\n\x13\x41\x64\x64PortGroupRequest\x12&\n\nport_group\x18\x01 \x01(\x0b\x32\x12.vsim.v1.PortGroup\"\x13\n\x11GetNetworkRequest\"J\n\x10SendFrameRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0b\n\x03nic\x18\x02 \x01(\t\x12\x1d\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x0e.vsim.v1.Frame\"D\n\x13ReceiveFrameRequest\x12\x0e\n\x06uplink\x18\x01 \x01(\t\x12\x1d\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0e.vsim.v1.Frame\"\x17\n\x15ListPciDevicesRequest\"4\n\x15UpdatePassthruRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x32\xa5\x0f\n\tHostAgent\x12>\n\x05Login\x12\x19.vsim.v1.HostLoginRequest\x1a\x1a.vsim.v1.HostLoginResponse\x12=\n\x0bGetHostInfo\x12\x1b.vsim.v1.GetHostInfoRequest\x1a\x11.vsim.v1.HostInfo\x12\x45\n\nCreateUser\x12\x1a.vsim.v1.CreateUserRequest\x1a\x1b.vsim.v1.CreateUserResponse\x12\x45\n\nRegisterVm\x12\x1a.vsim.v1.RegisterVmRequest\x1a\x1b.vsim.v1.RegisterVmResponse\x12?\n\x0cUnregisterVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12<\n\tPowerOnVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12=\n\nPowerOffVm\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12\x44\n\x07ListVms\x12\x1b.vsim.v1.ListHostVmsRequest\x1a\x1c.vsim.v1.ListHostVmsResponse\x12\x42\n\x0fSnapshotVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12\x41\n\x0eReleaseVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12>\n\x0bOpenVmDisks\x12\x16.vsim.v1.HostVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12L\n\x0fVerifyGuestDisk\x12\x1f.vsim.v1.VerifyGuestDiskRequest\x1a\x18.vsim.v1.GuestDiskReport\x12@\n\nFormatVmfs\x12\x1a.vsim.v1.FormatVmfsRequest\x1a\x16.vsim.v1.HostDatastore\x12H\n\x0eMountDatastore\x12\x1e.vsim.v1.MountDatastoreRequest\x1a\x16.vsim.v1.HostDatastore\x12Y\n\x0eListDatastores\x12\".vsim.v1.HostListDatastoresRequest\x1a#.vsim.v1.HostListDatastoresResponse\x12<\n\tQueryLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfo\x12\x41\n\x0e\x42reakStaleLock\x12\x18.vsim.v1.HostLockRequest\x1a\x15.vsim.v1.HostLockInfo\x12@\n\x0cGetHostStats\x12\x1c.vsim.v1.GetHostStatsRequest\x1a\x12.vsim.v1.HostStats\x12Y\n\x14UpdateMemorySettings\x12$.vsim.v1.UpdateMemorySettingsRequest\x1a\x1b.vsim.v1.HostMemorySettings\x12G\n\rReconfigureVm\x12\x1d.vsim.v1.ReconfigureVmRequest\x1a\x17.vsim.v1.HostVmResponse\x12J\n\x10\x41\x64\x64VirtualSwitch\x12 .vsim.v1.AddVirtualSwitchRequest\x1a\x14.vsim.v1.HostNetwork\x12\x42\n\x0c\x41\x64\x64PortGroup\x12\x1c.vsim.v1.AddPortGroupRequest\x1a\x14.vsim.v1.HostNetwork\x12>\n\nGetNetwork\x12\x1a.vsim.v1.GetNetworkRequest\x1a\x14.vsim.v1.HostNetwork\x12=\n\tSendFrame\x12\x19.vsim.v1.SendFrameRequest\x1a\x15.vsim.v1.HostDelivery\x12\x43\n\x0cReceiveFrame\x12\x1c.vsim.v1.ReceiveFrameRequest\x1a\x15.vsim.v1.HostDelivery\x12\x45\n\x0eListPciDevices\x12\x1e.vsim.v1.ListPciDevicesRequest\x1a\x13.vsim.v1.PciDevices\x12J\n\x14UpdatePassthruConfig\x12\x1e.vsim.v1.UpdatePassthruRequest\x1a\x12.vsim.v1.PciDevice\x12=\n\x0fGuestReportLuns\x12\x16.vsim.v1.HostVmRequest\x1a\x12.vsim.v1.GuestLunsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vsim.v1.host_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOSTLOGINREQUEST']._serialized_start=59
-  _globals['_HOSTLOGINREQUEST']._serialized_end=114
-  _globals['_HOSTLOGINRESPONSE']._serialized_start=116
-  _globals['_HOSTLOGINRESPONSE']._serialized_end=152
-  _globals['_GETHOSTINFOREQUEST']._serialized_start=154
-  _globals['_GETHOSTINFOREQUEST']._serialized_end=174
-  _globals['_HOSTINFO']._serialized_start=177
-  _globals['_HOSTINFO']._serialized_end=350
-  _globals['_CREATEUSERREQUEST']._serialized_start=352
-  _globals['_CREATEUSERREQUEST']._serialized_end=422
-  _globals['_CREATEUSERRESPONSE']._serialized_start=424
-  _globals['_CREATEUSERRESPONSE']._serialized_end=444
-  _globals['_HOSTVM']._serialized_start=447
-  _globals['_HOSTVM']._serialized_end=684
-  _globals['_REGISTERVMREQUEST']._serialized_start=686
-  _globals['_REGISTERVMREQUEST']._serialized_end=756
-  _globals['_REGISTERVMRESPONSE']._serialized_start=758
-  _globals['_REGISTERVMRESPONSE']._serialized_end=778
-  _globals['_HOSTVMREQUEST']._serialized_start=780
-  _globals['_HOSTVMREQUEST']._serialized_end=831
-  _globals['_VERIFYGUESTDISKREQUEST']._serialized_start=833
-  _globals['_VERIFYGUESTDISKREQUEST']._serialized_end=905
-  _globals['_HOSTVMRESPONSE']._serialized_start=907
-  _globals['_HOSTVMRESPONSE']._serialized_end=952
-  _globals['_LISTHOSTVMSREQUEST']._serialized_start=954
-  _globals['_LISTHOSTVMSREQUEST']._serialized_end=974
-  _globals['_LISTHOSTVMSRESPONSE']._serialized_start=976
-  _globals['_LISTHOSTVMSRESPONSE']._serialized_end=1027
-  _globals['_ARRAYTARGET']._serialized_start=1029
-  _globals['_ARRAYTARGET']._serialized_end=1109
-  _globals['_FORMATVMFSREQUEST']._serialized_start=1111
-  _globals['_FORMATVMFSREQUEST']._serialized_end=1216
-  _globals['_MOUNTDATASTOREREQUEST']._serialized_start=1218
-  _globals['_MOUNTDATASTOREREQUEST']._serialized_end=1307
-  _globals['_HOSTDATASTORE']._serialized_start=1310
-  _globals['_HOSTDATASTORE']._serialized_end=1460
-  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_start=1462
-  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_end=1489
-  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_start=1491
-  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_end=1563
-  _globals['_HOSTLOCKREQUEST']._serialized_start=1565
-  _globals['_HOSTLOCKREQUEST']._serialized_end=1615
-  _globals['_HOSTLOCKHOLDER']._serialized_start=1617
-  _globals['_HOSTLOCKHOLDER']._serialized_end=1717
-  _globals['_HOSTLOCKINFO']._serialized_start=1719
-  _globals['_HOSTLOCKINFO']._serialized_end=1805
-  _globals['_HOSTAGENT']._serialized_start=1808
-  _globals['_HOSTAGENT']._serialized_end=2985
+  _globals['_HOSTLOGINREQUEST']._serialized_start=81
+  _globals['_HOSTLOGINREQUEST']._serialized_end=136
+  _globals['_HOSTLOGINRESPONSE']._serialized_start=138
+  _globals['_HOSTLOGINRESPONSE']._serialized_end=174
+  _globals['_GETHOSTINFOREQUEST']._serialized_start=176
+  _globals['_GETHOSTINFOREQUEST']._serialized_end=196
+  _globals['_HOSTINFO']._serialized_start=199
+  _globals['_HOSTINFO']._serialized_end=372
+  _globals['_CREATEUSERREQUEST']._serialized_start=374
+  _globals['_CREATEUSERREQUEST']._serialized_end=444
+  _globals['_CREATEUSERRESPONSE']._serialized_start=446
+  _globals['_CREATEUSERRESPONSE']._serialized_end=466
+  _globals['_HOSTVM']._serialized_start=469
+  _globals['_HOSTVM']._serialized_end=798
+  _globals['_REGISTERVMREQUEST']._serialized_start=800
+  _globals['_REGISTERVMREQUEST']._serialized_end=870
+  _globals['_REGISTERVMRESPONSE']._serialized_start=872
+  _globals['_REGISTERVMRESPONSE']._serialized_end=892
+  _globals['_HOSTVMREQUEST']._serialized_start=894
+  _globals['_HOSTVMREQUEST']._serialized_end=945
+  _globals['_VERIFYGUESTDISKREQUEST']._serialized_start=947
+  _globals['_VERIFYGUESTDISKREQUEST']._serialized_end=1019
+  _globals['_HOSTVMRESPONSE']._serialized_start=1021
+  _globals['_HOSTVMRESPONSE']._serialized_end=1066
+  _globals['_LISTHOSTVMSREQUEST']._serialized_start=1068
+  _globals['_LISTHOSTVMSREQUEST']._serialized_end=1088
+  _globals['_LISTHOSTVMSRESPONSE']._serialized_start=1090
+  _globals['_LISTHOSTVMSRESPONSE']._serialized_end=1141
+  _globals['_ARRAYTARGET']._serialized_start=1143
+  _globals['_ARRAYTARGET']._serialized_end=1223
+  _globals['_FORMATVMFSREQUEST']._serialized_start=1225
+  _globals['_FORMATVMFSREQUEST']._serialized_end=1330
+  _globals['_MOUNTDATASTOREREQUEST']._serialized_start=1332
+  _globals['_MOUNTDATASTOREREQUEST']._serialized_end=1421
+  _globals['_HOSTDATASTORE']._serialized_start=1424
+  _globals['_HOSTDATASTORE']._serialized_end=1574
+  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_start=1576
+  _globals['_HOSTLISTDATASTORESREQUEST']._serialized_end=1603
+  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_start=1605
+  _globals['_HOSTLISTDATASTORESRESPONSE']._serialized_end=1677
+  _globals['_HOSTLOCKREQUEST']._serialized_start=1679
+  _globals['_HOSTLOCKREQUEST']._serialized_end=1729
+  _globals['_HOSTLOCKHOLDER']._serialized_start=1731
+  _globals['_HOSTLOCKHOLDER']._serialized_end=1831
+  _globals['_HOSTLOCKINFO']._serialized_start=1833
+  _globals['_HOSTLOCKINFO']._serialized_end=1919
+  _globals['_GETHOSTSTATSREQUEST']._serialized_start=1921
+  _globals['_GETHOSTSTATSREQUEST']._serialized_end=1942
+  _globals['_UPDATEMEMORYSETTINGSREQUEST']._serialized_start=1945
+  _globals['_UPDATEMEMORYSETTINGSREQUEST']._serialized_end=2148
+  _globals['_RECONFIGUREVMREQUEST']._serialized_start=2150
+  _globals['_RECONFIGUREVMREQUEST']._serialized_end=2201
+  _globals['_ADDVIRTUALSWITCHREQUEST']._serialized_start=2203
+  _globals['_ADDVIRTUALSWITCHREQUEST']._serialized_end=2269
+  _globals['_ADDPORTGROUPREQUEST']._serialized_start=2271
+  _globals['_ADDPORTGROUPREQUEST']._serialized_end=2332
+  _globals['_GETNETWORKREQUEST']._serialized_start=2334
+  _globals['_GETNETWORKREQUEST']._serialized_end=2353
+  _globals['_SENDFRAMEREQUEST']._serialized_start=2355
+  _globals['_SENDFRAMEREQUEST']._serialized_end=2429
+  _globals['_RECEIVEFRAMEREQUEST']._serialized_start=2431
+  _globals['_RECEIVEFRAMEREQUEST']._serialized_end=2499
+  _globals['_LISTPCIDEVICESREQUEST']._serialized_start=2501
+  _globals['_LISTPCIDEVICESREQUEST']._serialized_end=2524
+  _globals['_UPDATEPASSTHRUREQUEST']._serialized_start=2526
+  _globals['_UPDATEPASSTHRUREQUEST']._serialized_end=2578
+  _globals['_HOSTAGENT']._serialized_start=2581
+  _globals['_HOSTAGENT']._serialized_end=4538
 # @@protoc_insertion_point(module_scope)

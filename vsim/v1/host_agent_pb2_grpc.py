@@ -5,6 +5,7 @@ import warnings
 
 from vsim.v1 import common_pb2 as vsim_dot_v1_dot_common__pb2
 from vsim.v1 import host_agent_pb2 as vsim_dot_v1_dot_host__agent__pb2
+from vsim.v1 import kernel_pb2 as vsim_dot_v1_dot_kernel__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -119,6 +120,61 @@ class HostAgentStub:
                 '/vsim.v1.HostAgent/BreakStaleLock',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.FromString,
+                _registered_method=True)
+        self.GetHostStats = channel.unary_unary(
+                '/vsim.v1.HostAgent/GetHostStats',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.GetHostStatsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
+                _registered_method=True)
+        self.UpdateMemorySettings = channel.unary_unary(
+                '/vsim.v1.HostAgent/UpdateMemorySettings',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdateMemorySettingsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostMemorySettings.FromString,
+                _registered_method=True)
+        self.ReconfigureVm = channel.unary_unary(
+                '/vsim.v1.HostAgent/ReconfigureVm',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ReconfigureVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+                _registered_method=True)
+        self.AddVirtualSwitch = channel.unary_unary(
+                '/vsim.v1.HostAgent/AddVirtualSwitch',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.AddVirtualSwitchRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.AddPortGroup = channel.unary_unary(
+                '/vsim.v1.HostAgent/AddPortGroup',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.AddPortGroupRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.GetNetwork = channel.unary_unary(
+                '/vsim.v1.HostAgent/GetNetwork',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.GetNetworkRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.SendFrame = channel.unary_unary(
+                '/vsim.v1.HostAgent/SendFrame',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.SendFrameRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostDelivery.FromString,
+                _registered_method=True)
+        self.ReceiveFrame = channel.unary_unary(
+                '/vsim.v1.HostAgent/ReceiveFrame',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ReceiveFrameRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostDelivery.FromString,
+                _registered_method=True)
+        self.ListPciDevices = channel.unary_unary(
+                '/vsim.v1.HostAgent/ListPciDevices',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListPciDevicesRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.PciDevices.FromString,
+                _registered_method=True)
+        self.UpdatePassthruConfig = channel.unary_unary(
+                '/vsim.v1.HostAgent/UpdatePassthruConfig',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdatePassthruRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.PciDevice.FromString,
+                _registered_method=True)
+        self.GuestReportLuns = channel.unary_unary(
+                '/vsim.v1.HostAgent/GuestReportLuns',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
                 _registered_method=True)
 
 
@@ -235,6 +291,77 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHostStats(self, request, context):
+        """The VMkernel: statistics of the host and every powered-on VM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMemorySettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReconfigureVm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddVirtualSwitch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPortGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendFrame(self, request, context):
+        """A frame from a VM's vNIC through this host's vSwitch: who here received it,
+        what left through the uplinks, what was dropped where.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveFrame(self, request, context):
+        """A frame from the physical network arriving at one of this host's uplinks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPciDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePassthruConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GuestReportLuns(self, request, context):
+        """REPORT LUNS (and INQUIRY, READ CAPACITY) sent by the guest of a powered-on VM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +449,61 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.BreakStaleLock,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.SerializeToString,
+            ),
+            'GetHostStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHostStats,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.GetHostStatsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostStats.SerializeToString,
+            ),
+            'UpdateMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMemorySettings,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.UpdateMemorySettingsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostMemorySettings.SerializeToString,
+            ),
+            'ReconfigureVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconfigureVm,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ReconfigureVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
+            ),
+            'AddVirtualSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddVirtualSwitch,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.AddVirtualSwitchRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'AddPortGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPortGroup,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.AddPortGroupRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'GetNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetwork,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.GetNetworkRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'SendFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendFrame,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.SendFrameRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostDelivery.SerializeToString,
+            ),
+            'ReceiveFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveFrame,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ReceiveFrameRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostDelivery.SerializeToString,
+            ),
+            'ListPciDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPciDevices,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListPciDevicesRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.PciDevices.SerializeToString,
+            ),
+            'UpdatePassthruConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePassthruConfig,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.UpdatePassthruRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.PciDevice.SerializeToString,
+            ),
+            'GuestReportLuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.GuestReportLuns,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -783,6 +965,303 @@ class HostAgent:
             '/vsim.v1.HostAgent/BreakStaleLock',
             vsim_dot_v1_dot_host__agent__pb2.HostLockRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.HostLockInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHostStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/GetHostStats',
+            vsim_dot_v1_dot_host__agent__pb2.GetHostStatsRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/UpdateMemorySettings',
+            vsim_dot_v1_dot_host__agent__pb2.UpdateMemorySettingsRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostMemorySettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconfigureVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ReconfigureVm',
+            vsim_dot_v1_dot_host__agent__pb2.ReconfigureVmRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddVirtualSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/AddVirtualSwitch',
+            vsim_dot_v1_dot_host__agent__pb2.AddVirtualSwitchRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPortGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/AddPortGroup',
+            vsim_dot_v1_dot_host__agent__pb2.AddPortGroupRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/GetNetwork',
+            vsim_dot_v1_dot_host__agent__pb2.GetNetworkRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/SendFrame',
+            vsim_dot_v1_dot_host__agent__pb2.SendFrameRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ReceiveFrame',
+            vsim_dot_v1_dot_host__agent__pb2.ReceiveFrameRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPciDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ListPciDevices',
+            vsim_dot_v1_dot_host__agent__pb2.ListPciDevicesRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.PciDevices.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePassthruConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/UpdatePassthruConfig',
+            vsim_dot_v1_dot_host__agent__pb2.UpdatePassthruRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.PciDevice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GuestReportLuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/GuestReportLuns',
+            vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
             options,
             channel_credentials,
             insecure,

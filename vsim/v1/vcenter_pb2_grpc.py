@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from vsim.v1 import common_pb2 as vsim_dot_v1_dot_common__pb2
+from vsim.v1 import kernel_pb2 as vsim_dot_v1_dot_kernel__pb2
 from vsim.v1 import vcenter_pb2 as vsim_dot_v1_dot_vcenter__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -154,6 +155,86 @@ class VCenterStub:
                 '/vsim.v1.VCenter/WatchEvents',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_common__pb2.Event.FromString,
+                _registered_method=True)
+        self.GetHostStats = channel.unary_unary(
+                '/vsim.v1.VCenter/GetHostStats',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
+                _registered_method=True)
+        self.GetVmStats = channel.unary_unary(
+                '/vsim.v1.VCenter/GetVmStats',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.VmStats.FromString,
+                _registered_method=True)
+        self.UpdateHostMemorySettings = channel.unary_unary(
+                '/vsim.v1.VCenter/UpdateHostMemorySettings',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostMemorySettingsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostMemorySettings.FromString,
+                _registered_method=True)
+        self.ReconfigureVmResources = channel.unary_unary(
+                '/vsim.v1.VCenter/ReconfigureVmResources',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ReconfigureVmResourcesRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.AddVmNic = channel.unary_unary(
+                '/vsim.v1.VCenter/AddVmNic',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.AddVmNicRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.SetVmFirewall = channel.unary_unary(
+                '/vsim.v1.VCenter/SetVmFirewall',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.SetVmFirewallRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.AddVirtualSwitch = channel.unary_unary(
+                '/vsim.v1.VCenter/AddVirtualSwitch',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostVirtualSwitchRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.AddPortGroup = channel.unary_unary(
+                '/vsim.v1.VCenter/AddPortGroup',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostPortGroupRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.GetHostNetwork = channel.unary_unary(
+                '/vsim.v1.VCenter/GetHostNetwork',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.ConfigurePhysicalPort = channel.unary_unary(
+                '/vsim.v1.VCenter/ConfigurePhysicalPort',
+                request_serializer=vsim_dot_v1_dot_kernel__pb2.PhysicalPort.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.PhysicalPort.FromString,
+                _registered_method=True)
+        self.ListPhysicalPorts = channel.unary_unary(
+                '/vsim.v1.VCenter/ListPhysicalPorts',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListPhysicalPortsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListPhysicalPortsResponse.FromString,
+                _registered_method=True)
+        self.SendTestFrame = channel.unary_unary(
+                '/vsim.v1.VCenter/SendTestFrame',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.SendTestFrameRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.FrameTrace.FromString,
+                _registered_method=True)
+        self.ListPciDevices = channel.unary_unary(
+                '/vsim.v1.VCenter/ListPciDevices',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.PciDevices.FromString,
+                _registered_method=True)
+        self.UpdatePassthruConfig = channel.unary_unary(
+                '/vsim.v1.VCenter/UpdatePassthruConfig',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostPassthruRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.PciDevice.FromString,
+                _registered_method=True)
+        self.AssignPciDevice = channel.unary_unary(
+                '/vsim.v1.VCenter/AssignPciDevice',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.AssignPciDeviceRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.GuestReportLuns = channel.unary_unary(
+                '/vsim.v1.VCenter/GuestReportLuns',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
                 _registered_method=True)
 
 
@@ -324,6 +405,109 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHostStats(self, request, context):
+        """The VMkernel of each host, as vCenter exposes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVmStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateHostMemorySettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReconfigureVmResources(self, request, context):
+        """Shares, reservations and limits (applied at once on a running VM; admission
+        control checks reservations), page sharing and salt (from the next power-on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddVmNic(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVmFirewall(self, request, context):
+        """Replaces a vNIC's firewall rules (they are stored with the VM and move with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddVirtualSwitch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPortGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHostNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigurePhysicalPort(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPhysicalPorts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendTestFrame(self, request, context):
+        """Sends one frame from a powered-on VM's vNIC and follows it through vSwitches
+        and the physical network: who received it, and where and why it was dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPciDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePassthruConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignPciDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GuestReportLuns(self, request, context):
+        """What the guest of a powered-on VM sees on its SCSI adapters (REPORT LUNS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VCenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -446,6 +630,86 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.WatchEventsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_common__pb2.Event.SerializeToString,
+            ),
+            'GetHostStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHostStats,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostStats.SerializeToString,
+            ),
+            'GetVmStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVmStats,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.VmStats.SerializeToString,
+            ),
+            'UpdateHostMemorySettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateHostMemorySettings,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostMemorySettingsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostMemorySettings.SerializeToString,
+            ),
+            'ReconfigureVmResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconfigureVmResources,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ReconfigureVmResourcesRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'AddVmNic': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddVmNic,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.AddVmNicRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'SetVmFirewall': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVmFirewall,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.SetVmFirewallRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'AddVirtualSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddVirtualSwitch,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostVirtualSwitchRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'AddPortGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPortGroup,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostPortGroupRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'GetHostNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHostNetwork,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'ConfigurePhysicalPort': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigurePhysicalPort,
+                    request_deserializer=vsim_dot_v1_dot_kernel__pb2.PhysicalPort.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.PhysicalPort.SerializeToString,
+            ),
+            'ListPhysicalPorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPhysicalPorts,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListPhysicalPortsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ListPhysicalPortsResponse.SerializeToString,
+            ),
+            'SendTestFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestFrame,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.SendTestFrameRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.FrameTrace.SerializeToString,
+            ),
+            'ListPciDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPciDevices,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.PciDevices.SerializeToString,
+            ),
+            'UpdatePassthruConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePassthruConfig,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostPassthruRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.PciDevice.SerializeToString,
+            ),
+            'AssignPciDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignPciDevice,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.AssignPciDeviceRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'GuestReportLuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.GuestReportLuns,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1096,6 +1360,438 @@ class VCenter:
             '/vsim.v1.VCenter/WatchEvents',
             vsim_dot_v1_dot_vcenter__pb2.WatchEventsRequest.SerializeToString,
             vsim_dot_v1_dot_common__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHostStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/GetHostStats',
+            vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVmStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/GetVmStats',
+            vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.VmStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateHostMemorySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/UpdateHostMemorySettings',
+            vsim_dot_v1_dot_vcenter__pb2.UpdateHostMemorySettingsRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostMemorySettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconfigureVmResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ReconfigureVmResources',
+            vsim_dot_v1_dot_vcenter__pb2.ReconfigureVmResourcesRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddVmNic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/AddVmNic',
+            vsim_dot_v1_dot_vcenter__pb2.AddVmNicRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVmFirewall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/SetVmFirewall',
+            vsim_dot_v1_dot_vcenter__pb2.SetVmFirewallRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddVirtualSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/AddVirtualSwitch',
+            vsim_dot_v1_dot_vcenter__pb2.HostVirtualSwitchRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPortGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/AddPortGroup',
+            vsim_dot_v1_dot_vcenter__pb2.HostPortGroupRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHostNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/GetHostNetwork',
+            vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigurePhysicalPort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ConfigurePhysicalPort',
+            vsim_dot_v1_dot_kernel__pb2.PhysicalPort.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.PhysicalPort.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPhysicalPorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ListPhysicalPorts',
+            vsim_dot_v1_dot_vcenter__pb2.ListPhysicalPortsRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ListPhysicalPortsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/SendTestFrame',
+            vsim_dot_v1_dot_vcenter__pb2.SendTestFrameRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.FrameTrace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPciDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ListPciDevices',
+            vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.PciDevices.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePassthruConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/UpdatePassthruConfig',
+            vsim_dot_v1_dot_vcenter__pb2.UpdateHostPassthruRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.PciDevice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignPciDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/AssignPciDevice',
+            vsim_dot_v1_dot_vcenter__pb2.AssignPciDeviceRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GuestReportLuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/GuestReportLuns',
+            vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,290 @@
+"""Translation between the VMkernel's cores and the kernel.proto messages.
+
+hostd's RPCs are thin: they validate who calls, translate here, and ask the kernel.
+Every message field is checked on the way in by the core it becomes (a dataclass
+that validates itself); nothing here decides what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from vsim.host.ethernet_frame import Frame
+from vsim.host.guest_memory import GUEST_DEFAULTS, GuestWorkload, os_family
+from vsim.host.kernel import PHYSICAL_NICS, HostKernel, NicConfig, VmResources
+from vsim.host.memory import VmMemorySettings
+from vsim.host.resource_pool import UNLIMITED
+from vsim.host.vnic_firewall import FirewallRule, VnicFirewall
+from vsim.host.vswitch import Delivery, PortGroup, SecurityPolicy, VirtualSwitch
+from vsim.v1 import kernel_pb2 as kpb
+
+WORKLOAD_FIELDS = tuple(f.name for f in fields(GuestWorkload))
+
+
+def _limit(allocation: kpb.ResourceAllocation) -> int:
+    return allocation.limit if allocation.HasField("limit") else UNLIMITED
+
+
+def resources_from_proto(message: kpb.VmResources, guest_os: str) -> VmResources:
+    cpu, memory = message.cpu, message.memory
+    workload = None
+    if message.HasField("memory_workload"):
+        base = GUEST_DEFAULTS[os_family(guest_os)]
+        given = {
+            name: getattr(message.memory_workload, name)
+            for name in WORKLOAD_FIELDS
+            if message.memory_workload.HasField(name)
+        }
+        workload = replace(base, **given)
+    return VmResources(
+        cpu_shares=cpu.shares,
+        cpu_reservation_mhz=cpu.reservation,
+        cpu_limit_mhz=_limit(cpu),
+        memory=VmMemorySettings(
+            reservation_mb=memory.reservation,
+            limit_mb=_limit(memory),
+            shares=memory.shares,
+            page_sharing=not message.page_sharing_disabled,
+            salt=message.page_sharing_salt,
+            balloon_driver=not message.balloon_driver_missing,
+        ),
+        cpu_load_pct=message.cpu_load_pct,
+        workload=workload,
+        disk_shares=message.disk_shares,
+        disk_iops_limit=(
+            message.disk_iops_limit if message.HasField("disk_iops_limit") else UNLIMITED
+        ),
+    )
+
+
+def _allocation(shares: int, reservation: int, limit: int) -> kpb.ResourceAllocation:
+    message = kpb.ResourceAllocation(shares=shares, reservation=reservation)
+    if limit != UNLIMITED:
+        message.limit = limit
+    return message
+
+
+def resources_to_proto(resources: VmResources) -> kpb.VmResources:
+    memory = resources.memory
+    message = kpb.VmResources(
+        cpu=_allocation(
+            resources.cpu_shares, resources.cpu_reservation_mhz, resources.cpu_limit_mhz
+        ),
+        memory=_allocation(memory.shares, memory.reservation_mb, memory.limit_mb),
+        page_sharing_disabled=not memory.page_sharing,
+        page_sharing_salt=memory.salt,
+        cpu_load_pct=resources.cpu_load_pct,
+        balloon_driver_missing=not memory.balloon_driver,
+        disk_shares=resources.disk_shares,
+    )
+    if resources.disk_iops_limit != UNLIMITED:
+        message.disk_iops_limit = resources.disk_iops_limit
+    if resources.workload is not None:
+        for name in WORKLOAD_FIELDS:
+            setattr(message.memory_workload, name, getattr(resources.workload, name))
+    return message
+
+
+def firewall_from_proto(rules: list[kpb.FirewallRule], default: str) -> VnicFirewall:
+    return VnicFirewall(
+        tuple(
+            FirewallRule(
+                action=r.action,
+                direction=r.direction or "both",
+                protocol=r.protocol or "any",
+                address=r.address or "any",
+                port=r.port or "any",
+                name=r.name,
+            )
+            for r in rules
+        ),
+        default or "allow",
+    )
+
+
+def firewall_to_proto(firewall: VnicFirewall) -> tuple[list[kpb.FirewallRule], str]:
+    rules = [
+        kpb.FirewallRule(
+            action=r.action,
+            direction=r.direction,
+            protocol=r.protocol,
+            address=r.address,
+            port=str(r.port),
+            name=r.name,
+        )
+        for r in firewall.rules
+    ]
+    return rules, firewall.default_action
+
+
+def nic_from_proto(message: kpb.VmNic) -> NicConfig:
+    firewall = firewall_from_proto(list(message.firewall), message.firewall_default)
+    return NicConfig(message.name, message.port_group, message.mac, firewall)
+
+
+def nic_to_proto(nic: NicConfig) -> kpb.VmNic:
+    rules, default = firewall_to_proto(nic.firewall)
+    return kpb.VmNic(
+        name=nic.name,
+        port_group=nic.port_group,
+        mac=nic.mac,
+        firewall=rules,
+        firewall_default=default,
+    )
+
+
+# -- network ---------------------------------------------------------------------------
+
+
+def security_from_proto(message: kpb.SecurityPolicy) -> SecurityPolicy:
+    def value(name: str) -> bool | None:
+        return getattr(message, name) if message.HasField(name) else None
+
+    return SecurityPolicy(
+        value("allow_promiscuous"), value("mac_changes"), value("forged_transmits")
+    )
+
+
+def security_to_proto(policy: SecurityPolicy) -> kpb.SecurityPolicy:
+    message = kpb.SecurityPolicy()
+    for name in ("allow_promiscuous", "mac_changes", "forged_transmits"):
+        if getattr(policy, name) is not None:
+            setattr(message, name, getattr(policy, name))
+    return message
+
+
+def vswitch_to_proto(vswitch: VirtualSwitch) -> kpb.VirtualSwitch:
+    return kpb.VirtualSwitch(
+        name=vswitch.name,
+        uplinks=list(vswitch.uplinks),
+        security=security_to_proto(vswitch.security),
+        active_uplink=vswitch.active_uplink or "",
+    )
+
+
+def port_group_to_proto(port_group: PortGroup) -> kpb.PortGroup:
+    return kpb.PortGroup(
+        name=port_group.name,
+        vswitch=port_group.vswitch,
+        vlan=port_group.vlan,
+        security=security_to_proto(port_group.security),
+    )
+
+
+def network_to_proto(kernel: HostKernel) -> kpb.HostNetwork:
+    network = kernel.network
+    return kpb.HostNetwork(
+        host=kernel.spec.name,
+        vswitches=[vswitch_to_proto(v) for v in network.vswitches()],
+        port_groups=[port_group_to_proto(p) for p in network.port_groups()],
+        nics=[
+            kpb.ConnectedNic(
+                vm=n.vm,
+                nic=n.nic,
+                port_group=n.port_group,
+                mac=n.mac,
+                effective_mac=n.effective_mac,
+                stats=nic_stats(network.stats(n.vm, n.nic)),
+            )
+            for n in network.vnics()
+        ],
+        physical_nics=list(PHYSICAL_NICS),
+    )
+
+
+def nic_stats(stats) -> kpb.NicStats:
+    return kpb.NicStats(tx=stats.tx, rx=stats.rx, dropped=dict(stats.dropped))
+
+
+def frame_from_proto(message: kpb.Frame, src_mac: str = "") -> Frame:
+    return Frame(
+        src_mac=message.src_mac or src_mac,
+        dst_mac=message.dst_mac,
+        vlan=message.vlan or None,
+        protocol=message.protocol or "other",
+        src_ip=message.src_ip,
+        dst_ip=message.dst_ip,
+        src_port=message.src_port,
+        dst_port=message.dst_port,
+        payload=message.payload,
+    )
+
+
+def frame_to_proto(frame: Frame) -> kpb.Frame:
+    return kpb.Frame(
+        src_mac=frame.src_mac,
+        dst_mac=frame.dst_mac,
+        vlan=frame.vlan or 0,
+        protocol=frame.protocol,
+        src_ip=frame.src_ip,
+        dst_ip=frame.dst_ip,
+        src_port=frame.src_port,
+        dst_port=frame.dst_port,
+        payload=frame.payload,
+    )
+
+
+def delivery_to_proto(host: str, delivery: Delivery) -> kpb.HostDelivery:
+    return kpb.HostDelivery(
+        received=[
+            kpb.FrameReception(host=host, vm=vnic.vm, nic=vnic.nic, frame=frame_to_proto(f))
+            for vnic, f in delivery.received
+        ],
+        sent=[kpb.UplinkFrame(uplink=u, frame=frame_to_proto(f)) for u, f in delivery.sent],
+        dropped=[
+            kpb.FrameDrop(host=host, where=d.where, reason=d.reason, detail=d.detail)
+            for d in delivery.dropped
+        ],
+    )
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+def host_stats_to_proto(kernel: HostKernel) -> kpb.HostStats:
+    memory = kernel.memory.host_stats()
+    cpu = kernel.cpu.host_stats()
+    settings = kernel.memory.settings
+    return kpb.HostStats(
+        host=kernel.spec.name,
+        memory=kpb.HostMemoryStats(
+            **{
+                name: getattr(memory, name)
+                for name in kpb.HostMemoryStats.DESCRIPTOR.fields_by_name
+                if name not in ("last_scan_merged",)
+            },
+            last_scan_merged=memory.last_scan.merged if memory.last_scan else 0,
+        ),
+        cpu=kpb.HostCpuStats(
+            capacity=cpu.capacity_mhz,
+            reserved=cpu.reserved_mhz,
+            demand=cpu.demand_mhz,
+            usage=cpu.usage_mhz,
+        ),
+        memory_settings=kpb.HostMemorySettings(
+            share_force_salting=settings.share_force_salting,
+            page_sharing_disabled=not settings.page_sharing,
+            share_scan_period=settings.share_scan_period,
+        ),
+        vms=[vm_stats_to_proto(kernel, name) for name in kernel.memory.powered_on()],
+    )
+
+
+def vm_stats_to_proto(kernel: HostKernel, name: str) -> kpb.VmStats:
+    memory = kernel.memory.vm_stats(name)
+    cpu = kernel.cpu.vm_stats(name)
+    vm = kernel.vm(name)
+    return kpb.VmStats(
+        name=name,
+        host=kernel.spec.name,
+        memory=kpb.MemoryStats(
+            **{name: getattr(memory, name) for name in kpb.MemoryStats.DESCRIPTOR.fields_by_name}
+        ),
+        cpu=kpb.CpuStats(
+            demand=cpu.demand_mhz,
+            entitlement=cpu.entitlement_mhz,
+            usage=cpu.usage_mhz,
+            ready_pct=cpu.ready_percent,
+        ),
+        nics={nic.name: nic_stats(kernel.network.stats(name, nic.name)) for nic in vm.nics},
+    )

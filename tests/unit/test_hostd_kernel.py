@@ -1,0 +1,309 @@
+"""hostd's VMkernel calls: VM resources and vNICs through RegisterVm/ReconfigureVm,
+admission control, statistics, memory settings, standard switches and frames between
+two hosts over the physical switch, DirectPath devices, and the guest's SCSI scan."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from pathlib import Path
+
+import pytest
+
+from vsim.clock import SimClock
+from vsim.cluster.physical_switch import PhysicalSwitch
+from vsim.cluster.spec import HostSpec
+from vsim.faults import (
+    AlreadyExists,
+    InsufficientResourcesFault,
+    InvalidArgument,
+    InvalidPowerState,
+    InvalidState,
+    NotFound,
+    ResourceInUse,
+)
+from vsim.host.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.hostd import Hostd
+from vsim.host.kernel import HostKernel
+from vsim.host.kernel_messages import frame_from_proto, frame_to_proto
+from vsim.passwords import hash_password
+from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import kernel_pb2 as kpb
+
+ROOT_PASSWORD = "Root-Pass-0123"
+QUIET = kpb.GuestMemoryWorkload(working_set_pct=1, boot_touch_pct=1, dirty_rate=0, touch_rate=0)
+
+
+class Host:
+    def __init__(self, name: str, clock: SimClock, swap: Path) -> None:
+        spec = HostSpec(name, cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
+        accounts = HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD))
+        self.hostd = Hostd(HostKernel(spec, clock, swap / name), accounts)
+        self.session = self.hostd.call(
+            "Login", hpb.HostLoginRequest(user_name="root", password=ROOT_PASSWORD), None
+        ).session
+
+    async def __call__(self, method: str, request):
+        result = self.hostd.call(method, request, self.session)
+        return await result if inspect.isawaitable(result) else result
+
+    async def register(
+        self, name: str, nics=(), memory_mb: int = 1024, cpus: int = 1, **resources
+    ) -> None:
+        vm = vm_message(name, nics, memory_mb, cpus, **resources)
+        await self("RegisterVm", hpb.RegisterVmRequest(vm=vm))
+
+    async def power_on(self, name: str) -> hpb.HostVm:
+        return (await self("PowerOnVm", hpb.HostVmRequest(name=name))).vm
+
+
+def vm_message(name: str, nics=(), memory_mb: int = 1024, cpus: int = 1, **resources):
+    resources.setdefault("memory_workload", QUIET)
+    return hpb.HostVm(
+        name=name,
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
+        cpus=cpus,
+        memory_mb=memory_mb,
+        resources=kpb.VmResources(**resources),
+        nics=list(nics),
+    )
+
+
+def nic(port_group: str = "VM Network", mac: str = "00:50:56:80:00:01", **kw) -> kpb.VmNic:
+    return kpb.VmNic(name=kw.pop("name", "ethernet0"), port_group=port_group, mac=mac, **kw)
+
+
+def add_port_group(name: str, vlan: int) -> hpb.AddPortGroupRequest:
+    return hpb.AddPortGroupRequest(
+        port_group=kpb.PortGroup(name=name, vswitch="vSwitch0", vlan=vlan)
+    )
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, fast_scrypt: None) -> tuple[Host, Host, SimClock]:
+    clock = SimClock(100.0)
+    return Host("esxi-01", clock, tmp_path), Host("esxi-02", clock, tmp_path), clock
+
+
+async def test_a_vm_powers_on_with_its_resources_and_nics(hosts):
+    a, _, clock = hosts
+    await a.register(
+        "web",
+        [nic()],
+        cpus=2,
+        cpu=kpb.ResourceAllocation(reservation=1000, limit=3000),
+        memory=kpb.ResourceAllocation(reservation=512),
+        cpu_load_pct=100,
+    )
+    vm = await a.power_on("web")
+    assert vm.resources.cpu.limit == 3000 and vm.nics[0].mac == "00:50:56:80:00:01"
+    network = await a("GetNetwork", hpb.GetNetworkRequest())
+    assert [(n.vm, n.nic, n.port_group) for n in network.nics] == [
+        ("web", "ethernet0", "VM Network")
+    ]
+    clock._now += 5
+    stats = await a("GetHostStats", hpb.GetHostStatsRequest())
+    assert stats.cpu.capacity == 8000 and stats.cpu.reserved == 1000
+    (web,) = stats.vms
+    assert web.cpu.demand == 4000  # 2 vCPUs fully busy
+    assert web.cpu.usage == 3000  # held to its limit
+    assert web.memory.granted > 0
+    assert stats.memory.total == 8192
+    assert stats.memory_settings.share_force_salting == 2
+
+
+async def test_reservations_that_do_not_fit_are_refused_and_change_nothing(hosts):
+    a, _, _ = hosts
+    await a.register("big", cpu=kpb.ResourceAllocation(reservation=6000))
+    await a.register("second", cpu=kpb.ResourceAllocation(reservation=3000))
+    await a.power_on("big")
+    with pytest.raises(InsufficientResourcesFault):
+        await a.power_on("second")
+    assert a.hostd.kernel.cpu.vms() == ("big",)
+    assert a.hostd.kernel.memory.powered_on() == ["big"]
+    wanted = vm_message("big", cpu=kpb.ResourceAllocation(reservation=9000))
+    with pytest.raises(InsufficientResourcesFault):
+        await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=wanted))
+    assert a.hostd.kernel.cpu.allocation("big").reservation == 6000
+    bad = vm_message("big", memory=kpb.ResourceAllocation(reservation=512, limit=256))
+    with pytest.raises(InvalidArgument, match="below the reservation"):
+        await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=bad))
+    zero = vm_message("big", cpu=kpb.ResourceAllocation(shares=-1))
+    with pytest.raises(InvalidArgument):
+        await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=zero))
+    assert a.hostd.kernel.vm("big").resources.memory.limit_mb == -1
+
+
+async def test_reconfigure_applies_limits_live_and_salt_at_the_next_power_on(hosts):
+    a, _, clock = hosts
+    await a.register("app", cpu_load_pct=100)
+    await a.power_on("app")
+    changed = vm_message(
+        "app", cpu=kpb.ResourceAllocation(limit=500), cpu_load_pct=100, page_sharing_salt="s"
+    )
+    vm = (await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=changed))).vm
+    assert vm.resources.page_sharing_salt == "s"
+    clock._now += 2
+    stats = await a("GetHostStats", hpb.GetHostStatsRequest())
+    assert stats.vms[0].cpu.usage == 500
+
+
+async def test_host_memory_settings(hosts):
+    a, _, _ = hosts
+    update = hpb.UpdateMemorySettingsRequest(share_force_salting=0, page_sharing_disabled=True)
+    settings = await a("UpdateMemorySettings", update)
+    assert (settings.share_force_salting, settings.page_sharing_disabled) == (0, True)
+    with pytest.raises(InvalidArgument):
+        await a("UpdateMemorySettings", hpb.UpdateMemorySettingsRequest(share_force_salting=3))
+    assert a.hostd.kernel.memory.settings.share_force_salting == 0
+
+
+async def test_port_groups_must_exist_and_macs_be_unique_at_power_on(hosts):
+    a, _, _ = hosts
+    await a.register("lost", [nic("No Such Network")])
+    with pytest.raises(NotFound, match="No Such Network"):
+        await a.power_on("lost")
+    assert a.hostd.kernel.cpu.vms() == ()
+    await a.register("one", [nic(mac="00:50:56:80:00:07")])
+    await a.register("two", [nic(mac="00:50:56:80:00:07")])
+    await a.power_on("one")
+    with pytest.raises((AlreadyExists, ResourceInUse, InvalidArgument)):
+        await a.power_on("two")
+    assert a.hostd.kernel.memory.powered_on() == ["one"]
+
+
+async def test_bad_network_changes_are_refused_and_change_nothing(hosts):
+    a, _, _ = hosts
+    before = await a("GetNetwork", hpb.GetNetworkRequest())
+    with pytest.raises(InvalidArgument):
+        await a(
+            "AddPortGroup",
+            hpb.AddPortGroupRequest(
+                port_group=kpb.PortGroup(name="x", vswitch="vSwitch0", vlan=4096)
+            ),
+        )
+    with pytest.raises(NotFound):
+        await a(
+            "AddVirtualSwitch",
+            hpb.AddVirtualSwitchRequest(vswitch=kpb.VirtualSwitch(name="vs", uplinks=["eth9"])),
+        )
+    with pytest.raises((AlreadyExists, InvalidArgument, ResourceInUse)):  # vmnic0 is vSwitch0's
+        await a(
+            "AddVirtualSwitch",
+            hpb.AddVirtualSwitchRequest(vswitch=kpb.VirtualSwitch(name="vs", uplinks=["vmnic0"])),
+        )
+    assert await a("GetNetwork", hpb.GetNetworkRequest()) == before
+
+
+async def two_hosts_on_vlan(a: Host, b: Host) -> PhysicalSwitch:
+    for host in (a, b):
+        await host(
+            "AddPortGroup",
+            hpb.AddPortGroupRequest(
+                port_group=kpb.PortGroup(name="Prod", vswitch="vSwitch0", vlan=10)
+            ),
+        )
+        await host(
+            "AddPortGroup",
+            hpb.AddPortGroupRequest(
+                port_group=kpb.PortGroup(name="Dev", vswitch="vSwitch0", vlan=20)
+            ),
+        )
+    switch = PhysicalSwitch()
+    switch.connect("esxi-01", "vmnic0")
+    switch.connect("esxi-02", "vmnic0")
+    await a.register("a1", [nic("Prod", "00:50:56:80:00:a1")])
+    await b.register("b1", [nic("Prod", "00:50:56:80:00:b1")])
+    await b.register("b2", [nic("Dev", "00:50:56:80:00:b2")])
+    for host, name in ((a, "a1"), (b, "b1"), (b, "b2")):
+        await host.power_on(name)
+    return switch
+
+
+async def run_frame(a: Host, hosts: dict[str, Host], switch: PhysicalSwitch, frame: kpb.Frame):
+    sent = await a("SendFrame", hpb.SendFrameRequest(vm="a1", nic="ethernet0", frame=frame))
+    received = [(r.host, r.vm) for r in sent.received]
+    drops = [d.reason for d in sent.dropped]
+    for out in sent.sent:
+        forwarding = switch.forward("esxi-01", out.uplink, frame_from_proto(out.frame))
+        drops += [d.reason for d in forwarding.dropped]
+        for host, uplink, wire in forwarding.deliveries:
+            there = await hosts[host](
+                "ReceiveFrame", hpb.ReceiveFrameRequest(uplink=uplink, frame=frame_to_proto(wire))
+            )
+            received += [(r.host, r.vm) for r in there.received]
+            drops += [d.reason for d in there.dropped]
+    return received, drops
+
+
+async def test_frames_cross_the_physical_switch_within_their_vlan_only(hosts):
+    a, b, _ = hosts
+    switch = await two_hosts_on_vlan(a, b)
+    both = {"esxi-01": a, "esxi-02": b}
+    to_b1 = kpb.Frame(dst_mac="00:50:56:80:00:b1", protocol="tcp", dst_port=443)
+    received, _ = await run_frame(a, both, switch, to_b1)
+    assert received == [("esxi-02", "b1")]
+    to_b2 = kpb.Frame(dst_mac="00:50:56:80:00:b2")
+    received, _ = await run_frame(a, both, switch, to_b2)
+    assert received == []  # b2 is on VLAN 20
+    broadcast = kpb.Frame(dst_mac="ff:ff:ff:ff:ff:ff")
+    received, _ = await run_frame(a, both, switch, broadcast)
+    assert received == [("esxi-02", "b1")]
+    switch.configure("esxi-02", "vmnic0", vlans=[20])  # the trunk no longer carries VLAN 10
+    received, drops = await run_frame(a, both, switch, to_b1)
+    assert received == [] and "vlan" in drops
+
+
+async def test_vnic_firewall_rules_come_with_the_vm_configuration(hosts):
+    a, b, _ = hosts
+    switch = await two_hosts_on_vlan(a, b)
+    deny = kpb.FirewallRule(action="deny", direction="in", protocol="tcp", port="22")
+    guarded = vm_message("b1", [nic("Prod", "00:50:56:80:00:b1", firewall=[deny])])
+    await b("ReconfigureVm", hpb.ReconfigureVmRequest(vm=guarded))
+    both = {"esxi-01": a, "esxi-02": b}
+    ssh = kpb.Frame(dst_mac="00:50:56:80:00:b1", protocol="tcp", dst_port=22, dst_ip="10.0.0.2")
+    received, drops = await run_frame(a, both, switch, ssh)
+    assert received == [] and "firewall" in drops
+    https = kpb.Frame(dst_mac="00:50:56:80:00:b1", protocol="tcp", dst_port=443)
+    received, _ = await run_frame(a, both, switch, https)
+    assert received == [("esxi-02", "b1")]
+    stats = await b("GetHostStats", hpb.GetHostStatsRequest())
+    b1 = next(v for v in stats.vms if v.name == "b1")
+    assert b1.nics["ethernet0"].dropped["firewall"] == 1
+
+
+async def test_directpath_devices_go_to_one_vm_with_all_its_memory_reserved(hosts):
+    a, _, _ = hosts
+    devices = (await a("ListPciDevices", hpb.ListPciDevicesRequest())).devices
+    gpu = devices[0].id
+    with pytest.raises(InvalidState):  # not enabled for passthrough
+        await a("RegisterVm", hpb.RegisterVmRequest(vm=with_pci(vm_message("ml-1"), gpu)))
+    assert a.hostd.kernel.vm_count() == 0
+    await a("UpdatePassthruConfig", hpb.UpdatePassthruRequest(id=gpu, enabled=True))
+    await a("RegisterVm", hpb.RegisterVmRequest(vm=with_pci(vm_message("ml-1"), gpu)))
+    with pytest.raises(ResourceInUse, match="ml-1"):
+        await a("RegisterVm", hpb.RegisterVmRequest(vm=with_pci(vm_message("ml-2"), gpu)))
+    with pytest.raises(InvalidState, match="reservation"):
+        await a.power_on("ml-1")
+    full = with_pci(vm_message("ml-1", memory=kpb.ResourceAllocation(reservation=1024)), gpu)
+    await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=full))
+    assert (await a.power_on("ml-1")).pci_devices == [gpu]
+    listed = (await a("ListPciDevices", hpb.ListPciDevicesRequest())).devices
+    assert next(d for d in listed if d.id == gpu).vm == "ml-1"
+    with pytest.raises(InvalidPowerState):
+        await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=vm_message("ml-1")))
+
+
+def with_pci(vm: hpb.HostVm, *devices: str) -> hpb.HostVm:
+    vm.pci_devices.extend(devices)
+    return vm
+
+
+async def test_a_guest_without_disks_finds_no_luns(hosts):
+    a, _, _ = hosts
+    await a.register("empty")
+    with pytest.raises(InvalidPowerState):
+        await a("GuestReportLuns", hpb.HostVmRequest(name="empty"))
+    await a.power_on("empty")
+    luns = await a("GuestReportLuns", hpb.HostVmRequest(name="empty"))
+    assert list(luns.luns) == []
