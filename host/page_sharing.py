@@ -68,30 +68,39 @@ the high bits the scan keeps."""
 _NOT_CANDIDATE = np.uint64(1 << 63)
 
 
+COMPARE_CHUNK = 1 << 20
+"""Pages compared per step after hash matches (bounds the scratch memory)."""
+
+
 class PageSharing:
-    """The host's TPS scanner. It keeps its work arrays between scans, so a scan
-    touches memory that is already paged in instead of allocating 100s of MB."""
+    """The host's TPS scanner. Its work arrays grow with machine memory and are
+    touched once when they do, so a scan runs over memory that is already paged in
+    (a fresh array of 100s of MB costs more to page in than the scan's arithmetic)."""
 
     def __init__(self, memory: MachineMemory) -> None:
         self.memory = memory
         self._size = 0
-        self._buffers(0)
+        self._itype = memory.mpn_type
+        self._utype = np.uint32 if memory.mpn_type == np.int32 else np.uint64
+        self._buffers(len(memory.content) + 1)
+        memory.on_grow.append(lambda slots: self._buffers(slots + 1))
 
     def _buffers(self, size: int) -> None:
-        """Work arrays for `size` machine pages, kept from scan to scan (a fresh array
-        of 100s of MB costs more to page in than the scan's arithmetic)."""
-        if size <= self._size and self._size:
+        if size <= self._size:
             return
-        size = max(size, 2 * self._size, 1024)
+        size = max(size, 1024)
         self._size = size
-        self._keys = np.empty(size, np.uint64)
-        self._index = np.arange(size, dtype=np.int64)
-        self._mpns = np.empty(size, np.int64)
-        self._pos = np.empty(size, np.int64)
-        self._follower = np.empty(size, np.int64)
-        self._leader = np.empty(size, np.int64)
-        self._mask = np.empty(size, bool)
-        self._equal = np.empty(size, bool)
+        self._keys = np.zeros(size, np.uint64)
+        self._index = np.arange(size, dtype=self._itype)
+        self._mpns = np.zeros(size, self._itype)
+        self._follower = np.zeros(size, self._itype)
+        self._leader = np.zeros(size, self._itype)
+        self._mask = np.zeros(size, bool)
+        self._equal = np.zeros(size, bool)
+        self._chunk = np.zeros(min(size, COMPARE_CHUNK), np.uint64)
+        for array in (self._keys, self._mpns, self._follower, self._leader, self._mask):
+            array.fill(0)  # page it in now, not during a scan
+        self._equal.fill(False)
 
     def scan(self) -> ScanResult:
         """One full scan: merges every group of identical sharable pages of one domain."""
@@ -134,7 +143,7 @@ class PageSharing:
         np.invert(mask, out=mask)
         np.copyto(keys, _NOT_CANDIDATE, where=mask)
         keys &= ~low
-        keys |= self._index[:top].view(np.uint64)
+        keys |= self._index[:top].view(self._utype)
         keys.sort()
         return count
 
@@ -142,7 +151,8 @@ class PageSharing:
         """Pairs each page whose hash equals its predecessor's with the first page of
         its run (the leader)."""
         keys, mpns = self._keys[:count], self._mpns[:count]
-        np.bitwise_and(keys, np.uint64((1 << self._bits) - 1), out=mpns.view(np.uint64))
+        low = np.uint64((1 << self._bits) - 1)
+        np.bitwise_and(keys, low, out=mpns.view(self._utype), casting="unsafe")
         keys >>= np.uint64(self._bits)
         same = self._mask[: count - 1]
         np.equal(keys[1:], keys[:-1], out=same)
@@ -150,7 +160,7 @@ class PageSharing:
         positions += 1
         matches = len(positions)
         # Each run starts at the last position whose hash differs from its predecessor.
-        starts = keys.view(np.int64)  # the hashes are no longer needed
+        starts = keys.view(self._itype)[:count]  # the hashes are no longer needed
         np.copyto(starts, self._index[:count])
         starts[positions] = 0
         np.maximum.accumulate(starts, out=starts)
@@ -162,17 +172,16 @@ class PageSharing:
     def _same_page(self, follower: np.ndarray, leader: np.ndarray) -> np.ndarray:
         """Whole-page comparison after a hash match: same content, same domain."""
         memory, n = self.memory, len(follower)
-        a, b = self._keys[:n], self._pos[:n].view(np.uint64)
-        equal, also = self._equal[:n], self._mask[:n]
-        np.equal(
-            np.take(memory.content, follower, out=a),
-            np.take(memory.content, leader, out=b),
-            out=equal,
-        )
-        np.equal(
-            np.take(memory.domain, follower, out=a), np.take(memory.domain, leader, out=b), out=also
-        )
-        equal &= also
+        equal, theirs = self._equal[:n], self._chunk
+        for at in range(0, n, len(theirs)):
+            end = min(n, at + len(theirs))
+            part, mine = equal[at:end], self._keys[at:end]
+            np.take(memory.content, follower[at:end], out=mine)
+            np.equal(
+                mine, np.take(memory.content, leader[at:end], out=theirs[: end - at]), out=part
+            )
+            np.take(memory.domain, follower[at:end], out=mine)
+            part &= mine == np.take(memory.domain, leader[at:end], out=theirs[: end - at])
         return equal
 
 

@@ -19,6 +19,7 @@ here. No clock and no randomness: callers decide what is written when.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,7 +72,7 @@ class VmPages:
             return
         size = min(self.configured_pages, -(-pages // PMAP_CHUNK) * PMAP_CHUNK)
         old = len(self.pmap)
-        self.pmap = np.concatenate([self.pmap, np.full(size - old, UNMAPPED, np.int64)])
+        self.pmap = np.concatenate([self.pmap, np.full(size - old, UNMAPPED, self.pmap.dtype)])
         self.backing = np.concatenate([self.backing, np.zeros(size - old, np.int8)])
         self.stash = np.concatenate([self.stash, np.zeros(size - old, np.uint64)])
 
@@ -86,13 +87,17 @@ class MachineMemory:
         if pages < 1:
             raise InvalidArgument(f"machine memory must have at least one page, got {pages}")
         self.pages = pages
+        self.mpn_type = np.int32 if pages < 2**31 else np.int64
+        """MPNs fit 32 bits on hosts below 8 TiB: pmaps and scans take half the bytes."""
+        self.on_grow: list[Callable[[int], None]] = []
+        """Called with the new number of MPN slots when the machine arrays grow."""
         self.content = np.zeros(0, np.uint64)
         self.refcount = np.zeros(0, np.int32)
         self.domain = np.zeros(0, np.uint64)
         self.sharable = np.zeros(0, bool)
         self.high_water = 0
         """MPNs below this have been used at least once; the rest were never handed out."""
-        self._free = np.zeros(0, np.int64)
+        self._free = np.zeros(0, self.mpn_type)
         self._free_top = 0
         self.vms: dict[str, VmPages] = {}
         self._next_index = 0
@@ -119,7 +124,9 @@ class MachineMemory:
         mpns = self._free[self._free_top - reused : self._free_top].copy()
         self._free_top -= reused
         if count > reused:
-            fresh = np.arange(self.high_water, self.high_water + count - reused, dtype=np.int64)
+            fresh = np.arange(
+                self.high_water, self.high_water + count - reused, dtype=self.mpn_type
+            )
             self._extend(self.high_water + len(fresh))
             self.high_water += len(fresh)
             mpns = np.concatenate([mpns, fresh])
@@ -145,7 +152,7 @@ class MachineMemory:
             return
         need = self._free_top + len(mpns)
         if need > len(self._free):
-            grown = np.empty(max(need, 2 * len(self._free), 1024), np.int64)
+            grown = np.empty(max(need, 2 * len(self._free), 1024), self.mpn_type)
             grown[: self._free_top] = self._free[: self._free_top]
             self._free = grown
         self._free[self._free_top : need] = mpns
@@ -163,6 +170,8 @@ class MachineMemory:
             grown = np.zeros(new, old.dtype)
             grown[: len(old)] = old
             setattr(self, name, grown)
+        for hook in self.on_grow:
+            hook(new)
 
     # -- VMs ---------------------------------------------------------------------
 
@@ -171,7 +180,10 @@ class MachineMemory:
             raise InvalidArgument(f"{name} already has guest memory on this host")
         if configured_pages < 1:
             raise InvalidArgument(f"{name} needs at least one page of memory")
-        vm = VmPages(self._next_index, name, configured_pages, domain, sharable)
+        empty = np.empty(0, self.mpn_type)
+        vm = VmPages(
+            self._next_index, name, configured_pages, domain, sharable, empty, zip_mpns=empty
+        )
         self._next_index += 1
         self.vms[name] = vm
         return vm
@@ -274,7 +286,11 @@ class MachineMemory:
         for vm in self.vms.values():
             np.take(target, vm.pmap, out=vm.pmap, mode="wrap")  # -1 wraps to the last slot
         runs = np.flatnonzero(np.concatenate(([True], leader[1:] != leader[:-1])))
-        gained = np.add.reduceat(self.refcount[follower], runs, dtype=np.int64)
+        moved = self.refcount[follower]
+        if np.all(moved == 1):  # the usual case: private pages joining a share
+            gained = np.diff(runs, append=len(follower))
+        else:
+            gained = np.add.reduceat(moved, runs, dtype=np.int64)
         self.refcount[leader[runs]] += gained.astype(np.int32)
         self.refcount[follower] = 0
         self._push_free(follower)
