@@ -30,6 +30,7 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/locks.py
+	$(BIN)/python bench/kernel.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
