@@ -323,7 +323,7 @@ class Reclaimer:
         vm.balloon_budget -= len(ppns)
         before = self.memory.free_pages
         # The guest pages out what it held there (to its own disk): it is not lost.
-        vm.pages.stash[ppns] = self.memory.unmap(vm.pages, ppns, BALLOONED)
+        vm.pages.keep(ppns, self.memory.unmap(vm.pages, ppns, BALLOONED))
         vm.log.append(("balloon", len(ppns)))
         return self.memory.free_pages - before
 
@@ -341,7 +341,7 @@ class Reclaimer:
         if len(ppns) < 2:
             return 0
         before = self.memory.free_pages
-        pages.stash[ppns] = self.memory.unmap(pages, ppns, COMPRESSED)
+        pages.keep(ppns, self.memory.unmap(pages, ppns, COMPRESSED))
         vm.zipped += len(ppns)
         self._size_cache(vm)
         vm.log.append(("compress", len(ppns)))
@@ -359,7 +359,7 @@ class Reclaimer:
         if len(ppns) == 0:
             return int(zero.sum())
         content = self.memory.unmap(pages, ppns, SWAPPED)
-        pages.stash[ppns] = vm.swap.write(content).astype(np.uint64)
+        pages.keep(ppns, vm.swap.write(content).astype(np.uint64))
         vm.log.append(("swap", len(ppns)))
         return int(zero.sum()) + len(ppns)
 

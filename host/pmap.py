@@ -74,7 +74,17 @@ class VmPages:
         old = len(self.pmap)
         self.pmap = np.concatenate([self.pmap, np.full(size - old, UNMAPPED, self.pmap.dtype)])
         self.backing = np.concatenate([self.backing, np.zeros(size - old, np.int8)])
-        self.stash = np.concatenate([self.stash, np.zeros(size - old, np.uint64)])
+        if len(self.stash):
+            self.stash = np.concatenate([self.stash, np.zeros(size - old, np.uint64)])
+
+    def keep(self, ppns: np.ndarray, values: np.ndarray) -> None:
+        """Stashes what a reclaimed page held; the stash exists only once reclaim
+        has taken a page of this VM (most VMs never need one)."""
+        if len(self.stash) < len(self.pmap):
+            self.stash = np.concatenate(
+                [self.stash, np.zeros(len(self.pmap) - len(self.stash), np.uint64)]
+            )
+        self.stash[ppns] = values
 
     def count(self, backing: int) -> int:
         return int(np.count_nonzero(self.backing == backing))
