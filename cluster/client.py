@@ -11,12 +11,13 @@ certificate raises SSLVerifyFault before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from vsim.faults import InvalidArgument, fault_from_proto
 from vsim.rpc import RpcClient, open_channel
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
+from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["VCenter"]
@@ -98,7 +99,10 @@ class VCenterClient:
         datastore: str = "",
         disk_mb: int = 0,
         guest_write_iops: int = 0,
+        resources: kpb.VmResources | None = None,
+        nics: Iterable[kpb.VmNic] = (),
     ) -> common_pb2.Task:
+        """nics: adapters left without a name or MAC get them from vCenter."""
         request = pb.CreateVmRequest(
             name=name,
             cpus=cpus,
@@ -108,6 +112,8 @@ class VCenterClient:
             datastore=datastore,
             disk_mb=disk_mb,
             guest_write_iops=guest_write_iops,
+            resources=resources,
+            nics=list(nics),
         )
         return await self._call("CreateVm", request)
 
@@ -133,6 +139,132 @@ class VCenterClient:
 
     async def destroy_vm(self, name: str) -> common_pb2.Task:
         return await self._call("DestroyVm", pb.VmRequest(name=name))
+
+    # VM resources and devices (each a ReconfigVM_Task)
+
+    async def reconfigure_vm_resources(
+        self, name: str, resources: kpb.VmResources
+    ) -> common_pb2.Task:
+        """Replaces all of the VM's resource settings (read them with vm() first to
+        change only some)."""
+        request = pb.ReconfigureVmResourcesRequest(name=name, resources=resources)
+        return await self._call("ReconfigureVmResources", request)
+
+    async def add_vm_nic(
+        self,
+        vm: str,
+        port_group: str,
+        mac: str = "",
+        name: str = "",
+        firewall: Iterable[kpb.FirewallRule] = (),
+        firewall_default: str = "",
+    ) -> common_pb2.Task:
+        """A new adapter; name "" is the next free ethernetN, mac "" is vCenter's."""
+        nic = kpb.VmNic(
+            name=name,
+            port_group=port_group,
+            mac=mac,
+            firewall=list(firewall),
+            firewall_default=firewall_default,
+        )
+        return await self._call("AddVmNic", pb.AddVmNicRequest(vm=vm, nic=nic))
+
+    async def set_vm_firewall(
+        self,
+        vm: str,
+        rules: Iterable[kpb.FirewallRule],
+        nic: str = "ethernet0",
+        default_action: str = "allow",
+    ) -> common_pb2.Task:
+        request = pb.SetVmFirewallRequest(
+            vm=vm, nic=nic, rules=list(rules), default_action=default_action
+        )
+        return await self._call("SetVmFirewall", request)
+
+    async def assign_pci_device(self, vm: str, pci_id: str) -> common_pb2.Task:
+        request = pb.AssignPciDeviceRequest(vm=vm, id=pci_id)
+        return await self._call("AssignPciDevice", request)
+
+    async def vm_stats(self, name: str) -> kpb.VmStats:
+        return await self._call("GetVmStats", pb.VmRequest(name=name))
+
+    async def guest_report_luns(self, name: str) -> kpb.GuestLuns:
+        return await self._call("GuestReportLuns", pb.VmRequest(name=name))
+
+    # hosts' VMkernels
+
+    async def host_stats(self, name: str) -> kpb.HostStats:
+        return await self._call("GetHostStats", pb.HostRequest(name=name))
+
+    async def update_host_memory_settings(
+        self,
+        host: str,
+        share_force_salting: int | None = None,
+        page_sharing_disabled: bool | None = None,
+        share_scan_period: float | None = None,
+    ) -> kpb.HostMemorySettings:
+        """Changes only the settings given (None: leave as is)."""
+        request = pb.UpdateHostMemorySettingsRequest(
+            host=host,
+            share_force_salting=share_force_salting,
+            page_sharing_disabled=page_sharing_disabled,
+            share_scan_period=share_scan_period,
+        )
+        return await self._call("UpdateHostMemorySettings", request)
+
+    async def pci_devices(self, host: str) -> list[kpb.PciDevice]:
+        return list((await self._call("ListPciDevices", pb.HostRequest(name=host))).devices)
+
+    async def update_passthru_config(self, host: str, pci_id: str, enabled: bool) -> kpb.PciDevice:
+        request = pb.UpdateHostPassthruRequest(host=host, id=pci_id, enabled=enabled)
+        return await self._call("UpdatePassthruConfig", request)
+
+    # networking
+
+    async def host_network(self, host: str) -> kpb.HostNetwork:
+        return await self._call("GetHostNetwork", pb.HostRequest(name=host))
+
+    async def add_virtual_switch(
+        self,
+        host: str,
+        name: str,
+        uplinks: Iterable[str] = (),
+        security: kpb.SecurityPolicy | None = None,
+    ) -> kpb.HostNetwork:
+        vswitch = kpb.VirtualSwitch(name=name, uplinks=list(uplinks), security=security)
+        request = pb.HostVirtualSwitchRequest(host=host, vswitch=vswitch)
+        return await self._call("AddVirtualSwitch", request)
+
+    async def add_port_group(
+        self,
+        host: str,
+        name: str,
+        vswitch: str = "vSwitch0",
+        vlan: int = 0,
+        security: kpb.SecurityPolicy | None = None,
+    ) -> kpb.HostNetwork:
+        port_group = kpb.PortGroup(name=name, vswitch=vswitch, vlan=vlan, security=security)
+        request = pb.HostPortGroupRequest(host=host, port_group=port_group)
+        return await self._call("AddPortGroup", request)
+
+    async def physical_ports(self) -> list[kpb.PhysicalPort]:
+        reply = await self._call("ListPhysicalPorts", pb.ListPhysicalPortsRequest())
+        return list(reply.ports)
+
+    async def configure_physical_port(
+        self, host: str, uplink: str, vlans: Iterable[int] = (), disabled: bool = False
+    ) -> kpb.PhysicalPort:
+        """Replaces the port's settings: trunk of `vlans` (empty: all), shut down or not."""
+        port = kpb.PhysicalPort(host=host, uplink=uplink, vlans=list(vlans), disabled=disabled)
+        return await self._call("ConfigurePhysicalPort", port)
+
+    async def send_test_frame(
+        self, vm: str, frame: kpb.Frame | None = None, nic: str = "", dst_vm: str = ""
+    ) -> kpb.FrameTrace:
+        """Sends a frame from vm's adapter (default ethernet0) to dst_vm's first adapter
+        or to frame.dst_mac, and returns its journey."""
+        request = pb.SendTestFrameRequest(vm=vm, nic=nic, frame=frame, dst_vm=dst_vm)
+        return await self._call("SendTestFrame", request)
 
     # datastores
 

@@ -70,3 +70,218 @@ def fields(pairs: dict[str, Any]) -> str:
     """A record as 'key: value' lines."""
     width = max(len(k) for k in pairs)
     return "\n".join(f"{k + ':':<{width + 1}} {cell(v)}" for k, v in pairs.items())
+
+
+# the VMkernel's views, as text for people (`-o json` prints the messages themselves)
+
+
+def vlan_ranges(vlans: Sequence[int]) -> str:
+    """[10, 11, 12, 20] -> "10-12,20"; [] (a trunk's default) -> "all"."""
+    if not vlans:
+        return "all"
+    spans: list[list[int]] = []
+    for vlan in sorted(set(vlans)):
+        if spans and vlan == spans[-1][1] + 1:
+            spans[-1][1] = vlan
+        else:
+            spans.append([vlan, vlan])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def vlan_word(vlan: int) -> str:
+    """A port group's VLAN id as vSphere means it."""
+    return {0: "0 (none)", 4095: "4095 (guest tagging)"}.get(vlan, str(vlan))
+
+
+def vswitches_table(network: Any) -> str:
+    rows = [
+        {
+            "name": v.name,
+            "uplinks": ", ".join(v.uplinks) or "-",
+            "active": v.active_uplink or "-",
+            "port_groups": ", ".join(p.name for p in network.port_groups if p.vswitch == v.name),
+        }
+        for v in network.vswitches
+    ]
+    return table(rows, ["name", "uplinks", "active", "port_groups"])
+
+
+def port_groups_table(network: Any) -> str:
+    rows = [
+        {
+            "name": p.name,
+            "vswitch": p.vswitch,
+            "vlan": vlan_word(p.vlan),
+            "vnics": sum(n.port_group == p.name for n in network.nics),
+        }
+        for p in network.port_groups
+    ]
+    return table(rows, ["name", "vswitch", "vlan", "vnics"])
+
+
+def physical_ports_table(ports: Sequence[Any]) -> str:
+    rows = [
+        {
+            "host": p.host,
+            "uplink": p.uplink,
+            "vlans": vlan_ranges(p.vlans),
+            "state": "shutdown" if p.disabled else "up",
+        }
+        for p in ports
+    ]
+    return table(rows, ["host", "uplink", "vlans", "state"])
+
+
+def _frame_words(frame: Any) -> str:
+    ports = f" port {frame.dst_port}" if frame.protocol in ("tcp", "udp") else ""
+    ips = f" {frame.src_ip or '-'} -> {frame.dst_ip or '-'}" if frame.src_ip or frame.dst_ip else ""
+    vlan = f" VLAN {frame.vlan}" if frame.vlan else ""
+    return f"{frame.protocol or 'other'} {frame.src_mac} -> {frame.dst_mac}{vlan}{ips}{ports}"
+
+
+def trace_text(trace: Any) -> str:
+    """Who received a test frame, and every place it was dropped, with the reason."""
+    lines = [f"{trace.vm}/{trace.nic} on {trace.host} sent {_frame_words(trace.frame)}"]
+    if trace.received:
+        lines.append(f"received by {len(trace.received)}:")
+    elif not trace.dropped:
+        lines.append("received by none: no adapter has that MAC in the frame's VLAN")
+    else:
+        lines.append("received by none")
+    for r in trace.received:
+        vlan = f" (tagged VLAN {r.frame.vlan})" if r.frame.vlan else ""
+        lines.append(f"  {r.vm}/{r.nic} on {r.host}{vlan}")
+    if trace.dropped:
+        lines.append(f"dropped {len(trace.dropped)}:")
+    for d in trace.dropped:
+        where = f"{d.host} {d.where}" if d.host else d.where
+        lines.append(f"  {where}: {d.reason} ({d.detail})")
+    return "\n".join(lines)
+
+
+def _allocation(allocation: Any, unit: str) -> str:
+    shares = allocation.shares or "normal"
+    limit = f"{allocation.limit} {unit}" if allocation.HasField("limit") else "unlimited"
+    return f"shares {shares}, reservation {allocation.reservation} {unit}, limit {limit}"
+
+
+def resources_text(vm: Any) -> str:
+    r = vm.resources
+    iops = r.disk_iops_limit if r.HasField("disk_iops_limit") else "unlimited"
+    return fields(
+        {
+            "vm": vm.name,
+            "cpu": _allocation(r.cpu, "MHz"),
+            "memory": _allocation(r.memory, "MB"),
+            "page sharing": "off" if r.page_sharing_disabled else "on",
+            "salt": r.page_sharing_salt or "-",
+            "cpu load": f"{r.cpu_load_pct} %",
+            "disk": f"shares {r.disk_shares or 'normal'}, IOPS limit {iops}",
+        }
+    )
+
+
+def firewall_text(vm: Any) -> str:
+    """Each adapter's rules, in the order they are checked, and its default action."""
+    blocks = []
+    for nic in vm.nics:
+        rows = [
+            {"#": i, **{k: getattr(rule, k) for k in ("action", "direction", "protocol")},
+             "address": rule.address, "port": rule.port, "name": rule.name}
+            for i, rule in enumerate(nic.firewall)
+        ]  # fmt: skip
+        head = f"{vm.name}/{nic.name} ({nic.mac}, {nic.port_group}): default {nic.firewall_default}"
+        columns = ["#", "action", "direction", "protocol", "address", "port", "name"]
+        blocks.append(head + ("\n" + table(rows, columns) if rows else "\n  no rules"))
+    return "\n\n".join(blocks) or f"{vm.name} has no network adapters"
+
+
+def nics_table(vm: Any) -> str:
+    rows = [
+        {"name": n.name, "port_group": n.port_group, "mac": n.mac, "rules": len(n.firewall),
+         "default": n.firewall_default or "allow"}
+        for n in vm.nics
+    ]  # fmt: skip
+    return table(rows, ["name", "port_group", "mac", "rules", "default"])
+
+
+def _mb(value: float) -> str:
+    return f"{value:.0f} MB"
+
+
+def vm_stats_text(stats: Any) -> str:
+    cpu, mem = stats.cpu, stats.memory
+    lines = fields(
+        {
+            "vm": f"{stats.name} on {stats.host}",
+            "cpu": f"demand {cpu.demand:.0f} MHz, entitlement {cpu.entitlement:.0f} MHz, "
+            f"usage {cpu.usage:.0f} MHz, ready {cpu.ready_pct:.1f} %",
+            "memory": f"granted {_mb(mem.granted)}, consumed {_mb(mem.consumed)}, "
+            f"active {_mb(mem.active)}, target {_mb(mem.target)}",
+            "shared": f"{_mb(mem.shared)} ({_mb(mem.shared_saved)} saved), zero {_mb(mem.zero)}",
+            "reclaimed": f"ballooned {_mb(mem.ballooned)}, compressed {_mb(mem.compressed)}, "
+            f"swapped {_mb(mem.swapped)}",
+        }
+    )
+    rows = [
+        {"nic": name, "tx": n.tx, "rx": n.rx,
+         "dropped": ", ".join(f"{k} {v}" for k, v in sorted(n.dropped.items())) or "-"}
+        for name, n in sorted(stats.nics.items())
+    ]  # fmt: skip
+    return lines + ("\n\n" + table(rows, ["nic", "tx", "rx", "dropped"]) if rows else "")
+
+
+def host_stats_text(stats: Any) -> str:
+    mem, cpu, settings = stats.memory, stats.cpu, stats.memory_settings
+    lines = fields(
+        {
+            "host": stats.host,
+            "cpu": f"capacity {cpu.capacity:.0f} MHz, reserved {cpu.reserved:.0f} MHz, "
+            f"demand {cpu.demand:.0f} MHz, usage {cpu.usage:.0f} MHz",
+            "memory": f"{_mb(mem.total)} total, {_mb(mem.free)} free (state {mem.state}, "
+            f"minFree {_mb(mem.min_free)})",
+            "granted": f"{_mb(mem.granted)}, consumed {_mb(mem.consumed)}",
+            "shared": f"{_mb(mem.shared)} ({_mb(mem.shared_saved)} saved, common "
+            f"{_mb(mem.shared_common)}), zero {_mb(mem.zero)}; {mem.scans} scans, last "
+            f"merged {mem.last_scan_merged} pages",
+            "reclaimed": f"ballooned {_mb(mem.ballooned)}, compressed {_mb(mem.compressed)}, "
+            f"swapped {_mb(mem.swapped)}",
+            "settings": memory_settings_text(settings),
+        }
+    )
+    rows = [
+        {"vm": v.name, "cpu_usage": f"{v.cpu.usage:.0f}", "ready_pct": f"{v.cpu.ready_pct:.1f}",
+         "granted_mb": f"{v.memory.granted:.0f}", "shared_mb": f"{v.memory.shared:.0f}",
+         "swapped_mb": f"{v.memory.swapped:.0f}"}
+        for v in stats.vms
+    ]  # fmt: skip
+    columns = ["vm", "cpu_usage", "ready_pct", "granted_mb", "shared_mb", "swapped_mb"]
+    return lines + ("\n\n" + table(rows, columns) if rows else "")
+
+
+def memory_settings_text(settings: Any) -> str:
+    sharing = "off" if settings.page_sharing_disabled else "on"
+    return (
+        f"Mem.ShareForceSalting {settings.share_force_salting}, page sharing {sharing}, "
+        f"scan every {settings.share_scan_period:g} s"
+    )
+
+
+def pci_table(devices: Sequence[Any]) -> str:
+    rows = [
+        {"id": d.id, "vendor": d.vendor_name, "device": d.device_name,
+         "passthru": "enabled" if d.passthru_enabled else "disabled", "vm": d.vm or "-"}
+        for d in devices
+    ]  # fmt: skip
+    return table(rows, ["id", "vendor", "device", "passthru", "vm"])
+
+
+def luns_table(luns: Any) -> str:
+    rows = [
+        {"address": lun.address, "lun": lun.lun, "vendor": lun.vendor.strip(),
+         "product": lun.product.strip(), "capacity_mb": lun.capacity_bytes // 1024**2}
+        for lun in luns.luns
+    ]  # fmt: skip
+    if not rows:
+        return f"{luns.vm}'s guest sees no disks"
+    return table(rows, ["address", "lun", "vendor", "product", "capacity_mb"])

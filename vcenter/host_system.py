@@ -441,6 +441,8 @@ class HostManager:
 
 
 def host_vm(vm: pb.Vm) -> hpb.HostVm:
+    """The VM's configuration as its host registers it, resources, vNICs (with their
+    firewall rules) and DirectPath devices included: they travel with the VM."""
     return hpb.HostVm(
         name=vm.name,
         uuid=vm.uuid,
@@ -450,4 +452,7 @@ def host_vm(vm: pb.Vm) -> hpb.HostVm:
         datastore=vm.datastore,
         disks=vm.disks,
         guest_write_iops=vm.guest_write_iops,
+        resources=vm.resources if vm.HasField("resources") else None,
+        nics=vm.nics,
+        pci_devices=vm.pci_devices,
     )

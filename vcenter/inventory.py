@@ -1,6 +1,8 @@
 """vCenter's inventory in SQLite (WAL): the one source of truth that survives a restart.
 
-Tables: meta (instance settings), hosts, vms, tasks, events, accounts, sessions.
+Tables: meta (instance settings), machines, hosts, vms, vm_nics (each VM's network
+adapters, MACs unique in the inventory), physical_ports (the physical switch's port
+settings), datastores, tasks, events, accounts, sessions.
 Rows go in and out as the API's protobuf messages or small dataclasses; no other
 module writes SQL. Secrets are stored only hashed (passwords, session tokens) or
 encrypted (vpxuser and root passwords, by the caller).
@@ -14,9 +16,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vsim.v1 import common_pb2, vcenter_pb2
+from vsim.v1 import common_pb2, kernel_pb2, vcenter_pb2
 
 _ON = vcenter_pb2.POWER_STATE_POWERED_ON
+
+_KERNEL_TABLES = """
+CREATE TABLE vm_nics (
+    vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    mac TEXT NOT NULL UNIQUE,  -- one adapter per MAC in the whole inventory
+    body BLOB NOT NULL,        -- the serialized vsim.v1.VmNic, firewall rules included
+    PRIMARY KEY (vm, name)
+);
+CREATE TABLE physical_ports (
+    host TEXT NOT NULL REFERENCES hosts(name),
+    uplink TEXT NOT NULL,
+    body BLOB NOT NULL,        -- the serialized vsim.v1.PhysicalPort
+    PRIMARY KEY (host, uplink)
+);
+"""
+"""Schema 4: the VMkernel's configuration that vCenter keeps."""
 
 SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,6 +58,9 @@ CREATE TABLE hosts (
     -- A new vpxuser password being set on the host (rotation), until a login settles it.
     vpx_password_next_enc BLOB
 );
+-- vms.storage: a serialized vsim.v1.Vm holding only datastore, disks and guest_write_iops;
+-- vms.config: one holding only resources and pci_devices (their NICs are in vm_nics).
+-- (No comments among the columns: SQLite's DROP COLUMN rewrites that text.)
 CREATE TABLE vms (
     name TEXT PRIMARY KEY,
     uuid TEXT NOT NULL,
@@ -47,8 +69,8 @@ CREATE TABLE vms (
     memory_mb INTEGER NOT NULL,
     guest_os TEXT NOT NULL,
     power_state INTEGER NOT NULL,
-    storage BLOB NOT NULL DEFAULT x''
-        -- a serialized vsim.v1.Vm holding only datastore, disks and guest_write_iops
+    storage BLOB NOT NULL DEFAULT x'',
+    config BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX vms_by_host ON vms(host);
 CREATE TRIGGER vm_added AFTER INSERT ON vms BEGIN
@@ -74,6 +96,7 @@ BEGIN
         memory_used_mb = memory_used_mb + (NEW.power_state = {_ON}) * NEW.memory_mb
     WHERE name = NEW.host;
 END;
+{_KERNEL_TABLES}
 CREATE TABLE datastores (
     name TEXT PRIMARY KEY,
     type TEXT NOT NULL,
@@ -105,9 +128,10 @@ CREATE TABLE sessions (
 """
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS = {
     2: "ALTER TABLE vms ADD COLUMN storage BLOB NOT NULL DEFAULT x''",
+    3: "ALTER TABLE vms ADD COLUMN config BLOB NOT NULL DEFAULT x''; " + _KERNEL_TABLES,
 }
 """Schema version -> the SQL that brings it to the next version."""
 
@@ -255,27 +279,39 @@ class Inventory:
         self._db.execute(f"UPDATE hosts SET {columns} WHERE name=?", (*fields.values(), name))
 
     def remove_host(self, name: str) -> None:
-        """Removes the host, its VMs and its machine record in one transaction."""
+        """Removes the host, its VMs (with their NICs), its physical switch ports and
+        its machine record in one transaction."""
         with self.transaction():
             self._db.execute("DELETE FROM vms WHERE host=?", (name,))
+            self._db.execute("DELETE FROM physical_ports WHERE host=?", (name,))
             self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
             self._db.execute("DELETE FROM machines WHERE name=?", (name,))
 
     # VMs
 
     def add_vm(self, vm: vcenter_pb2.Vm) -> None:
-        self._db.execute(
-            "INSERT INTO vms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                vm.name,
-                vm.uuid,
-                vm.host,
-                vm.cpus,
-                vm.memory_mb,
-                vm.guest_os,
-                vm.power_state,
-                _storage(vm),
-            ),
+        """Adds the VM with its NICs; sqlite3.IntegrityError if a MAC is taken."""
+        with self.transaction():
+            self._db.execute(
+                f"INSERT INTO vms ({self._VM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    vm.name,
+                    vm.host,
+                    vm.cpus,
+                    vm.memory_mb,
+                    vm.power_state,
+                    vm.uuid,
+                    vm.guest_os,
+                    _storage(vm),
+                    _config(vm),
+                ),
+            )
+            self._add_nics(vm)
+
+    def _add_nics(self, vm: vcenter_pb2.Vm) -> None:
+        self._db.executemany(
+            "INSERT INTO vm_nics (vm, name, mac, body) VALUES (?, ?, ?, ?)",
+            [(vm.name, nic.name, nic.mac, nic.SerializeToString()) for nic in vm.nics],
         )
 
     def set_vm_disks(self, name: str, disks: list[common_pb2.VirtualDisk]) -> None:
@@ -286,21 +322,50 @@ class Inventory:
         vm.disks.extend(disks)
         self._db.execute("UPDATE vms SET storage=? WHERE name=?", (_storage(vm), name))
 
-    _VM_COLUMNS = "name, host, cpus, memory_mb, power_state, uuid, guest_os, storage"
+    def set_vm_config(self, vm: vcenter_pb2.Vm) -> None:
+        """Replaces the VM's resources, NICs and DirectPath devices with vm's;
+        sqlite3.IntegrityError if a MAC is another VM's."""
+        with self.transaction():
+            updated = self._db.execute(
+                "UPDATE vms SET config=? WHERE name=?", (_config(vm), vm.name)
+            ).rowcount
+            if not updated:
+                raise KeyError(vm.name)
+            self._db.execute("DELETE FROM vm_nics WHERE vm=?", (vm.name,))
+            self._add_nics(vm)
+
+    def nic_owner(self, mac: str) -> tuple[str, str] | None:
+        """(VM, NIC name) of the adapter with this MAC, if any."""
+        return self._db.execute("SELECT vm, name FROM vm_nics WHERE mac=?", (mac,)).fetchone()
+
+    _VM_COLUMNS = "name, host, cpus, memory_mb, power_state, uuid, guest_os, storage, config"
 
     def vm(self, name: str) -> vcenter_pb2.Vm | None:
         row = self._db.execute(
             f"SELECT {self._VM_COLUMNS} FROM vms WHERE name=?", (name,)
         ).fetchone()
-        return _vm(row) if row else None
+        if row is None:
+            return None
+        nics = self._db.execute("SELECT body FROM vm_nics WHERE vm=? ORDER BY name", (name,))
+        return _vm(row, [b for (b,) in nics])
 
     def vms(self, host: str | None = None) -> list[vcenter_pb2.Vm]:
         query = f"SELECT {self._VM_COLUMNS} FROM vms"
+        nic_query = "SELECT n.vm, n.body FROM vm_nics n"
         if host:
             rows = self._db.execute(query + " WHERE host=? ORDER BY name", (host,))
+            nic_rows = self._db.execute(
+                nic_query + " JOIN vms v ON v.name = n.vm WHERE v.host=? ORDER BY n.vm, n.name",
+                (host,),
+            )
         else:
             rows = self._db.execute(query + " ORDER BY name")
-        return [_vm(r) for r in rows]
+            nic_rows = self._db.execute(nic_query + " ORDER BY n.vm, n.name")
+        rows = rows.fetchall()
+        nics: dict[str, list[bytes]] = {}
+        for vm, body in nic_rows:
+            nics.setdefault(vm, []).append(body)
+        return [_vm(r, nics.get(r[0], [])) for r in rows]
 
     def set_power_state(self, name: str, power_state: int) -> None:
         self._db.execute("UPDATE vms SET power_state=? WHERE name=?", (power_state, name))
@@ -314,6 +379,18 @@ class Inventory:
             "SELECT COALESCE(SUM(vms), 0), COALESCE(SUM(vms_powered_on), 0) FROM hosts"
         ).fetchone()
         return n, n_on
+
+    # the physical switch's ports: only those configured; the others keep the default
+
+    def set_physical_port(self, port: kernel_pb2.PhysicalPort) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO physical_ports VALUES (?, ?, ?)",
+            (port.host, port.uplink, port.SerializeToString()),
+        )
+
+    def physical_ports(self) -> list[kernel_pb2.PhysicalPort]:
+        rows = self._db.execute("SELECT body FROM physical_ports ORDER BY host, uplink")
+        return [kernel_pb2.PhysicalPort.FromString(body) for (body,) in rows]
 
     # datastores
 
@@ -424,9 +501,17 @@ def _storage(vm: vcenter_pb2.Vm) -> bytes:
     ).SerializeToString()
 
 
-def _vm(row: tuple) -> vcenter_pb2.Vm:
-    name, host, cpus, memory_mb, power_state, uuid, guest_os, storage = row
+def _config(vm: vcenter_pb2.Vm) -> bytes:
+    config = vcenter_pb2.Vm(pci_devices=vm.pci_devices)
+    if vm.HasField("resources"):
+        config.resources.CopyFrom(vm.resources)
+    return config.SerializeToString()
+
+
+def _vm(row: tuple, nics: list[bytes]) -> vcenter_pb2.Vm:
+    name, host, cpus, memory_mb, power_state, uuid, guest_os, storage, config = row
     vm = vcenter_pb2.Vm.FromString(storage)
+    vm.MergeFromString(config)
     vm.MergeFrom(
         vcenter_pb2.Vm(
             name=name,
@@ -438,6 +523,7 @@ def _vm(row: tuple) -> vcenter_pb2.Vm:
             guest_os=guest_os,
         )
     )
+    vm.nics.extend(kernel_pb2.VmNic.FromString(body) for body in nics)
     return vm
 
 

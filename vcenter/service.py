@@ -1,10 +1,12 @@
 """The vCenter core: one method per VCenter RPC, each a few lines over the managers.
 
 `VCenter` owns the inventory, sessions, tasks, events, hosts and VMs of one vCenter
-instance. Methods take the request message and the caller's `Session` (the gRPC
-chokepoint authenticates before calling) and return the response message or raise a
-VimFault. Nothing here knows about gRPC, so tests drive it with the in-process
-engine and the server drives it with the Ray engine.
+instance, and what it shows and changes of the hosts' VMkernels (statistics, memory
+settings, standard switches, the physical network, DirectPath devices). Methods
+take the request message and the caller's `Session` (the gRPC chokepoint
+authenticates before calling) and return the response message or raise a VimFault.
+Nothing here knows about gRPC, so tests drive it with the in-process engine and the
+server drives it with the Ray engine.
 """
 
 from __future__ import annotations
@@ -21,15 +23,22 @@ from vsim.cluster.engine import HostEngine
 from vsim.cluster.spec import ClusterSpec, DatastoreSpec
 from vsim.faults import InvalidArgument
 from vsim.v1 import common_pb2
+from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.datastore import ArrayRef, DatastoreManager
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager
 from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.network_system import NetworkSystem
+from vsim.vcenter.pci_passthru import PciPassthruSystem
+from vsim.vcenter.performance import Performance
+from vsim.vcenter.physical_network import PhysicalNetwork
 from vsim.vcenter.secrets import SecretBox
 from vsim.vcenter.sessions import ADMINISTRATOR, Session, SessionManager
 from vsim.vcenter.tasks import TaskManager
 from vsim.vcenter.virtual_machine import VmManager
+from vsim.vcenter.virtual_nic import MacPool
+from vsim.vcenter.vm_reconfigure import VmReconfigurer
 
 PUBLIC_METHODS = frozenset({"Login"})
 DEFAULT_WAIT = 60.0
@@ -68,7 +77,17 @@ class VCenter:
         self.hosts = HostManager(
             inventory, engine, SecretBox(data_dir), self.events, clock, rng, self.tasks.busy
         )
-        self.vms = VmManager(inventory, self.hosts, self.tasks, self.events, rng)
+        self.macs = MacPool(inventory, rng)
+        self.network = NetworkSystem(self.hosts, self.events)
+        self.vms = VmManager(
+            inventory, self.hosts, self.tasks, self.events, rng, self.macs, self.network
+        )
+        self.reconfigure = VmReconfigurer(
+            inventory, self.hosts, self.tasks, self.events, self.macs, self.network
+        )
+        self.physical_network = PhysicalNetwork(inventory, self.hosts, self.events)
+        self.performance = Performance(inventory, self.hosts, self.events)
+        self.pci = PciPassthruSystem(self.hosts, self.events)
         self.datastores = DatastoreManager(
             inventory, self.hosts, self.tasks, self.events, rng, array
         )
@@ -280,6 +299,74 @@ class VCenter:
                 user=session.user_name,
             )
         return info
+
+    # the VMkernel: statistics, memory settings, VM resources and devices, networking
+
+    async def GetHostStats(self, request: pb.HostRequest, session: Session) -> kpb.HostStats:
+        return await self.performance.host_stats(request)
+
+    async def GetVmStats(self, request: pb.VmRequest, session: Session) -> kpb.VmStats:
+        return await self.performance.vm_stats(request)
+
+    async def UpdateHostMemorySettings(
+        self, request: pb.UpdateHostMemorySettingsRequest, session: Session
+    ) -> kpb.HostMemorySettings:
+        return await self.performance.update_memory_settings(request, session.user_name)
+
+    def ReconfigureVmResources(
+        self, request: pb.ReconfigureVmResourcesRequest, session: Session
+    ) -> common_pb2.Task:
+        return self.reconfigure.resources(request, session.user_name)
+
+    def AddVmNic(self, request: pb.AddVmNicRequest, session: Session) -> common_pb2.Task:
+        return self.reconfigure.add_nic(request, session.user_name)
+
+    def SetVmFirewall(self, request: pb.SetVmFirewallRequest, session: Session) -> common_pb2.Task:
+        return self.reconfigure.set_firewall(request, session.user_name)
+
+    def AssignPciDevice(
+        self, request: pb.AssignPciDeviceRequest, session: Session
+    ) -> common_pb2.Task:
+        return self.reconfigure.assign_pci_device(request, session.user_name)
+
+    async def AddVirtualSwitch(
+        self, request: pb.HostVirtualSwitchRequest, session: Session
+    ) -> kpb.HostNetwork:
+        return await self.network.add_vswitch(request, session.user_name)
+
+    async def AddPortGroup(
+        self, request: pb.HostPortGroupRequest, session: Session
+    ) -> kpb.HostNetwork:
+        return await self.network.add_port_group(request, session.user_name)
+
+    async def GetHostNetwork(self, request: pb.HostRequest, session: Session) -> kpb.HostNetwork:
+        return await self.network.get(request)
+
+    def ConfigurePhysicalPort(
+        self, request: kpb.PhysicalPort, session: Session
+    ) -> kpb.PhysicalPort:
+        return self.physical_network.configure(request, session.user_name)
+
+    def ListPhysicalPorts(
+        self, request: pb.ListPhysicalPortsRequest, session: Session
+    ) -> pb.ListPhysicalPortsResponse:
+        return pb.ListPhysicalPortsResponse(ports=self.physical_network.ports())
+
+    async def SendTestFrame(
+        self, request: pb.SendTestFrameRequest, session: Session
+    ) -> kpb.FrameTrace:
+        return await self.physical_network.send_test_frame(request)
+
+    async def ListPciDevices(self, request: pb.HostRequest, session: Session) -> kpb.PciDevices:
+        return await self.pci.devices(request)
+
+    async def UpdatePassthruConfig(
+        self, request: pb.UpdateHostPassthruRequest, session: Session
+    ) -> kpb.PciDevice:
+        return await self.pci.update(request, session.user_name)
+
+    async def GuestReportLuns(self, request: pb.VmRequest, session: Session) -> kpb.GuestLuns:
+        return await self.vms.guest_luns(request.name)
 
     # tasks and events
 

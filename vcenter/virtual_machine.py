@@ -1,4 +1,5 @@
-"""VMs as vCenter manages them: create (with placement), power on/off, destroy.
+"""VMs as vCenter manages them: create (with placement, resources and NICs), linked
+clones, power on/off, destroy, and what a running VM's guest sees of its disks.
 
 Each operation is checked when asked (so a bad request fails at once and changes
 nothing) and then runs as a task that asks the VM's host to act, and records the
@@ -25,11 +26,16 @@ from vsim.faults import (
 )
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager, host_vm
 from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.network_system import NetworkSystem
 from vsim.vcenter.tasks import TaskManager
+from vsim.vcenter.virtual_nic import MacPool, checked_nics
+from vsim.vcenter.vm_reconfigure import nic_template
+from vsim.vcenter.vm_resources import checked_resources
 
 ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
 DEFAULT_GUEST_OS = "otherGuest64"
@@ -47,12 +53,16 @@ class VmManager:
         tasks: TaskManager,
         events: EventLog,
         rng: random.Random,
+        macs: MacPool,
+        network: NetworkSystem,
     ) -> None:
         self._inventory = inventory
         self._hosts = hosts
         self._tasks = tasks
         self._events = events
         self._rng = rng
+        self._macs = macs
+        self._network = network
 
     def get(self, name: str) -> pb.Vm:
         vm = self._inventory.vm(name)
@@ -80,15 +90,23 @@ class VmManager:
             raise InvalidArgument("a guest writes to disk only if the VM has one (disk_mb)")
         if request.datastore:
             self._datastore(request.datastore)
+        resources = checked_resources(request.resources, request.memory_mb, request.guest_os)
         self._check_new_name(request.name)
         vm = self._fresh(request.name, self._place(request.host), request)
+        vm.resources.CopyFrom(resources)
         if request.disk_mb:
             vm.disks.append(
                 common_pb2.VirtualDisk(
                     path=f"{vm.name}/{vm.name}.vmdk", capacity_bytes=request.disk_mb * 1024**2
                 )
             )
-        return self._register_new(vm, user, "CreateVM_Task")
+        ticket = self._macs.ticket()
+        vm.nics.extend(checked_nics(vm.name, [], request.nics, self._macs, ticket))
+
+        async def check_network() -> None:
+            await self._network.require_port_groups(vm.host, {n.port_group for n in vm.nics})
+
+        return self._register_new(vm, user, "CreateVM_Task", check_network, ticket=ticket)
 
     def _fresh(self, name: str, host: str, config: pb.CreateVmRequest | pb.Vm) -> pb.Vm:
         """A new powered-off VM (with a new UUID, no disks yet) with config's hardware
@@ -121,12 +139,21 @@ class VmManager:
         task_name: str,
         before: Callable[[], Awaitable[None]] | None = None,
         also: tuple[tuple[str, str], ...] = (),
+        ticket: int | None = None,
     ) -> common_pb2.Task:
         """Registers vm on its host (making its files there) and records it, as a task.
-        `before` runs first in the task (a linked clone's snapshot of its source)."""
+        `before` runs first in the task (checks on the host, a linked clone's snapshot
+        of its source); the MACs held under `ticket` are released when the task ends."""
         host = vm.host
 
         async def work(task: common_pb2.Task) -> str:
+            try:
+                return await register()
+            finally:
+                if ticket is not None:
+                    self._macs.release(ticket)
+
+        async def register() -> str:
             if before is not None:
                 await before()
             request = hpb.RegisterVmRequest(vm=host_vm(vm), create_files=bool(vm.disks))
@@ -148,9 +175,14 @@ class VmManager:
                 raise
             return vm.name
 
-        return self._tasks.start(
-            task_name, vm.name, user, work, kind="vm", within=("host", host), also=also
-        )
+        try:
+            return self._tasks.start(
+                task_name, vm.name, user, work, kind="vm", within=("host", host), also=also
+            )
+        except BaseException:
+            if ticket is not None:
+                self._macs.release(ticket)
+            raise
 
     def linked_clone(self, request: pb.LinkedCloneVmRequest, user: str) -> common_pb2.Task:
         validate.vm_name(request.name)
@@ -169,9 +201,16 @@ class VmManager:
             if len(path.encode()) > MAX_DATASTORE_PATH - len("-delta"):
                 raise InvalidArgument(f"the clone's name {vm.name[:40]!r} makes its paths too long")
             vm.disks.append(common_pb2.VirtualDisk(path=path, capacity_bytes=disk.capacity_bytes))
+        # The clone gets the source's resources and adapters (with MACs of its own);
+        # not its DirectPath devices, which are the source's alone.
+        vm.resources.CopyFrom(source.resources)
+        ticket = self._macs.ticket()
+        templates = [nic_template(nic) for nic in source.nics]
+        vm.nics.extend(checked_nics(vm.name, [], templates, self._macs, ticket))
 
         async def snapshot_source() -> None:
             # Before the source changes, make sure the clone's host can hold the clone.
+            await self._network.require_port_groups(host, {n.port_group for n in vm.nics})
             mounted = await self._hosts.call(
                 host, "ListDatastores", hpb.HostListDatastoresRequest()
             )
@@ -202,7 +241,12 @@ class VmManager:
                 self._inventory.set_vm_disks(source.name, tops)
 
         return self._register_new(
-            vm, user, "CloneVM_Task", before=snapshot_source, also=(("vm", source.name),)
+            vm,
+            user,
+            "CloneVM_Task",
+            before=snapshot_source,
+            also=(("vm", source.name),),
+            ticket=ticket,
         )
 
     async def verify_disk(self, request: pb.VerifyVmDiskRequest) -> common_pb2.GuestDiskReport:
@@ -222,6 +266,16 @@ class VmManager:
             except (HostNotConnected, HostConnectFault, RequestTimeout, NotFound) as fault:
                 last = fault
         raise last
+
+    async def guest_luns(self, name: str) -> kpb.GuestLuns:
+        """REPORT LUNS (with INQUIRY and READ CAPACITY) from the guest of a running VM."""
+        vm = self.get(name)
+        if vm.power_state != ON:
+            raise InvalidPowerState(f"{name} is powered off; only a running guest sends SCSI")
+        self._hosts.connected(vm.host)
+        luns = await self._hosts.call(vm.host, "GuestReportLuns", hpb.HostVmRequest(name=name))
+        luns.vm = luns.vm or name
+        return luns
 
     async def get_live(self, name: str) -> pb.Vm:
         """The VM, with its guest's acknowledged writes when it runs on a connected host."""

@@ -139,6 +139,51 @@ def drive_disks(cli: Cli) -> None:
         assert cli.json("vm", "destroy", name)[0]["state"] == "TASK_STATE_SUCCESS"
 
 
+def send_frame(cli: Cli, *args: str) -> dict:
+    trace, _ = cli.json("network", "send-frame", "net-a", "--to-vm", "net-b", *args)
+    return trace
+
+
+def drive_network(cli: Cli) -> None:
+    """The VMkernel from the CLI: a VLAN port group on both hosts, VMs with NICs, test
+    frames across the physical switch, a vNIC firewall rule, a switch port that does
+    not trunk the VLAN, statistics."""
+    for host in ("esxi-01", "esxi-02"):
+        network, _ = cli.json("network", "portgroup", "add", host, "Prod", "--vlan", "10")
+        assert ("Prod", 10) in [(p["name"], p["vlan"]) for p in network["port_groups"]]
+    for name, host in (("net-a", "esxi-01"), ("net-b", "esxi-02")):
+        task, _ = cli.json(
+            "vm", "create", name, "--memory-mb", "256", "--host", host, "--nic", "Prod"
+        )
+        assert task["state"] == "TASK_STATE_SUCCESS"
+        assert cli.json("vm", "power-on", name)[0]["state"] == "TASK_STATE_SUCCESS"
+    ssh = ("--protocol", "tcp", "--src-ip", "10.1.1.1", "--dst-port", "22")
+    trace = send_frame(cli, *ssh)
+    assert [(r["host"], r["vm"]) for r in trace["received"]] == [("esxi-02", "net-b")]
+    nics, _ = cli.json("vm", "firewall", "set", "net-b", "--rule", "deny in tcp 10.0.0.0/8 22")
+    assert [r["address"] for r in nics[0]["firewall"]] == ["10.0.0.0/8"]
+    trace = send_frame(cli, *ssh)
+    assert trace["received"] == []
+    assert "firewall" in [d["reason"] for d in trace["dropped"]]
+    text = cli.run("network", "send-frame", "net-a", "--to-vm", "net-b", *ssh).stdout
+    assert "received by none" in text and "firewall" in text
+    port, _ = cli.json("network", "pswitch", "set", "esxi-02", "vmnic0", "--vlans", "0,20")
+    assert port["vlans"] == [0, 20]
+    trace = send_frame(cli)
+    assert trace["received"] == [] and "vlan" in [d["reason"] for d in trace["dropped"]]
+    cli.json("network", "pswitch", "set", "esxi-02", "vmnic0")
+    assert send_frame(cli)["received"] != []
+    stats, _ = cli.json("vm", "stats", "net-a")
+    assert (stats["name"], stats["host"]) == ("net-a", "esxi-01")
+    host_stats, _ = cli.json("host", "stats", "esxi-01")
+    assert "net-a" in [v["name"] for v in host_stats["vms"]]
+    error, _ = cli.json("network", "portgroup", "add", "esxi-01", "X", "--vlan", "5000", ok=False)
+    assert error["error"]["name"] == "InvalidArgument"
+    for name in ("net-a", "net-b"):
+        assert cli.json("vm", "power-off", name)[0]["state"] == "TASK_STATE_SUCCESS"
+        assert cli.json("vm", "destroy", name)[0]["state"] == "TASK_STATE_SUCCESS"
+
+
 def drive(cli: Cli, info: dict) -> None:
     hosts, _ = cli.json("host", "list")
     assert [(h["name"], h["connection_state"]) for h in hosts] == [
@@ -217,6 +262,7 @@ def drive(cli: Cli, info: dict) -> None:
     ]
     follow_events(cli, int(events[-1]["key"]))
     drive_disks(cli)
+    drive_network(cli)
 
     # Login again (the password from `vsim up`), then a pinned thumbprint that changed.
     login, _ = cli.json("login", "--password", info["password"])

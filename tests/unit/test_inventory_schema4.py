@@ -1,0 +1,89 @@
+"""Schema 4 (VMs' resources, NICs and DirectPath devices; the physical switch's ports):
+an inventory of schema 3, or of schema 2, is brought to it in place and keeps its
+rows, and the new tables then hold what they must (one adapter per MAC)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from vsim.v1 import kernel_pb2 as kpb
+from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.inventory import SCHEMA, SCHEMA_VERSION, HostRecord, Inventory, MachineRecord
+
+OLD_VM = "INSERT INTO vms VALUES ('vm-001', 'u-1', 'esxi-01', 2, 512, 'otherGuest64', 1{})"
+
+
+def old_schema(path, version: int) -> None:
+    """An inventory as vsim wrote it at `version` (3: VMs with storage; 2: without),
+    with one host and one VM."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(SCHEMA)
+    db.executescript("DROP TABLE vm_nics; DROP TABLE physical_ports")
+    db.execute("ALTER TABLE vms DROP COLUMN config")
+    if version == 2:
+        db.execute("ALTER TABLE vms DROP COLUMN storage")
+    db.execute("INSERT INTO machines VALUES ('esxi-01', '{}', x'')")
+    db.execute(
+        "INSERT INTO hosts (name, vpx_password_enc, connection_state) VALUES ('esxi-01', x'', 1)"
+    )
+    storage = pb.Vm(datastore="vmfs-01", guest_write_iops=5).SerializeToString()
+    if version == 3:
+        db.execute(OLD_VM.format(", ?"), (storage,))
+    else:
+        db.execute(OLD_VM.format(""))
+    db.execute(f"PRAGMA user_version={version}")
+    db.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_old_inventory_is_migrated_to_schema_4_and_keeps_its_rows(tmp_path, version: int):
+    path = tmp_path / "inventory.sqlite"
+    old_schema(path, version)
+    inventory = Inventory(path)
+    try:
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert [r[1] for r in db.execute("PRAGMA table_info(vms)")][-2:] == ["storage", "config"]
+        db.close()
+        vm = inventory.vm("vm-001")
+        assert (vm.host, vm.cpus, vm.memory_mb, vm.power_state) == ("esxi-01", 2, 512, 1)
+        assert vm.datastore == ("vmfs-01" if version == 3 else "")
+        assert (list(vm.nics), list(vm.pci_devices), vm.HasField("resources")) == ([], [], False)
+        assert inventory.physical_ports() == []
+        assert inventory.hosts()[0].vms == 1  # the triggers still count it
+
+        # The new tables work: NICs with unique MACs, resources, devices, ports.
+        vm.resources.cpu.reservation = 500
+        vm.nics.add(name="ethernet0", port_group="VM Network", mac="00:50:56:00:00:01")
+        vm.pci_devices.append("0000:3b:00.0")
+        inventory.set_vm_config(vm)
+        again = inventory.vm("vm-001")
+        assert again.resources.cpu.reservation == 500 and again.datastore == vm.datastore
+        assert [(n.name, n.mac) for n in again.nics] == [("ethernet0", "00:50:56:00:00:01")]
+        assert inventory.nic_owner("00:50:56:00:00:01") == ("vm-001", "ethernet0")
+        twin = pb.Vm(name="vm-002", host="esxi-01", uuid="u-2", cpus=1, memory_mb=256)
+        twin.nics.add(name="ethernet0", port_group="VM Network", mac="00:50:56:00:00:01")
+        with pytest.raises(sqlite3.IntegrityError):
+            inventory.add_vm(twin)
+        assert inventory.vm("vm-002") is None  # all or nothing
+        inventory.set_physical_port(kpb.PhysicalPort(host="esxi-01", uplink="vmnic1", vlans=[10]))
+        inventory.remove_vm("vm-001")
+        assert inventory.nic_owner("00:50:56:00:00:01") is None  # the NICs went with it
+    finally:
+        inventory.close()
+    Inventory(path).close()  # opening again is a no-op
+
+
+def test_removing_a_host_takes_its_switch_ports(tmp_path):
+    inventory = Inventory(tmp_path / "inventory.sqlite")
+    try:
+        for name in ("esxi-01", "esxi-02"):
+            inventory.add_machine(MachineRecord(name, "{}", b""))
+            inventory.add_host(HostRecord(name, b"", "", "", 1))
+            inventory.set_physical_port(kpb.PhysicalPort(host=name, uplink="vmnic0", disabled=True))
+        inventory.remove_host("esxi-01")
+        assert [p.host for p in inventory.physical_ports()] == ["esxi-02"]
+    finally:
+        inventory.close()

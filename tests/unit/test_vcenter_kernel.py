@@ -1,0 +1,592 @@
+"""The VMkernel through the vCenter core on the in-process engine: VMs with resources
+and NICs (MACs assigned and unique), ReconfigVM_Task (live changes, refusals that
+change nothing), firewall rules that persist and travel with the VM, hosts' vSwitches
+and port groups, the physical switch, SendTestFrame across hosts, statistics, memory
+settings, DirectPath devices and the guest's LUNs.
+
+Every test here goes through hostd's VMkernel RPCs (GetNetwork, ReconfigureVm,
+SendFrame/ReceiveFrame, GetHostStats, ...): they need the host side of kernel.proto.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
+from vclab import ERROR, SUCCESS, Lab, small_cluster
+
+from vsim.faults import (
+    AlreadyExists,
+    HostNotConnected,
+    InvalidArgument,
+    InvalidPowerState,
+    InvalidState,
+    NotFound,
+)
+from vsim.v1 import kernel_pb2 as kpb
+from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.virtual_nic import GENERATED_MAC_FIRST, GENERATED_MAC_LAST
+
+QUIET = kpb.GuestMemoryWorkload(working_set_pct=1, boot_touch_pct=1, dirty_rate=0, touch_rate=0)
+"""A guest that touches almost no memory: power-ons stay cheap."""
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def quiet(**fields) -> kpb.VmResources:
+    return kpb.VmResources(memory_workload=QUIET, **fields)
+
+
+def nic(port_group: str = "VM Network", mac: str = "", **fields) -> kpb.VmNic:
+    return kpb.VmNic(port_group=port_group, mac=mac, **fields)
+
+
+def rule(text: str) -> kpb.FirewallRule:
+    action, direction, protocol, address, port = text.split()
+    return kpb.FirewallRule(
+        action=action, direction=direction, protocol=protocol, address=address, port=port
+    )
+
+
+async def create(
+    lab: Lab, name: str, host: str = "esxi-01", nics=(), memory_mb: int = 256, **resources
+):
+    request = pb.CreateVmRequest(
+        name=name,
+        cpus=1,
+        memory_mb=memory_mb,
+        host=host,
+        resources=quiet(**resources),
+        nics=list(nics),
+    )
+    return await lab.wait(lab.vc.CreateVm(request, lab.session))
+
+
+async def call_task(lab: Lab, method: str, request):
+    return await lab.wait(getattr(lab.vc, method)(request, lab.session))
+
+
+def get_vm(lab: Lab, name: str) -> pb.Vm:
+    return lab.vc.vms.get(name)
+
+
+def on_host(lab: Lab, name: str):
+    """The VM as its host's kernel has it."""
+    return lab.engine.running(get_vm(lab, name).host).kernel.vm(name)
+
+
+def generated(mac: str) -> bool:
+    octets = [int(o, 16) for o in mac.split(":")]
+    low = (octets[3] << 16) | (octets[4] << 8) | octets[5]
+    return octets[:3] == [0x00, 0x50, 0x56] and GENERATED_MAC_FIRST <= low <= GENERATED_MAC_LAST
+
+
+def snapshot(lab: Lab) -> tuple:
+    """What a refused or failed reconfiguration must leave unchanged: the inventory's
+    VMs (all their configuration), events, and each host's VM configurations."""
+    configs = {
+        name: sorted(repr(vm) for vm in hostd.kernel.vms())
+        for name, hostd in lab.engine._hostd.items()
+    }
+    return lab.vms(), len(lab.events()), configs
+
+
+# creating VMs with resources and NICs
+
+
+async def test_create_vm_with_resources_and_nics_registers_them_on_its_host(lab: Lab):
+    done = await create(
+        lab,
+        "web",
+        nics=[nic(mac="00:50:56:01:02:03"), nic("Management Network")],
+        cpu=kpb.ResourceAllocation(shares=4000, reservation=500, limit=2000),
+        memory=kpb.ResourceAllocation(reservation=128),
+        cpu_load_pct=30,
+    )
+    assert done.state == SUCCESS
+    vm = get_vm(lab, "web")
+    assert [(n.name, n.port_group) for n in vm.nics] == [
+        ("ethernet0", "VM Network"),
+        ("ethernet1", "Management Network"),
+    ]
+    assert vm.nics[0].mac == "00:50:56:01:02:03"
+    assert generated(vm.nics[1].mac)
+    assert all(n.firewall_default == "allow" for n in vm.nics)
+    assert (vm.resources.cpu.shares, vm.resources.cpu.limit, vm.resources.cpu_load_pct) == (
+        4000,
+        2000,
+        30,
+    )
+    assert lab.vms()["web"] == vm  # ListVms carries the same configuration
+    host = on_host(lab, "web")
+    assert [(n.name, n.port_group, n.mac) for n in host.nics] == [
+        (n.name, n.port_group, n.mac) for n in vm.nics
+    ]
+    assert (host.resources.cpu_reservation_mhz, host.resources.memory.reservation_mb) == (500, 128)
+    assert (await lab.power_on("web")).state == SUCCESS
+    network = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    assert sorted((n.vm, n.nic, n.mac) for n in network.nics) == [
+        ("web", n.name, n.mac) for n in vm.nics
+    ]
+
+
+async def test_generated_macs_follow_the_seed_and_never_repeat(make_lab):
+    async def macs(seed: int) -> list[str]:
+        lab = await make_lab(small_cluster(hosts=1), seed=seed)
+        for i in range(4):
+            assert (await create(lab, f"vm-{i}", nics=[nic(), nic()])).state == SUCCESS
+        return [n.mac for vm in lab.vms().values() for n in vm.nics]
+
+    first, again, other = await macs(11), await macs(11), await macs(12)
+    assert first == again != other
+    assert len(set(first)) == 8 and all(generated(m) for m in first)
+
+
+def new_vm(name: str = "x", **fields) -> pb.CreateVmRequest:
+    return pb.CreateVmRequest(name=name, cpus=1, memory_mb=256, **fields)
+
+
+def cpu(**fields) -> kpb.VmResources:
+    return kpb.VmResources(cpu=kpb.ResourceAllocation(**fields))
+
+
+def memory(**fields) -> kpb.VmResources:
+    return kpb.VmResources(memory=kpb.ResourceAllocation(**fields))
+
+
+def guest(**fields) -> kpb.VmResources:
+    return kpb.VmResources(memory_workload=kpb.GuestMemoryWorkload(**fields))
+
+
+def reconfigure(resources: kpb.VmResources, name: str = "a"):
+    return pb.ReconfigureVmResourcesRequest(name=name, resources=resources)
+
+
+def firewall(*rules: str | kpb.FirewallRule, **fields) -> pb.SetVmFirewallRequest:
+    rules_ = [rule(r) if isinstance(r, str) else r for r in rules]
+    return pb.SetVmFirewallRequest(vm="a", rules=rules_, **fields)
+
+
+async def test_a_mac_in_use_is_refused_and_nothing_changes(lab: Lab):
+    assert (await create(lab, "a", nics=[nic(mac="00:50:56:00:00:0a")])).state == SUCCESS
+    before = snapshot(lab)
+    refused = [
+        ("CreateVm", new_vm("b", nics=[nic(mac="00:50:56:00:00:0A")])),
+        (
+            "CreateVm",
+            new_vm("b", nics=[nic(mac="00:50:56:00:00:0b"), nic(mac="00-50-56-00-00-0b")]),
+        ),
+        ("AddVmNic", pb.AddVmNicRequest(vm="a", nic=nic(mac="00:50:56:00:00:0a"))),
+        ("AddVmNic", pb.AddVmNicRequest(vm="a", nic=nic(name="ethernet0"))),
+    ]
+    for method, request in refused:
+        with pytest.raises(AlreadyExists):
+            getattr(lab.vc, method)(request, lab.session)
+        assert snapshot(lab) == before
+    assert lab.vc.macs._held == {}  # a refusal holds no MAC
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "fault", "words"),
+    [
+        ("CreateVm", new_vm(nics=[nic("")]), InvalidArgument, "port_group"),
+        ("CreateVm", new_vm(nics=[nic(mac="01:00:5e:00:00:01")]), InvalidArgument, "multicast"),
+        ("CreateVm", new_vm(nics=[nic(mac="00:50:56:zz:00:01")]), InvalidArgument, "not a MAC"),
+        ("CreateVm", new_vm(nics=[nic(name="eth0")]), InvalidArgument, "ethernet0-ethernet9"),
+        ("CreateVm", new_vm(nics=[nic()] * 11), InvalidArgument, "at most 10"),
+        ("CreateVm", new_vm(resources=memory(reservation=512)), InvalidArgument, "at most 256"),
+        ("CreateVm", new_vm(resources=cpu(reservation=100, limit=50)), InvalidArgument, "below"),
+        ("CreateVm", new_vm(resources=cpu(shares=-5)), InvalidArgument, "shares must be > 0"),
+        ("CreateVm", new_vm(resources=kpb.VmResources(cpu_load_pct=101)), InvalidArgument, "load"),
+        ("CreateVm", new_vm(resources=guest(zero_pct=-1)), InvalidArgument, "zero_pct"),
+        ("CreateVm", new_vm(resources=guest(zero_pct=80, common_pct=21)), InvalidArgument, "pass"),
+        ("ReconfigureVmResources", reconfigure(memory(reservation=300)), InvalidArgument, "256"),
+        ("ReconfigureVmResources", reconfigure(memory(limit=-2)), InvalidArgument, "unlimited"),
+        ("ReconfigureVmResources", reconfigure(kpb.VmResources(), "nope"), NotFound, "nope"),
+        ("SetVmFirewall", firewall(kpb.FirewallRule(action="drop")), InvalidArgument, "action"),
+        ("SetVmFirewall", firewall("deny in tcp 10.0.0.1/8 22"), InvalidArgument, "rule 0"),
+        ("SetVmFirewall", firewall("deny in icmp any 22"), InvalidArgument, "icmp"),
+        ("SetVmFirewall", firewall("deny in tcp any 70000"), InvalidArgument, "65535"),
+        ("SetVmFirewall", firewall(default_action="reject"), InvalidArgument, "allow or deny"),
+        ("SetVmFirewall", firewall(nic="ethernet3"), NotFound, "ethernet3"),
+        ("AssignPciDevice", pb.AssignPciDeviceRequest(vm="a", id="3b:00"), InvalidArgument, "PCI"),
+    ],
+)  # fmt: skip
+async def test_bad_requests_are_refused_at_once_and_change_nothing(
+    lab: Lab, method, request_, fault, words
+):
+    assert (await create(lab, "a", nics=[nic()])).state == SUCCESS
+    before = snapshot(lab)
+    with pytest.raises(fault, match=words):
+        getattr(lab.vc, method)(request_, lab.session)
+    assert snapshot(lab) == before
+    assert lab.vc.macs._held == {}
+
+
+# ReconfigVM_Task
+
+
+async def test_reconfigure_applies_live_and_a_reservation_that_does_not_fit_changes_nothing(
+    make_lab,
+):
+    lab = await make_lab(small_cluster(hosts=1, cpu_cores=4))  # 4 x 2600 MHz
+    for name in ("a", "b"):
+        assert (await create(lab, name, cpu_load_pct=100)).state == SUCCESS
+        assert (await lab.power_on(name)).state == SUCCESS
+    live = quiet(cpu=kpb.ResourceAllocation(reservation=6000, limit=8000), cpu_load_pct=100)
+    request = pb.ReconfigureVmResourcesRequest(name="a", resources=live)
+    done = await call_task(lab, "ReconfigureVmResources", request)
+    assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
+    assert get_vm(lab, "a").resources.cpu.reservation == 6000
+    stats = await lab.vc.GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+    assert stats.cpu.reserved == 6000  # applied to the running VM at once
+    event = lab.events()[-1]
+    assert (event.type, event.vm) == ("VmReconfiguredEvent", "a")
+
+    before = snapshot(lab)
+    too_much = quiet(cpu=kpb.ResourceAllocation(reservation=6000), cpu_load_pct=100)
+    request = pb.ReconfigureVmResourcesRequest(name="b", resources=too_much)
+    failed = await call_task(lab, "ReconfigureVmResources", request)
+    assert (failed.state, failed.error.name) == (ERROR, "InsufficientResourcesFault")
+    assert snapshot(lab) == before  # the inventory, the events and the host: unchanged
+    assert get_vm(lab, "b").resources.cpu.reservation == 0
+
+
+async def test_add_nic_to_a_running_vm_connects_it_and_a_missing_port_group_changes_nothing(
+    lab: Lab,
+):
+    assert (await create(lab, "a", nics=[nic()])).state == SUCCESS
+    assert (await lab.power_on("a")).state == SUCCESS
+    before = snapshot(lab)
+    missing = pb.AddVmNicRequest(vm="a", nic=nic("No Such Network"))
+    failed = await call_task(lab, "AddVmNic", missing)
+    assert (failed.state, failed.error.name) == (ERROR, "NotFound")
+    assert "No Such Network" in failed.error.message
+    assert snapshot(lab) == before
+    done = await call_task(lab, "AddVmNic", pb.AddVmNicRequest(vm="a", nic=nic()))
+    assert done.state == SUCCESS
+    vm = get_vm(lab, "a")
+    assert [n.name for n in vm.nics] == ["ethernet0", "ethernet1"]
+    network = await lab.vc.GetHostNetwork(pb.HostRequest(name=vm.host), lab.session)
+    assert sorted(n.nic for n in network.nics if n.vm == "a") == ["ethernet0", "ethernet1"]
+    assert lab.vc.macs._held == {}  # released when the task ended
+
+
+async def test_firewall_rules_persist_across_a_vcenter_restart_and_travel_with_the_vm(lab: Lab):
+    assert (await create(lab, "a", nics=[nic()])).state == SUCCESS
+    ssh = rule("DENY in tcp 10.0.0.0/8 22")
+    ssh.name = "no ssh"
+    high = kpb.FirewallRule(action="allow", port="1024-65535")
+    request = firewall(ssh, high, default_action="deny")
+    assert (await call_task(lab, "SetVmFirewall", request)).state == SUCCESS
+    canonical = [
+        ("deny", "in", "tcp", "10.0.0.0/8", "22", "no ssh"),
+        ("allow", "both", "any", "any", "1024-65535", ""),
+    ]
+
+    def stored(vm: pb.Vm) -> tuple:
+        (ethernet0,) = vm.nics
+        rules = [
+            (r.action, r.direction, r.protocol, r.address, r.port, r.name)
+            for r in ethernet0.firewall
+        ]
+        return rules, ethernet0.firewall_default
+
+    assert stored(get_vm(lab, "a")) == (canonical, "deny")
+    await lab.restart()
+    assert stored(get_vm(lab, "a")) == (canonical, "deny")
+    # The host lost the VM (a reboot): vCenter registers it again, rules and all.
+    host = get_vm(lab, "a").host
+    lab.engine.crash(host)
+    lab.drop_connection(host)
+    await lab.engine.reboot(host)
+    await lab.vc.hosts.heartbeat_once()
+    await lab.vc.hosts.heartbeat_once()
+    (ethernet0,) = on_host(lab, "a").nics
+    assert ethernet0.firewall.default_action == "deny"
+    assert [(r.action, r.address, r.port) for r in ethernet0.firewall.rules] == [
+        ("deny", "10.0.0.0/8", "22"),
+        ("allow", "any", "1024-65535"),
+    ]
+
+
+# hosts' networks and the physical switch
+
+
+async def test_vswitch_and_port_group_add_and_a_bad_vlan_is_refused(lab: Lab):
+    vswitch = kpb.VirtualSwitch(name="vSwitch1", uplinks=["vmnic1", "vmnic2"])
+    network = await lab.vc.AddVirtualSwitch(
+        pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=vswitch), lab.session
+    )
+    assert [(v.name, list(v.uplinks)) for v in network.vswitches] == [
+        ("vSwitch0", ["vmnic0"]),
+        ("vSwitch1", ["vmnic1", "vmnic2"]),
+    ]
+    pg = kpb.PortGroup(name="Prod", vswitch="vSwitch1", vlan=10)
+    network = await lab.vc.AddPortGroup(
+        pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session
+    )
+    assert ("Prod", "vSwitch1", 10) in [(p.name, p.vswitch, p.vlan) for p in network.port_groups]
+    assert [e.type for e in lab.events()[-2:]] == [
+        "HostVirtualSwitchAddedEvent",
+        "HostPortGroupAddedEvent",
+    ]
+    before = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    events = len(lab.events())
+
+    def port_group(host: str, **fields) -> pb.HostPortGroupRequest:
+        return pb.HostPortGroupRequest(host=host, port_group=kpb.PortGroup(**fields))
+
+    def vswitch(**fields) -> pb.HostVirtualSwitchRequest:
+        return pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=kpb.VirtualSwitch(**fields))
+
+    for method, request, fault in [
+        ("AddPortGroup", port_group("esxi-01", name="x", vswitch="vS", vlan=4096), InvalidArgument),
+        ("AddPortGroup", port_group("esxi-01", name="Prod", vswitch="vSwitch1"), AlreadyExists),
+        ("AddPortGroup", port_group("esxi-09", name="x", vswitch="vSwitch1"), NotFound),
+        ("AddVirtualSwitch", vswitch(name="vSwitch2", uplinks=["vmnic0"]), AlreadyExists),
+        ("AddVirtualSwitch", vswitch(name="vSwitch2", uplinks=["eth0"]), InvalidArgument),
+    ]:  # fmt: skip
+        with pytest.raises(fault):
+            await getattr(lab.vc, method)(request, lab.session)
+    assert await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session) == before
+    assert len(lab.events()) == events
+    lab.engine.crash("esxi-02")
+    lab.drop_connection("esxi-02")
+    await lab.vc.hosts.heartbeat_once()
+    with pytest.raises(HostNotConnected):
+        await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
+
+
+async def vlan_lab(make_lab) -> Lab:
+    """a on esxi-01 and b on esxi-02 in VLAN 10, c on esxi-02 in VLAN 20; all running."""
+    lab = await make_lab(small_cluster(hosts=2))
+    for host in ("esxi-01", "esxi-02"):
+        for name, vlan in (("Prod", 10), ("Dev", 20)):
+            pg = kpb.PortGroup(name=name, vswitch="vSwitch0", vlan=vlan)
+            await lab.vc.AddPortGroup(
+                pb.HostPortGroupRequest(host=host, port_group=pg), lab.session
+            )
+    for name, host, pg in (
+        ("a", "esxi-01", "Prod"),
+        ("b", "esxi-02", "Prod"),
+        ("c", "esxi-02", "Dev"),
+    ):
+        assert (await create(lab, name, host, nics=[nic(pg)])).state == SUCCESS
+        assert (await lab.power_on(name)).state == SUCCESS
+    return lab
+
+
+async def send(lab: Lab, vm: str, dst_vm: str = "", **frame) -> kpb.FrameTrace:
+    request = pb.SendTestFrameRequest(vm=vm, dst_vm=dst_vm, frame=kpb.Frame(**frame))
+    return await lab.vc.SendTestFrame(request, lab.session)
+
+
+def receivers(trace: kpb.FrameTrace) -> list[tuple[str, str, str]]:
+    return [(r.host, r.vm, r.nic) for r in trace.received]
+
+
+def drops(trace: kpb.FrameTrace) -> set[tuple[str, str, str]]:
+    return {(d.host, d.where, d.reason) for d in trace.dropped}
+
+
+async def test_a_frame_reaches_the_vm_on_the_other_host_in_its_vlan_only(make_lab):
+    lab = await vlan_lab(make_lab)
+    trace = await send(lab, "a", dst_vm="b", protocol="tcp", dst_port=443)
+    assert receivers(trace) == [("esxi-02", "b", "ethernet0")]
+    assert (trace.host, trace.vm, trace.nic) == ("esxi-01", "a", "ethernet0")
+    assert trace.frame.src_mac == get_vm(lab, "a").nics[0].mac
+    assert trace.frame.dst_mac == get_vm(lab, "b").nics[0].mac
+    trace = await send(lab, "a", dst_mac=BROADCAST)
+    assert receivers(trace) == [("esxi-02", "b", "ethernet0")]  # c is in VLAN 20
+    assert drops(trace) == set()  # the copies flooded to other NICs are not drops
+    trace = await send(lab, "a", dst_vm="c")
+    # In VLAN 10 nobody has c's MAC: every host discards its flooded copy, silently.
+    assert (receivers(trace), drops(trace)) == ([], set())
+
+
+async def test_a_switch_port_not_trunking_the_vlan_blocks_it(make_lab):
+    lab = await vlan_lab(make_lab)
+    port = kpb.PhysicalPort(host="esxi-02", uplink="vmnic0", vlans=[20, 0, 20])
+    configured = lab.vc.ConfigurePhysicalPort(port, lab.session)
+    assert list(configured.vlans) == [0, 20]
+    ports = lab.vc.ListPhysicalPorts(pb.ListPhysicalPortsRequest(), lab.session).ports
+    assert len(ports) == 8  # two hosts x vmnic0..vmnic3
+    assert [list(p.vlans) for p in ports if (p.host, p.uplink) == ("esxi-02", "vmnic0")] == [
+        [0, 20]
+    ]
+    assert all(not p.vlans and not p.disabled for p in ports if p.host == "esxi-01")
+    trace = await send(lab, "a", dst_vm="b")
+    assert receivers(trace) == []
+    assert drops(trace) == {("", "pswitch-01:esxi-02/vmnic0", "vlan")}
+    (blocked,) = trace.dropped
+    assert "VLAN 10" in blocked.detail
+    await lab.restart()  # the port's setting is in the inventory
+    trace = await send(lab, "a", dst_vm="b")
+    assert receivers(trace) == []
+    lab.vc.ConfigurePhysicalPort(kpb.PhysicalPort(host="esxi-02", uplink="vmnic0"), lab.session)
+    assert receivers(await send(lab, "a", dst_vm="b")) == [("esxi-02", "b", "ethernet0")]
+    shut = kpb.PhysicalPort(host="esxi-01", uplink="vmnic0", disabled=True)
+    lab.vc.ConfigurePhysicalPort(shut, lab.session)
+    trace = await send(lab, "a", dst_vm="b")
+    assert receivers(trace) == [] and ("", "pswitch-01:esxi-01/vmnic0", "port_disabled") in drops(
+        trace
+    )
+    for bad, fault in [
+        (kpb.PhysicalPort(host="esxi-02", uplink="vmnic7"), NotFound),
+        (kpb.PhysicalPort(host="esxi-02", uplink="eth0"), InvalidArgument),
+        (kpb.PhysicalPort(host="esxi-09", uplink="vmnic0"), NotFound),
+        (kpb.PhysicalPort(host="esxi-02", uplink="vmnic0", vlans=[4095]), InvalidArgument),
+    ]:
+        with pytest.raises(fault):
+            lab.vc.ConfigurePhysicalPort(bad, lab.session)
+
+
+async def test_a_firewall_deny_drops_the_frame_with_reason_firewall(make_lab):
+    lab = await vlan_lab(make_lab)
+    request = pb.SetVmFirewallRequest(vm="b", rules=[rule("deny in tcp 10.0.0.0/8 22")])
+    assert (await call_task(lab, "SetVmFirewall", request)).state == SUCCESS
+    ssh = {"protocol": "tcp", "src_ip": "10.1.2.3", "dst_ip": "10.9.9.9", "dst_port": 22}
+    trace = await send(lab, "a", dst_vm="b", **ssh)
+    assert receivers(trace) == []
+    (denied,) = trace.dropped
+    assert denied.reason == "firewall"
+    assert (denied.host, denied.where) == ("esxi-02", "b/ethernet0")
+    assert "10.0.0.0/8" in denied.detail
+    trace = await send(lab, "a", dst_vm="b", **{**ssh, "src_ip": "192.168.1.1"})
+    assert receivers(trace) == [("esxi-02", "b", "ethernet0")]  # outside 10.0.0.0/8
+    stats = await lab.vc.GetVmStats(pb.VmRequest(name="b"), lab.session)
+    assert stats.nics["ethernet0"].dropped["firewall"] == 1
+
+
+async def test_send_test_frame_refusals(make_lab):
+    lab = await vlan_lab(make_lab)
+    assert (await create(lab, "off", nics=[nic()])).state == SUCCESS
+    assert (await create(lab, "bare")).state == SUCCESS
+    for vm, dst_vm, frame, fault in [
+        ("off", "b", {}, InvalidPowerState),
+        ("a", "", {}, InvalidArgument),  # no destination
+        ("a", "b", {"dst_mac": BROADCAST}, InvalidArgument),  # both
+        ("a", "bare", {}, InvalidState),
+        ("a", "b", {"dst_port": 70000}, InvalidArgument),
+        ("a", "b", {"payload": b"x" * 9001}, InvalidArgument),
+        ("a", "nope", {}, NotFound),
+    ]:
+        with pytest.raises(fault):
+            await send(lab, vm, dst_vm, **frame)
+    with pytest.raises(NotFound, match="ethernet1"):
+        request = pb.SendTestFrameRequest(vm="a", nic="ethernet1", dst_vm="b")
+        await lab.vc.SendTestFrame(request, lab.session)
+
+
+# statistics, memory settings, DirectPath
+
+
+async def test_stats_of_a_running_vm(lab: Lab):
+    assert (await create(lab, "busy", cpu_load_pct=100)).state == SUCCESS
+    with pytest.raises(InvalidPowerState):
+        await lab.vc.GetVmStats(pb.VmRequest(name="busy"), lab.session)
+    assert (await lab.power_on("busy")).state == SUCCESS
+    await lab.clock.advance(5)
+    stats = await lab.vc.GetVmStats(pb.VmRequest(name="busy"), lab.session)
+    assert (stats.name, stats.host) == ("busy", "esxi-01")
+    assert stats.cpu.demand == 2600 and stats.cpu.usage > 0  # one vCPU, fully busy
+    assert stats.memory.granted > 0
+    host = await lab.vc.GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+    assert [v.name for v in host.vms] == ["busy"] and host.host == "esxi-01"
+    with pytest.raises(NotFound):
+        await lab.vc.GetHostStats(pb.HostRequest(name="esxi-09"), lab.session)
+
+
+async def test_host_memory_settings_are_forwarded(lab: Lab):
+    request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", share_force_salting=0)
+    settings = await lab.vc.UpdateHostMemorySettings(request, lab.session)
+    assert (settings.share_force_salting, settings.page_sharing_disabled) == (0, False)
+    request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", page_sharing_disabled=True)
+    settings = await lab.vc.UpdateHostMemorySettings(request, lab.session)
+    assert (settings.share_force_salting, settings.page_sharing_disabled) == (0, True)
+    assert lab.events()[-1].type == "HostMemorySettingsChangedEvent"
+    events = len(lab.events())
+    for bad in [
+        pb.UpdateHostMemorySettingsRequest(host="esxi-01", share_force_salting=3),
+        pb.UpdateHostMemorySettingsRequest(host="esxi-01", share_scan_period=0),
+        pb.UpdateHostMemorySettingsRequest(host="esxi-01"),
+    ]:
+        with pytest.raises(InvalidArgument):
+            await lab.vc.UpdateHostMemorySettings(bad, lab.session)
+    stats = await lab.vc.GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+    assert stats.memory_settings.share_force_salting == 0
+    assert len(lab.events()) == events
+
+
+async def test_directpath_device_assignment(lab: Lab):
+    devices = await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+    gpu = devices.devices[0].id
+    assert devices.host == "esxi-01" and not devices.devices[0].passthru_enabled
+    assert (await create(lab, "ml", memory_mb=256)).state == SUCCESS
+    request = pb.AssignPciDeviceRequest(vm="ml", id=gpu.upper())
+    failed = await call_task(lab, "AssignPciDevice", request)
+    assert (failed.state, failed.error.name) == (ERROR, "InvalidState")  # not enabled
+    assert list(get_vm(lab, "ml").pci_devices) == []
+    enable = pb.UpdateHostPassthruRequest(host="esxi-01", id=gpu, enabled=True)
+    assert (await lab.vc.UpdatePassthruConfig(enable, lab.session)).passthru_enabled
+    assert (await call_task(lab, "AssignPciDevice", request)).state == SUCCESS
+    assert list(get_vm(lab, "ml").pci_devices) == [gpu]
+    with pytest.raises(AlreadyExists):
+        lab.vc.AssignPciDevice(request, lab.session)
+    listed = await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+    assert [d.vm for d in listed.devices if d.id == gpu] == ["ml"]
+    full = quiet(memory=kpb.ResourceAllocation(reservation=256))
+    reserve = pb.ReconfigureVmResourcesRequest(name="ml", resources=full)
+    assert (await call_task(lab, "ReconfigureVmResources", reserve)).state == SUCCESS
+    assert (await lab.power_on("ml")).state == SUCCESS
+    with pytest.raises(InvalidPowerState):  # DirectPath changes only while powered off
+        lab.vc.AssignPciDevice(pb.AssignPciDeviceRequest(vm="ml", id="0000:af:00.0"), lab.session)
+
+
+async def test_guest_report_luns_lists_exactly_its_disks(cluster):  # noqa: F811
+    vc, _, _, session = cluster
+    for name, disk_mb in (("db", 8), ("other", 16)):
+        request = pb.CreateVmRequest(
+            name=name,
+            cpus=1,
+            memory_mb=256,
+            host="esxi-01",
+            datastore="vmfs-01",
+            disk_mb=disk_mb,
+            resources=quiet(),
+        )
+        assert (await run(vc, vc.CreateVm(request, session))).state == SUCCESS
+    with pytest.raises(InvalidPowerState):
+        await vc.GuestReportLuns(pb.VmRequest(name="db"), session)
+    for name in ("db", "other"):
+        assert (await run(vc, vc.PowerOnVm(pb.VmRequest(name=name), session))).state == SUCCESS
+    luns = await vc.GuestReportLuns(pb.VmRequest(name="db"), session)
+    assert luns.vm == "db"
+    assert [(lun.address, lun.lun, lun.capacity_bytes) for lun in luns.luns] == [
+        ("scsi0:0", 0, 8 * 1024**2)
+    ]
+    assert luns.luns[0].vendor.strip() == "VMware"
+    for name in ("db", "other"):
+        assert (await run(vc, vc.PowerOffVm(pb.VmRequest(name=name), session))).state == SUCCESS
+
+
+async def test_a_linked_clone_takes_the_adapters_with_new_macs(cluster):  # noqa: F811
+    vc, _, _, session = cluster
+    request = pb.CreateVmRequest(
+        name="base",
+        cpus=1,
+        memory_mb=256,
+        host="esxi-01",
+        datastore="vmfs-01",
+        disk_mb=8,
+        resources=quiet(cpu_load_pct=10),
+        nics=[nic(firewall=[rule("deny in any any any")]), nic("Management Network")],
+    )
+    assert (await run(vc, vc.CreateVm(request, session))).state == SUCCESS
+    clone = pb.LinkedCloneVmRequest(source="base", name="copy", host="esxi-02")
+    assert (await run(vc, vc.LinkedCloneVm(clone, session))).state == SUCCESS
+    base, copy = vc.vms.get("base"), vc.vms.get("copy")
+    assert [(n.name, n.port_group, list(n.firewall)) for n in copy.nics] == [
+        (n.name, n.port_group, list(n.firewall)) for n in base.nics
+    ]
+    assert {n.mac for n in copy.nics}.isdisjoint({n.mac for n in base.nics})
+    assert copy.resources.cpu_load_pct == 10

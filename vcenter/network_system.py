@@ -1,0 +1,89 @@
+"""The hosts' standard switches as vCenter manages them (vSphere's HostNetworkSystem):
+adding vSwitches and port groups on a host, and reading a host's network.
+
+The host is the truth for its network (vSwitches, uplinks, port groups, connected
+vNICs): vCenter checks what it can without the host (the host exists and is
+connected, names and VLANs are well formed), forwards the change, and records an
+event once the host has made it. Never does: keep its own copy of a host's network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from vsim import validate
+from vsim.faults import NotFound
+from vsim.host.ethernet_frame import uplink_name, vlan_id
+from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import kernel_pb2 as kpb
+from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.events import EventLog
+from vsim.vcenter.host_system import HostManager
+
+
+class NetworkSystem:
+    def __init__(self, hosts: HostManager, events: EventLog) -> None:
+        self._hosts = hosts
+        self._events = events
+
+    def _connected(self, host: str) -> None:
+        validate.host_name(host, "host")
+        self._hosts.connected(host)
+
+    async def get(self, request: pb.HostRequest) -> kpb.HostNetwork:
+        self._connected(request.name)
+        return await self._network(request.name)
+
+    async def _network(self, host: str) -> kpb.HostNetwork:
+        network = await self._hosts.call(host, "GetNetwork", hpb.GetNetworkRequest())
+        network.host = network.host or host
+        return network
+
+    async def add_vswitch(self, request: pb.HostVirtualSwitchRequest, user: str) -> kpb.HostNetwork:
+        self._connected(request.host)
+        vswitch = request.vswitch
+        validate.text(vswitch.name, "vswitch name", 64)
+        for uplink in vswitch.uplinks:
+            uplink_name(uplink)
+        request_ = hpb.AddVirtualSwitchRequest(vswitch=vswitch)
+        network = await self._hosts.call(request.host, "AddVirtualSwitch", request_)
+        uplinks = f" with uplinks {', '.join(vswitch.uplinks)}" if vswitch.uplinks else ""
+        self._events.post(
+            "HostVirtualSwitchAddedEvent",
+            f"Added vSwitch {vswitch.name}{uplinks} on {request.host}",
+            user=user,
+            host=request.host,
+        )
+        network.host = network.host or request.host
+        return network
+
+    async def add_port_group(self, request: pb.HostPortGroupRequest, user: str) -> kpb.HostNetwork:
+        self._connected(request.host)
+        pg = request.port_group
+        validate.vm_name(pg.name, "port group name")
+        validate.text(pg.vswitch, "vswitch", 64)
+        vlan_id(pg.vlan)
+        request_ = hpb.AddPortGroupRequest(port_group=pg)
+        network = await self._hosts.call(request.host, "AddPortGroup", request_)
+        self._events.post(
+            "HostPortGroupAddedEvent",
+            f"Added port group {pg.name!r} (VLAN {pg.vlan}) on {pg.vswitch} of {request.host}",
+            user=user,
+            host=request.host,
+        )
+        network.host = network.host or request.host
+        return network
+
+    async def require_port_groups(self, host: str, port_groups: Iterable[str]) -> None:
+        """NotFound unless every port group is on the host (asked of the host)."""
+        wanted = set(port_groups)
+        if not wanted:
+            return
+        network = await self._network(host)
+        missing = sorted(wanted - {pg.name for pg in network.port_groups})
+        if missing:
+            raise NotFound(
+                f"port group {missing[0]!r} does not exist on {host}; add it there first "
+                f"(vsim network portgroup add {host} ...) or pick one of: "
+                + ", ".join(repr(pg.name) for pg in network.port_groups)
+            )
