@@ -20,6 +20,7 @@ from vsim.clock import Clock
 from vsim.cluster.spec import HostSpec
 from vsim.faults import HostConnectFault
 from vsim.host.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.esx_conf import MemoryConfigStore
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
 from vsim.host.storage_stack import LocalStoragePorts, StorageStack
@@ -65,6 +66,8 @@ class InProcessEngine:
         self._specs: dict[str, HostSpec] = {}
         self._identities: dict[str, Identity] = {}
         self._stores: dict[str, MemoryAccountStore] = {}
+        self._configs: dict[str, MemoryConfigStore] = {}
+        """Each host's esx.conf, kept across reboots as its disk would."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
@@ -80,7 +83,8 @@ class InProcessEngine:
             storage = StorageStack(
                 spec.host_uuid, spec.name, self.clock, random.Random(spec.name), ports
             )
-            kernel = HostKernel(spec, self.clock, self._swap_root / spec.name)
+            config = self._configs.setdefault(spec.name, MemoryConfigStore())
+            kernel = HostKernel(spec, self.clock, self._swap_root / spec.name, config)
             self._hostd[spec.name] = Hostd(kernel, accounts, storage)
         return identity.thumbprint
 
@@ -100,7 +104,7 @@ class InProcessEngine:
     async def decommission(self, name: str) -> None:
         if name in self._hostd:
             await self._hostd[name].storage.close()
-        for table in (self._hostd, self._specs, self._identities, self._stores):
+        for table in (self._hostd, self._specs, self._identities, self._stores, self._configs):
             table.pop(name, None)
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from vsim.clock import WallClock
 from vsim.cluster.spec import HostSpec
 from vsim.host.accounts import FileAccountStore, HostAccounts
 from vsim.host.array_client import GrpcStoragePorts
+from vsim.host.esx_conf import FileConfigStore
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
 from vsim.host.storage_stack import StorageStack
@@ -47,7 +48,9 @@ class EsxiHost:
         self.storage = StorageStack(
             spec.host_uuid, spec.name, clock, random.Random(), GrpcStoragePorts()
         )
-        self.hostd = Hostd(HostKernel(spec, clock, self._dir / "vswp"), accounts, self.storage)
+        config = FileConfigStore(self._dir / "esx.conf.json")
+        kernel = HostKernel(spec, clock, self._dir / "vswp", config)
+        self.hostd = Hostd(kernel, accounts, self.storage)
         self._server: Any = None
         self._endpoint = ""
         self._booting = asyncio.Lock()

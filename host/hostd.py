@@ -23,7 +23,6 @@ from vsim.host.accounts import ROLES, HostAccounts
 from vsim.host.disk_scheduler import DiskAllocation, DiskScheduler
 from vsim.host.kernel import (
     KERNEL_TICK,
-    PHYSICAL_NICS,
     DiskConfig,
     HostKernel,
     VmConfig,
@@ -441,7 +440,7 @@ class Hostd:
             settings = replace(settings, page_sharing=not request.page_sharing_disabled)
         if request.HasField("share_scan_period"):
             settings = replace(settings, share_scan_period=request.share_scan_period)
-        settings = self.kernel.memory.set_settings(settings)
+        settings = self.kernel.set_memory_settings(settings)
         return kpb.HostMemorySettings(
             share_force_salting=settings.share_force_salting,
             page_sharing_disabled=not settings.page_sharing,
@@ -463,22 +462,14 @@ class Hostd:
     ) -> kpb.HostNetwork:
         self.accounts.require_admin(user)
         v = request.vswitch
-        for uplink in v.uplinks:
-            if uplink not in PHYSICAL_NICS:
-                raise NotFound(
-                    f"{self.kernel.spec.name} has no physical NIC {uplink[:40]!r}; it has "
-                    + ", ".join(PHYSICAL_NICS)
-                )
         security = security_from_proto(v.security).over(STANDARD_SWITCH_SECURITY)
-        self.kernel.network.add_vswitch(v.name, tuple(v.uplinks), security)
+        self.kernel.add_vswitch(v.name, tuple(v.uplinks), security)
         return network_to_proto(self.kernel)
 
     def AddPortGroup(self, request: pb.AddPortGroupRequest, user: str | None) -> kpb.HostNetwork:
         self.accounts.require_admin(user)
         p = request.port_group
-        self.kernel.network.add_port_group(
-            p.name, p.vswitch, p.vlan, security_from_proto(p.security)
-        )
+        self.kernel.add_port_group(p.name, p.vswitch, p.vlan, security_from_proto(p.security))
         return network_to_proto(self.kernel)
 
     def GetNetwork(self, request: pb.GetNetworkRequest, user: str | None) -> kpb.HostNetwork:
@@ -521,7 +512,7 @@ class Hostd:
         self, request: pb.UpdatePassthruRequest, user: str | None
     ) -> kpb.PciDevice:
         self.accounts.require_admin(user)
-        info = self.kernel.pci.update_passthru_config(request.id, request.enabled)
+        info = self.kernel.set_passthru(request.id, request.enabled)
         device = self.kernel.pci.device(info.id)
         return kpb.PciDevice(
             id=device.id,

@@ -27,12 +27,20 @@ from vsim.faults import (
     NotFound,
 )
 from vsim.host.cpu_scheduler import CpuScheduler
+from vsim.host.esx_conf import (
+    ConfigStore,
+    MemoryConfigStore,
+    memory_config,
+    memory_from_config,
+    network_config,
+    network_from_config,
+)
 from vsim.host.guest_memory import GuestWorkload
-from vsim.host.memory import MemoryManager, VmMemorySettings
-from vsim.host.passthrough import PciDevice, PciPassthruSystem
+from vsim.host.memory import MemoryManager, MemorySettings, VmMemorySettings
+from vsim.host.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
 from vsim.host.resource_pool import UNLIMITED, VM_CPU_SHARES_PER_VCPU, Allocation
 from vsim.host.vnic_firewall import VnicFirewall
-from vsim.host.vswitch import HostNetworkSystem
+from vsim.host.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
 
 KERNEL_TICK = 1.0
 """Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""
@@ -141,7 +149,15 @@ def check_nics(vm_name: str, nics: tuple[NicConfig, ...]) -> None:
 
 
 class HostKernel:
-    def __init__(self, spec: HostSpec, clock: Clock, swap_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        spec: HostSpec,
+        clock: Clock,
+        swap_dir: Path | None = None,
+        config: ConfigStore | None = None,
+    ) -> None:
+        """`config` is the host's esx.conf: the network, memory settings and
+        passthrough devices it boots with and keeps changes in."""
         self.spec = spec.validated()
         self.clock = clock
         self.boot_time = clock.now()
@@ -152,10 +168,17 @@ class HostKernel:
         """Host-local swap: each powered-on VM's .vswp."""
         for stale in self.swap_dir.glob("*.vswp"):  # of VMs that ran before a crash
             stale.unlink()
-        self.memory = MemoryManager(self.spec.memory_mb, clock, self.swap_dir)
+        self._config = config or MemoryConfigStore()
+        stored = self._config.load()
+        settings = memory_from_config(stored["memory"]) if "memory" in stored else None
+        self.memory = MemoryManager(self.spec.memory_mb, clock, self.swap_dir, settings)
         self.cpu = CpuScheduler.for_host(self.spec)
-        self.network = default_network(self.spec.name)
-        self.pci = PciPassthruSystem(PCI_DEVICES)
+        self.network = (
+            network_from_config(self.spec.name, stored["network"])
+            if "network" in stored
+            else default_network(self.spec.name)
+        )
+        self.pci = PciPassthruSystem(PCI_DEVICES, stored.get("passthru", ()))
         self._last_tick = clock.now()
 
     def close(self) -> None:
@@ -185,6 +208,47 @@ class HostKernel:
             return self._vms[name]
         except KeyError:
             raise NotFound(f"no VM named {name!r} is registered on {self.spec.name}") from None
+
+    # -- host configuration (kept in esx.conf) ----------------------------------------
+
+    def add_vswitch(
+        self, name: str, uplinks: tuple[str, ...], security: SecurityPolicy
+    ) -> VirtualSwitch:
+        for uplink in uplinks:
+            if uplink not in PHYSICAL_NICS:
+                raise NotFound(
+                    f"{self.spec.name} has no physical NIC {uplink[:40]!r}; it has "
+                    + ", ".join(PHYSICAL_NICS)
+                )
+        vswitch = self.network.add_vswitch(name, uplinks, security)
+        self._save_config()
+        return vswitch
+
+    def add_port_group(
+        self, name: str, vswitch: str, vlan: int, security: SecurityPolicy
+    ) -> PortGroup:
+        port_group = self.network.add_port_group(name, vswitch, vlan, security)
+        self._save_config()
+        return port_group
+
+    def set_memory_settings(self, settings: MemorySettings) -> MemorySettings:
+        settings = self.memory.set_settings(settings)
+        self._save_config()
+        return settings
+
+    def set_passthru(self, pci: str, enabled: bool) -> PassthruInfo:
+        info = self.pci.update_passthru_config(pci, enabled)
+        self._save_config()
+        return info
+
+    def _save_config(self) -> None:
+        self._config.save(
+            {
+                "network": network_config(self.network),
+                "memory": memory_config(self.memory.settings),
+                "passthru": [i.id for i in self.pci.passthru_info() if i.enabled],
+            }
+        )
 
     # -- registration ------------------------------------------------------------------
 

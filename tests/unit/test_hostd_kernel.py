@@ -23,9 +23,12 @@ from vsim.faults import (
     ResourceInUse,
 )
 from vsim.host.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.esx_conf import FileConfigStore
 from vsim.host.hostd import Hostd
 from vsim.host.kernel import HostKernel
 from vsim.host.kernel_messages import frame_from_proto, frame_to_proto
+from vsim.host.memory import MemorySettings
+from vsim.host.vswitch import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.passwords import hash_password
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -307,3 +310,28 @@ async def test_a_guest_without_disks_finds_no_luns(hosts):
     await a.power_on("empty")
     luns = await a("GuestReportLuns", hpb.HostVmRequest(name="empty"))
     assert list(luns.luns) == []
+
+
+async def test_host_configuration_survives_a_reboot(tmp_path: Path, fast_scrypt: None):
+    """vSwitches, port groups, memory settings and passthrough are kept in esx.conf."""
+    store = FileConfigStore(tmp_path / "esx.conf.json")
+    spec = HostSpec("esxi-01", cpu_cores=4, memory_mb=8192)
+    kernel = HostKernel(spec, SimClock(), tmp_path / "swap", store)
+    kernel.add_vswitch("vSwitch1", ("vmnic1",), STANDARD_SWITCH_SECURITY)
+    kernel.add_port_group("Prod", "vSwitch1", 10, SecurityPolicy(allow_promiscuous=True))
+    kernel.set_memory_settings(MemorySettings(share_force_salting=0, page_sharing=False))
+    gpu = kernel.pci.devices()[0].id
+    kernel.set_passthru(gpu, True)
+    with pytest.raises(InvalidArgument):
+        kernel.add_port_group("Bad", "vSwitch1", 4096, SecurityPolicy())
+    rebooted = HostKernel(spec, SimClock(), tmp_path / "swap", FileConfigStore(store.path))
+    assert rebooted.network.vswitch("vSwitch1").uplinks == ("vmnic1",)
+    prod = rebooted.network.port_group("Prod")
+    assert (prod.vswitch, prod.vlan, prod.security.allow_promiscuous) == ("vSwitch1", 10, True)
+    assert [p.name for p in rebooted.network.port_groups()] == [
+        p.name for p in kernel.network.port_groups()
+    ]
+    assert rebooted.memory.settings == kernel.memory.settings
+    assert [i.id for i in rebooted.pci.passthru_info() if i.enabled] == [gpu]
+    fresh = HostKernel(spec, SimClock(), tmp_path / "swap2")
+    assert {p.name for p in fresh.network.port_groups()} == {"Management Network", "VM Network"}

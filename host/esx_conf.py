@@ -1,0 +1,81 @@
+"""The host's persistent configuration, as ESXi keeps it in /etc/vmware/esx.conf:
+its standard vSwitches and port groups, its advanced memory settings, and which PCI
+devices are enabled for passthrough. A reboot (or a restarted host actor) comes back
+with them, so VMs on a port group an administrator added still power on.
+
+Kept through an injected store: a JSON file in the host's data dir for a real host,
+memory for the in-process engine (which keeps it across `reboot`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from vsim.host.memory import MemorySettings
+from vsim.host.vswitch import STANDARD_SWITCH_SECURITY, HostNetworkSystem, SecurityPolicy
+from vsim.tls import write_private
+
+
+class ConfigStore(Protocol):
+    def load(self) -> dict[str, Any]: ...
+
+    def save(self, config: dict[str, Any]) -> None: ...
+
+
+class MemoryConfigStore:
+    def __init__(self) -> None:
+        self._config: dict[str, Any] = {}
+
+    def load(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._config))
+
+    def save(self, config: dict[str, Any]) -> None:
+        self._config = json.loads(json.dumps(config))
+
+
+class FileConfigStore:
+    """esx.conf as a JSON file, written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def save(self, config: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(self.path, json.dumps(config, indent=1, sort_keys=True).encode())
+
+
+def network_config(network: HostNetworkSystem) -> dict[str, Any]:
+    return {
+        "vswitches": [
+            {"name": v.name, "uplinks": list(v.uplinks), "security": asdict(v.security)}
+            for v in network.vswitches()
+        ],
+        "port_groups": [
+            {"name": p.name, "vswitch": p.vswitch, "vlan": p.vlan, "security": asdict(p.security)}
+            for p in network.port_groups()
+        ],
+    }
+
+
+def network_from_config(host: str, config: dict[str, Any]) -> HostNetworkSystem:
+    network = HostNetworkSystem(host)
+    for v in config["vswitches"]:
+        security = SecurityPolicy(**v["security"]).over(STANDARD_SWITCH_SECURITY)
+        network.add_vswitch(v["name"], tuple(v["uplinks"]), security)
+    for p in config["port_groups"]:
+        network.add_port_group(p["name"], p["vswitch"], p["vlan"], SecurityPolicy(**p["security"]))
+    return network
+
+
+def memory_config(settings: MemorySettings) -> dict[str, Any]:
+    return asdict(settings)
+
+
+def memory_from_config(config: dict[str, Any]) -> MemorySettings:
+    return MemorySettings(**config).validated()
