@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 import ray
+from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -47,9 +48,7 @@ async def test_every_call_but_login_needs_a_valid_session(vcenter):
         for method in SERVICE.methods:
             if method.name == "Login":
                 continue
-            request = pb.__dict__.get(method.input_type.name) or common_pb2.__dict__.get(
-                method.input_type.name
-            )
+            request = message_factory.GetMessageClass(method.input_type)
             for token in (None, "not-a-session"):
                 with pytest.raises(NotAuthenticated):
                     if method.server_streaming:

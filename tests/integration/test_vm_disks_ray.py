@@ -92,3 +92,23 @@ async def test_vm_disk_lock_and_guest_data_survive_a_killed_host(cluster):
     assert report.host in ("esxi-02", "esxi-03")
     assert report.missing == 0 and report.corrupt == 0
     assert report.highest_seq >= seq and report.written == min(report.blocks, report.highest_seq)
+
+
+async def test_a_guest_sees_only_its_own_disks(cluster):
+    """Two VMs with disks on one host: each guest's REPORT LUNS scan finds one disk,
+    its own (by its size), and none of the host's LUNs."""
+    _, client = cluster
+    sizes = {"luns-01": ("vmfs-01", 12), "luns-02": ("nfs-01", 20)}
+    for name, (datastore, mb) in sizes.items():
+        await client.run(
+            await client.create_vm(
+                name, memory_mb=256, host="esxi-02", datastore=datastore, disk_mb=mb
+            )
+        )
+        await client.run(await client.power_on(name))
+    for name, (_, mb) in sizes.items():
+        luns = (await client.guest_report_luns(name)).luns
+        assert [(lun.address, lun.lun, lun.vendor, lun.product) for lun in luns] == [
+            ("scsi0:0", 0, "VMware", "Virtual disk")
+        ]
+        assert luns[0].capacity_bytes == mb * 1024 * 1024
