@@ -428,12 +428,29 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", help="vCenter endpoint HOST:PORT (default: from config)")
-    common.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    def options(suppress: bool) -> argparse.ArgumentParser:
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument(
+            "--server",
+            default=argparse.SUPPRESS if suppress else None,
+            help="vCenter endpoint HOST:PORT (default: from config)",
+        )
+        common.add_argument(
+            "-o",
+            "--output",
+            choices=["table", "json"],
+            default=argparse.SUPPRESS if suppress else "table",
+        )
+        return common
+
     parser = argparse.ArgumentParser(
-        prog="vsim", description="Run and drive a simulated vSphere cluster.", parents=[common]
+        prog="vsim",
+        description="Run and drive a simulated vSphere cluster.",
+        parents=[options(suppress=False)],
     )
+    # A subcommand's copy of the options sets them only when given there, so
+    # `vsim -o json vm list` and `vsim vm list -o json` both mean JSON.
+    common = options(suppress=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(parent, name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
