@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from vsim.faults import NotFound
 from vsim.v1 import common_pb2, kernel_pb2, vcenter_pb2
 
 _ON = vcenter_pb2.POWER_STATE_POWERED_ON
@@ -348,6 +349,13 @@ class Inventory:
             return None
         nics = self._db.execute("SELECT body FROM vm_nics WHERE vm=? ORDER BY name", (name,))
         return _vm(row, [b for (b,) in nics])
+
+    def require_vm(self, name: str) -> vcenter_pb2.Vm:
+        """The VM, or NotFound naming it."""
+        vm = self.vm(name)
+        if vm is None:
+            raise NotFound(f"no VM named {name[:80]!r} in the inventory")
+        return vm
 
     def vms(self, host: str | None = None) -> list[vcenter_pb2.Vm]:
         query = f"SELECT {self._VM_COLUMNS} FROM vms"

@@ -41,9 +41,7 @@ class Performance:
         return stats
 
     async def vm_stats(self, request: pb.VmRequest) -> kpb.VmStats:
-        vm = self._inventory.vm(request.name)
-        if vm is None:
-            raise NotFound(f"no VM named {request.name[:80]!r} in the inventory")
+        vm = self._inventory.require_vm(request.name)
         if vm.power_state != pb.POWER_STATE_POWERED_ON:
             raise InvalidPowerState(
                 f"{vm.name} is powered off; a VM has statistics only while it runs"

@@ -161,10 +161,7 @@ class PhysicalNetwork:
         return trace
 
     def _vm(self, name: str) -> pb.Vm:
-        vm = self._inventory.vm(name)
-        if vm is None:
-            raise NotFound(f"no VM named {name[:80]!r} in the inventory")
-        return vm
+        return self._inventory.require_vm(name)
 
     def _addressed(self, request: pb.SendTestFrameRequest, nic: kpb.VmNic) -> kpb.Frame:
         """The request's frame with its addresses filled in."""

@@ -65,10 +65,7 @@ class VmManager:
         self._network = network
 
     def get(self, name: str) -> pb.Vm:
-        vm = self._inventory.vm(name)
-        if vm is None:
-            raise NotFound(f"no VM named {name[:80]!r} in the inventory")
-        return vm
+        return self._inventory.require_vm(name)
 
     def list(self, host: str) -> list[pb.Vm]:
         if host:

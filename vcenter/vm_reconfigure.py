@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from vsim.faults import AlreadyExists, InvalidArgument, InvalidPowerState, NotFound
+from vsim.faults import AlreadyExists, InvalidArgument, InvalidPowerState
 from vsim.host.passthrough import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
@@ -57,9 +57,7 @@ class VmReconfigurer:
         self._network = network
 
     def _vm(self, name: str) -> pb.Vm:
-        vm = self._inventory.vm(name)
-        if vm is None:
-            raise NotFound(f"no VM named {name[:80]!r} in the inventory")
+        vm = self._inventory.require_vm(name)
         self._hosts.connected(vm.host)
         return vm
 
