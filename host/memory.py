@@ -35,7 +35,7 @@ from vsim.host.resource_pool import UNLIMITED, VM_MEMORY_SHARES_PER_MB, Allocati
 
 SHARE_SCAN_PERIOD = 60.0
 """Seconds between TPS scans (ESXi spreads a full scan over Mem.ShareScanTime)."""
-ACCESS_BATCH = 4 * PAGES_PER_MB
+ACCESS_BATCH = 16 * PAGES_PER_MB
 """Guest pages touched as one step (reclaim may take earlier steps' pages)."""
 
 

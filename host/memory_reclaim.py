@@ -42,6 +42,7 @@ from vsim.host.pmap import (
     UNTOUCHED,
     MachineMemory,
     VmPages,
+    distinct,
 )
 
 MEM_CTL_MAX_PERCENT = 65
@@ -101,24 +102,26 @@ class VmSwapFile:
         with open(path, "wb") as f:
             f.truncate(max(1, slots) * PAGE_SIZE)  # sparse, as a thin .vswp
         self._map = np.memmap(path, np.uint64, "r+", shape=(max(1, slots), PAGE_SIZE // 8))
-        self._free = list(range(slots - 1, -1, -1))
+        self._free = np.arange(slots - 1, -1, -1, dtype=np.int64)
+        self._top = slots
+        """Free slots are _free[:_top], the next one handed out last."""
 
     @property
     def used(self) -> int:
-        return self.slots - len(self._free)
+        return self.slots - self._top
 
     @property
     def free(self) -> int:
-        return len(self._free)
+        return self._top
 
     def write(self, fingerprints: np.ndarray) -> np.ndarray:
         count = len(fingerprints)
-        if count > len(self._free):
+        if count > self._top:
             raise InsufficientResourcesFault(
-                f"{self.path.name} has {len(self._free)} free slots, {count} are needed"
+                f"{self.path.name} has {self._top} free slots, {count} are needed"
             )
-        slots = np.array(self._free[len(self._free) - count :][::-1], np.int64)
-        del self._free[len(self._free) - count :]
+        slots = self._free[self._top - count : self._top][::-1].copy()
+        self._top -= count
         self._map[slots, 0] = fingerprints
         return slots
 
@@ -127,7 +130,8 @@ class VmSwapFile:
 
     def release(self, slots: np.ndarray) -> None:
         self._map[slots, 0] = 0
-        self._free.extend(int(s) for s in slots)
+        self._free[self._top : self._top + len(slots)] = slots
+        self._top += len(slots)
 
     def delete(self) -> None:
         del self._map
@@ -200,7 +204,7 @@ class Reclaimer:
         """Maps the pages back that the guest reads: decompressed, swapped in, or
         fresh zeroed pages where it never wrote or the balloon gave them back."""
         pages = vm.pages
-        ppns = np.unique(self.memory.check_ppns(pages, ppns))
+        ppns = distinct(self.memory.check_ppns(pages, ppns))
         pages.grow(int(ppns.max()) + 1 if len(ppns) else 0)
         backing = pages.backing[ppns]
         self.make_room(self.memory.pages_to_allocate(pages, ppns, writing=False), vm, ppns)
@@ -221,8 +225,8 @@ class Reclaimer:
         """The guest writes whole pages: stored copies are dropped, not read back."""
         pages = vm.pages
         need = self.memory.pages_to_allocate(pages, ppns, writing=True)
-        backing = pages.backing[np.unique(ppns)]
-        unique = np.unique(ppns)
+        unique = distinct(ppns)
+        backing = pages.backing[unique]
         zipped, swapped = unique[backing == COMPRESSED], unique[backing == SWAPPED]
         self.make_room(need, vm, unique)
         if len(swapped):

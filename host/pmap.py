@@ -47,6 +47,14 @@ PMAP_CHUNK = 16 * 1024
 """Pmaps grow in steps of this many pages (64 MB of guest memory)."""
 
 
+def distinct(ppns: np.ndarray) -> np.ndarray:
+    """The sorted distinct values; without sorting when they already are (a guest
+    touching a run of pages, the common case)."""
+    if len(ppns) < 2 or bool(np.all(ppns[1:] > ppns[:-1])):
+        return ppns
+    return np.unique(ppns)
+
+
 @dataclass(eq=False)
 class VmPages:
     """One powered-on VM's guest-physical memory."""
@@ -150,12 +158,15 @@ class MachineMemory:
         """Drops one reference to each MPN (repeats allowed); frees those left at 0."""
         if len(mpns) == 0:
             return
-        targets, drops = np.unique(mpns, return_counts=True)
-        left = self.refcount[targets] - drops
+        if np.all(self.refcount[mpns] == 1):  # private pages, each named once
+            self.refcount[mpns] = 0
+            self._push_free(mpns)
+            return
+        np.subtract.at(self.refcount, mpns, 1)
+        left = self.refcount[mpns]
         if np.any(left < 0):
             raise AssertionError("an MPN was released more times than it was referenced")
-        self.refcount[targets] = left
-        self._push_free(targets[left == 0])
+        self._push_free(distinct(mpns[left == 0]))  # one released twice appears twice
 
     def _push_free(self, mpns: np.ndarray) -> None:
         if len(mpns) == 0:
@@ -221,7 +232,7 @@ class MachineMemory:
     def pages_to_allocate(self, vm: VmPages, ppns: np.ndarray, writing: bool) -> int:
         """How many machine pages touching these PPNs would take (for reclaim to make
         room first)."""
-        ppns = np.unique(self.check_ppns(vm, ppns))
+        ppns = distinct(self.check_ppns(vm, ppns))
         vm.grow(int(ppns.max()) + 1 if len(ppns) else 0)
         mapped = vm.backing[ppns] == MAPPED
         need = int(np.count_nonzero(~mapped))
@@ -237,9 +248,9 @@ class MachineMemory:
         fingerprints = np.asarray(fingerprints, np.uint64)
         if len(ppns) != len(fingerprints):
             raise InvalidArgument("one fingerprint per page is needed")
-        # The last write to a page in the batch wins.
-        last = len(ppns) - 1 - np.unique(ppns[::-1], return_index=True)[1]
-        ppns, fingerprints = ppns[last], fingerprints[last]
+        if distinct(ppns) is not ppns:  # the last write to a page in the batch wins
+            last = len(ppns) - 1 - np.unique(ppns[::-1], return_index=True)[1]
+            ppns, fingerprints = ppns[last], fingerprints[last]
         if len(ppns) == 0:
             return
         vm.grow(int(ppns.max()) + 1)
@@ -258,7 +269,7 @@ class MachineMemory:
 
     def map_zeroed(self, vm: VmPages, ppns: np.ndarray) -> None:
         """First touch of untouched or ballooned pages: back them with zeroed MPNs."""
-        ppns = np.unique(self.check_ppns(vm, ppns))
+        ppns = distinct(self.check_ppns(vm, ppns))
         if len(ppns) == 0:
             return
         vm.grow(int(ppns.max()) + 1)
