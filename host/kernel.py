@@ -266,6 +266,7 @@ class HostKernel:
             self._assign_devices(registered, vm.pci_devices)
         except BaseException:
             del self._vms[vm.name]
+            self.pci.release_vm(vm.name)
             raise
         return self._vms[vm.name]
 
@@ -345,22 +346,9 @@ class HostKernel:
                 self.network.set_firewall(vm.name, name, nic.firewall)
 
     def _assign_devices(self, vm: VmConfig, wanted: tuple[str, ...]) -> None:
-        """Gives a powered-off VM exactly `wanted` (checked before anything changes)."""
-        if len(set(wanted)) != len(wanted):
-            raise InvalidArgument(f"{vm.name} names a PCI device twice")
-        for pci in wanted:
-            holder = self.pci.holder(pci)
-            if holder not in (None, vm.name):
-                self.pci.assign(vm, pci)  # raises ResourceInUse naming the holder
-        current = set(self.pci.vm_devices(vm.name))
-        for pci in current - set(wanted):
-            self.pci.unassign(vm, pci)
-        for pci in wanted:
-            if pci not in current:
-                self.pci.assign(vm, pci)
-        self._vms[vm.name] = replace(
-            self._vms[vm.name], pci_devices=tuple(self.pci.vm_devices(vm.name))
-        )
+        """Gives a powered-off VM exactly `wanted`, all or nothing."""
+        devices = self.pci.set_vm_devices(vm, wanted)
+        self._vms[vm.name] = replace(self._vms[vm.name], pci_devices=tuple(devices))
 
     # -- power -------------------------------------------------------------------------
 

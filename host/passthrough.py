@@ -17,7 +17,7 @@ once, and instead refuses to disable passthrough for a device a VM has.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -202,27 +202,58 @@ class PciPassthruSystem:
         holder = self._assigned.get(device.id)
         if holder is not None and holder.vm == vm.name:
             raise AlreadyExists(f"{vm.name} already has PCI device {device.id}")
-        if holder is not None:
+        self._check_can_take(vm.name, device.id, len(self.vm_devices(vm.name)) + 1)
+        return _guest_view(device, self._take(vm.name, device.id))
+
+    def set_vm_devices(self, vm: PassthroughVm, wanted: Sequence[str]) -> list[str]:
+        """Gives vm exactly the devices `wanted`, all or nothing: every one is checked
+        before any assignment changes. Returns its devices in slot order."""
+        validate.vm_name(vm.name, "vm")
+        ids = [self.device(pci).id for pci in wanted]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument(f"{vm.name} names a PCI device twice: {', '.join(ids)}")
+        current = self.vm_devices(vm.name)
+        if set(ids) == set(current):
+            return current
+        self._check_powered_off(vm, "change its PCI devices")
+        for pci in ids:
+            if pci not in current:
+                self._check_can_take(vm.name, pci, len(ids))
+        for pci in set(current) - set(ids):
+            del self._assigned[pci]
+        for pci in ids:
+            if pci not in current:
+                self._take(vm.name, pci)
+        return self.vm_devices(vm.name)
+
+    def _check_can_take(self, vm: str, pci: str, devices: int) -> None:
+        """vm may get pci (an enabled device nobody else has), ending with `devices`."""
+        holder = self._assigned.get(pci)
+        if holder is not None and holder.vm != vm:
             raise ResourceInUse(
-                f"PCI device {device.id} is in use by {holder.vm}; a passthrough device "
+                f"PCI device {pci} is in use by {holder.vm}; a passthrough device "
                 f"belongs to one VM: remove it from {holder.vm} first",
-                device=device.id,
+                device=pci,
                 vm=holder.vm,
             )
-        if device.id not in self._enabled:
+        if pci not in self._enabled:
             raise InvalidState(
-                f"PCI device {device.id} is not enabled for passthrough on this host; "
+                f"PCI device {pci} is not enabled for passthrough on this host; "
                 "enable it (Configure > Hardware > PCI Devices) first",
-                device=device.id,
+                device=pci,
             )
-        slots = {a.slot for a in self._assigned.values() if a.vm == vm.name}
-        if len(slots) >= MAX_PASSTHRU_DEVICES_PER_VM:
+        if devices > MAX_PASSTHRU_DEVICES_PER_VM:
             raise InvalidState(
-                f"{vm.name} has {len(slots)} passthrough devices, the most a VM may have"
+                f"{vm} would have {devices} passthrough devices; a VM may have at most "
+                f"{MAX_PASSTHRU_DEVICES_PER_VM}"
             )
+
+    def _take(self, vm: str, pci: str) -> int:
+        """Assigns pci to vm at its lowest free slot; returns the slot."""
+        slots = {a.slot for a in self._assigned.values() if a.vm == vm}
         slot = min(set(range(len(slots) + 1)) - slots)
-        self._assigned[device.id] = _Assignment(vm.name, slot)
-        return _guest_view(device, slot)
+        self._assigned[pci] = _Assignment(vm, slot)
+        return slot
 
     def unassign(self, vm: PassthroughVm, pci: str) -> None:
         """Takes the device from vm (powered off: DirectPath I/O devices are not

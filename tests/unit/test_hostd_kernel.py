@@ -335,3 +335,24 @@ async def test_host_configuration_survives_a_reboot(tmp_path: Path, fast_scrypt:
     assert [i.id for i in rebooted.pci.passthru_info() if i.enabled] == [gpu]
     fresh = HostKernel(spec, SimClock(), tmp_path / "swap2")
     assert {p.name for p in fresh.network.port_groups()} == {"Management Network", "VM Network"}
+
+
+async def test_a_refused_directpath_change_changes_nothing(hosts):
+    """One device not enabled in the request: nothing is assigned, and what a VM had
+    stays its own (a half-done change once left a device on two VMs)."""
+    a, _, _ = hosts
+    gpu, other = [d.id for d in (await a("ListPciDevices", hpb.ListPciDevicesRequest())).devices][
+        :2
+    ]
+    await a("UpdatePassthruConfig", hpb.UpdatePassthruRequest(id=gpu, enabled=True))
+    with pytest.raises(InvalidState, match="not enabled"):
+        await a("RegisterVm", hpb.RegisterVmRequest(vm=with_pci(vm_message("vm1"), gpu, other)))
+    assert a.hostd.kernel.pci.holder(gpu) is None
+    await a("RegisterVm", hpb.RegisterVmRequest(vm=with_pci(vm_message("vm3"), gpu)))
+    with pytest.raises(InvalidState, match="not enabled"):
+        await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=with_pci(vm_message("vm3"), other)))
+    assert a.hostd.kernel.pci.holder(gpu) == "vm3"
+    assert a.hostd.kernel.vm("vm3").pci_devices == (gpu,)
+    with pytest.raises(ResourceInUse):
+        await a("RegisterVm", hpb.RegisterVmRequest(vm=with_pci(vm_message("vm4"), gpu)))
+    assert a.hostd.kernel.vm_count() == 1

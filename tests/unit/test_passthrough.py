@@ -200,7 +200,7 @@ def test_a_vm_has_at_most_the_configuration_maximum_of_devices():
     system = PciPassthruSystem(devices, enabled=[d.id for d in devices])
     for device in devices[:MAX_PASSTHRU_DEVICES_PER_VM]:
         system.assign(vm(), device.id)
-    with pytest.raises(InvalidState, match="the most a VM may have"):
+    with pytest.raises(InvalidState, match="a VM may have at most 128"):
         system.assign(vm(), devices[MAX_PASSTHRU_DEVICES_PER_VM].id)
     assert len(system.guest_devices("vm-001")) == MAX_PASSTHRU_DEVICES_PER_VM
 
