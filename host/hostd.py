@@ -11,6 +11,7 @@ two engines enforce exactly the same rules.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import uuid
@@ -56,6 +57,7 @@ from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
 from vsim.v1 import kernel_pb2 as kpb
 
+log = logging.getLogger(__name__)
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 PUBLIC_METHODS = frozenset({"Login"})
 
@@ -290,7 +292,10 @@ class Hostd:
         """The kernel's periods, while any VM runs here."""
         while self.kernel.powered_on_count():
             await self.kernel.clock.sleep(KERNEL_TICK)
-            self.kernel.tick()
+            try:
+                self.kernel.tick()
+            except Exception:  # noqa: BLE001 - one bad period must not stop the kernel
+                log.exception("%s: a kernel period failed", self.kernel.spec.name)
 
     async def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
         self.accounts.require_admin(user)

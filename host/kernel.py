@@ -36,7 +36,7 @@ from vsim.host.esx_conf import (
     network_from_config,
 )
 from vsim.host.guest_memory import GuestWorkload
-from vsim.host.memory import MemoryManager, MemorySettings, VmMemorySettings
+from vsim.host.memory import MAX_PERIOD, MemoryManager, MemorySettings, VmMemorySettings
 from vsim.host.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
 from vsim.host.resource_pool import UNLIMITED, VM_CPU_SHARES_PER_VCPU, Allocation
 from vsim.host.vnic_firewall import VnicFirewall
@@ -359,6 +359,8 @@ class HostKernel:
         if vm.powered_on:
             raise InvalidPowerState(f"{name} is already powered on")
         self._admit(vm)
+        if not self.powered_on_count():  # the first VM: no idle time to replay
+            self._last_tick = self.clock.now()
         undo: list = []
         try:
             self.cpu.power_on(name, vm.cpus, vm.resources.cpu_allocation(vm.cpus))
@@ -422,7 +424,7 @@ class HostKernel:
         """One kernel period: the guests run (CPU demand, memory activity), the CPU
         scheduler divides the host, memory is shared and reclaimed."""
         now = self.clock.now()
-        elapsed, self._last_tick = now - self._last_tick, now
+        elapsed, self._last_tick = min(MAX_PERIOD, now - self._last_tick), now
         if elapsed <= 0:
             return
         demand = [0.0] * len(self.cpu.vms())

@@ -12,14 +12,14 @@ Plain Python and numpy; time from the injected Clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vsim import validate
 from vsim.clock import Clock
-from vsim.faults import InvalidArgument, NotFound
+from vsim.faults import InsufficientResourcesFault, InvalidArgument, NotFound
 from vsim.host.guest_memory import GuestMemoryModel, GuestWorkload
 from vsim.host.memory_reclaim import MemoryState, Reclaimer, VmReclaim, VmSwapFile
 from vsim.host.page_sharing import SHARE_FORCE_SALTING, PageSharing, ScanResult, salt_domain
@@ -35,6 +35,9 @@ from vsim.host.resource_pool import UNLIMITED, VM_MEMORY_SHARES_PER_MB, Allocati
 
 SHARE_SCAN_PERIOD = 60.0
 """Seconds between TPS scans (ESXi spreads a full scan over Mem.ShareScanTime)."""
+MAX_SHARE_SCAN_PERIOD = 36_000.0
+MAX_PERIOD = 10.0
+"""The most one period covers: a host back from a long pause does not replay it."""
 ACCESS_BATCH = 16 * PAGES_PER_MB
 """Guest pages touched as one step (reclaim may take earlier steps' pages)."""
 
@@ -56,6 +59,11 @@ class MemorySettings:
                 f"Mem.ShareForceSalting must be 0, 1 or 2, got {self.share_force_salting}"
             )
         validate.positive_number(self.share_scan_period, "share_scan_period")
+        if self.share_scan_period > MAX_SHARE_SCAN_PERIOD:
+            raise InvalidArgument(
+                f"share_scan_period is at most {MAX_SHARE_SCAN_PERIOD:.0f} s, "
+                f"got {self.share_scan_period}"
+            )
         return self
 
 
@@ -92,6 +100,10 @@ class VmMemorySettings:
         if len(self.salt) > 256:
             raise InvalidArgument("sched.mem.pshare.salt is at most 256 characters")
         return self
+
+    @property
+    def limit_pages(self) -> int:
+        return -1 if self.limit_mb == -1 else self.limit_mb * PAGES_PER_MB
 
     def allocation(self, memory_mb: int) -> Allocation:
         shares = self.shares or VM_MEMORY_SHARES_PER_MB["normal"] * memory_mb
@@ -177,6 +189,8 @@ class MemoryManager:
         self._next_scan = self._last_tick + self.settings.share_scan_period
         self.scans = 0
         self.last_scan: ScanResult | None = None
+        self.stalls = 0
+        """Guest periods that found no memory to take (all VMs at their reservations)."""
 
     # -- configuration -------------------------------------------------------
 
@@ -193,6 +207,7 @@ class MemoryManager:
         self.tree.set_consumer(name, settings.allocation(vm.memory_mb))  # admission first
         vm.settings = settings
         vm.reclaim.reservation_pages = settings.reservation_mb * PAGES_PER_MB
+        vm.reclaim.limit_pages = settings.limit_pages
         vm.reclaim.balloon_driver = settings.balloon_driver
         return settings
 
@@ -222,6 +237,9 @@ class MemoryManager:
         vm_pages = self.memory.add_vm(name, pages, domain, settings.page_sharing)
         swap = VmSwapFile(self.swap_dir / f"{name}-{vm_uuid[:8]}.vswp", pages - reserved)
         reclaim = VmReclaim(vm_pages, swap, reserved, guest.working_set, settings.balloon_driver)
+        reclaim.limit_pages = settings.limit_pages
+        if not self._vms:  # the first guest: no idle time to replay
+            self._last_tick = self.clock.now()
         self.reclaimer.add(reclaim)
         self._vms[name] = _PoweredOn(guest, reclaim, settings, memory_mb)
         try:
@@ -269,13 +287,17 @@ class MemoryManager:
 
     def tick(self) -> MemoryState:
         now = self.clock.now()
-        elapsed, self._last_tick = max(0.0, now - self._last_tick), now
+        elapsed = min(MAX_PERIOD, max(0.0, now - self._last_tick))
+        self._last_tick = now
         for name, vm in self._vms.items():
             reads, writes, content = vm.guest.step(elapsed)
-            if len(reads):
-                self.read(name, reads)
-            if len(writes):
-                self.write(name, writes, content)
+            try:
+                if len(reads):
+                    self.read(name, reads)
+                if len(writes):
+                    self.write(name, writes, content)
+            except InsufficientResourcesFault:
+                self.stalls += 1  # every other VM is at its reservation: this guest waits
         if self.settings.page_sharing and now >= self._next_scan:
             self.scan()
         self._set_targets()
@@ -356,6 +378,3 @@ class MemoryManager:
             return self._vms[name]
         except KeyError:
             raise NotFound(f"{name} is not powered on on this host") from None
-
-    def with_settings(self, name: str, **changes: object) -> VmMemorySettings:
-        return self.set_vm_settings(name, replace(self._vm(name).settings, **changes))

@@ -7,7 +7,7 @@ memory) and names its state by how much is left (vSphere 5.x+):
     high  free >= minFree          TPS only; balloons deflate
     soft  free >= 64% of minFree   ballooning
     hard  free >= 32% of minFree   ballooning, then compression, then swapping
-    low   below                    as hard, and guests wait for memory to allocate
+    low   below                    as hard; a guest touching a page waits for reclaim
 
 Reclaim takes pages only from VMs that hold more than their target (their
 entitlement, from shares, reservation and limit), the most over target first, and
@@ -55,7 +55,7 @@ BALLOON_RATE = 16 * PAGES_PER_MB
 """Pages per second one VM's balloon driver can inflate by (a model parameter: the
 guest must find and pin the pages). A guest that needs a page at once cannot wait
 for balloons, so the host compresses or swaps for it instead."""
-SOFT, HARD, LOW = 0.64, 0.32, 0.16
+SOFT, HARD = 0.64, 0.32
 
 
 class MemoryState(enum.IntEnum):
@@ -151,6 +151,8 @@ class VmReclaim:
     """VMware Tools' vmmemctl is running in the guest."""
     target_pages: int = -1
     """The VM's entitlement; -1 until the host computed one."""
+    limit_pages: int = -1
+    """sched.mem.max in pages; -1 for unlimited."""
     zipped: int = 0
     log: list[tuple[str, int]] = field(default_factory=list)
     """(technique, pages) for each reclaim step, oldest first."""
@@ -176,6 +178,12 @@ class VmReclaim:
     @property
     def above_reservation(self) -> int:
         return max(0, self.granted - self.reservation_pages)
+
+    @property
+    def above_limit(self) -> int:
+        if self.limit_pages < 0:
+            return 0
+        return max(0, self.granted - max(self.limit_pages, self.reservation_pages))
 
 
 class Reclaimer:
@@ -237,17 +245,19 @@ class Reclaimer:
         self.memory.write(pages, ppns, fingerprints)
 
     def make_room(self, need: int, asking: VmReclaim, touching: np.ndarray) -> None:
-        """Reclaims until `need` pages are free, from the other VMs first and never
-        from the pages the asking guest is touching: balloons as far as this period's
-        inflation allows, then compression and swapping, down to reservations. (A
-        guest waits while ESXi reclaims; here the reclaim happens at once.)"""
+        """Reclaims until `need` pages are free, never the pages the asking guest is
+        touching: first from the VMs above their targets (most over first), then down
+        to reservations; balloons as far as this period's inflation allows, then
+        compression and swapping. (A guest waits while ESXi reclaims; here the
+        reclaim happens at once.)"""
         short = need - self.memory.free_pages
         if short <= 0:
             return
-        name, techniques = asking.pages.name, (self._balloon, self._compress, self._swap)
-        short -= self._reclaim(short, techniques, exclude=name, urgent=True)
-        if short > 0:
-            short -= self._reclaim(short, techniques, protect=(name, touching), urgent=True)
+        protect, techniques = (asking.pages.name, touching), self._techniques(MemoryState.LOW)
+        for urgent in (False, True):  # first what VMs hold above their targets
+            short -= self._reclaim(short, techniques, protect=protect, urgent=urgent)
+            if short <= 0:
+                return
         if short > 0:
             raise InsufficientResourcesFault(
                 f"{asking.pages.name} needs {need} machine pages; {self.memory.free_pages} "
@@ -263,21 +273,32 @@ class Reclaimer:
         plentiful."""
         for vm in self.vms.values():
             vm.balloon_budget = BALLOON_RATE * elapsed
+        self._enforce_limits()
         state = self.state
         if state == MemoryState.HIGH:
             self._deflate()
             return state
-        techniques = [self._balloon]
-        if state >= MemoryState.HARD:
-            techniques += [self._compress, self._swap]
-        self._reclaim(self.min_free - self.memory.free_pages, techniques)
+        self._reclaim(self.min_free - self.memory.free_pages, self._techniques(state))
         return self.state
+
+    def _techniques(self, state: MemoryState) -> list[Callable[[VmReclaim, int], int]]:
+        if state == MemoryState.SOFT:
+            return [self._balloon]
+        return [self._balloon, self._compress, self._swap]
+
+    def _enforce_limits(self) -> None:
+        """A limit holds whatever the host's state: what a VM has above it goes (by
+        balloon, then compression, then swap)."""
+        for vm in self.vms.values():
+            for technique in self._techniques(MemoryState.HARD):
+                if vm.above_limit == 0:
+                    break
+                technique(vm, vm.above_limit)
 
     def _reclaim(
         self,
         short: int,
         techniques: Sequence[Callable[[VmReclaim, int], int]],
-        exclude: str = "",
         protect: tuple[str, np.ndarray] | None = None,
         urgent: bool = False,
     ) -> int:
@@ -296,7 +317,7 @@ class Reclaimer:
                 for vm in sorted(self.vms.values(), key=lambda v: -room(v)):
                     if freed >= short:
                         return freed
-                    if vm.pages.name == exclude or room(vm) == 0:
+                    if room(vm) == 0:
                         continue
                     freed += technique(vm, min(short - freed, room(vm)))
             return freed
@@ -304,8 +325,9 @@ class Reclaimer:
             self._protected = None
 
     def _victims(self, vm: VmReclaim, count: int, eligible: np.ndarray | None = None) -> np.ndarray:
-        """The mapped pages the guest needs least: outside its working set first,
-        highest page numbers first."""
+        """The mapped pages the guest needs least: private before shared (taking a
+        shared page frees memory only with its last sharer), outside the working set
+        before inside, highest page numbers first."""
         pages = vm.pages
         mapped = pages.backing == MAPPED
         if eligible is not None:
@@ -313,9 +335,10 @@ class Reclaimer:
         if self._protected and self._protected[0] == pages.name:
             mapped[self._protected[1]] = False
         candidates = np.flatnonzero(mapped)[::-1]
-        idle = candidates[candidates >= vm.working_set]
-        active = candidates[candidates < vm.working_set]
-        return np.concatenate([idle, active])[:count]
+        private = self.memory.refcount[pages.pmap[candidates]] == 1
+        idle = candidates >= vm.working_set
+        order = [private & idle, private & ~idle, ~private & idle, ~private & ~idle]
+        return np.concatenate([candidates[part] for part in order])[:count]
 
     def _balloon(self, vm: VmReclaim, count: int) -> int:
         if not vm.balloon_driver:
@@ -353,19 +376,16 @@ class Reclaimer:
 
     def _swap(self, vm: VmReclaim, count: int) -> int:
         pages = vm.pages
-        eligible = np.zeros(len(pages.pmap), bool)
-        mapped = pages.backing == MAPPED
-        eligible[mapped] = self.memory.refcount[pages.pmap[mapped]] == 1
-        ppns = self._victims(vm, count, eligible)
+        before = self.memory.free_pages
+        ppns = self._victims(vm, count)
         zero = self.memory.read_mapped(pages, ppns) == 0
         self._take(vm, ppns[zero], UNTOUCHED, "zero")
         ppns = ppns[~zero][: vm.swap.free]
-        if len(ppns) == 0:
-            return int(zero.sum())
-        content = self.memory.unmap(pages, ppns, SWAPPED)
-        pages.keep(ppns, vm.swap.write(content).astype(np.uint64))
-        vm.log.append(("swap", len(ppns)))
-        return int(zero.sum()) + len(ppns)
+        if len(ppns):
+            content = self.memory.unmap(pages, ppns, SWAPPED)
+            pages.keep(ppns, vm.swap.write(content).astype(np.uint64))
+            vm.log.append(("swap", len(ppns)))
+        return self.memory.free_pages - before
 
     def _take(self, vm: VmReclaim, ppns: np.ndarray, backing: int, what: str) -> int:
         if len(ppns) == 0:
@@ -376,9 +396,12 @@ class Reclaimer:
         return self.memory.free_pages - before
 
     def _deflate(self) -> None:
-        """Gives ballooned pages back while free memory stays above minFree."""
+        """Gives ballooned pages back while free memory stays above minFree, to VMs
+        below their targets and limits."""
         for vm in self.vms.values():
-            room = self.memory.free_pages - self.min_free
+            room = min(self.memory.free_pages - self.min_free, vm.target_pages - vm.granted)
+            if vm.limit_pages >= 0:
+                room = min(room, vm.limit_pages - vm.granted)
             ppns = np.flatnonzero(vm.pages.backing == BALLOONED)[: max(0, room)]
             if len(ppns):
                 self.memory.map_content(vm.pages, ppns, vm.pages.stash[ppns])

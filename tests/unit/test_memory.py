@@ -13,7 +13,7 @@ from vsim.faults import InvalidArgument, NotFound
 from vsim.host.guest_memory import GuestWorkload, common_pool, os_family
 from vsim.host.memory import MemoryManager, MemorySettings, VmMemorySettings
 from vsim.host.memory_reclaim import MemoryState, min_free_pages
-from vsim.host.pmap import PAGES_PER_MB
+from vsim.host.pmap import PAGES_PER_MB, MachineMemory
 
 QUIET = GuestWorkload(
     working_set_pct=0, boot_touch_pct=0, zero_pct=0, common_pct=0, dirty_rate=0, touch_rate=0
@@ -274,3 +274,84 @@ def test_guests_of_one_family_have_common_pages(tmp_path):
     common = m.memory.content[np.flatnonzero(m.memory.refcount > 1)]
     assert set(common.tolist()) & pool
     assert m.vm_stats("a").zero > 0
+
+
+def busy(memory_mb: int, shares: int = 0, **settings: object) -> tuple:
+    workload = GuestWorkload(
+        working_set_pct=100, boot_touch_pct=10, zero_pct=0, common_pct=0,
+        dirty_rate=memory_mb * PAGES_PER_MB / 4, touch_rate=0,
+    )  # fmt: skip
+    return VmMemorySettings(shares=shares, **settings), workload
+
+
+def test_under_contention_memory_follows_shares(tmp_path):
+    """Two guests that each want the whole host: the one with four times the shares
+    ends up with about four times the memory (it is reclaimed from the other)."""
+    clock = SimClock()
+    m = MemoryManager(1024, clock, tmp_path)
+    for name, per_mb in (("hi", 20), ("lo", 5)):
+        settings, workload = busy(1024, shares=per_mb * 1024)
+        m.power_on(name, f"{name:0<8}-0000-4000-8000-000000000000", 1024, "rhel9_64Guest",
+                   settings, workload)  # fmt: skip
+    for _ in range(40):
+        clock._now += 1.0
+        m.tick()
+    hi, lo = m.vm_stats("hi"), m.vm_stats("lo")
+    assert hi.target == pytest.approx(4 * lo.target, rel=0.05)
+    assert hi.granted > 2 * lo.granted
+    m.memory.check()
+
+
+def test_a_memory_limit_holds_while_the_host_has_memory_to_spare(tmp_path):
+    clock = SimClock()
+    m = MemoryManager(4096, clock, tmp_path)
+    settings, workload = busy(1024, limit_mb=256)
+    m.power_on("capped", "c0000000-0000-4000-8000-000000000000", 1024, "rhel9_64Guest",
+               settings, workload)  # fmt: skip
+    for _ in range(5):
+        clock._now += 1.0
+        assert m.tick() == MemoryState.HIGH
+        assert m.vm_stats("capped").granted <= 256
+    assert m.vm_stats("capped").swapped + m.vm_stats("capped").ballooned > 0
+
+
+def test_shared_pages_can_be_reclaimed(tmp_path):
+    """Two VMs share 8 pages; a third needs 12 of 16: the shared pages are swapped
+    out of both sharers, which frees them."""
+    from vsim.host.memory_reclaim import Reclaimer, VmReclaim, VmSwapFile
+    from vsim.host.page_sharing import PageSharing
+
+    memory = MachineMemory(16)
+    reclaimer = Reclaimer(memory)
+    vms = {}
+    for name in "abc":
+        pages = memory.add_vm(name, 12, domain=0, sharable=True)
+        vms[name] = VmReclaim(
+            pages, VmSwapFile(tmp_path / f"{name}.vswp", 12), balloon_driver=False
+        )
+        reclaimer.add(vms[name])
+    same = np.arange(1, 9, dtype=np.uint64)
+    for name in "ab":
+        reclaimer.overwrite(vms[name], np.arange(8), same)
+    PageSharing(memory).scan()
+    assert memory.used_pages == 8
+    reclaimer.overwrite(vms["c"], np.arange(12), np.arange(100, 112, dtype=np.uint64))
+    memory.check()
+    for name in "ab":
+        reclaimer.bring_in(vms[name], np.arange(4))
+    assert memory.read_mapped(vms["a"].pages, np.arange(4)).tolist() == [1, 2, 3, 4]
+
+
+def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
+    from vsim.cluster.spec import HostSpec
+    from vsim.host.kernel import HostKernel, VmConfig, VmResources
+
+    clock = SimClock()
+    kernel = HostKernel(HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000), clock, tmp_path)
+    kernel.register_vm(VmConfig("vm", "0000000a-0000-4000-8000-000000000000", 1, 256,
+                                resources=VmResources(cpu_load_pct=100)))  # fmt: skip
+    clock._now += 3600.0
+    kernel.power_on("vm")
+    clock._now += 1.0
+    kernel.tick()
+    assert kernel.cpu.vm_stats("vm").used_mhz_s == pytest.approx(2000.0)
