@@ -39,6 +39,7 @@ from vsim.host.kernel_messages import (
     resources_from_proto,
     resources_to_proto,
     security_from_proto,
+    vm_stats_to_proto,
 )
 from vsim.host.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.vm_files import (
@@ -431,8 +432,16 @@ class Hostd:
     # -- the VMkernel ------------------------------------------------------------------
 
     def GetHostStats(self, request: pb.GetHostStatsRequest, user: str | None) -> kpb.HostStats:
-        self.kernel.tick()  # the numbers as of now
+        """As of the kernel's last period (at most a second ago while VMs run)."""
         return host_stats_to_proto(self.kernel)
+
+    def GetVmStats(self, request: pb.HostVmRequest, user: str | None) -> kpb.VmStats:
+        vm = self.kernel.vm(request.name)
+        if not vm.powered_on:
+            raise InvalidPowerState(
+                f"{vm.name} is powered off; a VM has statistics only while it runs"
+            )
+        return vm_stats_to_proto(self.kernel, vm.name)
 
     def UpdateMemorySettings(
         self, request: pb.UpdateMemorySettingsRequest, user: str | None
@@ -533,6 +542,8 @@ class Hostd:
         if not vm.powered_on:
             raise InvalidPowerState(f"{vm.name} is powered off: it has no running guest")
         vmx = self.vmx.get(vm.name)
+        if vm.disks and not (vmx and vmx.disks):
+            raise InvalidState(f"{vm.name}'s disks are not open on {self.kernel.spec.name}")
         adapter = VirtualScsi.for_vm(vm, vmx.disks if vmx else [])
         return kpb.GuestLuns(
             vm=vm.name,

@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from vsim.host.ethernet_frame import Frame
 from vsim.host.guest_memory import GUEST_DEFAULTS, GuestWorkload, os_family
 from vsim.host.kernel import PHYSICAL_NICS, HostKernel, NicConfig, VmResources
-from vsim.host.memory import VmMemorySettings
+from vsim.host.memory import VmMemorySettings, VmMemoryStats
 from vsim.host.resource_pool import UNLIMITED
 from vsim.host.vnic_firewall import FirewallRule, VnicFirewall
 from vsim.host.vswitch import Delivery, PortGroup, SecurityPolicy, VirtualSwitch
@@ -242,7 +242,8 @@ def delivery_to_proto(host: str, delivery: Delivery) -> kpb.HostDelivery:
 
 
 def host_stats_to_proto(kernel: HostKernel) -> kpb.HostStats:
-    memory = kernel.memory.host_stats()
+    per_vm = kernel.memory.all_vm_stats()
+    memory = kernel.memory.host_stats(per_vm)
     cpu = kernel.cpu.host_stats()
     settings = kernel.memory.settings
     return kpb.HostStats(
@@ -266,12 +267,14 @@ def host_stats_to_proto(kernel: HostKernel) -> kpb.HostStats:
             page_sharing_disabled=not settings.page_sharing,
             share_scan_period=settings.share_scan_period,
         ),
-        vms=[vm_stats_to_proto(kernel, name) for name in kernel.memory.powered_on()],
+        vms=[vm_stats_to_proto(kernel, name, stats) for name, stats in per_vm.items()],
     )
 
 
-def vm_stats_to_proto(kernel: HostKernel, name: str) -> kpb.VmStats:
-    memory = kernel.memory.vm_stats(name)
+def vm_stats_to_proto(
+    kernel: HostKernel, name: str, memory: VmMemoryStats | None = None
+) -> kpb.VmStats:
+    memory = memory or kernel.memory.vm_stats(name)
     cpu = kernel.cpu.vm_stats(name)
     vm = kernel.vm(name)
     return kpb.VmStats(

@@ -347,9 +347,13 @@ class MemoryManager:
             target=_mb(max(vm.reclaim.target_pages, 0)),
         )
 
-    def host_stats(self) -> HostMemoryStats:
+    def all_vm_stats(self) -> dict[str, VmMemoryStats]:
+        return {name: self._vm_stats(vm) for name, vm in self._vms.items()}
+
+    def host_stats(self, vms: dict[str, VmMemoryStats] | None = None) -> HostMemoryStats:
+        """The host's numbers; `vms` are all_vm_stats() if the caller has them."""
         memory = self.memory
-        per_vm = [self._vm_stats(vm) for vm in self._vms.values()]
+        per_vm = list((vms if vms is not None else self.all_vm_stats()).values())
         refs = memory.refcount[: memory.high_water]
 
         def total(field: str) -> float:

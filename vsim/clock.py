@@ -73,6 +73,7 @@ class SimClock:
         """Moves time forward, waking each sleeper at its deadline in order."""
         if seconds < 0:
             raise ValueError("a SimClock cannot go backwards")
+        await _settle()  # tasks started just now get to their first sleep first
         target = self._now + seconds
         while self._timers and self._timers[0][0] <= target:
             deadline, _, future = heapq.heappop(self._timers)

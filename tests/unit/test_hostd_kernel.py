@@ -104,7 +104,7 @@ async def test_a_vm_powers_on_with_its_resources_and_nics(hosts):
     assert [(n.vm, n.nic, n.port_group) for n in network.nics] == [
         ("web", "ethernet0", "VM Network")
     ]
-    clock._now += 5
+    await clock.advance(5)  # the kernel runs its periods
     stats = await a("GetHostStats", hpb.GetHostStatsRequest())
     assert stats.cpu.capacity == 8000 and stats.cpu.reserved == 1000
     (web,) = stats.vms
@@ -146,7 +146,7 @@ async def test_reconfigure_applies_limits_live_and_salt_at_the_next_power_on(hos
     )
     vm = (await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=changed))).vm
     assert vm.resources.page_sharing_salt == "s"
-    clock._now += 2
+    await clock.advance(2)
     stats = await a("GetHostStats", hpb.GetHostStatsRequest())
     assert stats.vms[0].cpu.usage == 500
 

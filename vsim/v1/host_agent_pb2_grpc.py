@@ -126,6 +126,11 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.GetHostStatsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
                 _registered_method=True)
+        self.GetVmStats = channel.unary_unary(
+                '/vsim.v1.HostAgent/GetVmStats',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.VmStats.FromString,
+                _registered_method=True)
         self.UpdateMemorySettings = channel.unary_unary(
                 '/vsim.v1.HostAgent/UpdateMemorySettings',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdateMemorySettingsRequest.SerializeToString,
@@ -298,6 +303,12 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVmStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateMemorySettings(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -454,6 +465,11 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.GetHostStats,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.GetHostStatsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.HostStats.SerializeToString,
+            ),
+            'GetVmStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVmStats,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.VmStats.SerializeToString,
             ),
             'UpdateMemorySettings': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateMemorySettings,
@@ -992,6 +1008,33 @@ class HostAgent:
             '/vsim.v1.HostAgent/GetHostStats',
             vsim_dot_v1_dot_host__agent__pb2.GetHostStatsRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVmStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/GetVmStats',
+            vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.VmStats.FromString,
             options,
             channel_credentials,
             insecure,
