@@ -24,7 +24,7 @@ import numpy as np
 from vsim.cluster.physical_switch import Network, PhysicalSwitch
 from vsim.host.cpu_scheduler import CpuScheduler
 from vsim.host.ethernet_frame import Frame
-from vsim.host.guest_memory import GuestWorkload, common_pool
+from vsim.host.guest_memory import GuestMemoryModel, GuestWorkload
 from vsim.host.page_sharing import PageSharing, salt_domain
 from vsim.host.pmap import PAGES_PER_MB, MachineMemory
 from vsim.host.resource_pool import Allocation, pool_allocation
@@ -32,29 +32,22 @@ from vsim.host.vswitch import HostNetworkSystem
 
 GIB = 1024 * PAGES_PER_MB
 MIX = GuestWorkload(zero_pct=20, common_pct=30)
-
-
-def guest_content(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
-    kind = rng.random(count) * 100
-    content = rng.integers(1, 2**63, count, dtype=np.uint64)
-    common = (kind >= MIX.zero_pct) & (kind < MIX.zero_pct + MIX.common_pct)
-    content[common] = pool[rng.integers(0, len(pool), int(common.sum()))]
-    content[kind < MIX.zero_pct] = 0
-    return content
+"""What the guests write: 20 % zero pages, 30 % from their OS family's common pool."""
+GUEST_OS = "ubuntu64Guest"
+"""A Linux guest: every VM draws its common pages from the one Linux pool."""
 
 
 def tps(vms: int, configured_gib: int, touched_gib: int, rounds: int) -> dict:
     memory = MachineMemory(512 * GIB)
     sharing = PageSharing(memory)
-    pool = common_pool("linux")
-    rng = np.random.default_rng(1)
     touched = np.arange(touched_gib * GIB)
-    guests = []
+    guests = []  # (its pages on the host, its guest)
     for i in range(vms):
-        guests.append(
-            memory.add_vm(f"vm-{i:03d}", configured_gib * GIB, salt_domain(0, "", ""), True)
-        )
-        memory.write(guests[-1], touched, guest_content(rng, pool, len(touched)))
+        name = f"vm-{i:03d}"
+        vm_pages = memory.add_vm(name, configured_gib * GIB, salt_domain(0, "", ""), True)
+        guest = GuestMemoryModel(name, GUEST_OS, configured_gib * GIB, MIX, seed=1)
+        memory.write(vm_pages, touched, guest.content(len(touched)))
+        guests.append((vm_pages, guest))
     pages = memory.used_pages
     start = time.perf_counter()
     first = sharing.scan()
@@ -62,8 +55,8 @@ def tps(vms: int, configured_gib: int, touched_gib: int, rounds: int) -> dict:
     after_first = memory.used_pages
     warm = []
     for _ in range(rounds):
-        for guest in guests:
-            memory.write(guest, touched, guest_content(rng, pool, len(touched)))
+        for vm_pages, guest in guests:
+            memory.write(vm_pages, touched, guest.content(len(touched)))
         start = time.perf_counter()
         result = sharing.scan()
         warm.append(time.perf_counter() - start)

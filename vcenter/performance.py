@@ -2,17 +2,18 @@
 exposes it (vSphere's PerformanceManager and a host's advanced Mem.* settings).
 
 Statistics are read from the host at the moment they are asked for; vCenter keeps
-no history. A memory setting is checked, forwarded and recorded as an event once the
-host has applied it. Never does: keep statistics, or settings the host owns.
+no history. A memory setting is checked (by the host's own rules: MemorySettings),
+forwarded and recorded as an event once the host has applied it. Never does: keep
+statistics, or settings the host owns.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 from vsim import validate
-from vsim.faults import InvalidArgument, InvalidPowerState, NotFound
-from vsim.host.page_sharing import SALTING_MODES
+from vsim.faults import InvalidArgument, InvalidPowerState
+from vsim.host.memory import MemorySettings
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -20,8 +21,8 @@ from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import HostManager
 from vsim.vcenter.inventory import Inventory
 
-MAX_SHARE_SCAN_PERIOD = 36_000.0
-"""Seconds between TPS scans, at most 10 h: Mem.ShareScanTime's maximum (600 minutes)."""
+MEMORY_SETTINGS = ("share_force_salting", "page_sharing_disabled", "share_scan_period")
+"""The host memory settings a request may change (any of them, at least one)."""
 
 
 class Performance:
@@ -46,45 +47,31 @@ class Performance:
             raise InvalidPowerState(
                 f"{vm.name} is powered off; a VM has statistics only while it runs"
             )
-        for stats in (await self._host_stats(vm.host)).vms:
-            if stats.name == vm.name:
-                stats.host = stats.host or vm.host
-                return stats
-        raise NotFound(f"{vm.host} reports no statistics for {vm.name}; is it running there?")
+        self._hosts.connected(vm.host)
+        stats = await self._hosts.call(vm.host, "GetVmStats", hpb.HostVmRequest(name=vm.name))
+        stats.host = stats.host or vm.host
+        return stats
 
     async def update_memory_settings(
         self, request: pb.UpdateHostMemorySettingsRequest, user: str
     ) -> kpb.HostMemorySettings:
         validate.host_name(request.host, "host")
         self._hosts.connected(request.host)
-        forwarded = hpb.UpdateMemorySettingsRequest()
-        changes = []
-        if request.HasField("share_force_salting"):
-            if request.share_force_salting not in SALTING_MODES:
-                raise InvalidArgument(
-                    "share_force_salting (Mem.ShareForceSalting) must be 0 (share across "
-                    "VMs), 1 (share when salts match) or 2 (share within a VM), got "
-                    f"{request.share_force_salting}"
-                )
-            forwarded.share_force_salting = request.share_force_salting
-            changes.append(f"Mem.ShareForceSalting={request.share_force_salting}")
-        if request.HasField("page_sharing_disabled"):
-            forwarded.page_sharing_disabled = request.page_sharing_disabled
-            changes.append(f"page sharing {'off' if request.page_sharing_disabled else 'on'}")
-        if request.HasField("share_scan_period"):
-            period = request.share_scan_period
-            if not (0 < period <= MAX_SHARE_SCAN_PERIOD and math.isfinite(period)):
-                raise InvalidArgument(
-                    f"share_scan_period must be > 0 and at most {MAX_SHARE_SCAN_PERIOD:.0f} "
-                    f"seconds, got {period}"
-                )
-            forwarded.share_scan_period = period
-            changes.append(f"scan every {period:g} s")
-        if not changes:
+        given = [name for name in MEMORY_SETTINGS if request.HasField(name)]
+        if not given:
             raise InvalidArgument(
                 "nothing to change: give share_force_salting, page_sharing_disabled or "
                 "share_scan_period"
             )
+        _memory_settings(request).validated()  # the host's own check
+        forwarded = hpb.UpdateMemorySettingsRequest(**{n: getattr(request, n) for n in given})
+        changes = []
+        if request.HasField("share_force_salting"):
+            changes.append(f"Mem.ShareForceSalting={request.share_force_salting}")
+        if request.HasField("page_sharing_disabled"):
+            changes.append(f"page sharing {'off' if request.page_sharing_disabled else 'on'}")
+        if request.HasField("share_scan_period"):
+            changes.append(f"scan every {request.share_scan_period:g} s")
         settings = await self._hosts.call(request.host, "UpdateMemorySettings", forwarded)
         self._events.post(
             "HostMemorySettingsChangedEvent",
@@ -93,3 +80,16 @@ class Performance:
             host=request.host,
         )
         return settings
+
+
+def _memory_settings(request: pb.UpdateHostMemorySettingsRequest) -> MemorySettings:
+    """The settings the request gives, over the defaults. The host checks each setting
+    alone, so the defaults standing in for those not given change no verdict."""
+    settings = MemorySettings()
+    if request.HasField("share_force_salting"):
+        settings = replace(settings, share_force_salting=request.share_force_salting)
+    if request.HasField("page_sharing_disabled"):
+        settings = replace(settings, page_sharing=not request.page_sharing_disabled)
+    if request.HasField("share_scan_period"):
+        settings = replace(settings, share_scan_period=request.share_scan_period)
+    return settings

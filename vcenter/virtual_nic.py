@@ -1,9 +1,10 @@
 """A VM's network adapters as vCenter configures them: names, port groups, MAC
 addresses and the vNIC firewall rules that travel with the VM.
 
-Owns the checks of a `VmNic` and of its firewall (what passes is held in canonical
-form: that is what the inventory stores and the host receives), and vCenter's MAC
-allocation (`MacPool`): a MAC left empty is drawn from vCenter's generated range with
+Owns the checks of a `VmNic` (what passes is held in canonical form: that is what the
+inventory stores and the host receives; its firewall is checked and completed by the
+host's own translation, `firewall_from_proto`, so both hold one rule set), and vCenter's
+MAC allocation (`MacPool`): a MAC left empty is drawn from vCenter's generated range with
 vCenter's rng, so a seeded run assigns the same MACs. A MAC is unique in the whole
 inventory and among the requests still under way (a create and a NIC add that run at
 once cannot both take one).
@@ -20,14 +21,7 @@ from collections.abc import Sequence
 from vsim import validate
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
 from vsim.host.ethernet_frame import unicast_mac
-from vsim.host.vnic_firewall import (
-    ACTIONS,
-    ANY,
-    BOTH,
-    DEFAULT_ACTION,
-    FirewallRule,
-    VnicFirewall,
-)
+from vsim.host.kernel_messages import firewall_from_proto, firewall_to_proto
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.vcenter.inventory import Inventory
 
@@ -102,28 +96,21 @@ class MacPool:
 
 
 def firewall_rule(rule: kpb.FirewallRule, where: str) -> kpb.FirewallRule:
-    """The rule in canonical form; empty fields take the defaults (both, any)."""
+    """The rule in canonical form, as the host holds it (empty fields take the host's
+    defaults: both, any); InvalidArgument prefixed with `where` otherwise."""
     try:
-        checked = FirewallRule(
-            action=rule.action,
-            direction=rule.direction or BOTH,
-            protocol=rule.protocol or ANY,
-            address=rule.address or ANY,
-            port=rule.port or ANY,
-            name=rule.name,
-        )
+        (checked,), _ = firewall_to_proto(firewall_from_proto([rule], ""))
     except InvalidArgument as fault:
         raise InvalidArgument(f"{where}: {fault.message}") from None
-    return kpb.FirewallRule(**checked.to_dict())
+    return checked
 
 
 def firewall_default(action: str, where: str) -> str:
-    value = (action or DEFAULT_ACTION).lower()
-    if value not in ACTIONS:
-        raise InvalidArgument(
-            f"{where}: the default action must be allow or deny, got {action[:40]!r}"
-        )
-    return value
+    """The default action in canonical form, as the host holds it (empty: allow)."""
+    try:
+        return firewall_from_proto([], action).default_action
+    except InvalidArgument as fault:
+        raise InvalidArgument(f"{where}: {fault.message}") from None
 
 
 def firewall_rules(rules: Sequence[kpb.FirewallRule], where: str) -> list[kpb.FirewallRule]:
@@ -131,16 +118,8 @@ def firewall_rules(rules: Sequence[kpb.FirewallRule], where: str) -> list[kpb.Fi
         raise InvalidArgument(
             f"{where}: {len(rules)} firewall rules; a vNIC has at most {MAX_FIREWALL_RULES}"
         )
+    # One rule at a time, so a refusal names the rule.
     return [firewall_rule(rule, f"{where} rule {i}") for i, rule in enumerate(rules)]
-
-
-def vnic_firewall(nic: kpb.VmNic) -> VnicFirewall:
-    """The adapter's firewall as the host's core holds it (for tests and traces)."""
-    rules = tuple(
-        FirewallRule(r.action, r.direction, r.protocol, r.address, r.port, r.name)
-        for r in nic.firewall
-    )
-    return VnicFirewall(rules, nic.firewall_default or DEFAULT_ACTION)
 
 
 def find_nic(nics: Sequence[kpb.VmNic], vm: str, name: str) -> kpb.VmNic:

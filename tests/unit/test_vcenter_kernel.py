@@ -22,6 +22,7 @@ from vsim.faults import (
     InvalidState,
     NotFound,
 )
+from vsim.host.memory import MemorySettings
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.virtual_nic import GENERATED_MAC_FIRST, GENERATED_MAC_LAST
@@ -192,7 +193,7 @@ async def test_a_mac_in_use_is_refused_and_nothing_changes(lab: Lab):
         ("CreateVm", new_vm(nics=[nic(mac="00:50:56:zz:00:01")]), InvalidArgument, "not a MAC"),
         ("CreateVm", new_vm(nics=[nic(name="eth0")]), InvalidArgument, "ethernet0-ethernet9"),
         ("CreateVm", new_vm(nics=[nic()] * 11), InvalidArgument, "at most 10"),
-        ("CreateVm", new_vm(resources=memory(reservation=512)), InvalidArgument, "at most 256"),
+        ("CreateVm", new_vm(resources=memory(reservation=512)), InvalidArgument, "0..256 MB"),
         ("CreateVm", new_vm(resources=cpu(reservation=100, limit=50)), InvalidArgument, "below"),
         ("CreateVm", new_vm(resources=cpu(shares=-5)), InvalidArgument, "shares must be > 0"),
         ("CreateVm", new_vm(resources=kpb.VmResources(cpu_load_pct=101)), InvalidArgument, "load"),
@@ -205,7 +206,7 @@ async def test_a_mac_in_use_is_refused_and_nothing_changes(lab: Lab):
         ("SetVmFirewall", firewall("deny in tcp 10.0.0.1/8 22"), InvalidArgument, "rule 0"),
         ("SetVmFirewall", firewall("deny in icmp any 22"), InvalidArgument, "icmp"),
         ("SetVmFirewall", firewall("deny in tcp any 70000"), InvalidArgument, "65535"),
-        ("SetVmFirewall", firewall(default_action="reject"), InvalidArgument, "allow or deny"),
+        ("SetVmFirewall", firewall(default_action="reject"), InvalidArgument, "allow, deny"),
         ("SetVmFirewall", firewall(nic="ethernet3"), NotFound, "ethernet3"),
         ("AssignPciDevice", pb.AssignPciDeviceRequest(vm="a", id="3b:00"), InvalidArgument, "PCI"),
     ],
@@ -515,6 +516,34 @@ async def test_host_memory_settings_are_forwarded(lab: Lab):
     stats = await lab.vc.GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
     assert stats.memory_settings.share_force_salting == 0
     assert len(lab.events()) == events
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        *({"share_force_salting": salting} for salting in (-1, 0, 1, 2, 3)),
+        *(
+            {"share_scan_period": period}
+            for period in (-1.0, 0.0, float("nan"), float("inf"), 30.0, 36_000.0, 36_001.0)
+        ),
+    ],
+    ids=repr,
+)
+async def test_vcenter_takes_exactly_the_memory_settings_the_host_takes(lab: Lab, fields):
+    ((name, value),) = fields.items()
+    request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", **fields)
+    events = len(lab.events())
+    try:
+        MemorySettings(**fields).validated()
+    except InvalidArgument:
+        words = {"share_force_salting": "ShareForceSalting", "share_scan_period": name}[name]
+        with pytest.raises(InvalidArgument, match=words):
+            await lab.vc.UpdateHostMemorySettings(request, lab.session)
+        assert len(lab.events()) == events
+        return
+    settings = await lab.vc.UpdateHostMemorySettings(request, lab.session)
+    assert getattr(settings, name) == value
+    assert len(lab.events()) == events + 1
 
 
 async def test_directpath_device_assignment(lab: Lab):

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vsim.faults import AlreadyExists, InvalidArgument, VimFault
-from vsim.host.kernel_messages import resources_from_proto
+from vsim.host.kernel_messages import firewall_from_proto, resources_from_proto
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.inventory import HostRecord, Inventory, MachineRecord
@@ -23,6 +23,8 @@ from vsim.vcenter.virtual_nic import (
     NIC_NAMES,
     MacPool,
     checked_nics,
+    firewall_default,
+    firewall_rules,
     generated_mac,
 )
 from vsim.vcenter.vm_resources import checked_resources
@@ -260,3 +262,49 @@ def test_vcenter_accepts_exactly_the_resources_the_host_accepts(message, mutatio
     assert resources_from_proto(checked, guest_os) == resources_from_proto(message, guest_os)
     for allocation_ in (checked.cpu, checked.memory):
         assert not allocation_.HasField("limit") or allocation_.limit >= 0
+    # The stored form is canonical: checking it again changes nothing.
+    assert checked_resources(checked, MEMORY_MB, guest_os) == checked
+
+
+# firewalls: vCenter stores what the host would hold
+
+RULE_VALUES = {
+    "action": ["allow", "DENY", "", "drop"],
+    "direction": ["", "in", "Out", "both", "sideways"],
+    "protocol": ["", "any", "TCP", "udp", "icmp", "gre"],
+    "address": ["", "any", "10.0.0.5", "10.0.0.0/24", "10.0.0.1/8", "300.0.0.1"],
+    "port": ["", "any", "22", "1024-65535", "70000", "9-1", "x"],
+    "name": ["", "ssh", "n" * 81],
+}
+
+
+def host_firewall(rules: list[kpb.FirewallRule], default: str):
+    try:
+        return firewall_from_proto(rules, default)
+    except InvalidArgument:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules=st.lists(
+        st.fixed_dictionaries({k: st.sampled_from(v) for k, v in RULE_VALUES.items()}),
+        max_size=4,
+    ),
+    default=st.sampled_from(["", "allow", "Deny", "reject"]),
+)
+def test_vcenter_accepts_exactly_the_firewalls_the_host_accepts(rules, default):
+    messages = [kpb.FirewallRule(**rule) for rule in rules]
+    host = host_firewall(messages, default)
+    try:
+        checked = firewall_rules(messages, "vm/ethernet0")
+        checked_default = firewall_default(default, "vm/ethernet0")
+    except InvalidArgument as fault:
+        assert host is None, f"vCenter refuses what hosts take: {fault}"
+        assert fault.message.startswith("vm/ethernet0"), "a refusal names the adapter"
+        return
+    assert host is not None, "vCenter takes what hosts refuse"
+    # What vCenter stores means to the host what the request meant, and is canonical.
+    assert firewall_from_proto(checked, checked_default) == host
+    assert firewall_rules(checked, "vm/ethernet0") == checked
+    assert firewall_default(checked_default, "vm/ethernet0") == checked_default
