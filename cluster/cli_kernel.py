@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 from vsim import validate
 from vsim.cluster import output
 from vsim.faults import InvalidArgument, fault_from_proto
-from vsim.host.ethernet_frame import VLAN_VST_MAX
+from vsim.host.ethernet_frame import VLAN_VST_MAX, mac_address, unicast_mac
 from vsim.host.resource_pool import VM_CPU_SHARES_PER_VCPU, VM_MEMORY_SHARES_PER_MB
+from vsim.host.vswitch import STANDARD_SWITCH_SECURITY
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.vcenter.virtual_nic import firewall_rule
@@ -121,6 +122,19 @@ async def cmd_vm_nic_list(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(list(vm.nics), output.nics_table(vm))
 
 
+RESET_MAC = ("", "reset")
+"""What `vm nic guest-mac` takes for "back to the configured MAC"."""
+
+
+async def cmd_vm_nic_guest_mac(args: argparse.Namespace, ctx: Context) -> None:
+    """The guest of a running VM sets its adapter's MAC (its runtime state only)."""
+    reset = args.mac.strip().lower() in RESET_MAC
+    mac = "" if reset else unicast_mac(args.mac, "MAC")
+    async with await ctx.client() as client:
+        port = await client.set_guest_mac(args.name, mac, args.nic)
+    ctx.show(port, output.guest_mac_text(port))
+
+
 def parse_rule(text: str) -> kpb.FirewallRule:
     """'ACTION [DIRECTION [PROTOCOL [ADDRESS [PORT [NAME...]]]]]', e.g.
     'deny in tcp 10.0.0.0/8 22 no-ssh'."""
@@ -201,10 +215,29 @@ async def cmd_host_pci_passthru(args: argparse.Namespace, ctx: Context) -> None:
 
 # networking
 
+SECURITY_OPTIONS = (
+    ("promiscuous", "allow_promiscuous"),
+    ("mac_changes", "mac_changes"),
+    ("forged_transmits", "forged_transmits"),
+)
+"""(option dest, SecurityPolicy field) of --promiscuous, --mac-changes, --forged-transmits."""
+
+
+def security_policy(args: argparse.Namespace) -> kpb.SecurityPolicy:
+    """The policy options given (accept/reject); those not given stay unset: a new
+    vSwitch then takes the standard switch's defaults, a port group its vSwitch's."""
+    policy = kpb.SecurityPolicy()
+    for option, field in SECURITY_OPTIONS:
+        value = getattr(args, option)
+        if value is not None:
+            setattr(policy, field, value == "accept")
+    return policy
+
 
 async def cmd_vswitch_add(args: argparse.Namespace, ctx: Context) -> None:
+    security = security_policy(args)
     async with await ctx.client() as client:
-        network = await client.add_virtual_switch(args.host, args.name, args.uplink or ())
+        network = await client.add_virtual_switch(args.host, args.name, args.uplink or (), security)
     ctx.show(network, output.vswitches_table(network))
 
 
@@ -216,8 +249,11 @@ async def cmd_vswitch_list(args: argparse.Namespace, ctx: Context) -> None:
 
 async def cmd_portgroup_add(args: argparse.Namespace, ctx: Context) -> None:
     validate.int_range(args.vlan, 0, 4095, "--vlan")
+    security = security_policy(args)
     async with await ctx.client() as client:
-        network = await client.add_port_group(args.host, args.name, args.vswitch, args.vlan)
+        network = await client.add_port_group(
+            args.host, args.name, args.vswitch, args.vlan, security
+        )
     ctx.show(network, output.port_groups_table(network))
 
 
@@ -263,7 +299,8 @@ async def cmd_pswitch_set(args: argparse.Namespace, ctx: Context) -> None:
 
 async def cmd_send_frame(args: argparse.Namespace, ctx: Context) -> None:
     frame = kpb.Frame(
-        dst_mac=args.dst_mac or "",
+        src_mac=mac_address(args.src_mac, "--src-mac") if args.src_mac else "",
+        dst_mac=mac_address(args.dst_mac, "--dst-mac") if args.dst_mac else "",
         vlan=validate.int_range(args.vlan, 0, VLAN_VST_MAX, "--vlan"),
         protocol=args.protocol,
         src_ip=args.src_ip or "",
@@ -318,6 +355,10 @@ def add_vm_commands(vms: Subcommands, command: Command) -> None:
     p.add_argument("--mac", help="default: one vCenter assigns")
     p.add_argument("--nic", help="default: the next free ethernetN")
     command(nic, "list", cmd_vm_nic_list, "the VM's network adapters").add_argument("name")
+    p = command(nic, "guest-mac", cmd_vm_nic_guest_mac, "the running guest sets an adapter's MAC")
+    p.add_argument("name")
+    p.add_argument("mac", metavar="MAC", help="a unicast MAC, or reset for the configured one")
+    p.add_argument("--nic", default="ethernet0")
     fw = command(vms, "firewall", None, "vNIC firewall").add_subparsers(dest="sub2", required=True)
     p = command(fw, "set", cmd_vm_firewall_set, "replace an adapter's firewall rules")
     p.add_argument("name")
@@ -336,6 +377,26 @@ def add_vm_commands(vms: Subcommands, command: Command) -> None:
     p.add_argument("id", help="PCI address, e.g. 0000:3b:00.0")
 
 
+def add_security_options(p: argparse.ArgumentParser, vswitch: bool) -> None:
+    """--promiscuous, --mac-changes, --forged-transmits (HostNetworkSecurityPolicy)."""
+    for (option, field), help_ in zip(
+        SECURITY_OPTIONS,
+        (
+            "promiscuous mode: also see others' frames in its VLANs",
+            "keep receiving after the guest changes its MAC",
+            "let the guest send from a MAC not its own",
+        ),
+        strict=True,
+    ):
+        default = getattr(STANDARD_SWITCH_SECURITY, field)
+        unset = ("accept" if default else "reject") if vswitch else "inherit the vSwitch's"
+        p.add_argument(
+            "--" + option.replace("_", "-"),
+            choices=["accept", "reject"],
+            help=f"{help_} (unset: {unset})",
+        )
+
+
 def add_network_commands(commands: Subcommands, command: Command) -> None:
     network = command(commands, "network", None, "standard switches and the physical network")
     groups = network.add_subparsers(dest="sub", required=True)
@@ -346,6 +407,7 @@ def add_network_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("host")
     p.add_argument("name")
     p.add_argument("--uplink", action="append", help="a physical NIC (vmnic1..); repeatable")
+    add_security_options(p, vswitch=True)
     command(vswitch, "list", cmd_vswitch_list, "a host's vSwitches").add_argument("host")
     portgroup = command(groups, "portgroup", None, "port groups").add_subparsers(
         dest="sub2", required=True
@@ -355,6 +417,7 @@ def add_network_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("name")
     p.add_argument("--vswitch", default="vSwitch0")
     p.add_argument("--vlan", type=int, default=0, help="0 none, 1-4094, 4095 guest tagging")
+    add_security_options(p, vswitch=False)
     command(portgroup, "list", cmd_portgroup_list, "a host's port groups").add_argument("host")
     pswitch = command(groups, "pswitch", None, "the physical switch").add_subparsers(
         dest="sub2", required=True
@@ -371,6 +434,10 @@ def add_network_commands(commands: Subcommands, command: Command) -> None:
     to = p.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-vm", help="to this VM's first adapter")
     to.add_argument("--dst-mac", help="ff:ff:ff:ff:ff:ff to broadcast")
+    p.add_argument(
+        "--src-mac",
+        help="default: the adapter's MAC as the guest set it; another is a forged transmit",
+    )
     p.add_argument("--vlan", type=int, default=0, help="a tag the guest puts on (VGT)")
     p.add_argument("--protocol", choices=["tcp", "udp", "icmp", "other"], default="other")
     p.add_argument("--src-ip")

@@ -262,9 +262,16 @@ class VCenterClient:
         self, vm: str, frame: kpb.Frame | None = None, nic: str = "", dst_vm: str = ""
     ) -> kpb.FrameTrace:
         """Sends a frame from vm's adapter (default ethernet0) to dst_vm's first adapter
-        or to frame.dst_mac, and returns its journey."""
+        or to frame.dst_mac, and returns its journey. frame.src_mac empty: the
+        adapter's effective MAC; another one is a forged transmit."""
         request = pb.SendTestFrameRequest(vm=vm, nic=nic, frame=frame, dst_vm=dst_vm)
         return await self._call("SendTestFrame", request)
+
+    async def set_guest_mac(self, vm: str, mac: str, nic: str = "ethernet0") -> kpb.ConnectedNic:
+        """The guest of the running vm sets its adapter's MAC ("": back to the
+        configured one, which every power-on starts with); returns the adapter's port."""
+        request = kpb.SetGuestMacRequest(vm=vm, nic=nic, mac=mac)
+        return await self._call("SetGuestMac", request)
 
     # datastores
 

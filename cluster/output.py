@@ -93,6 +93,32 @@ def vlan_word(vlan: int) -> str:
     return {0: "0 (none)", 4095: "4095 (guest tagging)"}.get(vlan, str(vlan))
 
 
+SECURITY_COLUMNS = (
+    ("promiscuous", "allow_promiscuous"),
+    ("mac_changes", "mac_changes"),
+    ("forged_transmits", "forged_transmits"),
+)
+"""(column, SecurityPolicy field) of the vSwitch and port group tables."""
+
+
+def _accept(value: bool) -> str:
+    return "accept" if value else "reject"
+
+
+def security_columns(policy: Any, base: Any = None) -> dict[str, str]:
+    """A policy's three settings as accept/reject; a port group's unset ones as
+    "inherit (accept)", with the value of `base` (its vSwitch's policy) if known."""
+    row = {}
+    for column, name in SECURITY_COLUMNS:
+        if policy.HasField(name):
+            row[column] = _accept(getattr(policy, name))
+        elif base is not None and base.HasField(name):
+            row[column] = f"inherit ({_accept(getattr(base, name))})"
+        else:
+            row[column] = "inherit"
+    return row
+
+
 def vswitches_table(network: Any) -> str:
     rows = [
         {
@@ -100,23 +126,37 @@ def vswitches_table(network: Any) -> str:
             "uplinks": ", ".join(v.uplinks) or "-",
             "active": v.active_uplink or "-",
             "port_groups": ", ".join(p.name for p in network.port_groups if p.vswitch == v.name),
+            **security_columns(v.security),
         }
         for v in network.vswitches
     ]
-    return table(rows, ["name", "uplinks", "active", "port_groups"])
+    columns = ["name", "uplinks", "active", "port_groups", *(c for c, _ in SECURITY_COLUMNS)]
+    return table(rows, columns)
 
 
 def port_groups_table(network: Any) -> str:
+    switches = {v.name: v.security for v in network.vswitches}
     rows = [
         {
             "name": p.name,
             "vswitch": p.vswitch,
             "vlan": vlan_word(p.vlan),
             "vnics": sum(n.port_group == p.name for n in network.nics),
+            **security_columns(p.security, switches.get(p.vswitch)),
         }
         for p in network.port_groups
     ]
-    return table(rows, ["name", "vswitch", "vlan", "vnics"])
+    columns = ["name", "vswitch", "vlan", "vnics", *(c for c, _ in SECURITY_COLUMNS)]
+    return table(rows, columns)
+
+
+def guest_mac_text(port: Any) -> str:
+    """An adapter's port after its guest set the MAC."""
+    changed = "" if port.effective_mac == port.mac else ", changed by the guest"
+    return (
+        f"{port.vm}/{port.nic} on {port.port_group}: MAC {port.effective_mac} "
+        f"(configured {port.mac}{changed})"
+    )
 
 
 def physical_ports_table(ports: Sequence[Any]) -> str:

@@ -30,6 +30,7 @@ from vsim.host.kernel import (
     VmResources,
 )
 from vsim.host.kernel_messages import (
+    connected_nic_to_proto,
     delivery_to_proto,
     frame_from_proto,
     host_stats_to_proto,
@@ -560,3 +561,16 @@ class Hostd:
                 for f in await guest_scan(adapter)
             ],
         )
+
+    def SetGuestMac(self, request: kpb.SetGuestMacRequest, user: str | None) -> kpb.ConnectedNic:
+        """The guest OS sets its adapter's MAC (empty: the configured one again). Only
+        the port changes: the VM's configuration keeps its MAC, and the next power-on
+        connects the adapter with it."""
+        self.accounts.require_admin(user)
+        vm = self.kernel.vm(request.vm)
+        if not vm.powered_on:
+            raise InvalidPowerState(f"{vm.name} is powered off: it has no guest to set a MAC")
+        network = self.kernel.network
+        nic = request.nic or "ethernet0"
+        mac = request.mac or network.vnic(vm.name, nic).mac
+        return connected_nic_to_proto(network, network.set_effective_mac(vm.name, nic, mac))

@@ -15,7 +15,14 @@ from vsim.host.kernel import PHYSICAL_NICS, HostKernel, NicConfig, VmResources
 from vsim.host.memory import VmMemorySettings, VmMemoryStats
 from vsim.host.resource_pool import UNLIMITED
 from vsim.host.vnic_firewall import FirewallRule, VnicFirewall
-from vsim.host.vswitch import Delivery, PortGroup, SecurityPolicy, VirtualSwitch
+from vsim.host.vswitch import (
+    Delivery,
+    HostNetworkSystem,
+    PortGroup,
+    SecurityPolicy,
+    VirtualSwitch,
+    Vnic,
+)
 from vsim.v1 import kernel_pb2 as kpb
 
 WORKLOAD_FIELDS = tuple(f.name for f in fields(GuestWorkload))
@@ -194,6 +201,18 @@ def network_to_proto(kernel: HostKernel) -> kpb.HostNetwork:
 
 def nic_stats(stats) -> kpb.NicStats:
     return kpb.NicStats(tx=stats.tx, rx=stats.rx, dropped=dict(stats.dropped))
+
+
+def connected_nic_to_proto(network: HostNetworkSystem, vnic: Vnic) -> kpb.ConnectedNic:
+    """One connected adapter's port: its configured and effective MAC, its counters."""
+    return kpb.ConnectedNic(
+        vm=vnic.vm,
+        nic=vnic.nic,
+        port_group=vnic.port_group,
+        mac=vnic.mac,
+        effective_mac=vnic.effective_mac,
+        stats=nic_stats(network.stats(vnic.vm, vnic.nic)),
+    )
 
 
 def frame_from_proto(message: kpb.Frame, src_mac: str = "") -> Frame:

@@ -1,10 +1,14 @@
 """The hosts' standard switches as vCenter manages them (vSphere's HostNetworkSystem):
 adding vSwitches and port groups on a host, and reading a host's network.
 
-The host is the truth for its network (vSwitches, uplinks, port groups, connected
-vNICs): vCenter checks what it can without the host (the host exists and is
-connected, names and VLANs are well formed), forwards the change, and records an
-event once the host has made it. Never does: keep its own copy of a host's network.
+The host is the truth for its network (vSwitches, uplinks, port groups with their
+security policy, connected vNICs): vCenter checks what it can without the host (the
+host exists and is connected, names and VLANs are well formed), forwards the change,
+and records an event once the host has made it. A vSwitch's security policy fields
+left unset take the standard switch's defaults (promiscuous reject, MAC address
+changes accept, forged transmits accept); a port group's inherit its vSwitch's.
+
+Never does: keep its own copy of a host's network.
 """
 
 from __future__ import annotations
@@ -19,6 +23,22 @@ from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import HostManager
+
+SECURITY_WORDS = (
+    ("allow_promiscuous", "promiscuous mode"),
+    ("mac_changes", "MAC address changes"),
+    ("forged_transmits", "forged transmits"),
+)
+"""SecurityPolicy's fields, with vSphere's names for them (HostNetworkSecurityPolicy)."""
+
+
+def security_words(policy: kpb.SecurityPolicy) -> str:
+    """The settings a policy makes, e.g. "MAC address changes reject" ("" if none)."""
+    return ", ".join(
+        f"{words} {'accept' if getattr(policy, name) else 'reject'}"
+        for name, words in SECURITY_WORDS
+        if policy.HasField(name)
+    )
 
 
 class NetworkSystem:
@@ -48,9 +68,11 @@ class NetworkSystem:
         request_ = hpb.AddVirtualSwitchRequest(vswitch=vswitch)
         network = await self._hosts.call(request.host, "AddVirtualSwitch", request_)
         uplinks = f" with uplinks {', '.join(vswitch.uplinks)}" if vswitch.uplinks else ""
+        policy = security_words(vswitch.security)
+        policy = f" ({policy})" if policy else ""
         self._events.post(
             "HostVirtualSwitchAddedEvent",
-            f"Added vSwitch {vswitch.name}{uplinks} on {request.host}",
+            f"Added vSwitch {vswitch.name}{uplinks} on {request.host}{policy}",
             user=user,
             host=request.host,
         )
@@ -65,9 +87,10 @@ class NetworkSystem:
         vlan_id(pg.vlan)
         request_ = hpb.AddPortGroupRequest(port_group=pg)
         network = await self._hosts.call(request.host, "AddPortGroup", request_)
+        settings = ", ".join(filter(None, (f"VLAN {pg.vlan}", security_words(pg.security))))
         self._events.post(
             "HostPortGroupAddedEvent",
-            f"Added port group {pg.name!r} (VLAN {pg.vlan}) on {pg.vswitch} of {request.host}",
+            f"Added port group {pg.name!r} ({settings}) on {pg.vswitch} of {request.host}",
             user=user,
             host=request.host,
         )

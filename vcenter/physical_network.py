@@ -1,6 +1,7 @@
 """The physical network between the hosts, as vCenter sees it: the switch ports the
-hosts' uplinks are cabled to, and SendTestFrame, which follows one frame from a VM's
-vNIC through its host's vSwitch, the physical switch and every other host's vSwitch.
+hosts' uplinks are cabled to; SendTestFrame, which follows one frame from a VM's
+vNIC through its host's vSwitch, the physical switch and every other host's vSwitch;
+and SetGuestMac, the guest of a running VM giving its adapter another MAC.
 
 Every host in the inventory has its physical NICs (vmnic0..vmnic3) cabled to one
 switch; a port is a trunk of every VLAN (0 = native, untagged) unless a configured
@@ -12,6 +13,13 @@ frame) pairs, the switch turns each into (host, uplink, frame) deliveries, and e
 goes to ReceiveFrame on that host, which never sends it out again (no loops). The
 copies a host discards only because they were flooded to it are left out of the
 trace (see FLOODED_COPY_DISCARDS).
+
+A test frame without a source MAC leaves with the adapter's effective MAC, as its
+host reports it: a guest that changed its MAC sends with the new one, and only a
+frame given another source MAC is a forged transmit. The effective MAC is the
+guest's runtime state, kept by the VM's host alone (never in the inventory); every
+power-on starts again with the configured MAC. `dst_vm` addresses the frame to the
+destination's configured MAC.
 
 Never does: look inside a host (it sees what hosts report), or change a VM or a
 host's configuration.
@@ -38,7 +46,7 @@ from vsim.faults import (
     RequestTimeout,
 )
 from vsim.host import kernel_messages
-from vsim.host.ethernet_frame import VLAN_VST_MAX, Frame, uplink_name
+from vsim.host.ethernet_frame import VLAN_VST_MAX, Frame, unicast_mac, uplink_name
 from vsim.host.kernel import PHYSICAL_NICS
 from vsim.host.kernel_messages import frame_to_proto
 from vsim.host.vswitch import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
@@ -150,6 +158,8 @@ class PhysicalNetwork:
         self._hosts.connected(vm.host)
         nic = find_nic(vm.nics, vm.name, request.nic or DEFAULT_NIC)
         frame = frame_to_proto(frame_from_proto(self._addressed(request, nic)))
+        if not request.frame.src_mac:
+            frame.src_mac = await self._effective_mac(vm, nic)
         trace = kpb.FrameTrace(host=vm.host, vm=vm.name, nic=nic.name, frame=frame)
         first = await self._hosts.call(
             vm.host, "SendFrame", hpb.SendFrameRequest(vm=vm.name, nic=nic.name, frame=frame)
@@ -163,8 +173,18 @@ class PhysicalNetwork:
     def _vm(self, name: str) -> pb.Vm:
         return self._inventory.require_vm(name)
 
+    async def _effective_mac(self, vm: pb.Vm, nic: kpb.VmNic) -> str:
+        """The MAC the guest uses on the adapter now (its host knows; the configured
+        one if the host has no port for it, whose SendFrame then says why)."""
+        network = await self._hosts.call(vm.host, "GetNetwork", hpb.GetNetworkRequest())
+        for port in network.nics:
+            if (port.vm, port.nic) == (vm.name, nic.name):
+                return port.effective_mac or nic.mac
+        return nic.mac
+
     def _addressed(self, request: pb.SendTestFrameRequest, nic: kpb.VmNic) -> kpb.Frame:
-        """The request's frame with its addresses filled in."""
+        """The request's frame with its addresses filled in (the source, until the
+        host is asked for the effective MAC, with the configured one)."""
         frame = kpb.Frame()
         frame.CopyFrom(request.frame)
         frame.src_mac = frame.src_mac or nic.mac
@@ -180,6 +200,24 @@ class PhysicalNetwork:
                 "the frame needs a destination: dst_vm, or dst_mac (ff:ff:ff:ff:ff:ff to broadcast)"
             )
         return frame
+
+    # SetGuestMac
+
+    async def set_guest_mac(self, request: kpb.SetGuestMacRequest) -> kpb.ConnectedNic:
+        """The guest of a running VM sets its adapter's MAC on the VM's host (empty:
+        back to the configured MAC). Checked before the host is asked: a unicast MAC,
+        a VM that runs, an adapter it has."""
+        mac = unicast_mac(request.mac, "mac") if request.mac else ""
+        vm = self._vm(request.vm)
+        nic = find_nic(vm.nics, vm.name, request.nic or DEFAULT_NIC)
+        if vm.power_state != pb.POWER_STATE_POWERED_ON:
+            raise InvalidPowerState(
+                f"{vm.name} is powered off: only a running guest sets its MAC, and every "
+                "power-on starts with the configured one"
+            )
+        self._hosts.connected(vm.host)
+        wanted = kpb.SetGuestMacRequest(vm=vm.name, nic=nic.name, mac=mac)
+        return await self._hosts.call(vm.host, "SetGuestMac", wanted)
 
     async def _across_switch(
         self, host: str, uplink: str, frame: kpb.Frame, trace: kpb.FrameTrace

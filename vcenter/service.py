@@ -357,6 +357,11 @@ class VCenter:
     ) -> kpb.FrameTrace:
         return await self.physical_network.send_test_frame(request)
 
+    async def SetGuestMac(
+        self, request: kpb.SetGuestMacRequest, session: Session
+    ) -> kpb.ConnectedNic:
+        return await self.physical_network.set_guest_mac(request)
+
     async def ListPciDevices(self, request: pb.HostRequest, session: Session) -> kpb.PciDevices:
         return await self.pci.devices(request)
 

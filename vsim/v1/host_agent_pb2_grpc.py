@@ -181,6 +181,11 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
                 _registered_method=True)
+        self.SetGuestMac = channel.unary_unary(
+                '/vsim.v1.HostAgent/SetGuestMac',
+                request_serializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.FromString,
+                _registered_method=True)
 
 
 class HostAgentServicer:
@@ -373,6 +378,13 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetGuestMac(self, request, context):
+        """The guest of a powered-on VM changes its adapter's MAC: the port as it is now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -520,6 +532,11 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.GuestReportLuns,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.SerializeToString,
+            ),
+            'SetGuestMac': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuestMac,
+                    request_deserializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1305,6 +1322,33 @@ class HostAgent:
             '/vsim.v1.HostAgent/GuestReportLuns',
             vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGuestMac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/SetGuestMac',
+            vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ConnectedNic.FromString,
             options,
             channel_credentials,
             insecure,

@@ -216,6 +216,11 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.SendTestFrameRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.FrameTrace.FromString,
                 _registered_method=True)
+        self.SetGuestMac = channel.unary_unary(
+                '/vsim.v1.VCenter/SetGuestMac',
+                request_serializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.FromString,
+                _registered_method=True)
         self.ListPciDevices = channel.unary_unary(
                 '/vsim.v1.VCenter/ListPciDevices',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
@@ -483,6 +488,15 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetGuestMac(self, request, context):
+        """The guest of a powered-on VM changes its adapter's MAC (empty: back to the
+        configured one), on the VM's host; nothing is stored in the inventory and the
+        next power-on starts with the configured MAC again. Returns the adapter's port.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPciDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -690,6 +704,11 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.SendTestFrame,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.SendTestFrameRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.FrameTrace.SerializeToString,
+            ),
+            'SetGuestMac': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuestMac,
+                    request_deserializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.SerializeToString,
             ),
             'ListPciDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPciDevices,
@@ -1684,6 +1703,33 @@ class VCenter:
             '/vsim.v1.VCenter/SendTestFrame',
             vsim_dot_v1_dot_vcenter__pb2.SendTestFrameRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.FrameTrace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGuestMac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/SetGuestMac',
+            vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ConnectedNic.FromString,
             options,
             channel_credentials,
             insecure,
