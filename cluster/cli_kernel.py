@@ -3,7 +3,8 @@
 Owns the `vsim network ...` group (standard vSwitches, port groups, the physical switch,
 test frames), the VM commands that reach a running VM's kernel side (`vsim vm resources`,
 `stats`, `luns`, `nic`, `firewall`, `pci`) and the host kernel commands (`vsim host
-stats`, `memory`, `pci`): their options, the parsing of their values, and their handlers.
+stats`, `memory`, `pci`, `pool`): their options, the parsing of their values, and their
+handlers.
 
 `vsim.cluster.cli` is the entry point: it builds the parser, registers these commands
 with `add_host_commands`, `add_vm_commands` and `add_network_commands`, and runs them.
@@ -19,9 +20,17 @@ from typing import TYPE_CHECKING
 
 from vsim import validate
 from vsim.cluster import output
-from vsim.faults import InvalidArgument, fault_from_proto
+from vsim.faults import InvalidArgument, NotFound, fault_from_proto
 from vsim.host.ethernet_frame import VLAN_VST_MAX, mac_address, unicast_mac
-from vsim.host.resource_pool import VM_CPU_SHARES_PER_VCPU, VM_MEMORY_SHARES_PER_MB
+from vsim.host.kernel import pool_name
+from vsim.host.kernel_messages import pool_allocation_from_proto
+from vsim.host.resource_pool import (
+    ROOT_POOL,
+    SHARE_LEVELS,
+    VM_CPU_SHARES_PER_VCPU,
+    VM_MEMORY_SHARES_PER_MB,
+    Unit,
+)
 from vsim.host.vswitch import STANDARD_SWITCH_SECURITY
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
@@ -79,6 +88,8 @@ def changed_resources(args: argparse.Namespace, vm) -> kpb.VmResources:
         r.page_sharing_disabled = args.page_sharing == "off"
     if args.cpu_load is not None:
         r.cpu_load_pct = validate.int_range(args.cpu_load, 0, 100, "--cpu-load", "%")
+    if args.pool is not None:
+        r.resource_pool = "" if args.pool == ROOT_POOL else pool_name(args.pool, "--pool")
     return r
 
 
@@ -199,6 +210,84 @@ async def cmd_host_memory(args: argparse.Namespace, ctx: Context) -> None:
                 args.name, args.salting, sharing, args.scan_period
             )
     ctx.show(settings, f"{args.name}: {output.memory_settings_text(settings)}")
+
+
+POOL_OPTIONS = (("cpu", Unit.MHZ), ("mem", Unit.MB))
+"""(option prefix, unit) of the --cpu-* and --mem-* options of `vsim host pool`."""
+POOL_OPTION_NAMES = ("shares", "reservation", "limit", "expandable")
+
+
+def pool_allocation(
+    args: argparse.Namespace, prefix: str, unit: Unit, current: kpb.PoolAllocation
+) -> kpb.PoolAllocation | None:
+    """`current` with the --PREFIX-* options given applied (None if none was given),
+    checked as the host checks it."""
+    given = [getattr(args, f"{prefix}_{name}") for name in POOL_OPTION_NAMES]
+    if given == [None] * len(POOL_OPTION_NAMES):
+        return None
+    shares, reservation, limit, expandable = given
+    a = kpb.PoolAllocation()
+    a.CopyFrom(current)
+    if shares in SHARE_LEVELS:
+        a.shares_level, a.shares = shares, 0
+    elif shares is not None:
+        flag = f"--{prefix}-shares"
+        value = whole(shares, flag, "low, normal, high or a number")
+        a.shares_level, a.shares = "custom", validate.int_range(value, 1, 2**31 - 1, flag)
+    if reservation is not None:
+        a.reservation = validate.int_range(reservation, 0, 2**40, f"--{prefix}-reservation")
+    if limit == "unlimited":
+        a.ClearField("limit")
+    elif limit is not None:
+        a.limit = whole(limit, f"--{prefix}-limit", "a number or unlimited")
+    if expandable is not None:
+        a.expandable_reservation = expandable == "on"
+    pool_allocation_from_proto(a, unit, f"--{prefix}-*")
+    return a
+
+
+async def cmd_host_pool_create(args: argparse.Namespace, ctx: Context) -> None:
+    pool_name(args.name)
+    parent = "" if args.parent in (None, ROOT_POOL) else pool_name(args.parent, "--parent")
+    cpu, memory = (
+        pool_allocation(args, prefix, unit, kpb.PoolAllocation()) for prefix, unit in POOL_OPTIONS
+    )
+    async with await ctx.client() as client:
+        pools = await client.create_resource_pool(args.host, args.name, parent, cpu, memory)
+    ctx.show(pools, output.resource_pools_table(pools))
+
+
+async def cmd_host_pool_update(args: argparse.Namespace, ctx: Context) -> None:
+    """Reads the pool, changes only the settings given, sends the resources changed."""
+    pool_name(args.name)
+    async with await ctx.client() as client:
+        pools = await client.resource_pools(args.host)
+        current = next((p for p in pools.pools if p.name == args.name), None)
+        if current is None:
+            raise NotFound(
+                f"{args.host} has no resource pool {args.name!r}; it has: "
+                + ", ".join(p.name for p in pools.pools)
+            )
+        cpu = pool_allocation(args, "cpu", Unit.MHZ, current.cpu)
+        memory = pool_allocation(args, "mem", Unit.MB, current.memory)
+        if cpu is None and memory is None:
+            raise InvalidArgument("nothing to change: give a --cpu-* or --mem-* option")
+        pools = await client.update_resource_pool(args.host, args.name, cpu, memory)
+    ctx.show(pools, output.resource_pools_table(pools))
+
+
+async def cmd_host_pool_list(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        pools = await client.resource_pools(args.host)
+    ctx.show(pools, output.resource_pools_table(pools))
+
+
+async def cmd_host_pool_destroy(args: argparse.Namespace, ctx: Context) -> None:
+    pool_name(args.name)
+    async with await ctx.client() as client:
+        task = await client.wait(await client.destroy_resource_pool(args.host, args.name))
+    show_task_fault(task)
+    ctx.show(task, f"resource pool {args.name} destroyed on {args.host}")
 
 
 async def cmd_host_pci_list(args: argparse.Namespace, ctx: Context) -> None:
@@ -332,6 +421,43 @@ def add_host_commands(hosts: Subcommands, command: Command) -> None:
     p.add_argument("name")
     p.add_argument("id", help="PCI address, e.g. 0000:3b:00.0")
     p.add_argument("state", choices=["on", "off"])
+    add_pool_commands(hosts, command)
+
+
+def add_pool_commands(hosts: Subcommands, command: Command) -> None:
+    pools = command(hosts, "pool", None, "the host's resource pools").add_subparsers(
+        dest="sub2", required=True
+    )
+    p = command(pools, "create", cmd_host_pool_create, "create a resource pool on a host")
+    p.add_argument("host")
+    p.add_argument("name")
+    p.add_argument("--parent", help=f"default: the root pool, {ROOT_POOL}")
+    add_pool_options(p, "unset: normal, 0, unlimited, expandable")
+    p = command(pools, "update", cmd_host_pool_update, "change a pool's settings (those given)")
+    p.add_argument("host")
+    p.add_argument("name")
+    add_pool_options(p, "unset: unchanged")
+    command(pools, "list", cmd_host_pool_list, "a host's pools, their use and VMs").add_argument(
+        "host"
+    )
+    p = command(
+        pools, "destroy", cmd_host_pool_destroy, "destroy a pool (its VMs move to the parent)"
+    )
+    p.add_argument("host")
+    p.add_argument("name")
+
+
+def add_pool_options(p: argparse.ArgumentParser, unset: str) -> None:
+    """--cpu-shares ... --mem-expandable: a pool's allocation of each resource."""
+    for prefix, unit in POOL_OPTIONS:
+        p.add_argument(f"--{prefix}-shares", help=f"low, normal, high or a number ({unset})")
+        p.add_argument(f"--{prefix}-reservation", type=int, metavar=unit.value.upper())
+        p.add_argument(f"--{prefix}-limit", metavar=f"{unit.value.upper()}|unlimited")
+        p.add_argument(
+            f"--{prefix}-expandable",
+            choices=["on", "off"],
+            help="children may reserve more, borrowing from the parent",
+        )
 
 
 def add_vm_commands(vms: Subcommands, command: Command) -> None:
@@ -346,6 +472,7 @@ def add_vm_commands(vms: Subcommands, command: Command) -> None:
     p.add_argument("--salt", help="sched.mem.pshare.salt (from the next power-on)")
     p.add_argument("--page-sharing", choices=["on", "off"], help="(from the next power-on)")
     p.add_argument("--cpu-load", type=int, metavar="PCT", help="how busy the guest keeps its vCPUs")
+    p.add_argument("--pool", help=f"the host resource pool it runs in ({ROOT_POOL}: the root)")
     command(vms, "stats", cmd_vm_stats, "a running VM's CPU, memory and NICs").add_argument("name")
     command(vms, "luns", cmd_vm_luns, "the disks a running guest sees").add_argument("name")
     nic = command(vms, "nic", None, "network adapters").add_subparsers(dest="sub2", required=True)

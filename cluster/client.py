@@ -219,6 +219,43 @@ class VCenterClient:
         request = pb.UpdateHostPassthruRequest(host=host, id=pci_id, enabled=enabled)
         return await self._call("UpdatePassthruConfig", request)
 
+    # hosts' resource pools
+
+    async def resource_pools(self, host: str) -> kpb.ResourcePools:
+        """The host's pools: the root "Resources" first, parents before children."""
+        return await self._call("ListResourcePools", pb.HostRequest(name=host))
+
+    async def create_resource_pool(
+        self,
+        host: str,
+        name: str,
+        parent: str = "",
+        cpu: kpb.PoolAllocation | None = None,
+        memory: kpb.PoolAllocation | None = None,
+    ) -> kpb.ResourcePools:
+        """A pool under `parent` ("" for the root); cpu (MHz) and memory (MB) left None
+        are normal shares, no reservation, no limit, expandable."""
+        spec = kpb.ResourcePoolSpec(name=name, parent=parent, cpu=cpu, memory=memory)
+        request = pb.HostResourcePoolRequest(host=host, pool=spec)
+        return await self._call("CreateResourcePool", request)
+
+    async def update_resource_pool(
+        self,
+        host: str,
+        name: str,
+        cpu: kpb.PoolAllocation | None = None,
+        memory: kpb.PoolAllocation | None = None,
+    ) -> kpb.ResourcePools:
+        """Replaces the allocations given (None: that resource stays as it is)."""
+        spec = kpb.ResourcePoolSpec(name=name, cpu=cpu, memory=memory)
+        request = pb.HostResourcePoolRequest(host=host, pool=spec)
+        return await self._call("UpdateResourcePool", request)
+
+    async def destroy_resource_pool(self, host: str, name: str) -> common_pb2.Task:
+        """A task; the pool's child pools and running VMs move to its parent."""
+        request = pb.DestroyHostResourcePoolRequest(host=host, name=name)
+        return await self._call("DestroyResourcePool", request)
+
     # networking
 
     async def host_network(self, host: str) -> kpb.HostNetwork:

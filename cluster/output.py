@@ -217,8 +217,43 @@ def resources_text(vm: Any) -> str:
             "salt": r.page_sharing_salt or "-",
             "cpu load": f"{r.cpu_load_pct} %",
             "disk": f"shares {r.disk_shares or 'normal'}, IOPS limit {iops}",
+            "resource pool": r.resource_pool or "Resources",
         }
     )
+
+
+def _pool_shares(allocation: Any) -> str:
+    if allocation.shares_level == "custom":
+        return str(allocation.shares)
+    return f"{allocation.shares_level} ({allocation.shares})"
+
+
+def _pool_reservation(allocation: Any) -> str:
+    return f"{allocation.reservation} {'exp' if allocation.expandable_reservation else 'fixed'}"
+
+
+def _pool_limit(allocation: Any) -> str:
+    return str(allocation.limit) if allocation.HasField("limit") else "unlimited"
+
+
+def resource_pools_table(pools: Any) -> str:
+    """A host's pools (CPU in MHz, memory in MB): settings, entitlement now, VMs."""
+    rows = []
+    for p in pools.pools:
+        row: dict[str, Any] = {"name": p.name, "parent": p.parent or "-"}
+        for prefix, allocation, usage in (
+            ("cpu", p.cpu, p.cpu_usage),
+            ("mem", p.memory, p.memory_usage),
+        ):
+            row[f"{prefix}_shares"] = _pool_shares(allocation)
+            row[f"{prefix}_reservation"] = _pool_reservation(allocation)
+            row[f"{prefix}_limit"] = _pool_limit(allocation)
+            row[f"{prefix}_entitled"] = f"{usage.entitlement:.0f}"
+        row["vms"] = ", ".join(vm.name + (" (on)" if vm.powered_on else "") for vm in p.vms)
+        rows.append(row)
+    per_resource = ("shares", "reservation", "limit", "entitled")
+    columns = ["name", "parent", *(f"{r}_{c}" for r in ("cpu", "mem") for c in per_resource), "vms"]
+    return f"{pools.host}: CPU in MHz, memory in MB\n" + table(rows, columns)
 
 
 def firewall_text(vm: Any) -> str:

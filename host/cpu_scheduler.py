@@ -165,6 +165,11 @@ class CpuScheduler:
     def allocation(self, vm: str) -> Allocation:
         return self.tree.consumer(vm)
 
+    def move(self, vm: str, pool: str) -> None:
+        """Moves a powered-on VM into another resource pool (admission-checked); its
+        numbers keep their place in the arrays (the tree keeps consumer order)."""
+        self.tree.move_consumer(vm, pool)
+
     def set_demand(self, vm: str, mhz: float) -> float:
         """Sets what the VM's guest wants to run, in MHz; returns the demand kept,
         which is capped at vcpus x core MHz (a vCPU cannot run faster than a core)."""
@@ -225,6 +230,15 @@ class CpuScheduler:
     def entitlement_mhz(self) -> np.ndarray:
         """Last tick's entitlement per VM, in `vms()` order (a copy)."""
         return self._entitlement.copy()
+
+    def demand_mhz(self) -> np.ndarray:
+        """Each VM's current demand, in `vms()` order (a copy)."""
+        return self._demand.copy()
+
+    def pool_entitlements(self) -> dict[str, float]:
+        """Each resource pool's entitlement (MHz, its whole subtree) for the current
+        demands: what the next tick would give it."""
+        return self.tree.pool_entitlements(self._demand)
 
     def ready_s(self) -> np.ndarray:
         """Ready vCPU-seconds since power-on per VM, in `vms()` order (a copy)."""

@@ -1,7 +1,8 @@
 """The host's persistent configuration, as ESXi keeps it in /etc/vmware/esx.conf:
-its standard vSwitches and port groups, its advanced memory settings, and which PCI
-devices are enabled for passthrough. A reboot (or a restarted host actor) comes back
-with them, so VMs on a port group an administrator added still power on.
+its standard vSwitches and port groups, its advanced memory settings, which PCI
+devices are enabled for passthrough, and its resource pools. A reboot (or a
+restarted host actor) comes back with them, so VMs on a port group or in a resource
+pool an administrator added still power on.
 
 Kept through an injected store: a JSON file in the host's data dir for a real host,
 memory for the in-process engine (which keeps it across `reboot`).
@@ -10,11 +11,13 @@ memory for the in-process engine (which keeps it across `reboot`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 from vsim.host.memory import MemorySettings
+from vsim.host.resource_pool import Allocation, PoolConfig
 from vsim.host.vswitch import STANDARD_SWITCH_SECURITY, HostNetworkSystem, SecurityPolicy
 from vsim.tls import write_private
 
@@ -79,3 +82,20 @@ def memory_config(settings: MemorySettings) -> dict[str, Any]:
 
 def memory_from_config(config: dict[str, Any]) -> MemorySettings:
     return MemorySettings(**config).validated()
+
+
+def resource_pools_config(pools: Iterable[PoolConfig]) -> list[dict[str, Any]]:
+    """The pools other than the root, parents before their children (the order they
+    are made again in at boot)."""
+    return [
+        {"name": p.name, "parent": p.parent, "cpu": asdict(p.cpu), "memory": asdict(p.memory)}
+        for p in pools
+    ]
+
+
+def resource_pools_from_config(config: list[dict[str, Any]]) -> list[PoolConfig]:
+    """The saved pools, in the saved order; each allocation checks itself."""
+    return [
+        PoolConfig(p["name"], p["parent"], Allocation(**p["cpu"]), Allocation(**p["memory"]))
+        for p in config
+    ]

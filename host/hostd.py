@@ -37,6 +37,8 @@ from vsim.host.kernel_messages import (
     network_to_proto,
     nic_from_proto,
     nic_to_proto,
+    pool_allocations_from_proto,
+    resource_pools_to_proto,
     resources_from_proto,
     resources_to_proto,
     security_from_proto,
@@ -471,6 +473,47 @@ class Hostd:
         if vm.powered_on and vm.disks:
             self._set_disk_allocation(vm)
         return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
+
+    def CreateResourcePool(
+        self, request: pb.CreateResourcePoolRequest, user: str | None
+    ) -> kpb.ResourcePools:
+        self.accounts.require_admin(user)
+        spec = request.pool
+        cpu, memory = pool_allocations_from_proto(spec)
+        self.kernel.create_resource_pool(spec.name, spec.parent, cpu, memory)
+        return resource_pools_to_proto(self.kernel)
+
+    def UpdateResourcePool(
+        self, request: pb.UpdateResourcePoolRequest, user: str | None
+    ) -> kpb.ResourcePools:
+        """Changes the allocations given; a pool keeps its parent (none is moved)."""
+        self.accounts.require_admin(user)
+        spec = request.pool
+        current = self.kernel.resource_pool_config(spec.name)  # not the root, and known
+        if not (spec.HasField("cpu") or spec.HasField("memory")):
+            raise InvalidArgument(
+                f"nothing to change in resource pool {spec.name!r}: give cpu or memory"
+            )
+        if spec.parent not in ("", current.parent):
+            raise InvalidArgument(
+                f"resource pool {spec.name!r} is in {current.parent!r}; an update does not "
+                f"move it (leave parent empty), got parent {spec.parent!r}"
+            )
+        cpu, memory = pool_allocations_from_proto(spec, (current.cpu, current.memory))
+        self.kernel.update_resource_pool(spec.name, cpu, memory)
+        return resource_pools_to_proto(self.kernel)
+
+    def DestroyResourcePool(
+        self, request: pb.DestroyResourcePoolRequest, user: str | None
+    ) -> kpb.ResourcePools:
+        self.accounts.require_admin(user)
+        moved = self.kernel.destroy_resource_pool(request.name)
+        return resource_pools_to_proto(self.kernel, moved)
+
+    def ListResourcePools(
+        self, request: pb.ListResourcePoolsRequest, user: str | None
+    ) -> kpb.ResourcePools:
+        return resource_pools_to_proto(self.kernel)
 
     def AddVirtualSwitch(
         self, request: pb.AddVirtualSwitchRequest, user: str | None

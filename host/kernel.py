@@ -4,7 +4,9 @@ Owns the host's capacity and its registered VMs with their power state, and the
 mechanisms that share the host among them: memory (pmaps, page sharing, reclaim:
 memory.py), the CPU scheduler (cpu_scheduler.py), the standard vSwitches
 (vswitch.py) and DirectPath devices (passthrough.py). Admission control asks each of
-them before a VM powers on, and a refusal changes nothing. Plain Python: no Ray, no
+them before a VM powers on, and a refusal changes nothing. Its resource pools are one
+name in both resource trees (the CPU scheduler's in MHz, the memory manager's in MB),
+changed in both or in neither, and kept in esx.conf. Plain Python: no Ray, no
 sockets, no wall clock; time comes from the injected `Clock`. Never trusts its caller:
 hostd checks who is calling, the kernel checks that what is asked is possible.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from vsim import validate
@@ -21,10 +24,12 @@ from vsim.clock import Clock
 from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     AlreadyExists,
+    DuplicateName,
     InsufficientResourcesFault,
     InvalidArgument,
     InvalidPowerState,
     NotFound,
+    ResourceInUse,
 )
 from vsim.host.cpu_scheduler import CpuScheduler
 from vsim.host.esx_conf import (
@@ -34,11 +39,20 @@ from vsim.host.esx_conf import (
     memory_from_config,
     network_config,
     network_from_config,
+    resource_pools_config,
+    resource_pools_from_config,
 )
 from vsim.host.guest_memory import GuestWorkload
 from vsim.host.memory import MAX_PERIOD, MemoryManager, MemorySettings, VmMemorySettings
 from vsim.host.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
-from vsim.host.resource_pool import UNLIMITED, VM_CPU_SHARES_PER_VCPU, Allocation
+from vsim.host.resource_pool import (
+    ROOT_POOL,
+    UNLIMITED,
+    VM_CPU_SHARES_PER_VCPU,
+    Allocation,
+    PoolConfig,
+    ResourceTree,
+)
 from vsim.host.vnic_firewall import VnicFirewall
 from vsim.host.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
 
@@ -91,6 +105,14 @@ class VmResources:
     disk_shares: int = 0
     """Per disk under Storage I/O Control; 0: normal (1000)."""
     disk_iops_limit: int = UNLIMITED
+    resource_pool: str = ""
+    """The host resource pool it runs in; "" is the root ("Resources"). The pool must
+    exist on the host when the VM powers on there (a VM may be registered first)."""
+
+    @property
+    def pool(self) -> str:
+        """The pool's name in the resource trees."""
+        return self.resource_pool or ROOT_POOL
 
     def cpu_allocation(self, vcpus: int) -> Allocation:
         shares = self.cpu_shares or VM_CPU_SHARES_PER_VCPU["normal"] * vcpus
@@ -106,7 +128,48 @@ class VmResources:
             self.workload.validated()
         if self.disk_iops_limit != UNLIMITED:
             validate.int_range(self.disk_iops_limit, 1, 1_000_000, "disk_iops_limit")
+        if self.resource_pool == ROOT_POOL:
+            return replace(self, resource_pool="")  # one way to say "the root"
+        if self.resource_pool:
+            pool_name(self.resource_pool, "resource_pool")
         return self
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """One resource of a pool as it is now (vSphere's ResourcePoolResourceUsage)."""
+
+    allocation: Allocation
+    reserved: int
+    """reservationUsed: what its child pools and powered-on VMs reserve from it."""
+    unreserved: int
+    """unreservedForVm: what a new child could still reserve (borrowing from the
+    parents through expandable reservations)."""
+    entitlement: float
+    """What its subtree is entitled to for the current demands (MHz or MB)."""
+
+
+@dataclass(frozen=True)
+class ResourcePoolInfo:
+    """A resource pool of the host, its use, and its VMs."""
+
+    name: str
+    parent: str
+    """Empty for the root."""
+    cpu: PoolUsage
+    memory: PoolUsage
+    vms: tuple[str, ...]
+    """The registered VMs whose resources name it (the root: those naming no pool)."""
+    powered_on: tuple[str, ...]
+    """Those of `vms` that run, drawing on it."""
+
+
+def pool_name(name: str, field_name: str = "resource pool name") -> str:
+    """A resource pool's name: vSphere's inventory name rules (1-80 characters, no
+    '/', '\\' or '%')."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{field_name} must be a string, got {name!r}")
+    return validate.vm_name(name, field_name)
 
 
 @dataclass(frozen=True)
@@ -173,6 +236,8 @@ class HostKernel:
         settings = memory_from_config(stored["memory"]) if "memory" in stored else None
         self.memory = MemoryManager(self.spec.memory_mb, clock, self.swap_dir, settings)
         self.cpu = CpuScheduler.for_host(self.spec)
+        for pool in resource_pools_from_config(stored.get("resource_pools", [])):
+            self._add_pool(pool)  # parents were saved before their children
         self.network = (
             network_from_config(self.spec.name, stored["network"])
             if "network" in stored
@@ -247,8 +312,125 @@ class HostKernel:
                 "network": network_config(self.network),
                 "memory": memory_config(self.memory.settings),
                 "passthru": [i.id for i in self.pci.passthru_info() if i.enabled],
+                "resource_pools": resource_pools_config(self.resource_pool_configs()),
             }
         )
+
+    # -- resource pools (kept in esx.conf) ---------------------------------------------
+
+    def resource_pool_configs(self) -> list[PoolConfig]:
+        """The pools other than the root, parents before their children."""
+        return [self.resource_pool_config(name) for name in self.cpu.tree.pools()[1:]]
+
+    def resource_pool_config(self, name: str, verb: str = "changed") -> PoolConfig:
+        """A pool's settings. InvalidArgument for the root (it cannot be `verb`: it is
+        the host's whole capacity), NotFound for a pool the host does not have."""
+        self._changeable(name, verb)
+        cpu, memory = self.cpu.tree, self.memory.tree
+        return PoolConfig(name, cpu.parent(name) or ROOT_POOL, cpu.pool(name), memory.pool(name))
+
+    def create_resource_pool(
+        self, name: str, parent: str, cpu: Allocation, memory: Allocation
+    ) -> PoolConfig:
+        """CreateResourcePool: a child of `parent` ("" for the root) in both trees,
+        admission-controlled in each; if either refuses, neither changes."""
+        parent = pool_name(parent, "parent") if parent else ROOT_POOL
+        pool = PoolConfig(pool_name(name), parent, cpu, memory)
+        if pool.name in self.cpu.tree.pools():
+            raise DuplicateName(
+                f"{self.spec.name} already has a resource pool named {pool.name!r}"
+                + (" (the root)" if pool.name == ROOT_POOL else "")
+            )
+        self._require_pool(pool.parent, f"cannot create resource pool {pool.name!r}")
+        self._add_pool(pool)
+        self._save_config()
+        return pool
+
+    def _add_pool(self, pool: PoolConfig) -> None:
+        self.cpu.tree.add_pool(pool.name, pool.cpu, pool.parent)
+        try:
+            self.memory.tree.add_pool(pool.name, pool.memory, pool.parent)
+        except BaseException:
+            self.cpu.tree.remove_pool(pool.name)  # empty and just made: always possible
+            raise
+
+    def update_resource_pool(self, name: str, cpu: Allocation, memory: Allocation) -> PoolConfig:
+        """UpdateConfig: new shares, reservations, limits and expandability for both
+        resources, admission-controlled; if either tree refuses, neither changes."""
+        self._changeable(name, "changed")
+        before = self.cpu.tree.pool(name)
+        self.cpu.tree.set_pool(name, cpu)
+        try:
+            self.memory.tree.set_pool(name, memory)
+        except BaseException:
+            self.cpu.tree.set_pool(name, before)  # what was held then is held now
+            raise
+        self._save_config()
+        return PoolConfig(name, self.cpu.tree.parent(name) or ROOT_POOL, cpu, memory)
+
+    def destroy_resource_pool(self, name: str) -> tuple[str, ...]:
+        """Destroys a pool: its child pools and its running VMs move to its parent (as
+        vSphere's ResourcePool.Destroy does), and the VMs' configurations name the
+        parent from then on. Refused with ResourceInUse while a powered-off VM
+        registered here names it: it would be left naming no pool. Returns the VMs
+        moved."""
+        self._changeable(name, "destroyed")
+        named = sorted(vm.name for vm in self._vms.values() if vm.resources.pool == name)
+        off = [vm for vm in named if not self._vms[vm].powered_on]
+        if off:
+            raise ResourceInUse(
+                f"resource pool {name!r} on {self.spec.name} is the pool of powered-off "
+                f"VM(s) {', '.join(off)}; move them to another pool first "
+                "(vsim vm resources VM --pool NAME) or unregister them",
+                vms=",".join(off),
+            )
+        parent = self.cpu.tree.parent(name) or ROOT_POOL
+        self.cpu.tree.remove_pool(name)
+        self.memory.tree.remove_pool(name)  # never needs more: cannot refuse either
+        moved_to = "" if parent == ROOT_POOL else parent
+        for vm_name in named:
+            vm = self._vms[vm_name]
+            resources = replace(vm.resources, resource_pool=moved_to)
+            self._vms[vm_name] = replace(vm, resources=resources)
+        self._save_config()
+        return tuple(named)
+
+    def resource_pools(self) -> list[ResourcePoolInfo]:
+        """Every pool, the root first and parents before children, with its use and
+        its entitlements for the current demands (CPU as the last period ran, memory
+        from the guests' active memory)."""
+        cpu_entitled = self.cpu.pool_entitlements()
+        memory_entitled = self.memory.pool_entitlements()
+        members: dict[str, list[VmConfig]] = {}
+        for vm in self.vms():
+            members.setdefault(vm.resources.pool, []).append(vm)
+        return [
+            ResourcePoolInfo(
+                name=name,
+                parent=self.cpu.tree.parent(name) or "",
+                cpu=_usage(self.cpu.tree, name, cpu_entitled[name]),
+                memory=_usage(self.memory.tree, name, memory_entitled[name]),
+                vms=tuple(vm.name for vm in members.get(name, ())),
+                powered_on=tuple(vm.name for vm in members.get(name, ()) if vm.powered_on),
+            )
+            for name in self.cpu.tree.pools()
+        ]
+
+    def _require_pool(self, name: str, doing: str) -> None:
+        if name not in self.cpu.tree.pools():
+            raise NotFound(
+                f"{doing}: {self.spec.name} has no resource pool {name!r}; create it there "
+                f"(vsim host pool create {self.spec.name} {name}) or use one of: "
+                + ", ".join(self.cpu.tree.pools())
+            )
+
+    def _changeable(self, name: str, verb: str) -> None:
+        if name == ROOT_POOL:
+            raise InvalidArgument(
+                f"the root resource pool {ROOT_POOL!r} of {self.spec.name} cannot be {verb}: "
+                "it is the host's whole capacity"
+            )
+        self._require_pool(pool_name(name), f"resource pool {name!r} cannot be {verb}")
 
     # -- registration ------------------------------------------------------------------
 
@@ -256,11 +438,11 @@ class HostKernel:
         validate.vm_name(vm.name)
         validate.vcpus(vm.cpus)
         validate.memory_mb(vm.memory_mb)
-        vm.resources.validated(vm.cpus, vm.memory_mb)
+        resources = vm.resources.validated(vm.cpus, vm.memory_mb)
         check_nics(vm.name, vm.nics)
         if vm.name in self._vms:
             raise AlreadyExists(f"a VM named {vm.name!r} is already registered on {self.spec.name}")
-        registered = replace(vm, powered_on=False, pci_devices=())
+        registered = replace(vm, powered_on=False, pci_devices=(), resources=resources)
         self._vms[vm.name] = registered
         try:
             self._assign_devices(registered, vm.pci_devices)
@@ -292,11 +474,14 @@ class HostKernel:
         pci_devices: tuple[str, ...],
     ) -> VmConfig:
         """ReconfigVM: resources apply at once (admission-checked) on a running VM,
-        page sharing and salt at its next power-on; vNICs connect, disconnect or take
-        new firewall rules live; DirectPath devices change only while it is off."""
+        which moves into its new resource pool in both trees, page sharing and salt at
+        its next power-on; vNICs connect, disconnect or take new firewall rules live;
+        DirectPath devices change only while it is off. A new pool must exist here."""
         vm = self.vm(name)
-        resources.validated(vm.cpus, vm.memory_mb)
+        resources = resources.validated(vm.cpus, vm.memory_mb)
         check_nics(name, nics)
+        if resources.pool != vm.resources.pool:
+            self._require_pool(resources.pool, f"cannot move {name} into another resource pool")
         if vm.powered_on:
             if tuple(pci_devices) != vm.pci_devices:
                 raise InvalidPowerState(
@@ -315,12 +500,44 @@ class HostKernel:
         return vm
 
     def _apply_resources(self, vm: VmConfig, resources: VmResources) -> None:
-        self.cpu.set_allocation(vm.name, resources.cpu_allocation(vm.cpus))
+        """A running VM's new allocations and pool in both trees, all or nothing: on a
+        refusal the steps taken are undone in reverse (each undo returns to a state
+        that held before, so it fits)."""
+        undo = []
         try:
-            self.memory.set_vm_settings(vm.name, resources.memory)
+            for step, back in self._resource_steps(vm, resources):
+                step()
+                undo.append(back)
         except BaseException:
-            self.cpu.set_allocation(vm.name, vm.resources.cpu_allocation(vm.cpus))
+            for back in reversed(undo):
+                back()
             raise
+
+    def _resource_steps(self, vm: VmConfig, new: VmResources) -> tuple:
+        """(do, undo) pairs. Per tree, a reservation going down is lowered before the
+        move and one going up is raised after it: no step then holds more anywhere
+        than the start or the end does, so every step fits if the end state fits."""
+        name, old = vm.name, vm.resources
+        source = self.cpu.tree.consumer_pool(name)
+        cpu_old, cpu_new = old.cpu_allocation(vm.cpus), new.cpu_allocation(vm.cpus)
+        cpu_set = (
+            partial(self.cpu.set_allocation, name, cpu_new),
+            partial(self.cpu.set_allocation, name, cpu_old),
+        )
+        cpu_move = (partial(self.cpu.move, name, new.pool), partial(self.cpu.move, name, source))
+        memory_set = (
+            partial(self.memory.set_vm_settings, name, new.memory),
+            partial(self.memory.set_vm_settings, name, old.memory),
+        )
+        memory_move = (
+            partial(self.memory.move, name, new.pool),
+            partial(self.memory.move, name, source),
+        )
+        lower = cpu_new.reservation <= cpu_old.reservation
+        cpu = (cpu_set, cpu_move) if lower else (cpu_move, cpu_set)
+        lower = new.memory.reservation_mb <= old.memory.reservation_mb
+        memory = (memory_set, memory_move) if lower else (memory_move, memory_set)
+        return (*cpu, *memory)
 
     def _reconnect(self, vm: VmConfig, nics: tuple[NicConfig, ...]) -> None:
         """Moves a running VM's vNICs from its configuration to `nics`, all or none."""
@@ -363,10 +580,11 @@ class HostKernel:
             self._last_tick = self.clock.now()
         undo: list = []
         try:
-            self.cpu.power_on(name, vm.cpus, vm.resources.cpu_allocation(vm.cpus))
+            r = vm.resources
+            self.cpu.power_on(name, vm.cpus, r.cpu_allocation(vm.cpus), r.pool)
             undo.append(lambda: self.cpu.power_off(name))
             self.memory.power_on(
-                name, vm.uuid, vm.memory_mb, vm.guest_os, vm.resources.memory, vm.resources.workload
+                name, vm.uuid, vm.memory_mb, vm.guest_os, r.memory, r.workload, r.pool
             )
             undo.append(lambda: self.memory.power_off(name))
             for nic in vm.nics:
@@ -397,8 +615,9 @@ class HostKernel:
 
     def _admit(self, vm: VmConfig) -> None:
         """What must hold before anything is taken: the VM fits the hardware, its
-        DirectPath devices have all its memory reserved, its port groups exist.
-        Reservations are admitted by the CPU scheduler and the memory manager."""
+        resource pool exists, its DirectPath devices have all its memory reserved, its
+        port groups exist. Reservations are admitted by the CPU scheduler and the
+        memory manager, in the VM's pool."""
         if vm.cpus > self.spec.cpu_cores:
             raise InsufficientResourcesFault(
                 f"{vm.name} has {vm.cpus} virtual CPUs but {self.spec.name} has only "
@@ -413,6 +632,7 @@ class HostKernel:
                 requested_mb=vm.memory_mb,
                 free_mb=self.memory_free_mb,
             )
+        self._require_pool(vm.resources.pool, f"cannot power on {vm.name}")
         if vm.pci_devices:
             self.pci.check_power_on(vm, vm.resources.memory.reservation_mb)
         for nic in vm.nics:
@@ -434,6 +654,10 @@ class HostKernel:
         self.cpu.set_demands(demand)
         self.cpu.tick(elapsed)
         self.memory.tick()
+
+
+def _usage(tree: ResourceTree, pool: str, entitlement: float) -> PoolUsage:
+    return PoolUsage(tree.pool(pool), tree.reserved(pool), tree.unreserved(pool), entitlement)
 
 
 def _moved(old: NicConfig, new: NicConfig) -> bool:

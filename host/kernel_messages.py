@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from vsim.faults import InvalidArgument
 from vsim.host.ethernet_frame import Frame
 from vsim.host.guest_memory import GUEST_DEFAULTS, GuestWorkload, os_family
-from vsim.host.kernel import PHYSICAL_NICS, HostKernel, NicConfig, VmResources
+from vsim.host.kernel import (
+    PHYSICAL_NICS,
+    HostKernel,
+    NicConfig,
+    PoolUsage,
+    ResourcePoolInfo,
+    VmResources,
+)
 from vsim.host.memory import VmMemorySettings, VmMemoryStats
-from vsim.host.resource_pool import UNLIMITED
+from vsim.host.resource_pool import (
+    UNLIMITED,
+    Allocation,
+    Unit,
+    pool_allocation,
+    pool_share_level,
+)
 from vsim.host.vnic_firewall import FirewallRule, VnicFirewall
 from vsim.host.vswitch import (
     Delivery,
@@ -28,7 +42,7 @@ from vsim.v1 import kernel_pb2 as kpb
 WORKLOAD_FIELDS = tuple(f.name for f in fields(GuestWorkload))
 
 
-def _limit(allocation: kpb.ResourceAllocation) -> int:
+def _limit(allocation: kpb.ResourceAllocation | kpb.PoolAllocation) -> int:
     return allocation.limit if allocation.HasField("limit") else UNLIMITED
 
 
@@ -61,6 +75,7 @@ def resources_from_proto(message: kpb.VmResources, guest_os: str) -> VmResources
         disk_iops_limit=(
             message.disk_iops_limit if message.HasField("disk_iops_limit") else UNLIMITED
         ),
+        resource_pool=message.resource_pool,
     )
 
 
@@ -83,6 +98,7 @@ def resources_to_proto(resources: VmResources) -> kpb.VmResources:
         cpu_load_pct=resources.cpu_load_pct,
         balloon_driver_missing=not memory.balloon_driver,
         disk_shares=resources.disk_shares,
+        resource_pool=resources.resource_pool,
     )
     if resources.disk_iops_limit != UNLIMITED:
         message.disk_iops_limit = resources.disk_iops_limit
@@ -137,6 +153,84 @@ def nic_to_proto(nic: NicConfig) -> kpb.VmNic:
         mac=nic.mac,
         firewall=rules,
         firewall_default=default,
+    )
+
+
+# -- resource pools ----------------------------------------------------------------------
+
+
+def pool_allocation_from_proto(message: kpb.PoolAllocation, unit: Unit, what: str) -> Allocation:
+    """A pool's allocation of one resource: a share level's count (pool_allocation),
+    or custom shares; InvalidArgument, prefixed with `what`, if it is not valid."""
+    expandable = (
+        message.expandable_reservation if message.HasField("expandable_reservation") else True
+    )
+    level = message.shares_level
+    try:
+        if level == "custom" or (level == "" and message.shares):
+            return Allocation(message.shares, message.reservation, _limit(message), expandable)
+        allocation = pool_allocation(
+            unit, level or "normal", message.reservation, _limit(message), expandable
+        )
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{what}: {e.message}") from None
+    if message.shares not in (0, allocation.shares):
+        raise InvalidArgument(
+            f"{what}: share level {level} is {allocation.shares} shares, not {message.shares}; "
+            "give a level, or a count with level custom"
+        )
+    return allocation
+
+
+def pool_allocation_to_proto(allocation: Allocation, unit: Unit) -> kpb.PoolAllocation:
+    message = kpb.PoolAllocation(
+        shares_level=pool_share_level(unit, allocation.shares),
+        shares=allocation.shares,
+        reservation=allocation.reservation,
+        expandable_reservation=allocation.expandable_reservation,
+    )
+    if allocation.limited:
+        message.limit = allocation.limit
+    return message
+
+
+def pool_allocations_from_proto(
+    spec: kpb.ResourcePoolSpec, current: tuple[Allocation, Allocation] | None = None
+) -> tuple[Allocation, Allocation]:
+    """The CPU (MHz) and memory (MB) allocations a spec gives; one it leaves unset is
+    `current`'s (an update) or a new pool's default (normal, 0, unlimited, expandable)."""
+    given = []
+    for i, (name, unit) in enumerate((("cpu", Unit.MHZ), ("memory", Unit.MB))):
+        if spec.HasField(name):
+            given.append(pool_allocation_from_proto(getattr(spec, name), unit, name))
+        else:
+            given.append(current[i] if current is not None else pool_allocation(unit))
+    return given[0], given[1]
+
+
+def _pool_usage_to_proto(usage: PoolUsage) -> kpb.PoolUsage:
+    return kpb.PoolUsage(
+        reserved=usage.reserved, unreserved=usage.unreserved, entitlement=usage.entitlement
+    )
+
+
+def resource_pool_to_proto(pool: ResourcePoolInfo) -> kpb.ResourcePool:
+    return kpb.ResourcePool(
+        name=pool.name,
+        parent=pool.parent,
+        cpu=pool_allocation_to_proto(pool.cpu.allocation, Unit.MHZ),
+        memory=pool_allocation_to_proto(pool.memory.allocation, Unit.MB),
+        cpu_usage=_pool_usage_to_proto(pool.cpu),
+        memory_usage=_pool_usage_to_proto(pool.memory),
+        vms=[kpb.PoolVm(name=vm, powered_on=vm in pool.powered_on) for vm in pool.vms],
+    )
+
+
+def resource_pools_to_proto(kernel: HostKernel, moved: tuple[str, ...] = ()) -> kpb.ResourcePools:
+    return kpb.ResourcePools(
+        host=kernel.spec.name,
+        pools=[resource_pool_to_proto(p) for p in kernel.resource_pools()],
+        moved_vms=list(moved),
     )
 
 

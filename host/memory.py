@@ -31,7 +31,13 @@ from vsim.host.pmap import (
     SWAPPED,
     MachineMemory,
 )
-from vsim.host.resource_pool import UNLIMITED, VM_MEMORY_SHARES_PER_MB, Allocation, ResourceTree
+from vsim.host.resource_pool import (
+    ROOT_POOL,
+    UNLIMITED,
+    VM_MEMORY_SHARES_PER_MB,
+    Allocation,
+    ResourceTree,
+)
 
 SHARE_SCAN_PERIOD = 60.0
 """Seconds between TPS scans (ESXi spreads a full scan over Mem.ShareScanTime)."""
@@ -214,6 +220,11 @@ class MemoryManager:
     def reserved_mb(self) -> int:
         return self.tree.reserved()
 
+    def move(self, name: str, pool: str) -> None:
+        """Moves a powered-on VM into another resource pool (admission-checked)."""
+        self._vm(name)
+        self.tree.move_consumer(name, pool)
+
     # -- power ------------------------------------------------------------------
 
     def power_on(
@@ -224,15 +235,17 @@ class MemoryManager:
         guest_os: str,
         settings: VmMemorySettings | None = None,
         workload: GuestWorkload | None = None,
+        pool: str = ROOT_POOL,
     ) -> None:
-        """Gives the VM guest memory and boots its guest (writing its boot pages)."""
+        """Gives the VM guest memory in resource pool `pool` and boots its guest
+        (writing its boot pages)."""
         if name in self._vms:
             raise InvalidArgument(f"{name} is already powered on")
         settings = (settings or VmMemorySettings()).validated(memory_mb)
         pages = memory_mb * PAGES_PER_MB
         guest = GuestMemoryModel(vm_uuid, guest_os, pages, workload, self.seed)
         domain = salt_domain(self.settings.share_force_salting, settings.salt, vm_uuid)
-        self.tree.add_consumer(name, settings.allocation(memory_mb))  # admission control
+        self.tree.add_consumer(name, settings.allocation(memory_mb), pool)  # admission control
         reserved = settings.reservation_mb * PAGES_PER_MB
         vm_pages = self.memory.add_vm(name, pages, domain, settings.page_sharing)
         swap = VmSwapFile(self.swap_dir / f"{name}-{vm_uuid[:8]}.vswp", pages - reserved)
@@ -315,12 +328,22 @@ class MemoryManager:
         reserved, never above its limit."""
         if not self._vms:
             return
+        targets = self.tree.entitlements(self.demand_mb())
+        for name, vm in self._vms.items():
+            vm.reclaim.target_pages = int(targets[self.tree.index(name)] * PAGES_PER_MB)
+
+    def demand_mb(self) -> np.ndarray:
+        """What each powered-on VM wants now, its active memory (working set) in MB,
+        in the tree's consumer order."""
         demand_mb = np.zeros(len(self.tree))
         for name, vm in self._vms.items():
             demand_mb[self.tree.index(name)] = vm.reclaim.working_set / PAGES_PER_MB
-        targets = self.tree.entitlements(demand_mb)
-        for name, vm in self._vms.items():
-            vm.reclaim.target_pages = int(targets[self.tree.index(name)] * PAGES_PER_MB)
+        return demand_mb
+
+    def pool_entitlements(self) -> dict[str, float]:
+        """Each resource pool's entitlement (MB, its whole subtree) for the current
+        active memory of the powered-on VMs."""
+        return self.tree.pool_entitlements(self.demand_mb())
 
     # -- statistics ----------------------------------------------------------------
 

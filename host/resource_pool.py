@@ -158,6 +158,26 @@ def pool_allocation(
     return Allocation(shares, reservation, limit, expandable_reservation)
 
 
+def pool_share_level(unit: Unit | str, shares: int) -> str:
+    """The level a pool's share count is (SharesInfo.level), "custom" if none."""
+    levels = POOL_SHARES[_unit(unit)]
+    return next((level for level in SHARE_LEVELS if levels[level] == shares), "custom")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A host resource pool: one name in the CPU tree and the memory tree, with its
+    settings for each (vSphere's ResourceConfigSpec)."""
+
+    name: str
+    parent: str
+    """The parent pool's name (ROOT_POOL for a child of the root)."""
+    cpu: Allocation
+    """In MHz."""
+    memory: Allocation
+    """In MB."""
+
+
 def _unit(unit: Unit | str) -> Unit:
     try:
         return Unit(unit)

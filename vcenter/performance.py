@@ -1,10 +1,10 @@
 """What the hosts' VMkernels report and how their memory is set up, as vCenter
-exposes it (vSphere's PerformanceManager and a host's advanced Mem.* settings).
+exposes them (vSphere's PerformanceManager and a host's advanced Mem.* settings).
 
 Statistics are read from the host at the moment they are asked for; vCenter keeps
-no history. A memory setting is checked (by the host's own rules: MemorySettings),
-forwarded and recorded as an event once the host has applied it. Never does: keep
-statistics, or settings the host owns.
+no history. A memory setting is checked at once by the host's own rule
+(MemorySettings), forwarded, and recorded as an event once the host has applied it.
+Never does: keep statistics, or settings the host owns.
 """
 
 from __future__ import annotations

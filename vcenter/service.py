@@ -2,7 +2,8 @@
 
 `VCenter` owns the inventory, sessions, tasks, events, hosts and VMs of one vCenter
 instance, and what it shows and changes of the hosts' VMkernels (statistics, memory
-settings, standard switches, the physical network, DirectPath devices). Methods
+settings, resource pools, standard switches, the physical network, DirectPath
+devices). Methods
 take the request message and the caller's `Session` (the gRPC chokepoint
 authenticates before calling) and return the response message or raise a VimFault.
 Nothing here knows about gRPC, so tests drive it with the in-process engine and the
@@ -33,6 +34,7 @@ from vsim.vcenter.network_system import NetworkSystem
 from vsim.vcenter.pci_passthru import PciPassthruSystem
 from vsim.vcenter.performance import Performance
 from vsim.vcenter.physical_network import PhysicalNetwork
+from vsim.vcenter.resource_pool import HostResourcePools
 from vsim.vcenter.secrets import SecretBox
 from vsim.vcenter.sessions import ADMINISTRATOR, Session, SessionManager
 from vsim.vcenter.tasks import TaskManager
@@ -87,6 +89,7 @@ class VCenter:
         )
         self.physical_network = PhysicalNetwork(inventory, self.hosts, self.events)
         self.performance = Performance(inventory, self.hosts, self.events)
+        self.resource_pools = HostResourcePools(inventory, self.hosts, self.tasks, self.events)
         self.pci = PciPassthruSystem(self.hosts, self.events)
         self.datastores = DatastoreManager(
             inventory, self.hosts, self.tasks, self.events, rng, array
@@ -372,6 +375,26 @@ class VCenter:
 
     async def GuestReportLuns(self, request: pb.VmRequest, session: Session) -> kpb.GuestLuns:
         return await self.vms.guest_luns(request.name)
+
+    async def CreateResourcePool(
+        self, request: pb.HostResourcePoolRequest, session: Session
+    ) -> kpb.ResourcePools:
+        return await self.resource_pools.create(request, session.user_name)
+
+    async def UpdateResourcePool(
+        self, request: pb.HostResourcePoolRequest, session: Session
+    ) -> kpb.ResourcePools:
+        return await self.resource_pools.update(request, session.user_name)
+
+    def DestroyResourcePool(
+        self, request: pb.DestroyHostResourcePoolRequest, session: Session
+    ) -> common_pb2.Task:
+        return self.resource_pools.destroy(request, session.user_name)
+
+    async def ListResourcePools(
+        self, request: pb.HostRequest, session: Session
+    ) -> kpb.ResourcePools:
+        return await self.resource_pools.list(request)
 
     # tasks and events
 

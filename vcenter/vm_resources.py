@@ -1,11 +1,13 @@
 """A VM's resource settings as vCenter accepts them: shares, reservations and limits
 of CPU and memory (vSphere's ResourceAllocationInfo), its disks' shares and IOPS limit
-(Storage I/O Control), page sharing, and the load of its simulated guest.
+(Storage I/O Control), page sharing, the load of its simulated guest, and the host
+resource pool it runs in (a well-formed name; "Resources", the root, is kept as "").
 
 Refuses a bad setting before any task starts, with the host's own checks (the
 VMkernel's `VmResources.validated`): vCenter accepts exactly what a host accepts and
 keeps no copy of the rules. Whether a reservation fits is the host's admission control
-(it knows what else is reserved there), never decided here.
+(it knows what else is reserved there), and so is whether the pool exists there
+(the host refuses a move into a missing pool, and a power-on in one).
 Never does: talk to a host or write the inventory.
 """
 

@@ -186,6 +186,26 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.FromString,
                 _registered_method=True)
+        self.CreateResourcePool = channel.unary_unary(
+                '/vsim.v1.HostAgent/CreateResourcePool',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.CreateResourcePoolRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+                _registered_method=True)
+        self.UpdateResourcePool = channel.unary_unary(
+                '/vsim.v1.HostAgent/UpdateResourcePool',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdateResourcePoolRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+                _registered_method=True)
+        self.DestroyResourcePool = channel.unary_unary(
+                '/vsim.v1.HostAgent/DestroyResourcePool',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.DestroyResourcePoolRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+                _registered_method=True)
+        self.ListResourcePools = channel.unary_unary(
+                '/vsim.v1.HostAgent/ListResourcePools',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListResourcePoolsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+                _registered_method=True)
 
 
 class HostAgentServicer:
@@ -385,6 +405,34 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateResourcePool(self, request, context):
+        """The host's resource pools, one name in its CPU and memory trees; each change is
+        admission-controlled in both and made in both or neither, and kept in esx.conf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateResourcePool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyResourcePool(self, request, context):
+        """Child pools and running VMs move to the parent; refused (ResourceInUse) while a
+        powered-off VM registered here names the pool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResourcePools(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -537,6 +585,26 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.SetGuestMac,
                     request_deserializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.SerializeToString,
+            ),
+            'CreateResourcePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateResourcePool,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.CreateResourcePoolRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
+            ),
+            'UpdateResourcePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateResourcePool,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.UpdateResourcePoolRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
+            ),
+            'DestroyResourcePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyResourcePool,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.DestroyResourcePoolRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
+            ),
+            'ListResourcePools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResourcePools,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListResourcePoolsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1349,6 +1417,114 @@ class HostAgent:
             '/vsim.v1.HostAgent/SetGuestMac',
             vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.ConnectedNic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateResourcePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/CreateResourcePool',
+            vsim_dot_v1_dot_host__agent__pb2.CreateResourcePoolRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateResourcePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/UpdateResourcePool',
+            vsim_dot_v1_dot_host__agent__pb2.UpdateResourcePoolRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyResourcePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/DestroyResourcePool',
+            vsim_dot_v1_dot_host__agent__pb2.DestroyResourcePoolRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResourcePools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ListResourcePools',
+            vsim_dot_v1_dot_host__agent__pb2.ListResourcePoolsRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
             options,
             channel_credentials,
             insecure,

@@ -241,6 +241,26 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
                 _registered_method=True)
+        self.CreateResourcePool = channel.unary_unary(
+                '/vsim.v1.VCenter/CreateResourcePool',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostResourcePoolRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+                _registered_method=True)
+        self.UpdateResourcePool = channel.unary_unary(
+                '/vsim.v1.VCenter/UpdateResourcePool',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostResourcePoolRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+                _registered_method=True)
+        self.DestroyResourcePool = channel.unary_unary(
+                '/vsim.v1.VCenter/DestroyResourcePool',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.DestroyHostResourcePoolRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.ListResourcePools = channel.unary_unary(
+                '/vsim.v1.VCenter/ListResourcePools',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+                _registered_method=True)
 
 
 class VCenterServicer:
@@ -522,6 +542,34 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateResourcePool(self, request, context):
+        """A standalone host's resource pools (below its root pool "Resources"), made on the
+        host; a VM runs in the pool its resources name (resource_pool).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateResourcePool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyResourcePool(self, request, context):
+        """ResourcePool.Destroy_Task: child pools and running VMs move to the parent; refused
+        with ResourceInUse while a powered-off VM names the pool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResourcePools(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VCenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -729,6 +777,26 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.GuestReportLuns,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.GuestLuns.SerializeToString,
+            ),
+            'CreateResourcePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateResourcePool,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostResourcePoolRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
+            ),
+            'UpdateResourcePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateResourcePool,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostResourcePoolRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
+            ),
+            'DestroyResourcePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyResourcePool,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.DestroyHostResourcePoolRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'ListResourcePools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResourcePools,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1838,6 +1906,114 @@ class VCenter:
             '/vsim.v1.VCenter/GuestReportLuns',
             vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.GuestLuns.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateResourcePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/CreateResourcePool',
+            vsim_dot_v1_dot_vcenter__pb2.HostResourcePoolRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateResourcePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/UpdateResourcePool',
+            vsim_dot_v1_dot_vcenter__pb2.HostResourcePoolRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyResourcePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/DestroyResourcePool',
+            vsim_dot_v1_dot_vcenter__pb2.DestroyHostResourcePoolRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResourcePools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ListResourcePools',
+            vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
             options,
             channel_credentials,
             insecure,
