@@ -214,7 +214,9 @@ def vm_action(method: str, done: str) -> Handler:
     return run
 
 
-DATASTORE_COLUMNS = ["name", "type", "capacity_gb", "free_gb", "lock_mode", "backing", "mounts"]
+DATASTORE_COLUMNS = [
+    "name", "type", "capacity_gb", "free_gb", "lock_mode", "backing", "sioc_threshold_ms", "mounts"
+]  # fmt: skip
 
 
 async def cmd_datastore_list(args: argparse.Namespace, ctx: Context) -> None:
@@ -231,6 +233,14 @@ async def cmd_datastore_list(args: argparse.Namespace, ctx: Context) -> None:
         )
         rows.append(row)
     ctx.show(datastores, output.table(rows, DATASTORE_COLUMNS))
+
+
+async def cmd_datastore_sioc(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        datastore = await client.configure_storage_io_control(args.name, args.threshold_ms)
+    ctx.show(
+        datastore, f"{datastore.name}: congestion threshold {datastore.sioc_threshold_ms:g} ms"
+    )
 
 
 async def cmd_datastore_create(args: argparse.Namespace, ctx: Context) -> None:
@@ -552,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lun", type=positive_int, help="VMFS: the array LUN to format")
     p.add_argument("--lock-mode", choices=["ats+scsi", "ats-only"], default="ats+scsi")
     p.add_argument("--export", help="NFS: the array export to mount")
+    p = command(datastores, "sioc", cmd_datastore_sioc, "Storage I/O Control's threshold")
+    p.add_argument("name")
+    p.add_argument(
+        "--threshold-ms", type=float, required=True, help="congestion threshold, 5-100 ms"
+    )
 
     locks = command(commands, "lock", None, "on-disk file locks").add_subparsers(
         dest="sub", required=True

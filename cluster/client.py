@@ -322,6 +322,14 @@ class VCenterClient:
         request = pb.CreateNasDatastoreRequest(name=name, export=export)
         return await self._call("CreateNasDatastore", request)
 
+    async def configure_storage_io_control(
+        self, datastore: str, threshold_ms: float
+    ) -> pb.Datastore:
+        request = pb.ConfigureStorageIoControlRequest(
+            datastore=datastore, threshold_ms=threshold_ms
+        )
+        return await self._call("ConfigureStorageIoControl", request)
+
     async def datastores(self) -> list[pb.Datastore]:
         return list((await self._call("ListDatastores", pb.ListDatastoresRequest())).datastores)
 

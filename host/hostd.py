@@ -31,6 +31,7 @@ from vsim.host.kernel import (
 )
 from vsim.host.kernel_messages import (
     connected_nic_to_proto,
+    datastore_io,
     delivery_to_proto,
     frame_from_proto,
     host_stats_to_proto,
@@ -405,6 +406,8 @@ class Hostd:
         self.accounts.require_admin(user)
         validate.host_name(request.name, "name")
         t = request.target
+        if request.sioc_threshold_ms:
+            self.scheduler.set_congestion_threshold(request.name, request.sioc_threshold_ms)
         mounted = await self.storage.mount(
             request.name, request.type, t.endpoint, t.thumbprint, t.lun, t.export
         )
@@ -436,7 +439,19 @@ class Hostd:
 
     def GetHostStats(self, request: pb.GetHostStatsRequest, user: str | None) -> kpb.HostStats:
         """As of the kernel's last period (at most a second ago while VMs run)."""
-        return host_stats_to_proto(self.kernel)
+        io = [datastore_io(self.scheduler, name) for name in sorted(self.storage.files)]
+        return host_stats_to_proto(self.kernel, io)
+
+    def SetSiocThreshold(
+        self, request: pb.SiocThresholdRequest, user: str | None
+    ) -> kpb.DatastoreIo:
+        self.accounts.require_admin(user)
+        if request.datastore not in self.storage.files:
+            raise NotFound(
+                f"datastore {request.datastore[:80]!r} is not mounted on {self.kernel.spec.name}"
+            )
+        self.scheduler.set_congestion_threshold(request.datastore, request.threshold_ms)
+        return datastore_io(self.scheduler, request.datastore)
 
     def GetVmStats(self, request: pb.HostVmRequest, user: str | None) -> kpb.VmStats:
         vm = self.kernel.vm(request.name)

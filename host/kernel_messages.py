@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from vsim.faults import InvalidArgument
+from vsim.faults import InvalidArgument, NotFound
+from vsim.host.disk_scheduler import DiskScheduler
 from vsim.host.ethernet_frame import Frame
 from vsim.host.guest_memory import GUEST_DEFAULTS, GuestWorkload, os_family
 from vsim.host.kernel import (
@@ -290,6 +291,34 @@ def network_to_proto(kernel: HostKernel) -> kpb.HostNetwork:
             for n in network.vnics()
         ],
         physical_nics=list(PHYSICAL_NICS),
+        uplinks=[uplink_to_proto(network, uplink, on) for uplink, on in uplinks(network)],
+    )
+
+
+def uplinks(network: HostNetworkSystem) -> list[tuple[str, str]]:
+    """Each physical NIC and the vSwitch it is on ("" for none)."""
+    on = {u: v.name for v in network.vswitches() for u in v.uplinks}
+    return [(uplink, on.get(uplink, "")) for uplink in PHYSICAL_NICS]
+
+
+def uplink_to_proto(network: HostNetworkSystem, uplink: str, vswitch: str) -> kpb.UplinkStats:
+    try:
+        stats = nic_stats(network.uplink_stats(uplink))
+    except NotFound:  # never on a vSwitch: nothing has crossed it
+        stats = kpb.NicStats()
+    return kpb.UplinkStats(
+        uplink=uplink, vswitch=vswitch, link_up=network.link_up(uplink), stats=stats
+    )
+
+
+def datastore_io(scheduler: DiskScheduler, datastore: str) -> kpb.DatastoreIo:
+    return kpb.DatastoreIo(
+        datastore=datastore,
+        latency_ms=scheduler.latency_ms(datastore),
+        threshold_ms=scheduler.congestion_threshold_ms(datastore),
+        congested=scheduler.congested(datastore),
+        queue_depth=scheduler.device_queue_depth(datastore),
+        outstanding=scheduler.outstanding(datastore),
     )
 
 
@@ -354,7 +383,9 @@ def delivery_to_proto(host: str, delivery: Delivery) -> kpb.HostDelivery:
 # -- statistics ----------------------------------------------------------------------------
 
 
-def host_stats_to_proto(kernel: HostKernel) -> kpb.HostStats:
+def host_stats_to_proto(
+    kernel: HostKernel, datastores: list[kpb.DatastoreIo] | None = None
+) -> kpb.HostStats:
     per_vm = kernel.memory.all_vm_stats()
     memory = kernel.memory.host_stats(per_vm)
     cpu = kernel.cpu.host_stats()
@@ -381,6 +412,7 @@ def host_stats_to_proto(kernel: HostKernel) -> kpb.HostStats:
             share_scan_period=settings.share_scan_period,
         ),
         vms=[vm_stats_to_proto(kernel, name, stats) for name, stats in per_vm.items()],
+        datastores=datastores or [],
     )
 
 

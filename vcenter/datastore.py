@@ -24,6 +24,7 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
+from vsim.host.disk_scheduler import SIOC_THRESHOLD_RANGE_MS
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -155,7 +156,10 @@ class DatastoreManager:
 
     async def _mount(self, host: str, record: DatastoreRecord) -> None:
         request = hpb.MountDatastoreRequest(
-            name=record.name, type=record.type, target=self._target(record)
+            name=record.name,
+            type=record.type,
+            target=self._target(record),
+            sioc_threshold_ms=record.sioc_threshold_ms,
         )
         await self._hosts.call(host, "MountDatastore", request)
 
@@ -208,6 +212,38 @@ class DatastoreManager:
             )
         raise last or InvalidState(f"no connected host has {request.datastore} mounted")
 
+    async def configure_sioc(
+        self, request: pb.ConfigureStorageIoControlRequest, user: str
+    ) -> pb.Datastore:
+        """The datastore's congestion threshold on every connected host that mounts it
+        (the rest get it when they mount it)."""
+        record = self._inventory.datastore(request.datastore)
+        if record is None:
+            raise NotFound(f"no datastore named {request.datastore[:80]!r}")
+        low, high = SIOC_THRESHOLD_RANGE_MS
+        if not low <= request.threshold_ms <= high:
+            raise InvalidArgument(
+                f"a congestion threshold is {low:g}-{high:g} ms, got {request.threshold_ms:g}"
+            )
+        hosts = self._hosts.connected_names()
+        change = hpb.SiocThresholdRequest(datastore=record.name, threshold_ms=request.threshold_ms)
+        outcomes = await asyncio.gather(
+            *(self._hosts.call(h, "SetSiocThreshold", change) for h in hosts),
+            return_exceptions=True,
+        )
+        for host, outcome in zip(hosts, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, NotFound):
+                log.warning("cannot set SIOC on %s for %s: %s", host, record.name, outcome)
+        with self._inventory.transaction():
+            self._inventory.set_sioc_threshold(record.name, request.threshold_ms)
+            self._events.post(
+                "DatastoreIORMReconfiguredEvent",
+                f"Storage I/O Control of {record.name}: congestion threshold "
+                f"{request.threshold_ms:g} ms",
+                user=user,
+            )
+        return next(d for d in await self.list() if d.name == record.name)
+
     async def list(self) -> list[pb.Datastore]:
         hosts = self._hosts.connected_names()
 
@@ -231,6 +267,7 @@ class DatastoreManager:
                 lock_mode=record.lock_mode,
                 lun=record.lun,
                 export=record.export,
+                sioc_threshold_ms=record.sioc_threshold_ms,
             )
             for host, seen in views.items():
                 d = seen.get(record.name)

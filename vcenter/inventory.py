@@ -104,7 +104,8 @@ CREATE TABLE datastores (
     lun INTEGER NOT NULL DEFAULT -1,
     export TEXT NOT NULL DEFAULT '',
     lock_mode TEXT NOT NULL DEFAULT '',
-    uuid TEXT NOT NULL DEFAULT ''
+    uuid TEXT NOT NULL DEFAULT '',
+    sioc_threshold_ms REAL NOT NULL DEFAULT 30
 );
 CREATE TABLE tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -129,10 +130,11 @@ CREATE TABLE sessions (
 """
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS = {
     2: "ALTER TABLE vms ADD COLUMN storage BLOB NOT NULL DEFAULT x''",
     3: "ALTER TABLE vms ADD COLUMN config BLOB NOT NULL DEFAULT x''; " + _KERNEL_TABLES,
+    4: "ALTER TABLE datastores ADD COLUMN sioc_threshold_ms REAL NOT NULL DEFAULT 30",
 }
 """Schema version -> the SQL that brings it to the next version."""
 
@@ -175,6 +177,8 @@ class DatastoreRecord:
     export: str = ""
     lock_mode: str = ""
     uuid: str = ""
+    sioc_threshold_ms: float = 30.0
+    """Storage I/O Control's congestion threshold, pushed to every host mounting it."""
 
 
 HOST_COLUMNS = ", ".join(HostRecord.__dataclass_fields__)
@@ -404,13 +408,26 @@ class Inventory:
 
     def add_datastore(self, record: DatastoreRecord) -> None:
         self._db.execute(
-            "INSERT INTO datastores VALUES (?, ?, ?, ?, ?, ?)",
-            (record.name, record.type, record.lun, record.export, record.lock_mode, record.uuid),
+            "INSERT INTO datastores VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.name,
+                record.type,
+                record.lun,
+                record.export,
+                record.lock_mode,
+                record.uuid,
+                record.sioc_threshold_ms,
+            ),
         )
 
     def datastore(self, name: str) -> DatastoreRecord | None:
         row = self._db.execute("SELECT * FROM datastores WHERE name=?", (name,)).fetchone()
         return DatastoreRecord(*row) if row else None
+
+    def set_sioc_threshold(self, name: str, threshold_ms: float) -> None:
+        self._db.execute(
+            "UPDATE datastores SET sioc_threshold_ms=? WHERE name=?", (threshold_ms, name)
+        )
 
     def datastores(self) -> list[DatastoreRecord]:
         rows = self._db.execute("SELECT * FROM datastores ORDER BY name")

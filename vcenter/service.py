@@ -289,6 +289,11 @@ class VCenter:
     ) -> pb.ListDatastoresResponse:
         return pb.ListDatastoresResponse(datastores=await self.datastores.list())
 
+    async def ConfigureStorageIoControl(
+        self, request: pb.ConfigureStorageIoControlRequest, session: Session
+    ) -> pb.Datastore:
+        return await self.datastores.configure_sioc(request, session.user_name)
+
     async def QueryLockOwner(self, request: pb.LockRequest, session: Session) -> pb.LockInfo:
         return await self.datastores.lock(request, "QueryLock")
 

@@ -252,6 +252,10 @@ async def test_frames_cross_the_physical_switch_within_their_vlan_only(hosts):
     broadcast = kpb.Frame(dst_mac="ff:ff:ff:ff:ff:ff")
     received, _ = await run_frame(a, both, switch, broadcast)
     assert received == [("esxi-02", "b1")]
+    uplinks = {u.uplink: u for u in (await a("GetNetwork", hpb.GetNetworkRequest())).uplinks}
+    assert (uplinks["vmnic0"].vswitch, uplinks["vmnic0"].link_up) == ("vSwitch0", True)
+    assert uplinks["vmnic0"].stats.tx == 3  # both unicasts (no local port) and the broadcast
+    assert uplinks["vmnic1"].vswitch == "" and uplinks["vmnic1"].stats.tx == 0
     switch.configure("esxi-02", "vmnic0", vlans=[20])  # the trunk no longer carries VLAN 10
     received, drops = await run_frame(a, both, switch, to_b1)
     assert received == [] and "vlan" in drops

@@ -199,3 +199,33 @@ async def test_an_export_a_host_cannot_reach_shows_as_inaccessible(cluster):
     engine.running("esxi-03").storage.nfs["nfs-01"].client.fsstat = path_down
     mounts = {m.host: m.accessible for m in (await listed(vc, session))["nfs-01"].mounts}
     assert mounts == {"esxi-01": True, "esxi-02": True, "esxi-03": False}
+
+
+async def test_storage_io_control_threshold_reaches_every_host_and_later_mounts(cluster):
+    vc, _, engine, session = cluster
+    request = pb.ConfigureStorageIoControlRequest(datastore="vmfs-01", threshold_ms=15)
+    datastore = await vc.ConfigureStorageIoControl(request, session)
+    assert datastore.sioc_threshold_ms == 15
+    for host in HOSTS:
+        io = {d.datastore: d for d in engine.running(host).GetHostStats(None, None).datastores}
+        assert io["vmfs-01"].threshold_ms == 15
+        assert io["nfs-01"].threshold_ms == 30  # SIOC's default
+    assert (await listed(vc, session))["vmfs-01"].sioc_threshold_ms == 15
+    assert vc.inventory.datastore("vmfs-01").sioc_threshold_ms == 15
+    for bad in (4.9, 101.0):
+        with pytest.raises(InvalidArgument, match="5-100 ms"):
+            await vc.ConfigureStorageIoControl(
+                pb.ConfigureStorageIoControlRequest(datastore="vmfs-01", threshold_ms=bad), session
+            )
+    with pytest.raises(NotFound):
+        await vc.ConfigureStorageIoControl(
+            pb.ConfigureStorageIoControlRequest(datastore="nope", threshold_ms=20), session
+        )
+    assert vc.inventory.datastore("vmfs-01").sioc_threshold_ms == 15
+    # A host that reboots mounts the datastore again with the threshold.
+    engine.crash("esxi-02")
+    await engine.reboot("esxi-02")
+    for _ in range(2):  # noticed gone, then reconnected (which mounts what it lacks)
+        await vc.hosts.heartbeat_once()
+    io = {d.datastore: d for d in engine.running("esxi-02").GetHostStats(None, None).datastores}
+    assert io["vmfs-01"].threshold_ms == 15

@@ -131,6 +131,11 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.VmStats.FromString,
                 _registered_method=True)
+        self.SetSiocThreshold = channel.unary_unary(
+                '/vsim.v1.HostAgent/SetSiocThreshold',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.SiocThresholdRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.DatastoreIo.FromString,
+                _registered_method=True)
         self.UpdateMemorySettings = channel.unary_unary(
                 '/vsim.v1.HostAgent/UpdateMemorySettings',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdateMemorySettingsRequest.SerializeToString,
@@ -334,6 +339,13 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSiocThreshold(self, request, context):
+        """Storage I/O Control's congestion threshold of a mounted datastore.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateMemorySettings(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -530,6 +542,11 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.GetVmStats,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.VmStats.SerializeToString,
+            ),
+            'SetSiocThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSiocThreshold,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.SiocThresholdRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.DatastoreIo.SerializeToString,
             ),
             'UpdateMemorySettings': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateMemorySettings,
@@ -1120,6 +1137,33 @@ class HostAgent:
             '/vsim.v1.HostAgent/GetVmStats',
             vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.VmStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSiocThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/SetSiocThreshold',
+            vsim_dot_v1_dot_host__agent__pb2.SiocThresholdRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.DatastoreIo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -161,6 +161,11 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
                 _registered_method=True)
+        self.ConfigureStorageIoControl = channel.unary_unary(
+                '/vsim.v1.VCenter/ConfigureStorageIoControl',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureStorageIoControlRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.Datastore.FromString,
+                _registered_method=True)
         self.GetVmStats = channel.unary_unary(
                 '/vsim.v1.VCenter/GetVmStats',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.VmRequest.SerializeToString,
@@ -437,6 +442,14 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureStorageIoControl(self, request, context):
+        """Sets a datastore's Storage I/O Control congestion threshold on every host that
+        mounts it (and on hosts that mount it later).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetVmStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -697,6 +710,11 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.GetHostStats,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.HostStats.SerializeToString,
+            ),
+            'ConfigureStorageIoControl': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureStorageIoControl,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureStorageIoControlRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.Datastore.SerializeToString,
             ),
             'GetVmStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVmStats,
@@ -1474,6 +1492,33 @@ class VCenter:
             '/vsim.v1.VCenter/GetHostStats',
             vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.HostStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureStorageIoControl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ConfigureStorageIoControl',
+            vsim_dot_v1_dot_vcenter__pb2.ConfigureStorageIoControlRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.Datastore.FromString,
             options,
             channel_credentials,
             insecure,

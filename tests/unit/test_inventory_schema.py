@@ -1,6 +1,7 @@
-"""Schema 4 (VMs' resources, NICs and DirectPath devices; the physical switch's ports):
-an inventory of schema 3, or of schema 2, is brought to it in place and keeps its
-rows, and the new tables then hold what they must (one adapter per MAC)."""
+"""Schema migrations: an inventory of schema 2, 3 or 4 is brought to the current
+one in place and keeps its rows; schema 4 added VMs' resources, NICs and DirectPath
+devices and the physical switch's ports (one adapter per MAC), schema 5 each
+datastore's Storage I/O Control threshold."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def old_schema(path, version: int) -> None:
     with one host and one VM."""
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(SCHEMA)
+    db.execute("ALTER TABLE datastores DROP COLUMN sioc_threshold_ms")
+    if version == 4:
+        db.execute("PRAGMA user_version=4")
+        db.close()
+        return
     db.executescript("DROP TABLE vm_nics; DROP TABLE physical_ports")
     db.execute("ALTER TABLE vms DROP COLUMN config")
     if version == 2:
@@ -44,7 +50,9 @@ def test_an_old_inventory_is_migrated_to_schema_4_and_keeps_its_rows(tmp_path, v
     inventory = Inventory(path)
     try:
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        datastore_columns = [r[1] for r in db.execute("PRAGMA table_info(datastores)")]
+        assert datastore_columns[-1] == "sioc_threshold_ms"
         assert [r[1] for r in db.execute("PRAGMA table_info(vms)")][-2:] == ["storage", "config"]
         db.close()
         vm = inventory.vm("vm-001")
@@ -85,5 +93,21 @@ def test_removing_a_host_takes_its_switch_ports(tmp_path):
             inventory.set_physical_port(kpb.PhysicalPort(host=name, uplink="vmnic0", disabled=True))
         inventory.remove_host("esxi-01")
         assert [p.host for p in inventory.physical_ports()] == ["esxi-02"]
+    finally:
+        inventory.close()
+
+
+def test_schema_4_datastores_get_the_default_sioc_threshold(tmp_path):
+    path = tmp_path / "inventory.sqlite"
+    old_schema(path, 4)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("INSERT INTO datastores VALUES ('vmfs-01', 'vmfs', 3, '', 'ats+scsi', 'u')")
+    db.close()
+    inventory = Inventory(path)
+    try:
+        record = inventory.datastore("vmfs-01")
+        assert (record.lun, record.uuid, record.sioc_threshold_ms) == (3, "u", 30.0)
+        inventory.set_sioc_threshold("vmfs-01", 12.5)
+        assert inventory.datastore("vmfs-01").sioc_threshold_ms == 12.5
     finally:
         inventory.close()
