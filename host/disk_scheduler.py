@@ -111,7 +111,7 @@ class SiocSettings:
     min_queue_depth: int = SIOC_MIN_QUEUE_DEPTH
 
     def __post_init__(self) -> None:
-        _threshold_s(self.congestion_threshold_ms)
+        congestion_threshold_s(self.congestion_threshold_ms)
         if not (self.window_s > 0 and math.isfinite(self.window_s)):
             raise InvalidArgument(f"SIOC window must be a finite number > 0 s, got {self.window_s}")
         if not 0 < self.gamma <= 1:
@@ -124,7 +124,8 @@ class SiocSettings:
             )
 
 
-def _threshold_s(threshold_ms: float) -> float:
+def congestion_threshold_s(threshold_ms: float) -> float:
+    """A congestion threshold in seconds; InvalidArgument outside vSphere's 5-100 ms."""
     low, high = SIOC_THRESHOLD_RANGE_MS
     if isinstance(threshold_ms, bool) or not isinstance(threshold_ms, int | float):
         raise InvalidArgument(f"congestion threshold must be a number of ms, got {threshold_ms!r}")
@@ -201,7 +202,7 @@ class DiskScheduler:
         return t.allocations.get(vm, DiskAllocation()) if t else DiskAllocation()
 
     def set_congestion_threshold(self, target: str, threshold_ms: float) -> None:
-        threshold = _threshold_s(threshold_ms)
+        threshold = congestion_threshold_s(threshold_ms)
         _check_name(target, "target")
         self._target(target).threshold_s = threshold
 

@@ -21,7 +21,7 @@ from typing import Any
 from vsim import validate
 from vsim.faults import CannotAccessFile, InvalidArgument, InvalidPowerState, InvalidState, NotFound
 from vsim.host.accounts import ROLES, HostAccounts
-from vsim.host.disk_scheduler import DiskAllocation, DiskScheduler
+from vsim.host.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
 from vsim.host.kernel import (
     KERNEL_TICK,
     DiskConfig,
@@ -407,10 +407,12 @@ class Hostd:
         validate.host_name(request.name, "name")
         t = request.target
         if request.sioc_threshold_ms:
-            self.scheduler.set_congestion_threshold(request.name, request.sioc_threshold_ms)
+            congestion_threshold_s(request.sioc_threshold_ms)  # checked before mounting
         mounted = await self.storage.mount(
             request.name, request.type, t.endpoint, t.thumbprint, t.lun, t.export
         )
+        if request.sioc_threshold_ms:
+            self.scheduler.set_congestion_threshold(request.name, request.sioc_threshold_ms)
         return datastore_to_proto(mounted)
 
     async def ListDatastores(

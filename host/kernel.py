@@ -29,7 +29,6 @@ from vsim.faults import (
     InvalidArgument,
     InvalidPowerState,
     NotFound,
-    ResourceInUse,
 )
 from vsim.host.cpu_scheduler import CpuScheduler
 from vsim.host.esx_conf import (
@@ -369,21 +368,11 @@ class HostKernel:
         return PoolConfig(name, self.cpu.tree.parent(name) or ROOT_POOL, cpu, memory)
 
     def destroy_resource_pool(self, name: str) -> tuple[str, ...]:
-        """Destroys a pool: its child pools and its running VMs move to its parent (as
-        vSphere's ResourcePool.Destroy does), and the VMs' configurations name the
-        parent from then on. Refused with ResourceInUse while a powered-off VM
-        registered here names it: it would be left naming no pool. Returns the VMs
-        moved."""
+        """Destroys a pool: its child pools and its VMs, running or not, move to its
+        parent (as vSphere's ResourcePool.Destroy does), and the VMs' configurations
+        name the parent from then on. Returns the VMs moved."""
         self._changeable(name, "destroyed")
         named = sorted(vm.name for vm in self._vms.values() if vm.resources.pool == name)
-        off = [vm for vm in named if not self._vms[vm].powered_on]
-        if off:
-            raise ResourceInUse(
-                f"resource pool {name!r} on {self.spec.name} is the pool of powered-off "
-                f"VM(s) {', '.join(off)}; move them to another pool first "
-                "(vsim vm resources VM --pool NAME) or unregister them",
-                vms=",".join(off),
-            )
         parent = self.cpu.tree.parent(name) or ROOT_POOL
         self.cpu.tree.remove_pool(name)
         self.memory.tree.remove_pool(name)  # never needs more: cannot refuse either

@@ -164,18 +164,25 @@ class DatastoreManager:
         await self._hosts.call(host, "MountDatastore", request)
 
     async def remount(self, host: str) -> None:
-        """Mounts on a host the datastores it lacks (it rebooted, or just came)."""
+        """Mounts on a host the datastores it lacks (it rebooted, or just came), and
+        gives it the Storage I/O Control threshold of those it has."""
         records = self._inventory.datastores()
         if self.array is None or not records:
             return
         reply = await self._hosts.call(host, "ListDatastores", hpb.HostListDatastoresRequest())
         mounted = {d.name for d in reply.datastores}
         for record in records:
-            if record.name not in mounted:
-                try:
+            try:
+                if record.name not in mounted:
                     await self._mount(host, record)
-                except VimFault as fault:
-                    log.warning("cannot mount %s on %s: %s", record.name, host, fault)
+                else:  # it may have missed a change while it did not answer
+                    await self._set_sioc(host, record.name, record.sioc_threshold_ms)
+            except VimFault as fault:
+                log.warning("cannot mount %s on %s: %s", record.name, host, fault)
+
+    async def _set_sioc(self, host: str, datastore: str, threshold_ms: float) -> None:
+        change = hpb.SiocThresholdRequest(datastore=datastore, threshold_ms=threshold_ms)
+        await self._hosts.call(host, "SetSiocThreshold", change)
 
     async def lock(self, request: pb.LockRequest, method: str) -> pb.LockInfo:
         """Asks a connected host that has the datastore mounted to query (or break)
@@ -226,13 +233,13 @@ class DatastoreManager:
                 f"a congestion threshold is {low:g}-{high:g} ms, got {request.threshold_ms:g}"
             )
         hosts = self._hosts.connected_names()
-        change = hpb.SiocThresholdRequest(datastore=record.name, threshold_ms=request.threshold_ms)
         outcomes = await asyncio.gather(
-            *(self._hosts.call(h, "SetSiocThreshold", change) for h in hosts),
+            *(self._set_sioc(h, record.name, request.threshold_ms) for h in hosts),
             return_exceptions=True,
         )
         for host, outcome in zip(hosts, outcomes, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, NotFound):
+                # The host gets it when it is attached again (remount).
                 log.warning("cannot set SIOC on %s for %s: %s", host, record.name, outcome)
         with self._inventory.transaction():
             self._inventory.set_sioc_threshold(record.name, request.threshold_ms)

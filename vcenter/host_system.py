@@ -387,6 +387,7 @@ class HostManager:
                 powered_on = False
             else:
                 powered_on = running.powered_on
+                self._adopt_pool(vm, running.resources.resource_pool)
             state = ON if powered_on else OFF
             if state != vm.power_state:
                 self._inventory.set_power_state(vm.name, state)
@@ -398,6 +399,13 @@ class HostManager:
                     host=name,
                     vm=vm.name,
                 )
+
+    def _adopt_pool(self, vm: pb.Vm, pool: str) -> None:
+        """The host is the truth for its pools: a VM whose pool went (destroyed while
+        vCenter did not see it) is recorded in the pool the host moved it to."""
+        if vm.resources.resource_pool != pool:
+            vm.resources.resource_pool = pool
+            self._inventory.set_vm_config(vm)
 
     async def heartbeat_once(self) -> None:
         """One round: each connected host answers an authenticated call in time or is

@@ -24,7 +24,6 @@ from vsim.faults import (
     InvalidArgument,
     NoPermission,
     NotFound,
-    ResourceInUse,
     VimFault,
 )
 from vsim.host.accounts import HostAccounts, MemoryAccountStore
@@ -275,7 +274,7 @@ async def test_a_running_vm_moves_between_pools_all_or_nothing(host):
     assert vm.resources.resource_pool == "" and k.cpu.tree.consumer_pool("a") == ROOT_POOL
 
 
-async def test_destroy_moves_running_vms_and_child_pools_to_the_parent(host):
+async def test_destroy_moves_vms_and_child_pools_to_the_parent(host):
     h, _ = host
     await h.create("dept", cpu=alloc(reservation=1000))
     await h.create("team", parent="dept", memory=alloc(reservation=512))
@@ -283,17 +282,13 @@ async def test_destroy_moves_running_vms_and_child_pools_to_the_parent(host):
     await h.register("a", cpu=kpb.ResourceAllocation(reservation=300), resource_pool="team")
     await h.register("idle", resource_pool="team")
     await h.power_on("a")
-    before = h.state()
-    with pytest.raises(ResourceInUse, match="idle"):
-        await h.destroy("team")  # a powered-off VM names it
-    assert h.state() == before
-    await h("UnregisterVm", hpb.HostVmRequest(name="idle"))
-    pools = await h.destroy("team")
-    assert list(pools.moved_vms) == ["a"]
+    pools = await h.destroy("team")  # running or not, its VMs go to the parent
+    assert list(pools.moved_vms) == ["a", "idle"]
     listed = {p.name: p for p in pools.pools}
     assert list(listed) == [ROOT_POOL, "dept", "sub"]
     assert listed["sub"].parent == "dept"
-    assert [v.name for v in listed["dept"].vms] == ["a"]
+    assert [v.name for v in listed["dept"].vms] == ["a", "idle"]
+    assert h.kernel.vm("idle").resources.resource_pool == "dept"
     k = h.kernel
     for tree in (k.cpu.tree, k.memory.tree):
         assert tree.pools() == [ROOT_POOL, "dept", "sub"]

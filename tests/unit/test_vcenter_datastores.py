@@ -13,11 +13,19 @@ from vsim.clock import WallClock
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.inprocess import InProcessEngine
 from vsim.cluster.spec import ClusterSpec
-from vsim.faults import DuplicateName, FileLocked, InvalidArgument, InvalidState, NotFound
+from vsim.faults import (
+    DuplicateName,
+    FileLocked,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    VimFault,
+)
 from vsim.host.storage_stack import initiator_name
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions
 from vsim.v1 import common_pb2
+from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.inventory import Inventory
@@ -229,3 +237,24 @@ async def test_storage_io_control_threshold_reaches_every_host_and_later_mounts(
         await vc.hosts.heartbeat_once()
     io = {d.datastore: d for d in engine.running("esxi-02").GetHostStats(None, None).datastores}
     assert io["vmfs-01"].threshold_ms == 15
+
+
+async def test_a_host_that_missed_a_sioc_change_gets_it_when_it_is_back(cluster):
+    vc, _, engine, session = cluster
+
+    def threshold(host: str) -> float:
+        stats = engine.running(host).GetHostStats(None, None)
+        return {d.datastore: d.threshold_ms for d in stats.datastores}["vmfs-01"]
+
+    vc.hosts._mark_not_responding("esxi-03")
+    request = pb.ConfigureStorageIoControlRequest(datastore="vmfs-01", threshold_ms=20)
+    await vc.ConfigureStorageIoControl(request, session)
+    assert (threshold("esxi-01"), threshold("esxi-03")) == (20, 30)
+    await vc.hosts.heartbeat_once()  # it answers again: re-attached
+    assert threshold("esxi-03") == 20
+    # A refused mount (already mounted) changes nothing, threshold included.
+    hostd = engine.running("esxi-01")
+    mount = hpb.MountDatastoreRequest(name="vmfs-01", type="vmfs", sioc_threshold_ms=90)
+    with pytest.raises(VimFault):
+        await hostd.MountDatastore(mount, "root")
+    assert threshold("esxi-01") == 20

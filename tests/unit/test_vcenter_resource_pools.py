@@ -225,28 +225,23 @@ async def test_reconfigure_moves_a_running_vm_or_changes_nothing(lab: Lab):
     assert lab.events()[-1].type == "VmReconfiguredEvent"
 
 
-async def test_destroy_moves_running_vms_to_the_parent_in_the_inventory_too(lab: Lab):
+async def test_destroy_moves_its_vms_to_the_parent_in_the_inventory_too(lab: Lab):
     await create_pool(lab, spec("dept"))
     await create_pool(lab, spec("team", "dept"))
     await create_pool(lab, spec("sub", "team"))
     for name in ("a", "idle"):
         assert (await create_vm(lab, name, pool="team")).state == SUCCESS
     assert (await lab.power_on("a")).state == SUCCESS
-    before, events = host_state(lab), len(lab.events())
-    refused = await destroy_pool(lab, "team")
-    assert refused.state == ERROR and refused.error.name == "ResourceInUse"
-    assert "idle" in refused.error.message
-    assert host_state(lab) == before and len(lab.events()) == events
-    assert (await lab.destroy("idle")).state == SUCCESS
     done = await destroy_pool(lab, "team")
     assert done.state == SUCCESS and done.name == "Destroy_Task"
     listed = await pools(lab)
     assert list(listed) == [ROOT_POOL, "dept", "sub"] and listed["sub"].parent == "dept"
-    assert [(v.name, v.powered_on) for v in listed["dept"].vms] == [("a", True)]
+    assert [(v.name, v.powered_on) for v in listed["dept"].vms] == [("a", True), ("idle", False)]
     assert lab.vc.vms.get("a").resources.resource_pool == "dept"
+    assert lab.vc.vms.get("idle").resources.resource_pool == "dept"
     assert kernel(lab).vm("a").resources.resource_pool == "dept"
     event = lab.events()[-1]
-    assert event.type == "ResourcePoolDestroyedEvent" and "a moved to dept" in event.message
+    assert event.type == "ResourcePoolDestroyedEvent" and "a, idle moved to dept" in event.message
     await lab.restart()  # the inventory keeps it: a re-registration will name "dept"
     assert lab.vc.vms.get("a").resources.resource_pool == "dept"
 
@@ -268,3 +263,21 @@ async def test_pools_survive_a_host_reboot_and_its_vms_power_on_in_them(lab: Lab
     assert again == listed
     assert (await lab.power_on("w")).state == SUCCESS  # re-registered, in its pool
     assert kernel(lab).cpu.tree.consumer_pool("w") == "web"
+
+
+async def test_vcenter_adopts_the_pool_the_host_moved_a_vm_to(lab: Lab):
+    """A pool destroyed where vCenter did not see it (directly on the host): when
+    vCenter reconnects, it records the VM in the pool the host moved it to."""
+    await create_pool(lab, spec("gold"))
+    assert (await create_vm(lab, "web", pool="gold")).state == SUCCESS
+    assert (await lab.power_on("web")).state == SUCCESS
+    kernel(lab).destroy_resource_pool("gold")
+    await lab.restart()
+    assert lab.vc.vms.get("web").resources.resource_pool == ""
+    load = kpb.VmResources(cpu_load_pct=20)
+    done = await lab.wait(
+        lab.vc.ReconfigureVmResources(
+            pb.ReconfigureVmResourcesRequest(name="web", resources=load), lab.session
+        )
+    )
+    assert done.state == SUCCESS
