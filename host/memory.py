@@ -323,14 +323,25 @@ class MemoryManager:
         return self.last_scan
 
     def _set_targets(self) -> None:
-        """Each VM's entitlement: its active memory, shared out by shares (through
-        the resource pools) when the host has too little, never below what it
-        reserved, never above its limit."""
+        """Each VM's entitlement (its active memory, shared out by shares through the
+        resource pools when the host has too little), and the floor and ceiling of
+        what it holds: its own reservation and limit, and its part of its pools'."""
         if not self._vms:
             return
         targets = self.tree.entitlements(self.demand_mb())
+        holding, configured = np.zeros(len(self.tree)), np.zeros(len(self.tree))
         for name, vm in self._vms.items():
-            vm.reclaim.target_pages = int(targets[self.tree.index(name)] * PAGES_PER_MB)
+            holding[self.tree.index(name)] = vm.reclaim.granted / PAGES_PER_MB
+            configured[self.tree.index(name)] = vm.memory_mb
+        # A reservation protects its full amount, however little is held yet.
+        floors, ceilings = self.tree.guarantees(configured), self.tree.caps(holding)
+        for name, vm in self._vms.items():
+            i, r = self.tree.index(name), vm.reclaim
+            r.target_pages = int(targets[i] * PAGES_PER_MB)
+            own = vm.settings.reservation_mb * PAGES_PER_MB
+            r.reservation_pages = max(own, int(floors[i] * PAGES_PER_MB))
+            ceiling = int(ceilings[i] * PAGES_PER_MB)
+            r.limit_pages = ceiling if ceiling < r.granted else vm.settings.limit_pages
 
     def demand_mb(self) -> np.ndarray:
         """What each powered-on VM wants now, its active memory (working set) in MB,

@@ -314,7 +314,8 @@ class Reclaimer:
 
         try:
             for technique in techniques:
-                for vm in sorted(self.vms.values(), key=lambda v: -room(v)):
+                over = sorted(self.vms.values(), key=lambda v: v.target_pages - v.granted)
+                for vm in over:  # the most over its target first
                     if freed >= short:
                         return freed
                     if room(vm) == 0:

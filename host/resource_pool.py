@@ -561,15 +561,33 @@ class ResourceTree:
         """
         return self._divide(demand)[0]
 
+    def guarantees(self, demand: np.ndarray | Iterable[float]) -> np.ndarray:
+        """What the reservations (a consumer's own and its pools') guarantee each
+        consumer for `demand`: the reserved capacity alone divided down the tree, each
+        pool's reservation shared among its children by shares."""
+        return self._divide(demand, reserved_only=True)[0]
+
+    def caps(self, holding: np.ndarray | Iterable[float]) -> np.ndarray:
+        """The most each consumer may hold given its own limit and its pools' limits
+        (a limited pool's amount shared among its children by shares), however idle
+        the host is."""
+        return self._divide(holding, capacity=float("inf"))[0]
+
     def pool_entitlements(self, demand: np.ndarray | Iterable[float]) -> dict[str, float]:
         """Each pool's entitlement for `demand` (what its subtree gets in all)."""
         pool_entitlement = self._divide(demand)[1]
         return {name: float(pool_entitlement[i]) for i, name in enumerate(self._pool_names)}
 
-    def _divide(self, demand: np.ndarray | Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+    def _divide(
+        self,
+        demand: np.ndarray | Iterable[float],
+        capacity: float | None = None,
+        reserved_only: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Bottom-up, each subtree's demand (capped by limits) and its floor (the part
         of its reservations it demands); top-down, each pool's entitlement divvied
-        among its child pools and consumers."""
+        among its child pools and consumers. `capacity` replaces the root's;
+        `reserved_only` divides only what the reservations hold."""
         d = self._demand_array(demand)
         layout = self._layout_now()
         cap = np.minimum(d, self._limit)
@@ -577,7 +595,13 @@ class ResourceTree:
         pool_cap, pool_floor = self._subtree_totals(layout, cap, floor)
         entitled = np.zeros(len(self._names))
         pool_entitled = np.zeros(len(self._pool_names))
-        pool_entitled[0] = min(float(self._capacity), pool_cap[0])
+        if capacity is None and not reserved_only:
+            pool_entitled[0] = min(float(self._capacity), pool_cap[0])
+        else:  # the root's own reservation and limit (the host's capacity) set aside
+            kids, members = layout.child_pools[0], layout.members(0)
+            under = pool_floor[kids].sum() + floor[members].sum()
+            wanted = pool_cap[kids].sum() + cap[members].sum()
+            pool_entitled[0] = min(under if reserved_only else capacity, wanted)
         for p in layout.preorder:
             kids = layout.child_pools[p]
             members = layout.members(p)

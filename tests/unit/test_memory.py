@@ -355,3 +355,38 @@ def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
     clock._now += 1.0
     kernel.tick()
     assert kernel.cpu.vm_stats("vm").used_mhz_s == pytest.approx(2000.0)
+
+
+def test_pool_reservations_and_limits_hold_like_a_vms_own(tmp_path):
+    """A pool's reservation protects its VMs' memory as a VM's own reservation does,
+    and a pool's limit holds on an idle host."""
+    from vsim.host.resource_pool import pool_allocation
+
+    clock = SimClock()
+    m = MemoryManager(1024, clock, tmp_path)
+    m.tree.add_pool("gold", pool_allocation("MB", reservation=384, expandable_reservation=False))
+    m.tree.add_pool("capped", pool_allocation("MB", limit=64))
+    for name, pool, reservation in (
+        ("g", "gold", 0), ("r", "Resources", 384), ("x", "Resources", 0),
+        ("y", "Resources", 0),
+    ):  # fmt: skip
+        settings, workload = busy(512, reservation_mb=reservation)
+        uuid = f"{name:0<8}-0000-4000-8000-000000000000"
+        m.power_on(name, uuid, 512, "rhel9_64Guest", settings, workload, pool=pool)
+    for _ in range(12):
+        clock._now += 1.0
+        m.tick()
+    # Both hold what is reserved for them, the pool's as the VM's own.
+    assert m.vm_stats("g").granted >= 384
+    assert m.vm_stats("r").granted >= 384
+    assert m.vm_stats("x").granted < 384
+    m.power_off("x")
+    m.power_off("y")
+    settings, workload = busy(256)
+    m.power_on("a", "a0000000-0000-4000-8000-000000000000", 256, "rhel9_64Guest",
+               settings, workload, pool="capped")  # fmt: skip
+    for _ in range(3):
+        clock._now += 1.0
+        m.tick()
+        assert m.vm_stats("a").granted <= 64
+    m.memory.check()
