@@ -108,8 +108,8 @@ def whole(text: str, flag: str, allowed: str) -> int:
         value = int(text)
     except ValueError:
         raise InvalidArgument(f"{flag} must be {allowed}, got {text!r}") from None
-    if value < 0:
-        raise InvalidArgument(f"{flag} must be {allowed} (>= 0), got {value}")
+    if not 0 <= value < 2**62:
+        raise InvalidArgument(f"{flag} must be {allowed} (>= 0 and < 2^62), got {value}")
     return value
 
 

@@ -231,10 +231,6 @@ class CpuScheduler:
         """Last tick's entitlement per VM, in `vms()` order (a copy)."""
         return self._entitlement.copy()
 
-    def demand_mhz(self) -> np.ndarray:
-        """Each VM's current demand, in `vms()` order (a copy)."""
-        return self._demand.copy()
-
     def pool_entitlements(self) -> dict[str, float]:
         """Each resource pool's entitlement (MHz, its whole subtree) for the current
         demands: what the next tick would give it."""

@@ -51,6 +51,7 @@ from vsim.host.resource_pool import (
     Allocation,
     PoolConfig,
     ResourceTree,
+    check_not_root,
 )
 from vsim.host.vnic_firewall import VnicFirewall
 from vsim.host.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
@@ -414,11 +415,7 @@ class HostKernel:
             )
 
     def _changeable(self, name: str, verb: str) -> None:
-        if name == ROOT_POOL:
-            raise InvalidArgument(
-                f"the root resource pool {ROOT_POOL!r} of {self.spec.name} cannot be {verb}: "
-                "it is the host's whole capacity"
-            )
+        check_not_root(name, verb)
         self._require_pool(pool_name(name), f"resource pool {name!r} cannot be {verb}")
 
     # -- registration ------------------------------------------------------------------

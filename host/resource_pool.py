@@ -52,6 +52,8 @@ class Unit(StrEnum):
 
 
 UNLIMITED = -1
+MAX_SHARES = 2**31 - 1
+"""vSphere's SharesInfo.shares is a 32-bit integer."""
 """`limit` of an allocation with no limit (vSphere's -1)."""
 ROOT_POOL = "Resources"
 """The root resource pool, named as vSphere names a host's or cluster's root pool."""
@@ -96,8 +98,8 @@ class Allocation:
         limit = _whole(self.limit, "limit")
         for name, value in (("shares", shares), ("reservation", reservation), ("limit", limit)):
             object.__setattr__(self, name, value)  # numpy integers become plain ints
-        if shares <= 0:
-            raise InvalidArgument(f"shares must be > 0, got {shares}")
+        if not 0 < shares <= MAX_SHARES:
+            raise InvalidArgument(f"shares must be 1..{MAX_SHARES}, got {shares}")
         if reservation < 0:
             raise InvalidArgument(f"reservation must be >= 0, got {reservation}")
         if limit != UNLIMITED and limit < reservation:
@@ -188,6 +190,15 @@ def _unit(unit: Unit | str) -> Unit:
 
 
 # -- dividing a capacity among siblings ------------------------------------------------
+
+
+def check_not_root(name: str, verb: str) -> None:
+    """InvalidArgument for the root pool, which is the host's whole capacity."""
+    if name == ROOT_POOL:
+        raise InvalidArgument(
+            f"the root resource pool {ROOT_POOL!r} cannot be {verb}: it is the host's "
+            "whole capacity"
+        )
 
 
 def divvy(
@@ -705,11 +716,7 @@ class ResourceTree:
             raise NotFound(f"no resource pool named {name!r}") from None
 
     def _not_root(self, name: str, verb: str) -> None:
-        if name == ROOT_POOL:
-            raise InvalidArgument(
-                f"the root resource pool {ROOT_POOL!r} cannot be {verb}: it is the host's "
-                "whole capacity"
-            )
+        check_not_root(name, verb)
 
     def _checked_capacity(self, capacity: int) -> int:
         capacity = _whole(capacity, "capacity")

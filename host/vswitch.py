@@ -682,11 +682,26 @@ class HostNetworkSystem:
         return view
 
     def set_effective_mac(self, vm: str, nic: str, mac: str) -> Vnic:
-        """The guest changed its adapter's MAC (any unicast MAC; the configured one to
-        change back). With MAC address changes = reject the port then receives nothing
-        until the guest changes back; with accept the port is known by the new MAC."""
+        """The guest changed its adapter's MAC (any unicast MAC no other adapter on its
+        vSwitch has; the configured one to change back). With MAC address changes =
+        reject the port then receives nothing until the guest changes back; with
+        accept the port is known by the new MAC."""
         port = self._port(vm, nic)
         mac = unicast_mac(mac)
+        for other in self._ports.values():
+            if (
+                other is not port
+                and other.switch is port.switch
+                and mac
+                in (
+                    other.mac,
+                    other.effective_mac,
+                )
+            ):
+                raise InvalidArgument(
+                    f"MAC {mac} is {other.id}'s on {port.switch.name}{self._where()}: a "
+                    "guest cannot take another adapter's address on its vSwitch"
+                )
         port.switch.unindex(port)
         port.effective_mac = mac
         port.resolve(port.vlan, port.policy)

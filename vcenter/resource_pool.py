@@ -9,7 +9,7 @@ from vsim import validate
 from vsim.faults import DuplicateName, InvalidArgument
 from vsim.host.kernel import pool_name
 from vsim.host.kernel_messages import pool_allocations_from_proto
-from vsim.host.resource_pool import ROOT_POOL
+from vsim.host.resource_pool import ROOT_POOL, check_not_root
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -63,7 +63,7 @@ class HostResourcePools:
     async def update(self, request: pb.HostResourcePoolRequest, user: str) -> kpb.ResourcePools:
         spec = request.pool
         self._connected(request.host)
-        _changeable(spec.name, "changed")
+        check_not_root(pool_name(spec.name), "changed")
         if spec.parent:
             pool_name(spec.parent, "parent")
         if not (spec.HasField("cpu") or spec.HasField("memory")):
@@ -85,7 +85,7 @@ class HostResourcePools:
     def destroy(self, request: pb.DestroyHostResourcePoolRequest, user: str) -> common_pb2.Task:
         host, name = request.host, request.name
         self._connected(host)
-        _changeable(name, "destroyed")
+        check_not_root(pool_name(name), "destroyed")
 
         async def work(_task: common_pb2.Task) -> str:
             forwarded = hpb.DestroyResourcePoolRequest(name=name)
@@ -119,14 +119,6 @@ class HostResourcePools:
         pools = await self._hosts.call(host, method, request)
         pools.host = pools.host or host
         return pools
-
-
-def _changeable(name: str, verb: str) -> None:
-    if pool_name(name) == ROOT_POOL:
-        raise InvalidArgument(
-            f"the root resource pool {ROOT_POOL!r} cannot be {verb}: it is the host's whole "
-            "capacity"
-        )
 
 
 POOL_UNITS = (("cpu", "CPU", "MHz"), ("memory", "memory", "MB"))

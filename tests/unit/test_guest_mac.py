@@ -297,6 +297,11 @@ def test_the_effective_mac_follows_a_model_and_gates_reception(ops):
         request = kpb.SetGuestMacRequest(vm="g", nic=nic_, mac=mac)
         name = nic_ or "ethernet0"
         wanted = CONFIGURED.get(("g", name)) if mac == "" else _canonical(mac)
+        others = [n for n in model if n != name]
+        taken = {CONFIGURED["peer", "ethernet0"]}
+        taken |= {CONFIGURED["g", n] for n in others} | {model[n] for n in others}
+        if wanted in taken:  # another adapter's address on the vSwitch: refused
+            wanted = None
         try:
             port = hostd.SetGuestMac(request, "root")
         except InvalidPowerState:

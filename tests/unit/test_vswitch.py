@@ -521,3 +521,17 @@ def test_a_failed_change_changes_nothing_and_the_rules_always_hold(ops):
             and (v.security.mac_changes or v.effective_mac == v.mac)
         }
         assert got == want
+
+
+def test_a_guest_cannot_take_another_adapters_mac():
+    network = HostNetworkSystem("esxi-01")
+    network.add_vswitch("vSwitch0", ("vmnic0",))
+    network.add_port_group("VM Network", "vSwitch0")
+    network.connect_vnic("a", "ethernet0", "VM Network", "00:50:56:80:00:0a")
+    network.connect_vnic("b", "ethernet0", "VM Network", "00:50:56:80:00:0b")
+    with pytest.raises(InvalidArgument, match="b/ethernet0"):
+        network.set_effective_mac("a", "ethernet0", "00:50:56:80:00:0b")
+    assert network.vnic("a").effective_mac == "00:50:56:80:00:0a"
+    network.set_effective_mac("a", "ethernet0", "00:50:56:80:00:aa")
+    with pytest.raises(InvalidArgument, match="a/ethernet0"):
+        network.set_effective_mac("b", "ethernet0", "00:50:56:80:00:aa")
