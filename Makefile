@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint proto bench clean
+.PHONY: run test lint proto bench clean image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/locks.py
 	$(BIN)/python bench/kernel.py
+
+# The container image (debootstrap base + wheelhouse; no registry needed), tagged by
+# a hash of its inputs: a second run with nothing changed takes a second.
+image: $(STAMP)
+	$(BIN)/python -m vsim.cluster.image
 
 clean:
 	rm -rf $(VENV) build *.egg-info
