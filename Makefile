@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint proto bench clean image
+.PHONY: run test lint proto bench clean image compose-up compose-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ bench: $(STAMP)
 # a hash of its inputs: a second run with nothing changed takes a second.
 image: $(STAMP)
 	$(BIN)/python -m vsim.cluster.image
+
+# The cluster as containers (docker-compose.yml); vCenter on 127.0.0.1:50051.
+# The admin password: docker-compose exec vcenter cat /data/vcenter/initial-admin-password
+compose-up: image
+	docker-compose up -d
+	@echo "vCenter: 127.0.0.1:50051 (VSIM_PASSWORD=\$$(docker-compose exec -T vcenter cat /data/vcenter/initial-admin-password) vsim --server 127.0.0.1:50051 login --accept-new-thumbprint)"
+
+# WIPE=1 also removes the volumes (inventory, LUNs, hosts' data).
+compose-down:
+	docker-compose down $(if $(WIPE),-v,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

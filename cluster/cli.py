@@ -25,8 +25,10 @@ from typing import Any
 
 from vsim import validate
 from vsim.cluster import cli_kernel, output, up
+from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
+from vsim.cluster.spec import ClusterSpec
 from vsim.faults import (
     InvalidArgument,
     NotAuthenticated,
@@ -400,6 +402,17 @@ async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
     validate.port(args.port)
     data_dir = Path(args.data_dir).expanduser().resolve()
     running = await start_array(data_dir, args.port, args.bind)
+    if args.prepare_hosts:
+        # The storage admin's part of a cluster of that many hosts (docker-compose):
+        # LUNs and exports by name, and what vCenter needs to know of them.
+        spec = prepare_array(running.array, ClusterSpec.default(args.prepare_hosts))
+        luns = {d.name: d.lun for d in spec.datastores if d.type == "vmfs"}
+        if args.info_file:
+            info_file = Path(args.info_file)
+            info_file.parent.mkdir(parents=True, exist_ok=True)
+            info_file.write_text(
+                json.dumps({"thumbprint": running.identity.thumbprint, "luns": luns})
+            )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -416,6 +429,23 @@ async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
         await stop.wait()
     finally:
         await running.stop()
+
+
+async def cmd_vcenter_serve(args: argparse.Namespace, ctx: Context) -> None:
+    """vCenter alone, joining a running Ray cluster and an array (docker-compose)."""
+    from vsim.cluster.services import serve_vcenter
+
+    validate.port(args.port)
+    await serve_vcenter(
+        Path(args.data_dir),
+        args.port,
+        args.bind,
+        args.hosts,
+        args.ray_address,
+        args.array,
+        Path(args.array_info),
+        args.clock_speed,
+    )
 
 
 def cmd_down(args: argparse.Namespace, ctx: Context) -> None:
@@ -486,6 +516,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="where its LUNs, exports and config live")
     p.add_argument("--port", type=positive_int, default=50052)
     p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument(
+        "--prepare-hosts", type=positive_int, help="make the default cluster's LUNs and exports"
+    )
+    p.add_argument("--info-file", help="with --prepare-hosts: write thumbprint and LUNs here")
+    vcenter = command(commands, "vcenter", None, "vCenter as a service of its own").add_subparsers(
+        dest="vcenter_command", required=True
+    )
+    p = command(vcenter, "serve", cmd_vcenter_serve, "join a Ray cluster and an array (compose)")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--port", type=positive_int, default=50051)
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--hosts", type=positive_int, default=4)
+    p.add_argument("--ray-address", default="auto")
+    p.add_argument("--array", required=True, help="the array's HOST:PORT as the hosts reach it")
+    p.add_argument("--array-info", required=True, help="the file the array's --info-file wrote")
+    p.add_argument("--clock-speed", type=float, default=1.0)
 
     p = command(commands, "login", cmd_login, "log in to vCenter and pin its certificate")
     p.add_argument("--user", help=f"default: {ADMINISTRATOR}")

@@ -30,10 +30,21 @@ BOOT_TIMEOUT = 120.0
 class RayEngine:
     kind = "ray"
 
-    def __init__(self, namespace: str, data_dir: Path, clock_speed: float = 1.0) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        data_dir: Path,
+        clock_speed: float = 1.0,
+        hosts_bind: str = "127.0.0.1",
+        hosts_advertise: str = "127.0.0.1",
+    ) -> None:
+        """hosts_bind/hosts_advertise: where each host's hostd listens and the address
+        it gives ("node": its Ray node's address, for hosts in their own containers)."""
         self.namespace = namespace
         self.data_dir = data_dir
         self.clock_speed = clock_speed
+        self.hosts_bind = hosts_bind
+        self.hosts_advertise = hosts_advertise
 
     def _actor(self, name: str):  # -> ray.actor.ActorHandle | None
         try:
@@ -67,16 +78,27 @@ class RayEngine:
                     lifetime="detached",
                     num_cpus=0,
                     max_restarts=0,
+                    resources=self._placement(spec.name),
                 ).remote(
                     replace(spec, root_password="").to_json(),
                     root_hash,
                     str(self.host_dir(spec.name)),
                     self.clock_speed,
+                    self.hosts_bind,
+                    self.hosts_advertise,
                 )
             except ValueError:
                 # The name of a just-killed actor is released asynchronously.
                 await asyncio.sleep(0.1)
         raise HostConnectFault(f"cannot boot {spec.name}: its actor name stays taken")
+
+    def _placement(self, name: str) -> dict[str, float]:
+        """A Ray node offering a resource named after the host (a host's container,
+        `ray start --resources '{"esxi-01": 1}'`) gets that host's actor, and no other.
+        Hosts in containers wait for theirs to join; otherwise any node will do."""
+        if self.hosts_advertise == "node" or name in ray.cluster_resources():
+            return {name: 1}
+        return {}
 
     async def is_running(self, name: str) -> bool:
         actor = self._actor(name)

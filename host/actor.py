@@ -40,6 +40,10 @@ class EsxiHost:
         advertise: str = "127.0.0.1",
     ) -> None:
         spec = HostSpec(**json.loads(spec_json))
+        if advertise == "node":  # its own container: the address Ray knows it by
+            import ray
+
+            advertise = ray.util.get_node_ip_address()
         self._dir = Path(data_dir)
         self._bind, self._advertise = bind, advertise
         accounts = HostAccounts(FileAccountStore(self._dir / "accounts.json"), root_password_hash)

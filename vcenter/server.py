@@ -56,9 +56,11 @@ async def start_vcenter(
     clock: Clock | None = None,
     engine: HostEngine | None = None,
     array: ArrayRef | None = None,
+    hosts_bind: str = "127.0.0.1",
+    hosts_advertise: str = "127.0.0.1",
 ) -> RunningVCenter:
     """Starts (or restarts) the vCenter kept in data_dir; Ray must be initialised when
-    no engine is given."""
+    no engine is given (hosts_bind/hosts_advertise: see RayEngine)."""
     clock = clock or WallClock()
     home = data_dir / "vcenter"
     inventory = Inventory(home / INVENTORY_FILE)
@@ -66,7 +68,13 @@ async def start_vcenter(
         if engine is None:
             from vsim.cluster.ray_engine import RayEngine
 
-            engine = RayEngine(ray_namespace(instance_uuid(inventory)), data_dir, clock.speed)
+            engine = RayEngine(
+                ray_namespace(instance_uuid(inventory)),
+                data_dir,
+                clock.speed,
+                hosts_bind,
+                hosts_advertise,
+            )
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
         core = VCenter(home, inventory, engine, clock, array=array)
     except BaseException:
