@@ -1,0 +1,125 @@
+"""The docker-compose deployment, started once per session under a project name of
+its own, and removed with its volumes at the end, also when a test fails.
+
+Skipped, with the reason printed, where no Docker engine answers; with
+VSIM_REQUIRE_DOCKER=1 (as .ci/run sets) that is a failure instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from vsim.cluster.client import VCenterClient
+from vsim.cluster.image import ensure_image
+from vsim.vcenter.sessions import ADMINISTRATOR
+
+REPO = Path(__file__).resolve().parents[2]
+UP_TIMEOUT = 240.0
+
+
+def docker_answers() -> str:
+    """Why Docker cannot be used here ("" if it can)."""
+    if shutil.which("docker") is None or shutil.which("docker-compose") is None:
+        return "docker or docker-compose is not installed"
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    return "" if info.returncode == 0 else f"no Docker engine answers: {info.stderr.strip()[:200]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Compose:
+    def __init__(self, project: str, port: int) -> None:
+        self.project = project
+        self.port = port
+        self.env = {**os.environ, "VSIM_VCENTER_PORT": str(port)}
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        argv = ["docker-compose", "-p", self.project, "-f", str(REPO / "docker-compose.yml")]
+        return subprocess.run(
+            [*argv, *args], env=self.env, capture_output=True, text=True, check=check
+        )
+
+    def container(self, service: str) -> str:
+        return f"{self.project}_{service}_1"
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+    def read(self, service: str, path: str) -> str:
+        return self.docker("exec", self.container(service), "cat", path).stdout
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def client(self) -> VCenterClient:
+        client = await VCenterClient.connect(self.endpoint, None)
+        await client.login(
+            ADMINISTRATOR, self.read("vcenter", "/data/vcenter/initial-admin-password")
+        )
+        return client
+
+
+@pytest.fixture(scope="session")
+def compose() -> Compose:
+    reason = docker_answers()
+    if reason:
+        if os.environ.get("VSIM_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"VSIM_REQUIRE_DOCKER=1 but {reason}")
+        pytest.skip(reason)
+    ensure_image()
+    stack = Compose(f"vsimtest{os.getpid()}", free_port())
+    try:
+        stack.run("up", "-d")
+        deadline = time.monotonic() + UP_TIMEOUT
+        while (
+            "healthy"
+            not in stack.docker(
+                "inspect", "-f", "{{.State.Health.Status}}", stack.container("vcenter"), check=False
+            ).stdout
+        ):
+            if time.monotonic() > deadline:
+                logs = stack.run("logs", "--tail=50", check=False).stdout
+                pytest.fail(f"vCenter was not healthy within {UP_TIMEOUT:.0f} s:\n{logs}")
+            time.sleep(1)
+        yield stack
+    finally:
+        stack.run("down", "-v", "--remove-orphans", check=False)
+
+
+@pytest.fixture
+async def client(compose: Compose):
+    client = await compose.client()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def wait_until():
+    return poll_until
+
+
+def poll_until(predicate, timeout: float, step: float = 0.5):
+    """Polls an async predicate until it returns a truthy value (returned)."""
+
+    async def poll():
+        deadline = time.monotonic() + timeout
+        while True:
+            value = await predicate()
+            if value or time.monotonic() > deadline:
+                return value
+            await asyncio.sleep(step)
+
+    return poll()

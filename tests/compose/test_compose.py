@@ -1,0 +1,80 @@
+"""The cluster as containers: every host in its own container on the management,
+storage and vMotion networks; VMs with disks on the array; a killed host container.
+
+Marked `docker`: the session's stack is started once (conftest.py) and removed with
+its volumes at the end. The container kill runs last: it leaves esxi-02 down.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from vsim.faults import FileLocked
+from vsim.v1 import vcenter_pb2 as pb
+
+pytestmark = pytest.mark.docker
+CONNECTED, NOT_RESPONDING = (
+    pb.CONNECTION_STATE_CONNECTED,
+    pb.CONNECTION_STATE_NOT_RESPONDING,
+)
+HOSTS = ["esxi-01", "esxi-02", "esxi-03", "esxi-04"]
+
+
+async def test_every_host_runs_in_its_own_container_on_the_management_network(client):
+    hosts = {h.name: h for h in await client.hosts()}
+    assert sorted(hosts) == HOSTS
+    for i, name in enumerate(HOSTS, start=1):
+        assert hosts[name].connection_state == CONNECTED
+        assert hosts[name].endpoint.startswith(f"172.30.1.1{i}:")
+    datastores = {d.name: d for d in await client.datastores()}
+    for name in ("vmfs-01", "nfs-01"):
+        assert sorted(m.host for m in datastores[name].mounts if m.accessible) == HOSTS
+
+
+async def test_a_vm_runs_with_its_disk_on_the_array(client, wait_until):
+    await client.run(
+        await client.create_vm(
+            "c-web", memory_mb=256, host="esxi-02", datastore="vmfs-01", disk_mb=16,
+            guest_write_iops=50,
+        )
+    )  # fmt: skip
+    await client.run(await client.power_on("c-web"))
+    lock = await client.lock_owner("vmfs-01", "c-web/c-web-flat.vmdk")
+    assert lock.mode == "EXCLUSIVE" and [h.host for h in lock.holders] == ["esxi-02"]
+
+    async def acked():
+        return (await client.vm("c-web")).guest_writes_acked >= 20
+
+    assert await wait_until(acked, 30)
+
+
+async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
+    compose, client, wait_until
+):
+    """docker kill esxi-02: vCenter marks it not responding; its VM's disk lock
+    stays until the VMFS heartbeat is stale (16 s), and then breaks."""
+    compose.docker("kill", compose.container("esxi-02"))
+    killed = time.monotonic()
+
+    async def not_responding():
+        hosts = {h.name: h.connection_state for h in await client.hosts()}
+        return hosts["esxi-02"] == NOT_RESPONDING
+
+    assert await wait_until(not_responding, 40)
+    path = "c-web/c-web-flat.vmdk"
+    while time.monotonic() - killed < 12:
+        with pytest.raises(FileLocked):
+            await client.break_stale_lock("vmfs-01", path)
+        lock = await client.lock_owner("vmfs-01", path)
+        assert [h.host for h in lock.holders] == ["esxi-02"]
+
+    async def broken():
+        try:
+            return (await client.break_stale_lock("vmfs-01", path)).broken
+        except FileLocked:
+            return False
+
+    assert await wait_until(broken, 40)
+    assert time.monotonic() - killed >= 16
