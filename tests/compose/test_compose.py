@@ -54,7 +54,8 @@ async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
     compose, client, wait_until
 ):
     """docker kill esxi-02: vCenter marks it not responding; its VM's disk lock
-    stays until the VMFS heartbeat is stale (16 s), and then breaks."""
+    stays until the VMFS heartbeat is stale (16 s since the last one, written every
+    3 s), and then breaks."""
     compose.docker("kill", compose.container("esxi-02"))
     killed = time.monotonic()
 
@@ -77,4 +78,5 @@ async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
             return False
 
     assert await wait_until(broken, 40)
-    assert time.monotonic() - killed >= 16
+    # Stale means 16 s since the last heartbeat, which was at most 3 s before the kill.
+    assert time.monotonic() - killed >= 16 - 3
