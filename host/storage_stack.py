@@ -24,6 +24,9 @@ from vsim.storage.scsi import ScsiError
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 
 LOCK_MODES = {"ats-only": VolumeLockMode.ATS_ONLY, "ats+scsi": VolumeLockMode.ATS_SCSI}
+DESCRIBE_TIMEOUT = 2.0
+"""Real seconds a datastore's free space may take to come back before it is reported
+inaccessible (a cut storage network drops packets: nothing else would end the wait)."""
 
 
 class StoragePorts(Protocol):
@@ -195,7 +198,9 @@ class StorageStack:
             capacity = self._capacity.get(name, 0)
             mode = next((k for k, v in LOCK_MODES.items() if sb and v == sb.lock_mode), "")
             try:
-                free = await self.files[name].free_bytes()
+                if volume.lost_access:
+                    raise ConnectionError("lost access")
+                free = await asyncio.wait_for(self.files[name].free_bytes(), DESCRIBE_TIMEOUT)
             except Exception:  # noqa: BLE001 - lost access or no path: report it so
                 return Datastore(name, "vmfs", False, capacity, 0, volume.slot, mode)
             return Datastore(
@@ -203,13 +208,15 @@ class StorageStack:
             )
         manager = self.nfs_mount(name)
         try:
-            total, free = await manager.client.fsstat()
+            total, free = await asyncio.wait_for(manager.client.fsstat(), DESCRIBE_TIMEOUT)
         except Exception:  # noqa: BLE001 - unreachable export: mounted but inaccessible
             return Datastore(name, "nfs", False, 0, 0)
         return Datastore(name, "nfs", True, total, free)
 
     async def datastores(self) -> list[Datastore]:
-        return [await self.describe(n) for n in sorted([*self.vmfs, *self.nfs])]
+        return list(
+            await asyncio.gather(*(self.describe(n) for n in sorted([*self.vmfs, *self.nfs])))
+        )
 
     # lock arbitration
 

@@ -54,6 +54,9 @@ class Compose:
     def container(self, service: str) -> str:
         return f"{self.project}_{service}_1"
 
+    def network(self, name: str) -> str:
+        return f"{self.project}_{name}"
+
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
 

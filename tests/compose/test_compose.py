@@ -7,6 +7,7 @@ its volumes at the end. The container kill runs last: it leaves esxi-02 down.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -48,6 +49,58 @@ async def test_a_vm_runs_with_its_disk_on_the_array(client, wait_until):
         return (await client.vm("c-web")).guest_writes_acked >= 20
 
     assert await wait_until(acked, 30)
+
+
+async def test_a_host_cut_from_storage_loses_access_within_16_s(compose, client, wait_until):
+    """docker network disconnect storage esxi-03: its VMFS heartbeats fail, and it
+    marks the volume lost-access within the 16 s a heartbeat may go unrenewed."""
+    compose.docker(
+        "network", "disconnect", compose.network("storage"), compose.container("esxi-03")
+    )
+    cut = time.monotonic()
+
+    async def lost():
+        datastores = {d.name: d for d in await client.datastores()}
+        mounts = {m.host: m.accessible for m in datastores["vmfs-01"].mounts}
+        return mounts.get("esxi-03") is False
+
+    assert await wait_until(lost, 30)
+    assert time.monotonic() - cut <= 16 + 4  # + one vCenter round trip and a poll
+    hosts = {h.name: h.connection_state for h in await client.hosts()}
+    assert hosts["esxi-03"] == CONNECTED  # its management network is fine
+
+
+async def test_a_host_cut_from_management_keeps_its_datastore_heartbeats(
+    compose, client, wait_until
+):
+    """docker network disconnect management esxi-04: vCenter loses it, but its VM's
+    disk lock stays live as another host sees it (the basis of HA's isolation
+    detection: datastore heartbeats go on)."""
+    await client.run(
+        await client.create_vm(
+            "c-iso", memory_mb=256, host="esxi-04", datastore="vmfs-01", disk_mb=16
+        )
+    )
+    await client.run(await client.power_on("c-iso"))
+    compose.docker(
+        "network", "disconnect", compose.network("management"), compose.container("esxi-04")
+    )
+    cut = time.monotonic()
+
+    async def not_responding():
+        hosts = {h.name: h.connection_state for h in await client.hosts()}
+        return hosts["esxi-04"] == NOT_RESPONDING
+
+    assert await wait_until(not_responding, 40)
+    while time.monotonic() - cut < 20:  # past the 16 s a dead host's heartbeat takes
+        await asyncio.sleep(1)
+    lock = await client.lock_owner("vmfs-01", "c-iso/c-iso-flat.vmdk")
+    assert lock.observed_by != "esxi-04"
+    (holder,) = lock.holders
+    assert holder.host == "esxi-04" and holder.live
+    assert holder.seconds_since_heartbeat_change < 16
+    with pytest.raises(FileLocked):
+        await client.break_stale_lock("vmfs-01", "c-iso/c-iso-flat.vmdk")
 
 
 async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
