@@ -56,7 +56,8 @@ DROP_HOST_UNREACHABLE = "host_unreachable"
 """Delivered to a port whose host is not running (no network core in `Network`)."""
 
 
-def _vlans(value: Iterable[int]) -> frozenset[int]:
+def vlan_set(value: Iterable[int]) -> frozenset[int]:
+    """The VLAN ids a trunk carries; InvalidArgument for any outside 0-4094."""
     try:
         vlans = frozenset(value)
     except TypeError:
@@ -146,7 +147,7 @@ def _configured(
             )
         validate.int_range(access_vlan, 0, VLAN_VST_MAX, "access_vlan")
         return SwitchPort(host, uplink, frozenset(), access_vlan, enabled)
-    return SwitchPort(host, uplink, ALL_VLANS if vlans is None else _vlans(vlans), None, enabled)
+    return SwitchPort(host, uplink, ALL_VLANS if vlans is None else vlan_set(vlans), None, enabled)
 
 
 class PhysicalSwitch:

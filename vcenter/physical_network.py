@@ -35,6 +35,7 @@ from vsim.cluster.physical_switch import (
     DROP_HOST_UNREACHABLE,
     FabricDrop,
     PhysicalSwitch,
+    vlan_set,
 )
 from vsim.faults import (
     HostConnectFault,
@@ -46,7 +47,7 @@ from vsim.faults import (
     RequestTimeout,
 )
 from vsim.host import kernel_messages
-from vsim.host.ethernet_frame import VLAN_VST_MAX, Frame, unicast_mac, uplink_name
+from vsim.host.ethernet_frame import Frame, unicast_mac, uplink_name
 from vsim.host.kernel import PHYSICAL_NICS
 from vsim.host.kernel_messages import frame_to_proto
 from vsim.host.vswitch import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
@@ -56,9 +57,8 @@ from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import HostManager
 from vsim.vcenter.inventory import Inventory
-from vsim.vcenter.virtual_nic import find_nic
+from vsim.vcenter.virtual_nic import DEFAULT_NIC, find_nic
 
-DEFAULT_NIC = "ethernet0"
 MAX_FRAME_PAYLOAD = 9000
 """Bytes: the largest MTU a standard vSwitch takes (jumbo frames)."""
 UNREACHABLE = (HostNotConnected, HostConnectFault, RequestTimeout)
@@ -78,15 +78,6 @@ def frame_from_proto(frame: kpb.Frame) -> Frame:
             f"payload is {len(frame.payload)} bytes; a frame carries at most {MAX_FRAME_PAYLOAD}"
         )
     return kernel_messages.frame_from_proto(frame)
-
-
-def _trunk_vlans(vlans: list[int]) -> list[int]:
-    for vlan in vlans:
-        if not 0 <= vlan <= VLAN_VST_MAX:
-            raise InvalidArgument(
-                f"a trunk carries VLANs 0-{VLAN_VST_MAX} (0 = native, untagged), not {vlan}"
-            )
-    return sorted(set(vlans))
 
 
 class PhysicalNetwork:
@@ -110,7 +101,7 @@ class PhysicalNetwork:
         row = kpb.PhysicalPort(
             host=port.host,
             uplink=port.uplink,
-            vlans=_trunk_vlans(list(port.vlans)),
+            vlans=sorted(vlan_set(port.vlans)),
             disabled=port.disabled,
         )
         with self._inventory.transaction():
@@ -152,7 +143,7 @@ class PhysicalNetwork:
     # SendTestFrame
 
     async def send_test_frame(self, request: pb.SendTestFrameRequest) -> kpb.FrameTrace:
-        vm = self._vm(request.vm)
+        vm = self._inventory.require_vm(request.vm)
         if vm.power_state != pb.POWER_STATE_POWERED_ON:
             raise InvalidPowerState(f"{vm.name} is powered off; power it on to send frames")
         self._hosts.connected(vm.host)
@@ -169,9 +160,6 @@ class PhysicalNetwork:
         for out in first.sent:
             await self._across_switch(vm.host, out.uplink, out.frame, trace)
         return trace
-
-    def _vm(self, name: str) -> pb.Vm:
-        return self._inventory.require_vm(name)
 
     async def _effective_mac(self, vm: pb.Vm, nic: kpb.VmNic) -> str:
         """The MAC the guest uses on the adapter now (its host knows; the configured
@@ -191,7 +179,7 @@ class PhysicalNetwork:
         if request.dst_vm:
             if frame.dst_mac:
                 raise InvalidArgument("give dst_vm or the frame's dst_mac, not both")
-            dst = self._vm(request.dst_vm)
+            dst = self._inventory.require_vm(request.dst_vm)
             if not dst.nics:
                 raise InvalidState(f"{dst.name} has no network adapter to send to")
             frame.dst_mac = dst.nics[0].mac
@@ -208,7 +196,7 @@ class PhysicalNetwork:
         back to the configured MAC). Checked before the host is asked: a unicast MAC,
         a VM that runs, an adapter it has."""
         mac = unicast_mac(request.mac, "mac") if request.mac else ""
-        vm = self._vm(request.vm)
+        vm = self._inventory.require_vm(request.vm)
         nic = find_nic(vm.nics, vm.name, request.nic or DEFAULT_NIC)
         if vm.power_state != pb.POWER_STATE_POWERED_ON:
             raise InvalidPowerState(

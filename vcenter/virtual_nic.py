@@ -25,6 +25,9 @@ from vsim.host.kernel_messages import firewall_from_proto, firewall_to_proto
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.vcenter.inventory import Inventory
 
+DEFAULT_NIC = "ethernet0"
+"""The adapter a request means when it names none."""
+
 MAX_NICS_PER_VM = 10
 """Virtual NICs per VM (vSphere configuration maximums): ethernet0..ethernet9."""
 NIC_NAMES = tuple(f"ethernet{i}" for i in range(MAX_NICS_PER_VM))

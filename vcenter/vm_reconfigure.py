@@ -26,6 +26,7 @@ from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.network_system import NetworkSystem
 from vsim.vcenter.tasks import TaskManager
 from vsim.vcenter.virtual_nic import (
+    DEFAULT_NIC,
     MacPool,
     checked_nics,
     find_nic,
@@ -35,7 +36,6 @@ from vsim.vcenter.virtual_nic import (
 from vsim.vcenter.vm_resources import checked_resources
 
 ON = pb.POWER_STATE_POWERED_ON
-DEFAULT_NIC = "ethernet0"
 TASK = "ReconfigVM_Task"
 
 

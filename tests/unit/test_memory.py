@@ -170,7 +170,6 @@ def test_overcommit_reclaims_in_balloon_compress_swap_order(tmp_path):
         model[name][booted] = m.read(name, booted)
     rng = np.random.default_rng(5)
     history: list[str] = []
-    states: list[MemoryState] = []
     reserved = m.reclaimer.vms["vm-1"]
     touched = 256 * PAGES_PER_MB
     for step in range(8):
@@ -180,7 +179,7 @@ def test_overcommit_reclaims_in_balloon_compress_swap_order(tmp_path):
             m.write(name, ppns, content)
             model[name][ppns] = content
         clock._now += 1.0
-        states.append(m.tick())
+        m.tick()
         for vm in m.reclaimer.vms.values():
             history += [what for what, _ in vm.log]
             vm.log.clear()
