@@ -485,6 +485,11 @@ class HostKernel:
         vm = self._vms[name] = replace(self._vms[name], resources=resources, nics=tuple(nics))
         return vm
 
+    def _set_cpu_demand(self, vm: VmConfig, resources: VmResources) -> None:
+        """What the simulated guest keeps busy: its load share of its vCPUs."""
+        load = vm.cpus * self.spec.cpu_mhz * resources.cpu_load_pct / 100
+        self.cpu.set_demand(vm.name, load)
+
     def _apply_resources(self, vm: VmConfig, resources: VmResources) -> None:
         """A running VM's new allocations and pool in both trees, all or nothing: on a
         refusal the steps taken are undone in reverse (each undo returns to a state
@@ -498,6 +503,7 @@ class HostKernel:
             for back in reversed(undo):
                 back()
             raise
+        self._set_cpu_demand(vm, resources)
 
     def _resource_steps(self, vm: VmConfig, new: VmResources) -> tuple:
         """(do, undo) pairs. Per tree, a reservation going down is lowered before the
@@ -569,6 +575,7 @@ class HostKernel:
             r = vm.resources
             self.cpu.power_on(name, vm.cpus, r.cpu_allocation(vm.cpus), r.pool)
             undo.append(lambda: self.cpu.power_off(name))
+            self._set_cpu_demand(vm, r)
             self.memory.power_on(
                 name, vm.uuid, vm.memory_mb, vm.guest_os, r.memory, r.workload, r.pool
             )
@@ -633,12 +640,7 @@ class HostKernel:
         elapsed, self._last_tick = min(MAX_PERIOD, now - self._last_tick), now
         if elapsed <= 0:
             return
-        demand = [0.0] * len(self.cpu.vms())
-        for i, name in enumerate(self.cpu.vms()):
-            vm = self._vms[name]
-            demand[i] = vm.cpus * self.spec.cpu_mhz * vm.resources.cpu_load_pct / 100
-        self.cpu.set_demands(demand)
-        self.cpu.tick(elapsed)
+        self.cpu.tick(elapsed)  # at the demands set at power-on and reconfigure
         self.memory.tick()
 
 

@@ -360,3 +360,14 @@ async def test_a_refused_directpath_change_changes_nothing(hosts):
     with pytest.raises(ResourceInUse):
         await a("RegisterVm", hpb.RegisterVmRequest(vm=with_pci(vm_message("vm4"), gpu)))
     assert a.hostd.kernel.vm_count() == 1
+
+
+async def test_the_guests_cpu_load_follows_a_reconfigure(hosts):
+    a, _, clock = hosts
+    await a.register("job", cpus=2)
+    await a.power_on("job")
+    busier = vm_message("job", cpus=2, cpu_load_pct=50)
+    await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=busier))
+    await clock.advance(2)
+    stats = await a("GetVmStats", hpb.HostVmRequest(name="job"))
+    assert stats.cpu.demand == 2 * 2000 * 0.5
