@@ -82,6 +82,7 @@ def vm_to_proto(vm: VmConfig, vmx: VmxProcess | None = None) -> pb.HostVm:
         ],
         guest_write_iops=vm.guest_write_iops,
         guest_writes_acked=vmx.acked_seq if vmx else 0,
+        guest_write_retries=vmx.write_retries if vmx else 0,
         disks_open=bool(vmx and vmx.disks),
         resources=resources_to_proto(vm.resources),
         nics=[nic_to_proto(n) for n in vm.nics],

@@ -178,10 +178,7 @@ class NfsFile:
             raise InvalidState(f"{self.path} is open read-only")
         manager = self.fs.manager
         name = manager.lock_name(self.fileid, LOCK_TYPES[self.mode])
-        if (self.directory, name) in manager.lost:
-            raise CannotAccessFile(
-                f"this host lost the lock on {self.path}: its lock file was broken by another"
-            )
+        manager.check_held((self.directory, name), self.path)
 
     async def read(self, offset: int, count: int) -> bytes:
         self._check()

@@ -43,6 +43,9 @@ LOCK_UPDATE_TIMEOUT = 5.0
 """NFS.LockUpdateTimeout (seconds)."""
 STALE_AFTER = DISK_FILE_LOCK_UPDATE_FREQ * LOCK_RENEW_MAX_FAILURE_NUMBER + LOCK_UPDATE_TIMEOUT
 """35 s without a change: the lock is stale."""
+GIVE_UP_AFTER = STALE_AFTER - DISK_FILE_LOCK_UPDATE_FREQ
+"""25 s since its last renewal: a holder gives its lock up, one renewal interval
+before any other host may find it stale."""
 
 RECORD = struct.Struct("<4sHH16sQdI40s")
 RECORD_SIZE = RECORD.size
@@ -326,8 +329,22 @@ class NfsLockManager:
         """A renewal that did not happen. Before others may find the lock stale
         (STALE_AFTER), with one renewal interval to spare, this host gives it up."""
         self.stats["renewal_failures"] += 1
-        if self.clock.now() - held.renewed >= STALE_AFTER - DISK_FILE_LOCK_UPDATE_FREQ:
+        if self.clock.now() - held.renewed >= GIVE_UP_AFTER:
             self._drop(key)
+
+    def check_held(self, key: tuple[str, str], path: str) -> None:
+        """Raises CannotAccessFile unless I/O under this lock is still safe: it is not
+        lost, and was renewed within GIVE_UP_AFTER. Checked at every I/O, not only at
+        renewals, so a path that comes back between two renewals cannot carry a write
+        past the point where another host may break the lock."""
+        held = self.held.get(key)
+        if held is not None and self.clock.now() - held.renewed >= GIVE_UP_AFTER:
+            self._drop(key)
+        if key in self.lost:
+            raise CannotAccessFile(
+                f"this host lost the lock on {path}: its lock file was broken by another "
+                f"host, or not renewed for {GIVE_UP_AFTER:.0f} s"
+            )
 
     def _drop(self, key: tuple[str, str]) -> None:
         self.held.pop(key, None)

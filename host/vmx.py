@@ -39,6 +39,12 @@ from vsim.storage.vmfs_format import SECTOR, LockMode
 
 log = logging.getLogger(__name__)
 
+APD_TIMEOUT = 140.0
+"""Misc.APDTimeout: seconds a host keeps retrying a VM's I/O to a datastore whose
+paths are all down before it fails the I/O back to the guest."""
+RETRY_BACKOFF = (0.1, 5.0)
+"""Seconds: the first wait before a failed guest write is retried, and the most."""
+
 GUEST_BLOCK = 4096
 GUEST_AREA_BLOCKS = 256
 """The guest's write area: 256 blocks (1 MiB) at the start of its first disk."""
@@ -147,6 +153,7 @@ class VmxProcess:
         self.guest_write_iops = guest_write_iops
         self.disks: list[VirtualDisk] = []
         self.acked_seq = 0
+        self.write_retries = 0
         self._guest: asyncio.Task | None = None
         self._next_seq = 1
         self._stopping = False
@@ -183,23 +190,42 @@ class VmxProcess:
         self._next_seq = max(self._next_seq, found.highest_seq + 1)
         self.acked_seq = max(self.acked_seq, found.highest_seq)
         interval = 1.0 / self.guest_write_iops
+        failing_since: float | None = None
+        backoff = RETRY_BACKOFF[0]
         while not self._stopping:
             seq = self._next_seq
             block = (seq - 1) % blocks
             data = guest_block(self.vm_uuid, seq, block)
             lba = block * (GUEST_BLOCK // SECTOR)
             self._writing = True
+            failure: VimFault | None = None
             try:
                 await self.scheduler.submit(
                     target, self.name, lambda lba=lba, data=data: disk.write(lba, data)
                 )
             except VimFault as e:
-                # The datastore is gone (lost access, lock broken): a real guest would
-                # see I/O errors and retry; this one stops writing.
-                log.warning("%s: the guest stops writing to its disk: %s", self.name, e)
-                return
+                failure = e
             finally:
                 self._writing = False
+            if failure is not None:
+                # Paths down (the array restarting, a cut link): the same write is
+                # retried, unacknowledged, as ESXi retries I/O until the APD timeout.
+                # A volume lost or a lock broken fails every retry without I/O, so no
+                # retry can land under another host's lock.
+                now = self.clock.now()
+                if failing_since is None:
+                    failing_since = now
+                    log.warning("%s: guest write %d failed, retrying: %s", self.name, seq, failure)
+                if now - failing_since >= APD_TIMEOUT:
+                    log.warning("%s: the guest stops writing to its disk: %s", self.name, failure)
+                    return
+                self.write_retries += 1
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF[1])
+                continue
+            if failing_since is not None:
+                log.warning("%s: guest writes resumed", self.name)
+                failing_since, backoff = None, RETRY_BACKOFF[0]
             self.acked_seq = seq
             self._next_seq = seq + 1
             await self.clock.sleep(interval)

@@ -285,6 +285,7 @@ class VmManager:
             for running in reply.vms:
                 if running.name == name:
                     vm.guest_writes_acked = running.guest_writes_acked
+                    vm.guest_write_retries = running.guest_write_retries
         return vm
 
     async def hand_off_disks(self, name: str, destination: str) -> None:

@@ -31,6 +31,7 @@ from vsim.host.datastore_files import MAX_NAME, FileInfo
 from vsim.host.nfs_files import NfsFileSystem
 from vsim.host.nfs_lock import (
     DISK_FILE_LOCK_UPDATE_FREQ,
+    GIVE_UP_AFTER,
     READ_ONLY,
     RECORD_SIZE,
     STALE_AFTER,
@@ -475,8 +476,11 @@ async def test_a_holder_whose_stale_lock_was_broken_gets_no_more_io(tmp_path):
     await f.write(0, b"from a")
     with pytest.raises(FileLocked):
         await b.open("vm.vmdk")  # b starts watching a's lock file
-    await clock.advance(STALE_AFTER - 1)
+    await clock.advance(GIVE_UP_AFTER - 1)
     await f.write(0, b"still a")  # a stalls: it renews no more, but may still write
+    await clock.advance(STALE_AFTER - GIVE_UP_AFTER)
+    with pytest.raises(CannotAccessFile):
+        await f.write(0, b"stale a")  # 25 s unrenewed: a gave up before b may break it
     with pytest.raises(FileLocked):
         await b.open("vm.vmdk")
     await clock.advance(1)

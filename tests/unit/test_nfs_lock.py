@@ -9,9 +9,10 @@ import uuid
 import pytest
 
 from vsim.clock import SimClock
-from vsim.faults import FileLocked
+from vsim.faults import CannotAccessFile, FileLocked
 from vsim.host.nfs_lock import (
     DISK_FILE_LOCK_UPDATE_FREQ,
+    GIVE_UP_AFTER,
     RECORD_SIZE,
     STALE_AFTER,
     ExportClient,
@@ -142,6 +143,22 @@ async def test_a_host_that_cannot_renew_gives_its_lock_up_before_others_may_brea
     await clock.advance(DISK_FILE_LOCK_UPDATE_FREQ / 2)
     await a.renew()  # 25 s without a renewal: given up, 10 s before it could be broken
     assert not a.held and ("", lock_file_name(8)) in a.lost
+
+
+async def test_io_under_a_lock_unrenewed_for_25_s_is_refused_even_between_renewals(tmp_path):
+    """A path that comes back between two renewals must not carry a write past the
+    point where another host may break the lock: every I/O checks the renewal age."""
+    clock = SimClock()
+    _, (a,) = managers(tmp_path, 1, clock)
+    await a.lock("", 8, "vm.vmdk")
+    key = ("", lock_file_name(8))
+    await clock.advance(GIVE_UP_AFTER - 0.5)
+    a.check_held(key, "vm.vmdk")  # still ours: no renewal was due to fail yet
+    await clock.advance(0.5)
+    with pytest.raises(CannotAccessFile, match="not renewed for 25 s"):
+        a.check_held(key, "vm.vmdk")
+    assert not a.held and key in a.lost
+    assert GIVE_UP_AFTER + DISK_FILE_LOCK_UPDATE_FREQ == STALE_AFTER
 
 
 async def test_the_same_host_cannot_lock_a_file_twice(tmp_path):

@@ -62,6 +62,9 @@ ZERO = bytes(BLOCK)
 class MemoryDisk:
     """An in-memory disk of whole sectors, as strict about its bounds as a VMDK."""
 
+    path = "memory.vmdk"
+    has_parent = False
+
     def __init__(self, sectors: int) -> None:
         self.sectors = sectors
         self.blocks: dict[int, bytes] = {}
