@@ -63,6 +63,20 @@ class Compose:
     def read(self, service: str, path: str) -> str:
         return self.docker("exec", self.container(service), "cat", path).stdout
 
+    def wait_healthy(self, service: str, timeout: float = UP_TIMEOUT) -> None:
+        """Waits for the service's health check to pass; fails with the stack's logs."""
+        deadline = time.monotonic() + timeout
+        while (
+            "healthy"
+            != self.docker(
+                "inspect", "-f", "{{.State.Health.Status}}", self.container(service), check=False
+            ).stdout.strip()
+        ):
+            if time.monotonic() > deadline:
+                logs = self.run("logs", "--tail=50", check=False).stdout
+                pytest.fail(f"{service} was not healthy within {timeout:.0f} s:\n{logs}")
+            time.sleep(1)
+
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -86,17 +100,7 @@ def compose() -> Compose:
     stack = Compose(f"vsimtest{os.getpid()}", free_port())
     try:
         stack.run("up", "-d")
-        deadline = time.monotonic() + UP_TIMEOUT
-        while (
-            "healthy"
-            not in stack.docker(
-                "inspect", "-f", "{{.State.Health.Status}}", stack.container("vcenter"), check=False
-            ).stdout
-        ):
-            if time.monotonic() > deadline:
-                logs = stack.run("logs", "--tail=50", check=False).stdout
-                pytest.fail(f"vCenter was not healthy within {UP_TIMEOUT:.0f} s:\n{logs}")
-            time.sleep(1)
+        stack.wait_healthy("vcenter")
         yield stack
     finally:
         stack.run("down", "-v", "--remove-orphans", check=False)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from vsim.cluster.client import VCenterClient
 from vsim.faults import FileLocked
 from vsim.v1 import vcenter_pb2 as pb
 
@@ -49,6 +50,43 @@ async def test_a_vm_runs_with_its_disk_on_the_array(client, wait_until):
         return (await client.vm("c-web")).guest_writes_acked >= 20
 
     assert await wait_until(acked, 30)
+
+
+async def test_a_vcenter_restart_keeps_its_state_and_reattaches_the_running_hosts(
+    compose, client, wait_until
+):
+    """docker restart vcenter: the hosts and their VMs run on (the Ray head has a
+    container of its own); the restarted vCenter presents the same certificate,
+    honours a session from before, keeps inventory and task history, and re-attaches
+    to the same host actors, whose guests never stopped writing."""
+    vms = {v.name: (v.host, v.power_state) for v in await client.vms()}
+    tasks = await client.tasks()  # newest first; finished tasks never change
+    endpoints = {h.name: h.endpoint for h in await client.hosts()}
+    assert vms["c-web"] == ("esxi-02", pb.POWER_STATE_POWERED_ON)
+    acked = (await client.vm("c-web")).guest_writes_acked
+    compose.docker("restart", compose.container("vcenter"))
+    compose.wait_healthy("vcenter")
+    # The pinned thumbprint and the old session: `vsim` on this machine works unchanged.
+    again = await VCenterClient.connect(compose.endpoint, client.thumbprint, client.session)
+    try:
+
+        async def reattached():
+            hosts = await again.hosts()
+            return all(h.connection_state == CONNECTED for h in hosts) and hosts
+
+        hosts = await wait_until(reattached, 60)
+        assert hosts, "the hosts did not re-attach within 60 s"
+        assert {h.name: h.endpoint for h in hosts} == endpoints  # the same actors
+        assert {v.name: (v.host, v.power_state) for v in await again.vms()} == vms
+        assert (await again.tasks())[-len(tasks) :] == tasks
+        events = [e.type for e in await again.events()]
+        assert events.count("VcenterStartedEvent") == 2
+        # A host that had rebooted would have its VMs off: c-web's guest wrote on.
+        assert (await again.vm("c-web")).guest_writes_acked > acked
+        report = await again.verify_disk("c-web", acked)
+        assert (report.corrupt, report.missing) == (0, 0)
+    finally:
+        await again.close()
 
 
 async def test_a_host_cut_from_storage_loses_access_within_16_s(compose, client, wait_until):
@@ -105,7 +143,8 @@ async def test_a_host_cut_from_management_keeps_its_datastore_heartbeats(
 
 async def test_acknowledged_writes_survive_an_array_restart(compose, client, wait_until):
     """docker restart array (its data on a volume): every guest write acknowledged
-    before the restart reads back intact."""
+    before the restart reads back intact, and the guest, whose writes were retried
+    while the array was away, writes on."""
     await client.run(
         await client.create_vm(
             "c-db", memory_mb=256, host="esxi-01", datastore="nfs-01", disk_mb=16,
@@ -131,6 +170,11 @@ async def test_acknowledged_writes_survive_an_array_restart(compose, client, wai
     assert report is not None, "the VM's disk could not be read after the array restart"
     assert report.corrupt == 0 and report.missing == 0
     assert report.highest_seq >= before
+
+    async def writing_again():
+        return (await client.vm("c-db")).guest_writes_acked >= report.highest_seq + 20
+
+    assert await wait_until(writing_again, 30), "the guest did not resume writing"
 
 
 async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
