@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from compose_v2 import compose_v2
 
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.image import ensure_image
@@ -40,19 +41,24 @@ def free_port() -> int:
 
 
 class Compose:
+    """The stack under one project name, driven by Debian's docker-compose 1.29, or by
+    Compose v2 with VSIM_COMPOSE=v2 (which names containers project-service-1)."""
+
     def __init__(self, project: str, port: int) -> None:
         self.project = project
         self.port = port
         self.env = {**os.environ, "VSIM_VCENTER_PORT": str(port)}
+        self.v2 = os.environ.get("VSIM_COMPOSE") == "v2"
+        self.tool = str(compose_v2()) if self.v2 else "docker-compose"
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        argv = ["docker-compose", "-p", self.project, "-f", str(REPO / "docker-compose.yml")]
+        argv = [self.tool, "-p", self.project, "-f", str(REPO / "docker-compose.yml")]
         return subprocess.run(
             [*argv, *args], env=self.env, capture_output=True, text=True, check=check
         )
 
     def container(self, service: str) -> str:
-        return f"{self.project}_{service}_1"
+        return f"{self.project}-{service}-1" if self.v2 else f"{self.project}_{service}_1"
 
     def network(self, name: str) -> str:
         return f"{self.project}_{name}"
@@ -89,13 +95,22 @@ class Compose:
         return client
 
 
-@pytest.fixture(scope="session")
-def compose() -> Compose:
-    reason = docker_answers()
+def unless(reason: str) -> None:
+    """Skips for reason (if any), or fails where Docker is required."""
     if reason:
         if os.environ.get("VSIM_REQUIRE_DOCKER") == "1":
             pytest.fail(f"VSIM_REQUIRE_DOCKER=1 but {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_tools() -> None:
+    unless("" if shutil.which("docker-compose") else "docker-compose is not installed")
+
+
+@pytest.fixture(scope="session")
+def compose() -> Compose:
+    unless(docker_answers())
     ensure_image()
     stack = Compose(f"vsimtest{os.getpid()}", free_port())
     try:
