@@ -8,6 +8,7 @@ VSIM_REQUIRE_DOCKER=1 (as .ci/run sets) that is a failure instead.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import shutil
 import socket
@@ -34,6 +35,37 @@ def docker_answers() -> str:
     return "" if info.returncode == 0 else f"no Docker engine answers: {info.stderr.strip()[:200]}"
 
 
+def free_net() -> str:
+    """A 10.x prefix whose /16 no Docker network and no local address uses, for the
+    stack's three /24s: a user's own stack on the default 172.30 may be running."""
+    used = []
+    for net in subprocess.run(
+        ["docker", "network", "ls", "-q"], capture_output=True, text=True
+    ).stdout.split():
+        subnets = subprocess.run(
+            [
+                "docker",
+                "network",
+                "inspect",
+                "-f",
+                "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+                net,
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        used += [ipaddress.ip_network(s, strict=False) for s in subnets if ":" not in s]
+    for line in subprocess.run(
+        ["ip", "-o", "-4", "addr"], capture_output=True, text=True
+    ).stdout.splitlines():
+        used.append(ipaddress.ip_interface(line.split()[3]).network)
+    for b in range(200, 255):
+        candidate = ipaddress.ip_network(f"10.{b}.0.0/16")
+        if not any(candidate.overlaps(u) for u in used):
+            return f"10.{b}"
+    raise RuntimeError("no free 10.200-254.0.0/16 for the test stack's networks")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,10 +76,12 @@ class Compose:
     """The stack under one project name, driven by Debian's docker-compose 1.29, or by
     Compose v2 with VSIM_COMPOSE=v2 (which names containers project-service-1)."""
 
-    def __init__(self, project: str, port: int) -> None:
+    def __init__(self, project: str, port: int, net: str) -> None:
         self.project = project
         self.port = port
-        self.env = {**os.environ, "VSIM_VCENTER_PORT": str(port)}
+        self.net = net
+        """The networks' prefix: management is {net}.1.0/24, storage .2, vMotion .3."""
+        self.env = {**os.environ, "VSIM_VCENTER_PORT": str(port), "VSIM_NET": net}
         self.v2 = os.environ.get("VSIM_COMPOSE") == "v2"
         self.tool = str(compose_v2()) if self.v2 else "docker-compose"
 
@@ -112,7 +146,7 @@ def docker_tools() -> None:
 def compose() -> Compose:
     unless(docker_answers())
     ensure_image()
-    stack = Compose(f"vsimtest{os.getpid()}", free_port())
+    stack = Compose(f"vsimtest{os.getpid()}", free_port(), free_net())
     try:
         stack.run("up", "-d")
         stack.wait_healthy("vcenter")

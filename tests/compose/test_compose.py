@@ -24,12 +24,12 @@ CONNECTED, NOT_RESPONDING = (
 HOSTS = ["esxi-01", "esxi-02", "esxi-03", "esxi-04"]
 
 
-async def test_every_host_runs_in_its_own_container_on_the_management_network(client):
+async def test_every_host_runs_in_its_own_container_on_the_management_network(compose, client):
     hosts = {h.name: h for h in await client.hosts()}
     assert sorted(hosts) == HOSTS
     for i, name in enumerate(HOSTS, start=1):
         assert hosts[name].connection_state == CONNECTED
-        assert hosts[name].endpoint.startswith(f"172.30.1.1{i}:")
+        assert hosts[name].endpoint.startswith(f"{compose.net}.1.1{i}:")
     datastores = {d.name: d for d in await client.datastores()}
     for name in ("vmfs-01", "nfs-01"):
         assert sorted(m.host for m in datastores[name].mounts if m.accessible) == HOSTS

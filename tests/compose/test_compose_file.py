@@ -51,6 +51,7 @@ def layout(config: dict) -> dict:
             {dep: cond["condition"] for dep, cond in s.get("depends_on", {}).items()},
             ports(s),
             size_bytes(s.get("shm_size", "0")),
+            s.get("restart"),
         )
         for name, s in config["services"].items()
     }
@@ -72,3 +73,4 @@ def test_compose_v1_and_v2_read_the_same_cluster(docker_tools):
             "vmotion": f"172.30.3.1{i}",
         }
     assert set(v1["array"][0]) == {"storage"}  # a host reaches the array only there
+    assert {s[4] for s in v1.values()} == {"on-failure"}  # docker kill still stops one
