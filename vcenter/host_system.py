@@ -407,40 +407,59 @@ class HostManager:
             vm.resources.resource_pool = pool
             self._inventory.set_vm_config(vm)
 
-    async def heartbeat_once(self) -> None:
-        """One round: each connected host answers an authenticated call in time or is
-        marked not responding; a host that answers again is re-attached; vpxuser's
+    async def heartbeat(self, name: str) -> None:
+        """One host's check: a connected host answers an authenticated call in time or
+        is marked not responding; a host that answers again is re-attached; vpxuser's
         password is rotated where due."""
-
-        async def check(record: HostRecord) -> None:
-            name = record.name
-            if record.connection_state != CONNECTED or name not in self._links:
-                if await self._engine.is_running(name):
-                    await self.attach(name, boot=False)
-                return
+        record = self._inventory.host(name)
+        if record is None:  # removed meanwhile
+            return
+        if record.connection_state != CONNECTED or name not in self._links:
+            if await self._engine.is_running(name):
+                await self.attach(name, boot=False)
+            return
+        try:
+            request = hpb.GetHostInfoRequest()
+            await asyncio.wait_for(self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT)
+        except (VimFault, TimeoutError) as exc:
+            log.warning("%s failed its heartbeat: %s", name, exc)
+            self._mark_not_responding(name)
+            return
+        if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
             try:
-                request = hpb.GetHostInfoRequest()
-                await asyncio.wait_for(self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT)
-            except (VimFault, TimeoutError) as exc:
-                log.warning("%s failed its heartbeat: %s", name, exc)
-                self._mark_not_responding(name)
-                return
-            if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
-                try:
-                    await self.rotate_vpxuser(name)
-                except VimFault as fault:
-                    log.warning("rotating vpxuser's password on %s failed: %s", name, fault)
+                await self.rotate_vpxuser(name)
+            except VimFault as fault:
+                log.warning("rotating vpxuser's password on %s failed: %s", name, fault)
 
-        await asyncio.gather(*(check(h) for h in self._inventory.hosts()))
+    async def heartbeat_once(self) -> None:
+        """One round: every host checked, together."""
+        await asyncio.gather(*(self.heartbeat(h.name) for h in self._inventory.hosts()))
 
     async def monitor(self) -> None:
-        """Checks every host each HEARTBEAT_INTERVAL simulated seconds, forever."""
-        while True:
-            await self._clock.sleep(HEARTBEAT_INTERVAL)
-            try:
-                await self.heartbeat_once()
-            except Exception:  # noqa: BLE001 - the monitor must outlive one bad round
-                log.exception("host heartbeat round failed")
+        """Checks every host each HEARTBEAT_INTERVAL simulated seconds, forever. Each
+        host on its own: one whose check is slow (an unreachable host's boot or reattach
+        can take many seconds) only skips its own next checks, so a host that dies is
+        still found within HEARTBEAT_INTERVAL + HEARTBEAT_TIMEOUT, inside HA's 15 s."""
+        checks: dict[str, asyncio.Task] = {}
+        try:
+            while True:
+                await self._clock.sleep(HEARTBEAT_INTERVAL)
+                for record in self._inventory.hosts():
+                    running = checks.get(record.name)
+                    if running is None or running.done():
+                        checks[record.name] = asyncio.get_running_loop().create_task(
+                            self._logged_heartbeat(record.name)
+                        )
+        finally:
+            for task in checks.values():
+                task.cancel()
+            await asyncio.gather(*checks.values(), return_exceptions=True)
+
+    async def _logged_heartbeat(self, name: str) -> None:
+        try:
+            await self.heartbeat(name)
+        except Exception:  # noqa: BLE001 - the monitor must outlive one bad check
+            log.exception("heartbeat of %s failed", name)
 
     async def close(self) -> None:
         links, self._links = self._links, {}

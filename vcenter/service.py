@@ -171,6 +171,8 @@ class VCenter:
         """Stops this vCenter; the hosts keep running."""
         if self._monitor is not None:
             self._monitor.cancel()
+            # Its host checks end before the links and the inventory close under them.
+            await asyncio.gather(self._monitor, return_exceptions=True)
             self._monitor = None
         await self.tasks.drain()
         await self.hosts.close()

@@ -22,6 +22,20 @@ CONNECTED, NOT_RESPONDING = (
     pb.CONNECTION_STATE_NOT_RESPONDING,
 )
 HOSTS = ["esxi-01", "esxi-02", "esxi-03", "esxi-04"]
+HA_DETECTION = 18.0
+"""Seconds in which HA declares a silent host dead when it has heartbeat datastores:
+vCenter must call it not responding within that (+ one poll of ours)."""
+POLL_SLACK = 2.0
+
+
+async def running_vm(client, name: str, host: str, datastore: str, iops: int = 50) -> None:
+    """A powered-on VM with a 16 MB disk on datastore whose guest writes iops a second."""
+    await client.run(
+        await client.create_vm(
+            name, memory_mb=256, host=host, datastore=datastore, disk_mb=16, guest_write_iops=iops
+        )
+    )
+    await client.run(await client.power_on(name))
 
 
 async def test_every_host_runs_in_its_own_container_on_the_management_network(compose, client):
@@ -36,13 +50,7 @@ async def test_every_host_runs_in_its_own_container_on_the_management_network(co
 
 
 async def test_a_vm_runs_with_its_disk_on_the_array(client, wait_until):
-    await client.run(
-        await client.create_vm(
-            "c-web", memory_mb=256, host="esxi-02", datastore="vmfs-01", disk_mb=16,
-            guest_write_iops=50,
-        )
-    )  # fmt: skip
-    await client.run(await client.power_on("c-web"))
+    await running_vm(client, "c-web", "esxi-02", "vmfs-01")
     lock = await client.lock_owner("vmfs-01", "c-web/c-web-flat.vmdk")
     assert lock.mode == "EXCLUSIVE" and [h.host for h in lock.holders] == ["esxi-02"]
 
@@ -114,12 +122,7 @@ async def test_a_host_cut_from_management_keeps_its_datastore_heartbeats(
     """docker network disconnect management esxi-04: vCenter loses it, but its VM's
     disk lock stays live as another host sees it (the basis of HA's isolation
     detection: datastore heartbeats go on)."""
-    await client.run(
-        await client.create_vm(
-            "c-iso", memory_mb=256, host="esxi-04", datastore="vmfs-01", disk_mb=16
-        )
-    )
-    await client.run(await client.power_on("c-iso"))
+    await running_vm(client, "c-iso", "esxi-04", "vmfs-01", iops=0)
     compose.docker(
         "network", "disconnect", compose.network("management"), compose.container("esxi-04")
     )
@@ -130,6 +133,7 @@ async def test_a_host_cut_from_management_keeps_its_datastore_heartbeats(
         return hosts["esxi-04"] == NOT_RESPONDING
 
     assert await wait_until(not_responding, 40)
+    assert time.monotonic() - cut <= HA_DETECTION + POLL_SLACK
     while time.monotonic() - cut < 20:  # past the 16 s a dead host's heartbeat takes
         await asyncio.sleep(1)
     lock = await client.lock_owner("vmfs-01", "c-iso/c-iso-flat.vmdk")
@@ -145,13 +149,7 @@ async def test_acknowledged_writes_survive_an_array_restart(compose, client, wai
     """docker restart array (its data on a volume): every guest write acknowledged
     before the restart reads back intact, and the guest, whose writes were retried
     while the array was away, writes on."""
-    await client.run(
-        await client.create_vm(
-            "c-db", memory_mb=256, host="esxi-01", datastore="nfs-01", disk_mb=16,
-            guest_write_iops=50,
-        )
-    )  # fmt: skip
-    await client.run(await client.power_on("c-db"))
+    await running_vm(client, "c-db", "esxi-01", "nfs-01")
 
     async def acked():
         return (await client.vm("c-db")).guest_writes_acked >= 50
@@ -180,9 +178,22 @@ async def test_acknowledged_writes_survive_an_array_restart(compose, client, wai
 async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
     compose, client, wait_until
 ):
-    """docker kill esxi-02: vCenter marks it not responding; its VM's disk lock
-    stays until the VMFS heartbeat is stale (16 s since the last one, written every
-    3 s), and then breaks."""
+    """docker kill esxi-02: vCenter marks it not responding within HA's detection
+    time. Its VMs' disk locks stay until the holder is stale: on VMFS 16 s after its
+    last heartbeat (written every 3 s), on NFS 35 s after the last change of its lock
+    file (rewritten every 10 s) as another host watched it. Then they break, and every
+    write the guests had acknowledged reads back: nobody wrote those disks before."""
+    await running_vm(client, "c-nfs", "esxi-02", "nfs-01")
+    disks = {
+        "c-web": ("vmfs-01", "c-web/c-web-flat.vmdk"),
+        "c-nfs": ("nfs-01", "c-nfs/c-nfs-flat.vmdk"),
+    }
+
+    async def writing():
+        return all([(await client.vm(vm)).guest_writes_acked >= 20 for vm in disks])
+
+    assert await wait_until(writing, 30)
+    acked = {vm: (await client.vm(vm)).guest_writes_acked for vm in disks}
     compose.docker("kill", compose.container("esxi-02"))
     killed = time.monotonic()
 
@@ -191,19 +202,35 @@ async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
         return hosts["esxi-02"] == NOT_RESPONDING
 
     assert await wait_until(not_responding, 40)
-    path = "c-web/c-web-flat.vmdk"
+    assert time.monotonic() - killed <= HA_DETECTION + POLL_SLACK
+    # Both locks stay the dead host's, and unbreakable, for at least 12 s.
     while time.monotonic() - killed < 12:
-        with pytest.raises(FileLocked):
-            await client.break_stale_lock("vmfs-01", path)
-        lock = await client.lock_owner("vmfs-01", path)
-        assert [h.host for h in lock.holders] == ["esxi-02"]
+        for datastore, path in disks.values():
+            with pytest.raises(FileLocked):
+                await client.break_stale_lock(datastore, path)
+            lock = await client.lock_owner(datastore, path)
+            assert [h.host for h in lock.holders] == ["esxi-02"]
+        await asyncio.sleep(1)
 
-    async def broken():
-        try:
-            return (await client.break_stale_lock("vmfs-01", path)).broken
-        except FileLocked:
-            return False
+    broken_at: dict[str, float] = {}
 
-    assert await wait_until(broken, 40)
-    # Stale means 16 s since the last heartbeat, which was at most 3 s before the kill.
-    assert time.monotonic() - killed >= 16 - 3
+    async def all_broken():
+        for vm, (datastore, path) in disks.items():
+            if vm in broken_at:
+                continue
+            try:
+                if (await client.break_stale_lock(datastore, path)).broken:
+                    broken_at[vm] = time.monotonic() - killed
+            except FileLocked:
+                pass
+        return len(broken_at) == len(disks)
+
+    assert await wait_until(all_broken, 60), f"only {sorted(broken_at)} broke within 60 s"
+    # Stale: 16 s since the last VMFS heartbeat, at most 3 s before the kill; 35 s of
+    # an unchanged NFS lock file, last rewritten at most 10 s before the kill.
+    assert broken_at["c-web"] >= 16 - 3
+    assert broken_at["c-nfs"] >= 35 - 10
+    for vm in disks:
+        report = await client.verify_disk(vm, acked[vm])
+        assert (report.corrupt, report.missing) == (0, 0), vm
+        assert report.highest_seq >= acked[vm]

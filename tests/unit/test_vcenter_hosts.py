@@ -3,6 +3,8 @@ and reboots, and a vCenter restart on the same data dir and hosts."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab
 
@@ -15,6 +17,7 @@ from vsim.faults import (
     TaskInProgress,
 )
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.host_system import HEARTBEAT_INTERVAL
 
 # AddHost
 
@@ -165,6 +168,35 @@ async def test_host_that_stops_answering_is_marked_not_responding(lab: Lab):
     assert len(lab.events(after)) == 1
     status = lab.vc.GetStatus(pb.GetStatusRequest(), lab.session)
     assert (status.hosts, status.hosts_connected) == (3, 2)
+
+
+async def test_a_slow_check_of_one_host_does_not_delay_finding_another_dead(lab: Lab):
+    """The monitor checks each host on its own: while esxi-03's check hangs (a host
+    that is unreachable, being looked for), esxi-01's death is still found within one
+    heartbeat interval."""
+    lab.engine.crash("esxi-03")
+    lab.drop_connection("esxi-03")
+    await lab.clock.advance(HEARTBEAT_INTERVAL)
+    assert lab.hosts()["esxi-03"].connection_state == NOT_RESPONDING
+    gate = asyncio.Event()
+    is_running = lab.engine.is_running
+
+    async def hangs_for_esxi_03(name: str) -> bool:
+        if name == "esxi-03":
+            await gate.wait()
+        return await is_running(name)
+
+    lab.engine.is_running = hangs_for_esxi_03
+    await lab.clock.advance(HEARTBEAT_INTERVAL)  # esxi-03's check starts, and hangs
+    lab.engine.crash("esxi-01")
+    lab.drop_connection("esxi-01")
+    await lab.clock.advance(HEARTBEAT_INTERVAL)
+    hosts = lab.hosts()
+    assert hosts["esxi-01"].connection_state == NOT_RESPONDING
+    assert hosts["esxi-02"].connection_state == CONNECTED
+    gate.set()
+    await lab.clock.advance(HEARTBEAT_INTERVAL)
+    assert lab.hosts()["esxi-03"].connection_state == NOT_RESPONDING
 
 
 async def test_operations_on_vms_of_a_not_responding_host_fail(lab: Lab):
