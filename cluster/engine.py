@@ -30,6 +30,10 @@ class HostPort(Protocol):
 class HostEngine(Protocol):
     kind: str
     """"ray" or "in-process"."""
+    machines: bool
+    """Whether each host runs on a machine of its own (a Ray node per host, as in
+    docker-compose): a host whose machine is down cannot boot, and one whose machine
+    comes back is booted by vCenter's monitor, as a rebooted ESXi host reconnects."""
 
     async def provision(self, spec: HostSpec) -> str:
         """Boots the host if it is not running (a running host is left as it is), and
@@ -37,6 +41,10 @@ class HostEngine(Protocol):
         or this process), for vCenter to check against what the network presents."""
 
     async def is_running(self, name: str) -> bool: ...
+
+    async def can_boot(self, name: str) -> bool:
+        """Whether `provision` could boot the host now: its machine is up (always, for
+        an engine without machines)."""
 
     async def connect(self, name: str) -> HostPort:
         """Opens a line to the host's hostd; HostConnectFault if it does not answer."""

@@ -57,6 +57,7 @@ class LocalHostPort:
 
 class InProcessEngine:
     kind = "in-process"
+    machines = False
 
     def __init__(self, clock: Clock, array: StorageArray | None = None) -> None:
         self.clock = clock
@@ -90,6 +91,9 @@ class InProcessEngine:
 
     async def is_running(self, name: str) -> bool:
         return name in self._hostd
+
+    async def can_boot(self, name: str) -> bool:
+        return True
 
     async def connect(self, name: str) -> LocalHostPort:
         hostd = self._hostd.get(name)

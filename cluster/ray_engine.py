@@ -45,6 +45,7 @@ class RayEngine:
         self.clock_speed = clock_speed
         self.hosts_bind = hosts_bind
         self.hosts_advertise = hosts_advertise
+        self.machines = hosts_advertise == "node"
 
     def _actor(self, name: str):  # -> ray.actor.ActorHandle | None
         try:
@@ -96,9 +97,20 @@ class RayEngine:
         """A Ray node offering a resource named after the host (a host's container,
         `ray start --resources '{"esxi-01": 1}'`) gets that host's actor, and no other.
         Hosts in containers wait for theirs to join; otherwise any node will do."""
-        if self.hosts_advertise == "node" or name in ray.cluster_resources():
+        if self.machines or name in ray.cluster_resources():
             return {name: 1}
         return {}
+
+    async def can_boot(self, name: str) -> bool:
+        """With machines: whether a live Ray node offers the host's resource (its
+        container is up)."""
+        if not self.machines:
+            return True
+
+        def offered() -> bool:
+            return any(n["Alive"] and n["Resources"].get(name, 0) >= 1 for n in ray.nodes())
+
+        return await asyncio.to_thread(offered)
 
     async def is_running(self, name: str) -> bool:
         actor = self._actor(name)

@@ -29,7 +29,7 @@ from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
-from vsim.vcenter.host_system import HostManager
+from vsim.vcenter.host_system import HostCall, HostManager
 from vsim.vcenter.inventory import DatastoreRecord, Inventory
 from vsim.vcenter.tasks import TaskManager
 
@@ -154,35 +154,43 @@ class DatastoreManager:
             )
         return record.name
 
-    async def _mount(self, host: str, record: DatastoreRecord) -> None:
+    async def _mount(
+        self, host: str, record: DatastoreRecord, call: HostCall | None = None
+    ) -> None:
         request = hpb.MountDatastoreRequest(
             name=record.name,
             type=record.type,
             target=self._target(record),
             sioc_threshold_ms=record.sioc_threshold_ms,
         )
-        await self._hosts.call(host, "MountDatastore", request)
+        await (call or self._caller(host))("MountDatastore", request)
 
-    async def remount(self, host: str) -> None:
+    def _caller(self, host: str) -> HostCall:
+        return lambda method, request: self._hosts.call(host, method, request)
+
+    async def remount(self, host: str, call: HostCall) -> None:
         """Mounts on a host the datastores it lacks (it rebooted, or just came), and
-        gives it the Storage I/O Control threshold of those it has."""
+        gives it the Storage I/O Control threshold of those it has; `call` reaches the
+        host while it is being connected."""
         records = self._inventory.datastores()
         if self.array is None or not records:
             return
-        reply = await self._hosts.call(host, "ListDatastores", hpb.HostListDatastoresRequest())
+        reply = await call("ListDatastores", hpb.HostListDatastoresRequest())
         mounted = {d.name for d in reply.datastores}
         for record in records:
             try:
                 if record.name not in mounted:
-                    await self._mount(host, record)
+                    await self._mount(host, record, call)
                 else:  # it may have missed a change while it did not answer
-                    await self._set_sioc(host, record.name, record.sioc_threshold_ms)
+                    await self._set_sioc(host, record.name, record.sioc_threshold_ms, call)
             except VimFault as fault:
                 log.warning("cannot mount %s on %s: %s", record.name, host, fault)
 
-    async def _set_sioc(self, host: str, datastore: str, threshold_ms: float) -> None:
+    async def _set_sioc(
+        self, host: str, datastore: str, threshold_ms: float, call: HostCall | None = None
+    ) -> None:
         change = hpb.SiocThresholdRequest(datastore=datastore, threshold_ms=threshold_ms)
-        await self._hosts.call(host, "SetSiocThreshold", change)
+        await (call or self._caller(host))("SetSiocThreshold", change)
 
     async def lock(self, request: pb.LockRequest, method: str) -> pb.LockInfo:
         """Asks a connected host that has the datastore mounted to query (or break)

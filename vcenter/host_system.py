@@ -21,7 +21,9 @@ from vsim.clock import Clock
 from vsim.cluster.engine import HostEngine, HostPort
 from vsim.cluster.spec import HostSpec
 from vsim.faults import (
+    CannotAccessFile,
     DuplicateName,
+    FileNotFound,
     HostConnectFault,
     HostNotConnected,
     InvalidArgument,
@@ -60,6 +62,13 @@ class HostLink:
     port: HostPort
     session: str
 
+    async def call(self, method: str, request: Any) -> Any:
+        return await self.port.call(method, request, self.session)
+
+
+HostCall = Callable[[str, Any], Awaitable[Any]]
+"""A call to one host's hostd, as vpxuser: call(method, request)."""
+
 
 class HostManager:
     def __init__(
@@ -74,8 +83,9 @@ class HostManager:
     ) -> None:
         """busy(kind, name) tells whether a task is under way on that entity."""
         self._busy = busy
-        self.after_attach: Callable[[str], Awaitable[None]] | None = None
-        """Called once a host is (re)connected: mounts its datastores."""
+        self.prepare_storage: Callable[[str, HostCall], Awaitable[None]] | None = None
+        """Called as a host is (re)connected, before its VMs are brought in line (their
+        files live on its datastores): mounts the datastores it lacks."""
         self._inventory = inventory
         self._engine = engine
         self._secrets = secrets
@@ -338,6 +348,10 @@ class HostManager:
         port = None
         try:
             if boot:
+                if not await self._engine.can_boot(name):
+                    # Its machine is down: not responding now, booted by the monitor
+                    # once the machine is back (no wait for a boot that cannot happen).
+                    raise HostConnectFault(f"{name}'s machine is down")
                 await self._engine.provision(self.spec(name))
             port = await self._engine.connect(name)
             if port.thumbprint != host.thumbprint:
@@ -347,7 +361,10 @@ class HostManager:
                     thumbprint=port.thumbprint,
                 )
             session = await self._login(name, port)
-            await self._reconcile(name, HostLink(port, session))
+            link = HostLink(port, session)
+            if self.prepare_storage is not None:
+                await self.prepare_storage(name, link.call)
+            await self._reconcile(name, link)
         except Exception as exc:  # noqa: BLE001 - one bad host must not stop the others
             log.warning("cannot attach %s: %s", name, exc)
             if port is not None:
@@ -357,16 +374,11 @@ class HostManager:
         old = self._links.pop(name, None)
         if old is not None:
             await old.port.close()
-        self._links[name] = HostLink(port, session)
+        self._links[name] = link
         with self._inventory.transaction():
             self._inventory.update_host(name, connection_state=CONNECTED, endpoint=port.endpoint)
             if host.connection_state != CONNECTED:
                 self._events.post("HostConnectedEvent", f"Host {name} is connected", host=name)
-        if self.after_attach is not None:
-            try:
-                await self.after_attach(name)
-            except VimFault as fault:
-                log.warning("after attaching %s: %s", name, fault)
 
     async def attach_all(self, boot: bool) -> None:
         await asyncio.gather(*(self.attach(h.name, boot) for h in self._inventory.hosts()))
@@ -383,7 +395,13 @@ class HostManager:
             running = on_host.get(vm.name)
             if running is None:
                 request = hpb.RegisterVmRequest(vm=host_vm(vm))
-                await link.port.call("RegisterVm", request, link.session)
+                try:
+                    await link.call("RegisterVm", request)
+                except (NotFound, CannotAccessFile, FileNotFound) as fault:
+                    # Its files are out of reach (a datastore this host cannot mount):
+                    # inaccessible, as vSphere shows it, and no reason to keep the
+                    # host and its other VMs disconnected.
+                    log.warning("cannot register %s on %s again: %s", vm.name, name, fault)
                 powered_on = False
             else:
                 powered_on = running.powered_on
@@ -417,6 +435,8 @@ class HostManager:
         if record.connection_state != CONNECTED or name not in self._links:
             if await self._engine.is_running(name):
                 await self.attach(name, boot=False)
+            elif self._engine.machines and await self._engine.can_boot(name):
+                await self.attach(name, boot=True)  # its machine is back: boot it
             return
         try:
             request = hpb.GetHostInfoRequest()

@@ -94,7 +94,7 @@ class VCenter:
         self.datastores = DatastoreManager(
             inventory, self.hosts, self.tasks, self.events, rng, array
         )
-        self.hosts.after_attach = self.datastores.remount
+        self.hosts.prepare_storage = self.datastores.remount
         self._monitor: asyncio.Task | None = None
 
     async def start(self, spec: ClusterSpec, boot: bool = True) -> None:

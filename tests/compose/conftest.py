@@ -117,6 +117,10 @@ class Compose:
                 pytest.fail(f"{service} was not healthy within {timeout:.0f} s:\n{logs}")
             time.sleep(1)
 
+    def logs(self, *services: str, tail: int = 40) -> str:
+        """The services' last log lines, for a failure's message."""
+        return self.run("logs", "--no-color", f"--tail={tail}", *services, check=False).stdout
+
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"

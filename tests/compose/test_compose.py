@@ -1,8 +1,10 @@
 """The cluster as containers: every host in its own container on the management,
-storage and vMotion networks; VMs with disks on the array; a killed host container.
+storage and vMotion networks; VMs with disks on the array; network cuts, restarts of
+vCenter and of the array, and a host container killed and started again.
 
 Marked `docker`: the session's stack is started once (conftest.py) and removed with
-its volumes at the end. The container kill runs last: it leaves esxi-02 down.
+its volumes at the end. The tests run in order and build on each other: the VMs of
+the first ones are the subjects of the later ones; the kill comes last but one.
 """
 
 from __future__ import annotations
@@ -234,3 +236,27 @@ async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
         report = await client.verify_disk(vm, acked[vm])
         assert (report.corrupt, report.missing) == (0, 0), vm
         assert report.highest_seq >= acked[vm]
+
+
+async def test_a_host_container_started_again_is_booted_and_reconnects(compose, client, wait_until):
+    """docker start esxi-02 (killed above): its Ray node joins again, and vCenter's
+    monitor boots the host on it, as a rebooted ESXi host reconnects: same
+    certificate (its data volume kept it), its VMs registered again, powered off."""
+    before = {h.name: h for h in await client.hosts()}["esxi-02"]
+    assert before.connection_state == NOT_RESPONDING
+    compose.docker("start", compose.container("esxi-02"))
+
+    async def reconnected():
+        host = {h.name: h for h in await client.hosts()}["esxi-02"]
+        return host if host.connection_state == CONNECTED else None
+
+    host = await wait_until(reconnected, 120)
+    assert host, "esxi-02 did not reconnect within 120 s of its container's start:\n" + (
+        compose.logs("vcenter", "esxi-02")
+    )
+    assert host.ssl_thumbprint == before.ssl_thumbprint
+    assert host.endpoint.startswith(f"{compose.net}.1.12:")
+    vms = {v.name: v.power_state for v in await client.vms(host="esxi-02")}
+    assert vms == {"c-web": pb.POWER_STATE_POWERED_OFF, "c-nfs": pb.POWER_STATE_POWERED_OFF}
+    events = [(e.type, e.host) for e in await client.events()]
+    assert ("HostConnectedEvent", "esxi-02") in events

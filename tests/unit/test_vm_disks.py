@@ -113,6 +113,28 @@ async def test_guest_writes_acknowledged_before_a_host_crash_are_intact(cluster)
     assert report.host != "esxi-01"
 
 
+@pytest.mark.parametrize("datastore", ["vmfs-01", "nfs-01"])
+async def test_a_rebooted_host_mounts_its_datastores_before_registering_its_vms(
+    cluster,  # noqa: F811
+    datastore,
+):
+    """A reboot loses the mounts and the VMs: reconnecting mounts the datastores
+    first, so the VMs, whose files live there, can be registered again (powered off)."""
+    vc, _, engine, session = cluster
+    assert (await make_vm(vc, session, "vm-r", host="esxi-02", datastore=datastore)).state == OK
+    assert (await run(vc, vc.vms.power_on("vm-r", session.user_name))).state == OK
+    engine.crash("esxi-02")
+    await vc.hosts.heartbeat_once()
+    assert vc.inventory.host("esxi-02").connection_state == pb.CONNECTION_STATE_NOT_RESPONDING
+    await engine.reboot("esxi-02")
+    await vc.hosts.heartbeat_once()
+    assert vc.inventory.host("esxi-02").connection_state == pb.CONNECTION_STATE_CONNECTED
+    listed = await host_call(engine, "esxi-02", "ListVms", hpb.ListHostVmsRequest())
+    assert [(v.name, v.powered_on) for v in listed.vms] == [("vm-r", False)]
+    vm = await vc.GetVm(pb.VmRequest(name="vm-r"), session)
+    assert vm.power_state == pb.POWER_STATE_POWERED_OFF
+
+
 async def test_linked_clones_share_a_base_they_never_write(cluster):  # noqa: F811
     vc, _, engine, session = cluster
     assert (await make_vm(vc, session, "base", iops=100)).state == OK
