@@ -316,13 +316,14 @@ class NfsLockManager:
                 self.clock.now(),
                 self.host_name,
             )
+            sent = self.clock.now()  # what others see dates from the write, not its reply
             try:
                 await self.client.write(held.handle, record.pack())
             except Exception:  # noqa: BLE001
                 self._missed(key, held)
                 continue
             held.record = record
-            held.renewed = self.clock.now()
+            held.renewed = sent
             self.stats["renewals"] += 1
 
     def _missed(self, key: tuple[str, str], held: _Held) -> None:

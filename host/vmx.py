@@ -23,7 +23,6 @@ Guest block header (little-endian):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import struct
@@ -31,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 
 from vsim.clock import Clock
-from vsim.faults import InvalidState, VimFault
+from vsim.faults import InvalidState
 from vsim.host.datastore_files import DatastoreFiles, close_all
 from vsim.host.disk_scheduler import DiskScheduler
 from vsim.host.vmdk import VirtualDisk, open_disk
@@ -176,6 +175,7 @@ class VmxProcess:
         if not self.disks:
             raise InvalidState(f"{self.name}'s disks are not open on this host")
         if self.guest_write_iops > 0 and self._guest is None:
+            self.write_retries = 0
             self._guest = asyncio.get_running_loop().create_task(self._guest_writes())
 
     async def _guest_writes(self) -> None:
@@ -198,20 +198,22 @@ class VmxProcess:
             data = guest_block(self.vm_uuid, seq, block)
             lba = block * (GUEST_BLOCK // SECTOR)
             self._writing = True
-            failure: VimFault | None = None
+            failure: Exception | None = None
             try:
                 await self.scheduler.submit(
                     target, self.name, lambda lba=lba, data=data: disk.write(lba, data)
                 )
-            except VimFault as e:
+            except Exception as e:  # noqa: BLE001 - a fault or a SCSI error: an I/O error
                 failure = e
             finally:
                 self._writing = False
             if failure is not None:
+                if self._stopping:
+                    return  # powering off: the write was never acknowledged
                 # Paths down (the array restarting, a cut link): the same write is
                 # retried, unacknowledged, as ESXi retries I/O until the APD timeout.
-                # A volume lost or a lock broken fails every retry without I/O, so no
-                # retry can land under another host's lock.
+                # Once the volume is lost or the lock broken, every retry fails before
+                # any I/O is sent.
                 now = self.clock.now()
                 if failing_since is None:
                     failing_since = now
@@ -236,8 +238,12 @@ class VmxProcess:
             self._stopping = True
             if not self._writing:
                 self._guest.cancel()  # asleep between writes
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._guest  # a write under way is let finish (and acknowledged)
+            except asyncio.CancelledError:
+                pass
+            except Exception as e:  # noqa: BLE001 - its disk failed; it is stopped either way
+                log.warning("%s: the guest had stopped: %s", self.name, e)
             self._guest = None
             self._stopping = False
 

@@ -21,9 +21,7 @@ from vsim.clock import Clock
 from vsim.cluster.engine import HostEngine, HostPort
 from vsim.cluster.spec import HostSpec
 from vsim.faults import (
-    CannotAccessFile,
     DuplicateName,
-    FileNotFound,
     HostConnectFault,
     HostNotConnected,
     InvalidArgument,
@@ -83,6 +81,8 @@ class HostManager:
     ) -> None:
         """busy(kind, name) tells whether a task is under way on that entity."""
         self._busy = busy
+        self._inaccessible: dict[str, set[str]] = {}
+        """Per host, the VMs it could not register when it connected."""
         self.prepare_storage: Callable[[str, HostCall], Awaitable[None]] | None = None
         """Called as a host is (re)connected, before its VMs are brought in line (their
         files live on its datastores): mounts the datastores it lacks."""
@@ -365,6 +365,10 @@ class HostManager:
             if self.prepare_storage is not None:
                 await self.prepare_storage(name, link.call)
             await self._reconcile(name, link)
+        except asyncio.CancelledError:  # vCenter is stopping
+            if port is not None:
+                await port.close()
+            raise
         except Exception as exc:  # noqa: BLE001 - one bad host must not stop the others
             log.warning("cannot attach %s: %s", name, exc)
             if port is not None:
@@ -389,6 +393,8 @@ class HostManager:
         are left to that task."""
         reply = await link.port.call("ListVms", hpb.ListHostVmsRequest(), link.session)
         on_host = {vm.name: vm for vm in reply.vms}
+        inaccessible: set[str] = set()
+        self._inaccessible[name] = inaccessible
         for vm in self._inventory.vms(host=name):
             if self._busy("vm", vm.name):
                 continue
@@ -397,11 +403,12 @@ class HostManager:
                 request = hpb.RegisterVmRequest(vm=host_vm(vm))
                 try:
                     await link.call("RegisterVm", request)
-                except (NotFound, CannotAccessFile, FileNotFound) as fault:
-                    # Its files are out of reach (a datastore this host cannot mount):
-                    # inaccessible, as vSphere shows it, and no reason to keep the
-                    # host and its other VMs disconnected.
+                except NotFound as fault:
+                    # Its datastore is not mounted here (unreachable): the VM is
+                    # inaccessible, as vSphere shows it, and registered again once
+                    # the datastore mounts; the host and its other VMs connect.
                     log.warning("cannot register %s on %s again: %s", vm.name, name, fault)
+                    inaccessible.add(vm.name)
                 powered_on = False
             else:
                 powered_on = running.powered_on
@@ -417,6 +424,17 @@ class HostManager:
                     host=name,
                     vm=vm.name,
                 )
+
+    async def _register_inaccessible(self, name: str) -> None:
+        """Tries again to mount what the connected host lacks and to register the VMs
+        it could not (their datastore was out of reach when it connected)."""
+        link = self._links[name]
+        try:
+            if self.prepare_storage is not None:
+                await self.prepare_storage(name, link.call)
+            await self._reconcile(name, link)
+        except VimFault as fault:
+            log.warning("registering %s's inaccessible VMs: %s", name, fault)
 
     def _adopt_pool(self, vm: pb.Vm, pool: str) -> None:
         """The host is the truth for its pools: a VM whose pool went (destroyed while
@@ -445,6 +463,8 @@ class HostManager:
             log.warning("%s failed its heartbeat: %s", name, exc)
             self._mark_not_responding(name)
             return
+        if self._inaccessible.get(name):
+            await self._register_inaccessible(name)
         if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
             try:
                 await self.rotate_vpxuser(name)
@@ -464,12 +484,15 @@ class HostManager:
         try:
             while True:
                 await self._clock.sleep(HEARTBEAT_INTERVAL)
-                for record in self._inventory.hosts():
-                    running = checks.get(record.name)
-                    if running is None or running.done():
-                        checks[record.name] = asyncio.get_running_loop().create_task(
-                            self._logged_heartbeat(record.name)
-                        )
+                try:
+                    for record in self._inventory.hosts():
+                        running = checks.get(record.name)
+                        if running is None or running.done():
+                            checks[record.name] = asyncio.get_running_loop().create_task(
+                                self._logged_heartbeat(record.name)
+                            )
+                except Exception:  # noqa: BLE001 - the monitor must outlive one bad round
+                    log.exception("host heartbeat round failed")
         finally:
             for task in checks.values():
                 task.cancel()

@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 from compose_v2 import compose_v2
-from conftest import REPO
+from conftest import REPO, unless
 
 SERVICES = {"array", "ray-head", "vcenter", "esxi-01", "esxi-02", "esxi-03", "esxi-04"}
 
@@ -59,7 +59,11 @@ def layout(config: dict) -> dict:
 
 def test_compose_v1_and_v2_read_the_same_cluster(docker_tools):
     v1 = layout(resolved("docker-compose"))
-    v2 = layout(resolved(str(compose_v2())))
+    try:
+        v2_tool = compose_v2()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        unless(f"cannot fetch Compose v2 from the Debian archive: {e}")
+    v2 = layout(resolved(str(v2_tool)))
     assert set(v1) == SERVICES
     assert v1 == v2
     management = {name: nets.get("management") for name, (nets, *_) in v1.items()}

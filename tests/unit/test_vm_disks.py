@@ -5,6 +5,7 @@ crash, linked clones that never write their base, the lock hand-off, root_squash
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
@@ -133,6 +134,31 @@ async def test_a_rebooted_host_mounts_its_datastores_before_registering_its_vms(
     assert [(v.name, v.powered_on) for v in listed.vms] == [("vm-r", False)]
     vm = await vc.GetVm(pb.VmRequest(name="vm-r"), session)
     assert vm.power_state == pb.POWER_STATE_POWERED_OFF
+
+
+async def test_a_vm_a_rebooted_host_cannot_reach_is_registered_once_it_can(cluster):  # noqa: F811
+    """A VM whose datastore a reconnecting host cannot mount does not keep the host
+    disconnected; it is registered on a later heartbeat, once the mount works."""
+    vc, array, engine, session = cluster
+    assert (await make_vm(vc, session, "vm-i", host="esxi-02", datastore="nfs-01")).state == OK
+    export = array.exports["nfs-01"]
+    allowed = export.options
+    engine.crash("esxi-02")
+    await vc.hosts.heartbeat_once()
+    export.options = replace(allowed, clients=("iqn.1998-01.com.vmware:nobody",))
+    await engine.reboot("esxi-02")
+    await vc.hosts.heartbeat_once()
+    assert vc.inventory.host("esxi-02").connection_state == pb.CONNECTION_STATE_CONNECTED
+
+    async def on_host() -> list[str]:
+        listed = await host_call(engine, "esxi-02", "ListVms", hpb.ListHostVmsRequest())
+        return [v.name for v in listed.vms]
+
+    assert await on_host() == []
+    export.options = allowed
+    await vc.hosts.heartbeat_once()
+    assert await on_host() == ["vm-i"]
+    assert (await run(vc, vc.vms.power_on("vm-i", session.user_name))).state == OK
 
 
 async def test_linked_clones_share_a_base_they_never_write(cluster):  # noqa: F811

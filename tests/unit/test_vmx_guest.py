@@ -4,6 +4,7 @@ the APD timeout (then the guest stops writing)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from test_vscsi import MemoryDisk
@@ -11,6 +12,7 @@ from test_vscsi import MemoryDisk
 from vsim.clock import SimClock
 from vsim.host.disk_scheduler import DiskScheduler
 from vsim.host.vmx import APD_TIMEOUT, GUEST_BLOCK, RETRY_BACKOFF, VmxProcess, verify_guest_disk
+from vsim.storage.scsi import CHECK_CONDITION, WRITE_ERROR, ScsiError
 from vsim.storage.vmfs_format import SECTOR
 
 VM_UUID = uuid.UUID(int=7)
@@ -45,6 +47,29 @@ async def test_writes_wait_out_an_outage_and_resume_without_a_gap():
     assert (report.corrupt, report.missing) == (0, 0)
     assert report.highest_seq == vmx.acked_seq
     await vmx.stop_guest()
+
+
+async def test_any_io_error_is_retried_and_a_failing_guest_stops_at_once():
+    """A SCSI error is not a vSphere fault, and is retried all the same; powering off
+    while writes fail waits for no backoff, and raises nothing."""
+    clock = SimClock()
+    vmx, disk = await running_guest(clock)
+
+    async def scsi_error(lba: int, data: bytes) -> None:
+        raise ScsiError(CHECK_CONDITION, WRITE_ERROR)
+
+    write, disk.write = disk.write, scsi_error
+    await clock.advance(30)
+    assert vmx.write_retries > 0
+    disk.write = write
+    stalled = vmx.acked_seq
+    await clock.advance(RETRY_BACKOFF[1] + 1)
+    assert vmx.acked_seq > stalled
+    disk.write = scsi_error
+    await clock.advance(1)
+    stop = asyncio.get_running_loop().create_task(vmx.stop_guest())
+    await clock.advance(0)
+    assert stop.done() and stop.exception() is None
 
 
 async def test_the_guest_gives_up_after_the_apd_timeout():
