@@ -269,12 +269,12 @@ class HostManager:
         self.connected(name)
         link = self._links[name]
         try:
-            return await link.port.call(method, request, link.session)
+            return await link.call(method, request)
         except NotAuthenticated:
             # The host forgot our session (it rebooted, or vpxuser's password was just
             # changed): log in again once.
             link.session = await self._login(name, link.port)
-            return await link.port.call(method, request, link.session)
+            return await link.call(method, request)
         except HostConnectFault:
             self._mark_not_responding(name)
             raise HostNotConnected(f"{name} stopped answering; the operation did not run") from None
@@ -291,7 +291,7 @@ class HostManager:
         request = hpb.CreateUserRequest(user_name=VPXUSER, password=password, role="Admin")
         self._rotating.add(name)
         try:
-            await link.port.call("CreateUser", request, link.session)
+            await link.call("CreateUser", request)
         finally:
             self._rotating.discard(name)
         link.session = await self._login(name, link.port)
@@ -391,7 +391,7 @@ class HostManager:
         """The host is the truth for what runs: re-register VMs it lost (a reboot loses
         every powered-on VM) and take power states from it. VMs with a task under way
         are left to that task."""
-        reply = await link.port.call("ListVms", hpb.ListHostVmsRequest(), link.session)
+        reply = await link.call("ListVms", hpb.ListHostVmsRequest())
         on_host = {vm.name: vm for vm in reply.vms}
         inaccessible: set[str] = set()
         self._inaccessible[name] = inaccessible

@@ -30,6 +30,17 @@ vCenter must call it not responding within that (+ one poll of ours)."""
 POLL_SLACK = 2.0
 
 
+async def not_responding_within_ha_detection(client, host: str, since: float, wait_until):
+    """vCenter calls host not responding within HA's detection time from `since`."""
+
+    async def not_responding():
+        hosts = {h.name: h.connection_state for h in await client.hosts()}
+        return hosts[host] == NOT_RESPONDING
+
+    assert await wait_until(not_responding, 40), f"{host} is still called responding"
+    assert time.monotonic() - since <= HA_DETECTION + POLL_SLACK
+
+
 async def running_vm(client, name: str, host: str, datastore: str, iops: int = 50) -> None:
     """A powered-on VM with a 16 MB disk on datastore whose guest writes iops a second."""
     await client.run(
@@ -130,12 +141,7 @@ async def test_a_host_cut_from_management_keeps_its_datastore_heartbeats(
     )
     cut = time.monotonic()
 
-    async def not_responding():
-        hosts = {h.name: h.connection_state for h in await client.hosts()}
-        return hosts["esxi-04"] == NOT_RESPONDING
-
-    assert await wait_until(not_responding, 40)
-    assert time.monotonic() - cut <= HA_DETECTION + POLL_SLACK
+    await not_responding_within_ha_detection(client, "esxi-04", cut, wait_until)
     while time.monotonic() - cut < 20:  # past the 16 s a dead host's heartbeat takes
         await asyncio.sleep(1)
     lock = await client.lock_owner("vmfs-01", "c-iso/c-iso-flat.vmdk")
@@ -199,12 +205,7 @@ async def test_a_killed_host_container_is_not_responding_and_its_locks_wait(
     compose.docker("kill", compose.container("esxi-02"))
     killed = time.monotonic()
 
-    async def not_responding():
-        hosts = {h.name: h.connection_state for h in await client.hosts()}
-        return hosts["esxi-02"] == NOT_RESPONDING
-
-    assert await wait_until(not_responding, 40)
-    assert time.monotonic() - killed <= HA_DETECTION + POLL_SLACK
+    await not_responding_within_ha_detection(client, "esxi-02", killed, wait_until)
     # Both locks stay the dead host's, and unbreakable, for at least 12 s.
     while time.monotonic() - killed < 12:
         for datastore, path in disks.values():
