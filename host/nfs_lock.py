@@ -8,6 +8,11 @@ DiskFileLockUpdateFreq x LockRenewMaxFailureNumber + LockUpdateTimeout
 (10 x 3 + 5 = 35 s) as it has watched it; then it removes the file and creates its
 own. A holder whose renewal finds its file gone or replaced has lost the lock.
 
+A lock file names the boot of its holder: a host that finds a lock in its own name
+from another boot of itself (a crash, a stop that did not close its disks) knows that
+holder can no longer run — one host is one machine — and breaks it at once. Only the
+record says so: a lock without a boot id (version 1) waits out the 35 s like any other.
+
 The 84-byte lock record (little-endian):
     0   4   magic b"VLCK"
     4   2   version (1)
@@ -16,7 +21,8 @@ The 84-byte lock record (little-endian):
     24  8   sequence number: +1 at every renewal
     32  8   owner's clock at the renewal (float64 seconds; for people only)
     40  4   the owner's renewal interval in milliseconds
-    44  40  owner host name, UTF-8, NUL-padded
+    44  32  owner host name, UTF-8, NUL-padded (version 1: 40 bytes, no boot id)
+    76  8   the owner's boot id (version 2): drawn once per boot, never 0
 
 Plain Python over an injected NFS client port and clock.
 """
@@ -47,9 +53,10 @@ GIVE_UP_AFTER = STALE_AFTER - DISK_FILE_LOCK_UPDATE_FREQ
 """25 s since its last renewal: a holder gives its lock up, one renewal interval
 before any other host may find it stale."""
 
-RECORD = struct.Struct("<4sHH16sQdI40s")
+RECORD = struct.Struct("<4sHH16sQdI32sQ")
 RECORD_SIZE = RECORD.size
 assert RECORD_SIZE == 84
+VERSION = 2
 EXCLUSIVE, READ_ONLY = 1, 2
 
 
@@ -60,25 +67,40 @@ class LockFile:
     sequence: int
     owner_clock: float
     host_name: str
+    boot: int = 0
+    """The holder's boot id; 0 in a version 1 record (unknown)."""
 
     def pack(self) -> bytes:
         return RECORD.pack(
             b"VLCK",
-            1,
+            VERSION,
             self.lock_type,
             self.owner.bytes,
             self.sequence,
             self.owner_clock,
             int(DISK_FILE_LOCK_UPDATE_FREQ * 1000),
-            self.host_name.encode()[:40],
+            _name_field(self.host_name),
+            self.boot,
         )
 
     @classmethod
     def unpack(cls, data: bytes) -> LockFile | None:
         if len(data) != RECORD_SIZE or data[:4] != b"VLCK":
             return None  # being created, or not ours: treated as held by someone unknown
-        _, _, lock_type, owner, sequence, clock, _, name = RECORD.unpack(data)
-        return cls(lock_type, uuid.UUID(bytes=owner), sequence, clock, name.rstrip(b"\0").decode())
+        _, version, lock_type, owner, sequence, clock, _, name, boot = RECORD.unpack(data)
+        if version == 1:  # the name ran on over what is now the boot id
+            name, boot = data[44:84], 0
+        text = name.rstrip(b"\0").decode(errors="replace")
+        return cls(lock_type, uuid.UUID(bytes=owner), sequence, clock, text, boot)
+
+
+def _name_field(name: str) -> bytes:
+    """The host name cut to 32 bytes at a character boundary."""
+    data = name.encode()
+    while len(data) > 32:
+        name = name[:-1]
+        data = name.encode()
+    return data
 
 
 class NfsClient(Protocol):
@@ -135,11 +157,16 @@ def lock_file_name(fileid: int) -> str:
 
 
 class NfsLockManager:
-    def __init__(self, client: NfsClient, host: uuid.UUID, host_name: str, clock: Clock) -> None:
+    def __init__(
+        self, client: NfsClient, host: uuid.UUID, host_name: str, clock: Clock, boot: int
+    ) -> None:
+        if not 0 < boot < 2**64:
+            raise ValueError("a boot id is a non-zero 64-bit number")
         self.client = client
         self.host = host
         self.host_name = host_name
         self.clock = clock
+        self.boot = boot
         self.held: dict[tuple[str, str], _Held] = {}
         self.lost: set[tuple[str, str]] = set()
         self.stats: Counter[str] = Counter()
@@ -176,7 +203,7 @@ class NfsLockManager:
                     raise CannotAccessFile(f"cannot lock {path}: {e}") from None
                 await self._break_if_stale(key, path)  # FileLocked while the holder lives
                 continue
-            record = LockFile(lock_type, self.host, 1, self.clock.now(), self.host_name)
+            record = LockFile(lock_type, self.host, 1, self.clock.now(), self.host_name, self.boot)
             try:
                 await self.client.write(handle, record.pack())
             except NfsError as e:
@@ -233,7 +260,7 @@ class NfsLockManager:
             return False  # released meanwhile
         record, age = seen
         watch = self._watches[key]
-        if age < STALE_AFTER:
+        if age < STALE_AFTER and not self._from_earlier_boot(record):
             holder = f"{record.host_name} ({record.owner})" if record else "another host"
             raise FileLocked(
                 f"{path} is locked by {holder}", holder=str(record.owner) if record else ""
@@ -254,6 +281,16 @@ class NfsLockManager:
         await self.client.remove(directory, aside)
         self.stats["locks_broken"] += 1
         return True
+
+    def _from_earlier_boot(self, record: LockFile | None) -> bool:
+        """Whether the record is this host's own from another of its boots, which no
+        longer runs: then the lock is stale now, whatever its age."""
+        return (
+            record is not None
+            and record.owner == self.host
+            and record.boot != 0
+            and record.boot != self.boot
+        )
 
     def _watch(self, key: tuple[str, str], content: bytes) -> float:
         """Seconds this host has seen the lock file's content unchanged."""
@@ -315,6 +352,7 @@ class NfsLockManager:
                 held.record.sequence + 1,
                 self.clock.now(),
                 self.host_name,
+                self.boot,
             )
             sent = self.clock.now()  # what others see dates from the write, not its reply
             try:

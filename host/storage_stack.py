@@ -123,6 +123,8 @@ class StorageStack:
         self._capacity: dict[str, int] = {}
         self.clock = clock
         self.rng = rng
+        self.boot = rng.getrandbits(64) or 1
+        """This boot's id, in the NFS lock files it writes (one stack per boot)."""
         self.vmfs: dict[str, VmfsVolume] = {}
         self.nfs: dict[str, NfsLockManager] = {}
         self.files: dict[str, VmfsFileSystem | NfsFileSystem] = {}
@@ -141,7 +143,7 @@ class StorageStack:
     async def mount_nfs(self, label: str, client: NfsClient) -> NfsLockManager:
         if label in self.vmfs or label in self.nfs:
             raise InvalidArgument(f"a datastore named {label} is already mounted")
-        manager = NfsLockManager(client, self.host, self.host_name, self.clock)
+        manager = NfsLockManager(client, self.host, self.host_name, self.clock, self.boot)
         self.nfs[label] = manager
         self.files[label] = NfsFileSystem(manager)
         self._loops[label] = asyncio.get_running_loop().create_task(manager.renew_forever())

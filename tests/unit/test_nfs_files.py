@@ -59,7 +59,11 @@ def make(
     return export, [
         NfsFileSystem(
             NfsLockManager(
-                ExportClient(export, f"esxi-{i:02d}"), host_uuid(i), f"esxi-{i:02d}", clock
+                ExportClient(export, f"esxi-{i:02d}"),
+                host_uuid(i),
+                f"esxi-{i:02d}",
+                clock,
+                boot=100 + i,
             )
         )
         for i in range(hosts)

@@ -4,6 +4,7 @@ SimClock, lost locks, and mutual exclusion over a history of contending hosts.""
 from __future__ import annotations
 
 import asyncio
+import struct
 import uuid
 
 import pytest
@@ -27,17 +28,71 @@ def managers(tmp_path, n: int, clock) -> tuple[NfsExport, list[NfsLockManager]]:
     export = NfsExport("nfs-01", tmp_path / "export", ExportOptions())
     return export, [
         NfsLockManager(
-            ExportClient(export, f"esxi-{i:02d}"), uuid.UUID(int=i + 1), f"esxi-{i:02d}", clock
+            ExportClient(export, f"esxi-{i:02d}"),
+            uuid.UUID(int=i + 1),
+            f"esxi-{i:02d}",
+            clock,
+            boot=100 + i,
         )
         for i in range(1, n + 1)
     ]
 
 
 def test_the_lock_record_is_84_bytes_and_round_trips():
-    record = LockFile(1, uuid.uuid4(), 7, 123.5, "esxi-01")
+    record = LockFile(1, uuid.uuid4(), 7, 123.5, "esxi-01", boot=2**64 - 1)
     assert len(record.pack()) == RECORD_SIZE == 84
     assert LockFile.unpack(record.pack()) == record
     assert LockFile.unpack(b"x" * 84) is None
+
+
+def test_a_version_1_record_reads_with_its_40_byte_name_and_no_boot_id():
+    owner = uuid.UUID(int=9)
+    old = struct.pack("<4sHH16sQdI40s", b"VLCK", 1, 1, owner.bytes, 3, 1.5, 10000, b"x" * 40)
+    record = LockFile.unpack(old)
+    assert (record.owner, record.host_name, record.boot) == (owner, "x" * 40, 0)
+
+
+def rebooted(manager: NfsLockManager, boot: int) -> NfsLockManager:
+    """The same host (UUID, name, export) after a reboot: a new manager, a new boot id."""
+    return NfsLockManager(manager.client, manager.host, manager.host_name, manager.clock, boot)
+
+
+async def test_a_host_breaks_at_once_its_own_lock_left_by_an_earlier_boot(tmp_path):
+    clock = SimClock()
+    _, (a, b) = managers(tmp_path, 2, clock)
+    await a.lock("", 0x42, "vm.vmdk")  # then esxi-01 crashes: nothing is unlocked
+    again = rebooted(a, boot=a.boot + 1)
+    await again.lock("", 0x42, "vm.vmdk")  # no 35 s wait
+    record = LockFile.unpack((tmp_path / "export" / lock_file_name(0x42)).read_bytes())
+    assert (record.owner, record.boot) == (a.host, again.boot)
+    assert again.stats["locks_broken"] == 1
+    # Another host still waits: to it the new boot's lock is live.
+    with pytest.raises(FileLocked, match="esxi-01"):
+        await b.lock("", 0x42, "vm.vmdk")
+
+
+async def test_a_lock_of_the_same_boot_or_without_a_boot_id_is_never_broken_early(tmp_path):
+    clock = SimClock()
+    export, (a,) = managers(tmp_path, 1, clock)
+    await a.lock("", 1, "one.vmdk")
+    twin = rebooted(a, boot=a.boot)  # the same boot id: the same boot, still running
+    with pytest.raises(FileLocked):
+        await twin.lock("", 1, "one.vmdk")
+    # A version 1 record in this host's own name says nothing of its boot: 35 s rule.
+    path = tmp_path / "export" / lock_file_name(2)
+    path.write_bytes(
+        struct.pack("<4sHH16sQdI40s", b"VLCK", 1, 1, a.host.bytes, 1, 0.0, 10000, b"esxi-01")
+    )
+    later = rebooted(a, boot=a.boot + 1)
+    with pytest.raises(FileLocked):
+        await later.lock("", 2, "two.vmdk")
+    await clock.advance(STALE_AFTER)
+    await later.lock("", 2, "two.vmdk")
+
+
+def test_a_boot_id_is_never_zero():
+    with pytest.raises(ValueError):
+        NfsLockManager(None, uuid.UUID(int=1), "esxi-01", SimClock(), boot=0)
 
 
 async def test_lock_renew_and_every_write_is_84_bytes(tmp_path):
