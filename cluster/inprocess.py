@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import weakref
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ class InProcessEngine:
         self._specs: dict[str, HostSpec] = {}
         self._identities: dict[str, Identity] = {}
         self._stores: dict[str, MemoryAccountStore] = {}
+        self._boots: Counter[str] = Counter()
+        """How many times each host has booted."""
         self._configs: dict[str, MemoryConfigStore] = {}
         """Each host's esx.conf, kept across reboots as its disk would."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
@@ -81,9 +84,10 @@ class InProcessEngine:
             store = self._stores.setdefault(spec.name, MemoryAccountStore())
             accounts = HostAccounts(store, hash_password(spec.root_password))
             ports = LocalStoragePorts(self.array) if self.array is not None else None
-            storage = StorageStack(
-                spec.host_uuid, spec.name, self.clock, random.Random(spec.name), ports
-            )
+            # Seeded per boot: each boot draws its own boot id, as a real one would.
+            self._boots[spec.name] += 1
+            rng = random.Random(f"{spec.name}/boot-{self._boots[spec.name]}")
+            storage = StorageStack(spec.host_uuid, spec.name, self.clock, rng, ports)
             config = self._configs.setdefault(spec.name, MemoryConfigStore())
             kernel = HostKernel(spec, self.clock, self._swap_root / spec.name, config)
             self._hostd[spec.name] = Hostd(kernel, accounts, storage)

@@ -26,6 +26,7 @@ from vsim.faults import InvalidArgument
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.autostart import AutoStart
 from vsim.vcenter.datastore import ArrayRef, DatastoreManager
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager
@@ -95,13 +96,15 @@ class VCenter:
             inventory, self.hosts, self.tasks, self.events, rng, array
         )
         self.hosts.prepare_storage = self.datastores.remount
+        self.autostart = AutoStart(inventory, self.hosts, self.vms, self.tasks, self.events)
         self._monitor: asyncio.Task | None = None
 
     async def start(self, spec: ClusterSpec, boot: bool = True) -> None:
         """Brings the instance up: administrator account, interrupted tasks closed, every
         known host re-attached (booted again if the engine lost it), the spec's hosts
         added on the first start (afterwards the inventory is the truth: a host removed
-        stays removed), and the heartbeat monitor started."""
+        stays removed), the VMs a datacenter power-down stopped powered on again, and
+        the heartbeat monitor started."""
         self.sessions.ensure_administrator()
         if self.inventory.meta("datacenter") is None:
             self.inventory.set_meta("datacenter", spec.datacenter)
@@ -114,6 +117,7 @@ class VCenter:
         if self.inventory.meta("realised") is None:
             await self.realise(spec)
             self.inventory.set_meta("realised", "1")
+        await self.autostart.power_up()
         self._monitor = asyncio.get_running_loop().create_task(self.hosts.monitor())
 
     async def realise(self, spec: ClusterSpec) -> None:
