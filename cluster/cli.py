@@ -450,7 +450,16 @@ async def cmd_vcenter_serve(args: argparse.Namespace, ctx: Context) -> None:
 
 def cmd_down(args: argparse.Namespace, ctx: Context) -> None:
     result = up.down(ctx.config, args.timeout)
-    text = f"Stopped the cluster (pid {result['pid']})" if result["stopped"] else result["reason"]
+    if not result["stopped"]:
+        text = result["reason"]
+    elif result["graceful"]:
+        powered_off = len(result["vms_powered_off"])
+        text = (
+            f"Stopped the cluster (pid {result['pid']}): {powered_off} running VMs powered "
+            "off, to be powered on again by the next `vsim up`"
+        )
+    else:
+        text = f"Stopped the cluster (pid {result['pid']}), not cleanly: {result['reason']}"
     ctx.show(result, text)
 
 

@@ -78,3 +78,20 @@ def kill(procs: list[Proc], sig: int = signal.SIGKILL) -> None:
                 os.kill(proc[0], sig)
             except ProcessLookupError:
                 pass
+
+
+def with_argument(text: str) -> list[Proc]:
+    """Running processes whose command line contains text (a Ray session's name)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            proc = identity(int(entry))
+            if proc is not None and proc[0] != os.getpid():
+                found.append(proc)
+    return found

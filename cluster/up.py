@@ -1,21 +1,30 @@
 """`vsim up` and `vsim down`: one local cluster (Ray, vCenter, hosts) per user config.
 
-In the foreground, `vsim up` starts a local Ray cluster, the vCenter (which boots the
-spec's hosts as actors), logs in as the administrator to record a session and the
-pinned thumbprint in the user's config, prints how to reach it, and serves until
-SIGINT/SIGTERM; then it stops vCenter and Ray. `--detach` runs that same program as
-a daemon in its own session and returns once it is ready. `vsim down` signals it,
-waits, and kills whatever it left behind (its descendants, its session).
+In the foreground, `vsim up` checks its options, locks its data dir (one cluster per
+data dir), starts a local Ray cluster bound to the address it serves on, the vCenter
+(which boots the spec's hosts as actors and powers on the VMs the last stop powered
+off), logs in as the administrator to record a session and the pinned thumbprint in
+the user's config, prints how to reach it, and serves until SIGINT or SIGTERM. Either
+signal runs the same orderly stop: every running VM powered off cleanly (and
+remembered for the next start), vCenter, the array and Ray stopped, and a stop report
+written for `vsim down`. `--detach` runs that same program as a daemon in its own
+session, echoing its progress, and returns once it is ready. `vsim down` signals it,
+waits, and stops whatever it left behind: its session's processes and its Ray
+session's, also when the daemon itself was killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
+import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,13 +37,20 @@ from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
 from vsim.cluster.spec import ClusterSpec
+from vsim.faults import InvalidArgument
 from vsim.storage.server import start_array
 from vsim.tls import write_private
 from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.sessions import ADMINISTRATOR
 
 READY_TIMEOUT = 600.0
-STOP_TIMEOUT = 60.0
+STOP_TIMEOUT = 120.0
+"""How long `vsim down` waits for the orderly stop (VMs powered off) before it kills."""
+MAX_HOSTS = 96
+"""A vSphere 8 cluster's most hosts: `vsim up` makes one cluster."""
+LOCK_FILE = ".vsim-up.lock"
+PROGRESS = "vsim up: "
+"""How the daemon's progress lines start in its log, so `--detach` can echo them."""
 
 
 @dataclass(frozen=True)
@@ -48,21 +64,146 @@ class UpOptions:
 
 def client_endpoint(bind: str, port: int) -> str:
     host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    if ":" in host:
+        host = f"[{host}]"
     return f"{host}:{port}"
 
 
-def start_ray() -> None:
-    """A local Ray cluster for this process (vsim up, the benchmarks)."""
+def check_options(options: UpOptions) -> None:
+    """What `vsim up` can know is wrong before it starts anything (InvalidArgument)."""
+    if not 1 <= options.hosts <= MAX_HOSTS:
+        raise InvalidArgument(
+            f"--hosts must be between 1 and {MAX_HOSTS} (a vSphere 8 cluster's most), "
+            f"not {options.hosts}"
+        )
+    try:
+        address = ipaddress.ip_address(options.bind)
+    except ValueError:
+        raise InvalidArgument(
+            f"--bind must be an IP address of this machine (127.0.0.1, 0.0.0.0, ...), "
+            f"not {options.bind!r}"
+        ) from None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the gRPC server will: a port in TIME_WAIT is free, a listening one is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((options.bind, options.port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InvalidArgument(
+                    f"port {options.port} on {options.bind} is in use; stop what uses it "
+                    "or choose another --port"
+                ) from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise InvalidArgument(
+                    f"--bind {options.bind} is not an address of this machine"
+                ) from None
+            raise InvalidArgument(
+                f"cannot listen on {options.bind} port {options.port}: {e.strerror}"
+            ) from None
+
+
+def start_ray(bind: str = "127.0.0.1") -> str:
+    """A local Ray cluster for this process (vsim up, the benchmarks); returns its
+    session directory. With a loopback bind every Ray server listens on loopback
+    only (Ray then takes 127.0.0.1 as the node's address); any other bind leaves
+    Ray on every interface, as Ray itself does."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    loopback = ipaddress.ip_address(bind).is_loopback
+    if loopback:
+        # Read by Ray when it is imported, and by the processes it starts.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
+    if loopback:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported already
     ray.init(
         address="local",
         include_dashboard=False,
         logging_level=logging.ERROR,
         log_to_driver=False,
         configure_logging=True,
+        _node_ip_address="127.0.0.1" if loopback else None,
     )
+    return ray_session_dir()
+
+
+def ray_session_dir() -> str:
+    """The running Ray session's directory: every process Ray starts names it."""
+    from ray._private import worker
+
+    node = worker._global_node
+    return node.get_session_dir_path() if node is not None else ""
+
+
+class DataDirLock:
+    """One `vsim up` per data dir: an exclusive flock held while the cluster runs. The
+    file also names the holder and its Ray session, so a later start or `vsim down`
+    can find what a killed one left."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> dict | None:
+        """Takes the lock; returns what the previous holder recorded (None if none).
+        InvalidArgument while another `vsim up` holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_json(self.path) or {}
+            os.close(fd)
+            raise InvalidArgument(
+                f"{self.path.parent} is in use by another vsim up (pid "
+                f"{holder.get('pid', '?')}); stop it with `vsim down` or choose another "
+                "--data-dir"
+            ) from None
+        self._fd = fd
+        return _read_json(self.path)
+
+    def record(self, state: dict) -> None:
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(state).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def check_free(self) -> None:
+        """InvalidArgument if another `vsim up` holds the data dir (takes nothing)."""
+        self.acquire()
+        self.release()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def leftovers(state: dict) -> list[processes.Proc]:
+    """What a `vsim up` that is gone left running: the processes of its session (a
+    detached one leads its own) and of its Ray session. A session id is not reused
+    while any process still belongs to that session, so none of these is another's."""
+    found = []
+    pid, session = state.get("pid"), state.get("ray_session", "")
+    if isinstance(pid, int) and processes.identity(pid) is None:
+        found += processes.in_session(pid)
+    if session:
+        found += processes.with_argument(os.path.basename(session))
+    return sorted(set(found))
+
+
+def progress(message: str) -> None:
+    print(PROGRESS + message, file=sys.stderr, flush=True)
 
 
 async def serve(options: UpOptions, config: UserConfig, on_ready) -> None:
@@ -80,17 +221,46 @@ def _with_stdout(out, function, *args) -> None:
 
 
 async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
+    check_options(options)
+    lock = DataDirLock(options.data_dir)
+    previous = lock.acquire()
+    try:
+        stopped = stop_report_path(config, os.getpid())
+        stopped.unlink(missing_ok=True)
+        report = await _run(options, config, lock, previous or {}, on_ready)
+        write_private(stopped, json.dumps(report).encode())
+    finally:
+        lock.release()
+        config.clear_up_state(os.getpid())
+    print("Stopped.", file=sys.stderr, flush=True)
+
+
+async def _run(
+    options: UpOptions, config: UserConfig, lock: DataDirLock, previous: dict, on_ready
+) -> dict:
+    """Starts the cluster, serves until a signal, stops it in order; the stop report."""
     import ray
 
     from vsim.vcenter.server import start_vcenter
 
+    left = leftovers(previous)
+    if left:  # a killed `vsim up` on this data dir: its hosts must not run beside ours
+        processes.kill(left)
+        progress(f"stopped {len(left)} processes an earlier vsim up left running")
+    session = start_ray(options.bind)
+    # Ray's init installs its own SIGTERM handler (exit at once): ours go in after it,
+    # so that SIGTERM and SIGINT both run the orderly stop below.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    start_ray()
+    me = {"pid": os.getpid(), "started": processes.identity(os.getpid())[1]}
+    lock.record({**me, "ray_session": session})
+    progress(f"Ray started ({session})")
+    report: dict = {"pid": os.getpid(), "clean": False}
     array = await start_array(options.data_dir / "array", 0, "127.0.0.1")
     try:
+        progress(f"storage array serving on {array.endpoint}")
         spec = prepare_array(array.array, ClusterSpec.default(options.hosts))
         running = await start_vcenter(
             options.data_dir,
@@ -99,31 +269,61 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
             bind=options.bind,
             clock=WallClock(options.clock_speed),
             array=ArrayRef(array.endpoint, array.identity.thumbprint),
+            on_event=_progress_of,
         )
         try:
             endpoint = client_endpoint(options.bind, int(running.endpoint.rsplit(":", 1)[1]))
+            progress(f"vCenter serving on {endpoint}")
             info = await _record_session(running, endpoint, config)
             info["array"] = array.endpoint
             info["datastores"] = [d.name for d in running.core.inventory.datastores()]
             config.save_up_state(
                 {
-                    "pid": os.getpid(),
-                    "started": processes.identity(os.getpid())[1],
+                    **me,
                     "data_dir": str(options.data_dir),
                     "endpoint": endpoint,
                     "thumbprint": running.thumbprint,
+                    "ray_session": session,
                 }
             )
-            on_ready(info)
-            await stop.wait()
+            if not stop.is_set():
+                on_ready(info)
+                await stop.wait()
+            print("Stopping: powering off the VMs...", file=sys.stderr, flush=True)
+            outcome = await running.core.autostart.power_down()
+            report["vms_powered_off"] = outcome.done
+            report["vms_not_powered_off"] = outcome.failed
             print("Stopping vCenter and the hosts...", file=sys.stderr, flush=True)
         finally:
             await running.stop()
     finally:
         await array.stop()
         ray.shutdown()
-        config.clear_up_state(os.getpid())
-    print("Stopped.", file=sys.stderr, flush=True)
+    report["clean"] = not report.get("vms_not_powered_off", True)
+    return report
+
+
+# The events that tell a person watching `vsim up` start how far it is.
+_PROGRESS_EVENTS = frozenset(
+    {
+        "HostAddedEvent",
+        "HostConnectedEvent",
+        "HostNotRespondingEvent",
+        "VmfsDatastoreCreatedEvent",
+        "NasDatastoreCreatedEvent",
+        "VmPoweredOnEvent",
+        "VmAutoStartFailedEvent",
+    }
+)
+
+
+def _progress_of(event) -> None:
+    if event.type in _PROGRESS_EVENTS:
+        progress(event.message)
+
+
+def stop_report_path(config: UserConfig, pid: int) -> Path:
+    return config.dir / f"stopped-{pid}.json"
 
 
 async def _record_session(running, endpoint: str, config: UserConfig) -> dict:
@@ -158,10 +358,7 @@ def recorded_process(config: UserConfig) -> processes.Proc | None:
         proc = (int(state["pid"]), int(state["started"]))
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{config.dir / 'up.json'} is damaged; remove it") from None
-    if processes.alive(proc):
-        return proc
-    config.clear_up_state(proc[0])
-    return None
+    return proc if processes.alive(proc) else None
 
 
 def running_pid(config: UserConfig) -> int | None:
@@ -171,11 +368,14 @@ def running_pid(config: UserConfig) -> int | None:
 
 def detach(argv: list[str], options: UpOptions, config: UserConfig) -> dict:
     """Starts `vsim up` as a daemon in its own session; returns its ready info."""
-    options.data_dir.mkdir(parents=True, exist_ok=True)
+    check_options(options)
+    DataDirLock(options.data_dir).check_free()
     ready = options.data_dir / f".ready-{os.getpid()}.json"
     ready.unlink(missing_ok=True)
     log_path = options.data_dir / "vsim-up.log"
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+    if log_path.exists():  # this run's log starts empty; the last run's is kept beside it
+        log_path.replace(log_path.with_suffix(".log.1"))
+    with open(log_path, "wb") as log, open(os.devnull, "rb") as devnull:
         child = subprocess.Popen(
             [sys.executable, "-m", "vsim.cluster.cli", *argv, "--ready-file", str(ready)],
             stdin=devnull,
@@ -200,7 +400,9 @@ def detach(argv: list[str], options: UpOptions, config: UserConfig) -> dict:
 
 def _wait_ready(child: subprocess.Popen, ready: Path, log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
+    echoed = 0
     while not ready.exists():
+        echoed = _echo_progress(log_path, echoed)
         if child.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             raise RuntimeError(
@@ -210,6 +412,19 @@ def _wait_ready(child: subprocess.Popen, ready: Path, log_path: Path) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"vsim up was not ready after {READY_TIMEOUT:.0f} s; see {log_path}")
         time.sleep(0.2)
+    _echo_progress(log_path, echoed)
+
+
+def _echo_progress(log_path: Path, echoed: int) -> int:
+    """Prints the daemon's new progress lines on stderr; returns how many lines of
+    the log have been looked at."""
+    text = log_path.read_text(errors="replace")
+    lines = text.splitlines()
+    complete = len(lines) - (not text.endswith("\n"))  # a last line may be half written
+    for line in lines[echoed:complete]:
+        if line.startswith(PROGRESS):
+            print(line, file=sys.stderr, flush=True)
+    return max(echoed, complete)
 
 
 def write_ready(path: Path, info: dict) -> None:
@@ -219,29 +434,61 @@ def write_ready(path: Path, info: dict) -> None:
 
 
 def down(config: UserConfig, timeout: float = STOP_TIMEOUT) -> dict:
-    """Stops the cluster this config's `vsim up` runs; kills what outlives it."""
+    """Stops the cluster this config's `vsim up` runs (SIGTERM: its orderly stop, VMs
+    powered off); kills what outlives it, and what a killed one left. The report says
+    what happened: `graceful` only when the process stopped itself in time and its
+    stop report says every VM was powered off."""
     state = config.up_state()
     if state is None:
         return {"stopped": False, "reason": "no cluster is running for this config"}
+    pid = state.get("pid")
     proc = recorded_process(config)
     if proc is None:
-        return {"stopped": False, "reason": f"the cluster's process {state.get('pid')} is gone"}
-    pid = proc[0]
+        left = leftovers(state)
+        processes.kill(left)
+        remaining = processes.wait_gone(left, 10)
+        config.clear_up_state(pid)
+        if not left:
+            return {"stopped": False, "reason": f"the cluster's process {pid} is gone"}
+        return {
+            "stopped": True,
+            "pid": pid,
+            "graceful": False,
+            "reason": f"the cluster's process {pid} had died; stopped the {len(left)} "
+            "processes it left running (its VMs were not powered off cleanly)",
+            "killed": len(left),
+            "remaining": len(remaining),
+        }
     procs = processes.descendants(pid) + processes.in_session(pid)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    left = processes.wait_gone([p for p in procs if p[0] == pid], timeout)
+    timed_out = processes.wait_gone([proc], timeout)
     # Whatever the cluster started and did not stop goes now.
-    stragglers = [p for p in procs if processes.alive(p)] + processes.in_session(pid)
+    stragglers = sorted(
+        {p for p in procs if processes.alive(p)} | set(processes.in_session(pid))
+        | set(leftovers({"ray_session": state.get("ray_session", "")}))
+    )  # fmt: skip
     processes.kill(stragglers)
     remaining = processes.wait_gone(stragglers, 10)
     config.clear_up_state(pid)
-    return {
+    stop_report = _read_json(stop_report_path(config, pid))
+    stop_report_path(config, pid).unlink(missing_ok=True)
+    result = {
         "stopped": True,
         "pid": pid,
-        "graceful": not left,
+        "graceful": bool(not timed_out and stop_report and stop_report.get("clean")),
+        "vms_powered_off": (stop_report or {}).get("vms_powered_off", []),
         "killed": len(stragglers),
         "remaining": len(remaining),
     }
+    if timed_out:
+        result["reason"] = f"it did not stop within {timeout:.0f} s and was killed"
+    elif stop_report is None:
+        result["reason"] = "it exited without its orderly stop"
+    elif not stop_report.get("clean"):
+        result["reason"] = "some VMs could not be powered off: " + "; ".join(
+            f"{vm}: {why}" for vm, why in stop_report.get("vms_not_powered_off", {}).items()
+        )
+    return result

@@ -4,7 +4,7 @@ and followed live by WatchEvents."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from vsim.clock import Clock
 from vsim.v1 import common_pb2
@@ -18,6 +18,8 @@ class EventLog:
         self._inventory = inventory
         self._clock = clock
         self._changed = asyncio.Event()
+        self.listeners: list[Callable[[common_pb2.Event], None]] = []
+        """Called with each event as it is posted (after it is stored)."""
 
     def post(
         self, type_: str, message: str, *, user: str = "", host: str = "", vm: str = ""
@@ -34,6 +36,8 @@ class EventLog:
         )
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def after(self, key: int, limit: int = PAGE) -> list[common_pb2.Event]:

@@ -8,6 +8,7 @@ initial-admin-password) and hosts/<name>/ (each host's certificate and accounts)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from vsim.cluster.engine import HostEngine
 from vsim.cluster.spec import ClusterSpec
 from vsim.rpc import start_server
 from vsim.tls import Identity, load_or_create_identity
-from vsim.v1 import vcenter_pb2
+from vsim.v1 import common_pb2, vcenter_pb2
 from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
@@ -58,9 +59,11 @@ async def start_vcenter(
     array: ArrayRef | None = None,
     hosts_bind: str = "127.0.0.1",
     hosts_advertise: str = "127.0.0.1",
+    on_event: Callable[[common_pb2.Event], None] | None = None,
 ) -> RunningVCenter:
     """Starts (or restarts) the vCenter kept in data_dir; Ray must be initialised when
-    no engine is given (hosts_bind/hosts_advertise: see RayEngine)."""
+    no engine is given (hosts_bind/hosts_advertise: see RayEngine). on_event sees every
+    event from the start on (how `vsim up` shows its progress)."""
     clock = clock or WallClock()
     home = data_dir / "vcenter"
     inventory = Inventory(home / INVENTORY_FILE)
@@ -77,6 +80,8 @@ async def start_vcenter(
             )
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
         core = VCenter(home, inventory, engine, clock, array=array)
+        if on_event is not None:
+            core.events.listeners.append(on_event)
     except BaseException:
         inventory.close()
         raise
