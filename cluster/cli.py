@@ -40,7 +40,9 @@ from vsim.faults import (
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
+from vsim.vcenter.host_system import PASS_THUMBPRINT
 from vsim.vcenter.sessions import ADMINISTRATOR
+from vsim.vcenter.virtual_machine import MAX_DISK_MB
 
 Handler = Callable[[argparse.Namespace, "Context"], Any]
 SUCCESS = common_pb2.TASK_STATE_SUCCESS
@@ -139,7 +141,22 @@ async def cmd_host_add(args: argparse.Namespace, ctx: Context) -> None:
             ):
                 thumbprint = presented
                 task = await client.wait(await client.add_host(args.name, thumbprint, **sizes))
+    if task.error.name == SSLVerifyFault.name:
+        raise thumbprint_fault(args.name, fault_from_proto(task.error))
     show_task(ctx, task, f"Added host {args.name} (thumbprint {thumbprint})")
+
+
+def thumbprint_fault(name: str, fault: VimFault) -> VimFault:
+    """AddHost's SSLVerifyFault telling what to type here, not the API field to set."""
+    presented = fault.properties.get("thumbprint", "")
+    if not (presented and fault.message.endswith(PASS_THUMBPRINT)):
+        return fault  # not a certificate to verify (something else answers): as it is
+    told = fault.message.removesuffix(PASS_THUMBPRINT)
+    return SSLVerifyFault(
+        f"{told}verify it, then run `vsim host add {name} --thumbprint {presented}` "
+        "(or add --accept-thumbprint) to add the host",
+        **fault.properties,
+    )
 
 
 def confirm(question: str) -> bool:
@@ -177,7 +194,9 @@ def disk_mb(gb: float | None) -> int:
     """--disk-gb (decimals allowed) in whole MB."""
     if gb is None:
         return 0
-    validate.positive_number(gb, "--disk-gb")
+    most = MAX_DISK_MB // 1024
+    if not 0 < gb <= most:  # NaN too
+        raise InvalidArgument(f"--disk-gb must be more than 0 and at most {most} GB, got {gb:g}")
     return max(1, round(gb * 1024))
 
 

@@ -48,8 +48,11 @@ from vsim.host.kernel_messages import (
 from vsim.host.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.vm_files import (
     check_disks,
+    check_revert,
     create_vm_files,
     delete_vm_files,
+    discard_new_deltas,
+    revert_disks,
     snapshot_disks,
     write_vmx,
 )
@@ -328,7 +331,26 @@ class Hostd:
             raise InvalidState(f"{vm.name} has no disks")
         files = self._files(vm)
         disks = await snapshot_disks(files, vm)
-        await write_vmx(files, replace(vm, disks=disks), create=False)  # the file first
+        try:
+            await write_vmx(files, replace(vm, disks=disks), create=False)  # the file first
+        except BaseException:
+            await discard_new_deltas(files, [d.path for d in disks])
+            raise
+        vm = self.kernel.update_disks(vm.name, disks)
+        self.vmx.pop(vm.name, None)
+        return pb.HostVmResponse(vm=vm_to_proto(vm))
+
+    async def RevertVmDisks(
+        self, request: pb.RevertVmDisksRequest, user: str | None
+    ) -> pb.HostVmResponse:
+        self.accounts.require_admin(user)
+        vm = self.kernel.vm(request.name)
+        if vm.powered_on or (vm.name in self.vmx and self.vmx[vm.name].disks):
+            raise InvalidPowerState(f"{vm.name} must be powered off to take deltas off its disks")
+        disks = tuple(DiskConfig(d.path, d.capacity_bytes, d.parent) for d in request.disks)
+        files = self._files(vm)
+        await check_revert(files, vm, disks)
+        await revert_disks(files, vm, disks)
         vm = self.kernel.update_disks(vm.name, disks)
         self.vmx.pop(vm.name, None)
         return pb.HostVmResponse(vm=vm_to_proto(vm))

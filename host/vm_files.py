@@ -5,11 +5,21 @@ with its configuration (`<name>.vmx`) and its disks (`<name>.vmdk` and extents;
 from __future__ import annotations
 
 import contextlib
+import logging
+from dataclasses import replace
 
-from vsim.faults import FileAlreadyExists, FileNotFound, InvalidArgument, VimFault
+from vsim.faults import (
+    FileAlreadyExists,
+    FileNotFound,
+    InvalidArgument,
+    InvalidState,
+    VimFault,
+)
 from vsim.host.datastore_files import DatastoreFiles, split_path, write_whole
 from vsim.host.kernel import DiskConfig, VmConfig
-from vsim.host.vmdk import create_delta, create_disk, delete_disk
+from vsim.host.vmdk import create_delta, create_disk, delete_disk, delta_grains_used
+
+log = logging.getLogger(__name__)
 
 
 def vmx_path(vm: VmConfig) -> str:
@@ -105,12 +115,63 @@ def next_delta_path(vm: VmConfig, taken: set[str]) -> str:
 
 
 async def snapshot_disks(files: DatastoreFiles, vm: VmConfig) -> tuple[DiskConfig, ...]:
-    """A new delta over each disk's current top; returns the VM's new disks."""
+    """A new delta over each disk's current top; returns the VM's new disks. If one
+    cannot be made, those made already are deleted again: the disks stay as they were."""
     taken = {info.path for info in await files.listdir(vm.name)}
-    disks = []
-    for disk in vm.disks:
-        path = next_delta_path(vm, taken)
-        taken.add(path)
-        await create_delta(files, path, disk.path)
-        disks.append(DiskConfig(path, disk.capacity_bytes, disk.path))
+    disks: list[DiskConfig] = []
+    try:
+        for disk in vm.disks:
+            path = next_delta_path(vm, taken)
+            taken.add(path)
+            disks.append(DiskConfig(path, disk.capacity_bytes, disk.path))
+            await create_delta(files, path, disk.path)
+    except BaseException:
+        await discard_new_deltas(files, [d.path for d in disks])
+        raise
     return tuple(disks)
+
+
+async def discard_new_deltas(files: DatastoreFiles, paths: list[str]) -> None:
+    """Deletes deltas snapshot_disks made (or began: the extent is written before the
+    descriptor), as far as the datastore lets it; what cannot go is logged."""
+    for path in paths:
+        extent = f"{path.removesuffix('.vmdk')}-delta.vmdk"
+        for file in (path, extent):
+            try:
+                await files.remove(file)
+            except FileNotFound:
+                pass
+            except VimFault as fault:
+                log.warning("cannot delete %s, a delta no disk uses: %s", file, fault)
+
+
+async def check_revert(files: DatastoreFiles, vm: VmConfig, disks: tuple[DiskConfig, ...]) -> None:
+    """That vm can go back onto `disks`: each is the parent of its current top, a
+    delta of the VM's own that was never written (reverting loses nothing)."""
+    if len(disks) != len(vm.disks):
+        raise InvalidArgument(
+            f"{vm.name} has {len(vm.disks)} disks; cannot go back onto {len(disks)}"
+        )
+    for top, disk in zip(vm.disks, disks, strict=True):
+        split_path(disk.path)
+        if top.parent != disk.path or not top.path.startswith(f"{vm.name}/"):
+            raise InvalidArgument(
+                f"{top.path[:80]!r} is not a delta of {vm.name}'s over {disk.path[:80]!r}"
+            )
+        if disk.capacity_bytes != top.capacity_bytes:
+            raise InvalidArgument(
+                f"{disk.path[:80]!r} holds {top.capacity_bytes} bytes, not {disk.capacity_bytes}"
+            )
+        used = await delta_grains_used(files, top.path)
+        if used:
+            raise InvalidState(
+                f"{top.path} has been written ({used} grains): going back to "
+                f"{disk.path} would lose those writes"
+            )
+
+
+async def revert_disks(files: DatastoreFiles, vm: VmConfig, disks: tuple[DiskConfig, ...]) -> None:
+    """Puts vm's files back onto `disks` (checked by check_revert): its .vmx first, so
+    it never names a deleted disk, then the deltas it leaves are deleted."""
+    await write_vmx(files, replace(vm, disks=disks), create=False)
+    await discard_new_deltas(files, [d.path for d in vm.disks])

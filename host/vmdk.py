@@ -204,6 +204,20 @@ async def delete_disk(fs: DatastoreFiles, path: str) -> None:
         await fs.remove(path)
 
 
+async def delta_grains_used(fs: DatastoreFiles, path: str) -> int:
+    """How many grains the delta disk `path` holds (0: it was never written)."""
+    descriptor = await read_descriptor(fs, path)
+    if not descriptor.is_delta:
+        raise InvalidArgument(f"{path} is a flat disk, not a delta")
+    extent = await fs.open(extent_path(path, descriptor.extent), LockMode.READ_ONLY)
+    layer = _Layer(path, descriptor, extent)
+    try:
+        await layer.load()
+    finally:
+        await layer.extent.close()
+    return layer.used
+
+
 def _header(sectors: int, used: int) -> bytes:
     return _HEADER.pack(DELTA_MAGIC, sectors, GRAIN_SECTORS, used)
 

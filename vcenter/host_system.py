@@ -53,6 +53,9 @@ VIM_PASSWORD_EXPIRATION = 30 * 86400.0
 CONNECTED = pb.CONNECTION_STATE_CONNECTED
 NOT_RESPONDING = pb.CONNECTION_STATE_NOT_RESPONDING
 ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
+PASS_THUMBPRINT = "verify it and pass it as ssl_thumbprint to add the host"
+"""How AddHost's SSLVerifyFault ends when the caller has not verified the certificate
+(the CLI puts its own flag in its place)."""
 
 
 @dataclass
@@ -178,11 +181,22 @@ class HostManager:
         )
         return spec.validated()
 
-    async def provision(self, spec: HostSpec) -> tuple[HostSpec, str]:
-        """Boots the machine for spec, recording it first (an existing record wins: the
-        hardware is already there). Returns the spec booted and the thumbprint the host
-        reports through the engine."""
-        if self._inventory.machine(spec.name) is None:
+    async def provision(
+        self, spec: HostSpec, request: pb.AddHostRequest | None = None
+    ) -> tuple[HostSpec, str]:
+        """Boots the machine for spec, recording it first. An existing record wins (the
+        hardware is already there), except that a machine an earlier AddHost provisioned
+        but never added is provisioned again when `request` asks for other sizes: nothing
+        uses it yet. Returns the spec booted and the thumbprint the host reports through
+        the engine."""
+        machine = self._inventory.machine(spec.name)
+        if machine is not None and request is not None and self._inventory.host(spec.name) is None:
+            differences = size_differences(HostSpec.from_json(machine.spec_json), request)
+            if differences:
+                log.info("provisioning %s again: %s", spec.name, "; ".join(differences))
+                await self.retire_machine(spec.name)
+                machine = None
+        if machine is None:
             public = replace(spec, root_password="")
             self._inventory.add_machine(
                 MachineRecord(spec.name, public.to_json(), self._secrets.seal(spec.root_password))
@@ -192,7 +206,7 @@ class HostManager:
 
     async def add(self, request: pb.AddHostRequest, spec: HostSpec, user: str) -> str:
         """AddHost's work: provision if needed, verify the certificate, create vpxuser."""
-        spec, reported = await self.provision(spec)
+        spec, reported = await self.provision(spec, request)
         port = await self._engine.connect(spec.name)
         try:
             if port.thumbprint != reported:
@@ -207,7 +221,7 @@ class HostManager:
             if port.thumbprint != expected:
                 raise SSLVerifyFault(
                     f"the certificate of {spec.name} ({port.endpoint}) has thumbprint "
-                    f"{port.thumbprint}; verify it and pass it as ssl_thumbprint to add the host",
+                    f"{port.thumbprint}; {PASS_THUMBPRINT}",
                     thumbprint=port.thumbprint,
                 )
             root = await port.call(
@@ -243,9 +257,21 @@ class HostManager:
         self._links[spec.name] = HostLink(port, session)
         return spec.name
 
+    async def retire_machine(self, name: str) -> None:
+        """Stops and forgets a machine that is not in the inventory (provisioned by an
+        AddHost that failed): the engine first, so a record is never missing for a
+        machine that still runs."""
+        if self._inventory.host(name) is not None:
+            raise InvalidState(f"{name} is in the inventory; remove the host instead")
+        await self._engine.decommission(name)
+        self._inventory.remove_machine(name)
+
     def check_remove(self, name: str) -> None:
         """A connected host must have no powered-on VMs; one that is not responding may
-        go with its VMs (as in vSphere: what ran there is gone with the host)."""
+        go with its VMs (as in vSphere: what ran there is gone with the host). A host
+        vCenter provisioned but never added (its AddHost failed) may always go."""
+        if self._inventory.host(name) is None and self._inventory.machine(name) is not None:
+            return
         host = self.record(name)
         if host.vms_powered_on and host.connection_state == CONNECTED:
             raise InvalidState(
@@ -254,6 +280,15 @@ class HostManager:
             )
 
     async def remove(self, name: str, user: str) -> str:
+        if self._inventory.host(name) is None:
+            await self.retire_machine(name)
+            self._events.post(
+                "HostRemovedEvent",
+                f"Retired {name}, provisioned by an AddHost that did not add it",
+                user=user,
+                host=name,
+            )
+            return name
         link = self._links.pop(name, None)
         if link is not None:
             await link.port.close()
@@ -508,6 +543,21 @@ class HostManager:
         links, self._links = self._links, {}
         for link in links.values():
             await link.port.close()
+
+
+def size_differences(machine: HostSpec, request: pb.AddHostRequest) -> list[str]:
+    """How the sizes an AddHost asks for differ from a provisioned machine's (a size
+    not given accepts the machine's)."""
+    asked = (
+        ("CPU cores", machine.cpu_cores, request.cpu_cores),
+        ("MHz per core", machine.cpu_mhz, request.cpu_mhz),
+        ("MB of memory", machine.memory_mb, request.memory_mb),
+    )
+    return [
+        f"{what}: {has} provisioned, {want} asked"
+        for what, has, want in asked
+        if want and want != has
+    ]
 
 
 def host_vm(vm: pb.Vm) -> hpb.HostVm:

@@ -254,6 +254,12 @@ class Inventory:
         row = self._db.execute("SELECT * FROM machines WHERE name=?", (name,)).fetchone()
         return MachineRecord(*row) if row else None
 
+    def remove_machine(self, name: str) -> None:
+        """Forgets a machine that is not a host in the inventory."""
+        self._db.execute(
+            "DELETE FROM machines WHERE name=? AND name NOT IN (SELECT name FROM hosts)", (name,)
+        )
+
     # hosts
 
     def add_host(self, host: HostRecord) -> None:

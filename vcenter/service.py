@@ -133,7 +133,7 @@ class VCenter:
                 cpu_mhz=host_spec.cpu_mhz,
                 memory_mb=host_spec.memory_mb,
             )
-            full, reported = await self.hosts.provision(self.hosts.check_add(request))
+            full, reported = await self.hosts.provision(self.hosts.check_add(request), request)
             request.ssl_thumbprint = reported
             task = self.tasks.start(
                 "AddHost_Task",

@@ -8,6 +8,7 @@ outcome (inventory row, event) in one transaction only once the host has done it
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,8 @@ MAX_DISK_MB = 2 * 1024 * 1024
 MAX_GUEST_WRITE_IOPS = 10_000
 MAX_DATASTORE_PATH = 256
 
+log = logging.getLogger(__name__)
+
 
 class VmManager:
     def __init__(
@@ -78,7 +81,7 @@ class VmManager:
         validate.memory_mb(request.memory_mb)
         validate.text(request.guest_os, "guest_os", 64)
         validate.int_range(request.guest_write_iops, 0, MAX_GUEST_WRITE_IOPS, "guest_write_iops")
-        validate.int_range(request.disk_mb, 0, MAX_DISK_MB, "disk_mb", " MB")
+        validate.int_range(request.disk_mb, 0, MAX_DISK_MB, "disk_mb", "MB")
         if request.disk_mb and not request.datastore:
             raise InvalidArgument("a VM with a disk needs a datastore (--datastore)")
         if request.datastore and not request.disk_mb:
@@ -137,22 +140,32 @@ class VmManager:
         before: Callable[[], Awaitable[None]] | None = None,
         also: tuple[tuple[str, str], ...] = (),
         ticket: int | None = None,
+        undo: Callable[[], Awaitable[None]] | None = None,
     ) -> common_pb2.Task:
         """Registers vm on its host (making its files there) and records it, as a task.
         `before` runs first in the task (checks on the host, a linked clone's snapshot
-        of its source); the MACs held under `ticket` are released when the task ends."""
+        of its source); if anything from `before` on fails, `undo` puts back what
+        `before` changed. The MACs held under `ticket` are released when the task ends."""
         host = vm.host
 
         async def work(task: common_pb2.Task) -> str:
             try:
-                return await register()
+                return await register_or_undo()
             finally:
                 if ticket is not None:
                     self._macs.release(ticket)
 
+        async def register_or_undo() -> str:
+            try:
+                if before is not None:
+                    await before()
+                return await register()
+            except BaseException:
+                if undo is not None:
+                    await undo()
+                raise
+
         async def register() -> str:
-            if before is not None:
-                await before()
             request = hpb.RegisterVmRequest(vm=host_vm(vm), create_files=bool(vm.disks))
             await self._hosts.call(host, "RegisterVm", request)
             try:
@@ -167,8 +180,8 @@ class VmManager:
                     )
             except Exception:
                 # Not recorded: take it off the host again, so a retry can succeed.
-                undo = hpb.HostVmRequest(name=vm.name, delete_files=True)
-                await self._hosts.call(host, "UnregisterVm", undo)
+                unregister = hpb.HostVmRequest(name=vm.name, delete_files=True)
+                await self._hosts.call(host, "UnregisterVm", unregister)
                 raise
             return vm.name
 
@@ -204,6 +217,8 @@ class VmManager:
         ticket = self._macs.ticket()
         templates = [nic_template(nic) for nic in source.nics]
         vm.nics.extend(checked_nics(vm.name, [], templates, self._macs, ticket))
+        moved: list[common_pb2.VirtualDisk] = []
+        """The source's new tops, once it is on them: what a failure must undo."""
 
         async def snapshot_source() -> None:
             # Before the source changes, make sure the clone's host can hold the clone.
@@ -219,23 +234,25 @@ class VmManager:
                 source.host, "SnapshotVmDisks", hpb.HostVmRequest(name=source.name)
             )
             before = {d.path: d for d in source.disks}
-            tops = []
             for new_top in reply.vm.disks:
                 old = before[new_top.parent]
-                ancestors = [old.path, *old.ancestors]
-                tops.append(
+                moved.append(
                     common_pb2.VirtualDisk(
                         path=new_top.path,
                         capacity_bytes=new_top.capacity_bytes,
                         parent=new_top.parent,
-                        ancestors=ancestors,
+                        ancestors=[old.path, *old.ancestors],
                     )
                 )
-            for clone_disk, top in zip(vm.disks, tops, strict=True):
+            for clone_disk, top in zip(vm.disks, moved, strict=True):
                 clone_disk.parent = top.parent
                 clone_disk.ancestors.extend(top.ancestors)
             with self._inventory.transaction():
-                self._inventory.set_vm_disks(source.name, tops)
+                self._inventory.set_vm_disks(source.name, moved)
+
+        async def restore_source() -> None:
+            if moved:
+                await self._restore_clone_source(source, moved)
 
         return self._register_new(
             vm,
@@ -244,7 +261,32 @@ class VmManager:
             before=snapshot_source,
             also=(("vm", source.name),),
             ticket=ticket,
+            undo=restore_source,
         )
+
+    async def _restore_clone_source(
+        self, source: pb.Vm, tops: list[common_pb2.VirtualDisk]
+    ) -> None:
+        """After a failed clone: the source goes back onto the disks it had (its host
+        deletes the deltas it got), and the inventory records what the host has. A
+        failure here is logged; the clone's own fault is the one reported."""
+        disks = [
+            common_pb2.VirtualDisk(path=d.path, capacity_bytes=d.capacity_bytes, parent=d.parent)
+            for d in source.disks
+        ]
+        request = hpb.RevertVmDisksRequest(name=source.name, disks=disks)
+        try:
+            await self._hosts.call(source.host, "RevertVmDisks", request)
+        except VimFault as fault:
+            log.warning("%s stays on its new deltas after a failed clone: %s", source.name, fault)
+            recorded = tops
+        else:
+            recorded = list(source.disks)
+        try:
+            with self._inventory.transaction():
+                self._inventory.set_vm_disks(source.name, recorded)
+        except Exception:  # noqa: BLE001 - the clone's fault is the one to report
+            log.exception("recording %s's disks after a failed clone", source.name)
 
     async def verify_disk(self, request: pb.VerifyVmDiskRequest) -> common_pb2.GuestDiskReport:
         vm = self.get(request.name)

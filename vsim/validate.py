@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import uuid as uuid_
 
 from vsim.faults import InvalidArgument
@@ -18,6 +19,13 @@ MAX_HOST_CPU_CORES = 896
 MAX_HOST_MEMORY_MB = 24 * 1024 * 1024
 HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 VM_NAME_FORBIDDEN = re.compile(r"[/\\%\x00-\x1f\x7f]")
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories no name may hold: controls, format characters (U+202E
+right-to-left override, U+FEFF BOM, zero-width spaces), surrogates and line and
+paragraph separators. They are invisible or reorder text, so a name holding one
+scrambles every table it is shown in and looks like a name it is not."""
+RESERVED_NAMES = frozenset({".", ".."})
+"""Names of folders on a datastore (this one, its parent): a VM's folder is its name."""
 
 
 def _shown(value: str) -> str:
@@ -25,6 +33,7 @@ def _shown(value: str) -> str:
 
 
 def host_name(value: str, field: str = "name") -> str:
+    # Stricter than visible_name: ASCII letters, digits and '-' only.
     if not HOST_NAME.fullmatch(value):
         raise InvalidArgument(
             f"{field} {_shown(value)} is not a valid host name: use 1-63 lower-case "
@@ -33,11 +42,32 @@ def host_name(value: str, field: str = "name") -> str:
     return value
 
 
+def visible_name(value: str, field: str = "name") -> str:
+    """The rule every name the API takes follows, whatever else its kind allows: not
+    '.' or '..', and no invisible or text-reordering character (INVISIBLE_CATEGORIES)."""
+    if value in RESERVED_NAMES:
+        raise InvalidArgument(
+            f"{field} {value!r} is not a valid name: '.' and '..' name folders on a "
+            "datastore; pick a name with other characters too"
+        )
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in INVISIBLE_CATEGORIES:
+            what = unicodedata.name(char, "a control character")
+            raise InvalidArgument(
+                f"{field} {_shown(value)} has U+{ord(char):04X} ({what}) at position "
+                f"{position + 1}: names may not contain control or format characters "
+                "or line breaks"
+            )
+    return value
+
+
 def vm_name(value: str, field: str = "name") -> str:
+    """An inventory name (VMs, resource pools, port groups): vSphere's rules."""
     if not value or len(value) > MAX_VM_NAME:
         raise InvalidArgument(
             f"{field} {_shown(value)} must be 1-{MAX_VM_NAME} characters, got {len(value)}"
         )
+    visible_name(value, field)
     if value != value.strip() or VM_NAME_FORBIDDEN.search(value):
         raise InvalidArgument(
             f"{field} {_shown(value)} may not contain '/', '\\', '%', control characters "

@@ -25,6 +25,38 @@ def test_vm_name_rejects(name: str):
         validate.vm_name(name)
 
 
+@pytest.mark.parametrize("name", ["a.b", "...", ".vm", "vm.", "Zoë", "日本語 VM", "x" * 79 + "."])
+def test_names_with_dots_and_letters_of_any_script_are_accepted(name: str):
+    assert validate.vm_name(name) == name
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_and_dot_dot_are_refused_as_names(name: str):
+    with pytest.raises(InvalidArgument, match="'.' and '..' name folders"):
+        validate.vm_name(name, "name")
+
+
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("evil\u202egpj.exe", "U+202E"),  # Cf: right-to-left override
+        ("\ufeffvm-001", "U+FEFF"),  # Cf: byte order mark
+        ("vm\u200b001", "U+200B"),  # Cf: zero-width space
+        ("vm\u2028001", "U+2028"),  # Zl: line separator
+        ("vm\u2029001", "U+2029"),  # Zp: paragraph separator
+        ("vm\x85001", "U+0085"),  # Cc: next line (C1 control)
+        ("vm\x1b[31m", "U+001B"),  # Cc: escape, as in terminal colour codes
+    ],
+)
+def test_invisible_and_reordering_characters_are_refused_by_code(name: str, code: str):
+    with pytest.raises(InvalidArgument) as excinfo:
+        validate.vm_name(name, "spec.name")
+    message = excinfo.value.message
+    assert code in message and "spec.name" in message
+    assert "control or format characters" in message
+    assert message.isprintable()  # the refusal itself does not scramble a terminal
+
+
 @pytest.mark.parametrize(
     "check",
     [

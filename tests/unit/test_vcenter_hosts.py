@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab
 
+from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     DuplicateName,
     HostNotConnected,
@@ -91,6 +92,58 @@ async def test_add_host_rejects_a_name_with_a_trailing_newline(lab: Lab):
 async def test_add_host_with_too_little_memory_is_invalid_argument(lab: Lab):
     with pytest.raises(InvalidArgument, match="memory_mb"):
         lab.vc.AddHost(pb.AddHostRequest(name="esxi-04", memory_mb=512), lab.session)
+
+
+async def add_sized(lab: Lab, thumbprint: str = "", **sizes: int):
+    request = pb.AddHostRequest(name="esxi-04", ssl_thumbprint=thumbprint, **sizes)
+    return await lab.wait(lab.vc.AddHost(request, lab.session))
+
+
+async def test_a_retried_add_host_with_other_sizes_adds_a_host_of_those_sizes(lab: Lab):
+    first = await lab.add_host("esxi-04")  # provisioned with the default sizes, not added
+    assert first.error.name == "SSLVerifyFault"
+    assert lab.engine._specs["esxi-04"].cpu_cores == HostSpec("esxi-04").cpu_cores != 8
+
+    # What `vsim host add esxi-04 --accept-thumbprint --cpu-cores 8 --memory-mb 16384`
+    # does: ask, learn the thumbprint, ask again with it.
+    second = await add_sized(lab, cpu_cores=8, memory_mb=16384)
+    assert second.error.name == "SSLVerifyFault"
+    presented = second.error.properties["thumbprint"]
+    assert presented != first.error.properties["thumbprint"]  # a new machine: a new certificate
+    added = await add_sized(lab, presented, cpu_cores=8, memory_mb=16384)
+    assert added.state == SUCCESS, added.error.message
+    host = lab.hosts()["esxi-04"]
+    assert (host.cpu_cores, host.memory_mb, host.cpu_mhz) == (8, 16384, HostSpec("x").cpu_mhz)
+    spec = lab.engine._specs["esxi-04"]
+    assert (spec.cpu_cores, spec.memory_mb) == (8, 16384)  # the running host has them too
+
+
+async def test_a_retry_that_asks_no_sizes_keeps_the_provisioned_host(lab: Lab):
+    first = await add_sized(lab, cpu_cores=8, memory_mb=16384)
+    thumbprint = first.error.properties["thumbprint"]
+    added = await add_sized(lab, thumbprint)  # the thumbprint shown is still the host's
+    assert added.state == SUCCESS, added.error.message
+    host = lab.hosts()["esxi-04"]
+    assert (host.cpu_cores, host.memory_mb) == (8, 16384)
+
+
+async def test_remove_host_retires_a_host_provisioned_but_never_added(lab: Lab):
+    assert (await add_sized(lab, cpu_cores=8)).error.name == "SSLVerifyFault"
+    assert await lab.engine.is_running("esxi-04")
+    done = await lab.remove_host("esxi-04")
+    assert (done.state, done.result) == (SUCCESS, "esxi-04")
+    assert not await lab.engine.is_running("esxi-04")
+    assert lab.vc.inventory.machine("esxi-04") is None
+    assert list(lab.hosts()) == ["esxi-01", "esxi-02", "esxi-03"]
+    event = lab.events()[-1]
+    assert (event.type, event.host) == ("HostRemovedEvent", "esxi-04")
+    assert "never" in event.message or "did not add" in event.message
+    with pytest.raises(NotFound):
+        lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-04"), lab.session)
+    # Added afresh afterwards with the sizes asked for.
+    thumbprint = (await add_sized(lab, memory_mb=16384)).error.properties["thumbprint"]
+    assert (await add_sized(lab, thumbprint, memory_mb=16384)).state == SUCCESS
+    assert lab.hosts()["esxi-04"].memory_mb == 16384
 
 
 # RemoveHost

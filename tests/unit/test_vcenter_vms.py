@@ -398,3 +398,10 @@ async def test_random_history_keeps_inventory_and_hosts_consistent(make_lab, see
     for task in lab.tasks():
         assert task.state in (SUCCESS, ERROR)
         assert task.HasField("error") == (task.state == ERROR)
+
+
+async def test_a_disk_too_large_is_refused_naming_the_limit_in_mb(lab: Lab):
+    request = pb.CreateVmRequest(name="vm-big", cpus=1, memory_mb=64, disk_mb=2**21 + 1)
+    with pytest.raises(InvalidArgument) as excinfo:
+        lab.vc.CreateVm(request, lab.session)
+    assert excinfo.value.message == "disk_mb must be between 0 and 2097152 MB, got 2097153"

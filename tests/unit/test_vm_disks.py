@@ -5,12 +5,14 @@ crash, linked clones that never write their base, the lock hand-off, root_squash
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from dataclasses import replace
 
 import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
 
-from vsim.faults import CannotCreateFile, FileLocked, InvalidState
+from vsim.faults import CannotCreateFile, FileLocked, FileNotFound, InvalidArgument, InvalidState
 from vsim.host.vmdk import open_disk
 from vsim.storage.nfs_export import ExportOptions
 from vsim.storage.vmfs_format import LockMode
@@ -283,6 +285,133 @@ async def test_a_clone_its_host_cannot_hold_leaves_the_source_as_it_was(cluster)
     assert sorted(f.path for f in await files.listdir("src")) == [
         "src/src-flat.vmdk", "src/src.vmdk", "src/src.vmx"
     ]  # fmt: skip
+
+
+async def source_state(vc, engine, name: str) -> tuple:
+    """Everything a failed clone must leave as it was: the source's disk chain in the
+    inventory and on its host, its .vmx and the files of its folder."""
+    vm = vc.vms.get(name)
+    files = engine.running(vm.host).storage.files[vm.datastore]
+    vmx = await files.open(f"{name}/{name}.vmx", LockMode.READ_ONLY)
+    try:
+        vmx_text = await vmx.read(0, await vmx.size())
+    finally:
+        await vmx.close()
+    listing = sorted((f.path, f.size) for f in await files.listdir(name))
+    return list(vm.disks), engine.running(vm.host).kernel.vm(name).disks, vmx_text, listing
+
+
+def task_count(vc, session) -> int:
+    return len(vc.ListTasks(pb.ListTasksRequest(limit=10_000), session).tasks)
+
+
+@pytest.mark.parametrize("name", [".", "..", "c\u202e1", "\ufeffc1"])
+async def test_a_clone_with_a_bad_name_changes_nothing(cluster, name):  # noqa: F811
+    vc, _, engine, session = cluster
+    assert (await make_vm(vc, session, "src", iops=0)).state == OK
+    before, tasks = await source_state(vc, engine, "src"), task_count(vc, session)
+    request = pb.LinkedCloneVmRequest(source="src", name=name, host="esxi-02")
+    with pytest.raises(InvalidArgument):
+        vc.vms.linked_clone(request, session.user_name)
+    assert await source_state(vc, engine, "src") == before
+    assert task_count(vc, session) == tasks
+    assert {v.name for v in vc.vms.list("")} == {"src"}
+
+
+async def _clone_folder_taken(vc, engine, monkeypatch) -> None:
+    # A folder named like the clone already on the datastore: the clone's host
+    # refuses to make its files, after the source has moved onto its deltas.
+    await engine.running("esxi-02").storage.files["vmfs-01"].mkdir("c2")
+
+
+async def _clone_not_recorded(vc, engine, monkeypatch) -> None:
+    def fail(vm):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(vc.inventory, "add_vm", fail)
+
+
+async def _source_not_recorded(vc, engine, monkeypatch) -> None:
+    def fail(name, disks):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(vc.inventory, "set_vm_disks", fail)
+    monkeypatch.setattr(vc.vms, "_restore_clone_source", restoring(vc, monkeypatch))
+
+
+async def _source_vmx_not_written(vc, engine, monkeypatch) -> None:
+    # The source's host made the deltas but cannot rewrite its .vmx to use them.
+    from vsim.faults import NoDiskSpace
+    from vsim.host import hostd
+
+    async def full(*args, **kwargs):
+        raise NoDiskSpace("vmfs-01 is full")
+
+    monkeypatch.setattr(hostd, "write_vmx", full)
+
+
+def restoring(vc, monkeypatch):
+    """The real restore, with the inventory writable again (the fault was passing)."""
+    restore = type(vc.vms)._restore_clone_source.__get__(vc.vms)
+
+    async def restore_after_fault(source, tops):
+        monkeypatch.undo()
+        await restore(source, tops)
+
+    return restore_after_fault
+
+
+@pytest.mark.parametrize(
+    "inject",
+    [_clone_folder_taken, _clone_not_recorded, _source_not_recorded, _source_vmx_not_written],
+)
+async def test_a_clone_that_fails_after_the_source_moved_puts_it_back(
+    cluster,  # noqa: F811
+    monkeypatch,
+    inject,
+):
+    vc, _, engine, session = cluster
+    user = session.user_name
+    assert (await make_vm(vc, session, "src", iops=0)).state == OK
+    # src is a clone source already: on a delta, with a parent and an ancestor.
+    first = pb.LinkedCloneVmRequest(source="src", name="c1", host="esxi-02")
+    assert (await run(vc, vc.vms.linked_clone(first, user))).state == OK
+    before = await source_state(vc, engine, "src")
+    assert [d.path for d in before[0]] == ["src/src-000001.vmdk"]
+
+    await inject(vc, engine, monkeypatch)
+    request = pb.LinkedCloneVmRequest(source="src", name="c2", host="esxi-02")
+    task = await run(vc, vc.vms.linked_clone(request, user))
+    assert task.state == common_pb2.TASK_STATE_ERROR
+    monkeypatch.undo()
+    assert await source_state(vc, engine, "src") == before  # no src-000002 left behind
+    assert "c2" not in {v.name for v in vc.vms.list("")}
+    assert "c2" not in {v.name for v in engine.running("esxi-02").kernel.vms()}
+
+    # A retry moves the source onto the next delta, as a first try would have.
+    files = engine.running("esxi-02").storage.files["vmfs-01"]
+    with contextlib.suppress(FileNotFound):
+        await files.remove("c2")
+    assert (await run(vc, vc.vms.linked_clone(request, user))).state == OK
+    assert [d.path for d in vc.vms.get("src").disks] == ["src/src-000002.vmdk"]
+    assert list(vc.vms.get("src").disks[0].ancestors) == ["src/src-000001.vmdk", "src/src.vmdk"]
+
+
+async def test_a_source_that_was_written_is_not_reverted(cluster):  # noqa: F811
+    vc, _, engine, session = cluster
+    user = session.user_name
+    assert (await make_vm(vc, session, "src", iops=100)).state == OK
+    request = pb.LinkedCloneVmRequest(source="src", name="c1", host="esxi-02")
+    assert (await run(vc, vc.vms.linked_clone(request, user))).state == OK
+    assert (await run(vc, vc.vms.power_on("src", user))).state == OK
+    await acked(vc, session, "src", 5)  # the source writes to its new delta
+    assert (await run(vc, vc.vms.power_off("src", user))).state == OK
+    src = vc.vms.get("src")
+    base = [common_pb2.VirtualDisk(path="src/src.vmdk", capacity_bytes=8 * 1024**2)]
+    revert = hpb.RevertVmDisksRequest(name="src", disks=base)
+    with pytest.raises(InvalidState, match="would lose those writes"):
+        await host_call(engine, src.host, "RevertVmDisks", revert)
+    assert engine.running(src.host).kernel.vm("src").disks[0].path == "src/src-000001.vmdk"
 
 
 async def test_a_failed_create_leaves_no_files_behind(cluster, monkeypatch):  # noqa: F811

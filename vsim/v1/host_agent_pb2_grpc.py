@@ -81,6 +81,11 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
                 _registered_method=True)
+        self.RevertVmDisks = channel.unary_unary(
+                '/vsim.v1.HostAgent/RevertVmDisks',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.RevertVmDisksRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+                _registered_method=True)
         self.ReleaseVmDisks = channel.unary_unary(
                 '/vsim.v1.HostAgent/ReleaseVmDisks',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
@@ -268,6 +273,14 @@ class HostAgentServicer:
     def SnapshotVmDisks(self, request, context):
         """Gives each disk of a powered-off VM a new delta over its current top, which
         becomes read-only for good (a linked clone's base).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevertVmDisks(self, request, context):
+        """Undoes SnapshotVmDisks for a clone that failed: the powered-off VM goes back onto
+        the given disks and its tops, deltas never written, are deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -491,6 +504,11 @@ def add_HostAgentServicer_to_server(servicer, server):
             'SnapshotVmDisks': grpc.unary_unary_rpc_method_handler(
                     servicer.SnapshotVmDisks,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
+            ),
+            'RevertVmDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevertVmDisks,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.RevertVmDisksRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
             ),
             'ReleaseVmDisks': grpc.unary_unary_rpc_method_handler(
@@ -866,6 +884,33 @@ class HostAgent:
             target,
             '/vsim.v1.HostAgent/SnapshotVmDisks',
             vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevertVmDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/RevertVmDisks',
+            vsim_dot_v1_dot_host__agent__pb2.RevertVmDisksRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
             options,
             channel_credentials,
