@@ -33,6 +33,7 @@ from vsim.vcenter.virtual_nic import (
     find_nic,
     firewall_default,
     firewall_rules,
+    without_nic,
 )
 from vsim.vcenter.vm_resources import checked_resources
 
@@ -104,15 +105,10 @@ class VmReconfigurer:
         """Hot-removes the adapter from a running VM (its port on the vSwitch goes);
         its firewall rules go with it, and its MAC is free once the task is done."""
         before = self._vm(request.vm)
-        if not request.nic:
-            raise InvalidArgument(
-                f"name the adapter of {before.name} to remove: "
-                + (", ".join(n.name for n in before.nics) or "it has none")
-            )
-        removed = find_nic(before.nics, before.name, request.nic)
+        left, removed = without_nic(before.name, before.nics, request.nic)
         after = _copy(before)
         del after.nics[:]
-        after.nics.extend(n for n in before.nics if n.name != removed.name)
+        after.nics.extend(left)
         change = f"removed {removed.name} ({removed.mac}) from port group {removed.port_group!r}"
         return self._start(before, after, user, change)
 

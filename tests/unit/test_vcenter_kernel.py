@@ -2,7 +2,8 @@
 and NICs (MACs assigned and unique), ReconfigVM_Task (live changes, refusals that
 change nothing), firewall rules that persist and travel with the VM, hosts' vSwitches
 and port groups, the physical switch, SendTestFrame across hosts, statistics, memory
-settings, DirectPath devices and the guest's LUNs.
+settings, DirectPath devices and the guest's LUNs, and removing what was added (vNICs,
+DirectPath devices, port groups, vSwitches).
 
 Every test here goes through hostd's VMkernel RPCs (GetNetwork, ReconfigureVm,
 SendFrame/ReceiveFrame, GetHostStats, ...): they need the host side of kernel.proto.
