@@ -6,9 +6,8 @@ inventory stores and the host receives; its firewall is checked and completed by
 host's own translation, `firewall_from_proto`, so both hold one rule set), the adapters
 a removal leaves (`without_nic`), and vCenter's MAC allocation (`MacPool`): a MAC left
 empty is drawn from vCenter's generated range with vCenter's rng, so a seeded run
-assigns the same MACs. A MAC is unique in the whole
-inventory and among the requests still under way (a create and a NIC add that run at
-once cannot both take one).
+assigns the same MACs. A MAC is unique in the whole inventory and among the requests
+still under way (a create and a NIC add that run at once cannot both take one).
 
 Never does: talk to a host (whether a port group exists on the VM's host is the
 reconfigure task's question) or write the inventory.

@@ -8,7 +8,8 @@ configuration (ReconfigureVm; it applies what vSphere applies to a running VM at
 once: shares, reservations under admission control, limits, firewall rules, a NIC
 added or removed; page sharing and salt from the next power-on; DirectPath only
 when powered off), and only once the host has accepted it are the inventory and the
-event written, in one transaction. Never does: change the inventory before the host has the change.
+event written, in one transaction. Never does: change the inventory before the host
+has the change.
 """
 
 from __future__ import annotations
