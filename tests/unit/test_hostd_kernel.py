@@ -1,6 +1,7 @@
 """hostd's VMkernel calls: VM resources and vNICs through RegisterVm/ReconfigureVm,
 admission control, statistics, memory settings, standard switches and frames between
-two hosts over the physical switch, DirectPath devices, and the guest's SCSI scan."""
+two hosts over the physical switch, DirectPath devices, the guest's SCSI scan, and
+removing vSwitches, port groups and a running VM's vNIC."""
 
 from __future__ import annotations
 

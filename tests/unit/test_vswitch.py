@@ -1,6 +1,7 @@
 """One host's standard vSwitches: port groups and VLANs, the security policy, the vNIC
-firewall on the data path, uplinks and teaming, and configuration faults that change
-nothing."""
+firewall on the data path, uplinks and teaming, removals (a vSwitch only without port
+groups, its uplinks then free; a disconnected vNIC's port and MAC), and configuration
+faults that change nothing."""
 
 from __future__ import annotations
 
