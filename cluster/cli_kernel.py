@@ -1,10 +1,10 @@
 """The VMkernel commands of `vsim`: what runs inside hosts' kernels, and the network.
 
-Owns the `vsim network ...` group (standard vSwitches, port groups, the physical switch,
-test frames), the VM commands that reach a running VM's kernel side (`vsim vm resources`,
-`stats`, `luns`, `nic`, `firewall`, `pci`) and the host kernel commands (`vsim host
-stats`, `memory`, `pci`, `pool`): their options, the parsing of their values, and their
-handlers.
+Owns the `vsim network ...` group (standard vSwitches and port groups, added and
+removed; the physical switch; test frames), the VM commands that reach a running VM's
+kernel side (`vsim vm resources`, `stats`, `luns`, `nic`, `firewall`, `pci`) and the
+host kernel commands (`vsim host stats`, `memory`, `pci`, `pool`): their options, the
+parsing of their values, and their handlers.
 
 `vsim.cluster.cli` is the entry point: it builds the parser, registers these commands
 with `add_host_commands`, `add_vm_commands` and `add_network_commands`, and runs them.
@@ -127,6 +127,14 @@ async def cmd_vm_nic_add(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(vm, output.nics_table(vm))
 
 
+async def cmd_vm_nic_remove(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        task = await client.wait(await client.remove_vm_nic(args.name, args.nic))
+        show_task_fault(task)
+        vm = await client.vm(args.name)
+    ctx.show(vm, output.nics_table(vm))
+
+
 async def cmd_vm_nic_list(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
         vm = await client.vm(args.name)
@@ -177,6 +185,13 @@ async def cmd_vm_pci_add(args: argparse.Namespace, ctx: Context) -> None:
         task = await client.wait(await client.assign_pci_device(args.name, args.id))
     show_task_fault(task)
     ctx.show(task, f"PCI device {args.id} added to {args.name}")
+
+
+async def cmd_vm_pci_remove(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        task = await client.wait(await client.remove_pci_device(args.name, args.id))
+    show_task_fault(task)
+    ctx.show(task, f"PCI device {args.id} removed from {args.name}")
 
 
 async def cmd_vm_stats(args: argparse.Namespace, ctx: Context) -> None:
@@ -330,6 +345,12 @@ async def cmd_vswitch_add(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(network, output.vswitches_table(network))
 
 
+async def cmd_vswitch_remove(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        network = await client.remove_virtual_switch(args.host, args.name)
+    ctx.show(network, output.vswitches_table(network))
+
+
 async def cmd_vswitch_list(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
         network = await client.host_network(args.host)
@@ -343,6 +364,12 @@ async def cmd_portgroup_add(args: argparse.Namespace, ctx: Context) -> None:
         network = await client.add_port_group(
             args.host, args.name, args.vswitch, args.vlan, security
         )
+    ctx.show(network, output.port_groups_table(network))
+
+
+async def cmd_portgroup_remove(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        network = await client.remove_port_group(args.host, args.name)
     ctx.show(network, output.port_groups_table(network))
 
 
@@ -486,6 +513,9 @@ def add_vm_commands(vms: Subcommands, command: Command) -> None:
     p.add_argument("name")
     p.add_argument("mac", metavar="MAC", help="a unicast MAC, or reset for the configured one")
     p.add_argument("--nic", default="ethernet0")
+    p = command(nic, "remove", cmd_vm_nic_remove, "remove an adapter (live on a running VM)")
+    p.add_argument("name")
+    p.add_argument("nic", metavar="NIC", help="the adapter, e.g. ethernet1")
     fw = command(vms, "firewall", None, "vNIC firewall").add_subparsers(dest="sub2", required=True)
     p = command(fw, "set", cmd_vm_firewall_set, "replace an adapter's firewall rules")
     p.add_argument("name")
@@ -500,6 +530,9 @@ def add_vm_commands(vms: Subcommands, command: Command) -> None:
     command(fw, "list", cmd_vm_firewall_list, "each adapter's rules").add_argument("name")
     pci = command(vms, "pci", None, "DirectPath I/O").add_subparsers(dest="sub2", required=True)
     p = command(pci, "add", cmd_vm_pci_add, "give a powered-off VM a passthrough device")
+    p.add_argument("name")
+    p.add_argument("id", help="PCI address, e.g. 0000:3b:00.0")
+    p = command(pci, "remove", cmd_vm_pci_remove, "take a passthrough device from a powered-off VM")
     p.add_argument("name")
     p.add_argument("id", help="PCI address, e.g. 0000:3b:00.0")
 
@@ -536,6 +569,9 @@ def add_network_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("--uplink", action="append", help="a physical NIC (vmnic1..); repeatable")
     add_security_options(p, vswitch=True)
     command(vswitch, "list", cmd_vswitch_list, "a host's vSwitches").add_argument("host")
+    p = command(vswitch, "remove", cmd_vswitch_remove, "remove a vSwitch without port groups")
+    p.add_argument("host")
+    p.add_argument("name")
     portgroup = command(groups, "portgroup", None, "port groups").add_subparsers(
         dest="sub2", required=True
     )
@@ -546,6 +582,9 @@ def add_network_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("--vlan", type=int, default=0, help="0 none, 1-4094, 4095 guest tagging")
     add_security_options(p, vswitch=False)
     command(portgroup, "list", cmd_portgroup_list, "a host's port groups").add_argument("host")
+    p = command(portgroup, "remove", cmd_portgroup_remove, "remove a port group no VM uses")
+    p.add_argument("host")
+    p.add_argument("name")
     pswitch = command(groups, "pswitch", None, "the physical switch").add_subparsers(
         dest="sub2", required=True
     )

@@ -181,9 +181,18 @@ class VCenterClient:
         )
         return await self._call("SetVmFirewall", request)
 
+    async def remove_vm_nic(self, vm: str, nic: str) -> common_pb2.Task:
+        """Hot-removed from a running VM; its MAC and firewall rules go with it."""
+        return await self._call("RemoveVmNic", pb.RemoveVmNicRequest(vm=vm, nic=nic))
+
     async def assign_pci_device(self, vm: str, pci_id: str) -> common_pb2.Task:
         request = pb.AssignPciDeviceRequest(vm=vm, id=pci_id)
         return await self._call("AssignPciDevice", request)
+
+    async def remove_pci_device(self, vm: str, pci_id: str) -> common_pb2.Task:
+        """Only from a powered-off VM; the device is free for another VM afterwards."""
+        request = pb.RemovePciDeviceRequest(vm=vm, id=pci_id)
+        return await self._call("RemovePciDevice", request)
 
     async def vm_stats(self, name: str) -> kpb.VmStats:
         return await self._call("GetVmStats", pb.VmRequest(name=name))
@@ -283,6 +292,16 @@ class VCenterClient:
         port_group = kpb.PortGroup(name=name, vswitch=vswitch, vlan=vlan, security=security)
         request = pb.HostPortGroupRequest(host=host, port_group=port_group)
         return await self._call("AddPortGroup", request)
+
+    async def remove_virtual_switch(self, host: str, name: str) -> kpb.HostNetwork:
+        """Refused while it has port groups, and for the management vSwitch."""
+        request = pb.RemoveHostVirtualSwitchRequest(host=host, name=name)
+        return await self._call("RemoveVirtualSwitch", request)
+
+    async def remove_port_group(self, host: str, name: str) -> kpb.HostNetwork:
+        """Refused while any VM's adapter is on it, and for the management port group."""
+        request = pb.RemoveHostPortGroupRequest(host=host, name=name)
+        return await self._call("RemovePortGroup", request)
 
     async def physical_ports(self) -> list[kpb.PhysicalPort]:
         reply = await self._call("ListPhysicalPorts", pb.ListPhysicalPortsRequest())

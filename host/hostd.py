@@ -589,6 +589,20 @@ class Hostd:
         delivery = self.kernel.network.receive(request.uplink, frame_from_proto(request.frame))
         return delivery_to_proto(self.kernel.spec.name, delivery)
 
+    def RemoveVirtualSwitch(
+        self, request: pb.RemoveVirtualSwitchRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        self.accounts.require_admin(user)
+        self.kernel.remove_vswitch(request.name)
+        return network_to_proto(self.kernel)
+
+    def RemovePortGroup(
+        self, request: pb.RemovePortGroupRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        self.accounts.require_admin(user)
+        self.kernel.remove_port_group(request.name)
+        return network_to_proto(self.kernel)
+
     def ListPciDevices(self, request: pb.ListPciDevicesRequest, user: str | None) -> kpb.PciDevices:
         pci = self.kernel.pci
         info = {i.id: i for i in pci.passthru_info()}

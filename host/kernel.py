@@ -29,6 +29,7 @@ from vsim.faults import (
     InvalidArgument,
     InvalidPowerState,
     NotFound,
+    ResourceInUse,
 )
 from vsim.host.cpu_scheduler import CpuScheduler
 from vsim.host.esx_conf import (
@@ -61,6 +62,9 @@ KERNEL_TICK = 1.0
 PHYSICAL_NICS = ("vmnic0", "vmnic1", "vmnic2", "vmnic3")
 DEFAULT_VSWITCH = "vSwitch0"
 DEFAULT_PORT_GROUPS = ("VM Network", "Management Network")
+MANAGEMENT_PORT_GROUP = "Management Network"
+"""Where the host's management vmknic (vmk0) is: the address vCenter and HA reach the
+host at. ESXi refuses to remove it, and so the vSwitch that carries it."""
 PCI_DEVICES = (
     PciDevice("0000:3b:00.0", "NVIDIA Corporation", "GA100 [A100 PCIe 40GB]", 0x10DE, 0x20F1),
     PciDevice("0000:af:00.0", "NVIDIA Corporation", "GA100 [A100 PCIe 40GB]", 0x10DE, 0x20F1),
@@ -293,6 +297,47 @@ class HostKernel:
         self, name: str, vswitch: str, vlan: int, security: SecurityPolicy
     ) -> PortGroup:
         port_group = self.network.add_port_group(name, vswitch, vlan, security)
+        self._save_config()
+        return port_group
+
+    def remove_vswitch(self, name: str) -> VirtualSwitch:
+        """Removes a vSwitch without port groups; its uplinks are free again. The
+        management vSwitch stays (vmk0 is on it)."""
+        vswitch = self.network.vswitch(name)  # NotFound first
+        if any(
+            pg.name == MANAGEMENT_PORT_GROUP and pg.vswitch == name
+            for pg in self.network.port_groups()
+        ):
+            raise ResourceInUse(
+                f"{name} is the management vSwitch of {self.spec.name}: port group "
+                f"{MANAGEMENT_PORT_GROUP!r} on it carries vmk0, through which vCenter manages "
+                "the host, and ESXi does not remove it"
+            )
+        self.network.remove_vswitch(name)
+        self._save_config()
+        return vswitch
+
+    def remove_port_group(self, name: str) -> PortGroup:
+        """Removes a port group no VM registered here has an adapter on, running or
+        not (as vSphere refuses: the VM could not connect again)."""
+        port_group = self.network.port_group(name)  # NotFound first
+        if name == MANAGEMENT_PORT_GROUP:
+            raise ResourceInUse(
+                f"port group {name!r} of {self.spec.name} carries vmk0, the host's "
+                "management network; ESXi does not remove it"
+            )
+        users = [
+            (vm.name, nic.name) for vm in self.vms() for nic in vm.nics if nic.port_group == name
+        ]
+        if users:
+            raise ResourceInUse(
+                f"port group {name!r} on {self.spec.name} is in use by "
+                + ", ".join(f"{vm} ({nic})" for vm, nic in users)
+                + "; remove those network adapters (vsim vm nic remove VM ethernetN) first",
+                port_group=name,
+                vms=",".join(dict.fromkeys(vm for vm, _ in users)),
+            )
+        self.network.remove_port_group(name)
         self._save_config()
         return port_group
 

@@ -451,15 +451,16 @@ class HostNetworkSystem:
         return self._view(sw)
 
     def remove_vswitch(self, name: str) -> VirtualSwitch:
-        """Removes the vSwitch and its port groups; refused while a vNIC is connected."""
+        """Removes a vSwitch that has no port groups (so no vNIC is on it either);
+        its uplinks are free for other vSwitches from then on."""
         sw = self._switch(name)
-        if sw.configured_macs:
-            users = ", ".join(sorted(map(str, sw.configured_macs.values())))
-            raise ResourceInUse(f"vSwitch {name} is in use by {users}; disconnect them first")
+        groups = [pg.name for pg in self._port_groups.values() if pg.vswitch == name]
+        if groups:
+            raise ResourceInUse(
+                f"vSwitch {name}{self._where()} still has port groups "
+                f"{', '.join(map(repr, groups))}; remove them first"
+            )
         view = self._view(sw)
-        for pg in [pg for pg in self._port_groups.values() if pg.vswitch == name]:
-            del self._port_groups[pg.name]
-            del self._pg_ports[pg.name]
         for uplink in sw.uplinks:
             del self._uplink_owner[uplink]
         del self._switches[name]

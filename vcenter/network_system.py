@@ -1,5 +1,5 @@
 """The hosts' standard switches as vCenter manages them (vSphere's HostNetworkSystem):
-adding vSwitches and port groups on a host, and reading a host's network.
+adding and removing vSwitches and port groups on a host, and reading a host's network.
 
 The host is the truth for its network (vSwitches, uplinks, port groups with their
 security policy, connected vNICs): vCenter checks what it can without the host (the
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vsim import validate
-from vsim.faults import NotFound
+from vsim.faults import InvalidArgument, NotFound
 from vsim.host.ethernet_frame import uplink_name, vlan_id
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -91,6 +91,44 @@ class NetworkSystem:
         self._events.post(
             "HostPortGroupAddedEvent",
             f"Added port group {pg.name!r} ({settings}) on {pg.vswitch} of {request.host}",
+            user=user,
+            host=request.host,
+        )
+        network.host = network.host or request.host
+        return network
+
+    async def remove_vswitch(
+        self, request: pb.RemoveHostVirtualSwitchRequest, user: str
+    ) -> kpb.HostNetwork:
+        """The host refuses while the vSwitch has port groups, and for the management
+        vSwitch; its uplinks are free for other vSwitches afterwards."""
+        self._connected(request.host)
+        if not request.name:
+            raise InvalidArgument("name the vSwitch to remove (e.g. vSwitch1)")
+        validate.text(request.name, "vswitch name", 64)
+        forwarded = hpb.RemoveVirtualSwitchRequest(name=request.name)
+        network = await self._hosts.call(request.host, "RemoveVirtualSwitch", forwarded)
+        self._events.post(
+            "HostVirtualSwitchRemovedEvent",
+            f"Removed vSwitch {request.name} from {request.host}",
+            user=user,
+            host=request.host,
+        )
+        network.host = network.host or request.host
+        return network
+
+    async def remove_port_group(
+        self, request: pb.RemoveHostPortGroupRequest, user: str
+    ) -> kpb.HostNetwork:
+        """The host refuses (naming them) while a VM registered there, running or not,
+        has an adapter on the port group: every VM of vCenter's on that host is."""
+        self._connected(request.host)
+        validate.vm_name(request.name, "port group name")
+        forwarded = hpb.RemovePortGroupRequest(name=request.name)
+        network = await self._hosts.call(request.host, "RemovePortGroup", forwarded)
+        self._events.post(
+            "HostPortGroupRemovedEvent",
+            f"Removed port group {request.name!r} from {request.host}",
             user=user,
             host=request.host,
         )

@@ -338,10 +338,18 @@ class VCenter:
     def SetVmFirewall(self, request: pb.SetVmFirewallRequest, session: Session) -> common_pb2.Task:
         return self.reconfigure.set_firewall(request, session.user_name)
 
+    def RemoveVmNic(self, request: pb.RemoveVmNicRequest, session: Session) -> common_pb2.Task:
+        return self.reconfigure.remove_nic(request, session.user_name)
+
     def AssignPciDevice(
         self, request: pb.AssignPciDeviceRequest, session: Session
     ) -> common_pb2.Task:
         return self.reconfigure.assign_pci_device(request, session.user_name)
+
+    def RemovePciDevice(
+        self, request: pb.RemovePciDeviceRequest, session: Session
+    ) -> common_pb2.Task:
+        return self.reconfigure.remove_pci_device(request, session.user_name)
 
     async def AddVirtualSwitch(
         self, request: pb.HostVirtualSwitchRequest, session: Session
@@ -375,6 +383,16 @@ class VCenter:
         self, request: kpb.SetGuestMacRequest, session: Session
     ) -> kpb.ConnectedNic:
         return await self.physical_network.set_guest_mac(request)
+
+    async def RemoveVirtualSwitch(
+        self, request: pb.RemoveHostVirtualSwitchRequest, session: Session
+    ) -> kpb.HostNetwork:
+        return await self.network.remove_vswitch(request, session.user_name)
+
+    async def RemovePortGroup(
+        self, request: pb.RemoveHostPortGroupRequest, session: Session
+    ) -> kpb.HostNetwork:
+        return await self.network.remove_port_group(request, session.user_name)
 
     async def ListPciDevices(self, request: pb.HostRequest, session: Session) -> kpb.PciDevices:
         return await self.pci.devices(request)

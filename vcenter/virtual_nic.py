@@ -3,11 +3,11 @@ addresses and the vNIC firewall rules that travel with the VM.
 
 Owns the checks of a `VmNic` (what passes is held in canonical form: that is what the
 inventory stores and the host receives; its firewall is checked and completed by the
-host's own translation, `firewall_from_proto`, so both hold one rule set), and vCenter's
-MAC allocation (`MacPool`): a MAC left empty is drawn from vCenter's generated range with
-vCenter's rng, so a seeded run assigns the same MACs. A MAC is unique in the whole
-inventory and among the requests still under way (a create and a NIC add that run at
-once cannot both take one).
+host's own translation, `firewall_from_proto`, so both hold one rule set), the adapters
+a removal leaves (`without_nic`), and vCenter's MAC allocation (`MacPool`): a MAC left
+empty is drawn from vCenter's generated range with vCenter's rng, so a seeded run
+assigns the same MACs. A MAC is unique in the whole inventory and among the requests
+still under way (a create and a NIC add that run at once cannot both take one).
 
 Never does: talk to a host (whether a port group exists on the VM's host is the
 reconfigure task's question) or write the inventory.
@@ -131,6 +131,19 @@ def find_nic(nics: Sequence[kpb.VmNic], vm: str, name: str) -> kpb.VmNic:
             return nic
     have = ", ".join(n.name for n in nics) or "none"
     raise NotFound(f"{vm} has no network adapter {name[:40]!r} (it has: {have})")
+
+
+def without_nic(vm: str, nics: Sequence[kpb.VmNic], name: str) -> tuple[list[kpb.VmNic], kpb.VmNic]:
+    """The adapters left once `name` is removed, and the one removed. Its MAC is free
+    again once the inventory holds the rest (nothing is held for a removal)."""
+    if not name:
+        raise InvalidArgument(
+            f"name the adapter of {vm} to remove: "
+            + (", ".join(n.name for n in nics) or "it has none")
+        )
+    removed = find_nic(nics, vm, name)
+    left = [kpb.VmNic.FromString(n.SerializeToString()) for n in nics if n.name != name]
+    return left, removed
 
 
 def checked_nics(

@@ -1,20 +1,22 @@
-"""ReconfigVM_Task: changing a VM's resources, adding a vNIC, replacing a vNIC's
-firewall rules, and giving it a DirectPath I/O (PCI passthrough) device.
+"""ReconfigVM_Task: changing a VM's resources, adding or removing a vNIC, replacing a
+vNIC's firewall rules, and giving a VM a DirectPath I/O (PCI passthrough) device or
+taking one from it.
 
 Each request is checked in full when asked (a bad one fails at once, with nothing
 held and nothing changed), then runs as a task: the VM's host gets the whole new
 configuration (ReconfigureVm; it applies what vSphere applies to a running VM at
-once: shares, reservations under admission control, limits, firewall rules, a new
-NIC; page sharing and salt from the next power-on; DirectPath only when powered off),
-and only once the host has accepted it are the inventory and the event written, in
-one transaction. Never does: change the inventory before the host has the change.
+once: shares, reservations under admission control, limits, firewall rules, a NIC
+added or removed; page sharing and salt from the next power-on; DirectPath only
+when powered off), and only once the host has accepted it are the inventory and the
+event written, in one transaction. Never does: change the inventory before the host
+has the change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from vsim.faults import AlreadyExists, InvalidArgument, InvalidPowerState
+from vsim.faults import AlreadyExists, InvalidArgument, InvalidPowerState, NotFound
 from vsim.host.passthrough import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
@@ -32,6 +34,7 @@ from vsim.vcenter.virtual_nic import (
     find_nic,
     firewall_default,
     firewall_rules,
+    without_nic,
 )
 from vsim.vcenter.vm_resources import checked_resources
 
@@ -99,6 +102,17 @@ class VmReconfigurer:
         change = f"firewall of {name}: {len(rules)} rules, default {default}"
         return self._start(before, after, user, change)
 
+    def remove_nic(self, request: pb.RemoveVmNicRequest, user: str) -> common_pb2.Task:
+        """Hot-removes the adapter from a running VM (its port on the vSwitch goes);
+        its firewall rules go with it, and its MAC is free once the task is done."""
+        before = self._vm(request.vm)
+        left, removed = without_nic(before.name, before.nics, request.nic)
+        after = _copy(before)
+        del after.nics[:]
+        after.nics.extend(left)
+        change = f"removed {removed.name} ({removed.mac}) from port group {removed.port_group!r}"
+        return self._start(before, after, user, change)
+
     def assign_pci_device(self, request: pb.AssignPciDeviceRequest, user: str) -> common_pb2.Task:
         before = self._vm(request.vm)
         device = pci_id(request.id, "id")
@@ -116,6 +130,27 @@ class VmReconfigurer:
         after = _copy(before)
         after.pci_devices.append(device)
         return self._start(before, after, user, f"added PCI device {device}")
+
+    def remove_pci_device(self, request: pb.RemovePciDeviceRequest, user: str) -> common_pb2.Task:
+        """Takes a DirectPath device from a powered-off VM; the host frees it for
+        another VM."""
+        before = self._vm(request.vm)
+        device = pci_id(request.id, "id")
+        if device not in before.pci_devices:
+            raise NotFound(
+                f"{before.name} has no PCI device {device} (it has: "
+                + (", ".join(before.pci_devices) or "none")
+                + ")"
+            )
+        if before.power_state == ON:
+            raise InvalidPowerState(
+                f"{before.name} is powered on; power it off to remove DirectPath I/O device "
+                f"{device} (DirectPath devices are not hot-removed)"
+            )
+        after = _copy(before)
+        del after.pci_devices[:]
+        after.pci_devices.extend(d for d in before.pci_devices if d != device)
+        return self._start(before, after, user, f"removed PCI device {device}")
 
     def _start(
         self,

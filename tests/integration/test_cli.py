@@ -147,7 +147,7 @@ def send_frame(cli: Cli, *args: str) -> dict:
 def drive_network(cli: Cli) -> None:
     """The VMkernel from the CLI: a VLAN port group on both hosts, VMs with NICs, test
     frames across the physical switch, a vNIC firewall rule, a switch port that does
-    not trunk the VLAN, statistics."""
+    not trunk the VLAN, statistics; a NIC hot-removed and the port groups removed."""
     for host in ("esxi-01", "esxi-02"):
         network, _ = cli.json("network", "portgroup", "add", host, "Prod", "--vlan", "10")
         assert ("Prod", 10) in [(p["name"], p["vlan"]) for p in network["port_groups"]]
@@ -179,9 +179,20 @@ def drive_network(cli: Cli) -> None:
     assert "net-a" in [v["name"] for v in host_stats["vms"]]
     error, _ = cli.json("network", "portgroup", "add", "esxi-01", "X", "--vlan", "5000", ok=False)
     assert error["error"]["name"] == "InvalidArgument"
+    error, _ = cli.json("network", "portgroup", "remove", "esxi-02", "Prod", ok=False)
+    assert error["error"]["name"] == "ResourceInUse" and "net-b" in error["error"]["message"]
+    (ethernet0,), _ = cli.json("vm", "nic", "list", "net-b")
+    to_it = ("network", "send-frame", "net-a", "--dst-mac", ethernet0["mac"])
+    assert cli.json(*to_it)[0]["received"] != []
+    vm, _ = cli.json("vm", "nic", "remove", "net-b", "ethernet0")  # hot-removed
+    assert vm["nics"] == [] and vm["power_state"] == "POWER_STATE_POWERED_ON"
+    assert cli.json(*to_it)[0]["received"] == []
+    network, _ = cli.json("network", "portgroup", "remove", "esxi-02", "Prod")
+    assert "Prod" not in [p["name"] for p in network["port_groups"]]
     for name in ("net-a", "net-b"):
         assert cli.json("vm", "power-off", name)[0]["state"] == "TASK_STATE_SUCCESS"
         assert cli.json("vm", "destroy", name)[0]["state"] == "TASK_STATE_SUCCESS"
+    cli.json("network", "portgroup", "remove", "esxi-01", "Prod")
 
 
 def drive(cli: Cli, info: dict) -> None:

@@ -1,6 +1,7 @@
 """hostd's VMkernel calls: VM resources and vNICs through RegisterVm/ReconfigureVm,
 admission control, statistics, memory settings, standard switches and frames between
-two hosts over the physical switch, DirectPath devices, and the guest's SCSI scan."""
+two hosts over the physical switch, DirectPath devices, the guest's SCSI scan, and
+removing vSwitches, port groups and a running VM's vNIC."""
 
 from __future__ import annotations
 
@@ -371,3 +372,99 @@ async def test_the_guests_cpu_load_follows_a_reconfigure(hosts):
     await clock.advance(2)
     stats = await a("GetVmStats", hpb.HostVmRequest(name="job"))
     assert stats.cpu.demand == 2 * 2000 * 0.5
+
+
+# removing what was added
+
+
+def names(network: kpb.HostNetwork) -> tuple[list[str], list[str]]:
+    return [v.name for v in network.vswitches], [p.name for p in network.port_groups]
+
+
+async def test_a_port_group_any_vm_has_an_adapter_on_stays_until_the_adapter_goes(hosts):
+    """Running or not, a registered VM's adapter keeps its port group: it could not
+    connect again (vSphere refuses with ResourceInUse, naming the VMs)."""
+    a, _, _ = hosts
+    await a("AddPortGroup", add_port_group("Prod", 10))
+    await a.register("off", [nic("Prod", "00:50:56:80:00:01")])
+    await a.register("on", [nic(), nic("Prod", "00:50:56:80:00:02", name="ethernet1")])
+    await a.power_on("on")
+    before = await a("GetNetwork", hpb.GetNetworkRequest())
+    with pytest.raises(ResourceInUse, match=r"off \(ethernet0\), on \(ethernet1\)") as refused:
+        await a("RemovePortGroup", hpb.RemovePortGroupRequest(name="Prod"))
+    assert refused.value.properties == {"port_group": "Prod", "vms": "off,on"}
+    assert await a("GetNetwork", hpb.GetNetworkRequest()) == before
+    await a("UnregisterVm", hpb.HostVmRequest(name="off"))
+    with pytest.raises(ResourceInUse, match="on \\(ethernet1\\)"):
+        await a("RemovePortGroup", hpb.RemovePortGroupRequest(name="Prod"))
+    await a("ReconfigureVm", hpb.ReconfigureVmRequest(vm=vm_message("on", [nic()])))
+    network = await a("RemovePortGroup", hpb.RemovePortGroupRequest(name="Prod"))
+    assert "Prod" not in names(network)[1]
+    with pytest.raises(NotFound, match="Prod"):
+        await a("RemovePortGroup", hpb.RemovePortGroupRequest(name="Prod"))
+
+
+async def test_the_management_network_and_its_vswitch_are_not_removed(hosts):
+    a, _, _ = hosts
+    before = await a("GetNetwork", hpb.GetNetworkRequest())
+    with pytest.raises(ResourceInUse, match="vmk0"):
+        await a("RemovePortGroup", hpb.RemovePortGroupRequest(name="Management Network"))
+    await a("RemovePortGroup", hpb.RemovePortGroupRequest(name="VM Network"))
+    with pytest.raises(ResourceInUse, match="management vSwitch of esxi-01"):
+        await a("RemoveVirtualSwitch", hpb.RemoveVirtualSwitchRequest(name="vSwitch0"))
+    network = await a("GetNetwork", hpb.GetNetworkRequest())
+    assert names(network) == (["vSwitch0"], ["Management Network"])
+    assert list(network.vswitches[0].uplinks) == list(before.vswitches[0].uplinks)
+
+
+async def test_removing_a_vswitch_frees_its_uplinks_and_survives_a_reboot(
+    tmp_path: Path, fast_scrypt: None
+):
+    store = FileConfigStore(tmp_path / "esx.conf.json")
+    spec = HostSpec("esxi-01", cpu_cores=4, memory_mb=8192)
+    kernel = HostKernel(spec, SimClock(), tmp_path / "swap", store)
+    kernel.add_vswitch("vSwitch1", ("vmnic1", "vmnic2"), STANDARD_SWITCH_SECURITY)
+    kernel.add_port_group("Prod", "vSwitch1", 10, SecurityPolicy())
+    kernel.add_port_group("Dev", "vSwitch1", 20, SecurityPolicy())
+    kernel.remove_port_group("Dev")
+    with pytest.raises(ResourceInUse, match="still has port groups 'Prod'"):
+        kernel.remove_vswitch("vSwitch1")
+    kernel.remove_port_group("Prod")
+    assert kernel.remove_vswitch("vSwitch1").uplinks == ("vmnic1", "vmnic2")
+    with pytest.raises(NotFound, match="vSwitch1"):
+        kernel.remove_vswitch("vSwitch1")
+    kernel.add_vswitch("vSwitch2", ("vmnic2",), STANDARD_SWITCH_SECURITY)  # free again
+    rebooted = HostKernel(spec, SimClock(), tmp_path / "swap", FileConfigStore(store.path))
+    assert [(v.name, v.uplinks) for v in rebooted.network.vswitches()] == [
+        ("vSwitch0", ("vmnic0",)),
+        ("vSwitch2", ("vmnic2",)),
+    ]
+    assert {p.name for p in rebooted.network.port_groups()} == {"Management Network", "VM Network"}
+
+
+async def test_a_nic_removed_from_a_running_vm_loses_its_port_and_firewall(hosts):
+    a, b, _ = hosts
+    switch = await two_hosts_on_vlan(a, b)
+    deny = kpb.FirewallRule(action="deny", direction="in", protocol="tcp", port="22")
+    two = [
+        nic("Prod", "00:50:56:80:00:b1"),
+        nic("Prod", "00:50:56:80:00:b3", name="ethernet1", firewall=[deny]),
+    ]
+    await b("ReconfigureVm", hpb.ReconfigureVmRequest(vm=vm_message("b1", two)))
+    both = {"esxi-01": a, "esxi-02": b}
+    to_b3 = kpb.Frame(dst_mac="00:50:56:80:00:b3", protocol="tcp", dst_port=443)
+    assert (await run_frame(a, both, switch, to_b3))[0] == [("esxi-02", "b1")]
+    one = vm_message("b1", [nic("Prod", "00:50:56:80:00:b1")])
+    vm = (await b("ReconfigureVm", hpb.ReconfigureVmRequest(vm=one))).vm
+    assert vm.powered_on and [n.name for n in vm.nics] == ["ethernet0"]
+    network = await b("GetNetwork", hpb.GetNetworkRequest())
+    assert [(n.vm, n.nic) for n in network.nics if n.vm == "b1"] == [("b1", "ethernet0")]
+    received, drops = await run_frame(a, both, switch, to_b3)
+    assert received == [] and drops == ["no_port"]
+    with pytest.raises(NotFound, match="b1/ethernet1"):
+        await b("SendFrame", hpb.SendFrameRequest(vm="b1", nic="ethernet1", frame=to_b3))
+    # Its MAC is free on the vSwitch: another VM's adapter may have it, firewall-free.
+    await b.register("b4", [nic("Prod", "00:50:56:80:00:b3")])
+    await b.power_on("b4")
+    ssh = kpb.Frame(dst_mac="00:50:56:80:00:b3", protocol="tcp", dst_port=22)
+    assert (await run_frame(a, both, switch, ssh))[0] == [("esxi-02", "b4")]

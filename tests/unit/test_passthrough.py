@@ -152,6 +152,24 @@ def test_devices_are_added_and_removed_only_while_the_vm_is_powered_off():
     assert system.holder(GPU.id) == "vm-001"
 
 
+def test_a_device_left_out_of_a_reconfiguration_is_free_for_another_vm():
+    """ReconfigVM without a device (vsim vm pci remove): only while powered off, then
+    another VM may have it, and the VM keeps its other devices at their slots."""
+    system = host()
+    system.set_vm_devices(vm("vm-001"), [GPU.id, NIC.id])
+    with pytest.raises(ResourceInUse, match="in use by vm-001"):
+        system.assign(vm("vm-002"), GPU.id)
+    before = state(system)
+    with pytest.raises(InvalidPowerState, match="power it off"):
+        system.set_vm_devices(vm("vm-001", powered_on=True), [NIC.id])
+    assert state(system) == before
+    assert system.set_vm_devices(vm("vm-001"), [NIC.id]) == [NIC.id]
+    assert system.holder(GPU.id) is None
+    assert [d.key for d in system.guest_devices("vm-001")] == ["pciPassthru1"]
+    assert system.assign(vm("vm-002"), GPU.id).key == "pciPassthru0"
+    assert system.passthru_info()[1] == PassthruInfo(GPU.id, True, "vm-002")
+
+
 def test_unassign_only_what_the_vm_has():
     system = host()
     system.assign(vm("vm-001"), GPU.id)

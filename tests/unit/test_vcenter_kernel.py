@@ -2,7 +2,8 @@
 and NICs (MACs assigned and unique), ReconfigVM_Task (live changes, refusals that
 change nothing), firewall rules that persist and travel with the VM, hosts' vSwitches
 and port groups, the physical switch, SendTestFrame across hosts, statistics, memory
-settings, DirectPath devices and the guest's LUNs.
+settings, DirectPath devices and the guest's LUNs, and removing what was added (vNICs,
+DirectPath devices, port groups, vSwitches).
 
 Every test here goes through hostd's VMkernel RPCs (GetNetwork, ReconfigureVm,
 SendFrame/ReceiveFrame, GetHostStats, ...): they need the host side of kernel.proto.
@@ -21,6 +22,7 @@ from vsim.faults import (
     InvalidPowerState,
     InvalidState,
     NotFound,
+    ResourceInUse,
 )
 from vsim.host.memory import MemorySettings
 from vsim.v1 import kernel_pb2 as kpb
@@ -209,6 +211,11 @@ async def test_a_mac_in_use_is_refused_and_nothing_changes(lab: Lab):
         ("SetVmFirewall", firewall(default_action="reject"), InvalidArgument, "allow, deny"),
         ("SetVmFirewall", firewall(nic="ethernet3"), NotFound, "ethernet3"),
         ("AssignPciDevice", pb.AssignPciDeviceRequest(vm="a", id="3b:00"), InvalidArgument, "PCI"),
+        ("RemoveVmNic", pb.RemoveVmNicRequest(vm="a", nic="ethernet3"), NotFound, "has: ethernet0"),
+        ("RemoveVmNic", pb.RemoveVmNicRequest(vm="a"), InvalidArgument, "name the adapter"),
+        ("RemoveVmNic", pb.RemoveVmNicRequest(vm="nope", nic="ethernet0"), NotFound, "nope"),
+        ("RemovePciDevice", pb.RemovePciDeviceRequest(vm="a", id="3b:00"), InvalidArgument, "PCI"),
+        ("RemovePciDevice", pb.RemovePciDeviceRequest(vm="a", id="0000:3B:00.0"), NotFound, "none"),
     ],
 )  # fmt: skip
 async def test_bad_requests_are_refused_at_once_and_change_nothing(
@@ -619,3 +626,164 @@ async def test_a_linked_clone_takes_the_adapters_with_new_macs(cluster):  # noqa
     ]
     assert {n.mac for n in copy.nics}.isdisjoint({n.mac for n in base.nics})
     assert copy.resources.cpu_load_pct == 10
+
+
+# removing what was added: vNICs, DirectPath devices, port groups and vSwitches
+
+
+async def test_a_nic_hot_removed_from_a_running_vm_frees_its_port_and_its_mac(make_lab):
+    lab = await vlan_lab(make_lab)
+    deny = rule("deny in tcp any 22")
+    add = pb.AddVmNicRequest(vm="b", nic=nic("Prod", "00:50:56:00:00:b2", firewall=[deny]))
+    assert (await call_task(lab, "AddVmNic", add)).state == SUCCESS
+    to_it = {"dst_mac": "00:50:56:00:00:b2", "protocol": "tcp", "dst_port": 443}
+    assert receivers(await send(lab, "a", **to_it)) == [("esxi-02", "b", "ethernet1")]
+    remove = pb.RemoveVmNicRequest(vm="b", nic="ethernet1")
+    done = await call_task(lab, "RemoveVmNic", remove)
+    assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
+    vm = get_vm(lab, "b")
+    assert vm.power_state == pb.POWER_STATE_POWERED_ON
+    assert [n.name for n in vm.nics] == ["ethernet0"]  # its firewall rules went with it
+    assert [n.name for n in on_host(lab, "b").nics] == ["ethernet0"]
+    network = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
+    assert sorted((n.vm, n.nic) for n in network.nics) == [("b", "ethernet0"), ("c", "ethernet0")]
+    event = lab.events()[-1]
+    assert (event.type, event.vm) == ("VmReconfiguredEvent", "b")
+    assert "removed ethernet1 (00:50:56:00:00:b2) from port group 'Prod'" in event.message
+    assert receivers(await send(lab, "a", **to_it)) == []  # no port has that MAC now
+    assert lab.vc.inventory.nic_owner("00:50:56:00:00:b2") is None
+    # The MAC is free in vCenter's inventory: another VM may be given it.
+    again = pb.AddVmNicRequest(vm="c", nic=nic("Dev", "00:50:56:00:00:B2"))
+    assert (await call_task(lab, "AddVmNic", again)).state == SUCCESS
+    assert lab.vc.inventory.nic_owner("00:50:56:00:00:b2") == ("c", "ethernet1")
+    with pytest.raises(NotFound, match="ethernet1"):
+        lab.vc.RemoveVmNic(remove, lab.session)
+    assert lab.vc.macs._held == {}
+
+
+async def test_a_nic_is_removed_from_a_powered_off_vm_and_survives_a_restart(lab: Lab):
+    assert (await create(lab, "a", nics=[nic(), nic("Management Network")])).state == SUCCESS
+    remove = pb.RemoveVmNicRequest(vm="a", nic="ethernet0")
+    assert (await call_task(lab, "RemoveVmNic", remove)).state == SUCCESS
+    assert [n.name for n in get_vm(lab, "a").nics] == ["ethernet1"]
+    await lab.restart()
+    assert [n.name for n in get_vm(lab, "a").nics] == ["ethernet1"]
+    assert (await lab.power_on("a")).state == SUCCESS
+    network = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    assert [(n.vm, n.nic, n.port_group) for n in network.nics] == [
+        ("a", "ethernet1", "Management Network")
+    ]
+
+
+async def test_a_directpath_device_is_removed_only_from_a_powered_off_vm(lab: Lab):
+    gpu = (await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)).devices[0].id
+    enable = pb.UpdateHostPassthruRequest(host="esxi-01", id=gpu, enabled=True)
+    await lab.vc.UpdatePassthruConfig(enable, lab.session)
+    full = quiet(memory=kpb.ResourceAllocation(reservation=256))
+    for name in ("ml", "ml-2"):
+        assert (await create(lab, name, memory=full.memory)).state == SUCCESS
+    assign = pb.AssignPciDeviceRequest(vm="ml", id=gpu)
+    assert (await call_task(lab, "AssignPciDevice", assign)).state == SUCCESS
+    taken = await call_task(lab, "AssignPciDevice", pb.AssignPciDeviceRequest(vm="ml-2", id=gpu))
+    assert (taken.state, taken.error.name) == (ERROR, "ResourceInUse")
+    assert (await lab.power_on("ml")).state == SUCCESS
+    remove = pb.RemovePciDeviceRequest(vm="ml", id=gpu.upper())
+    before = snapshot(lab)
+    with pytest.raises(InvalidPowerState, match="not hot-removed"):
+        lab.vc.RemovePciDevice(remove, lab.session)
+    assert snapshot(lab) == before
+    assert (await lab.power_off("ml")).state == SUCCESS
+    done = await call_task(lab, "RemovePciDevice", remove)
+    assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
+    assert list(get_vm(lab, "ml").pci_devices) == [] and on_host(lab, "ml").pci_devices == ()
+    assert f"removed PCI device {gpu}" in lab.events()[-1].message
+    listed = await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+    assert [d.vm for d in listed.devices if d.id == gpu] == [""]
+    # Free for another VM now.
+    request = pb.AssignPciDeviceRequest(vm="ml-2", id=gpu)
+    assert (await call_task(lab, "AssignPciDevice", request)).state == SUCCESS
+    assert (await lab.power_on("ml-2")).state == SUCCESS
+    with pytest.raises(NotFound, match="ml has no PCI device"):
+        lab.vc.RemovePciDevice(remove, lab.session)
+
+
+def rm_vswitch(name: str, host: str = "esxi-01") -> pb.RemoveHostVirtualSwitchRequest:
+    return pb.RemoveHostVirtualSwitchRequest(host=host, name=name)
+
+
+def rm_port_group(name: str, host: str = "esxi-01") -> pb.RemoveHostPortGroupRequest:
+    return pb.RemoveHostPortGroupRequest(host=host, name=name)
+
+
+async def network_names(lab: Lab, host: str = "esxi-01") -> tuple[list[str], list[str]]:
+    network = await lab.vc.GetHostNetwork(pb.HostRequest(name=host), lab.session)
+    return [v.name for v in network.vswitches], [p.name for p in network.port_groups]
+
+
+async def test_a_port_group_in_use_by_any_vm_is_not_removed(lab: Lab):
+    pg = kpb.PortGroup(name="Prod", vswitch="vSwitch0", vlan=10)
+    await lab.vc.AddPortGroup(pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session)
+    assert (await create(lab, "off", nics=[nic("Prod")])).state == SUCCESS
+    assert (await create(lab, "on", nics=[nic(), nic("Prod")])).state == SUCCESS
+    assert (await lab.power_on("on")).state == SUCCESS
+    remove = rm_port_group("Prod")
+    before, events = await network_names(lab), len(lab.events())
+    with pytest.raises(ResourceInUse, match=r"off \(ethernet0\), on \(ethernet1\)"):
+        await lab.vc.RemovePortGroup(remove, lab.session)
+    assert await network_names(lab) == before and len(lab.events()) == events
+    assert (await lab.destroy("off")).state == SUCCESS
+    nic_gone = pb.RemoveVmNicRequest(vm="on", nic="ethernet1")
+    assert (await call_task(lab, "RemoveVmNic", nic_gone)).state == SUCCESS
+    network = await lab.vc.RemovePortGroup(remove, lab.session)
+    assert network.host == "esxi-01" and "Prod" not in [p.name for p in network.port_groups]
+    event = lab.events()[-1]
+    assert (event.type, event.host) == ("HostPortGroupRemovedEvent", "esxi-01")
+    assert "'Prod'" in event.message
+    # A VM cannot be given an adapter on it any more.
+    failed = await call_task(lab, "AddVmNic", pb.AddVmNicRequest(vm="on", nic=nic("Prod")))
+    assert (failed.state, failed.error.name) == (ERROR, "NotFound")
+
+
+async def test_a_vswitch_is_removed_once_it_has_no_port_groups_and_frees_its_uplinks(lab: Lab):
+    vswitch = kpb.VirtualSwitch(name="vSwitch1", uplinks=["vmnic1", "vmnic2"])
+    add = pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=vswitch)
+    await lab.vc.AddVirtualSwitch(add, lab.session)
+    pg = kpb.PortGroup(name="Storage", vswitch="vSwitch1")
+    await lab.vc.AddPortGroup(pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session)
+    remove = rm_vswitch("vSwitch1")
+    with pytest.raises(ResourceInUse, match="port groups 'Storage'"):
+        await lab.vc.RemoveVirtualSwitch(remove, lab.session)
+    await lab.vc.RemovePortGroup(rm_port_group("Storage"), lab.session)
+    network = await lab.vc.RemoveVirtualSwitch(remove, lab.session)
+    assert [v.name for v in network.vswitches] == ["vSwitch0"]
+    assert lab.events()[-1].type == "HostVirtualSwitchRemovedEvent"
+    reuse = kpb.VirtualSwitch(name="vSwitch2", uplinks=["vmnic2"])
+    network = await lab.vc.AddVirtualSwitch(
+        pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=reuse), lab.session
+    )
+    assert [(v.name, list(v.uplinks)) for v in network.vswitches] == [
+        ("vSwitch0", ["vmnic0"]),
+        ("vSwitch2", ["vmnic2"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "fault", "words"),
+    [
+        ("RemoveVirtualSwitch", rm_vswitch("vSwitch0"), ResourceInUse, "management vSwitch"),
+        ("RemoveVirtualSwitch", rm_vswitch("vSwitch7"), NotFound, "vSwitch7"),
+        ("RemoveVirtualSwitch", rm_vswitch(""), InvalidArgument, "name the vSwitch"),
+        ("RemoveVirtualSwitch", rm_vswitch("vSwitch1", "esxi-09"), NotFound, "esxi-09"),
+        ("RemovePortGroup", rm_port_group("Management Network"), ResourceInUse, "vmk0"),
+        ("RemovePortGroup", rm_port_group("Prod"), NotFound, "Prod"),
+        ("RemovePortGroup", rm_port_group(""), InvalidArgument, "port group name"),
+        ("RemovePortGroup", rm_port_group("a/b"), InvalidArgument, "'/'"),
+    ],
+)  # fmt: skip
+async def test_bad_network_removals_are_refused_and_change_nothing(
+    lab: Lab, method, request_, fault, words
+):
+    before, events = await network_names(lab), len(lab.events())
+    with pytest.raises(fault, match=words):
+        await getattr(lab.vc, method)(request_, lab.session)
+    assert await network_names(lab) == before and len(lab.events()) == events

@@ -1,6 +1,7 @@
 """vCenter's checks of a VM's configuration, without a host: MACs stay unique over
-any history of creates, NIC adds, removals and requests that never finish (checked
-against a model of who owns which MAC), and vCenter accepts exactly the resource
+any history of creates, NIC adds, NIC removals (a removed adapter's MAC may be given
+again), VM removals and requests that never finish (checked against a model of who
+owns which MAC), and vCenter accepts exactly the resource
 settings the host's VMkernel accepts."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vsim.faults import AlreadyExists, InvalidArgument, VimFault
+from vsim.faults import AlreadyExists, InvalidArgument, NotFound, VimFault
 from vsim.host.kernel_messages import firewall_from_proto, resources_from_proto
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -26,6 +27,7 @@ from vsim.vcenter.virtual_nic import (
     firewall_default,
     firewall_rules,
     generated_mac,
+    without_nic,
 )
 from vsim.vcenter.vm_resources import checked_resources
 
@@ -110,9 +112,12 @@ def test_macs_stay_unique_over_any_history(tmp_path_factory, seed: int):
     model = Model()
     try:
         for _ in range(30):
-            op, vm = rng.choice(["create", "add", "add", "remove", "abandon"]), rng.choice(VMS)
+            ops = ["create", "add", "add", "remove", "remove_nic", "remove_nic", "abandon"]
+            op, vm = rng.choice(ops), rng.choice(VMS)
             current = model.nics.get(vm, [])
-            if op == "remove":
+            if op == "remove_nic" and vm in model.nics:
+                remove_nic(inventory, model, rng, vm, current)
+            elif op == "remove":
                 inventory.remove_vm(vm)
                 model.nics.pop(vm, None)
             elif op == "abandon":
@@ -132,6 +137,23 @@ def test_macs_stay_unique_over_any_history(tmp_path_factory, seed: int):
             check(inventory, pool, model)
     finally:
         inventory.close()
+
+
+def remove_nic(inventory, model, rng, vm: str, current) -> None:
+    """RemoveVmNic of one of its adapters, or of one it does not have."""
+    name = rng.choice([*(n for n, _ in current), "ethernet9", ""])
+    nics = inventory.require_vm(vm).nics
+    try:
+        left, removed = without_nic(vm, nics, name)
+    except VimFault as fault:
+        assert name not in {n for n, _ in current}, f"removing {vm}/{name}: {fault}"
+        assert type(fault) is (InvalidArgument if not name else NotFound)
+        return
+    assert (removed.name, removed.mac) in current
+    record = pb.Vm(name=vm, host="esxi-01", uuid="u", cpus=1, memory_mb=256, nics=left)
+    inventory.set_vm_config(record)
+    model.nics[vm] = [(n, m) for n, m in current if n != name]
+    assert inventory.nic_owner(removed.mac) is None  # free to be given again
 
 
 def run_request(inventory, pool, model, rng, vm: str, current, op: str) -> None:

@@ -1,6 +1,7 @@
 """One host's standard vSwitches: port groups and VLANs, the security policy, the vNIC
-firewall on the data path, uplinks and teaming, and configuration faults that change
-nothing."""
+firewall on the data path, uplinks and teaming, removals (a vSwitch only without port
+groups, its uplinks then free; a disconnected vNIC's port and MAC), and configuration
+faults that change nothing."""
 
 from __future__ import annotations
 
@@ -375,13 +376,55 @@ def test_port_group_names_are_unique_per_host_and_in_use_ones_stay():
     before = snapshot(net)
     with pytest.raises(ResourceInUse, match="vm-a/ethernet0"):
         net.remove_port_group("VM Network")
-    with pytest.raises(ResourceInUse, match="vm-a/ethernet0"):
+    with pytest.raises(ResourceInUse, match="'VM Network'; remove them first"):
         net.remove_vswitch("vSwitch0")
     assert snapshot(net) == before
     net.disconnect_vnic("vm-a", "ethernet0")
+    with pytest.raises(ResourceInUse, match="'VM Network'"):  # the port group, not its ports
+        net.remove_vswitch("vSwitch0")
+    net.remove_port_group("VM Network")
     net.remove_vswitch("vSwitch0")
     assert net.port_groups() == [] and [s.name for s in net.vswitches()] == ["vSwitch1"]
-    net.add_vswitch("vSwitch0", ("vmnic0",))  # its uplink is free again
+    with pytest.raises(NotFound, match="vSwitch0"):
+        net.remove_vswitch("vSwitch0")
+
+
+def test_a_removed_vswitchs_uplinks_are_free_for_another_vswitch():
+    net = host(uplinks=("vmnic0", "vmnic1"))
+    net.add_vswitch("vSwitch1", ("vmnic2",))
+    with pytest.raises(AlreadyExists, match="vSwitch0"):
+        net.add_uplink("vSwitch1", "vmnic1")
+    net.remove_vswitch("vSwitch0")
+    assert net.add_uplink("vSwitch1", "vmnic1").uplinks == ("vmnic2", "vmnic1")
+    assert net.add_vswitch("vSwitch2", ("vmnic0",)).active_uplink == "vmnic0"
+    # Frames on a NIC that was the removed vSwitch's go to whoever owns it now.
+    net.add_port_group("pg", "vSwitch2")
+    net.connect_vnic("vm-a", "ethernet0", "pg", A)
+    assert receivers(net.receive("vmnic0", Frame(B, A))) == ["vm-a"]
+
+
+def test_a_disconnected_vnics_port_is_gone_and_its_mac_free():
+    """A NIC hot-removed from a running VM: frames to it are dropped as no_port, it
+    sends nothing, and another adapter may have its MAC."""
+    net = host(("pg", 10))
+    net.connect_vnic("vm-a", "ethernet0", "pg", A)
+    net.connect_vnic("vm-a", "ethernet1", "pg", B)
+    net.connect_vnic("vm-c", "ethernet0", "pg", C)
+    assert receivers(net.receive("vmnic0", Frame(D, B, vlan=10))) == ["vm-a"]
+    removed = net.disconnect_vnic("vm-a", "ethernet1")
+    assert (removed.nic, removed.mac) == ("ethernet1", B)
+    assert reasons(net.receive("vmnic0", Frame(D, B, vlan=10))) == [DROP_NO_PORT]
+    assert net.uplink_stats("vmnic0").dropped == {DROP_NO_PORT: 1}
+    # From a local VM it is unknown unicast now: out through the uplink, to nobody here.
+    local = net.send("vm-c", "ethernet0", Frame(C, B))
+    assert receivers(local) == [] and [u for u, _f in local.sent] == ["vmnic0"]
+    with pytest.raises(NotFound, match="vm-a/ethernet1"):
+        net.send("vm-a", "ethernet1", Frame(B, C))
+    with pytest.raises(NotFound, match="vm-a/ethernet1"):
+        net.stats("vm-a", "ethernet1")
+    assert [(v.vm, v.nic) for v in net.vnics()] == [("vm-a", "ethernet0"), ("vm-c", "ethernet0")]
+    net.connect_vnic("vm-d", "ethernet0", "pg", B)  # the MAC may be given again
+    assert receivers(net.receive("vmnic0", Frame(D, B, vlan=10))) == ["vm-d"]
 
 
 def test_changing_a_port_groups_vlan_moves_its_connected_ports():
@@ -448,6 +491,7 @@ OPS = st.one_of(
     st.tuples(st.just("add_port_group"), GROUPS, SWITCHES, VLANS, POLICY),
     st.tuples(st.just("update_port_group"), GROUPS, VLANS, POLICY),
     st.tuples(st.just("remove_port_group"), GROUPS),
+    st.tuples(st.just("remove_vswitch"), SWITCHES),
     st.tuples(
         st.just("connect_vnic"),
         VMS,
@@ -492,6 +536,8 @@ def test_a_failed_change_changes_nothing_and_the_rules_always_hold(ops):
         uplinks = [u for s in switches for u in s.uplinks]
         assert len(uplinks) == len(set(uplinks))  # an uplink belongs to one vSwitch
         assert len({g.name for g in groups}) == len(groups)
+        names = {s.name for s in switches}
+        assert {g.vswitch for g in groups} | {v.vswitch for v in vnics} <= names  # none orphaned
         assert all(0 <= g.vlan <= 4095 for g in groups)
         macs = [(v.vswitch, v.mac) for v in vnics]
         assert len(macs) == len(set(macs))  # configured MACs unique per vSwitch

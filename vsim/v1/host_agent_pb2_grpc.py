@@ -176,6 +176,16 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.ReceiveFrameRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostDelivery.FromString,
                 _registered_method=True)
+        self.RemoveVirtualSwitch = channel.unary_unary(
+                '/vsim.v1.HostAgent/RemoveVirtualSwitch',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.RemoveVirtualSwitchRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.RemovePortGroup = channel.unary_unary(
+                '/vsim.v1.HostAgent/RemovePortGroup',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.RemovePortGroupRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
         self.ListPciDevices = channel.unary_unary(
                 '/vsim.v1.HostAgent/ListPciDevices',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListPciDevicesRequest.SerializeToString,
@@ -404,6 +414,22 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveVirtualSwitch(self, request, context):
+        """Removes a vSwitch without port groups (its uplinks are free again); refused
+        (ResourceInUse) for the management vSwitch, which carries vmk0. Kept in esx.conf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePortGroup(self, request, context):
+        """Refused (ResourceInUse, naming them) while a VM registered here, running or not,
+        has an adapter on it, and for the management port group. Kept in esx.conf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPciDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -600,6 +626,16 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.ReceiveFrame,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ReceiveFrameRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.HostDelivery.SerializeToString,
+            ),
+            'RemoveVirtualSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVirtualSwitch,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.RemoveVirtualSwitchRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'RemovePortGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePortGroup,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.RemovePortGroupRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
             ),
             'ListPciDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPciDevices,
@@ -1398,6 +1434,60 @@ class HostAgent:
             '/vsim.v1.HostAgent/ReceiveFrame',
             vsim_dot_v1_dot_host__agent__pb2.ReceiveFrameRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.HostDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVirtualSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/RemoveVirtualSwitch',
+            vsim_dot_v1_dot_host__agent__pb2.RemoveVirtualSwitchRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePortGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/RemovePortGroup',
+            vsim_dot_v1_dot_host__agent__pb2.RemovePortGroupRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
             options,
             channel_credentials,
             insecure,

@@ -191,6 +191,11 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.SetVmFirewallRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.RemoveVmNic = channel.unary_unary(
+                '/vsim.v1.VCenter/RemoveVmNic',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.RemoveVmNicRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
         self.AddVirtualSwitch = channel.unary_unary(
                 '/vsim.v1.VCenter/AddVirtualSwitch',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostVirtualSwitchRequest.SerializeToString,
@@ -226,6 +231,16 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.FromString,
                 _registered_method=True)
+        self.RemoveVirtualSwitch = channel.unary_unary(
+                '/vsim.v1.VCenter/RemoveVirtualSwitch',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostVirtualSwitchRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.RemovePortGroup = channel.unary_unary(
+                '/vsim.v1.VCenter/RemovePortGroup',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostPortGroupRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
         self.ListPciDevices = channel.unary_unary(
                 '/vsim.v1.VCenter/ListPciDevices',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
@@ -239,6 +254,11 @@ class VCenterStub:
         self.AssignPciDevice = channel.unary_unary(
                 '/vsim.v1.VCenter/AssignPciDevice',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.AssignPciDeviceRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.RemovePciDevice = channel.unary_unary(
+                '/vsim.v1.VCenter/RemovePciDevice',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.RemovePciDeviceRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
                 _registered_method=True)
         self.GuestReportLuns = channel.unary_unary(
@@ -483,6 +503,14 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveVmNic(self, request, context):
+        """Removes a vNIC (hot-removed from a running VM: its port goes, and its MAC and
+        firewall rules with it; the MAC may be given again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddVirtualSwitch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -530,6 +558,22 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveVirtualSwitch(self, request, context):
+        """Removes a host's vSwitch once it has no port groups; refused (ResourceInUse) for
+        the management vSwitch (vSwitch0, carrying vmk0). Its uplinks are free again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePortGroup(self, request, context):
+        """Refused (ResourceInUse, naming the VMs) while any VM's adapter, running or not,
+        is on the port group, and for the management port group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPciDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -544,6 +588,14 @@ class VCenterServicer:
 
     def AssignPciDevice(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePciDevice(self, request, context):
+        """Takes a DirectPath device from a powered-off VM (InvalidPowerState while it runs:
+        DirectPath devices are not hot-removed); another VM may then have it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -741,6 +793,11 @@ def add_VCenterServicer_to_server(servicer, server):
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.SetVmFirewallRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
             ),
+            'RemoveVmNic': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVmNic,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.RemoveVmNicRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
             'AddVirtualSwitch': grpc.unary_unary_rpc_method_handler(
                     servicer.AddVirtualSwitch,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostVirtualSwitchRequest.FromString,
@@ -776,6 +833,16 @@ def add_VCenterServicer_to_server(servicer, server):
                     request_deserializer=vsim_dot_v1_dot_kernel__pb2.SetGuestMacRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.ConnectedNic.SerializeToString,
             ),
+            'RemoveVirtualSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVirtualSwitch,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostVirtualSwitchRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'RemovePortGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePortGroup,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostPortGroupRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
             'ListPciDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPciDevices,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
@@ -789,6 +856,11 @@ def add_VCenterServicer_to_server(servicer, server):
             'AssignPciDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.AssignPciDevice,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.AssignPciDeviceRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'RemovePciDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePciDevice,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.RemovePciDeviceRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
             ),
             'GuestReportLuns': grpc.unary_unary_rpc_method_handler(
@@ -1665,6 +1737,33 @@ class VCenter:
             _registered_method=True)
 
     @staticmethod
+    def RemoveVmNic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/RemoveVmNic',
+            vsim_dot_v1_dot_vcenter__pb2.RemoveVmNicRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AddVirtualSwitch(request,
             target,
             options=(),
@@ -1854,6 +1953,60 @@ class VCenter:
             _registered_method=True)
 
     @staticmethod
+    def RemoveVirtualSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/RemoveVirtualSwitch',
+            vsim_dot_v1_dot_vcenter__pb2.RemoveHostVirtualSwitchRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePortGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/RemovePortGroup',
+            vsim_dot_v1_dot_vcenter__pb2.RemoveHostPortGroupRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListPciDevices(request,
             target,
             options=(),
@@ -1923,6 +2076,33 @@ class VCenter:
             target,
             '/vsim.v1.VCenter/AssignPciDevice',
             vsim_dot_v1_dot_vcenter__pb2.AssignPciDeviceRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePciDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/RemovePciDevice',
+            vsim_dot_v1_dot_vcenter__pb2.RemovePciDeviceRequest.SerializeToString,
             vsim_dot_v1_dot_common__pb2.Task.FromString,
             options,
             channel_credentials,
