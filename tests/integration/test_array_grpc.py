@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_api import reflected_services
 
-from vsim.faults import InvalidArgument
+from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated
 from vsim.rpc import RpcClient, open_channel
 from vsim.storage.lun import SECTOR
 from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT
@@ -39,11 +39,18 @@ async def test_scsi_over_grpc_reservations_ats_and_masking(tmp_path):
         lun = await rpc.call(
             "CreateLun",
             pb.CreateLunRequest(size_bytes=8 * 1024**2, initiators=[HOST_A, HOST_B]),
-            None,
+            running.array.management_key,
         )
         scsi = lambda initiator, **kw: pb.ScsiRequest(initiator=initiator, lun=lun.id, **kw)  # noqa: E731
 
         assert list((await rpc.call("ReportLuns", scsi(HOST_A), None)).luns) == [lun.id]
+        assert list((await rpc.call("ReportLuns", scsi(HOST_C), None)).luns) == []
+        # A host cannot map itself a LUN: masking is management, which needs the key.
+        remask = pb.MapLunRequest(lun=lun.id, initiators=[HOST_C])
+        with pytest.raises(NotAuthenticated, match="management key"):
+            await rpc.call("MapLun", remask, None)
+        with pytest.raises(NoPermission):
+            await rpc.call("MapLun", remask, "guessed-key")
         assert list((await rpc.call("ReportLuns", scsi(HOST_C), None)).luns) == []
         hidden = await rpc.call("Read", scsi(HOST_C, lba=0, blocks=1), None)
         assert (hidden.status.sense_key, hidden.status.asc) == (0x05, 0x25)
@@ -75,15 +82,21 @@ async def test_scsi_over_grpc_reservations_ats_and_masking(tmp_path):
         assert (beyond.status.sense_key, beyond.status.asc) == (0x05, 0x21)
         assert os.path.getsize(running.array.luns[lun.id].path) == 8 * 1024**2
 
-        stats = await rpc.call("GetStats", pb.GetStatsRequest(), None)
+        stats = await rpc.call("GetStats", pb.GetStatsRequest(), running.array.management_key)
         counters = {(c.initiator, c.lun): dict(c.counters) for c in stats.scsi}
         assert counters[(HOST_B, lun.id)]["reservation_conflicts"] == 1
         assert counters[(HOST_A, lun.id)]["miscompares"] == 1
 
         with pytest.raises(InvalidArgument):
-            await rpc.call("CreateLun", pb.CreateLunRequest(size_bytes=1000), None)
+            await rpc.call(
+                "CreateLun", pb.CreateLunRequest(size_bytes=1000), running.array.management_key
+            )
         with pytest.raises(InvalidArgument):
-            await rpc.call("MapLun", pb.MapLunRequest(lun=99, initiators=[HOST_C]), None)
+            await rpc.call(
+                "MapLun",
+                pb.MapLunRequest(lun=99, initiators=[HOST_C]),
+                running.array.management_key,
+            )
     finally:
         await rpc.close()
         await running.stop()
@@ -93,9 +106,13 @@ async def test_nfs_over_grpc_and_84_byte_writes_are_counted(tmp_path):
     running = await start_array(tmp_path)
     rpc = await connect(running)
     try:
-        await rpc.call("CreateExport", pb.CreateExportRequest(name="nfs-01"), None)
         await rpc.call(
-            "CreateExport", pb.CreateExportRequest(name="squash", root_squash=True), None
+            "CreateExport", pb.CreateExportRequest(name="nfs-01"), running.array.management_key
+        )
+        await rpc.call(
+            "CreateExport",
+            pb.CreateExportRequest(name="squash", root_squash=True),
+            running.array.management_key,
         )
         nfs = lambda **kw: pb.NfsRequest(client="esxi-01", export="nfs-01", **kw)  # noqa: E731
 
@@ -132,7 +149,7 @@ async def test_nfs_over_grpc_and_84_byte_writes_are_counted(tmp_path):
         )
         assert squashed.status == 13  # NFS3ERR_ACCES
 
-        stats = await rpc.call("GetStats", pb.GetStatsRequest(), None)
+        stats = await rpc.call("GetStats", pb.GetStatsRequest(), running.array.management_key)
         sizes = {(w.export, w.client): dict(w.sizes) for w in stats.nfs_writes}
         assert sizes[("nfs-01", "esxi-01")] == {84: 3}
     finally:
@@ -144,9 +161,13 @@ async def test_acknowledged_data_survives_an_array_restart(tmp_path):
     running = await start_array(tmp_path)
     rpc = await connect(running)
     lun = await rpc.call(
-        "CreateLun", pb.CreateLunRequest(size_bytes=4 * 1024**2, initiators=[HOST_A]), None
+        "CreateLun",
+        pb.CreateLunRequest(size_bytes=4 * 1024**2, initiators=[HOST_A]),
+        running.array.management_key,
     )
-    await rpc.call("CreateExport", pb.CreateExportRequest(name="nfs-01"), None)
+    await rpc.call(
+        "CreateExport", pb.CreateExportRequest(name="nfs-01"), running.array.management_key
+    )
     acknowledged = {}
     for lba in range(0, 64, 7):
         data = os.urandom(SECTOR)
@@ -185,7 +206,7 @@ async def test_acknowledged_data_survives_an_array_restart(tmp_path):
             None,
         )
         assert read.data == b"kept"
-        info = await rpc.call("GetArray", pb.GetArrayRequest(), None)
+        info = await rpc.call("GetArray", pb.GetArrayRequest(), running.array.management_key)
         assert [lun_info.reserved_by for lun_info in info.luns] == [""]  # reservations are volatile
     finally:
         await rpc.close()
