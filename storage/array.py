@@ -21,10 +21,10 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from vsim.passwords import new_token
 from vsim.storage.lun import SECTOR, Lun
 from vsim.storage.nfs_export import ExportOptions, NfsError, NfsExport, NfsStatus
 from vsim.storage.scsi import LUN_NOT_SUPPORTED, check_condition
-from vsim.passwords import new_token
 from vsim.tls import write_private
 
 CONFIG = "array.json"
