@@ -18,7 +18,6 @@ from vsim.faults import (
     DuplicateName,
     FileLocked,
     InvalidArgument,
-    InvalidState,
     NotFound,
     VimFault,
 )
