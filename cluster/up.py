@@ -98,7 +98,7 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
             port=options.port,
             bind=options.bind,
             clock=WallClock(options.clock_speed),
-            array=ArrayRef(array.endpoint, array.identity.thumbprint),
+            array=ArrayRef(array.endpoint, array.identity.thumbprint, array.array.management_key),
         )
         try:
             endpoint = client_endpoint(options.bind, int(running.endpoint.rsplit(":", 1)[1]))
