@@ -1,5 +1,7 @@
 """The storage array over real gRPC+TLS on loopback: SCSI and NFS outcomes in-band,
-health and reflection, and acknowledged data intact across an array restart."""
+management only with the array's key, health and reflection, acknowledged data intact
+across an array restart; and the array managed through vCenter (real host actors): a
+LUN made, a datastore on it, a host added later that is mapped and mounts it."""
 
 from __future__ import annotations
 
@@ -7,15 +9,20 @@ import asyncio
 import os
 
 import pytest
+import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_api import reflected_services
 
-from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated
+from vsim.cluster.array_setup import prepare_array
+from vsim.cluster.spec import ClusterSpec
+from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated, ResourceInUse
 from vsim.rpc import RpcClient, open_channel
 from vsim.storage.lun import SECTOR
 from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT
 from vsim.storage.server import SERVICE, start_array
 from vsim.v1 import storage_pb2 as pb
+from vsim.vcenter.datastore import ArrayRef
+from vsim.vcenter.server import ray_namespace, start_vcenter
 
 HOST_A = "iqn.1998-01.com.vmware:esxi-01"
 HOST_B = "iqn.1998-01.com.vmware:esxi-02"
@@ -225,3 +232,49 @@ async def test_array_serves_health_and_reflection(tmp_path):
     finally:
         await channel.close()
         await running.stop()
+
+
+async def test_a_lun_made_through_vcenter_a_datastore_on_it_and_a_host_added_later(
+    ray_cluster, tmp_path, login
+):
+    array = await start_array(tmp_path / "array")
+    spec = prepare_array(array.array, ClusterSpec.default(2))
+    running = await start_vcenter(
+        tmp_path / "data",
+        spec,
+        port=0,
+        array=ArrayRef(array.endpoint, array.identity.thumbprint, array.array.management_key),
+    )
+    client = await login(running)
+    try:
+        lun = await client.create_array_lun(64 * 1024**2, lun_id=1)
+        assert (lun.id, list(lun.hosts)) == (1, ["esxi-01", "esxi-02"])
+        await client.run(await client.create_vmfs_datastore("vmfs-02", 1))
+        assert (await client.array_luns())[1].datastore == "vmfs-02"
+
+        thumbprint = (await client.wait(await client.add_host("esxi-03"))).error.properties[
+            "thumbprint"
+        ]
+        await client.run(await client.add_host("esxi-03", thumbprint))
+        datastores = {d.name: d for d in await client.datastores()}
+        for name in ("vmfs-01", "vmfs-02", "nfs-01"):
+            mounts = {m.host: m.accessible for m in datastores[name].mounts}
+            assert mounts == {"esxi-01": True, "esxi-02": True, "esxi-03": True}, name
+        assert array.array.report_luns(HOST_C) == [0, 1]  # mapped as it joined
+        await client.run(
+            await client.create_vm(
+                "late-01", memory_mb=256, host="esxi-03", datastore="vmfs-02", disk_mb=8
+            )
+        )
+        with pytest.raises(ResourceInUse, match="late-01"):
+            await client.remove_datastore("vmfs-02")
+    finally:
+        await client.close()
+        await running.stop()
+        namespace = ray_namespace(running.core.uuid)
+        for host in ("esxi-01", "esxi-02", "esxi-03"):
+            try:
+                ray.kill(ray.get_actor(host, namespace=namespace))
+            except ValueError:
+                pass
+        await array.stop()
