@@ -40,14 +40,18 @@ async def setup(root: Path, hosts: int):
     initiators = [initiator_name(n) for n in names] + ["iqn.format"]
     luns = {}
     for label, mode in VOLUMES.items():
-        lun = await connection.call(
-            "CreateLun", pb.CreateLunRequest(size_bytes=16 * 1024**2, initiators=initiators)
+        lun = await connection.rpc.call(
+            "CreateLun",
+            pb.CreateLunRequest(size_bytes=16 * 1024**2, initiators=initiators),
+            array.array.management_key,
         )
         await format_volume(
             ArrayBlockDevice(connection, "iqn.format", lun.id), label, mode, uuid.uuid4()
         )
         luns[label] = lun.id
-    await connection.call("CreateExport", pb.CreateExportRequest(name="nfs"))
+    await connection.rpc.call(
+        "CreateExport", pb.CreateExportRequest(name="nfs"), array.array.management_key
+    )
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     actors = [
         EsxiHostActor.options(name=n, namespace=namespace, num_cpus=0).remote(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vsim import validate
-from vsim.cluster import cli_kernel, output, up
+from vsim.cluster import cli_kernel, cli_storage, output, up
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
@@ -548,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prepare-hosts", type=positive_int, help="make the default cluster's LUNs and exports"
     )
     p.add_argument("--info-file", help="with --prepare-hosts: write thumbprint and LUNs here")
+    cli_storage.add_array_commands(array, command)
     vcenter = command(commands, "vcenter", None, "vCenter as a service of its own").add_subparsers(
         dest="vcenter_command", required=True
     )
@@ -641,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold-ms", type=float, required=True, help="congestion threshold, 5-100 ms"
     )
+    cli_storage.add_datastore_commands(datastores, command)
 
     locks = command(commands, "lock", None, "on-disk file locks").add_subparsers(
         dest="sub", required=True

@@ -11,7 +11,7 @@ certificate raises SSLVerifyFault before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from vsim.faults import InvalidArgument, fault_from_proto
 from vsim.rpc import RpcClient, open_channel
@@ -357,6 +357,51 @@ class VCenterClient:
 
     async def break_stale_lock(self, datastore: str, path: str) -> pb.LockInfo:
         return await self._call("BreakStaleLock", pb.LockRequest(datastore=datastore, path=path))
+
+    async def remove_datastore(self, name: str) -> common_pb2.Task:
+        return await self._call("RemoveDatastore", pb.RemoveDatastoreRequest(name=name))
+
+    # the storage array (administrators only)
+
+    async def create_array_lun(
+        self, size_bytes: int = 0, lun_id: int | None = None, hosts: Sequence[str] = ()
+    ) -> pb.ArrayLun:
+        """A LUN (0 bytes: 4 GiB; no id: the next free) masked to hosts (none: all)."""
+        request = pb.CreateArrayLunRequest(size_bytes=size_bytes, hosts=list(hosts))
+        if lun_id is not None:
+            request.id = lun_id
+        return await self._call("CreateArrayLun", request)
+
+    async def array_luns(self) -> list[pb.ArrayLun]:
+        return list((await self._call("ListArrayLuns", pb.ListArrayLunsRequest())).luns)
+
+    async def map_array_lun(self, lun: int, hosts: Sequence[str]) -> pb.ArrayLun:
+        request = pb.ArrayLunMappingRequest(lun=lun, hosts=list(hosts))
+        return await self._call("MapArrayLun", request)
+
+    async def unmap_array_lun(self, lun: int, hosts: Sequence[str]) -> pb.ArrayLun:
+        request = pb.ArrayLunMappingRequest(lun=lun, hosts=list(hosts))
+        return await self._call("UnmapArrayLun", request)
+
+    async def create_array_export(
+        self,
+        name: str,
+        read_only: bool = False,
+        async_writes: bool = False,
+        root_squash: bool = False,
+        clients: Sequence[str] = (),
+    ) -> pb.ArrayExport:
+        request = pb.CreateArrayExportRequest(
+            name=name,
+            read_only=read_only,
+            async_writes=async_writes,
+            root_squash=root_squash,
+            clients=list(clients),
+        )
+        return await self._call("CreateArrayExport", request)
+
+    async def array_exports(self) -> list[pb.ArrayExport]:
+        return list((await self._call("ListArrayExports", pb.ListArrayExportsRequest())).exports)
 
     # tasks and events
 

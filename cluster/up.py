@@ -268,7 +268,7 @@ async def _run(
             port=options.port,
             bind=options.bind,
             clock=WallClock(options.clock_speed),
-            array=ArrayRef(array.endpoint, array.identity.thumbprint),
+            array=ArrayRef(array.endpoint, array.identity.thumbprint, array.array.management_key),
             on_event=_progress_of,
         )
         try:

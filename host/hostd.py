@@ -60,7 +60,7 @@ from vsim.host.vmdk import open_disk
 from vsim.host.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
 from vsim.host.vscsi import VirtualScsi, guest_scan
 from vsim.host.vswitch import STANDARD_SWITCH_SECURITY
-from vsim.storage.vmfs_format import LockMode
+from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
 from vsim.v1 import kernel_pb2 as kpb
@@ -437,6 +437,27 @@ class Hostd:
         if request.sioc_threshold_ms:
             self.scheduler.set_congestion_threshold(request.name, request.sioc_threshold_ms)
         return datastore_to_proto(mounted)
+
+    async def UnmountDatastore(
+        self, request: pb.UnmountDatastoreRequest, user: str | None
+    ) -> pb.UnmountDatastoreResponse:
+        self.accounts.require_admin(user)
+        in_use = [vm.name for vm in self.kernel.vms() if vm.datastore == request.name]
+        await self.storage.unmount(request.name, in_use)
+        return pb.UnmountDatastoreResponse()
+
+    async def QueryVmfsVolume(self, request: pb.ArrayTarget, user: str | None) -> pb.VmfsVolumeInfo:
+        found = await self.storage.probe_vmfs(request.endpoint, request.thumbprint, request.lun)
+        if found is None:
+            return pb.VmfsVolumeInfo()
+        mode = {VolumeLockMode.ATS_ONLY: "ats-only", VolumeLockMode.ATS_SCSI: "ats+scsi"}
+        return pb.VmfsVolumeInfo(
+            found=True,
+            label=found.label,
+            uuid=str(found.uuid),
+            lock_mode=mode.get(found.lock_mode, ""),
+            capacity_bytes=found.blocks * found.block_size,
+        )
 
     async def ListDatastores(
         self, request: pb.HostListDatastoresRequest, user: str | None

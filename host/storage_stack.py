@@ -12,7 +12,14 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vsim.clock import Clock
-from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, NotFound
+from vsim.faults import (
+    AlreadyExists,
+    CannotAccessFile,
+    FileLocked,
+    InvalidArgument,
+    NotFound,
+    ResourceInUse,
+)
 from vsim.host.datastore_files import parent_of
 from vsim.host.nfs_files import NfsFileSystem
 from vsim.host.nfs_lock import EXCLUSIVE, STALE_AFTER, ExportClient, NfsClient, NfsLockManager
@@ -21,7 +28,7 @@ from vsim.host.vmfs_files import VmfsFileSystem
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
 from vsim.storage.scsi import ScsiError
-from vsim.storage.vmfs_format import LockMode, VolumeLockMode
+from vsim.storage.vmfs_format import SUPERBLOCK_LBA, LockMode, Superblock, VolumeLockMode
 
 LOCK_MODES = {"ats-only": VolumeLockMode.ATS_ONLY, "ats+scsi": VolumeLockMode.ATS_SCSI}
 DESCRIBE_TIMEOUT = 2.0
@@ -129,6 +136,8 @@ class StorageStack:
         self.nfs: dict[str, NfsLockManager] = {}
         self.files: dict[str, VmfsFileSystem | NfsFileSystem] = {}
         self._loops: dict[str, asyncio.Task] = {}
+        self._targets: dict[str, tuple[str, str, str]] = {}
+        """Mounted datastore -> where it lives (type, array endpoint, LUN or export)."""
 
     async def mount_vmfs(self, label: str, device: BlockDevice) -> VmfsVolume:
         if label in self.vmfs or label in self.nfs:
@@ -171,10 +180,33 @@ class StorageStack:
         except ScsiError as e:
             raise CannotAccessFile(f"cannot format LUN {lun}: {e}") from None
 
+    async def probe_vmfs(self, endpoint: str, thumbprint: str, lun: int) -> Superblock | None:
+        """The VMFS volume on a LUN this host sees, if the LUN holds one."""
+        device = await self._ports().block_device(
+            endpoint, thumbprint, lun, initiator_name(self.host_name)
+        )
+        try:
+            sector = await device.read(SUPERBLOCK_LBA, 1)
+        except ScsiError as e:
+            raise CannotAccessFile(f"cannot read LUN {lun}: {e}") from None
+        try:
+            return Superblock.unpack(sector)
+        except ValueError:  # no (readable) volume: the LUN is blank or holds another format
+            return None
+
     async def mount(
         self, name: str, kind: str, endpoint: str, thumbprint: str, lun: int, export: str
     ) -> Datastore:
         ports = self._ports()
+        target = (kind, endpoint, str(lun) if kind == "vmfs" else export)
+        for other, where in self._targets.items():
+            # A second mount of one volume would take this host's heartbeat slot
+            # again (a new generation) and so void the first mount's locks.
+            if where == target and other != name:
+                raise AlreadyExists(
+                    f"{'LUN ' + str(lun) if kind == 'vmfs' else 'export ' + export} is "
+                    f"already mounted on {self.host_name} as datastore {other}"
+                )
         try:
             if kind == "vmfs":
                 device = await ports.block_device(
@@ -191,7 +223,31 @@ class StorageStack:
                 raise InvalidArgument(f"datastore type must be vmfs or nfs, got {kind[:20]!r}")
         except (ScsiError, NfsError, ValueError) as e:
             raise CannotAccessFile(f"cannot mount {name} on {self.host_name}: {e}") from None
+        self._targets[name] = target
         return await self.describe(name)
+
+    async def unmount(self, name: str, in_use: list[str]) -> None:
+        """esxcli storage filesystem unmount: stops the datastore's heartbeats or lock
+        renewals and frees its heartbeat slot; the data stays on the array. Refused
+        while VMs registered here (in_use) live on it."""
+        if name not in self.files:
+            raise NotFound(f"no datastore {name[:80]!r} is mounted on {self.host_name}")
+        if in_use:
+            raise ResourceInUse(
+                f"cannot unmount {name} from {self.host_name}: VMs registered here use it "
+                f"({', '.join(sorted(in_use))})"
+            )
+        loop = self._loops.pop(name, None)
+        if loop is not None:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+        volume = self.vmfs.pop(name, None)
+        if volume is not None:
+            await volume.unmount()
+        self.nfs.pop(name, None)
+        self.files.pop(name, None)
+        self._capacity.pop(name, None)
+        self._targets.pop(name, None)
 
     async def describe(self, name: str) -> Datastore:
         if name in self.vmfs:

@@ -173,6 +173,24 @@ class VmfsVolume:
                     return
         raise CannotAccessFile(f"no free heartbeat slot on volume {sb.label}")
 
+    async def unmount(self) -> None:
+        """Gives this host's heartbeat slot back: FREE, with a new generation, so that
+        a lock record still naming this mount reads as released. Best effort: if the
+        path is down, the slot simply goes stale, as a crashed host's would."""
+        if self.superblock is None or self.slot < 0 or self.lost_access:
+            return
+        current = HeartbeatSlot.unpack(self._slot_sector)
+        freed = HeartbeatSlot(SlotState.FREE, current.generation + 1)
+        try:
+            await self.swap(
+                self.superblock.heartbeat_lba(self.slot), self._slot_sector, freed.pack()
+            )
+        except Exception:  # noqa: BLE001 - an unreachable slot goes stale instead
+            return
+        finally:
+            self.lost_access = True  # no more I/O through this mount
+            self.lost_reason = "unmounted"
+
     @property
     def slot_generation(self) -> int:
         return HeartbeatSlot.unpack(self._slot_sector).generation

@@ -2,27 +2,33 @@
 data dir so that everything survives a restart.
 
     array.json        what exists: LUNs (size, serial, initiators mapped), exports
+    management.key    the secret a management client (vCenter) presents
     luns/lun-N.img    each LUN's sectors (a sparse file)
     exports/NAME/     each export's files
 
 An initiator sees only the LUNs mapped to it: to every other one an unmapped LUN
-does not exist (LOGICAL UNIT NOT SUPPORTED), as LUN masking does.
+does not exist (LOGICAL UNIT NOT SUPPORTED), as LUN masking does. Initiators name
+themselves (no CHAP), so masking is changed only by a caller holding the management
+key, never by the hosts, which are only ever given the array's endpoint.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from vsim.passwords import new_token
 from vsim.storage.lun import SECTOR, Lun
 from vsim.storage.nfs_export import ExportOptions, NfsError, NfsExport, NfsStatus
 from vsim.storage.scsi import LUN_NOT_SUPPORTED, check_condition
 from vsim.tls import write_private
 
 CONFIG = "array.json"
+MANAGEMENT_KEY = "management.key"
 DEFAULT_LUN_BYTES = 4 * 1024**3
 MIN_LUN_BYTES = 1024**2
 MAX_LUN_BYTES = 64 * 1024**4
@@ -43,7 +49,18 @@ class StorageArray:
         self.lun_names: dict[int, str] = {}
         """The name the storage admin gave a LUN (optional; unique)."""
         self.exports: dict[str, NfsExport] = {}
+        self.management_key = self._management_key()
         self._load()
+
+    def _management_key(self) -> str:
+        """The key management calls must carry, made on first start (0600)."""
+        path = self.data_dir / MANAGEMENT_KEY
+        if not path.exists():
+            write_private(path, new_token().encode())
+        return path.read_text().strip()
+
+    def is_manager(self, key: str | None) -> bool:
+        return bool(key) and hmac.compare_digest(key.encode(), self.management_key.encode())
 
     # persistence
 
@@ -101,8 +118,13 @@ class StorageArray:
         return next((i for i, n in self.lun_names.items() if n == name), None)
 
     def create_lun(
-        self, size_bytes: int = DEFAULT_LUN_BYTES, initiators: tuple[str, ...] = (), name: str = ""
+        self,
+        size_bytes: int = DEFAULT_LUN_BYTES,
+        initiators: tuple[str, ...] = (),
+        name: str = "",
+        lun_id: int | None = None,
     ) -> Lun:
+        """A new LUN with the given id (0-255, free) or the next after the highest."""
         if not MIN_LUN_BYTES <= size_bytes <= MAX_LUN_BYTES or size_bytes % SECTOR:
             raise ArrayError(
                 f"a LUN is 1 MiB to 64 TiB, a multiple of {SECTOR} bytes; got {size_bytes}"
@@ -115,7 +137,14 @@ class StorageArray:
             raise ArrayError(f"LUN name {name[:80]!r} must be 1-63 of a-z 0-9 . _ -")
         if name and self.lun_named(name) is not None:
             raise ArrayError(f"a LUN named {name} exists")
-        lun_id = max(self.luns, default=-1) + 1
+        if lun_id is None:
+            lun_id = max(self.luns, default=-1) + 1
+            if lun_id >= MAX_LUNS:  # ids run out at the top while lower ones are free
+                lun_id = min(set(range(MAX_LUNS)) - set(self.luns))
+        elif not 0 <= lun_id < MAX_LUNS:
+            raise ArrayError(f"a LUN id is 0-{MAX_LUNS - 1}, got {lun_id}")
+        elif lun_id in self.luns:
+            raise ArrayError(f"LUN {lun_id} exists ({self.luns[lun_id].size_bytes} bytes)")
         try:
             lun = self._open_lun(lun_id, size_bytes, uuid.uuid4().hex[:16].upper())
         except OSError as e:
@@ -133,6 +162,15 @@ class StorageArray:
         for initiator in initiators:
             check_initiator(initiator)
         self.masking[lun_id].update(initiators)
+        self._save()
+
+    def unmap_lun(self, lun_id: int, initiators: tuple[str, ...]) -> None:
+        """Hides the LUN from these initiators (those it was not mapped to are ignored)."""
+        if lun_id not in self.luns:
+            raise ArrayError(f"no LUN {lun_id}")
+        for initiator in initiators:
+            check_initiator(initiator)
+        self.masking[lun_id].difference_update(initiators)
         self._save()
 
     def create_export(self, name: str, options: ExportOptions) -> NfsExport:

@@ -2,6 +2,8 @@
 
 SCSI and NFS outcomes travel in the response (a RESERVATION CONFLICT is an answer,
 not a failure); management requests the array refuses fail with InvalidArgument.
+Management calls (LUNs, masking, exports, the array's state and counters) need the
+array's management key as their session: hosts reach SCSI and NFS only.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vsim.faults import InvalidArgument
+from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated
 from vsim.storage.array import DEFAULT_LUN_BYTES, ArrayError, StorageArray
 from vsim.storage.lun import Lun
 from vsim.storage.nfs_export import (
@@ -22,6 +24,10 @@ from vsim.storage.nfs_export import (
 )
 from vsim.storage.scsi import ScsiError
 from vsim.v1 import storage_pb2 as pb
+
+MANAGEMENT_METHODS = frozenset(
+    {"CreateLun", "MapLun", "UnmapLun", "CreateExport", "GetArray", "GetStats"}
+)
 
 
 def _scsi(command: Callable[[], pb.ScsiResponse]) -> pb.ScsiResponse:
@@ -54,8 +60,18 @@ class ArrayService:
         self.array = array
 
     def authenticate(self, token: str | None, method: str) -> None:
-        """The array trusts its storage network, as an iSCSI target without CHAP and an
-        NFS server with AUTH_SYS do: initiators and clients say who they are."""
+        """SCSI and NFS trust the storage network, as an iSCSI target without CHAP and
+        an NFS server with AUTH_SYS do: initiators and clients say who they are. So
+        management, which decides what an initiator sees, takes the management key."""
+        if method not in MANAGEMENT_METHODS:
+            return None
+        if not token:
+            raise NotAuthenticated(
+                f"{method} is a management call: it needs the array's management key "
+                f"(in {self.array.data_dir}/management.key) as its session"
+            )
+        if not self.array.is_manager(token):
+            raise NoPermission(f"{method}: the management key is not this array's")
         return None
 
     # SCSI
@@ -205,7 +221,12 @@ class ArrayService:
 
     def CreateLun(self, r: pb.CreateLunRequest, _: Any) -> pb.LunInfo:
         try:
-            lun = self.array.create_lun(r.size_bytes or DEFAULT_LUN_BYTES, tuple(r.initiators))
+            lun = self.array.create_lun(
+                r.size_bytes or DEFAULT_LUN_BYTES,
+                tuple(r.initiators),
+                r.name,
+                r.id if r.HasField("id") else None,
+            )
         except ArrayError as e:
             raise InvalidArgument(str(e)) from None
         return self._lun_info(lun.id)
@@ -213,6 +234,13 @@ class ArrayService:
     def MapLun(self, r: pb.MapLunRequest, _: Any) -> pb.LunInfo:
         try:
             self.array.map_lun(r.lun, tuple(r.initiators))
+        except ArrayError as e:
+            raise InvalidArgument(str(e)) from None
+        return self._lun_info(r.lun)
+
+    def UnmapLun(self, r: pb.MapLunRequest, _: Any) -> pb.LunInfo:
+        try:
+            self.array.unmap_lun(r.lun, tuple(r.initiators))
         except ArrayError as e:
             raise InvalidArgument(str(e)) from None
         return self._lun_info(r.lun)
@@ -225,6 +253,7 @@ class ArrayService:
             serial=lun.serial,
             initiators=sorted(self.array.masking[lun.id]),
             reserved_by=lun.reservation or "",
+            name=self.array.lun_names.get(lun.id, ""),
         )
 
     def CreateExport(self, r: pb.CreateExportRequest, _: Any) -> pb.ExportInfo:

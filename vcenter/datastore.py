@@ -1,8 +1,13 @@
 """Datastores as vCenter manages them: VMFS on a LUN of the array (formatted by one
-host, mounted by all), NFS exports mounted by all, and what the hosts report of them.
+host, mounted by all), NFS exports mounted by all, removing them, and what the hosts
+report of them.
 
 vCenter records only what a datastore is (type, LUN or export, lock mode); whether
 a host has it mounted and can reach it is asked of the hosts, which are the truth.
+A LUN or export backs at most one datastore. Removing a datastore unmounts it and
+forgets it, as vSphere's unmount and remove from inventory do: its files stay on the
+LUN or export, and a VMFS datastore created on that LUN again mounts the volume that
+is there (vSphere's "keep the existing signature") instead of formatting it.
 """
 
 from __future__ import annotations
@@ -12,16 +17,19 @@ import logging
 import random
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vsim import validate
 from vsim.faults import (
+    AlreadyExists,
     CannotAccessFile,
     DuplicateName,
     HostNotConnected,
     InvalidArgument,
     InvalidState,
     NotFound,
+    ResourceInUse,
+    TaskInProgress,
     VimFault,
 )
 from vsim.host.disk_scheduler import SIOC_THRESHOLD_RANGE_MS
@@ -31,6 +39,7 @@ from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import HostCall, HostManager
 from vsim.vcenter.inventory import DatastoreRecord, Inventory
+from vsim.vcenter.storage_array import StorageArrayManager
 from vsim.vcenter.tasks import TaskManager
 
 log = logging.getLogger("vsim.vcenter.datastores")
@@ -45,6 +54,12 @@ class ArrayRef:
 
     endpoint: str
     thumbprint: str
+    management_key: str = ""
+    """The array's management key, which vCenter manages the array with ("": it
+    cannot). Never given to the hosts."""
+    management_endpoint: str = ""
+    """Where vCenter reaches the array's management ("": the endpoint), when vCenter
+    and the hosts reach the array on different networks."""
 
 
 class DatastoreManager:
@@ -56,8 +71,10 @@ class DatastoreManager:
         events: EventLog,
         rng: random.Random,
         array: ArrayRef | None,
+        array_manager: StorageArrayManager | None = None,
     ) -> None:
         self._inventory = inventory
+        self._array_manager = array_manager
         self._hosts = hosts
         self._tasks = tasks
         self._events = events
@@ -95,9 +112,10 @@ class DatastoreManager:
         validate.int_range(request.lun, 0, 255, "lun")
         for other in self._inventory.datastores():
             if other.type == "vmfs" and other.lun == request.lun:
-                raise InvalidState(
-                    f"LUN {request.lun} already holds datastore {other.name}; formatting "
-                    "it again would destroy it"
+                raise AlreadyExists(
+                    f"LUN {request.lun} is already datastore {other.name}; a second mount "
+                    "of one volume is refused",
+                    datastore=other.name,
                 )
         record = DatastoreRecord(
             request.name,
@@ -109,6 +127,21 @@ class DatastoreManager:
         )
 
         async def work(task: common_pb2.Task) -> str:
+            if self._array_manager is not None and self._array_manager.provider is not None:
+                await self._array_manager.require_lun(record.lun)
+            found = await self._hosts.call(hosts[0], "QueryVmfsVolume", self._target(record))
+            if found.found:
+                # The volume of a removed datastore (or another vCenter's): mounted
+                # as it is, files and all, never formatted over.
+                kept = replace(record, lock_mode=found.lock_mode, uuid=found.uuid)
+                return await self._mount_everywhere(
+                    kept,
+                    hosts,
+                    user,
+                    "VmfsDatastoreCreatedEvent",
+                    f"the existing VMFS volume {found.label} ({found.lock_mode}) on LUN "
+                    f"{record.lun}, kept",
+                )
             format_request = hpb.FormatVmfsRequest(
                 label=record.name,
                 target=self._target(record),
@@ -124,6 +157,12 @@ class DatastoreManager:
         hosts = self._check_new(request.name)
         if not 0 < len(request.export) <= 63:
             raise InvalidArgument("export must name an NFS export of the array")
+        for other in self._inventory.datastores():
+            if other.type == "nfs" and other.export == request.export:
+                raise AlreadyExists(
+                    f"export {request.export} is already mounted as datastore {other.name}",
+                    datastore=other.name,
+                )
         record = DatastoreRecord(request.name, "nfs", -1, request.export)
 
         async def work(task: common_pb2.Task) -> str:
@@ -132,7 +171,7 @@ class DatastoreManager:
         return self._tasks.start("CreateNasDatastore", record.name, user, work, kind="datastore")
 
     async def _mount_everywhere(
-        self, record: DatastoreRecord, hosts: list[str], user: str, event: str
+        self, record: DatastoreRecord, hosts: list[str], user: str, event: str, what: str = ""
     ) -> str:
         outcomes = await asyncio.gather(
             *(self._mount(host, record) for host in hosts), return_exceptions=True
@@ -148,7 +187,9 @@ class DatastoreManager:
             mounted = [h for h in hosts if h not in failures]
             self._events.post(
                 event,
-                f"Created datastore {record.name} ({record.type}), mounted on "
+                f"Created datastore {record.name} ({record.type}"
+                + (f", {what}" if what else "")
+                + "), mounted on "
                 f"{', '.join(mounted)}" + (f"; not on {', '.join(failures)}" if failures else ""),
                 user=user,
             )
@@ -173,10 +214,18 @@ class DatastoreManager:
         gives it the Storage I/O Control threshold of those it has; `call` reaches the
         host while it is being connected."""
         records = self._inventory.datastores()
-        if self.array is None or not records:
+        if self.array is None:
             return
         reply = await call("ListDatastores", hpb.HostListDatastoresRequest())
         mounted = {d.name for d in reply.datastores}
+        known = {r.name for r in records}
+        for gone in sorted(mounted - known):  # removed while the host did not answer
+            try:
+                await call("UnmountDatastore", hpb.UnmountDatastoreRequest(name=gone))
+            except VimFault as fault:
+                log.warning("cannot unmount removed datastore %s from %s: %s", gone, host, fault)
+        if self._array_manager is not None and any(r.name not in mounted for r in records):
+            await self._array_manager.map_datastore_luns(host)
         for record in records:
             try:
                 if record.name not in mounted:
@@ -184,7 +233,56 @@ class DatastoreManager:
                 else:  # it may have missed a change while it did not answer
                     await self._set_sioc(host, record.name, record.sioc_threshold_ms, call)
             except VimFault as fault:
-                log.warning("cannot mount %s on %s: %s", record.name, host, fault)
+                # The host's own message names the datastore and itself already.
+                said = (
+                    fault.message
+                    if record.name in fault.message
+                    else (f"cannot mount {record.name} on {host}: {fault.message}")
+                )
+                log.warning("%s (%s)", said, fault.name)
+
+    def remove(self, name: str, user: str) -> common_pb2.Task:
+        """Unmounts the datastore from every connected host and forgets it; refused
+        while any VM of the inventory has its files there. A host that does not answer
+        unmounts it when it is back (remount)."""
+        record = self._inventory.datastore(name)
+        if record is None:
+            raise NotFound(f"no datastore named {name[:80]!r}")
+        users = sorted(vm.name for vm in self._inventory.vms() if vm.datastore == name)
+        if users:
+            raise ResourceInUse(
+                f"datastore {name} holds the files of {', '.join(users)}; destroy them (or "
+                "move them away) before removing it",
+                vms=",".join(users),
+            )
+        if self._tasks.busy("datastore", name):
+            raise TaskInProgress(f"a task on datastore {name} is under way; try again after it")
+        hosts = self._hosts.connected_names()
+
+        async def unmount(host: str) -> None:
+            request = hpb.UnmountDatastoreRequest(name=name)
+            try:
+                await self._hosts.call(host, "UnmountDatastore", request)
+            except (NotFound, HostNotConnected):  # not mounted there, or unmounted when back
+                pass
+
+        async def work(task: common_pb2.Task) -> str:
+            outcomes = await asyncio.gather(*(unmount(h) for h in hosts), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome  # kept: removing again unmounts what is left
+            with self._inventory.transaction():
+                self._inventory.remove_datastore(name)
+                where = f"LUN {record.lun}" if record.type == "vmfs" else f"export {record.export}"
+                self._events.post(
+                    "DatastoreRemovedEvent",
+                    f"Removed datastore {name} ({record.type}) from the inventory, unmounted "
+                    f"from {', '.join(hosts) or 'no host'}; its files stay on {where}",
+                    user=user,
+                )
+            return name
+
+        return self._tasks.start("RemoveDatastore", name, user, work, kind="datastore")
 
     async def _set_sioc(
         self, host: str, datastore: str, threshold_ms: float, call: HostCall | None = None

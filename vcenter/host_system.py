@@ -254,7 +254,14 @@ class HostManager:
                 user=user,
                 host=spec.name,
             )
-        self._links[spec.name] = HostLink(port, session)
+        link = self._links[spec.name] = HostLink(port, session)
+        if self.prepare_storage is not None:
+            # Its datastores, as on every (re)connect; one it cannot mount is logged and
+            # tried again when it reconnects, and the host is added all the same.
+            try:
+                await self.prepare_storage(spec.name, link.call)
+            except VimFault as fault:
+                log.warning("%s was added but cannot mount its datastores: %s", spec.name, fault)
         return spec.name
 
     async def retire_machine(self, name: str) -> None:

@@ -426,6 +426,9 @@ class Inventory:
             ),
         )
 
+    def remove_datastore(self, name: str) -> None:
+        self._db.execute("DELETE FROM datastores WHERE name=?", (name,))
+
     def datastore(self, name: str) -> DatastoreRecord | None:
         row = self._db.execute("SELECT * FROM datastores WHERE name=?", (name,)).fetchone()
         return DatastoreRecord(*row) if row else None

@@ -22,7 +22,7 @@ from vsim import __version__, validate
 from vsim.clock import Clock
 from vsim.cluster.engine import HostEngine
 from vsim.cluster.spec import ClusterSpec, DatastoreSpec
-from vsim.faults import InvalidArgument
+from vsim.faults import InvalidArgument, NoPermission
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -38,12 +38,26 @@ from vsim.vcenter.physical_network import PhysicalNetwork
 from vsim.vcenter.resource_pool import HostResourcePools
 from vsim.vcenter.secrets import SecretBox
 from vsim.vcenter.sessions import ADMINISTRATOR, Session, SessionManager
+from vsim.vcenter.storage_array import StorageArrayManager
+from vsim.vcenter.storage_provider import RemoteStorageProvider, StorageProvider
 from vsim.vcenter.tasks import TaskManager
 from vsim.vcenter.virtual_machine import VmManager
 from vsim.vcenter.virtual_nic import MacPool
 from vsim.vcenter.vm_reconfigure import VmReconfigurer
 
 PUBLIC_METHODS = frozenset({"Login"})
+ADMINISTRATOR_METHODS = frozenset(
+    {
+        "CreateArrayLun",
+        "ListArrayLuns",
+        "MapArrayLun",
+        "UnmapArrayLun",
+        "CreateArrayExport",
+        "ListArrayExports",
+    }
+)
+"""Calls only an account with the Admin role may make: the storage array's management."""
+ADMIN_ROLE = "Admin"
 DEFAULT_WAIT = 60.0
 MAX_WAIT = 3600.0
 INVENTORY_FILE = "inventory.sqlite"
@@ -67,7 +81,10 @@ class VCenter:
         clock: Clock,
         rng: random.Random | None = None,
         array: ArrayRef | None = None,
+        storage_provider: StorageProvider | None = None,
     ) -> None:
+        """storage_provider: how vCenter manages the array; by default over gRPC with
+        the array's management key, when `array` carries one."""
         self.data_dir = data_dir
         self.inventory = inventory
         self.engine = engine
@@ -92,8 +109,13 @@ class VCenter:
         self.performance = Performance(inventory, self.hosts, self.events)
         self.resource_pools = HostResourcePools(inventory, self.hosts, self.tasks, self.events)
         self.pci = PciPassthruSystem(self.hosts, self.events)
+        if storage_provider is None and array is not None and array.management_key:
+            storage_provider = RemoteStorageProvider(
+                array.management_endpoint or array.endpoint, array.thumbprint, array.management_key
+            )
+        self.storage_array = StorageArrayManager(inventory, self.events, storage_provider)
         self.datastores = DatastoreManager(
-            inventory, self.hosts, self.tasks, self.events, rng, array
+            inventory, self.hosts, self.tasks, self.events, rng, array, self.storage_array
         )
         self.hosts.prepare_storage = self.datastores.remount
         self.autostart = AutoStart(inventory, self.hosts, self.vms, self.tasks, self.events)
@@ -180,13 +202,22 @@ class VCenter:
             self._monitor = None
         await self.tasks.drain()
         await self.hosts.close()
+        if self.storage_array.provider is not None:
+            await self.storage_array.provider.close()
         await self.engine.close()
         self.inventory.close()
 
     def authenticate(self, token: str | None, method: str) -> Session | None:
         if method in PUBLIC_METHODS:
             return None
-        return self.sessions.authenticate(token)
+        session = self.sessions.authenticate(token)
+        if method in ADMINISTRATOR_METHODS:
+            account = self.inventory.account(session.user_name)
+            if account is None or account[1] != ADMIN_ROLE:
+                raise NoPermission(
+                    f"{method} is for administrators only; {session.user_name} is not one"
+                )
+        return session
 
     # sessions
 
@@ -424,6 +455,43 @@ class VCenter:
         self, request: pb.HostRequest, session: Session
     ) -> kpb.ResourcePools:
         return await self.resource_pools.list(request)
+
+    def RemoveDatastore(
+        self, request: pb.RemoveDatastoreRequest, session: Session
+    ) -> common_pb2.Task:
+        return self.datastores.remove(request.name, session.user_name)
+
+    # the storage array (administrator only: see ADMINISTRATOR_METHODS)
+
+    async def CreateArrayLun(
+        self, request: pb.CreateArrayLunRequest, session: Session
+    ) -> pb.ArrayLun:
+        return await self.storage_array.create_lun(request, session.user_name)
+
+    async def ListArrayLuns(
+        self, request: pb.ListArrayLunsRequest, session: Session
+    ) -> pb.ListArrayLunsResponse:
+        return pb.ListArrayLunsResponse(luns=await self.storage_array.list_luns())
+
+    async def MapArrayLun(
+        self, request: pb.ArrayLunMappingRequest, session: Session
+    ) -> pb.ArrayLun:
+        return await self.storage_array.map_lun(request, session.user_name)
+
+    async def UnmapArrayLun(
+        self, request: pb.ArrayLunMappingRequest, session: Session
+    ) -> pb.ArrayLun:
+        return await self.storage_array.unmap_lun(request, session.user_name)
+
+    async def CreateArrayExport(
+        self, request: pb.CreateArrayExportRequest, session: Session
+    ) -> pb.ArrayExport:
+        return await self.storage_array.create_export(request, session.user_name)
+
+    async def ListArrayExports(
+        self, request: pb.ListArrayExportsRequest, session: Session
+    ) -> pb.ListArrayExportsResponse:
+        return pb.ListArrayExportsResponse(exports=await self.storage_array.list_exports())
 
     # tasks and events
 

@@ -1,5 +1,7 @@
 """The storage array over real gRPC+TLS on loopback: SCSI and NFS outcomes in-band,
-health and reflection, and acknowledged data intact across an array restart."""
+management only with the array's key, health and reflection, acknowledged data intact
+across an array restart; and the array managed through vCenter (real host actors): a
+LUN made, a datastore on it, a host added later that is mapped and mounts it."""
 
 from __future__ import annotations
 
@@ -7,15 +9,20 @@ import asyncio
 import os
 
 import pytest
+import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_api import reflected_services
 
-from vsim.faults import InvalidArgument
+from vsim.cluster.array_setup import prepare_array
+from vsim.cluster.spec import ClusterSpec
+from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated, ResourceInUse
 from vsim.rpc import RpcClient, open_channel
 from vsim.storage.lun import SECTOR
 from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT
 from vsim.storage.server import SERVICE, start_array
 from vsim.v1 import storage_pb2 as pb
+from vsim.vcenter.datastore import ArrayRef
+from vsim.vcenter.server import ray_namespace, start_vcenter
 
 HOST_A = "iqn.1998-01.com.vmware:esxi-01"
 HOST_B = "iqn.1998-01.com.vmware:esxi-02"
@@ -39,11 +46,18 @@ async def test_scsi_over_grpc_reservations_ats_and_masking(tmp_path):
         lun = await rpc.call(
             "CreateLun",
             pb.CreateLunRequest(size_bytes=8 * 1024**2, initiators=[HOST_A, HOST_B]),
-            None,
+            running.array.management_key,
         )
         scsi = lambda initiator, **kw: pb.ScsiRequest(initiator=initiator, lun=lun.id, **kw)  # noqa: E731
 
         assert list((await rpc.call("ReportLuns", scsi(HOST_A), None)).luns) == [lun.id]
+        assert list((await rpc.call("ReportLuns", scsi(HOST_C), None)).luns) == []
+        # A host cannot map itself a LUN: masking is management, which needs the key.
+        remask = pb.MapLunRequest(lun=lun.id, initiators=[HOST_C])
+        with pytest.raises(NotAuthenticated, match="management key"):
+            await rpc.call("MapLun", remask, None)
+        with pytest.raises(NoPermission):
+            await rpc.call("MapLun", remask, "guessed-key")
         assert list((await rpc.call("ReportLuns", scsi(HOST_C), None)).luns) == []
         hidden = await rpc.call("Read", scsi(HOST_C, lba=0, blocks=1), None)
         assert (hidden.status.sense_key, hidden.status.asc) == (0x05, 0x25)
@@ -75,15 +89,21 @@ async def test_scsi_over_grpc_reservations_ats_and_masking(tmp_path):
         assert (beyond.status.sense_key, beyond.status.asc) == (0x05, 0x21)
         assert os.path.getsize(running.array.luns[lun.id].path) == 8 * 1024**2
 
-        stats = await rpc.call("GetStats", pb.GetStatsRequest(), None)
+        stats = await rpc.call("GetStats", pb.GetStatsRequest(), running.array.management_key)
         counters = {(c.initiator, c.lun): dict(c.counters) for c in stats.scsi}
         assert counters[(HOST_B, lun.id)]["reservation_conflicts"] == 1
         assert counters[(HOST_A, lun.id)]["miscompares"] == 1
 
         with pytest.raises(InvalidArgument):
-            await rpc.call("CreateLun", pb.CreateLunRequest(size_bytes=1000), None)
+            await rpc.call(
+                "CreateLun", pb.CreateLunRequest(size_bytes=1000), running.array.management_key
+            )
         with pytest.raises(InvalidArgument):
-            await rpc.call("MapLun", pb.MapLunRequest(lun=99, initiators=[HOST_C]), None)
+            await rpc.call(
+                "MapLun",
+                pb.MapLunRequest(lun=99, initiators=[HOST_C]),
+                running.array.management_key,
+            )
     finally:
         await rpc.close()
         await running.stop()
@@ -93,9 +113,13 @@ async def test_nfs_over_grpc_and_84_byte_writes_are_counted(tmp_path):
     running = await start_array(tmp_path)
     rpc = await connect(running)
     try:
-        await rpc.call("CreateExport", pb.CreateExportRequest(name="nfs-01"), None)
         await rpc.call(
-            "CreateExport", pb.CreateExportRequest(name="squash", root_squash=True), None
+            "CreateExport", pb.CreateExportRequest(name="nfs-01"), running.array.management_key
+        )
+        await rpc.call(
+            "CreateExport",
+            pb.CreateExportRequest(name="squash", root_squash=True),
+            running.array.management_key,
         )
         nfs = lambda **kw: pb.NfsRequest(client="esxi-01", export="nfs-01", **kw)  # noqa: E731
 
@@ -132,7 +156,7 @@ async def test_nfs_over_grpc_and_84_byte_writes_are_counted(tmp_path):
         )
         assert squashed.status == 13  # NFS3ERR_ACCES
 
-        stats = await rpc.call("GetStats", pb.GetStatsRequest(), None)
+        stats = await rpc.call("GetStats", pb.GetStatsRequest(), running.array.management_key)
         sizes = {(w.export, w.client): dict(w.sizes) for w in stats.nfs_writes}
         assert sizes[("nfs-01", "esxi-01")] == {84: 3}
     finally:
@@ -144,9 +168,13 @@ async def test_acknowledged_data_survives_an_array_restart(tmp_path):
     running = await start_array(tmp_path)
     rpc = await connect(running)
     lun = await rpc.call(
-        "CreateLun", pb.CreateLunRequest(size_bytes=4 * 1024**2, initiators=[HOST_A]), None
+        "CreateLun",
+        pb.CreateLunRequest(size_bytes=4 * 1024**2, initiators=[HOST_A]),
+        running.array.management_key,
     )
-    await rpc.call("CreateExport", pb.CreateExportRequest(name="nfs-01"), None)
+    await rpc.call(
+        "CreateExport", pb.CreateExportRequest(name="nfs-01"), running.array.management_key
+    )
     acknowledged = {}
     for lba in range(0, 64, 7):
         data = os.urandom(SECTOR)
@@ -185,7 +213,7 @@ async def test_acknowledged_data_survives_an_array_restart(tmp_path):
             None,
         )
         assert read.data == b"kept"
-        info = await rpc.call("GetArray", pb.GetArrayRequest(), None)
+        info = await rpc.call("GetArray", pb.GetArrayRequest(), running.array.management_key)
         assert [lun_info.reserved_by for lun_info in info.luns] == [""]  # reservations are volatile
     finally:
         await rpc.close()
@@ -204,3 +232,49 @@ async def test_array_serves_health_and_reflection(tmp_path):
     finally:
         await channel.close()
         await running.stop()
+
+
+async def test_a_lun_made_through_vcenter_a_datastore_on_it_and_a_host_added_later(
+    ray_cluster, tmp_path, login
+):
+    array = await start_array(tmp_path / "array")
+    spec = prepare_array(array.array, ClusterSpec.default(2))
+    running = await start_vcenter(
+        tmp_path / "data",
+        spec,
+        port=0,
+        array=ArrayRef(array.endpoint, array.identity.thumbprint, array.array.management_key),
+    )
+    client = await login(running)
+    try:
+        lun = await client.create_array_lun(64 * 1024**2, lun_id=1)
+        assert (lun.id, list(lun.hosts)) == (1, ["esxi-01", "esxi-02"])
+        await client.run(await client.create_vmfs_datastore("vmfs-02", 1))
+        assert (await client.array_luns())[1].datastore == "vmfs-02"
+
+        thumbprint = (await client.wait(await client.add_host("esxi-03"))).error.properties[
+            "thumbprint"
+        ]
+        await client.run(await client.add_host("esxi-03", thumbprint))
+        datastores = {d.name: d for d in await client.datastores()}
+        for name in ("vmfs-01", "vmfs-02", "nfs-01"):
+            mounts = {m.host: m.accessible for m in datastores[name].mounts}
+            assert mounts == {"esxi-01": True, "esxi-02": True, "esxi-03": True}, name
+        assert array.array.report_luns(HOST_C) == [0, 1]  # mapped as it joined
+        await client.run(
+            await client.create_vm(
+                "late-01", memory_mb=256, host="esxi-03", datastore="vmfs-02", disk_mb=8
+            )
+        )
+        with pytest.raises(ResourceInUse, match="late-01"):
+            await client.remove_datastore("vmfs-02")
+    finally:
+        await client.close()
+        await running.stop()
+        namespace = ray_namespace(running.core.uuid)
+        for host in ("esxi-01", "esxi-02", "esxi-03"):
+            try:
+                ray.kill(ray.get_actor(host, namespace=namespace))
+            except ValueError:
+                pass
+        await array.stop()

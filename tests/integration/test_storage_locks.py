@@ -35,13 +35,17 @@ async def lab(ray_cluster, tmp_path):
     initiators = [initiator_name(h) for h in HOSTS] + ["iqn.format"]
     luns = {}
     for label, mode in DATASTORES.items():
-        lun = await connection.call(
-            "CreateLun", pb.CreateLunRequest(size_bytes=16 * 1024**2, initiators=initiators)
+        lun = await connection.rpc.call(
+            "CreateLun",
+            pb.CreateLunRequest(size_bytes=16 * 1024**2, initiators=initiators),
+            array.array.management_key,
         )
         device = ArrayBlockDevice(connection, "iqn.format", lun.id)
         await format_volume(device, label, mode, uuid.uuid4())
         luns[label] = lun.id
-    await connection.call("CreateExport", pb.CreateExportRequest(name="nfs-01"))
+    await connection.rpc.call(
+        "CreateExport", pb.CreateExportRequest(name="nfs-01"), array.array.management_key
+    )
     namespace = f"locks-{uuid.uuid4().hex[:8]}"
     actors = []
     for name in HOSTS:
@@ -97,7 +101,9 @@ async def test_exclusive_holds_never_overlap(lab, label):
     elif label == "vmfs-ats":
         assert conflicts == 0, "ats-only volumes never reserve the LUN"
     else:
-        array_stats = await connection.call("GetStats", pb.GetStatsRequest())
+        array_stats = await connection.rpc.call(
+            "GetStats", pb.GetStatsRequest(), array.array.management_key
+        )
         sizes = [w.sizes for w in array_stats.nfs_writes if w.export == "nfs-01"]
         assert sizes and all(set(s) == {84} for s in sizes), "every lock WRITE is 84 bytes"
 
@@ -111,11 +117,12 @@ async def fast_hosts(ray_cluster, tmp_path):
     array = await start_array(tmp_path / "array")
     connection = await ArrayConnection.open(array.endpoint, array.identity.thumbprint)
     names = HOSTS[:2]
-    lun = await connection.call(
+    lun = await connection.rpc.call(
         "CreateLun",
         pb.CreateLunRequest(
             size_bytes=16 * 1024**2, initiators=[initiator_name(n) for n in names] + ["iqn.format"]
         ),
+        array.array.management_key,
     )
     await format_volume(
         ArrayBlockDevice(connection, "iqn.format", lun.id),
@@ -123,7 +130,9 @@ async def fast_hosts(ray_cluster, tmp_path):
         VolumeLockMode.ATS_SCSI,
         uuid.uuid4(),
     )
-    await connection.call("CreateExport", pb.CreateExportRequest(name="nfs"))
+    await connection.rpc.call(
+        "CreateExport", pb.CreateExportRequest(name="nfs"), array.array.management_key
+    )
     namespace = f"kill-{uuid.uuid4().hex[:8]}"
     actors = []
     for name in names:

@@ -215,7 +215,8 @@ def test_create_export_refuses_bad_names(array: StorageArray, name: str):
     assert array.exports == {}
     exports = array.data_dir / "exports"
     assert not exports.exists() or list(exports.iterdir()) == []
-    assert sorted(p.name for p in array.data_dir.iterdir()) == []  # nothing written at all
+    # nothing written but the management key the array made when it started
+    assert sorted(p.name for p in array.data_dir.iterdir()) == ["management.key"]
 
 
 def test_create_export_refuses_a_name_with_a_trailing_newline(array: StorageArray):
@@ -510,3 +511,79 @@ def test_service_get_stats_reflects_counters_and_write_sizes(service: ArrayServi
     }
     writes = {(w.export, w.client): dict(w.sizes) for w in stats.nfs_writes}
     assert writes == {("ds1", "esxi-01"): {84: 3, 4096: 1}, ("ds1", "esxi-02"): {84: 1}}
+
+
+# management: LUN ids, unmapping, and who may manage
+
+
+def test_create_lun_with_an_id_and_refusals_of_taken_or_impossible_ids(array: StorageArray):
+    assert array.create_lun(MIB, (A,), lun_id=5).id == 5
+    assert array.create_lun(MIB).id == 6  # after the highest
+    for bad in (5, -1, 256):
+        with pytest.raises(ArrayError, match="LUN 5 exists|0-255"):
+            array.create_lun(MIB, lun_id=bad)
+    assert sorted(array.luns) == [5, 6]
+    assert sorted(lun["id"] for lun in saved(array)["luns"]) == [5, 6]
+
+
+def test_unmap_lun_hides_it_from_those_initiators_only_and_is_kept(tmp_path: Path):
+    array = StorageArray(tmp_path / "array")
+    array.create_lun(MIB, (A, B, C))
+    array.unmap_lun(0, (B, "iqn.never-mapped"))
+    assert (array.report_luns(A), array.report_luns(B)) == ([0], [])
+    with pytest.raises(ScsiError) as refused:
+        array.lun(B, 0)
+    assert refused.value.sense == LUN_NOT_SUPPORTED
+    with pytest.raises(ArrayError, match="no LUN 3"):
+        array.unmap_lun(3, (A,))
+    with pytest.raises(ArrayError, match="initiator name"):
+        array.unmap_lun(0, ("two words",))
+    assert array.masking[0] == {A, C}
+    array.close()
+    again = StorageArray(tmp_path / "array")
+    assert again.masking[0] == {A, C}
+    again.close()
+
+
+def test_the_management_key_is_made_once_private_and_kept(tmp_path: Path):
+    first = StorageArray(tmp_path / "array")
+    key = first.management_key
+    first.close()
+    path = tmp_path / "array" / "management.key"
+    assert len(key) >= 32 and oct(path.stat().st_mode & 0o777) == "0o600"
+    again = StorageArray(tmp_path / "array")
+    assert again.management_key == key and again.is_manager(key)
+    assert not again.is_manager("") and not again.is_manager(None) and not again.is_manager("x")
+    again.close()
+    assert StorageArray(tmp_path / "other").management_key != key
+
+
+@pytest.mark.parametrize(
+    "method", ["CreateLun", "MapLun", "UnmapLun", "CreateExport", "GetArray", "GetStats"]
+)
+def test_management_calls_need_the_management_key(service: ArrayService, method: str):
+    """A host names itself as any initiator it likes, so only the key may re-mask."""
+    from vsim.faults import NoPermission, NotAuthenticated
+
+    with pytest.raises(NotAuthenticated, match="management key"):
+        service.authenticate(None, method)
+    with pytest.raises(NoPermission):
+        service.authenticate("a host's guess", method)
+    service.authenticate(service.array.management_key, method)
+
+
+@pytest.mark.parametrize("method", ["ReportLuns", "Read", "Write", "Reserve", "NfsWrite"])
+def test_scsi_and_nfs_need_no_key(service: ArrayService, method: str):
+    service.authenticate(None, method)
+
+
+def test_service_create_lun_with_id_and_name_and_unmap(service: ArrayService):
+    made = service.CreateLun(pb.CreateLunRequest(size_bytes=MIB, id=9, name="scratch"), None)
+    assert (made.id, made.name, list(made.initiators)) == (9, "scratch", [])
+    zero_taken = pb.CreateLunRequest(size_bytes=MIB, id=0)  # id 0 is set, not "unset"
+    with pytest.raises(InvalidArgument, match="LUN 0 exists"):
+        service.CreateLun(zero_taken, None)
+    left = service.UnmapLun(pb.MapLunRequest(lun=0, initiators=[A]), None)
+    assert list(left.initiators) == [B]
+    with pytest.raises(InvalidArgument, match="no LUN 42"):
+        service.UnmapLun(pb.MapLunRequest(lun=42, initiators=[A]), None)

@@ -14,10 +14,10 @@ from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.inprocess import InProcessEngine
 from vsim.cluster.spec import ClusterSpec
 from vsim.faults import (
+    AlreadyExists,
     DuplicateName,
     FileLocked,
     InvalidArgument,
-    InvalidState,
     NotFound,
     VimFault,
 )
@@ -31,6 +31,7 @@ from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter
 from vsim.vcenter.sessions import ADMINISTRATOR
+from vsim.vcenter.storage_provider import LocalStorageProvider
 
 HOSTS = ["esxi-01", "esxi-02", "esxi-03"]
 SPEED = 10.0
@@ -50,6 +51,7 @@ async def cluster(tmp_path, fast_scrypt):
         clock,
         random.Random(3),
         array=ArrayRef("", ""),
+        storage_provider=LocalStorageProvider(array),
     )
     await vc.start(spec)
     token = (
@@ -110,7 +112,7 @@ async def test_create_vmfs_on_a_masked_lun_and_refusals(cluster):
     assert ((await listed(vc, session)).keys(), len(vc.tasks.recent(1000))) == before
 
     in_use = pb.CreateVmfsDatastoreRequest(name="vmfs-04", lun=lun)  # holds vmfs-02 already
-    with pytest.raises(InvalidState):
+    with pytest.raises(AlreadyExists, match="already datastore vmfs-02"):
         vc.CreateVmfsDatastore(in_use, session)
 
     hidden = array.create_lun(64 * 1024**2, ()).id  # masked from every host

@@ -226,6 +226,16 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListResourcePoolsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
                 _registered_method=True)
+        self.UnmountDatastore = channel.unary_unary(
+                '/vsim.v1.HostAgent/UnmountDatastore',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.UnmountDatastoreRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.UnmountDatastoreResponse.FromString,
+                _registered_method=True)
+        self.QueryVmfsVolume = channel.unary_unary(
+                '/vsim.v1.HostAgent/QueryVmfsVolume',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ArrayTarget.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmfsVolumeInfo.FromString,
+                _registered_method=True)
 
 
 class HostAgentServicer:
@@ -484,6 +494,21 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnmountDatastore(self, request, context):
+        """Unmounts a datastore (its files stay on the array); ResourceInUse while VMs
+        registered on this host live on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryVmfsVolume(self, request, context):
+        """Reads a LUN's VMFS superblock, if it holds a volume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -676,6 +701,16 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.ListResourcePools,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ListResourcePoolsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
+            ),
+            'UnmountDatastore': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmountDatastore,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.UnmountDatastoreRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.UnmountDatastoreResponse.SerializeToString,
+            ),
+            'QueryVmfsVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryVmfsVolume,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ArrayTarget.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.VmfsVolumeInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1704,6 +1739,60 @@ class HostAgent:
             '/vsim.v1.HostAgent/ListResourcePools',
             vsim_dot_v1_dot_host__agent__pb2.ListResourcePoolsRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmountDatastore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/UnmountDatastore',
+            vsim_dot_v1_dot_host__agent__pb2.UnmountDatastoreRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.UnmountDatastoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryVmfsVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/QueryVmfsVolume',
+            vsim_dot_v1_dot_host__agent__pb2.ArrayTarget.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.VmfsVolumeInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -154,6 +154,11 @@ class StorageArrayStub:
                 request_serializer=vsim_dot_v1_dot_storage__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_storage__pb2.ArrayStats.FromString,
                 _registered_method=True)
+        self.UnmapLun = channel.unary_unary(
+                '/vsim.v1.StorageArray/UnmapLun',
+                request_serializer=vsim_dot_v1_dot_storage__pb2.MapLunRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_storage__pb2.LunInfo.FromString,
+                _registered_method=True)
 
 
 class StorageArrayServicer:
@@ -305,6 +310,13 @@ class StorageArrayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnmapLun(self, request, context):
+        """Hides a LUN from these initiators again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageArrayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -427,6 +439,11 @@ def add_StorageArrayServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=vsim_dot_v1_dot_storage__pb2.GetStatsRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_storage__pb2.ArrayStats.SerializeToString,
+            ),
+            'UnmapLun': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmapLun,
+                    request_deserializer=vsim_dot_v1_dot_storage__pb2.MapLunRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_storage__pb2.LunInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1077,6 +1094,33 @@ class StorageArray:
             '/vsim.v1.StorageArray/GetStats',
             vsim_dot_v1_dot_storage__pb2.GetStatsRequest.SerializeToString,
             vsim_dot_v1_dot_storage__pb2.ArrayStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmapLun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.StorageArray/UnmapLun',
+            vsim_dot_v1_dot_storage__pb2.MapLunRequest.SerializeToString,
+            vsim_dot_v1_dot_storage__pb2.LunInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -286,6 +286,41 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
                 _registered_method=True)
+        self.RemoveDatastore = channel.unary_unary(
+                '/vsim.v1.VCenter/RemoveDatastore',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.RemoveDatastoreRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.CreateArrayLun = channel.unary_unary(
+                '/vsim.v1.VCenter/CreateArrayLun',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.CreateArrayLunRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLun.FromString,
+                _registered_method=True)
+        self.ListArrayLuns = channel.unary_unary(
+                '/vsim.v1.VCenter/ListArrayLuns',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayLunsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayLunsResponse.FromString,
+                _registered_method=True)
+        self.MapArrayLun = channel.unary_unary(
+                '/vsim.v1.VCenter/MapArrayLun',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLunMappingRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLun.FromString,
+                _registered_method=True)
+        self.UnmapArrayLun = channel.unary_unary(
+                '/vsim.v1.VCenter/UnmapArrayLun',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLunMappingRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLun.FromString,
+                _registered_method=True)
+        self.CreateArrayExport = channel.unary_unary(
+                '/vsim.v1.VCenter/CreateArrayExport',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.CreateArrayExportRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ArrayExport.FromString,
+                _registered_method=True)
+        self.ListArrayExports = channel.unary_unary(
+                '/vsim.v1.VCenter/ListArrayExports',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayExportsRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayExportsResponse.FromString,
+                _registered_method=True)
 
 
 class VCenterServicer:
@@ -635,6 +670,58 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveDatastore(self, request, context):
+        """Unmounts a datastore from every connected host and removes it from the inventory
+        (ResourceInUse, naming them, while VMs have files on it). The files stay on the
+        LUN or export: creating a datastore on it again mounts the volume that is there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateArrayLun(self, request, context):
+        """The storage array's management, carried out by vCenter on the array with the
+        array's management key (as a storage provider is in vSphere); administrator only.
+        A LUN of size_bytes (0: 4 GiB), with id (unset: the next free), masked to the
+        hosts named (none: every host in the inventory).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArrayLuns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapArrayLun(self, request, context):
+        """Unmasks a LUN to hosts of the inventory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmapArrayLun(self, request, context):
+        """Masks a LUN from hosts again; ResourceInUse while it backs a datastore that those
+        hosts mount (remove the datastore first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateArrayExport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArrayExports(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VCenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -887,6 +974,41 @@ def add_VCenterServicer_to_server(servicer, server):
                     servicer.ListResourcePools,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.ResourcePools.SerializeToString,
+            ),
+            'RemoveDatastore': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDatastore,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.RemoveDatastoreRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'CreateArrayLun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateArrayLun,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.CreateArrayLunRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLun.SerializeToString,
+            ),
+            'ListArrayLuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArrayLuns,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayLunsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayLunsResponse.SerializeToString,
+            ),
+            'MapArrayLun': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapArrayLun,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLunMappingRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLun.SerializeToString,
+            ),
+            'UnmapArrayLun': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmapArrayLun,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLunMappingRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ArrayLun.SerializeToString,
+            ),
+            'CreateArrayExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateArrayExport,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.CreateArrayExportRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ArrayExport.SerializeToString,
+            ),
+            'ListArrayExports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArrayExports,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayExportsRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.ListArrayExportsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2239,6 +2361,195 @@ class VCenter:
             '/vsim.v1.VCenter/ListResourcePools',
             vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.ResourcePools.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDatastore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/RemoveDatastore',
+            vsim_dot_v1_dot_vcenter__pb2.RemoveDatastoreRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateArrayLun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/CreateArrayLun',
+            vsim_dot_v1_dot_vcenter__pb2.CreateArrayLunRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ArrayLun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArrayLuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ListArrayLuns',
+            vsim_dot_v1_dot_vcenter__pb2.ListArrayLunsRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ListArrayLunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapArrayLun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/MapArrayLun',
+            vsim_dot_v1_dot_vcenter__pb2.ArrayLunMappingRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ArrayLun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmapArrayLun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/UnmapArrayLun',
+            vsim_dot_v1_dot_vcenter__pb2.ArrayLunMappingRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ArrayLun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateArrayExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/CreateArrayExport',
+            vsim_dot_v1_dot_vcenter__pb2.CreateArrayExportRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ArrayExport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArrayExports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ListArrayExports',
+            vsim_dot_v1_dot_vcenter__pb2.ListArrayExportsRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.ListArrayExportsResponse.FromString,
             options,
             channel_credentials,
             insecure,
