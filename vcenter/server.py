@@ -22,6 +22,7 @@ from vsim.v1 import vcenter_pb2
 from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
+from vsim.vcenter.sessions import SessionPolicy
 
 SERVICE = vcenter_pb2.DESCRIPTOR.services_by_name["VCenter"]
 DEFAULT_PORT = 50051
@@ -58,9 +59,11 @@ async def start_vcenter(
     array: ArrayRef | None = None,
     hosts_bind: str = "127.0.0.1",
     hosts_advertise: str = "127.0.0.1",
+    session_policy: SessionPolicy | None = None,
 ) -> RunningVCenter:
     """Starts (or restarts) the vCenter kept in data_dir; Ray must be initialised when
-    no engine is given (hosts_bind/hosts_advertise: see RayEngine)."""
+    no engine is given (hosts_bind/hosts_advertise: see RayEngine; session_policy:
+    the idle session timeout and the login lockout, vSphere's defaults if None)."""
     clock = clock or WallClock()
     home = data_dir / "vcenter"
     inventory = Inventory(home / INVENTORY_FILE)
@@ -76,7 +79,7 @@ async def start_vcenter(
                 hosts_advertise,
             )
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
-        core = VCenter(home, inventory, engine, clock, array=array)
+        core = VCenter(home, inventory, engine, clock, array=array, session_policy=session_policy)
     except BaseException:
         inventory.close()
         raise
