@@ -64,7 +64,9 @@ class VCenterClient:
     # sessions
 
     async def login(self, user_name: str, password: str) -> str:
-        reply = await self._call("Login", pb.LoginRequest(user_name=user_name, password=password))
+        # Without the old session: a stale or damaged one must not stand in the way.
+        request = pb.LoginRequest(user_name=user_name, password=password)
+        reply = await self._rpc.call("Login", request, None)
         self.session = reply.session
         return reply.session
 

@@ -15,10 +15,18 @@ from pathlib import Path
 from typing import Protocol
 
 from vsim.faults import InvalidLogin, NoPermission, NotAuthenticated
-from vsim.passwords import hash_password, new_token, token_digest, verify_password
+from vsim.passwords import (
+    check_token,
+    hash_password,
+    new_token,
+    token_digest,
+    verify_password,
+)
 from vsim.tls import write_private
 
 ROLES = ("Admin", "ReadOnly")
+VPXUSER = "vpxuser"
+"""The account vCenter creates on the host and makes every call as."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class HostAccounts:
 
     def user_of(self, token: str | None) -> str:
         """The user a session token belongs to; NotAuthenticated for none or unknown."""
-        user = self._sessions.get(token_digest(token)) if token else None
+        user = self._sessions.get(token_digest(check_token(token))) if token else None
         if user is None or user not in self._accounts:
             raise NotAuthenticated(
                 "the call needs a session: log in to the host (vCenter logs in as vpxuser)"

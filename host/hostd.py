@@ -19,8 +19,15 @@ from dataclasses import replace
 from typing import Any
 
 from vsim import validate
-from vsim.faults import CannotAccessFile, InvalidArgument, InvalidPowerState, InvalidState, NotFound
-from vsim.host.accounts import ROLES, HostAccounts
+from vsim.faults import (
+    CannotAccessFile,
+    InvalidArgument,
+    InvalidLogin,
+    InvalidPowerState,
+    InvalidState,
+    NotFound,
+)
+from vsim.host.accounts import ROLES, VPXUSER, HostAccounts
 from vsim.host.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
 from vsim.host.kernel import (
     KERNEL_TICK,
@@ -60,6 +67,7 @@ from vsim.host.vmdk import open_disk
 from vsim.host.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
 from vsim.host.vscsi import VirtualScsi, guest_scan
 from vsim.host.vswitch import STANDARD_SWITCH_SECURITY
+from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
@@ -157,10 +165,16 @@ def lock_to_proto(status: LockStatus) -> pb.HostLockInfo:
 
 class Hostd:
     def __init__(
-        self, kernel: HostKernel, accounts: HostAccounts, storage: StorageStack | None = None
+        self,
+        kernel: HostKernel,
+        accounts: HostAccounts,
+        storage: StorageStack | None = None,
+        lockout: LockoutPolicy = ESXI_LOCKOUT,
     ) -> None:
         self.kernel = kernel
         self.accounts = accounts
+        self.lockout = AccountLockout(lockout, kernel.clock)
+        """Failed logins per user; in memory, so a reboot unlocks, as on ESXi."""
         self.scheduler = DiskScheduler(clock=kernel.clock)
         self._ticker: asyncio.Task | None = None
         self.vmx: dict[str, VmxProcess] = {}
@@ -183,9 +197,29 @@ class Hostd:
         return getattr(self, method)(request, self.authenticate(token, method))
 
     def Login(self, request: pb.HostLoginRequest, user: str | None) -> pb.HostLoginResponse:
-        return pb.HostLoginResponse(
-            session=self.accounts.login(request.user_name, request.password)
-        )
+        """A session for a local account. Failed logins lock the account (ESXi's
+        Security.AccountLockFailures / AccountUnlockTime), except vpxuser's: only
+        vCenter knows its 32-character random password, so locking it would only let
+        anyone who reaches hostd cut the host off from vCenter with a few wrong tries."""
+        name = request.user_name
+        throttled = name != VPXUSER
+        if throttled:
+            self.lockout.check(name)
+        try:
+            token = self.accounts.login(name, request.password)
+        except InvalidLogin:
+            locked = throttled and self.lockout.failed(name)
+            log.warning(
+                "%s: failed login for %r%s",
+                self.kernel.spec.name,
+                name[:80],
+                f"; remote access for it is locked for {self.lockout.policy.unlock_time:.0f} s"
+                if locked
+                else "",
+            )
+            raise
+        self.lockout.succeeded(name)
+        return pb.HostLoginResponse(session=token)
 
     def GetHostInfo(self, request: pb.GetHostInfoRequest, user: str | None) -> pb.HostInfo:
         k = self.kernel

@@ -38,6 +38,9 @@ CREATE TABLE physical_ports (
 """
 """Schema 4: the VMkernel's configuration that vCenter keeps."""
 
+_SESSIONS_INDEX = "CREATE INDEX sessions_by_last_active ON sessions(last_active);"
+"""Schema 6: sessions' last activity (the idle timeout), swept oldest first."""
+
 SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE machines (
@@ -125,16 +128,21 @@ CREATE TABLE accounts (
 CREATE TABLE sessions (
     token_digest TEXT PRIMARY KEY,
     user_name TEXT NOT NULL REFERENCES accounts(user_name),
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    last_active REAL NOT NULL DEFAULT 0
 );
+{_SESSIONS_INDEX}
 """
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATIONS = {
     2: "ALTER TABLE vms ADD COLUMN storage BLOB NOT NULL DEFAULT x''",
     3: "ALTER TABLE vms ADD COLUMN config BLOB NOT NULL DEFAULT x''; " + _KERNEL_TABLES,
     4: "ALTER TABLE datastores ADD COLUMN sioc_threshold_ms REAL NOT NULL DEFAULT 30",
+    # A session from before counts as last used when it was made.
+    5: "ALTER TABLE sessions ADD COLUMN last_active REAL NOT NULL DEFAULT 0; "
+    "UPDATE sessions SET last_active = created; " + _SESSIONS_INDEX,
 }
 """Schema version -> the SQL that brings it to the next version."""
 
@@ -516,17 +524,26 @@ class Inventory:
 
     def add_session(self, token_digest: str, user_name: str, created: float) -> None:
         self._db.execute(
-            "INSERT INTO sessions VALUES (?, ?, ?)", (token_digest, user_name, created)
+            "INSERT INTO sessions VALUES (?, ?, ?, ?)", (token_digest, user_name, created, created)
         )
 
-    def session_user(self, token_digest: str) -> str | None:
-        row = self._db.execute(
-            "SELECT user_name FROM sessions WHERE token_digest=?", (token_digest,)
+    def session(self, token_digest: str) -> tuple[str, float] | None:
+        """(user name, last active) of a session."""
+        return self._db.execute(
+            "SELECT user_name, last_active FROM sessions WHERE token_digest=?", (token_digest,)
         ).fetchone()
-        return row[0] if row else None
+
+    def touch_session(self, token_digest: str, last_active: float) -> None:
+        self._db.execute(
+            "UPDATE sessions SET last_active=? WHERE token_digest=?", (last_active, token_digest)
+        )
 
     def remove_session(self, token_digest: str) -> None:
         self._db.execute("DELETE FROM sessions WHERE token_digest=?", (token_digest,))
+
+    def remove_sessions_idle_since(self, before: float) -> int:
+        """Drops the sessions last active before `before`; how many went."""
+        return self._db.execute("DELETE FROM sessions WHERE last_active < ?", (before,)).rowcount
 
 
 def _storage(vm: vcenter_pb2.Vm) -> bytes:

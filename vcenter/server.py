@@ -23,6 +23,7 @@ from vsim.v1 import common_pb2, vcenter_pb2
 from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
+from vsim.vcenter.sessions import SessionPolicy
 
 SERVICE = vcenter_pb2.DESCRIPTOR.services_by_name["VCenter"]
 DEFAULT_PORT = 50051
@@ -60,10 +61,12 @@ async def start_vcenter(
     hosts_bind: str = "127.0.0.1",
     hosts_advertise: str = "127.0.0.1",
     on_event: Callable[[common_pb2.Event], None] | None = None,
+    session_policy: SessionPolicy | None = None,
 ) -> RunningVCenter:
     """Starts (or restarts) the vCenter kept in data_dir; Ray must be initialised when
-    no engine is given (hosts_bind/hosts_advertise: see RayEngine). on_event sees every
-    event from the start on (how `vsim up` shows its progress)."""
+    no engine is given (hosts_bind/hosts_advertise: see RayEngine; session_policy:
+    the idle session timeout and the login lockout, vSphere's defaults if None).
+    on_event sees every event from the start on (how `vsim up` shows its progress)."""
     clock = clock or WallClock()
     home = data_dir / "vcenter"
     inventory = Inventory(home / INVENTORY_FILE)
@@ -79,7 +82,7 @@ async def start_vcenter(
                 hosts_advertise,
             )
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
-        core = VCenter(home, inventory, engine, clock, array=array)
+        core = VCenter(home, inventory, engine, clock, array=array, session_policy=session_policy)
         if on_event is not None:
             core.events.listeners.append(on_event)
     except BaseException:

@@ -22,7 +22,7 @@ from vsim import __version__, validate
 from vsim.clock import Clock
 from vsim.cluster.engine import HostEngine
 from vsim.cluster.spec import ClusterSpec, DatastoreSpec
-from vsim.faults import InvalidArgument, NoPermission
+from vsim.faults import InvalidArgument, InvalidLogin, NoPermission
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -37,7 +37,7 @@ from vsim.vcenter.performance import Performance
 from vsim.vcenter.physical_network import PhysicalNetwork
 from vsim.vcenter.resource_pool import HostResourcePools
 from vsim.vcenter.secrets import SecretBox
-from vsim.vcenter.sessions import ADMINISTRATOR, Session, SessionManager
+from vsim.vcenter.sessions import ADMINISTRATOR, Session, SessionManager, SessionPolicy
 from vsim.vcenter.storage_array import StorageArrayManager
 from vsim.vcenter.storage_provider import RemoteStorageProvider, StorageProvider
 from vsim.vcenter.tasks import TaskManager
@@ -82,6 +82,7 @@ class VCenter:
         rng: random.Random | None = None,
         array: ArrayRef | None = None,
         storage_provider: StorageProvider | None = None,
+        session_policy: SessionPolicy | None = None,
     ) -> None:
         """storage_provider: how vCenter manages the array; by default over gRPC with
         the array's management key, when `array` carries one."""
@@ -91,7 +92,7 @@ class VCenter:
         self.clock = clock
         self.uuid = instance_uuid(inventory)
         rng = rng or random.Random()
-        self.sessions = SessionManager(inventory, clock, data_dir)
+        self.sessions = SessionManager(inventory, clock, data_dir, session_policy)
         self.events = EventLog(inventory, clock)
         self.tasks = TaskManager(inventory, clock)
         self.hosts = HostManager(
@@ -224,7 +225,15 @@ class VCenter:
     async def Login(self, request: pb.LoginRequest, session: None) -> pb.LoginResponse:
         validate.text(request.user_name, "user_name", 256)
         validate.text(request.password, "password", 256)
-        token = await self.sessions.login(request.user_name, request.password)
+        try:
+            token = await self.sessions.login(request.user_name, request.password)
+        except InvalidLogin as fault:
+            self.events.post(
+                "BadUsernameSessionEvent",
+                f"Cannot login user {request.user_name}: {fault.message}",
+                user=request.user_name,
+            )
+            raise
         self.events.post(
             "UserLoginSessionEvent", f"User {request.user_name} logged in", user=request.user_name
         )
@@ -505,7 +514,8 @@ class VCenter:
         if not 0 < timeout <= MAX_WAIT:
             raise InvalidArgument(f"timeout_seconds must be in (0, {MAX_WAIT:.0f}], got {timeout}")
         self.tasks.get(request.id)  # NotFound before waiting
-        return await self.tasks.wait(request.id, timeout)
+        with self.sessions.in_use(session):
+            return await self.tasks.wait(request.id, timeout)
 
     def ListTasks(self, request: pb.ListTasksRequest, session: Session) -> pb.ListTasksResponse:
         limit = request.limit or 100
@@ -522,5 +532,6 @@ class VCenter:
         self, request: pb.WatchEventsRequest, session: Session
     ) -> AsyncIterator[common_pb2.Event]:
         validate.int_range(request.after_key, 0, 2**62, "after_key")
-        async for event in self.events.follow(request.after_key):
-            yield event
+        with self.sessions.in_use(session):
+            async for event in self.events.follow(request.after_key):
+                yield event

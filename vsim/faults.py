@@ -46,6 +46,7 @@ def _fault(name: str, code: grpc.StatusCode) -> type[VimFault]:
 
 S = grpc.StatusCode
 InvalidArgument = _fault("InvalidArgument", S.INVALID_ARGUMENT)
+InvalidRequest = _fault("InvalidRequest", S.INVALID_ARGUMENT)
 NotFound = _fault("NotFound", S.NOT_FOUND)
 DuplicateName = _fault("DuplicateName", S.ALREADY_EXISTS)
 AlreadyExists = _fault("AlreadyExists", S.ALREADY_EXISTS)

@@ -9,6 +9,8 @@ import os
 import secrets
 import string
 
+from vsim.faults import NotAuthenticated
+
 # RFC 7914's interactive parameters: ~16 MiB and tens of milliseconds per check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 ALPHABET = string.ascii_letters + string.digits + "!#%*+-.=@^_~"
@@ -59,3 +61,33 @@ def new_token() -> str:
 def token_digest(token: str) -> str:
     """What a server stores instead of the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+TOKEN_LENGTH = len(new_token())
+"""Every session token a vsim server issues has this many characters (43)."""
+_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be a session token vsim issued (None if it could be): tokens
+    are URL-safe base64 of a fixed length, so anything else is refused before lookup,
+    without echoing it (it may be someone's secret pasted in the wrong place)."""
+    if not token.isascii():
+        return "it holds non-ASCII characters"
+    if len(token) != TOKEN_LENGTH:
+        return f"it is {len(token)} characters long, a session token has {TOKEN_LENGTH}"
+    if not _TOKEN_CHARS.issuperset(token):
+        return "it holds characters other than letters, digits, '-' and '_'"
+    return None
+
+
+def check_token(token: str) -> str:
+    """`token` if it has the shape of a session token vsim issues; NotAuthenticated
+    saying what is wrong with it otherwise."""
+    problem = token_problem(token)
+    if problem is not None:
+        raise NotAuthenticated(
+            f"the session token is malformed ({problem}): it is not one a vsim server "
+            "issued; log in again and send the token Login returned"
+        )
+    return token

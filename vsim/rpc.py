@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message_factory
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -25,11 +26,13 @@ from grpc_status import rpc_status
 from vsim.faults import (
     HostConnectFault,
     InvalidArgument,
+    InvalidRequest,
     SSLVerifyFault,
     SystemError_,
     VimFault,
     from_rpc_error,
 )
+from vsim.passwords import check_token
 from vsim.tls import (
     Identity,
     common_name_of,
@@ -46,9 +49,15 @@ Authenticate = Callable[[str | None, str], Any]
 
 
 def session_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's session token from metadata, as text: a value gRPC could not
+    decode as UTF-8 arrives as latin-1 text, and a binary `vsim-session-bin` entry is
+    read as latin-1 too. Each server's authenticate judges the token's shape (and
+    public methods and the array ignore it), so odd bytes never crash a call."""
     for key, value in context.invocation_metadata() or ():
         if key == SESSION_KEY:
             return value
+        if key == SESSION_KEY + "-bin":
+            return bytes(value).decode("latin-1")
     return None
 
 
@@ -61,11 +70,30 @@ def _internal(method: str, exc: Exception) -> VimFault:
     return SystemError_(f"internal error in {method} ({type(exc).__name__}); see the server log")
 
 
-def _unary(core: Any, name: str, authenticate: Authenticate) -> Callable:
+def _decoder(name: str, request_cls: Any) -> Callable[[bytes], Any]:
+    """Parses a request's bytes inside the chokepoint, so bytes that are not the RPC's
+    message get InvalidRequest (INVALID_ARGUMENT), not gRPC's UNKNOWN DecodeError."""
+    type_name = request_cls.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return request_cls.FromString(data)
+        except DecodeError:
+            raise InvalidRequest(
+                f"the request to {name} is not a valid {type_name} message "
+                f"({len(data)} bytes that do not parse); send the message the "
+                "service's .proto declares for this method"
+            ) from None
+
+    return decode
+
+
+def _unary(core: Any, name: str, authenticate: Authenticate, decode: Callable) -> Callable:
     handler = getattr(core, name)
 
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
+            request = decode(data)
             session = authenticate(session_token(context), name)
             result = handler(request, session)
             return await result if inspect.isawaitable(result) else result
@@ -77,11 +105,12 @@ def _unary(core: Any, name: str, authenticate: Authenticate) -> Callable:
     return call
 
 
-def _streaming(core: Any, name: str, authenticate: Authenticate) -> Callable:
+def _streaming(core: Any, name: str, authenticate: Authenticate, decode: Callable) -> Callable:
     handler = getattr(core, name)
 
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
+            request = decode(data)
             session = authenticate(session_token(context), name)
             async for item in handler(request, session):
                 yield item
@@ -111,8 +140,8 @@ def serve_core(
         )
         wrap = _streaming if method.server_streaming else _unary
         handlers[method.name] = make(
-            wrap(core, method.name, authenticate),
-            request_deserializer=request_cls.FromString,
+            wrap(core, method.name, authenticate, _decoder(method.name, request_cls)),
+            request_deserializer=None,  # raw bytes: the chokepoint parses them
             response_serializer=response_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers(
@@ -157,7 +186,9 @@ async def start_server(
 
 
 def metadata(session: str | None) -> tuple[tuple[str, str], ...]:
-    return ((SESSION_KEY, session),) if session else ()
+    """The call's metadata. A malformed token is refused here with NotAuthenticated
+    (gRPC itself cannot send non-ASCII text metadata and fails without a fault)."""
+    return ((SESSION_KEY, check_token(session)),) if session else ()
 
 
 async def open_channel(
@@ -218,9 +249,10 @@ class RpcClient:
     async def call(
         self, method: str, request: Any, session: str | None, timeout: float | None = None
     ) -> Any:
+        sent = metadata(session)
         try:
             return await self._methods[method](
-                request, metadata=metadata(session), timeout=timeout or self.timeout
+                request, metadata=sent, timeout=timeout or self.timeout
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

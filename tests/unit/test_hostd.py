@@ -261,3 +261,62 @@ def test_file_account_store_survives_a_reboot(tmp_path: Path):
 def test_a_host_spec_with_a_malformed_uuid_is_refused():
     with pytest.raises(InvalidArgument):
         HostSpec("esxi-09", uuid="not-a-uuid").validated()
+
+
+# ESXi's account lockout (Security.AccountLockFailures 5, Security.AccountUnlockTime 900).
+
+
+def advance(hostd: Hostd, seconds: float) -> None:
+    asyncio.run(hostd.kernel.clock.advance(seconds))
+
+
+def test_five_failed_root_logins_lock_root_for_900_s_even_for_the_right_password(
+    hostd: Hostd,
+):
+    for _ in range(5):
+        with pytest.raises(InvalidLogin):
+            login(hostd, password="wrong-password")
+    with pytest.raises(InvalidLogin) as locked:
+        login(hostd)
+    assert "'root' is locked for 900 more seconds" in locked.value.message
+    advance(hostd, 899)
+    with pytest.raises(InvalidLogin, match="locked for 1 more seconds"):
+        login(hostd)
+    advance(hostd, 1)
+    assert hostd.accounts.user_of(login(hostd)) == "root"
+
+
+def test_a_lock_is_per_account_and_a_success_clears_the_count(hostd: Hostd):
+    add_user(hostd, login(hostd), "backup", "Backup-Pass-1")
+    for _ in range(4):
+        with pytest.raises(InvalidLogin):
+            login(hostd, password="wrong-password")
+    login(hostd)  # clears root's four failures
+    for _ in range(4):
+        with pytest.raises(InvalidLogin):
+            login(hostd, password="wrong-password")
+    login(hostd)
+    for _ in range(5):
+        with pytest.raises(InvalidLogin):
+            login(hostd, "backup", "wrong-password")
+    with pytest.raises(InvalidLogin, match="locked"):
+        login(hostd, "backup", "Backup-Pass-1")
+    assert hostd.accounts.user_of(login(hostd)) == "root"
+
+
+def test_vpxuser_is_never_locked_out_by_failed_logins(hostd: Hostd):
+    """Only vCenter knows vpxuser's random 32-character password; a lock would let
+    anyone who reaches hostd cut the host off from vCenter (a rotation's pending
+    password, tried first, also fails now and then)."""
+    add_user(hostd, login(hostd), "vpxuser", "Vpx-Pass-0123456789")
+    for _ in range(50):
+        with pytest.raises(InvalidLogin) as failed:
+            login(hostd, "vpxuser", "a-guessed-password")
+        assert "locked" not in failed.value.message
+    assert hostd.accounts.user_of(login(hostd, "vpxuser", "Vpx-Pass-0123456789")) == "vpxuser"
+
+
+@pytest.mark.parametrize("token", ["tök" + "x" * 40, "\xff" * 43, "x" * 10_000, "x" * 43 + "\n"])
+def test_a_malformed_host_session_token_is_not_authenticated(hostd: Hostd, token: str):
+    with pytest.raises(NotAuthenticated, match="malformed"):
+        hostd.call("ListVms", hpb.ListHostVmsRequest(), token)

@@ -1,7 +1,7 @@
 """Schema migrations: an inventory of schema 2, 3 or 4 is brought to the current
 one in place and keeps its rows; schema 4 added VMs' resources, NICs and DirectPath
 devices and the physical switch's ports (one adapter per MAC), schema 5 each
-datastore's Storage I/O Control threshold."""
+datastore's Storage I/O Control threshold, schema 6 each session's last activity."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ def old_schema(path, version: int) -> None:
     with one host and one VM."""
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(SCHEMA)
+    db.executescript(
+        "DROP INDEX sessions_by_last_active; ALTER TABLE sessions DROP COLUMN last_active"
+    )
+    if version == 5:
+        db.execute("INSERT INTO accounts VALUES ('administrator@vsphere.local', 'h', 'Admin')")
+        db.execute("INSERT INTO sessions VALUES ('d1', 'administrator@vsphere.local', 1000.0)")
+        db.execute("PRAGMA user_version=5")
+        db.close()
+        return
     db.execute("ALTER TABLE datastores DROP COLUMN sioc_threshold_ms")
     if version == 4:
         db.execute("PRAGMA user_version=4")
@@ -50,7 +59,7 @@ def test_an_old_inventory_is_migrated_to_schema_4_and_keeps_its_rows(tmp_path, v
     inventory = Inventory(path)
     try:
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         datastore_columns = [r[1] for r in db.execute("PRAGMA table_info(datastores)")]
         assert datastore_columns[-1] == "sioc_threshold_ms"
         assert [r[1] for r in db.execute("PRAGMA table_info(vms)")][-2:] == ["storage", "config"]
@@ -109,5 +118,20 @@ def test_schema_4_datastores_get_the_default_sioc_threshold(tmp_path):
         assert (record.lun, record.uuid, record.sioc_threshold_ms) == (3, "u", 30.0)
         inventory.set_sioc_threshold("vmfs-01", 12.5)
         assert inventory.datastore("vmfs-01").sioc_threshold_ms == 12.5
+    finally:
+        inventory.close()
+
+
+def test_schema_5_sessions_count_as_last_active_when_made(tmp_path):
+    path = tmp_path / "inventory.sqlite"
+    old_schema(path, 5)
+    inventory = Inventory(path)
+    try:
+        assert inventory.session("d1") == ("administrator@vsphere.local", 1000.0)
+        inventory.touch_session("d1", 1500.0)
+        assert inventory.session("d1")[1] == 1500.0
+        assert inventory.remove_sessions_idle_since(1500.0) == 0
+        assert inventory.remove_sessions_idle_since(1500.5) == 1
+        assert inventory.session("d1") is None
     finally:
         inventory.close()

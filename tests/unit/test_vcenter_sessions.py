@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 
 import pytest
-from vclab import SUCCESS, Lab
+from vclab import SUCCESS, T0, Lab
 
+from vsim.clock import SimClock
 from vsim.faults import HostConnectFault, InvalidArgument, InvalidLogin, NotAuthenticated
 from vsim.host.accounts import HostAccounts
+from vsim.passwords import token_digest
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter import sessions as sessions_module
 from vsim.vcenter.host_system import VPXUSER
+from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.secrets import KEY_FILE
 from vsim.vcenter.service import INVENTORY_FILE
-from vsim.vcenter.sessions import ADMINISTRATOR, INITIAL_PASSWORD_FILE
+from vsim.vcenter.sessions import (
+    ADMINISTRATOR,
+    INITIAL_PASSWORD_FILE,
+    SessionManager,
+    SessionPolicy,
+)
 
 
 def database_bytes(lab: Lab) -> bytes:
@@ -64,10 +74,10 @@ async def test_login_returns_a_working_session(lab: Lab):
 )
 async def test_login_with_wrong_credentials_is_invalid_login(lab: Lab, user, password):
     password = password if password is not None else lab.vc.sessions.initial_password()
-    events = len(lab.events())
+    after = lab.last_event_key()
     with pytest.raises(InvalidLogin):
         await lab.vc.Login(pb.LoginRequest(user_name=user, password=password), None)
-    assert len(lab.events()) == events
+    assert [(e.type, e.user) for e in lab.events(after)] == [("BadUsernameSessionEvent", user)]
 
 
 async def test_login_with_10_mb_password_is_invalid_argument(lab: Lab):
@@ -203,3 +213,177 @@ async def test_a_failed_rotation_never_locks_vcenter_out(lab: Lab, applied: bool
     lab.engine.running("esxi-01").accounts.login(VPXUSER, current)
     with pytest.raises(InvalidLogin):
         lab.engine.running("esxi-01").accounts.login(VPXUSER, old)
+
+
+# The idle session timeout and the login lockout (SSO's policy).
+
+TIMEOUT = SessionPolicy().session_timeout
+
+
+async def test_the_session_timeout_and_lockout_default_to_vspheres():
+    policy = SessionPolicy()
+    assert policy.session_timeout == 30 * 60
+    assert (policy.lockout.max_failures, policy.lockout.interval) == (5, 180)
+    assert policy.lockout.unlock_time == 300
+
+
+async def test_a_session_idle_past_the_timeout_is_gone_and_each_call_refreshes_it(lab: Lab):
+    token = await lab.login()
+    for _ in range(3):  # 3 x 29 min: more than the timeout in all, never idle that long
+        await lab.clock.advance(TIMEOUT - 60)
+        assert lab.vc.authenticate(token, "ListVms").user_name == ADMINISTRATOR
+    await lab.clock.advance(TIMEOUT + 1)
+    with pytest.raises(NotAuthenticated) as expired:
+        lab.vc.authenticate(token, "ListVms")
+    assert "expired" in expired.value.message and "30 minutes" in expired.value.message
+    assert lab.vc.inventory.session(token_digest(token)) is None
+    with pytest.raises(NotAuthenticated) as again:  # gone, not only refused once
+        lab.vc.authenticate(token, "ListVms")
+    assert "not valid" in again.value.message
+
+
+async def test_idle_time_survives_a_vcenter_restart(lab: Lab):
+    await lab.clock.advance(600)
+    lab.vc.authenticate(lab.token, "ListVms")
+    await lab.stop()
+    await lab.clock.advance(TIMEOUT - 120)  # vCenter down for 28 minutes
+    await lab.boot(lab.spec)  # boot() calls with lab.token: still valid, and refreshed
+    await lab.stop()
+    await lab.clock.advance(TIMEOUT + 1)
+    with pytest.raises(NotAuthenticated, match="expired"):
+        await lab.boot(lab.spec)
+
+
+async def test_a_stream_keeps_its_session_alive_and_idle_time_counts_from_its_end(lab: Lab):
+    token = await lab.login()
+    session = lab.vc.authenticate(token, "WatchEvents")
+    stream = lab.vc.WatchEvents(pb.WatchEventsRequest(after_key=lab.last_event_key()), session)
+    follower = asyncio.get_running_loop().create_task(anext(stream))
+    await lab.clock.advance(2 * TIMEOUT)  # following events for an hour, none came
+    assert lab.vc.authenticate(token, "ListVms").user_name == ADMINISTRATOR
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    await stream.aclose()
+    await lab.clock.advance(TIMEOUT - 60)
+    lab.vc.authenticate(token, "ListVms")
+    await lab.clock.advance(TIMEOUT + 1)
+    with pytest.raises(NotAuthenticated, match="expired"):
+        lab.vc.authenticate(token, "ListVms")
+
+
+async def test_sessions_nobody_returns_with_are_swept_at_a_later_login(lab: Lab):
+    abandoned = await lab.login()
+    await lab.clock.advance(TIMEOUT + 120)
+    await lab.login()
+    assert lab.vc.inventory.session(token_digest(abandoned)) is None
+
+
+async def test_the_session_timeout_is_a_setting(tmp_path, fast_scrypt):
+    clock = SimClock(T0)
+    inventory = Inventory(tmp_path / INVENTORY_FILE)
+    try:
+        sessions = SessionManager(inventory, clock, tmp_path, SessionPolicy(session_timeout=60))
+        sessions.ensure_administrator()
+        token = await sessions.login(ADMINISTRATOR, sessions.initial_password())
+        await clock.advance(59)
+        sessions.authenticate(token)
+        await clock.advance(61)
+        with pytest.raises(NotAuthenticated, match="idle for 61 s, longer than .* 60 s"):
+            sessions.authenticate(token)
+    finally:
+        inventory.close()
+
+
+async def login_as(lab: Lab, user: str, password: str) -> str:
+    reply = await lab.vc.Login(pb.LoginRequest(user_name=user, password=password), None)
+    return reply.session
+
+
+async def test_five_failed_logins_lock_the_account_for_300_s_even_for_the_right_password(
+    lab: Lab,
+):
+    right = lab.vc.sessions.initial_password()
+    after = lab.last_event_key()
+    for attempt in range(1, 6):
+        with pytest.raises(InvalidLogin) as failed:
+            await login_as(lab, ADMINISTRATOR, f"wrong-{attempt}")
+        assert ("locked for 300 seconds" in failed.value.message) == (attempt == 5)
+    with pytest.raises(InvalidLogin) as locked:
+        await login_as(lab, ADMINISTRATOR, right)
+    assert "is locked for 300 more seconds" in locked.value.message
+    assert locked.value.properties == {"locked_seconds": "300"}
+    await lab.clock.advance(299.5)
+    with pytest.raises(InvalidLogin, match="locked for 1 more seconds"):
+        await login_as(lab, ADMINISTRATOR, right)
+    await lab.clock.advance(0.5)
+    token = await login_as(lab, ADMINISTRATOR, right)
+    assert lab.vc.authenticate(token, "ListVms").user_name == ADMINISTRATOR
+    events = [(e.type, e.user) for e in lab.events(after)]
+    assert events == [("BadUsernameSessionEvent", ADMINISTRATOR)] * 7 + [
+        ("UserLoginSessionEvent", ADMINISTRATOR)
+    ]
+    assert "locked" in lab.events(after)[5].message
+    # Other sessions were never touched by the lock.
+    assert lab.vc.authenticate(lab.token, "ListVms").user_name == ADMINISTRATOR
+
+
+async def test_failures_count_within_180_s_and_a_success_clears_them(lab: Lab):
+    right = lab.vc.sessions.initial_password()
+
+    async def fail(times: int) -> None:
+        for _ in range(times):
+            with pytest.raises(InvalidLogin):
+                await login_as(lab, ADMINISTRATOR, "wrong")
+
+    await fail(4)
+    await lab.clock.advance(181)  # the first four are out of the window
+    await fail(4)
+    await login_as(lab, ADMINISTRATOR, right)
+    await fail(4)  # the success cleared the count
+    await login_as(lab, ADMINISTRATOR, right)
+
+
+async def test_an_unknown_user_is_locked_like_a_real_one(lab: Lab):
+    messages = []
+    for user in ("nobody@vsphere.local", ADMINISTRATOR):
+        for _ in range(5):
+            with pytest.raises(InvalidLogin):
+                await login_as(lab, user, "wrong")
+        with pytest.raises(InvalidLogin) as locked:
+            await login_as(lab, user, "wrong")
+        messages.append(locked.value.message.replace(user, "USER"))
+    assert messages[0] == messages[1]  # nothing tells which of them exists
+
+
+async def test_parallel_guesses_cannot_outrun_the_lockout(lab: Lab, monkeypatch):
+    checked = []
+    real = sessions_module.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        checked.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(sessions_module, "verify_password", counting)
+    results = await asyncio.gather(
+        *(login_as(lab, ADMINISTRATOR, f"guess-{i}") for i in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, InvalidLogin) for r in results)
+    assert len(checked) == 5  # the other 15 were refused by the lock, unchecked
+    assert sum("more seconds" in r.message for r in results) == 15
+
+
+@pytest.mark.parametrize(
+    "token, problem",
+    [
+        ("tök" + "x" * 40, "non-ASCII"),
+        ("\xff" * 43, "non-ASCII"),  # latin-1 bytes as gRPC hands them over
+        ("x" * 44, "44 characters long"),
+        ("x" * 42 + "=", "other than letters"),
+        ("x" * 21 + " " + "x" * 21, "other than letters"),
+    ],
+)
+async def test_a_malformed_token_is_not_authenticated_with_the_reason(lab: Lab, token, problem):
+    with pytest.raises(NotAuthenticated) as refused:
+        lab.vc.authenticate(token, "ListVms")
+    assert "malformed" in refused.value.message and problem in refused.value.message
+    assert token not in refused.value.message
