@@ -8,6 +8,11 @@ This module is the entry point (`main`) and builds the whole parser; the VMkerne
 commands (`vsim network ...`, a VM's resources, NICs, firewall, devices and statistics,
 a host's statistics, memory settings and PCI devices) live in `cli_kernel`, which
 registers them here.
+
+Every command starts a process, so the module imports only what parsing and the
+client commands need: the SDK client (gRPC, TLS) is imported when a command connects,
+and the servers (`vsim up`, `vsim array serve`, `vsim vcenter serve`: Ray, numpy, the
+hosts' kernels) only inside their handlers. A unit test holds it to that.
 """
 
 from __future__ import annotations
@@ -21,14 +26,11 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsim import validate
-from vsim.cluster import cli_kernel, output, up
-from vsim.cluster.array_setup import prepare_array
-from vsim.cluster.client import VCenterClient
+from vsim.cluster import cli_kernel, output
 from vsim.cluster.config import Settings, UserConfig
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import (
     HostConnectFault,
     InvalidArgument,
@@ -38,10 +40,17 @@ from vsim.faults import (
     VimFault,
     fault_from_proto,
 )
-from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
-from vsim.vcenter.sessions import ADMINISTRATOR
+
+if TYPE_CHECKING:
+    from vsim.cluster import up
+    from vsim.cluster.client import VCenterClient
+
+ADMINISTRATOR = "administrator@vsphere.local"
+"""vsim.vcenter.sessions.ADMINISTRATOR, the default user (a unit test checks they agree)."""
+STOP_TIMEOUT = 60.0
+"""vsim.cluster.up.STOP_TIMEOUT: how long `vsim down` waits (checked as ADMINISTRATOR is)."""
 
 Handler = Callable[[argparse.Namespace, "Context"], Any]
 SUCCESS = common_pb2.TASK_STATE_SUCCESS
@@ -58,6 +67,8 @@ class Context:
         self.json = args.output == "json"
 
     async def client(self) -> VCenterClient:
+        from vsim.cluster.client import VCenterClient
+
         pinned = self.config.pinned(self.server)
         session = self.settings.session if self.server == self.settings.server else ""
         if not session:
@@ -83,6 +94,8 @@ async def cmd_login(args: argparse.Namespace, ctx: Context) -> None:
         if not sys.stdin.isatty():
             raise InvalidArgument("no password given: pass --password or set VSIM_PASSWORD")
         password = getpass.getpass(f"Password for {user}@{ctx.server}: ")
+    from vsim.cluster.client import VCenterClient
+
     pinned = None if args.accept_new_thumbprint else ctx.config.pinned(ctx.server)
     async with await VCenterClient.connect(ctx.server, pinned) as client:
         first_use = pinned is None
@@ -406,6 +419,8 @@ def show_task(ctx: Context, task: common_pb2.Task, success: str) -> None:
 
 def normalize(thumbprint: str) -> str:
     try:
+        from vsim.tls import normalize_thumbprint
+
         return normalize_thumbprint(thumbprint)
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
@@ -415,6 +430,8 @@ def normalize(thumbprint: str) -> str:
 
 
 def up_options(args: argparse.Namespace, ctx: Context) -> up.UpOptions:
+    from vsim.cluster import up
+
     data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else ctx.config.data_dir
     return up.UpOptions(args.hosts, args.port, data_dir, args.bind, args.clock_speed)
 
@@ -435,6 +452,8 @@ def up_text(info: dict) -> str:
 
 
 def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
+    from vsim.cluster import up
+
     validate.positive_number(args.clock_speed, "--clock-speed")
     validate.port(args.port)
     options = up_options(args, ctx)
@@ -463,6 +482,8 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
 
 async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
     """Serves the storage array in the foreground until SIGINT/SIGTERM."""
+    from vsim.cluster.array_setup import prepare_array
+    from vsim.cluster.spec import ClusterSpec
     from vsim.storage.server import start_array
 
     validate.port(args.port)
@@ -515,6 +536,8 @@ async def cmd_vcenter_serve(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def cmd_down(args: argparse.Namespace, ctx: Context) -> None:
+    from vsim.cluster import up
+
     result = up.down(ctx.config, args.timeout)
     text = f"Stopped the cluster (pid {result['pid']})" if result["stopped"] else result["reason"]
     ctx.show(result, text)
@@ -573,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="return once the cluster is ready")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p = command(commands, "down", cmd_down, "stop the cluster `vsim up` started")
-    p.add_argument("--timeout", type=float, default=up.STOP_TIMEOUT)
+    p.add_argument(
+        "--timeout", type=float, default=STOP_TIMEOUT, help=f"seconds (default {STOP_TIMEOUT:g})"
+    )
 
     array = command(commands, "array", None, "the storage array").add_subparsers(
         dest="sub", required=True
