@@ -64,20 +64,22 @@ def test_up_drive_and_down(cli: Cli, tmp_path: Path):
         assert len(info["thumbprint"]) == 95 and info["password"]
         ray_procs = processes.in_session(pid)
         assert len(ray_procs) > 3, "the daemon and the Ray processes it started"
-        drive(cli, info)
+        drive(cli, info)  # ends logged out
+        cli.json("login", "--password", info["password"])
         follow = subprocess.Popen(
-            [VSIM, "events", "--follow"], env=cli.env, stdout=subprocess.PIPE,
+            [VSIM, "events", "--follow", "--limit", "2"], env=cli.env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        header = first_lines(follow.stdout, 3, timeout=60)
     finally:
         done = cli.run("down", "-o", "json", ok=False)
         leftovers = processes.in_session(pid)
         processes.kill(leftovers)  # whatever happens, this test leaves nothing running
     assert done.returncode == 0, done.stderr
     # A follower of the events is told vCenter went away (exit 1), not a gRPC status.
-    out, err = follow.communicate(timeout=60)
+    _, err = follow.communicate(timeout=60)
     assert follow.returncode == 1 and "vCenter went away" in err, err
-    assert out.splitlines()[0].split() == ["KEY", "TIME", "TYPE", "MESSAGE"]
+    assert header[0].split() == ["KEY", "TIME", "TYPE", "MESSAGE"]
     down = json.loads(done.stdout)
     assert down["stopped"] is True and down["remaining"] == 0
     assert leftovers == []
@@ -336,6 +338,14 @@ def test_ctrl_c_stops_a_foreground_cluster_and_leaves_nothing(cli: Cli, tmp_path
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def first_lines(stream, count: int, timeout: float) -> list[str]:
+    """The first count lines of a stream that stays open after them."""
+    lines: queue.Queue[str] = queue.Queue()
+    read = lambda: [lines.put(stream.readline()) for _ in range(count)]  # noqa: E731
+    threading.Thread(target=read, daemon=True).start()
+    return [lines.get(timeout=timeout) for _ in range(count)]
 
 
 def read_document(stream, timeout: float) -> str:
