@@ -8,6 +8,11 @@ This module is the entry point (`main`) and builds the whole parser; the VMkerne
 commands (`vsim network ...`, a VM's resources, NICs, firewall, devices and statistics,
 a host's statistics, memory settings and PCI devices) live in `cli_kernel`, which
 registers them here.
+
+Every command starts a process, so the module imports only what parsing and the
+client commands need: the SDK client (gRPC, TLS) is imported when a command connects,
+and the servers (`vsim up`, `vsim array serve`, `vsim vcenter serve`: Ray, numpy, the
+hosts' kernels) only inside their handlers. A unit test holds it to that.
 """
 
 from __future__ import annotations
@@ -21,15 +26,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsim import validate
-from vsim.cluster import cli_kernel, cli_storage, output, up
-from vsim.cluster.array_setup import prepare_array
-from vsim.cluster.client import VCenterClient
+from vsim.cluster import cli_kernel, cli_storage, output
 from vsim.cluster.config import Settings, UserConfig
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import (
+    HostConnectFault,
     InvalidArgument,
     NotAuthenticated,
     SSLVerifyFault,
@@ -37,12 +40,22 @@ from vsim.faults import (
     VimFault,
     fault_from_proto,
 )
-from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
-from vsim.vcenter.host_system import PASS_THUMBPRINT
-from vsim.vcenter.sessions import ADMINISTRATOR
-from vsim.vcenter.virtual_machine import MAX_DISK_MB
+
+if TYPE_CHECKING:
+    from vsim.cluster import up
+    from vsim.cluster.client import VCenterClient
+
+ADMINISTRATOR = "administrator@vsphere.local"
+"""vsim.vcenter.sessions.ADMINISTRATOR, the default user (a unit test checks they agree)."""
+STOP_TIMEOUT = 120.0
+"""vsim.cluster.up.STOP_TIMEOUT: how long `vsim down` waits (checked as ADMINISTRATOR is)."""
+PASS_THUMBPRINT = "verify it and pass it as ssl_thumbprint to add the host"
+"""vsim.vcenter.host_system.PASS_THUMBPRINT: how AddHost's SSLVerifyFault ends when the
+caller has not verified the certificate (checked as ADMINISTRATOR is)."""
+MAX_DISK_MB = 2 * 1024 * 1024
+"""vsim.vcenter.virtual_machine.MAX_DISK_MB (checked as ADMINISTRATOR is)."""
 
 Handler = Callable[[argparse.Namespace, "Context"], Any]
 SUCCESS = common_pb2.TASK_STATE_SUCCESS
@@ -59,6 +72,8 @@ class Context:
         self.json = args.output == "json"
 
     async def client(self) -> VCenterClient:
+        from vsim.cluster.client import VCenterClient
+
         pinned = self.config.pinned(self.server)
         session = self.settings.session if self.server == self.settings.server else ""
         if not session:
@@ -84,6 +99,8 @@ async def cmd_login(args: argparse.Namespace, ctx: Context) -> None:
         if not sys.stdin.isatty():
             raise InvalidArgument("no password given: pass --password or set VSIM_PASSWORD")
         password = getpass.getpass(f"Password for {user}@{ctx.server}: ")
+    from vsim.cluster.client import VCenterClient
+
     pinned = None if args.accept_new_thumbprint else ctx.config.pinned(ctx.server)
     async with await VCenterClient.connect(ctx.server, pinned) as client:
         first_use = pinned is None
@@ -226,6 +243,12 @@ async def cmd_vm_list(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(vms, output.table([output.to_dict(v) for v in vms], VM_COLUMNS))
 
 
+async def cmd_vm_show(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        vm = await client.vm(args.name)
+    ctx.show(vm, output.vm_text(vm))
+
+
 def vm_action(method: str, done: str) -> Handler:
     async def run(args: argparse.Namespace, ctx: Context) -> None:
         async with await ctx.client() as client:
@@ -327,20 +350,79 @@ async def cmd_tasks(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(tasks, output.table(rows, TASK_COLUMNS))
 
 
+EVENT_PAGE_MAX = 10_000
+"""The most events one ListEvents call returns (`vsim events --all` pages through)."""
+
+
 async def cmd_events(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
-        if not args.follow:
-            events = await client.events(args.after, args.limit)
-            ctx.show(events, "\n".join(event_line(e) for e in events))
+        if args.follow:
+            await follow_events(args, ctx, client)
             return
-        # --follow: one line per event; with -o json, one JSON document per line.
-        async for event in client.watch_events(args.after):
-            line = json.dumps(output.to_dict(event)) if ctx.json else event_line(event)
-            print(line, flush=True)
+        page = await event_listing(args, client)
+    if not page.events:
+        text = "No events" + (f" after key {args.after}" if args.after else "")
+    else:
+        text = "\n".join([*older_note(page), output.events_table(page.events), *newer_note(page)])
+    ctx.show(page, text)
 
 
-def event_line(event: common_pb2.Event) -> str:
-    return f"{event.key:>6}  {output.when(event.created_time)}  {event.type:<24} {event.message}"
+async def event_listing(args: argparse.Namespace, client: VCenterClient) -> Any:
+    """The events asked for: the newest --limit (default), --limit from --after on,
+    or --all (from --after on) in pages."""
+    if not args.all:
+        if args.after is None:
+            return await client.event_page(0, args.limit, newest=True)
+        return await client.event_page(args.after, args.limit)
+    page = await client.event_page(args.after or 0, EVENT_PAGE_MAX)
+    events = list(page.events)
+    while page.newer:
+        page = await client.event_page(events[-1].key, EVENT_PAGE_MAX)
+        events.extend(page.events)
+    page.ClearField("events")
+    page.events.extend(events)
+    page.older = page.newer = 0
+    return page
+
+
+def older_note(page: Any) -> list[str]:
+    if not page.older:
+        return []
+    return [f"({page.older} older events not shown: --limit N shows more, --all every one)"]
+
+
+def newer_note(page: Any) -> list[str]:
+    if not page.newer:
+        return []
+    last = page.events[-1].key
+    return [f"({page.newer} newer events: `vsim events --after {last}` shows the next ones)"]
+
+
+async def follow_events(args: argparse.Namespace, ctx: Context, client: VCenterClient) -> None:
+    """The newest --limit events (or those after --after, or --all), then each new
+    one as it happens: a line each, or with -o json one JSON document per line."""
+    start = 0 if args.all else args.after
+    if not ctx.json:
+        print(output.event_header(), flush=True)
+    if start is None:
+        page = await client.event_page(0, args.limit, newest=True)
+        if page.older and not ctx.json:
+            print(*older_note(page), flush=True)
+        for event in page.events:
+            print(output.json_line(event) if ctx.json else output.event_line(event), flush=True)
+        start = page.events[-1].key if page.events else 0
+    last = start
+    try:
+        async for event in client.watch_events(start):
+            print(output.json_line(event) if ctx.json else output.event_line(event), flush=True)
+            last = event.key
+    except HostConnectFault:
+        pass
+    # The stream only ends when the server does.
+    raise HostConnectFault(
+        f"vCenter went away: {ctx.server} ended the event stream (stopped or unreachable); "
+        f"once it is back, `vsim events --follow --after {last}` carries on"
+    )
 
 
 def task_row(task: common_pb2.Task) -> dict[str, Any]:
@@ -359,6 +441,8 @@ def show_task(ctx: Context, task: common_pb2.Task, success: str) -> None:
 
 def normalize(thumbprint: str) -> str:
     try:
+        from vsim.tls import normalize_thumbprint
+
         return normalize_thumbprint(thumbprint)
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
@@ -368,6 +452,8 @@ def normalize(thumbprint: str) -> str:
 
 
 def up_options(args: argparse.Namespace, ctx: Context) -> up.UpOptions:
+    from vsim.cluster import up
+
     data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else ctx.config.data_dir
     return up.UpOptions(args.hosts, args.port, data_dir, args.bind, args.clock_speed)
 
@@ -388,6 +474,8 @@ def up_text(info: dict) -> str:
 
 
 def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
+    from vsim.cluster import up
+
     validate.positive_number(args.clock_speed, "--clock-speed")
     validate.port(args.port)
     options = up_options(args, ctx)
@@ -416,6 +504,8 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
 
 async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
     """Serves the storage array in the foreground until SIGINT/SIGTERM."""
+    from vsim.cluster.array_setup import prepare_array
+    from vsim.cluster.spec import ClusterSpec
     from vsim.storage.server import start_array
 
     validate.port(args.port)
@@ -468,6 +558,8 @@ async def cmd_vcenter_serve(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def cmd_down(args: argparse.Namespace, ctx: Context) -> None:
+    from vsim.cluster import up
+
     result = up.down(ctx.config, args.timeout)
     if not result["stopped"]:
         text = result["reason"]
@@ -535,7 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="return once the cluster is ready")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p = command(commands, "down", cmd_down, "stop the cluster `vsim up` started")
-    p.add_argument("--timeout", type=float, default=up.STOP_TIMEOUT)
+    p.add_argument(
+        "--timeout", type=float, default=STOP_TIMEOUT, help=f"seconds (default {STOP_TIMEOUT:g})"
+    )
 
     array = command(commands, "array", None, "the storage array").add_subparsers(
         dest="sub", required=True
@@ -625,6 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command(vms, name, vm_action(method, done), help_).add_argument("name")
     cli_kernel.add_vm_commands(vms, command)
+    p = command(vms, "show", cmd_vm_show, "one VM, with its guest's acknowledged disk writes")
+    p.add_argument("name")
     cli_kernel.add_network_commands(commands, command)
 
     datastores = command(commands, "datastore", None, "datastores").add_subparsers(
@@ -654,10 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(commands, "tasks", cmd_tasks, "list recent tasks")
     p.add_argument("--limit", type=positive_int, default=20)
-    p = command(commands, "events", cmd_events, "list events (or follow them)")
+    p = command(commands, "events", cmd_events, "list the newest events (or follow them)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    p.add_argument("--after", type=positive_int, default=0, help="only events after this key")
-    p.add_argument("--limit", type=positive_int, default=1000)
+    p.add_argument(
+        "--after", type=positive_int, help="the events after this key, oldest first (paging on)"
+    )
+    p.add_argument("--limit", type=positive_int, default=100, help="how many to show (default 100)")
+    p.add_argument("--all", action="store_true", help="every event (after --after, if given)")
     return parser
 
 

@@ -21,23 +21,21 @@ from typing import TYPE_CHECKING
 from vsim import validate
 from vsim.cluster import output
 from vsim.faults import InvalidArgument, NotFound, fault_from_proto
-from vsim.host.ethernet_frame import VLAN_VST_MAX, mac_address, unicast_mac
-from vsim.host.kernel import pool_name
-from vsim.host.kernel_messages import pool_allocation_from_proto
-from vsim.host.resource_pool import (
-    ROOT_POOL,
-    SHARE_LEVELS,
-    VM_CPU_SHARES_PER_VCPU,
-    VM_MEMORY_SHARES_PER_MB,
-    Unit,
-)
-from vsim.host.vswitch import STANDARD_SWITCH_SECURITY
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
-from vsim.vcenter.virtual_nic import firewall_rule
 
 if TYPE_CHECKING:
     from vsim.cluster.cli import Context
+
+# The host's rules that check what the user typed (vsim.host.*: the kernel's own
+# modules, with numpy) are imported by the handlers that use them, so that building
+# the parser, for every command and `vsim --help`, imports none of them. What the
+# parser itself shows of the host is here; a unit test checks it against vsim.host.
+ROOT_POOL = "Resources"
+"""vsim.host.resource_pool.ROOT_POOL: a host's root resource pool."""
+STANDARD_SWITCH_DEFAULTS = {"allow_promiscuous": False, "mac_changes": True,
+                            "forged_transmits": True}  # fmt: skip
+"""vsim.host.vswitch.STANDARD_SWITCH_SECURITY: a new standard vSwitch's policy."""
 
 # `command(parent, name, handler, help_)` from cli.build_parser: adds one subcommand.
 Command = Callable[..., argparse.ArgumentParser]
@@ -61,6 +59,9 @@ async def cmd_vm_resources(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def changed_resources(args: argparse.Namespace, vm) -> kpb.VmResources:
+    from vsim.host.kernel import pool_name
+    from vsim.host.resource_pool import VM_CPU_SHARES_PER_VCPU, VM_MEMORY_SHARES_PER_MB
+
     r = kpb.VmResources()
     r.CopyFrom(vm.resources)
     if args.cpu_shares is not None:
@@ -147,6 +148,8 @@ RESET_MAC = ("", "reset")
 
 async def cmd_vm_nic_guest_mac(args: argparse.Namespace, ctx: Context) -> None:
     """The guest of a running VM sets its adapter's MAC (its runtime state only)."""
+    from vsim.host.ethernet_frame import unicast_mac
+
     reset = args.mac.strip().lower() in RESET_MAC
     mac = "" if reset else unicast_mac(args.mac, "MAC")
     async with await ctx.client() as client:
@@ -157,6 +160,8 @@ async def cmd_vm_nic_guest_mac(args: argparse.Namespace, ctx: Context) -> None:
 def parse_rule(text: str) -> kpb.FirewallRule:
     """'ACTION [DIRECTION [PROTOCOL [ADDRESS [PORT [NAME...]]]]]', e.g.
     'deny in tcp 10.0.0.0/8 22 no-ssh'."""
+    from vsim.vcenter.virtual_nic import firewall_rule
+
     words = text.split()
     if not words:
         raise InvalidArgument("--rule needs at least an action: allow or deny")
@@ -227,16 +232,19 @@ async def cmd_host_memory(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(settings, f"{args.name}: {output.memory_settings_text(settings)}")
 
 
-POOL_OPTIONS = (("cpu", Unit.MHZ), ("mem", Unit.MB))
+POOL_OPTIONS = (("cpu", "MHz"), ("mem", "MB"))
 """(option prefix, unit) of the --cpu-* and --mem-* options of `vsim host pool`."""
 POOL_OPTION_NAMES = ("shares", "reservation", "limit", "expandable")
 
 
 def pool_allocation(
-    args: argparse.Namespace, prefix: str, unit: Unit, current: kpb.PoolAllocation
+    args: argparse.Namespace, prefix: str, unit: str, current: kpb.PoolAllocation
 ) -> kpb.PoolAllocation | None:
     """`current` with the --PREFIX-* options given applied (None if none was given),
-    checked as the host checks it."""
+    checked as the host checks it (unit: MHz or MB)."""
+    from vsim.host.kernel_messages import pool_allocation_from_proto
+    from vsim.host.resource_pool import SHARE_LEVELS, Unit
+
     given = [getattr(args, f"{prefix}_{name}") for name in POOL_OPTION_NAMES]
     if given == [None] * len(POOL_OPTION_NAMES):
         return None
@@ -257,11 +265,13 @@ def pool_allocation(
         a.limit = whole(limit, f"--{prefix}-limit", "a number or unlimited")
     if expandable is not None:
         a.expandable_reservation = expandable == "on"
-    pool_allocation_from_proto(a, unit, f"--{prefix}-*")
+    pool_allocation_from_proto(a, Unit(unit), f"--{prefix}-*")
     return a
 
 
 async def cmd_host_pool_create(args: argparse.Namespace, ctx: Context) -> None:
+    from vsim.host.kernel import pool_name
+
     pool_name(args.name)
     parent = "" if args.parent in (None, ROOT_POOL) else pool_name(args.parent, "--parent")
     cpu, memory = (
@@ -274,6 +284,8 @@ async def cmd_host_pool_create(args: argparse.Namespace, ctx: Context) -> None:
 
 async def cmd_host_pool_update(args: argparse.Namespace, ctx: Context) -> None:
     """Reads the pool, changes only the settings given, sends the resources changed."""
+    from vsim.host.kernel import pool_name
+
     pool_name(args.name)
     async with await ctx.client() as client:
         pools = await client.resource_pools(args.host)
@@ -283,8 +295,9 @@ async def cmd_host_pool_update(args: argparse.Namespace, ctx: Context) -> None:
                 f"{args.host} has no resource pool {args.name!r}; it has: "
                 + ", ".join(p.name for p in pools.pools)
             )
-        cpu = pool_allocation(args, "cpu", Unit.MHZ, current.cpu)
-        memory = pool_allocation(args, "mem", Unit.MB, current.memory)
+        (cpu_unit, mem_unit) = (unit for _, unit in POOL_OPTIONS)
+        cpu = pool_allocation(args, "cpu", cpu_unit, current.cpu)
+        memory = pool_allocation(args, "mem", mem_unit, current.memory)
         if cpu is None and memory is None:
             raise InvalidArgument("nothing to change: give a --cpu-* or --mem-* option")
         pools = await client.update_resource_pool(args.host, args.name, cpu, memory)
@@ -298,6 +311,8 @@ async def cmd_host_pool_list(args: argparse.Namespace, ctx: Context) -> None:
 
 
 async def cmd_host_pool_destroy(args: argparse.Namespace, ctx: Context) -> None:
+    from vsim.host.kernel import pool_name
+
     pool_name(args.name)
     async with await ctx.client() as client:
         task = await client.wait(await client.destroy_resource_pool(args.host, args.name))
@@ -387,6 +402,8 @@ async def cmd_pswitch_list(args: argparse.Namespace, ctx: Context) -> None:
 
 def vlan_list(text: str) -> list[int]:
     """'all', or VLAN ids and ranges: '0,10,20-29' (0 = native, untagged)."""
+    from vsim.host.ethernet_frame import VLAN_VST_MAX
+
     if text.strip().lower() == "all":
         return []
     vlans: list[int] = []
@@ -414,6 +431,8 @@ async def cmd_pswitch_set(args: argparse.Namespace, ctx: Context) -> None:
 
 
 async def cmd_send_frame(args: argparse.Namespace, ctx: Context) -> None:
+    from vsim.host.ethernet_frame import VLAN_VST_MAX, mac_address
+
     frame = kpb.Frame(
         src_mac=mac_address(args.src_mac, "--src-mac") if args.src_mac else "",
         dst_mac=mac_address(args.dst_mac, "--dst-mac") if args.dst_mac else "",
@@ -478,8 +497,8 @@ def add_pool_options(p: argparse.ArgumentParser, unset: str) -> None:
     """--cpu-shares ... --mem-expandable: a pool's allocation of each resource."""
     for prefix, unit in POOL_OPTIONS:
         p.add_argument(f"--{prefix}-shares", help=f"low, normal, high or a number ({unset})")
-        p.add_argument(f"--{prefix}-reservation", type=int, metavar=unit.value.upper())
-        p.add_argument(f"--{prefix}-limit", metavar=f"{unit.value.upper()}|unlimited")
+        p.add_argument(f"--{prefix}-reservation", type=int, metavar=unit.upper())
+        p.add_argument(f"--{prefix}-limit", metavar=f"{unit.upper()}|unlimited")
         p.add_argument(
             f"--{prefix}-expandable",
             choices=["on", "off"],
@@ -548,7 +567,7 @@ def add_security_options(p: argparse.ArgumentParser, vswitch: bool) -> None:
         ),
         strict=True,
     ):
-        default = getattr(STANDARD_SWITCH_SECURITY, field)
+        default = STANDARD_SWITCH_DEFAULTS[field]
         unset = ("accept" if default else "reject") if vswitch else "inherit the vSwitch's"
         p.add_argument(
             "--" + option.replace("_", "-"),

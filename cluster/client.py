@@ -437,6 +437,15 @@ class VCenterClient:
         request = pb.ListEventsRequest(after_key=after_key, limit=limit)
         return list((await self._call("ListEvents", request)).events)
 
+    async def event_page(
+        self, after_key: int = 0, limit: int = 100, newest: bool = False
+    ) -> pb.ListEventsResponse:
+        """One page of the event log, oldest first: the first `limit` events after
+        after_key or, with newest, the last `limit`; `older` and `newer` count the
+        events after after_key left out before and after the page."""
+        request = pb.ListEventsRequest(after_key=after_key, limit=limit, newest=newest)
+        return await self._call("ListEvents", request)
+
     async def watch_events(self, after_key: int = 0) -> AsyncIterator[common_pb2.Event]:
         request = pb.WatchEventsRequest(after_key=after_key)
         async for event in self._rpc.stream("WatchEvents", request, self.session):

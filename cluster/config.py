@@ -14,8 +14,6 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vsim.tls import write_private
-
 DEFAULT_SERVER = "127.0.0.1:50051"
 
 
@@ -42,6 +40,8 @@ class UserConfig:
         return self.dir / "data"
 
     def _write(self, name: str, text: str) -> None:
+        from vsim.tls import write_private  # with cryptography: only when writing
+
         self.dir.mkdir(parents=True, exist_ok=True)
         write_private(self.dir / name, text.encode())
 

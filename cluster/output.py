@@ -1,49 +1,124 @@
-"""How the CLI prints: a table for people, exactly one JSON document for scripts."""
+"""How the CLI prints: a table for people, exactly one JSON document for scripts.
+
+Both come from one encoding of the API's messages (`to_dict`), so a script reads the
+words a person reads in the table:
+
+- 64-bit integers are JSON numbers (the proto JSON mapping makes them strings);
+- enums are vSphere's names: `poweredOn`, `notResponding`, `success`;
+- a field whose zero or unset value means something has that meaning's word, as the
+  tables show it (`DEFAULT_WORDS`: shares `normal`, limits `unlimited`, a switch
+  port's VLANs `all`, ...);
+- floating-point figures are rounded to `DECIMALS` places (times keep milliseconds);
+- field names are the proto's (`memory_mb`); a message field that is unset is left out.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-STATE_WORDS = {
-    "CONNECTION_STATE_CONNECTED": "connected",
-    "CONNECTION_STATE_DISCONNECTED": "disconnected",
-    "CONNECTION_STATE_NOT_RESPONDING": "notResponding",
-    "POWER_STATE_POWERED_ON": "poweredOn",
-    "POWER_STATE_POWERED_OFF": "poweredOff",
-    "TASK_STATE_QUEUED": "queued",
-    "TASK_STATE_RUNNING": "running",
-    "TASK_STATE_SUCCESS": "success",
-    "TASK_STATE_ERROR": "error",
+DECIMALS = 3
+"""Places a float keeps in JSON: milliseconds of a timestamp, a thousandth of a MB."""
+
+DEFAULT_WORDS: dict[tuple[str, str], str] = {
+    ("vsim.v1.ResourceAllocation", "shares"): "normal",
+    ("vsim.v1.ResourceAllocation", "limit"): "unlimited",
+    ("vsim.v1.VmResources", "disk_shares"): "normal",
+    ("vsim.v1.VmResources", "disk_iops_limit"): "unlimited",
+    ("vsim.v1.VmResources", "resource_pool"): "Resources",
+    ("vsim.v1.PoolAllocation", "limit"): "unlimited",
+    ("vsim.v1.SecurityPolicy", "allow_promiscuous"): "inherit",
+    ("vsim.v1.SecurityPolicy", "mac_changes"): "inherit",
+    ("vsim.v1.SecurityPolicy", "forged_transmits"): "inherit",
+    ("vsim.v1.PhysicalPort", "vlans"): "all",
 }
+"""(message, field) whose zero, empty or unset value stands for a setting: its word."""
+
+
+def enum_word(enum: EnumDescriptor, number: int) -> str | int:
+    """vSphere's name for an enum value: POWER_STATE_POWERED_ON -> poweredOn."""
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return number  # a value newer than these stubs: the number, not a guess
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+    first, *rest = value.name.removeprefix(prefix).lower().split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+def _scalar(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return enum_word(field.enum_type, value)
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return number(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return to_dict(value)
+    return value
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
 def to_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    """A message as the CLI shows it (see the module's docstring)."""
+    out: dict[str, Any] = {}
+    descriptor = message.DESCRIPTOR
+    for field in descriptor.fields:
+        word = DEFAULT_WORDS.get((descriptor.full_name, field.name))
+        value = getattr(message, field.name)
+        if field.has_presence and not message.HasField(field.name):
+            if word is not None:
+                out[field.name] = word
+            continue
+        if _is_map(field):
+            value_field = field.message_type.fields_by_name["value"]
+            out[field.name] = {k: _scalar(value_field, v) for k, v in sorted(value.items())}
+        elif field.is_repeated:
+            out[field.name] = [_scalar(field, v) for v in value] if value or not word else word
+        elif word is not None and not field.has_presence and value == field.default_value:
+            out[field.name] = word
+        else:
+            out[field.name] = _scalar(field, value)
+    return out
+
+
+def number(value: float) -> float | None:
+    """A float rounded for people and scripts; None for NaN and infinities (no JSON)."""
+    return round(value, DECIMALS) if math.isfinite(value) else None
 
 
 def plain(value: Any) -> Any:
-    """A JSON-ready value: messages become dicts (the proto JSON mapping)."""
+    """A JSON-ready value: messages in the CLI's encoding, floats rounded."""
     if isinstance(value, Message):
         return to_dict(value)
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
+    if isinstance(value, float):
+        return number(value)
     return value
 
 
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(plain(value), indent=2) + "\n")
     sys.stdout.flush()
+
+
+def json_line(value: Any) -> str:
+    """One JSON document on one line (a stream of them: `vsim events --follow`)."""
+    return json.dumps(plain(value))
 
 
 def when(seconds: float) -> str:
@@ -53,8 +128,33 @@ def when(seconds: float) -> str:
 
 
 def cell(value: Any) -> str:
-    text = STATE_WORDS.get(value, value) if isinstance(value, str) else value
-    return "" if text is None else str(text)
+    return "" if value is None else str(value)
+
+
+EVENT_TYPE_WIDTH = 33
+"""Room for the longest event type (PhysicalSwitchPortConfiguredEvent) in a stream."""
+
+
+def event_line(event: Any) -> str:
+    """An event as one line of fixed columns, for a stream (`vsim events --follow`);
+    a longer type still leaves two spaces before the message."""
+    return _event_columns(str(event.key), when(event.created_time), event.type, event.message)
+
+
+def event_header() -> str:
+    return _event_columns("KEY", "TIME", "TYPE", "MESSAGE")
+
+
+def _event_columns(key: str, time: str, type_: str, message: str) -> str:
+    return f"{key:<6}  {time:<19}  {type_:<{EVENT_TYPE_WIDTH}}  {message}".rstrip()
+
+
+def events_table(events: Sequence[Any]) -> str:
+    rows = [
+        {"key": e.key, "time": when(e.created_time), "type": e.type, "message": e.message}
+        for e in events
+    ]
+    return table(rows, ["key", "time", "type", "message"])
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -70,6 +170,32 @@ def fields(pairs: dict[str, Any]) -> str:
     """A record as 'key: value' lines."""
     width = max(len(k) for k in pairs)
     return "\n".join(f"{k + ':':<{width + 1}} {cell(v)}" for k, v in pairs.items())
+
+
+def vm_text(vm: Any) -> str:
+    """One VM: where it runs, its size, files and adapters, and its guest's writes
+    (`guest writes acked` is what `vsim vm verify-disk --acked` checks)."""
+    shown = to_dict(vm)
+    pairs = {
+        "name": vm.name,
+        "host": vm.host,
+        "power_state": shown["power_state"],
+        "uuid": vm.uuid,
+        "cpus": vm.cpus,
+        "memory_mb": vm.memory_mb,
+        "guest_os": vm.guest_os,
+        "datastore": vm.datastore or "-",
+        "disks": ", ".join(disk.path for disk in vm.disks) or "-",
+        "nics": ", ".join(f"{n.name} ({n.port_group}, {n.mac})" for n in vm.nics) or "-",
+        "resource_pool": shown["resources"]["resource_pool"],
+        "pci_devices": ", ".join(vm.pci_devices) or "-",
+    }
+    if vm.disks:
+        running = shown["power_state"] == "poweredOn"
+        pairs["guest_write_iops"] = vm.guest_write_iops
+        pairs["guest_writes_acked"] = vm.guest_writes_acked if running else "- (not running)"
+        pairs["guest_write_retries"] = vm.guest_write_retries if running else "-"
+    return fields(pairs)
 
 
 # the VMkernel's views, as text for people (`-o json` prints the messages themselves)

@@ -43,6 +43,14 @@ class EventLog:
     def after(self, key: int, limit: int = PAGE) -> list[common_pb2.Event]:
         return self._inventory.events_after(key, limit)
 
+    def newest(self, after_key: int, limit: int) -> list[common_pb2.Event]:
+        """The newest `limit` events after after_key, oldest first."""
+        return self._inventory.newest_events(after_key, limit)
+
+    def count(self, after_key: int, before_key: int | None = None) -> int:
+        """How many events lie after after_key (and before before_key)."""
+        return self._inventory.count_events(after_key, before_key)
+
     async def follow(self, after_key: int) -> AsyncIterator[common_pb2.Event]:
         """Every event after after_key, then each new one as it is posted."""
         while True:

@@ -498,12 +498,23 @@ class Inventory:
         rows = self._db.execute(
             "SELECT key, body FROM events WHERE key > ? ORDER BY key LIMIT ?", (key, limit)
         )
-        events = []
-        for k, body in rows:
-            event = common_pb2.Event.FromString(body)
-            event.key = k
-            events.append(event)
-        return events
+        return [_event(k, body) for k, body in rows]
+
+    def newest_events(self, after: int, limit: int) -> list[common_pb2.Event]:
+        """The newest `limit` events with a key above `after`, oldest first (read
+        backwards on the key, so a long log is not scanned)."""
+        rows = self._db.execute(
+            "SELECT key, body FROM events WHERE key > ? ORDER BY key DESC LIMIT ?", (after, limit)
+        ).fetchall()
+        return [_event(k, body) for k, body in reversed(rows)]
+
+    def count_events(self, after: int, before: int | None = None) -> int:
+        """How many events have a key above `after` (and below `before`)."""
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM events WHERE key > ? AND key < ?",
+            (after, 2**63 - 1 if before is None else before),
+        ).fetchone()
+        return count
 
     def last_event_key(self) -> int:
         (key,) = self._db.execute("SELECT COALESCE(MAX(key), 0) FROM events").fetchone()
@@ -583,3 +594,9 @@ def _task_seq(task_id: str) -> int | None:
     if prefix != "task" or not number.isdigit() or len(number) > 18:
         return None
     return int(number)
+
+
+def _event(key: int, body: bytes) -> common_pb2.Event:
+    event = common_pb2.Event.FromString(body)
+    event.key = key
+    return event

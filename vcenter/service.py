@@ -295,8 +295,8 @@ class VCenter:
     def CreateVm(self, request: pb.CreateVmRequest, session: Session) -> common_pb2.Task:
         return self.vms.create(request, session.user_name)
 
-    def ListVms(self, request: pb.ListVmsRequest, session: Session) -> pb.ListVmsResponse:
-        return pb.ListVmsResponse(vms=self.vms.list(request.host))
+    async def ListVms(self, request: pb.ListVmsRequest, session: Session) -> pb.ListVmsResponse:
+        return pb.ListVmsResponse(vms=await self.vms.list_live(request.host))
 
     async def GetVm(self, request: pb.VmRequest, session: Session) -> pb.Vm:
         return await self.vms.get_live(request.name)
@@ -525,8 +525,16 @@ class VCenter:
     def ListEvents(self, request: pb.ListEventsRequest, session: Session) -> pb.ListEventsResponse:
         limit = request.limit or 1000
         validate.int_range(limit, 1, 10_000, "limit")
-        validate.int_range(request.after_key, 0, 2**62, "after_key")
-        return pb.ListEventsResponse(events=self.events.after(request.after_key, limit))
+        after = validate.int_range(request.after_key, 0, 2**62, "after_key")
+        read = self.events.newest if request.newest else self.events.after
+        page = read(after, limit)
+        if not page:
+            return pb.ListEventsResponse()
+        return pb.ListEventsResponse(
+            events=page,
+            older=self.events.count(after, page[0].key),
+            newer=self.events.count(page[-1].key),
+        )
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, session: Session

@@ -8,6 +8,7 @@ outcome (inventory row, event) in one transaction only once the host has done it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import uuid
@@ -30,7 +31,7 @@ from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
-from vsim.vcenter.host_system import CONNECTED, HostManager, host_vm
+from vsim.vcenter.host_system import CONNECTED, HEARTBEAT_TIMEOUT, HostManager, host_vm
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.network_system import NetworkSystem
 from vsim.vcenter.tasks import TaskManager
@@ -44,6 +45,8 @@ MAX_DISK_MB = 2 * 1024 * 1024
 """2 TiB, the largest disk vsim makes."""
 MAX_GUEST_WRITE_IOPS = 10_000
 MAX_DATASTORE_PATH = 256
+HOST_ANSWER = HEARTBEAT_TIMEOUT
+"""Real seconds a host has to report its running VMs' guests for GetVm and ListVms."""
 
 log = logging.getLogger(__name__)
 
@@ -319,16 +322,35 @@ class VmManager:
     async def get_live(self, name: str) -> pb.Vm:
         """The VM, with its guest's acknowledged writes when it runs on a connected host."""
         vm = self.get(name)
-        if vm.power_state == ON and vm.disks:
-            try:
-                reply = await self._hosts.call(vm.host, "ListVms", hpb.ListHostVmsRequest())
-            except VimFault:
-                return vm
-            for running in reply.vms:
-                if running.name == name:
-                    vm.guest_writes_acked = running.guest_writes_acked
-                    vm.guest_write_retries = running.guest_write_retries
+        await self._add_guest_writes([vm])
         return vm
+
+    async def list_live(self, host: str) -> list[pb.Vm]:
+        """The VMs (all, or those of host), each running one with a disk with its
+        guest's acknowledged writes: one call to each host they run on, all at once."""
+        vms = self.list(host)
+        await self._add_guest_writes(vms)
+        return vms
+
+    async def _add_guest_writes(self, vms: list[pb.Vm]) -> None:
+        hosts = sorted({vm.host for vm in vms if vm.power_state == ON and vm.disks})
+        replies = await asyncio.gather(*(self._running_on(h) for h in hosts))
+        running = {(h, r.name): r for h, reply in zip(hosts, replies, strict=True) for r in reply}
+        for vm in vms:
+            guest = running.get((vm.host, vm.name))
+            if guest is not None:
+                vm.guest_writes_acked = guest.guest_writes_acked
+                vm.guest_write_retries = guest.guest_write_retries
+
+    async def _running_on(self, host: str) -> list[hpb.HostVm]:
+        """The VMs host runs, as it reports them; none if it does not answer in time
+        (its VMs are then shown as the inventory has them)."""
+        request = hpb.ListHostVmsRequest()
+        try:
+            reply = await asyncio.wait_for(self._hosts.call(host, "ListVms", request), HOST_ANSWER)
+        except (VimFault, TimeoutError):
+            return []
+        return list(reply.vms)
 
     async def hand_off_disks(self, name: str, destination: str) -> None:
         """vMotion's lock hand-off: the VM's host stops the guest's disk I/O and

@@ -98,6 +98,9 @@ def from_rpc_error(error: grpc.RpcError) -> VimFault:
         return RequestTimeout(f"the call timed out: {text}")
     if code == S.UNAVAILABLE:
         return HostConnectFault(f"cannot reach the server: {text}")
+    if code == S.CANCELLED:
+        # A server that stops cancels the calls it has open (a stream, most often).
+        return HostConnectFault(f"the server went away (it cancelled the call): {text}")
     if code == S.RESOURCE_EXHAUSTED:
         return InvalidArgument(f"request refused: {text}")
     return SystemError_(f"{code.name if code else 'UNKNOWN'}: {text}")

@@ -4,7 +4,8 @@
 service: each call is authenticated (unless public), dispatched, and any failure
 mapped to a gRPC status carrying the vSphere fault. Handlers never see gRPC and a
 client never sees a traceback. `start_server` adds TLS, health checking and
-reflection, as every vsim server has them.
+reflection, as every vsim server has them (imported there: a client, such as each
+CLI command, loads only what calling needs).
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
 from vsim.faults import (
     HostConnectFault,
@@ -62,6 +59,8 @@ def session_token(context: grpc.aio.ServicerContext) -> str | None:
 
 
 async def _abort(context: grpc.aio.ServicerContext, fault: VimFault) -> None:
+    from grpc_status import rpc_status
+
     await context.abort_with_status(rpc_status.to_status(fault.to_status()))
 
 
@@ -156,6 +155,10 @@ async def start_server(
     services: list[tuple[descriptor.ServiceDescriptor, Any, Authenticate]],
 ) -> tuple[grpc.aio.Server, int]:
     """A started TLS server with health checking and reflection; returns it and its port."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1._async import HealthServicer
+    from grpc_reflection.v1alpha import reflection
+
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -2,6 +2,10 @@
 
 Each server makes its certificate on first start and keeps it (key 0600) in its data
 dir, so its thumbprint stays the same across restarts. Clients pin the thumbprint.
+
+A client needs only the standard library here (the thumbprint, and the common name
+read from the DER itself): `cryptography`, which makes certificates, is imported by
+the servers' code that does, so a CLI command does not pay for it.
 """
 
 from __future__ import annotations
@@ -14,11 +18,6 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 CERT_FILE = "rui.crt"  # the names ESXi uses under /etc/vmware/ssl
 KEY_FILE = "rui.key"
@@ -57,6 +56,11 @@ def normalize_thumbprint(text: str) -> str:
 
 def make_identity(common_name: str, now: datetime.datetime | None = None) -> Identity:
     """A new self-signed certificate for common_name, valid for localhost and 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = (now or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(minutes=5)
@@ -88,9 +92,45 @@ def make_identity(common_name: str, now: datetime.datetime | None = None) -> Ide
     )
 
 
+COMMON_NAME_OID = bytes([0x55, 0x04, 0x03])
+"""2.5.4.3, id-at-commonName, as its DER content."""
+
+
+def _der_items(der: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) of each DER element in der, in order."""
+    items, i = [], 0
+    while i < len(der):
+        tag, length = der[i], der[i + 1]
+        i += 2
+        if length & 0x80:  # long form: the next (length & 0x7F) bytes are the length
+            count = length & 0x7F
+            length = int.from_bytes(der[i : i + count], "big")
+            i += count
+        if i + length > len(der):
+            raise ValueError("truncated DER")
+        items.append((tag, der[i : i + length]))
+        i += length
+    return items
+
+
 def common_name_of(pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(pem)
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    """The subject's common name (CN) of a PEM certificate. Read from the DER:
+    Certificate = SEQUENCE {tbsCertificate, ...}; tbsCertificate = SEQUENCE {[0]
+    version, serial, signature, issuer, validity, subject, ...}; subject = SEQUENCE OF
+    SET OF SEQUENCE {type OID, value}. ValueError if it has none."""
+    try:
+        ((_, certificate),) = _der_items(ssl.PEM_cert_to_DER_cert(pem.decode()))[:1]
+        tbs = _der_items(_der_items(certificate)[0][1])
+        fields = tbs[1:] if tbs[0][0] == 0xA0 else tbs  # [0] version is optional
+        subject = fields[4][1]
+        for _, rdn in _der_items(subject):
+            for _, attribute in _der_items(rdn):
+                (_, oid), (_, value) = _der_items(attribute)[:2]
+                if oid == COMMON_NAME_OID:
+                    return value.decode()
+    except (IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"not an X.509 certificate: {e}") from None
+    raise ValueError("the certificate's subject has no common name")
 
 
 def load_or_create_identity(directory: Path, common_name: str) -> Identity:
@@ -119,7 +159,9 @@ def write_private(path: Path, data: bytes) -> None:
 
 def fetch_server_certificate(host: str, port: int, timeout: float = 5.0) -> bytes:
     """The PEM certificate a TLS server presents, without verifying it (to pin it)."""
-    context = ssl.create_default_context()
+    # Not create_default_context(): it loads the system's CA store (~35 ms, on every
+    # CLI command), which a check by thumbprint never uses.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])

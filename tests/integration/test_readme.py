@@ -38,4 +38,4 @@ async def test_readme_sdk_example_runs(vcenter, tmp_path):
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()
     lines = out.decode().splitlines()
-    assert any(line.startswith("sdk-01 esxi-") and line.endswith(" 2") for line in lines)
+    assert any(line.startswith("sdk-01 esxi-") and line.endswith(" poweredOn") for line in lines)

@@ -121,3 +121,34 @@ def test_split_endpoint(endpoint: str, expected: tuple[str, int]):
 def test_split_endpoint_rejects_bad_endpoints(endpoint: str):
     with pytest.raises(ValueError, match="HOST:PORT"):
         split_endpoint(endpoint)
+
+
+def test_common_name_is_the_subjects_not_the_issuers():
+    """A CA-signed certificate (long-form DER lengths, a non-ASCII name): the CN read
+    from the DER is its subject's, as cryptography reads it."""
+    import datetime
+    import ssl
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "VMware")
+        return x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("vcenter-é.example"))
+        .issuer_name(name("VMCA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    assert common_name_of(cert.public_bytes(serialization.Encoding.PEM)) == "vcenter-é.example"
+    with pytest.raises(ValueError):
+        common_name_of(ssl.DER_cert_to_PEM_cert(b"\x30\x03\x02\x01\x01").encode())

@@ -3,6 +3,7 @@ control, bad input, busy VMs, and a checker over a random history."""
 
 from __future__ import annotations
 
+import inspect
 import random
 
 import pytest
@@ -239,7 +240,9 @@ async def test_bad_request_is_refused_without_side_effects(populated: Lab, case:
     call, fault = BAD_REQUESTS[case]
     before = populated.snapshot()
     with pytest.raises(fault) as excinfo:
-        call(populated.vc, populated.session)
+        result = call(populated.vc, populated.session)
+        if inspect.isawaitable(result):
+            await result
     assert type(excinfo.value) is fault
     assert len(excinfo.value.message) < 300
     assert populated.snapshot() == before

@@ -445,3 +445,26 @@ async def test_lock_show_names_every_read_only_holder_of_an_nfs_base(cluster):  
     assert lock.mode == "READ_ONLY"
     assert sorted(h.host for h in lock.holders) == ["esxi-01", "esxi-02"]
     assert all(h.live for h in lock.holders)
+
+
+async def test_list_vms_shows_each_running_guests_acknowledged_writes(cluster):  # noqa: F811
+    """ListVms reports guest_writes_acked as GetVm does, asking each host once."""
+    vc, _, _, session = cluster
+    user = session.user_name
+    for name in ("vm-a", "vm-b"):
+        assert (await make_vm(vc, session, name)).state == OK
+        assert (await run(vc, vc.vms.power_on(name, user))).state == OK
+    assert (await make_vm(vc, session, "vm-off")).state == OK
+    seen = {name: await acked(vc, session, name, 5) for name in ("vm-a", "vm-b")}
+    calls: list[tuple[str, str]] = []
+    call = vc.hosts.call
+
+    async def counted(host: str, method: str, request):
+        calls.append((host, method))
+        return await call(host, method, request)
+
+    vc.hosts.call = counted
+    listed = {vm.name: vm for vm in (await vc.ListVms(pb.ListVmsRequest(), session)).vms}
+    assert all(listed[name].guest_writes_acked >= seen[name] for name in seen)
+    assert listed["vm-off"].guest_writes_acked == 0
+    assert calls == [("esxi-01", "ListVms")]  # one call for the host of both, none per VM

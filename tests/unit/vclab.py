@@ -102,7 +102,8 @@ class Lab:
     # views
 
     def vms(self) -> dict[str, pb.Vm]:
-        return {vm.name: vm for vm in self.vc.ListVms(pb.ListVmsRequest(), self.session).vms}
+        """The inventory's VMs (ListVms also asks the hosts for their guests' writes)."""
+        return {vm.name: vm for vm in self.vc.vms.list("")}
 
     def hosts(self) -> dict[str, pb.Host]:
         return {h.name: h for h in self.vc.ListHosts(pb.ListHostsRequest(), self.session).hosts}
@@ -124,7 +125,7 @@ class Lab:
             for name, hostd in self.engine._hostd.items()
         }
         return (
-            list(self.vc.ListVms(pb.ListVmsRequest(), self.session).vms),
+            self.vc.vms.list(""),
             len(self.tasks()),
             len(self.events()),
             host_vms,

@@ -478,7 +478,9 @@ class VCenterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEvents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A page of the events after after_key (the first `limit`, or the newest), oldest
+        first, with how many were left out before and after it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -1,0 +1,189 @@
+"""The CLI's JSON, command by command, against a vCenter core in this process (the
+in-process engine and array; no Ray, no sockets): one encoding for all of them, with
+numbers as numbers, vSphere's enum names, the tables' words and rounded figures."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from test_vcenter_datastores import cluster  # noqa: F401 - the fixture
+
+from vsim.cluster import cli, output
+from vsim.cluster.client import VCenterClient
+from vsim.v1 import kernel_pb2 as kpb
+from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.sessions import ADMINISTRATOR
+
+Vsim = Callable[..., Awaitable[Any]]
+
+
+class InProcessRpc:
+    """VCenterClient's transport to a vCenter core in this process: each call goes
+    through the core's authentication and its handler, the messages through their
+    wire form, as over gRPC."""
+
+    def __init__(self, vc) -> None:
+        self.vc = vc
+
+    async def call(self, method: str, request, session: str | None, timeout=None):
+        request = type(request).FromString(request.SerializeToString())
+        result = getattr(self.vc, method)(request, self.vc.authenticate(session, method))
+        reply = await result if inspect.isawaitable(result) else result
+        return type(reply).FromString(reply.SerializeToString())
+
+    async def stream(self, method: str, request, session: str | None) -> AsyncIterator[Any]:
+        async for item in getattr(self.vc, method)(request, self.vc.authenticate(session, method)):
+            yield item
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def vsim(cluster, tmp_path, monkeypatch, capsys) -> Vsim:  # noqa: F811
+    """Runs `vsim ARGS... -o json` here and returns the document it printed (with
+    table=True: `vsim ARGS...` and its text)."""
+    vc = cluster[0]
+    login = pb.LoginRequest(user_name=ADMINISTRATOR, password=vc.sessions.initial_password())
+    token = (await vc.Login(login, None)).session
+    monkeypatch.setenv("VSIM_CONFIG", str(tmp_path / "config"))
+
+    async def client(self) -> VCenterClient:
+        return VCenterClient(InProcessRpc(vc), "in-process", "", token)
+
+    monkeypatch.setattr(cli.Context, "client", client)
+
+    async def run(*argv: str, table: bool = False) -> Any:
+        args = cli.build_parser().parse_args([*argv, "-o", "table" if table else "json"])
+        capsys.readouterr()
+        result = args.handler(args, cli.Context(args))
+        if inspect.isawaitable(result):
+            await result
+        out = capsys.readouterr().out
+        return out if table else json.loads(out)
+
+    return run
+
+
+ENUM_NAME = re.compile(r"\b[A-Z]+(_[A-Z]+)*_STATE_[A-Z_]+\b")
+
+
+def untrusted(value: Any, where: str = "") -> list[str]:
+    """Every value in a JSON document a script could not take as it reads: a number
+    in a string, a proto enum name, a float with more than three decimals."""
+    if isinstance(value, dict):
+        return [bad for k, v in value.items() for bad in untrusted(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [bad for i, v in enumerate(value) for bad in untrusted(v, f"{where}[{i}]")]
+    if isinstance(value, str) and (value.isdigit() or ENUM_NAME.search(value)):
+        return [f"{where} = {value!r}"]
+    if isinstance(value, float) and ("e" in repr(value) or len(repr(value).split(".")[1]) > 3):
+        return [f"{where} = {value!r}"]
+    return []
+
+
+def test_untrusted_finds_what_it_names():
+    document = {"a": [{"memory_mb": "1024"}], "s": "POWER_STATE_POWERED_ON", "f": 751.96874999}
+    assert untrusted(document) == [
+        ".a[0].memory_mb = '1024'",
+        ".s = 'POWER_STATE_POWERED_ON'",
+        ".f = 751.96874999",
+    ]
+    assert untrusted({"n": 1024, "s": "poweredOn", "f": 751.969, "name": "esxi-01"}) == []
+
+
+def test_messages_are_encoded_as_the_tables_read():
+    vm = pb.Vm(
+        name="a",
+        memory_mb=1024,
+        power_state=pb.POWER_STATE_POWERED_ON,
+        guest_writes_acked=2**40,
+        resources=kpb.VmResources(
+            cpu=kpb.ResourceAllocation(reservation=500, limit=2000),
+            memory=kpb.ResourceAllocation(),
+        ),
+    )
+    shown = output.to_dict(vm)
+    assert (shown["memory_mb"], shown["guest_writes_acked"]) == (1024, 2**40)
+    assert shown["power_state"] == "poweredOn"
+    cpu, memory = shown["resources"]["cpu"], shown["resources"]["memory"]
+    assert (cpu["shares"], cpu["reservation"], cpu["limit"]) == ("normal", 500, 2000)
+    assert (memory["shares"], memory["limit"]) == ("normal", "unlimited")
+    assert shown["resources"]["disk_iops_limit"] == "unlimited"
+    assert shown["resources"]["resource_pool"] == "Resources"
+    assert (
+        output.to_dict(pb.Host(connection_state=pb.CONNECTION_STATE_NOT_RESPONDING))[
+            "connection_state"
+        ]
+        == "notResponding"
+    )
+    assert output.to_dict(kpb.PhysicalPort(vlans=[]))["vlans"] == "all"
+    assert output.to_dict(kpb.PhysicalPort(vlans=[0, 20]))["vlans"] == [0, 20]
+    stats = output.to_dict(kpb.MemoryStats(granted=751.9687499999999))
+    assert stats["granted"] == 751.969
+    assert output.plain({"x": 0.1 + 0.2, "nan": float("nan")}) == {"x": 0.3, "nan": None}
+
+
+async def test_every_commands_json_is_numbers_words_and_rounded_figures(vsim: Vsim):
+    documents: dict[str, Any] = {}
+
+    async def run(*argv: str) -> Any:
+        documents[" ".join(argv)] = document = await vsim(*argv)
+        return document
+
+    vm = "db-01"
+    create = ("vm", "create", vm, "--memory-mb", "256", "--host", "esxi-01")
+    disk = ("--datastore", "vmfs-01", "--disk-gb", "0.01", "--guest-iops", "50")
+    task = await run(*create, *disk, "--nic", "VM Network")
+    assert task["state"] == "success"
+    assert (await run("vm", "power-on", vm))["state"] == "success"
+    for _ in range(200):  # the guest's writes are acknowledged as its host serves them
+        if (await run("vm", "show", vm))["guest_writes_acked"] > 0:
+            break
+    shown = await run("vm", "show", vm)
+    assert shown["power_state"] == "poweredOn" and shown["memory_mb"] == 256
+    (listed,) = await run("vm", "list")
+    assert listed["guest_writes_acked"] >= shown["guest_writes_acked"] > 0
+    resources = await run("vm", "resources", vm, "--cpu-reservation", "100")
+    assert (resources["cpu"]["shares"], resources["cpu"]["limit"]) == ("normal", "unlimited")
+    for argv in (
+        ("status",),
+        ("host", "list"),
+        ("datastore", "list"),
+        ("datastore", "sioc", "vmfs-01", "--threshold-ms", "25.123456"),
+        ("vm", "stats", vm),
+        ("vm", "luns", vm),
+        ("vm", "nic", "list", vm),
+        ("vm", "firewall", "list", vm),
+        ("host", "stats", "esxi-01"),
+        ("host", "memory", "esxi-01"),
+        ("host", "pci", "list", "esxi-01"),
+        ("host", "pool", "create", "esxi-01", "web", "--cpu-limit", "4000"),
+        ("host", "pool", "list", "esxi-01"),
+        ("network", "vswitch", "list", "esxi-01"),
+        ("network", "portgroup", "list", "esxi-01"),
+        ("network", "pswitch", "set", "esxi-02", "vmnic0", "--vlans", "0,20"),
+        ("network", "send-frame", vm, "--dst-mac", "ff:ff:ff:ff:ff:ff"),
+        ("lock", "show", f"[vmfs-01] {vm}/{vm}-flat.vmdk"),
+        ("vm", "power-off", vm),
+        ("vm", "verify-disk", vm),
+        ("tasks",),
+        ("events",),
+    ):
+        await run(*argv)
+    assert [h["connection_state"] for h in documents["host list"]] == ["connected"] * 3
+    ports = await run("network", "pswitch", "list")
+    trunks = {p["host"]: p["vlans"] for p in ports if p["uplink"] == "vmnic0"}
+    assert trunks == {"esxi-01": "all", "esxi-02": [0, 20], "esxi-03": "all"}
+    assert documents["datastore sioc vmfs-01 --threshold-ms 25.123456"]["sioc_threshold_ms"] == (
+        25.123
+    )
+    assert documents["events"]["events"][-1]["type"] == "VmPoweredOffEvent"
+    assert [t["state"] for t in documents["tasks"]] == ["success"] * len(documents["tasks"])
+    assert len(documents) > 25
+    assert untrusted(documents) == []
