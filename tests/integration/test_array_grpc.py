@@ -57,7 +57,7 @@ async def test_scsi_over_grpc_reservations_ats_and_masking(tmp_path):
         with pytest.raises(NotAuthenticated, match="management key"):
             await rpc.call("MapLun", remask, None)
         with pytest.raises(NoPermission):
-            await rpc.call("MapLun", remask, "guessed-key")
+            await rpc.call("MapLun", remask, "g" * 43)  # a well-formed, wrong key
         assert list((await rpc.call("ReportLuns", scsi(HOST_C), None)).luns) == []
         hidden = await rpc.call("Read", scsi(HOST_C, lba=0, blocks=1), None)
         assert (hidden.status.sense_key, hidden.status.asc) == (0x05, 0x25)
