@@ -208,7 +208,7 @@ def drive_network(cli: Cli) -> None:
     to_it = ("network", "send-frame", "net-a", "--dst-mac", ethernet0["mac"])
     assert cli.json(*to_it)[0]["received"] != []
     vm, _ = cli.json("vm", "nic", "remove", "net-b", "ethernet0")  # hot-removed
-    assert vm["nics"] == [] and vm["power_state"] == "POWER_STATE_POWERED_ON"
+    assert vm["nics"] == [] and vm["power_state"] == "poweredOn"
     assert cli.json(*to_it)[0]["received"] == []
     network, _ = cli.json("network", "portgroup", "remove", "esxi-02", "Prod")
     assert "Prod" not in [p["name"] for p in network["port_groups"]]
