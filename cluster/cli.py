@@ -455,7 +455,8 @@ def up_options(args: argparse.Namespace, ctx: Context) -> up.UpOptions:
     from vsim.cluster import up
 
     data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else ctx.config.data_dir
-    return up.UpOptions(args.hosts, args.port, data_dir, args.bind, args.clock_speed)
+    bind = "127.0.0.1" if args.bind == "localhost" else args.bind
+    return up.UpOptions(args.hosts, args.port, data_dir, bind, args.clock_speed)
 
 
 def up_text(info: dict) -> str:

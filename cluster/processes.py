@@ -76,22 +76,25 @@ def kill(procs: list[Proc], sig: int = signal.SIGKILL) -> None:
         if alive(proc):
             try:
                 os.kill(proc[0], sig)
-            except ProcessLookupError:
-                pass
+            except (ProcessLookupError, PermissionError):
+                pass  # gone, or not ours to stop
 
 
-def with_argument(text: str) -> list[Proc]:
-    """Running processes whose command line contains text (a Ray session's name)."""
+def with_environment(name: str, value: str) -> list[Proc]:
+    """This user's running processes started with name=value in their environment
+    (inherited from the process that started them, whatever their command line
+    became); never the caller. Others' environments cannot be read: skipped."""
+    entry_bytes = f"{name}={value}".encode()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
         except OSError:
             continue
-        if text.encode() in cmdline:
+        if entry_bytes in environ.split(b"\0"):
             proc = identity(int(entry))
-            if proc is not None and proc[0] != os.getpid():
+            if proc is not None:
                 found.append(proc)
     return found

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,6 +47,11 @@ from vsim.vcenter.sessions import ADMINISTRATOR
 READY_TIMEOUT = 600.0
 STOP_TIMEOUT = 120.0
 """How long `vsim down` waits for the orderly stop (VMs powered off) before it kills."""
+DRAIN_TIMEOUT = 20.0
+"""How long the orderly stop lets tasks under way finish."""
+POWER_DOWN_TIMEOUT = 60.0
+"""How long it waits for the VMs' power-offs: the whole stop fits in STOP_TIMEOUT."""
+RUN_ENV = "VSIM_UP_RUN"
 MAX_HOSTS = 96
 """A vSphere 8 cluster's most hosts: `vsim up` makes one cluster."""
 LOCK_FILE = ".vsim-up.lock"
@@ -104,29 +110,25 @@ def check_options(options: UpOptions) -> None:
             ) from None
 
 
-def start_ray(bind: str = "127.0.0.1") -> str:
-    """A local Ray cluster for this process (vsim up, the benchmarks); returns its
-    session directory. With a loopback bind every Ray server listens on loopback
-    only (Ray then takes 127.0.0.1 as the node's address); any other bind leaves
-    Ray on every interface, as Ray itself does."""
+def start_ray() -> str:
+    """A local Ray cluster for this process (vsim up, the benchmarks), every one of
+    its servers on loopback (Ray then takes 127.0.0.1 as the node's address: the
+    hosts, the array and Ray are all on this machine); returns its session
+    directory."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    loopback = ipaddress.ip_address(bind).is_loopback
-    if loopback:
-        # Read by Ray when it is imported, and by the processes it starts.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # Read by Ray when it is imported, and by the processes it starts.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
+    from ray._private import ray_constants
 
-    if loopback:
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported already
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported already
     ray.init(
         address="local",
         include_dashboard=False,
         logging_level=logging.ERROR,
         log_to_driver=False,
         configure_logging=True,
-        _node_ip_address="127.0.0.1" if loopback else None,
+        _node_ip_address="127.0.0.1",
     )
     return ray_session_dir()
 
@@ -190,16 +192,13 @@ def _read_json(path: Path) -> dict | None:
 
 
 def leftovers(state: dict) -> list[processes.Proc]:
-    """What a `vsim up` that is gone left running: the processes of its session (a
-    detached one leads its own) and of its Ray session. A session id is not reused
-    while any process still belongs to that session, so none of these is another's."""
-    found = []
-    pid, session = state.get("pid"), state.get("ray_session", "")
-    if isinstance(pid, int) and processes.identity(pid) is None:
-        found += processes.in_session(pid)
-    if session:
-        found += processes.with_argument(os.path.basename(session))
-    return sorted(set(found))
+    """What a `vsim up` run left running: this user's processes that carry its run id
+    in their environment (Ray's, the host actors', whatever their command lines
+    became), never the caller itself. Nothing for a run that stopped in order."""
+    run = state.get("run")
+    if not isinstance(run, str) or not run:
+        return []
+    return processes.with_environment(RUN_ENV, run)
 
 
 def progress(message: str) -> None:
@@ -224,11 +223,18 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
     check_options(options)
     lock = DataDirLock(options.data_dir)
     previous = lock.acquire()
+    # Every process this run starts (Ray's, the hosts') carries this in its
+    # environment, whatever its command line becomes: how a later `vsim down` or
+    # `vsim up` finds what a killed run left, and nothing else.
+    run = secrets.token_hex(8)
+    os.environ[RUN_ENV] = run
+    me = {"pid": os.getpid(), "started": processes.identity(os.getpid())[1], "run": run}
+    lock.record(me)
+    config.save_up_state({**me, "data_dir": str(options.data_dir)})
     try:
-        stopped = stop_report_path(config, os.getpid())
-        stopped.unlink(missing_ok=True)
-        report = await _run(options, config, lock, previous or {}, on_ready)
-        write_private(stopped, json.dumps(report).encode())
+        report = await _run(options, config, me, previous or {}, on_ready)
+        # Stopped in order: nothing of this run is left to find.
+        lock.record({"pid": me["pid"], "stopped": report})
     finally:
         lock.release()
         config.clear_up_state(os.getpid())
@@ -236,28 +242,32 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
 
 
 async def _run(
-    options: UpOptions, config: UserConfig, lock: DataDirLock, previous: dict, on_ready
+    options: UpOptions, config: UserConfig, me: dict, previous: dict, on_ready
 ) -> dict:
     """Starts the cluster, serves until a signal, stops it in order; the stop report."""
     import ray
 
     from vsim.vcenter.server import start_vcenter
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def catch_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+    catch_signals()
     left = leftovers(previous)
     if left:  # a killed `vsim up` on this data dir: its hosts must not run beside ours
         processes.kill(left)
+        processes.wait_gone(left, 10)
         progress(f"stopped {len(left)} processes an earlier vsim up left running")
-    session = start_ray(options.bind)
-    # Ray's init installs its own SIGTERM handler (exit at once): ours go in after it,
-    # so that SIGTERM and SIGINT both run the orderly stop below.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    me = {"pid": os.getpid(), "started": processes.identity(os.getpid())[1]}
-    lock.record({**me, "ray_session": session})
-    progress(f"Ray started ({session})")
-    report: dict = {"pid": os.getpid(), "clean": False}
+    session = start_ray()
+    # Ray's init installs its own SIGTERM handler (exit at once): ours go back in, so
+    # that SIGTERM and SIGINT both run the orderly stop below.
+    catch_signals()
+    progress(f"Ray started ({session}, on loopback)")
+    report: dict = {"clean": False}
     array = await start_array(options.data_dir / "array", 0, "127.0.0.1")
     try:
         progress(f"storage array serving on {array.endpoint}")
@@ -283,24 +293,34 @@ async def _run(
                     "data_dir": str(options.data_dir),
                     "endpoint": endpoint,
                     "thumbprint": running.thumbprint,
-                    "ray_session": session,
                 }
             )
             if not stop.is_set():
                 on_ready(info)
                 await stop.wait()
-            print("Stopping: powering off the VMs...", file=sys.stderr, flush=True)
-            outcome = await running.core.autostart.power_down()
-            report["vms_powered_off"] = outcome.done
-            report["vms_not_powered_off"] = outcome.failed
-            print("Stopping vCenter and the hosts...", file=sys.stderr, flush=True)
+            report.update(await _power_down(running))
         finally:
             await running.stop()
     finally:
         await array.stop()
         ray.shutdown()
-    report["clean"] = not report.get("vms_not_powered_off", True)
     return report
+
+
+async def _power_down(running) -> dict:
+    """The orderly stop's part for VMs: no new calls, the tasks under way finished,
+    then every running VM powered off cleanly (and remembered for the next start)."""
+    print("Stopping: powering off the VMs...", file=sys.stderr, flush=True)
+    await running.server.stop(grace=2.0)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(running.core.tasks.drain(), DRAIN_TIMEOUT)
+    outcome = await running.core.autostart.power_down(POWER_DOWN_TIMEOUT)
+    print("Stopping vCenter and the hosts...", file=sys.stderr, flush=True)
+    return {
+        "clean": not outcome.failed,
+        "vms_powered_off": outcome.done,
+        "vms_not_powered_off": outcome.failed,
+    }
 
 
 # The events that tell a person watching `vsim up` start how far it is.
@@ -320,10 +340,6 @@ _PROGRESS_EVENTS = frozenset(
 def _progress_of(event) -> None:
     if event.type in _PROGRESS_EVENTS:
         progress(event.message)
-
-
-def stop_report_path(config: UserConfig, pid: int) -> Path:
-    return config.dir / f"stopped-{pid}.json"
 
 
 async def _record_session(running, endpoint: str, config: UserConfig) -> dict:
@@ -459,6 +475,7 @@ def down(config: UserConfig, timeout: float = STOP_TIMEOUT) -> dict:
             "killed": len(left),
             "remaining": len(remaining),
         }
+    # While it lives, nothing else can hold its pid as a session id.
     procs = processes.descendants(pid) + processes.in_session(pid)
     try:
         os.kill(pid, signal.SIGTERM)
@@ -466,29 +483,44 @@ def down(config: UserConfig, timeout: float = STOP_TIMEOUT) -> dict:
         pass
     timed_out = processes.wait_gone([proc], timeout)
     # Whatever the cluster started and did not stop goes now.
-    stragglers = sorted(
-        {p for p in procs if processes.alive(p)} | set(processes.in_session(pid))
-        | set(leftovers({"ray_session": state.get("ray_session", "")}))
-    )  # fmt: skip
+    stragglers = sorted({p for p in procs if processes.alive(p)} | set(leftovers(state)))
     processes.kill(stragglers)
     remaining = processes.wait_gone(stragglers, 10)
     config.clear_up_state(pid)
-    stop_report = _read_json(stop_report_path(config, pid))
-    stop_report_path(config, pid).unlink(missing_ok=True)
+    return _down_report(pid, stop_report(state), timed_out, timeout, stragglers, remaining)
+
+
+def stop_report(state: dict) -> dict | None:
+    """What the run's orderly stop recorded in its data dir's lock file, if it ran."""
+    data_dir = state.get("data_dir")
+    record = _read_json(Path(data_dir) / LOCK_FILE) if data_dir else None
+    if record is None or record.get("pid") != state.get("pid"):
+        return None
+    return record.get("stopped")
+
+
+def _down_report(
+    pid: int,
+    report: dict | None,
+    timed_out: list,
+    timeout: float,
+    stragglers: list,
+    remaining: list,
+) -> dict:
     result = {
         "stopped": True,
         "pid": pid,
-        "graceful": bool(not timed_out and stop_report and stop_report.get("clean")),
-        "vms_powered_off": (stop_report or {}).get("vms_powered_off", []),
+        "graceful": bool(not timed_out and report and report.get("clean")),
+        "vms_powered_off": (report or {}).get("vms_powered_off", []),
         "killed": len(stragglers),
         "remaining": len(remaining),
     }
     if timed_out:
         result["reason"] = f"it did not stop within {timeout:.0f} s and was killed"
-    elif stop_report is None:
+    elif report is None:
         result["reason"] = "it exited without its orderly stop"
-    elif not stop_report.get("clean"):
+    elif not report.get("clean"):
         result["reason"] = "some VMs could not be powered off: " + "; ".join(
-            f"{vm}: {why}" for vm, why in stop_report.get("vms_not_powered_off", {}).items()
+            f"{vm}: {why}" for vm, why in report.get("vms_not_powered_off", {}).items()
         )
     return result

@@ -9,13 +9,17 @@ service, with health and reflection) on its own TLS port from the actor's loop.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 from vsim.clock import WallClock
 from vsim.cluster.spec import HostSpec
+from vsim.faults import HostConnectFault
 from vsim.host.accounts import FileAccountStore, HostAccounts
 from vsim.host.array_client import GrpcStoragePorts
 from vsim.host.esx_conf import FileConfigStore
@@ -27,6 +31,32 @@ from vsim.tls import load_or_create_identity
 from vsim.v1 import host_agent_pb2
 
 SERVICE = host_agent_pb2.DESCRIPTOR.services_by_name["HostAgent"]
+BOOT_LOCK = "boot.lock"
+BOOT_LOCK_WAIT = 15.0
+"""Real seconds a boot waits for the previous one's process to be gone (a killed
+actor's worker exits moments after ray.kill returns)."""
+
+
+def hold_boot_lock(directory: Path, name: str) -> int:
+    """One boot of a host at a time: an exclusive flock on its data dir, held for the
+    actor's life (the kernel drops it when the process dies). The host's identity
+    lives in that dir, so no second boot vCenter would accept can run beside this
+    one: what lets a boot break at once the NFS locks of an earlier one
+    (host/nfs_lock.py) and take back its VMFS heartbeat slot."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / BOOT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + BOOT_LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise HostConnectFault(
+                    f"another boot of {name} is running (it holds {directory / BOOT_LOCK})"
+                ) from None
+            time.sleep(0.1)
 
 
 class EsxiHost:
@@ -45,6 +75,7 @@ class EsxiHost:
 
             advertise = ray.util.get_node_ip_address()
         self._dir = Path(data_dir)
+        self._boot_lock = hold_boot_lock(self._dir, spec.name)
         self._bind, self._advertise = bind, advertise
         accounts = HostAccounts(FileAccountStore(self._dir / "accounts.json"), root_password_hash)
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)

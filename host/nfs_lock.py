@@ -10,7 +10,8 @@ own. A holder whose renewal finds its file gone or replaced has lost the lock.
 
 A lock file names the boot of its holder: a host that finds a lock in its own name
 from another boot of itself (a crash, a stop that did not close its disks) knows that
-holder can no longer run — one host is one machine — and breaks it at once. Only the
+holder can no longer run — one host boots once at a time (its shell holds a boot lock
+on the data dir where its identity lives) — and breaks it at once. Only the
 record says so: a lock without a boot id (version 1) waits out the 35 s like any other.
 
 The 84-byte lock record (little-endian):

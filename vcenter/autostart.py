@@ -65,8 +65,9 @@ class AutoStart:
     def _remember(self, names: list[str]) -> None:
         self._inventory.set_meta(META_KEY, json.dumps(sorted(set(names))))
 
-    async def power_down(self) -> Outcome:
-        """Powers off every powered-on VM of every connected host and remembers it."""
+    async def power_down(self, timeout: float = WAIT) -> Outcome:
+        """Powers off every powered-on VM of every connected host and remembers it;
+        a power-off not done within timeout (real) seconds is reported failed."""
         connected = set(self._hosts.connected_names())
         running = [v.name for v in self._inventory.vms() if v.power_state == ON]
         self._remember(self.pending() + running)
@@ -77,11 +78,8 @@ class AutoStart:
             if vm.host not in connected:
                 outcome.failed[name] = f"HostNotConnected: {vm.host} is not connected"
                 continue
-            try:
-                started[name] = self._vms.power_off(name, USER)
-            except VimFault as fault:
-                outcome.failed[name] = f"{fault.name}: {fault.message}"
-        await self._settle(started, outcome)
+            self._start(self._vms.power_off, name, started, outcome)
+        await self._settle(started, outcome, timeout)
         return outcome
 
     async def power_up(self) -> Outcome:
@@ -96,11 +94,8 @@ class AutoStart:
             if vm.host not in self._hosts.connected_names():
                 keep.append(name)
                 continue
-            try:
-                started[name] = self._vms.power_on(name, USER)
-            except VimFault as fault:
-                outcome.failed[name] = f"{fault.name}: {fault.message}"
-        await self._settle(started, outcome)
+            self._start(self._vms.power_on, name, started, outcome)
+        await self._settle(started, outcome, WAIT)
         self._remember(keep)
         for name, reason in outcome.failed.items():
             self._events.post(
@@ -108,9 +103,18 @@ class AutoStart:
             )
         return outcome
 
-    async def _settle(self, started: dict[str, common_pb2.Task], outcome: Outcome) -> None:
+    @staticmethod
+    def _start(power, name: str, started: dict[str, common_pb2.Task], outcome: Outcome) -> None:
+        try:
+            started[name] = power(name, USER)
+        except VimFault as fault:
+            outcome.failed[name] = f"{fault.name}: {fault.message}"
+
+    async def _settle(
+        self, started: dict[str, common_pb2.Task], outcome: Outcome, timeout: float
+    ) -> None:
         async def wait(name: str, task: common_pb2.Task) -> None:
-            done = await self._tasks.wait(task.id, WAIT)
+            done = await self._tasks.wait(task.id, timeout)
             if done.state == common_pb2.TASK_STATE_SUCCESS:
                 outcome.done.append(name)
             elif done.state == common_pb2.TASK_STATE_ERROR:

@@ -1,0 +1,41 @@
+"""Finding what a `vsim up` run started by the run id in its environment, and one boot
+of a host at a time (the boot lock its shell holds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from vsim.cluster import processes
+from vsim.faults import HostConnectFault
+from vsim.host import actor
+
+
+def test_a_runs_processes_are_found_by_the_run_id_in_their_environment():
+    ours = subprocess.Popen(["sleep", "30"], env={**os.environ, "VSIM_UP_RUN": "run-a"})
+    # The id is an exact entry: another run's id that starts the same is not ours.
+    other = subprocess.Popen(["sleep", "30"], env={**os.environ, "VSIM_UP_RUN": "run-ab"})
+    try:
+        found = processes.with_environment("VSIM_UP_RUN", "run-a")
+        assert [pid for pid, _ in found] == [ours.pid]
+        processes.kill(found)
+        assert processes.wait_gone(found, 5) == []
+        assert processes.alive(processes.identity(other.pid))
+    finally:
+        for child in (ours, other):
+            child.kill()
+            child.wait()
+
+
+def test_a_host_boots_once_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(actor, "BOOT_LOCK_WAIT", 0.2)
+    first = actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01")
+    with pytest.raises(HostConnectFault, match="another boot of esxi-01 is running"):
+        actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01")
+    other_host = actor.hold_boot_lock(tmp_path / "esxi-02", "esxi-02")
+    os.close(first)  # that boot's process is gone
+    again = actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01")
+    for fd in (other_host, again):
+        os.close(fd)
