@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from vsim import validate
-from vsim.faults import InvalidArgument, InvalidState, NotFound, ResourceInUse
+from vsim.faults import InvalidArgument, InvalidState, NotFound, ResourceInUse, VimFault
 from vsim.host.storage_stack import initiator_name
 from vsim.storage.array import DEFAULT_LUN_BYTES, MAX_LUNS
 from vsim.v1 import storage_pb2 as spb
@@ -112,8 +112,9 @@ class StorageArrayManager:
 
     async def map_datastore_luns(self, host: str) -> None:
         """Masks to the host the LUNs of the inventory's VMFS datastores that it does
-        not see yet (it joined after they were made); a failure is logged, and the
-        mount that needs the LUN then reports it."""
+        not see yet (it joined after they were made). It runs while the host
+        connects, so any fault of the array (a refusal, a wrong key, no connection) is
+        only logged, and the mount that needs the LUN then reports it."""
         luns = {d.lun for d in self._inventory.datastores() if d.type == "vmfs"}
         if self.provider is None or not luns:
             return
@@ -131,7 +132,7 @@ class StorageArrayManager:
                         "which mounts its datastore",
                         host=host,
                     )
-        except (InvalidState, InvalidArgument, NotFound) as fault:
+        except VimFault as fault:  # the array refused or is out of reach: only log
             log.warning("cannot map the datastores' LUNs to %s: %s", host, fault)
 
     async def require_lun(self, lun_id: int) -> None:

@@ -187,3 +187,77 @@ async def test_every_commands_json_is_numbers_words_and_rounded_figures(vsim: Vs
     assert [t["state"] for t in documents["tasks"]] == ["success"] * len(documents["tasks"])
     assert len(documents) > 25
     assert untrusted(documents) == []
+
+
+NEWER_COMMANDS = {
+    "array lun create", "array lun list", "array lun map", "array lun unmap",
+    "array export create", "array export list", "datastore remove", "vm nic remove",
+    "vm pci remove", "network portgroup remove", "network vswitch remove", "vm show", "events",
+}  # fmt: skip
+"""The commands the test below adds to the one above (by their words, not arguments)."""
+
+
+async def test_the_array_and_removal_commands_json_is_encoded_alike(vsim: Vsim):
+    documents: dict[str, Any] = {}  # "#step command line": the document, each run kept
+
+    async def run(*argv: str) -> Any:
+        documents[f"#{len(documents)} {' '.join(argv)}"] = document = await vsim(*argv)
+        return document
+
+    mib = 1024**2
+    made = await run("array", "lun", "create", "--size-mb", "64", "--id", "1", "--host", "esxi-02")
+    assert (made["id"], made["size_bytes"], made["hosts"]) == (1, 64 * mib, ["esxi-02"])
+    assert isinstance(made["size_bytes"], int) and made["datastore"] == ""
+    mapped = await run("array", "lun", "map", "1", "esxi-03", "esxi-01")
+    assert mapped["hosts"] == ["esxi-01", "esxi-02", "esxi-03"]
+    unmapped = await run("array", "lun", "unmap", "1", "esxi-02")
+    assert unmapped["initiators"] == [f"iqn.1998-01.com.vmware:esxi-0{i}" for i in (1, 3)]
+    luns = {lun["id"]: lun for lun in await run("array", "lun", "list")}
+    assert (luns[0]["datastore"], luns[0]["size_bytes"]) == ("vmfs-01", 4 * 1024 * mib)
+    assert luns[1]["hosts"] == ["esxi-01", "esxi-03"]
+    export = await run("array", "export", "create", "iso", "--ro", "--client", "10.0.0.0/24")
+    assert (export["read_only"], export["root_squash"], export["clients"]) == (
+        True,
+        False,
+        ["10.0.0.0/24"],
+    )
+    exports = {e["name"]: e for e in await run("array", "export", "list")}
+    assert (exports["nfs-01"]["datastore"], exports["iso"]["datastore"]) == ("nfs-01", "")
+    removed = await run("datastore", "remove", "nfs-01")
+    assert (removed["state"], removed["result"]) == ("success", "nfs-01")
+    assert "nfs-01" not in {e["datastore"] for e in await run("array", "export", "list")}
+
+    gpu = "0000:3b:00.0"
+    await run("network", "vswitch", "add", "esxi-01", "vSwitch1", "--uplink", "vmnic1")
+    await run("network", "portgroup", "add", "esxi-01", "Prod", "--vswitch", "vSwitch1")
+    create = ("vm", "create", "ml", "--memory-mb", "256", "--host", "esxi-01")
+    assert (await run(*create, "--nic", "VM Network", "--nic", "Prod"))["state"] == "success"
+    await run("vm", "resources", "ml", "--mem-reservation", "256")  # passthrough needs it all
+    await run("host", "pci", "passthru", "esxi-01", gpu, "on")
+    assert (await run("vm", "pci", "add", "ml", gpu))["state"] == "success"
+    assert (await run("vm", "show", "ml"))["pci_devices"] == [gpu]
+    vm = await run("vm", "nic", "remove", "ml", "ethernet1")
+    assert [n["name"] for n in vm["nics"]] == ["ethernet0"]
+    assert vm["power_state"] == "poweredOff" and vm["memory_mb"] == 256
+    task = await run("vm", "pci", "remove", "ml", gpu)
+    assert (task["state"], task["entity"], task["progress"]) == ("success", "ml", 100)
+    shown = await run("vm", "show", "ml")
+    assert shown["pci_devices"] == []
+    assert [n["port_group"] for n in shown["nics"]] == ["VM Network"]
+    network = await run("network", "portgroup", "remove", "esxi-01", "Prod")
+    assert "Prod" not in [p["name"] for p in network["port_groups"]]
+    network = await run("network", "vswitch", "remove", "esxi-01", "vSwitch1")
+    assert [v["name"] for v in network["vswitches"]] == ["vSwitch0"]
+    assert [u["vswitch"] for u in network["uplinks"] if u["uplink"] == "vmnic1"] == [""]
+
+    events = (await run("events", "--all"))["events"]
+    types = [e["type"] for e in events]
+    for kind in ("Created", "Mapped", "Unmapped"):
+        assert f"StorageArrayLun{kind}Event" in types
+    assert "StorageArrayExportCreatedEvent" in types
+    assert all(isinstance(e["key"], int) for e in events)
+    after = await run("events", "--after", str(events[-3]["key"]))
+    assert [e["key"] for e in after["events"]] == [e["key"] for e in events[-2:]]
+    ran = [key.split(" ", 1)[1] + " " for key in documents]
+    assert {c for c in NEWER_COMMANDS if not any(r.startswith(c + " ") for r in ran)} == set()
+    assert untrusted(documents) == []

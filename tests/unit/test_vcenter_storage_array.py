@@ -12,11 +12,15 @@ from test_vcenter_datastores import cluster, listed, run  # noqa: F401 - the fix
 
 from vsim.faults import (
     AlreadyExists,
+    HostConnectFault,
     InvalidArgument,
     InvalidState,
     NoPermission,
+    NotAuthenticated,
     NotFound,
     ResourceInUse,
+    SSLVerifyFault,
+    VimFault,
 )
 from vsim.host.storage_stack import initiator_name
 from vsim.passwords import hash_password
@@ -182,6 +186,51 @@ async def test_a_reconnecting_host_the_lun_was_masked_from_is_mapped_again(clust
         await vc.hosts.heartbeat_once()
     assert "vmfs-01" in engine.running("esxi-02").storage.files
     assert initiator_name("esxi-02") in array.masking[0]
+
+
+class RefusingProvider:
+    """A storage provider the array turns away: every call raises `fault`."""
+
+    def __init__(self, fault: VimFault) -> None:
+        self.fault = fault
+        self.calls: list[str] = []
+
+    async def call(self, method: str, request: object) -> object:
+        self.calls.append(method)
+        raise self.fault
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_host_connects_though_the_array_refuses_to_map_it(cluster, caplog):  # noqa: F811
+    """Mapping the datastores' LUNs to a joining host only logs the array's fault: the
+    host connects and mounts every datastore that does not need the mapping."""
+    vc, array, engine, session = cluster
+    refusing = RefusingProvider(NoPermission("the management key is not the array's"))
+    vc.storage_array.provider = refusing
+    with caplog.at_level(logging.WARNING, logger="vsim.vcenter.storage_array"):
+        assert (await add_host(vc, engine, session, "esxi-04")).state == OK
+    assert "GetArray" in refusing.calls
+    assert vc.inventory.host("esxi-04").connection_state == pb.CONNECTION_STATE_CONNECTED
+    assert initiator_name("esxi-04") not in array.masking[0]
+    # The datastores the array need not be asked for are mounted all the same.
+    mounts = {n: {m.host for m in d.mounts} for n, d in (await listed(vc, session)).items()}
+    assert ("esxi-04" in mounts["nfs-01"], "esxi-04" in mounts["vmfs-01"]) == (True, False)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vsim.vcenter.storage_array"]
+    assert warnings == [
+        "cannot map the datastores' LUNs to esxi-04: NoPermission: the management key is not "
+        "the array's"
+    ]
+    for fault in (
+        NotAuthenticated("session expired"),
+        SSLVerifyFault("thumbprint changed", thumbprint="AA:BB"),
+        HostConnectFault("cannot reach the array"),
+    ):
+        vc.storage_array.provider = RefusingProvider(fault)
+        with caplog.at_level(logging.WARNING, logger="vsim.vcenter.storage_array"):
+            assert await vc.storage_array.map_datastore_luns("esxi-04") is None
+        assert caplog.records[-1].getMessage().endswith(str(fault))
 
 
 async def test_a_failed_mount_is_logged_once_with_its_reason(cluster, caplog):  # noqa: F811
