@@ -98,3 +98,28 @@ def with_environment(name: str, value: str) -> list[Proc]:
             if proc is not None:
                 found.append(proc)
     return found
+
+
+def with_open_file_under(directory: str) -> list[Proc]:
+    """This user's running processes holding a file open below directory (Ray's
+    processes all log into their session's directory); never the caller."""
+    prefix = directory.rstrip("/") + "/"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                proc = identity(int(entry))
+                if proc is not None:
+                    found.append(proc)
+                break
+    return found

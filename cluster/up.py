@@ -192,13 +192,18 @@ def _read_json(path: Path) -> dict | None:
 
 
 def leftovers(state: dict) -> list[processes.Proc]:
-    """What a `vsim up` run left running: this user's processes that carry its run id
-    in their environment (Ray's, the host actors', whatever their command lines
-    became), never the caller itself. Nothing for a run that stopped in order."""
-    run = state.get("run")
-    if not isinstance(run, str) or not run:
-        return []
-    return processes.with_environment(RUN_ENV, run)
+    """What a `vsim up` run left running, never the caller itself: this user's
+    processes that carry its run id in their environment, and those with a file
+    open in its Ray session's directory (a process that retitles itself, as Ray's
+    workers and agents do, can overwrite what /proc shows of its environment; they
+    all keep their logs open there). Nothing for a run that stopped in order."""
+    run, session = state.get("run"), state.get("ray_session")
+    found = set()
+    if isinstance(run, str) and run:
+        found.update(processes.with_environment(RUN_ENV, run))
+    if isinstance(session, str) and session.startswith("/") and session.count("/") > 2:
+        found.update(processes.with_open_file_under(session))
+    return sorted(found)
 
 
 def progress(message: str) -> None:
@@ -232,7 +237,7 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
     lock.record(me)
     config.save_up_state({**me, "data_dir": str(options.data_dir)})
     try:
-        report = await _run(options, config, me, previous or {}, on_ready)
+        report = await _run(options, config, lock, me, previous or {}, on_ready)
         # Stopped in order: nothing of this run is left to find.
         lock.record({"pid": me["pid"], "stopped": report})
     finally:
@@ -242,7 +247,12 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
 
 
 async def _run(
-    options: UpOptions, config: UserConfig, me: dict, previous: dict, on_ready
+    options: UpOptions,
+    config: UserConfig,
+    lock: DataDirLock,
+    me: dict,
+    previous: dict,
+    on_ready,
 ) -> dict:
     """Starts the cluster, serves until a signal, stops it in order; the stop report."""
     import ray
@@ -266,6 +276,9 @@ async def _run(
     # Ray's init installs its own SIGTERM handler (exit at once): ours go back in, so
     # that SIGTERM and SIGINT both run the orderly stop below.
     catch_signals()
+    me["ray_session"] = session
+    lock.record(me)
+    config.save_up_state({**me, "data_dir": str(options.data_dir)})
     progress(f"Ray started ({session}, on loopback)")
     report: dict = {"clean": False}
     array = await start_array(options.data_dir / "array", 0, "127.0.0.1")

@@ -39,3 +39,19 @@ def test_a_host_boots_once_at_a_time(tmp_path, monkeypatch):
     again = actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01")
     for fd in (other_host, again):
         os.close(fd)
+
+
+def test_a_runs_retitled_processes_are_found_by_the_files_they_keep_open(tmp_path):
+    (tmp_path / "session_1" / "logs").mkdir(parents=True)
+    (tmp_path / "session_10").mkdir()
+    with open(tmp_path / "session_1" / "logs" / "worker.out", "wb") as log:
+        ours = subprocess.Popen(["sleep", "30"], stdout=log)
+    with open(tmp_path / "session_10" / "worker.out", "wb") as log:
+        other = subprocess.Popen(["sleep", "30"], stdout=log)  # a name that starts alike
+    try:
+        found = processes.with_open_file_under(str(tmp_path / "session_1"))
+        assert [pid for pid, _ in found] == [ours.pid]
+    finally:
+        for child in (ours, other):
+            child.kill()
+            child.wait()
