@@ -23,7 +23,6 @@ import ipaddress
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -231,9 +230,10 @@ async def _serve(options: UpOptions, config: UserConfig, on_ready) -> None:
     # Every process this run starts (Ray's, the hosts') carries this in its
     # environment, whatever its command line becomes: how a later `vsim down` or
     # `vsim up` finds what a killed run left, and nothing else.
-    run = secrets.token_hex(8)
+    pid, started = processes.identity(os.getpid())
+    run = f"{pid}-{started}"  # this process, safe against pid reuse
     os.environ[RUN_ENV] = run
-    me = {"pid": os.getpid(), "started": processes.identity(os.getpid())[1], "run": run}
+    me = {"pid": pid, "started": started, "run": run}
     lock.record(me)
     config.save_up_state({**me, "data_dir": str(options.data_dir)})
     try:

@@ -13,11 +13,10 @@ import fcntl
 import json
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any
 
-from vsim.clock import WallClock
+from vsim.clock import Clock, WallClock
 from vsim.cluster.spec import HostSpec
 from vsim.faults import HostConnectFault
 from vsim.host.accounts import FileAccountStore, HostAccounts
@@ -33,11 +32,11 @@ from vsim.v1 import host_agent_pb2
 SERVICE = host_agent_pb2.DESCRIPTOR.services_by_name["HostAgent"]
 BOOT_LOCK = "boot.lock"
 BOOT_LOCK_WAIT = 15.0
-"""Real seconds a boot waits for the previous one's process to be gone (a killed
-actor's worker exits moments after ray.kill returns)."""
+"""Seconds a boot waits for the previous one's process to be gone (a killed actor's
+worker exits moments after ray.kill returns)."""
 
 
-def hold_boot_lock(directory: Path, name: str) -> int:
+async def hold_boot_lock(directory: Path, name: str, clock: Clock) -> int:
     """One boot of a host at a time: an exclusive flock on its data dir, held for the
     actor's life (the kernel drops it when the process dies). The host's identity
     lives in that dir, so no second boot vCenter would accept can run beside this
@@ -45,18 +44,18 @@ def hold_boot_lock(directory: Path, name: str) -> int:
     (host/nfs_lock.py) and take back its VMFS heartbeat slot."""
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / BOOT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + BOOT_LOCK_WAIT
+    deadline = clock.now() + BOOT_LOCK_WAIT
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except BlockingIOError:
-            if time.monotonic() > deadline:
+            if clock.now() > deadline:
                 os.close(fd)
                 raise HostConnectFault(
                     f"another boot of {name} is running (it holds {directory / BOOT_LOCK})"
                 ) from None
-            time.sleep(0.1)
+            await clock.sleep(0.1)
 
 
 class EsxiHost:
@@ -75,11 +74,12 @@ class EsxiHost:
 
             advertise = ray.util.get_node_ip_address()
         self._dir = Path(data_dir)
-        self._boot_lock = hold_boot_lock(self._dir, spec.name)
+        self._name = spec.name
+        self._boot_lock: int | None = None
         self._bind, self._advertise = bind, advertise
         accounts = HostAccounts(FileAccountStore(self._dir / "accounts.json"), root_password_hash)
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
-        clock = WallClock(clock_speed)
+        self._clock = clock = WallClock(clock_speed)
         self.storage = StorageStack(
             spec.host_uuid, spec.name, clock, random.Random(), GrpcStoragePorts()
         )
@@ -93,6 +93,8 @@ class EsxiHost:
     async def boot(self) -> dict[str, str]:
         """Starts hostd (once); returns where it listens and its thumbprint."""
         async with self._booting:
+            if self._boot_lock is None:  # before hostd can open a disk
+                self._boot_lock = await hold_boot_lock(self._dir, self._name, self._clock)
             if self._server is None:
                 self._server, port = await start_server(
                     self.identity, self._bind, 0, [(SERVICE, self.hostd, self.hostd.authenticate)]

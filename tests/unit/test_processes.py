@@ -3,11 +3,13 @@ of a host at a time (the boot lock its shell holds)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 
 import pytest
 
+from vsim.clock import SimClock
 from vsim.cluster import processes
 from vsim.faults import HostConnectFault
 from vsim.host import actor
@@ -29,14 +31,18 @@ def test_a_runs_processes_are_found_by_the_run_id_in_their_environment():
             child.wait()
 
 
-def test_a_host_boots_once_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(actor, "BOOT_LOCK_WAIT", 0.2)
-    first = actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01")
+async def test_a_host_boots_once_at_a_time(tmp_path):
+    clock = SimClock()
+    first = await actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01", clock)
+    second = asyncio.ensure_future(actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01", clock))
+    await clock.advance(actor.BOOT_LOCK_WAIT - 1)
+    assert not second.done()  # it waits for the first boot's process to go
+    await clock.advance(2)
     with pytest.raises(HostConnectFault, match="another boot of esxi-01 is running"):
-        actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01")
-    other_host = actor.hold_boot_lock(tmp_path / "esxi-02", "esxi-02")
+        await second
+    other_host = await actor.hold_boot_lock(tmp_path / "esxi-02", "esxi-02", clock)
     os.close(first)  # that boot's process is gone
-    again = actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01")
+    again = await actor.hold_boot_lock(tmp_path / "esxi-01", "esxi-01", clock)
     for fd in (other_host, again):
         os.close(fd)
 
