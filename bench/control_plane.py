@@ -23,7 +23,7 @@ import ray
 from harness import report, start_ray
 
 from vsim.cluster.client import VCenterClient
-from vsim.cluster.spec import ClusterSpec
+from vsim.spec import ClusterSpec
 from vsim.vcenter.server import start_vcenter
 from vsim.vcenter.sessions import ADMINISTRATOR
 

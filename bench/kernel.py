@@ -21,14 +21,14 @@ import time
 
 import numpy as np
 
-from vsim.cluster.physical_switch import Network, PhysicalSwitch
-from vsim.host.cpu_scheduler import CpuScheduler
-from vsim.host.ethernet_frame import Frame
-from vsim.host.guest_memory import GuestMemoryModel, GuestWorkload
-from vsim.host.page_sharing import PageSharing, salt_domain
-from vsim.host.pmap import PAGES_PER_MB, MachineMemory
-from vsim.host.resource_pool import Allocation, pool_allocation
-from vsim.host.vswitch import HostNetworkSystem
+from vsim.ethernet_frame import Frame
+from vsim.fabric.physical_switch import Network, PhysicalSwitch
+from vsim.host.guest.memory import GuestMemoryModel, GuestWorkload
+from vsim.host.kernel.cpu_scheduler import CpuScheduler
+from vsim.host.kernel.memory.page_sharing import PageSharing, salt_domain
+from vsim.host.kernel.memory.pmap import PAGES_PER_MB, MachineMemory
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
+from vsim.host.kernel.resource_pool import Allocation, pool_allocation
 
 GIB = 1024 * PAGES_PER_MB
 MIX = GuestWorkload(zero_pct=20, common_pct=30)

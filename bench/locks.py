@@ -21,11 +21,11 @@ import ray
 from harness import report, start_ray
 
 from vsim.cluster.ray_engine import EsxiHostActor
-from vsim.cluster.spec import HostSpec, host_name
-from vsim.host.array_client import ArrayBlockDevice, ArrayConnection
-from vsim.host.storage_stack import initiator_name
-from vsim.host.vmfs import format_volume
+from vsim.host.storage.array_client import ArrayBlockDevice, ArrayConnection
+from vsim.host.storage.storage_stack import initiator_name
+from vsim.host.storage.vmfs import format_volume
 from vsim.passwords import hash_password
+from vsim.spec import HostSpec, host_name
 from vsim.storage.server import start_array
 from vsim.storage.vmfs_format import VolumeLockMode
 from vsim.v1 import storage_pb2 as pb

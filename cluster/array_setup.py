@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vsim.cluster.spec import ClusterSpec
-from vsim.host.storage_stack import initiator_name
+from vsim.host.storage.storage_stack import initiator_name
+from vsim.spec import ClusterSpec
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions
 

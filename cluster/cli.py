@@ -506,7 +506,7 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> None:
 async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
     """Serves the storage array in the foreground until SIGINT/SIGTERM."""
     from vsim.cluster.array_setup import prepare_array
-    from vsim.cluster.spec import ClusterSpec
+    from vsim.spec import ClusterSpec
     from vsim.storage.server import start_array
 
     validate.port(args.port)

@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 # the parser, for every command and `vsim --help`, imports none of them. What the
 # parser itself shows of the host is here; a unit test checks it against vsim.host.
 ROOT_POOL = "Resources"
-"""vsim.host.resource_pool.ROOT_POOL: a host's root resource pool."""
+"""vsim.host.kernel.resource_pool.ROOT_POOL: a host's root resource pool."""
 STANDARD_SWITCH_DEFAULTS = {"allow_promiscuous": False, "mac_changes": True,
                             "forged_transmits": True}  # fmt: skip
-"""vsim.host.vswitch.STANDARD_SWITCH_SECURITY: a new standard vSwitch's policy."""
+"""vsim.host.kernel.net.vswitch.STANDARD_SWITCH_SECURITY: a new standard vSwitch's policy."""
 
 # `command(parent, name, handler, help_)` from cli.build_parser: adds one subcommand.
 Command = Callable[..., argparse.ArgumentParser]
@@ -59,8 +59,8 @@ async def cmd_vm_resources(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def changed_resources(args: argparse.Namespace, vm) -> kpb.VmResources:
-    from vsim.host.kernel import pool_name
-    from vsim.host.resource_pool import VM_CPU_SHARES_PER_VCPU, VM_MEMORY_SHARES_PER_MB
+    from vsim.host.kernel.resource_pool import VM_CPU_SHARES_PER_VCPU, VM_MEMORY_SHARES_PER_MB
+    from vsim.host.kernel.vmkernel import pool_name
 
     r = kpb.VmResources()
     r.CopyFrom(vm.resources)
@@ -148,7 +148,7 @@ RESET_MAC = ("", "reset")
 
 async def cmd_vm_nic_guest_mac(args: argparse.Namespace, ctx: Context) -> None:
     """The guest of a running VM sets its adapter's MAC (its runtime state only)."""
-    from vsim.host.ethernet_frame import unicast_mac
+    from vsim.ethernet_frame import unicast_mac
 
     reset = args.mac.strip().lower() in RESET_MAC
     mac = "" if reset else unicast_mac(args.mac, "MAC")
@@ -242,8 +242,8 @@ def pool_allocation(
 ) -> kpb.PoolAllocation | None:
     """`current` with the --PREFIX-* options given applied (None if none was given),
     checked as the host checks it (unit: MHz or MB)."""
-    from vsim.host.kernel_messages import pool_allocation_from_proto
-    from vsim.host.resource_pool import SHARE_LEVELS, Unit
+    from vsim.host.hostd.kernel_messages import pool_allocation_from_proto
+    from vsim.host.kernel.resource_pool import SHARE_LEVELS, Unit
 
     given = [getattr(args, f"{prefix}_{name}") for name in POOL_OPTION_NAMES]
     if given == [None] * len(POOL_OPTION_NAMES):
@@ -270,7 +270,7 @@ def pool_allocation(
 
 
 async def cmd_host_pool_create(args: argparse.Namespace, ctx: Context) -> None:
-    from vsim.host.kernel import pool_name
+    from vsim.host.kernel.vmkernel import pool_name
 
     pool_name(args.name)
     parent = "" if args.parent in (None, ROOT_POOL) else pool_name(args.parent, "--parent")
@@ -284,7 +284,7 @@ async def cmd_host_pool_create(args: argparse.Namespace, ctx: Context) -> None:
 
 async def cmd_host_pool_update(args: argparse.Namespace, ctx: Context) -> None:
     """Reads the pool, changes only the settings given, sends the resources changed."""
-    from vsim.host.kernel import pool_name
+    from vsim.host.kernel.vmkernel import pool_name
 
     pool_name(args.name)
     async with await ctx.client() as client:
@@ -311,7 +311,7 @@ async def cmd_host_pool_list(args: argparse.Namespace, ctx: Context) -> None:
 
 
 async def cmd_host_pool_destroy(args: argparse.Namespace, ctx: Context) -> None:
-    from vsim.host.kernel import pool_name
+    from vsim.host.kernel.vmkernel import pool_name
 
     pool_name(args.name)
     async with await ctx.client() as client:
@@ -402,7 +402,7 @@ async def cmd_pswitch_list(args: argparse.Namespace, ctx: Context) -> None:
 
 def vlan_list(text: str) -> list[int]:
     """'all', or VLAN ids and ranges: '0,10,20-29' (0 = native, untagged)."""
-    from vsim.host.ethernet_frame import VLAN_VST_MAX
+    from vsim.ethernet_frame import VLAN_VST_MAX
 
     if text.strip().lower() == "all":
         return []
@@ -431,7 +431,7 @@ async def cmd_pswitch_set(args: argparse.Namespace, ctx: Context) -> None:
 
 
 async def cmd_send_frame(args: argparse.Namespace, ctx: Context) -> None:
-    from vsim.host.ethernet_frame import VLAN_VST_MAX, mac_address
+    from vsim.ethernet_frame import VLAN_VST_MAX, mac_address
 
     frame = kpb.Frame(
         src_mac=mac_address(args.src_mac, "--src-mac") if args.src_mac else "",

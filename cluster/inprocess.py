@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from vsim.clock import Clock
-from vsim.cluster.spec import HostSpec
 from vsim.faults import HostConnectFault
-from vsim.host.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.esx_conf import MemoryConfigStore
-from vsim.host.hostd import Hostd
-from vsim.host.kernel import HostKernel
-from vsim.host.storage_stack import LocalStoragePorts, StorageStack
+from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.hostd.esx_conf import MemoryConfigStore
+from vsim.host.hostd.service import Hostd
+from vsim.host.kernel.vmkernel import HostKernel
+from vsim.host.storage.storage_stack import LocalStoragePorts, StorageStack
 from vsim.passwords import hash_password
+from vsim.spec import HostSpec
 from vsim.storage.array import StorageArray
 from vsim.tls import Identity, make_identity
 

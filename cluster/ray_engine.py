@@ -15,11 +15,11 @@ from pathlib import Path
 
 import ray
 
-from vsim.cluster.spec import HostSpec
 from vsim.faults import HostConnectFault
 from vsim.host.actor import EsxiHost
-from vsim.host.hostd_client import GrpcHostPort
+from vsim.host.hostd.client import GrpcHostPort
 from vsim.passwords import hash_password
+from vsim.spec import HostSpec
 
 EsxiHostActor = ray.remote(EsxiHost)
 NAME_RELEASE_TRIES = 50

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vsim.clock import WallClock
-from vsim.cluster.spec import ClusterSpec
+from vsim.spec import ClusterSpec
 
 ARRAY_INFO_WAIT = 120.0
 """Real seconds to wait for the array's info file (the array starts alongside)."""

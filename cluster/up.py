@@ -36,8 +36,8 @@ from vsim.cluster import processes
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.config import Settings, UserConfig
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import InvalidArgument
+from vsim.spec import ClusterSpec
 from vsim.storage.server import start_array
 from vsim.tls import write_private
 from vsim.vcenter.datastore import ArrayRef

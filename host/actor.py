@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from vsim.clock import Clock, WallClock
-from vsim.cluster.spec import HostSpec
 from vsim.faults import HostConnectFault
-from vsim.host.accounts import FileAccountStore, HostAccounts
-from vsim.host.array_client import GrpcStoragePorts
-from vsim.host.esx_conf import FileConfigStore
-from vsim.host.hostd import Hostd
-from vsim.host.kernel import HostKernel
-from vsim.host.storage_stack import StorageStack
+from vsim.host.hostd.accounts import FileAccountStore, HostAccounts
+from vsim.host.hostd.esx_conf import FileConfigStore
+from vsim.host.hostd.service import Hostd
+from vsim.host.kernel.vmkernel import HostKernel
+from vsim.host.storage.array_client import GrpcStoragePorts
+from vsim.host.storage.storage_stack import StorageStack
 from vsim.rpc import start_server
+from vsim.spec import HostSpec
 from vsim.tls import load_or_create_identity
 from vsim.v1 import host_agent_pb2
 
@@ -41,7 +41,7 @@ async def hold_boot_lock(directory: Path, name: str, clock: Clock) -> int:
     actor's life (the kernel drops it when the process dies). The host's identity
     lives in that dir, so no second boot vCenter would accept can run beside this
     one: what lets a boot break at once the NFS locks of an earlier one
-    (host/nfs_lock.py) and take back its VMFS heartbeat slot."""
+    (host/storage/nfs_lock.py) and take back its VMFS heartbeat slot."""
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / BOOT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = clock.now() + BOOT_LOCK_WAIT

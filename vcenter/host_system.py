@@ -18,8 +18,6 @@ from typing import Any
 
 from vsim import validate
 from vsim.clock import Clock
-from vsim.cluster.engine import HostEngine, HostPort
-from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     DuplicateName,
     HostConnectFault,
@@ -33,9 +31,11 @@ from vsim.faults import (
     VimFault,
 )
 from vsim.passwords import generate_password
+from vsim.spec import HostSpec
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.engine import HostEngine, HostPort
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.inventory import HostRecord, Inventory, MachineRecord
 from vsim.vcenter.secrets import SecretBox

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vsim import validate
+from vsim.ethernet_frame import uplink_name, vlan_id
 from vsim.faults import InvalidArgument, NotFound
-from vsim.host.ethernet_frame import uplink_name, vlan_id
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb

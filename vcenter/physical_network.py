@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 
 from vsim import validate
-from vsim.cluster.physical_switch import (
+from vsim.ethernet_frame import Frame, unicast_mac, uplink_name
+from vsim.fabric.physical_switch import (
     ALL_VLANS,
     DROP_HOST_UNREACHABLE,
     FabricDrop,
@@ -46,11 +47,10 @@ from vsim.faults import (
     NotFound,
     RequestTimeout,
 )
-from vsim.host import kernel_messages
-from vsim.host.ethernet_frame import Frame, unicast_mac, uplink_name
-from vsim.host.kernel import PHYSICAL_NICS
-from vsim.host.kernel_messages import frame_to_proto
-from vsim.host.vswitch import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
+from vsim.host.hostd import kernel_messages
+from vsim.host.hostd.kernel_messages import frame_to_proto
+from vsim.host.kernel.net.vswitch import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
+from vsim.host.kernel.vmkernel import PHYSICAL_NICS
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from vsim import validate
 from vsim.faults import DuplicateName, InvalidArgument
-from vsim.host.kernel import pool_name
-from vsim.host.kernel_messages import pool_allocations_from_proto
-from vsim.host.resource_pool import ROOT_POOL, check_not_root
+from vsim.host.hostd.kernel_messages import pool_allocations_from_proto
+from vsim.host.kernel.resource_pool import ROOT_POOL, check_not_root
+from vsim.host.kernel.vmkernel import pool_name
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb

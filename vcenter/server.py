@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 
 from vsim.clock import Clock, WallClock
-from vsim.cluster.engine import HostEngine
-from vsim.cluster.spec import ClusterSpec
 from vsim.rpc import start_server
+from vsim.spec import ClusterSpec
 from vsim.tls import Identity, load_or_create_identity
 from vsim.v1 import common_pb2, vcenter_pb2
 from vsim.vcenter.datastore import ArrayRef
+from vsim.vcenter.engine import HostEngine
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter, instance_uuid
 from vsim.vcenter.sessions import SessionPolicy

@@ -20,14 +20,14 @@ from pathlib import Path
 
 from vsim import __version__, validate
 from vsim.clock import Clock
-from vsim.cluster.engine import HostEngine
-from vsim.cluster.spec import ClusterSpec, DatastoreSpec
 from vsim.faults import InvalidArgument, InvalidLogin, NoPermission
+from vsim.spec import ClusterSpec, DatastoreSpec
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.autostart import AutoStart
 from vsim.vcenter.datastore import ArrayRef, DatastoreManager
+from vsim.vcenter.engine import HostEngine
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager
 from vsim.vcenter.inventory import Inventory

@@ -19,9 +19,9 @@ import random
 from collections.abc import Sequence
 
 from vsim import validate
+from vsim.ethernet_frame import unicast_mac
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
-from vsim.host.ethernet_frame import unicast_mac
-from vsim.host.kernel_messages import firewall_from_proto, firewall_to_proto
+from vsim.host.hostd.kernel_messages import firewall_from_proto, firewall_to_proto
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.vcenter.inventory import Inventory
 

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from vsim.cluster.client import VCenterClient
-from vsim.cluster.spec import ClusterSpec
+from vsim.spec import ClusterSpec
 from vsim.vcenter.server import RunningVCenter, start_vcenter
 from vsim.vcenter.sessions import ADMINISTRATOR
 

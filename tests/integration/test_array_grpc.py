@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_api import reflected_services
 
 from vsim.cluster.array_setup import prepare_array
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated, ResourceInUse
 from vsim.rpc import RpcClient, open_channel
+from vsim.spec import ClusterSpec
 from vsim.storage.lun import SECTOR
 from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT
 from vsim.storage.server import SERVICE, start_array

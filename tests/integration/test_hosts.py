@@ -8,9 +8,9 @@ import asyncio
 import pytest
 import ray
 
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import HostNotConnected, InvalidLogin, NotAuthenticated
-from vsim.host.hostd_client import GrpcHostPort
+from vsim.host.hostd.client import GrpcHostPort
+from vsim.spec import ClusterSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.host_system import VPXUSER

@@ -13,9 +13,9 @@ import ray
 
 from vsim.clock import WallClock
 from vsim.cluster.array_setup import prepare_array
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import FileLocked, InvalidPowerState
-from vsim.host.vmfs import HB_TIMEOUT
+from vsim.host.storage.vmfs import HB_TIMEOUT
+from vsim.spec import ClusterSpec
 from vsim.storage.server import start_array
 from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.server import ray_namespace, start_vcenter

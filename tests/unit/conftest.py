@@ -15,7 +15,7 @@ import pytest
 from vclab import Lab
 
 from vsim import passwords
-from vsim.cluster.spec import ClusterSpec
+from vsim.spec import ClusterSpec
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 from vsim.cluster import cli, cli_kernel, up
-from vsim.host import resource_pool, vswitch
+from vsim.host.kernel import resource_pool
+from vsim.host.kernel.net import vswitch
 from vsim.vcenter import host_system, sessions, virtual_machine
 
 SERVER_SIDE = (
@@ -52,7 +53,8 @@ def test_the_cli_and_its_client_import_no_server_module():
 
 def test_the_check_sees_a_server_module():
     assert server_side(modules_after("import vsim.vcenter.server")) != []
-    assert {"numpy", "vsim.host.kernel"} <= set(modules_after("import vsim.host.kernel"))
+    kernel = "vsim.host.kernel.vmkernel"
+    assert {"numpy", kernel} <= set(modules_after(f"import {kernel}"))
 
 
 def test_the_facts_the_parser_shows_are_the_hosts_and_vcenters():

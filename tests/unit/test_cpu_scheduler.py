@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsim.cluster.spec import HostSpec
 from vsim.faults import AlreadyExists, InsufficientResourcesFault, InvalidArgument, NotFound
-from vsim.host.cpu_scheduler import CpuScheduler
-from vsim.host.resource_pool import (
+from vsim.host.kernel.cpu_scheduler import CpuScheduler
+from vsim.host.kernel.resource_pool import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,
     pool_allocation,
     vm_cpu_allocation,
 )
+from vsim.spec import HostSpec
 
 EPS = 1e-6
 

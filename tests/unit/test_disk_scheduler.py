@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from vsim.clock import SimClock
 from vsim.faults import InvalidArgument
-from vsim.host.disk_scheduler import (
+from vsim.host.storage.disk_scheduler import (
     DiskAllocation,
     DiskScheduler,
     SiocSettings,

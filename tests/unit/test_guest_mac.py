@@ -21,14 +21,14 @@ from vclab import SUCCESS, Lab, small_cluster
 from vsim.clock import SimClock
 from vsim.cluster.cli import build_parser
 from vsim.cluster.client import VCenterClient
-from vsim.cluster.spec import HostSpec
+from vsim.ethernet_frame import Frame
 from vsim.faults import InvalidArgument, InvalidPowerState, NotFound, VimFault
-from vsim.host.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.ethernet_frame import Frame
-from vsim.host.hostd import Hostd, vm_from_proto
-from vsim.host.kernel import HostKernel
-from vsim.host.kernel_messages import frame_to_proto
+from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.hostd.kernel_messages import frame_to_proto
+from vsim.host.hostd.service import Hostd, vm_from_proto
+from vsim.host.kernel.vmkernel import HostKernel
 from vsim.passwords import hash_password
+from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb

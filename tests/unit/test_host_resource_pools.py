@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsim.clock import SimClock
-from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     DuplicateName,
     InsufficientResourcesFault,
@@ -26,13 +25,14 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.esx_conf import FileConfigStore, MemoryConfigStore, resource_pools_from_config
-from vsim.host.guest_memory import GuestWorkload
-from vsim.host.hostd import Hostd
-from vsim.host.kernel import HostKernel, VmConfig, VmResources
-from vsim.host.resource_pool import ROOT_POOL, Allocation
+from vsim.host.guest.memory import GuestWorkload
+from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.hostd.esx_conf import FileConfigStore, MemoryConfigStore, resource_pools_from_config
+from vsim.host.hostd.service import Hostd
+from vsim.host.kernel.resource_pool import ROOT_POOL, Allocation
+from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
 from vsim.passwords import hash_password
+from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 

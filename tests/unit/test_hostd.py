@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from vsim.clock import SimClock
-from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     InvalidArgument,
     InvalidLogin,
@@ -20,10 +19,11 @@ from vsim.faults import (
     NotAuthenticated,
     NotFound,
 )
-from vsim.host.accounts import FileAccountStore, HostAccounts, MemoryAccountStore
-from vsim.host.hostd import Hostd
-from vsim.host.kernel import HostKernel
+from vsim.host.hostd.accounts import FileAccountStore, HostAccounts, MemoryAccountStore
+from vsim.host.hostd.service import Hostd
+from vsim.host.kernel.vmkernel import HostKernel
 from vsim.passwords import hash_password, verify_password
+from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 
 ROOT_PASSWORD = "Root-Pass-0123"

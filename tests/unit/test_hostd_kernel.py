@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from vsim.clock import SimClock
-from vsim.cluster.physical_switch import PhysicalSwitch
-from vsim.cluster.spec import HostSpec
+from vsim.fabric.physical_switch import PhysicalSwitch
 from vsim.faults import (
     AlreadyExists,
     InsufficientResourcesFault,
@@ -23,14 +22,15 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.esx_conf import FileConfigStore
-from vsim.host.hostd import Hostd
-from vsim.host.kernel import HostKernel
-from vsim.host.kernel_messages import frame_from_proto, frame_to_proto
-from vsim.host.memory import MemorySettings
-from vsim.host.vswitch import STANDARD_SWITCH_SECURITY, SecurityPolicy
+from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.hostd.esx_conf import FileConfigStore
+from vsim.host.hostd.kernel_messages import frame_from_proto, frame_to_proto
+from vsim.host.hostd.service import Hostd
+from vsim.host.kernel.memory.memsched import MemorySettings
+from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, SecurityPolicy
+from vsim.host.kernel.vmkernel import HostKernel
 from vsim.passwords import hash_password
+from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 

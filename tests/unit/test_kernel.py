@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsim.clock import SimClock
-from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     AlreadyExists,
     InsufficientResourcesFault,
@@ -18,9 +17,10 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.guest_memory import GuestWorkload
-from vsim.host.kernel import HostKernel, VmConfig, VmResources
-from vsim.host.memory import VmMemorySettings
+from vsim.host.guest.memory import GuestWorkload
+from vsim.host.kernel.memory.memsched import VmMemorySettings
+from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
+from vsim.spec import HostSpec
 
 CORES, MEMORY = 4, 8192
 

@@ -10,10 +10,10 @@ import pytest
 
 from vsim.clock import SimClock
 from vsim.faults import InvalidArgument, NotFound
-from vsim.host.guest_memory import GuestWorkload, common_pool, os_family
-from vsim.host.memory import MemoryManager, MemorySettings, VmMemorySettings
-from vsim.host.memory_reclaim import MemoryState, min_free_pages
-from vsim.host.pmap import PAGES_PER_MB, MachineMemory
+from vsim.host.guest.memory import GuestWorkload, common_pool, os_family
+from vsim.host.kernel.memory.memsched import MemoryManager, MemorySettings, VmMemorySettings
+from vsim.host.kernel.memory.pmap import PAGES_PER_MB, MachineMemory
+from vsim.host.kernel.memory.reclaim import MemoryState, min_free_pages
 
 QUIET = GuestWorkload(
     working_set_pct=0, boot_touch_pct=0, zero_pct=0, common_pct=0, dirty_rate=0, touch_rate=0
@@ -317,8 +317,8 @@ def test_a_memory_limit_holds_while_the_host_has_memory_to_spare(tmp_path):
 def test_shared_pages_can_be_reclaimed(tmp_path):
     """Two VMs share 8 pages; a third needs 12 of 16: the shared pages are swapped
     out of both sharers, which frees them."""
-    from vsim.host.memory_reclaim import Reclaimer, VmReclaim, VmSwapFile
-    from vsim.host.page_sharing import PageSharing
+    from vsim.host.kernel.memory.page_sharing import PageSharing
+    from vsim.host.kernel.memory.reclaim import Reclaimer, VmReclaim, VmSwapFile
 
     memory = MachineMemory(16)
     reclaimer = Reclaimer(memory)
@@ -342,8 +342,8 @@ def test_shared_pages_can_be_reclaimed(tmp_path):
 
 
 def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
-    from vsim.cluster.spec import HostSpec
-    from vsim.host.kernel import HostKernel, VmConfig, VmResources
+    from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
+    from vsim.spec import HostSpec
 
     clock = SimClock()
     kernel = HostKernel(HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000), clock, tmp_path)
@@ -359,7 +359,7 @@ def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
 def test_pool_reservations_and_limits_hold_like_a_vms_own(tmp_path):
     """A pool's reservation protects its VMs' memory as a VM's own reservation does,
     and a pool's limit holds on an idle host."""
-    from vsim.host.resource_pool import pool_allocation
+    from vsim.host.kernel.resource_pool import pool_allocation
 
     clock = SimClock()
     m = MemoryManager(1024, clock, tmp_path)

@@ -1,4 +1,4 @@
-"""Files on an NFS v3 datastore (`vsim.host.nfs_files`) over an in-process export:
+"""Files on an NFS v3 datastore (`vsim.host.storage.nfs_files`) over an in-process export:
 a random history on two hosts against an in-memory model, transfers larger than one
 NFS WRITE, `.lck-<fileid>` locks (exclusive, and per-host read-only files) across
 hosts, faults, root_squash, and a holder whose stale lock another host broke."""
@@ -27,9 +27,9 @@ from vsim.faults import (
     InvalidArgument,
     InvalidState,
 )
-from vsim.host.datastore_files import MAX_NAME, FileInfo
-from vsim.host.nfs_files import NfsFileSystem
-from vsim.host.nfs_lock import (
+from vsim.host.storage.datastore_files import MAX_NAME, FileInfo
+from vsim.host.storage.nfs_files import NfsFileSystem
+from vsim.host.storage.nfs_lock import (
     DISK_FILE_LOCK_UPDATE_FREQ,
     GIVE_UP_AFTER,
     READ_ONLY,

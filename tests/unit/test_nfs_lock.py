@@ -11,7 +11,7 @@ import pytest
 
 from vsim.clock import SimClock
 from vsim.faults import CannotAccessFile, FileLocked
-from vsim.host.nfs_lock import (
+from vsim.host.storage.nfs_lock import (
     DISK_FILE_LOCK_UPDATE_FREQ,
     GIVE_UP_AFTER,
     RECORD_SIZE,

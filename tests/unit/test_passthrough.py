@@ -1,4 +1,4 @@
-"""DirectPath I/O (`vsim.host.passthrough`): PCI ids, enabling passthrough, one VM per
+"""DirectPath I/O (`vsim.host.kernel.passthrough`): PCI ids, enabling passthrough, one VM per
 device, refusals that change nothing, a guest that sees only its own devices, the
 full memory reservation at power-on, and a random history of assign / unassign /
 enable / disable / unregister checked step by step against a model."""
@@ -20,8 +20,7 @@ from vsim.faults import (
     ResourceInUse,
     VimFault,
 )
-from vsim.host.kernel import VmConfig
-from vsim.host.passthrough import (
+from vsim.host.kernel.passthrough import (
     MAX_PASSTHRU_DEVICES_PER_VM,
     GuestPciDevice,
     PassthruInfo,
@@ -29,6 +28,7 @@ from vsim.host.passthrough import (
     PciPassthruSystem,
     pci_id,
 )
+from vsim.host.kernel.vmkernel import VmConfig
 
 GPU = PciDevice("0000:3b:00.0", "NVIDIA Corporation", "GA100 [A100 PCIe 80GB]", 0x10DE, 0x20B5)
 NIC = PciDevice("0000:5e:00.1", "Intel(R)", "Ethernet Controller E810-C", 0x8086, 0x1592)

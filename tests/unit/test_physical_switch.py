@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsim.cluster.physical_switch import (
+from vsim.ethernet_frame import BROADCAST_MAC, Frame
+from vsim.fabric.physical_switch import (
     ALL_VLANS,
     DROP_HOST_UNREACHABLE,
     DROP_NOT_CABLED,
@@ -19,10 +20,9 @@ from vsim.cluster.physical_switch import (
     Network,
     PhysicalSwitch,
 )
-from vsim.cluster.physical_switch import DROP_VLAN as SWITCH_DROP_VLAN
+from vsim.fabric.physical_switch import DROP_VLAN as SWITCH_DROP_VLAN
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
-from vsim.host.ethernet_frame import BROADCAST_MAC, Frame
-from vsim.host.vswitch import (
+from vsim.host.kernel.net.vswitch import (
     DROP_NO_PATH,
     DROP_NO_PORT,
     DROP_STANDBY,

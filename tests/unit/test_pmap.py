@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vsim.faults import InsufficientResourcesFault, InvalidArgument
-from vsim.host import page_sharing
-from vsim.host.memory_reclaim import Reclaimer, VmReclaim, VmSwapFile
-from vsim.host.page_sharing import PageSharing
-from vsim.host.pmap import MAPPED, MachineMemory
+from vsim.host.kernel.memory import page_sharing
+from vsim.host.kernel.memory.page_sharing import PageSharing
+from vsim.host.kernel.memory.pmap import MAPPED, MachineMemory
+from vsim.host.kernel.memory.reclaim import Reclaimer, VmReclaim, VmSwapFile
 
 VM_PAGES = 12
 DOMAINS = {"a": 0, "b": 0, "c": 7}

@@ -20,7 +20,7 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.resource_pool import (
+from vsim.host.kernel.resource_pool import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vsim import validate
-from vsim.cluster.spec import ClusterSpec, HostSpec
 from vsim.faults import InvalidArgument
+from vsim.spec import ClusterSpec, HostSpec
 
 HUGE = "x" * 10_000_000
 

@@ -12,9 +12,9 @@ import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
 from test_vm_disks import acked, make_vm
 
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import FileLocked
-from vsim.host.vmdk import open_disk
+from vsim.host.storage.vmdk import open_disk
+from vsim.spec import ClusterSpec
 from vsim.storage.vmfs_format import LockMode
 from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb

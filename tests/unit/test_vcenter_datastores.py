@@ -12,7 +12,6 @@ import pytest
 from vsim.clock import WallClock
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.inprocess import InProcessEngine
-from vsim.cluster.spec import ClusterSpec
 from vsim.faults import (
     AlreadyExists,
     DuplicateName,
@@ -21,7 +20,8 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.storage_stack import initiator_name
+from vsim.host.storage.storage_stack import initiator_name
+from vsim.spec import ClusterSpec
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions
 from vsim.v1 import common_pb2

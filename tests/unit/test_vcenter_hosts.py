@@ -8,7 +8,6 @@ import asyncio
 import pytest
 from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab
 
-from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     DuplicateName,
     HostNotConnected,
@@ -17,6 +16,7 @@ from vsim.faults import (
     NotFound,
     TaskInProgress,
 )
+from vsim.spec import HostSpec
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.host_system import HEARTBEAT_INTERVAL
 

@@ -10,7 +10,7 @@ from vclab import SUCCESS, T0, Lab
 
 from vsim.clock import SimClock
 from vsim.faults import HostConnectFault, InvalidArgument, InvalidLogin, NotAuthenticated
-from vsim.host.accounts import HostAccounts
+from vsim.host.hostd.accounts import HostAccounts
 from vsim.passwords import token_digest
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter import sessions as sessions_module

@@ -13,7 +13,7 @@ import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
 
 from vsim.faults import CannotCreateFile, FileLocked, FileNotFound, InvalidArgument, InvalidState
-from vsim.host.vmdk import open_disk
+from vsim.host.storage.vmdk import open_disk
 from vsim.storage.nfs_export import ExportOptions
 from vsim.storage.vmfs_format import LockMode
 from vsim.v1 import common_pb2
@@ -342,7 +342,7 @@ async def _source_not_recorded(vc, engine, monkeypatch) -> None:
 async def _source_vmx_not_written(vc, engine, monkeypatch) -> None:
     # The source's host made the deltas but cannot rewrite its .vmx to use them.
     from vsim.faults import NoDiskSpace
-    from vsim.host import hostd
+    from vsim.host.hostd import service as hostd
 
     async def full(*args, **kwargs):
         raise NoDiskSpace("vmfs-01 is full")
@@ -417,7 +417,7 @@ async def test_a_source_that_was_written_is_not_reverted(cluster):  # noqa: F811
 async def test_a_failed_create_leaves_no_files_behind(cluster, monkeypatch):  # noqa: F811
     vc, _, engine, session = cluster
     from vsim.faults import NoDiskSpace
-    from vsim.host import vm_files
+    from vsim.host.vm import vm_files
 
     async def full(*args, **kwargs):
         raise NoDiskSpace("vmfs-01 is full")

@@ -12,7 +12,7 @@ import pytest
 
 from vsim.clock import SimClock, WallClock
 from vsim.faults import CannotAccessFile, FileLocked
-from vsim.host.vmfs import HB_INTERVAL, HB_TIMEOUT, LunDevice, VmfsVolume, format_volume
+from vsim.host.storage.vmfs import HB_INTERVAL, HB_TIMEOUT, LunDevice, VmfsVolume, format_volume
 from vsim.storage.lun import Lun
 from vsim.storage.vmfs_format import (
     HeartbeatSlot,

@@ -1,5 +1,5 @@
-"""Files on a VMFS volume (`vsim.host.vmfs_files`) over an in-process LUN, and the
-datastore path rules (`vsim.host.datastore_files`).
+"""Files on a VMFS volume (`vsim.host.storage.vmfs_files`) over an in-process LUN, and the
+datastore path rules (`vsim.host.storage.datastore_files`).
 
 Checked against the on-disk format itself (descriptors and the allocation bitmap read
 straight off the LUN): a random history of creates, writes, reads and removes on two
@@ -36,10 +36,10 @@ from vsim.faults import (
     InvalidState,
     NoDiskSpace,
 )
-from vsim.host import vmfs_files
-from vsim.host.datastore_files import MAX_NAME, FileInfo, check_span, parent_of, split_path
-from vsim.host.vmfs import HB_INTERVAL, HB_TIMEOUT, LunDevice, VmfsVolume, format_volume
-from vsim.host.vmfs_files import VmfsFileSystem
+from vsim.host.storage import vmfs_files
+from vsim.host.storage.datastore_files import MAX_NAME, FileInfo, check_span, parent_of, split_path
+from vsim.host.storage.vmfs import HB_INTERVAL, HB_TIMEOUT, LunDevice, VmfsVolume, format_volume
+from vsim.host.storage.vmfs_files import VmfsFileSystem
 from vsim.storage.lun import Lun
 from vsim.storage.vmfs_format import (
     DIRECT_POINTERS,

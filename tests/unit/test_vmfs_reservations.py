@@ -9,7 +9,7 @@ import random
 import uuid
 
 from vsim.clock import WallClock
-from vsim.host.vmfs import RESERVATION_RESET_AFTER, LunDevice, VmfsVolume, format_volume
+from vsim.host.storage.vmfs import RESERVATION_RESET_AFTER, LunDevice, VmfsVolume, format_volume
 from vsim.storage.lun import Lun
 from vsim.storage.vmfs_format import VolumeLockMode
 

@@ -10,8 +10,8 @@ import uuid
 from test_vscsi import MemoryDisk
 
 from vsim.clock import SimClock
-from vsim.host.disk_scheduler import DiskScheduler
-from vsim.host.vmx import APD_TIMEOUT, GUEST_BLOCK, RETRY_BACKOFF, VmxProcess, verify_guest_disk
+from vsim.host.storage.disk_scheduler import DiskScheduler
+from vsim.host.vm.vmx import APD_TIMEOUT, GUEST_BLOCK, RETRY_BACKOFF, VmxProcess, verify_guest_disk
 from vsim.storage.scsi import CHECK_CONDITION, WRITE_ERROR, ScsiError
 from vsim.storage.vmfs_format import SECTOR
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsim.faults import InvalidArgument
-from vsim.host.vnic_firewall import Decision, FirewallRule, VnicFirewall
+from vsim.host.kernel.net.vnic_firewall import Decision, FirewallRule, VnicFirewall
 
 
 def test_first_matching_rule_wins():

@@ -1,4 +1,4 @@
-"""A VM's virtual SCSI adapter (`vsim.host.vscsi`): disks at scsiX:Y in configuration
+"""A VM's virtual SCSI adapter (`vsim.host.vm.vscsi`): disks at scsiX:Y in configuration
 order (never unit 7), REPORT LUNS / INQUIRY / READ CAPACITY (16) in their SPC/SBC byte
 layouts, READ (16) / WRITE (16) with LBA bounds, LOGICAL UNIT NOT SUPPORTED for every
 address that is not one of the VM's disks, and two properties over random histories:
@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from vsim.clock import SimClock
 from vsim.faults import AlreadyExists, CannotAccessFile, InvalidArgument, NotFound
-from vsim.host.kernel import DiskConfig, VmConfig
-from vsim.host.nfs_files import NfsFileSystem
-from vsim.host.nfs_lock import ExportClient, NfsLockManager
-from vsim.host.vmdk import create_delta, create_disk, open_disk
-from vsim.host.vscsi import (
+from vsim.host.kernel.vmkernel import DiskConfig, VmConfig
+from vsim.host.storage.nfs_files import NfsFileSystem
+from vsim.host.storage.nfs_lock import ExportClient, NfsLockManager
+from vsim.host.storage.vmdk import create_delta, create_disk, open_disk
+from vsim.host.vm.vscsi import (
     BLOCK,
     CONTROLLER_UNIT,
     INVALID_COMMAND_OPERATION_CODE,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vsim.ethernet_frame import BROADCAST_MAC, Frame
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound, ResourceInUse, VimFault
-from vsim.host.ethernet_frame import BROADCAST_MAC, Frame
-from vsim.host.vnic_firewall import FirewallRule, VnicFirewall
-from vsim.host.vswitch import (
+from vsim.host.kernel.net.vnic_firewall import FirewallRule, VnicFirewall
+from vsim.host.kernel.net.vswitch import (
     DROP_FIREWALL,
     DROP_FORGED_TRANSMIT,
     DROP_LINK_DOWN,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vsim.clock import SimClock
 from vsim.cluster.inprocess import InProcessEngine
-from vsim.cluster.spec import ClusterSpec, HostSpec
+from vsim.spec import ClusterSpec, HostSpec
 from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.inventory import Inventory

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from vsim.clock import Clock
 from vsim.faults import InvalidState
-from vsim.host.datastore_files import DatastoreFiles, close_all
-from vsim.host.disk_scheduler import DiskScheduler
-from vsim.host.vmdk import VirtualDisk, open_disk
+from vsim.host.storage.datastore_files import DatastoreFiles, close_all
+from vsim.host.storage.disk_scheduler import DiskScheduler
+from vsim.host.storage.vmdk import VirtualDisk, open_disk
 from vsim.storage.vmfs_format import SECTOR, LockMode
 
 log = logging.getLogger(__name__)

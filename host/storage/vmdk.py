@@ -46,7 +46,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from vsim.faults import CannotAccessFile, FileNotFound, InvalidArgument, InvalidState
-from vsim.host.datastore_files import (
+from vsim.host.storage.datastore_files import (
     DatastoreFile,
     DatastoreFiles,
     close_all,

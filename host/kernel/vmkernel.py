@@ -21,7 +21,6 @@ from pathlib import Path
 
 from vsim import validate
 from vsim.clock import Clock
-from vsim.cluster.spec import HostSpec
 from vsim.faults import (
     AlreadyExists,
     DuplicateName,
@@ -31,8 +30,8 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.cpu_scheduler import CpuScheduler
-from vsim.host.esx_conf import (
+from vsim.host.guest.memory import GuestWorkload
+from vsim.host.hostd.esx_conf import (
     ConfigStore,
     MemoryConfigStore,
     memory_config,
@@ -42,10 +41,17 @@ from vsim.host.esx_conf import (
     resource_pools_config,
     resource_pools_from_config,
 )
-from vsim.host.guest_memory import GuestWorkload
-from vsim.host.memory import MAX_PERIOD, MemoryManager, MemorySettings, VmMemorySettings
-from vsim.host.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
-from vsim.host.resource_pool import (
+from vsim.host.kernel.cpu_scheduler import CpuScheduler
+from vsim.host.kernel.memory.memsched import (
+    MAX_PERIOD,
+    MemoryManager,
+    MemorySettings,
+    VmMemorySettings,
+)
+from vsim.host.kernel.net.vnic_firewall import VnicFirewall
+from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
+from vsim.host.kernel.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
+from vsim.host.kernel.resource_pool import (
     ROOT_POOL,
     UNLIMITED,
     VM_CPU_SHARES_PER_VCPU,
@@ -54,8 +60,7 @@ from vsim.host.resource_pool import (
     ResourceTree,
     check_not_root,
 )
-from vsim.host.vnic_firewall import VnicFirewall
-from vsim.host.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
+from vsim.spec import HostSpec
 
 KERNEL_TICK = 1.0
 """Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""

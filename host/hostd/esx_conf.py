@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from vsim.host.memory import MemorySettings
-from vsim.host.resource_pool import Allocation, PoolConfig
-from vsim.host.vswitch import STANDARD_SWITCH_SECURITY, HostNetworkSystem, SecurityPolicy
+from vsim.host.kernel.memory.memsched import MemorySettings
+from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, HostNetworkSystem, SecurityPolicy
+from vsim.host.kernel.resource_pool import Allocation, PoolConfig
 from vsim.tls import write_private
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from vsim.cluster.spec import HostSpec
+from vsim.spec import HostSpec
 
 
 class HostPort(Protocol):

@@ -1,5 +1,5 @@
 """Files on an NFS v3 datastore: the export's own files, reached by LOOKUP from the
-export root, locked with `.lck-<fileid>` files (`vsim.host.nfs_lock`). ESXi always
+export root, locked with `.lck-<fileid>` files (`vsim.host.storage.nfs_lock`). ESXi always
 comes as root; an export that squashes root mounts, but nothing can be created on it.
 A file whose lock this host has lost (another host found it stale and broke it) takes
 no more I/O from here."""
@@ -18,8 +18,14 @@ from vsim.faults import (
     InvalidState,
     VimFault,
 )
-from vsim.host.datastore_files import FileInfo, SharedLocks, check_span, parent_of, split_path
-from vsim.host.nfs_lock import (
+from vsim.host.storage.datastore_files import (
+    FileInfo,
+    SharedLocks,
+    check_span,
+    parent_of,
+    split_path,
+)
+from vsim.host.storage.nfs_lock import (
     EXCLUSIVE,
     READ_ONLY,
     NfsLockManager,

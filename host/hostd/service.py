@@ -27,16 +27,8 @@ from vsim.faults import (
     InvalidState,
     NotFound,
 )
-from vsim.host.accounts import ROLES, VPXUSER, HostAccounts
-from vsim.host.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
-from vsim.host.kernel import (
-    KERNEL_TICK,
-    DiskConfig,
-    HostKernel,
-    VmConfig,
-    VmResources,
-)
-from vsim.host.kernel_messages import (
+from vsim.host.hostd.accounts import ROLES, VPXUSER, HostAccounts
+from vsim.host.hostd.kernel_messages import (
     connected_nic_to_proto,
     datastore_io,
     delivery_to_proto,
@@ -52,8 +44,18 @@ from vsim.host.kernel_messages import (
     security_from_proto,
     vm_stats_to_proto,
 )
-from vsim.host.storage_stack import Datastore, LockStatus, StorageStack
-from vsim.host.vm_files import (
+from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY
+from vsim.host.kernel.vmkernel import (
+    KERNEL_TICK,
+    DiskConfig,
+    HostKernel,
+    VmConfig,
+    VmResources,
+)
+from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
+from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
+from vsim.host.storage.vmdk import open_disk
+from vsim.host.vm.vm_files import (
     check_disks,
     check_revert,
     create_vm_files,
@@ -63,10 +65,8 @@ from vsim.host.vm_files import (
     snapshot_disks,
     write_vmx,
 )
-from vsim.host.vmdk import open_disk
-from vsim.host.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
-from vsim.host.vscsi import VirtualScsi, guest_scan
-from vsim.host.vswitch import STANDARD_SWITCH_SECURITY
+from vsim.host.vm.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
+from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.v1 import common_pb2

@@ -30,7 +30,7 @@ from vsim.faults import (
     InvalidState,
     NoDiskSpace,
 )
-from vsim.host.datastore_files import (
+from vsim.host.storage.datastore_files import (
     SHORT_HOLD_WAIT,
     FileInfo,
     SharedLocks,
@@ -39,7 +39,7 @@ from vsim.host.datastore_files import (
     split_path,
     wait_out_short_holds,
 )
-from vsim.host.vmfs import VmfsVolume
+from vsim.host.storage.vmfs import VmfsVolume
 from vsim.storage.vmfs_format import (
     BLOCKS_PER_BITMAP_SECTOR,
     DIRECT_POINTERS,

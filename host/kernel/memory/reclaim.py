@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from vsim.faults import InsufficientResourcesFault
-from vsim.host.pmap import (
+from vsim.host.kernel.memory.pmap import (
     BALLOONED,
     COMPRESSED,
     MAPPED,

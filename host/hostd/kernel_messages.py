@@ -9,28 +9,12 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from vsim.ethernet_frame import Frame
 from vsim.faults import InvalidArgument, NotFound
-from vsim.host.disk_scheduler import DiskScheduler
-from vsim.host.ethernet_frame import Frame
-from vsim.host.guest_memory import GUEST_DEFAULTS, GuestWorkload, os_family
-from vsim.host.kernel import (
-    PHYSICAL_NICS,
-    HostKernel,
-    NicConfig,
-    PoolUsage,
-    ResourcePoolInfo,
-    VmResources,
-)
-from vsim.host.memory import VmMemorySettings, VmMemoryStats
-from vsim.host.resource_pool import (
-    UNLIMITED,
-    Allocation,
-    Unit,
-    pool_allocation,
-    pool_share_level,
-)
-from vsim.host.vnic_firewall import FirewallRule, VnicFirewall
-from vsim.host.vswitch import (
+from vsim.host.guest.memory import GUEST_DEFAULTS, GuestWorkload, os_family
+from vsim.host.kernel.memory.memsched import VmMemorySettings, VmMemoryStats
+from vsim.host.kernel.net.vnic_firewall import FirewallRule, VnicFirewall
+from vsim.host.kernel.net.vswitch import (
     Delivery,
     HostNetworkSystem,
     PortGroup,
@@ -38,6 +22,22 @@ from vsim.host.vswitch import (
     VirtualSwitch,
     Vnic,
 )
+from vsim.host.kernel.resource_pool import (
+    UNLIMITED,
+    Allocation,
+    Unit,
+    pool_allocation,
+    pool_share_level,
+)
+from vsim.host.kernel.vmkernel import (
+    PHYSICAL_NICS,
+    HostKernel,
+    NicConfig,
+    PoolUsage,
+    ResourcePoolInfo,
+    VmResources,
+)
+from vsim.host.storage.disk_scheduler import DiskScheduler
 from vsim.v1 import kernel_pb2 as kpb
 
 WORKLOAD_FIELDS = tuple(f.name for f in fields(GuestWorkload))

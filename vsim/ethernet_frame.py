@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from vsim import validate
 from vsim.faults import InvalidArgument
-from vsim.host.vnic_firewall import ipv4_int
+from vsim.host.kernel.net.vnic_firewall import ipv4_int
 
 VLAN_NONE = 0
 """HostPortGroupSpec.vlanId 0: no VLAN; untagged frames (EST: the physical port tags)."""

@@ -40,14 +40,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from vsim import validate
-from vsim.faults import (
-    AlreadyExists,
-    InsufficientResourcesFault,
-    InvalidArgument,
-    NotFound,
-    ResourceInUse,
-)
-from vsim.host.ethernet_frame import (
+from vsim.ethernet_frame import (
     VLAN_NONE,
     VLAN_VGT,
     Frame,
@@ -56,7 +49,14 @@ from vsim.host.ethernet_frame import (
     uplink_name,
     vlan_id,
 )
-from vsim.host.vnic_firewall import IN, OUT, VnicFirewall
+from vsim.faults import (
+    AlreadyExists,
+    InsufficientResourcesFault,
+    InvalidArgument,
+    NotFound,
+    ResourceInUse,
+)
+from vsim.host.kernel.net.vnic_firewall import IN, OUT, VnicFirewall
 
 NIC_TEAMING_POLICY = "failover_explicit"
 """HostNicTeamingPolicy.policy of every vSwitch here: use explicit failover order."""

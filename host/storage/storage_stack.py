@@ -20,11 +20,17 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.datastore_files import parent_of
-from vsim.host.nfs_files import NfsFileSystem
-from vsim.host.nfs_lock import EXCLUSIVE, STALE_AFTER, ExportClient, NfsClient, NfsLockManager
-from vsim.host.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume, is_live
-from vsim.host.vmfs_files import VmfsFileSystem
+from vsim.host.storage.datastore_files import parent_of
+from vsim.host.storage.nfs_files import NfsFileSystem
+from vsim.host.storage.nfs_lock import (
+    EXCLUSIVE,
+    STALE_AFTER,
+    ExportClient,
+    NfsClient,
+    NfsLockManager,
+)
+from vsim.host.storage.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume, is_live
+from vsim.host.storage.vmfs_files import VmfsFileSystem
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
 from vsim.storage.scsi import ScsiError

@@ -20,10 +20,14 @@ import numpy as np
 from vsim import validate
 from vsim.clock import Clock
 from vsim.faults import InsufficientResourcesFault, InvalidArgument, NotFound
-from vsim.host.guest_memory import GuestMemoryModel, GuestWorkload
-from vsim.host.memory_reclaim import MemoryState, Reclaimer, VmReclaim, VmSwapFile
-from vsim.host.page_sharing import SHARE_FORCE_SALTING, PageSharing, ScanResult, salt_domain
-from vsim.host.pmap import (
+from vsim.host.guest.memory import GuestMemoryModel, GuestWorkload
+from vsim.host.kernel.memory.page_sharing import (
+    SHARE_FORCE_SALTING,
+    PageSharing,
+    ScanResult,
+    salt_domain,
+)
+from vsim.host.kernel.memory.pmap import (
     BALLOONED,
     COMPRESSED,
     MAPPED,
@@ -31,7 +35,8 @@ from vsim.host.pmap import (
     SWAPPED,
     MachineMemory,
 )
-from vsim.host.resource_pool import (
+from vsim.host.kernel.memory.reclaim import MemoryState, Reclaimer, VmReclaim, VmSwapFile
+from vsim.host.kernel.resource_pool import (
     ROOT_POOL,
     UNLIMITED,
     VM_MEMORY_SHARES_PER_MB,

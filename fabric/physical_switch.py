@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from vsim import validate
+from vsim.ethernet_frame import VLAN_VST_MAX, Frame, uplink_name
 from vsim.faults import AlreadyExists, InvalidArgument, InvalidState, NotFound
-from vsim.host.ethernet_frame import VLAN_VST_MAX, Frame, uplink_name
-from vsim.host.vswitch import (
+from vsim.host.kernel.net.vswitch import (
     Delivery,
     HostNetworkSystem,
     PortCounters,

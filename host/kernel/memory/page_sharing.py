@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vsim.faults import InvalidArgument
-from vsim.host.pmap import UNMAPPED, MachineMemory
+from vsim.host.kernel.memory.pmap import UNMAPPED, MachineMemory
 
 SHARE_FORCE_SALTING = 2
 """Mem.ShareForceSalting default."""

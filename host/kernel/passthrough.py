@@ -43,7 +43,7 @@ MAX_NAME = 256
 
 
 class PassthroughVm(Protocol):
-    """What this module reads of a VM (`vsim.host.kernel.VmConfig` is one)."""
+    """What this module reads of a VM (`vsim.host.kernel.vmkernel.VmConfig` is one)."""
 
     @property
     def name(self) -> str: ...

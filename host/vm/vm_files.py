@@ -15,9 +15,9 @@ from vsim.faults import (
     InvalidState,
     VimFault,
 )
-from vsim.host.datastore_files import DatastoreFiles, split_path, write_whole
-from vsim.host.kernel import DiskConfig, VmConfig
-from vsim.host.vmdk import create_delta, create_disk, delete_disk, delta_grains_used
+from vsim.host.kernel.vmkernel import DiskConfig, VmConfig
+from vsim.host.storage.datastore_files import DatastoreFiles, split_path, write_whole
+from vsim.host.storage.vmdk import create_delta, create_disk, delete_disk, delta_grains_used
 
 log = logging.getLogger(__name__)
 

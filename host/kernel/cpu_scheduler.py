@@ -25,15 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from vsim import validate
-from vsim.cluster.spec import HostSpec
 from vsim.faults import InsufficientResourcesFault, InvalidArgument
-from vsim.host.resource_pool import (
+from vsim.host.kernel.resource_pool import (
     ROOT_POOL,
     Allocation,
     ResourceTree,
     Unit,
     vm_cpu_allocation,
 )
+from vsim.spec import HostSpec
 
 _PER_VM_FLOATS = (
     "_demand",

@@ -40,7 +40,7 @@ from vsim.storage.scsi import (
 )
 
 if TYPE_CHECKING:
-    from vsim.host.kernel import VmConfig
+    from vsim.host.kernel.vmkernel import VmConfig
 
 BLOCK = 512
 """The logical block length every virtual disk reports (READ CAPACITY)."""
@@ -97,7 +97,7 @@ TARGETS_PER_CONTROLLER = {
 
 class GuestDisk(Protocol):
     """What a virtual device reads and writes: an opened VMDK chain
-    (`vsim.host.vmdk.VirtualDisk`) or, in a test, an in-memory disk. Whole 512-byte
+    (`vsim.host.storage.vmdk.VirtualDisk`) or, in a test, an in-memory disk. Whole 512-byte
     sectors, addressed by sector."""
 
     @property

@@ -1,0 +1,1 @@
+"""The physical network between the hosts: it exists without vCenter (cables, one switch)."""

@@ -1,0 +1,1 @@
+"""The simulated guest OS inside a VM: what it does to its memory."""

@@ -1,0 +1,3 @@
+"""The VMkernel of one ESXi host: capacity and VMs, memory, CPU, resource pools, the
+network, DirectPath devices.
+"""

@@ -1,0 +1,1 @@
+"""The VMkernel's network: standard vSwitches, port groups and the vNIC firewall."""

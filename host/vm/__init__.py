@@ -1,0 +1,1 @@
+"""A VM's world on its host: the VMX, virtual SCSI and the VM's files."""
