@@ -1,8 +1,8 @@
-"""The one chokepoint every vsim gRPC server goes through.
+"""gRPC serving and calling for every vsim server.
 
-`serve_core` exposes a plain-Python core whose methods are named like the RPCs of a
-service: each call is authenticated (unless public), dispatched, and any failure
-mapped to a gRPC status carrying the vSphere fault. Handlers never see gRPC and a
+`serve_core` serves a server's dispatch table (vsim/dispatch.py): each call runs
+through `dispatch.serve`, the one path in-process calls take too, and a fault is
+sent as a gRPC status carrying the vSphere fault. Handlers never see gRPC and a
 client never sees a traceback. `start_server` adds TLS, health checking and
 reflection, as every vsim server has them (imported there: a client, such as each
 CLI command, loads only what calling needs).
@@ -11,21 +11,17 @@ CLI command, loads only what calling needs).
 from __future__ import annotations
 
 import asyncio
-import inspect
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message_factory
-from google.protobuf.message import DecodeError
 
+from vsim.dispatch import DispatchTable, serve, serve_stream
 from vsim.faults import (
     HostConnectFault,
     InvalidArgument,
-    InvalidRequest,
     SSLVerifyFault,
-    SystemError_,
     VimFault,
     from_rpc_error,
 )
@@ -40,9 +36,6 @@ from vsim.tls import (
 
 SESSION_KEY = "vsim-session"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-log = logging.getLogger("vsim.rpc")
-
-Authenticate = Callable[[str | None, str], Any]
 
 
 def session_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -64,87 +57,45 @@ async def _abort(context: grpc.aio.ServicerContext, fault: VimFault) -> None:
     await context.abort_with_status(rpc_status.to_status(fault.to_status()))
 
 
-def _internal(method: str, exc: Exception) -> VimFault:
-    log.exception("unexpected error in %s", method)
-    return SystemError_(f"internal error in {method} ({type(exc).__name__}); see the server log")
-
-
-def _decoder(name: str, request_cls: Any) -> Callable[[bytes], Any]:
-    """Parses a request's bytes inside the chokepoint, so bytes that are not the RPC's
-    message get InvalidRequest (INVALID_ARGUMENT), not gRPC's UNKNOWN DecodeError."""
-    type_name = request_cls.DESCRIPTOR.full_name
-
-    def decode(data: bytes) -> Any:
-        try:
-            return request_cls.FromString(data)
-        except DecodeError:
-            raise InvalidRequest(
-                f"the request to {name} is not a valid {type_name} message "
-                f"({len(data)} bytes that do not parse); send the message the "
-                "service's .proto declares for this method"
-            ) from None
-
-    return decode
-
-
-def _unary(core: Any, name: str, authenticate: Authenticate, decode: Callable) -> Callable:
-    handler = getattr(core, name)
-
+def _unary(table: DispatchTable, name: str) -> Callable:
     async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            request = decode(data)
-            session = authenticate(session_token(context), name)
-            result = handler(request, session)
-            return await result if inspect.isawaitable(result) else result
+            return await serve(table, name, data, session_token(context))
         except VimFault as fault:
             await _abort(context, fault)
-        except Exception as exc:  # noqa: BLE001 - the chokepoint maps everything
-            await _abort(context, _internal(name, exc))
 
     return call
 
 
-def _streaming(core: Any, name: str, authenticate: Authenticate, decode: Callable) -> Callable:
-    handler = getattr(core, name)
-
+def _streaming(table: DispatchTable, name: str) -> Callable:
     async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            request = decode(data)
-            session = authenticate(session_token(context), name)
-            async for item in handler(request, session):
+            async for item in serve_stream(table, name, data, session_token(context)):
                 yield item
         except VimFault as fault:
             await _abort(context, fault)
-        except Exception as exc:  # noqa: BLE001
-            await _abort(context, _internal(name, exc))
 
     return call
 
 
-def serve_core(
-    server: grpc.aio.Server,
-    service: descriptor.ServiceDescriptor,
-    core: Any,
-    authenticate: Authenticate,
-) -> None:
-    """Registers every method of `service` on `server`, dispatched to `core`."""
+def serve_core(server: grpc.aio.Server, table: DispatchTable) -> None:
+    """Registers every RPC of the table's service on `server`, run through the table
+    (vsim/dispatch.py: the same path in-process calls take)."""
     handlers = {}
-    for method in service.methods:
-        request_cls = message_factory.GetMessageClass(method.input_type)
-        response_cls = message_factory.GetMessageClass(method.output_type)
+    for name, entry in table.entries.items():
         make = (
             grpc.unary_stream_rpc_method_handler
-            if method.server_streaming
-            else (grpc.unary_unary_rpc_method_handler)
+            if entry.streaming
+            else grpc.unary_unary_rpc_method_handler
         )
-        wrap = _streaming if method.server_streaming else _unary
-        handlers[method.name] = make(
-            wrap(core, method.name, authenticate, _decoder(method.name, request_cls)),
+        wrap = _streaming if entry.streaming else _unary
+        handlers[name] = make(
+            wrap(table, name),
             request_deserializer=None,  # raw bytes: the chokepoint parses them
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=entry.response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+        (grpc.method_handlers_generic_handler(table.service.full_name, handlers),)
     )
 
 
@@ -152,7 +103,7 @@ async def start_server(
     identity: Identity,
     bind: str,
     port: int,
-    services: list[tuple[descriptor.ServiceDescriptor, Any, Authenticate]],
+    tables: list[DispatchTable],
 ) -> tuple[grpc.aio.Server, int]:
     """A started TLS server with health checking and reflection; returns it and its port."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -165,11 +116,11 @@ async def start_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    for service, core, authenticate in services:
-        serve_core(server, service, core, authenticate)
+    for table in tables:
+        serve_core(server, table)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    names = [s.full_name for s, _, _ in services]
+    names = [t.service.full_name for t in tables]
     reflection.enable_server_reflection(
         names
         + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
