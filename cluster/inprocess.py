@@ -1,14 +1,14 @@
 """The in-process engine: every host core in this process, on the caller's clock.
 
-No Ray and no sockets: vCenter's calls reach each host's `Hostd` directly (requests
-are copied, as a wire would), so unit tests and the deterministic simulator run the
+No Ray and no sockets: vCenter's calls reach each host's `Hostd` through its
+dispatch table, as gRPC serving does (messages are copied, as a wire would, and an
+unexpected error is a SystemError), so unit tests and the deterministic simulator run the
 same host code with the same checks as the Ray engine. Host certificates are still
 real; accounts persist in memory across `reboot`, as /etc/shadow does on disk.
 """
 
 from __future__ import annotations
 
-import inspect
 import random
 import shutil
 import tempfile
@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from vsim import dispatch
 from vsim.clock import Clock
 from vsim.faults import HostConnectFault
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
@@ -48,9 +49,7 @@ class LocalHostPort:
             raise HostConnectFault(f"the connection to {self.name} is closed")
         if self._engine.running(self.name) is not self._hostd:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
-        copy = type(request).FromString(request.SerializeToString())
-        result = self._hostd.call(method, copy, session)
-        return await result if inspect.isawaitable(result) else result
+        return await dispatch.call(self._hostd.table, method, request, session)
 
     async def close(self) -> None:
         self._hostd = None

@@ -27,9 +27,7 @@ from vsim.host.storage.storage_stack import StorageStack
 from vsim.rpc import start_server
 from vsim.spec import HostSpec
 from vsim.tls import load_or_create_identity
-from vsim.v1 import host_agent_pb2
 
-SERVICE = host_agent_pb2.DESCRIPTOR.services_by_name["HostAgent"]
 BOOT_LOCK = "boot.lock"
 BOOT_LOCK_WAIT = 15.0
 """Seconds a boot waits for the previous one's process to be gone (a killed actor's
@@ -97,7 +95,7 @@ class EsxiHost:
                 self._boot_lock = await hold_boot_lock(self._dir, self._name, self._clock)
             if self._server is None:
                 self._server, port = await start_server(
-                    self.identity, self._bind, 0, [(SERVICE, self.hostd, self.hostd.authenticate)]
+                    self.identity, self._bind, 0, [self.hostd.table]
                 )
                 self._endpoint = f"{self._advertise}:{port}"
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from vsim.dispatch import Entry, Need
 from vsim.faults import InvalidLogin, NoPermission, NotAuthenticated
 from vsim.passwords import (
     check_token,
@@ -110,10 +111,22 @@ class HostAccounts:
             )
         return user
 
-    def require_admin(self, user: str) -> None:
-        account = self._accounts.get(user)
-        if account is None or account.role != "Admin":
-            raise NoPermission(f"{user} may not do this: it needs the Admin role")
+    needs = frozenset(Need)
+    """What hostd's dispatch table may ask of a caller (see `admit`)."""
+
+    def admit(self, token: str | None, entry: Entry) -> str | None:
+        """hostd's one session check: the caller's user name (None for a public call),
+        NotAuthenticated without a valid session, NoPermission without the role."""
+        if entry.need is Need.PUBLIC:
+            return None
+        user = self.user_of(token)
+        if entry.need is Need.ADMINISTRATOR:
+            account = self._accounts.get(user)
+            if account is None or account.role != "Admin":
+                raise NoPermission(f"{user} may not do this: it needs the Admin role")
+        elif entry.need is Need.VPXUSER and user != VPXUSER:
+            raise NoPermission(f"{entry.name} is vCenter's to call (as {VPXUSER}), not {user}'s")
+        return user
 
     def set_account(self, user_name: str, password: str, role: str) -> None:
         """Creates the account or resets its password; drops its open sessions."""

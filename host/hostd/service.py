@@ -1,11 +1,12 @@
 """hostd: the management agent of one ESXi host, as plain Python.
 
-Each method is named like its HostAgent RPC, takes the request message and the
-caller's user name, and returns the response message or raises a VimFault.
-`authenticate` is the one session check in front of all of them (only Login is
-public); who may do what is decided here (accounts), what is possible by the kernel.
-The gRPC server and the in-process engine both go through `authenticate`, so the
-two engines enforce exactly the same rules.
+Each method is named like its HostAgent RPC and marked with what its caller needs
+(`@needs`: Login is public, changes need the Admin role); it takes the request
+message and the caller's user name, and returns the response message or raises a
+VimFault. `Hostd.table` is the one dispatch table in front of all of them, with the
+accounts as its gate: who may do what is decided there, what is possible by the
+kernel. The gRPC server and the in-process engine both call through the table
+(vsim/dispatch.py), so the two engines enforce the same rules and fail the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import random
 import re
 import uuid
 from dataclasses import replace
-from typing import Any
 
 from vsim import validate
+from vsim.dispatch import ADMINISTRATOR, PUBLIC, SESSION, DispatchTable, needs
 from vsim.faults import (
     CannotAccessFile,
     InvalidArgument,
@@ -75,7 +76,7 @@ from vsim.v1 import kernel_pb2 as kpb
 
 log = logging.getLogger(__name__)
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-PUBLIC_METHODS = frozenset({"Login"})
+SERVICE = pb.DESCRIPTOR.services_by_name["HostAgent"]
 
 
 def vm_to_proto(vm: VmConfig, vmx: VmxProcess | None = None) -> pb.HostVm:
@@ -185,17 +186,10 @@ class Hostd:
             kernel.clock,
             random.Random(0),
         )
+        self.table = DispatchTable.of_methods(SERVICE, accounts, self)
+        """Every HostAgent RPC, as the gRPC server and the in-process engine call it."""
 
-    def authenticate(self, token: str | None, method: str) -> str | None:
-        """The one check before every method: the caller's user (None for Login)."""
-        if method in PUBLIC_METHODS:
-            return None
-        return self.accounts.user_of(token)
-
-    def call(self, method: str, request: Any, token: str | None) -> Any:
-        """Authenticates and dispatches one call, as the gRPC chokepoint does."""
-        return getattr(self, method)(request, self.authenticate(token, method))
-
+    @needs(PUBLIC)
     def Login(self, request: pb.HostLoginRequest, user: str | None) -> pb.HostLoginResponse:
         """A session for a local account. Failed logins lock the account (ESXi's
         Security.AccountLockFailures / AccountUnlockTime), except vpxuser's: only
@@ -221,6 +215,7 @@ class Hostd:
         self.lockout.succeeded(name)
         return pb.HostLoginResponse(session=token)
 
+    @needs(SESSION)
     def GetHostInfo(self, request: pb.GetHostInfoRequest, user: str | None) -> pb.HostInfo:
         k = self.kernel
         return pb.HostInfo(
@@ -235,8 +230,8 @@ class Hostd:
             boot_time=k.boot_time,
         )
 
+    @needs(ADMINISTRATOR)
     def CreateUser(self, request: pb.CreateUserRequest, user: str | None) -> pb.CreateUserResponse:
-        self.accounts.require_admin(user)
         if not USER_NAME.match(request.user_name):
             raise InvalidArgument(
                 f"user_name {request.user_name[:40]!r} is not valid: 1-32 characters, "
@@ -273,10 +268,10 @@ class Hostd:
             )
         return vmx
 
+    @needs(ADMINISTRATOR)
     async def RegisterVm(
         self, request: pb.RegisterVmRequest, user: str | None
     ) -> pb.RegisterVmResponse:
-        self.accounts.require_admin(user)
         vm = vm_from_proto(request.vm)
         validate.uuid(vm.uuid, "vm.uuid")
         validate.text(vm.guest_os, "vm.guest_os", 64)
@@ -292,8 +287,8 @@ class Hostd:
                 raise
         return pb.RegisterVmResponse()
 
+    @needs(ADMINISTRATOR)
     async def UnregisterVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.name)
         if vm.powered_on:
             raise InvalidPowerState(
@@ -306,8 +301,8 @@ class Hostd:
             await delete_vm_files(self._files(vm), vm)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.unregister_vm(request.name)))
 
+    @needs(ADMINISTRATOR)
     async def PowerOnVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         vm = self.kernel.power_on(request.name)  # admission control first: no locks taken
         if vm.disks:
             try:
@@ -340,8 +335,8 @@ class Hostd:
             except Exception:  # noqa: BLE001 - one bad period must not stop the kernel
                 log.exception("%s: a kernel period failed", self.kernel.spec.name)
 
+    @needs(ADMINISTRATOR)
     async def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.name)
         if not vm.powered_on:
             raise InvalidPowerState(f"{vm.name} is already powered off")
@@ -354,10 +349,10 @@ class Hostd:
         self.scheduler.forget_vm(vm.name)
         return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name), vmx))
 
+    @needs(ADMINISTRATOR)
     async def SnapshotVmDisks(
         self, request: pb.HostVmRequest, user: str | None
     ) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.name)
         if vm.powered_on or (vm.name in self.vmx and self.vmx[vm.name].disks):
             raise InvalidPowerState(f"{vm.name} must be powered off to add deltas to its disks")
@@ -374,10 +369,10 @@ class Hostd:
         self.vmx.pop(vm.name, None)
         return pb.HostVmResponse(vm=vm_to_proto(vm))
 
+    @needs(ADMINISTRATOR)
     async def RevertVmDisks(
         self, request: pb.RevertVmDisksRequest, user: str | None
     ) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.name)
         if vm.powered_on or (vm.name in self.vmx and self.vmx[vm.name].disks):
             raise InvalidPowerState(f"{vm.name} must be powered off to take deltas off its disks")
@@ -389,10 +384,10 @@ class Hostd:
         self.vmx.pop(vm.name, None)
         return pb.HostVmResponse(vm=vm_to_proto(vm))
 
+    @needs(ADMINISTRATOR)
     async def ReleaseVmDisks(
         self, request: pb.HostVmRequest, user: str | None
     ) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.name)
         vmx = self.vmx.get(vm.name)
         if vmx is None or not vmx.disks:
@@ -400,8 +395,8 @@ class Hostd:
         await vmx.close_disks()  # the guest's last write is acknowledged first
         return pb.HostVmResponse(vm=vm_to_proto(vm, vmx))
 
+    @needs(ADMINISTRATOR)
     async def OpenVmDisks(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.name)
         if not vm.disks:
             raise InvalidState(f"{vm.name} has no disks")
@@ -411,13 +406,13 @@ class Hostd:
             vmx.start_guest()  # a hand-off back to this host: the guest goes on
         return pb.HostVmResponse(vm=vm_to_proto(vm, vmx))
 
+    @needs(ADMINISTRATOR)
     async def VerifyGuestDisk(
         self, request: pb.VerifyGuestDiskRequest, user: str | None
     ) -> common_pb2.GuestDiskReport:
         """Reads the guest's writes back: through the VM's open disks if it runs here,
         else by opening its first disk read-only (FileLocked while another host runs
         it, or until a dead holder's lock has gone stale)."""
-        self.accounts.require_admin(user)
         vm = vm_from_proto(request.vm)
         vm_uuid = validate.uuid(vm.uuid, "vm.uuid")
         check_disks(vm)
@@ -445,8 +440,8 @@ class Hostd:
             vmx.kill()
         self.vmx.clear()
 
+    @needs(ADMINISTRATOR)
     async def FormatVmfs(self, request: pb.FormatVmfsRequest, user: str | None) -> pb.HostDatastore:
-        self.accounts.require_admin(user)
         validate.host_name(request.label, "label")
         volume = validate.uuid(request.uuid)
         t = request.target
@@ -457,10 +452,10 @@ class Hostd:
             name=request.label, type="vmfs", capacity_bytes=capacity, lock_mode=request.lock_mode
         )
 
+    @needs(ADMINISTRATOR)
     async def MountDatastore(
         self, request: pb.MountDatastoreRequest, user: str | None
     ) -> pb.HostDatastore:
-        self.accounts.require_admin(user)
         validate.host_name(request.name, "name")
         t = request.target
         if request.sioc_threshold_ms:
@@ -472,14 +467,15 @@ class Hostd:
             self.scheduler.set_congestion_threshold(request.name, request.sioc_threshold_ms)
         return datastore_to_proto(mounted)
 
+    @needs(ADMINISTRATOR)
     async def UnmountDatastore(
         self, request: pb.UnmountDatastoreRequest, user: str | None
     ) -> pb.UnmountDatastoreResponse:
-        self.accounts.require_admin(user)
         in_use = [vm.name for vm in self.kernel.vms() if vm.datastore == request.name]
         await self.storage.unmount(request.name, in_use)
         return pb.UnmountDatastoreResponse()
 
+    @needs(SESSION)
     async def QueryVmfsVolume(self, request: pb.ArrayTarget, user: str | None) -> pb.VmfsVolumeInfo:
         found = await self.storage.probe_vmfs(request.endpoint, request.thumbprint, request.lun)
         if found is None:
@@ -493,23 +489,26 @@ class Hostd:
             capacity_bytes=found.blocks * found.block_size,
         )
 
+    @needs(SESSION)
     async def ListDatastores(
         self, request: pb.HostListDatastoresRequest, user: str | None
     ) -> pb.HostListDatastoresResponse:
         datastores = await self.storage.datastores()
         return pb.HostListDatastoresResponse(datastores=[datastore_to_proto(d) for d in datastores])
 
+    @needs(SESSION)
     async def QueryLock(self, request: pb.HostLockRequest, user: str | None) -> pb.HostLockInfo:
         validate.text(request.path, "path", 1024)
         return lock_to_proto(await self.storage.query_lock(request.datastore, request.path))
 
+    @needs(ADMINISTRATOR)
     async def BreakStaleLock(
         self, request: pb.HostLockRequest, user: str | None
     ) -> pb.HostLockInfo:
-        self.accounts.require_admin(user)
         validate.text(request.path, "path", 1024)
         return lock_to_proto(await self.storage.break_stale_lock(request.datastore, request.path))
 
+    @needs(SESSION)
     def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
         return pb.ListHostVmsResponse(
             vms=[vm_to_proto(vm, self.vmx.get(vm.name)) for vm in self.kernel.vms()]
@@ -517,15 +516,16 @@ class Hostd:
 
     # -- the VMkernel ------------------------------------------------------------------
 
+    @needs(SESSION)
     def GetHostStats(self, request: pb.GetHostStatsRequest, user: str | None) -> kpb.HostStats:
         """As of the kernel's last period (at most a second ago while VMs run)."""
         io = [datastore_io(self.scheduler, name) for name in sorted(self.storage.files)]
         return host_stats_to_proto(self.kernel, io)
 
+    @needs(ADMINISTRATOR)
     def SetSiocThreshold(
         self, request: pb.SiocThresholdRequest, user: str | None
     ) -> kpb.DatastoreIo:
-        self.accounts.require_admin(user)
         if request.datastore not in self.storage.files:
             raise NotFound(
                 f"datastore {request.datastore[:80]!r} is not mounted on {self.kernel.spec.name}"
@@ -533,6 +533,7 @@ class Hostd:
         self.scheduler.set_congestion_threshold(request.datastore, request.threshold_ms)
         return datastore_io(self.scheduler, request.datastore)
 
+    @needs(SESSION)
     def GetVmStats(self, request: pb.HostVmRequest, user: str | None) -> kpb.VmStats:
         vm = self.kernel.vm(request.name)
         if not vm.powered_on:
@@ -541,10 +542,10 @@ class Hostd:
             )
         return vm_stats_to_proto(self.kernel, vm.name)
 
+    @needs(ADMINISTRATOR)
     def UpdateMemorySettings(
         self, request: pb.UpdateMemorySettingsRequest, user: str | None
     ) -> kpb.HostMemorySettings:
-        self.accounts.require_admin(user)
         settings = self.kernel.memory.settings
         if request.HasField("share_force_salting"):
             settings = replace(settings, share_force_salting=request.share_force_salting)
@@ -559,30 +560,30 @@ class Hostd:
             share_scan_period=settings.share_scan_period,
         )
 
+    @needs(ADMINISTRATOR)
     def ReconfigureVm(
         self, request: pb.ReconfigureVmRequest, user: str | None
     ) -> pb.HostVmResponse:
-        self.accounts.require_admin(user)
         wanted = vm_from_proto(request.vm)
         vm = self.kernel.reconfigure(wanted.name, wanted.resources, wanted.nics, wanted.pci_devices)
         if vm.powered_on and vm.disks:
             self._set_disk_allocation(vm)
         return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
 
+    @needs(ADMINISTRATOR)
     def CreateResourcePool(
         self, request: pb.CreateResourcePoolRequest, user: str | None
     ) -> kpb.ResourcePools:
-        self.accounts.require_admin(user)
         spec = request.pool
         cpu, memory = pool_allocations_from_proto(spec)
         self.kernel.create_resource_pool(spec.name, spec.parent, cpu, memory)
         return resource_pools_to_proto(self.kernel)
 
+    @needs(ADMINISTRATOR)
     def UpdateResourcePool(
         self, request: pb.UpdateResourcePoolRequest, user: str | None
     ) -> kpb.ResourcePools:
         """Changes the allocations given; a pool keeps its parent (none is moved)."""
-        self.accounts.require_admin(user)
         spec = request.pool
         current = self.kernel.resource_pool_config(spec.name)  # not the root, and known
         if not (spec.HasField("cpu") or spec.HasField("memory")):
@@ -598,38 +599,40 @@ class Hostd:
         self.kernel.update_resource_pool(spec.name, cpu, memory)
         return resource_pools_to_proto(self.kernel)
 
+    @needs(ADMINISTRATOR)
     def DestroyResourcePool(
         self, request: pb.DestroyResourcePoolRequest, user: str | None
     ) -> kpb.ResourcePools:
-        self.accounts.require_admin(user)
         moved = self.kernel.destroy_resource_pool(request.name)
         return resource_pools_to_proto(self.kernel, moved)
 
+    @needs(SESSION)
     def ListResourcePools(
         self, request: pb.ListResourcePoolsRequest, user: str | None
     ) -> kpb.ResourcePools:
         return resource_pools_to_proto(self.kernel)
 
+    @needs(ADMINISTRATOR)
     def AddVirtualSwitch(
         self, request: pb.AddVirtualSwitchRequest, user: str | None
     ) -> kpb.HostNetwork:
-        self.accounts.require_admin(user)
         v = request.vswitch
         security = security_from_proto(v.security).over(STANDARD_SWITCH_SECURITY)
         self.kernel.add_vswitch(v.name, tuple(v.uplinks), security)
         return network_to_proto(self.kernel)
 
+    @needs(ADMINISTRATOR)
     def AddPortGroup(self, request: pb.AddPortGroupRequest, user: str | None) -> kpb.HostNetwork:
-        self.accounts.require_admin(user)
         p = request.port_group
         self.kernel.add_port_group(p.name, p.vswitch, p.vlan, security_from_proto(p.security))
         return network_to_proto(self.kernel)
 
+    @needs(SESSION)
     def GetNetwork(self, request: pb.GetNetworkRequest, user: str | None) -> kpb.HostNetwork:
         return network_to_proto(self.kernel)
 
+    @needs(ADMINISTRATOR)
     def SendFrame(self, request: pb.SendFrameRequest, user: str | None) -> kpb.HostDelivery:
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.vm)
         if not vm.powered_on:
             raise InvalidPowerState(f"{vm.name} is powered off: its guest sends nothing")
@@ -639,25 +642,26 @@ class Hostd:
         delivery = self.kernel.network.send(vm.name, nic, frame)
         return delivery_to_proto(self.kernel.spec.name, delivery)
 
+    @needs(ADMINISTRATOR)
     def ReceiveFrame(self, request: pb.ReceiveFrameRequest, user: str | None) -> kpb.HostDelivery:
-        self.accounts.require_admin(user)
         delivery = self.kernel.network.receive(request.uplink, frame_from_proto(request.frame))
         return delivery_to_proto(self.kernel.spec.name, delivery)
 
+    @needs(ADMINISTRATOR)
     def RemoveVirtualSwitch(
         self, request: pb.RemoveVirtualSwitchRequest, user: str | None
     ) -> kpb.HostNetwork:
-        self.accounts.require_admin(user)
         self.kernel.remove_vswitch(request.name)
         return network_to_proto(self.kernel)
 
+    @needs(ADMINISTRATOR)
     def RemovePortGroup(
         self, request: pb.RemovePortGroupRequest, user: str | None
     ) -> kpb.HostNetwork:
-        self.accounts.require_admin(user)
         self.kernel.remove_port_group(request.name)
         return network_to_proto(self.kernel)
 
+    @needs(SESSION)
     def ListPciDevices(self, request: pb.ListPciDevicesRequest, user: str | None) -> kpb.PciDevices:
         pci = self.kernel.pci
         info = {i.id: i for i in pci.passthru_info()}
@@ -675,10 +679,10 @@ class Hostd:
             ],
         )
 
+    @needs(ADMINISTRATOR)
     def UpdatePassthruConfig(
         self, request: pb.UpdatePassthruRequest, user: str | None
     ) -> kpb.PciDevice:
-        self.accounts.require_admin(user)
         info = self.kernel.set_passthru(request.id, request.enabled)
         device = self.kernel.pci.device(info.id)
         return kpb.PciDevice(
@@ -689,6 +693,7 @@ class Hostd:
             vm=info.vm,
         )
 
+    @needs(SESSION)
     async def GuestReportLuns(self, request: pb.HostVmRequest, user: str | None) -> kpb.GuestLuns:
         """The guest scans its virtual SCSI adapters: it can name only its own disks."""
         vm = self.kernel.vm(request.name)
@@ -714,11 +719,11 @@ class Hostd:
             ],
         )
 
+    @needs(ADMINISTRATOR)
     def SetGuestMac(self, request: kpb.SetGuestMacRequest, user: str | None) -> kpb.ConnectedNic:
         """The guest OS sets its adapter's MAC (empty: the configured one again). Only
         the port changes: the VM's configuration keeps its MAC, and the next power-on
         connects the adapter with it."""
-        self.accounts.require_admin(user)
         vm = self.kernel.vm(request.vm)
         if not vm.powered_on:
             raise InvalidPowerState(f"{vm.name} is powered off: it has no guest to set a MAC")

@@ -8,7 +8,6 @@ random operation sequences."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vsim import dispatch
 from vsim.clock import SimClock
 from vsim.faults import (
     DuplicateName,
@@ -51,12 +51,10 @@ class Host:
         self.kernel = HostKernel(spec, clock, swap, self.config)
         accounts = HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD))
         self.hostd = Hostd(self.kernel, accounts)
-        login = hpb.HostLoginRequest(user_name="root", password=ROOT_PASSWORD)
-        self.session = self.hostd.call("Login", login, None).session
+        self.session = self.hostd.accounts.login("root", ROOT_PASSWORD)
 
     async def __call__(self, method: str, request):
-        result = self.hostd.call(method, request, self.session)
-        return await result if inspect.isawaitable(result) else result
+        return await dispatch.call(self.hostd.table, method, request, self.session)
 
     async def register(self, name: str, cpus: int = 1, memory_mb: int = 256, **resources):
         resources.setdefault("memory_workload", QUIET)
@@ -371,13 +369,15 @@ async def test_bad_pool_requests_are_refused_and_change_nothing(host, call, fiel
 async def test_only_an_admin_changes_pools(host):
     h, _ = host
     h.hostd.accounts.set_account("viewer", "Viewer-Pass-01", "ReadOnly")
-    viewer = h.hostd.call(
-        "Login", hpb.HostLoginRequest(user_name="viewer", password="Viewer-Pass-01"), None
-    ).session
+    login = hpb.HostLoginRequest(user_name="viewer", password="Viewer-Pass-01")
+    viewer = (await dispatch.call(h.hostd.table, "Login", login, None)).session
     spec = kpb.ResourcePoolSpec(name="p")
     with pytest.raises(NoPermission):
-        h.hostd.call("CreateResourcePool", hpb.CreateResourcePoolRequest(pool=spec), viewer)
-    listed = h.hostd.call("ListResourcePools", hpb.ListResourcePoolsRequest(), viewer)
+        request = hpb.CreateResourcePoolRequest(pool=spec)
+        await dispatch.call(h.hostd.table, "CreateResourcePool", request, viewer)
+    listed = await dispatch.call(
+        h.hostd.table, "ListResourcePools", hpb.ListResourcePoolsRequest(), viewer
+    )
     assert [p.name for p in listed.pools] == [ROOT_POOL]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import stat
 import uuid
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vsim import dispatch
 from vsim.clock import SimClock
 from vsim.faults import (
     InvalidArgument,
@@ -38,12 +38,11 @@ def hostd(fast_scrypt: None) -> Hostd:
         HostKernel(spec, SimClock(10.0)),
         HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD)),
     )
-    call = hostd.call
 
     def synchronous(method: str, request, token):
-        """hostd's storage-facing methods are coroutines; these tests drive them to the end."""
-        result = call(method, request, token)
-        return asyncio.run(result) if inspect.iscoroutine(result) else result
+        """One call through hostd's dispatch table (as gRPC and the in-process engine
+        make it), driven to the end."""
+        return asyncio.run(dispatch.call(hostd.table, method, request, token))
 
     hostd.call = synchronous
     return hostd

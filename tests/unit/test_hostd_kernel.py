@@ -5,12 +5,12 @@ removing vSwitches, port groups and a running VM's vNIC."""
 
 from __future__ import annotations
 
-import inspect
 import uuid
 from pathlib import Path
 
 import pytest
 
+from vsim import dispatch
 from vsim.clock import SimClock
 from vsim.fabric.physical_switch import PhysicalSwitch
 from vsim.faults import (
@@ -43,13 +43,10 @@ class Host:
         spec = HostSpec(name, cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
         accounts = HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD))
         self.hostd = Hostd(HostKernel(spec, clock, swap / name), accounts)
-        self.session = self.hostd.call(
-            "Login", hpb.HostLoginRequest(user_name="root", password=ROOT_PASSWORD), None
-        ).session
+        self.session = self.hostd.accounts.login("root", ROOT_PASSWORD)
 
     async def __call__(self, method: str, request):
-        result = self.hostd.call(method, request, self.session)
-        return await result if inspect.isawaitable(result) else result
+        return await dispatch.call(self.hostd.table, method, request, self.session)
 
     async def register(
         self, name: str, nics=(), memory_mb: int = 1024, cpus: int = 1, **resources

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
 
+from vsim import dispatch
 from vsim.faults import CannotCreateFile, FileLocked, FileNotFound, InvalidArgument, InvalidState
 from vsim.host.storage.vmdk import open_disk
 from vsim.storage.nfs_export import ExportOptions
@@ -40,8 +41,7 @@ async def host_call(engine, host: str, method: str, request):
     """Calls a host's hostd directly, as root (what vCenter does as vpxuser)."""
     hostd = engine.running(host)
     token = hostd.accounts.login("root", engine._specs[host].root_password)
-    result = hostd.call(method, request, token)
-    return await result if asyncio.iscoroutine(result) else result
+    return await dispatch.call(hostd.table, method, request, token)
 
 
 def copy_of(vm: pb.Vm) -> hpb.RegisterVmRequest:
