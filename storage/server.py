@@ -10,11 +10,11 @@ import grpc
 
 from vsim.rpc import start_server
 from vsim.storage.array import StorageArray
-from vsim.storage.service import ArrayService
+from vsim.storage.service import SERVICE, ArrayService
 from vsim.tls import Identity, load_or_create_identity
-from vsim.v1 import storage_pb2
 
-SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageArray"]
+__all__ = ["SERVICE", "RunningArray", "start_array"]
+
 COMMON_NAME = "array"
 
 
@@ -36,9 +36,7 @@ async def start_array(data_dir: Path, port: int = 0, bind: str = "127.0.0.1") ->
     try:
         identity = load_or_create_identity(data_dir / "ssl", COMMON_NAME)
         service = ArrayService(array)
-        server, bound = await start_server(
-            identity, bind, port, [(SERVICE, service, service.authenticate)]
-        )
+        server, bound = await start_server(identity, bind, port, [service.table])
     except BaseException:
         array.close()
         raise

@@ -3,7 +3,8 @@
 SCSI and NFS outcomes travel in the response (a RESERVATION CONFLICT is an answer,
 not a failure); management requests the array refuses fail with InvalidArgument.
 Management calls (LUNs, masking, exports, the array's state and counters) need the
-array's management key as their session: hosts reach SCSI and NFS only.
+array's management key as their session (`@needs(ADMINISTRATOR)`): hosts reach SCSI
+and NFS only. `ArrayService.table` is the service's one dispatch table.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from vsim.dispatch import ADMINISTRATOR, PUBLIC, DispatchTable, Entry, Need, needs
 from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated
 from vsim.storage.array import DEFAULT_LUN_BYTES, ArrayError, StorageArray
 from vsim.storage.lun import Lun
@@ -25,9 +27,7 @@ from vsim.storage.nfs_export import (
 from vsim.storage.scsi import ScsiError
 from vsim.v1 import storage_pb2 as pb
 
-MANAGEMENT_METHODS = frozenset(
-    {"CreateLun", "MapLun", "UnmapLun", "CreateExport", "GetArray", "GetStats"}
-)
+SERVICE = pb.DESCRIPTOR.services_by_name["StorageArray"]
 
 
 def _scsi(command: Callable[[], pb.ScsiResponse]) -> pb.ScsiResponse:
@@ -56,22 +56,28 @@ def _attributes(a: Attributes) -> pb.NfsAttributes:
 
 
 class ArrayService:
+    judges = frozenset({Need.PUBLIC, Need.ADMINISTRATOR})
+    """SCSI and NFS are public, management takes the key (see `admit`)."""
+
     def __init__(self, array: StorageArray) -> None:
         self.array = array
+        self.table = DispatchTable.of_methods(SERVICE, self, self)
+        """Every StorageArray RPC, as the gRPC server and vCenter's in-process
+        provider call it."""
 
-    def authenticate(self, token: str | None, method: str) -> None:
+    def admit(self, token: str | None, entry: Entry) -> None:
         """SCSI and NFS trust the storage network, as an iSCSI target without CHAP and
         an NFS server with AUTH_SYS do: initiators and clients say who they are. So
         management, which decides what an initiator sees, takes the management key."""
-        if method not in MANAGEMENT_METHODS:
+        if entry.need is Need.PUBLIC:
             return None
         if not token:
             raise NotAuthenticated(
-                f"{method} is a management call: it needs the array's management key "
+                f"{entry.name} is a management call: it needs the array's management key "
                 f"(in {self.array.data_dir}/management.key) as its session"
             )
         if not self.array.is_manager(token):
-            raise NoPermission(f"{method}: the management key is not this array's")
+            raise NoPermission(f"{entry.name}: the management key is not this array's")
         return None
 
     # SCSI
@@ -79,9 +85,11 @@ class ArrayService:
     def _lun(self, r: pb.ScsiRequest) -> Lun:
         return self.array.lun(r.initiator, r.lun)
 
+    @needs(PUBLIC)
     def ReportLuns(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(lambda: pb.ScsiResponse(luns=self.array.report_luns(r.initiator)))
 
+    @needs(PUBLIC)
     def Inquiry(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         def run() -> pb.ScsiResponse:
             i = self._lun(r).inquiry(r.initiator)
@@ -89,6 +97,7 @@ class ArrayService:
 
         return _scsi(run)
 
+    @needs(PUBLIC)
     def ReadCapacity(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         def run() -> pb.ScsiResponse:
             last_lba, block_length = self._lun(r).read_capacity(r.initiator)
@@ -96,23 +105,29 @@ class ArrayService:
 
         return _scsi(run)
 
+    @needs(PUBLIC)
     def Read(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(lambda: pb.ScsiResponse(data=self._lun(r).read(r.initiator, r.lba, r.blocks)))
 
+    @needs(PUBLIC)
     def Write(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(lambda: self._done(self._lun(r).write(r.initiator, r.lba, r.data)))
 
+    @needs(PUBLIC)
     def CompareAndWrite(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(
             lambda: self._done(self._lun(r).compare_and_write(r.initiator, r.lba, r.verify, r.data))
         )
 
+    @needs(PUBLIC)
     def Reserve(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(lambda: self._done(self._lun(r).reserve(r.initiator)))
 
+    @needs(PUBLIC)
     def Release(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(lambda: self._done(self._lun(r).release(r.initiator)))
 
+    @needs(PUBLIC)
     def LunReset(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
         return _scsi(lambda: self._done(self._lun(r).reset(r.initiator)))
 
@@ -131,6 +146,7 @@ class ArrayService:
         handle, attributes = handle_and_attributes
         return pb.NfsResponse(handle=handle, attributes=_attributes(attributes))
 
+    @needs(PUBLIC)
     def NfsLookup(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -138,6 +154,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsGetattr(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -147,6 +164,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsCreate(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -160,6 +178,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsMkdir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -167,6 +186,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsRead(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -175,6 +195,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsWrite(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -182,6 +203,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsRemove(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -190,6 +212,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsRename(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -198,6 +221,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsReaddir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -209,6 +233,7 @@ class ArrayService:
 
         return _nfs(run)
 
+    @needs(PUBLIC)
     def NfsFsstat(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
@@ -219,6 +244,7 @@ class ArrayService:
 
     # management
 
+    @needs(ADMINISTRATOR)
     def CreateLun(self, r: pb.CreateLunRequest, _: Any) -> pb.LunInfo:
         try:
             lun = self.array.create_lun(
@@ -231,6 +257,7 @@ class ArrayService:
             raise InvalidArgument(str(e)) from None
         return self._lun_info(lun.id)
 
+    @needs(ADMINISTRATOR)
     def MapLun(self, r: pb.MapLunRequest, _: Any) -> pb.LunInfo:
         try:
             self.array.map_lun(r.lun, tuple(r.initiators))
@@ -238,6 +265,7 @@ class ArrayService:
             raise InvalidArgument(str(e)) from None
         return self._lun_info(r.lun)
 
+    @needs(ADMINISTRATOR)
     def UnmapLun(self, r: pb.MapLunRequest, _: Any) -> pb.LunInfo:
         try:
             self.array.unmap_lun(r.lun, tuple(r.initiators))
@@ -256,6 +284,7 @@ class ArrayService:
             name=self.array.lun_names.get(lun.id, ""),
         )
 
+    @needs(ADMINISTRATOR)
     def CreateExport(self, r: pb.CreateExportRequest, _: Any) -> pb.ExportInfo:
         options = ExportOptions(
             rw=not r.read_only,
@@ -280,12 +309,14 @@ class ArrayService:
             clients=list(o.clients),
         )
 
+    @needs(ADMINISTRATOR)
     def GetArray(self, r: pb.GetArrayRequest, _: Any) -> pb.ArrayInfo:
         return pb.ArrayInfo(
             luns=[self._lun_info(i) for i in sorted(self.array.luns)],
             exports=[self._export_info(e) for e in self.array.exports.values()],
         )
 
+    @needs(ADMINISTRATOR)
     def GetStats(self, r: pb.GetStatsRequest, _: Any) -> pb.ArrayStats:
         scsi = [
             pb.InitiatorCounters(lun=lun.id, initiator=initiator, counters=dict(counters))

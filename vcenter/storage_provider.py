@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from vsim import dispatch
 from vsim.faults import HostConnectFault, InvalidState, RequestTimeout
 from vsim.rpc import RpcClient, open_channel
 from vsim.storage.array import StorageArray
@@ -65,17 +66,15 @@ class RemoteStorageProvider:
 
 
 class LocalStorageProvider:
-    """An array in this process (the in-process engine), through the same service
-    methods and key check as over gRPC; requests are copied, as a wire would."""
+    """An array in this process (the in-process engine), through the array's dispatch
+    table as over gRPC: the same key check, copies and error mapping."""
 
     def __init__(self, array: StorageArray) -> None:
-        self._service = ArrayService(array)
+        self._table = ArrayService(array).table
         self._key = array.management_key
 
     async def call(self, method: str, request: Any) -> Any:
-        self._service.authenticate(self._key, method)
-        copy = type(request).FromString(request.SerializeToString())
-        return getattr(self._service, method)(copy, None)
+        return await dispatch.call(self._table, method, request, self._key)
 
     async def close(self) -> None:
         pass

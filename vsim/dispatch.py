@@ -66,7 +66,7 @@ class Entry:
 class Gate(Protocol):
     """A server's session check: the caller its handlers see, or a VimFault."""
 
-    needs: frozenset[Need]
+    judges: frozenset[Need]
     """The needs this server can judge; a table asking for another is refused."""
 
     def admit(self, token: str | None, entry: Entry) -> Any: ...
@@ -104,7 +104,7 @@ class DispatchTable:
         self.entries: dict[str, Entry] = {}
         for method in service.methods:
             need, handler = handlers[method.name]
-            if need not in gate.needs:
+            if need not in gate.judges:
                 raise ValueError(f"{method.name} needs {need.value}, which this gate cannot judge")
             self.entries[method.name] = Entry(
                 method.name,

@@ -111,7 +111,7 @@ class HostAccounts:
             )
         return user
 
-    needs = frozenset(Need)
+    judges = frozenset(Need)
     """What hostd's dispatch table may ask of a caller (see `admit`)."""
 
     def admit(self, token: str | None, entry: Entry) -> str | None:

@@ -566,15 +566,15 @@ def test_management_calls_need_the_management_key(service: ArrayService, method:
     from vsim.faults import NoPermission, NotAuthenticated
 
     with pytest.raises(NotAuthenticated, match="management key"):
-        service.authenticate(None, method)
+        service.table.authenticate(None, method)
     with pytest.raises(NoPermission):
-        service.authenticate("a host's guess", method)
-    service.authenticate(service.array.management_key, method)
+        service.table.authenticate("a host's guess", method)
+    service.table.authenticate(service.array.management_key, method)
 
 
 @pytest.mark.parametrize("method", ["ReportLuns", "Read", "Write", "Reserve", "NfsWrite"])
 def test_scsi_and_nfs_need_no_key(service: ArrayService, method: str):
-    service.authenticate(None, method)
+    service.table.authenticate(None, method)
 
 
 def test_service_create_lun_with_id_and_name_and_unmap(service: ArrayService):
