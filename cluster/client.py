@@ -6,13 +6,15 @@
 
 Every failure is raised as the VimFault the server sent (`vsim.faults`). A client
 pins the server's SHA-256 thumbprint: connecting to a server that presents another
-certificate raises SSLVerifyFault before anything is sent.
+certificate raises SSLVerifyFault before anything is sent. `VCenterClient.in_process`
+reaches a vCenter core in this process through the same dispatch table instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+from vsim.dispatch import DispatchTable, LocalTransport, Transport
 from vsim.faults import InvalidArgument, fault_from_proto
 from vsim.rpc import RpcClient, open_channel
 from vsim.tls import normalize_thumbprint
@@ -22,10 +24,12 @@ from vsim.v1 import vcenter_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["VCenter"]
 FINISHED = (common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR)
+IN_PROCESS = "in-process"
+"""The endpoint of an in-process client."""
 
 
 class VCenterClient:
-    def __init__(self, rpc: RpcClient, endpoint: str, thumbprint: str, session: str | None) -> None:
+    def __init__(self, rpc: Transport, endpoint: str, thumbprint: str, session: str | None) -> None:
         self._rpc = rpc
         self.endpoint = endpoint
         self.thumbprint = thumbprint
@@ -48,6 +52,13 @@ class VCenterClient:
             "`vsim login --accept-new-thumbprint`",
         )
         return cls(RpcClient(channel, SERVICE), endpoint, presented, session)
+
+    @classmethod
+    def in_process(cls, table: DispatchTable, session: str | None = None) -> VCenterClient:
+        """A client of a vCenter core in this process, through its dispatch table
+        (`VCenter.table`): the same session check, message copies and faults as over
+        gRPC, without sockets or certificates (the thumbprint is "")."""
+        return cls(LocalTransport(table), IN_PROCESS, "", session)
 
     async def __aenter__(self) -> VCenterClient:
         return self

@@ -94,9 +94,7 @@ async def start_vcenter(
         await core.stop()  # closes what start opened: links, tasks, the inventory
         raise
     try:
-        server, bound = await start_server(
-            identity, bind, port, [(SERVICE, core, core.authenticate)]
-        )
+        server, bound = await start_server(identity, bind, port, [core.table])
     except BaseException:
         await core.stop()
         raise

@@ -1,11 +1,13 @@
-"""The vCenter core: one method per VCenter RPC, each a few lines over the managers.
+"""The vCenter core: the managers of one vCenter instance, and the RPCs that do
+work of their own.
 
 `VCenter` owns the inventory, sessions, tasks, events, hosts and VMs of one vCenter
 instance, and what it shows and changes of the hosts' VMkernels (statistics, memory
 settings, resource pools, standard switches, the physical network, DirectPath
-devices). Methods
-take the request message and the caller's `Session` (the gRPC chokepoint
-authenticates before calling) and return the response message or raise a VimFault.
+devices). `VCenter.table` (vcenter/api.py) maps every RPC to what answers it: a
+manager's method, or one of the RPC-named methods here (sessions, status, host
+tasks, waits, the event log), which take the request message and the caller's
+`Session` (admitted by `admit`) and return the response or raise a VimFault.
 Nothing here knows about gRPC, so tests drive it with the in-process engine and the
 server drives it with the Ray engine.
 """
@@ -20,11 +22,12 @@ from pathlib import Path
 
 from vsim import __version__, validate
 from vsim.clock import Clock
+from vsim.dispatch import Entry, Need
 from vsim.faults import InvalidArgument, InvalidLogin, NoPermission
 from vsim.spec import ClusterSpec, DatastoreSpec
 from vsim.v1 import common_pb2
-from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter import api
 from vsim.vcenter.autostart import AutoStart
 from vsim.vcenter.datastore import ArrayRef, DatastoreManager
 from vsim.vcenter.engine import HostEngine
@@ -45,18 +48,6 @@ from vsim.vcenter.virtual_machine import VmManager
 from vsim.vcenter.virtual_nic import MacPool
 from vsim.vcenter.vm_reconfigure import VmReconfigurer
 
-PUBLIC_METHODS = frozenset({"Login"})
-ADMINISTRATOR_METHODS = frozenset(
-    {
-        "CreateArrayLun",
-        "ListArrayLuns",
-        "MapArrayLun",
-        "UnmapArrayLun",
-        "CreateArrayExport",
-        "ListArrayExports",
-    }
-)
-"""Calls only an account with the Admin role may make: the storage array's management."""
 ADMIN_ROLE = "Admin"
 DEFAULT_WAIT = 60.0
 MAX_WAIT = 3600.0
@@ -121,6 +112,8 @@ class VCenter:
         self.hosts.prepare_storage = self.datastores.remount
         self.autostart = AutoStart(inventory, self.hosts, self.vms, self.tasks, self.events)
         self._monitor: asyncio.Task | None = None
+        self.table = api.table(self)
+        """Every VCenter RPC, as the gRPC server and the in-process client call it."""
 
     async def start(self, spec: ClusterSpec, boot: bool = True) -> None:
         """Brings the instance up: administrator account, interrupted tasks closed, every
@@ -208,15 +201,20 @@ class VCenter:
         await self.engine.close()
         self.inventory.close()
 
-    def authenticate(self, token: str | None, method: str) -> Session | None:
-        if method in PUBLIC_METHODS:
+    judges = frozenset({Need.PUBLIC, Need.SESSION, Need.ADMINISTRATOR})
+    """What the dispatch table (vcenter/api.py) may ask of a caller."""
+
+    def admit(self, token: str | None, entry: Entry) -> Session | None:
+        """vCenter's one session check: the caller's session (None for Login),
+        NotAuthenticated without a valid one, NoPermission without the Admin role."""
+        if entry.need is Need.PUBLIC:
             return None
         session = self.sessions.authenticate(token)
-        if method in ADMINISTRATOR_METHODS:
+        if entry.need is Need.ADMINISTRATOR:
             account = self.inventory.account(session.user_name)
             if account is None or account[1] != ADMIN_ROLE:
                 raise NoPermission(
-                    f"{method} is for administrators only; {session.user_name} is not one"
+                    f"{entry.name} is for administrators only; {session.user_name} is not one"
                 )
         return session
 
@@ -265,9 +263,6 @@ class VCenter:
 
     # hosts
 
-    def ListHosts(self, request: pb.ListHostsRequest, session: Session) -> pb.ListHostsResponse:
-        return pb.ListHostsResponse(hosts=self.hosts.list())
-
     def AddHost(self, request: pb.AddHostRequest, session: Session) -> common_pb2.Task:
         spec = self.hosts.check_add(request)
         user = session.user_name
@@ -290,58 +285,7 @@ class VCenter:
             kind="host",
         )
 
-    # VMs
-
-    def CreateVm(self, request: pb.CreateVmRequest, session: Session) -> common_pb2.Task:
-        return self.vms.create(request, session.user_name)
-
-    async def ListVms(self, request: pb.ListVmsRequest, session: Session) -> pb.ListVmsResponse:
-        return pb.ListVmsResponse(vms=await self.vms.list_live(request.host))
-
-    async def GetVm(self, request: pb.VmRequest, session: Session) -> pb.Vm:
-        return await self.vms.get_live(request.name)
-
-    def PowerOnVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
-        return self.vms.power_on(request.name, session.user_name)
-
-    def PowerOffVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
-        return self.vms.power_off(request.name, session.user_name)
-
-    def DestroyVm(self, request: pb.VmRequest, session: Session) -> common_pb2.Task:
-        return self.vms.destroy(request.name, session.user_name)
-
-    def LinkedCloneVm(self, request: pb.LinkedCloneVmRequest, session: Session) -> common_pb2.Task:
-        return self.vms.linked_clone(request, session.user_name)
-
-    async def VerifyVmDisk(
-        self, request: pb.VerifyVmDiskRequest, session: Session
-    ) -> common_pb2.GuestDiskReport:
-        return await self.vms.verify_disk(request)
-
-    # datastores
-
-    def CreateVmfsDatastore(
-        self, request: pb.CreateVmfsDatastoreRequest, session: Session
-    ) -> common_pb2.Task:
-        return self.datastores.create_vmfs(request, session.user_name)
-
-    def CreateNasDatastore(
-        self, request: pb.CreateNasDatastoreRequest, session: Session
-    ) -> common_pb2.Task:
-        return self.datastores.create_nas(request, session.user_name)
-
-    async def ListDatastores(
-        self, request: pb.ListDatastoresRequest, session: Session
-    ) -> pb.ListDatastoresResponse:
-        return pb.ListDatastoresResponse(datastores=await self.datastores.list())
-
-    async def ConfigureStorageIoControl(
-        self, request: pb.ConfigureStorageIoControlRequest, session: Session
-    ) -> pb.Datastore:
-        return await self.datastores.configure_sioc(request, session.user_name)
-
-    async def QueryLockOwner(self, request: pb.LockRequest, session: Session) -> pb.LockInfo:
-        return await self.datastores.lock(request, "QueryLock")
+    # datastore locks
 
     async def BreakStaleLock(self, request: pb.LockRequest, session: Session) -> pb.LockInfo:
         info = await self.datastores.lock(request, "BreakStaleLock")
@@ -354,158 +298,7 @@ class VCenter:
             )
         return info
 
-    # the VMkernel: statistics, memory settings, VM resources and devices, networking
-
-    async def GetHostStats(self, request: pb.HostRequest, session: Session) -> kpb.HostStats:
-        return await self.performance.host_stats(request)
-
-    async def GetVmStats(self, request: pb.VmRequest, session: Session) -> kpb.VmStats:
-        return await self.performance.vm_stats(request)
-
-    async def UpdateHostMemorySettings(
-        self, request: pb.UpdateHostMemorySettingsRequest, session: Session
-    ) -> kpb.HostMemorySettings:
-        return await self.performance.update_memory_settings(request, session.user_name)
-
-    def ReconfigureVmResources(
-        self, request: pb.ReconfigureVmResourcesRequest, session: Session
-    ) -> common_pb2.Task:
-        return self.reconfigure.resources(request, session.user_name)
-
-    def AddVmNic(self, request: pb.AddVmNicRequest, session: Session) -> common_pb2.Task:
-        return self.reconfigure.add_nic(request, session.user_name)
-
-    def SetVmFirewall(self, request: pb.SetVmFirewallRequest, session: Session) -> common_pb2.Task:
-        return self.reconfigure.set_firewall(request, session.user_name)
-
-    def RemoveVmNic(self, request: pb.RemoveVmNicRequest, session: Session) -> common_pb2.Task:
-        return self.reconfigure.remove_nic(request, session.user_name)
-
-    def AssignPciDevice(
-        self, request: pb.AssignPciDeviceRequest, session: Session
-    ) -> common_pb2.Task:
-        return self.reconfigure.assign_pci_device(request, session.user_name)
-
-    def RemovePciDevice(
-        self, request: pb.RemovePciDeviceRequest, session: Session
-    ) -> common_pb2.Task:
-        return self.reconfigure.remove_pci_device(request, session.user_name)
-
-    async def AddVirtualSwitch(
-        self, request: pb.HostVirtualSwitchRequest, session: Session
-    ) -> kpb.HostNetwork:
-        return await self.network.add_vswitch(request, session.user_name)
-
-    async def AddPortGroup(
-        self, request: pb.HostPortGroupRequest, session: Session
-    ) -> kpb.HostNetwork:
-        return await self.network.add_port_group(request, session.user_name)
-
-    async def GetHostNetwork(self, request: pb.HostRequest, session: Session) -> kpb.HostNetwork:
-        return await self.network.get(request)
-
-    def ConfigurePhysicalPort(
-        self, request: kpb.PhysicalPort, session: Session
-    ) -> kpb.PhysicalPort:
-        return self.physical_network.configure(request, session.user_name)
-
-    def ListPhysicalPorts(
-        self, request: pb.ListPhysicalPortsRequest, session: Session
-    ) -> pb.ListPhysicalPortsResponse:
-        return pb.ListPhysicalPortsResponse(ports=self.physical_network.ports())
-
-    async def SendTestFrame(
-        self, request: pb.SendTestFrameRequest, session: Session
-    ) -> kpb.FrameTrace:
-        return await self.physical_network.send_test_frame(request)
-
-    async def SetGuestMac(
-        self, request: kpb.SetGuestMacRequest, session: Session
-    ) -> kpb.ConnectedNic:
-        return await self.physical_network.set_guest_mac(request)
-
-    async def RemoveVirtualSwitch(
-        self, request: pb.RemoveHostVirtualSwitchRequest, session: Session
-    ) -> kpb.HostNetwork:
-        return await self.network.remove_vswitch(request, session.user_name)
-
-    async def RemovePortGroup(
-        self, request: pb.RemoveHostPortGroupRequest, session: Session
-    ) -> kpb.HostNetwork:
-        return await self.network.remove_port_group(request, session.user_name)
-
-    async def ListPciDevices(self, request: pb.HostRequest, session: Session) -> kpb.PciDevices:
-        return await self.pci.devices(request)
-
-    async def UpdatePassthruConfig(
-        self, request: pb.UpdateHostPassthruRequest, session: Session
-    ) -> kpb.PciDevice:
-        return await self.pci.update(request, session.user_name)
-
-    async def GuestReportLuns(self, request: pb.VmRequest, session: Session) -> kpb.GuestLuns:
-        return await self.vms.guest_luns(request.name)
-
-    async def CreateResourcePool(
-        self, request: pb.HostResourcePoolRequest, session: Session
-    ) -> kpb.ResourcePools:
-        return await self.resource_pools.create(request, session.user_name)
-
-    async def UpdateResourcePool(
-        self, request: pb.HostResourcePoolRequest, session: Session
-    ) -> kpb.ResourcePools:
-        return await self.resource_pools.update(request, session.user_name)
-
-    def DestroyResourcePool(
-        self, request: pb.DestroyHostResourcePoolRequest, session: Session
-    ) -> common_pb2.Task:
-        return self.resource_pools.destroy(request, session.user_name)
-
-    async def ListResourcePools(
-        self, request: pb.HostRequest, session: Session
-    ) -> kpb.ResourcePools:
-        return await self.resource_pools.list(request)
-
-    def RemoveDatastore(
-        self, request: pb.RemoveDatastoreRequest, session: Session
-    ) -> common_pb2.Task:
-        return self.datastores.remove(request.name, session.user_name)
-
-    # the storage array (administrator only: see ADMINISTRATOR_METHODS)
-
-    async def CreateArrayLun(
-        self, request: pb.CreateArrayLunRequest, session: Session
-    ) -> pb.ArrayLun:
-        return await self.storage_array.create_lun(request, session.user_name)
-
-    async def ListArrayLuns(
-        self, request: pb.ListArrayLunsRequest, session: Session
-    ) -> pb.ListArrayLunsResponse:
-        return pb.ListArrayLunsResponse(luns=await self.storage_array.list_luns())
-
-    async def MapArrayLun(
-        self, request: pb.ArrayLunMappingRequest, session: Session
-    ) -> pb.ArrayLun:
-        return await self.storage_array.map_lun(request, session.user_name)
-
-    async def UnmapArrayLun(
-        self, request: pb.ArrayLunMappingRequest, session: Session
-    ) -> pb.ArrayLun:
-        return await self.storage_array.unmap_lun(request, session.user_name)
-
-    async def CreateArrayExport(
-        self, request: pb.CreateArrayExportRequest, session: Session
-    ) -> pb.ArrayExport:
-        return await self.storage_array.create_export(request, session.user_name)
-
-    async def ListArrayExports(
-        self, request: pb.ListArrayExportsRequest, session: Session
-    ) -> pb.ListArrayExportsResponse:
-        return pb.ListArrayExportsResponse(exports=await self.storage_array.list_exports())
-
     # tasks and events
-
-    def GetTask(self, request: pb.GetTaskRequest, session: Session) -> common_pb2.Task:
-        return self.tasks.get(request.id)
 
     async def WaitForTask(
         self, request: pb.WaitForTaskRequest, session: Session

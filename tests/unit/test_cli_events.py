@@ -9,9 +9,10 @@ import re
 
 import grpc
 import pytest
-from test_cli_json import InProcessRpc, Vsim, cluster, vsim  # noqa: F401 - the fixtures
+from test_cli_json import Vsim, cluster, vsim  # noqa: F401 - the fixtures
 
 from vsim.cluster import output
+from vsim.dispatch import LocalTransport
 from vsim.faults import HostConnectFault, from_rpc_error
 
 LONG_TYPE = "AVeryLongEventTypeNameThatIsLongerThanAnyColumn"
@@ -89,7 +90,7 @@ async def test_follow_prints_newest_then_live_and_says_when_vcenter_went_away(
     vc = cluster[0]
     keys = post(vc, 5)
     following = asyncio.Event()
-    stream = InProcessRpc.stream
+    stream = LocalTransport.stream
 
     async def until_the_server_stops(self, method, request, session):
         following.set()
@@ -98,7 +99,7 @@ async def test_follow_prints_newest_then_live_and_says_when_vcenter_went_away(
             if item.message == "live":
                 raise from_rpc_error(Cancelled())
 
-    monkeypatch.setattr(InProcessRpc, "stream", until_the_server_stops)
+    monkeypatch.setattr(LocalTransport, "stream", until_the_server_stops)
     follow = asyncio.ensure_future(vsim("events", "--follow", "--limit", "2", table=True))
     await asyncio.wait_for(following.wait(), 10)
     live = vc.events.post("TestEvent", "live").key

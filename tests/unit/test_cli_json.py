@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,28 +22,6 @@ from vsim.vcenter.sessions import ADMINISTRATOR
 Vsim = Callable[..., Awaitable[Any]]
 
 
-class InProcessRpc:
-    """VCenterClient's transport to a vCenter core in this process: each call goes
-    through the core's authentication and its handler, the messages through their
-    wire form, as over gRPC."""
-
-    def __init__(self, vc) -> None:
-        self.vc = vc
-
-    async def call(self, method: str, request, session: str | None, timeout=None):
-        request = type(request).FromString(request.SerializeToString())
-        result = getattr(self.vc, method)(request, self.vc.authenticate(session, method))
-        reply = await result if inspect.isawaitable(result) else result
-        return type(reply).FromString(reply.SerializeToString())
-
-    async def stream(self, method: str, request, session: str | None) -> AsyncIterator[Any]:
-        async for item in getattr(self.vc, method)(request, self.vc.authenticate(session, method)):
-            yield item
-
-    async def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 async def vsim(cluster, tmp_path, monkeypatch, capsys) -> Vsim:  # noqa: F811
     """Runs `vsim ARGS... -o json` here and returns the document it printed (with
@@ -54,7 +32,7 @@ async def vsim(cluster, tmp_path, monkeypatch, capsys) -> Vsim:  # noqa: F811
     monkeypatch.setenv("VSIM_CONFIG", str(tmp_path / "config"))
 
     async def client(self) -> VCenterClient:
-        return VCenterClient(InProcessRpc(vc), "in-process", "", token)
+        return VCenterClient.in_process(vc.table, token)
 
     monkeypatch.setattr(cli.Context, "client", client)
 

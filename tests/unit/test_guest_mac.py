@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_vcenter_kernel import create, drops, get_vm, nic, receivers, send
-from vclab import SUCCESS, Lab, small_cluster
+from vclab import SUCCESS, Lab, rpc, small_cluster
 
 from vsim.clock import SimClock
 from vsim.cluster.cli import build_parser
@@ -44,12 +44,12 @@ async def port_group(lab: Lab, name: str, vlan: int = 0, host: str = "esxi-01", 
         name=name, vswitch="vSwitch0", vlan=vlan, security=kpb.SecurityPolicy(**security)
     )
     request = pb.HostPortGroupRequest(host=host, port_group=pg)
-    return await lab.vc.AddPortGroup(request, lab.session)
+    return await rpc(lab.vc).AddPortGroup(request, lab.session)
 
 
 async def set_guest_mac(lab: Lab, vm: str, mac: str, nic_: str = "") -> kpb.ConnectedNic:
     request = kpb.SetGuestMacRequest(vm=vm, nic=nic_, mac=mac)
-    return await lab.vc.SetGuestMac(request, lab.session)
+    return await rpc(lab.vc).SetGuestMac(request, lab.session)
 
 
 async def running(lab: Lab, *vms: tuple[str, str]) -> None:
@@ -65,7 +65,7 @@ def mac_of(lab: Lab, vm: str) -> str:
 
 
 async def ports(lab: Lab, host: str = "esxi-01") -> dict[tuple[str, str], kpb.ConnectedNic]:
-    network = await lab.vc.GetHostNetwork(pb.HostRequest(name=host), lab.session)
+    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name=host), lab.session)
     return {(n.vm, n.nic): n for n in network.nics}
 
 
@@ -94,7 +94,7 @@ async def test_mac_changes_reject_blocks_the_adapter_until_the_guest_changes_bac
     # The new MAC is no address of the port either: that frame finds no one.
     trace = await send(lab, "a", dst_mac=GUEST_MAC)
     assert (receivers(trace), drops(trace)) == ([], set())
-    stats = await lab.vc.GetVmStats(pb.VmRequest(name="b"), lab.session)
+    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="b"), lab.session)
     assert stats.nics["ethernet0"].dropped["mac_change"] == 2
 
     port = await set_guest_mac(lab, "b", "")  # back to the configured MAC
@@ -185,7 +185,7 @@ async def test_forged_transmits_reject_drops_a_frame_from_another_mac(one_host):
     trace = await send(lab, "l", dst_vm="dst", src_mac=forged)
     assert (receivers(trace), drops(trace)) == ([("esxi-01", "dst", "ethernet0")], set())
     assert trace.frame.src_mac == forged
-    stats = await lab.vc.GetVmStats(pb.VmRequest(name="s"), lab.session)
+    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="s"), lab.session)
     assert (stats.nics["ethernet0"].tx, stats.nics["ethernet0"].dropped["forged_transmit"]) == (
         1,
         1,
@@ -349,7 +349,7 @@ class InProcessRpc:
     async def call(self, method: str, request, session: str | None, timeout=None):
         self.calls.append(method)
         request = type(request).FromString(request.SerializeToString())
-        reply = getattr(self.lab.vc, method)(request, self.lab.session)
+        reply = getattr(rpc(self.lab.vc), method)(request, self.lab.session)
         if inspect.isawaitable(reply):
             reply = await reply
         return type(reply).FromString(reply.SerializeToString())

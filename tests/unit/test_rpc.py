@@ -31,13 +31,8 @@ async def servers(lab: Lab, tmp_path):
     """vCenter and esxi-01's hostd behind real TLS gRPC servers, and an array."""
     started = []
     endpoints = {}
-    for name, service, core in [
-        ("vcenter", VCENTER, lab.vc),
-        ("hostd", HOST_AGENT, lab.engine.running("esxi-01")),
-    ]:
-        server, port = await start_server(
-            make_identity(name), "127.0.0.1", 0, [(service, core, core.authenticate)]
-        )
+    for name, core in [("vcenter", lab.vc), ("hostd", lab.engine.running("esxi-01"))]:
+        server, port = await start_server(make_identity(name), "127.0.0.1", 0, [core.table])
         started.append(server)
         endpoints[name] = f"127.0.0.1:{port}"
     array = await start_array(tmp_path / "array")

@@ -58,7 +58,7 @@ def power_states(vc: VCenter) -> dict[str, int]:
 async def login(vc: VCenter):
     password = vc.sessions.initial_password()
     reply = await vc.Login(pb.LoginRequest(user_name=ADMINISTRATOR, password=password), None)
-    return vc.authenticate(reply.session, "GetVm")
+    return vc.table.authenticate(reply.session, "GetVm")
 
 
 async def test_power_down_then_up_brings_back_running_vms_with_their_writes(cluster, tmp_path):  # noqa: F811

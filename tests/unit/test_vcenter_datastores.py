@@ -8,6 +8,7 @@ import asyncio
 import random
 
 import pytest
+from vclab import rpc
 
 from vsim.clock import WallClock
 from vsim.cluster.array_setup import prepare_array
@@ -59,14 +60,14 @@ async def cluster(tmp_path, fast_scrypt):
             pb.LoginRequest(user_name=ADMINISTRATOR, password=vc.sessions.initial_password()), None
         )
     ).session
-    session = vc.authenticate(token, "ListDatastores")
+    session = vc.table.authenticate(token, "ListDatastores")
     yield vc, array, engine, session
     await vc.stop()
     array.close()
 
 
 async def listed(vc, session) -> dict[str, pb.Datastore]:
-    reply = await vc.ListDatastores(pb.ListDatastoresRequest(), session)
+    reply = await rpc(vc).ListDatastores(pb.ListDatastoresRequest(), session)
     return {d.name: d for d in reply.datastores}
 
 
@@ -91,7 +92,7 @@ async def test_create_vmfs_on_a_masked_lun_and_refusals(cluster):
     vc, array, _, session = cluster
     lun = array.create_lun(64 * 1024**2, tuple(initiator_name(h) for h in HOSTS)).id
     request = pb.CreateVmfsDatastoreRequest(name="vmfs-02", lun=lun, lock_mode="ats-only")
-    done = await run(vc, vc.CreateVmfsDatastore(request, session))
+    done = await run(vc, rpc(vc).CreateVmfsDatastore(request, session))
     assert done.state == common_pb2.TASK_STATE_SUCCESS
     vmfs2 = (await listed(vc, session))["vmfs-02"]
     assert (vmfs2.lock_mode, vmfs2.capacity_bytes, len(vmfs2.mounts)) == (
@@ -108,17 +109,19 @@ async def test_create_vmfs_on_a_masked_lun_and_refusals(cluster):
         (pb.CreateVmfsDatastoreRequest(name="vmfs-03", lun=lun, lock_mode="nope"), InvalidArgument),
     ]:
         with pytest.raises(fault):
-            vc.CreateVmfsDatastore(request, session)
+            rpc(vc).CreateVmfsDatastore(request, session)
     assert ((await listed(vc, session)).keys(), len(vc.tasks.recent(1000))) == before
 
     in_use = pb.CreateVmfsDatastoreRequest(name="vmfs-04", lun=lun)  # holds vmfs-02 already
     with pytest.raises(AlreadyExists, match="already datastore vmfs-02"):
-        vc.CreateVmfsDatastore(in_use, session)
+        rpc(vc).CreateVmfsDatastore(in_use, session)
 
     hidden = array.create_lun(64 * 1024**2, ()).id  # masked from every host
     done = await run(
         vc,
-        vc.CreateVmfsDatastore(pb.CreateVmfsDatastoreRequest(name="vmfs-03", lun=hidden), session),
+        rpc(vc).CreateVmfsDatastore(
+            pb.CreateVmfsDatastoreRequest(name="vmfs-03", lun=hidden), session
+        ),
     )
     assert done.state == common_pb2.TASK_STATE_ERROR and done.error.name == "CannotAccessFile"
     assert "vmfs-03" not in await listed(vc, session)
@@ -128,7 +131,7 @@ async def test_nas_datastores_need_an_export(cluster):
     vc, array, _, session = cluster
     done = await run(
         vc,
-        vc.CreateNasDatastore(
+        rpc(vc).CreateNasDatastore(
             pb.CreateNasDatastoreRequest(name="nfs-02", export="missing"), session
         ),
     )
@@ -136,7 +139,7 @@ async def test_nas_datastores_need_an_export(cluster):
     array.create_export("squashed", ExportOptions(root_squash=True))
     done = await run(
         vc,
-        vc.CreateNasDatastore(
+        rpc(vc).CreateNasDatastore(
             pb.CreateNasDatastoreRequest(name="nfs-02", export="squashed"), session
         ),
     )
@@ -163,7 +166,7 @@ async def test_lock_owner_and_breaking_a_stale_lock(cluster):
     await files.create("vm-001/vm-001-flat.vmdk")
     await files.open("vm-001/vm-001-flat.vmdk")  # held exclusive until esxi-01 dies
     request = pb.LockRequest(datastore="vmfs-01", path="vm-001/vm-001-flat.vmdk")
-    info = await vc.QueryLockOwner(request, session)
+    info = await rpc(vc).QueryLockOwner(request, session)
     assert (info.mode, [h.host for h in info.holders]) == ("EXCLUSIVE", ["esxi-01"])
     assert info.holders[0].live and info.holders[0].heartbeat_slot >= 0
     with pytest.raises(FileLocked):
@@ -180,12 +183,12 @@ async def test_lock_owner_and_breaking_a_stale_lock(cluster):
             await asyncio.sleep(0.02)
     assert vc.clock.now() - crashed >= 16 - 3  # its last heartbeat was at most 3 s before
     assert broken.mode == "EXCLUSIVE" and broken.holders[0].host == "esxi-01" and broken.broken
-    assert (await vc.QueryLockOwner(request, session)).mode == "FREE"
+    assert (await rpc(vc).QueryLockOwner(request, session)).mode == "FREE"
     assert "StaleLockBrokenEvent" in [e.type for e in vc.events.after(0, 10_000)]
 
     missing = pb.LockRequest(datastore="nope", path="x")
     with pytest.raises(NotFound):
-        await vc.QueryLockOwner(missing, session)
+        await rpc(vc).QueryLockOwner(missing, session)
 
 
 async def test_an_nfs_lock_file_names_its_owner(cluster):
@@ -195,7 +198,9 @@ async def test_an_nfs_lock_file_names_its_owner(cluster):
 
     _, attributes = export.create(Caller("setup"), "", "vm-002.vmdk")
     await engine.running("esxi-02").storage.nfs["nfs-01"].lock("", attributes.fileid, "vm-002.vmdk")
-    info = await vc.QueryLockOwner(pb.LockRequest(datastore="nfs-01", path="vm-002.vmdk"), session)
+    info = await rpc(vc).QueryLockOwner(
+        pb.LockRequest(datastore="nfs-01", path="vm-002.vmdk"), session
+    )
     assert (info.mode, [h.host for h in info.holders]) == ("EXCLUSIVE", ["esxi-02"])
     assert info.holders[0].live
 
@@ -214,7 +219,7 @@ async def test_an_export_a_host_cannot_reach_shows_as_inaccessible(cluster):
 async def test_storage_io_control_threshold_reaches_every_host_and_later_mounts(cluster):
     vc, _, engine, session = cluster
     request = pb.ConfigureStorageIoControlRequest(datastore="vmfs-01", threshold_ms=15)
-    datastore = await vc.ConfigureStorageIoControl(request, session)
+    datastore = await rpc(vc).ConfigureStorageIoControl(request, session)
     assert datastore.sioc_threshold_ms == 15
     for host in HOSTS:
         io = {d.datastore: d for d in engine.running(host).GetHostStats(None, None).datastores}
@@ -224,11 +229,11 @@ async def test_storage_io_control_threshold_reaches_every_host_and_later_mounts(
     assert vc.inventory.datastore("vmfs-01").sioc_threshold_ms == 15
     for bad in (4.9, 101.0):
         with pytest.raises(InvalidArgument, match="5-100 ms"):
-            await vc.ConfigureStorageIoControl(
+            await rpc(vc).ConfigureStorageIoControl(
                 pb.ConfigureStorageIoControlRequest(datastore="vmfs-01", threshold_ms=bad), session
             )
     with pytest.raises(NotFound):
-        await vc.ConfigureStorageIoControl(
+        await rpc(vc).ConfigureStorageIoControl(
             pb.ConfigureStorageIoControlRequest(datastore="nope", threshold_ms=20), session
         )
     assert vc.inventory.datastore("vmfs-01").sioc_threshold_ms == 15
@@ -250,7 +255,7 @@ async def test_a_host_that_missed_a_sioc_change_gets_it_when_it_is_back(cluster)
 
     vc.hosts._mark_not_responding("esxi-03")
     request = pb.ConfigureStorageIoControlRequest(datastore="vmfs-01", threshold_ms=20)
-    await vc.ConfigureStorageIoControl(request, session)
+    await rpc(vc).ConfigureStorageIoControl(request, session)
     assert (threshold("esxi-01"), threshold("esxi-03")) == (20, 30)
     await vc.hosts.heartbeat_once()  # it answers again: re-attached
     assert threshold("esxi-03") == 20

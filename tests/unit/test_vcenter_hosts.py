@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab
+from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab, rpc
 
 from vsim.faults import (
     DuplicateName,
@@ -173,9 +173,9 @@ async def test_remove_host_after_power_off_removes_it_and_its_vms(lab: Lab):
     assert lab.vc.inventory.machine("esxi-01") is None
     assert lab.events()[-1].type == "HostRemovedEvent"
     with pytest.raises(NotFound):
-        lab.vc.PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
+        rpc(lab.vc).PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
     with pytest.raises(NotFound):
-        lab.vc.CreateVm(
+        rpc(lab.vc).CreateVm(
             pb.CreateVmRequest(name="vm-004", cpus=1, memory_mb=1024, host="esxi-01"), lab.session
         )
 
@@ -259,14 +259,14 @@ async def test_operations_on_vms_of_a_not_responding_host_fail(lab: Lab):
     await lab.vc.hosts.heartbeat_once()
     before = lab.snapshot()
     for call, name in [
-        (lab.vc.PowerOffVm, "vm-001"),
-        (lab.vc.PowerOnVm, "vm-002"),
-        (lab.vc.DestroyVm, "vm-002"),
+        (rpc(lab.vc).PowerOffVm, "vm-001"),
+        (rpc(lab.vc).PowerOnVm, "vm-002"),
+        (rpc(lab.vc).DestroyVm, "vm-002"),
     ]:
         with pytest.raises(HostNotConnected):
             call(pb.VmRequest(name=name), lab.session)
     with pytest.raises(HostNotConnected):
-        lab.vc.CreateVm(
+        rpc(lab.vc).CreateVm(
             pb.CreateVmRequest(name="vm-003", cpus=1, memory_mb=1024, host="esxi-01"), lab.session
         )
     assert lab.snapshot() == before
@@ -277,7 +277,7 @@ async def test_operations_on_vms_of_a_not_responding_host_fail(lab: Lab):
 
 async def test_vm_task_fails_when_its_host_dies_under_it(lab: Lab):
     await _lab_with_vm_on_esxi_01(lab)
-    task = lab.vc.PowerOnVm(pb.VmRequest(name="vm-002"), lab.session)
+    task = rpc(lab.vc).PowerOnVm(pb.VmRequest(name="vm-002"), lab.session)
     lab.engine.crash("esxi-01")
     lab.drop_connection("esxi-01")
     done = await lab.wait(task)
@@ -354,7 +354,7 @@ async def test_restart_keeps_inventory_power_states_sessions_and_tasks(lab: Lab)
     await lab.restart()
 
     assert lab.engine is engine
-    assert lab.vc.authenticate(token, "ListVms").user_name == "administrator@vsphere.local"
+    assert lab.vc.table.authenticate(token, "ListVms").user_name == "administrator@vsphere.local"
     assert lab.vc.uuid == uuid
     assert lab.hosts() == hosts
     assert lab.vms() == vms
@@ -414,7 +414,7 @@ async def test_a_not_responding_host_can_be_removed_with_its_vms(lab: Lab):
 async def test_a_vm_named_like_a_host_is_not_blocked_by_that_hosts_task(lab: Lab):
     assert (await lab.create("esxi-02", host="esxi-03")).state == SUCCESS
     host_task = lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-02"), lab.session)
-    vm_task = lab.vc.PowerOnVm(pb.VmRequest(name="esxi-02"), lab.session)
+    vm_task = rpc(lab.vc).PowerOnVm(pb.VmRequest(name="esxi-02"), lab.session)
     assert (await lab.wait(vm_task)).state == SUCCESS
     assert (await lab.wait(host_task)).state == SUCCESS
 
@@ -435,13 +435,13 @@ async def test_the_monitor_finds_a_crashed_host_on_the_sim_clock(lab: Lab):
 
 async def test_remove_host_waits_for_tasks_on_its_vms(lab: Lab):
     assert (await lab.create("vm-001", host="esxi-02")).state == SUCCESS
-    power_on = lab.vc.PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
+    power_on = rpc(lab.vc).PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
     with pytest.raises(TaskInProgress):
         lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-02"), lab.session)
     assert (await lab.wait(power_on)).state == SUCCESS
     assert (await lab.power_off("vm-001")).state == SUCCESS
     remove = lab.vc.RemoveHost(pb.RemoveHostRequest(name="esxi-02"), lab.session)
     with pytest.raises(TaskInProgress):
-        lab.vc.PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
+        rpc(lab.vc).PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
     assert (await lab.wait(remove)).state == SUCCESS
     assert "vm-001" not in lab.vms()

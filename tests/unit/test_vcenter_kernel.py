@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
-from vclab import ERROR, SUCCESS, Lab, small_cluster
+from vclab import ERROR, SUCCESS, Lab, rpc, small_cluster
 
 from vsim.faults import (
     AlreadyExists,
@@ -60,11 +60,11 @@ async def create(
         resources=quiet(**resources),
         nics=list(nics),
     )
-    return await lab.wait(lab.vc.CreateVm(request, lab.session))
+    return await lab.wait(rpc(lab.vc).CreateVm(request, lab.session))
 
 
 async def call_task(lab: Lab, method: str, request):
-    return await lab.wait(getattr(lab.vc, method)(request, lab.session))
+    return await lab.wait(getattr(rpc(lab.vc), method)(request, lab.session))
 
 
 def get_vm(lab: Lab, name: str) -> pb.Vm:
@@ -125,7 +125,7 @@ async def test_create_vm_with_resources_and_nics_registers_them_on_its_host(lab:
     ]
     assert (host.resources.cpu_reservation_mhz, host.resources.memory.reservation_mb) == (500, 128)
     assert (await lab.power_on("web")).state == SUCCESS
-    network = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
     assert sorted((n.vm, n.nic, n.mac) for n in network.nics) == [
         ("web", n.name, n.mac) for n in vm.nics
     ]
@@ -182,7 +182,7 @@ async def test_a_mac_in_use_is_refused_and_nothing_changes(lab: Lab):
     ]
     for method, request in refused:
         with pytest.raises(AlreadyExists):
-            getattr(lab.vc, method)(request, lab.session)
+            getattr(rpc(lab.vc), method)(request, lab.session)
         assert snapshot(lab) == before
     assert lab.vc.macs._held == {}  # a refusal holds no MAC
 
@@ -224,7 +224,7 @@ async def test_bad_requests_are_refused_at_once_and_change_nothing(
     assert (await create(lab, "a", nics=[nic()])).state == SUCCESS
     before = snapshot(lab)
     with pytest.raises(fault, match=words):
-        getattr(lab.vc, method)(request_, lab.session)
+        getattr(rpc(lab.vc), method)(request_, lab.session)
     assert snapshot(lab) == before
     assert lab.vc.macs._held == {}
 
@@ -244,7 +244,7 @@ async def test_reconfigure_applies_live_and_a_reservation_that_does_not_fit_chan
     done = await call_task(lab, "ReconfigureVmResources", request)
     assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
     assert get_vm(lab, "a").resources.cpu.reservation == 6000
-    stats = await lab.vc.GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+    stats = await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
     assert stats.cpu.reserved == 6000  # applied to the running VM at once
     event = lab.events()[-1]
     assert (event.type, event.vm) == ("VmReconfiguredEvent", "a")
@@ -273,7 +273,7 @@ async def test_add_nic_to_a_running_vm_connects_it_and_a_missing_port_group_chan
     assert done.state == SUCCESS
     vm = get_vm(lab, "a")
     assert [n.name for n in vm.nics] == ["ethernet0", "ethernet1"]
-    network = await lab.vc.GetHostNetwork(pb.HostRequest(name=vm.host), lab.session)
+    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name=vm.host), lab.session)
     assert sorted(n.nic for n in network.nics if n.vm == "a") == ["ethernet0", "ethernet1"]
     assert lab.vc.macs._held == {}  # released when the task ended
 
@@ -321,7 +321,7 @@ async def test_firewall_rules_persist_across_a_vcenter_restart_and_travel_with_t
 
 async def test_vswitch_and_port_group_add_and_a_bad_vlan_is_refused(lab: Lab):
     vswitch = kpb.VirtualSwitch(name="vSwitch1", uplinks=["vmnic1", "vmnic2"])
-    network = await lab.vc.AddVirtualSwitch(
+    network = await rpc(lab.vc).AddVirtualSwitch(
         pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=vswitch), lab.session
     )
     assert [(v.name, list(v.uplinks)) for v in network.vswitches] == [
@@ -329,7 +329,7 @@ async def test_vswitch_and_port_group_add_and_a_bad_vlan_is_refused(lab: Lab):
         ("vSwitch1", ["vmnic1", "vmnic2"]),
     ]
     pg = kpb.PortGroup(name="Prod", vswitch="vSwitch1", vlan=10)
-    network = await lab.vc.AddPortGroup(
+    network = await rpc(lab.vc).AddPortGroup(
         pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session
     )
     assert ("Prod", "vSwitch1", 10) in [(p.name, p.vswitch, p.vlan) for p in network.port_groups]
@@ -337,7 +337,7 @@ async def test_vswitch_and_port_group_add_and_a_bad_vlan_is_refused(lab: Lab):
         "HostVirtualSwitchAddedEvent",
         "HostPortGroupAddedEvent",
     ]
-    before = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    before = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
     events = len(lab.events())
 
     def port_group(host: str, **fields) -> pb.HostPortGroupRequest:
@@ -354,14 +354,14 @@ async def test_vswitch_and_port_group_add_and_a_bad_vlan_is_refused(lab: Lab):
         ("AddVirtualSwitch", vswitch(name="vSwitch2", uplinks=["eth0"]), InvalidArgument),
     ]:  # fmt: skip
         with pytest.raises(fault):
-            await getattr(lab.vc, method)(request, lab.session)
-    assert await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session) == before
+            await getattr(rpc(lab.vc), method)(request, lab.session)
+    assert await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session) == before
     assert len(lab.events()) == events
     lab.engine.crash("esxi-02")
     lab.drop_connection("esxi-02")
     await lab.vc.hosts.heartbeat_once()
     with pytest.raises(HostNotConnected):
-        await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
+        await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
 
 
 async def vlan_lab(make_lab) -> Lab:
@@ -370,7 +370,7 @@ async def vlan_lab(make_lab) -> Lab:
     for host in ("esxi-01", "esxi-02"):
         for name, vlan in (("Prod", 10), ("Dev", 20)):
             pg = kpb.PortGroup(name=name, vswitch="vSwitch0", vlan=vlan)
-            await lab.vc.AddPortGroup(
+            await rpc(lab.vc).AddPortGroup(
                 pb.HostPortGroupRequest(host=host, port_group=pg), lab.session
             )
     for name, host, pg in (
@@ -385,7 +385,7 @@ async def vlan_lab(make_lab) -> Lab:
 
 async def send(lab: Lab, vm: str, dst_vm: str = "", **frame) -> kpb.FrameTrace:
     request = pb.SendTestFrameRequest(vm=vm, dst_vm=dst_vm, frame=kpb.Frame(**frame))
-    return await lab.vc.SendTestFrame(request, lab.session)
+    return await rpc(lab.vc).SendTestFrame(request, lab.session)
 
 
 def receivers(trace: kpb.FrameTrace) -> list[tuple[str, str, str]]:
@@ -414,9 +414,9 @@ async def test_a_frame_reaches_the_vm_on_the_other_host_in_its_vlan_only(make_la
 async def test_a_switch_port_not_trunking_the_vlan_blocks_it(make_lab):
     lab = await vlan_lab(make_lab)
     port = kpb.PhysicalPort(host="esxi-02", uplink="vmnic0", vlans=[20, 0, 20])
-    configured = lab.vc.ConfigurePhysicalPort(port, lab.session)
+    configured = rpc(lab.vc).ConfigurePhysicalPort(port, lab.session)
     assert list(configured.vlans) == [0, 20]
-    ports = lab.vc.ListPhysicalPorts(pb.ListPhysicalPortsRequest(), lab.session).ports
+    ports = rpc(lab.vc).ListPhysicalPorts(pb.ListPhysicalPortsRequest(), lab.session).ports
     assert len(ports) == 8  # two hosts x vmnic0..vmnic3
     assert [list(p.vlans) for p in ports if (p.host, p.uplink) == ("esxi-02", "vmnic0")] == [
         [0, 20]
@@ -430,10 +430,12 @@ async def test_a_switch_port_not_trunking_the_vlan_blocks_it(make_lab):
     await lab.restart()  # the port's setting is in the inventory
     trace = await send(lab, "a", dst_vm="b")
     assert receivers(trace) == []
-    lab.vc.ConfigurePhysicalPort(kpb.PhysicalPort(host="esxi-02", uplink="vmnic0"), lab.session)
+    rpc(lab.vc).ConfigurePhysicalPort(
+        kpb.PhysicalPort(host="esxi-02", uplink="vmnic0"), lab.session
+    )
     assert receivers(await send(lab, "a", dst_vm="b")) == [("esxi-02", "b", "ethernet0")]
     shut = kpb.PhysicalPort(host="esxi-01", uplink="vmnic0", disabled=True)
-    lab.vc.ConfigurePhysicalPort(shut, lab.session)
+    rpc(lab.vc).ConfigurePhysicalPort(shut, lab.session)
     trace = await send(lab, "a", dst_vm="b")
     assert receivers(trace) == [] and ("", "pswitch-01:esxi-01/vmnic0", "port_disabled") in drops(
         trace
@@ -445,7 +447,7 @@ async def test_a_switch_port_not_trunking_the_vlan_blocks_it(make_lab):
         (kpb.PhysicalPort(host="esxi-02", uplink="vmnic0", vlans=[4095]), InvalidArgument),
     ]:
         with pytest.raises(fault):
-            lab.vc.ConfigurePhysicalPort(bad, lab.session)
+            rpc(lab.vc).ConfigurePhysicalPort(bad, lab.session)
 
 
 async def test_a_firewall_deny_drops_the_frame_with_reason_firewall(make_lab):
@@ -461,7 +463,7 @@ async def test_a_firewall_deny_drops_the_frame_with_reason_firewall(make_lab):
     assert "10.0.0.0/8" in denied.detail
     trace = await send(lab, "a", dst_vm="b", **{**ssh, "src_ip": "192.168.1.1"})
     assert receivers(trace) == [("esxi-02", "b", "ethernet0")]  # outside 10.0.0.0/8
-    stats = await lab.vc.GetVmStats(pb.VmRequest(name="b"), lab.session)
+    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="b"), lab.session)
     assert stats.nics["ethernet0"].dropped["firewall"] == 1
 
 
@@ -482,7 +484,7 @@ async def test_send_test_frame_refusals(make_lab):
             await send(lab, vm, dst_vm, **frame)
     with pytest.raises(NotFound, match="ethernet1"):
         request = pb.SendTestFrameRequest(vm="a", nic="ethernet1", dst_vm="b")
-        await lab.vc.SendTestFrame(request, lab.session)
+        await rpc(lab.vc).SendTestFrame(request, lab.session)
 
 
 # statistics, memory settings, DirectPath
@@ -491,25 +493,25 @@ async def test_send_test_frame_refusals(make_lab):
 async def test_stats_of_a_running_vm(lab: Lab):
     assert (await create(lab, "busy", cpu_load_pct=100)).state == SUCCESS
     with pytest.raises(InvalidPowerState):
-        await lab.vc.GetVmStats(pb.VmRequest(name="busy"), lab.session)
+        await rpc(lab.vc).GetVmStats(pb.VmRequest(name="busy"), lab.session)
     assert (await lab.power_on("busy")).state == SUCCESS
     await lab.clock.advance(5)
-    stats = await lab.vc.GetVmStats(pb.VmRequest(name="busy"), lab.session)
+    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="busy"), lab.session)
     assert (stats.name, stats.host) == ("busy", "esxi-01")
     assert stats.cpu.demand == 2600 and stats.cpu.usage > 0  # one vCPU, fully busy
     assert stats.memory.granted > 0
-    host = await lab.vc.GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+    host = await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
     assert [v.name for v in host.vms] == ["busy"] and host.host == "esxi-01"
     with pytest.raises(NotFound):
-        await lab.vc.GetHostStats(pb.HostRequest(name="esxi-09"), lab.session)
+        await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-09"), lab.session)
 
 
 async def test_host_memory_settings_are_forwarded(lab: Lab):
     request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", share_force_salting=0)
-    settings = await lab.vc.UpdateHostMemorySettings(request, lab.session)
+    settings = await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
     assert (settings.share_force_salting, settings.page_sharing_disabled) == (0, False)
     request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", page_sharing_disabled=True)
-    settings = await lab.vc.UpdateHostMemorySettings(request, lab.session)
+    settings = await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
     assert (settings.share_force_salting, settings.page_sharing_disabled) == (0, True)
     assert lab.events()[-1].type == "HostMemorySettingsChangedEvent"
     events = len(lab.events())
@@ -519,8 +521,8 @@ async def test_host_memory_settings_are_forwarded(lab: Lab):
         pb.UpdateHostMemorySettingsRequest(host="esxi-01"),
     ]:
         with pytest.raises(InvalidArgument):
-            await lab.vc.UpdateHostMemorySettings(bad, lab.session)
-    stats = await lab.vc.GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+            await rpc(lab.vc).UpdateHostMemorySettings(bad, lab.session)
+    stats = await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
     assert stats.memory_settings.share_force_salting == 0
     assert len(lab.events()) == events
 
@@ -545,16 +547,16 @@ async def test_vcenter_takes_exactly_the_memory_settings_the_host_takes(lab: Lab
     except InvalidArgument:
         words = {"share_force_salting": "ShareForceSalting", "share_scan_period": name}[name]
         with pytest.raises(InvalidArgument, match=words):
-            await lab.vc.UpdateHostMemorySettings(request, lab.session)
+            await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
         assert len(lab.events()) == events
         return
-    settings = await lab.vc.UpdateHostMemorySettings(request, lab.session)
+    settings = await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
     assert getattr(settings, name) == value
     assert len(lab.events()) == events + 1
 
 
 async def test_directpath_device_assignment(lab: Lab):
-    devices = await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+    devices = await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
     gpu = devices.devices[0].id
     assert devices.host == "esxi-01" and not devices.devices[0].passthru_enabled
     assert (await create(lab, "ml", memory_mb=256)).state == SUCCESS
@@ -563,19 +565,21 @@ async def test_directpath_device_assignment(lab: Lab):
     assert (failed.state, failed.error.name) == (ERROR, "InvalidState")  # not enabled
     assert list(get_vm(lab, "ml").pci_devices) == []
     enable = pb.UpdateHostPassthruRequest(host="esxi-01", id=gpu, enabled=True)
-    assert (await lab.vc.UpdatePassthruConfig(enable, lab.session)).passthru_enabled
+    assert (await rpc(lab.vc).UpdatePassthruConfig(enable, lab.session)).passthru_enabled
     assert (await call_task(lab, "AssignPciDevice", request)).state == SUCCESS
     assert list(get_vm(lab, "ml").pci_devices) == [gpu]
     with pytest.raises(AlreadyExists):
-        lab.vc.AssignPciDevice(request, lab.session)
-    listed = await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+        rpc(lab.vc).AssignPciDevice(request, lab.session)
+    listed = await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
     assert [d.vm for d in listed.devices if d.id == gpu] == ["ml"]
     full = quiet(memory=kpb.ResourceAllocation(reservation=256))
     reserve = pb.ReconfigureVmResourcesRequest(name="ml", resources=full)
     assert (await call_task(lab, "ReconfigureVmResources", reserve)).state == SUCCESS
     assert (await lab.power_on("ml")).state == SUCCESS
     with pytest.raises(InvalidPowerState):  # DirectPath changes only while powered off
-        lab.vc.AssignPciDevice(pb.AssignPciDeviceRequest(vm="ml", id="0000:af:00.0"), lab.session)
+        rpc(lab.vc).AssignPciDevice(
+            pb.AssignPciDeviceRequest(vm="ml", id="0000:af:00.0"), lab.session
+        )
 
 
 async def test_guest_report_luns_lists_exactly_its_disks(cluster):  # noqa: F811
@@ -590,19 +594,21 @@ async def test_guest_report_luns_lists_exactly_its_disks(cluster):  # noqa: F811
             disk_mb=disk_mb,
             resources=quiet(),
         )
-        assert (await run(vc, vc.CreateVm(request, session))).state == SUCCESS
+        assert (await run(vc, rpc(vc).CreateVm(request, session))).state == SUCCESS
     with pytest.raises(InvalidPowerState):
-        await vc.GuestReportLuns(pb.VmRequest(name="db"), session)
+        await rpc(vc).GuestReportLuns(pb.VmRequest(name="db"), session)
     for name in ("db", "other"):
-        assert (await run(vc, vc.PowerOnVm(pb.VmRequest(name=name), session))).state == SUCCESS
-    luns = await vc.GuestReportLuns(pb.VmRequest(name="db"), session)
+        assert (await run(vc, rpc(vc).PowerOnVm(pb.VmRequest(name=name), session))).state == SUCCESS
+    luns = await rpc(vc).GuestReportLuns(pb.VmRequest(name="db"), session)
     assert luns.vm == "db"
     assert [(lun.address, lun.lun, lun.capacity_bytes) for lun in luns.luns] == [
         ("scsi0:0", 0, 8 * 1024**2)
     ]
     assert luns.luns[0].vendor.strip() == "VMware"
     for name in ("db", "other"):
-        assert (await run(vc, vc.PowerOffVm(pb.VmRequest(name=name), session))).state == SUCCESS
+        assert (
+            await run(vc, rpc(vc).PowerOffVm(pb.VmRequest(name=name), session))
+        ).state == SUCCESS
 
 
 async def test_a_linked_clone_takes_the_adapters_with_new_macs(cluster):  # noqa: F811
@@ -617,9 +623,9 @@ async def test_a_linked_clone_takes_the_adapters_with_new_macs(cluster):  # noqa
         resources=quiet(cpu_load_pct=10),
         nics=[nic(firewall=[rule("deny in any any any")]), nic("Management Network")],
     )
-    assert (await run(vc, vc.CreateVm(request, session))).state == SUCCESS
+    assert (await run(vc, rpc(vc).CreateVm(request, session))).state == SUCCESS
     clone = pb.LinkedCloneVmRequest(source="base", name="copy", host="esxi-02")
-    assert (await run(vc, vc.LinkedCloneVm(clone, session))).state == SUCCESS
+    assert (await run(vc, rpc(vc).LinkedCloneVm(clone, session))).state == SUCCESS
     base, copy = vc.vms.get("base"), vc.vms.get("copy")
     assert [(n.name, n.port_group, list(n.firewall)) for n in copy.nics] == [
         (n.name, n.port_group, list(n.firewall)) for n in base.nics
@@ -645,7 +651,7 @@ async def test_a_nic_hot_removed_from_a_running_vm_frees_its_port_and_its_mac(ma
     assert vm.power_state == pb.POWER_STATE_POWERED_ON
     assert [n.name for n in vm.nics] == ["ethernet0"]  # its firewall rules went with it
     assert [n.name for n in on_host(lab, "b").nics] == ["ethernet0"]
-    network = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
+    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
     assert sorted((n.vm, n.nic) for n in network.nics) == [("b", "ethernet0"), ("c", "ethernet0")]
     event = lab.events()[-1]
     assert (event.type, event.vm) == ("VmReconfiguredEvent", "b")
@@ -657,7 +663,7 @@ async def test_a_nic_hot_removed_from_a_running_vm_frees_its_port_and_its_mac(ma
     assert (await call_task(lab, "AddVmNic", again)).state == SUCCESS
     assert lab.vc.inventory.nic_owner("00:50:56:00:00:b2") == ("c", "ethernet1")
     with pytest.raises(NotFound, match="ethernet1"):
-        lab.vc.RemoveVmNic(remove, lab.session)
+        rpc(lab.vc).RemoveVmNic(remove, lab.session)
     assert lab.vc.macs._held == {}
 
 
@@ -669,16 +675,20 @@ async def test_a_nic_is_removed_from_a_powered_off_vm_and_survives_a_restart(lab
     await lab.restart()
     assert [n.name for n in get_vm(lab, "a").nics] == ["ethernet1"]
     assert (await lab.power_on("a")).state == SUCCESS
-    network = await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
     assert [(n.vm, n.nic, n.port_group) for n in network.nics] == [
         ("a", "ethernet1", "Management Network")
     ]
 
 
 async def test_a_directpath_device_is_removed_only_from_a_powered_off_vm(lab: Lab):
-    gpu = (await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)).devices[0].id
+    gpu = (
+        (await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session))
+        .devices[0]
+        .id
+    )
     enable = pb.UpdateHostPassthruRequest(host="esxi-01", id=gpu, enabled=True)
-    await lab.vc.UpdatePassthruConfig(enable, lab.session)
+    await rpc(lab.vc).UpdatePassthruConfig(enable, lab.session)
     full = quiet(memory=kpb.ResourceAllocation(reservation=256))
     for name in ("ml", "ml-2"):
         assert (await create(lab, name, memory=full.memory)).state == SUCCESS
@@ -690,21 +700,21 @@ async def test_a_directpath_device_is_removed_only_from_a_powered_off_vm(lab: La
     remove = pb.RemovePciDeviceRequest(vm="ml", id=gpu.upper())
     before = snapshot(lab)
     with pytest.raises(InvalidPowerState, match="not hot-removed"):
-        lab.vc.RemovePciDevice(remove, lab.session)
+        rpc(lab.vc).RemovePciDevice(remove, lab.session)
     assert snapshot(lab) == before
     assert (await lab.power_off("ml")).state == SUCCESS
     done = await call_task(lab, "RemovePciDevice", remove)
     assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
     assert list(get_vm(lab, "ml").pci_devices) == [] and on_host(lab, "ml").pci_devices == ()
     assert f"removed PCI device {gpu}" in lab.events()[-1].message
-    listed = await lab.vc.ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+    listed = await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
     assert [d.vm for d in listed.devices if d.id == gpu] == [""]
     # Free for another VM now.
     request = pb.AssignPciDeviceRequest(vm="ml-2", id=gpu)
     assert (await call_task(lab, "AssignPciDevice", request)).state == SUCCESS
     assert (await lab.power_on("ml-2")).state == SUCCESS
     with pytest.raises(NotFound, match="ml has no PCI device"):
-        lab.vc.RemovePciDevice(remove, lab.session)
+        rpc(lab.vc).RemovePciDevice(remove, lab.session)
 
 
 def rm_vswitch(name: str, host: str = "esxi-01") -> pb.RemoveHostVirtualSwitchRequest:
@@ -716,25 +726,27 @@ def rm_port_group(name: str, host: str = "esxi-01") -> pb.RemoveHostPortGroupReq
 
 
 async def network_names(lab: Lab, host: str = "esxi-01") -> tuple[list[str], list[str]]:
-    network = await lab.vc.GetHostNetwork(pb.HostRequest(name=host), lab.session)
+    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name=host), lab.session)
     return [v.name for v in network.vswitches], [p.name for p in network.port_groups]
 
 
 async def test_a_port_group_in_use_by_any_vm_is_not_removed(lab: Lab):
     pg = kpb.PortGroup(name="Prod", vswitch="vSwitch0", vlan=10)
-    await lab.vc.AddPortGroup(pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session)
+    await rpc(lab.vc).AddPortGroup(
+        pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session
+    )
     assert (await create(lab, "off", nics=[nic("Prod")])).state == SUCCESS
     assert (await create(lab, "on", nics=[nic(), nic("Prod")])).state == SUCCESS
     assert (await lab.power_on("on")).state == SUCCESS
     remove = rm_port_group("Prod")
     before, events = await network_names(lab), len(lab.events())
     with pytest.raises(ResourceInUse, match=r"off \(ethernet0\), on \(ethernet1\)"):
-        await lab.vc.RemovePortGroup(remove, lab.session)
+        await rpc(lab.vc).RemovePortGroup(remove, lab.session)
     assert await network_names(lab) == before and len(lab.events()) == events
     assert (await lab.destroy("off")).state == SUCCESS
     nic_gone = pb.RemoveVmNicRequest(vm="on", nic="ethernet1")
     assert (await call_task(lab, "RemoveVmNic", nic_gone)).state == SUCCESS
-    network = await lab.vc.RemovePortGroup(remove, lab.session)
+    network = await rpc(lab.vc).RemovePortGroup(remove, lab.session)
     assert network.host == "esxi-01" and "Prod" not in [p.name for p in network.port_groups]
     event = lab.events()[-1]
     assert (event.type, event.host) == ("HostPortGroupRemovedEvent", "esxi-01")
@@ -747,18 +759,20 @@ async def test_a_port_group_in_use_by_any_vm_is_not_removed(lab: Lab):
 async def test_a_vswitch_is_removed_once_it_has_no_port_groups_and_frees_its_uplinks(lab: Lab):
     vswitch = kpb.VirtualSwitch(name="vSwitch1", uplinks=["vmnic1", "vmnic2"])
     add = pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=vswitch)
-    await lab.vc.AddVirtualSwitch(add, lab.session)
+    await rpc(lab.vc).AddVirtualSwitch(add, lab.session)
     pg = kpb.PortGroup(name="Storage", vswitch="vSwitch1")
-    await lab.vc.AddPortGroup(pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session)
+    await rpc(lab.vc).AddPortGroup(
+        pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session
+    )
     remove = rm_vswitch("vSwitch1")
     with pytest.raises(ResourceInUse, match="port groups 'Storage'"):
-        await lab.vc.RemoveVirtualSwitch(remove, lab.session)
-    await lab.vc.RemovePortGroup(rm_port_group("Storage"), lab.session)
-    network = await lab.vc.RemoveVirtualSwitch(remove, lab.session)
+        await rpc(lab.vc).RemoveVirtualSwitch(remove, lab.session)
+    await rpc(lab.vc).RemovePortGroup(rm_port_group("Storage"), lab.session)
+    network = await rpc(lab.vc).RemoveVirtualSwitch(remove, lab.session)
     assert [v.name for v in network.vswitches] == ["vSwitch0"]
     assert lab.events()[-1].type == "HostVirtualSwitchRemovedEvent"
     reuse = kpb.VirtualSwitch(name="vSwitch2", uplinks=["vmnic2"])
-    network = await lab.vc.AddVirtualSwitch(
+    network = await rpc(lab.vc).AddVirtualSwitch(
         pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=reuse), lab.session
     )
     assert [(v.name, list(v.uplinks)) for v in network.vswitches] == [
@@ -785,5 +799,5 @@ async def test_bad_network_removals_are_refused_and_change_nothing(
 ):
     before, events = await network_names(lab), len(lab.events())
     with pytest.raises(fault, match=words):
-        await getattr(lab.vc, method)(request_, lab.session)
+        await getattr(rpc(lab.vc), method)(request_, lab.session)
     assert await network_names(lab) == before and len(lab.events()) == events

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from vclab import SUCCESS, Lab
+from vclab import SUCCESS, Lab, rpc
 
 from vsim.faults import InvalidArgument
 from vsim.v1 import kernel_pb2 as kpb
@@ -24,27 +24,27 @@ BAD_NAMES = {
 }
 
 SURFACES = {
-    "VM": lambda vc, s, n: vc.CreateVm(pb.CreateVmRequest(name=n, cpus=1, memory_mb=64), s),
-    "linked clone": lambda vc, s, n: vc.LinkedCloneVm(
+    "VM": lambda vc, s, n: rpc(vc).CreateVm(pb.CreateVmRequest(name=n, cpus=1, memory_mb=64), s),
+    "linked clone": lambda vc, s, n: rpc(vc).LinkedCloneVm(
         pb.LinkedCloneVmRequest(source="vm-001", name=n), s
     ),
     "host": lambda vc, s, n: vc.AddHost(pb.AddHostRequest(name=n), s),
-    "datastore": lambda vc, s, n: vc.CreateNasDatastore(
+    "datastore": lambda vc, s, n: rpc(vc).CreateNasDatastore(
         pb.CreateNasDatastoreRequest(name=n, export="nfs-01"), s
     ),
-    "resource pool": lambda vc, s, n: vc.CreateResourcePool(
+    "resource pool": lambda vc, s, n: rpc(vc).CreateResourcePool(
         pb.HostResourcePoolRequest(host="esxi-01", pool=kpb.ResourcePoolSpec(name=n)), s
     ),
-    "port group": lambda vc, s, n: vc.AddPortGroup(
+    "port group": lambda vc, s, n: rpc(vc).AddPortGroup(
         pb.HostPortGroupRequest(
             host="esxi-01", port_group=kpb.PortGroup(name=n, vswitch="vSwitch0")
         ),
         s,
     ),
-    "vSwitch": lambda vc, s, n: vc.AddVirtualSwitch(
+    "vSwitch": lambda vc, s, n: rpc(vc).AddVirtualSwitch(
         pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=kpb.VirtualSwitch(name=n)), s
     ),
-    "VM's port group": lambda vc, s, n: vc.CreateVm(
+    "VM's port group": lambda vc, s, n: rpc(vc).CreateVm(
         pb.CreateVmRequest(name="vm-nic", cpus=1, memory_mb=64, nics=[kpb.VmNic(port_group=n)]),
         s,
     ),
@@ -52,7 +52,7 @@ SURFACES = {
 
 
 async def network(lab: Lab) -> kpb.HostNetwork:
-    return await lab.vc.GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    return await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
 
 
 @pytest.mark.parametrize("surface", list(SURFACES))

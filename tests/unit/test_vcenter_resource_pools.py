@@ -8,7 +8,7 @@ pools kept by the host across a reboot."""
 from __future__ import annotations
 
 import pytest
-from vclab import ERROR, ON, SUCCESS, Lab
+from vclab import ERROR, ON, SUCCESS, Lab, rpc
 
 from vsim.faults import (
     DuplicateName,
@@ -40,21 +40,21 @@ def spec(name: str, parent: str = "", cpu=None, memory=None) -> kpb.ResourcePool
 
 async def create_pool(lab: Lab, pool: kpb.ResourcePoolSpec, host: str = HOST):
     request = pb.HostResourcePoolRequest(host=host, pool=pool)
-    return await lab.vc.CreateResourcePool(request, lab.session)
+    return await rpc(lab.vc).CreateResourcePool(request, lab.session)
 
 
 async def update_pool(lab: Lab, pool: kpb.ResourcePoolSpec, host: str = HOST):
     request = pb.HostResourcePoolRequest(host=host, pool=pool)
-    return await lab.vc.UpdateResourcePool(request, lab.session)
+    return await rpc(lab.vc).UpdateResourcePool(request, lab.session)
 
 
 async def destroy_pool(lab: Lab, name: str, host: str = HOST):
     request = pb.DestroyHostResourcePoolRequest(host=host, name=name)
-    return await lab.wait(lab.vc.DestroyResourcePool(request, lab.session))
+    return await lab.wait(rpc(lab.vc).DestroyResourcePool(request, lab.session))
 
 
 async def pools(lab: Lab, host: str = HOST) -> dict[str, kpb.ResourcePool]:
-    listed = await lab.vc.ListResourcePools(pb.HostRequest(name=host), lab.session)
+    listed = await rpc(lab.vc).ListResourcePools(pb.HostRequest(name=host), lab.session)
     assert listed.host == host
     return {p.name: p for p in listed.pools}
 
@@ -67,7 +67,7 @@ async def create_vm(lab: Lab, name: str, pool: str = "", host: str = HOST, **res
         host=host,
         resources=kpb.VmResources(memory_workload=QUIET, resource_pool=pool, **resources),
     )
-    return await lab.wait(lab.vc.CreateVm(request, lab.session))
+    return await lab.wait(rpc(lab.vc).CreateVm(request, lab.session))
 
 
 async def set_pool(lab: Lab, name: str, pool: str, **resources):
@@ -78,7 +78,7 @@ async def set_pool(lab: Lab, name: str, pool: str, **resources):
     for field, value in resources.items():
         getattr(wanted, field).CopyFrom(value)
     request = pb.ReconfigureVmResourcesRequest(name=name, resources=wanted)
-    return await lab.wait(lab.vc.ReconfigureVmResources(request, lab.session))
+    return await lab.wait(rpc(lab.vc).ReconfigureVmResources(request, lab.session))
 
 
 def kernel(lab: Lab, host: str = HOST):
@@ -161,7 +161,9 @@ async def test_bad_pool_requests_are_refused_and_change_nothing(lab: Lab, call, 
     await create_pool(lab, spec("existing", cpu=alloc(reservation=100, expandable=False)))
     await create_pool(lab, spec("other"))
     before, events = host_state(lab), len(lab.events())
-    method = {"create": lab.vc.CreateResourcePool, "update": lab.vc.UpdateResourcePool}[call]
+    method = {"create": rpc(lab.vc).CreateResourcePool, "update": rpc(lab.vc).UpdateResourcePool}[
+        call
+    ]
     with pytest.raises(fault):
         await method(pb.HostResourcePoolRequest(host=fields.get("host", HOST), **{
             k: v for k, v in fields.items() if k != "host"}), lab.session)  # fmt: skip
@@ -177,7 +179,7 @@ async def test_destroy_refusals_at_once(lab: Lab):
         ("esxi-09", "p", NotFound),
     ):
         with pytest.raises(fault):
-            lab.vc.DestroyResourcePool(
+            rpc(lab.vc).DestroyResourcePool(
                 pb.DestroyHostResourcePoolRequest(host=host, name=name), lab.session
             )
     assert host_state(lab) == before and len(lab.tasks()) == tasks
@@ -276,7 +278,7 @@ async def test_vcenter_adopts_the_pool_the_host_moved_a_vm_to(lab: Lab):
     assert lab.vc.vms.get("web").resources.resource_pool == ""
     load = kpb.VmResources(cpu_load_pct=20)
     done = await lab.wait(
-        lab.vc.ReconfigureVmResources(
+        rpc(lab.vc).ReconfigureVmResources(
             pb.ReconfigureVmResourcesRequest(name="web", resources=load), lab.session
         )
     )

@@ -39,12 +39,12 @@ def database_bytes(lab: Lab) -> bytes:
 @pytest.mark.parametrize("method", ["ListVms", "CreateVm", "Logout", "GetStatus", "WatchEvents"])
 async def test_calls_without_a_valid_session_are_not_authenticated(lab: Lab, token, method: str):
     with pytest.raises(NotAuthenticated):
-        lab.vc.authenticate(token, method)
+        lab.vc.table.authenticate(token, method)
 
 
 async def test_login_is_public(lab: Lab):
-    assert lab.vc.authenticate(None, "Login") is None
-    assert lab.vc.authenticate("garbage", "Login") is None
+    assert lab.vc.table.authenticate(None, "Login") is None
+    assert lab.vc.table.authenticate("garbage", "Login") is None
 
 
 async def test_login_returns_a_working_session(lab: Lab):
@@ -55,7 +55,7 @@ async def test_login_returns_a_working_session(lab: Lab):
     )
     assert reply.user_name == ADMINISTRATOR
     assert reply.session != lab.token
-    session = lab.vc.authenticate(reply.session, "ListVms")
+    session = lab.vc.table.authenticate(reply.session, "ListVms")
     assert session.user_name == ADMINISTRATOR
     assert [(e.type, e.user) for e in lab.events(after)] == [
         ("UserLoginSessionEvent", ADMINISTRATOR)
@@ -90,12 +90,12 @@ async def test_login_with_10_mb_password_is_invalid_argument(lab: Lab):
 
 async def test_logout_invalidates_the_token(lab: Lab):
     token = await lab.login()
-    session = lab.vc.authenticate(token, "Logout")
+    session = lab.vc.table.authenticate(token, "Logout")
     lab.vc.Logout(pb.LogoutRequest(), session)
     with pytest.raises(NotAuthenticated):
-        lab.vc.authenticate(token, "ListVms")
+        lab.vc.table.authenticate(token, "ListVms")
     # Other sessions stay valid.
-    assert lab.vc.authenticate(lab.token, "ListVms").user_name == ADMINISTRATOR
+    assert lab.vc.table.authenticate(lab.token, "ListVms").user_name == ADMINISTRATOR
     assert lab.events()[-1].type == "UserLogoutSessionEvent"
 
 
@@ -231,20 +231,20 @@ async def test_a_session_idle_past_the_timeout_is_gone_and_each_call_refreshes_i
     token = await lab.login()
     for _ in range(3):  # 3 x 29 min: more than the timeout in all, never idle that long
         await lab.clock.advance(TIMEOUT - 60)
-        assert lab.vc.authenticate(token, "ListVms").user_name == ADMINISTRATOR
+        assert lab.vc.table.authenticate(token, "ListVms").user_name == ADMINISTRATOR
     await lab.clock.advance(TIMEOUT + 1)
     with pytest.raises(NotAuthenticated) as expired:
-        lab.vc.authenticate(token, "ListVms")
+        lab.vc.table.authenticate(token, "ListVms")
     assert "expired" in expired.value.message and "30 minutes" in expired.value.message
     assert lab.vc.inventory.session(token_digest(token)) is None
     with pytest.raises(NotAuthenticated) as again:  # gone, not only refused once
-        lab.vc.authenticate(token, "ListVms")
+        lab.vc.table.authenticate(token, "ListVms")
     assert "not valid" in again.value.message
 
 
 async def test_idle_time_survives_a_vcenter_restart(lab: Lab):
     await lab.clock.advance(600)
-    lab.vc.authenticate(lab.token, "ListVms")
+    lab.vc.table.authenticate(lab.token, "ListVms")
     await lab.stop()
     await lab.clock.advance(TIMEOUT - 120)  # vCenter down for 28 minutes
     await lab.boot(lab.spec)  # boot() calls with lab.token: still valid, and refreshed
@@ -256,19 +256,19 @@ async def test_idle_time_survives_a_vcenter_restart(lab: Lab):
 
 async def test_a_stream_keeps_its_session_alive_and_idle_time_counts_from_its_end(lab: Lab):
     token = await lab.login()
-    session = lab.vc.authenticate(token, "WatchEvents")
+    session = lab.vc.table.authenticate(token, "WatchEvents")
     stream = lab.vc.WatchEvents(pb.WatchEventsRequest(after_key=lab.last_event_key()), session)
     follower = asyncio.get_running_loop().create_task(anext(stream))
     await lab.clock.advance(2 * TIMEOUT)  # following events for an hour, none came
-    assert lab.vc.authenticate(token, "ListVms").user_name == ADMINISTRATOR
+    assert lab.vc.table.authenticate(token, "ListVms").user_name == ADMINISTRATOR
     follower.cancel()
     await asyncio.gather(follower, return_exceptions=True)
     await stream.aclose()
     await lab.clock.advance(TIMEOUT - 60)
-    lab.vc.authenticate(token, "ListVms")
+    lab.vc.table.authenticate(token, "ListVms")
     await lab.clock.advance(TIMEOUT + 1)
     with pytest.raises(NotAuthenticated, match="expired"):
-        lab.vc.authenticate(token, "ListVms")
+        lab.vc.table.authenticate(token, "ListVms")
 
 
 async def test_sessions_nobody_returns_with_are_swept_at_a_later_login(lab: Lab):
@@ -317,14 +317,14 @@ async def test_five_failed_logins_lock_the_account_for_300_s_even_for_the_right_
         await login_as(lab, ADMINISTRATOR, right)
     await lab.clock.advance(0.5)
     token = await login_as(lab, ADMINISTRATOR, right)
-    assert lab.vc.authenticate(token, "ListVms").user_name == ADMINISTRATOR
+    assert lab.vc.table.authenticate(token, "ListVms").user_name == ADMINISTRATOR
     events = [(e.type, e.user) for e in lab.events(after)]
     assert events == [("BadUsernameSessionEvent", ADMINISTRATOR)] * 7 + [
         ("UserLoginSessionEvent", ADMINISTRATOR)
     ]
     assert "locked" in lab.events(after)[5].message
     # Other sessions were never touched by the lock.
-    assert lab.vc.authenticate(lab.token, "ListVms").user_name == ADMINISTRATOR
+    assert lab.vc.table.authenticate(lab.token, "ListVms").user_name == ADMINISTRATOR
 
 
 async def test_failures_count_within_180_s_and_a_success_clears_them(lab: Lab):
@@ -384,6 +384,6 @@ async def test_parallel_guesses_cannot_outrun_the_lockout(lab: Lab, monkeypatch)
 )
 async def test_a_malformed_token_is_not_authenticated_with_the_reason(lab: Lab, token, problem):
     with pytest.raises(NotAuthenticated) as refused:
-        lab.vc.authenticate(token, "ListVms")
+        lab.vc.table.authenticate(token, "ListVms")
     assert "malformed" in refused.value.message and problem in refused.value.message
     assert token not in refused.value.message

@@ -9,6 +9,7 @@ import logging
 
 import pytest
 from test_vcenter_datastores import cluster, listed, run  # noqa: F401 - the fixture
+from vclab import rpc
 
 from vsim.faults import (
     AlreadyExists,
@@ -36,7 +37,7 @@ HOSTS = ["esxi-01", "esxi-02", "esxi-03"]
 
 
 async def luns(vc, session) -> dict[int, pb.ArrayLun]:
-    reply = await vc.ListArrayLuns(pb.ListArrayLunsRequest(), session)
+    reply = await rpc(vc).ListArrayLuns(pb.ListArrayLunsRequest(), session)
     return {lun.id: lun for lun in reply.luns}
 
 
@@ -53,12 +54,14 @@ async def test_create_a_lun_then_a_vmfs_datastore_on_it(cluster):  # noqa: F811
     before = await luns(vc, session)
     assert (before[0].datastore, before[0].hosts) == ("vmfs-01", HOSTS)
 
-    made = await vc.CreateArrayLun(pb.CreateArrayLunRequest(size_bytes=64 * MIB, id=1), session)
+    made = await rpc(vc).CreateArrayLun(
+        pb.CreateArrayLunRequest(size_bytes=64 * MIB, id=1), session
+    )
     assert (made.id, made.size_bytes, list(made.hosts), made.datastore) == (1, 64 * MIB, HOSTS, "")
     assert array.masking[1] == {initiator_name(h) for h in HOSTS}  # every host, by default
 
     request = pb.CreateVmfsDatastoreRequest(name="vmfs-02", lun=1)
-    assert (await run(vc, vc.CreateVmfsDatastore(request, session))).state == OK
+    assert (await run(vc, rpc(vc).CreateVmfsDatastore(request, session))).state == OK
     vmfs2 = (await listed(vc, session))["vmfs-02"]
     assert (vmfs2.capacity_bytes, sorted(m.host for m in vmfs2.mounts)) == (64 * MIB, HOSTS)
     assert (await luns(vc, session))[1].datastore == "vmfs-02"
@@ -75,45 +78,47 @@ async def test_lun_requests_the_array_or_vcenter_refuses_change_nothing(cluster)
         (pb.CreateArrayLunRequest(size_bytes=MIB, hosts=["esxi-09"]), NotFound, "esxi-09"),
     ]:
         with pytest.raises(fault, match=match):
-            await vc.CreateArrayLun(request, session)
+            await rpc(vc).CreateArrayLun(request, session)
     for request, fault, match in [
         (pb.ArrayLunMappingRequest(lun=7, hosts=["esxi-01"]), NotFound, "no LUN 7"),
         (pb.ArrayLunMappingRequest(lun=0, hosts=["nobody"]), NotFound, "nobody"),
         (pb.ArrayLunMappingRequest(lun=0), InvalidArgument, "at least one host"),
     ]:
         with pytest.raises(fault, match=match):
-            await vc.MapArrayLun(request, session)
+            await rpc(vc).MapArrayLun(request, session)
     assert array.masking == masking and sorted(array.luns) == [0]
 
 
 async def test_map_and_unmap_a_lun_by_host_but_never_under_a_datastore(cluster):  # noqa: F811
     vc, array, _, session = cluster
-    lun = await vc.CreateArrayLun(
+    lun = await rpc(vc).CreateArrayLun(
         pb.CreateArrayLunRequest(size_bytes=MIB, hosts=["esxi-02"]), session
     )
     assert list(lun.hosts) == ["esxi-02"]
-    mapped = await vc.MapArrayLun(
+    mapped = await rpc(vc).MapArrayLun(
         pb.ArrayLunMappingRequest(lun=lun.id, hosts=["esxi-03", "esxi-01"]), session
     )
     assert list(mapped.hosts) == HOSTS
-    unmapped = await vc.UnmapArrayLun(
+    unmapped = await rpc(vc).UnmapArrayLun(
         pb.ArrayLunMappingRequest(lun=lun.id, hosts=["esxi-02"]), session
     )
     assert list(unmapped.hosts) == ["esxi-01", "esxi-03"]
     assert array.report_luns(initiator_name("esxi-02")) == [0]
 
     with pytest.raises(ResourceInUse, match="backs datastore vmfs-01.*esxi-01"):
-        await vc.UnmapArrayLun(pb.ArrayLunMappingRequest(lun=0, hosts=["esxi-01"]), session)
+        await rpc(vc).UnmapArrayLun(pb.ArrayLunMappingRequest(lun=0, hosts=["esxi-01"]), session)
     assert initiator_name("esxi-01") in array.masking[0]
     # An initiator of no host of the inventory may go (a host removed long ago).
     array.map_lun(0, (initiator_name("old-host"),))
-    left = await vc.UnmapArrayLun(pb.ArrayLunMappingRequest(lun=0, hosts=["old-host"]), session)
+    left = await rpc(vc).UnmapArrayLun(
+        pb.ArrayLunMappingRequest(lun=0, hosts=["old-host"]), session
+    )
     assert initiator_name("old-host") not in left.initiators
 
 
 async def test_create_and_list_exports_with_their_options(cluster):  # noqa: F811
     vc, array, _, session = cluster
-    made = await vc.CreateArrayExport(
+    made = await rpc(vc).CreateArrayExport(
         pb.CreateArrayExportRequest(name="iso", read_only=True, root_squash=True), session
     )
     assert (made.read_only, made.async_writes, made.root_squash, list(made.clients)) == (
@@ -125,24 +130,26 @@ async def test_create_and_list_exports_with_their_options(cluster):  # noqa: F81
     assert not array.export("iso").options.rw and array.export("iso").options.root_squash
     exports = {
         e.name: e
-        for e in (await vc.ListArrayExports(pb.ListArrayExportsRequest(), session)).exports
+        for e in (await rpc(vc).ListArrayExports(pb.ListArrayExportsRequest(), session)).exports
     }
     assert (exports["nfs-01"].datastore, exports["iso"].datastore) == ("nfs-01", "")
     with pytest.raises(InvalidArgument, match="exists"):
-        await vc.CreateArrayExport(pb.CreateArrayExportRequest(name="iso"), session)
+        await rpc(vc).CreateArrayExport(pb.CreateArrayExportRequest(name="iso"), session)
     with pytest.raises(InvalidArgument, match="export name"):
-        await vc.CreateArrayExport(pb.CreateArrayExportRequest(name="Bad/Name"), session)
+        await rpc(vc).CreateArrayExport(pb.CreateArrayExportRequest(name="Bad/Name"), session)
 
 
 async def test_an_export_or_lun_already_a_datastore_is_not_mounted_again(cluster):  # noqa: F811
     vc, _, engine, session = cluster
     with pytest.raises(AlreadyExists, match="already mounted as datastore nfs-01") as refused:
-        vc.CreateNasDatastore(
+        rpc(vc).CreateNasDatastore(
             pb.CreateNasDatastoreRequest(name="nfs-again", export="nfs-01"), session
         )
     assert refused.value.properties == {"datastore": "nfs-01"}
     with pytest.raises(AlreadyExists, match="already datastore vmfs-01"):
-        vc.CreateVmfsDatastore(pb.CreateVmfsDatastoreRequest(name="vmfs-again", lun=0), session)
+        rpc(vc).CreateVmfsDatastore(
+            pb.CreateVmfsDatastoreRequest(name="vmfs-again", lun=0), session
+        )
     assert sorted(await listed(vc, session)) == ["nfs-01", "vmfs-01"]
     # The host refuses it too: a second mount would take its heartbeat slot again.
     hostd = engine.running("esxi-01")
@@ -166,7 +173,7 @@ async def test_a_host_added_later_is_mapped_and_mounts_every_datastore(cluster):
     vm = pb.CreateVmRequest(
         name="late", cpus=1, memory_mb=256, host="esxi-04", datastore="vmfs-01", disk_mb=8
     )
-    assert (await run(vc, vc.CreateVm(vm, session))).state == OK
+    assert (await run(vc, rpc(vc).CreateVm(vm, session))).state == OK
     assert (await luns(vc, session))[0].hosts == [*HOSTS, "esxi-04"]
     mapped = [e for e in vc.events.after(0, 10_000) if e.type == "StorageArrayLunMappedEvent"]
     assert [(e.host, "vmfs-01" in e.message) for e in mapped] == [("esxi-04", True)]
@@ -175,9 +182,11 @@ async def test_a_host_added_later_is_mapped_and_mounts_every_datastore(cluster):
 async def test_a_reconnecting_host_the_lun_was_masked_from_is_mapped_again(cluster, caplog):  # noqa: F811
     """A host added before vCenter kept masking right: its next connect fixes it."""
     vc, array, engine, session = cluster
-    await run(vc, vc.RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session))
+    await run(vc, rpc(vc).RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session))
     array.unmap_lun(0, (initiator_name("esxi-02"),))
-    task = vc.CreateVmfsDatastore(pb.CreateVmfsDatastoreRequest(name="vmfs-01", lun=0), session)
+    task = rpc(vc).CreateVmfsDatastore(
+        pb.CreateVmfsDatastoreRequest(name="vmfs-01", lun=0), session
+    )
     assert (await run(vc, task)).state == OK  # mounted on the two hosts that see it
     assert "vmfs-01" not in engine.running("esxi-02").storage.files
     engine.crash("esxi-02")
@@ -253,17 +262,19 @@ async def test_remove_a_datastore_refused_while_vms_use_it(cluster):  # noqa: F8
     vm = pb.CreateVmRequest(
         name="db", cpus=1, memory_mb=256, host="esxi-01", datastore="vmfs-01", disk_mb=8
     )
-    assert (await run(vc, vc.CreateVm(vm, session))).state == OK
+    assert (await run(vc, rpc(vc).CreateVm(vm, session))).state == OK
     with pytest.raises(ResourceInUse, match="db") as refused:
-        vc.RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session)
+        rpc(vc).RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session)
     assert refused.value.properties == {"vms": "db"}
     assert all("vmfs-01" in engine.running(h).storage.files for h in HOSTS)
     with pytest.raises(NotFound):
-        vc.RemoveDatastore(pb.RemoveDatastoreRequest(name="nope"), session)
+        rpc(vc).RemoveDatastore(pb.RemoveDatastoreRequest(name="nope"), session)
 
-    assert (await run(vc, vc.DestroyVm(pb.VmRequest(name="db"), session))).state == OK
+    assert (await run(vc, rpc(vc).DestroyVm(pb.VmRequest(name="db"), session))).state == OK
     slot = engine.running("esxi-01").storage.vmfs["vmfs-01"].slot
-    done = await run(vc, vc.RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session))
+    done = await run(
+        vc, rpc(vc).RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session)
+    )
     assert done.state == OK, done.error.message
     assert "vmfs-01" not in await listed(vc, session)
     assert all("vmfs-01" not in engine.running(h).storage.files for h in HOSTS)
@@ -283,9 +294,9 @@ async def test_a_removed_vmfs_datastore_is_found_again_with_its_files(cluster): 
     files = engine.running("esxi-01").storage.files["vmfs-01"]
     await files.mkdir("kept")
     uuid_before = vc.inventory.datastore("vmfs-01").uuid
-    await run(vc, vc.RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session))
+    await run(vc, rpc(vc).RemoveDatastore(pb.RemoveDatastoreRequest(name="vmfs-01"), session))
     request = pb.CreateVmfsDatastoreRequest(name="vmfs-back", lun=0, lock_mode="ats-only")
-    assert (await run(vc, vc.CreateVmfsDatastore(request, session))).state == OK
+    assert (await run(vc, rpc(vc).CreateVmfsDatastore(request, session))).state == OK
     again = engine.running("esxi-02").storage.files["vmfs-back"]
     assert "kept" in {f.path for f in await again.listdir("")}
     record = vc.inventory.datastore("vmfs-back")
@@ -298,16 +309,16 @@ async def test_a_removed_vmfs_datastore_is_found_again_with_its_files(cluster): 
 
 async def test_a_removed_nfs_datastore_can_be_mounted_again(cluster):  # noqa: F811
     vc, _, engine, session = cluster
-    await run(vc, vc.RemoveDatastore(pb.RemoveDatastoreRequest(name="nfs-01"), session))
+    await run(vc, rpc(vc).RemoveDatastore(pb.RemoveDatastoreRequest(name="nfs-01"), session))
     assert all("nfs-01" not in engine.running(h).storage.files for h in HOSTS)
     request = pb.CreateNasDatastoreRequest(name="nfs-back", export="nfs-01")
-    assert (await run(vc, vc.CreateNasDatastore(request, session))).state == OK
+    assert (await run(vc, rpc(vc).CreateNasDatastore(request, session))).state == OK
 
 
 async def test_a_host_away_during_the_removal_unmounts_it_when_back(cluster):  # noqa: F811
     vc, _, engine, session = cluster
     vc.hosts._mark_not_responding("esxi-03")
-    done = await run(vc, vc.RemoveDatastore(pb.RemoveDatastoreRequest(name="nfs-01"), session))
+    done = await run(vc, rpc(vc).RemoveDatastore(pb.RemoveDatastoreRequest(name="nfs-01"), session))
     assert done.state == OK
     assert "nfs-01" in engine.running("esxi-03").storage.files
     await vc.hosts.heartbeat_once()  # it answers again: re-attached
@@ -324,8 +335,8 @@ async def test_array_management_is_for_administrators_only(cluster):  # noqa: F8
     ).session
     for method in ("CreateArrayLun", "ListArrayLuns", "MapArrayLun", "CreateArrayExport"):
         with pytest.raises(NoPermission, match="administrators only"):
-            vc.authenticate(token, method)
-    vc.authenticate(token, "ListDatastores")  # other calls are not affected
+            vc.table.authenticate(token, method)
+    vc.table.authenticate(token, "ListDatastores")  # other calls are not affected
 
 
 async def test_without_the_management_key_vcenter_says_so(tmp_path):

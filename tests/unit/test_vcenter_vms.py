@@ -7,7 +7,7 @@ import inspect
 import random
 
 import pytest
-from vclab import ERROR, OFF, ON, SUCCESS, Lab, small_cluster
+from vclab import ERROR, OFF, ON, SUCCESS, Lab, rpc, small_cluster
 
 from vsim.faults import (
     DuplicateName,
@@ -45,12 +45,12 @@ async def test_vm_lifecycle_tasks_and_events(lab: Lab):
     steps = [
         (
             "CreateVM_Task",
-            lab.vc.CreateVm,
+            rpc(lab.vc).CreateVm,
             pb.CreateVmRequest(name="vm-001", cpus=2, memory_mb=2048),
         ),
-        ("PowerOnVM_Task", lab.vc.PowerOnVm, pb.VmRequest(name="vm-001")),
-        ("PowerOffVM_Task", lab.vc.PowerOffVm, pb.VmRequest(name="vm-001")),
-        ("Destroy_Task", lab.vc.DestroyVm, pb.VmRequest(name="vm-001")),
+        ("PowerOnVM_Task", rpc(lab.vc).PowerOnVm, pb.VmRequest(name="vm-001")),
+        ("PowerOffVM_Task", rpc(lab.vc).PowerOffVm, pb.VmRequest(name="vm-001")),
+        ("Destroy_Task", rpc(lab.vc).DestroyVm, pb.VmRequest(name="vm-001")),
     ]
     states = []
     for task_name, call, request in steps:
@@ -129,88 +129,102 @@ async def test_power_on_with_more_vcpus_than_cores_fails(make_lab):
 
 BAD_REQUESTS = {
     "duplicate VM name": (
-        lambda vc, s: vc.CreateVm(pb.CreateVmRequest(name="vm-001", cpus=1, memory_mb=1024), s),
+        lambda vc, s: rpc(vc).CreateVm(
+            pb.CreateVmRequest(name="vm-001", cpus=1, memory_mb=1024), s
+        ),
         DuplicateName,
     ),
     "negative memory": (
-        lambda vc, s: vc.CreateVm(pb.CreateVmRequest(name="new", cpus=1, memory_mb=-1024), s),
+        lambda vc, s: rpc(vc).CreateVm(pb.CreateVmRequest(name="new", cpus=1, memory_mb=-1024), s),
         InvalidArgument,
     ),
     "memory not a multiple of 4": (
-        lambda vc, s: vc.CreateVm(pb.CreateVmRequest(name="new", cpus=1, memory_mb=1026), s),
+        lambda vc, s: rpc(vc).CreateVm(pb.CreateVmRequest(name="new", cpus=1, memory_mb=1026), s),
         InvalidArgument,
     ),
     "zero memory": (
-        lambda vc, s: vc.CreateVm(pb.CreateVmRequest(name="new", cpus=1), s),
+        lambda vc, s: rpc(vc).CreateVm(pb.CreateVmRequest(name="new", cpus=1), s),
         InvalidArgument,
     ),
     "zero cpus": (
-        lambda vc, s: vc.CreateVm(pb.CreateVmRequest(name="new", cpus=0, memory_mb=1024), s),
+        lambda vc, s: rpc(vc).CreateVm(pb.CreateVmRequest(name="new", cpus=0, memory_mb=1024), s),
         InvalidArgument,
     ),
     "negative cpus": (
-        lambda vc, s: vc.CreateVm(pb.CreateVmRequest(name="new", cpus=-2, memory_mb=1024), s),
+        lambda vc, s: rpc(vc).CreateVm(pb.CreateVmRequest(name="new", cpus=-2, memory_mb=1024), s),
         InvalidArgument,
     ),
     "empty name": (
-        lambda vc, s: vc.CreateVm(pb.CreateVmRequest(name="", cpus=1, memory_mb=1024), s),
+        lambda vc, s: rpc(vc).CreateVm(pb.CreateVmRequest(name="", cpus=1, memory_mb=1024), s),
         InvalidArgument,
     ),
     "10 MB name": (
-        lambda vc, s: vc.CreateVm(
+        lambda vc, s: rpc(vc).CreateVm(
             pb.CreateVmRequest(name="n" * 10_000_000, cpus=1, memory_mb=1024), s
         ),
         InvalidArgument,
     ),
     "10 MB guest_os": (
-        lambda vc, s: vc.CreateVm(
+        lambda vc, s: rpc(vc).CreateVm(
             pb.CreateVmRequest(name="new", cpus=1, memory_mb=1024, guest_os="g" * 10_000_000), s
         ),
         InvalidArgument,
     ),
     "unknown host": (
-        lambda vc, s: vc.CreateVm(
+        lambda vc, s: rpc(vc).CreateVm(
             pb.CreateVmRequest(name="new", cpus=1, memory_mb=1024, host="esxi-99"), s
         ),
         NotFound,
     ),
     "invalid host name": (
-        lambda vc, s: vc.CreateVm(
+        lambda vc, s: rpc(vc).CreateVm(
             pb.CreateVmRequest(name="new", cpus=1, memory_mb=1024, host="ESXi/../01"), s
         ),
         InvalidArgument,
     ),
-    "power on unknown VM": (lambda vc, s: vc.PowerOnVm(pb.VmRequest(name="nope"), s), NotFound),
-    "power off unknown VM": (lambda vc, s: vc.PowerOffVm(pb.VmRequest(name="nope"), s), NotFound),
-    "destroy unknown VM": (lambda vc, s: vc.DestroyVm(pb.VmRequest(name="nope"), s), NotFound),
+    "power on unknown VM": (
+        lambda vc, s: rpc(vc).PowerOnVm(pb.VmRequest(name="nope"), s),
+        NotFound,
+    ),
+    "power off unknown VM": (
+        lambda vc, s: rpc(vc).PowerOffVm(pb.VmRequest(name="nope"), s),
+        NotFound,
+    ),
+    "destroy unknown VM": (lambda vc, s: rpc(vc).DestroyVm(pb.VmRequest(name="nope"), s), NotFound),
     "10 MB unknown VM": (
-        lambda vc, s: vc.PowerOnVm(pb.VmRequest(name="v" * 10_000_000), s),
+        lambda vc, s: rpc(vc).PowerOnVm(pb.VmRequest(name="v" * 10_000_000), s),
         NotFound,
     ),
     "power off a powered-off VM": (
-        lambda vc, s: vc.PowerOffVm(pb.VmRequest(name="vm-001"), s),
+        lambda vc, s: rpc(vc).PowerOffVm(pb.VmRequest(name="vm-001"), s),
         InvalidPowerState,
     ),
     "power on a powered-on VM": (
-        lambda vc, s: vc.PowerOnVm(pb.VmRequest(name="vm-on"), s),
+        lambda vc, s: rpc(vc).PowerOnVm(pb.VmRequest(name="vm-on"), s),
         InvalidPowerState,
     ),
     "destroy a powered-on VM": (
-        lambda vc, s: vc.DestroyVm(pb.VmRequest(name="vm-on"), s),
+        lambda vc, s: rpc(vc).DestroyVm(pb.VmRequest(name="vm-on"), s),
         InvalidPowerState,
     ),
     "list VMs of unknown host": (
-        lambda vc, s: vc.ListVms(pb.ListVmsRequest(host="esxi-99"), s),
+        lambda vc, s: rpc(vc).ListVms(pb.ListVmsRequest(host="esxi-99"), s),
         NotFound,
     ),
-    "get bad task id": (lambda vc, s: vc.GetTask(pb.GetTaskRequest(id="bogus"), s), NotFound),
-    "get unknown task": (lambda vc, s: vc.GetTask(pb.GetTaskRequest(id="task-99999"), s), NotFound),
-    "get empty task id": (lambda vc, s: vc.GetTask(pb.GetTaskRequest(id=""), s), NotFound),
+    "get bad task id": (lambda vc, s: rpc(vc).GetTask(pb.GetTaskRequest(id="bogus"), s), NotFound),
+    "get unknown task": (
+        lambda vc, s: rpc(vc).GetTask(pb.GetTaskRequest(id="task-99999"), s),
+        NotFound,
+    ),
+    "get empty task id": (lambda vc, s: rpc(vc).GetTask(pb.GetTaskRequest(id=""), s), NotFound),
     "get huge task number": (
-        lambda vc, s: vc.GetTask(pb.GetTaskRequest(id="task-" + "9" * 40), s),
+        lambda vc, s: rpc(vc).GetTask(pb.GetTaskRequest(id="task-" + "9" * 40), s),
         NotFound,
     ),
-    "get negative task": (lambda vc, s: vc.GetTask(pb.GetTaskRequest(id="task--1"), s), NotFound),
+    "get negative task": (
+        lambda vc, s: rpc(vc).GetTask(pb.GetTaskRequest(id="task--1"), s),
+        NotFound,
+    ),
     "list tasks, negative limit": (
         lambda vc, s: vc.ListTasks(pb.ListTasksRequest(limit=-1), s),
         InvalidArgument,
@@ -268,9 +282,9 @@ async def test_wait_for_task_rejects_bad_timeouts(populated: Lab, timeout: float
 
 async def test_name_is_taken_while_its_create_task_runs(lab: Lab):
     request = pb.CreateVmRequest(name="vm-001", cpus=1, memory_mb=1024)
-    first = lab.vc.CreateVm(request, lab.session)
+    first = rpc(lab.vc).CreateVm(request, lab.session)
     with pytest.raises(DuplicateName):
-        lab.vc.CreateVm(request, lab.session)
+        rpc(lab.vc).CreateVm(request, lab.session)
     assert (await lab.wait(first)).state == SUCCESS
     assert list(lab.vms()) == ["vm-001"]
     assert len(lab.engine._hostd[lab.vms()["vm-001"].host].kernel.vms()) == 1
@@ -278,9 +292,9 @@ async def test_name_is_taken_while_its_create_task_runs(lab: Lab):
 
 async def test_second_operation_on_a_busy_vm_is_task_in_progress(populated: Lab):
     lab = populated
-    first = lab.vc.PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
+    first = rpc(lab.vc).PowerOnVm(pb.VmRequest(name="vm-001"), lab.session)
     tasks_before = len(lab.tasks())
-    for call in (lab.vc.PowerOnVm, lab.vc.DestroyVm):
+    for call in (rpc(lab.vc).PowerOnVm, rpc(lab.vc).DestroyVm):
         with pytest.raises(TaskInProgress) as excinfo:
             call(pb.VmRequest(name="vm-001"), lab.session)
         assert excinfo.value.properties == {"task": first.id}
@@ -296,7 +310,7 @@ async def test_finished_task_does_not_change(populated: Lab):
     done = lab.tasks()[0]
     assert done.state in (SUCCESS, ERROR)
     await lab.power_off("vm-on")
-    assert lab.vc.GetTask(pb.GetTaskRequest(id=done.id), lab.session) == done
+    assert rpc(lab.vc).GetTask(pb.GetTaskRequest(id=done.id), lab.session) == done
 
 
 async def test_list_tasks_newest_first_with_limit(populated: Lab):
@@ -358,8 +372,12 @@ def start_op(lab: Lab, rng: random.Random, op: str, name: str) -> common_pb2.Tas
             cpus=rng.choice([1, 2, 4, 6]),
             memory_mb=rng.choice([1024, 6144, 12288]),  # 12 GB: more than a host has
         )
-        return lab.vc.CreateVm(request, lab.session)
-    call = {"on": lab.vc.PowerOnVm, "off": lab.vc.PowerOffVm, "destroy": lab.vc.DestroyVm}[op]
+        return rpc(lab.vc).CreateVm(request, lab.session)
+    call = {
+        "on": rpc(lab.vc).PowerOnVm,
+        "off": rpc(lab.vc).PowerOffVm,
+        "destroy": rpc(lab.vc).DestroyVm,
+    }[op]
     return call(pb.VmRequest(name=name), lab.session)
 
 
@@ -406,5 +424,5 @@ async def test_random_history_keeps_inventory_and_hosts_consistent(make_lab, see
 async def test_a_disk_too_large_is_refused_naming_the_limit_in_mb(lab: Lab):
     request = pb.CreateVmRequest(name="vm-big", cpus=1, memory_mb=64, disk_mb=2**21 + 1)
     with pytest.raises(InvalidArgument) as excinfo:
-        lab.vc.CreateVm(request, lab.session)
+        rpc(lab.vc).CreateVm(request, lab.session)
     assert excinfo.value.message == "disk_mb must be between 0 and 2097152 MB, got 2097153"

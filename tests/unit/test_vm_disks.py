@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
+from vclab import rpc
 
 from vsim import dispatch
 from vsim.faults import CannotCreateFile, FileLocked, FileNotFound, InvalidArgument, InvalidState
@@ -60,7 +61,7 @@ def copy_of(vm: pb.Vm) -> hpb.RegisterVmRequest:
 
 async def acked(vc, session, name, at_least: int) -> int:
     for _ in range(200):
-        vm = await vc.GetVm(pb.VmRequest(name=name), session)
+        vm = await rpc(vc).GetVm(pb.VmRequest(name=name), session)
         if vm.guest_writes_acked >= at_least:
             return vm.guest_writes_acked
         await asyncio.sleep(0.05)
@@ -134,7 +135,7 @@ async def test_a_rebooted_host_mounts_its_datastores_before_registering_its_vms(
     assert vc.inventory.host("esxi-02").connection_state == pb.CONNECTION_STATE_CONNECTED
     listed = await host_call(engine, "esxi-02", "ListVms", hpb.ListHostVmsRequest())
     assert [(v.name, v.powered_on) for v in listed.vms] == [("vm-r", False)]
-    vm = await vc.GetVm(pb.VmRequest(name="vm-r"), session)
+    vm = await rpc(vc).GetVm(pb.VmRequest(name="vm-r"), session)
     assert vm.power_state == pb.POWER_STATE_POWERED_OFF
 
 
@@ -464,7 +465,7 @@ async def test_list_vms_shows_each_running_guests_acknowledged_writes(cluster): 
         return await call(host, method, request)
 
     vc.hosts.call = counted
-    listed = {vm.name: vm for vm in (await vc.ListVms(pb.ListVmsRequest(), session)).vms}
+    listed = {vm.name: vm for vm in (await rpc(vc).ListVms(pb.ListVmsRequest(), session)).vms}
     assert all(listed[name].guest_writes_acked >= seen[name] for name in seen)
     assert listed["vm-off"].guest_writes_acked == 0
     assert calls == [("esxi-01", "ListVms")]  # one call for the host of both, none per VM
