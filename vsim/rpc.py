@@ -41,7 +41,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 def session_token(context: grpc.aio.ServicerContext) -> str | None:
     """The caller's session token from metadata, as text: a value gRPC could not
     decode as UTF-8 arrives as latin-1 text, and a binary `vsim-session-bin` entry is
-    read as latin-1 too. Each server's authenticate judges the token's shape (and
+    read as latin-1 too. Each server's gate (vsim/dispatch.py) judges the token's shape (and
     public methods and the array ignore it), so odd bytes never crash a call."""
     for key, value in context.invocation_metadata() or ():
         if key == SESSION_KEY:
