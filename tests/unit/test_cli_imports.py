@@ -9,7 +9,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from vsim.cluster import cli, cli_kernel, up
+from vsim.cluster import up
+from vsim.cluster.cli import host as cli_host
+from vsim.cluster.cli import launch, network, pool, session
+from vsim.cluster.cli import vm as cli_vm
 from vsim.host.kernel import resource_pool
 from vsim.host.kernel.net import vswitch
 from vsim.vcenter import host_system, sessions, virtual_machine
@@ -58,17 +61,17 @@ def test_the_check_sees_a_server_module():
 
 
 def test_the_facts_the_parser_shows_are_the_hosts_and_vcenters():
-    assert cli.ADMINISTRATOR == sessions.ADMINISTRATOR
-    assert cli.STOP_TIMEOUT == up.STOP_TIMEOUT
-    assert cli.PASS_THUMBPRINT == host_system.PASS_THUMBPRINT
-    assert cli.MAX_DISK_MB == virtual_machine.MAX_DISK_MB
-    assert cli_kernel.ROOT_POOL == resource_pool.ROOT_POOL
-    assert [unit for _, unit in cli_kernel.POOL_OPTIONS] == [
+    assert session.ADMINISTRATOR == sessions.ADMINISTRATOR
+    assert launch.STOP_TIMEOUT == up.STOP_TIMEOUT
+    assert cli_host.PASS_THUMBPRINT == host_system.PASS_THUMBPRINT
+    assert cli_vm.MAX_DISK_MB == virtual_machine.MAX_DISK_MB
+    assert pool.ROOT_POOL == resource_pool.ROOT_POOL
+    assert [unit for _, unit in pool.POOL_OPTIONS] == [
         resource_pool.Unit.MHZ,
         resource_pool.Unit.MB,
     ]
     standard = vswitch.STANDARD_SWITCH_SECURITY
-    assert cli_kernel.STANDARD_SWITCH_DEFAULTS == {
-        field: getattr(standard, field) for field in cli_kernel.STANDARD_SWITCH_DEFAULTS
+    assert network.STANDARD_SWITCH_DEFAULTS == {
+        field: getattr(standard, field) for field in network.STANDARD_SWITCH_DEFAULTS
     }
-    assert set(cli_kernel.STANDARD_SWITCH_DEFAULTS) == {f for _, f in cli_kernel.SECURITY_OPTIONS}
+    assert set(network.STANDARD_SWITCH_DEFAULTS) == {f for _, f in network.SECURITY_OPTIONS}

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from vsim.cluster.cli import build_parser, cmd_host_add, disk_mb
+from vsim.cluster.cli import build_parser
+from vsim.cluster.cli.host import cmd_host_add
+from vsim.cluster.cli.vm import disk_mb
 from vsim.faults import InvalidArgument, VimFault
 from vsim.v1 import common_pb2
 from vsim.vcenter.host_system import PASS_THUMBPRINT

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from vsim.cluster import cli_kernel, output
-from vsim.cluster.cli import build_parser
+from vsim.cluster import output
+from vsim.cluster.cli import build_parser, pool
+from vsim.cluster.cli import vm as cli_vm
 from vsim.faults import InvalidArgument
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -20,8 +21,8 @@ def parsed(*argv: str):
 def allocations(args, current=None):
     current = current or (kpb.PoolAllocation(), kpb.PoolAllocation())
     return tuple(
-        cli_kernel.pool_allocation(args, prefix, unit, base)
-        for (prefix, unit), base in zip(cli_kernel.POOL_OPTIONS, current, strict=True)
+        pool.pool_allocation(args, prefix, unit, base)
+        for (prefix, unit), base in zip(pool.POOL_OPTIONS, current, strict=True)
     )
 
 
@@ -31,7 +32,7 @@ def test_create_options_become_the_pool_allocations():
         "--cpu-shares", "high", "--cpu-reservation", "1000", "--cpu-limit", "4000",
         "--mem-shares", "90000", "--mem-expandable", "off",
     )  # fmt: skip
-    assert args.handler is cli_kernel.cmd_host_pool_create and args.parent == "prod"
+    assert args.handler is pool.cmd_host_pool_create and args.parent == "prod"
     cpu, memory = allocations(args)
     assert (cpu.shares_level, cpu.shares, cpu.reservation, cpu.limit) == ("high", 0, 1000, 4000)
     assert not cpu.HasField("expandable_reservation")  # unset: the host's default, true
@@ -71,12 +72,12 @@ def test_bad_values_are_refused_before_anything_is_sent(options, words):
 def test_vm_resources_pool():
     vm = pb.Vm(name="a", cpus=1, memory_mb=256, resources=kpb.VmResources(resource_pool="x"))
     args = parsed("vm", "resources", "a", "--pool", "gold")
-    assert cli_kernel.changed_resources(args, vm).resource_pool == "gold"
+    assert cli_vm.changed_resources(args, vm).resource_pool == "gold"
     args = parsed("vm", "resources", "a", "--pool", "Resources")
-    assert cli_kernel.changed_resources(args, vm).resource_pool == ""
-    assert cli_kernel.changed_resources(parsed("vm", "resources", "a"), vm).resource_pool == "x"
+    assert cli_vm.changed_resources(args, vm).resource_pool == ""
+    assert cli_vm.changed_resources(parsed("vm", "resources", "a"), vm).resource_pool == "x"
     with pytest.raises(InvalidArgument, match="--pool"):
-        cli_kernel.changed_resources(parsed("vm", "resources", "a", "--pool", "a/b"), vm)
+        cli_vm.changed_resources(parsed("vm", "resources", "a", "--pool", "a/b"), vm)
     assert "resource pool: x" in output.resources_text(vm)
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from vsim.cluster import cli_storage
-from vsim.cluster.cli import build_parser
+from vsim.cluster.cli import array, build_parser, datastore
 from vsim.v1 import vcenter_pb2 as pb
 
 
@@ -25,7 +24,7 @@ def parse(*argv: str):
 )
 def test_lun_create_sizes(argv: list[str], size: int):
     args = parse("array", "lun", "create", *argv)
-    assert cli_storage.lun_size(args) == size and args.id is None and args.host is None
+    assert array.lun_size(args) == size and args.id is None and args.host is None
 
 
 def test_lun_create_id_hosts_and_one_size_only(capsys):
@@ -39,7 +38,7 @@ def test_lun_create_id_hosts_and_one_size_only(capsys):
 def test_lun_map_and_unmap_take_a_lun_and_hosts():
     args = parse("array", "lun", "unmap", "3", "esxi-01", "esxi-02")
     assert (args.handler, args.lun, args.hosts) == (
-        cli_storage.cmd_lun_unmap,
+        array.cmd_lun_unmap,
         3,
         ["esxi-01", "esxi-02"],
     )
@@ -56,7 +55,7 @@ def test_export_options_and_rows():
         ["h1"],
     )
     export = pb.ArrayExport(name="iso", read_only=True, root_squash=True, clients=["h1"])
-    assert cli_storage.export_row(export) == {
+    assert array.export_row(export) == {
         "name": "iso",
         "options": "ro,sync,root_squash",
         "clients": "h1",
@@ -69,7 +68,7 @@ def test_export_options_and_rows():
         initiators=["iqn.1998-01.com.vmware:esxi-01", "iqn.other"],
         datastore="vmfs-02",
     )
-    row = cli_storage.lun_row(lun)
+    row = array.lun_row(lun)
     assert (row["hosts"], row["datastore"], row["size_gb"]) == (
         "esxi-01, iqn.other",
         "vmfs-02",
@@ -78,4 +77,4 @@ def test_export_options_and_rows():
 
 
 def test_datastore_remove():
-    assert parse("datastore", "remove", "vmfs-02").handler == cli_storage.cmd_datastore_remove
+    assert parse("datastore", "remove", "vmfs-02").handler == datastore.cmd_datastore_remove

@@ -1,28 +1,72 @@
-"""The storage array commands of `vsim`: `vsim array lun create|list|map|unmap` and
-`vsim array export create|list`, which vCenter carries out on the array for an
-administrator, and `vsim datastore remove`.
+"""`vsim array serve` (the storage array in the foreground) and the array's LUNs and
+NFS exports (`vsim array lun create|list|map|unmap`, `vsim array export create|list`),
+which vCenter carries out on the array for an administrator.
 
-`vsim.cluster.cli` registers them with `add_array_commands` and
-`add_datastore_commands`. Like every command, they are a thin layer over the SDK
-client and keep no state of their own.
+Like every command, these are a thin layer over the SDK client and keep no state of
+their own; `serve` imports the array's server only inside its handler.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import asyncio
+import json
+import signal
+from pathlib import Path
 
+from vsim import validate
 from vsim.cluster import output
-from vsim.faults import InvalidArgument, fault_from_proto
-from vsim.v1 import common_pb2
+from vsim.cluster.cli.common import Command, Context, Subcommands, positive_int
+from vsim.faults import InvalidArgument
 
-if TYPE_CHECKING:
-    from vsim.cluster.cli import Context
-    from vsim.cluster.cli_kernel import Command, Subcommands
+
+async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
+    """Serves the storage array in the foreground until SIGINT/SIGTERM."""
+    from vsim.cluster.array_setup import prepare_array
+    from vsim.spec import ClusterSpec
+    from vsim.storage.server import start_array
+
+    validate.port(args.port)
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    running = await start_array(data_dir, args.port, args.bind)
+    if args.prepare_hosts:
+        # The storage admin's part of a cluster of that many hosts (docker-compose):
+        # LUNs and exports by name, and what vCenter needs to know of them.
+        spec = prepare_array(running.array, ClusterSpec.default(args.prepare_hosts))
+        luns = {d.name: d.lun for d in spec.datastores if d.type == "vmfs"}
+        if args.info_file:
+            info_file = Path(args.info_file)
+            info_file.parent.mkdir(parents=True, exist_ok=True)
+            info_file.write_text(
+                json.dumps({"thumbprint": running.identity.thumbprint, "luns": luns})
+            )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        info = {
+            "endpoint": running.endpoint,
+            "thumbprint": running.identity.thumbprint,
+            "luns": len(running.array.luns),
+            "exports": sorted(running.array.exports),
+            "data_dir": str(data_dir),
+        }
+        ctx.show(info, output.fields(info) + "\nServing; press Ctrl-C to stop.")
+        await stop.wait()
+    finally:
+        await running.stop()
+
 
 LUN_COLUMNS = ("id", "size_gb", "hosts", "datastore", "name", "serial")
+
+
 EXPORT_COLUMNS = ("name", "options", "clients", "datastore")
+
+
 GIB = 1024**3
+
+
 MIB = 1024**2
 
 
@@ -111,17 +155,18 @@ async def cmd_export_list(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(exports, output.table([export_row(e) for e in exports], EXPORT_COLUMNS))
 
 
-async def cmd_datastore_remove(args: argparse.Namespace, ctx: Context) -> None:
-    async with await ctx.client() as client:
-        task = await client.wait(await client.remove_datastore(args.name))
-    if task.state == common_pb2.TASK_STATE_ERROR:
-        raise fault_from_proto(task.error)
-    ctx.show(task, f"Removed datastore {args.name} (its files stay on the array)")
-
-
-def add_array_commands(array: Subcommands, command: Command) -> None:
-    from vsim.cluster.cli import positive_int
-
+def add_commands(commands: Subcommands, command: Command) -> None:
+    array = command(commands, "array", None, "the storage array").add_subparsers(
+        dest="sub", required=True
+    )
+    p = command(array, "serve", cmd_array_serve, "serve a storage array (LUNs, NFS exports)")
+    p.add_argument("--data-dir", required=True, help="where its LUNs, exports and config live")
+    p.add_argument("--port", type=positive_int, default=50052)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument(
+        "--prepare-hosts", type=positive_int, help="make the default cluster's LUNs and exports"
+    )
+    p.add_argument("--info-file", help="with --prepare-hosts: write thumbprint and LUNs here")
     luns = command(array, "lun", None, "the array's LUNs (administrators)").add_subparsers(
         dest="sub2", required=True
     )
@@ -153,10 +198,3 @@ def add_array_commands(array: Subcommands, command: Command) -> None:
     )
     p.add_argument("--client", action="append", help="allowed client (repeatable; default *)")
     command(exports, "list", cmd_export_list, "NFS exports, their options and datastores")
-
-
-def add_datastore_commands(datastores: Subcommands, command: Command) -> None:
-    p = command(
-        datastores, "remove", cmd_datastore_remove, "unmount a datastore everywhere and forget it"
-    )
-    p.add_argument("name")
