@@ -20,11 +20,11 @@ from typing import Any
 from vsim import dispatch
 from vsim.clock import Clock
 from vsim.faults import HostConnectFault
-from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
+from vsim.host.boot import LocalDisk, boot_host
+from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import MemoryConfigStore
 from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.vmkernel import HostKernel
-from vsim.host.storage.storage_stack import LocalStoragePorts, StorageStack
+from vsim.host.storage.storage_stack import LocalStoragePorts
 from vsim.passwords import hash_password
 from vsim.spec import HostSpec
 from vsim.storage.array import StorageArray
@@ -66,11 +66,10 @@ class InProcessEngine:
         self._hostd: dict[str, Hostd] = {}
         self._specs: dict[str, HostSpec] = {}
         self._identities: dict[str, Identity] = {}
-        self._stores: dict[str, MemoryAccountStore] = {}
+        self._disks: dict[str, LocalDisk] = {}
+        """Each host's accounts and esx.conf, kept across reboots as its disk would."""
         self._boots: Counter[str] = Counter()
         """How many times each host has booted."""
-        self._configs: dict[str, MemoryConfigStore] = {}
-        """Each host's esx.conf, kept across reboots as its disk would."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
@@ -80,16 +79,17 @@ class InProcessEngine:
         identity = self._identities.setdefault(spec.name, make_identity(spec.name))
         if spec.name not in self._hostd:
             self._specs[spec.name] = spec.validated()
-            store = self._stores.setdefault(spec.name, MemoryAccountStore())
-            accounts = HostAccounts(store, hash_password(spec.root_password))
+            disk = self._disks.setdefault(
+                spec.name,
+                LocalDisk(MemoryAccountStore(), MemoryConfigStore(), self._swap_root / spec.name),
+            )
             ports = LocalStoragePorts(self.array) if self.array is not None else None
             # Seeded per boot: each boot draws its own boot id, as a real one would.
             self._boots[spec.name] += 1
             rng = random.Random(f"{spec.name}/boot-{self._boots[spec.name]}")
-            storage = StorageStack(spec.host_uuid, spec.name, self.clock, rng, ports)
-            config = self._configs.setdefault(spec.name, MemoryConfigStore())
-            kernel = HostKernel(spec, self.clock, self._swap_root / spec.name, config)
-            self._hostd[spec.name] = Hostd(kernel, accounts, storage)
+            self._hostd[spec.name] = boot_host(
+                spec, disk, hash_password(spec.root_password), self.clock, rng, ports
+            )
         return identity.thumbprint
 
     async def is_running(self, name: str) -> bool:
@@ -108,10 +108,24 @@ class InProcessEngine:
         """The hostd of the host's current boot, if it is up."""
         return self._hostd.get(name)
 
+    def hosts(self) -> dict[str, Hostd]:
+        """The hostd of every host that is up, by name: the hardware as a test or the
+        simulator looks at it, beside vCenter's view."""
+        return dict(self._hostd)
+
+    def spec(self, name: str) -> HostSpec:
+        """The spec a host was last provisioned with (KeyError if it never was)."""
+        return self._specs[name]
+
+    def thumbprint(self, name: str) -> str:
+        """The SHA-1 thumbprint of a provisioned host's certificate, as its console
+        shows it (KeyError if it was never provisioned)."""
+        return self._identities[name].thumbprint
+
     async def decommission(self, name: str) -> None:
         if name in self._hostd:
             await self._hostd[name].storage.close()
-        for table in (self._hostd, self._specs, self._identities, self._stores, self._configs):
+        for table in (self._hostd, self._specs, self._identities, self._disks):
             table.pop(name, None)
 
     async def close(self) -> None:

@@ -18,12 +18,8 @@ from typing import Any
 
 from vsim.clock import Clock, WallClock
 from vsim.faults import HostConnectFault
-from vsim.host.hostd.accounts import FileAccountStore, HostAccounts
-from vsim.host.hostd.esx_conf import FileConfigStore
-from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.vmkernel import HostKernel
+from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.storage.array_client import GrpcStoragePorts
-from vsim.host.storage.storage_stack import StorageStack
 from vsim.rpc import start_server
 from vsim.spec import HostSpec
 from vsim.tls import load_or_create_identity
@@ -75,15 +71,18 @@ class EsxiHost:
         self._name = spec.name
         self._boot_lock: int | None = None
         self._bind, self._advertise = bind, advertise
-        accounts = HostAccounts(FileAccountStore(self._dir / "accounts.json"), root_password_hash)
-        self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
-        self._clock = clock = WallClock(clock_speed)
-        self.storage = StorageStack(
-            spec.host_uuid, spec.name, clock, random.Random(), GrpcStoragePorts()
+        self._clock = WallClock(clock_speed)
+        # A live host's boot id is random, as a real one is (the simulator seeds it).
+        self.hostd = boot_host(
+            spec,
+            LocalDisk.in_directory(self._dir),
+            root_password_hash,
+            self._clock,
+            random.Random(),
+            GrpcStoragePorts(),
         )
-        config = FileConfigStore(self._dir / "esx.conf.json")
-        kernel = HostKernel(spec, clock, self._dir / "vswp", config)
-        self.hostd = Hostd(kernel, accounts, self.storage)
+        self.storage = self.hostd.storage
+        self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
         self._server: Any = None
         self._endpoint = ""
         self._booting = asyncio.Lock()

@@ -26,7 +26,7 @@ from vsim.vcenter.host_system import HEARTBEAT_INTERVAL
 async def test_add_host_without_thumbprint_fails_with_the_real_thumbprint(lab: Lab):
     failed = await lab.add_host("esxi-04")
     assert (failed.state, failed.error.name) == (ERROR, "SSLVerifyFault")
-    real = lab.engine._identities["esxi-04"].thumbprint
+    real = lab.engine.thumbprint("esxi-04")
     assert dict(failed.error.properties) == {"thumbprint": real}
     assert real in failed.error.message
     assert "esxi-04" not in lab.hosts()
@@ -36,7 +36,7 @@ async def test_add_host_without_thumbprint_fails_with_the_real_thumbprint(lab: L
     assert (added.state, added.result) == (SUCCESS, "esxi-04")
     host = lab.hosts()["esxi-04"]
     assert (host.connection_state, host.ssl_thumbprint) == (CONNECTED, real)
-    assert lab.engine._hostd["esxi-04"].accounts.users() == ["root", "vpxuser"]
+    assert lab.engine.running("esxi-04").accounts.users() == ["root", "vpxuser"]
     assert lab.events()[-1].type == "HostAddedEvent"
     # The new host takes VMs.
     assert (await lab.create("vm-new", host="esxi-04")).state == SUCCESS
@@ -50,10 +50,10 @@ async def test_add_host_accepts_thumbprint_in_any_case_without_colons(lab: Lab):
 
 
 async def test_add_host_with_a_wrong_thumbprint_is_ssl_verify_fault(lab: Lab):
-    wrong = lab.engine._identities["esxi-01"].thumbprint  # another host's certificate
+    wrong = lab.engine.thumbprint("esxi-01")  # another host's certificate
     failed = await lab.add_host("esxi-04", wrong)
     assert (failed.state, failed.error.name) == (ERROR, "SSLVerifyFault")
-    assert failed.error.properties["thumbprint"] == lab.engine._identities["esxi-04"].thumbprint
+    assert failed.error.properties["thumbprint"] == lab.engine.thumbprint("esxi-04")
     assert "esxi-04" not in lab.hosts()
 
 
@@ -62,7 +62,7 @@ async def test_add_host_rejects_a_malformed_thumbprint_at_once(lab: Lab):
     with pytest.raises(InvalidArgument, match="ssl_thumbprint"):
         lab.vc.AddHost(pb.AddHostRequest(name="esxi-04", ssl_thumbprint="AB:CD"), lab.session)
     assert lab.snapshot() == before
-    assert "esxi-04" not in lab.engine._hostd
+    assert "esxi-04" not in lab.engine.hosts()
 
 
 async def test_add_duplicate_host_is_duplicate_name(lab: Lab):
@@ -102,7 +102,7 @@ async def add_sized(lab: Lab, thumbprint: str = "", **sizes: int):
 async def test_a_retried_add_host_with_other_sizes_adds_a_host_of_those_sizes(lab: Lab):
     first = await lab.add_host("esxi-04")  # provisioned with the default sizes, not added
     assert first.error.name == "SSLVerifyFault"
-    assert lab.engine._specs["esxi-04"].cpu_cores == HostSpec("esxi-04").cpu_cores != 8
+    assert lab.engine.spec("esxi-04").cpu_cores == HostSpec("esxi-04").cpu_cores != 8
 
     # What `vsim host add esxi-04 --accept-thumbprint --cpu-cores 8 --memory-mb 16384`
     # does: ask, learn the thumbprint, ask again with it.
@@ -114,7 +114,7 @@ async def test_a_retried_add_host_with_other_sizes_adds_a_host_of_those_sizes(la
     assert added.state == SUCCESS, added.error.message
     host = lab.hosts()["esxi-04"]
     assert (host.cpu_cores, host.memory_mb, host.cpu_mhz) == (8, 16384, HostSpec("x").cpu_mhz)
-    spec = lab.engine._specs["esxi-04"]
+    spec = lab.engine.spec("esxi-04")
     assert (spec.cpu_cores, spec.memory_mb) == (8, 16384)  # the running host has them too
 
 
@@ -315,7 +315,7 @@ def _check_reconnected_after_reboot(lab: Lab, after: int) -> None:
     vms = lab.vms()
     assert (vms["vm-001"].power_state, vms["vm-002"].power_state) == (OFF, OFF)
     assert lab.host_power_states()["vm-001"] == OFF
-    assert {vm.name for vm in lab.engine._hostd["esxi-01"].kernel.vms()} == {"vm-001", "vm-002"}
+    assert {vm.name for vm in lab.engine.running("esxi-01").kernel.vms()} == {"vm-001", "vm-002"}
     events = [(e.type, e.vm) for e in lab.events(after)]
     assert ("VmPoweredOffEvent", "vm-001") in events
     assert ("HostConnectedEvent", "") in events
@@ -374,7 +374,7 @@ async def test_restart_takes_power_states_from_the_hosts(lab: Lab):
     after = lab.last_event_key()
     await lab.stop()
     # While vCenter is down, the VM is powered off on the host directly.
-    lab.engine._hostd["esxi-01"].kernel.power_off("vm-001")
+    lab.engine.running("esxi-01").kernel.power_off("vm-001")
     await lab.boot(lab.spec)
     assert lab.vms()["vm-001"].power_state == OFF
     assert [(e.type, e.vm) for e in lab.events(after)] == [

@@ -87,7 +87,7 @@ def snapshot(lab: Lab) -> tuple:
     VMs (all their configuration), events, and each host's VM configurations."""
     configs = {
         name: sorted(repr(vm) for vm in hostd.kernel.vms())
-        for name, hostd in lab.engine._hostd.items()
+        for name, hostd in lab.engine.hosts().items()
     }
     return lab.vms(), len(lab.events()), configs
 

@@ -123,7 +123,7 @@ async def test_secret_box_key_is_owner_only(lab: Lab):
 async def test_every_host_has_vpxuser_with_an_encrypted_32_character_password(lab: Lab):
     data = database_bytes(lab)
     for name in ["esxi-01", "esxi-02", "esxi-03"]:
-        accounts: HostAccounts = lab.engine._hostd[name].accounts
+        accounts: HostAccounts = lab.engine.running(name).accounts
         assert accounts.users() == ["root", VPXUSER]
         record = lab.vc.inventory.host(name)
         password = lab.vc.hosts._secrets.open(record.vpx_password_enc)
@@ -144,7 +144,8 @@ async def test_vpxuser_passwords_differ_between_hosts(lab: Lab):
 
 async def test_host_root_passwords_are_not_in_the_database(lab: Lab):
     data = database_bytes(lab)
-    for name, spec in lab.engine._specs.items():
+    for name in lab.engine.hosts():
+        spec = lab.engine.spec(name)
         assert len(spec.root_password) >= 16
         assert spec.root_password.encode() not in data, name
 

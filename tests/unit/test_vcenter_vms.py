@@ -27,7 +27,7 @@ async def test_start_with_three_hosts_connects_esxi_01_to_03(lab: Lab):
     assert list(hosts) == ["esxi-01", "esxi-02", "esxi-03"]
     for host in hosts.values():
         assert host.connection_state == pb.CONNECTION_STATE_CONNECTED
-        assert host.ssl_thumbprint == lab.engine._identities[host.name].thumbprint
+        assert host.ssl_thumbprint == lab.engine.thumbprint(host.name)
         assert (host.vms, host.vms_powered_on, host.memory_used_mb) == (0, 0, 0)
     status = lab.vc.GetStatus(pb.GetStatusRequest(), lab.session)
     assert (status.hosts, status.hosts_connected, status.vms) == (3, 3, 0)
@@ -83,7 +83,7 @@ async def test_created_vm_is_registered_on_its_host(lab: Lab):
     assert done.state == SUCCESS
     vm = lab.vms()["vm-001"]
     assert (vm.host, vm.cpus, vm.memory_mb, vm.guest_os) == ("esxi-02", 2, 2048, "otherGuest64")
-    (on_host,) = lab.engine._hostd["esxi-02"].kernel.vms()
+    (on_host,) = lab.engine.running("esxi-02").kernel.vms()
     assert (on_host.name, on_host.uuid, on_host.powered_on) == ("vm-001", vm.uuid, False)
     assert lab.hosts()["esxi-02"].vms == 1
 
@@ -287,7 +287,7 @@ async def test_name_is_taken_while_its_create_task_runs(lab: Lab):
         rpc(lab.vc).CreateVm(request, lab.session)
     assert (await lab.wait(first)).state == SUCCESS
     assert list(lab.vms()) == ["vm-001"]
-    assert len(lab.engine._hostd[lab.vms()["vm-001"].host].kernel.vms()) == 1
+    assert len(lab.engine.running(lab.vms()["vm-001"].host).kernel.vms()) == 1
 
 
 async def test_second_operation_on_a_busy_vm_is_task_in_progress(populated: Lab):
@@ -351,7 +351,7 @@ def check_consistent(lab: Lab) -> None:
     """vCenter's inventory agrees with what the hosts run."""
     vms = lab.vms()
     assert {name: vm.power_state for name, vm in vms.items()} == lab.host_power_states()
-    for host, hostd in lab.engine._hostd.items():
+    for host, hostd in lab.engine.hosts().items():
         assert {vm.name for vm in hostd.kernel.vms()} == {
             name for name, vm in vms.items() if vm.host == host
         }

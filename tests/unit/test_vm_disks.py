@@ -41,7 +41,7 @@ async def make_vm(vc, session, name, host="esxi-01", datastore="vmfs-01", iops=5
 async def host_call(engine, host: str, method: str, request):
     """Calls a host's hostd directly, as root (what vCenter does as vpxuser)."""
     hostd = engine.running(host)
-    token = hostd.accounts.login("root", engine._specs[host].root_password)
+    token = hostd.accounts.login("root", engine.spec(host).root_password)
     return await dispatch.call(hostd.table, method, request, token)
 
 

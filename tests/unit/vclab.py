@@ -140,7 +140,7 @@ class Lab:
         """What a rejected request must leave unchanged."""
         host_vms = {
             name: [(vm.name, vm.powered_on) for vm in hostd.kernel.vms()]
-            for name, hostd in self.engine._hostd.items()
+            for name, hostd in self.engine.hosts().items()
         }
         return (
             self.vc.vms.list(""),
@@ -153,7 +153,7 @@ class Lab:
         """Every VM's power state as its host knows it."""
         return {
             vm.name: ON if vm.powered_on else OFF
-            for hostd in self.engine._hostd.values()
+            for hostd in self.engine.hosts().values()
             for vm in hostd.kernel.vms()
         }
 
