@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # the parser, for every command and `vsim --help`, imports none of them. What the
 # parser itself shows of the host is here; a unit test checks it against vsim.host.
 ROOT_POOL = "Resources"
-"""vsim.host.kernel.resource_pool.ROOT_POOL: a host's root resource pool."""
+"""vsim.host.kernel.resources.allocation.ROOT_POOL: a host's root resource pool."""
 STANDARD_SWITCH_DEFAULTS = {"allow_promiscuous": False, "mac_changes": True,
                             "forged_transmits": True}  # fmt: skip
 """vsim.host.kernel.net.vswitch.STANDARD_SWITCH_SECURITY: a new standard vSwitch's policy."""
@@ -59,7 +59,10 @@ async def cmd_vm_resources(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def changed_resources(args: argparse.Namespace, vm) -> kpb.VmResources:
-    from vsim.host.kernel.resource_pool import VM_CPU_SHARES_PER_VCPU, VM_MEMORY_SHARES_PER_MB
+    from vsim.host.kernel.resources.allocation import (
+        VM_CPU_SHARES_PER_VCPU,
+        VM_MEMORY_SHARES_PER_MB,
+    )
     from vsim.host.kernel.vmkernel import pool_name
 
     r = kpb.VmResources()
@@ -243,7 +246,7 @@ def pool_allocation(
     """`current` with the --PREFIX-* options given applied (None if none was given),
     checked as the host checks it (unit: MHz or MB)."""
     from vsim.host.hostd.kernel_messages import pool_allocation_from_proto
-    from vsim.host.kernel.resource_pool import SHARE_LEVELS, Unit
+    from vsim.host.kernel.resources.allocation import SHARE_LEVELS, Unit
 
     given = [getattr(args, f"{prefix}_{name}") for name in POOL_OPTION_NAMES]
     if given == [None] * len(POOL_OPTION_NAMES):
