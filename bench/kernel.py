@@ -28,7 +28,7 @@ from vsim.host.kernel.cpu_scheduler import CpuScheduler
 from vsim.host.kernel.memory.page_sharing import PageSharing, salt_domain
 from vsim.host.kernel.memory.pmap import PAGES_PER_MB, MachineMemory
 from vsim.host.kernel.net.vswitch import HostNetworkSystem
-from vsim.host.kernel.resource_pool import Allocation, pool_allocation
+from vsim.host.kernel.resources.allocation import Allocation, Unit, pool_allocation
 
 GIB = 1024 * PAGES_PER_MB
 MIX = GuestWorkload(zero_pct=20, common_pct=30)
@@ -80,9 +80,8 @@ def scheduler(vms: int, ticks: int) -> dict:
     rng = random.Random(2)
     cpu = CpuScheduler(cores=128, core_mhz=2600)
     for i in range(8):
-        cpu.tree.add_pool(
-            f"pool-{i}", pool_allocation("MHz", rng.choice(["low", "normal", "high"]))
-        )
+        level = rng.choice(["low", "normal", "high"])
+        cpu.pools.add_pool(f"pool-{i}", {Unit.MHZ: pool_allocation("MHz", level)})
     for i in range(vms):
         vcpus = rng.choice([1, 2, 4])
         reservation = rng.choice([0, 0, 0, 200])

@@ -19,7 +19,10 @@ from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import HostManager
 
 
-class PciPassthruSystem:
+class PciPassthruManager:
+    """vCenter's manager of its hosts' DirectPath I/O: each host's own
+    HostPciPassthruSystem (host/kernel/passthrough.py) is reached through its API."""
+
     def __init__(self, hosts: HostManager, events: EventLog) -> None:
         self._hosts = hosts
         self._events = events

@@ -35,7 +35,7 @@ from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.network_system import NetworkSystem
-from vsim.vcenter.pci_passthru import PciPassthruSystem
+from vsim.vcenter.pci_passthru import PciPassthruManager
 from vsim.vcenter.performance import Performance
 from vsim.vcenter.physical_network import PhysicalNetwork
 from vsim.vcenter.resource_pool import HostResourcePools
@@ -100,7 +100,7 @@ class VCenter:
         self.physical_network = PhysicalNetwork(inventory, self.hosts, self.events)
         self.performance = Performance(inventory, self.hosts, self.events)
         self.resource_pools = HostResourcePools(inventory, self.hosts, self.tasks, self.events)
-        self.pci = PciPassthruSystem(self.hosts, self.events)
+        self.pci = PciPassthruManager(self.hosts, self.events)
         if storage_provider is None and array is not None and array.management_key:
             storage_provider = RemoteStorageProvider(
                 array.management_endpoint or array.endpoint, array.thumbprint, array.management_key

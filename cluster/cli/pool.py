@@ -18,7 +18,7 @@ from vsim.faults import InvalidArgument, NotFound
 from vsim.v1 import kernel_pb2 as kpb
 
 ROOT_POOL = "Resources"
-"""vsim.host.kernel.resource_pool.ROOT_POOL: a host's root resource pool."""
+"""vsim.host.kernel.resources.allocation.ROOT_POOL: a host's root resource pool."""
 
 
 POOL_OPTIONS = (("cpu", "MHz"), ("mem", "MB"))
@@ -34,7 +34,7 @@ def pool_allocation(
     """`current` with the --PREFIX-* options given applied (None if none was given),
     checked as the host checks it (unit: MHz or MB)."""
     from vsim.host.hostd.kernel_messages import pool_allocation_from_proto
-    from vsim.host.kernel.resource_pool import SHARE_LEVELS, Unit
+    from vsim.host.kernel.resources.allocation import SHARE_LEVELS, Unit
 
     given = [getattr(args, f"{prefix}_{name}") for name in POOL_OPTION_NAMES]
     if given == [None] * len(POOL_OPTION_NAMES):

@@ -117,7 +117,10 @@ async def cmd_vm_resources(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def changed_resources(args: argparse.Namespace, vm) -> kpb.VmResources:
-    from vsim.host.kernel.resource_pool import VM_CPU_SHARES_PER_VCPU, VM_MEMORY_SHARES_PER_MB
+    from vsim.host.kernel.resources.allocation import (
+        VM_CPU_SHARES_PER_VCPU,
+        VM_MEMORY_SHARES_PER_MB,
+    )
     from vsim.host.kernel.vmkernel import pool_name
 
     r = kpb.VmResources()

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from vsim.host.kernel.memory.memsched import MemorySettings
 from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, HostNetworkSystem, SecurityPolicy
-from vsim.host.kernel.resource_pool import Allocation, PoolConfig
+from vsim.host.kernel.resources.allocation import Allocation, PoolConfig
 from vsim.tls import write_private
 
 

@@ -22,7 +22,7 @@ from vsim.host.kernel.net.vswitch import (
     VirtualSwitch,
     Vnic,
 )
-from vsim.host.kernel.resource_pool import (
+from vsim.host.kernel.resources.allocation import (
     UNLIMITED,
     Allocation,
     Unit,

@@ -1,17 +1,17 @@
 """The host's proportional-share CPU scheduler.
 
-Owns: the host's CPU capacity (cores x core MHz) as a resource-pool tree in MHz, the
-powered-on VMs' CPU allocations and admission (a VM powers on only if its CPU
-reservation fits), each VM's CPU demand (set by whoever plays its guest workload), and
+Owns: the powered-on VMs' CPU (their admission into the host's resource-pool tree,
+whose CPU view it reads: a VM powers on only if its CPU reservation fits), each VM's
+CPU demand (set by whoever plays its guest workload), and
 the accounting of each tick: entitlement, usage, used MHz-seconds and ready time.
 
 Must never: let a VM use more than its vCPUs can run (vcpus x core MHz), more than its
 limit, or more than it demands; leave capacity idle while a VM's demand is unmet and
 not capped; read a clock (time comes in as `tick(dt)`); loop in Python over the VMs in
-a tick (the division is one vectorised pass through `ResourceTree`).
+a tick (the division is one vectorised pass through the tree's CPU view).
 
 Usage follows the fluid model of ESX's proportional-share scheduler over a tick: each
-VM runs at its entitlement (`ResourceTree.entitlements`: shares, reservations, limits,
+VM runs at its entitlement (`ResourceView.entitlements`: shares, reservations, limits,
 pools), or at its demand if that is less. Ready time is vSphere's %RDY idea: the vCPU
 time a VM was ready to run but not running, (demand - usage) / core MHz vCPU-seconds
 per second; like esxtop's %RDY it includes time held back by a limit (%MLMTD) and is
@@ -26,13 +26,13 @@ import numpy as np
 
 from vsim import validate
 from vsim.faults import InsufficientResourcesFault, InvalidArgument
-from vsim.host.kernel.resource_pool import (
+from vsim.host.kernel.resources.allocation import (
     ROOT_POOL,
     Allocation,
-    ResourceTree,
     Unit,
     vm_cpu_allocation,
 )
+from vsim.host.kernel.resources.pool_tree import PoolTree
 from vsim.spec import HostSpec
 
 _PER_VM_FLOATS = (
@@ -43,7 +43,7 @@ _PER_VM_FLOATS = (
     "_used_mhz_s",
     "_ready_s",
 )
-"""The float arrays kept per powered-on VM, in ResourceTree consumer order."""
+"""The float arrays kept per powered-on VM, in the CPU view's consumer order."""
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,24 @@ class CpuScheduler:
     """Proportional-share CPU scheduling for one host's powered-on VMs.
 
     Per-VM state lives in numpy arrays in the order of `tree.consumer_names` (see
-    ResourceTree); resource pools are made through `tree` (add_pool, set_pool, ...).
+    ResourceView). `pools` is the host's resource-pool tree, shared with the memory
+    manager, its CPU capacity cores x core MHz (a tree of CPU alone if none is given);
+    resource pools are made through it (add_pool, set_pool, ...), and `tree` is its
+    CPU view.
     """
 
-    def __init__(self, cores: int, core_mhz: int) -> None:
+    def __init__(self, cores: int, core_mhz: int, pools: PoolTree | None = None) -> None:
         validate.int_range(cores, 1, validate.MAX_HOST_CPU_CORES, "cores")
         validate.int_range(core_mhz, 1, 100_000, "core_mhz", "MHz")
         self.cores = cores
         self.core_mhz = core_mhz
-        self.tree = ResourceTree(cores * core_mhz, Unit.MHZ)
+        self.pools = pools if pools is not None else PoolTree({Unit.MHZ: cores * core_mhz})
+        self.tree = self.pools.view(Unit.MHZ)
+        if self.tree.capacity != cores * core_mhz:
+            raise InvalidArgument(
+                f"the resource-pool tree has {self.tree.capacity} MHz of CPU, but "
+                f"{cores} cores x {core_mhz} MHz are {cores * core_mhz} MHz"
+            )
         self._vcpus = np.zeros(0, dtype=np.int64)
         self._demand = np.zeros(0)
         self._entitlement = np.zeros(0)
@@ -111,8 +120,8 @@ class CpuScheduler:
         self._host_used_mhz_s = 0.0
 
     @classmethod
-    def for_host(cls, spec: HostSpec) -> CpuScheduler:
-        return cls(spec.cpu_cores, spec.cpu_mhz)
+    def for_host(cls, spec: HostSpec, pools: PoolTree | None = None) -> CpuScheduler:
+        return cls(spec.cpu_cores, spec.cpu_mhz, pools)
 
     @property
     def capacity_mhz(self) -> int:
@@ -164,11 +173,6 @@ class CpuScheduler:
 
     def allocation(self, vm: str) -> Allocation:
         return self.tree.consumer(vm)
-
-    def move(self, vm: str, pool: str) -> None:
-        """Moves a powered-on VM into another resource pool (admission-checked); its
-        numbers keep their place in the arrays (the tree keeps consumer order)."""
-        self.tree.move_consumer(vm, pool)
 
     def set_demand(self, vm: str, mhz: float) -> float:
         """Sets what the VM's guest wants to run, in MHz; returns the demand kept,

@@ -5,8 +5,9 @@ mechanisms that share the host among them: memory (pmaps, page sharing, reclaim:
 memory.py), the CPU scheduler (cpu_scheduler.py), the standard vSwitches
 (vswitch.py) and DirectPath devices (passthrough.py). Admission control asks each of
 them before a VM powers on, and a refusal changes nothing. Its resource pools are one
-name in both resource trees (the CPU scheduler's in MHz, the memory manager's in MB),
-changed in both or in neither, and kept in esx.conf. Plain Python: no Ray, no
+hierarchy (`pools`, kept in esx.conf) whose nodes hold a CPU and a memory allocation;
+the CPU scheduler and the memory manager each read their resource's view of it, and a
+change is checked for both resources before either is applied. Plain Python: no Ray, no
 sockets, no wall clock; time comes from the injected `Clock`. Never trusts its caller:
 hostd checks who is calling, the kernel checks that what is asked is possible.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 from vsim import validate
@@ -51,15 +51,16 @@ from vsim.host.kernel.memory.memsched import (
 from vsim.host.kernel.net.vnic_firewall import VnicFirewall
 from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
 from vsim.host.kernel.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
-from vsim.host.kernel.resource_pool import (
+from vsim.host.kernel.resources.allocation import (
     ROOT_POOL,
     UNLIMITED,
     VM_CPU_SHARES_PER_VCPU,
     Allocation,
     PoolConfig,
-    ResourceTree,
+    Unit,
     check_not_root,
 )
+from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
 from vsim.spec import HostSpec
 
 KERNEL_TICK = 1.0
@@ -120,7 +121,7 @@ class VmResources:
 
     @property
     def pool(self) -> str:
-        """The pool's name in the resource trees."""
+        """The pool's name in the resource-pool tree."""
         return self.resource_pool or ROOT_POOL
 
     def cpu_allocation(self, vcpus: int) -> Allocation:
@@ -234,7 +235,6 @@ class HostKernel:
         self.clock = clock
         self.boot_time = clock.now()
         self._vms: dict[str, VmConfig] = {}
-        self._memory_used_mb = 0  # configured memory of powered-on VMs
         self._own_swap_dir = swap_dir is None
         self.swap_dir = Path(swap_dir or tempfile.mkdtemp(prefix=f"vsim-{spec.name}-vswp-"))
         """Host-local swap: each powered-on VM's .vswp."""
@@ -243,8 +243,15 @@ class HostKernel:
         self._config = config or MemoryConfigStore()
         stored = self._config.load()
         settings = memory_from_config(stored["memory"]) if "memory" in stored else None
-        self.memory = MemoryManager(self.spec.memory_mb, clock, self.swap_dir, settings)
-        self.cpu = CpuScheduler.for_host(self.spec)
+        self.pools = PoolTree(
+            {Unit.MHZ: self.spec.cpu_cores * self.spec.cpu_mhz, Unit.MB: self.spec.memory_mb}
+        )
+        """The host's resource pools, both resources; the scheduler and the memory
+        manager hold its consumers of CPU and of memory."""
+        self.memory = MemoryManager(
+            self.spec.memory_mb, clock, self.swap_dir, settings, pools=self.pools
+        )
+        self.cpu = CpuScheduler.for_host(self.spec, self.pools)
         for pool in resource_pools_from_config(stored.get("resource_pools", [])):
             self._add_pool(pool)  # parents were saved before their children
         self.network = (
@@ -262,11 +269,12 @@ class HostKernel:
 
     @property
     def memory_used_mb(self) -> int:
-        return self._memory_used_mb
+        """The configured memory of the powered-on VMs."""
+        return sum(vm.memory_mb for vm in self._vms.values() if vm.powered_on)
 
     @property
     def memory_free_mb(self) -> int:
-        return self.spec.memory_mb - self._memory_used_mb
+        return self.spec.memory_mb - self.memory_used_mb
 
     def vms(self) -> list[VmConfig]:
         return sorted(self._vms.values(), key=lambda vm: vm.name)
@@ -370,14 +378,15 @@ class HostKernel:
 
     def resource_pool_configs(self) -> list[PoolConfig]:
         """The pools other than the root, parents before their children."""
-        return [self.resource_pool_config(name) for name in self.cpu.tree.pools()[1:]]
+        return [self.resource_pool_config(name) for name in self.pools.pools()[1:]]
 
     def resource_pool_config(self, name: str, verb: str = "changed") -> PoolConfig:
         """A pool's settings. InvalidArgument for the root (it cannot be `verb`: it is
         the host's whole capacity), NotFound for a pool the host does not have."""
         self._changeable(name, verb)
-        cpu, memory = self.cpu.tree, self.memory.tree
-        return PoolConfig(name, cpu.parent(name) or ROOT_POOL, cpu.pool(name), memory.pool(name))
+        pools = self.pools
+        cpu, memory = pools.allocation(name, Unit.MHZ), pools.allocation(name, Unit.MB)
+        return PoolConfig(name, pools.parent(name) or ROOT_POOL, cpu, memory)
 
     def create_resource_pool(
         self, name: str, parent: str, cpu: Allocation, memory: Allocation
@@ -386,7 +395,7 @@ class HostKernel:
         admission-controlled in each; if either refuses, neither changes."""
         parent = pool_name(parent, "parent") if parent else ROOT_POOL
         pool = PoolConfig(pool_name(name), parent, cpu, memory)
-        if pool.name in self.cpu.tree.pools():
+        if pool.name in self.pools:
             raise DuplicateName(
                 f"{self.spec.name} already has a resource pool named {pool.name!r}"
                 + (" (the root)" if pool.name == ROOT_POOL else "")
@@ -397,26 +406,15 @@ class HostKernel:
         return pool
 
     def _add_pool(self, pool: PoolConfig) -> None:
-        self.cpu.tree.add_pool(pool.name, pool.cpu, pool.parent)
-        try:
-            self.memory.tree.add_pool(pool.name, pool.memory, pool.parent)
-        except BaseException:
-            self.cpu.tree.remove_pool(pool.name)  # empty and just made: always possible
-            raise
+        self.pools.add_pool(pool.name, pool.allocations, pool.parent)
 
     def update_resource_pool(self, name: str, cpu: Allocation, memory: Allocation) -> PoolConfig:
         """UpdateConfig: new shares, reservations, limits and expandability for both
-        resources, admission-controlled; if either tree refuses, neither changes."""
+        resources, admission-controlled; if either refuses, neither changes."""
         self._changeable(name, "changed")
-        before = self.cpu.tree.pool(name)
-        self.cpu.tree.set_pool(name, cpu)
-        try:
-            self.memory.tree.set_pool(name, memory)
-        except BaseException:
-            self.cpu.tree.set_pool(name, before)  # what was held then is held now
-            raise
+        self.pools.set_pool(name, {Unit.MHZ: cpu, Unit.MB: memory})
         self._save_config()
-        return PoolConfig(name, self.cpu.tree.parent(name) or ROOT_POOL, cpu, memory)
+        return PoolConfig(name, self.pools.parent(name) or ROOT_POOL, cpu, memory)
 
     def destroy_resource_pool(self, name: str) -> tuple[str, ...]:
         """Destroys a pool: its child pools and its VMs, running or not, move to its
@@ -424,9 +422,8 @@ class HostKernel:
         name the parent from then on. Returns the VMs moved."""
         self._changeable(name, "destroyed")
         named = sorted(vm.name for vm in self._vms.values() if vm.resources.pool == name)
-        parent = self.cpu.tree.parent(name) or ROOT_POOL
-        self.cpu.tree.remove_pool(name)
-        self.memory.tree.remove_pool(name)  # never needs more: cannot refuse either
+        parent = self.pools.parent(name) or ROOT_POOL
+        self.pools.remove_pool(name)
         moved_to = "" if parent == ROOT_POOL else parent
         for vm_name in named:
             vm = self._vms[vm_name]
@@ -447,21 +444,21 @@ class HostKernel:
         return [
             ResourcePoolInfo(
                 name=name,
-                parent=self.cpu.tree.parent(name) or "",
+                parent=self.pools.parent(name) or "",
                 cpu=_usage(self.cpu.tree, name, cpu_entitled[name]),
                 memory=_usage(self.memory.tree, name, memory_entitled[name]),
                 vms=tuple(vm.name for vm in members.get(name, ())),
                 powered_on=tuple(vm.name for vm in members.get(name, ()) if vm.powered_on),
             )
-            for name in self.cpu.tree.pools()
+            for name in self.pools.pools()
         ]
 
     def _require_pool(self, name: str, doing: str) -> None:
-        if name not in self.cpu.tree.pools():
+        if name not in self.pools:
             raise NotFound(
                 f"{doing}: {self.spec.name} has no resource pool {name!r}; create it there "
                 f"(vsim host pool create {self.spec.name} {name}) or use one of: "
-                + ", ".join(self.cpu.tree.pools())
+                + ", ".join(self.pools.pools())
             )
 
     def _changeable(self, name: str, verb: str) -> None:
@@ -510,7 +507,7 @@ class HostKernel:
         pci_devices: tuple[str, ...],
     ) -> VmConfig:
         """ReconfigVM: resources apply at once (admission-checked) on a running VM,
-        which moves into its new resource pool in both trees, page sharing and salt at
+        which moves into its new resource pool, page sharing and salt at
         its next power-on; vNICs connect, disconnect or take new firewall rules live;
         DirectPath devices change only while it is off. A new pool must exist here."""
         vm = self.vm(name)
@@ -524,12 +521,10 @@ class HostKernel:
                     f"{name} is powered on: DirectPath I/O devices are added and removed "
                     "only while the VM is powered off"
                 )
-            self._apply_resources(vm, resources)
-            try:
-                self._reconnect(vm, nics)
-            except BaseException:
-                self._apply_resources(replace(vm, resources=resources), vm.resources)
-                raise
+            allocations = self._allocations(vm, resources)
+            self.pools.check_consumer_change(name, resources.pool, allocations)
+            self._reconnect(vm, nics)  # all or none
+            self._apply_resources(vm, resources)  # checked above: cannot refuse now
         else:
             self._assign_devices(vm, tuple(pci_devices))
         vm = self._vms[name] = replace(self._vms[name], resources=resources, nics=tuple(nics))
@@ -540,46 +535,19 @@ class HostKernel:
         load = vm.cpus * self.spec.cpu_mhz * resources.cpu_load_pct / 100
         self.cpu.set_demand(vm.name, load)
 
-    def _apply_resources(self, vm: VmConfig, resources: VmResources) -> None:
-        """A running VM's new allocations and pool in both trees, all or nothing: on a
-        refusal the steps taken are undone in reverse (each undo returns to a state
-        that held before, so it fits)."""
-        undo = []
-        try:
-            for step, back in self._resource_steps(vm, resources):
-                step()
-                undo.append(back)
-        except BaseException:
-            for back in reversed(undo):
-                back()
-            raise
-        self._set_cpu_demand(vm, resources)
+    def _allocations(self, vm: VmConfig, resources: VmResources) -> dict[Unit, Allocation]:
+        return {
+            Unit.MHZ: resources.cpu_allocation(vm.cpus),
+            Unit.MB: resources.memory.allocation(vm.memory_mb),
+        }
 
-    def _resource_steps(self, vm: VmConfig, new: VmResources) -> tuple:
-        """(do, undo) pairs. Per tree, a reservation going down is lowered before the
-        move and one going up is raised after it: no step then holds more anywhere
-        than the start or the end does, so every step fits if the end state fits."""
-        name, old = vm.name, vm.resources
-        source = self.cpu.tree.consumer_pool(name)
-        cpu_old, cpu_new = old.cpu_allocation(vm.cpus), new.cpu_allocation(vm.cpus)
-        cpu_set = (
-            partial(self.cpu.set_allocation, name, cpu_new),
-            partial(self.cpu.set_allocation, name, cpu_old),
-        )
-        cpu_move = (partial(self.cpu.move, name, new.pool), partial(self.cpu.move, name, source))
-        memory_set = (
-            partial(self.memory.set_vm_settings, name, new.memory),
-            partial(self.memory.set_vm_settings, name, old.memory),
-        )
-        memory_move = (
-            partial(self.memory.move, name, new.pool),
-            partial(self.memory.move, name, source),
-        )
-        lower = cpu_new.reservation <= cpu_old.reservation
-        cpu = (cpu_set, cpu_move) if lower else (cpu_move, cpu_set)
-        lower = new.memory.reservation_mb <= old.memory.reservation_mb
-        memory = (memory_set, memory_move) if lower else (memory_move, memory_set)
-        return (*cpu, *memory)
+    def _apply_resources(self, vm: VmConfig, resources: VmResources) -> None:
+        """A running VM's new allocations and pool, both resources checked before
+        either is applied; then the memory manager's reclaim takes the new settings
+        (which the tree already holds) and the guest its new CPU load."""
+        self.pools.change_consumer(vm.name, resources.pool, self._allocations(vm, resources))
+        self.memory.set_vm_settings(vm.name, resources.memory)
+        self._set_cpu_demand(vm, resources)
 
     def _reconnect(self, vm: VmConfig, nics: tuple[NicConfig, ...]) -> None:
         """Moves a running VM's vNICs from its configuration to `nics`, all or none."""
@@ -612,8 +580,9 @@ class HostKernel:
     # -- power -------------------------------------------------------------------------
 
     def power_on(self, name: str) -> VmConfig:
-        """Admission control, then the VM's CPU, memory (its guest boots) and vNICs;
-        if any refuses, whatever was done is undone."""
+        """Admission control (the CPU and memory reservations included), then the VM's
+        CPU, memory (its guest boots) and vNICs; if a boot or a vNIC fails, whatever
+        was done is undone."""
         vm = self.vm(name)
         if vm.powered_on:
             raise InvalidPowerState(f"{name} is already powered on")
@@ -638,7 +607,6 @@ class HostKernel:
                 step()
             raise
         vm = self._vms[name] = replace(vm, powered_on=True)
-        self._memory_used_mb += vm.memory_mb
         return vm
 
     def power_off(self, name: str) -> VmConfig:
@@ -650,7 +618,6 @@ class HostKernel:
         self.memory.power_off(name)
         self.cpu.power_off(name)
         vm = self._vms[name] = replace(vm, powered_on=False)
-        self._memory_used_mb -= vm.memory_mb
         return vm
 
     def _connect(self, vm: str, nic: NicConfig) -> None:
@@ -659,8 +626,7 @@ class HostKernel:
     def _admit(self, vm: VmConfig) -> None:
         """What must hold before anything is taken: the VM fits the hardware, its
         resource pool exists, its DirectPath devices have all its memory reserved, its
-        port groups exist. Reservations are admitted by the CPU scheduler and the
-        memory manager, in the VM's pool."""
+        port groups exist, its CPU and memory reservations fit in its pool."""
         if vm.cpus > self.spec.cpu_cores:
             raise InsufficientResourcesFault(
                 f"{vm.name} has {vm.cpus} virtual CPUs but {self.spec.name} has only "
@@ -680,6 +646,7 @@ class HostKernel:
             self.pci.check_power_on(vm, vm.resources.memory.reservation_mb)
         for nic in vm.nics:
             self.network.port_group(nic.port_group)  # NotFound names what is missing
+        self.pools.check_admission(vm.name, vm.resources.pool, self._allocations(vm, vm.resources))
 
     # -- the period --------------------------------------------------------------------
 
@@ -694,7 +661,7 @@ class HostKernel:
         self.memory.tick()
 
 
-def _usage(tree: ResourceTree, pool: str, entitlement: float) -> PoolUsage:
+def _usage(tree: ResourceView, pool: str, entitlement: float) -> PoolUsage:
     return PoolUsage(tree.pool(pool), tree.reserved(pool), tree.unreserved(pool), entitlement)
 
 

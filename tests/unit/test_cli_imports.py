@@ -13,8 +13,8 @@ from vsim.cluster import up
 from vsim.cluster.cli import host as cli_host
 from vsim.cluster.cli import launch, network, pool, session
 from vsim.cluster.cli import vm as cli_vm
-from vsim.host.kernel import resource_pool
 from vsim.host.kernel.net import vswitch
+from vsim.host.kernel.resources import allocation as resource_pool
 from vsim.vcenter import host_system, sessions, virtual_machine
 
 SERVER_SIDE = (

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from vsim.faults import AlreadyExists, InsufficientResourcesFault, InvalidArgument, NotFound
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
-from vsim.host.kernel.resource_pool import (
+from vsim.host.kernel.resources.allocation import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,
+    Unit,
     pool_allocation,
     vm_cpu_allocation,
 )
@@ -137,8 +138,8 @@ def test_two_pools_high_and_normal():
     # 8 cores x 2000 = 16000 MHz. prod (high, 8000 shares) : test (normal, 4000) =
     # 2 : 1 -> 10666.67 and 5333.33, each split between two equal VMs.
     cpu = CpuScheduler(cores=8, core_mhz=2000)
-    cpu.tree.add_pool("prod", pool_allocation("MHz", "high"))
-    cpu.tree.add_pool("test", pool_allocation("MHz", "normal"))
+    cpu.pools.add_pool("prod", {Unit.MHZ: pool_allocation("MHz", "high")})
+    cpu.pools.add_pool("test", {Unit.MHZ: pool_allocation("MHz", "normal")})
     for vm, pool in [("p1", "prod"), ("p2", "prod"), ("t1", "test"), ("t2", "test")]:
         cpu.power_on(vm, 8, pool=pool)
         cpu.set_demand(vm, 16_000)
@@ -297,7 +298,7 @@ def test_scheduler_rules_over_random_histories(cores, core_mhz, pools, vms, hist
         limit = UNLIMITED if headroom == UNLIMITED else reservation + headroom
         try:
             alloc = pool_allocation("MHz", level, reservation, limit, expandable)
-            cpu.tree.add_pool(f"pool-{i}", alloc, names[min(parent, len(names) - 1)])
+            cpu.pools.add_pool(f"pool-{i}", {Unit.MHZ: alloc}, names[min(parent, len(names) - 1)])
             names.append(f"pool-{i}")
         except InsufficientResourcesFault:
             pass

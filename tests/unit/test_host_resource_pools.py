@@ -29,7 +29,7 @@ from vsim.host.guest.memory import GuestWorkload
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
 from vsim.host.hostd.esx_conf import FileConfigStore, MemoryConfigStore, resource_pools_from_config
 from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.resource_pool import ROOT_POOL, Allocation
+from vsim.host.kernel.resources.allocation import ROOT_POOL, Allocation
 from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
 from vsim.passwords import hash_password
 from vsim.spec import HostSpec

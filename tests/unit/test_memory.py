@@ -359,12 +359,13 @@ def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
 def test_pool_reservations_and_limits_hold_like_a_vms_own(tmp_path):
     """A pool's reservation protects its VMs' memory as a VM's own reservation does,
     and a pool's limit holds on an idle host."""
-    from vsim.host.kernel.resource_pool import pool_allocation
+    from vsim.host.kernel.resources.allocation import Unit, pool_allocation
 
     clock = SimClock()
     m = MemoryManager(1024, clock, tmp_path)
-    m.tree.add_pool("gold", pool_allocation("MB", reservation=384, expandable_reservation=False))
-    m.tree.add_pool("capped", pool_allocation("MB", limit=64))
+    gold = pool_allocation("MB", reservation=384, expandable_reservation=False)
+    m.pools.add_pool("gold", {Unit.MB: gold})
+    m.pools.add_pool("capped", {Unit.MB: pool_allocation("MB", limit=64)})
     for name, pool, reservation in (
         ("g", "gold", 0), ("r", "Resources", 384), ("x", "Resources", 0),
         ("y", "Resources", 0),

@@ -20,17 +20,17 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.kernel.resource_pool import (
+from vsim.host.kernel.resources.allocation import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,
-    ResourceTree,
     Unit,
-    divvy,
     pool_allocation,
     vm_cpu_allocation,
     vm_memory_allocation,
 )
+from vsim.host.kernel.resources.entitlement import divvy
+from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
 
 EPS = 1e-6
 
@@ -186,7 +186,7 @@ def test_divvy_of_1024_siblings_is_one_call():
 # -- the tree: admission -----------------------------------------------------------------
 
 
-def _state(tree: ResourceTree):
+def _state(tree: ResourceView):
     return (
         tree.capacity,
         tree.consumer_names,
@@ -196,8 +196,11 @@ def _state(tree: ResourceTree):
 
 
 def test_a_non_expandable_pool_holds_only_its_reservation():
-    tree = ResourceTree(10_000, Unit.MHZ)
-    tree.add_pool("prod", Allocation(4000, reservation=3000, expandable_reservation=False))
+    pools = PoolTree({Unit.MHZ: 10_000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool(
+        "prod", {Unit.MHZ: Allocation(4000, reservation=3000, expandable_reservation=False)}
+    )
     tree.add_consumer("vm-1", Allocation(1000, reservation=2000), "prod")
     before = _state(tree)
     with pytest.raises(InsufficientResourcesFault) as e:
@@ -210,9 +213,11 @@ def test_a_non_expandable_pool_holds_only_its_reservation():
 
 
 def test_an_expandable_pool_borrows_from_its_parent_up_to_the_root():
-    tree = ResourceTree(10_000, "MHz")
-    tree.add_pool("dev", pool_allocation("MHz", reservation=1000))  # expandable
-    tree.add_pool("team", pool_allocation("MHz"), parent="dev")  # expandable, 0 reserved
+    pools = PoolTree({Unit.MHZ: 10_000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool("dev", {Unit.MHZ: pool_allocation("MHz", reservation=1000)})  # expandable
+    # expandable, 0 reserved
+    pools.add_pool("team", {Unit.MHZ: pool_allocation("MHz")}, parent="dev")
     tree.add_consumer("vm-a", Allocation(1000, reservation=6000), "team")
     # team borrows 6000 from dev, which reserves 1000 itself and borrows 5000 from root.
     assert tree.reserved("team") == 6000 and tree.reserved("dev") == 6000
@@ -225,14 +230,15 @@ def test_an_expandable_pool_borrows_from_its_parent_up_to_the_root():
     assert _state(tree) == before
     # A fixed pool elsewhere cannot take what is borrowed.
     with pytest.raises(InsufficientResourcesFault):
-        tree.add_pool("fixed", Allocation(4000, 4001, UNLIMITED, False))
-    tree.add_pool("fixed", Allocation(4000, 4000, UNLIMITED, False))
+        pools.add_pool("fixed", {Unit.MHZ: Allocation(4000, 4001, UNLIMITED, False)})
+    pools.add_pool("fixed", {Unit.MHZ: Allocation(4000, 4000, UNLIMITED, False)})
     assert tree.unreserved() == 0 and tree.unreserved("team") == 0
 
 
 def test_an_expandable_pool_cannot_borrow_past_its_limit():
-    tree = ResourceTree(10_000, "MHz")
-    tree.add_pool("capped", pool_allocation("MHz", reservation=0, limit=2000))
+    pools = PoolTree({Unit.MHZ: 10_000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool("capped", {Unit.MHZ: pool_allocation("MHz", reservation=0, limit=2000)})
     tree.add_consumer("vm-a", Allocation(1000, reservation=1500), "capped")
     assert tree.unreserved("capped") == 500
     with pytest.raises(InsufficientResourcesFault, match="limited to 2000"):
@@ -240,46 +246,53 @@ def test_an_expandable_pool_cannot_borrow_past_its_limit():
 
 
 def test_changing_a_pool_is_admission_controlled():
-    tree = ResourceTree(8_000, "MB")
-    tree.add_pool("p", pool_allocation("MB", reservation=1000))
+    pools = PoolTree({Unit.MB: 8_000})
+    tree = pools.view(Unit.MB)
+    pools.add_pool("p", {Unit.MB: pool_allocation("MB", reservation=1000)})
     tree.add_consumer("vm", Allocation(10, reservation=3000), "p")
     before = _state(tree)
     with pytest.raises(InsufficientResourcesFault):  # children hold 3000
-        tree.set_pool("p", Allocation(163840, 1000, UNLIMITED, expandable_reservation=False))
+        pools.set_pool(
+            "p", {Unit.MB: Allocation(163840, 1000, UNLIMITED, expandable_reservation=False)}
+        )
     with pytest.raises(InsufficientResourcesFault):
-        tree.set_pool("p", Allocation(163840, 9000))  # more than the root has
+        pools.set_pool("p", {Unit.MB: Allocation(163840, 9000)})  # more than the root has
     assert _state(tree) == before
-    tree.set_pool("p", Allocation(163840, 5000, UNLIMITED, False))
+    pools.set_pool("p", {Unit.MB: Allocation(163840, 5000, UNLIMITED, False)})
     assert tree.reserved() == 5000 and tree.unreserved() == 3000 and tree.unreserved("p") == 2000
 
 
 def test_removing_a_pool_moves_its_children_to_the_parent():
-    tree = ResourceTree(10_000, "MHz")
-    tree.add_pool("a", pool_allocation("MHz", reservation=4000, expandable_reservation=False))
-    tree.add_pool("b", pool_allocation("MHz", reservation=1000), parent="a")
+    pools = PoolTree({Unit.MHZ: 10_000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool(
+        "a", {Unit.MHZ: pool_allocation("MHz", reservation=4000, expandable_reservation=False)}
+    )
+    pools.add_pool("b", {Unit.MHZ: pool_allocation("MHz", reservation=1000)}, parent="a")
     tree.add_consumer("vm-1", Allocation(1000, reservation=500), "b")
     tree.add_consumer("vm-2", Allocation(1000, reservation=2000), "a")
-    tree.remove_pool("a")
+    pools.remove_pool("a")
     assert tree.pools() == [ROOT_POOL, "b"]
     assert tree.parent("b") == ROOT_POOL
     assert tree.consumer_pool("vm-2") == ROOT_POOL and tree.consumer_pool("vm-1") == "b"
     # a's 4000 is released; the root now holds b (1000) and vm-2 (2000) directly.
     assert tree.reserved() == 3000
-    tree.remove_pool("b")
+    pools.remove_pool("b")
     assert tree.pools() == [ROOT_POOL] and tree.consumer_pool("vm-1") == ROOT_POOL
     assert tree.reserved() == 2500
 
 
 def test_the_root_and_names_are_guarded():
-    tree = ResourceTree(1000, "MHz")
-    tree.add_pool("p", pool_allocation("MHz"))
+    pools = PoolTree({Unit.MHZ: 1000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool("p", {Unit.MHZ: pool_allocation("MHz")})
     tree.add_consumer("vm", Allocation(1000))
     for call, fault in [
-        (lambda: tree.remove_pool(ROOT_POOL), InvalidArgument),
-        (lambda: tree.set_pool(ROOT_POOL, Allocation(1)), InvalidArgument),
-        (lambda: tree.add_pool("p", pool_allocation("MHz")), DuplicateName),
-        (lambda: tree.add_pool("q", pool_allocation("MHz"), parent="nope"), NotFound),
-        (lambda: tree.add_pool("", pool_allocation("MHz")), InvalidArgument),
+        (lambda: pools.remove_pool(ROOT_POOL), InvalidArgument),
+        (lambda: pools.set_pool(ROOT_POOL, {Unit.MHZ: Allocation(1)}), InvalidArgument),
+        (lambda: pools.add_pool("p", {Unit.MHZ: pool_allocation("MHz")}), DuplicateName),
+        (lambda: pools.add_pool("q", {Unit.MHZ: pool_allocation("MHz")}, parent="nope"), NotFound),
+        (lambda: pools.add_pool("", {Unit.MHZ: pool_allocation("MHz")}), InvalidArgument),
         (lambda: tree.add_consumer("vm", Allocation(1000)), AlreadyExists),
         (lambda: tree.add_consumer("vm2", Allocation(1000), "nope"), NotFound),
         (lambda: tree.add_consumer("vm2", "normal"), InvalidArgument),  # type: ignore[arg-type]
@@ -289,8 +302,8 @@ def test_the_root_and_names_are_guarded():
         (lambda: tree.entitlements([1.0, 2.0]), InvalidArgument),
         (lambda: tree.entitlements([-1.0]), InvalidArgument),
         (lambda: tree.entitlements([math.nan]), InvalidArgument),
-        (lambda: ResourceTree(-1, "MHz"), InvalidArgument),
-        (lambda: ResourceTree(100, "cores"), InvalidArgument),
+        (lambda: PoolTree({"MHz": -1}), InvalidArgument),
+        (lambda: PoolTree({"cores": 100}), InvalidArgument),
     ]:
         before = _state(tree)
         with pytest.raises(fault):
@@ -299,7 +312,8 @@ def test_the_root_and_names_are_guarded():
 
 
 def test_capacity_changes_only_when_reservations_fit():
-    tree = ResourceTree(4096, "MB")
+    pools = PoolTree({Unit.MB: 4096})
+    tree = pools.view(Unit.MB)
     tree.add_consumer("vm", vm_memory_allocation("normal", 2048, reservation=2048))
     with pytest.raises(InsufficientResourcesFault):
         tree.set_capacity(2000)
@@ -309,7 +323,8 @@ def test_capacity_changes_only_when_reservations_fit():
 
 
 def test_consumer_order_is_stable_and_indexed():
-    tree = ResourceTree(10_000, "MHz")
+    pools = PoolTree({Unit.MHZ: 10_000})
+    tree = pools.view(Unit.MHZ)
     for name in ["vm-a", "vm-b", "vm-c", "vm-d"]:
         tree.add_consumer(name, Allocation(1000))
     tree.remove_consumer("vm-b")
@@ -415,9 +430,17 @@ def _apply(model: Model, op: tuple) -> Model | None:
     return m
 
 
-def _call(tree: ResourceTree, op: tuple) -> None:
+def _call(pools: PoolTree, op: tuple) -> None:
+    """Pools change in the tree (with an allocation per resource), consumers in the
+    resource's view."""
     kind, name, *rest = op
-    getattr(tree, kind)(name, *rest)
+    if kind in ("add_pool", "set_pool"):
+        allocation, *parent = rest
+        getattr(pools, kind)(name, {Unit.MHZ: allocation}, *parent)
+    elif kind == "remove_pool":
+        pools.remove_pool(name)
+    else:
+        getattr(pools.view(Unit.MHZ), kind)(name, *rest)
 
 
 KINDS = [
@@ -456,7 +479,8 @@ def _draw_op(data: st.DataObject, model: Model) -> tuple:
 @given(data=st.data(), steps=st.integers(5, 40))
 def test_admission_matches_the_model_and_refusals_change_nothing(data, steps):
     capacity = 10_000
-    tree = ResourceTree(capacity, Unit.MHZ)
+    pools = PoolTree({Unit.MHZ: capacity})
+    tree = pools.view(Unit.MHZ)
     root = Allocation(4000, capacity, capacity, False)
     model = Model(capacity, {ROOT_POOL: (root, None)})
     for _ in range(steps):
@@ -465,14 +489,14 @@ def test_admission_matches_the_model_and_refusals_change_nothing(data, steps):
         before = _state(tree)
         if after is None:
             with pytest.raises((NotFound, DuplicateName, AlreadyExists)):
-                _call(tree, op)
+                _call(pools, op)
             assert _state(tree) == before
         elif not after.admits():
             with pytest.raises(InsufficientResourcesFault):
-                _call(tree, op)
+                _call(pools, op)
             assert _state(tree) == before
         else:
-            _call(tree, op)
+            _call(pools, op)
             model = after
         for pool in model.pools:
             assert tree.reserved(pool) == model.used(pool), (pool, op)
@@ -489,9 +513,10 @@ def test_hierarchical_entitlements_by_hand():
     # Root 12000 MHz: pool "prod" (high, 8000 shares) and "test" (normal, 4000), each
     # with two equal VMs demanding 10000. prod : test = 8000 : 4000 -> 8000 and 4000;
     # inside each pool the two VMs split evenly: 4000, 4000 and 2000, 2000.
-    tree = ResourceTree(12_000, "MHz")
-    tree.add_pool("prod", pool_allocation("MHz", "high"))
-    tree.add_pool("test", pool_allocation("MHz", "normal"))
+    pools = PoolTree({Unit.MHZ: 12_000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool("prod", {Unit.MHZ: pool_allocation("MHz", "high")})
+    pools.add_pool("test", {Unit.MHZ: pool_allocation("MHz", "normal")})
     for name, pool in [("p1", "prod"), ("p2", "prod"), ("t1", "test"), ("t2", "test")]:
         tree.add_consumer(name, vm_cpu_allocation("normal", 4), pool)
     assert tree.entitlements([10_000] * 4).tolist() == pytest.approx([4000, 4000, 2000, 2000])
@@ -512,8 +537,9 @@ def test_hierarchical_entitlements_by_hand():
 
 
 def test_a_pool_limit_caps_its_subtree_and_the_rest_goes_elsewhere():
-    tree = ResourceTree(10_000, "MHz")
-    tree.add_pool("capped", pool_allocation("MHz", "high", limit=3000))
+    pools = PoolTree({Unit.MHZ: 10_000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool("capped", {Unit.MHZ: pool_allocation("MHz", "high", limit=3000)})
     tree.add_consumer("a", Allocation(1000), "capped")
     tree.add_consumer("b", Allocation(1000), "capped")
     tree.add_consumer("c", Allocation(1000))
@@ -523,8 +549,9 @@ def test_a_pool_limit_caps_its_subtree_and_the_rest_goes_elsewhere():
 
 
 def test_1024_vms_in_one_pool():
-    tree = ResourceTree(100_000, "MHz")
-    tree.add_pool("farm", pool_allocation("MHz"))
+    pools = PoolTree({Unit.MHZ: 100_000})
+    tree = pools.view(Unit.MHZ)
+    pools.add_pool("farm", {Unit.MHZ: pool_allocation("MHz")})
     for i in range(1024):
         tree.add_consumer(
             f"vm-{i:04d}", vm_cpu_allocation("high" if i % 2 else "normal", 1), "farm"
@@ -536,7 +563,7 @@ def test_1024_vms_in_one_pool():
     assert ent.sum() == pytest.approx(100_000)
 
 
-def _ancestors(tree: ResourceTree, pool: str) -> list[str]:
+def _ancestors(tree: ResourceView, pool: str) -> list[str]:
     chain = []
     current: str | None = pool
     while current is not None:
@@ -550,12 +577,13 @@ def trees(draw):
     """A random admitted tree (pools up to 4 deep, up to 24 VMs; additions that
     admission refuses are skipped) and a demand for each VM."""
     capacity = draw(st.integers(1_000, 40_000))
-    tree = ResourceTree(capacity, Unit.MHZ)
+    pool_tree = PoolTree({Unit.MHZ: capacity})
+    tree = pool_tree.view(Unit.MHZ)
     pools = [ROOT_POOL]
     for i in range(draw(st.integers(0, 5))):
         parent = draw(st.sampled_from(pools))
         try:
-            tree.add_pool(f"pool-{i}", draw(allocations), parent)
+            pool_tree.add_pool(f"pool-{i}", {Unit.MHZ: draw(allocations)}, parent)
             pools.append(f"pool-{i}")
         except InsufficientResourcesFault:
             pass

@@ -36,13 +36,14 @@ from vsim.host.kernel.memory.pmap import (
     MachineMemory,
 )
 from vsim.host.kernel.memory.reclaim import MemoryState, Reclaimer, VmReclaim, VmSwapFile
-from vsim.host.kernel.resource_pool import (
+from vsim.host.kernel.resources.allocation import (
     ROOT_POOL,
     UNLIMITED,
     VM_MEMORY_SHARES_PER_MB,
     Allocation,
-    ResourceTree,
+    Unit,
 )
+from vsim.host.kernel.resources.pool_tree import PoolTree
 
 SHARE_SCAN_PERIOD = 60.0
 """Seconds between TPS scans (ESXi spreads a full scan over Mem.ShareScanTime)."""
@@ -185,15 +186,24 @@ class MemoryManager:
         swap_dir: Path,
         settings: MemorySettings | None = None,
         seed: int = 0,
+        pools: PoolTree | None = None,
     ) -> None:
+        """`pools` is the host's resource-pool tree, shared with the CPU scheduler, its
+        memory capacity `memory_mb` (a tree of memory alone if none is given)."""
         self.memory = MachineMemory(memory_mb * PAGES_PER_MB)
         self.clock = clock
         self.swap_dir = Path(swap_dir)
         self.settings = (settings or MemorySettings()).validated()
         self.sharing = PageSharing(self.memory)
         self.reclaimer = Reclaimer(self.memory)
-        self.tree = ResourceTree(memory_mb, "MB")
+        self.pools = pools if pools is not None else PoolTree({Unit.MB: memory_mb})
+        self.tree = self.pools.view(Unit.MB)
         """Memory shares, reservations and limits of the powered-on VMs (and pools)."""
+        if self.tree.capacity != memory_mb:
+            raise InvalidArgument(
+                f"the resource-pool tree has {self.tree.capacity} MB of memory, but the "
+                f"host has {memory_mb} MB"
+            )
         self.seed = seed
         self._vms: dict[str, _PoweredOn] = {}
         self._last_tick = clock.now()
@@ -224,11 +234,6 @@ class MemoryManager:
 
     def reserved_mb(self) -> int:
         return self.tree.reserved()
-
-    def move(self, name: str, pool: str) -> None:
-        """Moves a powered-on VM into another resource pool (admission-checked)."""
-        self._vm(name)
-        self.tree.move_consumer(name, pool)
 
     # -- power ------------------------------------------------------------------
 
