@@ -4,14 +4,16 @@ with reservation conflicts per 1,000 operations.
 
     .venv/bin/python bench/locks.py [--seconds 5] [--hosts 1,4,16]
 
-Prints one JSON object. Every host is a real Ray actor with its own initiator and
-gRPC+TLS line to the array; all hosts hammer the same lock at once.
+Prints one JSON object. Every host's storage stack runs in its own Ray actor with its
+own initiator and gRPC+TLS line to the array; all hosts hammer the same lock at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import random
 import sys
 import tempfile
 import uuid
@@ -20,17 +22,47 @@ from pathlib import Path
 import ray
 from harness import report, start_ray
 
-from vsim.cluster.ray_engine import EsxiHostActor
-from vsim.host.storage.array_client import ArrayBlockDevice, ArrayConnection
-from vsim.host.storage.storage_stack import initiator_name
+from vsim.clock import WallClock
+from vsim.host.storage.array_client import ArrayBlockDevice, ArrayConnection, GrpcStoragePorts
+from vsim.host.storage.storage_stack import StorageStack, initiator_name
 from vsim.host.storage.vmfs import format_volume
-from vsim.passwords import hash_password
 from vsim.spec import HostSpec, host_name
 from vsim.storage.server import start_array
 from vsim.storage.vmfs_format import VolumeLockMode
 from vsim.v1 import storage_pb2 as pb
 
 VOLUMES = {"ats+scsi": VolumeLockMode.ATS_SCSI, "ats-only": VolumeLockMode.ATS_ONLY}
+
+
+class LockInitiator:
+    """One host's storage stack on its own, in its own Ray worker: what a host's
+    hostd locks through, without hostd. The benchmark measures the on-disk lock
+    protocol; hosts themselves are driven through hostd's API (see
+    tests/integration/test_storage_locks.py)."""
+
+    def __init__(self, spec_json: str) -> None:
+        spec = HostSpec(**json.loads(spec_json))
+        self.storage = StorageStack(
+            spec.host_uuid, spec.name, WallClock(1.0), random.Random(spec.name), GrpcStoragePorts()
+        )
+
+    async def mount(
+        self, label: str, kind: str, endpoint: str, thumbprint: str, where: int | str
+    ) -> None:
+        lun, export = (where, "") if kind == "vmfs" else (0, where)
+        await self.storage.mount(label, kind, endpoint, thumbprint, lun, export)
+
+    async def lock_load(self, label: str, target: int, seconds: float) -> dict[str, int]:
+        return await self.storage.lock_load(label, target, seconds)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        return self.storage.stats()
+
+    async def close(self) -> None:
+        await self.storage.close()
+
+
+LockInitiatorActor = ray.remote(LockInitiator)
 
 
 async def setup(root: Path, hosts: int):
@@ -54,25 +86,23 @@ async def setup(root: Path, hosts: int):
     )
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     actors = [
-        EsxiHostActor.options(name=n, namespace=namespace, num_cpus=0).remote(
-            HostSpec(n, uuid=str(uuid.uuid4())).to_json(),
-            hash_password("x" * 12),
-            str(root / n),
-            1.0,
+        LockInitiatorActor.options(name=n, namespace=namespace, num_cpus=0).remote(
+            HostSpec(n, uuid=str(uuid.uuid4())).to_json()
         )
         for n in names
     ]
+    pin = (array.endpoint, array.identity.thumbprint)
     for actor in actors:
         for label, lun in luns.items():
-            await actor.mount_vmfs.remote(label, array.endpoint, array.identity.thumbprint, lun)
-        await actor.mount_nfs.remote("nfs", array.endpoint, array.identity.thumbprint, "nfs")
+            await actor.mount.remote(label, "vmfs", *pin, lun)
+        await actor.mount.remote("nfs", "nfs", *pin, "nfs")
     return array, connection, actors
 
 
 async def measure(actors, label: str, seconds: float) -> dict:
-    before = [await a.storage_stats.remote() for a in actors]
+    before = [await a.stats.remote() for a in actors]
     results = await asyncio.gather(*(a.lock_load.remote(label, 7, seconds) for a in actors))
-    after = [await a.storage_stats.remote() for a in actors]
+    after = [await a.stats.remote() for a in actors]
     acquired = sum(r["acquired"] for r in results)
     refused = sum(r["refused"] for r in results)
     conflicts = sum(
@@ -98,7 +128,7 @@ async def main(args: argparse.Namespace) -> dict:
                     actors, label, args.seconds
                 )
             for actor in actors:
-                await actor.shutdown.remote()
+                await actor.close.remote()
                 ray.kill(actor)
             await connection.close()
             await array.stop()

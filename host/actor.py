@@ -4,6 +4,9 @@ One actor per host (`num_cpus=0`, named after the host, detached so it outlives 
 vCenter restart). It is given root's password hash, never the password. It keeps
 its certificate and local accounts in its data dir, and serves hostd (the HostAgent
 service, with health and reflection) on its own TLS port from the actor's loop.
+The host itself is assembled by host/boot.py, as in the in-process engine; this
+shell adds only the boot lock, the TLS server and Ray's naming. Everything reaches
+the host through hostd's API, behind its session check.
 """
 
 from __future__ import annotations
@@ -81,7 +84,6 @@ class EsxiHost:
             random.Random(),
             GrpcStoragePorts(),
         )
-        self.storage = self.hostd.storage
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
         self._server: Any = None
         self._endpoint = ""
@@ -103,32 +105,8 @@ class EsxiHost:
         """Where hostd listens ("" before boot) and the host's thumbprint."""
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}
 
-    # The storage stack reached directly, by label and LUN or export, for the lock
-    # tests and bench/locks.py (vCenter mounts datastores through hostd).
-
-    async def mount_vmfs(self, label: str, endpoint: str, thumbprint: str, lun: int) -> int:
-        """Mounts the VMFS volume on a LUN of the array; returns its heartbeat slot."""
-        return (
-            await self.storage.mount(label, "vmfs", endpoint, thumbprint, lun, "")
-        ).heartbeat_slot
-
-    async def mount_nfs(self, label: str, endpoint: str, thumbprint: str, export: str) -> None:
-        await self.storage.mount(label, "nfs", endpoint, thumbprint, 0, export)
-
-    async def try_lock(self, label: str, target: int, path: str, mode: str = "EXCLUSIVE") -> str:
-        return await self.storage.try_lock(label, target, path, mode)
-
-    async def unlock(self, label: str, target: int) -> None:
-        await self.storage.unlock(label, target)
-
-    async def lock_load(self, label: str, target: int, seconds: float) -> dict[str, int]:
-        return await self.storage.lock_load(label, target, seconds)
-
-    async def storage_stats(self) -> dict[str, dict[str, int]]:
-        return self.storage.stats()
-
     async def shutdown(self) -> None:
-        await self.storage.close()
+        await self.hostd.storage.close()
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None
