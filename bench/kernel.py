@@ -23,12 +23,13 @@ import numpy as np
 
 from vsim.ethernet_frame import Frame
 from vsim.fabric.physical_switch import Network, PhysicalSwitch
-from vsim.host.guest.memory import GuestMemoryModel, GuestWorkload
+from vsim.guest_workload import GuestWorkload
+from vsim.host.guest.memory import GuestMemoryModel
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
 from vsim.host.kernel.memory.page_sharing import PageSharing, salt_domain
 from vsim.host.kernel.memory.pmap import PAGES_PER_MB, MachineMemory
 from vsim.host.kernel.net.vswitch import HostNetworkSystem
-from vsim.host.kernel.resources.allocation import Allocation, Unit, pool_allocation
+from vsim.resource_allocation import Allocation, Unit, pool_allocation
 
 GIB = 1024 * PAGES_PER_MB
 MIX = GuestWorkload(zero_pct=20, common_pct=30)

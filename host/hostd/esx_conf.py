@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from vsim.host.kernel.memory.memsched import MemorySettings
 from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, HostNetworkSystem, SecurityPolicy
-from vsim.host.kernel.resources.allocation import Allocation, PoolConfig
+from vsim.memory_settings import MemorySettings
+from vsim.resource_allocation import Allocation, PoolConfig
 from vsim.tls import write_private
 
 

@@ -38,21 +38,12 @@ from vsim.host.hostd.kernel_messages import (
     network_to_proto,
     nic_from_proto,
     nic_to_proto,
-    pool_allocations_from_proto,
     resource_pools_to_proto,
-    resources_from_proto,
-    resources_to_proto,
     security_from_proto,
     vm_stats_to_proto,
 )
 from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY
-from vsim.host.kernel.vmkernel import (
-    KERNEL_TICK,
-    DiskConfig,
-    HostKernel,
-    VmConfig,
-    VmResources,
-)
+from vsim.host.kernel.vmkernel import KERNEL_TICK, DiskConfig, HostKernel, VmConfig
 from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.storage.vmdk import open_disk
@@ -69,10 +60,16 @@ from vsim.host.vm.vm_files import (
 from vsim.host.vm.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
 from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
+from vsim.resource_messages import (
+    pool_allocations_from_proto,
+    resources_from_proto,
+    resources_to_proto,
+)
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
 from vsim.v1 import kernel_pb2 as kpb
+from vsim.vm_resources import VmResources
 
 log = logging.getLogger(__name__)
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")

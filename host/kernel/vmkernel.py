@@ -30,7 +30,6 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.guest.memory import GuestWorkload
 from vsim.host.hostd.esx_conf import (
     ConfigStore,
     MemoryConfigStore,
@@ -42,26 +41,22 @@ from vsim.host.hostd.esx_conf import (
     resource_pools_from_config,
 )
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
-from vsim.host.kernel.memory.memsched import (
-    MAX_PERIOD,
-    MemoryManager,
-    MemorySettings,
-    VmMemorySettings,
-)
+from vsim.host.kernel.memory.memsched import MAX_PERIOD, MemoryManager
 from vsim.host.kernel.net.vnic_firewall import VnicFirewall
 from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
 from vsim.host.kernel.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
+from vsim.memory_settings import MemorySettings
+from vsim.resource_allocation import (
     ROOT_POOL,
-    UNLIMITED,
-    VM_CPU_SHARES_PER_VCPU,
     Allocation,
     PoolConfig,
     Unit,
     check_not_root,
+    pool_name,
 )
-from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
 from vsim.spec import HostSpec
+from vsim.vm_resources import VmResources
 
 KERNEL_TICK = 1.0
 """Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""
@@ -100,52 +95,6 @@ class NicConfig:
 
 
 @dataclass(frozen=True)
-class VmResources:
-    """A VM's resource settings and its simulated guest's load."""
-
-    cpu_shares: int = 0
-    """0: normal (1000 per vCPU)."""
-    cpu_reservation_mhz: int = 0
-    cpu_limit_mhz: int = UNLIMITED
-    memory: VmMemorySettings = field(default_factory=VmMemorySettings)
-    cpu_load_pct: int = 0
-    """Share of its vCPUs the guest keeps busy (0: idle)."""
-    workload: GuestWorkload | None = None
-    """How the guest uses its memory; None: its guest OS's defaults."""
-    disk_shares: int = 0
-    """Per disk under Storage I/O Control; 0: normal (1000)."""
-    disk_iops_limit: int = UNLIMITED
-    resource_pool: str = ""
-    """The host resource pool it runs in; "" is the root ("Resources"). The pool must
-    exist on the host when the VM powers on there (a VM may be registered first)."""
-
-    @property
-    def pool(self) -> str:
-        """The pool's name in the resource-pool tree."""
-        return self.resource_pool or ROOT_POOL
-
-    def cpu_allocation(self, vcpus: int) -> Allocation:
-        shares = self.cpu_shares or VM_CPU_SHARES_PER_VCPU["normal"] * vcpus
-        return Allocation(shares, self.cpu_reservation_mhz, self.cpu_limit_mhz)
-
-    def validated(self, vcpus: int, memory_mb: int) -> VmResources:
-        if self.cpu_shares < 0 or self.disk_shares < 0:
-            raise InvalidArgument("shares must be > 0 (or 0 for normal)")
-        self.cpu_allocation(vcpus)  # reservation >= 0, limit >= reservation
-        self.memory.validated(memory_mb)
-        validate.int_range(self.cpu_load_pct, 0, 100, "cpu_load_pct", "%")
-        if self.workload is not None:
-            self.workload.validated()
-        if self.disk_iops_limit != UNLIMITED:
-            validate.int_range(self.disk_iops_limit, 1, 1_000_000, "disk_iops_limit")
-        if self.resource_pool == ROOT_POOL:
-            return replace(self, resource_pool="")  # one way to say "the root"
-        if self.resource_pool:
-            pool_name(self.resource_pool, "resource_pool")
-        return self
-
-
-@dataclass(frozen=True)
 class PoolUsage:
     """One resource of a pool as it is now (vSphere's ResourcePoolResourceUsage)."""
 
@@ -172,14 +121,6 @@ class ResourcePoolInfo:
     """The registered VMs whose resources name it (the root: those naming no pool)."""
     powered_on: tuple[str, ...]
     """Those of `vms` that run, drawing on it."""
-
-
-def pool_name(name: str, field_name: str = "resource pool name") -> str:
-    """A resource pool's name: vSphere's inventory name rules (1-80 characters, no
-    '/', '\\' or '%')."""
-    if not isinstance(name, str):
-        raise InvalidArgument(f"{field_name} must be a string, got {name!r}")
-    return validate.vm_name(name, field_name)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from vsim.faults import AlreadyExists, InsufficientResourcesFault, InvalidArgument, NotFound
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
-from vsim.host.kernel.resources.allocation import (
+from vsim.resource_allocation import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,

@@ -25,16 +25,17 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.guest.memory import GuestWorkload
+from vsim.guest_workload import GuestWorkload
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
 from vsim.host.hostd.esx_conf import FileConfigStore, MemoryConfigStore, resource_pools_from_config
 from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.resources.allocation import ROOT_POOL, Allocation
-from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
+from vsim.host.kernel.vmkernel import HostKernel, VmConfig
 from vsim.passwords import hash_password
+from vsim.resource_allocation import ROOT_POOL, Allocation
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
+from vsim.vm_resources import VmResources
 
 ROOT_PASSWORD = "Root-Pass-0123"
 QUIET = kpb.GuestMemoryWorkload(working_set_pct=1, boot_touch_pct=1, dirty_rate=0, touch_rate=0)

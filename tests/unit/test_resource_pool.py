@@ -20,7 +20,9 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.entitlement import divvy
+from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
+from vsim.resource_allocation import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,
@@ -29,8 +31,6 @@ from vsim.host.kernel.resources.allocation import (
     vm_cpu_allocation,
     vm_memory_allocation,
 )
-from vsim.host.kernel.resources.entitlement import divvy
-from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
 
 EPS = 1e-6
 

@@ -24,7 +24,7 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.kernel.memory.memsched import MemorySettings
+from vsim.memory_settings import MemorySettings
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.virtual_nic import GENERATED_MAC_FIRST, GENERATED_MAC_LAST

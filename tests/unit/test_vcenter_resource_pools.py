@@ -17,7 +17,7 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.kernel.resources.allocation import ROOT_POOL
+from vsim.resource_allocation import ROOT_POOL
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 

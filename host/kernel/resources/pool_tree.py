@@ -43,7 +43,8 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.entitlement import FlatTree, divide
+from vsim.resource_allocation import (
     POOL_SHARES,
     ROOT_POOL,
     UNLIMITED,
@@ -53,7 +54,6 @@ from vsim.host.kernel.resources.allocation import (
     unit_of,
     whole_number,
 )
-from vsim.host.kernel.resources.entitlement import FlatTree, divide
 
 
 @dataclass
