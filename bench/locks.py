@@ -24,8 +24,9 @@ from harness import report, start_ray
 
 from vsim.clock import WallClock
 from vsim.host.storage.array_client import ArrayBlockDevice, ArrayConnection, GrpcStoragePorts
-from vsim.host.storage.storage_stack import StorageStack, initiator_name
+from vsim.host.storage.storage_stack import StorageStack
 from vsim.host.storage.vmfs import format_volume
+from vsim.iscsi import initiator_name
 from vsim.spec import HostSpec, host_name
 from vsim.storage.server import start_array
 from vsim.storage.vmfs_format import VolumeLockMode

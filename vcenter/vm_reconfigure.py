@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from vsim.faults import AlreadyExists, InvalidArgument, InvalidPowerState, NotFound
-from vsim.host.kernel.passthrough import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
+from vsim.pci_device import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb

@@ -44,7 +44,7 @@ from vsim.host.hostd.kernel_messages import (
 )
 from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY
 from vsim.host.kernel.vmkernel import KERNEL_TICK, DiskConfig, HostKernel, VmConfig
-from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
+from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.storage.vmdk import open_disk
 from vsim.host.vm.vm_files import (
@@ -66,6 +66,7 @@ from vsim.resource_messages import (
     resources_to_proto,
 )
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
+from vsim.storage_io_control import congestion_threshold_s
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
 from vsim.v1 import kernel_pb2 as kpb

@@ -31,6 +31,7 @@ from vsim.host.storage.nfs_lock import (
 )
 from vsim.host.storage.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume, is_live
 from vsim.host.storage.vmfs_files import VmfsFileSystem
+from vsim.iscsi import initiator_name
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
 from vsim.storage.scsi import ScsiError
@@ -93,11 +94,6 @@ class Datastore:
     free_bytes: int
     heartbeat_slot: int = -1
     lock_mode: str = ""
-
-
-def initiator_name(host_name: str) -> str:
-    """The host's iSCSI qualified name, as ESXi names its software initiator."""
-    return f"iqn.1998-01.com.vmware:{host_name}"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.storage.storage_stack import initiator_name
+from vsim.iscsi import initiator_name
 from vsim.spec import ClusterSpec
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions

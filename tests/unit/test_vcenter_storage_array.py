@@ -23,7 +23,7 @@ from vsim.faults import (
     SSLVerifyFault,
     VimFault,
 )
-from vsim.host.storage.storage_stack import initiator_name
+from vsim.iscsi import initiator_name
 from vsim.passwords import hash_password
 from vsim.storage.vmfs_format import SlotState
 from vsim.v1 import common_pb2
