@@ -28,6 +28,7 @@ from vsim.faults import (
     InvalidState,
     NotFound,
 )
+from vsim.host.guest.disk_writes import GuestDiskReport, verify_guest_disk
 from vsim.host.hostd.accounts import ROLES, VPXUSER, HostAccounts
 from vsim.host.hostd.kernel_messages import (
     connected_nic_to_proto,
@@ -57,7 +58,7 @@ from vsim.host.vm.vm_files import (
     snapshot_disks,
     write_vmx,
 )
-from vsim.host.vm.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
+from vsim.host.vm.vmx import VmxProcess
 from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
 from vsim.resource_messages import (
