@@ -20,6 +20,7 @@ import statistics
 import time
 
 import numpy as np
+from harness import reference
 
 from vsim.ethernet_frame import Frame
 from vsim.fabric.physical_switch import Network, PhysicalSwitch
@@ -145,12 +146,14 @@ def main() -> None:
     parser.add_argument("--touched-gib", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    before = reference()
     result = {
         "tps": tps(args.vms, args.vm_gib, args.touched_gib, args.rounds),
         "cpu_scheduler": scheduler(1024, 200),
         "vswitch": frames(200_000),
     }
-    print(json.dumps(result))
+    after = reference()
+    print(json.dumps(result | before | {"reference_after_s": after["reference_s"]}))
 
 
 if __name__ == "__main__":
