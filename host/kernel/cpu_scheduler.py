@@ -167,10 +167,6 @@ class CpuScheduler:
 
     # -- settings ------------------------------------------------------------------------
 
-    def set_allocation(self, vm: str, allocation: Allocation) -> None:
-        """Changes a powered-on VM's CPU shares, reservation or limit (admission-checked)."""
-        self.tree.set_consumer(vm, allocation)
-
     def allocation(self, vm: str) -> Allocation:
         return self.tree.consumer(vm)
 

@@ -219,8 +219,9 @@ def test_power_off_releases_and_keeps_the_others_aligned():
         lambda cpu: cpu.tick(0),
         lambda cpu: cpu.tick(-1),
         lambda cpu: cpu.tick(math.nan),
-        lambda cpu: cpu.set_allocation("vm", Allocation(0)),
-        lambda cpu: cpu.set_allocation("vm", Allocation(1000, 500, 100)),
+        # A running VM's allocation changes in its resource pool tree (ReconfigVM).
+        lambda cpu: cpu.tree.set_consumer("vm", Allocation(0)),
+        lambda cpu: cpu.tree.set_consumer("vm", Allocation(1000, 500, 100)),
         lambda cpu: cpu.power_on("other", 0),
         lambda cpu: cpu.power_on("other", 1, vm_cpu_allocation("extreme", 1)),
     ],
