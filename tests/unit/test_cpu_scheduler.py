@@ -188,7 +188,7 @@ def test_power_on_admission():
     assert (cpu.vms(), cpu.host_stats()) == before
     cpu.power_on("fits", 1, vm_cpu_allocation("normal", 1, reservation=1000))
     with pytest.raises(InsufficientResourcesFault):
-        cpu.set_allocation("fits", vm_cpu_allocation("normal", 1, reservation=1001))
+        cpu.tree.set_consumer("fits", vm_cpu_allocation("normal", 1, reservation=1001))
     assert cpu.allocation("fits").reservation == 1000
 
 
