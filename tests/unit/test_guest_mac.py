@@ -9,15 +9,18 @@ vCenter core in-process (each message through its wire form, as over gRPC).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import random
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_vcenter_kernel import create, drops, get_vm, nic, receivers, send
 from vclab import SUCCESS, Lab, rpc, small_cluster
 
+from vsim import dispatch
 from vsim.clock import SimClock
 from vsim.cluster.cli import build_parser
 from vsim.cluster.client import VCenterClient
@@ -27,6 +30,7 @@ from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
 from vsim.host.hostd.kernel_messages import frame_to_proto
 from vsim.host.hostd.service import Hostd, vm_from_proto
 from vsim.host.kernel.vmkernel import HostKernel
+from vsim.host.storage.storage_stack import StorageStack
 from vsim.passwords import hash_password
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
@@ -213,16 +217,31 @@ async def test_promiscuous_accept_sees_unicast_of_others_in_its_vlan_only(one_ho
 # hostd: a model of the effective MAC over random histories
 
 
-def _hostd() -> Hostd:
+class _Root:
+    """One host's hostd, called as root through its dispatch table (the session
+    check and message copies a remote caller gets)."""
+
+    def __init__(self, hostd: Hostd) -> None:
+        self.hostd = hostd
+        self.session = hostd.accounts.login("root", ROOT_PASSWORD)
+
+    async def __call__(self, method: str, request):
+        return await dispatch.call(self.hostd.table, method, request, self.session)
+
+
+async def _hostd() -> _Root:
     """One host with VM "g": ethernet0 on a port group rejecting MAC changes,
     ethernet1 on VM Network (accepting them); and VM "peer" on VM Network."""
     spec = HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
     accounts = HostAccounts(MemoryAccountStore(), _root_hash())
-    hostd = Hostd(HostKernel(spec, SimClock(100.0)), accounts)
+    clock = SimClock(100.0)
+    storage = StorageStack(spec.host_uuid, spec.name, clock, random.Random(0))
+    root = _Root(Hostd(HostKernel(spec, clock), accounts, storage))
+    hostd = root.hostd
     pg = kpb.PortGroup(
         name="Locked", vswitch="vSwitch0", security=kpb.SecurityPolicy(mac_changes=False)
     )
-    hostd.AddPortGroup(hpb.AddPortGroupRequest(port_group=pg), "root")
+    await root("AddPortGroup", hpb.AddPortGroupRequest(port_group=pg))
     for name, nics in (("g", [("ethernet0", "Locked"), ("ethernet1", "VM Network")]),
                        ("peer", [("ethernet0", "VM Network")])):  # fmt: skip
         vm = hpb.HostVm(
@@ -237,7 +256,7 @@ def _hostd() -> Hostd:
         )
         hostd.kernel.register_vm(vm_from_proto(vm))
     hostd.kernel.power_on("peer")
-    return hostd
+    return root
 
 
 CONFIGURED = {
@@ -245,12 +264,13 @@ CONFIGURED = {
     ("g", "ethernet1"): "00:50:56:80:00:02",
     ("peer", "ethernet0"): "00:50:56:80:00:03",
 }
+ROOT_PASSWORD = "Root-Pass-0123"
 _ROOT_HASH: list[str] = []
 
 
 def _root_hash() -> str:
     if not _ROOT_HASH:  # one scrypt for the whole module
-        _ROOT_HASH.append(hash_password("Root-Pass-0123"))
+        _ROOT_HASH.append(hash_password(ROOT_PASSWORD))
     return _ROOT_HASH[0]
 
 
@@ -276,11 +296,20 @@ def _canonical(mac: str) -> str | None:
     return frame.src_mac
 
 
-@settings(max_examples=200, deadline=None)
+@settings(
+    max_examples=200,
+    deadline=None,
+    # fast_scrypt holds for every example: each logs in as root.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(ops=st.lists(OPS, max_size=25))
-def test_the_effective_mac_follows_a_model_and_gates_reception(ops):
-    hostd = _hostd()
-    kernel = hostd.kernel
+def test_the_effective_mac_follows_a_model_and_gates_reception(fast_scrypt, ops):
+    asyncio.run(_effective_mac_history(ops))
+
+
+async def _effective_mac_history(ops) -> None:
+    root = await _hostd()
+    kernel = root.hostd.kernel
     powered = False
     model: dict[str, str] = {}
     for kind, *args in ops:
@@ -303,7 +332,7 @@ def test_the_effective_mac_follows_a_model_and_gates_reception(ops):
         if wanted in taken:  # another adapter's address on the vSwitch: refused
             wanted = None
         try:
-            port = hostd.SetGuestMac(request, "root")
+            port = await root("SetGuestMac", request)
         except InvalidPowerState:
             assert not powered
         except NotFound:
@@ -319,20 +348,20 @@ def test_the_effective_mac_follows_a_model_and_gates_reception(ops):
             CONFIGURED["g", "ethernet0"],
             CONFIGURED["g", "ethernet1"],
         ]
-        network = hostd.GetNetwork(hpb.GetNetworkRequest(), "root")
+        network = await root("GetNetwork", hpb.GetNetworkRequest())
         assert {n.nic: n.effective_mac for n in network.nics if n.vm == "g"} == model
         if not powered:
             continue
         # A broadcast reaches ethernet1 always and ethernet0 only while unchanged; a
         # frame to ethernet1's effective MAC reaches it.
         frame = frame_to_proto(Frame(CONFIGURED["peer", "ethernet0"], BROADCAST))
-        sent = hostd.SendFrame(hpb.SendFrameRequest(vm="peer", frame=frame), "root")
+        sent = await root("SendFrame", hpb.SendFrameRequest(vm="peer", frame=frame))
         got = {(r.vm, r.nic) for r in sent.received}
         locked_open = model["ethernet0"] == CONFIGURED["g", "ethernet0"]
         assert (("g", "ethernet0") in got) == locked_open
         assert ("g", "ethernet1") in got
         frame.dst_mac = model["ethernet1"]
-        sent = hostd.SendFrame(hpb.SendFrameRequest(vm="peer", frame=frame), "root")
+        sent = await root("SendFrame", hpb.SendFrameRequest(vm="peer", frame=frame))
         assert ("g", "ethernet1") in {(r.vm, r.nic) for r in sent.received}
 
 
