@@ -3,14 +3,13 @@ the CLI: SetGuestMac (runtime state of the guest, reset at every power-on), MAC
 address changes, forged transmits (SendTestFrame's source MAC) and promiscuous mode,
 set per vSwitch and port group from the API and from `vsim network ... add`.
 
-The CLI runs its real handlers over the SDK client, whose RPC layer here calls the
-vCenter core in-process (each message through its wire form, as over gRPC).
+The CLI runs its real handlers over the SDK client in-process: through vCenter's
+dispatch table, with its session check, message copies and faults, as over gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random
 import re
 
@@ -18,12 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_vcenter_kernel import create, drops, get_vm, nic, receivers, send
-from vclab import SUCCESS, Lab, rpc, small_cluster
+from vclab import SUCCESS, Lab, small_cluster
 
 from vsim import dispatch
 from vsim.clock import SimClock
 from vsim.cluster.cli import build_parser
-from vsim.cluster.client import VCenterClient
+from vsim.cluster.client import IN_PROCESS, VCenterClient
+from vsim.dispatch import LocalTransport
 from vsim.ethernet_frame import Frame
 from vsim.faults import InvalidArgument, InvalidPowerState, NotFound, VimFault
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
@@ -35,7 +35,6 @@ from vsim.passwords import hash_password
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
-from vsim.v1 import vcenter_pb2 as pb
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 GUEST_MAC = "02:00:00:00:be:ef"
@@ -44,16 +43,13 @@ OTHER_MAC = "02:00:00:00:ca:fe"
 
 
 async def port_group(lab: Lab, name: str, vlan: int = 0, host: str = "esxi-01", **security):
-    pg = kpb.PortGroup(
-        name=name, vswitch="vSwitch0", vlan=vlan, security=kpb.SecurityPolicy(**security)
+    return await lab.client.add_port_group(
+        host, name, vswitch="vSwitch0", vlan=vlan, security=kpb.SecurityPolicy(**security)
     )
-    request = pb.HostPortGroupRequest(host=host, port_group=pg)
-    return await rpc(lab.vc).AddPortGroup(request, lab.session)
 
 
 async def set_guest_mac(lab: Lab, vm: str, mac: str, nic_: str = "") -> kpb.ConnectedNic:
-    request = kpb.SetGuestMacRequest(vm=vm, nic=nic_, mac=mac)
-    return await rpc(lab.vc).SetGuestMac(request, lab.session)
+    return await lab.client.set_guest_mac(vm, mac, nic=nic_)
 
 
 async def running(lab: Lab, *vms: tuple[str, str]) -> None:
@@ -63,13 +59,13 @@ async def running(lab: Lab, *vms: tuple[str, str]) -> None:
         assert (await lab.power_on(name)).state == SUCCESS
 
 
-def mac_of(lab: Lab, vm: str) -> str:
+async def mac_of(lab: Lab, vm: str) -> str:
     """The VM's configured MAC (ethernet0), as the inventory has it."""
-    return get_vm(lab, vm).nics[0].mac
+    return (await get_vm(lab, vm)).nics[0].mac
 
 
 async def ports(lab: Lab, host: str = "esxi-01") -> dict[tuple[str, str], kpb.ConnectedNic]:
-    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name=host), lab.session)
+    network = await lab.client.host_network(host)
     return {(n.vm, n.nic): n for n in network.nics}
 
 
@@ -89,8 +85,8 @@ async def test_mac_changes_reject_blocks_the_adapter_until_the_guest_changes_bac
 
     port = await set_guest_mac(lab, "b", GUEST_MAC.upper())
     assert (port.vm, port.nic, port.port_group) == ("b", "ethernet0", "Locked")
-    assert (port.mac, port.effective_mac) == (mac_of(lab, "b"), GUEST_MAC)
-    for frame in ({"dst_mac": mac_of(lab, "b")}, {"dst_mac": BROADCAST}):
+    assert (port.mac, port.effective_mac) == (await mac_of(lab, "b"), GUEST_MAC)
+    for frame in ({"dst_mac": await mac_of(lab, "b")}, {"dst_mac": BROADCAST}):
         trace = await send(lab, "a", **frame)
         assert receivers(trace) == []
         assert drops(trace) == {("esxi-01", "b/ethernet0", "mac_change")}
@@ -98,14 +94,14 @@ async def test_mac_changes_reject_blocks_the_adapter_until_the_guest_changes_bac
     # The new MAC is no address of the port either: that frame finds no one.
     trace = await send(lab, "a", dst_mac=GUEST_MAC)
     assert (receivers(trace), drops(trace)) == ([], set())
-    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="b"), lab.session)
+    stats = await lab.client.vm_stats("b")
     assert stats.nics["ethernet0"].dropped["mac_change"] == 2
 
     port = await set_guest_mac(lab, "b", "")  # back to the configured MAC
-    assert port.effective_mac == port.mac == mac_of(lab, "b")
+    assert port.effective_mac == port.mac == await mac_of(lab, "b")
     assert receivers(await send(lab, "a", dst_vm="b")) == [("esxi-01", "b", "ethernet0")]
     await set_guest_mac(lab, "b", GUEST_MAC)
-    await set_guest_mac(lab, "b", mac_of(lab, "b"))  # the configured MAC, given explicitly
+    await set_guest_mac(lab, "b", await mac_of(lab, "b"))  # the configured MAC, given explicitly
     assert receivers(await send(lab, "a", dst_vm="b")) == [("esxi-01", "b", "ethernet0")]
 
 
@@ -122,7 +118,7 @@ async def test_mac_changes_accept_the_adapter_is_known_by_its_new_mac(one_host):
     assert trace.frame.src_mac == GUEST_MAC
     assert (receivers(trace), drops(trace)) == ([("esxi-01", "a", "ethernet0")], set())
     # Its configured MAC is now another MAC than its own.
-    trace = await send(lab, "b", dst_vm="a", src_mac=mac_of(lab, "b"))
+    trace = await send(lab, "b", dst_vm="a", src_mac=await mac_of(lab, "b"))
     assert receivers(trace) == []
     assert drops(trace) == {("esxi-01", "b/ethernet0", "forged_transmit")}
 
@@ -130,12 +126,12 @@ async def test_mac_changes_accept_the_adapter_is_known_by_its_new_mac(one_host):
 async def test_the_guest_mac_is_runtime_state_and_resets_at_power_on(one_host):
     lab = one_host
     await running(lab, ("a", "VM Network"))
-    configured = mac_of(lab, "a")
-    vms, events = lab.vms(), len(lab.events())
+    configured = await mac_of(lab, "a")
+    vms, events = await lab.vms(), len(await lab.events())
     await set_guest_mac(lab, "a", GUEST_MAC)
     assert (await ports(lab))["a", "ethernet0"].effective_mac == GUEST_MAC
-    assert lab.vms() == vms  # the inventory keeps the configuration only
-    assert len(lab.events()) == events
+    assert await lab.vms() == vms  # the inventory keeps the configuration only
+    assert len(await lab.events()) == events
     host_vm = lab.engine.running("esxi-01").kernel.vm("a")
     assert [n.mac for n in host_vm.nics] == [configured]
     await lab.restart()
@@ -153,7 +149,7 @@ async def test_bad_guest_macs_are_refused_and_change_nothing(one_host):
     assert (await create(lab, "two", nics=[nic(), nic()])).state == SUCCESS
     assert (await lab.power_on("two")).state == SUCCESS
     await set_guest_mac(lab, "two", GUEST_MAC, "ethernet1")
-    before, events = await ports(lab), len(lab.events())
+    before, events = await ports(lab), len(await lab.events())
     for vm, nic_, mac, fault, words in [
         ("two", "", "00:50:56:zz:00:01", InvalidArgument, "not a MAC"),
         ("two", "", "01:00:5e:00:00:01", InvalidArgument, "multicast"),
@@ -166,7 +162,7 @@ async def test_bad_guest_macs_are_refused_and_change_nothing(one_host):
         with pytest.raises(fault, match=words):
             await set_guest_mac(lab, vm, mac, nic_)
         assert await ports(lab) == before
-        assert len(lab.events()) == events
+        assert len(await lab.events()) == events
     assert before["two", "ethernet1"].effective_mac == GUEST_MAC
 
 
@@ -183,13 +179,13 @@ async def test_forged_transmits_reject_drops_a_frame_from_another_mac(one_host):
     assert (trace.frame.src_mac, receivers(trace)) == (forged, [])
     (drop,) = trace.dropped
     assert (drop.host, drop.where, drop.reason) == ("esxi-01", "s/ethernet0", "forged_transmit")
-    assert forged in drop.detail and mac_of(lab, "s") in drop.detail
-    own = await send(lab, "s", dst_vm="dst", src_mac=mac_of(lab, "s").upper())
+    assert forged in drop.detail and await mac_of(lab, "s") in drop.detail
+    own = await send(lab, "s", dst_vm="dst", src_mac=(await mac_of(lab, "s")).upper())
     assert receivers(own) == [("esxi-01", "dst", "ethernet0")]
     trace = await send(lab, "l", dst_vm="dst", src_mac=forged)
     assert (receivers(trace), drops(trace)) == ([("esxi-01", "dst", "ethernet0")], set())
     assert trace.frame.src_mac == forged
-    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="s"), lab.session)
+    stats = await lab.client.vm_stats("s")
     assert (stats.nics["ethernet0"].tx, stats.nics["ethernet0"].dropped["forged_transmit"]) == (
         1,
         1,
@@ -368,34 +364,29 @@ async def _effective_mac_history(ops) -> None:
 # the CLI
 
 
-class InProcessRpc:
-    """The SDK's RPC layer over the vCenter core, each message through its wire form."""
+class Recorded(LocalTransport):
+    """`VCenterClient.in_process`'s transport (vCenter's dispatch table in this
+    process), noting the name of every call the client makes."""
 
     def __init__(self, lab: Lab) -> None:
-        self.lab = lab
+        super().__init__(lab.vc.table)
         self.calls: list[str] = []
 
     async def call(self, method: str, request, session: str | None, timeout=None):
         self.calls.append(method)
-        request = type(request).FromString(request.SerializeToString())
-        reply = getattr(rpc(self.lab.vc), method)(request, self.lab.session)
-        if inspect.isawaitable(reply):
-            reply = await reply
-        return type(reply).FromString(reply.SerializeToString())
-
-    async def close(self) -> None:
-        pass
+        return await super().call(method, request, session, timeout)
 
 
 class Shell:
     """What a command handler needs of cli.Context: a client, and somewhere to show."""
 
     def __init__(self, lab: Lab) -> None:
-        self.rpc = InProcessRpc(lab)
+        self.lab = lab
+        self.rpc = Recorded(lab)
         self.shown: list[tuple[object, str]] = []
 
     async def client(self) -> VCenterClient:
-        return VCenterClient(self.rpc, "in-process", "", "token")
+        return VCenterClient(self.rpc, IN_PROCESS, "", self.lab.token)
 
     def show(self, value: object, text: str) -> None:
         self.shown.append((value, text))
@@ -441,7 +432,7 @@ async def test_cli_sets_security_policy_and_lists_it(one_host):
     assert network.effective_security("Lab").allow_promiscuous is False
     assert network.effective_security("Lab").forged_transmits is False
     assert network.vswitch("vSwitch1").security.allow_promiscuous is True
-    events = [e.message for e in lab.events()[-3:]]
+    events = [e.message for e in (await lab.events())[-3:]]
     assert "promiscuous mode accept, forged transmits reject" in events[0]
     assert "VLAN 0, MAC address changes reject" in events[1]
     with pytest.raises(SystemExit):  # argparse: not accept or reject
@@ -457,14 +448,14 @@ async def test_cli_guest_mac_and_a_forged_frame(one_host, capsys):
     assert calls == ["SetGuestMac"]
     assert port.effective_mac == GUEST_MAC
     assert text == (
-        f"b/ethernet0 on Strict: MAC {GUEST_MAC} (configured {mac_of(lab, 'b')}, "
+        f"b/ethernet0 on Strict: MAC {GUEST_MAC} (configured {await mac_of(lab, 'b')}, "
         "changed by the guest)"
     )
     trace, text, _ = await vsim(lab, "network", "send-frame", "a", "--to-vm", "b")
     assert drops(trace) == {("esxi-01", "b/ethernet0", "mac_change")}
     assert "b/ethernet0: mac_change" in text
     trace, text, _ = await vsim(
-        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", mac_of(lab, "b")
+        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", await mac_of(lab, "b")
     )
     assert drops(trace) == {("esxi-01", "b/ethernet0", "forged_transmit")}
     assert "forged_transmit" in text and receivers(trace) == []
@@ -473,7 +464,7 @@ async def test_cli_guest_mac_and_a_forged_frame(one_host, capsys):
     trace, _, _ = await vsim(lab, "network", "send-frame", "a", "--to-vm", "b")
     assert receivers(trace) == [("esxi-01", "b", "ethernet0")]
     trace, _, _ = await vsim(
-        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", mac_of(lab, "b")
+        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", await mac_of(lab, "b")
     )
     assert receivers(trace) == [("esxi-01", "a", "ethernet0")]  # its own MAC again
     # What the user typed is checked before anything is sent.
@@ -489,4 +480,4 @@ async def test_cli_guest_mac_and_a_forged_frame(one_host, capsys):
         assert shell.rpc.calls == []
     with pytest.raises(NotFound, match="ethernet4"):
         await vsim(lab, "vm", "nic", "guest-mac", "b", GUEST_MAC, "--nic", "ethernet4")
-    assert (await ports(lab))["b", "ethernet0"].effective_mac == mac_of(lab, "b")
+    assert (await ports(lab))["b", "ethernet0"].effective_mac == await mac_of(lab, "b")
