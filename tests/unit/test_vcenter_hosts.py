@@ -4,12 +4,14 @@ and reboots, and a vCenter restart on the same data dir and hosts."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from vclab import CONNECTED, ERROR, NOT_RESPONDING, OFF, ON, SUCCESS, Lab
 
 from vsim.faults import (
     DuplicateName,
+    HostConnectFault,
     HostNotConnected,
     InvalidArgument,
     InvalidState,
@@ -17,6 +19,7 @@ from vsim.faults import (
     TaskInProgress,
 )
 from vsim.spec import HostSpec
+from vsim.v1 import host_agent_pb2 as hpb
 from vsim.vcenter.host_system import HEARTBEAT_INTERVAL
 
 # AddHost
@@ -221,6 +224,32 @@ async def test_host_that_stops_answering_is_marked_not_responding(lab: Lab):
     assert len(await lab.events(after)) == 1
     status = await lab.client.status()
     assert (status.hosts, status.hosts_connected) == (3, 2)
+
+
+async def test_the_engines_line_faults_break_only_what_they_name(lab: Lab):
+    """drop_connections kills every open line to one host; reset_next_call fails one
+    call, before or after the host ran it."""
+    root = hpb.HostLoginRequest(user_name="root", password=lab.engine.spec("esxi-02").root_password)
+    mine = await lab.engine.connect("esxi-02")
+    session = (await mine.call("Login", root, None)).session
+    assert lab.engine.drop_connections("esxi-02") == 2  # vCenter's line and this one
+    with pytest.raises(HostConnectFault, match="closed"):
+        await mine.call("GetHostInfo", hpb.GetHostInfoRequest(), session)
+    assert (await lab.hosts())["esxi-01"].connection_state == CONNECTED
+    assert (await lab.create("vm-001", host="esxi-01")).state == SUCCESS  # others unharmed
+    again = await lab.engine.connect("esxi-02")
+    for applied in (False, True):
+        lab.engine.reset_next_call("esxi-02", "RegisterVm", applied)
+        with pytest.raises(HostConnectFault, match="reset"):
+            await again.call("RegisterVm", register(f"reset-{applied}".lower()), session)
+        names = (await again.call("ListVms", hpb.ListHostVmsRequest(), session)).vms
+        assert (f"reset-{applied}".lower() in {v.name for v in names}) == applied
+    await again.call("RegisterVm", register("after"), session)  # only the one call failed
+
+
+def register(name: str) -> hpb.RegisterVmRequest:
+    vm = hpb.HostVm(name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), cpus=1, memory_mb=64)
+    return hpb.RegisterVmRequest(vm=vm)
 
 
 async def test_a_slow_check_of_one_host_does_not_delay_finding_another_dead(lab: Lab):
