@@ -7,12 +7,15 @@
 Every failure is raised as the VimFault the server sent (`vsim.faults`). A client
 pins the server's SHA-256 thumbprint: connecting to a server that presents another
 certificate raises SSLVerifyFault before anything is sent. `VCenterClient.in_process`
-reaches a vCenter core in this process through the same dispatch table instead.
+reaches a vCenter core in this process through the same dispatch table instead (the
+unit tests drive vCenter this way). `call(method, request)` reaches any RPC by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+
+from google.protobuf.message import Message
 
 from vsim.dispatch import DispatchTable, LocalTransport, Transport
 from vsim.faults import InvalidArgument, fault_from_proto
@@ -71,6 +74,13 @@ class VCenterClient:
 
     async def _call(self, method: str, request, timeout: float | None = None):
         return await self._rpc.call(method, request, self.session, timeout)
+
+    async def call(self, method: str, request: Message) -> Message:
+        """One unary RPC by its name in vcenter.proto, with the request message as
+        built: the way to reach an RPC this SDK has no method for, or to send a
+        request exactly as given. The same session, copies and faults as the typed
+        methods."""
+        return await self._call(method, request)
 
     # sessions
 

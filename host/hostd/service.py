@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import uuid
 from dataclasses import replace
@@ -168,7 +167,7 @@ class Hostd:
         self,
         kernel: HostKernel,
         accounts: HostAccounts,
-        storage: StorageStack | None = None,
+        storage: StorageStack,
         lockout: LockoutPolicy = ESXI_LOCKOUT,
     ) -> None:
         self.kernel = kernel
@@ -179,12 +178,7 @@ class Hostd:
         self._ticker: asyncio.Task | None = None
         self.vmx: dict[str, VmxProcess] = {}
         """VMs with a VMX here: powered on, or holding their disks for a hand-off."""
-        self.storage = storage or StorageStack(
-            kernel.spec.host_uuid,
-            kernel.spec.name,
-            kernel.clock,
-            random.Random(0),
-        )
+        self.storage = storage
         self.table = DispatchTable.of_methods(SERVICE, accounts, self)
         """Every HostAgent RPC, as the gRPC server and the in-process engine call it."""
 
