@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsim.ethernet_frame import BROADCAST_MAC, Frame
+from vsim.fabric.network import Network
 from vsim.fabric.physical_switch import (
     ALL_VLANS,
     DROP_HOST_UNREACHABLE,
     DROP_NOT_CABLED,
     DROP_PORT_DISABLED,
-    Network,
     PhysicalSwitch,
 )
 from vsim.fabric.physical_switch import DROP_VLAN as SWITCH_DROP_VLAN
