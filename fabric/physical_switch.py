@@ -29,7 +29,7 @@ from typing import NamedTuple
 from vsim import validate
 from vsim.ethernet_frame import VLAN_VST_MAX, Frame, uplink_name
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
-from vsim.host.kernel.net.vswitch import PortCounters, PortStats
+from vsim.port_stats import PortCounters, PortStats
 
 NATIVE_VLAN = 0
 """The trunk's native VLAN: its frames are untagged on the wire."""

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vsim import validate
-from vsim.ethernet_frame import Frame, unicast_mac, uplink_name
+from vsim import network_messages, validate
+from vsim.ethernet_frame import PHYSICAL_NICS, Frame, unicast_mac, uplink_name
 from vsim.fabric.frame_walk import HostPart, Reception, Trace, TraceDrop, Unreachable, run_async
 from vsim.fabric.physical_switch import ALL_VLANS, PhysicalSwitch, vlan_set
 from vsim.faults import (
@@ -43,10 +43,8 @@ from vsim.faults import (
     NotFound,
     RequestTimeout,
 )
-from vsim.host.hostd import kernel_messages
-from vsim.host.hostd.kernel_messages import frame_to_proto
-from vsim.host.kernel.net.vswitch import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
-from vsim.host.kernel.vmkernel import PHYSICAL_NICS
+from vsim.network_messages import frame_to_proto
+from vsim.port_stats import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -73,7 +71,7 @@ def frame_from_proto(frame: kpb.Frame) -> Frame:
         raise InvalidArgument(
             f"payload is {len(frame.payload)} bytes; a frame carries at most {MAX_FRAME_PAYLOAD}"
         )
-    return kernel_messages.frame_from_proto(frame)
+    return network_messages.frame_from_proto(frame)
 
 
 class PhysicalNetwork:
@@ -230,7 +228,7 @@ def _host_part(host: str, delivery: kpb.HostDelivery, sent: bool = False) -> Hos
     that came in at an uplink out again."""
     return HostPart(
         tuple(
-            Reception(r.host or host, r.vm, r.nic, kernel_messages.frame_from_proto(r.frame))
+            Reception(r.host or host, r.vm, r.nic, network_messages.frame_from_proto(r.frame))
             for r in delivery.received
         ),
         tuple(TraceDrop(d.host or host, d.where, d.reason, d.detail) for d in delivery.dropped),

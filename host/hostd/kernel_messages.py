@@ -7,10 +7,9 @@ that validates itself); nothing here decides what is allowed.
 
 from __future__ import annotations
 
-from vsim.ethernet_frame import Frame
+from vsim.ethernet_frame import PHYSICAL_NICS
 from vsim.faults import NotFound
 from vsim.host.kernel.memory.memsched import VmMemoryStats
-from vsim.host.kernel.net.vnic_firewall import FirewallRule, VnicFirewall
 from vsim.host.kernel.net.vswitch import (
     Delivery,
     HostNetworkSystem,
@@ -20,48 +19,16 @@ from vsim.host.kernel.net.vswitch import (
     Vnic,
 )
 from vsim.host.kernel.vmkernel import (
-    PHYSICAL_NICS,
     HostKernel,
     NicConfig,
     PoolUsage,
     ResourcePoolInfo,
 )
 from vsim.host.storage.disk_scheduler import DiskScheduler
+from vsim.network_messages import firewall_from_proto, firewall_to_proto, frame_to_proto
 from vsim.resource_allocation import Unit
 from vsim.resource_messages import pool_allocation_to_proto
 from vsim.v1 import kernel_pb2 as kpb
-
-
-def firewall_from_proto(rules: list[kpb.FirewallRule], default: str) -> VnicFirewall:
-    return VnicFirewall(
-        tuple(
-            FirewallRule(
-                action=r.action,
-                direction=r.direction or "both",
-                protocol=r.protocol or "any",
-                address=r.address or "any",
-                port=r.port or "any",
-                name=r.name,
-            )
-            for r in rules
-        ),
-        default or "allow",
-    )
-
-
-def firewall_to_proto(firewall: VnicFirewall) -> tuple[list[kpb.FirewallRule], str]:
-    rules = [
-        kpb.FirewallRule(
-            action=r.action,
-            direction=r.direction,
-            protocol=r.protocol,
-            address=r.address,
-            port=str(r.port),
-            name=r.name,
-        )
-        for r in firewall.rules
-    ]
-    return rules, firewall.default_action
 
 
 def nic_from_proto(message: kpb.VmNic) -> NicConfig:
@@ -209,34 +176,6 @@ def connected_nic_to_proto(network: HostNetworkSystem, vnic: Vnic) -> kpb.Connec
         mac=vnic.mac,
         effective_mac=vnic.effective_mac,
         stats=nic_stats(network.stats(vnic.vm, vnic.nic)),
-    )
-
-
-def frame_from_proto(message: kpb.Frame, src_mac: str = "") -> Frame:
-    return Frame(
-        src_mac=message.src_mac or src_mac,
-        dst_mac=message.dst_mac,
-        vlan=message.vlan or None,
-        protocol=message.protocol or "other",
-        src_ip=message.src_ip,
-        dst_ip=message.dst_ip,
-        src_port=message.src_port,
-        dst_port=message.dst_port,
-        payload=message.payload,
-    )
-
-
-def frame_to_proto(frame: Frame) -> kpb.Frame:
-    return kpb.Frame(
-        src_mac=frame.src_mac,
-        dst_mac=frame.dst_mac,
-        vlan=frame.vlan or 0,
-        protocol=frame.protocol,
-        src_ip=frame.src_ip,
-        dst_ip=frame.dst_ip,
-        src_port=frame.src_port,
-        dst_port=frame.dst_port,
-        payload=frame.payload,
     )
 
 

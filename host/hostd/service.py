@@ -33,7 +33,6 @@ from vsim.host.hostd.kernel_messages import (
     connected_nic_to_proto,
     datastore_io,
     delivery_to_proto,
-    frame_from_proto,
     host_stats_to_proto,
     network_to_proto,
     nic_from_proto,
@@ -60,6 +59,7 @@ from vsim.host.vm.vm_files import (
 from vsim.host.vm.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
 from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
+from vsim.network_messages import frame_from_proto
 from vsim.resource_messages import (
     pool_allocations_from_proto,
     resources_from_proto,

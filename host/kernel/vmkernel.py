@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vsim import validate
 from vsim.clock import Clock
+from vsim.ethernet_frame import PHYSICAL_NICS
 from vsim.faults import (
     AlreadyExists,
     DuplicateName,
@@ -42,7 +43,6 @@ from vsim.host.hostd.esx_conf import (
 )
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
 from vsim.host.kernel.memory.memsched import MAX_PERIOD, MemoryManager
-from vsim.host.kernel.net.vnic_firewall import VnicFirewall
 from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
 from vsim.host.kernel.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
 from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
@@ -57,10 +57,10 @@ from vsim.resource_allocation import (
 )
 from vsim.spec import HostSpec
 from vsim.vm_resources import VmResources
+from vsim.vnic_firewall import VnicFirewall
 
 KERNEL_TICK = 1.0
 """Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""
-PHYSICAL_NICS = ("vmnic0", "vmnic1", "vmnic2", "vmnic3")
 DEFAULT_VSWITCH = "vSwitch0"
 DEFAULT_PORT_GROUPS = ("VM Network", "Management Network")
 MANAGEMENT_PORT_GROUP = "Management Network"

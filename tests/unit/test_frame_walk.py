@@ -12,7 +12,8 @@ from vsim.ethernet_frame import BROADCAST_MAC, Frame
 from vsim.fabric.frame_walk import HostPart, Trace, Unreachable, run_async
 from vsim.fabric.network import Network, host_part
 from vsim.fabric.physical_switch import DROP_HOST_UNREACHABLE, PhysicalSwitch
-from vsim.host.kernel.net.vswitch import DROP_NO_PORT, DROP_OWN_MAC, HostNetworkSystem
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
+from vsim.port_stats import DROP_NO_PORT, DROP_OWN_MAC
 
 A, B, C = "00:50:56:00:00:01", "00:50:56:00:00:02", "00:50:56:00:00:03"
 HOSTS = ("esxi-01", "esxi-02", "esxi-03", "esxi-04")

@@ -24,9 +24,9 @@ from vsim.cluster.client import VCenterClient
 from vsim.ethernet_frame import Frame
 from vsim.faults import InvalidArgument, InvalidPowerState, NotFound, VimFault
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.hostd.kernel_messages import frame_to_proto
 from vsim.host.hostd.service import Hostd, vm_from_proto
 from vsim.host.kernel.vmkernel import HostKernel
+from vsim.network_messages import frame_to_proto
 from vsim.passwords import hash_password
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from vsim.ethernet_frame import BROADCAST_MAC, Frame
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound, ResourceInUse, VimFault
-from vsim.host.kernel.net.vnic_firewall import FirewallRule, VnicFirewall
-from vsim.host.kernel.net.vswitch import (
+from vsim.host.kernel.net.vswitch import HostNetworkSystem, SecurityPolicy, VnicId
+from vsim.port_stats import (
     DROP_FIREWALL,
     DROP_FORGED_TRANSMIT,
     DROP_LINK_DOWN,
@@ -23,10 +23,8 @@ from vsim.host.kernel.net.vswitch import (
     DROP_OWN_MAC,
     DROP_STANDBY,
     DROP_VLAN,
-    HostNetworkSystem,
-    SecurityPolicy,
-    VnicId,
 )
+from vsim.vnic_firewall import FirewallRule, VnicFirewall
 
 A, B, C, D = (f"00:50:56:00:00:0{i}" for i in range(1, 5))
 STRANGER = "00:50:56:aa:bb:cc"

@@ -56,7 +56,22 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.kernel.net.vnic_firewall import IN, OUT, VnicFirewall
+from vsim.host.kernel.net.vnic_firewall import decide, describe
+from vsim.port_stats import (
+    DROP_FIREWALL,
+    DROP_FORGED_TRANSMIT,
+    DROP_LINK_DOWN,
+    DROP_MAC_CHANGE,
+    DROP_NO_PATH,
+    DROP_NO_PORT,
+    DROP_NO_VSWITCH,
+    DROP_OWN_MAC,
+    DROP_STANDBY,
+    DROP_VLAN,
+    PortCounters,
+    PortStats,
+)
+from vsim.vnic_firewall import IN, OUT, VnicFirewall
 
 NIC_TEAMING_POLICY = "failover_explicit"
 """HostNicTeamingPolicy.policy of every vSwitch here: use explicit failover order."""
@@ -67,28 +82,6 @@ MAX_PORT_GROUPS_PER_VSWITCH = 512
 MAX_PORTS_PER_HOST = 4096
 """Virtual network switch ports per host (vSphere configuration maximums)."""
 MAX_VSWITCH_NAME = 32
-
-# Why a frame was dropped (the keys of PortStats.dropped).
-DROP_VLAN = "vlan"
-"""A tagged frame from a guest whose port group is not VGT (4095)."""
-DROP_FORGED_TRANSMIT = "forged_transmit"
-"""Forged transmits = reject and the source MAC is not the port's effective MAC."""
-DROP_MAC_CHANGE = "mac_change"
-"""MAC address changes = reject and the guest changed its MAC: nothing comes in."""
-DROP_FIREWALL = "firewall"
-"""The vNIC firewall denied it (egress or ingress)."""
-DROP_NO_PATH = "no_path"
-"""It had to leave the host and the vSwitch has no uplink with its link up."""
-DROP_OWN_MAC = "own_mac"
-"""Unicast to the sender's own MAC: the vSwitch never reflects a frame to its sender."""
-DROP_NO_PORT = "no_port"
-"""From the physical network, for no port of this vSwitch in that VLAN."""
-DROP_STANDBY = "standby"
-"""Arrived on a standby uplink: only the active uplink carries the vSwitch's frames."""
-DROP_LINK_DOWN = "link_down"
-"""Arrived on an uplink whose link is down."""
-DROP_NO_VSWITCH = "no_vswitch"
-"""Arrived on a physical NIC that is no vSwitch's uplink."""
 
 _VSWITCH_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_VSWITCH_NAME - 1}}}")
 _NIC_NAME = re.compile(r"ethernet[0-9]")
@@ -192,22 +185,6 @@ class Vnic:
     firewall: VnicFirewall | None
 
 
-@dataclass(frozen=True)
-class PortStats:
-    """Counters of one port (a vNIC's or an uplink's)."""
-
-    tx: int
-    """Frames that went through it out of the guest (vNIC) or onto the wire (uplink)."""
-    rx: int
-    """Frames delivered through it to the guest (vNIC) or accepted from the wire (uplink)."""
-    dropped: dict[str, int]
-    """Frames stopped at this port, by reason (the DROP_* values)."""
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
-
-
 class Drop(NamedTuple):
     """A frame, or one copy of it, that stopped at a port. (A tuple: built per frame.)"""
 
@@ -233,23 +210,6 @@ class Delivery(NamedTuple):
     sent: tuple[tuple[str, Frame], ...]
     """(uplink, frame as it goes on the wire) for the physical network."""
     dropped: tuple[Drop, ...]
-
-
-class PortCounters:
-    """A port's live counters (the switch's ports use them too); `snapshot` reads them."""
-
-    __slots__ = ("tx", "rx", "dropped")
-
-    def __init__(self) -> None:
-        self.tx = 0
-        self.rx = 0
-        self.dropped: dict[str, int] = {}
-
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-
-    def snapshot(self) -> PortStats:
-        return PortStats(self.tx, self.rx, dict(self.dropped))
 
 
 class _Port(PortCounters):
@@ -755,10 +715,10 @@ class HostNetworkSystem:
                 "and forged transmits are rejected",
             )
         if port.firewall is not None:
-            decision = port.firewall.decide(OUT, frame.protocol, frame.dst_ip, frame.dst_port)
+            decision = decide(port.firewall, OUT, frame.protocol, frame.dst_ip, frame.dst_port)
             if not decision.allowed:
                 return _refuse(
-                    port, DROP_FIREWALL, f"egress denied by {port.firewall.describe(decision)}"
+                    port, DROP_FIREWALL, f"egress denied by {describe(port.firewall, decision)}"
                 )
         port.tx += 1
         sw = port.switch
@@ -883,7 +843,7 @@ def _deliver(
         )
         return
     if port.firewall is not None:
-        decision = port.firewall.decide(IN, frame.protocol, frame.src_ip, frame.dst_port)
+        decision = decide(port.firewall, IN, frame.protocol, frame.src_ip, frame.dst_port)
         if not decision.allowed:
             port.drop(DROP_FIREWALL)
             dropped.append(
@@ -891,7 +851,7 @@ def _deliver(
                     DROP_FIREWALL,
                     port.id,
                     "",
-                    f"ingress denied by {port.firewall.describe(decision)}",
+                    f"ingress denied by {describe(port.firewall, decision)}",
                 )
             )
             return
