@@ -19,7 +19,8 @@ from vsim.ethernet_frame import Frame
 from vsim.fabric.frame_walk import HostPart, Reception, Trace, TraceDrop, Unreachable, run
 from vsim.fabric.physical_switch import PhysicalSwitch
 from vsim.faults import InvalidState, NotFound
-from vsim.host.kernel.net.vswitch import Delivery, HostNetworkSystem
+from vsim.host.kernel.net.forwarding import Delivery
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
 
 
 def host_part(host: str, delivery: Delivery) -> HostPart:

@@ -1,5 +1,6 @@
 """Translation between the network's shared values and their kernel.proto messages:
-Ethernet frames (`Frame`) and a vNIC's firewall (`VnicFirewall`).
+Ethernet frames (`Frame`), a vNIC's firewall (`VnicFirewall`) and a vSwitch's or port
+group's security policy (`SecurityPolicy`).
 
 Shared by hostd (its RPCs), vCenter (which carries frames between hosts and checks a
 VM's firewall rules with the host's own rules before it forwards them) and the CLI
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 
 from vsim.ethernet_frame import Frame
 from vsim.faults import InvalidArgument
+from vsim.security_policy import SECURITY_FIELDS, SecurityPolicy
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.vnic_firewall import ANY, BOTH, DEFAULT_ACTION, FirewallRule, VnicFirewall
 
@@ -95,3 +97,22 @@ def firewall_default(action: str, where: str) -> str:
         return firewall_from_proto([], action).default_action
     except InvalidArgument as fault:
         raise InvalidArgument(f"{where}: {fault.message}") from None
+
+
+def security_from_proto(message: kpb.SecurityPolicy) -> SecurityPolicy:
+    """The fields the message sets; an unset one is None (inherit, or the default)."""
+
+    def value(name: str) -> bool | None:
+        return getattr(message, name) if message.HasField(name) else None
+
+    return SecurityPolicy(
+        value("allow_promiscuous"), value("mac_changes"), value("forged_transmits")
+    )
+
+
+def security_to_proto(policy: SecurityPolicy) -> kpb.SecurityPolicy:
+    message = kpb.SecurityPolicy()
+    for name in SECURITY_FIELDS:
+        if getattr(policy, name) is not None:
+            setattr(message, name, getattr(policy, name))
+    return message

@@ -3,8 +3,8 @@ removed, with their security policy), the physical switch the hosts' NICs are ca
 to (`pswitch`: trunked VLANs, shutdown), and test frames sent from a running VM.
 
 Like every command, these are a thin layer over the SDK client: they validate what
-the user typed before sending anything, and keep no state of their own. What the
-parser shows of the host's vSwitch is here; a unit test checks it against vsim.host.
+the user typed before sending anything, and keep no state of their own. The
+standard switch's default policy the parser shows is vsim.security_policy's.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from vsim import validate
 from vsim.cluster import output
 from vsim.cluster.cli.common import Command, Context, Subcommands
 from vsim.faults import InvalidArgument
+from vsim.security_policy import SECURITY_FIELDS, STANDARD_SWITCH_SECURITY
 from vsim.v1 import kernel_pb2 as kpb
 
-STANDARD_SWITCH_DEFAULTS = {"allow_promiscuous": False, "mac_changes": True,
-                            "forged_transmits": True}  # fmt: skip
-"""vsim.host.kernel.net.vswitch.STANDARD_SWITCH_SECURITY: a new standard vSwitch's policy."""
+STANDARD_SWITCH_DEFAULTS = {f: getattr(STANDARD_SWITCH_SECURITY, f) for f in SECURITY_FIELDS}
+"""A new standard vSwitch's policy, by SecurityPolicy field."""
 
 
 SECURITY_OPTIONS = (

@@ -10,11 +10,10 @@ from __future__ import annotations
 from vsim.ethernet_frame import PHYSICAL_NICS
 from vsim.faults import NotFound
 from vsim.host.kernel.memory.memsched import VmMemoryStats
+from vsim.host.kernel.net.forwarding import Delivery
 from vsim.host.kernel.net.vswitch import (
-    Delivery,
     HostNetworkSystem,
     PortGroup,
-    SecurityPolicy,
     VirtualSwitch,
     Vnic,
 )
@@ -25,7 +24,12 @@ from vsim.host.kernel.vmkernel import (
     ResourcePoolInfo,
 )
 from vsim.host.storage.disk_scheduler import DiskScheduler
-from vsim.network_messages import firewall_from_proto, firewall_to_proto, frame_to_proto
+from vsim.network_messages import (
+    firewall_from_proto,
+    firewall_to_proto,
+    frame_to_proto,
+    security_to_proto,
+)
 from vsim.resource_allocation import Unit
 from vsim.resource_messages import pool_allocation_to_proto
 from vsim.v1 import kernel_pb2 as kpb
@@ -77,23 +81,6 @@ def resource_pools_to_proto(kernel: HostKernel, moved: tuple[str, ...] = ()) -> 
 
 
 # -- network ---------------------------------------------------------------------------
-
-
-def security_from_proto(message: kpb.SecurityPolicy) -> SecurityPolicy:
-    def value(name: str) -> bool | None:
-        return getattr(message, name) if message.HasField(name) else None
-
-    return SecurityPolicy(
-        value("allow_promiscuous"), value("mac_changes"), value("forged_transmits")
-    )
-
-
-def security_to_proto(policy: SecurityPolicy) -> kpb.SecurityPolicy:
-    message = kpb.SecurityPolicy()
-    for name in ("allow_promiscuous", "mac_changes", "forged_transmits"):
-        if getattr(policy, name) is not None:
-            setattr(message, name, getattr(policy, name))
-    return message
 
 
 def vswitch_to_proto(vswitch: VirtualSwitch) -> kpb.VirtualSwitch:

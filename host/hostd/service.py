@@ -38,10 +38,8 @@ from vsim.host.hostd.kernel_messages import (
     nic_from_proto,
     nic_to_proto,
     resource_pools_to_proto,
-    security_from_proto,
     vm_stats_to_proto,
 )
-from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY
 from vsim.host.kernel.vmkernel import KERNEL_TICK, DiskConfig, HostKernel, VmConfig
 from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
@@ -59,12 +57,13 @@ from vsim.host.vm.vm_files import (
 from vsim.host.vm.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
 from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
-from vsim.network_messages import frame_from_proto
+from vsim.network_messages import frame_from_proto, security_from_proto
 from vsim.resource_messages import (
     pool_allocations_from_proto,
     resources_from_proto,
     resources_to_proto,
 )
+from vsim.security_policy import STANDARD_SWITCH_SECURITY
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb

@@ -43,7 +43,7 @@ from vsim.host.hostd.esx_conf import (
 )
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
 from vsim.host.kernel.memory.memsched import MAX_PERIOD, MemoryManager
-from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
+from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, VirtualSwitch
 from vsim.host.kernel.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
 from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
 from vsim.memory_settings import MemorySettings
@@ -55,6 +55,7 @@ from vsim.resource_allocation import (
     check_not_root,
     pool_name,
 )
+from vsim.security_policy import SecurityPolicy
 from vsim.spec import HostSpec
 from vsim.vm_resources import VmResources
 from vsim.vnic_firewall import VnicFirewall

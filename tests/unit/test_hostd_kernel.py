@@ -25,11 +25,11 @@ from vsim.faults import (
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
 from vsim.host.hostd.esx_conf import FileConfigStore
 from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.host.kernel.vmkernel import HostKernel
 from vsim.memory_settings import MemorySettings
 from vsim.network_messages import frame_from_proto, frame_to_proto
 from vsim.passwords import hash_password
+from vsim.security_policy import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb

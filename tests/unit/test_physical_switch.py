@@ -22,8 +22,9 @@ from vsim.fabric.physical_switch import (
 )
 from vsim.fabric.physical_switch import DROP_VLAN as SWITCH_DROP_VLAN
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
-from vsim.host.kernel.net.vswitch import HostNetworkSystem, SecurityPolicy
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
 from vsim.port_stats import DROP_NO_PATH, DROP_NO_PORT, DROP_STANDBY
+from vsim.security_policy import SecurityPolicy
 
 A, B, C, D = (f"00:50:56:00:00:0{i}" for i in range(1, 5))
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from vsim.ethernet_frame import BROADCAST_MAC, Frame
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound, ResourceInUse, VimFault
-from vsim.host.kernel.net.vswitch import HostNetworkSystem, SecurityPolicy, VnicId
+from vsim.host.kernel.net.forwarding import VnicId
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
 from vsim.port_stats import (
     DROP_FIREWALL,
     DROP_FORGED_TRANSMIT,
@@ -24,6 +25,7 @@ from vsim.port_stats import (
     DROP_STANDBY,
     DROP_VLAN,
 )
+from vsim.security_policy import SecurityPolicy
 from vsim.vnic_firewall import FirewallRule, VnicFirewall
 
 A, B, C, D = (f"00:50:56:00:00:0{i}" for i in range(1, 5))
