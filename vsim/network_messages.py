@@ -116,3 +116,25 @@ def security_to_proto(policy: SecurityPolicy) -> kpb.SecurityPolicy:
         if getattr(policy, name) is not None:
             setattr(message, name, getattr(policy, name))
     return message
+
+
+def security_changes(
+    message: kpb.SecurityPolicy, inherit: Iterable[str] = ()
+) -> dict[str, bool | None]:
+    """What an update does to a policy, by field: True/False for a field `message`
+    sets, None for one named in `inherit` (a port group's override goes; it inherits
+    its vSwitch's again). InvalidArgument for a name that is no field, or a field
+    both set and inherited."""
+    changes: dict[str, bool | None] = {
+        name: getattr(message, name) for name in SECURITY_FIELDS if message.HasField(name)
+    }
+    for name in inherit:
+        if name not in SECURITY_FIELDS:
+            raise InvalidArgument(
+                f"cannot inherit {name[:40]!r}: the security settings are "
+                + ", ".join(SECURITY_FIELDS)
+            )
+        if name in changes:
+            raise InvalidArgument(f"{name} is both set and inherited; give one")
+        changes[name] = None
+    return changes

@@ -32,6 +32,7 @@ from vsim.network_messages import (
 )
 from vsim.resource_allocation import Unit
 from vsim.resource_messages import pool_allocation_to_proto
+from vsim.security_policy import SecurityPolicy
 from vsim.v1 import kernel_pb2 as kpb
 
 
@@ -92,12 +93,13 @@ def vswitch_to_proto(vswitch: VirtualSwitch) -> kpb.VirtualSwitch:
     )
 
 
-def port_group_to_proto(port_group: PortGroup) -> kpb.PortGroup:
+def port_group_to_proto(port_group: PortGroup, computed: SecurityPolicy) -> kpb.PortGroup:
     return kpb.PortGroup(
         name=port_group.name,
         vswitch=port_group.vswitch,
         vlan=port_group.vlan,
         security=security_to_proto(port_group.security),
+        computed_security=security_to_proto(computed),
     )
 
 
@@ -106,7 +108,10 @@ def network_to_proto(kernel: HostKernel) -> kpb.HostNetwork:
     return kpb.HostNetwork(
         host=kernel.spec.name,
         vswitches=[vswitch_to_proto(v) for v in network.vswitches()],
-        port_groups=[port_group_to_proto(p) for p in network.port_groups()],
+        port_groups=[
+            port_group_to_proto(p, network.effective_security(p.name))
+            for p in network.port_groups()
+        ],
         nics=[
             kpb.ConnectedNic(
                 vm=n.vm,

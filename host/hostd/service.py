@@ -57,7 +57,7 @@ from vsim.host.vm.vm_files import (
 from vsim.host.vm.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
 from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
-from vsim.network_messages import frame_from_proto, security_from_proto
+from vsim.network_messages import frame_from_proto, security_changes, security_from_proto
 from vsim.resource_messages import (
     pool_allocations_from_proto,
     resources_from_proto,
@@ -655,6 +655,40 @@ class Hostd:
         self, request: pb.RemovePortGroupRequest, user: str | None
     ) -> kpb.HostNetwork:
         self.kernel.remove_port_group(request.name)
+        return network_to_proto(self.kernel)
+
+    @needs(ADMINISTRATOR)
+    def UpdateVirtualSwitch(
+        self, request: pb.UpdateVirtualSwitchRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        """The uplinks given replace the failover order; the policy fields given
+        change, the others stay."""
+        update = request.update
+        current = self.kernel.network.vswitch(update.name)  # NotFound first
+        changes = security_changes(update.security)
+        if not (update.HasField("uplinks") or changes):
+            raise InvalidArgument(f"nothing to change on {update.name}: give uplinks or security")
+        uplinks = tuple(update.uplinks.uplinks) if update.HasField("uplinks") else None
+        security = replace(current.security, **changes) if changes else None
+        self.kernel.update_vswitch(update.name, uplinks, security)
+        return network_to_proto(self.kernel)
+
+    @needs(ADMINISTRATOR)
+    def UpdatePortGroup(
+        self, request: pb.UpdatePortGroupRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        """The VLAN given, and the overrides set or sent back to inherit, change; the
+        others stay."""
+        update = request.update
+        current = self.kernel.network.port_group(update.name)  # NotFound first
+        changes = security_changes(update.security, update.inherit)
+        if not (update.HasField("vlan") or changes):
+            raise InvalidArgument(
+                f"nothing to change on port group {update.name!r}: give vlan, security or inherit"
+            )
+        vlan = update.vlan if update.HasField("vlan") else None
+        security = replace(current.security, **changes) if changes else None
+        self.kernel.update_port_group(update.name, vlan, security)
         return network_to_proto(self.kernel)
 
     @needs(SESSION)

@@ -235,16 +235,33 @@ class HostKernel:
 
     # -- host configuration (kept in esx.conf) ----------------------------------------
 
-    def add_vswitch(
-        self, name: str, uplinks: tuple[str, ...], security: SecurityPolicy
-    ) -> VirtualSwitch:
+    def _require_nics(self, uplinks: tuple[str, ...]) -> None:
         for uplink in uplinks:
             if uplink not in PHYSICAL_NICS:
                 raise NotFound(
                     f"{self.spec.name} has no physical NIC {uplink[:40]!r}; it has "
                     + ", ".join(PHYSICAL_NICS)
                 )
+
+    def add_vswitch(
+        self, name: str, uplinks: tuple[str, ...], security: SecurityPolicy
+    ) -> VirtualSwitch:
+        self._require_nics(uplinks)
         vswitch = self.network.add_vswitch(name, uplinks, security)
+        self._save_config()
+        return vswitch
+
+    def update_vswitch(
+        self,
+        name: str,
+        uplinks: tuple[str, ...] | None = None,
+        security: SecurityPolicy | None = None,
+    ) -> VirtualSwitch:
+        """Other uplinks and/or a complete policy for a vSwitch (None: as it is)."""
+        self.network.vswitch(name)  # NotFound first
+        if uplinks is not None:
+            self._require_nics(uplinks)
+        vswitch = self.network.update_vswitch(name, uplinks=uplinks, security=security)
         self._save_config()
         return vswitch
 
@@ -252,6 +269,14 @@ class HostKernel:
         self, name: str, vswitch: str, vlan: int, security: SecurityPolicy
     ) -> PortGroup:
         port_group = self.network.add_port_group(name, vswitch, vlan, security)
+        self._save_config()
+        return port_group
+
+    def update_port_group(
+        self, name: str, vlan: int | None = None, security: SecurityPolicy | None = None
+    ) -> PortGroup:
+        """Another VLAN and/or security overrides for a port group (None: as it is)."""
+        port_group = self.network.update_port_group(name, vlan=vlan, security=security)
         self._save_config()
         return port_group
 

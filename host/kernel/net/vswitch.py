@@ -128,14 +128,25 @@ class HostNetworkSystem(DataPath):
     def vswitches(self) -> list[VirtualSwitch]:
         return [self._view(sw) for sw in self._switches.values()]
 
-    def _check_uplink_free(self, uplink: str) -> None:
-        uplink_name(uplink)
-        owner = self._uplink_owner.get(uplink)
-        if owner is not None:
-            raise AlreadyExists(
-                f"{uplink} is already an uplink of {owner}{self._where()}; an uplink belongs to "
-                f"one vSwitch: remove it from {owner} first"
-            )
+    def _checked_uplinks(self, uplinks: tuple[str, ...], vswitch: str) -> tuple[str, ...]:
+        """The uplinks in failover order, if each is a physical NIC named once and on
+        no vSwitch but `vswitch`."""
+        if isinstance(uplinks, str):
+            raise InvalidArgument(f"uplinks must be a list of physical NICs, e.g. ['{uplinks}']")
+        uplinks = tuple(uplinks)
+        if len(uplinks) > MAX_UPLINKS_PER_VSWITCH:
+            raise InvalidArgument(f"a vSwitch has at most {MAX_UPLINKS_PER_VSWITCH} uplinks")
+        for uplink in uplinks:
+            uplink_name(uplink)
+            owner = self._uplink_owner.get(uplink)
+            if owner is not None and owner != vswitch:
+                raise AlreadyExists(
+                    f"{uplink} is already an uplink of {owner}{self._where()}; an uplink "
+                    f"belongs to one vSwitch: remove it from {owner} first"
+                )
+        if len(set(uplinks)) != len(uplinks):
+            raise InvalidArgument(f"uplinks {list(uplinks)} name one physical NIC twice")
+        return uplinks
 
     def add_vswitch(
         self,
@@ -152,15 +163,7 @@ class HostNetworkSystem(DataPath):
         if name in self._switches:
             raise AlreadyExists(f"a vSwitch named {name!r} already exists{self._where()}")
         SecurityPolicy.checked(security, complete=True)
-        if isinstance(uplinks, str):
-            raise InvalidArgument(f"uplinks must be a list of physical NICs, e.g. ['{uplinks}']")
-        uplinks = tuple(uplinks)
-        if len(uplinks) > MAX_UPLINKS_PER_VSWITCH:
-            raise InvalidArgument(f"a vSwitch has at most {MAX_UPLINKS_PER_VSWITCH} uplinks")
-        for uplink in uplinks:
-            self._check_uplink_free(uplink)
-        if len(set(uplinks)) != len(uplinks):
-            raise InvalidArgument(f"uplinks {list(uplinks)} name one physical NIC twice")
+        uplinks = self._checked_uplinks(uplinks, name)
         sw = self._switches[name] = SwitchTables(name, security)
         for uplink in uplinks:
             self._attach(sw, uplink)
@@ -188,26 +191,33 @@ class HostNetworkSystem(DataPath):
         self._uplink_owner[uplink] = sw.name
         self._uplink_counters.setdefault(uplink, PortCounters())
 
-    def add_uplink(self, vswitch: str, uplink: str) -> VirtualSwitch:
-        """Adds a physical NIC at the end of the vSwitch's failover order."""
-        sw = self._switch(vswitch)
-        self._check_uplink_free(uplink)
-        if len(sw.uplinks) >= MAX_UPLINKS_PER_VSWITCH:
-            raise InsufficientResourcesFault(
-                f"{vswitch} already has {MAX_UPLINKS_PER_VSWITCH} uplinks, "
-                "the most a NIC team holds"
-            )
-        self._attach(sw, uplink)
-        self._repin(sw)
-        return self._view(sw)
-
-    def remove_uplink(self, vswitch: str, uplink: str) -> VirtualSwitch:
-        sw = self._switch(vswitch)
-        if uplink not in sw.uplinks:
-            raise NotFound(f"{uplink!r} is not an uplink of {vswitch}{self._where()}")
-        sw.uplinks.remove(uplink)
-        del self._uplink_owner[uplink]
-        self._repin(sw)
+    def update_vswitch(
+        self,
+        name: str,
+        *,
+        uplinks: tuple[str, ...] | None = None,
+        security: SecurityPolicy | None = None,
+    ) -> VirtualSwitch:
+        """Changes the uplinks (the new failover order; a NIC left out is free for other
+        vSwitches) and/or the policy (complete); None leaves it as it is. All is
+        checked before anything changes; the ports of its port groups follow at once."""
+        sw = self._switch(name)
+        if uplinks is not None:
+            uplinks = self._checked_uplinks(uplinks, name)
+        if security is not None:
+            SecurityPolicy.checked(security, complete=True)
+        if uplinks is not None:
+            for uplink in sw.uplinks:
+                del self._uplink_owner[uplink]
+            sw.uplinks = []
+            for uplink in uplinks:
+                self._attach(sw, uplink)
+            self._repin(sw)
+        if security is not None:
+            sw.security = security
+            for pg in self._port_groups.values():
+                if pg.vswitch == name:
+                    self._reresolve(pg)
         return self._view(sw)
 
     def set_link_state(self, uplink: str, up: bool) -> None:
@@ -230,15 +240,6 @@ class HostNetworkSystem(DataPath):
         """Explicit failover order: the first uplink whose link is up is active."""
         sw.active = next((u for u in sw.uplinks if u not in self._link_down), None)
 
-    def update_vswitch_security(self, name: str, security: SecurityPolicy) -> VirtualSwitch:
-        sw = self._switch(name)
-        SecurityPolicy.checked(security, complete=True)
-        sw.security = security
-        for pg in self._port_groups.values():
-            if pg.vswitch == name:
-                self._reresolve(pg)
-        return self._view(sw)
-
     # ---- configuration: port groups
 
     def _port_group(self, name: str) -> PortGroup:
@@ -254,6 +255,7 @@ class HostNetworkSystem(DataPath):
         return list(self._port_groups.values())
 
     def effective_security(self, port_group: str) -> SecurityPolicy:
+        """The policy in force on the port group's ports (HostPortGroup.computedPolicy)."""
         pg = self._port_group(port_group)
         return pg.security.over(self._switches[pg.vswitch].security)
 
