@@ -23,7 +23,8 @@ import numpy as np
 from harness import reference
 
 from vsim.ethernet_frame import Frame
-from vsim.fabric.physical_switch import Network, PhysicalSwitch
+from vsim.fabric.network import Network
+from vsim.fabric.physical_switch import PhysicalSwitch
 from vsim.guest_workload import GuestWorkload
 from vsim.host.guest.memory import GuestMemoryModel
 from vsim.host.kernel.cpu_scheduler import CpuScheduler

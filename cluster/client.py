@@ -316,6 +316,35 @@ class VCenterClient:
         request = pb.HostPortGroupRequest(host=host, port_group=port_group)
         return await self._call("AddPortGroup", request)
 
+    async def update_virtual_switch(
+        self,
+        host: str,
+        name: str,
+        uplinks: Iterable[str] | None = None,
+        security: kpb.SecurityPolicy | None = None,
+    ) -> kpb.HostNetwork:
+        """Changes what is given: the uplinks (the whole failover order; () for none)
+        and the security fields `security` sets; the rest stays."""
+        update = kpb.VirtualSwitchUpdate(name=name, security=security)
+        if uplinks is not None:
+            update.uplinks.uplinks.extend(uplinks)
+        request = pb.UpdateHostVirtualSwitchRequest(host=host, update=update)
+        return await self._call("UpdateVirtualSwitch", request)
+
+    async def update_port_group(
+        self,
+        host: str,
+        name: str,
+        vlan: int | None = None,
+        security: kpb.SecurityPolicy | None = None,
+        inherit: Iterable[str] = (),
+    ) -> kpb.HostNetwork:
+        """Changes what is given: the VLAN, the overrides `security` sets, and the
+        settings named in `inherit` go back to the vSwitch's; the rest stays."""
+        update = kpb.PortGroupUpdate(name=name, vlan=vlan, security=security, inherit=inherit)
+        request = pb.UpdateHostPortGroupRequest(host=host, update=update)
+        return await self._call("UpdatePortGroup", request)
+
     async def remove_virtual_switch(self, host: str, name: str) -> kpb.HostNetwork:
         """Refused while it has port groups, and for the management vSwitch."""
         request = pb.RemoveHostVirtualSwitchRequest(host=host, name=name)

@@ -7,61 +7,33 @@ that validates itself); nothing here decides what is allowed.
 
 from __future__ import annotations
 
-from vsim.ethernet_frame import Frame
+from vsim.ethernet_frame import PHYSICAL_NICS
 from vsim.faults import NotFound
 from vsim.host.kernel.memory.memsched import VmMemoryStats
-from vsim.host.kernel.net.vnic_firewall import FirewallRule, VnicFirewall
+from vsim.host.kernel.net.forwarding import Delivery
 from vsim.host.kernel.net.vswitch import (
-    Delivery,
     HostNetworkSystem,
     PortGroup,
-    SecurityPolicy,
     VirtualSwitch,
     Vnic,
 )
 from vsim.host.kernel.vmkernel import (
-    PHYSICAL_NICS,
     HostKernel,
     NicConfig,
     PoolUsage,
     ResourcePoolInfo,
 )
 from vsim.host.storage.disk_scheduler import DiskScheduler
+from vsim.network_messages import (
+    firewall_from_proto,
+    firewall_to_proto,
+    frame_to_proto,
+    security_to_proto,
+)
 from vsim.resource_allocation import Unit
 from vsim.resource_messages import pool_allocation_to_proto
+from vsim.security_policy import SecurityPolicy
 from vsim.v1 import kernel_pb2 as kpb
-
-
-def firewall_from_proto(rules: list[kpb.FirewallRule], default: str) -> VnicFirewall:
-    return VnicFirewall(
-        tuple(
-            FirewallRule(
-                action=r.action,
-                direction=r.direction or "both",
-                protocol=r.protocol or "any",
-                address=r.address or "any",
-                port=r.port or "any",
-                name=r.name,
-            )
-            for r in rules
-        ),
-        default or "allow",
-    )
-
-
-def firewall_to_proto(firewall: VnicFirewall) -> tuple[list[kpb.FirewallRule], str]:
-    rules = [
-        kpb.FirewallRule(
-            action=r.action,
-            direction=r.direction,
-            protocol=r.protocol,
-            address=r.address,
-            port=str(r.port),
-            name=r.name,
-        )
-        for r in firewall.rules
-    ]
-    return rules, firewall.default_action
 
 
 def nic_from_proto(message: kpb.VmNic) -> NicConfig:
@@ -112,23 +84,6 @@ def resource_pools_to_proto(kernel: HostKernel, moved: tuple[str, ...] = ()) -> 
 # -- network ---------------------------------------------------------------------------
 
 
-def security_from_proto(message: kpb.SecurityPolicy) -> SecurityPolicy:
-    def value(name: str) -> bool | None:
-        return getattr(message, name) if message.HasField(name) else None
-
-    return SecurityPolicy(
-        value("allow_promiscuous"), value("mac_changes"), value("forged_transmits")
-    )
-
-
-def security_to_proto(policy: SecurityPolicy) -> kpb.SecurityPolicy:
-    message = kpb.SecurityPolicy()
-    for name in ("allow_promiscuous", "mac_changes", "forged_transmits"):
-        if getattr(policy, name) is not None:
-            setattr(message, name, getattr(policy, name))
-    return message
-
-
 def vswitch_to_proto(vswitch: VirtualSwitch) -> kpb.VirtualSwitch:
     return kpb.VirtualSwitch(
         name=vswitch.name,
@@ -138,12 +93,13 @@ def vswitch_to_proto(vswitch: VirtualSwitch) -> kpb.VirtualSwitch:
     )
 
 
-def port_group_to_proto(port_group: PortGroup) -> kpb.PortGroup:
+def port_group_to_proto(port_group: PortGroup, computed: SecurityPolicy) -> kpb.PortGroup:
     return kpb.PortGroup(
         name=port_group.name,
         vswitch=port_group.vswitch,
         vlan=port_group.vlan,
         security=security_to_proto(port_group.security),
+        computed_security=security_to_proto(computed),
     )
 
 
@@ -152,7 +108,10 @@ def network_to_proto(kernel: HostKernel) -> kpb.HostNetwork:
     return kpb.HostNetwork(
         host=kernel.spec.name,
         vswitches=[vswitch_to_proto(v) for v in network.vswitches()],
-        port_groups=[port_group_to_proto(p) for p in network.port_groups()],
+        port_groups=[
+            port_group_to_proto(p, network.effective_security(p.name))
+            for p in network.port_groups()
+        ],
         nics=[
             kpb.ConnectedNic(
                 vm=n.vm,
@@ -209,34 +168,6 @@ def connected_nic_to_proto(network: HostNetworkSystem, vnic: Vnic) -> kpb.Connec
         mac=vnic.mac,
         effective_mac=vnic.effective_mac,
         stats=nic_stats(network.stats(vnic.vm, vnic.nic)),
-    )
-
-
-def frame_from_proto(message: kpb.Frame, src_mac: str = "") -> Frame:
-    return Frame(
-        src_mac=message.src_mac or src_mac,
-        dst_mac=message.dst_mac,
-        vlan=message.vlan or None,
-        protocol=message.protocol or "other",
-        src_ip=message.src_ip,
-        dst_ip=message.dst_ip,
-        src_port=message.src_port,
-        dst_port=message.dst_port,
-        payload=message.payload,
-    )
-
-
-def frame_to_proto(frame: Frame) -> kpb.Frame:
-    return kpb.Frame(
-        src_mac=frame.src_mac,
-        dst_mac=frame.dst_mac,
-        vlan=frame.vlan or 0,
-        protocol=frame.protocol,
-        src_ip=frame.src_ip,
-        dst_ip=frame.dst_ip,
-        src_port=frame.src_port,
-        dst_port=frame.dst_port,
-        payload=frame.payload,
     )
 
 

@@ -33,16 +33,13 @@ from vsim.host.hostd.kernel_messages import (
     connected_nic_to_proto,
     datastore_io,
     delivery_to_proto,
-    frame_from_proto,
     host_stats_to_proto,
     network_to_proto,
     nic_from_proto,
     nic_to_proto,
     resource_pools_to_proto,
-    security_from_proto,
     vm_stats_to_proto,
 )
-from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY
 from vsim.host.kernel.vmkernel import KERNEL_TICK, DiskConfig, HostKernel, VmConfig
 from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
@@ -60,11 +57,13 @@ from vsim.host.vm.vm_files import (
 from vsim.host.vm.vmx import VmxProcess
 from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
+from vsim.network_messages import frame_from_proto, security_changes, security_from_proto
 from vsim.resource_messages import (
     pool_allocations_from_proto,
     resources_from_proto,
     resources_to_proto,
 )
+from vsim.security_policy import STANDARD_SWITCH_SECURITY
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.storage_io_control import congestion_threshold_s
 from vsim.v1 import common_pb2
@@ -652,6 +651,40 @@ class Hostd:
         self, request: pb.RemovePortGroupRequest, user: str | None
     ) -> kpb.HostNetwork:
         self.kernel.remove_port_group(request.name)
+        return network_to_proto(self.kernel)
+
+    @needs(ADMINISTRATOR)
+    def UpdateVirtualSwitch(
+        self, request: pb.UpdateVirtualSwitchRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        """The uplinks given replace the failover order; the policy fields given
+        change, the others stay."""
+        update = request.update
+        current = self.kernel.network.vswitch(update.name)  # NotFound first
+        changes = security_changes(update.security)
+        if not (update.HasField("uplinks") or changes):
+            raise InvalidArgument(f"nothing to change on {update.name}: give uplinks or security")
+        uplinks = tuple(update.uplinks.uplinks) if update.HasField("uplinks") else None
+        security = replace(current.security, **changes) if changes else None
+        self.kernel.update_vswitch(update.name, uplinks, security)
+        return network_to_proto(self.kernel)
+
+    @needs(ADMINISTRATOR)
+    def UpdatePortGroup(
+        self, request: pb.UpdatePortGroupRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        """The VLAN given, and the overrides set or sent back to inherit, change; the
+        others stay."""
+        update = request.update
+        current = self.kernel.network.port_group(update.name)  # NotFound first
+        changes = security_changes(update.security, update.inherit)
+        if not (update.HasField("vlan") or changes):
+            raise InvalidArgument(
+                f"nothing to change on port group {update.name!r}: give vlan, security or inherit"
+            )
+        vlan = update.vlan if update.HasField("vlan") else None
+        security = replace(current.security, **changes) if changes else None
+        self.kernel.update_port_group(update.name, vlan, security)
         return network_to_proto(self.kernel)
 
     @needs(SESSION)

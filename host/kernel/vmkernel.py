@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vsim import validate
 from vsim.clock import Clock
+from vsim.ethernet_frame import PHYSICAL_NICS
 from vsim.faults import (
     AlreadyExists,
     DuplicateName,
@@ -42,8 +43,7 @@ from vsim.host.hostd.esx_conf import (
 )
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
 from vsim.host.kernel.memory.memsched import MAX_PERIOD, MemoryManager
-from vsim.host.kernel.net.vnic_firewall import VnicFirewall
-from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
+from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, VirtualSwitch
 from vsim.host.kernel.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
 from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
 from vsim.memory_settings import MemorySettings
@@ -55,12 +55,13 @@ from vsim.resource_allocation import (
     check_not_root,
     pool_name,
 )
+from vsim.security_policy import SecurityPolicy
 from vsim.spec import HostSpec
 from vsim.vm_resources import VmResources
+from vsim.vnic_firewall import VnicFirewall
 
 KERNEL_TICK = 1.0
 """Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""
-PHYSICAL_NICS = ("vmnic0", "vmnic1", "vmnic2", "vmnic3")
 DEFAULT_VSWITCH = "vSwitch0"
 DEFAULT_PORT_GROUPS = ("VM Network", "Management Network")
 MANAGEMENT_PORT_GROUP = "Management Network"
@@ -234,16 +235,33 @@ class HostKernel:
 
     # -- host configuration (kept in esx.conf) ----------------------------------------
 
-    def add_vswitch(
-        self, name: str, uplinks: tuple[str, ...], security: SecurityPolicy
-    ) -> VirtualSwitch:
+    def _require_nics(self, uplinks: tuple[str, ...]) -> None:
         for uplink in uplinks:
             if uplink not in PHYSICAL_NICS:
                 raise NotFound(
                     f"{self.spec.name} has no physical NIC {uplink[:40]!r}; it has "
                     + ", ".join(PHYSICAL_NICS)
                 )
+
+    def add_vswitch(
+        self, name: str, uplinks: tuple[str, ...], security: SecurityPolicy
+    ) -> VirtualSwitch:
+        self._require_nics(uplinks)
         vswitch = self.network.add_vswitch(name, uplinks, security)
+        self._save_config()
+        return vswitch
+
+    def update_vswitch(
+        self,
+        name: str,
+        uplinks: tuple[str, ...] | None = None,
+        security: SecurityPolicy | None = None,
+    ) -> VirtualSwitch:
+        """Other uplinks and/or a complete policy for a vSwitch (None: as it is)."""
+        self.network.vswitch(name)  # NotFound first
+        if uplinks is not None:
+            self._require_nics(uplinks)
+        vswitch = self.network.update_vswitch(name, uplinks=uplinks, security=security)
         self._save_config()
         return vswitch
 
@@ -251,6 +269,14 @@ class HostKernel:
         self, name: str, vswitch: str, vlan: int, security: SecurityPolicy
     ) -> PortGroup:
         port_group = self.network.add_port_group(name, vswitch, vlan, security)
+        self._save_config()
+        return port_group
+
+    def update_port_group(
+        self, name: str, vlan: int | None = None, security: SecurityPolicy | None = None
+    ) -> PortGroup:
+        """Another VLAN and/or security overrides for a port group (None: as it is)."""
+        port_group = self.network.update_port_group(name, vlan=vlan, security=security)
         self._save_config()
         return port_group
 

@@ -27,10 +27,10 @@ from vsim.dispatch import LocalTransport
 from vsim.ethernet_frame import Frame
 from vsim.faults import InvalidArgument, InvalidPowerState, NotFound, VimFault
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.hostd.kernel_messages import frame_to_proto
 from vsim.host.hostd.service import Hostd, vm_from_proto
 from vsim.host.kernel.vmkernel import HostKernel
 from vsim.host.storage.storage_stack import StorageStack
+from vsim.network_messages import frame_to_proto
 from vsim.passwords import hash_password
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb

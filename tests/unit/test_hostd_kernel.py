@@ -26,11 +26,11 @@ from vsim.faults import (
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import FileConfigStore, MemoryConfigStore
-from vsim.host.hostd.kernel_messages import frame_from_proto, frame_to_proto
-from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.host.kernel.vmkernel import HostKernel
 from vsim.memory_settings import MemorySettings
+from vsim.network_messages import frame_from_proto, frame_to_proto
 from vsim.passwords import hash_password
+from vsim.security_policy import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
