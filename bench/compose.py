@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness import reference
+
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.image import BASE, IMAGE, ensure_image
 from vsim.v1 import vcenter_pb2 as pb
@@ -78,6 +80,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    before = reference()
     started = time.monotonic()
     try:
         compose("up", "-d", port=port)
@@ -95,6 +98,7 @@ def main() -> None:
                 "compose_up_to_all_hosts_connected_s": round(up, 1),
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
             }
+            | before
         )
     )
 

@@ -23,6 +23,7 @@ import ray
 from harness import report, start_ray
 
 from vsim.cluster.client import VCenterClient
+from vsim.cluster.ray_engine import ray_engines
 from vsim.spec import ClusterSpec
 from vsim.vcenter.server import start_vcenter
 from vsim.vcenter.sessions import ADMINISTRATOR
@@ -30,7 +31,9 @@ from vsim.vcenter.sessions import ADMINISTRATOR
 
 async def start(hosts: int, root: Path):
     began = time.perf_counter()
-    running = await start_vcenter(root / f"c{hosts}", ClusterSpec.default(hosts), port=0)
+    running = await start_vcenter(
+        root / f"c{hosts}", ClusterSpec.default(hosts), ray_engines(), port=0
+    )
     return running, time.perf_counter() - began
 
 

@@ -20,15 +20,18 @@ import statistics
 import time
 
 import numpy as np
+from harness import reference
 
 from vsim.ethernet_frame import Frame
-from vsim.fabric.physical_switch import Network, PhysicalSwitch
-from vsim.host.guest.memory import GuestMemoryModel, GuestWorkload
+from vsim.fabric.network import Network
+from vsim.fabric.physical_switch import PhysicalSwitch
+from vsim.guest_workload import GuestWorkload
+from vsim.host.guest.memory import GuestMemoryModel
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
 from vsim.host.kernel.memory.page_sharing import PageSharing, salt_domain
 from vsim.host.kernel.memory.pmap import PAGES_PER_MB, MachineMemory
 from vsim.host.kernel.net.vswitch import HostNetworkSystem
-from vsim.host.kernel.resources.allocation import Allocation, Unit, pool_allocation
+from vsim.resource_allocation import Allocation, Unit, pool_allocation
 
 GIB = 1024 * PAGES_PER_MB
 MIX = GuestWorkload(zero_pct=20, common_pct=30)
@@ -144,12 +147,14 @@ def main() -> None:
     parser.add_argument("--touched-gib", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    before = reference()
     result = {
         "tps": tps(args.vms, args.vm_gib, args.touched_gib, args.rounds),
         "cpu_scheduler": scheduler(1024, 200),
         "vswitch": frames(200_000),
     }
-    print(json.dumps(result))
+    after = reference()
+    print(json.dumps(result | before | {"reference_after_s": after["reference_s"]}))
 
 
 if __name__ == "__main__":

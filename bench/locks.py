@@ -23,12 +23,14 @@ import ray
 from harness import report, start_ray
 
 from vsim.clock import WallClock
+from vsim.faults import FileLocked
 from vsim.host.storage.array_client import ArrayBlockDevice, ArrayConnection, GrpcStoragePorts
-from vsim.host.storage.storage_stack import StorageStack, initiator_name
+from vsim.host.storage.storage_stack import StorageStack
 from vsim.host.storage.vmfs import format_volume
+from vsim.iscsi import initiator_name
 from vsim.spec import HostSpec, host_name
 from vsim.storage.server import start_array
-from vsim.storage.vmfs_format import VolumeLockMode
+from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.v1 import storage_pb2 as pb
 
 VOLUMES = {"ats+scsi": VolumeLockMode.ATS_SCSI, "ats-only": VolumeLockMode.ATS_ONLY}
@@ -52,11 +54,45 @@ class LockInitiator:
         lun, export = (where, "") if kind == "vmfs" else (0, where)
         await self.storage.mount(label, kind, endpoint, thumbprint, lun, export)
 
+    async def try_lock(self, label: str, target: int, path: str) -> str:
+        """Takes a lock (a VMFS lock record index, or an NFS file's fileid); returns
+        "" when granted, else who holds it."""
+        try:
+            if label in self.storage.vmfs:
+                await self.storage.vmfs[label].lock(target, path, LockMode.EXCLUSIVE)
+            else:
+                await self.storage.nfs_mount(label).lock("", target, path)
+        except FileLocked as e:
+            return e.properties.get("holder") or "unknown"
+        return ""
+
+    async def unlock(self, label: str, target: int) -> None:
+        if label in self.storage.vmfs:
+            await self.storage.vmfs[label].unlock(target)
+        else:
+            await self.storage.nfs_mount(label).unlock("", target)
+
     async def lock_load(self, label: str, target: int, seconds: float) -> dict[str, int]:
-        return await self.storage.lock_load(label, target, seconds)
+        """Takes and releases one lock as fast as it can for `seconds`."""
+        deadline = self.storage.clock.now() + seconds
+        counts = {"acquired": 0, "refused": 0}
+        while self.storage.clock.now() < deadline:
+            if await self.try_lock(label, target, f"load-{target}"):
+                counts["refused"] += 1
+                await asyncio.sleep(0)
+                continue
+            counts["acquired"] += 1
+            await self.unlock(label, target)
+        return counts
 
     async def stats(self) -> dict[str, dict[str, int]]:
-        return self.storage.stats()
+        """Each mounted datastore's lock counters (reservations, conflicts, ...)."""
+        out: dict[str, dict[str, int]] = {}
+        for label, volume in self.storage.vmfs.items():
+            out[label] = dict(volume.stats) | {"lost_access": int(volume.lost_access)}
+        for label, manager in self.storage.nfs.items():
+            out[label] = dict(manager.stats)
+        return out
 
     async def close(self) -> None:
         await self.storage.close()

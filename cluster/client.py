@@ -7,12 +7,15 @@
 Every failure is raised as the VimFault the server sent (`vsim.faults`). A client
 pins the server's SHA-256 thumbprint: connecting to a server that presents another
 certificate raises SSLVerifyFault before anything is sent. `VCenterClient.in_process`
-reaches a vCenter core in this process through the same dispatch table instead.
+reaches a vCenter core in this process through the same dispatch table instead (the
+unit tests drive vCenter this way). `call(method, request)` reaches any RPC by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+
+from google.protobuf.message import Message
 
 from vsim.dispatch import DispatchTable, LocalTransport, Transport
 from vsim.faults import InvalidArgument, fault_from_proto
@@ -71,6 +74,13 @@ class VCenterClient:
 
     async def _call(self, method: str, request, timeout: float | None = None):
         return await self._rpc.call(method, request, self.session, timeout)
+
+    async def call(self, method: str, request: Message) -> Message:
+        """One unary RPC by its name in vcenter.proto, with the request message as
+        built: the way to reach an RPC this SDK has no method for, or to send a
+        request exactly as given. The same session, copies and faults as the typed
+        methods."""
+        return await self._call(method, request)
 
     # sessions
 
@@ -305,6 +315,35 @@ class VCenterClient:
         port_group = kpb.PortGroup(name=name, vswitch=vswitch, vlan=vlan, security=security)
         request = pb.HostPortGroupRequest(host=host, port_group=port_group)
         return await self._call("AddPortGroup", request)
+
+    async def update_virtual_switch(
+        self,
+        host: str,
+        name: str,
+        uplinks: Iterable[str] | None = None,
+        security: kpb.SecurityPolicy | None = None,
+    ) -> kpb.HostNetwork:
+        """Changes what is given: the uplinks (the whole failover order; () for none)
+        and the security fields `security` sets; the rest stays."""
+        update = kpb.VirtualSwitchUpdate(name=name, security=security)
+        if uplinks is not None:
+            update.uplinks.uplinks.extend(uplinks)
+        request = pb.UpdateHostVirtualSwitchRequest(host=host, update=update)
+        return await self._call("UpdateVirtualSwitch", request)
+
+    async def update_port_group(
+        self,
+        host: str,
+        name: str,
+        vlan: int | None = None,
+        security: kpb.SecurityPolicy | None = None,
+        inherit: Iterable[str] = (),
+    ) -> kpb.HostNetwork:
+        """Changes what is given: the VLAN, the overrides `security` sets, and the
+        settings named in `inherit` go back to the vSwitch's; the rest stays."""
+        update = kpb.PortGroupUpdate(name=name, vlan=vlan, security=security, inherit=inherit)
+        request = pb.UpdateHostPortGroupRequest(host=host, update=update)
+        return await self._call("UpdatePortGroup", request)
 
     async def remove_virtual_switch(self, host: str, name: str) -> kpb.HostNetwork:
         """Refused while it has port groups, and for the management vSwitch."""

@@ -49,9 +49,18 @@ class LocalHostPort:
             raise HostConnectFault(f"the connection to {self.name} is closed")
         if self._engine.running(self.name) is not self._hostd:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
-        return await dispatch.call(self._hostd.table, method, request, session)
+        applied = self._engine._resets.pop((self.name, method), None)
+        if applied is None:
+            return await dispatch.call(self._hostd.table, method, request, session)
+        if applied:
+            await dispatch.call(self._hostd.table, method, request, session)
+        raise HostConnectFault(f"the connection to {self.name} was reset during {method}")
 
     async def close(self) -> None:
+        self.drop()
+
+    def drop(self) -> None:
+        """The line goes dead at once: every later call fails as on a closed socket."""
         self._hostd = None
 
 
@@ -70,6 +79,10 @@ class InProcessEngine:
         """Each host's accounts and esx.conf, kept across reboots as its disk would."""
         self._boots: Counter[str] = Counter()
         """How many times each host has booted."""
+        self._ports: dict[str, weakref.WeakSet[LocalHostPort]] = {}
+        """The lines handed out to each host (vCenter's), for `drop_connections`."""
+        self._resets: dict[tuple[str, str], bool] = {}
+        """(host, method) -> applied: the next such call is reset (`reset_next_call`)."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
@@ -102,7 +115,9 @@ class InProcessEngine:
         hostd = self._hostd.get(name)
         if hostd is None:
             raise HostConnectFault(f"host {name} does not answer: it is not running")
-        return LocalHostPort(self, name, hostd, self._identities[name])
+        port = LocalHostPort(self, name, hostd, self._identities[name])
+        self._ports.setdefault(name, weakref.WeakSet()).add(port)
+        return port
 
     def running(self, name: str) -> Hostd | None:
         """The hostd of the host's current boot, if it is up."""
@@ -139,6 +154,20 @@ class InProcessEngine:
         hostd = self._hostd.pop(name, None)
         if hostd is not None:
             hostd.halt()
+
+    def drop_connections(self, name: str) -> int:
+        """Every open line to the host goes dead, as a crashed host's TCP connections
+        do (the host itself is untouched); returns how many there were."""
+        ports = list(self._ports.pop(name, ()))
+        for port in ports:
+            port.drop()
+        return len(ports)
+
+    def reset_next_call(self, name: str, method: str, applied: bool) -> None:
+        """The next `method` call on a line to the host fails as a reset connection
+        would (HostConnectFault): with `applied`, after the host ran it (only the
+        reply is lost), otherwise before the host saw it."""
+        self._resets[(name, method)] = applied
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""

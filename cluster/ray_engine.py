@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import ray
 
+from vsim.clock import Clock
 from vsim.faults import HostConnectFault
 from vsim.host.actor import EsxiHost
 from vsim.host.hostd.client import GrpcHostPort
@@ -25,6 +27,25 @@ EsxiHostActor = ray.remote(EsxiHost)
 NAME_RELEASE_TRIES = 50
 BOOT_TIMEOUT = 120.0
 """Real seconds a host actor has to be placed and start hostd."""
+
+
+def ray_namespace(instance: str) -> str:
+    """The Ray namespace of a vCenter instance's host actors."""
+    return f"vsim-{instance}"
+
+
+def ray_engines(
+    hosts_bind: str = "127.0.0.1", hosts_advertise: str = "127.0.0.1"
+) -> Callable[[str, Path, Clock], RayEngine]:
+    """`start_vcenter`'s engine factory for Ray (which must be initialised): each
+    instance's hosts in their own namespace (hosts_bind/hosts_advertise: see RayEngine)."""
+
+    def engine(instance: str, data_dir: Path, clock: Clock) -> RayEngine:
+        return RayEngine(
+            ray_namespace(instance), data_dir, clock.speed, hosts_bind, hosts_advertise
+        )
+
+    return engine
 
 
 class RayEngine:

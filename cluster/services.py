@@ -55,6 +55,7 @@ async def serve_vcenter(
     """Runs vCenter until SIGINT/SIGTERM; the hosts' actors keep running after it."""
     import ray
 
+    from vsim.cluster.ray_engine import ray_engines
     from vsim.vcenter.datastore import ArrayRef
     from vsim.vcenter.server import start_vcenter
 
@@ -67,12 +68,11 @@ async def serve_vcenter(
     running = await start_vcenter(
         data_dir,
         cluster_spec(hosts, info["luns"]),
+        ray_engines(hosts_bind="0.0.0.0", hosts_advertise="node"),
         port=port,
         bind=bind,
         clock=WallClock(clock_speed),
         array=ArrayRef(array_endpoint, info["thumbprint"]),
-        hosts_bind="0.0.0.0",
-        hosts_advertise="node",
     )
     print(json.dumps({"endpoint": running.endpoint, "thumbprint": running.thumbprint}), flush=True)
     try:

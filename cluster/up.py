@@ -257,6 +257,7 @@ async def _run(
     """Starts the cluster, serves until a signal, stops it in order; the stop report."""
     import ray
 
+    from vsim.cluster.ray_engine import ray_engines
     from vsim.vcenter.server import start_vcenter
 
     stop = asyncio.Event()
@@ -288,6 +289,7 @@ async def _run(
         running = await start_vcenter(
             options.data_dir,
             spec,
+            ray_engines(),
             port=options.port,
             bind=options.bind,
             clock=WallClock(options.clock_speed),

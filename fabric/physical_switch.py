@@ -1,5 +1,5 @@
 """The physical network between the hosts: one Ethernet switch whose ports are the
-hosts' uplinks, and `Network`, which runs a test frame across hosts and the switch.
+hosts' uplinks.
 
 `PhysicalSwitch` owns which (host, uplink) is cabled to a port, each port's VLAN
 configuration, port shutdown, per-port counters, and the forwarding of a frame that
@@ -14,31 +14,22 @@ it stateless (a VM that moves to another host is found at once, with no RARP and
 stale table to age out) and cannot deliver less than a learning switch would; the
 hosts' vSwitches drop what is not for them with one dict lookup.
 
-`Network` holds several hosts' `HostNetworkSystem` cores and one switch, and runs a
-frame from a VM's vNIC to completion: who received it (and as what), who dropped it
-and why. It is what a test or the CLI calls in-process, and the model for hostd's glue:
-a vSwitch hands out (uplink, frame); the switch turns that into (host, uplink, frame)
-deliveries; each goes into that host's vSwitch through `receive`.
+A frame's walk across hosts and this switch is `frame_walk`'s; `network.Network` runs
+it in-process over the hosts' network cores, vCenter over their RPCs.
 
 Never does: look inside a host (the switch sees frames on uplinks only), I/O or time.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from vsim import validate
 from vsim.ethernet_frame import VLAN_VST_MAX, Frame, uplink_name
-from vsim.faults import AlreadyExists, InvalidArgument, InvalidState, NotFound
-from vsim.host.kernel.net.vswitch import (
-    Delivery,
-    HostNetworkSystem,
-    PortCounters,
-    PortStats,
-)
+from vsim.faults import AlreadyExists, InvalidArgument, NotFound
+from vsim.port_stats import PortCounters, PortStats
 
 NATIVE_VLAN = 0
 """The trunk's native VLAN: its frames are untagged on the wire."""
@@ -53,7 +44,7 @@ DROP_PORT_DISABLED = "port_disabled"
 DROP_VLAN = "vlan"
 """The port does not carry the frame's VLAN (or: a tagged frame on an access port)."""
 DROP_HOST_UNREACHABLE = "host_unreachable"
-"""Delivered to a port whose host is not running (no network core in `Network`)."""
+"""Delivered to a port whose host is not running or does not answer."""
 
 
 def vlan_set(value: Iterable[int]) -> frozenset[int]:
@@ -289,182 +280,3 @@ def _egress(
     port.tx += 1
     tag = None if c.access_vlan is not None or vlan == NATIVE_VLAN else vlan
     deliveries.append((c.host, c.uplink, frame.with_vlan(tag)))
-
-
-# ---- running a frame across hosts and the switch
-
-
-@dataclass(frozen=True)
-class Reception:
-    """One vNIC that received the frame."""
-
-    host: str
-    vm: str
-    nic: str
-    frame: Frame
-    """As its guest got it (the tag kept only on a VGT port group)."""
-
-
-@dataclass(frozen=True)
-class TraceDrop:
-    """One place the frame (or a copy) stopped."""
-
-    host: str
-    where: str
-    """A vNIC ("vm-001/ethernet0"), a host's uplink ("vmnic0") or a switch port
-    ("pswitch-01:esxi-02/vmnic1")."""
-    reason: str
-    """The vSwitch's or the switch's DROP_* value."""
-    detail: str
-
-
-@dataclass(frozen=True)
-class Trace:
-    """A frame's whole journey."""
-
-    host: str
-    vm: str
-    nic: str
-    frame: Frame
-    """What the guest sent."""
-    received: tuple[Reception, ...]
-    dropped: tuple[TraceDrop, ...]
-    wire: tuple[tuple[str, str, Frame], ...]
-    """(host, uplink, frame) each time a copy went between a host and the switch:
-    first what left the sender's host, then what the switch delivered."""
-
-    def receivers(self) -> list[tuple[str, str, str]]:
-        """(host, vm, nic) of every receiver, in delivery order."""
-        return [(r.host, r.vm, r.nic) for r in self.received]
-
-    def reasons(self) -> Counter[str]:
-        return Counter(d.reason for d in self.dropped)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for `-o json`."""
-        return {
-            "from": {"host": self.host, "vm": self.vm, "nic": self.nic},
-            "frame": _frame_dict(self.frame),
-            "received": [
-                {"host": r.host, "vm": r.vm, "nic": r.nic, "vlan": r.frame.vlan}
-                for r in self.received
-            ],
-            "dropped": [
-                {"host": d.host, "where": d.where, "reason": d.reason, "detail": d.detail}
-                for d in self.dropped
-            ],
-            "wire": [{"host": h, "uplink": u, "vlan": f.vlan} for h, u, f in self.wire],
-        }
-
-
-def _frame_dict(frame: Frame) -> dict[str, Any]:
-    return {
-        "src_mac": frame.src_mac,
-        "dst_mac": frame.dst_mac,
-        "vlan": frame.vlan,
-        "protocol": frame.protocol,
-        "src_ip": frame.src_ip,
-        "dst_ip": frame.dst_ip,
-        "src_port": frame.src_port,
-        "dst_port": frame.dst_port,
-        "payload_bytes": len(frame.payload),
-    }
-
-
-class _Journey:
-    """Collects one frame's receptions, drops and wire copies."""
-
-    def __init__(self, switch: str) -> None:
-        self.switch = switch
-        self.received: list[Reception] = []
-        self.dropped: list[TraceDrop] = []
-        self.wire: list[tuple[str, str, Frame]] = []
-
-    def host_did(self, host: str, delivery: Delivery) -> None:
-        for vnic, frame in delivery.received:
-            self.received.append(Reception(host, vnic.vm, vnic.nic, frame))
-        for drop in delivery.dropped:
-            self.dropped.append(TraceDrop(host, drop.where, drop.reason, drop.detail))
-
-    def switch_dropped(self, drop: FabricDrop) -> None:
-        where = f"{self.switch}:{drop.host}/{drop.uplink}"
-        self.dropped.append(TraceDrop(drop.host, where, drop.reason, drop.detail))
-
-
-class Network:
-    """Several hosts' network cores and one physical switch, run together in-process."""
-
-    def __init__(
-        self,
-        switch: PhysicalSwitch | None = None,
-        hosts: Mapping[str, HostNetworkSystem] | None = None,
-    ) -> None:
-        self.switch = switch if switch is not None else PhysicalSwitch()
-        self.hosts: dict[str, HostNetworkSystem] = dict(hosts or {})
-        """Host name -> its network core; a host missing here is down."""
-
-    def _host(self, name: str) -> HostNetworkSystem:
-        try:
-            return self.hosts[name]
-        except KeyError:
-            raise NotFound(f"no host named {name!r} in this network") from None
-
-    def locate(self, vm: str, nic: str = "ethernet0") -> str:
-        """The host where vm's adapter `nic` is connected. Looks at every host's vNICs
-        (a helper for tests and the CLI; `send(..., host=)` skips it)."""
-        found = [
-            name
-            for name, system in self.hosts.items()
-            if any(v.vm == vm and v.nic == nic for v in system.vnics())
-        ]
-        if not found:
-            raise NotFound(f"{vm}/{nic} is connected on no host of this network")
-        if len(found) > 1:
-            raise InvalidState(f"{vm}/{nic} is connected on several hosts: {', '.join(found)}")
-        return found[0]
-
-    def set_link(self, host: str, uplink: str, up: bool) -> None:
-        """Cable in or out: the host's NIC link and its switch port go down or up together."""
-        system = self._host(host)
-        self.switch.set_enabled(host, uplink, up)
-        system.set_link_state(uplink, up)
-
-    def send(
-        self, vm: str, frame: Frame, *, nic: str = "ethernet0", host: str | None = None
-    ) -> Trace:
-        """The guest of vm sends `frame` from adapter `nic`; the frame is run to the end
-        through its host's vSwitch, the switch and every other host's vSwitch."""
-        host = self.locate(vm, nic) if host is None else host
-        journey = _Journey(self.switch.name)
-        first = self._host(host).send(vm, nic, frame)
-        journey.host_did(host, first)
-        for uplink, copy in first.sent:
-            journey.wire.append((host, uplink, copy))
-            self._across_switch(host, uplink, copy, journey)
-        return Trace(
-            host,
-            vm,
-            nic,
-            frame,
-            tuple(journey.received),
-            tuple(journey.dropped),
-            tuple(journey.wire),
-        )
-
-    def _across_switch(self, host: str, uplink: str, frame: Frame, journey: _Journey) -> None:
-        forwarding = self.switch.forward(host, uplink, frame)
-        for drop in forwarding.dropped:
-            journey.switch_dropped(drop)
-        for to_host, to_uplink, copy in forwarding.deliveries:
-            journey.wire.append((to_host, to_uplink, copy))
-            system = self.hosts.get(to_host)
-            if system is None:
-                journey.switch_dropped(
-                    FabricDrop(
-                        to_host, to_uplink, DROP_HOST_UNREACHABLE, f"{to_host} is not running"
-                    )
-                )
-                continue
-            # A vSwitch never sends a frame from an uplink out of another one, so the
-            # journey ends here: delivery.sent is always empty.
-            journey.host_did(to_host, system.receive(to_uplink, copy))

@@ -112,6 +112,8 @@ def table(vc: VCenter) -> DispatchTable:
             "AddPortGroup": (SESSION, by_user(network.add_port_group)),
             "RemoveVirtualSwitch": (SESSION, by_user(network.remove_vswitch)),
             "RemovePortGroup": (SESSION, by_user(network.remove_port_group)),
+            "UpdateVirtualSwitch": (SESSION, by_user(network.update_vswitch)),
+            "UpdatePortGroup": (SESSION, by_user(network.update_port_group)),
             "GetHostNetwork": (SESSION, by_request(network.get)),
             "ConfigurePhysicalPort": (SESSION, by_user(physical.configure)),
             "ListPhysicalPorts": (

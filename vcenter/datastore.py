@@ -32,7 +32,7 @@ from vsim.faults import (
     TaskInProgress,
     VimFault,
 )
-from vsim.host.storage.disk_scheduler import SIOC_THRESHOLD_RANGE_MS
+from vsim.storage_io_control import SIOC_THRESHOLD_RANGE_MS
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb

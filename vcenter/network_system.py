@@ -1,12 +1,15 @@
 """The hosts' standard switches as vCenter manages them (vSphere's HostNetworkSystem):
-adding and removing vSwitches and port groups on a host, and reading a host's network.
+adding, changing and removing vSwitches and port groups on a host, and reading a
+host's network.
 
 The host is the truth for its network (vSwitches, uplinks, port groups with their
 security policy, connected vNICs): vCenter checks what it can without the host (the
 host exists and is connected, names and VLANs are well formed), forwards the change,
 and records an event once the host has made it. A vSwitch's security policy fields
 left unset take the standard switch's defaults (promiscuous reject, MAC address
-changes accept, forged transmits accept); a port group's inherit its vSwitch's.
+changes accept, forged transmits accept); a port group's inherit its vSwitch's. An
+update changes only what it sets: a vSwitch's uplinks (the whole failover order) and
+policy fields, a port group's VLAN and overrides (or sends them back to inheriting).
 
 Never does: keep its own copy of a host's network.
 """
@@ -18,6 +21,7 @@ from collections.abc import Iterable
 from vsim import validate
 from vsim.ethernet_frame import uplink_name, vlan_id
 from vsim.faults import InvalidArgument, NotFound
+from vsim.network_messages import security_changes
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -129,6 +133,74 @@ class NetworkSystem:
         self._events.post(
             "HostPortGroupRemovedEvent",
             f"Removed port group {request.name!r} from {request.host}",
+            user=user,
+            host=request.host,
+        )
+        network.host = network.host or request.host
+        return network
+
+    async def update_vswitch(
+        self, request: pb.UpdateHostVirtualSwitchRequest, user: str
+    ) -> kpb.HostNetwork:
+        """HostNetworkSystem.UpdateVirtualSwitch. Checked here: the host, the name,
+        uplink names, that something changes; the host refuses a NIC it does not have
+        or one on another of its vSwitches, and keeps the change in esx.conf."""
+        self._connected(request.host)
+        update = request.update
+        if not update.name:
+            raise InvalidArgument("name the vSwitch to change (e.g. vSwitch1)")
+        validate.text(update.name, "vswitch name", 64)
+        changes = security_changes(update.security)
+        if update.HasField("uplinks"):
+            for uplink in update.uplinks.uplinks:
+                uplink_name(uplink)
+        elif not changes:
+            raise InvalidArgument(
+                f"nothing to change on {update.name}: give its uplinks or security settings"
+            )
+        forwarded = hpb.UpdateVirtualSwitchRequest(update=update)
+        network = await self._hosts.call(request.host, "UpdateVirtualSwitch", forwarded)
+        done = [security_words(update.security)]
+        if update.HasField("uplinks"):
+            done.insert(0, "uplinks " + (", ".join(update.uplinks.uplinks) or "none"))
+        self._events.post(
+            "HostVirtualSwitchReconfiguredEvent",
+            f"Reconfigured vSwitch {update.name} on {request.host}: "
+            + ", ".join(filter(None, done)),
+            user=user,
+            host=request.host,
+        )
+        network.host = network.host or request.host
+        return network
+
+    async def update_port_group(
+        self, request: pb.UpdateHostPortGroupRequest, user: str
+    ) -> kpb.HostNetwork:
+        """HostNetworkSystem.UpdatePortGroup. Checked here: the host, the name, the
+        VLAN, the security settings and that something changes; the host applies it
+        to the connected ports at once and keeps it in esx.conf."""
+        self._connected(request.host)
+        update = request.update
+        validate.vm_name(update.name, "port group name")
+        if update.HasField("vlan"):
+            vlan_id(update.vlan)
+        changes = security_changes(update.security, update.inherit)
+        if not (update.HasField("vlan") or changes):
+            raise InvalidArgument(
+                f"nothing to change on port group {update.name!r}: give its VLAN, security "
+                "settings or the settings to inherit"
+            )
+        forwarded = hpb.UpdatePortGroupRequest(update=update)
+        network = await self._hosts.call(request.host, "UpdatePortGroup", forwarded)
+        done = [
+            f"VLAN {update.vlan}" if update.HasField("vlan") else "",
+            security_words(update.security),
+            *(f"{words} inherited" for name, words in SECURITY_WORDS if name in update.inherit),
+        ]
+        self._events.post(
+            "HostPortGroupReconfiguredEvent",
+            f"Reconfigured port group {update.name!r} on {request.host}: "
+            + ", ".join(filter(None, done)),
             user=user,
             host=request.host,
         )

@@ -11,7 +11,7 @@ has made the change. Never does: keep its own list of a host's devices.
 from __future__ import annotations
 
 from vsim import validate
-from vsim.host.kernel.passthrough import pci_id
+from vsim.pci_device import pci_id
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb

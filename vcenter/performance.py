@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from vsim import validate
 from vsim.faults import InvalidArgument, InvalidPowerState
-from vsim.host.kernel.memory.memsched import MemorySettings
+from vsim.memory_settings import MemorySettings
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb

@@ -6,13 +6,14 @@ and SetGuestMac, the guest of a running VM giving its adapter another MAC.
 Every host in the inventory has its physical NICs (vmnic0..vmnic3) cabled to one
 switch; a port is a trunk of every VLAN (0 = native, untagged) unless a configured
 row (kept in the inventory) says which VLANs it carries or that it is shut down. The
-switch itself is `cluster.physical_switch.PhysicalSwitch`, brought in line with the
-inventory before each frame; a frame is run as that module's in-process `Network`
-runs it, but over the hosts' RPCs: SendFrame on the sender's host gives (uplink,
-frame) pairs, the switch turns each into (host, uplink, frame) deliveries, and each
-goes to ReceiveFrame on that host, which never sends it out again (no loops). The
-copies a host discards only because they were flooded to it are left out of the
-trace (see FLOODED_COPY_DISCARDS).
+switch itself is `fabric.physical_switch.PhysicalSwitch`, brought in line with the
+inventory once the sender's host has sent the frame; the frame is run by
+`fabric.frame_walk`, the walk the in-process `fabric.network.Network` runs too, here
+over the hosts' RPCs: SendFrame on the sender's host gives (uplink, frame) pairs, the
+switch turns each into (host, uplink, frame) deliveries, and each goes to ReceiveFrame
+on that host (all of one forwarding at once), which never sends it out again (no
+loops). The copies a host discards only because they were flooded to it are left out
+of the trace (see FLOODED_COPY_DISCARDS).
 
 A test frame without a source MAC leaves with the adapter's effective MAC, as its
 host reports it: a guest that changed its MAC sends with the new one, and only a
@@ -27,17 +28,12 @@ host's configuration.
 
 from __future__ import annotations
 
-import asyncio
+from dataclasses import replace
 
-from vsim import validate
-from vsim.ethernet_frame import Frame, unicast_mac, uplink_name
-from vsim.fabric.physical_switch import (
-    ALL_VLANS,
-    DROP_HOST_UNREACHABLE,
-    FabricDrop,
-    PhysicalSwitch,
-    vlan_set,
-)
+from vsim import network_messages, validate
+from vsim.ethernet_frame import PHYSICAL_NICS, Frame, unicast_mac, uplink_name
+from vsim.fabric.frame_walk import HostPart, Reception, Trace, TraceDrop, Unreachable, run_async
+from vsim.fabric.physical_switch import ALL_VLANS, PhysicalSwitch, vlan_set
 from vsim.faults import (
     HostConnectFault,
     HostNotConnected,
@@ -47,10 +43,8 @@ from vsim.faults import (
     NotFound,
     RequestTimeout,
 )
-from vsim.host.hostd import kernel_messages
-from vsim.host.hostd.kernel_messages import frame_to_proto
-from vsim.host.kernel.net.vswitch import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
-from vsim.host.kernel.vmkernel import PHYSICAL_NICS
+from vsim.network_messages import frame_to_proto
+from vsim.port_stats import DROP_NO_PORT, DROP_NO_VSWITCH, DROP_STANDBY
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
@@ -77,7 +71,7 @@ def frame_from_proto(frame: kpb.Frame) -> Frame:
         raise InvalidArgument(
             f"payload is {len(frame.payload)} bytes; a frame carries at most {MAX_FRAME_PAYLOAD}"
         )
-    return kernel_messages.frame_from_proto(frame)
+    return network_messages.frame_from_proto(frame)
 
 
 class PhysicalNetwork:
@@ -148,18 +142,11 @@ class PhysicalNetwork:
             raise InvalidPowerState(f"{vm.name} is powered off; power it on to send frames")
         self._hosts.connected(vm.host)
         nic = find_nic(vm.nics, vm.name, request.nic or DEFAULT_NIC)
-        frame = frame_to_proto(frame_from_proto(self._addressed(request, nic)))
+        frame = frame_from_proto(self._addressed(request, nic))
         if not request.frame.src_mac:
-            frame.src_mac = await self._effective_mac(vm, nic)
-        trace = kpb.FrameTrace(host=vm.host, vm=vm.name, nic=nic.name, frame=frame)
-        first = await self._hosts.call(
-            vm.host, "SendFrame", hpb.SendFrameRequest(vm=vm.name, nic=nic.name, frame=frame)
-        )
-        _merge(trace, vm.host, first)
-        self._sync()
-        for out in first.sent:
-            await self._across_switch(vm.host, out.uplink, out.frame, trace)
-        return trace
+            frame = replace(frame, src_mac=await self._effective_mac(vm, nic))
+        trace = await run_async(self.switch, _Hosts(self), vm.host, vm.name, nic.name, frame)
+        return _trace_to_proto(trace)
 
     async def _effective_mac(self, vm: pb.Vm, nic: kpb.VmNic) -> str:
         """The MAC the guest uses on the adapter now (its host knows; the configured
@@ -207,59 +194,66 @@ class PhysicalNetwork:
         wanted = kpb.SetGuestMacRequest(vm=vm.name, nic=nic.name, mac=mac)
         return await self._hosts.call(vm.host, "SetGuestMac", wanted)
 
-    async def _across_switch(
-        self, host: str, uplink: str, frame: kpb.Frame, trace: kpb.FrameTrace
-    ) -> None:
-        forwarding = self.switch.forward(host, uplink, frame_from_proto(frame))
-        for drop in forwarding.dropped:
-            self._switch_dropped(trace, drop)
-        connected = set(self._hosts.connected_names())
 
-        async def deliver(to_host: str, to_uplink: str, copy: Frame) -> kpb.FrameTrace:
-            part = kpb.FrameTrace()
-            if to_host not in connected:
-                detail = f"{to_host} is not connected to vCenter"
-                drop = FabricDrop(to_host, to_uplink, DROP_HOST_UNREACHABLE, detail)
-                self._switch_dropped(part, drop)
-                return part
-            request = hpb.ReceiveFrameRequest(uplink=to_uplink, frame=frame_to_proto(copy))
-            try:
-                delivery = await self._hosts.call(to_host, "ReceiveFrame", request)
-            except UNREACHABLE as fault:
-                drop = FabricDrop(to_host, to_uplink, DROP_HOST_UNREACHABLE, fault.message)
-                self._switch_dropped(part, drop)
-                return part
-            _merge(part, to_host, delivery, skip=FLOODED_COPY_DISCARDS)
-            return part
+class _Hosts:
+    """The walk's driver: the hosts' SendFrame and ReceiveFrame RPCs."""
 
-        # The hosts take their copies at once; the parts join the trace in the
-        # switch's port order, so a trace reads the same every run.
-        parts = await asyncio.gather(*(deliver(*d) for d in forwarding.deliveries))
-        for part in parts:
-            trace.received.extend(part.received)
-            trace.dropped.extend(part.dropped)
+    flooded_copy_discards = FLOODED_COPY_DISCARDS
 
-    def _switch_dropped(self, trace: kpb.FrameTrace, drop: FabricDrop) -> None:
-        trace.dropped.add(
-            host="",
-            where=f"{self.switch.name}:{drop.host}/{drop.uplink}",
-            reason=drop.reason,
-            detail=drop.detail,
-        )
+    def __init__(self, network: PhysicalNetwork) -> None:
+        self._network = network
+        self._hosts = network._hosts
+
+    async def send(self, host: str, vm: str, nic: str, frame: Frame) -> HostPart:
+        request = hpb.SendFrameRequest(vm=vm, nic=nic, frame=frame_to_proto(frame))
+        delivery = await self._hosts.call(host, "SendFrame", request)
+        # The switch as the inventory has it once the sender's host has answered.
+        self._network._sync()
+        return _host_part(host, delivery, sent=True)
+
+    async def receive(self, host: str, uplink: str, frame: Frame) -> HostPart | Unreachable:
+        if host not in self._hosts.connected_names():
+            return Unreachable(f"{host} is not connected to vCenter")
+        request = hpb.ReceiveFrameRequest(uplink=uplink, frame=frame_to_proto(frame))
+        try:
+            delivery = await self._hosts.call(host, "ReceiveFrame", request)
+        except UNREACHABLE as fault:
+            return Unreachable(fault.message)
+        return _host_part(host, delivery)
 
 
-def _merge(
-    trace: kpb.FrameTrace, host: str, delivery: kpb.HostDelivery, skip: frozenset[str] = frozenset()
-) -> None:
-    """Adds one host's part of the journey to the trace, without drops for `skip`
-    reasons."""
-    for reception in delivery.received:
-        trace.received.append(reception)
-        trace.received[-1].host = reception.host or host
-    for drop in delivery.dropped:
-        if drop.reason not in skip:
-            trace.dropped.append(drop)
-            trace.dropped[-1].host = drop.host or host
+def _host_part(host: str, delivery: kpb.HostDelivery, sent: bool = False) -> HostPart:
+    """One host's answer as the walk reads it (a host that names none is `host`).
+    What a host sends on is taken only from the sender: a vSwitch never sends a frame
+    that came in at an uplink out again."""
+    return HostPart(
+        tuple(
+            Reception(r.host or host, r.vm, r.nic, network_messages.frame_from_proto(r.frame))
+            for r in delivery.received
+        ),
+        tuple(TraceDrop(d.host or host, d.where, d.reason, d.detail) for d in delivery.dropped),
+        tuple((u.uplink, frame_from_proto(u.frame)) for u in delivery.sent) if sent else (),
+    )
+
+
+def _trace_to_proto(trace: Trace) -> kpb.FrameTrace:
+    """A drop at a switch port names no host (FrameDrop.host is "" for the switch)."""
+    return kpb.FrameTrace(
+        host=trace.host,
+        vm=trace.vm,
+        nic=trace.nic,
+        frame=frame_to_proto(trace.frame),
+        received=[
+            kpb.FrameReception(host=r.host, vm=r.vm, nic=r.nic, frame=frame_to_proto(r.frame))
+            for r in trace.received
+        ],
+        dropped=[
+            kpb.FrameDrop(
+                host="" if d.switch else d.host, where=d.where, reason=d.reason, detail=d.detail
+            )
+            for d in trace.dropped
+        ],
+    )
 
 
 def _describe(port: kpb.PhysicalPort) -> str:

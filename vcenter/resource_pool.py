@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from vsim import validate
 from vsim.faults import DuplicateName, InvalidArgument
-from vsim.host.hostd.kernel_messages import pool_allocations_from_proto
-from vsim.host.kernel.resources.allocation import ROOT_POOL, check_not_root
-from vsim.host.kernel.vmkernel import pool_name
+from vsim.resource_allocation import ROOT_POOL, check_not_root, pool_name
+from vsim.resource_messages import pool_allocations_from_proto
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb

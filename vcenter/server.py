@@ -1,7 +1,8 @@
 """The vCenter process: the core behind a TLS gRPC server with health and reflection.
 
-`start_vcenter` opens (or creates) the instance in a data dir, connects it to an
-engine (Ray unless one is given), brings the cluster spec up and starts serving.
+`start_vcenter` opens (or creates) the instance in a data dir, connects it to the
+engine its caller's factory makes for that instance (the launcher passes Ray's:
+vCenter never imports an engine), brings the cluster spec up and starts serving.
 Layout of the data dir: vcenter/ (inventory.sqlite, ssl/, vpxd.key,
 initial-admin-password) and hosts/<name>/ (each host's certificate and accounts).
 """
@@ -46,41 +47,30 @@ class RunningVCenter:
         await self.core.stop()
 
 
-def ray_namespace(instance: str) -> str:
-    return f"vsim-{instance}"
+EngineFactory = Callable[[str, Path, Clock], HostEngine]
+"""Makes the hosts' engine for (instance UUID, data dir, clock) of a vCenter."""
 
 
 async def start_vcenter(
     data_dir: Path,
     spec: ClusterSpec,
+    engines: EngineFactory,
     port: int = DEFAULT_PORT,
     bind: str = "127.0.0.1",
     clock: Clock | None = None,
-    engine: HostEngine | None = None,
     array: ArrayRef | None = None,
-    hosts_bind: str = "127.0.0.1",
-    hosts_advertise: str = "127.0.0.1",
     on_event: Callable[[common_pb2.Event], None] | None = None,
     session_policy: SessionPolicy | None = None,
 ) -> RunningVCenter:
-    """Starts (or restarts) the vCenter kept in data_dir; Ray must be initialised when
-    no engine is given (hosts_bind/hosts_advertise: see RayEngine; session_policy:
-    the idle session timeout and the login lockout, vSphere's defaults if None).
+    """Starts (or restarts) the vCenter kept in data_dir on the engine `engines`
+    makes for it (session_policy: the idle session timeout and the login lockout,
+    vSphere's defaults if None).
     on_event sees every event from the start on (how `vsim up` shows its progress)."""
     clock = clock or WallClock()
     home = data_dir / "vcenter"
     inventory = Inventory(home / INVENTORY_FILE)
     try:
-        if engine is None:
-            from vsim.cluster.ray_engine import RayEngine
-
-            engine = RayEngine(
-                ray_namespace(instance_uuid(inventory)),
-                data_dir,
-                clock.speed,
-                hosts_bind,
-                hosts_advertise,
-            )
+        engine = engines(instance_uuid(inventory), data_dir, clock)
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
         core = VCenter(home, inventory, engine, clock, array=array, session_policy=session_policy)
         if on_event is not None:

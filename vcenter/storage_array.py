@@ -16,7 +16,7 @@ import logging
 
 from vsim import validate
 from vsim.faults import InvalidArgument, InvalidState, NotFound, ResourceInUse, VimFault
-from vsim.host.storage.storage_stack import initiator_name
+from vsim.iscsi import initiator_name
 from vsim.storage.array import DEFAULT_LUN_BYTES, MAX_LUNS
 from vsim.v1 import storage_pb2 as spb
 from vsim.v1 import vcenter_pb2 as pb

@@ -3,11 +3,12 @@ addresses and the vNIC firewall rules that travel with the VM.
 
 Owns the checks of a `VmNic` (what passes is held in canonical form: that is what the
 inventory stores and the host receives; its firewall is checked and completed by the
-host's own translation, `firewall_from_proto`, so both hold one rule set), the adapters
-a removal leaves (`without_nic`), and vCenter's MAC allocation (`MacPool`): a MAC left
-empty is drawn from vCenter's generated range with vCenter's rng, so a seeded run
-assigns the same MACs. A MAC is unique in the whole inventory and among the requests
-still under way (a create and a NIC add that run at once cannot both take one).
+translation the host uses too, `vsim.network_messages`, so both hold one rule set),
+the adapters a removal leaves (`without_nic`), and vCenter's MAC allocation
+(`MacPool`): a MAC left empty is drawn from vCenter's generated range with vCenter's
+rng, so a seeded run assigns the same MACs. A MAC is unique in the whole inventory and
+among the requests still under way (a create and a NIC add that run at once cannot
+both take one).
 
 Never does: talk to a host (whether a port group exists on the VM's host is the
 reconfigure task's question) or write the inventory.
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from vsim import validate
 from vsim.ethernet_frame import unicast_mac
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
-from vsim.host.hostd.kernel_messages import firewall_from_proto, firewall_to_proto
+from vsim.network_messages import firewall_default, firewall_rule
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.vcenter.inventory import Inventory
 
@@ -96,24 +97,6 @@ class MacPool:
         were never used)."""
         for mac in [m for m, (t, _) in self._held.items() if t == ticket]:
             del self._held[mac]
-
-
-def firewall_rule(rule: kpb.FirewallRule, where: str) -> kpb.FirewallRule:
-    """The rule in canonical form, as the host holds it (empty fields take the host's
-    defaults: both, any); InvalidArgument prefixed with `where` otherwise."""
-    try:
-        (checked,), _ = firewall_to_proto(firewall_from_proto([rule], ""))
-    except InvalidArgument as fault:
-        raise InvalidArgument(f"{where}: {fault.message}") from None
-    return checked
-
-
-def firewall_default(action: str, where: str) -> str:
-    """The default action in canonical form, as the host holds it (empty: allow)."""
-    try:
-        return firewall_from_proto([], action).default_action
-    except InvalidArgument as fault:
-        raise InvalidArgument(f"{where}: {fault.message}") from None
 
 
 def firewall_rules(rules: Sequence[kpb.FirewallRule], where: str) -> list[kpb.FirewallRule]:

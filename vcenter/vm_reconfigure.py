@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from vsim.faults import AlreadyExists, InvalidArgument, InvalidPowerState, NotFound
-from vsim.host.kernel.passthrough import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
+from vsim.network_messages import firewall_default
+from vsim.pci_device import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -32,7 +33,6 @@ from vsim.vcenter.virtual_nic import (
     MacPool,
     checked_nics,
     find_nic,
-    firewall_default,
     firewall_rules,
     without_nic,
 )

@@ -13,7 +13,7 @@ Never does: talk to a host or write the inventory.
 
 from __future__ import annotations
 
-from vsim.host.hostd.kernel_messages import resources_from_proto, resources_to_proto
+from vsim.resource_messages import resources_from_proto, resources_to_proto
 from vsim.v1 import kernel_pb2 as kpb
 
 VCPUS_FOR_CHECK = 1

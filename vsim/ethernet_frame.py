@@ -2,8 +2,9 @@
 
 Owns `Frame` (the addresses, the 802.1Q tag held outside the payload, and the few
 L3/L4 fields the vNIC firewall reads), retagging a frame on the data path, and the
-validation of MAC addresses, VLAN ids (HostPortGroupSpec.vlanId) and physical NIC
-(uplink) names, for the vSwitches and the physical switch alike.
+validation of MAC addresses, IPv4 addresses, VLAN ids (HostPortGroupSpec.vlanId) and
+physical NIC (uplink) names, for the vSwitches and the physical switch alike, and
+the physical NICs every host has.
 
 - MACs are held in canonical form: lower-case, colon-separated; a group
   (broadcast/multicast) MAC has the I/G bit, the low bit of the first octet, set.
@@ -17,12 +18,13 @@ EtherType, no length limits on the payload); I/O or time.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vsim import validate
 from vsim.faults import InvalidArgument
-from vsim.host.kernel.net.vnic_firewall import ipv4_int
 
 VLAN_NONE = 0
 """HostPortGroupSpec.vlanId 0: no VLAN; untagged frames (EST: the physical port tags)."""
@@ -31,6 +33,8 @@ VLAN_VST_MAX = 4094
 VLAN_VGT = 4095
 """vlanId 4095: Virtual Guest Tagging; the guest's tags pass through, all VLANs."""
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+PHYSICAL_NICS = ("vmnic0", "vmnic1", "vmnic2", "vmnic3")
+"""Every host's physical NICs (uplinks), each cabled to the physical switch."""
 
 FRAME_PROTOCOLS = frozenset({"tcp", "udp", "icmp", "other"})
 
@@ -57,6 +61,19 @@ def uplink_name(value: object, field: str = "uplink") -> str:
     if not isinstance(value, str) or not _UPLINK_NAME.fullmatch(value):
         raise InvalidArgument(f"{field} {value!r} is not a physical NIC name (vmnic0, vmnic1, ...)")
     return value
+
+
+@lru_cache(maxsize=4096)
+def ipv4_int(address: str) -> int | None:
+    """The IPv4 address as an int; None for "" (no IP). Cached: frames repeat addresses."""
+    if not address:
+        return None
+    try:
+        return int(ipaddress.IPv4Address(address))
+    except (ipaddress.AddressValueError, ValueError):
+        raise InvalidArgument(
+            f"{address!r} is not an IPv4 address (write four decimal octets, e.g. 10.0.0.5)"
+        ) from None
 
 
 def is_group_mac(mac: str) -> bool:

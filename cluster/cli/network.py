@@ -1,10 +1,10 @@
-"""`vsim network ...`: standard vSwitches and port groups on a host (added, listed,
-removed, with their security policy), the physical switch the hosts' NICs are cabled
+"""`vsim network ...`: standard vSwitches and port groups on a host (added, changed,
+listed, removed, with their security policy), the physical switch the hosts' NICs are cabled
 to (`pswitch`: trunked VLANs, shutdown), and test frames sent from a running VM.
 
 Like every command, these are a thin layer over the SDK client: they validate what
-the user typed before sending anything, and keep no state of their own. What the
-parser shows of the host's vSwitch is here; a unit test checks it against vsim.host.
+the user typed before sending anything, and keep no state of their own. The
+standard switch's default policy the parser shows is vsim.security_policy's.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from vsim import validate
 from vsim.cluster import output
 from vsim.cluster.cli.common import Command, Context, Subcommands
 from vsim.faults import InvalidArgument
+from vsim.security_policy import SECURITY_FIELDS, STANDARD_SWITCH_SECURITY
 from vsim.v1 import kernel_pb2 as kpb
 
-STANDARD_SWITCH_DEFAULTS = {"allow_promiscuous": False, "mac_changes": True,
-                            "forged_transmits": True}  # fmt: skip
-"""vsim.host.kernel.net.vswitch.STANDARD_SWITCH_SECURITY: a new standard vSwitch's policy."""
+STANDARD_SWITCH_DEFAULTS = {f: getattr(STANDARD_SWITCH_SECURITY, f) for f in SECURITY_FIELDS}
+"""A new standard vSwitch's policy, by SecurityPolicy field."""
 
 
 SECURITY_OPTIONS = (
@@ -30,21 +30,39 @@ SECURITY_OPTIONS = (
 """(option dest, SecurityPolicy field) of --promiscuous, --mac-changes, --forged-transmits."""
 
 
+INHERIT = "inherit"
+"""What `portgroup update` takes for "back to the vSwitch's setting"."""
+
+
 def security_policy(args: argparse.Namespace) -> kpb.SecurityPolicy:
     """The policy options given (accept/reject); those not given stay unset: a new
-    vSwitch then takes the standard switch's defaults, a port group its vSwitch's."""
+    vSwitch then takes the standard switch's defaults, a port group its vSwitch's,
+    and an update leaves them as they are."""
     policy = kpb.SecurityPolicy()
     for option, field in SECURITY_OPTIONS:
         value = getattr(args, option)
-        if value is not None:
+        if value is not None and value != INHERIT:
             setattr(policy, field, value == "accept")
     return policy
+
+
+def inherited(args: argparse.Namespace) -> list[str]:
+    """The SecurityPolicy fields given as `inherit`."""
+    return [field for option, field in SECURITY_OPTIONS if getattr(args, option) == INHERIT]
 
 
 async def cmd_vswitch_add(args: argparse.Namespace, ctx: Context) -> None:
     security = security_policy(args)
     async with await ctx.client() as client:
         network = await client.add_virtual_switch(args.host, args.name, args.uplink or (), security)
+    ctx.show(network, output.vswitches_table(network))
+
+
+async def cmd_vswitch_update(args: argparse.Namespace, ctx: Context) -> None:
+    uplinks = () if args.no_uplinks else args.uplink
+    security = security_policy(args)
+    async with await ctx.client() as client:
+        network = await client.update_virtual_switch(args.host, args.name, uplinks, security)
     ctx.show(network, output.vswitches_table(network))
 
 
@@ -67,6 +85,15 @@ async def cmd_portgroup_add(args: argparse.Namespace, ctx: Context) -> None:
         network = await client.add_port_group(
             args.host, args.name, args.vswitch, args.vlan, security
         )
+    ctx.show(network, output.port_groups_table(network))
+
+
+async def cmd_portgroup_update(args: argparse.Namespace, ctx: Context) -> None:
+    if args.vlan is not None:
+        validate.int_range(args.vlan, 0, 4095, "--vlan")
+    security, inherit = security_policy(args), inherited(args)
+    async with await ctx.client() as client:
+        network = await client.update_port_group(args.host, args.name, args.vlan, security, inherit)
     ctx.show(network, output.port_groups_table(network))
 
 
@@ -136,8 +163,9 @@ async def cmd_send_frame(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(trace, output.trace_text(trace))
 
 
-def add_security_options(p: argparse.ArgumentParser, vswitch: bool) -> None:
-    """--promiscuous, --mac-changes, --forged-transmits (HostNetworkSecurityPolicy)."""
+def add_security_options(p: argparse.ArgumentParser, vswitch: bool, update: bool = False) -> None:
+    """--promiscuous, --mac-changes, --forged-transmits (HostNetworkSecurityPolicy); on
+    an update, unset leaves a setting as it is, and a port group's may be inherited."""
     for (option, field), help_ in zip(
         SECURITY_OPTIONS,
         (
@@ -149,10 +177,12 @@ def add_security_options(p: argparse.ArgumentParser, vswitch: bool) -> None:
     ):
         default = STANDARD_SWITCH_DEFAULTS[field]
         unset = ("accept" if default else "reject") if vswitch else "inherit the vSwitch's"
+        choices = ["accept", "reject"]
+        if update:
+            unset = "as it is"
+            choices += [] if vswitch else [INHERIT]
         p.add_argument(
-            "--" + option.replace("_", "-"),
-            choices=["accept", "reject"],
-            help=f"{help_} (unset: {unset})",
+            "--" + option.replace("_", "-"), choices=choices, help=f"{help_} (unset: {unset})"
         )
 
 
@@ -167,6 +197,15 @@ def add_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("name")
     p.add_argument("--uplink", action="append", help="a physical NIC (vmnic1..); repeatable")
     add_security_options(p, vswitch=True)
+    p = command(vswitch, "update", cmd_vswitch_update, "change a vSwitch's uplinks or policy")
+    p.add_argument("host")
+    p.add_argument("name")
+    uplinks = p.add_mutually_exclusive_group()
+    uplinks.add_argument(
+        "--uplink", action="append", help="its uplinks from now on, in failover order; repeatable"
+    )
+    uplinks.add_argument("--no-uplinks", action="store_true", help="take every uplink away")
+    add_security_options(p, vswitch=True, update=True)
     command(vswitch, "list", cmd_vswitch_list, "a host's vSwitches").add_argument("host")
     p = command(vswitch, "remove", cmd_vswitch_remove, "remove a vSwitch without port groups")
     p.add_argument("host")
@@ -180,6 +219,11 @@ def add_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("--vswitch", default="vSwitch0")
     p.add_argument("--vlan", type=int, default=0, help="0 none, 1-4094, 4095 guest tagging")
     add_security_options(p, vswitch=False)
+    p = command(portgroup, "update", cmd_portgroup_update, "change a port group's VLAN or policy")
+    p.add_argument("host")
+    p.add_argument("name")
+    p.add_argument("--vlan", type=int, help="0 none, 1-4094, 4095 guest tagging (unset: as it is)")
+    add_security_options(p, vswitch=False, update=True)
     command(portgroup, "list", cmd_portgroup_list, "a host's port groups").add_argument("host")
     p = command(portgroup, "remove", cmd_portgroup_remove, "remove a port group no VM uses")
     p.add_argument("host")

@@ -57,7 +57,7 @@ async def cmd_vm_nic_guest_mac(args: argparse.Namespace, ctx: Context) -> None:
 def parse_rule(text: str) -> kpb.FirewallRule:
     """'ACTION [DIRECTION [PROTOCOL [ADDRESS [PORT [NAME...]]]]]', e.g.
     'deny in tcp 10.0.0.0/8 22 no-ssh'."""
-    from vsim.vcenter.virtual_nic import firewall_rule
+    from vsim.network_messages import firewall_rule
 
     words = text.split()
     if not words:

@@ -1,10 +1,8 @@
 """`vsim host pool create|update|list|destroy`: a host's resource pools (CPU and
 memory shares, reservations, limits, expandable reservations).
 
-The host's rules that check what the user typed (vsim.host.*: the kernel's own
-modules, with numpy) are imported by the handlers that use them, so that building
-the parser, for every command and `vsim --help`, imports none of them. What the
-parser itself shows of the host is here; a unit test checks it against vsim.host.
+What the user typed is checked by the host's own rules, which are shared values
+(vsim.resource_allocation, vsim.resource_messages) and cheap to import.
 """
 
 from __future__ import annotations
@@ -15,11 +13,9 @@ from vsim import validate
 from vsim.cluster import output
 from vsim.cluster.cli.common import Command, Context, Subcommands, show_task_fault, whole
 from vsim.faults import InvalidArgument, NotFound
+from vsim.resource_allocation import ROOT_POOL, SHARE_LEVELS, Unit, pool_name
+from vsim.resource_messages import pool_allocation_from_proto
 from vsim.v1 import kernel_pb2 as kpb
-
-ROOT_POOL = "Resources"
-"""vsim.host.kernel.resources.allocation.ROOT_POOL: a host's root resource pool."""
-
 
 POOL_OPTIONS = (("cpu", "MHz"), ("mem", "MB"))
 """(option prefix, unit) of the --cpu-* and --mem-* options of `vsim host pool`."""
@@ -33,9 +29,6 @@ def pool_allocation(
 ) -> kpb.PoolAllocation | None:
     """`current` with the --PREFIX-* options given applied (None if none was given),
     checked as the host checks it (unit: MHz or MB)."""
-    from vsim.host.hostd.kernel_messages import pool_allocation_from_proto
-    from vsim.host.kernel.resources.allocation import SHARE_LEVELS, Unit
-
     given = [getattr(args, f"{prefix}_{name}") for name in POOL_OPTION_NAMES]
     if given == [None] * len(POOL_OPTION_NAMES):
         return None
@@ -61,7 +54,6 @@ def pool_allocation(
 
 
 async def cmd_host_pool_create(args: argparse.Namespace, ctx: Context) -> None:
-    from vsim.host.kernel.vmkernel import pool_name
 
     pool_name(args.name)
     parent = "" if args.parent in (None, ROOT_POOL) else pool_name(args.parent, "--parent")
@@ -75,7 +67,6 @@ async def cmd_host_pool_create(args: argparse.Namespace, ctx: Context) -> None:
 
 async def cmd_host_pool_update(args: argparse.Namespace, ctx: Context) -> None:
     """Reads the pool, changes only the settings given, sends the resources changed."""
-    from vsim.host.kernel.vmkernel import pool_name
 
     pool_name(args.name)
     async with await ctx.client() as client:
@@ -102,7 +93,6 @@ async def cmd_host_pool_list(args: argparse.Namespace, ctx: Context) -> None:
 
 
 async def cmd_host_pool_destroy(args: argparse.Namespace, ctx: Context) -> None:
-    from vsim.host.kernel.vmkernel import pool_name
 
     pool_name(args.name)
     async with await ctx.client() as client:

@@ -24,8 +24,13 @@ from vsim.cluster.cli.common import (
     show_task_fault,
     whole,
 )
-from vsim.cluster.cli.pool import ROOT_POOL
 from vsim.faults import InvalidArgument
+from vsim.resource_allocation import (
+    ROOT_POOL,
+    VM_CPU_SHARES_PER_VCPU,
+    VM_MEMORY_SHARES_PER_MB,
+    pool_name,
+)
 from vsim.v1 import kernel_pb2 as kpb
 
 VM_COLUMNS = ["name", "host", "power_state", "cpus", "memory_mb", "guest_os", "datastore"]
@@ -117,12 +122,6 @@ async def cmd_vm_resources(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def changed_resources(args: argparse.Namespace, vm) -> kpb.VmResources:
-    from vsim.host.kernel.resources.allocation import (
-        VM_CPU_SHARES_PER_VCPU,
-        VM_MEMORY_SHARES_PER_MB,
-    )
-    from vsim.host.kernel.vmkernel import pool_name
-
     r = kpb.VmResources()
     r.CopyFrom(vm.resources)
     if args.cpu_shares is not None:

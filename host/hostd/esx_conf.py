@@ -16,9 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from vsim.host.kernel.memory.memsched import MemorySettings
-from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, HostNetworkSystem, SecurityPolicy
-from vsim.host.kernel.resources.allocation import Allocation, PoolConfig
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
+from vsim.memory_settings import MemorySettings
+from vsim.resource_allocation import Allocation, PoolConfig
+from vsim.security_policy import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.tls import write_private
 
 

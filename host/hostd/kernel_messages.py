@@ -7,138 +7,33 @@ that validates itself); nothing here decides what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
-
-from vsim.ethernet_frame import Frame
-from vsim.faults import InvalidArgument, NotFound
-from vsim.host.guest.memory import GUEST_DEFAULTS, GuestWorkload, os_family
-from vsim.host.kernel.memory.memsched import VmMemorySettings, VmMemoryStats
-from vsim.host.kernel.net.vnic_firewall import FirewallRule, VnicFirewall
+from vsim.ethernet_frame import PHYSICAL_NICS
+from vsim.faults import NotFound
+from vsim.host.kernel.memory.memsched import VmMemoryStats
+from vsim.host.kernel.net.forwarding import Delivery
 from vsim.host.kernel.net.vswitch import (
-    Delivery,
     HostNetworkSystem,
     PortGroup,
-    SecurityPolicy,
     VirtualSwitch,
     Vnic,
 )
-from vsim.host.kernel.resources.allocation import (
-    UNLIMITED,
-    Allocation,
-    Unit,
-    pool_allocation,
-    pool_share_level,
-)
 from vsim.host.kernel.vmkernel import (
-    PHYSICAL_NICS,
     HostKernel,
     NicConfig,
     PoolUsage,
     ResourcePoolInfo,
-    VmResources,
 )
 from vsim.host.storage.disk_scheduler import DiskScheduler
+from vsim.network_messages import (
+    firewall_from_proto,
+    firewall_to_proto,
+    frame_to_proto,
+    security_to_proto,
+)
+from vsim.resource_allocation import Unit
+from vsim.resource_messages import pool_allocation_to_proto
+from vsim.security_policy import SecurityPolicy
 from vsim.v1 import kernel_pb2 as kpb
-
-WORKLOAD_FIELDS = tuple(f.name for f in fields(GuestWorkload))
-
-
-def _limit(allocation: kpb.ResourceAllocation | kpb.PoolAllocation) -> int:
-    return allocation.limit if allocation.HasField("limit") else UNLIMITED
-
-
-def resources_from_proto(message: kpb.VmResources, guest_os: str) -> VmResources:
-    cpu, memory = message.cpu, message.memory
-    workload = None
-    if message.HasField("memory_workload"):
-        base = GUEST_DEFAULTS[os_family(guest_os)]
-        given = {
-            name: getattr(message.memory_workload, name)
-            for name in WORKLOAD_FIELDS
-            if message.memory_workload.HasField(name)
-        }
-        workload = replace(base, **given)
-    return VmResources(
-        cpu_shares=cpu.shares,
-        cpu_reservation_mhz=cpu.reservation,
-        cpu_limit_mhz=_limit(cpu),
-        memory=VmMemorySettings(
-            reservation_mb=memory.reservation,
-            limit_mb=_limit(memory),
-            shares=memory.shares,
-            page_sharing=not message.page_sharing_disabled,
-            salt=message.page_sharing_salt,
-            balloon_driver=not message.balloon_driver_missing,
-        ),
-        cpu_load_pct=message.cpu_load_pct,
-        workload=workload,
-        disk_shares=message.disk_shares,
-        disk_iops_limit=(
-            message.disk_iops_limit if message.HasField("disk_iops_limit") else UNLIMITED
-        ),
-        resource_pool=message.resource_pool,
-    )
-
-
-def _allocation(shares: int, reservation: int, limit: int) -> kpb.ResourceAllocation:
-    message = kpb.ResourceAllocation(shares=shares, reservation=reservation)
-    if limit != UNLIMITED:
-        message.limit = limit
-    return message
-
-
-def resources_to_proto(resources: VmResources) -> kpb.VmResources:
-    memory = resources.memory
-    message = kpb.VmResources(
-        cpu=_allocation(
-            resources.cpu_shares, resources.cpu_reservation_mhz, resources.cpu_limit_mhz
-        ),
-        memory=_allocation(memory.shares, memory.reservation_mb, memory.limit_mb),
-        page_sharing_disabled=not memory.page_sharing,
-        page_sharing_salt=memory.salt,
-        cpu_load_pct=resources.cpu_load_pct,
-        balloon_driver_missing=not memory.balloon_driver,
-        disk_shares=resources.disk_shares,
-        resource_pool=resources.resource_pool,
-    )
-    if resources.disk_iops_limit != UNLIMITED:
-        message.disk_iops_limit = resources.disk_iops_limit
-    if resources.workload is not None:
-        for name in WORKLOAD_FIELDS:
-            setattr(message.memory_workload, name, getattr(resources.workload, name))
-    return message
-
-
-def firewall_from_proto(rules: list[kpb.FirewallRule], default: str) -> VnicFirewall:
-    return VnicFirewall(
-        tuple(
-            FirewallRule(
-                action=r.action,
-                direction=r.direction or "both",
-                protocol=r.protocol or "any",
-                address=r.address or "any",
-                port=r.port or "any",
-                name=r.name,
-            )
-            for r in rules
-        ),
-        default or "allow",
-    )
-
-
-def firewall_to_proto(firewall: VnicFirewall) -> tuple[list[kpb.FirewallRule], str]:
-    rules = [
-        kpb.FirewallRule(
-            action=r.action,
-            direction=r.direction,
-            protocol=r.protocol,
-            address=r.address,
-            port=str(r.port),
-            name=r.name,
-        )
-        for r in firewall.rules
-    ]
-    return rules, firewall.default_action
 
 
 def nic_from_proto(message: kpb.VmNic) -> NicConfig:
@@ -158,55 +53,6 @@ def nic_to_proto(nic: NicConfig) -> kpb.VmNic:
 
 
 # -- resource pools ----------------------------------------------------------------------
-
-
-def pool_allocation_from_proto(message: kpb.PoolAllocation, unit: Unit, what: str) -> Allocation:
-    """A pool's allocation of one resource: a share level's count (pool_allocation),
-    or custom shares; InvalidArgument, prefixed with `what`, if it is not valid."""
-    expandable = (
-        message.expandable_reservation if message.HasField("expandable_reservation") else True
-    )
-    level = message.shares_level
-    try:
-        if level == "custom" or (level == "" and message.shares):
-            return Allocation(message.shares, message.reservation, _limit(message), expandable)
-        allocation = pool_allocation(
-            unit, level or "normal", message.reservation, _limit(message), expandable
-        )
-    except InvalidArgument as e:
-        raise InvalidArgument(f"{what}: {e.message}") from None
-    if message.shares not in (0, allocation.shares):
-        raise InvalidArgument(
-            f"{what}: share level {level} is {allocation.shares} shares, not {message.shares}; "
-            "give a level, or a count with level custom"
-        )
-    return allocation
-
-
-def pool_allocation_to_proto(allocation: Allocation, unit: Unit) -> kpb.PoolAllocation:
-    message = kpb.PoolAllocation(
-        shares_level=pool_share_level(unit, allocation.shares),
-        shares=allocation.shares,
-        reservation=allocation.reservation,
-        expandable_reservation=allocation.expandable_reservation,
-    )
-    if allocation.limited:
-        message.limit = allocation.limit
-    return message
-
-
-def pool_allocations_from_proto(
-    spec: kpb.ResourcePoolSpec, current: tuple[Allocation, Allocation] | None = None
-) -> tuple[Allocation, Allocation]:
-    """The CPU (MHz) and memory (MB) allocations a spec gives; one it leaves unset is
-    `current`'s (an update) or a new pool's default (normal, 0, unlimited, expandable)."""
-    given = []
-    for i, (name, unit) in enumerate((("cpu", Unit.MHZ), ("memory", Unit.MB))):
-        if spec.HasField(name):
-            given.append(pool_allocation_from_proto(getattr(spec, name), unit, name))
-        else:
-            given.append(current[i] if current is not None else pool_allocation(unit))
-    return given[0], given[1]
 
 
 def _pool_usage_to_proto(usage: PoolUsage) -> kpb.PoolUsage:
@@ -238,23 +84,6 @@ def resource_pools_to_proto(kernel: HostKernel, moved: tuple[str, ...] = ()) -> 
 # -- network ---------------------------------------------------------------------------
 
 
-def security_from_proto(message: kpb.SecurityPolicy) -> SecurityPolicy:
-    def value(name: str) -> bool | None:
-        return getattr(message, name) if message.HasField(name) else None
-
-    return SecurityPolicy(
-        value("allow_promiscuous"), value("mac_changes"), value("forged_transmits")
-    )
-
-
-def security_to_proto(policy: SecurityPolicy) -> kpb.SecurityPolicy:
-    message = kpb.SecurityPolicy()
-    for name in ("allow_promiscuous", "mac_changes", "forged_transmits"):
-        if getattr(policy, name) is not None:
-            setattr(message, name, getattr(policy, name))
-    return message
-
-
 def vswitch_to_proto(vswitch: VirtualSwitch) -> kpb.VirtualSwitch:
     return kpb.VirtualSwitch(
         name=vswitch.name,
@@ -264,12 +93,13 @@ def vswitch_to_proto(vswitch: VirtualSwitch) -> kpb.VirtualSwitch:
     )
 
 
-def port_group_to_proto(port_group: PortGroup) -> kpb.PortGroup:
+def port_group_to_proto(port_group: PortGroup, computed: SecurityPolicy) -> kpb.PortGroup:
     return kpb.PortGroup(
         name=port_group.name,
         vswitch=port_group.vswitch,
         vlan=port_group.vlan,
         security=security_to_proto(port_group.security),
+        computed_security=security_to_proto(computed),
     )
 
 
@@ -278,7 +108,10 @@ def network_to_proto(kernel: HostKernel) -> kpb.HostNetwork:
     return kpb.HostNetwork(
         host=kernel.spec.name,
         vswitches=[vswitch_to_proto(v) for v in network.vswitches()],
-        port_groups=[port_group_to_proto(p) for p in network.port_groups()],
+        port_groups=[
+            port_group_to_proto(p, network.effective_security(p.name))
+            for p in network.port_groups()
+        ],
         nics=[
             kpb.ConnectedNic(
                 vm=n.vm,
@@ -335,34 +168,6 @@ def connected_nic_to_proto(network: HostNetworkSystem, vnic: Vnic) -> kpb.Connec
         mac=vnic.mac,
         effective_mac=vnic.effective_mac,
         stats=nic_stats(network.stats(vnic.vm, vnic.nic)),
-    )
-
-
-def frame_from_proto(message: kpb.Frame, src_mac: str = "") -> Frame:
-    return Frame(
-        src_mac=message.src_mac or src_mac,
-        dst_mac=message.dst_mac,
-        vlan=message.vlan or None,
-        protocol=message.protocol or "other",
-        src_ip=message.src_ip,
-        dst_ip=message.dst_ip,
-        src_port=message.src_port,
-        dst_port=message.dst_port,
-        payload=message.payload,
-    )
-
-
-def frame_to_proto(frame: Frame) -> kpb.Frame:
-    return kpb.Frame(
-        src_mac=frame.src_mac,
-        dst_mac=frame.dst_mac,
-        vlan=frame.vlan or 0,
-        protocol=frame.protocol,
-        src_ip=frame.src_ip,
-        dst_ip=frame.dst_ip,
-        src_port=frame.src_port,
-        dst_port=frame.dst_port,
-        payload=frame.payload,
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import uuid
 from dataclasses import replace
@@ -28,32 +27,21 @@ from vsim.faults import (
     InvalidState,
     NotFound,
 )
+from vsim.host.guest.disk_writes import GuestDiskReport, verify_guest_disk
 from vsim.host.hostd.accounts import ROLES, VPXUSER, HostAccounts
 from vsim.host.hostd.kernel_messages import (
     connected_nic_to_proto,
     datastore_io,
     delivery_to_proto,
-    frame_from_proto,
     host_stats_to_proto,
     network_to_proto,
     nic_from_proto,
     nic_to_proto,
-    pool_allocations_from_proto,
     resource_pools_to_proto,
-    resources_from_proto,
-    resources_to_proto,
-    security_from_proto,
     vm_stats_to_proto,
 )
-from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY
-from vsim.host.kernel.vmkernel import (
-    KERNEL_TICK,
-    DiskConfig,
-    HostKernel,
-    VmConfig,
-    VmResources,
-)
-from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler, congestion_threshold_s
+from vsim.host.kernel.vmkernel import KERNEL_TICK, DiskConfig, HostKernel, VmConfig
+from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.storage.vmdk import open_disk
 from vsim.host.vm.vm_files import (
@@ -66,13 +54,22 @@ from vsim.host.vm.vm_files import (
     snapshot_disks,
     write_vmx,
 )
-from vsim.host.vm.vmx import GuestDiskReport, VmxProcess, verify_guest_disk
+from vsim.host.vm.vmx import VmxProcess
 from vsim.host.vm.vscsi import VirtualScsi, guest_scan
 from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
+from vsim.network_messages import frame_from_proto, security_changes, security_from_proto
+from vsim.resource_messages import (
+    pool_allocations_from_proto,
+    resources_from_proto,
+    resources_to_proto,
+)
+from vsim.security_policy import STANDARD_SWITCH_SECURITY
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
+from vsim.storage_io_control import congestion_threshold_s
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
 from vsim.v1 import kernel_pb2 as kpb
+from vsim.vm_resources import VmResources
 
 log = logging.getLogger(__name__)
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
@@ -169,7 +166,7 @@ class Hostd:
         self,
         kernel: HostKernel,
         accounts: HostAccounts,
-        storage: StorageStack | None = None,
+        storage: StorageStack,
         lockout: LockoutPolicy = ESXI_LOCKOUT,
     ) -> None:
         self.kernel = kernel
@@ -180,12 +177,7 @@ class Hostd:
         self._ticker: asyncio.Task | None = None
         self.vmx: dict[str, VmxProcess] = {}
         """VMs with a VMX here: powered on, or holding their disks for a hand-off."""
-        self.storage = storage or StorageStack(
-            kernel.spec.host_uuid,
-            kernel.spec.name,
-            kernel.clock,
-            random.Random(0),
-        )
+        self.storage = storage
         self.table = DispatchTable.of_methods(SERVICE, accounts, self)
         """Every HostAgent RPC, as the gRPC server and the in-process engine call it."""
 
@@ -659,6 +651,40 @@ class Hostd:
         self, request: pb.RemovePortGroupRequest, user: str | None
     ) -> kpb.HostNetwork:
         self.kernel.remove_port_group(request.name)
+        return network_to_proto(self.kernel)
+
+    @needs(ADMINISTRATOR)
+    def UpdateVirtualSwitch(
+        self, request: pb.UpdateVirtualSwitchRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        """The uplinks given replace the failover order; the policy fields given
+        change, the others stay."""
+        update = request.update
+        current = self.kernel.network.vswitch(update.name)  # NotFound first
+        changes = security_changes(update.security)
+        if not (update.HasField("uplinks") or changes):
+            raise InvalidArgument(f"nothing to change on {update.name}: give uplinks or security")
+        uplinks = tuple(update.uplinks.uplinks) if update.HasField("uplinks") else None
+        security = replace(current.security, **changes) if changes else None
+        self.kernel.update_vswitch(update.name, uplinks, security)
+        return network_to_proto(self.kernel)
+
+    @needs(ADMINISTRATOR)
+    def UpdatePortGroup(
+        self, request: pb.UpdatePortGroupRequest, user: str | None
+    ) -> kpb.HostNetwork:
+        """The VLAN given, and the overrides set or sent back to inherit, change; the
+        others stay."""
+        update = request.update
+        current = self.kernel.network.port_group(update.name)  # NotFound first
+        changes = security_changes(update.security, update.inherit)
+        if not (update.HasField("vlan") or changes):
+            raise InvalidArgument(
+                f"nothing to change on port group {update.name!r}: give vlan, security or inherit"
+            )
+        vlan = update.vlan if update.HasField("vlan") else None
+        security = replace(current.security, **changes) if changes else None
+        self.kernel.update_port_group(update.name, vlan, security)
         return network_to_proto(self.kernel)
 
     @needs(SESSION)

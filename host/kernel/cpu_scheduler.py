@@ -26,13 +26,13 @@ import numpy as np
 
 from vsim import validate
 from vsim.faults import InsufficientResourcesFault, InvalidArgument
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.pool_tree import PoolTree
+from vsim.resource_allocation import (
     ROOT_POOL,
     Allocation,
     Unit,
     vm_cpu_allocation,
 )
-from vsim.host.kernel.resources.pool_tree import PoolTree
 from vsim.spec import HostSpec
 
 _PER_VM_FLOATS = (
@@ -166,10 +166,6 @@ class CpuScheduler:
         return final
 
     # -- settings ------------------------------------------------------------------------
-
-    def set_allocation(self, vm: str, allocation: Allocation) -> None:
-        """Changes a powered-on VM's CPU shares, reservation or limit (admission-checked)."""
-        self.tree.set_consumer(vm, allocation)
 
     def allocation(self, vm: str) -> Allocation:
         return self.tree.consumer(vm)

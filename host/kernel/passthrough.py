@@ -16,7 +16,6 @@ once, and instead refuses to disable passthrough for a device a VM has.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -30,13 +29,8 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
+from vsim.pci_device import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
 
-PCI_ID = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
-"""domain:bus:device.function, in hex, as ESXi lists them (0000:3b:00.0)."""
-MAX_PCI_DEVICE = 0x1F
-"""A PCI bus has devices 0..31."""
-MAX_PASSTHRU_DEVICES_PER_VM = 128
-"""DirectPath I/O devices per VM: ESXi 8.0 U2, hardware version 21 (KB 309986)."""
 PASSTHRU_KEY = "pciPassthru"
 """The .vmx name of a VM's passthrough slots: pciPassthru0, pciPassthru1, ..."""
 MAX_NAME = 256
@@ -109,19 +103,6 @@ class _Assignment:
     vm: str
     slot: int
     """n of the VM's pciPassthru<n>."""
-
-
-def pci_id(value: str, field: str = "pci id") -> str:
-    """A PCI id in canonical form (lower-case hex); InvalidArgument if it is not one."""
-    text = value.lower() if isinstance(value, str) else ""
-    match = PCI_ID.fullmatch(text)
-    if match is None or int(match.group(3), 16) > MAX_PCI_DEVICE:
-        shown = repr(value)[:60]
-        raise InvalidArgument(
-            f"{field} {shown} is not a PCI address: use domain:bus:device.function in hex, "
-            f"device 00-{MAX_PCI_DEVICE:02x} and function 0-7 (e.g. 0000:3b:00.0)"
-        )
-    return text
 
 
 class PciPassthruSystem:

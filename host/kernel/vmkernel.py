@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vsim import validate
 from vsim.clock import Clock
+from vsim.ethernet_frame import PHYSICAL_NICS
 from vsim.faults import (
     AlreadyExists,
     DuplicateName,
@@ -30,7 +31,6 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.guest.memory import GuestWorkload
 from vsim.host.hostd.esx_conf import (
     ConfigStore,
     MemoryConfigStore,
@@ -42,30 +42,26 @@ from vsim.host.hostd.esx_conf import (
     resource_pools_from_config,
 )
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
-from vsim.host.kernel.memory.memsched import (
-    MAX_PERIOD,
-    MemoryManager,
-    MemorySettings,
-    VmMemorySettings,
-)
-from vsim.host.kernel.net.vnic_firewall import VnicFirewall
-from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, SecurityPolicy, VirtualSwitch
+from vsim.host.kernel.memory.memsched import MAX_PERIOD, MemoryManager
+from vsim.host.kernel.net.vswitch import HostNetworkSystem, PortGroup, VirtualSwitch
 from vsim.host.kernel.passthrough import PassthruInfo, PciDevice, PciPassthruSystem
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
+from vsim.memory_settings import MemorySettings
+from vsim.resource_allocation import (
     ROOT_POOL,
-    UNLIMITED,
-    VM_CPU_SHARES_PER_VCPU,
     Allocation,
     PoolConfig,
     Unit,
     check_not_root,
+    pool_name,
 )
-from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
+from vsim.security_policy import SecurityPolicy
 from vsim.spec import HostSpec
+from vsim.vm_resources import VmResources
+from vsim.vnic_firewall import VnicFirewall
 
 KERNEL_TICK = 1.0
 """Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""
-PHYSICAL_NICS = ("vmnic0", "vmnic1", "vmnic2", "vmnic3")
 DEFAULT_VSWITCH = "vSwitch0"
 DEFAULT_PORT_GROUPS = ("VM Network", "Management Network")
 MANAGEMENT_PORT_GROUP = "Management Network"
@@ -100,52 +96,6 @@ class NicConfig:
 
 
 @dataclass(frozen=True)
-class VmResources:
-    """A VM's resource settings and its simulated guest's load."""
-
-    cpu_shares: int = 0
-    """0: normal (1000 per vCPU)."""
-    cpu_reservation_mhz: int = 0
-    cpu_limit_mhz: int = UNLIMITED
-    memory: VmMemorySettings = field(default_factory=VmMemorySettings)
-    cpu_load_pct: int = 0
-    """Share of its vCPUs the guest keeps busy (0: idle)."""
-    workload: GuestWorkload | None = None
-    """How the guest uses its memory; None: its guest OS's defaults."""
-    disk_shares: int = 0
-    """Per disk under Storage I/O Control; 0: normal (1000)."""
-    disk_iops_limit: int = UNLIMITED
-    resource_pool: str = ""
-    """The host resource pool it runs in; "" is the root ("Resources"). The pool must
-    exist on the host when the VM powers on there (a VM may be registered first)."""
-
-    @property
-    def pool(self) -> str:
-        """The pool's name in the resource-pool tree."""
-        return self.resource_pool or ROOT_POOL
-
-    def cpu_allocation(self, vcpus: int) -> Allocation:
-        shares = self.cpu_shares or VM_CPU_SHARES_PER_VCPU["normal"] * vcpus
-        return Allocation(shares, self.cpu_reservation_mhz, self.cpu_limit_mhz)
-
-    def validated(self, vcpus: int, memory_mb: int) -> VmResources:
-        if self.cpu_shares < 0 or self.disk_shares < 0:
-            raise InvalidArgument("shares must be > 0 (or 0 for normal)")
-        self.cpu_allocation(vcpus)  # reservation >= 0, limit >= reservation
-        self.memory.validated(memory_mb)
-        validate.int_range(self.cpu_load_pct, 0, 100, "cpu_load_pct", "%")
-        if self.workload is not None:
-            self.workload.validated()
-        if self.disk_iops_limit != UNLIMITED:
-            validate.int_range(self.disk_iops_limit, 1, 1_000_000, "disk_iops_limit")
-        if self.resource_pool == ROOT_POOL:
-            return replace(self, resource_pool="")  # one way to say "the root"
-        if self.resource_pool:
-            pool_name(self.resource_pool, "resource_pool")
-        return self
-
-
-@dataclass(frozen=True)
 class PoolUsage:
     """One resource of a pool as it is now (vSphere's ResourcePoolResourceUsage)."""
 
@@ -172,14 +122,6 @@ class ResourcePoolInfo:
     """The registered VMs whose resources name it (the root: those naming no pool)."""
     powered_on: tuple[str, ...]
     """Those of `vms` that run, drawing on it."""
-
-
-def pool_name(name: str, field_name: str = "resource pool name") -> str:
-    """A resource pool's name: vSphere's inventory name rules (1-80 characters, no
-    '/', '\\' or '%')."""
-    if not isinstance(name, str):
-        raise InvalidArgument(f"{field_name} must be a string, got {name!r}")
-    return validate.vm_name(name, field_name)
 
 
 @dataclass(frozen=True)
@@ -293,16 +235,33 @@ class HostKernel:
 
     # -- host configuration (kept in esx.conf) ----------------------------------------
 
-    def add_vswitch(
-        self, name: str, uplinks: tuple[str, ...], security: SecurityPolicy
-    ) -> VirtualSwitch:
+    def _require_nics(self, uplinks: tuple[str, ...]) -> None:
         for uplink in uplinks:
             if uplink not in PHYSICAL_NICS:
                 raise NotFound(
                     f"{self.spec.name} has no physical NIC {uplink[:40]!r}; it has "
                     + ", ".join(PHYSICAL_NICS)
                 )
+
+    def add_vswitch(
+        self, name: str, uplinks: tuple[str, ...], security: SecurityPolicy
+    ) -> VirtualSwitch:
+        self._require_nics(uplinks)
         vswitch = self.network.add_vswitch(name, uplinks, security)
+        self._save_config()
+        return vswitch
+
+    def update_vswitch(
+        self,
+        name: str,
+        uplinks: tuple[str, ...] | None = None,
+        security: SecurityPolicy | None = None,
+    ) -> VirtualSwitch:
+        """Other uplinks and/or a complete policy for a vSwitch (None: as it is)."""
+        self.network.vswitch(name)  # NotFound first
+        if uplinks is not None:
+            self._require_nics(uplinks)
+        vswitch = self.network.update_vswitch(name, uplinks=uplinks, security=security)
         self._save_config()
         return vswitch
 
@@ -310,6 +269,14 @@ class HostKernel:
         self, name: str, vswitch: str, vlan: int, security: SecurityPolicy
     ) -> PortGroup:
         port_group = self.network.add_port_group(name, vswitch, vlan, security)
+        self._save_config()
+        return port_group
+
+    def update_port_group(
+        self, name: str, vlan: int | None = None, security: SecurityPolicy | None = None
+    ) -> PortGroup:
+        """Another VLAN and/or security overrides for a port group (None: as it is)."""
+        port_group = self.network.update_port_group(name, vlan=vlan, security=security)
         self._save_config()
         return port_group
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from vsim.clock import Clock, WallClock
 from vsim.faults import InvalidArgument
+from vsim.storage_io_control import SIOC_CONGESTION_THRESHOLD_MS, congestion_threshold_s
 
 SCHED_NUM_REQ_OUTSTANDING = 32
 SERVED_LOG = 10_000
@@ -51,10 +52,6 @@ SERVED_LOG = 10_000
 UNLIMITED_IOPS = -1
 DISK_SHARES = {"low": 500, "normal": 1000, "high": 2000}
 """Per-VM disk shares at each level (a virtual disk's SharesInfo for SIOC)."""
-SIOC_CONGESTION_THRESHOLD_MS = 30.0
-"""Default congestion threshold of a datastore (vSphere's manual default)."""
-SIOC_THRESHOLD_RANGE_MS = (5.0, 100.0)
-"""The manual threshold vSphere accepts (5.1 and later; 10-100 ms before)."""
 SIOC_MIN_QUEUE_DEPTH = 4
 """SIOC never throttles a device queue below this many commands."""
 SIOC_PERIOD_S = 4.0
@@ -122,18 +119,6 @@ class SiocSettings:
             raise InvalidArgument(
                 f"SIOC minimum queue depth must be >= 1, got {self.min_queue_depth}"
             )
-
-
-def congestion_threshold_s(threshold_ms: float) -> float:
-    """A congestion threshold in seconds; InvalidArgument outside vSphere's 5-100 ms."""
-    low, high = SIOC_THRESHOLD_RANGE_MS
-    if isinstance(threshold_ms, bool) or not isinstance(threshold_ms, int | float):
-        raise InvalidArgument(f"congestion threshold must be a number of ms, got {threshold_ms!r}")
-    if not low <= threshold_ms <= high:
-        raise InvalidArgument(
-            f"congestion threshold must be between {low:g} and {high:g} ms, got {threshold_ms}"
-        )
-    return threshold_ms / 1000.0
 
 
 _Queued = tuple[Callable[[], Awaitable[Any]], asyncio.Future]

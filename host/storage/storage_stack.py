@@ -15,7 +15,6 @@ from vsim.clock import Clock
 from vsim.faults import (
     AlreadyExists,
     CannotAccessFile,
-    FileLocked,
     InvalidArgument,
     NotFound,
     ResourceInUse,
@@ -31,6 +30,7 @@ from vsim.host.storage.nfs_lock import (
 )
 from vsim.host.storage.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume, is_live
 from vsim.host.storage.vmfs_files import VmfsFileSystem
+from vsim.iscsi import initiator_name
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
 from vsim.storage.scsi import ScsiError
@@ -93,11 +93,6 @@ class Datastore:
     free_bytes: int
     heartbeat_slot: int = -1
     lock_mode: str = ""
-
-
-def initiator_name(host_name: str) -> str:
-    """The host's iSCSI qualified name, as ESXi names its software initiator."""
-    return f"iqn.1998-01.com.vmware:{host_name}"
 
 
 @dataclass(frozen=True)
@@ -354,46 +349,6 @@ class StorageStack:
         if label not in self.nfs:
             raise NotFound(f"no NFS datastore {label} is mounted on {self.host_name}")
         return self.nfs[label]
-
-    async def try_lock(self, label: str, target: int, path: str, mode: str = "EXCLUSIVE") -> str:
-        """Takes a lock (a VMFS lock record index, or an NFS file's fileid); returns
-        "" when granted, else who holds it."""
-        try:
-            if label in self.vmfs:
-                await self.vmfs[label].lock(target, path, LockMode[mode])
-            else:
-                await self.nfs_mount(label).lock("", target, path)
-        except FileLocked as e:
-            return e.properties.get("holder") or "unknown"
-        return ""
-
-    async def lock_load(self, label: str, target: int, seconds: float) -> dict[str, int]:
-        """Takes and releases one lock as fast as it can for `seconds` of this host's
-        clock (a load generator for stress tests and bench/locks.py)."""
-        deadline = self.clock.now() + seconds
-        counts = {"acquired": 0, "refused": 0}
-        while self.clock.now() < deadline:
-            if await self.try_lock(label, target, f"load-{target}"):
-                counts["refused"] += 1
-                await asyncio.sleep(0)
-                continue
-            counts["acquired"] += 1
-            await self.unlock(label, target)
-        return counts
-
-    async def unlock(self, label: str, target: int) -> None:
-        if label in self.vmfs:
-            await self.vmfs[label].unlock(target)
-        else:
-            await self.nfs_mount(label).unlock("", target)
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for label, volume in self.vmfs.items():
-            out[label] = dict(volume.stats) | {"lost_access": int(volume.lost_access)}
-        for label, manager in self.nfs.items():
-            out[label] = dict(manager.stats)
-        return out
 
     def halt(self) -> None:
         """Stops heartbeats and renewals at once (the host crashed or shuts down)."""

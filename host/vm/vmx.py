@@ -1,36 +1,26 @@
 """The VMX of a VM: what runs on a host while the VM is powered on. It opens the VM's
 disks (exclusive locks on their tops, read-only on their parents), runs the
-simulated guest's disk writes through the host's disk scheduler, and closes the
-disks at power-off.
-
-The simulated guest writes 4 KiB blocks that prove themselves: each carries a
-header (below) and a payload derived from the VM's UUID and the sequence number,
-with a checksum over both. Write n goes to block (n - 1) mod `blocks` of the guest's
-write area at the start of the first disk, and is counted as acknowledged only once
-the datastore has it durably. `verify_guest_disk` reads the area back: every block
-must be zero (never written) or a valid write of this VM's, and no block may be
-older than the last acknowledged write to it.
-
-Guest block header (little-endian):
-    0   8   magic b"VSIMGW01"
-    8   16  VM UUID
-    24  8   sequence number (from 1)
-    32  8   block number in the write area
-    40  16  BLAKE2b-128 of bytes 0..40 and the payload
-    56  ... payload, to 4096 bytes
+simulated guest's disk writes (their blocks: host/guest/disk_writes.py) through the
+host's disk scheduler, retrying a failed write until the APD timeout as ESXi retries
+I/O, and closes the disks at power-off. A write counts as acknowledged only once the
+datastore has it durably.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import struct
 import uuid
-from dataclasses import dataclass
 
 from vsim.clock import Clock
 from vsim.faults import InvalidState
+from vsim.host.guest.disk_writes import (
+    GUEST_BLOCK,
+    GuestDiskReport,
+    area_blocks,
+    guest_block,
+    verify_guest_disk,
+)
 from vsim.host.storage.datastore_files import DatastoreFiles, close_all
 from vsim.host.storage.disk_scheduler import DiskScheduler
 from vsim.host.storage.vmdk import VirtualDisk, open_disk
@@ -43,92 +33,6 @@ APD_TIMEOUT = 140.0
 paths are all down before it fails the I/O back to the guest."""
 RETRY_BACKOFF = (0.1, 5.0)
 """Seconds: the first wait before a failed guest write is retried, and the most."""
-
-GUEST_BLOCK = 4096
-GUEST_AREA_BLOCKS = 256
-"""The guest's write area: 256 blocks (1 MiB) at the start of its first disk."""
-MAGIC = b"VSIMGW01"
-_HEAD = struct.Struct("<8s16sQQ")
-_SUM_AT = _HEAD.size
-_PAYLOAD_AT = _SUM_AT + 16
-
-
-def area_blocks(disk_sectors: int) -> int:
-    return min(GUEST_AREA_BLOCKS, disk_sectors * SECTOR // GUEST_BLOCK)
-
-
-def guest_block(vm_uuid: uuid.UUID, seq: int, block: int) -> bytes:
-    head = _HEAD.pack(MAGIC, vm_uuid.bytes, seq, block)
-    payload = hashlib.shake_128(vm_uuid.bytes + seq.to_bytes(8, "little")).digest(
-        GUEST_BLOCK - _PAYLOAD_AT
-    )
-    checksum = hashlib.blake2b(head + payload, digest_size=16).digest()
-    return head + checksum + payload
-
-
-def read_guest_block(
-    data: bytes, vm_uuid: uuid.UUID, block: int, inherited: bool = False
-) -> int | None:
-    """The sequence number of a valid guest write of this VM's to this block; 0 for a
-    block never written (all zeros), or, when `inherited` (the block comes from a
-    linked clone's chain, where the copy-on-write of a grain also carries the parent's
-    neighbouring blocks), for a valid write of another VM's; None for anything else
-    (corrupt)."""
-    if not any(data):
-        return 0
-    magic, owner, seq, where = _HEAD.unpack_from(data)
-    checksum = hashlib.blake2b(data[:_SUM_AT] + data[_PAYLOAD_AT:], digest_size=16).digest()
-    if magic != MAGIC or where != block or checksum != data[_SUM_AT:_PAYLOAD_AT] or seq < 1:
-        return None
-    if owner != vm_uuid.bytes:
-        return 0 if inherited else None
-    return seq
-
-
-@dataclass(frozen=True)
-class GuestDiskReport:
-    disk: str
-    blocks: int
-    written: int
-    corrupt: int
-    missing: int
-    highest_seq: int
-    acked_seq: int
-
-
-async def verify_guest_disk(
-    disk: VirtualDisk, vm_uuid: uuid.UUID, acked_seq: int
-) -> GuestDiskReport:
-    blocks = area_blocks(disk.sectors)
-    sectors_per_block = GUEST_BLOCK // SECTOR
-    data = b""
-    for start in range(0, blocks, 256):
-        count = min(256, blocks - start)
-        data += await disk.read(start * sectors_per_block, count * sectors_per_block)
-    written = corrupt = missing = highest = 0
-    for block in range(blocks):
-        seq = read_guest_block(
-            data[block * GUEST_BLOCK : (block + 1) * GUEST_BLOCK],
-            vm_uuid,
-            block,
-            inherited=disk.has_parent,
-        )
-        if seq is None:
-            corrupt += 1
-            continue
-        if seq:
-            written += 1
-            highest = max(highest, seq)
-            if (seq - 1) % blocks != block:
-                corrupt += 1
-                continue
-        # The last acknowledged write to this block: the largest n <= acked_seq with
-        # (n - 1) mod blocks == block.
-        if acked_seq > block:
-            expected = block + 1 + ((acked_seq - block - 1) // blocks) * blocks
-            if seq < expected:
-                missing += 1
-    return GuestDiskReport(disk.path, blocks, written, corrupt, missing, highest, acked_seq)
 
 
 class VmxProcess:

@@ -13,6 +13,7 @@ import pytest
 import ray
 
 from vsim.cluster.client import VCenterClient
+from vsim.cluster.ray_engine import ray_engines
 from vsim.spec import ClusterSpec
 from vsim.vcenter.server import RunningVCenter, start_vcenter
 from vsim.vcenter.sessions import ADMINISTRATOR
@@ -35,7 +36,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 async def vcenter(ray_cluster, tmp_path_factory) -> RunningVCenter:
     running = await start_vcenter(
-        tmp_path_factory.mktemp("vcenter"), ClusterSpec.default(3), port=0
+        tmp_path_factory.mktemp("vcenter"), ClusterSpec.default(3), ray_engines(), port=0
     )
     yield running
     await running.stop()

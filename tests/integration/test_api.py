@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from vsim.cluster.client import SERVICE, VCenterClient
+from vsim.cluster.ray_engine import ray_namespace
 from vsim.faults import (
     DuplicateName,
     InsufficientResourcesFault,
@@ -27,7 +28,6 @@ from vsim.faults import (
 from vsim.rpc import RpcClient, open_channel
 from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb
-from vsim.vcenter.server import ray_namespace
 
 ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
 SUCCESS, ERROR = common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR

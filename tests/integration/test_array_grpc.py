@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_api import reflected_services
 
 from vsim.cluster.array_setup import prepare_array
+from vsim.cluster.ray_engine import ray_engines, ray_namespace
 from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated, ResourceInUse
 from vsim.rpc import RpcClient, open_channel
 from vsim.spec import ClusterSpec
@@ -22,7 +23,7 @@ from vsim.storage.scsi import MISCOMPARE, RESERVATION_CONFLICT
 from vsim.storage.server import SERVICE, start_array
 from vsim.v1 import storage_pb2 as pb
 from vsim.vcenter.datastore import ArrayRef
-from vsim.vcenter.server import ray_namespace, start_vcenter
+from vsim.vcenter.server import start_vcenter
 
 HOST_A = "iqn.1998-01.com.vmware:esxi-01"
 HOST_B = "iqn.1998-01.com.vmware:esxi-02"
@@ -242,6 +243,7 @@ async def test_a_lun_made_through_vcenter_a_datastore_on_it_and_a_host_added_lat
     running = await start_vcenter(
         tmp_path / "data",
         spec,
+        ray_engines(),
         port=0,
         array=ArrayRef(array.endpoint, array.identity.thumbprint, array.array.management_key),
     )

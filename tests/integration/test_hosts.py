@@ -8,13 +8,14 @@ import asyncio
 import pytest
 import ray
 
+from vsim.cluster.ray_engine import ray_engines, ray_namespace
 from vsim.faults import HostNotConnected, InvalidLogin, NotAuthenticated
 from vsim.host.hostd.client import GrpcHostPort
 from vsim.spec import ClusterSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.host_system import VPXUSER
-from vsim.vcenter.server import ray_namespace, start_vcenter
+from vsim.vcenter.server import start_vcenter
 
 ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
 
@@ -53,7 +54,7 @@ async def test_hostd_refuses_calls_without_vpxuser(vcenter, client):
 async def test_vcenter_restart_keeps_inventory_and_reattaches_running_hosts(
     ray_cluster, tmp_path, login
 ):
-    first = await start_vcenter(tmp_path, ClusterSpec.default(2), port=0)
+    first = await start_vcenter(tmp_path, ClusterSpec.default(2), ray_engines(), port=0)
     client = await login(first)
     for name, host in (("keep-01", "esxi-01"), ("keep-02", "esxi-02")):
         await client.run(await client.create_vm(name, cpus=2, memory_mb=1024, host=host))
@@ -64,7 +65,7 @@ async def test_vcenter_restart_keeps_inventory_and_reattaches_running_hosts(
     await client.close()
     await first.stop()
 
-    second = await start_vcenter(tmp_path, ClusterSpec.default(2), port=0)
+    second = await start_vcenter(tmp_path, ClusterSpec.default(2), ray_engines(), port=0)
     try:
         assert second.thumbprint == first.thumbprint
         client = await login(second)
@@ -84,7 +85,7 @@ async def test_vcenter_restart_keeps_inventory_and_reattaches_running_hosts(
 
 
 async def test_vcenter_boots_hosts_again_when_ray_lost_them(ray_cluster, tmp_path, login):
-    first = await start_vcenter(tmp_path, ClusterSpec.default(2), port=0)
+    first = await start_vcenter(tmp_path, ClusterSpec.default(2), ray_engines(), port=0)
     client = await login(first)
     await client.run(await client.create_vm("lost-01", memory_mb=1024, host="esxi-01"))
     await client.run(await client.power_on("lost-01"))
@@ -93,7 +94,7 @@ async def test_vcenter_boots_hosts_again_when_ray_lost_them(ray_cluster, tmp_pat
     await first.stop()
     await kill_hosts(first)  # as if Ray itself had restarted
 
-    second = await start_vcenter(tmp_path, ClusterSpec.default(2), port=0)
+    second = await start_vcenter(tmp_path, ClusterSpec.default(2), ray_engines(), port=0)
     try:
         client = await login(second)
         hosts = await client.hosts()
@@ -111,7 +112,7 @@ async def test_vcenter_boots_hosts_again_when_ray_lost_them(ray_cluster, tmp_pat
 
 
 async def test_crashed_host_is_marked_not_responding(ray_cluster, tmp_path, login):
-    running = await start_vcenter(tmp_path, ClusterSpec.default(2), port=0)
+    running = await start_vcenter(tmp_path, ClusterSpec.default(2), ray_engines(), port=0)
     try:
         client = await login(running)
         await client.run(await client.create_vm("crash-01", memory_mb=1024, host="esxi-02"))

@@ -22,8 +22,8 @@ from vsim.cluster.ray_engine import EsxiHostActor
 from vsim.faults import FileLocked
 from vsim.host.hostd.client import GrpcHostPort
 from vsim.host.storage.array_client import ArrayBlockDevice, ArrayConnection
-from vsim.host.storage.storage_stack import initiator_name
 from vsim.host.storage.vmfs import format_volume
+from vsim.iscsi import initiator_name
 from vsim.passwords import hash_password
 from vsim.spec import HostSpec
 from vsim.storage.server import start_array

@@ -13,12 +13,13 @@ import ray
 
 from vsim.clock import WallClock
 from vsim.cluster.array_setup import prepare_array
+from vsim.cluster.ray_engine import ray_engines, ray_namespace
 from vsim.faults import FileLocked, InvalidPowerState
 from vsim.host.storage.vmfs import HB_TIMEOUT
 from vsim.spec import ClusterSpec
 from vsim.storage.server import start_array
 from vsim.vcenter.datastore import ArrayRef
-from vsim.vcenter.server import ray_namespace, start_vcenter
+from vsim.vcenter.server import start_vcenter
 
 SPEED = 4.0
 HOSTS = ("esxi-01", "esxi-02", "esxi-03")
@@ -31,6 +32,7 @@ async def cluster(ray_cluster, tmp_path, login):
     running = await start_vcenter(
         tmp_path / "data",
         spec,
+        ray_engines(),
         port=0,
         clock=WallClock(SPEED),
         array=ArrayRef(array.endpoint, array.identity.thumbprint),

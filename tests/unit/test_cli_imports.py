@@ -9,12 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from vsim import security_policy
 from vsim.cluster import up
 from vsim.cluster.cli import host as cli_host
 from vsim.cluster.cli import launch, network, pool, session
 from vsim.cluster.cli import vm as cli_vm
-from vsim.host.kernel.net import vswitch
-from vsim.host.kernel.resources import allocation as resource_pool
 from vsim.vcenter import host_system, sessions, virtual_machine
 
 SERVER_SIDE = (
@@ -65,12 +64,8 @@ def test_the_facts_the_parser_shows_are_the_hosts_and_vcenters():
     assert launch.STOP_TIMEOUT == up.STOP_TIMEOUT
     assert cli_host.PASS_THUMBPRINT == host_system.PASS_THUMBPRINT
     assert cli_vm.MAX_DISK_MB == virtual_machine.MAX_DISK_MB
-    assert pool.ROOT_POOL == resource_pool.ROOT_POOL
-    assert [unit for _, unit in pool.POOL_OPTIONS] == [
-        resource_pool.Unit.MHZ,
-        resource_pool.Unit.MB,
-    ]
-    standard = vswitch.STANDARD_SWITCH_SECURITY
+    assert [unit for _, unit in pool.POOL_OPTIONS] == [pool.Unit.MHZ, pool.Unit.MB]
+    standard = security_policy.STANDARD_SWITCH_SECURITY
     assert network.STANDARD_SWITCH_DEFAULTS == {
         field: getattr(standard, field) for field in network.STANDARD_SWITCH_DEFAULTS
     }

@@ -17,7 +17,6 @@ from vsim.cluster import cli, output
 from vsim.cluster.client import VCenterClient
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
-from vsim.vcenter.sessions import ADMINISTRATOR
 
 Vsim = Callable[..., Awaitable[Any]]
 
@@ -26,9 +25,7 @@ Vsim = Callable[..., Awaitable[Any]]
 async def vsim(cluster, tmp_path, monkeypatch, capsys) -> Vsim:  # noqa: F811
     """Runs `vsim ARGS... -o json` here and returns the document it printed (with
     table=True: `vsim ARGS...` and its text)."""
-    vc = cluster[0]
-    login = pb.LoginRequest(user_name=ADMINISTRATOR, password=vc.sessions.initial_password())
-    token = (await vc.Login(login, None)).session
+    vc, token = cluster[0], cluster[3].session
     monkeypatch.setenv("VSIM_CONFIG", str(tmp_path / "config"))
 
     async def client(self) -> VCenterClient:

@@ -55,7 +55,7 @@ async def test_cli_removes_a_pci_device_from_a_powered_off_vm(one_host):  # noqa
     assert (await lab.power_on("ml")).state == SUCCESS
     with pytest.raises(InvalidPowerState, match="power it off"):
         await vsim(lab, "vm", "pci", "remove", "ml", gpu)
-    assert list(get_vm(lab, "ml").pci_devices) == [gpu]
+    assert list((await get_vm(lab, "ml")).pci_devices) == [gpu]
     assert (await lab.power_off("ml")).state == SUCCESS
     task, text, calls = await vsim(lab, "vm", "pci", "remove", "ml", gpu)
     assert calls == ["RemovePciDevice", "WaitForTask"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from vsim.faults import AlreadyExists, InsufficientResourcesFault, InvalidArgument, NotFound
 from vsim.host.kernel.cpu_scheduler import CpuScheduler
-from vsim.host.kernel.resources.allocation import (
+from vsim.resource_allocation import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,
@@ -188,7 +188,7 @@ def test_power_on_admission():
     assert (cpu.vms(), cpu.host_stats()) == before
     cpu.power_on("fits", 1, vm_cpu_allocation("normal", 1, reservation=1000))
     with pytest.raises(InsufficientResourcesFault):
-        cpu.set_allocation("fits", vm_cpu_allocation("normal", 1, reservation=1001))
+        cpu.tree.set_consumer("fits", vm_cpu_allocation("normal", 1, reservation=1001))
     assert cpu.allocation("fits").reservation == 1000
 
 
@@ -219,8 +219,9 @@ def test_power_off_releases_and_keeps_the_others_aligned():
         lambda cpu: cpu.tick(0),
         lambda cpu: cpu.tick(-1),
         lambda cpu: cpu.tick(math.nan),
-        lambda cpu: cpu.set_allocation("vm", Allocation(0)),
-        lambda cpu: cpu.set_allocation("vm", Allocation(1000, 500, 100)),
+        # A running VM's allocation changes in its resource pool tree (ReconfigVM).
+        lambda cpu: cpu.tree.set_consumer("vm", Allocation(0)),
+        lambda cpu: cpu.tree.set_consumer("vm", Allocation(1000, 500, 100)),
         lambda cpu: cpu.power_on("other", 0),
         lambda cpu: cpu.power_on("other", 1, vm_cpu_allocation("extreme", 1)),
     ],

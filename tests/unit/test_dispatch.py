@@ -167,4 +167,4 @@ def test_hostd_declares_what_each_call_needs(lab: Lab):
     assert needs["Login"] is PUBLIC
     assert needs["ListVms"] is needs["GetHostInfo"] is SESSION
     assert needs["PowerOnVm"] is needs["CreateUser"] is ADMINISTRATOR
-    assert sum(n is ADMINISTRATOR for n in needs.values()) == 28
+    assert sum(n is ADMINISTRATOR for n in needs.values()) == 30

@@ -3,35 +3,38 @@ the CLI: SetGuestMac (runtime state of the guest, reset at every power-on), MAC
 address changes, forged transmits (SendTestFrame's source MAC) and promiscuous mode,
 set per vSwitch and port group from the API and from `vsim network ... add`.
 
-The CLI runs its real handlers over the SDK client, whose RPC layer here calls the
-vCenter core in-process (each message through its wire form, as over gRPC).
+The CLI runs its real handlers over the SDK client in-process: through vCenter's
+dispatch table, with its session check, message copies and faults, as over gRPC.
 """
 
 from __future__ import annotations
 
-import inspect
+import asyncio
+import random
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_vcenter_kernel import create, drops, get_vm, nic, receivers, send
-from vclab import SUCCESS, Lab, rpc, small_cluster
+from vclab import SUCCESS, Lab, small_cluster
 
+from vsim import dispatch
 from vsim.clock import SimClock
 from vsim.cluster.cli import build_parser
-from vsim.cluster.client import VCenterClient
+from vsim.cluster.client import IN_PROCESS, VCenterClient
+from vsim.dispatch import LocalTransport
 from vsim.ethernet_frame import Frame
 from vsim.faults import InvalidArgument, InvalidPowerState, NotFound, VimFault
 from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.hostd.kernel_messages import frame_to_proto
 from vsim.host.hostd.service import Hostd, vm_from_proto
 from vsim.host.kernel.vmkernel import HostKernel
+from vsim.host.storage.storage_stack import StorageStack
+from vsim.network_messages import frame_to_proto
 from vsim.passwords import hash_password
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
-from vsim.v1 import vcenter_pb2 as pb
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 GUEST_MAC = "02:00:00:00:be:ef"
@@ -40,16 +43,13 @@ OTHER_MAC = "02:00:00:00:ca:fe"
 
 
 async def port_group(lab: Lab, name: str, vlan: int = 0, host: str = "esxi-01", **security):
-    pg = kpb.PortGroup(
-        name=name, vswitch="vSwitch0", vlan=vlan, security=kpb.SecurityPolicy(**security)
+    return await lab.client.add_port_group(
+        host, name, vswitch="vSwitch0", vlan=vlan, security=kpb.SecurityPolicy(**security)
     )
-    request = pb.HostPortGroupRequest(host=host, port_group=pg)
-    return await rpc(lab.vc).AddPortGroup(request, lab.session)
 
 
 async def set_guest_mac(lab: Lab, vm: str, mac: str, nic_: str = "") -> kpb.ConnectedNic:
-    request = kpb.SetGuestMacRequest(vm=vm, nic=nic_, mac=mac)
-    return await rpc(lab.vc).SetGuestMac(request, lab.session)
+    return await lab.client.set_guest_mac(vm, mac, nic=nic_)
 
 
 async def running(lab: Lab, *vms: tuple[str, str]) -> None:
@@ -59,13 +59,13 @@ async def running(lab: Lab, *vms: tuple[str, str]) -> None:
         assert (await lab.power_on(name)).state == SUCCESS
 
 
-def mac_of(lab: Lab, vm: str) -> str:
+async def mac_of(lab: Lab, vm: str) -> str:
     """The VM's configured MAC (ethernet0), as the inventory has it."""
-    return get_vm(lab, vm).nics[0].mac
+    return (await get_vm(lab, vm)).nics[0].mac
 
 
 async def ports(lab: Lab, host: str = "esxi-01") -> dict[tuple[str, str], kpb.ConnectedNic]:
-    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name=host), lab.session)
+    network = await lab.client.host_network(host)
     return {(n.vm, n.nic): n for n in network.nics}
 
 
@@ -85,8 +85,8 @@ async def test_mac_changes_reject_blocks_the_adapter_until_the_guest_changes_bac
 
     port = await set_guest_mac(lab, "b", GUEST_MAC.upper())
     assert (port.vm, port.nic, port.port_group) == ("b", "ethernet0", "Locked")
-    assert (port.mac, port.effective_mac) == (mac_of(lab, "b"), GUEST_MAC)
-    for frame in ({"dst_mac": mac_of(lab, "b")}, {"dst_mac": BROADCAST}):
+    assert (port.mac, port.effective_mac) == (await mac_of(lab, "b"), GUEST_MAC)
+    for frame in ({"dst_mac": await mac_of(lab, "b")}, {"dst_mac": BROADCAST}):
         trace = await send(lab, "a", **frame)
         assert receivers(trace) == []
         assert drops(trace) == {("esxi-01", "b/ethernet0", "mac_change")}
@@ -94,14 +94,14 @@ async def test_mac_changes_reject_blocks_the_adapter_until_the_guest_changes_bac
     # The new MAC is no address of the port either: that frame finds no one.
     trace = await send(lab, "a", dst_mac=GUEST_MAC)
     assert (receivers(trace), drops(trace)) == ([], set())
-    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="b"), lab.session)
+    stats = await lab.client.vm_stats("b")
     assert stats.nics["ethernet0"].dropped["mac_change"] == 2
 
     port = await set_guest_mac(lab, "b", "")  # back to the configured MAC
-    assert port.effective_mac == port.mac == mac_of(lab, "b")
+    assert port.effective_mac == port.mac == await mac_of(lab, "b")
     assert receivers(await send(lab, "a", dst_vm="b")) == [("esxi-01", "b", "ethernet0")]
     await set_guest_mac(lab, "b", GUEST_MAC)
-    await set_guest_mac(lab, "b", mac_of(lab, "b"))  # the configured MAC, given explicitly
+    await set_guest_mac(lab, "b", await mac_of(lab, "b"))  # the configured MAC, given explicitly
     assert receivers(await send(lab, "a", dst_vm="b")) == [("esxi-01", "b", "ethernet0")]
 
 
@@ -118,7 +118,7 @@ async def test_mac_changes_accept_the_adapter_is_known_by_its_new_mac(one_host):
     assert trace.frame.src_mac == GUEST_MAC
     assert (receivers(trace), drops(trace)) == ([("esxi-01", "a", "ethernet0")], set())
     # Its configured MAC is now another MAC than its own.
-    trace = await send(lab, "b", dst_vm="a", src_mac=mac_of(lab, "b"))
+    trace = await send(lab, "b", dst_vm="a", src_mac=await mac_of(lab, "b"))
     assert receivers(trace) == []
     assert drops(trace) == {("esxi-01", "b/ethernet0", "forged_transmit")}
 
@@ -126,12 +126,12 @@ async def test_mac_changes_accept_the_adapter_is_known_by_its_new_mac(one_host):
 async def test_the_guest_mac_is_runtime_state_and_resets_at_power_on(one_host):
     lab = one_host
     await running(lab, ("a", "VM Network"))
-    configured = mac_of(lab, "a")
-    vms, events = lab.vms(), len(lab.events())
+    configured = await mac_of(lab, "a")
+    vms, events = await lab.vms(), len(await lab.events())
     await set_guest_mac(lab, "a", GUEST_MAC)
     assert (await ports(lab))["a", "ethernet0"].effective_mac == GUEST_MAC
-    assert lab.vms() == vms  # the inventory keeps the configuration only
-    assert len(lab.events()) == events
+    assert await lab.vms() == vms  # the inventory keeps the configuration only
+    assert len(await lab.events()) == events
     host_vm = lab.engine.running("esxi-01").kernel.vm("a")
     assert [n.mac for n in host_vm.nics] == [configured]
     await lab.restart()
@@ -149,7 +149,7 @@ async def test_bad_guest_macs_are_refused_and_change_nothing(one_host):
     assert (await create(lab, "two", nics=[nic(), nic()])).state == SUCCESS
     assert (await lab.power_on("two")).state == SUCCESS
     await set_guest_mac(lab, "two", GUEST_MAC, "ethernet1")
-    before, events = await ports(lab), len(lab.events())
+    before, events = await ports(lab), len(await lab.events())
     for vm, nic_, mac, fault, words in [
         ("two", "", "00:50:56:zz:00:01", InvalidArgument, "not a MAC"),
         ("two", "", "01:00:5e:00:00:01", InvalidArgument, "multicast"),
@@ -162,7 +162,7 @@ async def test_bad_guest_macs_are_refused_and_change_nothing(one_host):
         with pytest.raises(fault, match=words):
             await set_guest_mac(lab, vm, mac, nic_)
         assert await ports(lab) == before
-        assert len(lab.events()) == events
+        assert len(await lab.events()) == events
     assert before["two", "ethernet1"].effective_mac == GUEST_MAC
 
 
@@ -179,13 +179,13 @@ async def test_forged_transmits_reject_drops_a_frame_from_another_mac(one_host):
     assert (trace.frame.src_mac, receivers(trace)) == (forged, [])
     (drop,) = trace.dropped
     assert (drop.host, drop.where, drop.reason) == ("esxi-01", "s/ethernet0", "forged_transmit")
-    assert forged in drop.detail and mac_of(lab, "s") in drop.detail
-    own = await send(lab, "s", dst_vm="dst", src_mac=mac_of(lab, "s").upper())
+    assert forged in drop.detail and await mac_of(lab, "s") in drop.detail
+    own = await send(lab, "s", dst_vm="dst", src_mac=(await mac_of(lab, "s")).upper())
     assert receivers(own) == [("esxi-01", "dst", "ethernet0")]
     trace = await send(lab, "l", dst_vm="dst", src_mac=forged)
     assert (receivers(trace), drops(trace)) == ([("esxi-01", "dst", "ethernet0")], set())
     assert trace.frame.src_mac == forged
-    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="s"), lab.session)
+    stats = await lab.client.vm_stats("s")
     assert (stats.nics["ethernet0"].tx, stats.nics["ethernet0"].dropped["forged_transmit"]) == (
         1,
         1,
@@ -213,16 +213,31 @@ async def test_promiscuous_accept_sees_unicast_of_others_in_its_vlan_only(one_ho
 # hostd: a model of the effective MAC over random histories
 
 
-def _hostd() -> Hostd:
+class _Root:
+    """One host's hostd, called as root through its dispatch table (the session
+    check and message copies a remote caller gets)."""
+
+    def __init__(self, hostd: Hostd) -> None:
+        self.hostd = hostd
+        self.session = hostd.accounts.login("root", ROOT_PASSWORD)
+
+    async def __call__(self, method: str, request):
+        return await dispatch.call(self.hostd.table, method, request, self.session)
+
+
+async def _hostd() -> _Root:
     """One host with VM "g": ethernet0 on a port group rejecting MAC changes,
     ethernet1 on VM Network (accepting them); and VM "peer" on VM Network."""
     spec = HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
     accounts = HostAccounts(MemoryAccountStore(), _root_hash())
-    hostd = Hostd(HostKernel(spec, SimClock(100.0)), accounts)
+    clock = SimClock(100.0)
+    storage = StorageStack(spec.host_uuid, spec.name, clock, random.Random(0))
+    root = _Root(Hostd(HostKernel(spec, clock), accounts, storage))
+    hostd = root.hostd
     pg = kpb.PortGroup(
         name="Locked", vswitch="vSwitch0", security=kpb.SecurityPolicy(mac_changes=False)
     )
-    hostd.AddPortGroup(hpb.AddPortGroupRequest(port_group=pg), "root")
+    await root("AddPortGroup", hpb.AddPortGroupRequest(port_group=pg))
     for name, nics in (("g", [("ethernet0", "Locked"), ("ethernet1", "VM Network")]),
                        ("peer", [("ethernet0", "VM Network")])):  # fmt: skip
         vm = hpb.HostVm(
@@ -237,7 +252,7 @@ def _hostd() -> Hostd:
         )
         hostd.kernel.register_vm(vm_from_proto(vm))
     hostd.kernel.power_on("peer")
-    return hostd
+    return root
 
 
 CONFIGURED = {
@@ -245,12 +260,13 @@ CONFIGURED = {
     ("g", "ethernet1"): "00:50:56:80:00:02",
     ("peer", "ethernet0"): "00:50:56:80:00:03",
 }
+ROOT_PASSWORD = "Root-Pass-0123"
 _ROOT_HASH: list[str] = []
 
 
 def _root_hash() -> str:
     if not _ROOT_HASH:  # one scrypt for the whole module
-        _ROOT_HASH.append(hash_password("Root-Pass-0123"))
+        _ROOT_HASH.append(hash_password(ROOT_PASSWORD))
     return _ROOT_HASH[0]
 
 
@@ -276,11 +292,20 @@ def _canonical(mac: str) -> str | None:
     return frame.src_mac
 
 
-@settings(max_examples=200, deadline=None)
+@settings(
+    max_examples=200,
+    deadline=None,
+    # fast_scrypt holds for every example: each logs in as root.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(ops=st.lists(OPS, max_size=25))
-def test_the_effective_mac_follows_a_model_and_gates_reception(ops):
-    hostd = _hostd()
-    kernel = hostd.kernel
+def test_the_effective_mac_follows_a_model_and_gates_reception(fast_scrypt, ops):
+    asyncio.run(_effective_mac_history(ops))
+
+
+async def _effective_mac_history(ops) -> None:
+    root = await _hostd()
+    kernel = root.hostd.kernel
     powered = False
     model: dict[str, str] = {}
     for kind, *args in ops:
@@ -303,7 +328,7 @@ def test_the_effective_mac_follows_a_model_and_gates_reception(ops):
         if wanted in taken:  # another adapter's address on the vSwitch: refused
             wanted = None
         try:
-            port = hostd.SetGuestMac(request, "root")
+            port = await root("SetGuestMac", request)
         except InvalidPowerState:
             assert not powered
         except NotFound:
@@ -319,54 +344,49 @@ def test_the_effective_mac_follows_a_model_and_gates_reception(ops):
             CONFIGURED["g", "ethernet0"],
             CONFIGURED["g", "ethernet1"],
         ]
-        network = hostd.GetNetwork(hpb.GetNetworkRequest(), "root")
+        network = await root("GetNetwork", hpb.GetNetworkRequest())
         assert {n.nic: n.effective_mac for n in network.nics if n.vm == "g"} == model
         if not powered:
             continue
         # A broadcast reaches ethernet1 always and ethernet0 only while unchanged; a
         # frame to ethernet1's effective MAC reaches it.
         frame = frame_to_proto(Frame(CONFIGURED["peer", "ethernet0"], BROADCAST))
-        sent = hostd.SendFrame(hpb.SendFrameRequest(vm="peer", frame=frame), "root")
+        sent = await root("SendFrame", hpb.SendFrameRequest(vm="peer", frame=frame))
         got = {(r.vm, r.nic) for r in sent.received}
         locked_open = model["ethernet0"] == CONFIGURED["g", "ethernet0"]
         assert (("g", "ethernet0") in got) == locked_open
         assert ("g", "ethernet1") in got
         frame.dst_mac = model["ethernet1"]
-        sent = hostd.SendFrame(hpb.SendFrameRequest(vm="peer", frame=frame), "root")
+        sent = await root("SendFrame", hpb.SendFrameRequest(vm="peer", frame=frame))
         assert ("g", "ethernet1") in {(r.vm, r.nic) for r in sent.received}
 
 
 # the CLI
 
 
-class InProcessRpc:
-    """The SDK's RPC layer over the vCenter core, each message through its wire form."""
+class Recorded(LocalTransport):
+    """`VCenterClient.in_process`'s transport (vCenter's dispatch table in this
+    process), noting the name of every call the client makes."""
 
     def __init__(self, lab: Lab) -> None:
-        self.lab = lab
+        super().__init__(lab.vc.table)
         self.calls: list[str] = []
 
     async def call(self, method: str, request, session: str | None, timeout=None):
         self.calls.append(method)
-        request = type(request).FromString(request.SerializeToString())
-        reply = getattr(rpc(self.lab.vc), method)(request, self.lab.session)
-        if inspect.isawaitable(reply):
-            reply = await reply
-        return type(reply).FromString(reply.SerializeToString())
-
-    async def close(self) -> None:
-        pass
+        return await super().call(method, request, session, timeout)
 
 
 class Shell:
     """What a command handler needs of cli.Context: a client, and somewhere to show."""
 
     def __init__(self, lab: Lab) -> None:
-        self.rpc = InProcessRpc(lab)
+        self.lab = lab
+        self.rpc = Recorded(lab)
         self.shown: list[tuple[object, str]] = []
 
     async def client(self) -> VCenterClient:
-        return VCenterClient(self.rpc, "in-process", "", "token")
+        return VCenterClient(self.rpc, IN_PROCESS, "", self.lab.token)
 
     def show(self, value: object, text: str) -> None:
         self.shown.append((value, text))
@@ -412,7 +432,7 @@ async def test_cli_sets_security_policy_and_lists_it(one_host):
     assert network.effective_security("Lab").allow_promiscuous is False
     assert network.effective_security("Lab").forged_transmits is False
     assert network.vswitch("vSwitch1").security.allow_promiscuous is True
-    events = [e.message for e in lab.events()[-3:]]
+    events = [e.message for e in (await lab.events())[-3:]]
     assert "promiscuous mode accept, forged transmits reject" in events[0]
     assert "VLAN 0, MAC address changes reject" in events[1]
     with pytest.raises(SystemExit):  # argparse: not accept or reject
@@ -428,14 +448,14 @@ async def test_cli_guest_mac_and_a_forged_frame(one_host, capsys):
     assert calls == ["SetGuestMac"]
     assert port.effective_mac == GUEST_MAC
     assert text == (
-        f"b/ethernet0 on Strict: MAC {GUEST_MAC} (configured {mac_of(lab, 'b')}, "
+        f"b/ethernet0 on Strict: MAC {GUEST_MAC} (configured {await mac_of(lab, 'b')}, "
         "changed by the guest)"
     )
     trace, text, _ = await vsim(lab, "network", "send-frame", "a", "--to-vm", "b")
     assert drops(trace) == {("esxi-01", "b/ethernet0", "mac_change")}
     assert "b/ethernet0: mac_change" in text
     trace, text, _ = await vsim(
-        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", mac_of(lab, "b")
+        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", await mac_of(lab, "b")
     )
     assert drops(trace) == {("esxi-01", "b/ethernet0", "forged_transmit")}
     assert "forged_transmit" in text and receivers(trace) == []
@@ -444,7 +464,7 @@ async def test_cli_guest_mac_and_a_forged_frame(one_host, capsys):
     trace, _, _ = await vsim(lab, "network", "send-frame", "a", "--to-vm", "b")
     assert receivers(trace) == [("esxi-01", "b", "ethernet0")]
     trace, _, _ = await vsim(
-        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", mac_of(lab, "b")
+        lab, "network", "send-frame", "b", "--to-vm", "a", "--src-mac", await mac_of(lab, "b")
     )
     assert receivers(trace) == [("esxi-01", "a", "ethernet0")]  # its own MAC again
     # What the user typed is checked before anything is sent.
@@ -460,4 +480,4 @@ async def test_cli_guest_mac_and_a_forged_frame(one_host, capsys):
         assert shell.rpc.calls == []
     with pytest.raises(NotFound, match="ethernet4"):
         await vsim(lab, "vm", "nic", "guest-mac", "b", GUEST_MAC, "--nic", "ethernet4")
-    assert (await ports(lab))["b", "ethernet0"].effective_mac == mac_of(lab, "b")
+    assert (await ports(lab))["b", "ethernet0"].effective_mac == await mac_of(lab, "b")

@@ -8,6 +8,7 @@ random operation sequences."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import uuid
 from pathlib import Path
 
@@ -25,16 +26,17 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.guest.memory import GuestWorkload
-from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
+from vsim.guest_workload import GuestWorkload
+from vsim.host.boot import LocalDisk, boot_host
+from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import FileConfigStore, MemoryConfigStore, resource_pools_from_config
-from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.resources.allocation import ROOT_POOL, Allocation
-from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
+from vsim.host.kernel.vmkernel import HostKernel, VmConfig
 from vsim.passwords import hash_password
+from vsim.resource_allocation import ROOT_POOL, Allocation
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
+from vsim.vm_resources import VmResources
 
 ROOT_PASSWORD = "Root-Pass-0123"
 QUIET = kpb.GuestMemoryWorkload(working_set_pct=1, boot_touch_pct=1, dirty_rate=0, touch_rate=0)
@@ -48,9 +50,11 @@ class Host:
     def __init__(self, clock: SimClock, swap: Path, config=None) -> None:
         spec = HostSpec("esxi-01", cpu_cores=CORES, cpu_mhz=CORE_MHZ, memory_mb=MEMORY_MB)
         self.config = config if config is not None else MemoryConfigStore()
-        self.kernel = HostKernel(spec, clock, swap, self.config)
-        accounts = HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD))
-        self.hostd = Hostd(self.kernel, accounts)
+        disk = LocalDisk(MemoryAccountStore(), self.config, swap)
+        self.hostd = boot_host(
+            spec, disk, hash_password(ROOT_PASSWORD), clock, random.Random(0), None
+        )
+        self.kernel = self.hostd.kernel
         self.session = self.hostd.accounts.login("root", ROOT_PASSWORD)
 
     async def __call__(self, method: str, request):

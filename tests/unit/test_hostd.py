@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import stat
 import uuid
 from pathlib import Path
@@ -19,9 +20,10 @@ from vsim.faults import (
     NotAuthenticated,
     NotFound,
 )
+from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import FileAccountStore, HostAccounts, MemoryAccountStore
+from vsim.host.hostd.esx_conf import MemoryConfigStore
 from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.vmkernel import HostKernel
 from vsim.passwords import hash_password, verify_password
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
@@ -30,13 +32,13 @@ ROOT_PASSWORD = "Root-Pass-0123"
 
 
 @pytest.fixture
-def hostd(fast_scrypt: None) -> Hostd:
+def hostd(fast_scrypt: None, tmp_path: Path) -> Hostd:
     spec = HostSpec(
         "esxi-01", uuid="9c1f2e5a-3b4d-4e6f-8a7b-0c1d2e3f4a5b", cpu_cores=4, memory_mb=8192
     )
-    hostd = Hostd(
-        HostKernel(spec, SimClock(10.0)),
-        HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD)),
+    disk = LocalDisk(MemoryAccountStore(), MemoryConfigStore(), tmp_path / "vswp")
+    hostd = boot_host(
+        spec, disk, hash_password(ROOT_PASSWORD), SimClock(10.0), random.Random(0), None
     )
 
     def synchronous(method: str, request, token):

@@ -5,6 +5,7 @@ removing vSwitches, port groups and a running VM's vNIC."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from pathlib import Path
 
@@ -22,14 +23,14 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.hostd.accounts import HostAccounts, MemoryAccountStore
-from vsim.host.hostd.esx_conf import FileConfigStore
-from vsim.host.hostd.kernel_messages import frame_from_proto, frame_to_proto
-from vsim.host.hostd.service import Hostd
-from vsim.host.kernel.memory.memsched import MemorySettings
-from vsim.host.kernel.net.vswitch import STANDARD_SWITCH_SECURITY, SecurityPolicy
+from vsim.host.boot import LocalDisk, boot_host
+from vsim.host.hostd.accounts import MemoryAccountStore
+from vsim.host.hostd.esx_conf import FileConfigStore, MemoryConfigStore
 from vsim.host.kernel.vmkernel import HostKernel
+from vsim.memory_settings import MemorySettings
+from vsim.network_messages import frame_from_proto, frame_to_proto
 from vsim.passwords import hash_password
+from vsim.security_policy import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -41,8 +42,10 @@ QUIET = kpb.GuestMemoryWorkload(working_set_pct=1, boot_touch_pct=1, dirty_rate=
 class Host:
     def __init__(self, name: str, clock: SimClock, swap: Path) -> None:
         spec = HostSpec(name, cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
-        accounts = HostAccounts(MemoryAccountStore(), hash_password(ROOT_PASSWORD))
-        self.hostd = Hostd(HostKernel(spec, clock, swap / name), accounts)
+        disk = LocalDisk(MemoryAccountStore(), MemoryConfigStore(), swap / name)
+        self.hostd = boot_host(
+            spec, disk, hash_password(ROOT_PASSWORD), clock, random.Random(0), None
+        )
         self.session = self.hostd.accounts.login("root", ROOT_PASSWORD)
 
     async def __call__(self, method: str, request):

@@ -17,10 +17,11 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
-from vsim.host.guest.memory import GuestWorkload
-from vsim.host.kernel.memory.memsched import VmMemorySettings
-from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
+from vsim.guest_workload import GuestWorkload
+from vsim.host.kernel.vmkernel import HostKernel, VmConfig
+from vsim.memory_settings import VmMemorySettings
 from vsim.spec import HostSpec
+from vsim.vm_resources import VmResources
 
 CORES, MEMORY = 4, 8192
 

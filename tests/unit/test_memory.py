@@ -10,10 +10,12 @@ import pytest
 
 from vsim.clock import SimClock
 from vsim.faults import InvalidArgument, NotFound
-from vsim.host.guest.memory import GuestWorkload, common_pool, os_family
-from vsim.host.kernel.memory.memsched import MemoryManager, MemorySettings, VmMemorySettings
+from vsim.guest_workload import GuestWorkload, os_family
+from vsim.host.guest.memory import common_pool
+from vsim.host.kernel.memory.memsched import MemoryManager
 from vsim.host.kernel.memory.pmap import PAGES_PER_MB, MachineMemory
 from vsim.host.kernel.memory.reclaim import MemoryState, min_free_pages
+from vsim.memory_settings import MemorySettings, VmMemorySettings
 
 QUIET = GuestWorkload(
     working_set_pct=0, boot_touch_pct=0, zero_pct=0, common_pct=0, dirty_rate=0, touch_rate=0
@@ -342,8 +344,9 @@ def test_shared_pages_can_be_reclaimed(tmp_path):
 
 
 def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
-    from vsim.host.kernel.vmkernel import HostKernel, VmConfig, VmResources
+    from vsim.host.kernel.vmkernel import HostKernel, VmConfig
     from vsim.spec import HostSpec
+    from vsim.vm_resources import VmResources
 
     clock = SimClock()
     kernel = HostKernel(HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000), clock, tmp_path)
@@ -359,7 +362,7 @@ def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
 def test_pool_reservations_and_limits_hold_like_a_vms_own(tmp_path):
     """A pool's reservation protects its VMs' memory as a VM's own reservation does,
     and a pool's limit holds on an idle host."""
-    from vsim.host.kernel.resources.allocation import Unit, pool_allocation
+    from vsim.resource_allocation import Unit, pool_allocation
 
     clock = SimClock()
     m = MemoryManager(1024, clock, tmp_path)

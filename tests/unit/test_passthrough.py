@@ -20,15 +20,9 @@ from vsim.faults import (
     ResourceInUse,
     VimFault,
 )
-from vsim.host.kernel.passthrough import (
-    MAX_PASSTHRU_DEVICES_PER_VM,
-    GuestPciDevice,
-    PassthruInfo,
-    PciDevice,
-    PciPassthruSystem,
-    pci_id,
-)
+from vsim.host.kernel.passthrough import GuestPciDevice, PassthruInfo, PciDevice, PciPassthruSystem
 from vsim.host.kernel.vmkernel import VmConfig
+from vsim.pci_device import MAX_PASSTHRU_DEVICES_PER_VM, pci_id
 
 GPU = PciDevice("0000:3b:00.0", "NVIDIA Corporation", "GA100 [A100 PCIe 80GB]", 0x10DE, 0x20B5)
 NIC = PciDevice("0000:5e:00.1", "Intel(R)", "Ethernet Controller E810-C", 0x8086, 0x1592)

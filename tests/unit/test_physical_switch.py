@@ -12,23 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsim.ethernet_frame import BROADCAST_MAC, Frame
+from vsim.fabric.network import Network
 from vsim.fabric.physical_switch import (
     ALL_VLANS,
     DROP_HOST_UNREACHABLE,
     DROP_NOT_CABLED,
     DROP_PORT_DISABLED,
-    Network,
     PhysicalSwitch,
 )
 from vsim.fabric.physical_switch import DROP_VLAN as SWITCH_DROP_VLAN
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound
-from vsim.host.kernel.net.vswitch import (
-    DROP_NO_PATH,
-    DROP_NO_PORT,
-    DROP_STANDBY,
-    HostNetworkSystem,
-    SecurityPolicy,
-)
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
+from vsim.port_stats import DROP_NO_PATH, DROP_NO_PORT, DROP_STANDBY
+from vsim.security_policy import SecurityPolicy
 
 A, B, C, D = (f"00:50:56:00:00:0{i}" for i in range(1, 5))
 
@@ -140,7 +136,7 @@ def test_two_vswitches_of_one_host_meet_only_over_the_physical_network():
     assert who(over) == [("esxi-01", "vm-b")]
     assert ("esxi-01", "vmnic1") in [(h, u) for h, u, _f in over.wire]
     # Without an uplink, vSwitch1 is an island.
-    system.remove_uplink("vSwitch1", "vmnic1")
+    system.update_vswitch("vSwitch1", uplinks=())
     assert who(net.send("vm-a", Frame(A, B))) == []
     island = net.send("vm-b", Frame(B, A))
     assert who(island) == [] and island.reasons() == {DROP_NO_PATH: 1} and island.wire == ()
@@ -148,7 +144,7 @@ def test_two_vswitches_of_one_host_meet_only_over_the_physical_network():
 
 def test_cut_links_down_hosts_and_standby_uplinks():
     net = lab("esxi-01", "esxi-02")
-    net.hosts["esxi-02"].add_uplink("vSwitch0", "vmnic1")
+    net.hosts["esxi-02"].update_vswitch("vSwitch0", uplinks=("vmnic0", "vmnic1"))
     net.switch.connect("esxi-02", "vmnic1")
     net.hosts["esxi-01"].connect_vnic("vm-a", "ethernet0", "ten", A)
     net.hosts["esxi-02"].connect_vnic("vm-b", "ethernet0", "ten", B)

@@ -20,7 +20,9 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.entitlement import divvy
+from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
+from vsim.resource_allocation import (
     ROOT_POOL,
     UNLIMITED,
     Allocation,
@@ -29,8 +31,6 @@ from vsim.host.kernel.resources.allocation import (
     vm_cpu_allocation,
     vm_memory_allocation,
 )
-from vsim.host.kernel.resources.entitlement import divvy
-from vsim.host.kernel.resources.pool_tree import PoolTree, ResourceView
 
 EPS = 1e-6
 
@@ -297,7 +297,7 @@ def test_the_root_and_names_are_guarded():
         (lambda: tree.add_consumer("vm2", Allocation(1000), "nope"), NotFound),
         (lambda: tree.add_consumer("vm2", "normal"), InvalidArgument),  # type: ignore[arg-type]
         (lambda: tree.set_consumer("ghost", Allocation(1)), NotFound),
-        (lambda: tree.move_consumer("vm", "nope"), NotFound),
+        (lambda: pools.change_consumer("vm", "nope", {Unit.MHZ: Allocation(1000)}), NotFound),
         (lambda: tree.remove_consumer("ghost"), NotFound),
         (lambda: tree.entitlements([1.0, 2.0]), InvalidArgument),
         (lambda: tree.entitlements([-1.0]), InvalidArgument),
@@ -309,17 +309,6 @@ def test_the_root_and_names_are_guarded():
         with pytest.raises(fault):
             call()
         assert _state(tree) == before
-
-
-def test_capacity_changes_only_when_reservations_fit():
-    pools = PoolTree({Unit.MB: 4096})
-    tree = pools.view(Unit.MB)
-    tree.add_consumer("vm", vm_memory_allocation("normal", 2048, reservation=2048))
-    with pytest.raises(InsufficientResourcesFault):
-        tree.set_capacity(2000)
-    assert tree.capacity == 4096
-    tree.set_capacity(3000)
-    assert tree.capacity == 3000 and tree.unreserved() == 952
 
 
 def test_consumer_order_is_stable_and_indexed():
@@ -439,6 +428,9 @@ def _call(pools: PoolTree, op: tuple) -> None:
         getattr(pools, kind)(name, {Unit.MHZ: allocation}, *parent)
     elif kind == "remove_pool":
         pools.remove_pool(name)
+    elif kind == "move_consumer":  # MoveIntoResourcePool: the tree moves every resource
+        view = pools.view(Unit.MHZ)
+        pools.change_consumer(name, rest[0], {Unit.MHZ: view.consumer(name)})
     else:
         getattr(pools.view(Unit.MHZ), kind)(name, *rest)
 

@@ -12,6 +12,7 @@ import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
 from test_vm_disks import acked, make_vm
 
+from vsim.cluster.client import VCenterClient
 from vsim.faults import FileLocked
 from vsim.host.storage.vmdk import open_disk
 from vsim.spec import ClusterSpec
@@ -51,32 +52,32 @@ async def restart_datacenter(vc: VCenter, engine, tmp_path) -> VCenter:
     return again
 
 
-def power_states(vc: VCenter) -> dict[str, int]:
-    return {vm.name: vm.power_state for vm in vc.inventory.vms()}
+async def power_states(client: VCenterClient) -> dict[str, int]:
+    return {vm.name: vm.power_state for vm in await client.vms()}
 
 
-async def login(vc: VCenter):
-    password = vc.sessions.initial_password()
-    reply = await vc.Login(pb.LoginRequest(user_name=ADMINISTRATOR, password=password), None)
-    return vc.table.authenticate(reply.session, "GetVm")
+async def login(vc: VCenter) -> VCenterClient:
+    client = VCenterClient.in_process(vc.table)
+    await client.login(ADMINISTRATOR, vc.sessions.initial_password())
+    return client
 
 
 async def test_power_down_then_up_brings_back_running_vms_with_their_writes(cluster, tmp_path):  # noqa: F811
-    vc, array, engine, session = cluster
+    vc, array, engine, client = cluster
     for name, host, datastore in (
         ("vm-vmfs", "esxi-01", "vmfs-01"),
         ("vm-nfs", "esxi-02", "nfs-01"),
         ("vm-off", "esxi-03", "nfs-01"),
     ):
-        assert (await make_vm(vc, session, name, host=host, datastore=datastore)).state == OK
+        assert (await make_vm(client, name, host=host, datastore=datastore)).state == OK
     for name in ("vm-vmfs", "vm-nfs"):
-        assert (await run(vc, vc.vms.power_on(name, session.user_name))).state == OK
-    seen = {name: await acked(vc, session, name, 5) for name in ("vm-vmfs", "vm-nfs")}
+        assert (await run(client, await client.power_on(name))).state == OK
+    seen = {name: await acked(client, name, 5) for name in ("vm-vmfs", "vm-nfs")}
     assert lock_files(array)  # vm-nfs's disk is locked on the export
 
     outcome = await vc.autostart.power_down()
     assert outcome.done == ["vm-nfs", "vm-vmfs"] and outcome.failed == {}
-    assert power_states(vc) == {
+    assert await power_states(client) == {
         "vm-vmfs": OFF,
         "vm-nfs": OFF,
         "vm-off": OFF,
@@ -86,7 +87,7 @@ async def test_power_down_then_up_brings_back_running_vms_with_their_writes(clus
     # host opens the disk for writing at once.
     final = {}
     for name in ("vm-vmfs", "vm-nfs"):
-        report = await vc.vms.verify_disk(pb.VerifyVmDiskRequest(name=name, acked_seq=seen[name]))
+        report = await client.verify_disk(name, seen[name])
         assert report.missing == 0 and report.corrupt == 0
         final[name] = report.highest_seq
     files = engine.running("esxi-03").storage.files["vmfs-01"]
@@ -95,40 +96,39 @@ async def test_power_down_then_up_brings_back_running_vms_with_their_writes(clus
     assert vc.autostart.pending() == ["vm-nfs", "vm-vmfs"]
 
     vc = await restart_datacenter(vc, engine, tmp_path)
+    client = VCenterClient.in_process(vc.table, client.session)  # the session outlived it
     try:
-        assert power_states(vc) == {"vm-vmfs": ON, "vm-nfs": ON, "vm-off": OFF}
+        assert await power_states(client) == {"vm-vmfs": ON, "vm-nfs": ON, "vm-off": OFF}
         assert vc.autostart.pending() == []
         powered = [
             e
-            for e in vc.events.after(0)
+            for e in await client.events()
             if e.type == "VmPoweredOnEvent" and e.user == autostart.USER
         ]
         assert sorted(e.vm for e in powered) == ["vm-nfs", "vm-vmfs"]
         for name in ("vm-vmfs", "vm-nfs"):
             # The guest goes on from where it was: newer writes, none lost.
-            await acked(vc, await login(vc), name, final[name] + 3)
-            report = await vc.vms.verify_disk(
-                pb.VerifyVmDiskRequest(name=name, acked_seq=final[name])
-            )
+            await acked(await login(vc), name, final[name] + 3)
+            report = await client.verify_disk(name, final[name])
             assert report.missing == 0 and report.corrupt == 0
     finally:
         await vc.stop()
 
 
 async def test_a_crashed_hosts_own_nfs_lock_does_not_keep_it_from_its_disk(cluster):  # noqa: F811
-    vc, array, engine, session = cluster
-    assert (await make_vm(vc, session, "vm-n", host="esxi-02", datastore="nfs-01")).state == OK
-    assert (await run(vc, vc.vms.power_on("vm-n", session.user_name))).state == OK
-    seq = await acked(vc, session, "vm-n", 5)
+    vc, array, engine, client = cluster
+    assert (await make_vm(client, "vm-n", host="esxi-02", datastore="nfs-01")).state == OK
+    assert (await run(client, await client.power_on("vm-n"))).state == OK
+    seq = await acked(client, "vm-n", 5)
     engine.crash("esxi-02")  # its lock file stays on the export
     await engine.reboot("esxi-02")
     await vc.hosts.attach("esxi-02", boot=False)
-    assert power_states(vc)["vm-n"] == OFF
+    assert (await power_states(client))["vm-n"] == OFF
     # Another host still may not take the disk: the lock was renewed moments ago.
     other = engine.running("esxi-03").storage.files["nfs-01"]
     with pytest.raises(FileLocked):
         await open_disk(other, "vm-n/vm-n.vmdk", LockMode.EXCLUSIVE)
     # Its own host, booted again, opens it at once: the lock names an earlier boot.
-    assert (await run(vc, vc.vms.power_on("vm-n", session.user_name))).state == OK
-    report = await vc.vms.verify_disk(pb.VerifyVmDiskRequest(name="vm-n", acked_seq=seq))
+    assert (await run(client, await client.power_on("vm-n"))).state == OK
+    report = await client.verify_disk("vm-n", seq)
     assert report.missing == 0 and report.corrupt == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
-from vclab import ERROR, SUCCESS, Lab, rpc, small_cluster
+from vclab import ERROR, SUCCESS, Lab, small_cluster
 
 from vsim.faults import (
     AlreadyExists,
@@ -24,7 +24,7 @@ from vsim.faults import (
     NotFound,
     ResourceInUse,
 )
-from vsim.host.kernel.memory.memsched import MemorySettings
+from vsim.memory_settings import MemorySettings
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.virtual_nic import GENERATED_MAC_FIRST, GENERATED_MAC_LAST
@@ -52,28 +52,24 @@ def rule(text: str) -> kpb.FirewallRule:
 async def create(
     lab: Lab, name: str, host: str = "esxi-01", nics=(), memory_mb: int = 256, **resources
 ):
-    request = pb.CreateVmRequest(
-        name=name,
-        cpus=1,
-        memory_mb=memory_mb,
-        host=host,
-        resources=quiet(**resources),
-        nics=list(nics),
+    task = await lab.client.create_vm(
+        name, cpus=1, memory_mb=memory_mb, host=host, resources=quiet(**resources), nics=nics
     )
-    return await lab.wait(rpc(lab.vc).CreateVm(request, lab.session))
+    return await lab.wait(task)
 
 
 async def call_task(lab: Lab, method: str, request):
-    return await lab.wait(getattr(rpc(lab.vc), method)(request, lab.session))
+    """An RPC that starts a task, with the request as built; the task once finished."""
+    return await lab.wait(await lab.client.call(method, request))
 
 
-def get_vm(lab: Lab, name: str) -> pb.Vm:
-    return lab.vc.vms.get(name)
+async def get_vm(lab: Lab, name: str) -> pb.Vm:
+    return await lab.client.vm(name)
 
 
-def on_host(lab: Lab, name: str):
+async def on_host(lab: Lab, name: str):
     """The VM as its host's kernel has it."""
-    return lab.engine.running(get_vm(lab, name).host).kernel.vm(name)
+    return lab.engine.running((await get_vm(lab, name)).host).kernel.vm(name)
 
 
 def generated(mac: str) -> bool:
@@ -82,14 +78,14 @@ def generated(mac: str) -> bool:
     return octets[:3] == [0x00, 0x50, 0x56] and GENERATED_MAC_FIRST <= low <= GENERATED_MAC_LAST
 
 
-def snapshot(lab: Lab) -> tuple:
+async def snapshot(lab: Lab) -> tuple:
     """What a refused or failed reconfiguration must leave unchanged: the inventory's
     VMs (all their configuration), events, and each host's VM configurations."""
     configs = {
         name: sorted(repr(vm) for vm in hostd.kernel.vms())
         for name, hostd in lab.engine.hosts().items()
     }
-    return lab.vms(), len(lab.events()), configs
+    return (await lab.vms()), len(await lab.events()), configs
 
 
 # creating VMs with resources and NICs
@@ -105,7 +101,7 @@ async def test_create_vm_with_resources_and_nics_registers_them_on_its_host(lab:
         cpu_load_pct=30,
     )
     assert done.state == SUCCESS
-    vm = get_vm(lab, "web")
+    vm = await get_vm(lab, "web")
     assert [(n.name, n.port_group) for n in vm.nics] == [
         ("ethernet0", "VM Network"),
         ("ethernet1", "Management Network"),
@@ -118,14 +114,14 @@ async def test_create_vm_with_resources_and_nics_registers_them_on_its_host(lab:
         2000,
         30,
     )
-    assert lab.vms()["web"] == vm  # ListVms carries the same configuration
-    host = on_host(lab, "web")
+    assert (await lab.vms())["web"] == vm  # ListVms carries the same configuration
+    host = await on_host(lab, "web")
     assert [(n.name, n.port_group, n.mac) for n in host.nics] == [
         (n.name, n.port_group, n.mac) for n in vm.nics
     ]
     assert (host.resources.cpu_reservation_mhz, host.resources.memory.reservation_mb) == (500, 128)
     assert (await lab.power_on("web")).state == SUCCESS
-    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    network = await lab.client.host_network("esxi-01")
     assert sorted((n.vm, n.nic, n.mac) for n in network.nics) == [
         ("web", n.name, n.mac) for n in vm.nics
     ]
@@ -136,7 +132,7 @@ async def test_generated_macs_follow_the_seed_and_never_repeat(make_lab):
         lab = await make_lab(small_cluster(hosts=1), seed=seed)
         for i in range(4):
             assert (await create(lab, f"vm-{i}", nics=[nic(), nic()])).state == SUCCESS
-        return [n.mac for vm in lab.vms().values() for n in vm.nics]
+        return [n.mac for vm in (await lab.vms()).values() for n in vm.nics]
 
     first, again, other = await macs(11), await macs(11), await macs(12)
     assert first == again != other
@@ -170,7 +166,7 @@ def firewall(*rules: str | kpb.FirewallRule, **fields) -> pb.SetVmFirewallReques
 
 async def test_a_mac_in_use_is_refused_and_nothing_changes(lab: Lab):
     assert (await create(lab, "a", nics=[nic(mac="00:50:56:00:00:0a")])).state == SUCCESS
-    before = snapshot(lab)
+    before = await snapshot(lab)
     refused = [
         ("CreateVm", new_vm("b", nics=[nic(mac="00:50:56:00:00:0A")])),
         (
@@ -182,8 +178,8 @@ async def test_a_mac_in_use_is_refused_and_nothing_changes(lab: Lab):
     ]
     for method, request in refused:
         with pytest.raises(AlreadyExists):
-            getattr(rpc(lab.vc), method)(request, lab.session)
-        assert snapshot(lab) == before
+            await lab.client.call(method, request)
+        assert await snapshot(lab) == before
     assert lab.vc.macs._held == {}  # a refusal holds no MAC
 
 
@@ -222,10 +218,10 @@ async def test_bad_requests_are_refused_at_once_and_change_nothing(
     lab: Lab, method, request_, fault, words
 ):
     assert (await create(lab, "a", nics=[nic()])).state == SUCCESS
-    before = snapshot(lab)
+    before = await snapshot(lab)
     with pytest.raises(fault, match=words):
-        getattr(rpc(lab.vc), method)(request_, lab.session)
-    assert snapshot(lab) == before
+        await lab.client.call(method, request_)
+    assert await snapshot(lab) == before
     assert lab.vc.macs._held == {}
 
 
@@ -243,19 +239,19 @@ async def test_reconfigure_applies_live_and_a_reservation_that_does_not_fit_chan
     request = pb.ReconfigureVmResourcesRequest(name="a", resources=live)
     done = await call_task(lab, "ReconfigureVmResources", request)
     assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
-    assert get_vm(lab, "a").resources.cpu.reservation == 6000
-    stats = await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+    assert (await get_vm(lab, "a")).resources.cpu.reservation == 6000
+    stats = await lab.client.host_stats("esxi-01")
     assert stats.cpu.reserved == 6000  # applied to the running VM at once
-    event = lab.events()[-1]
+    event = (await lab.events())[-1]
     assert (event.type, event.vm) == ("VmReconfiguredEvent", "a")
 
-    before = snapshot(lab)
+    before = await snapshot(lab)
     too_much = quiet(cpu=kpb.ResourceAllocation(reservation=6000), cpu_load_pct=100)
     request = pb.ReconfigureVmResourcesRequest(name="b", resources=too_much)
     failed = await call_task(lab, "ReconfigureVmResources", request)
     assert (failed.state, failed.error.name) == (ERROR, "InsufficientResourcesFault")
-    assert snapshot(lab) == before  # the inventory, the events and the host: unchanged
-    assert get_vm(lab, "b").resources.cpu.reservation == 0
+    assert await snapshot(lab) == before  # the inventory, the events and the host: unchanged
+    assert (await get_vm(lab, "b")).resources.cpu.reservation == 0
 
 
 async def test_add_nic_to_a_running_vm_connects_it_and_a_missing_port_group_changes_nothing(
@@ -263,17 +259,17 @@ async def test_add_nic_to_a_running_vm_connects_it_and_a_missing_port_group_chan
 ):
     assert (await create(lab, "a", nics=[nic()])).state == SUCCESS
     assert (await lab.power_on("a")).state == SUCCESS
-    before = snapshot(lab)
+    before = await snapshot(lab)
     missing = pb.AddVmNicRequest(vm="a", nic=nic("No Such Network"))
     failed = await call_task(lab, "AddVmNic", missing)
     assert (failed.state, failed.error.name) == (ERROR, "NotFound")
     assert "No Such Network" in failed.error.message
-    assert snapshot(lab) == before
+    assert await snapshot(lab) == before
     done = await call_task(lab, "AddVmNic", pb.AddVmNicRequest(vm="a", nic=nic()))
     assert done.state == SUCCESS
-    vm = get_vm(lab, "a")
+    vm = await get_vm(lab, "a")
     assert [n.name for n in vm.nics] == ["ethernet0", "ethernet1"]
-    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name=vm.host), lab.session)
+    network = await lab.client.host_network(vm.host)
     assert sorted(n.nic for n in network.nics if n.vm == "a") == ["ethernet0", "ethernet1"]
     assert lab.vc.macs._held == {}  # released when the task ended
 
@@ -298,17 +294,17 @@ async def test_firewall_rules_persist_across_a_vcenter_restart_and_travel_with_t
         ]
         return rules, ethernet0.firewall_default
 
-    assert stored(get_vm(lab, "a")) == (canonical, "deny")
+    assert stored(await get_vm(lab, "a")) == (canonical, "deny")
     await lab.restart()
-    assert stored(get_vm(lab, "a")) == (canonical, "deny")
+    assert stored(await get_vm(lab, "a")) == (canonical, "deny")
     # The host lost the VM (a reboot): vCenter registers it again, rules and all.
-    host = get_vm(lab, "a").host
+    host = (await get_vm(lab, "a")).host
     lab.engine.crash(host)
     lab.drop_connection(host)
     await lab.engine.reboot(host)
     await lab.vc.hosts.heartbeat_once()
     await lab.vc.hosts.heartbeat_once()
-    (ethernet0,) = on_host(lab, "a").nics
+    (ethernet0,) = (await on_host(lab, "a")).nics
     assert ethernet0.firewall.default_action == "deny"
     assert [(r.action, r.address, r.port) for r in ethernet0.firewall.rules] == [
         ("deny", "10.0.0.0/8", "22"),
@@ -320,25 +316,21 @@ async def test_firewall_rules_persist_across_a_vcenter_restart_and_travel_with_t
 
 
 async def test_vswitch_and_port_group_add_and_a_bad_vlan_is_refused(lab: Lab):
-    vswitch = kpb.VirtualSwitch(name="vSwitch1", uplinks=["vmnic1", "vmnic2"])
-    network = await rpc(lab.vc).AddVirtualSwitch(
-        pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=vswitch), lab.session
+    network = await lab.client.add_virtual_switch(
+        "esxi-01", "vSwitch1", uplinks=["vmnic1", "vmnic2"]
     )
     assert [(v.name, list(v.uplinks)) for v in network.vswitches] == [
         ("vSwitch0", ["vmnic0"]),
         ("vSwitch1", ["vmnic1", "vmnic2"]),
     ]
-    pg = kpb.PortGroup(name="Prod", vswitch="vSwitch1", vlan=10)
-    network = await rpc(lab.vc).AddPortGroup(
-        pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session
-    )
+    network = await lab.client.add_port_group("esxi-01", "Prod", vswitch="vSwitch1", vlan=10)
     assert ("Prod", "vSwitch1", 10) in [(p.name, p.vswitch, p.vlan) for p in network.port_groups]
-    assert [e.type for e in lab.events()[-2:]] == [
+    assert [e.type for e in (await lab.events())[-2:]] == [
         "HostVirtualSwitchAddedEvent",
         "HostPortGroupAddedEvent",
     ]
-    before = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
-    events = len(lab.events())
+    before = await lab.client.host_network("esxi-01")
+    events = len(await lab.events())
 
     def port_group(host: str, **fields) -> pb.HostPortGroupRequest:
         return pb.HostPortGroupRequest(host=host, port_group=kpb.PortGroup(**fields))
@@ -354,14 +346,14 @@ async def test_vswitch_and_port_group_add_and_a_bad_vlan_is_refused(lab: Lab):
         ("AddVirtualSwitch", vswitch(name="vSwitch2", uplinks=["eth0"]), InvalidArgument),
     ]:  # fmt: skip
         with pytest.raises(fault):
-            await getattr(rpc(lab.vc), method)(request, lab.session)
-    assert await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session) == before
-    assert len(lab.events()) == events
+            await lab.client.call(method, request)
+    assert await lab.client.host_network("esxi-01") == before
+    assert len(await lab.events()) == events
     lab.engine.crash("esxi-02")
     lab.drop_connection("esxi-02")
     await lab.vc.hosts.heartbeat_once()
     with pytest.raises(HostNotConnected):
-        await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
+        await lab.client.host_network("esxi-02")
 
 
 async def vlan_lab(make_lab) -> Lab:
@@ -369,10 +361,7 @@ async def vlan_lab(make_lab) -> Lab:
     lab = await make_lab(small_cluster(hosts=2))
     for host in ("esxi-01", "esxi-02"):
         for name, vlan in (("Prod", 10), ("Dev", 20)):
-            pg = kpb.PortGroup(name=name, vswitch="vSwitch0", vlan=vlan)
-            await rpc(lab.vc).AddPortGroup(
-                pb.HostPortGroupRequest(host=host, port_group=pg), lab.session
-            )
+            await lab.client.add_port_group(host, name, vswitch="vSwitch0", vlan=vlan)
     for name, host, pg in (
         ("a", "esxi-01", "Prod"),
         ("b", "esxi-02", "Prod"),
@@ -384,8 +373,7 @@ async def vlan_lab(make_lab) -> Lab:
 
 
 async def send(lab: Lab, vm: str, dst_vm: str = "", **frame) -> kpb.FrameTrace:
-    request = pb.SendTestFrameRequest(vm=vm, dst_vm=dst_vm, frame=kpb.Frame(**frame))
-    return await rpc(lab.vc).SendTestFrame(request, lab.session)
+    return await lab.client.send_test_frame(vm, kpb.Frame(**frame), dst_vm=dst_vm)
 
 
 def receivers(trace: kpb.FrameTrace) -> list[tuple[str, str, str]]:
@@ -401,8 +389,8 @@ async def test_a_frame_reaches_the_vm_on_the_other_host_in_its_vlan_only(make_la
     trace = await send(lab, "a", dst_vm="b", protocol="tcp", dst_port=443)
     assert receivers(trace) == [("esxi-02", "b", "ethernet0")]
     assert (trace.host, trace.vm, trace.nic) == ("esxi-01", "a", "ethernet0")
-    assert trace.frame.src_mac == get_vm(lab, "a").nics[0].mac
-    assert trace.frame.dst_mac == get_vm(lab, "b").nics[0].mac
+    assert trace.frame.src_mac == (await get_vm(lab, "a")).nics[0].mac
+    assert trace.frame.dst_mac == (await get_vm(lab, "b")).nics[0].mac
     trace = await send(lab, "a", dst_mac=BROADCAST)
     assert receivers(trace) == [("esxi-02", "b", "ethernet0")]  # c is in VLAN 20
     assert drops(trace) == set()  # the copies flooded to other NICs are not drops
@@ -413,10 +401,9 @@ async def test_a_frame_reaches_the_vm_on_the_other_host_in_its_vlan_only(make_la
 
 async def test_a_switch_port_not_trunking_the_vlan_blocks_it(make_lab):
     lab = await vlan_lab(make_lab)
-    port = kpb.PhysicalPort(host="esxi-02", uplink="vmnic0", vlans=[20, 0, 20])
-    configured = rpc(lab.vc).ConfigurePhysicalPort(port, lab.session)
+    configured = await lab.client.configure_physical_port("esxi-02", "vmnic0", vlans=[20, 0, 20])
     assert list(configured.vlans) == [0, 20]
-    ports = rpc(lab.vc).ListPhysicalPorts(pb.ListPhysicalPortsRequest(), lab.session).ports
+    ports = await lab.client.physical_ports()
     assert len(ports) == 8  # two hosts x vmnic0..vmnic3
     assert [list(p.vlans) for p in ports if (p.host, p.uplink) == ("esxi-02", "vmnic0")] == [
         [0, 20]
@@ -430,24 +417,21 @@ async def test_a_switch_port_not_trunking_the_vlan_blocks_it(make_lab):
     await lab.restart()  # the port's setting is in the inventory
     trace = await send(lab, "a", dst_vm="b")
     assert receivers(trace) == []
-    rpc(lab.vc).ConfigurePhysicalPort(
-        kpb.PhysicalPort(host="esxi-02", uplink="vmnic0"), lab.session
-    )
+    await lab.client.configure_physical_port("esxi-02", "vmnic0")
     assert receivers(await send(lab, "a", dst_vm="b")) == [("esxi-02", "b", "ethernet0")]
-    shut = kpb.PhysicalPort(host="esxi-01", uplink="vmnic0", disabled=True)
-    rpc(lab.vc).ConfigurePhysicalPort(shut, lab.session)
+    await lab.client.configure_physical_port("esxi-01", "vmnic0", disabled=True)
     trace = await send(lab, "a", dst_vm="b")
     assert receivers(trace) == [] and ("", "pswitch-01:esxi-01/vmnic0", "port_disabled") in drops(
         trace
     )
-    for bad, fault in [
-        (kpb.PhysicalPort(host="esxi-02", uplink="vmnic7"), NotFound),
-        (kpb.PhysicalPort(host="esxi-02", uplink="eth0"), InvalidArgument),
-        (kpb.PhysicalPort(host="esxi-09", uplink="vmnic0"), NotFound),
-        (kpb.PhysicalPort(host="esxi-02", uplink="vmnic0", vlans=[4095]), InvalidArgument),
+    for host, uplink, vlans, fault in [
+        ("esxi-02", "vmnic7", [], NotFound),
+        ("esxi-02", "eth0", [], InvalidArgument),
+        ("esxi-09", "vmnic0", [], NotFound),
+        ("esxi-02", "vmnic0", [4095], InvalidArgument),
     ]:
         with pytest.raises(fault):
-            rpc(lab.vc).ConfigurePhysicalPort(bad, lab.session)
+            await lab.client.configure_physical_port(host, uplink, vlans=vlans)
 
 
 async def test_a_firewall_deny_drops_the_frame_with_reason_firewall(make_lab):
@@ -463,7 +447,7 @@ async def test_a_firewall_deny_drops_the_frame_with_reason_firewall(make_lab):
     assert "10.0.0.0/8" in denied.detail
     trace = await send(lab, "a", dst_vm="b", **{**ssh, "src_ip": "192.168.1.1"})
     assert receivers(trace) == [("esxi-02", "b", "ethernet0")]  # outside 10.0.0.0/8
-    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="b"), lab.session)
+    stats = await lab.client.vm_stats("b")
     assert stats.nics["ethernet0"].dropped["firewall"] == 1
 
 
@@ -483,8 +467,7 @@ async def test_send_test_frame_refusals(make_lab):
         with pytest.raises(fault):
             await send(lab, vm, dst_vm, **frame)
     with pytest.raises(NotFound, match="ethernet1"):
-        request = pb.SendTestFrameRequest(vm="a", nic="ethernet1", dst_vm="b")
-        await rpc(lab.vc).SendTestFrame(request, lab.session)
+        await lab.client.send_test_frame("a", nic="ethernet1", dst_vm="b")
 
 
 # statistics, memory settings, DirectPath
@@ -493,38 +476,32 @@ async def test_send_test_frame_refusals(make_lab):
 async def test_stats_of_a_running_vm(lab: Lab):
     assert (await create(lab, "busy", cpu_load_pct=100)).state == SUCCESS
     with pytest.raises(InvalidPowerState):
-        await rpc(lab.vc).GetVmStats(pb.VmRequest(name="busy"), lab.session)
+        await lab.client.vm_stats("busy")
     assert (await lab.power_on("busy")).state == SUCCESS
     await lab.clock.advance(5)
-    stats = await rpc(lab.vc).GetVmStats(pb.VmRequest(name="busy"), lab.session)
+    stats = await lab.client.vm_stats("busy")
     assert (stats.name, stats.host) == ("busy", "esxi-01")
     assert stats.cpu.demand == 2600 and stats.cpu.usage > 0  # one vCPU, fully busy
     assert stats.memory.granted > 0
-    host = await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+    host = await lab.client.host_stats("esxi-01")
     assert [v.name for v in host.vms] == ["busy"] and host.host == "esxi-01"
     with pytest.raises(NotFound):
-        await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-09"), lab.session)
+        await lab.client.host_stats("esxi-09")
 
 
 async def test_host_memory_settings_are_forwarded(lab: Lab):
-    request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", share_force_salting=0)
-    settings = await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
+    settings = await lab.client.update_host_memory_settings("esxi-01", share_force_salting=0)
     assert (settings.share_force_salting, settings.page_sharing_disabled) == (0, False)
-    request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", page_sharing_disabled=True)
-    settings = await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
+    settings = await lab.client.update_host_memory_settings("esxi-01", page_sharing_disabled=True)
     assert (settings.share_force_salting, settings.page_sharing_disabled) == (0, True)
-    assert lab.events()[-1].type == "HostMemorySettingsChangedEvent"
-    events = len(lab.events())
-    for bad in [
-        pb.UpdateHostMemorySettingsRequest(host="esxi-01", share_force_salting=3),
-        pb.UpdateHostMemorySettingsRequest(host="esxi-01", share_scan_period=0),
-        pb.UpdateHostMemorySettingsRequest(host="esxi-01"),
-    ]:
+    assert (await lab.events())[-1].type == "HostMemorySettingsChangedEvent"
+    events = len(await lab.events())
+    for bad in [{"share_force_salting": 3}, {"share_scan_period": 0}, {}]:
         with pytest.raises(InvalidArgument):
-            await rpc(lab.vc).UpdateHostMemorySettings(bad, lab.session)
-    stats = await rpc(lab.vc).GetHostStats(pb.HostRequest(name="esxi-01"), lab.session)
+            await lab.client.update_host_memory_settings("esxi-01", **bad)
+    stats = await lab.client.host_stats("esxi-01")
     assert stats.memory_settings.share_force_salting == 0
-    assert len(lab.events()) == events
+    assert len(await lab.events()) == events
 
 
 @pytest.mark.parametrize(
@@ -540,53 +517,49 @@ async def test_host_memory_settings_are_forwarded(lab: Lab):
 )
 async def test_vcenter_takes_exactly_the_memory_settings_the_host_takes(lab: Lab, fields):
     ((name, value),) = fields.items()
-    request = pb.UpdateHostMemorySettingsRequest(host="esxi-01", **fields)
-    events = len(lab.events())
+    events = len(await lab.events())
     try:
         MemorySettings(**fields).validated()
     except InvalidArgument:
         words = {"share_force_salting": "ShareForceSalting", "share_scan_period": name}[name]
         with pytest.raises(InvalidArgument, match=words):
-            await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
-        assert len(lab.events()) == events
+            await lab.client.update_host_memory_settings("esxi-01", **fields)
+        assert len(await lab.events()) == events
         return
-    settings = await rpc(lab.vc).UpdateHostMemorySettings(request, lab.session)
+    settings = await lab.client.update_host_memory_settings("esxi-01", **fields)
     assert getattr(settings, name) == value
-    assert len(lab.events()) == events + 1
+    assert len(await lab.events()) == events + 1
 
 
 async def test_directpath_device_assignment(lab: Lab):
-    devices = await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+    devices = await lab.client.call("ListPciDevices", pb.HostRequest(name="esxi-01"))
     gpu = devices.devices[0].id
     assert devices.host == "esxi-01" and not devices.devices[0].passthru_enabled
     assert (await create(lab, "ml", memory_mb=256)).state == SUCCESS
     request = pb.AssignPciDeviceRequest(vm="ml", id=gpu.upper())
     failed = await call_task(lab, "AssignPciDevice", request)
     assert (failed.state, failed.error.name) == (ERROR, "InvalidState")  # not enabled
-    assert list(get_vm(lab, "ml").pci_devices) == []
-    enable = pb.UpdateHostPassthruRequest(host="esxi-01", id=gpu, enabled=True)
-    assert (await rpc(lab.vc).UpdatePassthruConfig(enable, lab.session)).passthru_enabled
+    assert list((await get_vm(lab, "ml")).pci_devices) == []
+    assert (await lab.client.update_passthru_config("esxi-01", gpu, True)).passthru_enabled
     assert (await call_task(lab, "AssignPciDevice", request)).state == SUCCESS
-    assert list(get_vm(lab, "ml").pci_devices) == [gpu]
+    assert list((await get_vm(lab, "ml")).pci_devices) == [gpu]
     with pytest.raises(AlreadyExists):
-        rpc(lab.vc).AssignPciDevice(request, lab.session)
-    listed = await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+        await lab.client.assign_pci_device("ml", gpu.upper())
+    listed = await lab.client.call("ListPciDevices", pb.HostRequest(name="esxi-01"))
     assert [d.vm for d in listed.devices if d.id == gpu] == ["ml"]
     full = quiet(memory=kpb.ResourceAllocation(reservation=256))
     reserve = pb.ReconfigureVmResourcesRequest(name="ml", resources=full)
     assert (await call_task(lab, "ReconfigureVmResources", reserve)).state == SUCCESS
     assert (await lab.power_on("ml")).state == SUCCESS
     with pytest.raises(InvalidPowerState):  # DirectPath changes only while powered off
-        rpc(lab.vc).AssignPciDevice(
-            pb.AssignPciDeviceRequest(vm="ml", id="0000:af:00.0"), lab.session
-        )
+        await lab.client.assign_pci_device("ml", "0000:af:00.0")
 
 
 async def test_guest_report_luns_lists_exactly_its_disks(cluster):  # noqa: F811
-    vc, _, _, session = cluster
+    _, _, _, client = cluster
     for name, disk_mb in (("db", 8), ("other", 16)):
-        request = pb.CreateVmRequest(
-            name=name,
+        task = await client.create_vm(
+            name,
             cpus=1,
             memory_mb=256,
             host="esxi-01",
@@ -594,27 +567,25 @@ async def test_guest_report_luns_lists_exactly_its_disks(cluster):  # noqa: F811
             disk_mb=disk_mb,
             resources=quiet(),
         )
-        assert (await run(vc, rpc(vc).CreateVm(request, session))).state == SUCCESS
+        assert (await run(client, task)).state == SUCCESS
     with pytest.raises(InvalidPowerState):
-        await rpc(vc).GuestReportLuns(pb.VmRequest(name="db"), session)
+        await client.guest_report_luns("db")
     for name in ("db", "other"):
-        assert (await run(vc, rpc(vc).PowerOnVm(pb.VmRequest(name=name), session))).state == SUCCESS
-    luns = await rpc(vc).GuestReportLuns(pb.VmRequest(name="db"), session)
+        assert (await run(client, await client.power_on(name))).state == SUCCESS
+    luns = await client.guest_report_luns("db")
     assert luns.vm == "db"
     assert [(lun.address, lun.lun, lun.capacity_bytes) for lun in luns.luns] == [
         ("scsi0:0", 0, 8 * 1024**2)
     ]
     assert luns.luns[0].vendor.strip() == "VMware"
     for name in ("db", "other"):
-        assert (
-            await run(vc, rpc(vc).PowerOffVm(pb.VmRequest(name=name), session))
-        ).state == SUCCESS
+        assert (await run(client, await client.power_off(name))).state == SUCCESS
 
 
 async def test_a_linked_clone_takes_the_adapters_with_new_macs(cluster):  # noqa: F811
-    vc, _, _, session = cluster
-    request = pb.CreateVmRequest(
-        name="base",
+    _, _, _, client = cluster
+    task = await client.create_vm(
+        "base",
         cpus=1,
         memory_mb=256,
         host="esxi-01",
@@ -623,10 +594,10 @@ async def test_a_linked_clone_takes_the_adapters_with_new_macs(cluster):  # noqa
         resources=quiet(cpu_load_pct=10),
         nics=[nic(firewall=[rule("deny in any any any")]), nic("Management Network")],
     )
-    assert (await run(vc, rpc(vc).CreateVm(request, session))).state == SUCCESS
-    clone = pb.LinkedCloneVmRequest(source="base", name="copy", host="esxi-02")
-    assert (await run(vc, rpc(vc).LinkedCloneVm(clone, session))).state == SUCCESS
-    base, copy = vc.vms.get("base"), vc.vms.get("copy")
+    assert (await run(client, task)).state == SUCCESS
+    clone = await client.linked_clone("base", "copy", host="esxi-02")
+    assert (await run(client, clone)).state == SUCCESS
+    base, copy = await client.vm("base"), await client.vm("copy")
     assert [(n.name, n.port_group, list(n.firewall)) for n in copy.nics] == [
         (n.name, n.port_group, list(n.firewall)) for n in base.nics
     ]
@@ -647,13 +618,13 @@ async def test_a_nic_hot_removed_from_a_running_vm_frees_its_port_and_its_mac(ma
     remove = pb.RemoveVmNicRequest(vm="b", nic="ethernet1")
     done = await call_task(lab, "RemoveVmNic", remove)
     assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
-    vm = get_vm(lab, "b")
+    vm = await get_vm(lab, "b")
     assert vm.power_state == pb.POWER_STATE_POWERED_ON
     assert [n.name for n in vm.nics] == ["ethernet0"]  # its firewall rules went with it
-    assert [n.name for n in on_host(lab, "b").nics] == ["ethernet0"]
-    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-02"), lab.session)
+    assert [n.name for n in (await on_host(lab, "b")).nics] == ["ethernet0"]
+    network = await lab.client.host_network("esxi-02")
     assert sorted((n.vm, n.nic) for n in network.nics) == [("b", "ethernet0"), ("c", "ethernet0")]
-    event = lab.events()[-1]
+    event = (await lab.events())[-1]
     assert (event.type, event.vm) == ("VmReconfiguredEvent", "b")
     assert "removed ethernet1 (00:50:56:00:00:b2) from port group 'Prod'" in event.message
     assert receivers(await send(lab, "a", **to_it)) == []  # no port has that MAC now
@@ -663,7 +634,7 @@ async def test_a_nic_hot_removed_from_a_running_vm_frees_its_port_and_its_mac(ma
     assert (await call_task(lab, "AddVmNic", again)).state == SUCCESS
     assert lab.vc.inventory.nic_owner("00:50:56:00:00:b2") == ("c", "ethernet1")
     with pytest.raises(NotFound, match="ethernet1"):
-        rpc(lab.vc).RemoveVmNic(remove, lab.session)
+        await lab.client.remove_vm_nic("b", "ethernet1")
     assert lab.vc.macs._held == {}
 
 
@@ -671,24 +642,19 @@ async def test_a_nic_is_removed_from_a_powered_off_vm_and_survives_a_restart(lab
     assert (await create(lab, "a", nics=[nic(), nic("Management Network")])).state == SUCCESS
     remove = pb.RemoveVmNicRequest(vm="a", nic="ethernet0")
     assert (await call_task(lab, "RemoveVmNic", remove)).state == SUCCESS
-    assert [n.name for n in get_vm(lab, "a").nics] == ["ethernet1"]
+    assert [n.name for n in (await get_vm(lab, "a")).nics] == ["ethernet1"]
     await lab.restart()
-    assert [n.name for n in get_vm(lab, "a").nics] == ["ethernet1"]
+    assert [n.name for n in (await get_vm(lab, "a")).nics] == ["ethernet1"]
     assert (await lab.power_on("a")).state == SUCCESS
-    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name="esxi-01"), lab.session)
+    network = await lab.client.host_network("esxi-01")
     assert [(n.vm, n.nic, n.port_group) for n in network.nics] == [
         ("a", "ethernet1", "Management Network")
     ]
 
 
 async def test_a_directpath_device_is_removed_only_from_a_powered_off_vm(lab: Lab):
-    gpu = (
-        (await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session))
-        .devices[0]
-        .id
-    )
-    enable = pb.UpdateHostPassthruRequest(host="esxi-01", id=gpu, enabled=True)
-    await rpc(lab.vc).UpdatePassthruConfig(enable, lab.session)
+    gpu = (await lab.client.call("ListPciDevices", pb.HostRequest(name="esxi-01"))).devices[0].id
+    await lab.client.update_passthru_config("esxi-01", gpu, True)
     full = quiet(memory=kpb.ResourceAllocation(reservation=256))
     for name in ("ml", "ml-2"):
         assert (await create(lab, name, memory=full.memory)).state == SUCCESS
@@ -698,23 +664,26 @@ async def test_a_directpath_device_is_removed_only_from_a_powered_off_vm(lab: La
     assert (taken.state, taken.error.name) == (ERROR, "ResourceInUse")
     assert (await lab.power_on("ml")).state == SUCCESS
     remove = pb.RemovePciDeviceRequest(vm="ml", id=gpu.upper())
-    before = snapshot(lab)
+    before = await snapshot(lab)
     with pytest.raises(InvalidPowerState, match="not hot-removed"):
-        rpc(lab.vc).RemovePciDevice(remove, lab.session)
-    assert snapshot(lab) == before
+        await lab.client.remove_pci_device("ml", gpu.upper())
+    assert await snapshot(lab) == before
     assert (await lab.power_off("ml")).state == SUCCESS
     done = await call_task(lab, "RemovePciDevice", remove)
     assert (done.name, done.state) == ("ReconfigVM_Task", SUCCESS)
-    assert list(get_vm(lab, "ml").pci_devices) == [] and on_host(lab, "ml").pci_devices == ()
-    assert f"removed PCI device {gpu}" in lab.events()[-1].message
-    listed = await rpc(lab.vc).ListPciDevices(pb.HostRequest(name="esxi-01"), lab.session)
+    assert (
+        list((await get_vm(lab, "ml")).pci_devices) == []
+        and (await on_host(lab, "ml")).pci_devices == ()
+    )
+    assert f"removed PCI device {gpu}" in (await lab.events())[-1].message
+    listed = await lab.client.call("ListPciDevices", pb.HostRequest(name="esxi-01"))
     assert [d.vm for d in listed.devices if d.id == gpu] == [""]
     # Free for another VM now.
     request = pb.AssignPciDeviceRequest(vm="ml-2", id=gpu)
     assert (await call_task(lab, "AssignPciDevice", request)).state == SUCCESS
     assert (await lab.power_on("ml-2")).state == SUCCESS
     with pytest.raises(NotFound, match="ml has no PCI device"):
-        rpc(lab.vc).RemovePciDevice(remove, lab.session)
+        await lab.client.remove_pci_device("ml", gpu.upper())
 
 
 def rm_vswitch(name: str, host: str = "esxi-01") -> pb.RemoveHostVirtualSwitchRequest:
@@ -726,29 +695,26 @@ def rm_port_group(name: str, host: str = "esxi-01") -> pb.RemoveHostPortGroupReq
 
 
 async def network_names(lab: Lab, host: str = "esxi-01") -> tuple[list[str], list[str]]:
-    network = await rpc(lab.vc).GetHostNetwork(pb.HostRequest(name=host), lab.session)
+    network = await lab.client.host_network(host)
     return [v.name for v in network.vswitches], [p.name for p in network.port_groups]
 
 
 async def test_a_port_group_in_use_by_any_vm_is_not_removed(lab: Lab):
-    pg = kpb.PortGroup(name="Prod", vswitch="vSwitch0", vlan=10)
-    await rpc(lab.vc).AddPortGroup(
-        pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session
-    )
+    await lab.client.add_port_group("esxi-01", "Prod", vswitch="vSwitch0", vlan=10)
     assert (await create(lab, "off", nics=[nic("Prod")])).state == SUCCESS
     assert (await create(lab, "on", nics=[nic(), nic("Prod")])).state == SUCCESS
     assert (await lab.power_on("on")).state == SUCCESS
     remove = rm_port_group("Prod")
-    before, events = await network_names(lab), len(lab.events())
+    before, events = await network_names(lab), len(await lab.events())
     with pytest.raises(ResourceInUse, match=r"off \(ethernet0\), on \(ethernet1\)"):
-        await rpc(lab.vc).RemovePortGroup(remove, lab.session)
-    assert await network_names(lab) == before and len(lab.events()) == events
+        await lab.client.call("RemovePortGroup", remove)
+    assert await network_names(lab) == before and len(await lab.events()) == events
     assert (await lab.destroy("off")).state == SUCCESS
     nic_gone = pb.RemoveVmNicRequest(vm="on", nic="ethernet1")
     assert (await call_task(lab, "RemoveVmNic", nic_gone)).state == SUCCESS
-    network = await rpc(lab.vc).RemovePortGroup(remove, lab.session)
+    network = await lab.client.call("RemovePortGroup", remove)
     assert network.host == "esxi-01" and "Prod" not in [p.name for p in network.port_groups]
-    event = lab.events()[-1]
+    event = (await lab.events())[-1]
     assert (event.type, event.host) == ("HostPortGroupRemovedEvent", "esxi-01")
     assert "'Prod'" in event.message
     # A VM cannot be given an adapter on it any more.
@@ -757,24 +723,16 @@ async def test_a_port_group_in_use_by_any_vm_is_not_removed(lab: Lab):
 
 
 async def test_a_vswitch_is_removed_once_it_has_no_port_groups_and_frees_its_uplinks(lab: Lab):
-    vswitch = kpb.VirtualSwitch(name="vSwitch1", uplinks=["vmnic1", "vmnic2"])
-    add = pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=vswitch)
-    await rpc(lab.vc).AddVirtualSwitch(add, lab.session)
-    pg = kpb.PortGroup(name="Storage", vswitch="vSwitch1")
-    await rpc(lab.vc).AddPortGroup(
-        pb.HostPortGroupRequest(host="esxi-01", port_group=pg), lab.session
-    )
+    await lab.client.add_virtual_switch("esxi-01", "vSwitch1", uplinks=["vmnic1", "vmnic2"])
+    await lab.client.add_port_group("esxi-01", "Storage", vswitch="vSwitch1")
     remove = rm_vswitch("vSwitch1")
     with pytest.raises(ResourceInUse, match="port groups 'Storage'"):
-        await rpc(lab.vc).RemoveVirtualSwitch(remove, lab.session)
-    await rpc(lab.vc).RemovePortGroup(rm_port_group("Storage"), lab.session)
-    network = await rpc(lab.vc).RemoveVirtualSwitch(remove, lab.session)
+        await lab.client.call("RemoveVirtualSwitch", remove)
+    await lab.client.remove_port_group("esxi-01", "Storage")
+    network = await lab.client.call("RemoveVirtualSwitch", remove)
     assert [v.name for v in network.vswitches] == ["vSwitch0"]
-    assert lab.events()[-1].type == "HostVirtualSwitchRemovedEvent"
-    reuse = kpb.VirtualSwitch(name="vSwitch2", uplinks=["vmnic2"])
-    network = await rpc(lab.vc).AddVirtualSwitch(
-        pb.HostVirtualSwitchRequest(host="esxi-01", vswitch=reuse), lab.session
-    )
+    assert (await lab.events())[-1].type == "HostVirtualSwitchRemovedEvent"
+    network = await lab.client.add_virtual_switch("esxi-01", "vSwitch2", uplinks=["vmnic2"])
     assert [(v.name, list(v.uplinks)) for v in network.vswitches] == [
         ("vSwitch0", ["vmnic0"]),
         ("vSwitch2", ["vmnic2"]),
@@ -797,7 +755,7 @@ async def test_a_vswitch_is_removed_once_it_has_no_port_groups_and_frees_its_upl
 async def test_bad_network_removals_are_refused_and_change_nothing(
     lab: Lab, method, request_, fault, words
 ):
-    before, events = await network_names(lab), len(lab.events())
+    before, events = await network_names(lab), len(await lab.events())
     with pytest.raises(fault, match=words):
-        await getattr(rpc(lab.vc), method)(request_, lab.session)
-    assert await network_names(lab) == before and len(lab.events()) == events
+        await lab.client.call(method, request_)
+    assert await network_names(lab) == before and len(await lab.events()) == events

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound, VimFault
-from vsim.host.hostd.kernel_messages import firewall_from_proto, resources_from_proto
+from vsim.network_messages import firewall_default, firewall_from_proto
+from vsim.resource_messages import resources_from_proto
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.inventory import HostRecord, Inventory, MachineRecord
@@ -24,7 +25,6 @@ from vsim.vcenter.virtual_nic import (
     NIC_NAMES,
     MacPool,
     checked_nics,
-    firewall_default,
     firewall_rules,
     generated_mac,
     without_nic,

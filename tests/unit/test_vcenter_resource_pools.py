@@ -8,7 +8,7 @@ pools kept by the host across a reboot."""
 from __future__ import annotations
 
 import pytest
-from vclab import ERROR, ON, SUCCESS, Lab, rpc
+from vclab import ERROR, ON, SUCCESS, Lab
 
 from vsim.faults import (
     DuplicateName,
@@ -17,7 +17,7 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.kernel.resources.allocation import ROOT_POOL
+from vsim.resource_allocation import ROOT_POOL
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 
@@ -38,47 +38,44 @@ def spec(name: str, parent: str = "", cpu=None, memory=None) -> kpb.ResourcePool
     return kpb.ResourcePoolSpec(name=name, parent=parent, cpu=cpu, memory=memory)
 
 
+# The pool specs go as built (the SDK's typed methods take their fields one by one).
+
+
 async def create_pool(lab: Lab, pool: kpb.ResourcePoolSpec, host: str = HOST):
     request = pb.HostResourcePoolRequest(host=host, pool=pool)
-    return await rpc(lab.vc).CreateResourcePool(request, lab.session)
+    return await lab.client.call("CreateResourcePool", request)
 
 
 async def update_pool(lab: Lab, pool: kpb.ResourcePoolSpec, host: str = HOST):
     request = pb.HostResourcePoolRequest(host=host, pool=pool)
-    return await rpc(lab.vc).UpdateResourcePool(request, lab.session)
+    return await lab.client.call("UpdateResourcePool", request)
 
 
 async def destroy_pool(lab: Lab, name: str, host: str = HOST):
-    request = pb.DestroyHostResourcePoolRequest(host=host, name=name)
-    return await lab.wait(rpc(lab.vc).DestroyResourcePool(request, lab.session))
+    return await lab.wait(await lab.client.destroy_resource_pool(host, name))
 
 
 async def pools(lab: Lab, host: str = HOST) -> dict[str, kpb.ResourcePool]:
-    listed = await rpc(lab.vc).ListResourcePools(pb.HostRequest(name=host), lab.session)
+    listed = await lab.client.resource_pools(host)
     assert listed.host == host
     return {p.name: p for p in listed.pools}
 
 
 async def create_vm(lab: Lab, name: str, pool: str = "", host: str = HOST, **resources):
-    request = pb.CreateVmRequest(
-        name=name,
-        cpus=1,
-        memory_mb=256,
-        host=host,
-        resources=kpb.VmResources(memory_workload=QUIET, resource_pool=pool, **resources),
+    resources = kpb.VmResources(memory_workload=QUIET, resource_pool=pool, **resources)
+    return await lab.wait(
+        await lab.client.create_vm(name, cpus=1, memory_mb=256, host=host, resources=resources)
     )
-    return await lab.wait(rpc(lab.vc).CreateVm(request, lab.session))
 
 
 async def set_pool(lab: Lab, name: str, pool: str, **resources):
-    vm = lab.vc.vms.get(name)
+    vm = await lab.client.vm(name)
     wanted = kpb.VmResources()
     wanted.CopyFrom(vm.resources)
     wanted.resource_pool = pool
     for field, value in resources.items():
         getattr(wanted, field).CopyFrom(value)
-    request = pb.ReconfigureVmResourcesRequest(name=name, resources=wanted)
-    return await lab.wait(rpc(lab.vc).ReconfigureVmResources(request, lab.session))
+    return await lab.wait(await lab.client.reconfigure_vm_resources(name, wanted))
 
 
 def kernel(lab: Lab, host: str = HOST):
@@ -114,7 +111,7 @@ async def test_pools_are_made_on_the_host_and_recorded_as_events(lab: Lab):
     prod = {p.name: p for p in updated.pools}["prod"]
     assert (prod.cpu.shares_level, prod.cpu.reservation) == ("normal", 1500)
     assert prod.memory == listed["prod"].memory  # memory was not given: unchanged
-    events = [e for e in lab.events() if e.type.startswith("ResourcePool")]
+    events = [e for e in await lab.events() if e.type.startswith("ResourcePool")]
     assert [e.type for e in events] == [
         "ResourcePoolCreatedEvent",
         "ResourcePoolCreatedEvent",
@@ -160,42 +157,38 @@ BAD_ON_THE_HOST = [
 async def test_bad_pool_requests_are_refused_and_change_nothing(lab: Lab, call, fields, fault):
     await create_pool(lab, spec("existing", cpu=alloc(reservation=100, expandable=False)))
     await create_pool(lab, spec("other"))
-    before, events = host_state(lab), len(lab.events())
-    method = {"create": rpc(lab.vc).CreateResourcePool, "update": rpc(lab.vc).UpdateResourcePool}[
-        call
-    ]
+    before, events = host_state(lab), len(await lab.events())
+    method = {"create": "CreateResourcePool", "update": "UpdateResourcePool"}[call]
     with pytest.raises(fault):
-        await method(pb.HostResourcePoolRequest(host=fields.get("host", HOST), **{
-            k: v for k, v in fields.items() if k != "host"}), lab.session)  # fmt: skip
+        await lab.client.call(method, pb.HostResourcePoolRequest(host=fields.get("host", HOST), **{
+            k: v for k, v in fields.items() if k != "host"}))  # fmt: skip
     assert host_state(lab) == before
-    assert len(lab.events()) == events
+    assert len(await lab.events()) == events
 
 
 async def test_destroy_refusals_at_once(lab: Lab):
-    before, tasks = host_state(lab), len(lab.tasks())
+    before, tasks = host_state(lab), len(await lab.tasks())
     for host, name, fault in (
         (HOST, ROOT_POOL, InvalidArgument),
         (HOST, "", InvalidArgument),
         ("esxi-09", "p", NotFound),
     ):
         with pytest.raises(fault):
-            rpc(lab.vc).DestroyResourcePool(
-                pb.DestroyHostResourcePoolRequest(host=host, name=name), lab.session
-            )
-    assert host_state(lab) == before and len(lab.tasks()) == tasks
+            await lab.client.destroy_resource_pool(host, name)
+    assert host_state(lab) == before and len(await lab.tasks()) == tasks
 
 
 async def test_a_vm_runs_in_the_pool_its_resources_name(lab: Lab):
     with pytest.raises(InvalidArgument, match="resource_pool"):
         await create_vm(lab, "bad", pool="a/b")  # refused at once: no task, no VM
-    assert "bad" not in lab.vms()
+    assert "bad" not in await lab.vms()
     assert (await create_vm(lab, "web", pool="gold")).state == SUCCESS
-    assert lab.vc.vms.get("web").resources.resource_pool == "gold"
+    assert (await lab.client.vm("web")).resources.resource_pool == "gold"
     before = host_state(lab)
     failed = await lab.power_on("web")
     assert failed.state == ERROR and failed.error.name == "NotFound"
     assert "vsim host pool create esxi-01 gold" in failed.error.message
-    assert host_state(lab) == before and lab.vc.vms.get("web").power_state != ON
+    assert host_state(lab) == before and (await lab.client.vm("web")).power_state != ON
     await create_pool(lab, spec("gold", cpu=alloc("high")))
     assert (await lab.power_on("web")).state == SUCCESS
     gold = (await pools(lab))["gold"]
@@ -204,7 +197,7 @@ async def test_a_vm_runs_in_the_pool_its_resources_name(lab: Lab):
     assert k.cpu.tree.consumer_pool("web") == k.memory.tree.consumer_pool("web") == "gold"
     # "Resources" is the root, stored as "".
     assert (await set_pool(lab, "web", ROOT_POOL)).state == SUCCESS
-    assert lab.vc.vms.get("web").resources.resource_pool == ""
+    assert (await lab.client.vm("web")).resources.resource_pool == ""
     assert k.cpu.tree.consumer_pool("web") == ROOT_POOL
 
 
@@ -214,17 +207,17 @@ async def test_reconfigure_moves_a_running_vm_or_changes_nothing(lab: Lab):
         SUCCESS
     )
     assert (await lab.power_on("a")).state == SUCCESS
-    before, vm = host_state(lab), lab.vc.vms.get("a")
+    before, vm = host_state(lab), await lab.client.vm("a")
     refused = await set_pool(lab, "a", "fixed")  # 200 MB into a fixed 128
     assert refused.error.name == "InsufficientResourcesFault"
     missing = await set_pool(lab, "a", "nope")
     assert missing.error.name == "NotFound"
-    assert host_state(lab) == before and lab.vc.vms.get("a") == vm
+    assert host_state(lab) == before and await lab.client.vm("a") == vm
     moved = await set_pool(lab, "a", "fixed", memory=kpb.ResourceAllocation(reservation=128))
     assert moved.state == SUCCESS
     assert kernel(lab).memory.tree.consumer_pool("a") == "fixed"
-    assert lab.vc.vms.get("a").resources.resource_pool == "fixed"
-    assert lab.events()[-1].type == "VmReconfiguredEvent"
+    assert (await lab.client.vm("a")).resources.resource_pool == "fixed"
+    assert (await lab.events())[-1].type == "VmReconfiguredEvent"
 
 
 async def test_destroy_moves_its_vms_to_the_parent_in_the_inventory_too(lab: Lab):
@@ -239,13 +232,13 @@ async def test_destroy_moves_its_vms_to_the_parent_in_the_inventory_too(lab: Lab
     listed = await pools(lab)
     assert list(listed) == [ROOT_POOL, "dept", "sub"] and listed["sub"].parent == "dept"
     assert [(v.name, v.powered_on) for v in listed["dept"].vms] == [("a", True), ("idle", False)]
-    assert lab.vc.vms.get("a").resources.resource_pool == "dept"
-    assert lab.vc.vms.get("idle").resources.resource_pool == "dept"
+    assert (await lab.client.vm("a")).resources.resource_pool == "dept"
+    assert (await lab.client.vm("idle")).resources.resource_pool == "dept"
     assert kernel(lab).vm("a").resources.resource_pool == "dept"
-    event = lab.events()[-1]
+    event = (await lab.events())[-1]
     assert event.type == "ResourcePoolDestroyedEvent" and "a, idle moved to dept" in event.message
     await lab.restart()  # the inventory keeps it: a re-registration will name "dept"
-    assert lab.vc.vms.get("a").resources.resource_pool == "dept"
+    assert (await lab.client.vm("a")).resources.resource_pool == "dept"
 
 
 async def test_pools_survive_a_host_reboot_and_its_vms_power_on_in_them(lab: Lab):
@@ -275,11 +268,7 @@ async def test_vcenter_adopts_the_pool_the_host_moved_a_vm_to(lab: Lab):
     assert (await lab.power_on("web")).state == SUCCESS
     kernel(lab).destroy_resource_pool("gold")
     await lab.restart()
-    assert lab.vc.vms.get("web").resources.resource_pool == ""
+    assert (await lab.client.vm("web")).resources.resource_pool == ""
     load = kpb.VmResources(cpu_load_pct=20)
-    done = await lab.wait(
-        rpc(lab.vc).ReconfigureVmResources(
-            pb.ReconfigureVmResourcesRequest(name="web", resources=load), lab.session
-        )
-    )
+    done = await lab.wait(await lab.client.reconfigure_vm_resources("web", load))
     assert done.state == SUCCESS

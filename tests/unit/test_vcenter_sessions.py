@@ -9,7 +9,8 @@ import pytest
 from vclab import SUCCESS, T0, Lab
 
 from vsim.clock import SimClock
-from vsim.faults import HostConnectFault, InvalidArgument, InvalidLogin, NotAuthenticated
+from vsim.cluster.client import VCenterClient
+from vsim.faults import InvalidArgument, InvalidLogin, NotAuthenticated
 from vsim.host.hostd.accounts import HostAccounts
 from vsim.passwords import token_digest
 from vsim.v1 import vcenter_pb2 as pb
@@ -48,16 +49,14 @@ async def test_login_is_public(lab: Lab):
 
 
 async def test_login_returns_a_working_session(lab: Lab):
-    after = lab.last_event_key()
-    reply = await lab.vc.Login(
-        pb.LoginRequest(user_name=ADMINISTRATOR, password=lab.vc.sessions.initial_password()),
-        None,
-    )
+    after = await lab.last_event_key()
+    login = pb.LoginRequest(user_name=ADMINISTRATOR, password=lab.vc.sessions.initial_password())
+    reply = await lab.anonymous().call("Login", login)
     assert reply.user_name == ADMINISTRATOR
     assert reply.session != lab.token
     session = lab.vc.table.authenticate(reply.session, "ListVms")
     assert session.user_name == ADMINISTRATOR
-    assert [(e.type, e.user) for e in lab.events(after)] == [
+    assert [(e.type, e.user) for e in await lab.events(after)] == [
         ("UserLoginSessionEvent", ADMINISTRATOR)
     ]
 
@@ -74,29 +73,28 @@ async def test_login_returns_a_working_session(lab: Lab):
 )
 async def test_login_with_wrong_credentials_is_invalid_login(lab: Lab, user, password):
     password = password if password is not None else lab.vc.sessions.initial_password()
-    after = lab.last_event_key()
+    after = await lab.last_event_key()
     with pytest.raises(InvalidLogin):
-        await lab.vc.Login(pb.LoginRequest(user_name=user, password=password), None)
-    assert [(e.type, e.user) for e in lab.events(after)] == [("BadUsernameSessionEvent", user)]
+        await lab.login(user, password)
+    assert [(e.type, e.user) for e in await lab.events(after)] == [
+        ("BadUsernameSessionEvent", user)
+    ]
 
 
 async def test_login_with_10_mb_password_is_invalid_argument(lab: Lab):
     with pytest.raises(InvalidArgument) as excinfo:
-        await lab.vc.Login(
-            pb.LoginRequest(user_name=ADMINISTRATOR, password="p" * 10_000_000), None
-        )
+        await lab.login(ADMINISTRATOR, "p" * 10_000_000)
     assert len(excinfo.value.message) < 300
 
 
 async def test_logout_invalidates_the_token(lab: Lab):
     token = await lab.login()
-    session = lab.vc.table.authenticate(token, "Logout")
-    lab.vc.Logout(pb.LogoutRequest(), session)
+    await VCenterClient.in_process(lab.vc.table, token).logout()
     with pytest.raises(NotAuthenticated):
         lab.vc.table.authenticate(token, "ListVms")
     # Other sessions stay valid.
     assert lab.vc.table.authenticate(lab.token, "ListVms").user_name == ADMINISTRATOR
-    assert lab.events()[-1].type == "UserLogoutSessionEvent"
+    assert (await lab.events())[-1].type == "UserLogoutSessionEvent"
 
 
 async def test_administrator_password_is_stored_only_hashed(lab: Lab):
@@ -152,7 +150,7 @@ async def test_host_root_passwords_are_not_in_the_database(lab: Lab):
 
 async def test_vpxuser_password_is_rotated_once_30_days_old(lab: Lab):
     before = {name: lab.vc.hosts._vpx_password(name) for name in ("esxi-01", "esxi-02")}
-    after_key = lab.last_event_key()
+    after_key = await lab.last_event_key()
     await lab.vc.hosts.heartbeat_once()
     assert lab.vc.hosts._vpx_password("esxi-01") == before["esxi-01"]  # not due yet
 
@@ -165,37 +163,22 @@ async def test_vpxuser_password_is_rotated_once_30_days_old(lab: Lab):
     with pytest.raises(InvalidLogin):
         accounts.login(VPXUSER, before["esxi-01"])
     accounts.login(VPXUSER, new)
-    assert [(e.type, e.host) for e in lab.events(after_key)] == [
+    assert [(e.type, e.host) for e in await lab.events(after_key)] == [
         ("HostVpxuserPasswordChangedEvent", "esxi-01")
     ]
     # vCenter keeps working with the new password.
     assert (await lab.create("after-rotation", host="esxi-01")).state == SUCCESS
     assert (await lab.power_on("after-rotation")).state == SUCCESS
-    assert lab.vms()["after-rotation"].power_state == pb.POWER_STATE_POWERED_ON
-
-
-def _fail_create_user(lab: Lab, host: str, applied: bool) -> None:
-    """Makes vCenter's next CreateUser to host fail: after the host applied it (the reply
-    was lost) or before (the host refused)."""
-    port = lab.vc.hosts._links[host].port
-    original = port.call
-
-    async def call(method, request, session):
-        if method == "CreateUser":
-            port.call = original
-            if applied:
-                await original(method, request, session)
-            raise HostConnectFault("connection reset")
-        return await original(method, request, session)
-
-    port.call = call
+    assert (await lab.vms())["after-rotation"].power_state == pb.POWER_STATE_POWERED_ON
 
 
 @pytest.mark.parametrize("applied", [True, False], ids=["reply-lost", "host-refused"])
 async def test_a_failed_rotation_never_locks_vcenter_out(lab: Lab, applied: bool):
     old = lab.vc.hosts._vpx_password("esxi-01")
     lab.vc.inventory.update_host("esxi-01", vpx_password_set=lab.clock.now() - 30 * 86400)
-    _fail_create_user(lab, "esxi-01", applied)
+    # vCenter's next CreateUser to the host fails: after the host applied it (the reply
+    # was lost) or before (the host never saw it).
+    lab.engine.reset_next_call("esxi-01", "CreateUser", applied)
     await lab.vc.hosts.heartbeat_once()
     pending = lab.vc.inventory.host("esxi-01").vpx_password_next_enc
     assert pending is not None, "the new password is kept until a login settles it"
@@ -257,8 +240,7 @@ async def test_idle_time_survives_a_vcenter_restart(lab: Lab):
 
 async def test_a_stream_keeps_its_session_alive_and_idle_time_counts_from_its_end(lab: Lab):
     token = await lab.login()
-    session = lab.vc.table.authenticate(token, "WatchEvents")
-    stream = lab.vc.WatchEvents(pb.WatchEventsRequest(after_key=lab.last_event_key()), session)
+    stream = VCenterClient.in_process(lab.vc.table, token).watch_events(await lab.last_event_key())
     follower = asyncio.get_running_loop().create_task(anext(stream))
     await lab.clock.advance(2 * TIMEOUT)  # following events for an hour, none came
     assert lab.vc.table.authenticate(token, "ListVms").user_name == ADMINISTRATOR
@@ -296,15 +278,14 @@ async def test_the_session_timeout_is_a_setting(tmp_path, fast_scrypt):
 
 
 async def login_as(lab: Lab, user: str, password: str) -> str:
-    reply = await lab.vc.Login(pb.LoginRequest(user_name=user, password=password), None)
-    return reply.session
+    return await lab.login(user, password)
 
 
 async def test_five_failed_logins_lock_the_account_for_300_s_even_for_the_right_password(
     lab: Lab,
 ):
     right = lab.vc.sessions.initial_password()
-    after = lab.last_event_key()
+    after = await lab.last_event_key()
     for attempt in range(1, 6):
         with pytest.raises(InvalidLogin) as failed:
             await login_as(lab, ADMINISTRATOR, f"wrong-{attempt}")
@@ -319,11 +300,11 @@ async def test_five_failed_logins_lock_the_account_for_300_s_even_for_the_right_
     await lab.clock.advance(0.5)
     token = await login_as(lab, ADMINISTRATOR, right)
     assert lab.vc.table.authenticate(token, "ListVms").user_name == ADMINISTRATOR
-    events = [(e.type, e.user) for e in lab.events(after)]
+    events = [(e.type, e.user) for e in await lab.events(after)]
     assert events == [("BadUsernameSessionEvent", ADMINISTRATOR)] * 7 + [
         ("UserLoginSessionEvent", ADMINISTRATOR)
     ]
-    assert "locked" in lab.events(after)[5].message
+    assert "locked" in (await lab.events(after))[5].message
     # Other sessions were never touched by the lock.
     assert lab.vc.table.authenticate(lab.token, "ListVms").user_name == ADMINISTRATOR
 

@@ -91,41 +91,41 @@ async def test_event_keys_increase_and_page(tmp_path: Path):
     inventory.close()
 
 
-def list_events(lab: Lab, **request) -> pb.ListEventsResponse:
-    return lab.vc.ListEvents(pb.ListEventsRequest(**request), lab.session)
+async def list_events(lab: Lab, **request) -> pb.ListEventsResponse:
+    return await lab.client.event_page(**request)
 
 
 async def test_list_events_newest_page_counts_the_older_ones(lab: Lab):
-    start = lab.last_event_key()
-    before = len(lab.events())
+    start = await lab.last_event_key()
+    before = len(await lab.events())
     posted = [lab.vc.events.post("TestEvent", f"event {i}") for i in range(30)]
-    page = list_events(lab, limit=10, newest=True)
+    page = await list_events(lab, limit=10, newest=True)
     assert [e.message for e in page.events] == [f"event {i}" for i in range(20, 30)]
     assert (page.older, page.newer) == (before + 20, 0)
     # After a key: the newest that are still after it, counting only those left out.
-    page = list_events(lab, after_key=posted[24].key, limit=10, newest=True)
+    page = await list_events(lab, after_key=posted[24].key, limit=10, newest=True)
     assert [e.message for e in page.events] == [f"event {i}" for i in range(25, 30)]
     assert (page.older, page.newer) == (0, 0)
-    page = list_events(lab, after_key=start, limit=50, newest=True)
+    page = await list_events(lab, after_key=start, limit=50, newest=True)
     assert (len(page.events), page.older, page.newer) == (30, 0, 0)
 
 
 async def test_list_events_pages_forward_from_a_key(lab: Lab):
     posted = [lab.vc.events.post("TestEvent", f"event {i}") for i in range(25)]
-    page = list_events(lab, after_key=posted[4].key, limit=10)
+    page = await list_events(lab, after_key=posted[4].key, limit=10)
     assert [e.message for e in page.events] == [f"event {i}" for i in range(5, 15)]
     assert (page.older, page.newer) == (0, 10)
-    page = list_events(lab, after_key=page.events[-1].key, limit=10)
+    page = await list_events(lab, after_key=page.events[-1].key, limit=10)
     assert [e.message for e in page.events] == [f"event {i}" for i in range(15, 25)]
     assert (page.older, page.newer) == (0, 0)
-    page = list_events(lab, after_key=posted[-1].key, limit=10)
+    page = await list_events(lab, after_key=posted[-1].key, limit=10)
     assert (list(page.events), page.older, page.newer) == ([], 0, 0)
 
 
 async def test_watch_events_replays_then_follows_live(lab: Lab):
-    start = lab.last_event_key()
+    start = await lab.last_event_key()
     await lab.create("vm-001")
-    stream = lab.vc.WatchEvents(pb.WatchEventsRequest(after_key=start), lab.session)
+    stream = lab.client.watch_events(start)
     first = await asyncio.wait_for(anext(stream), 5)
     assert (first.type, first.vm) == ("VmCreatedEvent", "vm-001")
     pending = asyncio.ensure_future(anext(stream))
@@ -138,6 +138,6 @@ async def test_watch_events_replays_then_follows_live(lab: Lab):
 
 
 async def test_watch_events_rejects_a_negative_key(lab: Lab):
-    stream = lab.vc.WatchEvents(pb.WatchEventsRequest(after_key=-1), lab.session)
+    stream = lab.client.watch_events(-1)
     with pytest.raises(InvalidArgument):
         await anext(stream)

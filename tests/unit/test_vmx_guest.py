@@ -10,8 +10,9 @@ import uuid
 from test_vscsi import MemoryDisk
 
 from vsim.clock import SimClock
+from vsim.host.guest.disk_writes import GUEST_BLOCK, verify_guest_disk
 from vsim.host.storage.disk_scheduler import DiskScheduler
-from vsim.host.vm.vmx import APD_TIMEOUT, GUEST_BLOCK, RETRY_BACKOFF, VmxProcess, verify_guest_disk
+from vsim.host.vm.vmx import APD_TIMEOUT, RETRY_BACKOFF, VmxProcess
 from vsim.storage.scsi import CHECK_CONDITION, WRITE_ERROR, ScsiError
 from vsim.storage.vmfs_format import SECTOR
 

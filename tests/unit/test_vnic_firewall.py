@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsim.faults import InvalidArgument
-from vsim.host.kernel.net.vnic_firewall import Decision, FirewallRule, VnicFirewall
+from vsim.host.kernel.net.vnic_firewall import Decision, decide, describe, matches
+from vsim.vnic_firewall import FirewallRule, VnicFirewall
 
 
 def test_first_matching_rule_wins():
@@ -22,17 +23,17 @@ def test_first_matching_rule_wins():
     deny_first = VnicFirewall(
         (FirewallRule("deny", "in", "tcp"), FirewallRule("allow", "in", "tcp", port=22))
     )
-    assert allow_first.decide("in", "tcp", "10.0.0.1", 22) == Decision(True, 0)
-    assert allow_first.decide("in", "tcp", "10.0.0.1", 80) == Decision(False, 1)
-    assert deny_first.decide("in", "tcp", "10.0.0.1", 22) == Decision(False, 0)
+    assert decide(allow_first, "in", "tcp", "10.0.0.1", 22) == Decision(True, 0)
+    assert decide(allow_first, "in", "tcp", "10.0.0.1", 80) == Decision(False, 1)
+    assert decide(deny_first, "in", "tcp", "10.0.0.1", 22) == Decision(False, 0)
 
 
 def test_the_default_action_decides_when_nothing_matches():
     rules = (FirewallRule("deny", "in", "udp"),)
-    assert VnicFirewall(rules).decide("in", "tcp", "10.0.0.1", 80) == Decision(True, None)
+    assert decide(VnicFirewall(rules), "in", "tcp", "10.0.0.1", 80) == Decision(True, None)
     closed = VnicFirewall(rules, default_action="deny")
-    assert closed.decide("in", "tcp", "10.0.0.1", 80) == Decision(False, None)
-    assert VnicFirewall().decide("out", "other", "", 0).allowed
+    assert decide(closed, "in", "tcp", "10.0.0.1", 80) == Decision(False, None)
+    assert decide(VnicFirewall(), "out", "other", "", 0).allowed
 
 
 def test_direction_in_out_and_both():
@@ -40,40 +41,41 @@ def test_direction_in_out_and_both():
     outbound = VnicFirewall((FirewallRule("deny", "out"),))
     both = VnicFirewall((FirewallRule("deny"),))
     assert (
-        not inbound.decide("in", "tcp", "", 1).allowed
-        and inbound.decide("out", "tcp", "", 1).allowed
+        not decide(inbound, "in", "tcp", "", 1).allowed
+        and decide(inbound, "out", "tcp", "", 1).allowed
     )
     assert (
-        outbound.decide("in", "tcp", "", 1).allowed
-        and not outbound.decide("out", "tcp", "", 1).allowed
+        decide(outbound, "in", "tcp", "", 1).allowed
+        and not decide(outbound, "out", "tcp", "", 1).allowed
     )
     assert (
-        not both.decide("in", "udp", "", 1).allowed and not both.decide("out", "udp", "", 1).allowed
+        not decide(both, "in", "udp", "", 1).allowed
+        and not decide(both, "out", "udp", "", 1).allowed
     )
     with pytest.raises(InvalidArgument):
-        both.decide("both", "udp", "", 1)
+        decide(both, "both", "udp", "", 1)
 
 
 def test_address_matches_the_remote_side_by_cidr_and_frames_without_ip_match_only_any():
     fw = VnicFirewall((FirewallRule("deny", address="192.168.0.0/16"),))
-    assert not fw.decide("in", "tcp", "192.168.44.1", 80).allowed
-    assert fw.decide("in", "tcp", "192.169.0.1", 80).allowed
-    assert fw.decide("in", "other", "", 0).allowed  # no IP: the CIDR rule does not match
+    assert not decide(fw, "in", "tcp", "192.168.44.1", 80).allowed
+    assert decide(fw, "in", "tcp", "192.169.0.1", 80).allowed
+    assert decide(fw, "in", "other", "", 0).allowed  # no IP: the CIDR rule does not match
     host = VnicFirewall((FirewallRule("deny", address="10.1.2.3/32"),))
     assert host.rules[0].address == "10.1.2.3"
-    assert not host.decide("out", "icmp", "10.1.2.3", 0).allowed
-    assert host.decide("out", "icmp", "10.1.2.4", 0).allowed
+    assert not decide(host, "out", "icmp", "10.1.2.3", 0).allowed
+    assert decide(host, "out", "icmp", "10.1.2.4", 0).allowed
     everything = VnicFirewall((FirewallRule("deny"),))
-    assert not everything.decide("in", "other", "", 0).allowed
+    assert not decide(everything, "in", "other", "", 0).allowed
 
 
 def test_ports_and_ranges_match_tcp_and_udp_destination_ports_only():
     fw = VnicFirewall((FirewallRule("deny", port="8000-8080"),))
-    assert not fw.decide("in", "tcp", "", 8000).allowed
-    assert not fw.decide("in", "udp", "", 8080).allowed
-    assert fw.decide("in", "tcp", "", 8081).allowed
-    assert fw.decide("in", "icmp", "", 8000).allowed  # icmp has no ports
-    assert fw.decide("in", "other", "", 8000).allowed
+    assert not decide(fw, "in", "tcp", "", 8000).allowed
+    assert not decide(fw, "in", "udp", "", 8080).allowed
+    assert decide(fw, "in", "tcp", "", 8081).allowed
+    assert decide(fw, "in", "icmp", "", 8000).allowed  # icmp has no ports
+    assert decide(fw, "in", "other", "", 8000).allowed
     assert FirewallRule("allow", port=" 443 ").port == "443"
     assert FirewallRule("allow", port="80-80").port == "80"
 
@@ -121,9 +123,9 @@ def test_rules_are_canonical_and_describe_themselves():
     assert (rule.action, rule.direction, rule.protocol, rule.port) == ("deny", "in", "tcp", "22")
     fw = VnicFirewall([rule])
     assert fw.rules == (rule,)  # kept as given, as a tuple
-    text = fw.describe(fw.decide("in", "tcp", "10.0.0.5", 22))
+    text = describe(fw, decide(fw, "in", "tcp", "10.0.0.5", 22))
     assert "rule 0 'no ssh'" in text and "deny" in text
-    assert "default" in fw.describe(fw.decide("out", "tcp", "10.0.0.5", 22))
+    assert "default" in describe(fw, decide(fw, "out", "tcp", "10.0.0.5", 22))
 
 
 # ---- properties: JSON round trip and first-match against a plain model
@@ -177,14 +179,14 @@ def test_decisions_follow_first_match_and_survive_the_json_round_trip(fw, packet
     travelled = VnicFirewall.from_json(json.dumps(json.loads(fw.to_json())))
     assert travelled == fw
     for packet in packets:
-        decision = fw.decide(*packet)
+        decision = decide(fw, *packet)
         assert decision.allowed == model_decision(fw, *packet)
-        assert travelled.decide(*packet) == decision
+        assert decide(travelled, *packet) == decision
         # The deciding rule matches and no earlier one does.
         direction, protocol, ip, port = packet
         remote = int(ipaddress.ip_address(ip)) if ip else None
         first = next(
-            (i for i, r in enumerate(fw.rules) if r.matches(direction, protocol, remote, port)),
+            (i for i, r in enumerate(fw.rules) if matches(r, direction, protocol, remote, port)),
             None,
         )
         assert decision.rule == first

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from vsim.ethernet_frame import BROADCAST_MAC, Frame
 from vsim.faults import AlreadyExists, InvalidArgument, NotFound, ResourceInUse, VimFault
-from vsim.host.kernel.net.vnic_firewall import FirewallRule, VnicFirewall
-from vsim.host.kernel.net.vswitch import (
+from vsim.host.kernel.net.forwarding import VnicId
+from vsim.host.kernel.net.vswitch import HostNetworkSystem
+from vsim.port_stats import (
     DROP_FIREWALL,
     DROP_FORGED_TRANSMIT,
     DROP_LINK_DOWN,
@@ -23,10 +24,9 @@ from vsim.host.kernel.net.vswitch import (
     DROP_OWN_MAC,
     DROP_STANDBY,
     DROP_VLAN,
-    HostNetworkSystem,
-    SecurityPolicy,
-    VnicId,
 )
+from vsim.security_policy import SecurityPolicy
+from vsim.vnic_firewall import FirewallRule, VnicFirewall
 
 A, B, C, D = (f"00:50:56:00:00:0{i}" for i in range(1, 5))
 STRANGER = "00:50:56:aa:bb:cc"
@@ -168,9 +168,9 @@ def test_forged_transmits_reject_drops_frames_with_another_source_mac():
 
 def test_mac_changes_reject_stops_all_inbound_frames_until_the_guest_changes_back():
     net = host(("pg", 10))
-    net.update_vswitch_security(
+    net.update_vswitch(
         "vSwitch0",
-        SecurityPolicy(allow_promiscuous=False, mac_changes=False, forged_transmits=True),
+        security=SecurityPolicy(allow_promiscuous=False, mac_changes=False, forged_transmits=True),
     )
     net.connect_vnic("vm-a", "ethernet0", "pg", A)
     net.connect_vnic("vm-b", "ethernet0", "pg", B)
@@ -224,8 +224,9 @@ def test_promiscuous_vgt_port_sees_every_vlan_and_the_vswitch_policy_is_inherite
     net.connect_vnic("vm-a", "ethernet0", "ten", A)
     net.connect_vnic("vm-x", "ethernet0", "twenty", C)
     net.connect_vnic("ids", "ethernet0", "trunk", D)
-    net.update_vswitch_security(
-        "vSwitch0", SecurityPolicy(allow_promiscuous=True, mac_changes=True, forged_transmits=True)
+    net.update_vswitch(
+        "vSwitch0",
+        security=SecurityPolicy(allow_promiscuous=True, mac_changes=True, forged_transmits=True),
     )
     assert net.effective_security("trunk").allow_promiscuous is True
     seen = net.send("vm-x", "ethernet0", Frame(C, STRANGER))
@@ -318,16 +319,31 @@ def test_an_uplink_belongs_to_one_vswitch():
     net.add_vswitch("vSwitch1", ("vmnic1",))
     before = snapshot(net)
     with pytest.raises(AlreadyExists, match="vSwitch0"):
-        net.add_uplink("vSwitch1", "vmnic0")
+        net.update_vswitch("vSwitch1", uplinks=("vmnic1", "vmnic0"))
     with pytest.raises(AlreadyExists, match="vSwitch0"):
         net.add_vswitch("vSwitch2", ("vmnic2", "vmnic0"))
     with pytest.raises(AlreadyExists, match="vSwitch1"):
-        net.add_uplink("vSwitch1", "vmnic1")
+        net.add_vswitch("vSwitch2", ("vmnic1",))
+    with pytest.raises(InvalidArgument, match="twice"):
+        net.update_vswitch("vSwitch1", uplinks=("vmnic1", "vmnic1"))
     with pytest.raises(InvalidArgument):
-        net.add_uplink("vSwitch1", "eth0")
+        net.update_vswitch("vSwitch1", uplinks=("vmnic1", "eth0"))
+    with pytest.raises(InvalidArgument):
+        net.update_vswitch("vSwitch1", uplinks="vmnic2")
+    with pytest.raises(InvalidArgument):  # half a policy: the uplinks do not change either
+        net.update_vswitch("vSwitch1", uplinks=("vmnic2",), security=SecurityPolicy(True))
+    with pytest.raises(NotFound):
+        net.update_vswitch("vSwitch9", uplinks=())
     assert snapshot(net) == before
-    net.remove_uplink("vSwitch0", "vmnic0")
-    assert net.add_uplink("vSwitch1", "vmnic0").uplinks == ("vmnic1", "vmnic0")
+    assert net.update_vswitch("vSwitch0", uplinks=()).active_uplink is None
+    assert net.update_vswitch("vSwitch1", uplinks=("vmnic1", "vmnic0")).uplinks == (
+        "vmnic1",
+        "vmnic0",
+    )
+    # The new order is the failover order; a NIC left out is free again.
+    reordered = net.update_vswitch("vSwitch1", uplinks=("vmnic0", "vmnic2"))
+    assert (reordered.uplinks, reordered.active_uplink) == (("vmnic0", "vmnic2"), "vmnic0")
+    assert net.add_vswitch("vSwitch2", ("vmnic1",)).uplinks == ("vmnic1",)
 
 
 def test_duplicate_mac_on_one_vswitch_is_refused_and_changes_nothing():
@@ -393,9 +409,12 @@ def test_a_removed_vswitchs_uplinks_are_free_for_another_vswitch():
     net = host(uplinks=("vmnic0", "vmnic1"))
     net.add_vswitch("vSwitch1", ("vmnic2",))
     with pytest.raises(AlreadyExists, match="vSwitch0"):
-        net.add_uplink("vSwitch1", "vmnic1")
+        net.update_vswitch("vSwitch1", uplinks=("vmnic2", "vmnic1"))
     net.remove_vswitch("vSwitch0")
-    assert net.add_uplink("vSwitch1", "vmnic1").uplinks == ("vmnic2", "vmnic1")
+    assert net.update_vswitch("vSwitch1", uplinks=("vmnic2", "vmnic1")).uplinks == (
+        "vmnic2",
+        "vmnic1",
+    )
     assert net.add_vswitch("vSwitch2", ("vmnic0",)).active_uplink == "vmnic0"
     # Frames on a NIC that was the removed vSwitch's go to whoever owns it now.
     net.add_port_group("pg", "vSwitch2")
@@ -484,10 +503,10 @@ FULL_POLICY = st.builds(
 SWITCHES = st.sampled_from(["vSwitch0", "vSwitch1", "vSwitch1", "vSwitch9"])
 GROUPS = st.sampled_from(["pg-a", "pg-b", "pg-c", "pg-a", "pg-b", ""])
 VMS = st.sampled_from(["vm-1", "vm-2", "vm-3", "vm-4"])
+UPLINKS = st.lists(st.sampled_from(["vmnic0", "vmnic1", "vmnic2", "eth0"]), max_size=3).map(tuple)
 OPS = st.one_of(
     st.tuples(st.just("add_vswitch"), st.sampled_from(["vSwitch2", "vSwitch0", "bad name"])),
-    st.tuples(st.just("add_uplink"), SWITCHES, st.sampled_from(["vmnic0", "vmnic1", "eth0"])),
-    st.tuples(st.just("remove_uplink"), SWITCHES, st.sampled_from(["vmnic0", "vmnic1"])),
+    st.tuples(st.just("update_uplinks"), SWITCHES, UPLINKS),
     st.tuples(st.just("add_port_group"), GROUPS, SWITCHES, VLANS, POLICY),
     st.tuples(st.just("update_port_group"), GROUPS, VLANS, POLICY),
     st.tuples(st.just("remove_port_group"), GROUPS),
@@ -500,7 +519,7 @@ OPS = st.one_of(
     ),
     st.tuples(st.just("disconnect_vnic"), VMS),
     st.tuples(st.just("set_effective_mac"), VMS, st.sampled_from([A, B, STRANGER, BROADCAST_MAC])),
-    st.tuples(st.just("update_vswitch_security"), SWITCHES, FULL_POLICY),
+    st.tuples(st.just("update_security"), SWITCHES, FULL_POLICY),
 )
 
 
@@ -514,6 +533,10 @@ def apply(net: HostNetworkSystem, op: tuple) -> None:
         getattr(net, kind)(args[0], "ethernet0", *args[1:])
     elif kind == "update_port_group":
         net.update_port_group(args[0], vlan=args[1], security=args[2])
+    elif kind == "update_uplinks":
+        net.update_vswitch(args[0], uplinks=args[1])
+    elif kind == "update_security":
+        net.update_vswitch(args[0], security=args[1])
     else:
         getattr(net, kind)(*args)
 

@@ -1,19 +1,25 @@
 """A vCenter core on the in-process engine, as the unit tests drive it (no Ray, no
-sockets): `Lab` boots one on a SimClock and wraps the RPC-named calls."""
+sockets): `Lab` boots one on a SimClock and calls it through the SDK client, as a user
+would; `host_call` reaches a host's hostd as root through its dispatch table."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from vsim.clock import SimClock
+from vsim.cluster.client import VCenterClient
 from vsim.cluster.inprocess import InProcessEngine
+from vsim.dispatch import LocalTransport
 from vsim.spec import ClusterSpec, HostSpec
 from vsim.v1 import common_pb2
+from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter
-from vsim.vcenter.sessions import ADMINISTRATOR, Session
+from vsim.vcenter.sessions import ADMINISTRATOR
 
 T0 = 1_700_000_000.0
 """Where every test's SimClock starts."""
@@ -26,24 +32,10 @@ CONNECTED = pb.CONNECTION_STATE_CONNECTED
 NOT_RESPONDING = pb.CONNECTION_STATE_NOT_RESPONDING
 
 
-class Rpc:
-    """vCenter's RPC handlers by name (its dispatch table's), called with a `Session`
-    as the core's methods once were: no session check and no copies. How these tests
-    reach the RPCs until they move to `VCenterClient.in_process`."""
-
-    def __init__(self, vc: VCenter) -> None:
-        self._entries = vc.table.entries
-
-    def __getattr__(self, method: str):
-        return self._entries[method].handler
-
-
-def rpc(vc: VCenter) -> Rpc:
-    return Rpc(vc)
-
-
 class Lab:
-    """One vCenter core on the in-process engine, with an administrator session."""
+    """One vCenter core on the in-process engine, and an administrator's SDK client
+    of it (`client`: `VCenterClient.in_process`, through vCenter's dispatch table with
+    its session check, message copies and faults, as over gRPC)."""
 
     def __init__(self, data_dir: Path, seed: int = 7) -> None:
         self.data_dir = data_dir
@@ -51,13 +43,14 @@ class Lab:
         self.clock = SimClock(T0)
         self.engine = InProcessEngine(self.clock)
         self.vc: VCenter | None = None
-        self.session: Session | None = None
+        self.client: VCenterClient | None = None
         self.token = ""
 
     # lifecycle
 
     async def boot(self, spec: ClusterSpec) -> Lab:
-        """Starts a vCenter on data_dir and this lab's engine, and logs in."""
+        """Starts a vCenter on data_dir and this lab's engine, and logs in (once: the
+        session outlives a restart, as vCenter keeps it; a first call checks it)."""
         self.spec = spec
         inventory = Inventory(self.data_dir / INVENTORY_FILE)
         self.vc = VCenter(
@@ -66,15 +59,19 @@ class Lab:
         await self.vc.start(spec)
         if not self.token:
             self.token = await self.login()
-        self.session = self.vc.table.authenticate(self.token, "ListVms")
+        self.client = VCenterClient.in_process(self.vc.table, self.token)
+        await self.client.status()
         return self
 
-    async def login(self) -> str:
-        password = self.vc.sessions.initial_password()
-        reply = await self.vc.Login(
-            pb.LoginRequest(user_name=ADMINISTRATOR, password=password), None
-        )
-        return reply.session
+    def anonymous(self) -> VCenterClient:
+        """A client of this vCenter without a session."""
+        return VCenterClient.in_process(self.vc.table)
+
+    async def login(self, user_name: str = ADMINISTRATOR, password: str | None = None) -> str:
+        """A new session (the administrator's initial password unless given)."""
+        if password is None:
+            password = self.vc.sessions.initial_password()
+        return await self.anonymous().login(user_name, password)
 
     async def stop(self) -> None:
         if self.vc is not None:
@@ -89,63 +86,58 @@ class Lab:
     # calls
 
     async def wait(self, task: common_pb2.Task) -> common_pb2.Task:
-        return await self.vc.WaitForTask(
-            pb.WaitForTaskRequest(id=task.id, timeout_seconds=10), self.session
-        )
+        return await self.client.wait(task, timeout=10)
 
     async def create(
         self, name: str, cpus: int = 1, memory_mb: int = 1024, host: str = ""
     ) -> common_pb2.Task:
-        request = pb.CreateVmRequest(name=name, cpus=cpus, memory_mb=memory_mb, host=host)
-        return await self.wait(rpc(self.vc).CreateVm(request, self.session))
+        return await self.wait(await self.client.create_vm(name, cpus, memory_mb, host))
 
     async def power_on(self, name: str) -> common_pb2.Task:
-        return await self.wait(rpc(self.vc).PowerOnVm(pb.VmRequest(name=name), self.session))
+        return await self.wait(await self.client.power_on(name))
 
     async def power_off(self, name: str) -> common_pb2.Task:
-        return await self.wait(rpc(self.vc).PowerOffVm(pb.VmRequest(name=name), self.session))
+        return await self.wait(await self.client.power_off(name))
 
     async def destroy(self, name: str) -> common_pb2.Task:
-        return await self.wait(rpc(self.vc).DestroyVm(pb.VmRequest(name=name), self.session))
+        return await self.wait(await self.client.destroy_vm(name))
 
     async def add_host(self, name: str, thumbprint: str = "") -> common_pb2.Task:
-        request = pb.AddHostRequest(name=name, ssl_thumbprint=thumbprint)
-        return await self.wait(self.vc.AddHost(request, self.session))
+        return await self.wait(await self.client.add_host(name, thumbprint))
 
     async def remove_host(self, name: str) -> common_pb2.Task:
-        return await self.wait(self.vc.RemoveHost(pb.RemoveHostRequest(name=name), self.session))
+        return await self.wait(await self.client.remove_host(name))
 
     # views
 
-    def vms(self) -> dict[str, pb.Vm]:
-        """The inventory's VMs (ListVms also asks the hosts for their guests' writes)."""
-        return {vm.name: vm for vm in self.vc.vms.list("")}
+    async def vms(self) -> dict[str, pb.Vm]:
+        """ListVms: running VMs with disks carry their guests' acknowledged writes."""
+        return {vm.name: vm for vm in await self.client.vms()}
 
-    def hosts(self) -> dict[str, pb.Host]:
-        return {
-            h.name: h for h in rpc(self.vc).ListHosts(pb.ListHostsRequest(), self.session).hosts
-        }
+    async def hosts(self) -> dict[str, pb.Host]:
+        return {h.name: h for h in await self.client.hosts()}
 
-    def tasks(self) -> list[common_pb2.Task]:
-        return list(self.vc.ListTasks(pb.ListTasksRequest(limit=10_000), self.session).tasks)
+    async def tasks(self) -> list[common_pb2.Task]:
+        return await self.client.tasks(limit=10_000)
 
-    def events(self, after: int = 0) -> list[common_pb2.Event]:
-        request = pb.ListEventsRequest(after_key=after, limit=10_000)
-        return list(self.vc.ListEvents(request, self.session).events)
+    async def events(self, after: int = 0) -> list[common_pb2.Event]:
+        return await self.client.events(after, limit=10_000)
 
-    def last_event_key(self) -> int:
-        return self.vc.inventory.last_event_key()
+    async def last_event_key(self) -> int:
+        """The newest event's key (0 before the first)."""
+        page = await self.client.event_page(limit=1, newest=True)
+        return page.events[-1].key if page.events else 0
 
-    def snapshot(self) -> tuple:
+    async def snapshot(self) -> tuple:
         """What a rejected request must leave unchanged."""
         host_vms = {
             name: [(vm.name, vm.powered_on) for vm in hostd.kernel.vms()]
             for name, hostd in self.engine.hosts().items()
         }
         return (
-            self.vc.vms.list(""),
-            len(self.tasks()),
-            len(self.events()),
+            await self.client.vms(),
+            len(await self.tasks()),
+            len(await self.events()),
             host_vms,
         )
 
@@ -159,8 +151,17 @@ class Lab:
 
     def drop_connection(self, name: str) -> None:
         """Breaks vCenter's open line to a host, as a crashed host's TCP connection would."""
-        link = self.vc.hosts._links[name]
-        link.port._hostd = None
+        self.engine.drop_connections(name)
+
+
+async def host_call(engine: InProcessEngine, host: str, method: str, request: Message) -> Message:
+    """One call to a running host's hostd as root (what vCenter does as vpxuser),
+    through its dispatch table: the session check and message copies a remote caller
+    gets, faults as they arrive over the wire."""
+    line = LocalTransport(engine.running(host).table)
+    login = hpb.HostLoginRequest(user_name="root", password=engine.spec(host).root_password)
+    session = (await line.call("Login", login, None)).session
+    return await line.call(method, request, session)
 
 
 def small_cluster(hosts: int = 2, memory_mb: int = 8192, cpu_cores: int = 4) -> ClusterSpec:

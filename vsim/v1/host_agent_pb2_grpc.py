@@ -186,6 +186,16 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.RemovePortGroupRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
                 _registered_method=True)
+        self.UpdateVirtualSwitch = channel.unary_unary(
+                '/vsim.v1.HostAgent/UpdateVirtualSwitch',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdateVirtualSwitchRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.UpdatePortGroup = channel.unary_unary(
+                '/vsim.v1.HostAgent/UpdatePortGroup',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdatePortGroupRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
         self.ListPciDevices = channel.unary_unary(
                 '/vsim.v1.HostAgent/ListPciDevices',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.ListPciDevicesRequest.SerializeToString,
@@ -440,6 +450,22 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateVirtualSwitch(self, request, context):
+        """Changes a vSwitch's uplinks (their failover order) and/or security policy; its
+        port groups' ports follow at once. Kept in esx.conf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePortGroup(self, request, context):
+        """Changes a port group's VLAN and/or security overrides; its connected ports follow
+        at once. Kept in esx.conf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPciDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -660,6 +686,16 @@ def add_HostAgentServicer_to_server(servicer, server):
             'RemovePortGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.RemovePortGroup,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.RemovePortGroupRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'UpdateVirtualSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateVirtualSwitch,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.UpdateVirtualSwitchRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'UpdatePortGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePortGroup,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.UpdatePortGroupRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
             ),
             'ListPciDevices': grpc.unary_unary_rpc_method_handler(
@@ -1522,6 +1558,60 @@ class HostAgent:
             target,
             '/vsim.v1.HostAgent/RemovePortGroup',
             vsim_dot_v1_dot_host__agent__pb2.RemovePortGroupRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateVirtualSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/UpdateVirtualSwitch',
+            vsim_dot_v1_dot_host__agent__pb2.UpdateVirtualSwitchRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePortGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/UpdatePortGroup',
+            vsim_dot_v1_dot_host__agent__pb2.UpdatePortGroupRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
             options,
             channel_credentials,

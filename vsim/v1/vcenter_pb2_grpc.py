@@ -241,6 +241,16 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostPortGroupRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
                 _registered_method=True)
+        self.UpdateVirtualSwitch = channel.unary_unary(
+                '/vsim.v1.VCenter/UpdateVirtualSwitch',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostVirtualSwitchRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
+        self.UpdatePortGroup = channel.unary_unary(
+                '/vsim.v1.VCenter/UpdatePortGroup',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostPortGroupRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
         self.ListPciDevices = channel.unary_unary(
                 '/vsim.v1.VCenter/ListPciDevices',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
@@ -611,6 +621,23 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateVirtualSwitch(self, request, context):
+        """HostNetworkSystem.UpdateVirtualSwitch: a host's vSwitch gets other uplinks (in
+        failover order; an uplink on another vSwitch is refused) and/or security policy
+        fields; what the request leaves unset stays as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePortGroup(self, request, context):
+        """HostNetworkSystem.UpdatePortGroup: a port group's VLAN and/or security overrides
+        change (or go back to inheriting the vSwitch's); running VMs' ports follow at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPciDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -930,6 +957,16 @@ def add_VCenterServicer_to_server(servicer, server):
             'RemovePortGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.RemovePortGroup,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostPortGroupRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'UpdateVirtualSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateVirtualSwitch,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostVirtualSwitchRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'UpdatePortGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePortGroup,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostPortGroupRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
             ),
             'ListPciDevices': grpc.unary_unary_rpc_method_handler(
@@ -2119,6 +2156,60 @@ class VCenter:
             target,
             '/vsim.v1.VCenter/RemovePortGroup',
             vsim_dot_v1_dot_vcenter__pb2.RemoveHostPortGroupRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateVirtualSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/UpdateVirtualSwitch',
+            vsim_dot_v1_dot_vcenter__pb2.UpdateHostVirtualSwitchRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePortGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/UpdatePortGroup',
+            vsim_dot_v1_dot_vcenter__pb2.UpdateHostPortGroupRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
             options,
             channel_credentials,

@@ -17,16 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vsim import validate
 from vsim.clock import Clock
 from vsim.faults import InsufficientResourcesFault, InvalidArgument, NotFound
-from vsim.host.guest.memory import GuestMemoryModel, GuestWorkload
-from vsim.host.kernel.memory.page_sharing import (
-    SHARE_FORCE_SALTING,
-    PageSharing,
-    ScanResult,
-    salt_domain,
-)
+from vsim.guest_workload import GuestWorkload
+from vsim.host.guest.memory import GuestMemoryModel
+from vsim.host.kernel.memory.page_sharing import PageSharing, ScanResult, salt_domain
 from vsim.host.kernel.memory.pmap import (
     BALLOONED,
     COMPRESSED,
@@ -36,91 +31,17 @@ from vsim.host.kernel.memory.pmap import (
     MachineMemory,
 )
 from vsim.host.kernel.memory.reclaim import MemoryState, Reclaimer, VmReclaim, VmSwapFile
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.pool_tree import PoolTree
+from vsim.memory_settings import MemorySettings, VmMemorySettings
+from vsim.resource_allocation import (
     ROOT_POOL,
-    UNLIMITED,
-    VM_MEMORY_SHARES_PER_MB,
-    Allocation,
     Unit,
 )
-from vsim.host.kernel.resources.pool_tree import PoolTree
 
-SHARE_SCAN_PERIOD = 60.0
-"""Seconds between TPS scans (ESXi spreads a full scan over Mem.ShareScanTime)."""
-MAX_SHARE_SCAN_PERIOD = 36_000.0
 MAX_PERIOD = 10.0
 """The most one period covers: a host back from a long pause does not replay it."""
 ACCESS_BATCH = 16 * PAGES_PER_MB
 """Guest pages touched as one step (reclaim may take earlier steps' pages)."""
-
-
-@dataclass(frozen=True)
-class MemorySettings:
-    """The host's advanced memory settings."""
-
-    share_force_salting: int = SHARE_FORCE_SALTING
-    """Mem.ShareForceSalting: 0, 1 or 2; reaches a VM at its next power-on."""
-    page_sharing: bool = True
-    """False stops the TPS scan on this host (Mem.ShareScanGHz = 0)."""
-    share_scan_period: float = SHARE_SCAN_PERIOD
-    """Seconds between scans."""
-
-    def validated(self) -> MemorySettings:
-        if self.share_force_salting not in (0, 1, 2):
-            raise InvalidArgument(
-                f"Mem.ShareForceSalting must be 0, 1 or 2, got {self.share_force_salting}"
-            )
-        validate.positive_number(self.share_scan_period, "share_scan_period")
-        if self.share_scan_period > MAX_SHARE_SCAN_PERIOD:
-            raise InvalidArgument(
-                f"share_scan_period is at most {MAX_SHARE_SCAN_PERIOD:.0f} s, "
-                f"got {self.share_scan_period}"
-            )
-        return self
-
-
-@dataclass(frozen=True)
-class VmMemorySettings:
-    """A VM's memory resource settings (its .vmx sched.mem.* keys)."""
-
-    reservation_mb: int = 0
-    """sched.mem.min: never reclaimed once the guest has touched it."""
-    limit_mb: int = -1
-    """sched.mem.max; -1 for unlimited."""
-    shares: int = 0
-    """sched.mem.shares; 0 means normal (10 per MB)."""
-    page_sharing: bool = True
-    """sched.mem.pshare.enable; applies from the next power-on."""
-    salt: str = ""
-    """sched.mem.pshare.salt; applies from the next power-on."""
-    balloon_driver: bool = True
-    """VMware Tools' balloon driver runs in the guest."""
-
-    def validated(self, memory_mb: int) -> VmMemorySettings:
-        if not 0 <= self.reservation_mb <= memory_mb:
-            raise InvalidArgument(
-                f"memory reservation must be 0..{memory_mb} MB (the VM's memory), "
-                f"got {self.reservation_mb}"
-            )
-        if self.limit_mb != -1 and self.limit_mb < self.reservation_mb:
-            raise InvalidArgument(
-                f"memory limit {self.limit_mb} MB is below the reservation "
-                f"{self.reservation_mb} MB; use -1 for unlimited"
-            )
-        if self.shares < 0:
-            raise InvalidArgument(f"memory shares must be > 0, got {self.shares}")
-        if len(self.salt) > 256:
-            raise InvalidArgument("sched.mem.pshare.salt is at most 256 characters")
-        return self
-
-    @property
-    def limit_pages(self) -> int:
-        return -1 if self.limit_mb == -1 else self.limit_mb * PAGES_PER_MB
-
-    def allocation(self, memory_mb: int) -> Allocation:
-        shares = self.shares or VM_MEMORY_SHARES_PER_MB["normal"] * memory_mb
-        limit = UNLIMITED if self.limit_mb == -1 else self.limit_mb
-        return Allocation(shares, self.reservation_mb, limit)
 
 
 @dataclass(frozen=True)
@@ -164,6 +85,10 @@ class HostMemoryStats:
     consumed: float
     scans: int
     last_scan: ScanResult | None
+
+
+def _limit_pages(settings: VmMemorySettings) -> int:
+    return -1 if settings.limit_mb == -1 else settings.limit_mb * PAGES_PER_MB
 
 
 def _mb(pages: float) -> float:
@@ -228,7 +153,7 @@ class MemoryManager:
         self.tree.set_consumer(name, settings.allocation(vm.memory_mb))  # admission first
         vm.settings = settings
         vm.reclaim.reservation_pages = settings.reservation_mb * PAGES_PER_MB
-        vm.reclaim.limit_pages = settings.limit_pages
+        vm.reclaim.limit_pages = _limit_pages(settings)
         vm.reclaim.balloon_driver = settings.balloon_driver
         return settings
 
@@ -260,7 +185,7 @@ class MemoryManager:
         vm_pages = self.memory.add_vm(name, pages, domain, settings.page_sharing)
         swap = VmSwapFile(self.swap_dir / f"{name}-{vm_uuid[:8]}.vswp", pages - reserved)
         reclaim = VmReclaim(vm_pages, swap, reserved, guest.working_set, settings.balloon_driver)
-        reclaim.limit_pages = settings.limit_pages
+        reclaim.limit_pages = _limit_pages(settings)
         if not self._vms:  # the first guest: no idle time to replay
             self._last_tick = self.clock.now()
         self.reclaimer.add(reclaim)
@@ -351,7 +276,7 @@ class MemoryManager:
             own = vm.settings.reservation_mb * PAGES_PER_MB
             r.reservation_pages = max(own, int(floors[i] * PAGES_PER_MB))
             ceiling = int(ceilings[i] * PAGES_PER_MB)
-            r.limit_pages = ceiling if ceiling < r.granted else vm.settings.limit_pages
+            r.limit_pages = ceiling if ceiling < r.granted else _limit_pages(vm.settings)
 
     def demand_mb(self) -> np.ndarray:
         """What each powered-on VM wants now, its active memory (working set) in MB,

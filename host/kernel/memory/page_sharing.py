@@ -29,8 +29,6 @@ import numpy as np
 from vsim.faults import InvalidArgument
 from vsim.host.kernel.memory.pmap import UNMAPPED, MachineMemory
 
-SHARE_FORCE_SALTING = 2
-"""Mem.ShareForceSalting default."""
 SALTING_MODES = (0, 1, 2)
 COMMON_DOMAIN = 0
 """The domain of VMs that share across VMs (salting 0, or 1 without a salt)."""

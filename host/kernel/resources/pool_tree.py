@@ -43,7 +43,8 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
 )
-from vsim.host.kernel.resources.allocation import (
+from vsim.host.kernel.resources.entitlement import FlatTree, divide
+from vsim.resource_allocation import (
     POOL_SHARES,
     ROOT_POOL,
     UNLIMITED,
@@ -53,7 +54,6 @@ from vsim.host.kernel.resources.allocation import (
     unit_of,
     whole_number,
 )
-from vsim.host.kernel.resources.entitlement import FlatTree, divide
 
 
 @dataclass
@@ -312,37 +312,12 @@ class PoolTree:
         self._consumers[unit].set(i, allocation, self._number(pool))
         self._flat.clear()
 
-    def _move_consumer(self, unit: Unit, name: str, pool: str) -> None:
-        view = self._views[unit]
-        i = view.index(name)
-        self._pool(pool)
-        consumers = self._consumers[unit]
-        source, reservation = view.consumer_pool(name), int(consumers.reservation[i])
-        held = {source: -reservation}
-        held[pool] = held.get(pool, 0) + reservation
-        self._check(unit, f"cannot move {name!r} into pool {pool!r}", held=held)
-        consumers.pool_of[i] = self._number(pool)
-        self._flat.clear()
-
     def _remove_consumer(self, unit: Unit, name: str) -> Allocation:
         """Releasing a reservation always fits: never refused once the name is known."""
         allocation = self._views[unit].consumer(name)
         self._consumers[unit].delete(name)
         self._flat.clear()
         return allocation
-
-    def _set_capacity(self, unit: Unit, capacity: int) -> None:
-        capacity = _checked_capacity(capacity, unit)
-        held = self._reservations(unit)[0][0]
-        if held > capacity:
-            raise InsufficientResourcesFault(
-                f"cannot lower the capacity to {capacity} {unit}: reservations of "
-                f"{held} {unit} are held; lower them first",
-                requested=capacity,
-                reserved=held,
-            )
-        self._capacity[unit] = capacity
-        self._flat.clear()
 
     # -- admission ---------------------------------------------------------------------
 
@@ -573,19 +548,10 @@ class ResourceView:
         """Changes a consumer's shares, reservation or limit (admission-controlled)."""
         self.tree._set_consumer(self.unit, name, allocation)
 
-    def move_consumer(self, name: str, pool: str) -> None:
-        """Moves a consumer into another pool (MoveIntoResourcePool)."""
-        self.tree._move_consumer(self.unit, name, pool)
-
     def remove_consumer(self, name: str) -> Allocation:
         """Removes a consumer (a VM powering off) and releases its reservation; the
         consumers after it move down one index."""
         return self.tree._remove_consumer(self.unit, name)
-
-    def set_capacity(self, capacity: int) -> None:
-        """Changes what the root divides (e.g. a host's memory less the VMkernel's).
-        Refused while the reservations would not fit."""
-        self.tree._set_capacity(self.unit, capacity)
 
     # -- entitlements ------------------------------------------------------------------
 

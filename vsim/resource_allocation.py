@@ -3,20 +3,21 @@ for one resource (CPU in MHz, or memory in MB) at a time.
 
 Owns: `Allocation` (vSphere's ResourceAllocationInfo) and its validation; the share
 levels of VMs and pools; `PoolConfig`, a host pool's settings as a value; the rule that
-the root pool is not changed.
+the root pool is not changed, and what a pool may be named. Shared by the host (its
+pool tree), vCenter (checking a request with the host's own rules) and the CLI.
 
-Must never: know about a tree or hold state (pool_tree.py keeps the hierarchy and
-admits; entitlement.py divides); everything here is a value or a pure function, so
-vCenter can check a request with the host's own rules without a host.
+Must never: know about a tree or hold state (host/kernel/resources/: pool_tree.py
+keeps the hierarchy and admits, entitlement.py divides); everything here is a value or
+a pure function.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from numbers import Integral
 
-import numpy as np
-
+from vsim import validate
 from vsim.faults import InvalidArgument
 
 
@@ -46,7 +47,7 @@ POOL_SHARES = {Unit.MHZ: POOL_CPU_SHARES, Unit.MB: POOL_MEMORY_SHARES}
 
 def whole_number(value: int, field_name: str) -> int:
     """`value` as a plain int; InvalidArgument unless it is a whole number."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if isinstance(value, bool) or not isinstance(value, Integral):
         raise InvalidArgument(f"{field_name} must be a whole number, got {value!r}")
     return int(value)
 
@@ -178,3 +179,11 @@ def check_not_root(name: str, verb: str) -> None:
             f"the root resource pool {ROOT_POOL!r} cannot be {verb}: it is the host's "
             "whole capacity"
         )
+
+
+def pool_name(name: str, field_name: str = "resource pool name") -> str:
+    """A resource pool's name: vSphere's inventory name rules (1-80 characters, no
+    '/', '\\' or '%')."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{field_name} must be a string, got {name!r}")
+    return validate.vm_name(name, field_name)
