@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vsim import dispatch
+from vsim import dispatch, validate
 from vsim.clock import Clock
 from vsim.faults import HostConnectFault
 from vsim.host.boot import LocalDisk, boot_host
@@ -51,7 +51,11 @@ class LocalHostPort:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
         applied = self._engine._resets.pop((self.name, method), None)
         if applied is None:
-            return await dispatch.call(self._hostd.table, method, request, session)
+            reply = await dispatch.call(self._hostd.table, method, request, session)
+            delay = self._engine._delays.pop((self.name, method), None)
+            if delay is not None:
+                await self._engine.clock.sleep(delay)
+            return reply
         if applied:
             await dispatch.call(self._hostd.table, method, request, session)
         raise HostConnectFault(f"the connection to {self.name} was reset during {method}")
@@ -83,6 +87,8 @@ class InProcessEngine:
         """The lines handed out to each host (vCenter's), for `drop_connections`."""
         self._resets: dict[tuple[str, str], bool] = {}
         """(host, method) -> applied: the next such call is reset (`reset_next_call`)."""
+        self._delays: dict[tuple[str, str], float] = {}
+        """(host, method) -> seconds the next such reply is late (`delay_next_reply`)."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
@@ -168,6 +174,13 @@ class InProcessEngine:
         would (HostConnectFault): with `applied`, after the host ran it (only the
         reply is lost), otherwise before the host saw it."""
         self._resets[(name, method)] = applied
+
+    def delay_next_reply(self, name: str, method: str, seconds: float) -> None:
+        """The host runs the next `method` call at once, but its reply reaches the
+        caller `seconds` later on the engine's clock (a slow line or a busy hostd):
+        whatever the caller does meanwhile races the call."""
+        validate.positive_number(seconds, "reply delay")
+        self._delays[(name, method)] = seconds
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""

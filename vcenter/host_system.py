@@ -97,6 +97,9 @@ class HostManager:
         self._rng = rng
         self._links: dict[str, HostLink] = {}
         self._rotating: set[str] = set()
+        self._checks: dict[str, asyncio.Lock] = {}
+        """Per host: held by its heartbeat check and by its removal, so a check that
+        reattaches a host never overlaps the host's removal."""
 
     # queries
 
@@ -296,13 +299,19 @@ class HostManager:
                 host=name,
             )
             return name
-        link = self._links.pop(name, None)
-        if link is not None:
-            await link.port.close()
-        self._inventory.remove_host(name)
-        await self._engine.decommission(name)
+        # A heartbeat check under way finishes first (it may be re-attaching the host);
+        # any later check finds the host gone.
+        async with self._check_lock(name):
+            link = self._links.pop(name, None)
+            if link is not None:
+                await link.port.close()
+            self._inventory.remove_host(name)
+            await self._engine.decommission(name)
         self._events.post("HostRemovedEvent", f"Removed host {name}", user=user, host=name)
         return name
+
+    def _check_lock(self, name: str) -> asyncio.Lock:
+        return self._checks.setdefault(name, asyncio.Lock())
 
     # calls to hosts
 
@@ -488,7 +497,11 @@ class HostManager:
     async def heartbeat(self, name: str) -> None:
         """One host's check: a connected host answers an authenticated call in time or
         is marked not responding; a host that answers again is re-attached; vpxuser's
-        password is rotated where due."""
+        password is rotated where due. Never overlaps the host's removal."""
+        async with self._check_lock(name):
+            await self._check(name)
+
+    async def _check(self, name: str) -> None:
         record = self._inventory.host(name)
         if record is None:  # removed meanwhile
             return
