@@ -23,6 +23,7 @@ from vsim.faults import (
     VimFault,
 )
 from vsim.iscsi import initiator_name
+from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions
@@ -45,7 +46,7 @@ async def cluster(tmp_path, fast_scrypt):
     clock = WallClock(speed=SPEED)
     array = StorageArray(tmp_path / "array")
     spec = prepare_array(array, ClusterSpec.default(3))
-    engine = InProcessEngine(clock, array)
+    engine = InProcessEngine(Runtime.simulated(clock, 3, "hosts"), array)
     vc = VCenter(
         tmp_path / "vc",
         Inventory(tmp_path / "vc" / INVENTORY_FILE),

@@ -13,6 +13,7 @@ from vsim.clock import SimClock
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.inprocess import InProcessEngine
 from vsim.dispatch import LocalTransport
+from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec, HostSpec
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
@@ -41,7 +42,9 @@ class Lab:
         self.data_dir = data_dir
         self.seed = seed
         self.clock = SimClock(T0)
-        self.engine = InProcessEngine(self.clock)
+        self.runtime = Runtime.simulated(self.clock, seed, "lab")
+        """Everything the lab's vCenter and hosts draw follows from it (and the seed)."""
+        self.engine = InProcessEngine(self.runtime.child("hosts"))
         self.vc: VCenter | None = None
         self.client: VCenterClient | None = None
         self.token = ""
