@@ -5,7 +5,6 @@ mounting them again after a reboot."""
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 from vclab import host_call
@@ -46,13 +45,13 @@ async def cluster(tmp_path, fast_scrypt):
     clock = WallClock(speed=SPEED)
     array = StorageArray(tmp_path / "array")
     spec = prepare_array(array, ClusterSpec.default(3))
-    engine = InProcessEngine(Runtime.simulated(clock, 3, "hosts"), array)
+    runtime = Runtime.simulated(clock, 3)
+    engine = InProcessEngine(runtime.child("hosts"), array)
     vc = VCenter(
         tmp_path / "vc",
         Inventory(tmp_path / "vc" / INVENTORY_FILE),
         engine,
-        clock,
-        random.Random(3),
+        runtime.child("vcenter"),
         array=ArrayRef("", ""),
         storage_provider=LocalStorageProvider(array),
     )
@@ -69,7 +68,8 @@ async def listed(client: VCenterClient) -> dict[str, pb.Datastore]:
 
 
 async def run(client: VCenterClient, task: common_pb2.Task) -> common_pb2.Task:
-    return await client.wait(task, timeout=10)
+    # WaitForTask's timeout is on vCenter's clock: 10 real seconds at this speed.
+    return await client.wait(task, timeout=10 * SPEED)
 
 
 async def host_stats(engine: InProcessEngine, host: str) -> hpb.HostStats:

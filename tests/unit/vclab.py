@@ -4,7 +4,6 @@ would; `host_call` reaches a host's hostd as root through its dispatch table."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from google.protobuf.message import Message
@@ -48,6 +47,7 @@ class Lab:
         self.vc: VCenter | None = None
         self.client: VCenterClient | None = None
         self.token = ""
+        self._starts = 0
 
     # lifecycle
 
@@ -56,9 +56,9 @@ class Lab:
         session outlives a restart, as vCenter keeps it; a first call checks it)."""
         self.spec = spec
         inventory = Inventory(self.data_dir / INVENTORY_FILE)
-        self.vc = VCenter(
-            self.data_dir, inventory, self.engine, self.clock, random.Random(self.seed)
-        )
+        self._starts += 1  # each start of vCenter draws on from a runtime of its own
+        runtime = self.runtime.child(f"vcenter-{self._starts}")
+        self.vc = VCenter(self.data_dir, inventory, self.engine, runtime)
         await self.vc.start(spec)
         if not self.token:
             self.token = await self.login()
