@@ -226,9 +226,7 @@ class HostManager:
             root = await port.call(
                 "Login", hpb.HostLoginRequest(user_name="root", password=spec.root_password), None
             )
-            vpx_password = generate_password(
-                VPXUSER_PASSWORD_LENGTH, self._runtime.secure_random
-            )
+            vpx_password = generate_password(VPXUSER_PASSWORD_LENGTH, self._runtime.secure_random)
             await port.call(
                 "CreateUser",
                 hpb.CreateUserRequest(user_name=VPXUSER, password=vpx_password, role="Admin"),
@@ -501,9 +499,7 @@ class HostManager:
             return
         try:
             request = hpb.GetHostInfoRequest()
-            await self._runtime.wait_for(
-                self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT
-            )
+            await self._runtime.wait_for(self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT)
         except (VimFault, TimeoutError) as exc:
             log.warning("%s failed its heartbeat: %s", name, exc)
             self._mark_not_responding(name)

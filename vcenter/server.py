@@ -75,9 +75,7 @@ async def start_vcenter(
     try:
         engine = engines(instance_uuid(inventory, runtime), data_dir, clock)
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
-        core = VCenter(
-            home, inventory, engine, runtime, array=array, session_policy=session_policy
-        )
+        core = VCenter(home, inventory, engine, runtime, array=array, session_policy=session_policy)
         if on_event is not None:
             core.events.listeners.append(on_event)
     except BaseException:
