@@ -43,9 +43,9 @@ SPEED = 10.0
 async def cluster(tmp_path, fast_scrypt):
     # Reservation backoffs sleep, so real time must move; 10x makes 16 s pass in 1.6 s.
     clock = WallClock(speed=SPEED)
-    array = StorageArray(tmp_path / "array")
-    spec = prepare_array(array, ClusterSpec.default(3))
     runtime = Runtime.simulated(clock, 3)
+    array = StorageArray(tmp_path / "array", runtime.child("array"))
+    spec = prepare_array(array, ClusterSpec.default(3))
     engine = InProcessEngine(runtime.child("hosts"), array)
     vc = VCenter(
         tmp_path / "vc",
