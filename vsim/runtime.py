@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from vsim.clock import Clock
-from vsim.passwords import new_token
+from vsim.passwords import SYSTEM_RANDOM, new_token
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +72,7 @@ class Runtime:
         self.random = random.Random(derive_seed(seed, "random"))
         """Ids, backoff jitter and every other choice that is not a secret."""
         self.secure_random: random.Random = (
-            random.Random(derive_seed(seed, "secure")) if simulated else secrets.SystemRandom()
+            random.Random(derive_seed(seed, "secure")) if simulated else SYSTEM_RANDOM
         )
         """Passwords, tokens, salts and keys. A stream of its own, so drawing a secret
         never shifts the ids a simulated run makes."""
