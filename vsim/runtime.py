@@ -60,8 +60,9 @@ def random_hex(rng: random.Random, digits: int) -> str:
 
 
 class Runtime:
-    def __init__(self, clock: Clock, seed: int, name: str = "", simulated: bool = True) -> None:
-        """Prefer `Runtime.live` and `Runtime.simulated`, which say which kind it is."""
+    def __init__(self, clock: Clock, seed: int, name: str = "", *, simulated: bool) -> None:
+        """Prefer `Runtime.live` and `Runtime.simulated`, which say which kind it is
+        (the kind has no default: seeded secrets must be asked for)."""
         self.clock = clock
         self.seed = seed
         """Everything this runtime draws (secrets too, when simulated) follows from it."""
@@ -95,7 +96,8 @@ class Runtime:
         clock and kind, a seed derived from this one's and the name alone. Its tasks
         are its own: whoever stops the part stops them."""
         full = f"{self.name}/{name}" if self.name else name
-        return Runtime(self.clock, derive_seed(self.seed, f"child:{name}"), full, self.simulated)
+        seed = derive_seed(self.seed, f"child:{name}")
+        return Runtime(self.clock, seed, full, simulated=self.simulated)
 
     def __repr__(self) -> str:
         kind = "simulated" if self.simulated else "live"
