@@ -1,15 +1,21 @@
-"""The in-process engine: every host core in this process, on the caller's clock.
+"""The in-process engine: every host core in this process, on the caller's runtime.
 
 No Ray and no sockets: vCenter's calls reach each host's `Hostd` through its
 dispatch table, as gRPC serving does (messages are copied, as a wire would, and an
 unexpected error is a SystemError), so unit tests and the deterministic simulator run the
 same host code with the same checks as the Ray engine. Host certificates are still
 real; accounts persist in memory across `reboot`, as /etc/shadow does on disk.
+
+Everything a host draws comes from the engine's runtime: each machine's is
+`runtime.child(name/machine-M)` (its certificate; a host decommissioned and
+provisioned again is a new machine), each boot's `runtime.child(name/boot-N)` (its
+boot id, session tokens, disk ids, and the tasks a crash halts), so the same seed
+boots the same hosts whatever order they are provisioned in.
 """
 
 from __future__ import annotations
 
-import random
+import datetime
 import shutil
 import tempfile
 import weakref
@@ -18,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from vsim import dispatch, validate
-from vsim.clock import Clock
 from vsim.faults import HostConnectFault
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import MemoryAccountStore
@@ -26,6 +31,7 @@ from vsim.host.hostd.esx_conf import MemoryConfigStore
 from vsim.host.hostd.service import Hostd
 from vsim.host.storage.storage_stack import LocalStoragePorts
 from vsim.passwords import hash_password
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.storage.array import StorageArray
 from vsim.tls import Identity, make_identity
@@ -72,8 +78,9 @@ class InProcessEngine:
     kind = "in-process"
     machines = False
 
-    def __init__(self, clock: Clock, array: StorageArray | None = None) -> None:
-        self.clock = clock
+    def __init__(self, runtime: Runtime, array: StorageArray | None = None) -> None:
+        self.runtime = runtime
+        self.clock = runtime.clock
         self.array = array
         """The storage array the hosts reach (in this process), if any."""
         self._hostd: dict[str, Hostd] = {}
@@ -83,6 +90,8 @@ class InProcessEngine:
         """Each host's accounts and esx.conf, kept across reboots as its disk would."""
         self._boots: Counter[str] = Counter()
         """How many times each host has booted."""
+        self._machines: Counter[str] = Counter()
+        """How many machines each host name has been provisioned on."""
         self._ports: dict[str, weakref.WeakSet[LocalHostPort]] = {}
         """The lines handed out to each host (vCenter's), for `drop_connections`."""
         self._resets: dict[tuple[str, str], bool] = {}
@@ -95,7 +104,15 @@ class InProcessEngine:
         weakref.finalize(self, shutil.rmtree, self._swap_root, True)
 
     async def provision(self, spec: HostSpec) -> str:
-        identity = self._identities.setdefault(spec.name, make_identity(spec.name))
+        if spec.name not in self._identities:
+            self._machines[spec.name] += 1
+            machine = self.runtime.child(f"{spec.name}/machine-{self._machines[spec.name]}")
+            self._identities[spec.name] = make_identity(
+                spec.name,
+                datetime.datetime.fromtimestamp(self.clock.now(), datetime.UTC),
+                machine.secure_random,
+            )
+        identity = self._identities[spec.name]
         if spec.name not in self._hostd:
             self._specs[spec.name] = spec.validated()
             disk = self._disks.setdefault(
@@ -103,12 +120,11 @@ class InProcessEngine:
                 LocalDisk(MemoryAccountStore(), MemoryConfigStore(), self._swap_root / spec.name),
             )
             ports = LocalStoragePorts(self.array) if self.array is not None else None
-            # Seeded per boot: each boot draws its own boot id, as a real one would.
+            # A runtime per boot: each draws its own boot id, as a real one would.
             self._boots[spec.name] += 1
-            rng = random.Random(f"{spec.name}/boot-{self._boots[spec.name]}")
-            self._hostd[spec.name] = boot_host(
-                spec, disk, hash_password(spec.root_password), self.clock, rng, ports
-            )
+            boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
+            root_hash = hash_password(spec.root_password, source=boot.secure_random)
+            self._hostd[spec.name] = boot_host(spec, disk, root_hash, boot, ports)
         return identity.thumbprint
 
     async def is_running(self, name: str) -> bool:
@@ -145,7 +161,7 @@ class InProcessEngine:
 
     async def decommission(self, name: str) -> None:
         if name in self._hostd:
-            await self._hostd[name].storage.close()
+            await self._hostd[name].close()
         for table in (self._hostd, self._specs, self._identities, self._disks):
             table.pop(name, None)
 

@@ -10,7 +10,6 @@ dispatch table, with its session check, message copies and faults, as over gRPC.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 
 import pytest
@@ -32,6 +31,7 @@ from vsim.host.kernel.vmkernel import HostKernel
 from vsim.host.storage.storage_stack import StorageStack
 from vsim.network_messages import frame_to_proto
 from vsim.passwords import hash_password
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -231,8 +231,9 @@ async def _hostd() -> _Root:
     spec = HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
     accounts = HostAccounts(MemoryAccountStore(), _root_hash())
     clock = SimClock(100.0)
-    storage = StorageStack(spec.host_uuid, spec.name, clock, random.Random(0))
-    root = _Root(Hostd(HostKernel(spec, clock), accounts, storage))
+    runtime = Runtime.simulated(clock, 0)
+    storage = StorageStack(spec.host_uuid, spec.name, runtime)
+    root = _Root(Hostd(HostKernel(spec, clock), accounts, storage, runtime))
     hostd = root.hostd
     pg = kpb.PortGroup(
         name="Locked", vswitch="vSwitch0", security=kpb.SecurityPolicy(mac_changes=False)

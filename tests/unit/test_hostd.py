@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import stat
 import uuid
 from pathlib import Path
@@ -25,6 +24,7 @@ from vsim.host.hostd.accounts import FileAccountStore, HostAccounts, MemoryAccou
 from vsim.host.hostd.esx_conf import MemoryConfigStore
 from vsim.host.hostd.service import Hostd
 from vsim.passwords import hash_password, verify_password
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 
@@ -38,7 +38,7 @@ def hostd(fast_scrypt: None, tmp_path: Path) -> Hostd:
     )
     disk = LocalDisk(MemoryAccountStore(), MemoryConfigStore(), tmp_path / "vswp")
     hostd = boot_host(
-        spec, disk, hash_password(ROOT_PASSWORD), SimClock(10.0), random.Random(0), None
+        spec, disk, hash_password(ROOT_PASSWORD), Runtime.simulated(SimClock(10.0), 0), None
     )
 
     def synchronous(method: str, request, token):

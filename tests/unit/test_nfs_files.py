@@ -64,7 +64,8 @@ def make(
                 f"esxi-{i:02d}",
                 clock,
                 boot=100 + i,
-            )
+            ),
+            random.Random(i),
         )
         for i in range(hosts)
     ]

@@ -422,7 +422,7 @@ async def test_hosts_booted_again_with_new_certificates_are_not_trusted(lab: Lab
     await lab.stop()
     # The engine is gone with its hosts (new identities too): vCenter must refuse
     # certificates that changed.
-    lab.engine = type(lab.engine)(lab.clock)
+    lab.engine = type(lab.engine)(lab.runtime.child("new-hardware"))
     await lab.boot(lab.spec)
     hosts = await lab.hosts()
     assert {n: h.connection_state for n, h in hosts.items()} == {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import tempfile
 import uuid
 from pathlib import Path
@@ -431,7 +432,8 @@ async def test_linked_clones_through_vscsi_see_the_base_and_only_their_own_write
     with tempfile.TemporaryDirectory() as tmp:
         export = NfsExport("nfs-01", Path(tmp) / f"export-{next(_exports)}", ExportOptions())
         client = ExportClient(export, "esxi-01")
-        fs = NfsFileSystem(NfsLockManager(client, uuid.UUID(int=1), "esxi-01", SimClock(), boot=1))
+        manager = NfsLockManager(client, uuid.UUID(int=1), "esxi-01", SimClock(), boot=1)
+        fs = NfsFileSystem(manager, random.Random(1))
         await fs.mkdir("base")
         await create_disk(fs, "base/base.vmdk", 64 * BLOCK)
         base = await open_disk(fs, "base/base.vmdk")
