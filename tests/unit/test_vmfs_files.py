@@ -1080,15 +1080,24 @@ async def test_another_host_and_a_rebooted_host_read_what_was_written(rigs, mode
 
 
 class LostDescriptorReply(LunDevice):
-    """The array applies a descriptor update but its reply is lost once."""
+    """The array applies a descriptor update but its reply is lost once; with
+    `path_down`, the path then stays down for the host's next read too (it cannot
+    read the sector back)."""
 
     arm = False
+    path_down = False
 
     async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
         await super().compare_and_write(lba, verify, data)
         if self.arm and data[:2] == b"FD":
             self.arm = False
             raise ConnectionError("the reply was lost (the array applied the update)")
+
+    async def read(self, lba: int, blocks: int) -> bytes:
+        if self.path_down:
+            self.path_down = False
+            raise ConnectionError("the path is down")
+        return await super().read(lba, blocks)
 
 
 async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
@@ -1103,7 +1112,7 @@ async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
     await fs.create("a")
     await fs.create("b")
     a, b = await fs.open("a"), await fs.open("b")
-    device.arm = True
+    device.arm = device.path_down = True
     with pytest.raises(ConnectionError):
         await a.write(0, b"A" * 4096)
     await a.close()
@@ -1112,6 +1121,25 @@ async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
     await b.write(0, b"B" * 4096)
     assert await a.read(0, 4096) == b"A" * 4096
     assert a._descriptor.direct[0] != b._descriptor.direct[0]
+
+
+async def test_a_write_whose_descriptor_reply_is_lost_is_read_back_and_acknowledged(tmp_path):
+    lun = Lun(0, tmp_path / "lost.img", 8 * MiB, "S")
+    await format_volume(
+        LunDevice(lun, "iqn.f"), "v", VolumeLockMode.ATS_ONLY, uuid.uuid4(), block_size=64 * KiB
+    )
+    device = LostDescriptorReply(lun, "iqn.0")
+    volume = VmfsVolume(device, uuid.UUID(int=1), WallClock(speed=1), random.Random(0))
+    await volume.mount()
+    fs = VmfsFileSystem(volume)
+    await fs.create("a")
+    a = await fs.open("a")
+    device.arm = True
+    await a.write(0, b"A" * 4096)  # the array ran the update: the host reads it back
+    assert volume.stats["lost_replies"] == 1
+    await a.close()
+    again = await fs.open("a")
+    assert await again.read(0, 4096) == b"A" * 4096
 
 
 async def test_read_only_opens_at_once_on_one_host_share_one_lock_to_the_last_close(rigs):
