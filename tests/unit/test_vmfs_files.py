@@ -1100,7 +1100,7 @@ class LostDescriptorReply(LunDevice):
         return await super().read(lba, blocks)
 
 
-async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
+async def lost_reply_file_system(tmp_path) -> tuple[LostDescriptorReply, VmfsFileSystem]:
     lun = Lun(0, tmp_path / "lost.img", 8 * MiB, "S")
     await format_volume(
         LunDevice(lun, "iqn.f"), "v", VolumeLockMode.ATS_ONLY, uuid.uuid4(), block_size=64 * KiB
@@ -1108,7 +1108,11 @@ async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
     device = LostDescriptorReply(lun, "iqn.0")
     volume = VmfsVolume(device, uuid.UUID(int=1), WallClock(speed=1), random.Random(0))
     await volume.mount()
-    fs = VmfsFileSystem(volume)
+    return device, VmfsFileSystem(volume)
+
+
+async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
+    device, fs = await lost_reply_file_system(tmp_path)
     await fs.create("a")
     await fs.create("b")
     a, b = await fs.open("a"), await fs.open("b")
@@ -1124,19 +1128,12 @@ async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
 
 
 async def test_a_write_whose_descriptor_reply_is_lost_is_read_back_and_acknowledged(tmp_path):
-    lun = Lun(0, tmp_path / "lost.img", 8 * MiB, "S")
-    await format_volume(
-        LunDevice(lun, "iqn.f"), "v", VolumeLockMode.ATS_ONLY, uuid.uuid4(), block_size=64 * KiB
-    )
-    device = LostDescriptorReply(lun, "iqn.0")
-    volume = VmfsVolume(device, uuid.UUID(int=1), WallClock(speed=1), random.Random(0))
-    await volume.mount()
-    fs = VmfsFileSystem(volume)
+    device, fs = await lost_reply_file_system(tmp_path)
     await fs.create("a")
     a = await fs.open("a")
     device.arm = True
     await a.write(0, b"A" * 4096)  # the array ran the update: the host reads it back
-    assert volume.stats["lost_replies"] == 1
+    assert fs.volume.stats["lost_replies"] == 1
     await a.close()
     again = await fs.open("a")
     assert await again.read(0, 4096) == b"A" * 4096
