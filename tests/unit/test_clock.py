@@ -170,6 +170,7 @@ def test_wallclock_is_monotonic():
     assert readings[-1] >= readings[0]
 
 
+@pytest.mark.real_loop  # real time must pass: it measures it
 async def test_wallclock_sleep_is_scaled_by_speed():
     clock = WallClock(speed=1000)
     before_real, before_sim = time.monotonic(), clock.now()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from vsim.clock import SimClock
+from vsim.clock import Clock, SimClock
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.inprocess import InProcessEngine
 from vsim.dispatch import LocalTransport
@@ -35,12 +35,14 @@ NOT_RESPONDING = pb.CONNECTION_STATE_NOT_RESPONDING
 class Lab:
     """One vCenter core on the in-process engine, and an administrator's SDK client
     of it (`client`: `VCenterClient.in_process`, through vCenter's dispatch table with
-    its session check, message copies and faults, as over gRPC)."""
+    its session check, message copies and faults, as over gRPC). Its clock is a
+    SimClock (the virtual loop's time) unless a test serving it over real sockets
+    gives it a WallClock."""
 
-    def __init__(self, data_dir: Path, seed: int = 7) -> None:
+    def __init__(self, data_dir: Path, seed: int = 7, clock: Clock | None = None) -> None:
         self.data_dir = data_dir
         self.seed = seed
-        self.clock = SimClock(T0)
+        self.clock = clock if clock is not None else SimClock(T0)
         self.engine = InProcessEngine(self.clock)
         self.vc: VCenter | None = None
         self.client: VCenterClient | None = None
