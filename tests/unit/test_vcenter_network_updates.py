@@ -118,7 +118,8 @@ async def test_a_port_groups_vlan_and_overrides_change_and_running_vms_follow(ma
         network = await vc.update_port_group("esxi-01", "Prod", inherit=["forged_transmits"])
         assert policy(port_groups(network)["Prod"].security) == (None, None, None)
         assert await receivers(src_mac=STRANGER) == ["b"]
-    messages = [e.message for e in (await lab.events()) if e.type == "HostPortGroupReconfiguredEvent"]
+    events = await lab.events()
+    messages = [e.message for e in events if e.type == "HostPortGroupReconfiguredEvent"]
     assert messages == [
         "Reconfigured port group 'Prod' on esxi-02: VLAN 20",
         "Reconfigured port group 'Prod' on esxi-02: VLAN 10",
@@ -171,13 +172,13 @@ async def test_bad_network_updates_are_refused_and_change_nothing(
     async with client(lab) as vc:
         await vc.add_virtual_switch("esxi-01", "vSwitch1", ["vmnic1"])
         await vc.add_port_group("esxi-01", "Prod", "vSwitch1", 10)
-        before, events = await vc.host_network("esxi-01"), len((await lab.events()))
+        before, events = await vc.host_network("esxi-01"), len(await lab.events())
         update = vc.update_virtual_switch if kind == "vswitch" else vc.update_port_group
         with pytest.raises(fault, match=words) as refused:
             await update(host, **change)
         assert isinstance(refused.value, VimFault)
         assert await vc.host_network("esxi-01") == before
-    assert len((await lab.events())) == events
+    assert len(await lab.events()) == events
 
 
 async def test_the_cli_updates_vswitches_and_port_groups(vsim: Vsim):  # noqa: F811
