@@ -117,7 +117,6 @@ class VirtualEventLoop(asyncio.AbstractEventLoop):
         self._task_factory: Callable[..., asyncio.Task] | None = None
         # Insertion-ordered (unlike a WeakSet), so shutdown closes them in a fixed order.
         self._asyncgens: weakref.WeakKeyDictionary[Any, None] = weakref.WeakKeyDictionary()
-        self._asyncgens_shutdown_called = False
         self.callbacks_run = 0
         """How many callbacks this loop has run (a measure of the work done)."""
 
@@ -439,7 +438,6 @@ class VirtualEventLoop(asyncio.AbstractEventLoop):
             self.call_soon(self.create_task, agen.aclose())
 
     async def shutdown_asyncgens(self) -> None:
-        self._asyncgens_shutdown_called = True
         closing = list(self._asyncgens)
         self._asyncgens.clear()
         results = await asyncio.gather(*(agen.aclose() for agen in closing), return_exceptions=True)
