@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vsim import virtual_time
 from vsim.clock import SimClock
 from vsim.faults import InvalidArgument
 from vsim.host.storage.disk_scheduler import (
@@ -83,7 +84,7 @@ def test_round_robin_order_and_queue_depth(depth: int, load: dict[str, int]):
                 assert waiting <= set(between), (vm, rest)
                 assert len(between) == len(set(between)), (vm, rest)
 
-    asyncio.run(scenario())
+    virtual_time.run(scenario())
 
 
 async def test_targets_are_independent_and_errors_reach_the_submitter():

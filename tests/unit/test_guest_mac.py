@@ -9,7 +9,6 @@ dispatch table, with its session check, message copies and faults, as over gRPC.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import pytest
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from test_vcenter_kernel import create, drops, get_vm, nic, receivers, send
 from vclab import SUCCESS, Lab, small_cluster
 
-from vsim import dispatch
+from vsim import dispatch, virtual_time
 from vsim.clock import SimClock
 from vsim.cluster.cli import build_parser
 from vsim.cluster.client import IN_PROCESS, VCenterClient
@@ -301,7 +300,7 @@ def _canonical(mac: str) -> str | None:
 )
 @given(ops=st.lists(OPS, max_size=25))
 def test_the_effective_mac_follows_a_model_and_gates_reception(fast_scrypt, ops):
-    asyncio.run(_effective_mac_history(ops))
+    virtual_time.run(_effective_mac_history(ops))
 
 
 async def _effective_mac_history(ops) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
 import uuid
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vsim import dispatch
+from vsim import dispatch, virtual_time
 from vsim.clock import SimClock
 from vsim.faults import (
     InvalidArgument,
@@ -44,7 +43,7 @@ def hostd(fast_scrypt: None, tmp_path: Path) -> Hostd:
     def synchronous(method: str, request, token):
         """One call through hostd's dispatch table (as gRPC and the in-process engine
         make it), driven to the end."""
-        return asyncio.run(dispatch.call(hostd.table, method, request, token))
+        return virtual_time.run(dispatch.call(hostd.table, method, request, token))
 
     hostd.call = synchronous
     return hostd
@@ -268,7 +267,7 @@ def test_a_host_spec_with_a_malformed_uuid_is_refused():
 
 
 def advance(hostd: Hostd, seconds: float) -> None:
-    asyncio.run(hostd.kernel.clock.advance(seconds))
+    virtual_time.run(hostd.kernel.clock.advance(seconds))
 
 
 def test_five_failed_root_logins_lock_root_for_900_s_even_for_the_right_password(

@@ -77,6 +77,7 @@ async def test_a_timeout_runs_on_the_runtimes_clock():
     assert clock.now() == pytest.approx(16.1)
 
 
+@pytest.mark.real_loop  # a WallClock: real time
 async def test_under_a_fast_wall_clock_a_timeout_is_that_many_simulated_seconds():
     runtime = Runtime.live(WallClock(speed=1000.0))
     started = time.monotonic()

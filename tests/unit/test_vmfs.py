@@ -128,6 +128,7 @@ async def test_a_host_that_cannot_heartbeat_for_16_seconds_loses_access(tmp_path
     assert volume.lost_access
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_exclusive_holds_never_overlap_under_contention(tmp_path, mode):
     """Four hosts as concurrent tasks hammer one lock; every grant and release is

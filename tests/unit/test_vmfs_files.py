@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vsim import virtual_time
 from vsim.clock import SimClock, WallClock
 from vsim.faults import (
     CannotAccessFile,
@@ -360,11 +361,7 @@ async def run_history(directory: Path, mode: VolumeLockMode, ops: list[tuple]) -
 @given(ops=st.lists(operation, max_size=30))
 def test_random_histories_on_two_hosts_match_a_model(mode, ops):
     with tempfile.TemporaryDirectory() as directory:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(run_history(Path(directory), mode, ops))
-        finally:
-            loop.close()
+        virtual_time.run(run_history(Path(directory), mode, ops))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -517,6 +514,7 @@ async def test_reading_past_the_largest_file_reads_zeros(rigs):
 # the allocation bitmap
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_hosts_allocating_at_once_never_get_the_same_block(rigs, mode):
     rig = await rigs(mode, hosts=3, block_size=4 * KiB)
@@ -538,6 +536,7 @@ async def test_hosts_allocating_at_once_never_get_the_same_block(rigs, mode):
         assert sum(v.stats["reservation_conflicts"] for v in volumes) > 0, "the hosts raced"
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_hosts_allocating_a_small_volume_dry_share_every_block_once(rigs, mode):
     rig = await rigs(mode, hosts=3, size=2 * MiB)
@@ -727,6 +726,7 @@ async def test_creating_in_a_missing_directory_is_not_found(rigs):
     assert [d.path for _, d in rig.descriptors()] == [""]
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_hosts_creating_one_path_at_once_make_it_once(rigs, mode):
     rig = await rigs(mode, hosts=3)
@@ -748,6 +748,7 @@ async def test_hosts_creating_one_path_at_once_make_it_once(rigs, mode):
     assert all(rig.lock_record(i).mode == LockMode.FREE for i, _ in rig.descriptors())
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 async def test_a_directory_held_by_another_host_is_file_locked_after_a_while(rigs, monkeypatch):
     monkeypatch.setattr(vmfs_files, "DIR_LOCK_WAIT", 0.2)
     rig = await rigs(hosts=2)
@@ -760,6 +761,7 @@ async def test_a_directory_held_by_another_host_is_file_locked_after_a_while(rig
     await a.create("x")
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("hosts", [1, 2])
 async def test_a_create_racing_the_removal_of_its_directory_leaves_no_orphan(rigs, hosts):
     rig = await rigs(hosts=hosts)
@@ -929,6 +931,7 @@ async def test_an_open_file_cannot_be_removed(rigs, mode):
     rig.check_consistent()
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("file_block", [3, DIRECT_POINTERS + 5])
 async def test_multi_writers_filling_one_hole_at_once_share_one_block(rigs, mode, file_block):

@@ -7,7 +7,6 @@ model of its disks. Also run over real VMDK chains (linked clones of one base)."
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 import tempfile
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vsim import virtual_time
 from vsim.clock import SimClock
 from vsim.faults import AlreadyExists, CannotAccessFile, InvalidArgument, NotFound
 from vsim.host.kernel.vmkernel import DiskConfig, VmConfig
@@ -418,7 +418,7 @@ async def run_two_vms(history: list[tuple]) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(command, min_size=5, max_size=80))
 def test_two_vms_adapters_never_reach_each_others_data(history):
-    asyncio.run(run_two_vms(history))
+    virtual_time.run(run_two_vms(history))
 
 
 # real VMDK chains

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from vsim.clock import SimClock
+from vsim.clock import Clock, SimClock
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.inprocess import InProcessEngine
@@ -42,12 +42,16 @@ class Lab:
     of it (`client`: `VCenterClient.in_process`, through vCenter's dispatch table with
     its session check, message copies and faults, as over gRPC). With `array`, a
     storage array in this process too (in data_dir's sibling `<name>-array`), which
-    vCenter manages and the hosts reach, with the spec's LUNs and exports made."""
+    vCenter manages and the hosts reach, with the spec's LUNs and exports made. Its
+    clock is a SimClock (the virtual loop's time) unless a test serving it over real
+    sockets gives it a WallClock."""
 
-    def __init__(self, data_dir: Path, seed: int = 7, array: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, seed: int = 7, array: bool = False, clock: Clock | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.seed = seed
-        self.clock = SimClock(T0)
+        self.clock = clock if clock is not None else SimClock(T0)
         self.runtime = Runtime.simulated(self.clock, seed, "lab")
         """Everything the lab's vCenter, hosts and array draw follows from it."""
         self.array = (
