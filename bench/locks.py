@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import tempfile
 import uuid
@@ -28,6 +27,7 @@ from vsim.host.storage.array_client import ArrayBlockDevice, ArrayConnection, Gr
 from vsim.host.storage.storage_stack import StorageStack
 from vsim.host.storage.vmfs import format_volume
 from vsim.iscsi import initiator_name
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec, host_name
 from vsim.storage.server import start_array
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
@@ -44,9 +44,8 @@ class LockInitiator:
 
     def __init__(self, spec_json: str) -> None:
         spec = HostSpec(**json.loads(spec_json))
-        self.storage = StorageStack(
-            spec.host_uuid, spec.name, WallClock(1.0), random.Random(spec.name), GrpcStoragePorts()
-        )
+        runtime = Runtime.live(WallClock(1.0), spec.name)
+        self.storage = StorageStack(spec.host_uuid, spec.name, runtime, GrpcStoragePorts())
 
     async def mount(
         self, label: str, kind: str, endpoint: str, thumbprint: str, where: int | str

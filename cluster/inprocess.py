@@ -1,15 +1,21 @@
-"""The in-process engine: every host core in this process, on the caller's clock.
+"""The in-process engine: every host core in this process, on the caller's runtime.
 
 No Ray and no sockets: vCenter's calls reach each host's `Hostd` through its
 dispatch table, as gRPC serving does (messages are copied, as a wire would, and an
 unexpected error is a SystemError), so unit tests and the deterministic simulator run the
 same host code with the same checks as the Ray engine. Host certificates are still
 real; accounts persist in memory across `reboot`, as /etc/shadow does on disk.
+
+Everything a host draws comes from the engine's runtime: each machine's is
+`runtime.child(name/machine-M)` (its certificate; a host decommissioned and
+provisioned again is a new machine), each boot's `runtime.child(name/boot-N)` (its
+boot id, session tokens, disk ids, and the tasks a crash halts), so the same seed
+boots the same hosts whatever order they are provisioned in.
 """
 
 from __future__ import annotations
 
-import random
+import datetime
 import shutil
 import tempfile
 import weakref
@@ -17,8 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vsim import dispatch
-from vsim.clock import Clock
+from vsim import dispatch, validate
 from vsim.faults import HostConnectFault
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import MemoryAccountStore
@@ -26,6 +31,7 @@ from vsim.host.hostd.esx_conf import MemoryConfigStore
 from vsim.host.hostd.service import Hostd
 from vsim.host.storage.storage_stack import LocalStoragePorts
 from vsim.passwords import hash_password
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.storage.array import StorageArray
 from vsim.tls import Identity, make_identity
@@ -51,7 +57,11 @@ class LocalHostPort:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
         applied = self._engine._resets.pop((self.name, method), None)
         if applied is None:
-            return await dispatch.call(self._hostd.table, method, request, session)
+            reply = await dispatch.call(self._hostd.table, method, request, session)
+            delay = self._engine._delays.pop((self.name, method), None)
+            if delay is not None:
+                await self._engine.clock.sleep(delay)
+            return reply
         if applied:
             await dispatch.call(self._hostd.table, method, request, session)
         raise HostConnectFault(f"the connection to {self.name} was reset during {method}")
@@ -68,8 +78,9 @@ class InProcessEngine:
     kind = "in-process"
     machines = False
 
-    def __init__(self, clock: Clock, array: StorageArray | None = None) -> None:
-        self.clock = clock
+    def __init__(self, runtime: Runtime, array: StorageArray | None = None) -> None:
+        self.runtime = runtime
+        self.clock = runtime.clock
         self.array = array
         """The storage array the hosts reach (in this process), if any."""
         self._hostd: dict[str, Hostd] = {}
@@ -79,17 +90,29 @@ class InProcessEngine:
         """Each host's accounts and esx.conf, kept across reboots as its disk would."""
         self._boots: Counter[str] = Counter()
         """How many times each host has booted."""
+        self._machines: Counter[str] = Counter()
+        """How many machines each host name has been provisioned on."""
         self._ports: dict[str, weakref.WeakSet[LocalHostPort]] = {}
         """The lines handed out to each host (vCenter's), for `drop_connections`."""
         self._resets: dict[tuple[str, str], bool] = {}
         """(host, method) -> applied: the next such call is reset (`reset_next_call`)."""
+        self._delays: dict[tuple[str, str], float] = {}
+        """(host, method) -> seconds the next such reply is late (`delay_next_reply`)."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
         weakref.finalize(self, shutil.rmtree, self._swap_root, True)
 
     async def provision(self, spec: HostSpec) -> str:
-        identity = self._identities.setdefault(spec.name, make_identity(spec.name))
+        if spec.name not in self._identities:
+            self._machines[spec.name] += 1
+            machine = self.runtime.child(f"{spec.name}/machine-{self._machines[spec.name]}")
+            self._identities[spec.name] = make_identity(
+                spec.name,
+                datetime.datetime.fromtimestamp(self.clock.now(), datetime.UTC),
+                machine.secure_random,
+            )
+        identity = self._identities[spec.name]
         if spec.name not in self._hostd:
             self._specs[spec.name] = spec.validated()
             disk = self._disks.setdefault(
@@ -97,12 +120,11 @@ class InProcessEngine:
                 LocalDisk(MemoryAccountStore(), MemoryConfigStore(), self._swap_root / spec.name),
             )
             ports = LocalStoragePorts(self.array) if self.array is not None else None
-            # Seeded per boot: each boot draws its own boot id, as a real one would.
+            # A runtime per boot: each draws its own boot id, as a real one would.
             self._boots[spec.name] += 1
-            rng = random.Random(f"{spec.name}/boot-{self._boots[spec.name]}")
-            self._hostd[spec.name] = boot_host(
-                spec, disk, hash_password(spec.root_password), self.clock, rng, ports
-            )
+            boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
+            root_hash = hash_password(spec.root_password, source=boot.secure_random)
+            self._hostd[spec.name] = boot_host(spec, disk, root_hash, boot, ports)
         return identity.thumbprint
 
     async def is_running(self, name: str) -> bool:
@@ -139,7 +161,7 @@ class InProcessEngine:
 
     async def decommission(self, name: str) -> None:
         if name in self._hostd:
-            await self._hostd[name].storage.close()
+            await self._hostd[name].close()
         for table in (self._hostd, self._specs, self._identities, self._disks):
             table.pop(name, None)
 
@@ -168,6 +190,13 @@ class InProcessEngine:
         would (HostConnectFault): with `applied`, after the host ran it (only the
         reply is lost), otherwise before the host saw it."""
         self._resets[(name, method)] = applied
+
+    def delay_next_reply(self, name: str, method: str, seconds: float) -> None:
+        """The host runs the next `method` call at once, but its reply reaches the
+        caller `seconds` later on the engine's clock (a slow line or a busy hostd):
+        whatever the caller does meanwhile races the call."""
+        validate.positive_number(seconds, "reply delay")
+        self._delays[(name, method)] = seconds
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""

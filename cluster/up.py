@@ -49,7 +49,7 @@ STOP_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 20.0
 """How long the orderly stop lets tasks under way finish."""
 POWER_DOWN_TIMEOUT = 60.0
-"""How long it waits for the VMs' power-offs: the whole stop fits in STOP_TIMEOUT."""
+"""Real seconds it waits for the VMs' power-offs: the whole stop fits in STOP_TIMEOUT."""
 RUN_ENV = "VSIM_UP_RUN"
 MAX_HOSTS = 96
 """A vSphere 8 cluster's most hosts: `vsim up` makes one cluster."""
@@ -329,7 +329,9 @@ async def _power_down(running) -> dict:
     await running.server.stop(grace=2.0)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(running.core.tasks.drain(), DRAIN_TIMEOUT)
-    outcome = await running.core.autostart.power_down(POWER_DOWN_TIMEOUT)
+    # vCenter waits on its own clock: the real deadline in its simulated seconds.
+    speed = running.core.clock.speed
+    outcome = await running.core.autostart.power_down(POWER_DOWN_TIMEOUT * speed)
     print("Stopping vCenter and the hosts...", file=sys.stderr, flush=True)
     return {
         "clean": not outcome.failed,

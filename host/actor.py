@@ -15,7 +15,6 @@ import asyncio
 import fcntl
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from vsim.faults import HostConnectFault
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.storage.array_client import GrpcStoragePorts
 from vsim.rpc import start_server
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.tls import load_or_create_identity
 
@@ -75,13 +75,14 @@ class EsxiHost:
         self._boot_lock: int | None = None
         self._bind, self._advertise = bind, advertise
         self._clock = WallClock(clock_speed)
-        # A live host's boot id is random, as a real one is (the simulator seeds it).
+        # One actor is one boot. A live runtime: its boot id is random, as a real
+        # host's is, and its session tokens come from the OS (the simulator seeds both).
+        self.runtime = Runtime.live(self._clock, spec.name)
         self.hostd = boot_host(
             spec,
             LocalDisk.in_directory(self._dir),
             root_password_hash,
-            self._clock,
-            random.Random(),
+            self.runtime,
             GrpcStoragePorts(),
         )
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
@@ -106,7 +107,7 @@ class EsxiHost:
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}
 
     async def shutdown(self) -> None:
-        await self.hostd.storage.close()
+        await self.hostd.close()
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None

@@ -10,6 +10,10 @@ An initiator sees only the LUNs mapped to it: to every other one an unmapped LUN
 does not exist (LOGICAL UNIT NOT SUPPORTED), as LUN masking does. Initiators name
 themselves (no CHAP), so masking is changed only by a caller holding the management
 key, never by the hosts, which are only ever given the array's endpoint.
+
+LUN serials come from the array's runtime, the management key from its secure
+random (the OS's CSPRNG when live), so a simulated array is the same from the same
+seed.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 from vsim.passwords import new_token
+from vsim.runtime import Runtime
 from vsim.storage.lun import SECTOR, Lun
 from vsim.storage.nfs_export import ExportOptions, NfsError, NfsExport, NfsStatus
 from vsim.storage.scsi import LUN_NOT_SUPPORTED, check_condition
@@ -41,8 +45,9 @@ class ArrayError(ValueError):
 
 
 class StorageArray:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, runtime: Runtime) -> None:
         self.data_dir = data_dir
+        self.runtime = runtime
         data_dir.mkdir(parents=True, exist_ok=True)
         self.luns: dict[int, Lun] = {}
         self.masking: dict[int, set[str]] = {}
@@ -56,7 +61,7 @@ class StorageArray:
         """The key management calls must carry, made on first start (0600)."""
         path = self.data_dir / MANAGEMENT_KEY
         if not path.exists():
-            write_private(path, new_token().encode())
+            write_private(path, new_token(self.runtime.secure_random).encode())
         return path.read_text().strip()
 
     def is_manager(self, key: str | None) -> bool:
@@ -146,7 +151,7 @@ class StorageArray:
         elif lun_id in self.luns:
             raise ArrayError(f"LUN {lun_id} exists ({self.luns[lun_id].size_bytes} bytes)")
         try:
-            lun = self._open_lun(lun_id, size_bytes, uuid.uuid4().hex[:16].upper())
+            lun = self._open_lun(lun_id, size_bytes, self.runtime.hex_id(16).upper())
         except OSError as e:
             raise ArrayError(f"cannot make a {size_bytes}-byte LUN here: {e.strerror}") from None
         self.masking[lun_id] = set()

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import grpc
 
+from vsim.clock import WallClock
 from vsim.rpc import start_server
+from vsim.runtime import Runtime
 from vsim.storage.array import StorageArray
 from vsim.storage.service import SERVICE, ArrayService
 from vsim.tls import Identity, load_or_create_identity
@@ -31,8 +33,9 @@ class RunningArray:
 
 
 async def start_array(data_dir: Path, port: int = 0, bind: str = "127.0.0.1") -> RunningArray:
-    """Starts (or restarts) the array kept in data_dir."""
-    array = StorageArray(data_dir)
+    """Starts (or restarts) the array kept in data_dir, on a live runtime (its serials
+    differ between runs, its management key comes from the OS)."""
+    array = StorageArray(data_dir, Runtime.live(WallClock(), "array"))
     try:
         identity = load_or_create_identity(data_dir / "ssl", COMMON_NAME)
         service = ArrayService(array)

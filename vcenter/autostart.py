@@ -67,7 +67,8 @@ class AutoStart:
 
     async def power_down(self, timeout: float = WAIT) -> Outcome:
         """Powers off every powered-on VM of every connected host and remembers it;
-        a power-off not done within timeout (real) seconds is reported failed."""
+        a power-off not done within timeout seconds (of vCenter's clock) is reported
+        failed."""
         connected = set(self._hosts.connected_names())
         running = [v.name for v in self._inventory.vms() if v.power_state == ON]
         self._remember(self.pending() + running)

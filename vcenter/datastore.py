@@ -16,7 +16,6 @@ import asyncio
 import logging
 import random
 import re
-import uuid
 from dataclasses import dataclass, replace
 
 from vsim import validate
@@ -32,6 +31,7 @@ from vsim.faults import (
     TaskInProgress,
     VimFault,
 )
+from vsim.runtime import random_uuid
 from vsim.storage_io_control import SIOC_THRESHOLD_RANGE_MS
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
@@ -123,7 +123,7 @@ class DatastoreManager:
             request.lun,
             "",
             mode,
-            str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            str(random_uuid(self._rng)),
         )
 
         async def work(task: common_pb2.Task) -> str:

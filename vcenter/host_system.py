@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from vsim import validate
-from vsim.clock import Clock
 from vsim.faults import (
     DuplicateName,
     HostConnectFault,
@@ -31,6 +28,7 @@ from vsim.faults import (
     VimFault,
 )
 from vsim.passwords import generate_password
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import host_agent_pb2 as hpb
@@ -47,7 +45,8 @@ VPXUSER_PASSWORD_LENGTH = 32
 HEARTBEAT_INTERVAL = 10.0
 """Seconds (simulated) between vCenter's checks of each host."""
 HEARTBEAT_TIMEOUT = 5.0
-"""Real seconds a host has to answer a heartbeat before it is marked not responding."""
+"""Seconds (simulated) a host has to answer a heartbeat before it is marked not
+responding."""
 VIM_PASSWORD_EXPIRATION = 30 * 86400.0
 """VirtualCenter.VimPasswordExpirationInDays (30 days): vpxuser's password lifetime."""
 CONNECTED = pb.CONNECTION_STATE_CONNECTED
@@ -78,11 +77,11 @@ class HostManager:
         engine: HostEngine,
         secrets: SecretBox,
         events: EventLog,
-        clock: Clock,
-        rng: random.Random,
+        runtime: Runtime,
         busy: Callable[[str, str], bool],
     ) -> None:
-        """busy(kind, name) tells whether a task is under way on that entity."""
+        """busy(kind, name) tells whether a task is under way on that entity; runtime
+        is vCenter's (host UUIDs, root's and vpxuser's passwords, heartbeat checks)."""
         self._busy = busy
         self._inaccessible: dict[str, set[str]] = {}
         """Per host, the VMs it could not register when it connected."""
@@ -93,10 +92,13 @@ class HostManager:
         self._engine = engine
         self._secrets = secrets
         self._events = events
-        self._clock = clock
-        self._rng = rng
+        self._runtime = runtime
+        self._clock = runtime.clock
         self._links: dict[str, HostLink] = {}
         self._rotating: set[str] = set()
+        self._checks: dict[str, asyncio.Lock] = {}
+        """Per host: held by its heartbeat check and by its removal, so a check that
+        reattaches a host never overlaps the host's removal."""
 
     # queries
 
@@ -173,11 +175,11 @@ class HostManager:
         defaults = HostSpec(request.name)
         spec = HostSpec(
             name=request.name,
-            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            uuid=str(self._runtime.uuid()),
             cpu_cores=request.cpu_cores or defaults.cpu_cores,
             cpu_mhz=request.cpu_mhz or defaults.cpu_mhz,
             memory_mb=request.memory_mb or defaults.memory_mb,
-            root_password=generate_password(20),
+            root_password=generate_password(20, self._runtime.secure_random),
         )
         return spec.validated()
 
@@ -227,7 +229,7 @@ class HostManager:
             root = await port.call(
                 "Login", hpb.HostLoginRequest(user_name="root", password=spec.root_password), None
             )
-            vpx_password = generate_password(VPXUSER_PASSWORD_LENGTH)
+            vpx_password = generate_password(VPXUSER_PASSWORD_LENGTH, self._runtime.secure_random)
             await port.call(
                 "CreateUser",
                 hpb.CreateUserRequest(user_name=VPXUSER, password=vpx_password, role="Admin"),
@@ -296,13 +298,19 @@ class HostManager:
                 host=name,
             )
             return name
-        link = self._links.pop(name, None)
-        if link is not None:
-            await link.port.close()
-        self._inventory.remove_host(name)
-        await self._engine.decommission(name)
+        # A heartbeat check under way finishes first (it may be re-attaching the host);
+        # any later check finds the host gone.
+        async with self._check_lock(name):
+            link = self._links.pop(name, None)
+            if link is not None:
+                await link.port.close()
+            self._inventory.remove_host(name)
+            await self._engine.decommission(name)
         self._events.post("HostRemovedEvent", f"Removed host {name}", user=user, host=name)
         return name
+
+    def _check_lock(self, name: str) -> asyncio.Lock:
+        return self._checks.setdefault(name, asyncio.Lock())
 
     # calls to hosts
 
@@ -328,7 +336,7 @@ class HostManager:
         the next login settles which one the host has."""
         link = self._links[name]
         link.session = await self._login(name, link.port)  # settles an earlier attempt
-        password = generate_password(VPXUSER_PASSWORD_LENGTH)
+        password = generate_password(VPXUSER_PASSWORD_LENGTH, self._runtime.secure_random)
         self._inventory.update_host(name, vpx_password_next_enc=self._secrets.seal(password))
         request = hpb.CreateUserRequest(user_name=VPXUSER, password=password, role="Admin")
         self._rotating.add(name)
@@ -488,7 +496,11 @@ class HostManager:
     async def heartbeat(self, name: str) -> None:
         """One host's check: a connected host answers an authenticated call in time or
         is marked not responding; a host that answers again is re-attached; vpxuser's
-        password is rotated where due."""
+        password is rotated where due. Never overlaps the host's removal."""
+        async with self._check_lock(name):
+            await self._check(name)
+
+    async def _check(self, name: str) -> None:
         record = self._inventory.host(name)
         if record is None:  # removed meanwhile
             return
@@ -500,7 +512,7 @@ class HostManager:
             return
         try:
             request = hpb.GetHostInfoRequest()
-            await asyncio.wait_for(self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT)
+            await self._runtime.wait_for(self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT)
         except (VimFault, TimeoutError) as exc:
             log.warning("%s failed its heartbeat: %s", name, exc)
             self._mark_not_responding(name)
@@ -530,8 +542,8 @@ class HostManager:
                     for record in self._inventory.hosts():
                         running = checks.get(record.name)
                         if running is None or running.done():
-                            checks[record.name] = asyncio.get_running_loop().create_task(
-                                self._logged_heartbeat(record.name)
+                            checks[record.name] = self._runtime.spawn(
+                                self._logged_heartbeat(record.name), f"heartbeat:{record.name}"
                             )
                 except Exception:  # noqa: BLE001 - the monitor must outlive one bad round
                     log.exception("host heartbeat round failed")

@@ -17,6 +17,7 @@ import grpc
 
 from vsim.clock import Clock, WallClock
 from vsim.rpc import start_server
+from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec
 from vsim.tls import Identity, load_or_create_identity
 from vsim.v1 import common_pb2, vcenter_pb2
@@ -67,12 +68,14 @@ async def start_vcenter(
     vSphere's defaults if None).
     on_event sees every event from the start on (how `vsim up` shows its progress)."""
     clock = clock or WallClock()
+    # A live runtime: ids differ between runs and secrets come from the OS.
+    runtime = Runtime.live(clock, "vcenter")
     home = data_dir / "vcenter"
     inventory = Inventory(home / INVENTORY_FILE)
     try:
-        engine = engines(instance_uuid(inventory), data_dir, clock)
+        engine = engines(instance_uuid(inventory, runtime), data_dir, clock)
         identity = load_or_create_identity(home / "ssl", COMMON_NAME)
-        core = VCenter(home, inventory, engine, clock, array=array, session_policy=session_policy)
+        core = VCenter(home, inventory, engine, runtime, array=array, session_policy=session_policy)
         if on_event is not None:
             core.events.listeners.append(on_event)
     except BaseException:

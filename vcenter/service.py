@@ -9,21 +9,21 @@ manager's method, or one of the RPC-named methods here (sessions, status, host
 tasks, waits, the event log), which take the request message and the caller's
 `Session` (admitted by `admit`) and return the response or raise a VimFault.
 Nothing here knows about gRPC, so tests drive it with the in-process engine and the
-server drives it with the Ray engine.
+server drives it with the Ray engine. Everything it draws, waits for or runs in the
+background goes through its `Runtime` (vsim/runtime.py): live under the server,
+seeded under the tests and the simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from vsim import __version__, validate
-from vsim.clock import Clock
 from vsim.dispatch import Entry, Need
 from vsim.faults import InvalidArgument, InvalidLogin, NoPermission
+from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec, DatastoreSpec
 from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb
@@ -54,11 +54,11 @@ MAX_WAIT = 3600.0
 INVENTORY_FILE = "inventory.sqlite"
 
 
-def instance_uuid(inventory: Inventory) -> str:
-    """This vCenter's instance UUID, made on first start."""
+def instance_uuid(inventory: Inventory, runtime: Runtime) -> str:
+    """This vCenter's instance UUID, made (from runtime) on first start."""
     value = inventory.meta("instance_uuid")
     if value is None:
-        value = str(uuid.uuid4())
+        value = str(runtime.uuid())
         inventory.set_meta("instance_uuid", value)
     return value
 
@@ -69,30 +69,36 @@ class VCenter:
         data_dir: Path,
         inventory: Inventory,
         engine: HostEngine,
-        clock: Clock,
-        rng: random.Random | None = None,
+        runtime: Runtime,
         array: ArrayRef | None = None,
         storage_provider: StorageProvider | None = None,
         session_policy: SessionPolicy | None = None,
     ) -> None:
-        """storage_provider: how vCenter manages the array; by default over gRPC with
-        the array's management key, when `array` carries one."""
+        """runtime: this vCenter start's own (its clock, ids, secrets, background
+        tasks: stopped with it). storage_provider: how vCenter manages the array; by
+        default over gRPC with the array's management key, when `array` carries one."""
         self.data_dir = data_dir
         self.inventory = inventory
         self.engine = engine
-        self.clock = clock
-        self.uuid = instance_uuid(inventory)
-        rng = rng or random.Random()
-        self.sessions = SessionManager(inventory, clock, data_dir, session_policy)
-        self.events = EventLog(inventory, clock)
-        self.tasks = TaskManager(inventory, clock)
+        self.runtime = runtime
+        self.clock = runtime.clock
+        self.uuid = instance_uuid(inventory, runtime)
+        rng = runtime.random
+        self.sessions = SessionManager(inventory, runtime, data_dir, session_policy)
+        self.events = EventLog(inventory, self.clock)
+        self.tasks = TaskManager(inventory, runtime)
         self.hosts = HostManager(
-            inventory, engine, SecretBox(data_dir), self.events, clock, rng, self.tasks.busy
+            inventory,
+            engine,
+            SecretBox(data_dir, runtime),
+            self.events,
+            runtime,
+            self.tasks.busy,
         )
         self.macs = MacPool(inventory, rng)
         self.network = NetworkSystem(self.hosts, self.events)
         self.vms = VmManager(
-            inventory, self.hosts, self.tasks, self.events, rng, self.macs, self.network
+            inventory, self.hosts, self.tasks, self.events, runtime, self.macs, self.network
         )
         self.reconfigure = VmReconfigurer(
             inventory, self.hosts, self.tasks, self.events, self.macs, self.network
@@ -134,7 +140,7 @@ class VCenter:
             await self.realise(spec)
             self.inventory.set_meta("realised", "1")
         await self.autostart.power_up()
-        self._monitor = asyncio.get_running_loop().create_task(self.hosts.monitor())
+        self._monitor = self.runtime.spawn(self.hosts.monitor(), "host-monitor")
 
     async def realise(self, spec: ClusterSpec) -> None:
         """Adds the spec's hosts that the inventory lacks, trusting the certificates of
@@ -199,6 +205,7 @@ class VCenter:
         if self.storage_array.provider is not None:
             await self.storage_array.provider.close()
         await self.engine.close()
+        await self.runtime.stop()  # whatever else it had under way
         self.inventory.close()
 
     judges = frozenset({Need.PUBLIC, Need.SESSION, Need.ADMINISTRATOR})

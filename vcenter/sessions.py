@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vsim.clock import Clock
 from vsim.faults import InvalidLogin, NotAuthenticated
 from vsim.lockout import SSO_LOCKOUT, AccountLockout, LockoutPolicy
 from vsim.passwords import (
@@ -26,6 +25,7 @@ from vsim.passwords import (
     token_digest,
     verify_password,
 )
+from vsim.runtime import Runtime
 from vsim.tls import write_private
 from vsim.vcenter.inventory import Inventory
 
@@ -66,15 +66,18 @@ class SessionManager:
     def __init__(
         self,
         inventory: Inventory,
-        clock: Clock,
+        runtime: Runtime,
         data_dir: Path,
         policy: SessionPolicy | None = None,
     ) -> None:
+        """runtime: vCenter's (its clock; tokens, passwords and salts come from its
+        secure_random: the OS's CSPRNG when live)."""
         self._inventory = inventory
-        self._clock = clock
+        self._clock = runtime.clock
+        self._secure_random = runtime.secure_random
         self._data_dir = data_dir
         self.policy = policy or SessionPolicy()
-        self.lockout = AccountLockout(self.policy.lockout, clock)
+        self.lockout = AccountLockout(self.policy.lockout, self._clock)
         self._cache: dict[str, Session] = {}
         self._last_active: dict[str, float] = {}
         """token digest -> when the session was last used (simulated time)."""
@@ -85,15 +88,18 @@ class SessionManager:
         self._logins: dict[str, _UserLogins] = {}
         """Per user name, the logins under way: one of them is checked at a time."""
         self._swept = float("-inf")
-        self._decoy_hash = hash_password(new_token())
+        self._decoy_hash = self._hash(new_token(self._secure_random))
 
     def ensure_administrator(self) -> None:
         """Creates the administrator account on first start."""
         if self._inventory.account(ADMINISTRATOR) is not None:
             return
-        password = generate_password(20)
+        password = generate_password(20, self._secure_random)
         write_private(self._data_dir / INITIAL_PASSWORD_FILE, password.encode())
-        self._inventory.set_account(ADMINISTRATOR, hash_password(password), "Admin")
+        self._inventory.set_account(ADMINISTRATOR, self._hash(password), "Admin")
+
+    def _hash(self, password: str) -> str:
+        return hash_password(password, source=self._secure_random)
 
     def initial_password(self) -> str | None:
         path = self._data_dir / INITIAL_PASSWORD_FILE
@@ -131,7 +137,7 @@ class SessionManager:
             raise InvalidLogin(message)
         self.lockout.succeeded(user_name)
         self._sweep()
-        token = new_token()
+        token = new_token(self._secure_random)
         now = self._clock.now()
         digest = token_digest(token)
         self._inventory.add_session(digest, user_name, now)

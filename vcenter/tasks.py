@@ -14,8 +14,8 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from vsim.clock import Clock
 from vsim.faults import NotFound, SystemError_, TaskInProgress, VimFault
+from vsim.runtime import Runtime
 from vsim.v1 import common_pb2
 from vsim.vcenter.inventory import Inventory
 
@@ -26,9 +26,12 @@ Work = Callable[[common_pb2.Task], Awaitable[str]]
 
 
 class TaskManager:
-    def __init__(self, inventory: Inventory, clock: Clock) -> None:
+    def __init__(self, inventory: Inventory, runtime: Runtime) -> None:
+        """runtime: vCenter's; each task's work runs as one of its tasks, and waits
+        for a task are measured on its clock."""
         self._inventory = inventory
-        self._clock = clock
+        self._runtime = runtime
+        self._clock = runtime.clock
         self._live: dict[str, tuple[common_pb2.Task, asyncio.Event]] = {}
         self._busy: dict[tuple[str, str], str] = {}  # (kind, entity) -> task id
         self._busy_key: dict[str, tuple[tuple[str, str], ...]] = {}  # task id -> (kind, entity)s
@@ -90,7 +93,7 @@ class TaskManager:
             self._within[task.id] = within
             self._inner[within] += 1
         self._live[task.id] = (task, asyncio.Event())
-        runner = asyncio.get_running_loop().create_task(self._run(task, work))
+        runner = self._runtime.spawn(self._run(task, work), f"task:{task.id}:{name}")
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
         return common_pb2.Task.FromString(task.SerializeToString())
@@ -140,11 +143,12 @@ class TaskManager:
         return task
 
     async def wait(self, task_id: str, timeout: float) -> common_pb2.Task:
-        """The task once finished, or as it is after timeout (real) seconds."""
+        """The task once finished, or as it is after timeout seconds (simulated: of
+        vCenter's clock)."""
         live = self._live.get(task_id)
         if live is not None:
             try:
-                await asyncio.wait_for(live[1].wait(), timeout)
+                await self._runtime.wait_for(live[1].wait(), timeout)
             except TimeoutError:
                 pass
         return self.get(task_id)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import uuid
 from collections.abc import Awaitable, Callable
 
 from vsim import validate
@@ -26,6 +24,7 @@ from vsim.faults import (
     RequestTimeout,
     VimFault,
 )
+from vsim.runtime import Runtime
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -46,7 +45,8 @@ MAX_DISK_MB = 2 * 1024 * 1024
 MAX_GUEST_WRITE_IOPS = 10_000
 MAX_DATASTORE_PATH = 256
 HOST_ANSWER = HEARTBEAT_TIMEOUT
-"""Real seconds a host has to report its running VMs' guests for GetVm and ListVms."""
+"""Seconds (simulated) a host has to report its running VMs' guests for GetVm and
+ListVms."""
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,16 @@ class VmManager:
         hosts: HostManager,
         tasks: TaskManager,
         events: EventLog,
-        rng: random.Random,
+        runtime: Runtime,
         macs: MacPool,
         network: NetworkSystem,
     ) -> None:
+        """runtime: vCenter's (VM UUIDs, how long a host may take to answer)."""
         self._inventory = inventory
         self._hosts = hosts
         self._tasks = tasks
         self._events = events
-        self._rng = rng
+        self._runtime = runtime
         self._macs = macs
         self._network = network
 
@@ -120,7 +121,7 @@ class VmManager:
             cpus=config.cpus,
             memory_mb=config.memory_mb,
             power_state=OFF,
-            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            uuid=str(self._runtime.uuid()),
             guest_os=config.guest_os or DEFAULT_GUEST_OS,
             datastore=config.datastore,
             guest_write_iops=config.guest_write_iops,
@@ -347,7 +348,9 @@ class VmManager:
         (its VMs are then shown as the inventory has them)."""
         request = hpb.ListHostVmsRequest()
         try:
-            reply = await asyncio.wait_for(self._hosts.call(host, "ListVms", request), HOST_ANSWER)
+            reply = await self._runtime.wait_for(
+                self._hosts.call(host, "ListVms", request), HOST_ANSWER
+            )
         except (VimFault, TimeoutError):
             return []
         return list(reply.vms)

@@ -2,18 +2,19 @@
 
 `WallClock(speed)` runs simulated time `speed` times faster than real time, so the
 vSphere intervals (3 s VMFS heartbeats, 16 s lock timeouts, ...) stay written in
-simulated seconds. `SimClock` is virtual time that only moves when the deterministic
-scheduler advances it. Nothing else in vsim calls `time.time()` or `asyncio.sleep`.
+simulated seconds. `SimClock` is the virtual time of `vsim.virtual_time`'s event loop,
+which jumps to the next timer whenever nothing is ready to run. Nothing else in vsim
+calls `time.time()` or `asyncio.sleep`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import math
 import time
 from typing import Protocol
+
+from vsim.virtual_time import VirtualEventLoop
 
 
 class Clock(Protocol):
@@ -40,56 +41,95 @@ class WallClock:
         return self._start + (time.monotonic() - self._mono0) * self.speed
 
     async def sleep(self, seconds: float) -> None:
+        if isinstance(asyncio.get_running_loop(), VirtualEventLoop):
+            # Its sleeps would take no real time while now() follows real time.
+            raise TypeError("WallClock sleeps in real time; on the virtual loop use SimClock")
         await asyncio.sleep(max(0.0, seconds) / self.speed)
 
 
 class SimClock:
-    """Virtual time: `sleep` waits until `advance` moves the clock past its deadline.
+    """Virtual time: the clock of vsim's `VirtualEventLoop` (vsim/virtual_time.py).
 
-    Sleepers whose deadlines are equal wake in the order they started sleeping, so a
-    run is deterministic.
+    `now()` is the loop's time and `sleep()` a timer on it, so sleepers, `wait_for`
+    timeouts and every other timer share one timeline: whenever nothing is ready, the
+    loop jumps to the next of them. `advance(seconds)` moves the loop's time forward,
+    waking each sleeper at its deadline and letting all it sets off run before the
+    next; sleepers whose deadlines are equal wake in the order they started sleeping,
+    so a run is deterministic.
+
+    The clock binds to the loop it is first used on. On a loop whose clock nothing has
+    used yet, it sets the loop's time to `start` (then `now()` is exactly
+    `loop.time()`); on a loop already under way, such as a second host booted later
+    in one test, it reads the loop's time shifted to begin at `start`. Once its loop
+    is closed it may move on to another (time stands still in between, as it did for
+    whatever ran on the old loop); using it on two open loops, or on a real one, is an
+    error: virtual time cannot be kept on a real loop.
     """
 
     speed = float("inf")
 
     def __init__(self, start: float = 0.0) -> None:
-        self._now = float(start)
-        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
+        self._start = float(start)
+        self._loop: VirtualEventLoop | None = None
+        self._offset = 0.0
+        """This clock's time minus the loop's."""
+
+    def _bound(self) -> VirtualEventLoop | None:
+        """The loop this clock runs on (bound at first use); None before any loop."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._loop  # outside a loop, time stands where the loop left it
+        if running is not self._loop:
+            self._bind(running)
+        return running
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            raise RuntimeError("this SimClock runs on another event loop, still open")
+        if not isinstance(loop, VirtualEventLoop):
+            raise TypeError(
+                "SimClock needs vsim's VirtualEventLoop (vsim.virtual_time.run, or the "
+                f"unit tests' loop), not {type(loop).__name__}"
+            )
+        now = self._start if self._loop is None else self._loop.time() + self._offset
+        if loop.pristine:
+            loop.set_start(now)
+        self._loop, self._offset = loop, now - loop.time()
 
     def now(self) -> float:
-        return self._now
+        loop = self._bound()
+        return self._start if loop is None else loop.time() + self._offset
 
     async def sleep(self, seconds: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._timers, (self._now + max(0.0, seconds), next(self._seq), future))
-        await future
+        """Wakes at now() + seconds (at once for seconds <= 0, after what is due now)."""
+        loop = self._bound()
+        future = loop.create_future()
+        timer = loop.call_at(loop.time() + max(0.0, seconds), _wake, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
 
     @property
     def next_deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        """When the loop's next timer is due, on this clock (None if none is set)."""
+        loop = self._bound()
+        when = loop.next_timer() if loop is not None else None
+        return None if when is None else when + self._offset
 
     async def advance(self, seconds: float) -> None:
         """Moves time forward, waking each sleeper at its deadline in order."""
         if seconds < 0:
             raise ValueError("a SimClock cannot go backwards")
-        await _settle()  # tasks started just now get to their first sleep first
-        target = self._now + seconds
-        while self._timers and self._timers[0][0] <= target:
-            deadline, _, future = heapq.heappop(self._timers)
-            self._now = deadline
-            if not future.done():
-                future.set_result(None)
-            await _settle()
-        self._now = target
+        if not math.isfinite(seconds):
+            raise ValueError(f"a SimClock advances by a finite time, got {seconds!r}")
+        loop = self._bound()
+        await loop.settle()  # tasks started just now get to their first sleep first
+        await self.sleep(seconds)  # the loop runs every timer before this one, in order
+        await loop.settle()  # and what is due at the target, before the caller goes on
 
 
-async def _settle(limit: int = 10_000) -> None:
-    """Yields until the event loop has nothing ready to run: the woken coroutines and
-    all they set off have run (or wait on a timer, I/O or a thread)."""
-    loop = asyncio.get_running_loop()
-    for _ in range(limit):
-        await asyncio.sleep(0)
-        ready = getattr(loop, "_ready", None)  # CPython's run queue
-        if ready is not None and not ready:
-            return
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,11 +1,15 @@
-"""Password hashing (scrypt, stdlib) and generation. Only hashes are ever stored."""
+"""Password hashing (scrypt, stdlib) and generation. Only hashes are ever stored.
+
+Secrets are drawn from the `source` a caller passes: its runtime's `secure_random`
+(vsim/runtime.py), the OS's CSPRNG in a live cluster, seeded in the simulator. Without
+one they come from the OS."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import os
+import random
 import secrets
 import string
 
@@ -16,8 +20,16 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 ALPHABET = string.ascii_letters + string.digits + "!#%*+-.=@^_~"
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    salt = salt if salt is not None else os.urandom(16)
+SYSTEM_RANDOM = secrets.SystemRandom()
+"""The OS's CSPRNG, as a `random.Random`: where secrets come from outside the simulator."""
+SALT_BYTES = 16
+
+
+def hash_password(
+    password: str, salt: bytes | None = None, source: random.Random = SYSTEM_RANDOM
+) -> str:
+    """scrypt of password with `salt`, or a new one drawn from `source`."""
+    salt = salt if salt is not None else source.randbytes(SALT_BYTES)
     digest = hashlib.scrypt(
         password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
     )
@@ -43,19 +55,20 @@ def verify_password(password: str, stored: str) -> bool:
         return False
 
 
-def generate_password(length: int = 32) -> str:
+def generate_password(length: int = 32, source: random.Random = SYSTEM_RANDOM) -> str:
     """A random password with at least one upper, lower, digit and symbol, as ESXi's
     password policy wants."""
     while True:
-        candidate = "".join(secrets.choice(ALPHABET) for _ in range(length))
+        candidate = "".join(source.choice(ALPHABET) for _ in range(length))
         classes = (str.isupper, str.islower, str.isdigit, lambda c: not c.isalnum())
         if all(any(test(c) for c in candidate) for test in classes):
             return candidate
 
 
-def new_token() -> str:
-    """An unguessable session token."""
-    return secrets.token_urlsafe(32)
+def new_token(source: random.Random = SYSTEM_RANDOM) -> str:
+    """An unguessable session token (when `source` is): 32 bytes as URL-safe base64
+    without padding, as `secrets.token_urlsafe(32)` makes."""
+    return base64.urlsafe_b64encode(source.randbytes(32)).rstrip(b"=").decode()
 
 
 def token_digest(token: str) -> str:
@@ -63,8 +76,8 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-TOKEN_LENGTH = len(new_token())
-"""Every session token a vsim server issues has this many characters (43)."""
+TOKEN_LENGTH = 43
+"""Every session token a vsim server issues has this many characters (32 bytes)."""
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 
 

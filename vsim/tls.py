@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import random
 import socket
 import ssl
 from dataclasses import dataclass
@@ -54,14 +55,31 @@ def normalize_thumbprint(text: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 64, 2))
 
 
-def make_identity(common_name: str, now: datetime.datetime | None = None) -> Identity:
-    """A new self-signed certificate for common_name, valid for localhost and 127.0.0.1."""
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+"""The order of NIST P-256's base point: a private key is a number in [1, order)."""
+
+
+def make_identity(
+    common_name: str,
+    now: datetime.datetime | None = None,
+    secure_random: random.Random | None = None,
+) -> Identity:
+    """A new self-signed certificate for common_name, valid for localhost and 127.0.0.1.
+
+    With `secure_random` (a runtime's), the key and serial are drawn from it and the
+    signature is deterministic (RFC 6979), so a simulated runtime makes the same
+    certificate from the same seed; without, they come from the OS."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    if secure_random is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        serial = x509.random_serial_number()
+    else:
+        key = ec.derive_private_key(secure_random.randrange(1, P256_ORDER), ec.SECP256R1())
+        serial = secure_random.getrandbits(159) | 1  # positive, at most 20 octets
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = (now or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(minutes=5)
     sans: list[x509.GeneralName] = [
@@ -74,12 +92,12 @@ def make_identity(common_name: str, now: datetime.datetime | None = None) -> Ide
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial)
         .not_valid_before(start)
         .not_valid_after(start + VALIDITY)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .sign(key, hashes.SHA256(), ecdsa_deterministic=secure_random is not None)
     )
     return Identity(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),

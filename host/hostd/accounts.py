@@ -9,7 +9,7 @@ logs everyone out.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +17,7 @@ from typing import Protocol
 from vsim.dispatch import Entry, Need
 from vsim.faults import InvalidLogin, NoPermission, NotAuthenticated
 from vsim.passwords import (
+    SYSTEM_RANDOM,
     check_token,
     hash_password,
     new_token,
@@ -77,14 +78,16 @@ class HostAccounts:
         self,
         store: AccountStore,
         root_password_hash: str,
-        token_source: Callable[[], str] = new_token,
+        secure_random: random.Random = SYSTEM_RANDOM,
     ) -> None:
         """root_password_hash (scrypt, from vsim.passwords) sets root's password on first
-        boot; whoever provisions the host never hands it the clear password."""
+        boot; whoever provisions the host never hands it the clear password.
+        secure_random: where session tokens and salts come from (the boot runtime's:
+        the OS's CSPRNG on a live host)."""
         self._store = store
         self._accounts = store.load()
         self._sessions: dict[str, str] = {}  # token digest -> user name
-        self._new_token = token_source
+        self._secure_random = secure_random
         if "root" not in self._accounts:
             if not root_password_hash.startswith("scrypt$"):
                 raise ValueError("a host needs root's password hash on first boot")
@@ -98,7 +101,7 @@ class HostAccounts:
         account = self._accounts.get(user_name)
         if account is None or not verify_password(password, account.password_hash):
             raise InvalidLogin("cannot complete login due to an incorrect user name or password")
-        token = self._new_token()
+        token = new_token(self._secure_random)
         self._sessions[token_digest(token)] = user_name
         return token
 
@@ -130,6 +133,8 @@ class HostAccounts:
 
     def set_account(self, user_name: str, password: str, role: str) -> None:
         """Creates the account or resets its password; drops its open sessions."""
-        self._accounts[user_name] = Account(user_name, hash_password(password), role)
+        self._accounts[user_name] = Account(
+            user_name, hash_password(password, source=self._secure_random), role
+        )
         self._store.save(self._accounts)
         self._sessions = {t: u for t, u in self._sessions.items() if u != user_name}

@@ -63,6 +63,7 @@ from vsim.resource_messages import (
     resources_from_proto,
     resources_to_proto,
 )
+from vsim.runtime import Runtime
 from vsim.security_policy import STANDARD_SWITCH_SECURITY
 from vsim.storage.vmfs_format import LockMode, VolumeLockMode
 from vsim.storage_io_control import congestion_threshold_s
@@ -167,13 +168,16 @@ class Hostd:
         kernel: HostKernel,
         accounts: HostAccounts,
         storage: StorageStack,
+        runtime: Runtime,
         lockout: LockoutPolicy = ESXI_LOCKOUT,
     ) -> None:
+        """runtime: this boot's; every task hostd and what it holds start is its."""
         self.kernel = kernel
         self.accounts = accounts
-        self.lockout = AccountLockout(lockout, kernel.clock)
+        self.runtime = runtime
+        self.lockout = AccountLockout(lockout, runtime.clock)
         """Failed logins per user; in memory, so a reboot unlocks, as on ESXi."""
-        self.scheduler = DiskScheduler(clock=kernel.clock)
+        self.scheduler = DiskScheduler(runtime=runtime)
         self._ticker: asyncio.Task | None = None
         self.vmx: dict[str, VmxProcess] = {}
         """VMs with a VMX here: powered on, or holding their disks for a hand-off."""
@@ -255,7 +259,7 @@ class Hostd:
                 uuid.UUID(vm.uuid),
                 [(vm.datastore, files, d.path) for d in vm.disks],
                 self.scheduler,
-                self.kernel.clock,
+                self.runtime,
                 vm.guest_write_iops,
             )
         return vmx
@@ -316,7 +320,7 @@ class Hostd:
 
     def _start_ticking(self) -> None:
         if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+            self._ticker = self.runtime.spawn(self._tick(), "kernel-tick")
 
     async def _tick(self) -> None:
         """The kernel's periods, while any VM runs here."""
@@ -431,6 +435,13 @@ class Hostd:
         for vmx in self.vmx.values():
             vmx.kill()
         self.vmx.clear()
+        self.runtime.halt()  # and whatever else this boot had under way (disk I/O)
+
+    async def close(self) -> None:
+        """The host shuts down: its datastores' heartbeats and renewals end, its
+        paths to the array close, and every task of this boot is gone on return."""
+        await self.storage.close()
+        await self.runtime.stop()
 
     @needs(ADMINISTRATOR)
     async def FormatVmfs(self, request: pb.FormatVmfsRequest, user: str | None) -> pb.HostDatastore:

@@ -72,6 +72,8 @@ class DatastoreFiles(Protocol):
     """The file system of one mounted datastore, as this host sees it."""
 
     clock: Clock
+    rng: random.Random
+    """The host's (its boot's runtime): lock backoffs, new disks' CIDs and UUIDs."""
 
     async def mkdir(self, path: str) -> None: ...
 
@@ -104,13 +106,12 @@ a directory, or reading a descriptor) before reporting FileLocked."""
 
 async def wait_out_short_holds(
     clock: Clock,
+    rng: random.Random,
     attempt: Callable[[], Awaitable[T]],
     wait: float = SHORT_HOLD_WAIT,
-    rng: random.Random | None = None,
 ) -> T:
     """attempt(), tried again with growing, randomised pauses (so racing hosts fall
     out of step) while it raises FileLocked, for up to `wait` seconds of the clock."""
-    rng = rng or random.Random()
     deadline = clock.now() + wait
     pause = 0.005
     while True:
@@ -129,7 +130,7 @@ async def write_whole(fs: DatastoreFiles, path: str, data: bytes, create: bool =
     grow or keep their length in practice: nothing stale survives)."""
     if create:
         await fs.create(path)
-    file = await wait_out_short_holds(fs.clock, lambda: fs.open(path, LockMode.EXCLUSIVE))
+    file = await wait_out_short_holds(fs.clock, fs.rng, lambda: fs.open(path, LockMode.EXCLUSIVE))
     try:
         old = 0 if create else await file.size()
         await file.write(0, data + b"\n" * max(0, old - len(data)))

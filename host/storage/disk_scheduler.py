@@ -29,7 +29,8 @@ target are dispatched at least 1/limit seconds apart; while a limited VM waits f
 next slot the others go ahead, and the scheduler sleeps on the clock until the slot.
 
 Owns the queues, tags and measurements; never runs a command itself beyond awaiting
-the callable it is given, and reads time only from its `Clock`.
+the callable it is given, reads time only from its runtime's clock and runs each
+dispatched command as a task of that runtime (the host's boot: a crash ends them).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vsim.clock import Clock, WallClock
+from vsim.clock import WallClock
 from vsim.faults import InvalidArgument
+from vsim.runtime import Runtime
 from vsim.storage_io_control import SIOC_CONGESTION_THRESHOLD_MS, congestion_threshold_s
 
 SCHED_NUM_REQ_OUTSTANDING = 32
@@ -160,13 +162,15 @@ class DiskScheduler:
     def __init__(
         self,
         queue_depth: int = SCHED_NUM_REQ_OUTSTANDING,
-        clock: Clock | None = None,
+        runtime: Runtime | None = None,
         sioc: SiocSettings | None = None,
     ) -> None:
+        """runtime: the host's (a live one on real time if None)."""
         if queue_depth < 1:
             raise InvalidArgument(f"queue depth must be >= 1, got {queue_depth}")
         self.queue_depth = queue_depth
-        self.clock: Clock = clock if clock is not None else WallClock()
+        self.runtime = runtime if runtime is not None else Runtime.live(WallClock())
+        self.clock = self.runtime.clock
         self.sioc = sioc if sioc is not None else SiocSettings()
         self._min_depth = min(self.sioc.min_queue_depth, queue_depth)
         self._targets: dict[str, _Target] = {}
@@ -236,7 +240,7 @@ class DiskScheduler:
             self._charge(t, vm, now)
             t.outstanding += 1
             t.served.append(vm)
-            asyncio.get_running_loop().create_task(self._run(name, t, vm, command, future, now))
+            self.runtime.spawn(self._run(name, t, vm, command, future, now), f"disk-io:{name}")
 
     def _next_vm(self, t: _Target, now: float) -> str | None:
         """Whose command goes next: the first in the ring (round-robin) or, congested,
@@ -268,7 +272,7 @@ class DiskScheduler:
                 return
             t.wakeup.cancel()
         t.wakeup_at = at
-        t.wakeup = asyncio.get_running_loop().create_task(self._wake(name, t, at - now))
+        t.wakeup = self.runtime.spawn(self._wake(name, t, at - now), f"disk-slot:{name}")
 
     async def _wake(self, name: str, t: _Target, delay: float) -> None:
         await self.clock.sleep(max(0.0, delay))

@@ -7,6 +7,7 @@ no more I/O from here."""
 from __future__ import annotations
 
 import contextlib
+import random
 
 from vsim.faults import (
     CannotAccessFile,
@@ -60,10 +61,12 @@ def nfs_fault(error: NfsError, path: str, creating: bool = False) -> VimFault:
 
 
 class NfsFileSystem:
-    def __init__(self, manager: NfsLockManager) -> None:
+    def __init__(self, manager: NfsLockManager, rng: random.Random) -> None:
+        """rng: the host's (new disks' CIDs and UUIDs, lock backoffs)."""
         self.manager = manager
         self.client = manager.client
         self.clock = manager.clock
+        self.rng = rng
         self._opens = SharedLocks()  # keyed by (directory handle, fileid)
 
     async def handle(self, path: str) -> str:

@@ -1,17 +1,16 @@
 """The host kernel's storage stack: its mounted datastores (VMFS volumes on LUNs,
 NFS exports) and the background work they need (VMFS heartbeats every 3 s, NFS lock
-renewals every 10 s). Ports come in from the shell: block devices and NFS clients
-over the array's gRPC for a Ray host, in-process ones for the simulator."""
+renewals every 10 s), spawned through the boot's runtime. Ports come in from the
+shell: block devices and NFS clients over the array's gRPC for a Ray host, in-process
+ones for the simulator."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from vsim.clock import Clock
 from vsim.faults import (
     AlreadyExists,
     CannotAccessFile,
@@ -31,6 +30,7 @@ from vsim.host.storage.nfs_lock import (
 from vsim.host.storage.vmfs import BlockDevice, LunDevice, VmfsVolume, format_volume, is_live
 from vsim.host.storage.vmfs_files import VmfsFileSystem
 from vsim.iscsi import initiator_name
+from vsim.runtime import Runtime
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import NfsError
 from vsim.storage.scsi import ScsiError
@@ -38,8 +38,9 @@ from vsim.storage.vmfs_format import SUPERBLOCK_LBA, LockMode, Superblock, Volum
 
 LOCK_MODES = {"ats-only": VolumeLockMode.ATS_ONLY, "ats+scsi": VolumeLockMode.ATS_SCSI}
 DESCRIBE_TIMEOUT = 2.0
-"""Real seconds a datastore's free space may take to come back before it is reported
-inaccessible (a cut storage network drops packets: nothing else would end the wait)."""
+"""Seconds (simulated) a datastore's free space may take to come back before it is
+reported inaccessible (a cut storage network drops packets: nothing else would end
+the wait)."""
 
 
 class StoragePorts(Protocol):
@@ -121,17 +122,19 @@ class StorageStack:
         self,
         host: uuid.UUID,
         host_name: str,
-        clock: Clock,
-        rng: random.Random,
+        runtime: Runtime,
         ports: StoragePorts | None = None,
     ):
+        """runtime: this boot's (its clock, its rng for the boot id, lock backoffs
+        and disk ids, and the tasks heartbeats and renewals run in)."""
         self.host = host
         self.host_name = host_name
         self.ports = ports
         self._capacity: dict[str, int] = {}
-        self.clock = clock
-        self.rng = rng
-        self.boot = rng.getrandbits(64) or 1
+        self.runtime = runtime
+        self.clock = runtime.clock
+        self.rng = runtime.random
+        self.boot = self.rng.getrandbits(64) or 1
         """This boot's id, in the NFS lock files it writes (one stack per boot)."""
         self.vmfs: dict[str, VmfsVolume] = {}
         self.nfs: dict[str, NfsLockManager] = {}
@@ -147,7 +150,7 @@ class StorageStack:
         await volume.mount()
         self.vmfs[label] = volume
         self.files[label] = VmfsFileSystem(volume)
-        self._loops[label] = asyncio.get_running_loop().create_task(volume.heartbeat_forever())
+        self._loops[label] = self.runtime.spawn(volume.heartbeat_forever(), f"heartbeat:{label}")
         return volume
 
     async def mount_nfs(self, label: str, client: NfsClient) -> NfsLockManager:
@@ -155,8 +158,8 @@ class StorageStack:
             raise InvalidArgument(f"a datastore named {label} is already mounted")
         manager = NfsLockManager(client, self.host, self.host_name, self.clock, self.boot)
         self.nfs[label] = manager
-        self.files[label] = NfsFileSystem(manager)
-        self._loops[label] = asyncio.get_running_loop().create_task(manager.renew_forever())
+        self.files[label] = NfsFileSystem(manager, self.rng)
+        self._loops[label] = self.runtime.spawn(manager.renew_forever(), f"lock-renewal:{label}")
         return manager
 
     # datastores, by where they live on an array
@@ -259,7 +262,7 @@ class StorageStack:
             try:
                 if volume.lost_access:
                     raise ConnectionError("lost access")
-                free = await asyncio.wait_for(self.files[name].free_bytes(), DESCRIBE_TIMEOUT)
+                free = await self.runtime.wait_for(self.files[name].free_bytes(), DESCRIBE_TIMEOUT)
             except Exception:  # noqa: BLE001 - lost access or no path: report it so
                 return Datastore(name, "vmfs", False, capacity, 0, volume.slot, mode)
             return Datastore(
@@ -267,7 +270,7 @@ class StorageStack:
             )
         manager = self.nfs_mount(name)
         try:
-            total, free = await asyncio.wait_for(manager.client.fsstat(), DESCRIBE_TIMEOUT)
+            total, free = await self.runtime.wait_for(manager.client.fsstat(), DESCRIBE_TIMEOUT)
         except Exception:  # noqa: BLE001 - unreachable export: mounted but inaccessible
             return Datastore(name, "nfs", False, 0, 0)
         return Datastore(name, "nfs", True, total, free)

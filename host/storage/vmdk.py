@@ -39,10 +39,9 @@ between leaves an unused slot, never a table entry pointing at unwritten data.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
-import secrets
 import struct
-import uuid
 from dataclasses import dataclass, replace
 
 from vsim.faults import CannotAccessFile, FileNotFound, InvalidArgument, InvalidState
@@ -53,6 +52,7 @@ from vsim.host.storage.datastore_files import (
     parent_of,
     write_whole,
 )
+from vsim.runtime import random_hex, random_uuid
 from vsim.storage.vmfs_format import SECTOR, LockMode
 
 GRAIN_SECTORS = 128
@@ -124,8 +124,9 @@ class Descriptor:
         )
 
 
-def new_cid() -> str:
-    return secrets.token_hex(4)
+def new_cid(rng: random.Random) -> str:
+    """A content id, from the writing host's rng (fs.rng)."""
+    return random_hex(rng, 8)
 
 
 def extent_path(descriptor_path: str, extent: str) -> str:
@@ -165,11 +166,11 @@ async def create_disk(fs: DatastoreFiles, path: str, capacity_bytes: int) -> Des
         )
     stem = _stem(path)
     descriptor = Descriptor(
-        new_cid(),
+        new_cid(fs.rng),
         NO_PARENT_CID,
         capacity_bytes // SECTOR,
         f"{stem}-flat.vmdk",
-        disk_uuid=str(uuid.uuid4()),
+        disk_uuid=str(random_uuid(fs.rng)),
     )
     await fs.create(extent_path(path, descriptor.extent))
     await write_whole(fs, path, descriptor.render().encode(), create=True)
@@ -182,7 +183,12 @@ async def create_delta(fs: DatastoreFiles, path: str, parent: str) -> Descriptor
     base = await read_descriptor(fs, parent)
     stem = _stem(path)
     descriptor = Descriptor(
-        new_cid(), base.cid, base.sectors, f"{stem}-delta.vmdk", parent, str(uuid.uuid4())
+        new_cid(fs.rng),
+        base.cid,
+        base.sectors,
+        f"{stem}-delta.vmdk",
+        parent,
+        str(random_uuid(fs.rng)),
     )
     await write_whole(
         fs, extent_path(path, descriptor.extent), _header(base.sectors, 0), create=True
@@ -342,7 +348,7 @@ class VirtualDisk:
         """The first write after an open gives the disk a new CID, so deltas made over
         its old content would notice (none can be: parents are read-only)."""
         top = self.layers[0]
-        descriptor = replace(top.descriptor, cid=new_cid())
+        descriptor = replace(top.descriptor, cid=new_cid(self.fs.rng))
         # The descriptor is only read by others, briefly: its lock is waited for.
         await write_whole(self.fs, self.path, descriptor.render().encode())
         top.descriptor = descriptor

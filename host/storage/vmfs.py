@@ -8,6 +8,11 @@ described in `vsim.storage.vmfs_format`, changed atomically with COMPARE AND WRI
 - Mount claims a free heartbeat slot; the slot's counter is bumped every 3 s. A host
   whose slot was cleared by another (it was presumed dead), or that could not
   heartbeat for 16 s, marks the volume lost access and issues no more I/O to it.
+- A COMPARE AND WRITE whose reply is lost (the path failed after the array ran it)
+  is settled by reading the sector back; if that fails too, the sector is kept as in
+  doubt, and a later lock or heartbeat that finds it there knows the write was its
+  own. So a lost reply never leaves a lock held that its holder does not know of,
+  nor a heartbeat slot its owner takes for cleared by another host.
 - A lock held by another host is refused with FileLocked naming the holder, unless
   the holder is gone: its slot was cleared or reused (stale at once), or its counter
   has not moved for 16 s as this host has watched it (then this host clears the slot,
@@ -146,6 +151,10 @@ class VmfsVolume:
         self._slot_sector = b""
         self._last_heartbeat = 0.0
         self._watches: dict[tuple[int, uuid.UUID, int], _Watch] = {}
+        self._in_doubt: dict[int, bytes] = {}
+        """LBA -> the sector a COMPARE AND WRITE of this host's may have written: its
+        reply was lost and the sector could not be read back. Should the sector be
+        found holding it, the write was this host's (`lock`, `heartbeat`)."""
 
     # mounting and heartbeats
 
@@ -206,25 +215,28 @@ class VmfsVolume:
         sb = self.mounted()
         current = HeartbeatSlot.unpack(self._slot_sector)
         bumped = replace(current, counter=current.counter + 1, owner_clock=self.clock.now())
+        lba = sb.heartbeat_lba(self.slot)
         try:
-            await self.io(
-                self.device.compare_and_write,
-                sb.heartbeat_lba(self.slot),
-                self._slot_sector,
-                bumped.pack(),
-            )
+            await self.io(self.device.compare_and_write, lba, self._slot_sector, bumped.pack())
+            written = True
         except ScsiError as e:
+            if e.miscompare and self._in_doubt.get(lba) == e.data:
+                # An earlier bump landed though its reply was lost: go on from it.
+                self._slot_sector = self._in_doubt.pop(lba)
+                self.stats["lost_replies"] += 1
+                return await self.heartbeat()
             if e.miscompare:
                 self._lose_access("another host cleared this host's heartbeat slot")
                 return False
-            self.stats["heartbeat_failures"] += 1
-        except Exception:  # noqa: BLE001 - a path failure is a missed heartbeat
-            self.stats["heartbeat_failures"] += 1
-        else:
+            written = False
+        except Exception:  # noqa: BLE001 - a path failure: did the bump land?
+            written = await self._applied(lba, bumped.pack())
+        if written:
             self._slot_sector = bumped.pack()
             self._last_heartbeat = self.clock.now()
             self.stats["heartbeats"] += 1
             return True
+        self.stats["heartbeat_failures"] += 1
         return not self._heartbeat_too_old()
 
     async def heartbeat_forever(self) -> None:
@@ -268,6 +280,14 @@ class VmfsVolume:
         while True:
             sector = await self.io(self.device.read, sb.lock_lba(index), 1)
             record = self._record(sector)
+            if self._in_doubt.get(sb.lock_lba(index)) == sector:
+                # This host's own grant, whose reply was lost: the lock is held.
+                del self._in_doubt[sb.lock_lba(index)]
+                self.stats["lost_replies"] += 1
+                if record.mode == mode and record.path == path:
+                    await self._check_own_slot()
+                    self.stats["locks"] += 1
+                    return record
             mine = [o for o in record.owners if o == me]
             if mine and (
                 mode == LockMode.EXCLUSIVE
@@ -423,7 +443,27 @@ class VmfsVolume:
                 self.stats["ats_miscompares"] += 1
                 return False
             raise
+        except Exception:  # the path failed: the array may have run it all the same
+            if await self._applied(lba, new):
+                return True
+            raise
+        self._in_doubt.pop(lba, None)
         return True
+
+    async def _applied(self, lba: int, new: bytes) -> bool:
+        """Whether a COMPARE AND WRITE whose reply was lost was run: the sector is read
+        back. If even that fails, the sector is kept as in doubt, so that this host
+        can tell its own write when it next sees it, and False is returned."""
+        try:
+            sector = await self.io(self.device.read, lba, 1)
+        except Exception:  # noqa: BLE001 - the path is still down
+            self._in_doubt[lba] = new
+            return False
+        if sector == new:
+            self._in_doubt.pop(lba, None)
+            self.stats["lost_replies"] += 1
+            return True
+        return False
 
     async def _under_reservation(self, work: Callable[[], Awaitable[bool]]) -> bool:
         try:

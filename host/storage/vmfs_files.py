@@ -61,6 +61,7 @@ class VmfsFileSystem:
     def __init__(self, volume: VmfsVolume) -> None:
         self.volume = volume
         self.clock = volume.clock
+        self.rng = volume.rng
         self._index: dict[str, int] = {"": 0}
         """path -> descriptor index, checked against the descriptor on every use."""
         self._dir_guards: dict[int, asyncio.Lock] = {}
@@ -162,9 +163,9 @@ class VmfsFileSystem:
         async with guard:
             await wait_out_short_holds(
                 self.clock,
+                self.rng,
                 lambda: self.volume.lock(index, path or "/", LockMode.EXCLUSIVE),
                 DIR_LOCK_WAIT,
-                self.volume.rng,
             )
             try:
                 # It may have been removed while this host waited for its lock.

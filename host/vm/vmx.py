@@ -12,7 +12,6 @@ import asyncio
 import logging
 import uuid
 
-from vsim.clock import Clock
 from vsim.faults import InvalidState
 from vsim.host.guest.disk_writes import (
     GUEST_BLOCK,
@@ -24,6 +23,7 @@ from vsim.host.guest.disk_writes import (
 from vsim.host.storage.datastore_files import DatastoreFiles, close_all
 from vsim.host.storage.disk_scheduler import DiskScheduler
 from vsim.host.storage.vmdk import VirtualDisk, open_disk
+from vsim.runtime import Runtime
 from vsim.storage.vmfs_format import SECTOR, LockMode
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,17 @@ class VmxProcess:
         vm_uuid: uuid.UUID,
         disks: list[tuple[str, DatastoreFiles, str]],
         scheduler: DiskScheduler,
-        clock: Clock,
+        runtime: Runtime,
         guest_write_iops: int = 0,
     ) -> None:
-        """disks: (datastore, its files, descriptor path) of each disk."""
+        """disks: (datastore, its files, descriptor path) of each disk; runtime: the
+        host boot's (the guest's writes run as its task)."""
         self.name = name
         self.vm_uuid = vm_uuid
         self.disk_specs = disks
         self.scheduler = scheduler
-        self.clock = clock
+        self.runtime = runtime
+        self.clock = runtime.clock
         self.guest_write_iops = guest_write_iops
         self.disks: list[VirtualDisk] = []
         self.acked_seq = 0
@@ -80,7 +82,7 @@ class VmxProcess:
             raise InvalidState(f"{self.name}'s disks are not open on this host")
         if self.guest_write_iops > 0 and self._guest is None:
             self.write_retries = 0
-            self._guest = asyncio.get_running_loop().create_task(self._guest_writes())
+            self._guest = self.runtime.spawn(self._guest_writes(), f"guest:{self.name}")
 
     async def _guest_writes(self) -> None:
         disk = self.disks[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import pytest
 import ray
@@ -22,6 +23,7 @@ from vsim.vcenter.sessions import ADMINISTRATOR
 @pytest.fixture(scope="session")
 def ray_cluster():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(
         address="local",
         num_cpus=2,
@@ -29,6 +31,8 @@ def ray_cluster():
         log_to_driver=False,
         logging_level=logging.ERROR,
     )
+    # Ray's handler exits at once; tests/conftest.py's tears the session down first.
+    signal.signal(signal.SIGTERM, on_sigterm)
     yield
     ray.shutdown()
 

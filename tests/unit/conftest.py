@@ -9,13 +9,41 @@ account code itself run with the real parameters.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from pathlib import Path
 
 import pytest
-from vclab import Lab
+from vclab import T0, Lab
 
 from vsim import passwords
+from vsim.clock import WallClock
 from vsim.spec import ClusterSpec
+from vsim.virtual_time import VirtualEventLoop
+
+REAL_TIME_FIXTURES = {
+    "cluster": "test_vcenter_datastores' array-backed cluster runs on a WallClock",
+}
+"""Fixtures that need real time: a test using one runs on asyncio's own loop."""
+
+
+def on_real_loop(node: pytest.Item) -> bool:
+    """Whether a test runs on asyncio's own loop: it is marked `real_loop` (real
+    sockets, threads or time), or it uses a fixture of REAL_TIME_FIXTURES."""
+    if node.get_closest_marker("real_loop") is not None:
+        return True
+    return not REAL_TIME_FIXTURES.keys().isdisjoint(getattr(node, "fixturenames", ()))
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    """The event loop each async test runs on, fixtures and all: a fresh
+    VirtualEventLoop per test function (its parametrized cases share it), or
+    asyncio's own loop (one for all such tests in a row) if `on_real_loop`."""
+    if on_real_loop(item):
+        return {"real": asyncio.new_event_loop}
+    # A new factory object per test: pytest-asyncio keeps its session runner only
+    # while the factory stays the same, so each test starts on a loop of its own.
+    return {"virtual": functools.partial(VirtualEventLoop)}
 
 
 @pytest.fixture
@@ -25,12 +53,15 @@ def fast_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def make_lab(tmp_path: Path, fast_scrypt: None):
-    """Builds labs with a given cluster spec; stops them all at teardown."""
+async def make_lab(request: pytest.FixtureRequest, tmp_path: Path, fast_scrypt: None):
+    """Builds labs with a given cluster spec; stops them all at teardown. A lab's
+    clock is a SimClock, or real time (a WallClock from T0) in a test `on_real_loop`."""
     labs: list[Lab] = []
+    real_time = on_real_loop(request.node)
 
     async def make(spec: ClusterSpec | None = None, seed: int = 7) -> Lab:
-        lab = Lab(tmp_path / f"vc-{len(labs)}", seed)
+        clock = WallClock(start=T0) if real_time else None
+        lab = Lab(tmp_path / f"vc-{len(labs)}", seed, clock=clock)
         labs.append(lab)
         return await lab.boot(spec if spec is not None else ClusterSpec.default(3))
 

@@ -1,25 +1,26 @@
-"""host/boot.py: one boot of a host from its spec, local disk, clock and rng, as the
+"""host/boot.py: one boot of a host from its spec, local disk and runtime, as the
 Ray actor and the in-process engine both make it."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 
 from vsim import passwords
 from vsim.clock import SimClock
 from vsim.host.boot import LocalDisk, boot_host
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 
 
 def boot(tmp_path, seed: str, clock: SimClock | None = None):
+    """A boot whose runtime is the child `seed` of a seed-1 runtime."""
     spec = HostSpec("esxi-01", uuid="6f1b2a7c-0000-4000-8000-000000000001")
+    runtime = Runtime.simulated(clock or SimClock(1_700_000_000.0), 1).child(seed)
     return boot_host(
         spec,
         LocalDisk.in_directory(tmp_path / "esxi-01"),
         passwords.hash_password("root-password"),
-        clock or SimClock(1_700_000_000.0),
-        random.Random(seed),
+        runtime,
         None,
     )
 

@@ -1,4 +1,5 @@
-"""The clocks: SimClock's exact timelines and WallClock's speed scaling."""
+"""The clocks: SimClock's exact timelines on the virtual loop, and WallClock's speed
+scaling."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 import vsim.clock
+from vsim import virtual_time
 from vsim.clock import SimClock, WallClock
+from vsim.virtual_time import VirtualEventLoop
 
 
 async def _started(*coroutines) -> list[asyncio.Task]:
@@ -137,6 +140,72 @@ async def test_simclock_skips_a_cancelled_sleeper():
     assert log == ["kept"]
 
 
+async def test_simclock_is_the_virtual_loops_time_and_shares_its_timers():
+    loop = asyncio.get_running_loop()
+    clock = SimClock(start=1_000.0)
+    assert clock.now() == loop.time() == 1_000.0  # a fresh loop takes the clock's start
+    log: list[tuple[str, float]] = []
+
+    async def sleeper() -> None:
+        await clock.sleep(4)
+        log.append(("slept", clock.now()))
+
+    async def waiter() -> None:
+        try:
+            await asyncio.wait_for(asyncio.Event().wait(), 2)
+        except TimeoutError:
+            log.append(("timed out", clock.now()))
+
+    await _started(sleeper(), waiter())
+    await clock.advance(10)
+    assert log == [("timed out", 1_002.0), ("slept", 1_004.0)]
+    assert clock.now() == loop.time() == 1_010.0
+
+
+async def test_a_second_simclock_reads_the_same_timeline_from_its_own_start():
+    first = SimClock(start=500.0)
+    await first.advance(30)
+    rebooted = SimClock()  # a host booted again later in the test: its clock from 0
+    assert (first.now(), rebooted.now()) == (530.0, 0.0)
+    await rebooted.advance(5)
+    assert (first.now(), rebooted.now()) == (535.0, 5.0)
+    assert rebooted.next_deadline is None
+
+
+def test_simclock_moves_to_a_new_loop_once_its_loop_is_closed():
+    clock = SimClock(start=7.0)
+    virtual_time.run(clock.advance(5))
+    assert clock.now() == 12.0  # outside any loop, time stands where it was left
+    virtual_time.run(clock.advance(5))
+    assert clock.now() == 17.0
+
+
+def test_simclock_refuses_two_open_loops_and_real_ones():
+    clock = SimClock()
+    loop = VirtualEventLoop()
+    try:
+        loop.run_until_complete(clock.advance(1))
+        with pytest.raises(RuntimeError, match="another event loop"):
+            virtual_time.run(clock.advance(1))
+    finally:
+        loop.close()
+    with pytest.raises(TypeError, match="VirtualEventLoop"):
+        asyncio.run(SimClock().sleep(1))
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan")])
+async def test_simclock_advances_only_by_a_finite_time(seconds: float):
+    clock = SimClock()
+    with pytest.raises(ValueError, match="finite"):
+        await clock.advance(seconds)
+    assert clock.now() == 0.0
+
+
+async def test_wallclock_refuses_to_sleep_on_the_virtual_loop():
+    with pytest.raises(TypeError, match="use SimClock"):
+        await WallClock().sleep(1)
+
+
 def _fake_time(monkeypatch: pytest.MonkeyPatch, wall: float = 5_000.0) -> list[float]:
     """Makes vsim.clock see a monotonic clock the test moves by hand."""
     mono = [1_000.0]
@@ -170,6 +239,7 @@ def test_wallclock_is_monotonic():
     assert readings[-1] >= readings[0]
 
 
+@pytest.mark.real_loop  # real time must pass: it measures it
 async def test_wallclock_sleep_is_scaled_by_speed():
     clock = WallClock(speed=1000)
     before_real, before_sim = time.monotonic(), clock.now()

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vsim import virtual_time
 from vsim.clock import SimClock
 from vsim.faults import InvalidArgument
 from vsim.host.storage.disk_scheduler import (
@@ -19,6 +20,7 @@ from vsim.host.storage.disk_scheduler import (
     SiocSettings,
     disk_allocation,
 )
+from vsim.runtime import Runtime
 
 
 async def test_a_busy_vm_cannot_starve_the_others():
@@ -82,7 +84,7 @@ def test_round_robin_order_and_queue_depth(depth: int, load: dict[str, int]):
                 assert waiting <= set(between), (vm, rest)
                 assert len(between) == len(set(between)), (vm, rest)
 
-    asyncio.run(scenario())
+    virtual_time.run(scenario())
 
 
 async def test_targets_are_independent_and_errors_reach_the_submitter():
@@ -134,7 +136,7 @@ def _backlogged(served: list[str], a: str, b: str) -> list[str]:
 
 async def test_congested_target_serves_by_shares():
     clock = SimClock()
-    scheduler = DiskScheduler(queue_depth=4, clock=clock)
+    scheduler = DiskScheduler(queue_depth=4, runtime=Runtime.simulated(clock, 0))
     scheduler.set_disk_allocation("ds", "gold", disk_allocation("high"))
     scheduler.set_disk_allocation("ds", "silver", disk_allocation("normal"))
 
@@ -159,7 +161,7 @@ async def test_congested_target_serves_by_shares():
 
 async def test_below_the_threshold_the_order_stays_round_robin():
     clock = SimClock()
-    scheduler = DiskScheduler(queue_depth=4, clock=clock)
+    scheduler = DiskScheduler(queue_depth=4, runtime=Runtime.simulated(clock, 0))
     scheduler.set_disk_allocation("ds", "gold", disk_allocation("high"))  # shares unused
 
     async def io() -> None:
@@ -183,7 +185,7 @@ async def test_below_the_threshold_the_order_stays_round_robin():
 
 async def test_iops_limit_holds_over_every_window():
     clock = SimClock()
-    scheduler = DiskScheduler(clock=clock)
+    scheduler = DiskScheduler(runtime=Runtime.simulated(clock, 0))
     scheduler.set_disk_allocation("ds", "capped", DiskAllocation(iops_limit=20))
     started: dict[str, list[float]] = {"capped": [], "free": []}
 
@@ -210,7 +212,7 @@ async def test_iops_limit_holds_over_every_window():
 async def test_sioc_throttles_the_device_queue_and_gives_it_back():
     clock = SimClock()
     sioc = SiocSettings(window_s=1.0)
-    scheduler = DiskScheduler(queue_depth=32, clock=clock, sioc=sioc)
+    scheduler = DiskScheduler(queue_depth=32, runtime=Runtime.simulated(clock, 0), sioc=sioc)
     device = {"ms_per_command": 2.0, "fixed_ms": 0.0}
     seen: list[tuple[int, int]] = []
     stop = False

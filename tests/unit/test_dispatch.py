@@ -19,6 +19,8 @@ from vsim.tls import make_identity
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 
+pytestmark = pytest.mark.real_loop  # real gRPC servers on loopback
+
 
 @pytest.fixture
 async def served(lab: Lab):

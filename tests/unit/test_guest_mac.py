@@ -9,8 +9,6 @@ dispatch table, with its session check, message copies and faults, as over gRPC.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import re
 
 import pytest
@@ -19,7 +17,7 @@ from hypothesis import strategies as st
 from test_vcenter_kernel import create, drops, get_vm, nic, receivers, send
 from vclab import SUCCESS, Lab, small_cluster
 
-from vsim import dispatch
+from vsim import dispatch, virtual_time
 from vsim.clock import SimClock
 from vsim.cluster.cli import build_parser
 from vsim.cluster.client import IN_PROCESS, VCenterClient
@@ -32,6 +30,7 @@ from vsim.host.kernel.vmkernel import HostKernel
 from vsim.host.storage.storage_stack import StorageStack
 from vsim.network_messages import frame_to_proto
 from vsim.passwords import hash_password
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -231,8 +230,9 @@ async def _hostd() -> _Root:
     spec = HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
     accounts = HostAccounts(MemoryAccountStore(), _root_hash())
     clock = SimClock(100.0)
-    storage = StorageStack(spec.host_uuid, spec.name, clock, random.Random(0))
-    root = _Root(Hostd(HostKernel(spec, clock), accounts, storage))
+    runtime = Runtime.simulated(clock, 0)
+    storage = StorageStack(spec.host_uuid, spec.name, runtime)
+    root = _Root(Hostd(HostKernel(spec, clock), accounts, storage, runtime))
     hostd = root.hostd
     pg = kpb.PortGroup(
         name="Locked", vswitch="vSwitch0", security=kpb.SecurityPolicy(mac_changes=False)
@@ -300,7 +300,7 @@ def _canonical(mac: str) -> str | None:
 )
 @given(ops=st.lists(OPS, max_size=25))
 def test_the_effective_mac_follows_a_model_and_gates_reception(fast_scrypt, ops):
-    asyncio.run(_effective_mac_history(ops))
+    virtual_time.run(_effective_mac_history(ops))
 
 
 async def _effective_mac_history(ops) -> None:

@@ -11,6 +11,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from vsim.cluster.health import main, serving
 
+pytestmark = pytest.mark.real_loop  # a real gRPC server and sockets
+
 
 @pytest.fixture
 async def plaintext_server():

@@ -8,7 +8,6 @@ random operation sequences."""
 from __future__ import annotations
 
 import dataclasses
-import random
 import uuid
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from vsim.host.hostd.esx_conf import FileConfigStore, MemoryConfigStore, resourc
 from vsim.host.kernel.vmkernel import HostKernel, VmConfig
 from vsim.passwords import hash_password
 from vsim.resource_allocation import ROOT_POOL, Allocation
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -52,7 +52,7 @@ class Host:
         self.config = config if config is not None else MemoryConfigStore()
         disk = LocalDisk(MemoryAccountStore(), self.config, swap)
         self.hostd = boot_host(
-            spec, disk, hash_password(ROOT_PASSWORD), clock, random.Random(0), None
+            spec, disk, hash_password(ROOT_PASSWORD), Runtime.simulated(clock, 0), None
         )
         self.kernel = self.hostd.kernel
         self.session = self.hostd.accounts.login("root", ROOT_PASSWORD)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 import stat
 import uuid
 from pathlib import Path
 
 import pytest
 
-from vsim import dispatch
+from vsim import dispatch, virtual_time
 from vsim.clock import SimClock
 from vsim.faults import (
     InvalidArgument,
@@ -25,6 +23,7 @@ from vsim.host.hostd.accounts import FileAccountStore, HostAccounts, MemoryAccou
 from vsim.host.hostd.esx_conf import MemoryConfigStore
 from vsim.host.hostd.service import Hostd
 from vsim.passwords import hash_password, verify_password
+from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
 
@@ -38,13 +37,13 @@ def hostd(fast_scrypt: None, tmp_path: Path) -> Hostd:
     )
     disk = LocalDisk(MemoryAccountStore(), MemoryConfigStore(), tmp_path / "vswp")
     hostd = boot_host(
-        spec, disk, hash_password(ROOT_PASSWORD), SimClock(10.0), random.Random(0), None
+        spec, disk, hash_password(ROOT_PASSWORD), Runtime.simulated(SimClock(10.0), 0), None
     )
 
     def synchronous(method: str, request, token):
         """One call through hostd's dispatch table (as gRPC and the in-process engine
         make it), driven to the end."""
-        return asyncio.run(dispatch.call(hostd.table, method, request, token))
+        return virtual_time.run(dispatch.call(hostd.table, method, request, token))
 
     hostd.call = synchronous
     return hostd
@@ -268,7 +267,7 @@ def test_a_host_spec_with_a_malformed_uuid_is_refused():
 
 
 def advance(hostd: Hostd, seconds: float) -> None:
-    asyncio.run(hostd.kernel.clock.advance(seconds))
+    virtual_time.run(hostd.kernel.clock.advance(seconds))
 
 
 def test_five_failed_root_logins_lock_root_for_900_s_even_for_the_right_password(

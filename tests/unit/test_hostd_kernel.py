@@ -5,7 +5,6 @@ removing vSwitches, port groups and a running VM's vNIC."""
 
 from __future__ import annotations
 
-import random
 import uuid
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from vsim.host.kernel.vmkernel import HostKernel
 from vsim.memory_settings import MemorySettings
 from vsim.network_messages import frame_from_proto, frame_to_proto
 from vsim.passwords import hash_password
+from vsim.runtime import Runtime
 from vsim.security_policy import STANDARD_SWITCH_SECURITY, SecurityPolicy
 from vsim.spec import HostSpec
 from vsim.v1 import host_agent_pb2 as hpb
@@ -44,7 +44,7 @@ class Host:
         spec = HostSpec(name, cpu_cores=4, cpu_mhz=2000, memory_mb=8192)
         disk = LocalDisk(MemoryAccountStore(), MemoryConfigStore(), swap / name)
         self.hostd = boot_host(
-            spec, disk, hash_password(ROOT_PASSWORD), clock, random.Random(0), None
+            spec, disk, hash_password(ROOT_PASSWORD), Runtime.simulated(clock, 0), None
         )
         self.session = self.hostd.accounts.login("root", ROOT_PASSWORD)
 

@@ -16,6 +16,7 @@ from vsim.host.kernel.memory.memsched import MemoryManager
 from vsim.host.kernel.memory.pmap import PAGES_PER_MB, MachineMemory
 from vsim.host.kernel.memory.reclaim import MemoryState, min_free_pages
 from vsim.memory_settings import MemorySettings, VmMemorySettings
+from vsim.virtual_time import run
 
 QUIET = GuestWorkload(
     working_set_pct=0, boot_touch_pct=0, zero_pct=0, common_pct=0, dirty_rate=0, touch_rate=0
@@ -23,6 +24,11 @@ QUIET = GuestWorkload(
 """A guest that writes one private page at boot and nothing after: tests write the rest."""
 SAME = np.arange(1000, 1064, dtype=np.uint64)
 """Content two VMs both write."""
+
+
+def advance(clock: SimClock, seconds: float) -> None:
+    """Moves the clock these synchronous tests read (each step on a loop of its own)."""
+    run(clock.advance(seconds))
 
 
 def manager(tmp_path: Path, memory_mb: int = 256, **settings: object) -> MemoryManager:
@@ -94,7 +100,7 @@ def test_sharing_disabled_on_the_host_shares_nothing(tmp_path):
     m = MemoryManager(256, clock, tmp_path, MemorySettings(page_sharing=False))
     start(m, "a")
     write_same_twice(m, "a")
-    clock._now += 10 * m.settings.share_scan_period
+    advance(clock, 10 * m.settings.share_scan_period)
     m.tick()
     assert m.scans == 0
     assert m.vm_stats("a").shared == 0
@@ -180,7 +186,7 @@ def test_overcommit_reclaims_in_balloon_compress_swap_order(tmp_path):
             content = rng.integers(1, 2**63, len(ppns), dtype=np.uint64)
             m.write(name, ppns, content)
             model[name][ppns] = content
-        clock._now += 1.0
+        advance(clock, 1.0)
         m.tick()
         for vm in m.reclaimer.vms.values():
             history += [what for what, _ in vm.log]
@@ -203,7 +209,7 @@ def test_no_reservation_is_ever_reclaimed(tmp_path):
     full = np.arange(512 * PAGES_PER_MB)
     for name in ("vm-1", "vm-2", "vm-3"):
         m.write(name, full, full.astype(np.uint64) + 1)
-        clock._now += 1.0
+        advance(clock, 1.0)
         m.tick()
     reserved = m.vm_stats("vm-1")
     assert reserved.granted == 512
@@ -216,7 +222,7 @@ def grow(m: MemoryManager, clock: SimClock, steps: int = 8) -> None:
         for name in m.powered_on():
             ppns = np.arange((256 + 32 * step) * PAGES_PER_MB, (288 + 32 * step) * PAGES_PER_MB)
             m.write(name, ppns, ppns.astype(np.uint64) + 1)
-        clock._now += 1.0
+        advance(clock, 1.0)
         m.tick()
 
 
@@ -295,7 +301,7 @@ def test_under_contention_memory_follows_shares(tmp_path):
         m.power_on(name, f"{name:0<8}-0000-4000-8000-000000000000", 1024, "rhel9_64Guest",
                    settings, workload)  # fmt: skip
     for _ in range(40):
-        clock._now += 1.0
+        advance(clock, 1.0)
         m.tick()
     hi, lo = m.vm_stats("hi"), m.vm_stats("lo")
     assert hi.target == pytest.approx(4 * lo.target, rel=0.05)
@@ -310,7 +316,7 @@ def test_a_memory_limit_holds_while_the_host_has_memory_to_spare(tmp_path):
     m.power_on("capped", "c0000000-0000-4000-8000-000000000000", 1024, "rhel9_64Guest",
                settings, workload)  # fmt: skip
     for _ in range(5):
-        clock._now += 1.0
+        advance(clock, 1.0)
         assert m.tick() == MemoryState.HIGH
         assert m.vm_stats("capped").granted <= 256
     assert m.vm_stats("capped").swapped + m.vm_stats("capped").ballooned > 0
@@ -352,9 +358,9 @@ def test_a_host_back_from_idle_does_not_replay_the_idle_time(tmp_path):
     kernel = HostKernel(HostSpec("esxi-01", cpu_cores=4, cpu_mhz=2000), clock, tmp_path)
     kernel.register_vm(VmConfig("vm", "0000000a-0000-4000-8000-000000000000", 1, 256,
                                 resources=VmResources(cpu_load_pct=100)))  # fmt: skip
-    clock._now += 3600.0
+    advance(clock, 3600.0)
     kernel.power_on("vm")
-    clock._now += 1.0
+    advance(clock, 1.0)
     kernel.tick()
     assert kernel.cpu.vm_stats("vm").used_mhz_s == pytest.approx(2000.0)
 
@@ -377,7 +383,7 @@ def test_pool_reservations_and_limits_hold_like_a_vms_own(tmp_path):
         uuid = f"{name:0<8}-0000-4000-8000-000000000000"
         m.power_on(name, uuid, 512, "rhel9_64Guest", settings, workload, pool=pool)
     for _ in range(12):
-        clock._now += 1.0
+        advance(clock, 1.0)
         m.tick()
     # Both hold what is reserved for them, the pool's as the VM's own.
     assert m.vm_stats("g").granted >= 384
@@ -389,7 +395,7 @@ def test_pool_reservations_and_limits_hold_like_a_vms_own(tmp_path):
     m.power_on("a", "a0000000-0000-4000-8000-000000000000", 256, "rhel9_64Guest",
                settings, workload, pool="capped")  # fmt: skip
     for _ in range(3):
-        clock._now += 1.0
+        advance(clock, 1.0)
         m.tick()
         assert m.vm_stats("a").granted <= 64
     m.memory.check()

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vsim import virtual_time
 from vsim.clock import SimClock
 from vsim.faults import (
     CannotAccessFile,
@@ -64,7 +65,8 @@ def make(
                 f"esxi-{i:02d}",
                 clock,
                 boot=100 + i,
-            )
+            ),
+            random.Random(i),
         )
         for i in range(hosts)
     ]
@@ -182,11 +184,7 @@ async def run_history(directory: Path, ops: list[tuple]) -> None:
 @given(ops=st.lists(operation, max_size=30))
 def test_random_histories_on_two_hosts_match_a_model(ops):
     with tempfile.TemporaryDirectory() as directory:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(run_history(Path(directory), ops))
-        finally:
-            loop.close()
+        virtual_time.run(run_history(Path(directory), ops))
 
 
 # data

@@ -19,6 +19,8 @@ from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.server import SERVICE as VCENTER
 from vsim.vcenter.sessions import ADMINISTRATOR
 
+pytestmark = pytest.mark.real_loop  # real gRPC servers and TLS on loopback
+
 HOST_AGENT = hpb.DESCRIPTOR.services_by_name["HostAgent"]
 NOT_A_MESSAGE = b"\xff\xff\xff\xff"
 """A field tag whose varint never ends: no message parses from it."""

@@ -6,13 +6,16 @@ management refusals as InvalidArgument, counters in GetStats."""
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from vsim.clock import SimClock
 from vsim.faults import InvalidArgument
+from vsim.runtime import Runtime
 from vsim.storage import lun as lun_module
 from vsim.storage.array import (
     CONFIG,
@@ -43,13 +46,21 @@ ESX = Caller("esxi-01")
 MIB = 1024**2
 
 
+_starts = itertools.count()
+
+
+def started() -> Runtime:
+    """The runtime of one start of an array: a seed of its own each time."""
+    return Runtime.simulated(SimClock(), next(_starts), "array")
+
+
 def block(fill: int, count: int = 1) -> bytes:
     return bytes([fill]) * (SECTOR * count)
 
 
 @pytest.fixture
 def array(tmp_path: Path):
-    array = StorageArray(tmp_path / "array")
+    array = StorageArray(tmp_path / "array", started())
     yield array
     array.close()
 
@@ -245,7 +256,7 @@ def test_an_unknown_export_is_noent(array: StorageArray):
 
 def test_a_restarted_array_has_the_same_luns_exports_data_but_no_reservations(tmp_path: Path):
     data_dir = tmp_path / "array"
-    first = StorageArray(data_dir)
+    first = StorageArray(data_dir, started())
     luns = [first.create_lun(MIB, (A,)), first.create_lun(2 * MIB, (A, B)), first.create_lun(MIB)]
     first.map_lun(2, (C,))
     options = {
@@ -266,7 +277,7 @@ def test_a_restarted_array_has_the_same_luns_exports_data_but_no_reservations(tm
     masking = {k: set(v) for k, v in first.masking.items()}
     first.close()
 
-    again = StorageArray(data_dir)
+    again = StorageArray(data_dir, started())
     try:
         assert all(not lun.stats for lun in again.luns.values())  # counters start over
         assert [(lun.id, lun.size_bytes, lun.serial) for lun in again.luns.values()] == before
@@ -290,8 +301,8 @@ def test_a_restarted_array_has_the_same_luns_exports_data_but_no_reservations(tm
 
 
 def test_a_restart_of_an_empty_array_is_empty(tmp_path: Path):
-    StorageArray(tmp_path / "array").close()
-    again = StorageArray(tmp_path / "array")
+    StorageArray(tmp_path / "array", started()).close()
+    again = StorageArray(tmp_path / "array", started())
     assert (again.luns, again.masking, again.exports) == ({}, {}, {})
     again.close()
 
@@ -527,7 +538,7 @@ def test_create_lun_with_an_id_and_refusals_of_taken_or_impossible_ids(array: St
 
 
 def test_unmap_lun_hides_it_from_those_initiators_only_and_is_kept(tmp_path: Path):
-    array = StorageArray(tmp_path / "array")
+    array = StorageArray(tmp_path / "array", started())
     array.create_lun(MIB, (A, B, C))
     array.unmap_lun(0, (B, "iqn.never-mapped"))
     assert (array.report_luns(A), array.report_luns(B)) == ([0], [])
@@ -540,22 +551,22 @@ def test_unmap_lun_hides_it_from_those_initiators_only_and_is_kept(tmp_path: Pat
         array.unmap_lun(0, ("two words",))
     assert array.masking[0] == {A, C}
     array.close()
-    again = StorageArray(tmp_path / "array")
+    again = StorageArray(tmp_path / "array", started())
     assert again.masking[0] == {A, C}
     again.close()
 
 
 def test_the_management_key_is_made_once_private_and_kept(tmp_path: Path):
-    first = StorageArray(tmp_path / "array")
+    first = StorageArray(tmp_path / "array", started())
     key = first.management_key
     first.close()
     path = tmp_path / "array" / "management.key"
     assert len(key) >= 32 and oct(path.stat().st_mode & 0o777) == "0o600"
-    again = StorageArray(tmp_path / "array")
+    again = StorageArray(tmp_path / "array", started())
     assert again.management_key == key and again.is_manager(key)
     assert not again.is_manager("") and not again.is_manager(None) and not again.is_manager("x")
     again.close()
-    assert StorageArray(tmp_path / "other").management_key != key
+    assert StorageArray(tmp_path / "other", started()).management_key != key
 
 
 @pytest.mark.parametrize(

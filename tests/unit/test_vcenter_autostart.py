@@ -6,8 +6,6 @@ the earlier boot and opens its disks at once."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from test_vcenter_datastores import cluster, run  # noqa: F401 - the fixture
 from test_vm_disks import acked, make_vm
@@ -15,6 +13,7 @@ from test_vm_disks import acked, make_vm
 from vsim.cluster.client import VCenterClient
 from vsim.faults import FileLocked
 from vsim.host.storage.vmdk import open_disk
+from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec
 from vsim.storage.vmfs_format import LockMode
 from vsim.v1 import common_pb2
@@ -44,8 +43,7 @@ async def restart_datacenter(vc: VCenter, engine, tmp_path) -> VCenter:
         tmp_path / "vc",
         Inventory(tmp_path / "vc" / INVENTORY_FILE),
         engine,
-        vc.clock,
-        random.Random(4),
+        Runtime.simulated(vc.clock, 4, "vcenter"),
         array=ArrayRef("", ""),
     )
     await again.start(ClusterSpec.default(3))  # realised already: only re-attached

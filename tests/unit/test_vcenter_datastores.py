@@ -5,7 +5,6 @@ mounting them again after a reboot."""
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 from vclab import host_call
@@ -23,6 +22,7 @@ from vsim.faults import (
     VimFault,
 )
 from vsim.iscsi import initiator_name
+from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec
 from vsim.storage.array import StorageArray
 from vsim.storage.nfs_export import ExportOptions
@@ -43,15 +43,15 @@ SPEED = 10.0
 async def cluster(tmp_path, fast_scrypt):
     # Reservation backoffs sleep, so real time must move; 10x makes 16 s pass in 1.6 s.
     clock = WallClock(speed=SPEED)
-    array = StorageArray(tmp_path / "array")
+    runtime = Runtime.simulated(clock, 3)
+    array = StorageArray(tmp_path / "array", runtime.child("array"))
     spec = prepare_array(array, ClusterSpec.default(3))
-    engine = InProcessEngine(clock, array)
+    engine = InProcessEngine(runtime.child("hosts"), array)
     vc = VCenter(
         tmp_path / "vc",
         Inventory(tmp_path / "vc" / INVENTORY_FILE),
         engine,
-        clock,
-        random.Random(3),
+        runtime.child("vcenter"),
         array=ArrayRef("", ""),
         storage_provider=LocalStorageProvider(array),
     )
@@ -68,7 +68,8 @@ async def listed(client: VCenterClient) -> dict[str, pb.Datastore]:
 
 
 async def run(client: VCenterClient, task: common_pb2.Task) -> common_pb2.Task:
-    return await client.wait(task, timeout=10)
+    # WaitForTask's timeout is on vCenter's clock: 10 real seconds at this speed.
+    return await client.wait(task, timeout=10 * SPEED)
 
 
 async def host_stats(engine: InProcessEngine, host: str) -> hpb.HostStats:

@@ -422,7 +422,7 @@ async def test_hosts_booted_again_with_new_certificates_are_not_trusted(lab: Lab
     await lab.stop()
     # The engine is gone with its hosts (new identities too): vCenter must refuse
     # certificates that changed.
-    lab.engine = type(lab.engine)(lab.clock)
+    lab.engine = type(lab.engine)(lab.runtime.child("new-hardware"))
     await lab.boot(lab.spec)
     hosts = await lab.hosts()
     assert {n: h.connection_state for n, h in hosts.items()} == {
@@ -477,3 +477,27 @@ async def test_remove_host_waits_for_tasks_on_its_vms(lab: Lab):
         await lab.client.power_on("vm-001")
     assert (await lab.wait(remove)).state == SUCCESS
     assert "vm-001" not in await lab.vms()
+
+
+async def test_a_host_removed_while_its_check_reattaches_it_stays_removed(lab: Lab):
+    """RemoveHost during a heartbeat check that is re-attaching the host (its reply
+    to the check's ListVms is slow) waits for the check; the check never brings the
+    removed host back (no link, no record, no event after its HostRemovedEvent)."""
+    lab.engine.crash("esxi-02")
+    await lab.vc.hosts.heartbeat_once()
+    assert (await lab.hosts())["esxi-02"].connection_state == NOT_RESPONDING
+    await lab.engine.reboot("esxi-02")
+    lab.engine.delay_next_reply("esxi-02", "ListVms", 5.0)
+    check = asyncio.get_running_loop().create_task(lab.vc.hosts.heartbeat("esxi-02"))
+    await lab.clock.advance(0)  # the check waits for ListVms's reply
+    removal = await lab.client.remove_host("esxi-02")
+    await lab.clock.advance(0)
+    assert (await lab.client.task(removal.id)).state != SUCCESS  # held by the check
+    await lab.clock.advance(5.0)
+    await check
+    assert (await lab.wait(removal)).state == SUCCESS
+    await lab.vc.hosts.heartbeat_once()
+    assert "esxi-02" not in await lab.hosts()
+    events = [e for e in await lab.events() if e.host == "esxi-02"]
+    assert events[-1].type == "HostRemovedEvent"
+    assert [e.type for e in events].count("HostConnectedEvent") == 1  # when it was added

@@ -13,6 +13,7 @@ from vsim.cluster.client import VCenterClient
 from vsim.faults import InvalidArgument, InvalidLogin, NotAuthenticated
 from vsim.host.hostd.accounts import HostAccounts
 from vsim.passwords import token_digest
+from vsim.runtime import Runtime
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter import sessions as sessions_module
 from vsim.vcenter.host_system import VPXUSER
@@ -265,7 +266,8 @@ async def test_the_session_timeout_is_a_setting(tmp_path, fast_scrypt):
     clock = SimClock(T0)
     inventory = Inventory(tmp_path / INVENTORY_FILE)
     try:
-        sessions = SessionManager(inventory, clock, tmp_path, SessionPolicy(session_timeout=60))
+        runtime = Runtime.simulated(clock, 0)
+        sessions = SessionManager(inventory, runtime, tmp_path, SessionPolicy(session_timeout=60))
         sessions.ensure_administrator()
         token = await sessions.login(ADMINISTRATOR, sessions.initial_password())
         await clock.advance(59)

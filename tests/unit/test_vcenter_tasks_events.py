@@ -10,6 +10,7 @@ from vclab import ERROR, SUCCESS, T0, Lab
 
 from vsim.clock import SimClock
 from vsim.faults import InvalidArgument
+from vsim.runtime import Runtime
 from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
@@ -28,7 +29,7 @@ def test_task_left_running_by_a_previous_vcenter_is_closed_with_an_error(tmp_pat
     inventory.close()
 
     inventory = Inventory(tmp_path / "inventory.sqlite")
-    tasks = TaskManager(inventory, SimClock(T0 + 5))
+    tasks = TaskManager(inventory, Runtime.simulated(SimClock(T0 + 5), 0))
     assert tasks.close_interrupted() == 1
     closed = tasks.get(running.id)
     assert (closed.state, closed.error.name, closed.complete_time) == (
@@ -46,7 +47,7 @@ async def test_task_that_raises_an_unexpected_exception_is_recorded_as_system_er
     tmp_path: Path,
 ):
     inventory = Inventory(tmp_path / "inventory.sqlite")
-    tasks = TaskManager(inventory, SimClock(T0))
+    tasks = TaskManager(inventory, Runtime.simulated(SimClock(T0), 0))
 
     async def broken(task: common_pb2.Task) -> str:
         raise KeyError("internal detail")
@@ -63,7 +64,8 @@ async def test_task_that_raises_an_unexpected_exception_is_recorded_as_system_er
 
 async def test_wait_returns_the_unfinished_task_after_its_timeout(tmp_path: Path):
     inventory = Inventory(tmp_path / "inventory.sqlite")
-    tasks = TaskManager(inventory, SimClock(T0))
+    clock = SimClock(T0)
+    tasks = TaskManager(inventory, Runtime.simulated(clock, 0))
     release = asyncio.Event()
 
     async def slow(task: common_pb2.Task) -> str:
@@ -71,7 +73,9 @@ async def test_wait_returns_the_unfinished_task_after_its_timeout(tmp_path: Path
         return "done"
 
     started = tasks.start("Slow_Task", "vm-001", "someone", slow, kind="vm")
-    waited = await tasks.wait(started.id, 0.01)
+    waiting = asyncio.get_running_loop().create_task(tasks.wait(started.id, 0.01))
+    await clock.advance(0.01)  # the timeout is on vCenter's clock
+    waited = await waiting
     assert waited.state == common_pb2.TASK_STATE_RUNNING
     assert [t.state for t in tasks.recent(10)] == [common_pb2.TASK_STATE_RUNNING]
     release.set()

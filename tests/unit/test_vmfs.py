@@ -128,6 +128,7 @@ async def test_a_host_that_cannot_heartbeat_for_16_seconds_loses_access(tmp_path
     assert volume.lost_access
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_exclusive_holds_never_overlap_under_contention(tmp_path, mode):
     """Four hosts as concurrent tasks hammer one lock; every grant and release is
@@ -205,3 +206,85 @@ async def test_no_lock_is_granted_once_this_hosts_heartbeat_is_stale(tmp_path):
     with pytest.raises(CannotAccessFile):
         await a.lock(1, "late.vmdk")
     assert a.lost_access and not await a.heartbeat()
+
+
+class LostReplies(LunDevice):
+    """A path that fails after the array ran a COMPARE AND WRITE (its reply is lost):
+    `lose` such replies; with `stay_down` the path then stays down (every command
+    fails before the array sees it) until `down` is cleared."""
+
+    lose = 0
+    stay_down = True
+    down = False
+
+    async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
+        if self.down:
+            raise ConnectionError("the path is down")
+        await super().compare_and_write(lba, verify, data)
+        if self.lose:
+            self.lose -= 1
+            self.down = self.stay_down
+            raise ConnectionError("the reply was lost (the array ran the command)")
+
+    async def read(self, lba: int, blocks: int) -> bytes:
+        if self.down:
+            raise ConnectionError("the path is down")
+        return await super().read(lba, blocks)
+
+
+async def lost_reply_volumes(tmp_path, mode: VolumeLockMode, clock):
+    lun = Lun(0, tmp_path / "lun.img", 8 * 1024**2, "S")
+    await format_volume(LunDevice(lun, "iqn.format"), "vmfs-01", mode, uuid.UUID(int=99))
+    path = LostReplies(lun, "iqn.esxi-0")
+    a = VmfsVolume(path, host_uuid(0), clock, random.Random(0))
+    b = VmfsVolume(LunDevice(lun, "iqn.esxi-1"), host_uuid(1), clock, random.Random(1))
+    await a.mount()
+    await b.mount()
+    return path, a, b
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_lock_whose_grant_reply_was_lost_is_known_to_its_holder(tmp_path, mode):
+    """The array grants the lock, the reply is lost and the path stays down so the
+    host cannot read it back: the host's lock call fails, yet the lock on disk is its
+    own. When the path is back, asking again finds it (not "locked by this host"), and
+    releasing it frees it for others."""
+    path, a, b = await lost_reply_volumes(tmp_path, mode, SimClock())
+    path.lose = 1
+    with pytest.raises(ConnectionError):
+        await a.lock(5, "vm-001/vm-001-flat.vmdk")
+    path.down = False
+    with pytest.raises(FileLocked) as held:  # the grant did land: a holds it
+        await b.lock(5, "vm-001/vm-001-flat.vmdk")
+    assert held.value.properties["holder"] == str(a.host)
+    record = await a.lock(5, "vm-001/vm-001-flat.vmdk")
+    assert [o.host for o in record.owners] == [a.host]
+    await a.unlock(5)
+    assert [o.host for o in (await b.lock(5, "vm-001/vm-001-flat.vmdk")).owners] == [b.host]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_lock_whose_reply_was_lost_is_read_back(tmp_path, mode):
+    """The reply is lost but the path is back at once: the host reads the sector and
+    has the lock."""
+    path, a, _ = await lost_reply_volumes(tmp_path, mode, SimClock())
+    path.lose, path.stay_down = 1, False
+    record = await a.lock(5, "vm-001/vm-001-flat.vmdk")
+    assert [o.host for o in record.owners] == [a.host]
+    assert a.stats["lost_replies"] == 1
+
+
+async def test_a_heartbeat_whose_reply_was_lost_does_not_lose_the_volume(tmp_path):
+    """A heartbeat lands but its reply is lost and the path stays down for a moment:
+    the next heartbeat's COMPARE AND WRITE against the old counter miscompares, which
+    is not another host clearing the slot: the host goes on from the sector it wrote."""
+    clock = SimClock()
+    path, a, _ = await lost_reply_volumes(tmp_path, VolumeLockMode.ATS_ONLY, clock)
+    path.lose = 1
+    assert await a.heartbeat()  # failed, but not yet too old
+    assert a.stats["heartbeat_failures"] == 1
+    path.down = False
+    await clock.advance(HB_INTERVAL)
+    assert await a.heartbeat()
+    assert not a.lost_access and a.stats["lost_replies"] == 1
+    await a.lock(1, "still-usable")

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vsim import virtual_time
 from vsim.clock import SimClock, WallClock
 from vsim.faults import (
     CannotAccessFile,
@@ -360,11 +361,7 @@ async def run_history(directory: Path, mode: VolumeLockMode, ops: list[tuple]) -
 @given(ops=st.lists(operation, max_size=30))
 def test_random_histories_on_two_hosts_match_a_model(mode, ops):
     with tempfile.TemporaryDirectory() as directory:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(run_history(Path(directory), mode, ops))
-        finally:
-            loop.close()
+        virtual_time.run(run_history(Path(directory), mode, ops))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -517,6 +514,7 @@ async def test_reading_past_the_largest_file_reads_zeros(rigs):
 # the allocation bitmap
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_hosts_allocating_at_once_never_get_the_same_block(rigs, mode):
     rig = await rigs(mode, hosts=3, block_size=4 * KiB)
@@ -538,6 +536,7 @@ async def test_hosts_allocating_at_once_never_get_the_same_block(rigs, mode):
         assert sum(v.stats["reservation_conflicts"] for v in volumes) > 0, "the hosts raced"
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_hosts_allocating_a_small_volume_dry_share_every_block_once(rigs, mode):
     rig = await rigs(mode, hosts=3, size=2 * MiB)
@@ -727,6 +726,7 @@ async def test_creating_in_a_missing_directory_is_not_found(rigs):
     assert [d.path for _, d in rig.descriptors()] == [""]
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 async def test_hosts_creating_one_path_at_once_make_it_once(rigs, mode):
     rig = await rigs(mode, hosts=3)
@@ -748,6 +748,7 @@ async def test_hosts_creating_one_path_at_once_make_it_once(rigs, mode):
     assert all(rig.lock_record(i).mode == LockMode.FREE for i, _ in rig.descriptors())
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 async def test_a_directory_held_by_another_host_is_file_locked_after_a_while(rigs, monkeypatch):
     monkeypatch.setattr(vmfs_files, "DIR_LOCK_WAIT", 0.2)
     rig = await rigs(hosts=2)
@@ -760,6 +761,7 @@ async def test_a_directory_held_by_another_host_is_file_locked_after_a_while(rig
     await a.create("x")
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("hosts", [1, 2])
 async def test_a_create_racing_the_removal_of_its_directory_leaves_no_orphan(rigs, hosts):
     rig = await rigs(hosts=hosts)
@@ -929,6 +931,7 @@ async def test_an_open_file_cannot_be_removed(rigs, mode):
     rig.check_consistent()
 
 
+@pytest.mark.real_loop  # on a WallClock: contending hosts back off in real time
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("file_block", [3, DIRECT_POINTERS + 5])
 async def test_multi_writers_filling_one_hole_at_once_share_one_block(rigs, mode, file_block):
@@ -1080,9 +1083,12 @@ async def test_another_host_and_a_rebooted_host_read_what_was_written(rigs, mode
 
 
 class LostDescriptorReply(LunDevice):
-    """The array applies a descriptor update but its reply is lost once."""
+    """The array applies a descriptor update but its reply is lost once; with
+    `path_down`, the path then stays down for the host's next read too (it cannot
+    read the sector back)."""
 
     arm = False
+    path_down = False
 
     async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
         await super().compare_and_write(lba, verify, data)
@@ -1090,8 +1096,14 @@ class LostDescriptorReply(LunDevice):
             self.arm = False
             raise ConnectionError("the reply was lost (the array applied the update)")
 
+    async def read(self, lba: int, blocks: int) -> bytes:
+        if self.path_down:
+            self.path_down = False
+            raise ConnectionError("the path is down")
+        return await super().read(lba, blocks)
 
-async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
+
+async def lost_reply_file_system(tmp_path) -> tuple[LostDescriptorReply, VmfsFileSystem]:
     lun = Lun(0, tmp_path / "lost.img", 8 * MiB, "S")
     await format_volume(
         LunDevice(lun, "iqn.f"), "v", VolumeLockMode.ATS_ONLY, uuid.uuid4(), block_size=64 * KiB
@@ -1099,11 +1111,15 @@ async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
     device = LostDescriptorReply(lun, "iqn.0")
     volume = VmfsVolume(device, uuid.UUID(int=1), WallClock(speed=1), random.Random(0))
     await volume.mount()
-    fs = VmfsFileSystem(volume)
+    return device, VmfsFileSystem(volume)
+
+
+async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
+    device, fs = await lost_reply_file_system(tmp_path)
     await fs.create("a")
     await fs.create("b")
     a, b = await fs.open("a"), await fs.open("b")
-    device.arm = True
+    device.arm = device.path_down = True
     with pytest.raises(ConnectionError):
         await a.write(0, b"A" * 4096)
     await a.close()
@@ -1112,6 +1128,18 @@ async def test_a_block_pointed_at_despite_a_lost_reply_is_never_freed(tmp_path):
     await b.write(0, b"B" * 4096)
     assert await a.read(0, 4096) == b"A" * 4096
     assert a._descriptor.direct[0] != b._descriptor.direct[0]
+
+
+async def test_a_write_whose_descriptor_reply_is_lost_is_read_back_and_acknowledged(tmp_path):
+    device, fs = await lost_reply_file_system(tmp_path)
+    await fs.create("a")
+    a = await fs.open("a")
+    device.arm = True
+    await a.write(0, b"A" * 4096)  # the array ran the update: the host reads it back
+    assert fs.volume.stats["lost_replies"] == 1
+    await a.close()
+    again = await fs.open("a")
+    assert await again.read(0, 4096) == b"A" * 4096
 
 
 async def test_read_only_opens_at_once_on_one_host_share_one_lock_to_the_last_close(rigs):

@@ -8,10 +8,14 @@ import asyncio
 import random
 import uuid
 
+import pytest
+
 from vsim.clock import WallClock
 from vsim.host.storage.vmfs import RESERVATION_RESET_AFTER, LunDevice, VmfsVolume, format_volume
 from vsim.storage.lun import Lun
 from vsim.storage.vmfs_format import VolumeLockMode
+
+pytestmark = pytest.mark.real_loop  # real time: WallClock backoffs
 
 SPEED = 20.0
 

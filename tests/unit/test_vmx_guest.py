@@ -13,6 +13,7 @@ from vsim.clock import SimClock
 from vsim.host.guest.disk_writes import GUEST_BLOCK, verify_guest_disk
 from vsim.host.storage.disk_scheduler import DiskScheduler
 from vsim.host.vm.vmx import APD_TIMEOUT, RETRY_BACKOFF, VmxProcess
+from vsim.runtime import Runtime
 from vsim.storage.scsi import CHECK_CONDITION, WRITE_ERROR, ScsiError
 from vsim.storage.vmfs_format import SECTOR
 
@@ -22,7 +23,8 @@ IOPS = 10
 
 async def running_guest(clock: SimClock) -> tuple[VmxProcess, MemoryDisk]:
     disk = MemoryDisk(64 * GUEST_BLOCK // SECTOR)  # a 64-block write area
-    vmx = VmxProcess("g", VM_UUID, [], DiskScheduler(clock=clock), clock, IOPS)
+    runtime = Runtime.simulated(clock, 0)
+    vmx = VmxProcess("g", VM_UUID, [], DiskScheduler(runtime=runtime), runtime, IOPS)
     vmx.disks = [disk]
     vmx.disk_specs = [("vmfs-01", None, disk.path)]
     vmx.start_guest()

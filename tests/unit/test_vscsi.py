@@ -7,8 +7,8 @@ model of its disks. Also run over real VMDK chains (linked clones of one base)."
 
 from __future__ import annotations
 
-import asyncio
 import itertools
+import random
 import tempfile
 import uuid
 from pathlib import Path
@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vsim import virtual_time
 from vsim.clock import SimClock
 from vsim.faults import AlreadyExists, CannotAccessFile, InvalidArgument, NotFound
 from vsim.host.kernel.vmkernel import DiskConfig, VmConfig
@@ -417,7 +418,7 @@ async def run_two_vms(history: list[tuple]) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(command, min_size=5, max_size=80))
 def test_two_vms_adapters_never_reach_each_others_data(history):
-    asyncio.run(run_two_vms(history))
+    virtual_time.run(run_two_vms(history))
 
 
 # real VMDK chains
@@ -431,7 +432,8 @@ async def test_linked_clones_through_vscsi_see_the_base_and_only_their_own_write
     with tempfile.TemporaryDirectory() as tmp:
         export = NfsExport("nfs-01", Path(tmp) / f"export-{next(_exports)}", ExportOptions())
         client = ExportClient(export, "esxi-01")
-        fs = NfsFileSystem(NfsLockManager(client, uuid.UUID(int=1), "esxi-01", SimClock(), boot=1))
+        manager = NfsLockManager(client, uuid.UUID(int=1), "esxi-01", SimClock(), boot=1)
+        fs = NfsFileSystem(manager, random.Random(1))
         await fs.mkdir("base")
         await create_disk(fs, "base/base.vmdk", 64 * BLOCK)
         base = await open_disk(fs, "base/base.vmdk")

@@ -1,25 +1,30 @@
 """A vCenter core on the in-process engine, as the unit tests drive it (no Ray, no
 sockets): `Lab` boots one on a SimClock and calls it through the SDK client, as a user
-would; `host_call` reaches a host's hostd as root through its dispatch table."""
+would; `host_call` reaches a host's hostd as root through its dispatch table.
+Everything a lab draws (ids, secrets, certificates, boot ids) follows from its seed."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from google.protobuf.message import Message
 
-from vsim.clock import SimClock
+from vsim.clock import Clock, SimClock
+from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.inprocess import InProcessEngine
 from vsim.dispatch import LocalTransport
+from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec, HostSpec
+from vsim.storage.array import StorageArray
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.datastore import ArrayRef
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.service import INVENTORY_FILE, VCenter
 from vsim.vcenter.sessions import ADMINISTRATOR
+from vsim.vcenter.storage_provider import LocalStorageProvider
 
 T0 = 1_700_000_000.0
 """Where every test's SimClock starts."""
@@ -35,27 +40,48 @@ NOT_RESPONDING = pb.CONNECTION_STATE_NOT_RESPONDING
 class Lab:
     """One vCenter core on the in-process engine, and an administrator's SDK client
     of it (`client`: `VCenterClient.in_process`, through vCenter's dispatch table with
-    its session check, message copies and faults, as over gRPC)."""
+    its session check, message copies and faults, as over gRPC). With `array`, a
+    storage array in this process too (in data_dir's sibling `<name>-array`), which
+    vCenter manages and the hosts reach, with the spec's LUNs and exports made. Its
+    clock is a SimClock (the virtual loop's time) unless a test serving it over real
+    sockets gives it a WallClock."""
 
-    def __init__(self, data_dir: Path, seed: int = 7) -> None:
+    def __init__(
+        self, data_dir: Path, seed: int = 7, array: bool = False, clock: Clock | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.seed = seed
-        self.clock = SimClock(T0)
-        self.engine = InProcessEngine(self.clock)
+        self.clock = clock if clock is not None else SimClock(T0)
+        self.runtime = Runtime.simulated(self.clock, seed, "lab")
+        """Everything the lab's vCenter, hosts and array draw follows from it."""
+        self.array = (
+            StorageArray(data_dir.with_name(f"{data_dir.name}-array"), self.runtime.child("array"))
+            if array
+            else None
+        )
+        self.engine = InProcessEngine(self.runtime.child("hosts"), self.array)
         self.vc: VCenter | None = None
         self.client: VCenterClient | None = None
         self.token = ""
+        self._starts = 0
 
     # lifecycle
 
     async def boot(self, spec: ClusterSpec) -> Lab:
         """Starts a vCenter on data_dir and this lab's engine, and logs in (once: the
         session outlives a restart, as vCenter keeps it; a first call checks it)."""
+        if self.array is not None:
+            spec = prepare_array(self.array, spec)
         self.spec = spec
         inventory = Inventory(self.data_dir / INVENTORY_FILE)
-        self.vc = VCenter(
-            self.data_dir, inventory, self.engine, self.clock, random.Random(self.seed)
-        )
+        self._starts += 1  # each start of vCenter draws on from a runtime of its own
+        runtime = self.runtime.child(f"vcenter-{self._starts}")
+        storage = {}
+        if self.array is not None:
+            storage = dict(
+                array=ArrayRef("", ""), storage_provider=LocalStorageProvider(self.array)
+            )
+        self.vc = VCenter(self.data_dir, inventory, self.engine, runtime, **storage)
         await self.vc.start(spec)
         if not self.token:
             self.token = await self.login()
@@ -77,6 +103,14 @@ class Lab:
         if self.vc is not None:
             vc, self.vc = self.vc, None
             await vc.stop()
+
+    async def close(self) -> None:
+        """Stops vCenter, then the hosts and the array (a restart keeps them)."""
+        await self.stop()
+        for name in list(self.engine.hosts()):
+            self.engine.crash(name)
+        if self.array is not None:
+            self.array.close()
 
     async def restart(self) -> None:
         """Stops this vCenter and starts a new one on the same data dir and engine."""

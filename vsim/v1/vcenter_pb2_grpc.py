@@ -474,8 +474,9 @@ class VCenterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WaitForTask(self, request, context):
-        """Returns once the task is success or error, or when timeout_seconds (default 60,
-        real seconds) pass, with the task as it is then.
+        """Returns once the task is success or error, or when timeout_seconds (default 60)
+        of vCenter's clock pass, with the task as it is then (simulated seconds: real
+        ones at clock speed 1, virtual under the simulator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
