@@ -74,6 +74,12 @@ class SimulationDeadlock(RuntimeError):
     """The loop must wait, but nothing is ready and no timer is set."""
 
 
+class SimulationTimeLimit(RuntimeError):
+    """Virtual time would pass the loop's limit: something waits that nothing ends
+    while timers keep firing (a retry loop, a periodic heartbeat), which no deadlock
+    check can see."""
+
+
 class RealIOForbidden(RuntimeError):
     """Something asked the virtual loop for a socket, subprocess, fd, signal or thread."""
 
@@ -99,10 +105,16 @@ def _refused(method: str, what: str) -> Callable[..., Any]:
 class VirtualEventLoop(asyncio.AbstractEventLoop):
     """An asyncio event loop on virtual time (see the module docstring)."""
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, time_limit: float | None = None) -> None:
+        """time_limit: the most virtual seconds the loop may run past its start
+        (SimulationTimeLimit beyond them); None for no limit."""
         if not math.isfinite(start):
             raise ValueError(f"a virtual clock starts at a finite time, got {start!r}")
+        if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
+            raise ValueError(f"a time limit is a finite number of seconds > 0, got {time_limit!r}")
         self._now = float(start)
+        self._start = self._now
+        self.time_limit = time_limit
         self._runnable: collections.deque[_Call] = collections.deque()
         self._timers: list[tuple[float, int, asyncio.TimerHandle, Callable, tuple, Any]] = []
         self._sequence = itertools.count()
@@ -140,6 +152,7 @@ class VirtualEventLoop(asyncio.AbstractEventLoop):
         if not math.isfinite(when):
             raise ValueError(f"a virtual clock starts at a finite time, got {when!r}")
         self._now = float(when)
+        self._start = self._now
         self._pristine = False  # chosen once: a second owner must not move it back
 
     @property
@@ -325,7 +338,20 @@ class VirtualEventLoop(asyncio.AbstractEventLoop):
                     future.set_result(None)
             return
         if when is None or when == math.inf:
-            raise SimulationDeadlock(self._deadlock_report())
+            raise SimulationDeadlock(
+                self._waiting_report(
+                    f"deadlock at virtual time {self._now!r}: the loop must wait, but no "
+                    "callback is ready and no timer is set, so nothing can ever wake"
+                )
+            )
+        if self.time_limit is not None and when > self._start + self.time_limit:
+            raise SimulationTimeLimit(
+                self._waiting_report(
+                    f"virtual time would pass its limit of {self.time_limit:g} s (at "
+                    f"{self._start + self.time_limit!r}; the next timer is at {when!r}), "
+                    "stopped, with"
+                )
+            )
         self._now = when
         self._pristine = False
 
@@ -348,14 +374,12 @@ class VirtualEventLoop(asyncio.AbstractEventLoop):
             heapq.heappop(timers)
             self._cancelled_hint = max(0, self._cancelled_hint - 1)
 
-    def _deadlock_report(self) -> str:
+    def _waiting_report(self, headline: str) -> str:
+        """headline, then each waiting task and the line it waits on."""
         waiting = sorted(
             (t for t in asyncio.all_tasks(self) if not t.done()), key=lambda t: t.get_name()
         )
-        lines = [
-            f"deadlock at virtual time {self._now!r}: the loop must wait, but no callback "
-            f"is ready and no timer is set, so nothing can ever wake {len(waiting)} waiting task(s)"
-        ]
+        lines = [f"{headline} {len(waiting)} waiting task(s)"]
         for task in waiting[:20]:
             frames = task.get_stack()
             where = "(not started)"
@@ -539,10 +563,19 @@ class VirtualEventLoop(asyncio.AbstractEventLoop):
         return False
 
 
-def run(main: Coroutine[Any, Any, T], *, start: float = 0.0, debug: bool | None = None) -> T:
+def run(
+    main: Coroutine[Any, Any, T],
+    *,
+    start: float = 0.0,
+    time_limit: float | None = None,
+    debug: bool | None = None,
+) -> T:
     """Runs `main` to completion on a fresh VirtualEventLoop whose clock starts at
-    `start`, then cancels what is left and closes the loop (as asyncio.run does)."""
-    with asyncio.Runner(loop_factory=lambda: VirtualEventLoop(start), debug=debug) as runner:
+    `start` (and may run `time_limit` virtual seconds at most), then cancels what is
+    left and closes the loop (as asyncio.run does)."""
+    with asyncio.Runner(
+        loop_factory=lambda: VirtualEventLoop(start, time_limit), debug=debug
+    ) as runner:
         return runner.run(main)
 
 

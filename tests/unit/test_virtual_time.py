@@ -19,6 +19,7 @@ from vsim.spec import ClusterSpec
 from vsim.virtual_time import (
     RealIOForbidden,
     SimulationDeadlock,
+    SimulationTimeLimit,
     VirtualEventLoop,
     run,
     settle,
@@ -275,6 +276,40 @@ def test_a_wait_nothing_can_end_is_a_deadlock_naming_the_waiters():
     assert "2 waiting task(s)" in message
     assert "vmx-worker waits in test_a_wait_nothing_can_end" in message
     assert "test_virtual_time.py:" in message
+
+
+def test_a_wait_kept_alive_only_by_periodic_timers_stops_at_the_time_limit():
+    """No deadlock check sees a wait nothing ends while a heartbeat keeps firing; the
+    loop's time limit does, and names who waits."""
+
+    async def main() -> None:
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(3)
+
+        asyncio.get_running_loop().create_task(heartbeat(), name="vmfs-heartbeat")
+        await asyncio.Event().wait()
+
+    loop = VirtualEventLoop(100.0, time_limit=3600)
+    with pytest.raises(SimulationTimeLimit) as stopped:
+        loop.run_until_complete(main())
+    assert 100.0 + 3600 - 3 <= loop.time() <= 100.0 + 3600  # never past the limit
+    message = str(stopped.value)
+    assert message.startswith("virtual time would pass its limit of 3600 s")
+    assert "vmfs-heartbeat waits in" in message
+    loop.close()
+
+
+def test_work_that_ends_within_the_time_limit_is_not_stopped():
+    async def main() -> float:
+        await asyncio.sleep(3599)
+        return asyncio.get_running_loop().time()
+
+    assert run(main(), start=5.0, time_limit=3600) == 5.0 + 3599
+    with pytest.raises(ValueError):
+        VirtualEventLoop(time_limit=0)
+    with pytest.raises(ValueError):
+        VirtualEventLoop(time_limit=math.inf)
 
 
 def test_sleeping_forever_is_a_deadlock_not_a_jump_to_infinity():
