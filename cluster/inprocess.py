@@ -11,6 +11,12 @@ Everything a host draws comes from the engine's runtime: each machine's is
 provisioned again is a new machine), each boot's `runtime.child(name/boot-N)` (its
 boot id, session tokens, disk ids, and the tasks a crash halts), so the same seed
 boots the same hosts whatever order they are provisioned in.
+
+Each host has two networks the engine can cut (`set_link`): management (vCenter's
+lines to hostd: a call on a cut line fails as an unreachable host's would, before the
+host sees it) and storage (the host's paths to the array: every SCSI or NFS command
+fails as an unreachable array's would). A cut of one leaves the other working, as on
+hosts whose vmkernel ports are on separate networks.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import shutil
 import tempfile
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vsim import dispatch, validate
-from vsim.faults import HostConnectFault
+from vsim.faults import HostConnectFault, InvalidArgument, NotFound
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import MemoryConfigStore
@@ -35,6 +42,50 @@ from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.storage.array import StorageArray
 from vsim.tls import Identity, make_identity
+
+NETWORKS = ("management", "storage")
+"""The networks of a host the engine can cut."""
+
+
+class _OverStorageNetwork:
+    """A block device or NFS client of a host, reached over its storage network: each
+    command first checks the network (`gate` raises while it is cut)."""
+
+    def __init__(self, target: Any, gate: Callable[[], None]) -> None:
+        self._target = target
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        async def command(*args: Any, **kwargs: Any) -> Any:
+            self._gate()
+            return await attribute(*args, **kwargs)
+
+        return command
+
+
+class _StoragePortsOverNetwork:
+    """A host's storage ports whose devices and NFS clients go over its storage network."""
+
+    def __init__(self, ports: LocalStoragePorts, gate: Callable[[], None]) -> None:
+        self._ports = ports
+        self._gate = gate
+
+    async def block_device(self, endpoint: str, thumbprint: str, lun: int, initiator: str) -> Any:
+        self._gate()
+        device = await self._ports.block_device(endpoint, thumbprint, lun, initiator)
+        return _OverStorageNetwork(device, self._gate)
+
+    async def nfs_client(self, endpoint: str, thumbprint: str, export: str, client: str) -> Any:
+        self._gate()
+        nfs = await self._ports.nfs_client(endpoint, thumbprint, export, client)
+        return _OverStorageNetwork(nfs, self._gate)
+
+    async def close(self) -> None:
+        await self._ports.close()
 
 
 class LocalHostPort:
@@ -53,6 +104,7 @@ class LocalHostPort:
     async def call(self, method: str, request: Any, session: str | None) -> Any:
         if self._hostd is None:
             raise HostConnectFault(f"the connection to {self.name} is closed")
+        self._engine._gate(self.name, "management")
         if self._engine.running(self.name) is not self._hostd:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
         applied = self._engine._resets.pop((self.name, method), None)
@@ -98,6 +150,8 @@ class InProcessEngine:
         """(host, method) -> applied: the next such call is reset (`reset_next_call`)."""
         self._delays: dict[tuple[str, str], float] = {}
         """(host, method) -> seconds the next such reply is late (`delay_next_reply`)."""
+        self._cut: set[tuple[str, str]] = set()
+        """(host, network) pairs whose link is down (`set_link`)."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
@@ -119,7 +173,14 @@ class InProcessEngine:
                 spec.name,
                 LocalDisk(MemoryAccountStore(), MemoryConfigStore(), self._swap_root / spec.name),
             )
-            ports = LocalStoragePorts(self.array) if self.array is not None else None
+            ports = (
+                _StoragePortsOverNetwork(
+                    LocalStoragePorts(self.array),
+                    lambda name=spec.name: self._gate(name, "storage"),
+                )
+                if self.array is not None
+                else None
+            )
             # A runtime per boot: each draws its own boot id, as a real one would.
             self._boots[spec.name] += 1
             boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
@@ -137,6 +198,7 @@ class InProcessEngine:
         hostd = self._hostd.get(name)
         if hostd is None:
             raise HostConnectFault(f"host {name} does not answer: it is not running")
+        self._gate(name, "management")
         port = LocalHostPort(self, name, hostd, self._identities[name])
         self._ports.setdefault(name, weakref.WeakSet()).add(port)
         return port
@@ -164,6 +226,7 @@ class InProcessEngine:
             await self._hostd[name].close()
         for table in (self._hostd, self._specs, self._identities, self._disks):
             table.pop(name, None)
+        self._cut -= {(name, network) for network in NETWORKS}
 
     async def close(self) -> None:
         pass
@@ -190,6 +253,27 @@ class InProcessEngine:
         would (HostConnectFault): with `applied`, after the host ran it (only the
         reply is lost), otherwise before the host saw it."""
         self._resets[(name, method)] = applied
+
+    def set_link(self, name: str, network: str, up: bool) -> None:
+        """Cuts (up=False) or mends one of a host's networks (NETWORKS): its other
+        network keeps working, and the host itself keeps running."""
+        if network not in NETWORKS:
+            raise InvalidArgument(
+                f"a host's network is one of {', '.join(NETWORKS)}, got {network[:40]!r}"
+            )
+        if name not in self._specs:
+            raise NotFound(f"no host named {name[:80]!r} was provisioned on this engine")
+        if up:
+            self._cut.discard((name, network))
+        else:
+            self._cut.add((name, network))
+
+    def link_up(self, name: str, network: str) -> bool:
+        return (name, network) not in self._cut
+
+    def _gate(self, name: str, network: str) -> None:
+        if (name, network) in self._cut:
+            raise HostConnectFault(f"{name} cannot be reached: its {network} network is down")
 
     def delay_next_reply(self, name: str, method: str, seconds: float) -> None:
         """The host runs the next `method` call at once, but its reply reaches the

@@ -1,0 +1,84 @@
+"""A host's networks cut one at a time on the in-process engine (`set_link`): a cut
+storage network loses the host's VMFS volume once its last heartbeat is 16 s old,
+while vCenter still manages the host; a cut management network makes the host not
+responding while it goes on heartbeating on its datastore and its VM keeps running,
+and mended, it is connected again."""
+
+from __future__ import annotations
+
+import pytest
+from vclab import CONNECTED, NOT_RESPONDING, ON, SUCCESS, Lab
+
+from vsim.faults import CannotAccessFile, InvalidArgument, NotFound
+from vsim.host.storage.vmfs import HB_INTERVAL, HB_TIMEOUT, VmfsVolume
+from vsim.spec import ClusterSpec
+
+
+async def lab_with_a_running_vm(tmp_path) -> Lab:
+    """Three hosts and the array; vm-a, with a disk on vmfs-01, running on esxi-01."""
+    lab = Lab(tmp_path / "vc", array=True)
+    await lab.boot(ClusterSpec.default(3))
+    task = await lab.client.create_vm(
+        "vm-a", memory_mb=256, host="esxi-01", datastore="vmfs-01", disk_mb=8
+    )
+    assert (await lab.wait(task)).state == SUCCESS
+    assert (await lab.power_on("vm-a")).state == SUCCESS
+    return lab
+
+
+def usable(volume: VmfsVolume) -> bool:
+    """Whether the host may still do I/O on the volume (its heartbeat is recent)."""
+    try:
+        volume.mounted()
+    except CannotAccessFile:
+        return False
+    return True
+
+
+async def test_a_cut_storage_network_loses_the_volume_but_not_vcenter(tmp_path, fast_scrypt):
+    lab = await lab_with_a_running_vm(tmp_path)
+    try:
+        volume = lab.engine.running("esxi-01").storage.vmfs["vmfs-01"]
+        lab.engine.set_link("esxi-01", "storage", up=False)
+        # Its last good heartbeat was at most HB_INTERVAL before the cut.
+        await lab.clock.advance(HB_TIMEOUT - HB_INTERVAL - 1)
+        assert usable(volume)  # not yet: a host keeps trying for 16 s
+        await lab.clock.advance(HB_INTERVAL + 1)
+        assert not usable(volume)
+        await lab.vc.hosts.heartbeat_once()
+        assert (await lab.hosts())["esxi-01"].connection_state == CONNECTED
+    finally:
+        await lab.close()
+
+
+async def test_a_cut_management_network_is_not_responding_but_keeps_its_datastore(
+    tmp_path, fast_scrypt
+):
+    lab = await lab_with_a_running_vm(tmp_path)
+    try:
+        volume = lab.engine.running("esxi-01").storage.vmfs["vmfs-01"]
+        lab.engine.set_link("esxi-01", "management", up=False)
+        await lab.vc.hosts.heartbeat_once()
+        assert (await lab.hosts())["esxi-01"].connection_state == NOT_RESPONDING
+        await lab.clock.advance(3 * HB_TIMEOUT)
+        assert usable(volume)  # its datastore heartbeats go on
+        assert lab.host_power_states()["vm-a"] == ON
+        lab.engine.set_link("esxi-01", "management", up=True)
+        await lab.vc.hosts.heartbeat_once()
+        assert (await lab.hosts())["esxi-01"].connection_state == CONNECTED
+        assert (await lab.vms())["vm-a"].power_state == ON
+    finally:
+        await lab.close()
+
+
+async def test_bad_link_requests_are_refused(tmp_path, fast_scrypt):
+    lab = Lab(tmp_path / "vc")
+    await lab.boot(ClusterSpec.default(1))
+    try:
+        with pytest.raises(InvalidArgument, match="management, storage"):
+            lab.engine.set_link("esxi-01", "vmotion-ish", up=False)
+        with pytest.raises(NotFound):
+            lab.engine.set_link("esxi-09", "storage", up=False)
+        assert lab.engine.link_up("esxi-01", "storage")
+    finally:
+        await lab.close()
