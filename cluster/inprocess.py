@@ -49,11 +49,16 @@ NETWORKS = ("management", "storage")
 
 class _OverStorageNetwork:
     """A block device or NFS client of a host, reached over its storage network: each
-    command first checks the network (`gate` raises while it is cut)."""
+    command first checks the network (`gate` raises while it is cut), and afterwards
+    whether its reply is to be lost (`lost(command)`: the array ran it, the host never
+    hears)."""
 
-    def __init__(self, target: Any, gate: Callable[[], None]) -> None:
+    def __init__(
+        self, target: Any, gate: Callable[[], None], lost: Callable[[str], bool]
+    ) -> None:
         self._target = target
         self._gate = gate
+        self._lost = lost
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._target, name)
@@ -62,7 +67,10 @@ class _OverStorageNetwork:
 
         async def command(*args: Any, **kwargs: Any) -> Any:
             self._gate()
-            return await attribute(*args, **kwargs)
+            result = await attribute(*args, **kwargs)
+            if self._lost(name):
+                raise HostConnectFault(f"the array's reply to {name} was lost on the way back")
+            return result
 
         return command
 
@@ -70,19 +78,22 @@ class _OverStorageNetwork:
 class _StoragePortsOverNetwork:
     """A host's storage ports whose devices and NFS clients go over its storage network."""
 
-    def __init__(self, ports: LocalStoragePorts, gate: Callable[[], None]) -> None:
+    def __init__(
+        self, ports: LocalStoragePorts, gate: Callable[[], None], lost: Callable[[str], bool]
+    ) -> None:
         self._ports = ports
         self._gate = gate
+        self._lost = lost
 
     async def block_device(self, endpoint: str, thumbprint: str, lun: int, initiator: str) -> Any:
         self._gate()
         device = await self._ports.block_device(endpoint, thumbprint, lun, initiator)
-        return _OverStorageNetwork(device, self._gate)
+        return _OverStorageNetwork(device, self._gate, self._lost)
 
     async def nfs_client(self, endpoint: str, thumbprint: str, export: str, client: str) -> Any:
         self._gate()
         nfs = await self._ports.nfs_client(endpoint, thumbprint, export, client)
-        return _OverStorageNetwork(nfs, self._gate)
+        return _OverStorageNetwork(nfs, self._gate, self._lost)
 
     async def close(self) -> None:
         await self._ports.close()
@@ -152,6 +163,8 @@ class InProcessEngine:
         """(host, method) -> seconds the next such reply is late (`delay_next_reply`)."""
         self._cut: set[tuple[str, str]] = set()
         """(host, network) pairs whose link is down (`set_link`)."""
+        self._storage_losses: set[tuple[str, str]] = set()
+        """(host, command): the array's next reply to it is lost (`lose_next_storage_reply`)."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
@@ -177,6 +190,7 @@ class InProcessEngine:
                 _StoragePortsOverNetwork(
                     LocalStoragePorts(self.array),
                     lambda name=spec.name: self._gate(name, "storage"),
+                    lambda command, name=spec.name: self._storage_reply_lost(name, command),
                 )
                 if self.array is not None
                 else None
@@ -274,6 +288,20 @@ class InProcessEngine:
     def _gate(self, name: str, network: str) -> None:
         if (name, network) in self._cut:
             raise HostConnectFault(f"{name} cannot be reached: its {network} network is down")
+
+    def lose_next_storage_reply(self, name: str, command: str) -> None:
+        """The array runs the host's next SCSI or NFS `command` (a method of its block
+        device or NFS client: "compare_and_write", "write", "create", ...), but the
+        reply never reaches the host, which sees its path fail."""
+        if name not in self._specs:
+            raise NotFound(f"no host named {name[:80]!r} was provisioned on this engine")
+        self._storage_losses.add((name, command))
+
+    def _storage_reply_lost(self, name: str, command: str) -> bool:
+        if (name, command) not in self._storage_losses:
+            return False
+        self._storage_losses.discard((name, command))
+        return True
 
     def delay_next_reply(self, name: str, method: str, seconds: float) -> None:
         """The host runs the next `method` call at once, but its reply reaches the

@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 from vclab import CONNECTED, NOT_RESPONDING, ON, SUCCESS, Lab
 
-from vsim.faults import CannotAccessFile, InvalidArgument, NotFound
+from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, NotFound
 from vsim.host.storage.vmfs import HB_INTERVAL, HB_TIMEOUT, VmfsVolume
 from vsim.spec import ClusterSpec
+from vsim.storage.vmfs_format import LockMode
 
 
 async def lab_with_a_running_vm(tmp_path) -> Lab:
@@ -80,5 +81,28 @@ async def test_bad_link_requests_are_refused(tmp_path, fast_scrypt):
         with pytest.raises(NotFound):
             lab.engine.set_link("esxi-09", "storage", up=False)
         assert lab.engine.link_up("esxi-01", "storage")
+    finally:
+        await lab.close()
+
+
+async def test_a_power_on_whose_lock_grant_reply_is_lost_still_runs_the_vm(tmp_path, fast_scrypt):
+    """The array grants the disk lock (COMPARE AND WRITE) but its reply is lost: the
+    host reads the lock record back and finds the lock its own, so the power-on goes
+    on, and the lock is the host's alone (another host is refused)."""
+    lab = Lab(tmp_path / "vc", array=True)
+    await lab.boot(ClusterSpec.default(2))
+    try:
+        task = await lab.client.create_vm(
+            "vm-a", memory_mb=256, host="esxi-01", datastore="vmfs-01", disk_mb=8
+        )
+        assert (await lab.wait(task)).state == SUCCESS
+        volume = lab.engine.running("esxi-01").storage.vmfs["vmfs-01"]
+        lab.engine.lose_next_storage_reply("esxi-01", "compare_and_write")
+        assert (await lab.power_on("vm-a")).state == SUCCESS
+        assert volume.stats["lost_replies"] == 1
+        assert lab.host_power_states()["vm-a"] == ON
+        other = lab.engine.running("esxi-02").storage.files["vmfs-01"]
+        with pytest.raises(FileLocked):
+            await other.open("vm-a/vm-a-flat.vmdk", LockMode.EXCLUSIVE)
     finally:
         await lab.close()
