@@ -290,6 +290,9 @@ class MachineMemory:
         shared = mapped.copy()
         shared[mapped] = self.refcount[mpns[mapped]] > 1
         private = mapped & ~shared
+        if bool(np.all(private)):  # the usual case: the guest rewrites pages it owns
+            self.content[mpns] = fingerprints
+            return
         self.content[mpns[private]] = fingerprints[private]
         needs_page = ~private
         fresh = self.allocate(int(np.count_nonzero(needs_page)), vm.domain, vm.sharable)

@@ -577,7 +577,7 @@ class ResourceView:
         """The most each consumer may hold given its own limit and its pools' limits
         (a limited pool's amount shared among its children by shares), however idle
         the host is."""
-        return divide(self._flat(), self._demand_array(holding), capacity=math.inf)[0]
+        return self._divided("caps", holding, {"capacity": math.inf})
 
     def pool_entitlements(self, demand: np.ndarray | Iterable[float]) -> dict[str, float]:
         """Each pool's entitlement for `demand` (what its subtree gets in all)."""
