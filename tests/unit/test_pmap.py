@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from vsim.faults import InsufficientResourcesFault, InvalidArgument
 from vsim.host.kernel.memory import page_sharing
 from vsim.host.kernel.memory.page_sharing import PageSharing
-from vsim.host.kernel.memory.pmap import MAPPED, MachineMemory
+from vsim.host.kernel.memory.pmap import MAPPED, MachineMemory, distinct, last_writes
 from vsim.host.kernel.memory.reclaim import Reclaimer, VmReclaim, VmSwapFile
 
 VM_PAGES = 12
@@ -237,3 +237,17 @@ def test_reclaim_keeps_the_reservation(tmp_path: Path):
     assert [technique for technique, _ in vm.log] == ["balloon", "compress"]
     reclaimer.bring_in(vm, np.arange(32))
     assert memory.read_mapped(pages, np.arange(32)).tolist() == list(range(1, 33))
+
+
+@given(st.lists(st.integers(0, 40), max_size=60))
+def test_a_batchs_distinct_pages_and_last_writes_are_np_uniques(pages):
+    """The kernel's own sort-and-compare gives exactly what np.unique gives: the
+    sorted distinct pages, and for writes each page's last fingerprint."""
+    ppns = np.array(pages, np.int64)
+    fingerprints = np.arange(100, 100 + len(ppns), dtype=np.uint64)
+    assert np.array_equal(distinct(ppns), np.unique(ppns))
+    assert distinct(ppns).dtype == ppns.dtype
+    unique, last = last_writes(ppns, fingerprints)
+    assert np.array_equal(unique, np.unique(ppns))
+    for page, fingerprint in zip(unique, last, strict=True):
+        assert fingerprint == fingerprints[np.flatnonzero(ppns == page)[-1]]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vsim.faults import InsufficientResourcesFault
+from vsim.faults import InsufficientResourcesFault, InvalidArgument
 from vsim.host.kernel.memory.pmap import (
     BALLOONED,
     COMPRESSED,
@@ -43,6 +43,7 @@ from vsim.host.kernel.memory.pmap import (
     MachineMemory,
     VmPages,
     distinct,
+    last_writes,
 )
 
 MEM_CTL_MAX_PERCENT = 65
@@ -215,7 +216,9 @@ class Reclaimer:
         ppns = distinct(self.memory.check_ppns(pages, ppns))
         pages.grow(int(ppns.max()) + 1 if len(ppns) else 0)
         backing = pages.backing[ppns]
-        self.make_room(self.memory.pages_to_allocate(pages, ppns, writing=False), vm, ppns)
+        self.make_room(self.memory.allocation_need(pages, ppns, writing=False), vm, ppns)
+        if bool(np.all(backing == MAPPED)):
+            return  # the usual case: the guest reads what it holds, nothing to bring in
         zipped, swapped = ppns[backing == COMPRESSED], ppns[backing == SWAPPED]
         paged = ppns[backing == BALLOONED]
         if len(paged):  # the guest reads back what it paged out under balloon pressure
@@ -232,17 +235,26 @@ class Reclaimer:
     def overwrite(self, vm: VmReclaim, ppns: np.ndarray, fingerprints: np.ndarray) -> None:
         """The guest writes whole pages: stored copies are dropped, not read back."""
         pages = vm.pages
-        need = self.memory.pages_to_allocate(pages, ppns, writing=True)
-        unique = distinct(ppns)
+        # Deduplicated once here (the last write to a page wins), so the pmap's write
+        # finds the batch sorted and distinct and need not sort it again.
+        ppns = self.memory.check_ppns(pages, ppns)
+        fingerprints = np.asarray(fingerprints, np.uint64)
+        if len(ppns) != len(fingerprints):
+            raise InvalidArgument("one fingerprint per page is needed")
+        unique, fingerprints = last_writes(ppns, fingerprints)
+        pages.grow(int(unique.max()) + 1 if len(unique) else 0)
+        need = self.memory.allocation_need(pages, unique, writing=True)
         backing = pages.backing[unique]
-        zipped, swapped = unique[backing == COMPRESSED], unique[backing == SWAPPED]
         self.make_room(need, vm, unique)
-        if len(swapped):
-            vm.swap.release(pages.stash[swapped].astype(np.int64))
-        if len(zipped):
-            self._unzip(vm, len(zipped))
-        pages.backing[unique[backing != MAPPED]] = UNTOUCHED
-        self.memory.write(pages, ppns, fingerprints)
+        if not bool(np.all(backing == MAPPED)):  # else nothing is stored elsewhere
+            zipped, swapped = unique[backing == COMPRESSED], unique[backing == SWAPPED]
+            if len(swapped):
+                vm.swap.release(pages.stash[swapped].astype(np.int64))
+            if len(zipped):
+                self._unzip(vm, len(zipped))
+            pages.backing[unique[backing != MAPPED]] = UNTOUCHED
+        if len(unique):
+            self.memory.write_distinct(pages, unique, fingerprints)
 
     def make_room(self, need: int, asking: VmReclaim, touching: np.ndarray) -> None:
         """Reclaims until `need` pages are free, never the pages the asking guest is

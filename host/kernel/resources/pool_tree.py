@@ -472,6 +472,10 @@ class ResourceView:
         self.tree = tree
         self.unit = unit
         self._consumers = tree._consumers[unit]
+        self._last: dict[str, tuple[FlatTree, bytes, np.ndarray]] = {}
+        """The last division of each kind: the kernel divides the same tree for the
+        same demand every period while nothing changes, and the tree is rebuilt (a
+        new FlatTree) on any change, so (tree, demand) decides the answer."""
 
     # -- reading -----------------------------------------------------------------------
 
@@ -561,19 +565,19 @@ class ResourceView:
         `demand` is what each consumer would use if nothing held it back, already
         capped by what its hardware can use (a VM's vCPUs, its configured memory).
         """
-        return divide(self._flat(), self._demand_array(demand))[0]
+        return self._divided("entitlements", demand, {})
 
     def guarantees(self, demand: np.ndarray | Iterable[float]) -> np.ndarray:
         """What the reservations (a consumer's own and its pools') guarantee each
         consumer for `demand`: the reserved capacity alone divided down the tree, each
         pool's reservation shared among its children by shares."""
-        return divide(self._flat(), self._demand_array(demand), reserved_only=True)[0]
+        return self._divided("guarantees", demand, {"reserved_only": True})
 
     def caps(self, holding: np.ndarray | Iterable[float]) -> np.ndarray:
         """The most each consumer may hold given its own limit and its pools' limits
         (a limited pool's amount shared among its children by shares), however idle
         the host is."""
-        return divide(self._flat(), self._demand_array(holding), capacity=math.inf)[0]
+        return self._divided("caps", holding, {"capacity": math.inf})
 
     def pool_entitlements(self, demand: np.ndarray | Iterable[float]) -> dict[str, float]:
         """Each pool's entitlement for `demand` (what its subtree gets in all)."""
@@ -582,6 +586,20 @@ class ResourceView:
 
     def _flat(self) -> FlatTree:
         return self.tree._flat_tree(self.unit)
+
+    def _divided(
+        self, kind: str, demand: np.ndarray | Iterable[float], options: dict
+    ) -> np.ndarray:
+        """divide()'s consumer entitlements, reused while the tree and the demand are
+        the same as last time (a copy: callers may change what they get)."""
+        flat, d = self._flat(), self._demand_array(demand)
+        key = d.tobytes()
+        last = self._last.get(kind)
+        if last is not None and last[0] is flat and last[1] == key:
+            return last[2].copy()
+        result = divide(flat, d, **options)[0]
+        self._last[kind] = (flat, key, result.copy())
+        return result
 
     def _demand_array(self, demand: np.ndarray | Iterable[float]) -> np.ndarray:
         d = np.asarray(demand, dtype=np.float64)
