@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +49,12 @@ NETWORKS = ("management", "storage")
 
 class _OverStorageNetwork:
     """A block device or NFS client of a host, reached over its storage network: each
-    command first checks the network (`gate` raises while it is cut), and afterwards
-    whether its reply is to be lost (`lost(command)`: the array ran it, the host never
-    hears)."""
+    command is carried by `carry(command, send)` (the engine's `_carry`: a cut network,
+    a lost or late reply)."""
 
-    def __init__(
-        self, target: Any, gate: Callable[[], None], lost: Callable[[str], bool]
-    ) -> None:
+    def __init__(self, target: Any, carry: Callable[[str, Callable], Any]) -> None:
         self._target = target
-        self._gate = gate
-        self._lost = lost
+        self._carry = carry
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._target, name)
@@ -66,34 +62,31 @@ class _OverStorageNetwork:
             return attribute
 
         async def command(*args: Any, **kwargs: Any) -> Any:
-            self._gate()
-            result = await attribute(*args, **kwargs)
-            if self._lost(name):
-                raise HostConnectFault(f"the array's reply to {name} was lost on the way back")
-            return result
+            return await self._carry(name, lambda: attribute(*args, **kwargs))
 
+        setattr(self, name, command)  # built once per command, not per call
         return command
 
 
 class _StoragePortsOverNetwork:
     """A host's storage ports whose devices and NFS clients go over its storage network."""
 
-    def __init__(
-        self, ports: LocalStoragePorts, gate: Callable[[], None], lost: Callable[[str], bool]
-    ) -> None:
+    def __init__(self, ports: LocalStoragePorts, carry: Callable[[str, Callable], Any]) -> None:
         self._ports = ports
-        self._gate = gate
-        self._lost = lost
+        self._carry = carry
 
     async def block_device(self, endpoint: str, thumbprint: str, lun: int, initiator: str) -> Any:
-        self._gate()
-        device = await self._ports.block_device(endpoint, thumbprint, lun, initiator)
-        return _OverStorageNetwork(device, self._gate, self._lost)
+        device = await self._carry(
+            "block_device",
+            lambda: self._ports.block_device(endpoint, thumbprint, lun, initiator),
+        )
+        return _OverStorageNetwork(device, self._carry)
 
     async def nfs_client(self, endpoint: str, thumbprint: str, export: str, client: str) -> Any:
-        self._gate()
-        nfs = await self._ports.nfs_client(endpoint, thumbprint, export, client)
-        return _OverStorageNetwork(nfs, self._gate, self._lost)
+        nfs = await self._carry(
+            "nfs_client", lambda: self._ports.nfs_client(endpoint, thumbprint, export, client)
+        )
+        return _OverStorageNetwork(nfs, self._carry)
 
     async def close(self) -> None:
         await self._ports.close()
@@ -115,19 +108,15 @@ class LocalHostPort:
     async def call(self, method: str, request: Any, session: str | None) -> Any:
         if self._hostd is None:
             raise HostConnectFault(f"the connection to {self.name} is closed")
-        self._engine._gate(self.name, "management")
         if self._engine.running(self.name) is not self._hostd:
             raise HostConnectFault(f"{self.name} does not answer (it crashed or rebooted)")
-        applied = self._engine._resets.pop((self.name, method), None)
-        if applied is None:
-            reply = await dispatch.call(self._hostd.table, method, request, session)
-            delay = self._engine._delays.pop((self.name, method), None)
-            if delay is not None:
-                await self._engine.clock.sleep(delay)
-            return reply
-        if applied:
-            await dispatch.call(self._hostd.table, method, request, session)
-        raise HostConnectFault(f"the connection to {self.name} was reset during {method}")
+        hostd = self._hostd
+        return await self._engine._carry(
+            self.name,
+            "management",
+            method,
+            lambda: dispatch.call(hostd.table, method, request, session),
+        )
 
     async def close(self) -> None:
         self.drop()
@@ -157,14 +146,12 @@ class InProcessEngine:
         """How many machines each host name has been provisioned on."""
         self._ports: dict[str, weakref.WeakSet[LocalHostPort]] = {}
         """The lines handed out to each host (vCenter's), for `drop_connections`."""
-        self._resets: dict[tuple[str, str], bool] = {}
-        """(host, method) -> applied: the next such call is reset (`reset_next_call`)."""
-        self._delays: dict[tuple[str, str], float] = {}
-        """(host, method) -> seconds the next such reply is late (`delay_next_reply`)."""
+        self._next: dict[tuple[str, str, str], tuple[str, float]] = {}
+        """(host, network, command) -> (fault, seconds) for the next such message:
+        "reset" (lost before the other side saw it), "lost" (its reply is lost),
+        "late" (its reply comes `seconds` late)."""
         self._cut: set[tuple[str, str]] = set()
         """(host, network) pairs whose link is down (`set_link`)."""
-        self._storage_losses: set[tuple[str, str]] = set()
-        """(host, command): the array's next reply to it is lost (`lose_next_storage_reply`)."""
         self._swap_root = Path(tempfile.mkdtemp(prefix="vsim-inprocess-"))
         """The hosts' local disks (their swap files); they outlive a vCenter restart
         and go with the engine."""
@@ -189,8 +176,9 @@ class InProcessEngine:
             ports = (
                 _StoragePortsOverNetwork(
                     LocalStoragePorts(self.array),
-                    lambda name=spec.name: self._gate(name, "storage"),
-                    lambda command, name=spec.name: self._storage_reply_lost(name, command),
+                    lambda command, send, name=spec.name: self._carry(
+                        name, "storage", command, send
+                    ),
                 )
                 if self.array is not None
                 else None
@@ -212,7 +200,7 @@ class InProcessEngine:
         hostd = self._hostd.get(name)
         if hostd is None:
             raise HostConnectFault(f"host {name} does not answer: it is not running")
-        self._gate(name, "management")
+        self._check_link(name, "management")
         port = LocalHostPort(self, name, hostd, self._identities[name])
         self._ports.setdefault(name, weakref.WeakSet()).add(port)
         return port
@@ -241,6 +229,7 @@ class InProcessEngine:
         for table in (self._hostd, self._specs, self._identities, self._disks):
             table.pop(name, None)
         self._cut -= {(name, network) for network in NETWORKS}
+        self._next = {key: fault for key, fault in self._next.items() if key[0] != name}
 
     async def close(self) -> None:
         pass
@@ -266,7 +255,7 @@ class InProcessEngine:
         """The next `method` call on a line to the host fails as a reset connection
         would (HostConnectFault): with `applied`, after the host ran it (only the
         reply is lost), otherwise before the host saw it."""
-        self._resets[(name, method)] = applied
+        self._arm(name, "management", method, "lost" if applied else "reset")
 
     def set_link(self, name: str, network: str, up: bool) -> None:
         """Cuts (up=False) or mends one of a host's networks (NETWORKS): its other
@@ -285,7 +274,7 @@ class InProcessEngine:
     def link_up(self, name: str, network: str) -> bool:
         return (name, network) not in self._cut
 
-    def _gate(self, name: str, network: str) -> None:
+    def _check_link(self, name: str, network: str) -> None:
         if (name, network) in self._cut:
             raise HostConnectFault(f"{name} cannot be reached: its {network} network is down")
 
@@ -293,22 +282,40 @@ class InProcessEngine:
         """The array runs the host's next SCSI or NFS `command` (a method of its block
         device or NFS client: "compare_and_write", "write", "create", ...), but the
         reply never reaches the host, which sees its path fail."""
-        if name not in self._specs:
-            raise NotFound(f"no host named {name[:80]!r} was provisioned on this engine")
-        self._storage_losses.add((name, command))
-
-    def _storage_reply_lost(self, name: str, command: str) -> bool:
-        if (name, command) not in self._storage_losses:
-            return False
-        self._storage_losses.discard((name, command))
-        return True
+        self._arm(name, "storage", command, "lost")
 
     def delay_next_reply(self, name: str, method: str, seconds: float) -> None:
         """The host runs the next `method` call at once, but its reply reaches the
         caller `seconds` later on the engine's clock (a slow line or a busy hostd):
         whatever the caller does meanwhile races the call."""
         validate.positive_number(seconds, "reply delay")
-        self._delays[(name, method)] = seconds
+        self._arm(name, "management", method, "late", seconds)
+
+    def _arm(self, name: str, network: str, command: str, fault: str, seconds: float = 0) -> None:
+        if name not in self._specs:
+            raise NotFound(f"no host named {name[:80]!r} was provisioned on this engine")
+        self._next[(name, network, command)] = (fault, seconds)
+
+    async def _carry(
+        self, name: str, network: str, command: str, send: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """One message over one of a host's networks and its reply, with whatever
+        fault is armed for it: a cut network, a reset, a lost or a late reply."""
+        self._check_link(name, network)
+        fault, seconds = self._next.pop((name, network, command), ("", 0.0))
+        if fault == "reset":
+            raise HostConnectFault(
+                f"the {network} connection of {name} was reset before {command} reached it"
+            )
+        reply = await send()
+        if fault == "lost":
+            raise HostConnectFault(
+                f"the {network} connection of {name} was reset after {command} ran: "
+                "its reply is lost"
+            )
+        if fault == "late":
+            await self.clock.sleep(seconds)
+        return reply
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""
