@@ -35,12 +35,16 @@ import contextlib
 import struct
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked
+from vsim.runtime import Timeout
 from vsim.storage.nfs_export import Caller, CreateMode, NfsError, NfsExport, NfsStatus
+
+T = TypeVar("T")
 
 DISK_FILE_LOCK_UPDATE_FREQ = 10.0
 """NFS.DiskFileLockUpdateFreq: seconds between a holder's rewrites of its lock file."""
@@ -385,6 +389,27 @@ class NfsLockManager:
                 f"this host lost the lock on {path}: its lock file was broken by another "
                 f"host, or not renewed for {GIVE_UP_AFTER:.0f} s"
             )
+
+    async def within_lease(
+        self, key: tuple[str, str], path: str, command: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Runs an I/O under a held lock that must land, if at all, before this host's
+        give-up point (GIVE_UP_AFTER its last renewal was sent): one still unanswered
+        then (held in a hung host's ports, a slow path) is called off and the lock
+        given up, so no write of this host lands where another may hold the lock."""
+        self.check_held(key, path)
+        held = self.held.get(key)
+        if held is None:  # read-only opens of files another host holds are not leased
+            return await command()
+        left = held.renewed + GIVE_UP_AFTER - self.clock.now()
+        try:
+            async with Timeout(self.clock, left):
+                return await command()
+        except TimeoutError:
+            self._drop(key)
+            raise CannotAccessFile(
+                f"an I/O on {path} was unanswered at this host's give-up point for its lock"
+            ) from None
 
     def _drop(self, key: tuple[str, str]) -> None:
         self.held.pop(key, None)

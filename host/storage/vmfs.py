@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument
+from vsim.runtime import Timeout
 from vsim.storage.lun import MAX_TRANSFER_BLOCKS, Lun
 from vsim.storage.scsi import RESERVATION_CONFLICT, ScsiError
 from vsim.storage.vmfs_format import (
@@ -216,6 +217,9 @@ class VmfsVolume:
         current = HeartbeatSlot.unpack(self._slot_sector)
         bumped = replace(current, counter=current.counter + 1, owner_clock=self.clock.now())
         lba = sb.heartbeat_lba(self.slot)
+        # What others watch dates from when the bump was sent, not from its reply: a
+        # late reply must not stretch this host's lease past what they see.
+        issued = self.clock.now()
         try:
             await self.io(self.device.compare_and_write, lba, self._slot_sector, bumped.pack())
             written = True
@@ -233,7 +237,7 @@ class VmfsVolume:
             written = await self._applied(lba, bumped.pack())
         if written:
             self._slot_sector = bumped.pack()
-            self._last_heartbeat = self.clock.now()
+            self._last_heartbeat = issued
             self.stats["heartbeats"] += 1
             return True
         self.stats["heartbeat_failures"] += 1
@@ -495,9 +499,10 @@ class VmfsVolume:
         holder = None
         reset = False
         while True:
-            if self.slot >= 0:
-                self.mounted()  # no retried I/O once this host may have lost the volume
             try:
+                if self.slot >= 0:
+                    self.mounted()  # no retried I/O once this host may have lost the volume
+                    return await self._within_lease(command, args)
                 return await command(*args)
             except ScsiError as e:
                 if e.status != RESERVATION_CONFLICT:
@@ -519,6 +524,20 @@ class VmfsVolume:
                 continue
             await self.clock.sleep(backoff * (0.5 + self.rng.random()))
             backoff = min(backoff * 2, RESERVE_BACKOFF[1])
+
+    async def _within_lease(self, command: Callable[..., Awaitable[Any]], args: tuple) -> Any:
+        """Runs a command that must land, if at all, while this host's heartbeat lease
+        holds (HB_TIMEOUT after its last good heartbeat was sent): after that others
+        may break its locks, so a command still unanswered then (held in a hung host's
+        ports or a slow path) is called off, and the volume is lost."""
+        left = self._last_heartbeat + HB_TIMEOUT - self.clock.now()
+        try:
+            async with Timeout(self.clock, left):
+                return await command(*args)
+        except TimeoutError:
+            self._lose_access(f"an I/O was unanswered when the {HB_TIMEOUT:.0f} s lease ran out")
+            label = self.superblock.label if self.superblock is not None else "?"
+            raise CannotAccessFile(f"lost access to volume {label}: {self.lost_reason}") from None
 
 
 class LunDevice:
