@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-from vsim.cluster.cli import array, datastore, events, host, launch, lock, network, session, vm
+from vsim.cluster.cli import (
+    array,
+    datastore,
+    events,
+    host,
+    launch,
+    lock,
+    network,
+    session,
+    sim,
+    vm,
+)
 from vsim.cluster.cli.common import Handler
 
 
@@ -54,4 +65,5 @@ def build_parser() -> argparse.ArgumentParser:
     datastore.add_commands(commands, command)
     lock.add_commands(commands, command)
     events.add_commands(commands, command)
+    sim.add_commands(commands, command)
     return parser
