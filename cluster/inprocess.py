@@ -76,9 +76,7 @@ class _OverStorageNetwork:
         target = self._target
 
         async def command(*args: Any, **kwargs: Any) -> Any:
-            return await self._carry(
-                name, lambda: attribute(*args, **kwargs), (target, name, args)
-            )
+            return await self._carry(name, lambda: attribute(*args, **kwargs), (target, name, args))
 
         setattr(self, name, command)  # built once per command, not per call
         return command
@@ -198,22 +196,26 @@ class InProcessEngine:
                 spec.name,
                 LocalDisk(MemoryAccountStore(), MemoryConfigStore(), self._swap_root / spec.name),
             )
+            # A runtime per boot: each draws its own boot id, as a real one would.
+            self._boots[spec.name] += 1
             ports = (
-                _StoragePortsOverNetwork(
-                    LocalStoragePorts(self.array),
-                    lambda command, send, landed=None, name=spec.name: self._carry(
-                        name, "storage", command, send, landed
-                    ),
-                )
+                _StoragePortsOverNetwork(LocalStoragePorts(self.array), self._carrier(spec.name))
                 if self.array is not None
                 else None
             )
-            # A runtime per boot: each draws its own boot id, as a real one would.
-            self._boots[spec.name] += 1
             boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
             root_hash = hash_password(spec.root_password, source=boot.secure_random)
             self._hostd[spec.name] = boot_host(spec, disk, root_hash, boot, ports)
         return identity.thumbprint
+
+    def _carrier(self, name: str) -> Callable[..., Awaitable[Any]]:
+        """How the current boot of a host sends over its storage network."""
+        boot = self._boots[name]
+
+        def carry(command: str, send: Callable, landed: tuple | None = None) -> Awaitable[Any]:
+            return self._carry(name, "storage", command, send, landed, boot)
+
+        return carry
 
     async def is_running(self, name: str) -> bool:
         return name in self._hostd
@@ -386,10 +388,14 @@ class InProcessEngine:
         command: str,
         send: Callable[[], Awaitable[Any]],
         landed: tuple | None = None,
+        sender: int = 0,
     ) -> Any:
         """One message over one of a host's networks and its reply, with whatever
         fault is armed for it: a hung host, a cut network, a reset, a lost or a late
-        reply. `landed` is (device, command, args) of a storage command, for the tap."""
+        reply. `landed` is (device, command, args) of a storage command, for the tap;
+        `sender`, the boot that sends it (a boot that crashed sends nothing more)."""
+        if sender and (self._boots[name] != sender or name not in self._hostd):
+            raise HostConnectFault(f"{name}'s boot {sender} is down: it sends nothing")
         boot = self._hostd.get(name)
         await self._through_ports(name, boot, command)
         self._check_link(name, network)

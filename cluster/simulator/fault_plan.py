@@ -152,6 +152,7 @@ class FaultInjector:
         self._crashed: Counter[str] = Counter()
         self._vcenter_down = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._mending: set[asyncio.Task[None]] = set()
         self.injected: Counter[str] = Counter()
         self.before_crash: list = []
         """Callbacks run just before a host is crashed (a checker's last look)."""
@@ -211,10 +212,12 @@ class FaultInjector:
     def _later(self, fault: Fault, mend: Callable[[], Awaitable[None]]) -> None:
         async def after() -> None:
             await self.dc.clock.sleep(fault.length)
+            self._mending.add(task)
             with contextlib.suppress(NotFound):  # decommissioned meanwhile
                 await mend()
 
-        self._tasks.append(asyncio.get_running_loop().create_task(after()))
+        task = asyncio.get_running_loop().create_task(after())
+        self._tasks.append(task)
 
     async def _noted(self, what: str) -> None:
         self.history.record("heal", what)
@@ -258,7 +261,8 @@ class FaultInjector:
         up, crashed hosts boot, vCenter starts (a hang, at most 40 s, ends by itself
         within the settle period)."""
         for task in self._tasks:
-            task.cancel()
+            if task not in self._mending:  # a mend under way (vCenter starting) ends
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         for (host, network), count in list(self._down.items()):

@@ -42,10 +42,10 @@ from vsim.cluster.simulator.workload import Workload
 from vsim.runtime import derive_seed
 from vsim.virtual_time import run as run_virtual
 
-SETTLE = 240.0
+SETTLE = 60.0
 """Simulated seconds after every fault is mended before the liveness checks: hosts
-reattach (5 s checks), hangs end (at most 40 s), stale locks go (16 s, 35 s), the
-APD timeout (140 s) passes."""
+reattach (5 s checks), hangs end (at most 40 s), volumes are taken back (3 s), NFS
+locks given up go stale (35 s)."""
 SAMPLE_EVERY = 1.0
 MAX_SEED = 2**63 - 1
 

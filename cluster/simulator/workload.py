@@ -2,8 +2,8 @@
 vCenter's public API only (the SDK client over vCenter's dispatch table, as over
 gRPC): create, power on and off, clone, reconfigure and destroy VMs with disks on
 VMFS (ats+scsi and ats-only) and NFS, their guests writing; datastores created;
-hosts removed and added back; and bad requests. A few users work at once, on the
-same VMs, so operations race.
+hosts removed and added back; stale locks broken by hand; and bad requests. A few
+users work at once, on the same VMs, so operations race.
 
 Each operation and its outcome go into the history. A fault in reply is an outcome
 like any other (hosts die, vCenter restarts); a SystemError is a component that
@@ -43,6 +43,7 @@ WEIGHTS = {
     "reconfigure": 6,
     "host-cycle": 2,
     "datastore": 2,
+    "break-lock": 3,
     "bad-input": 6,
     "look": 8,
 }
@@ -210,6 +211,27 @@ class Workload:
             task = await self._call(f"datastore {name} nfs", nfs)
         if isinstance(task, common_pb2.Task) and task.state == common_pb2.TASK_STATE_SUCCESS:
             self.datastores.append(name)
+
+    async def break_lock(self) -> None:
+        """`vsim lock break` on a VM's disk, as an administrator tidying up does: if
+        refused (its holder lives), tried once more a while later. Only a stale lock
+        may ever be broken."""
+        vm_name = self._vm()
+        if vm_name is None:
+            return
+        vm = await self._call(f"get-vm {vm_name}", lambda c: c.vm(vm_name))
+        if vm is None or not vm.disks:
+            return
+        disk = vm.disks[0]
+        extent = disk.path[: -len(".vmdk")] + ("-delta.vmdk" if disk.parent else "-flat.vmdk")
+        what = f"break-lock [{vm.datastore}] {extent}"
+        for attempt in range(2):
+            info = await self._call(what, lambda c: c.break_stale_lock(vm.datastore, extent))
+            if info is not None:
+                self.history.record("call", f"{what} -> {'broken' if info.broken else info.mode}")
+                return
+            if attempt == 0:
+                await self.dc.clock.sleep(self.rng.choice((2.0, 40.0)))
 
     async def bad_input(self) -> None:
         """Requests a person gets wrong: each must get a clear fault, never a crash."""

@@ -59,6 +59,10 @@ HB_INTERVAL = 3.0
 HB_TIMEOUT = 16.0
 """Seconds without a heartbeat after which a host is presumed dead (and, for itself,
 after which it marks the volume lost access)."""
+LEASE_MARGIN = 0.5
+"""Seconds before HB_TIMEOUT at which an I/O still unanswered is called off: another
+host may break this host's locks at HB_TIMEOUT, and nothing of this host's may land
+at that same instant."""
 RESERVE_BACKOFF = (0.002, 0.05)
 """Seconds: the first backoff after a RESERVATION CONFLICT, and the most."""
 RESERVATION_RESET_AFTER = 2.0
@@ -588,10 +592,11 @@ class VmfsVolume:
 
     async def _within_lease(self, command: Callable[..., Awaitable[Any]], args: tuple) -> Any:
         """Runs a command that must land, if at all, while this host's heartbeat lease
-        holds (HB_TIMEOUT after its last good heartbeat was sent): after that others
+        holds (HB_TIMEOUT - LEASE_MARGIN after its last good heartbeat was sent):
+        after HB_TIMEOUT others
         may break its locks, so a command still unanswered then (held in a hung host's
         ports or a slow path) is called off, and the volume is lost."""
-        left = self._last_heartbeat + HB_TIMEOUT - self.clock.now()
+        left = self._last_heartbeat + HB_TIMEOUT - LEASE_MARGIN - self.clock.now()
         try:
             async with Timeout(self.clock, left):
                 return await command(*args)
