@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vsim import dispatch, validate
-from vsim.faults import HostConnectFault, InvalidArgument, NotFound
+from vsim.faults import CannotAccessFile, HostConnectFault, InvalidArgument, NotFound, VimFault
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import MemoryConfigStore
@@ -58,6 +58,16 @@ NETWORKS = ("management", "storage", "vmotion")
 StorageTap = Callable[[str, Any, str, tuple], None]
 """(host, device, command, args): a storage command the array has just run for the
 host; device is the array-side LunDevice or ExportClient it ran on."""
+
+
+def path_down(network: str, message: str) -> VimFault:
+    """A message lost on one of a host's networks, as its sender sees it: vCenter's
+    line to hostd fails (HostConnectFault); a host's storage path fails as a datastore
+    it cannot reach (CannotAccessFile), which hostd must not relay as its own line
+    failing."""
+    if network == "storage":
+        return CannotAccessFile(message)
+    return HostConnectFault(message)
 
 
 class _OverStorageNetwork:
@@ -356,7 +366,7 @@ class InProcessEngine:
 
     def _check_link(self, name: str, network: str) -> None:
         if (name, network) in self._cut:
-            raise HostConnectFault(f"{name} cannot be reached: its {network} network is down")
+            raise path_down(network, f"{name} cannot be reached: its {network} network is down")
 
     def lose_next_storage_reply(self, name: str, command: str) -> None:
         """The array runs the host's next SCSI or NFS `command` (a method of its block
@@ -395,29 +405,32 @@ class InProcessEngine:
         reply. `landed` is (device, command, args) of a storage command, for the tap;
         `sender`, the boot that sends it (a boot that crashed sends nothing more)."""
         if sender and (self._boots[name] != sender or name not in self._hostd):
-            raise HostConnectFault(f"{name}'s boot {sender} is down: it sends nothing")
+            raise path_down(network, f"{name}'s boot {sender} is down: it sends nothing")
         boot = self._hostd.get(name)
-        await self._through_ports(name, boot, command)
+        await self._through_ports(name, network, boot, command)
         self._check_link(name, network)
         fault, seconds = self._next.pop((name, network, command), ("", 0.0))
         if fault == "reset":
-            raise HostConnectFault(
-                f"the {network} connection of {name} was reset before {command} reached it"
+            raise path_down(
+                network, f"the {network} connection of {name} was reset before {command} reached it"
             )
         reply = await send()
         if landed is not None and self.storage_tap is not None:
             self.storage_tap(name, *landed)
-        await self._through_ports(name, boot, command)
+        await self._through_ports(name, network, boot, command)
         if fault == "lost":
-            raise HostConnectFault(
+            raise path_down(
+                network,
                 f"the {network} connection of {name} was reset after {command} ran: "
-                "its reply is lost"
+                "its reply is lost",
             )
         if fault == "late":
             await self.clock.sleep(seconds)
         return reply
 
-    async def _through_ports(self, name: str, boot: Hostd | None, command: str) -> None:
+    async def _through_ports(
+        self, name: str, network: str, boot: Hostd | None, command: str
+    ) -> None:
         """Waits while the host is hung; fails if the boot the message is from or to
         is gone by then (a crash drops what waits at its ports)."""
         event = self._thawed.get(name)
@@ -425,7 +438,7 @@ class InProcessEngine:
             return
         await event.wait()
         if self._hostd.get(name) is not boot:
-            raise HostConnectFault(f"{name} crashed while {command} waited at its ports")
+            raise path_down(network, f"{name} crashed while {command} waited at its ports")
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""

@@ -209,13 +209,14 @@ class DatastoreManager:
     def _caller(self, host: str) -> HostCall:
         return lambda method, request: self._hosts.call(host, method, request)
 
-    async def remount(self, host: str, call: HostCall) -> None:
+    async def remount(self, host: str, call: HostCall) -> bool:
         """Mounts on a host the datastores it lacks (it rebooted, or just came), and
         gives it the Storage I/O Control threshold of those it has; `call` reaches the
-        host while it is being connected."""
+        host while it is being connected. False if one could not be mounted (its
+        storage path is down, say): the host's heartbeat tries again."""
         records = self._inventory.datastores()
         if self.array is None:
-            return
+            return True
         reply = await call("ListDatastores", hpb.HostListDatastoresRequest())
         mounted = {d.name for d in reply.datastores}
         known = {r.name for r in records}
@@ -226,6 +227,7 @@ class DatastoreManager:
                 log.warning("cannot unmount removed datastore %s from %s: %s", gone, host, fault)
         if self._array_manager is not None and any(r.name not in mounted for r in records):
             await self._array_manager.map_datastore_luns(host)
+        everything = True
         for record in records:
             try:
                 if record.name not in mounted:
@@ -240,6 +242,8 @@ class DatastoreManager:
                     else (f"cannot mount {record.name} on {host}: {fault.message}")
                 )
                 log.warning("%s (%s)", said, fault.name)
+                everything = False
+        return everything
 
     def remove(self, name: str, user: str) -> common_pb2.Task:
         """Unmounts the datastore from every connected host and forgets it; refused

@@ -85,7 +85,11 @@ class HostManager:
         self._busy = busy
         self._inaccessible: dict[str, set[str]] = {}
         """Per host, the VMs it could not register when it connected."""
-        self.prepare_storage: Callable[[str, HostCall], Awaitable[None]] | None = None
+        self.prepare_storage: Callable[[str, HostCall], Awaitable[bool]] | None = None
+        """Mounts what a host lacks; False if something stayed unmounted (tried again
+        at the host's next heartbeat)."""
+        self._unmounted: set[str] = set()
+        """Connected hosts that could not mount every datastore last time."""
         """Called as a host is (re)connected, before its VMs are brought in line (their
         files live on its datastores): mounts the datastores it lacks."""
         self._inventory = inventory
@@ -261,8 +265,9 @@ class HostManager:
             # Its datastores, as on every (re)connect; one it cannot mount is logged and
             # tried again when it reconnects, and the host is added all the same.
             try:
-                await self.prepare_storage(spec.name, link.call)
+                self._note_mounted(spec.name, await self.prepare_storage(spec.name, link.call))
             except VimFault as fault:
+                self._unmounted.add(spec.name)
                 log.warning("%s was added but cannot mount its datastores: %s", spec.name, fault)
         return spec.name
 
@@ -416,7 +421,7 @@ class HostManager:
             session = await self._login(name, port)
             link = HostLink(port, session)
             if self.prepare_storage is not None:
-                await self.prepare_storage(name, link.call)
+                self._note_mounted(name, await self.prepare_storage(name, link.call))
             await self._reconcile(name, link)
         except asyncio.CancelledError:  # vCenter is stopping
             if port is not None:
@@ -510,10 +515,16 @@ class HostManager:
         link = self._links[name]
         try:
             if self.prepare_storage is not None:
-                await self.prepare_storage(name, link.call)
+                self._note_mounted(name, await self.prepare_storage(name, link.call))
             await self._reconcile(name, link)
         except VimFault as fault:
             log.warning("registering %s's inaccessible VMs: %s", name, fault)
+
+    def _note_mounted(self, name: str, everything: bool) -> None:
+        if everything:
+            self._unmounted.discard(name)
+        else:
+            self._unmounted.add(name)
 
     def _adopt_pool(self, vm: pb.Vm, pool: str) -> None:
         """The host is the truth for its pools: a VM whose pool went (destroyed while
@@ -546,7 +557,7 @@ class HostManager:
             log.warning("%s failed its heartbeat: %s", name, exc)
             self._mark_not_responding(name)
             return
-        if self._inaccessible.get(name):
+        if self._inaccessible.get(name) or name in self._unmounted:
             await self._register_inaccessible(name)
         if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
             try:

@@ -33,12 +33,9 @@ def _settings(args: argparse.Namespace):
     from vsim.cluster.simulator.fault_plan import parse_kinds
     from vsim.cluster.simulator.run import Settings
 
-    try:
-        return Settings(
-            hosts=args.hosts, minutes=args.minutes, faults=parse_kinds(args.faults), vms=args.vms
-        ).validated()
-    except ValueError as e:
-        raise InvalidArgument(str(e)) from None
+    return Settings(
+        hosts=args.hosts, minutes=args.minutes, faults=parse_kinds(args.faults), vms=args.vms
+    ).validated()
 
 
 def _progress(done: int, total: int, failed: int) -> None:

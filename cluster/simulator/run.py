@@ -39,6 +39,7 @@ from vsim.cluster.simulator.datacenter import T0, SimulatedDatacenter
 from vsim.cluster.simulator.fault_plan import FAULT_KINDS, FaultInjector, FaultPlan
 from vsim.cluster.simulator.history import History
 from vsim.cluster.simulator.workload import Workload
+from vsim.faults import InvalidArgument
 from vsim.runtime import derive_seed
 from vsim.virtual_time import run as run_virtual
 
@@ -72,11 +73,11 @@ class Settings:
         validate.int_range(self.hosts, 1, 96, "hosts")
         validate.positive_number(self.minutes, "minutes")
         if self.minutes > 24 * 60:
-            raise ValueError("a run is at most 1,440 simulated minutes")
+            raise InvalidArgument("a run is at most 1,440 simulated minutes")
         validate.int_range(self.vms, 0, 1000, "vms")
         for kind in self.faults:
             if kind not in FAULT_KINDS:
-                raise ValueError(f"unknown fault kind {kind!r}")
+                raise InvalidArgument(f"unknown fault kind {kind!r}")
         return self
 
 

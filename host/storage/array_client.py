@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vsim.faults import CannotAccessFile, HostConnectFault, RequestTimeout
 from vsim.rpc import RpcClient, open_channel
 from vsim.storage.nfs_export import CreateMode, NfsError, NfsStatus
 from vsim.storage.scsi import GOOD, ScsiError, Sense
@@ -28,7 +29,12 @@ class ArrayConnection:
         return cls(RpcClient(channel, SERVICE, timeout=30), thumbprint)
 
     async def call(self, method: str, request: Any) -> Any:
-        return await self.rpc.call(method, request, None)
+        try:
+            return await self.rpc.call(method, request, None)
+        except (HostConnectFault, RequestTimeout) as e:
+            # The host's path to the array, not the caller's line to this host:
+            # what hostd answers is a datastore it cannot reach.
+            raise CannotAccessFile(f"no path to the storage array: {e.message}") from None
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -130,10 +136,12 @@ class ArrayNfsClient:
         reply = await self._op("NfsLookup", handle=directory, name=name)
         return reply.handle, reply.attributes.type, reply.attributes.fileid
 
-    async def create(self, directory: str, name: str) -> str:
-        return (
-            await self._op("NfsCreate", handle=directory, name=name, create_mode=CreateMode.GUARDED)
-        ).handle
+    async def create(self, directory: str, name: str, verifier: bytes = b"") -> str:
+        mode = CreateMode.EXCLUSIVE if verifier else CreateMode.GUARDED
+        reply = await self._op(
+            "NfsCreate", handle=directory, name=name, create_mode=mode, verifier=verifier
+        )
+        return reply.handle
 
     async def getattr(self, handle: str) -> tuple[str, int]:
         attributes = (await self._op("NfsGetattr", handle=handle)).attributes

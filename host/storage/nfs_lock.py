@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import struct
 import uuid
 from collections import Counter
@@ -45,6 +47,9 @@ from vsim.runtime import Timeout
 from vsim.storage.nfs_export import Caller, CreateMode, NfsError, NfsExport, NfsStatus
 
 T = TypeVar("T")
+RETRANSMITS = 2
+"""Times an idempotent request is sent again after a lost reply."""
+log = logging.getLogger(__name__)
 
 DISK_FILE_LOCK_UPDATE_FREQ = 10.0
 """NFS.DiskFileLockUpdateFreq: seconds between a holder's rewrites of its lock file."""
@@ -120,8 +125,10 @@ class NfsClient(Protocol):
         """(handle, kind "file" or "dir", fileid) of a name, from one LOOKUP (NfsError
         NOENT if there is none)."""
 
-    async def create(self, directory: str, name: str) -> str:
-        """GUARDED create: NfsError(EXIST) if the name exists."""
+    async def create(self, directory: str, name: str, verifier: bytes = b"") -> str:
+        """GUARDED create: NfsError(EXIST) if the name exists. With a verifier, an
+        EXCLUSIVE create: a retry with the same verifier of a create that made the
+        file (its reply lost) succeeds as that create."""
 
     async def getattr(self, handle: str) -> tuple[str, int]:
         """(kind "file" or "dir", size in bytes)."""
@@ -175,10 +182,35 @@ class NfsLockManager:
         self.held: dict[tuple[str, str], _Held] = {}
         self.lost: set[tuple[str, str]] = set()
         self.abandoned: set[tuple[str, str]] = set()
+        self._verifiers: dict[tuple[str, str], bytes] = {}
+        self._creates = 0
         """Lock files in this boot's name it no longer uses: given up, lost, or whose
         release never landed. Only this boot could renew them, so they are stale now."""
         self.stats: Counter[str] = Counter()
         self._watches: dict[tuple[str, str], _Watch] = {}
+
+    async def _retransmitted(self, send: Callable[[], Awaitable[T]]) -> T:
+        """An idempotent request sent again when its reply does not come (the path
+        failed), RETRANSMITS times, as an NFS client retransmits; NFS errors are
+        answers, not lost replies, and pass at once."""
+        for attempt in range(RETRANSMITS + 1):
+            try:
+                return await send()
+            except NfsError:
+                raise
+            except Exception:
+                if attempt == RETRANSMITS:
+                    raise
+                self.stats["retransmits"] += 1
+        raise AssertionError("unreachable")
+
+    def _next_verifier(self) -> bytes:
+        """This host's, this boot's and this create's: unique to it, never random."""
+        self._creates += 1
+        tag = (
+            self.host.bytes + self.boot.to_bytes(8, "little") + self._creates.to_bytes(8, "little")
+        )
+        return hashlib.blake2b(tag, digest_size=16).digest()
 
     def lock_name(self, fileid: int, lock_type: int = EXCLUSIVE) -> str:
         """The name of this host's lock file on a file: shared for an exclusive lock,
@@ -203,9 +235,14 @@ class NfsLockManager:
             d == directory and n.startswith(base + "-ro-") for d, n in self.held
         ):
             raise FileLocked(f"{path} is already open read-only on this host")
+        # One verifier per lock file until its create is answered: a create whose
+        # reply was lost is recognised by the array when this host tries again.
+        verifier = self._verifiers.setdefault(key, self._next_verifier())
         while True:
             try:
-                handle = await self.client.create(directory, name)
+                handle = await self._retransmitted(
+                    lambda: self.client.create(directory, name, verifier)
+                )
             except NfsError as e:
                 if e.status != NfsStatus.EXIST:
                     raise CannotAccessFile(f"cannot lock {path}: {e}") from None
@@ -221,6 +258,7 @@ class NfsLockManager:
                 raise CannotAccessFile(f"cannot write the lock of {path}: {e}") from None
             self.held[key] = _Held(directory, name, handle, record, self.clock.now())
             self.abandoned.discard(key)
+            self._verifiers.pop(key, None)
             self._watches.pop(key, None)
             break
         try:
@@ -339,9 +377,11 @@ class NfsLockManager:
             # Otherwise it is another host's lock now (ours was broken): leave it.
         except NfsError:
             pass  # already gone
-        except Exception:
-            self.abandoned.add(key)  # the path failed: the file may still stand
-            raise
+        except Exception as e:  # noqa: BLE001 - the path failed: the file may still stand
+            # Released as far as this host goes: nothing of it uses the lock, which
+            # goes stale for others in 35 s and is this host's to break at once.
+            self.abandoned.add(key)
+            log.warning("releasing %s/%s: %s", directory, held.name, e)
 
     async def renew(self) -> None:
         """Rewrites every held lock file (one 84-byte WRITE each). A lock whose file
@@ -453,9 +493,10 @@ class ExportClient:
         handle, attributes = self.export.lookup(self.caller, directory, name)
         return handle, attributes.kind, attributes.fileid
 
-    async def create(self, directory: str, name: str) -> str:
+    async def create(self, directory: str, name: str, verifier: bytes = b"") -> str:
         await asyncio.sleep(0)
-        return self.export.create(self.caller, directory, name, CreateMode.GUARDED)[0]
+        mode = CreateMode.EXCLUSIVE if verifier else CreateMode.GUARDED
+        return self.export.create(self.caller, directory, name, mode, verifier)[0]
 
     async def getattr(self, handle: str) -> tuple[str, int]:
         await asyncio.sleep(0)
