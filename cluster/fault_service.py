@@ -186,9 +186,7 @@ class FaultService:
             )
 
     @needs(ADMINISTRATOR)
-    async def RestartArray(
-        self, r: pb.RestartArrayFaultRequest, session: Session
-    ) -> pb.FaultState:
+    async def RestartArray(self, r: pb.RestartArrayFaultRequest, session: Session) -> pb.FaultState:
         async with self._lock:
             answer = await self.core.storage_array.restart()
             dropped = ", ".join(map(str, answer.reservations_dropped)) or "none"

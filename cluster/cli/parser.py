@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-from vsim.cluster.cli import array, datastore, events, host, launch, lock, network, session, vm
+from vsim.cluster.cli import (
+    array,
+    datastore,
+    events,
+    fault,
+    host,
+    launch,
+    lock,
+    network,
+    session,
+    vm,
+)
 from vsim.cluster.cli.common import Handler
 
 
@@ -53,5 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_commands(commands, command)
     datastore.add_commands(commands, command)
     lock.add_commands(commands, command)
+    fault.add_commands(commands, command)
     events.add_commands(commands, command)
     return parser
