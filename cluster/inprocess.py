@@ -12,15 +12,24 @@ provisioned again is a new machine), each boot's `runtime.child(name/boot-N)` (i
 boot id, session tokens, disk ids, and the tasks a crash halts), so the same seed
 boots the same hosts whatever order they are provisioned in.
 
-Each host has two networks the engine can cut (`set_link`): management (vCenter's
+Each host has three networks the engine can cut (`set_link`): management (vCenter's
 lines to hostd: a call on a cut line fails as an unreachable host's would, before the
-host sees it) and storage (the host's paths to the array: every SCSI or NFS command
-fails as an unreachable array's would). A cut of one leaves the other working, as on
-hosts whose vmkernel ports are on separate networks.
+host sees it), storage (the host's paths to the array: every SCSI or NFS command
+fails as an unreachable array's would) and vmotion (host-to-host migration traffic).
+A cut of one leaves the others working, as on hosts whose vmkernel ports are on
+separate networks.
+
+A hung host (`hang_host`) is frozen as seen from outside: every message to or from
+it, on any network, waits at its ports until the hang ends, then goes on; one whose
+sender gave up meanwhile (its own I/O deadline cancelled it) never leaves. A crash
+drops whatever was waiting. `storage_tap`, when set, sees every storage command the
+array ran, at the instant it ran: the simulator's checkers read the array's own state
+there, not what the hosts believe.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import shutil
 import tempfile
@@ -43,8 +52,12 @@ from vsim.spec import HostSpec
 from vsim.storage.array import StorageArray
 from vsim.tls import Identity, make_identity
 
-NETWORKS = ("management", "storage")
+NETWORKS = ("management", "storage", "vmotion")
 """The networks of a host the engine can cut."""
+
+StorageTap = Callable[[str, Any, str, tuple], None]
+"""(host, device, command, args): a storage command the array has just run for the
+host; device is the array-side LunDevice or ExportClient it ran on."""
 
 
 class _OverStorageNetwork:
@@ -52,7 +65,7 @@ class _OverStorageNetwork:
     command is carried by `carry(command, send)` (the engine's `_carry`: a cut network,
     a lost or late reply)."""
 
-    def __init__(self, target: Any, carry: Callable[[str, Callable], Any]) -> None:
+    def __init__(self, target: Any, carry: Callable[..., Any]) -> None:
         self._target = target
         self._carry = carry
 
@@ -60,9 +73,10 @@ class _OverStorageNetwork:
         attribute = getattr(self._target, name)
         if not callable(attribute):
             return attribute
+        target = self._target
 
         async def command(*args: Any, **kwargs: Any) -> Any:
-            return await self._carry(name, lambda: attribute(*args, **kwargs))
+            return await self._carry(name, lambda: attribute(*args, **kwargs), (target, name, args))
 
         setattr(self, name, command)  # built once per command, not per call
         return command
@@ -71,7 +85,7 @@ class _OverStorageNetwork:
 class _StoragePortsOverNetwork:
     """A host's storage ports whose devices and NFS clients go over its storage network."""
 
-    def __init__(self, ports: LocalStoragePorts, carry: Callable[[str, Callable], Any]) -> None:
+    def __init__(self, ports: LocalStoragePorts, carry: Callable[..., Any]) -> None:
         self._ports = ports
         self._carry = carry
 
@@ -130,11 +144,20 @@ class InProcessEngine:
     kind = "in-process"
     machines = False
 
-    def __init__(self, runtime: Runtime, array: StorageArray | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        array: StorageArray | None = None,
+        storage_tap: StorageTap | None = None,
+    ) -> None:
         self.runtime = runtime
         self.clock = runtime.clock
         self.array = array
         """The storage array the hosts reach (in this process), if any."""
+        self.storage_tap = storage_tap
+        self._thawed: dict[str, asyncio.Event] = {}
+        """Hung hosts: each one's event is set when its hang ends."""
+        self._thaws: dict[str, asyncio.Task[None]] = {}
         self._hostd: dict[str, Hostd] = {}
         self._specs: dict[str, HostSpec] = {}
         self._identities: dict[str, Identity] = {}
@@ -173,22 +196,26 @@ class InProcessEngine:
                 spec.name,
                 LocalDisk(MemoryAccountStore(), MemoryConfigStore(), self._swap_root / spec.name),
             )
+            # A runtime per boot: each draws its own boot id, as a real one would.
+            self._boots[spec.name] += 1
             ports = (
-                _StoragePortsOverNetwork(
-                    LocalStoragePorts(self.array),
-                    lambda command, send, name=spec.name: self._carry(
-                        name, "storage", command, send
-                    ),
-                )
+                _StoragePortsOverNetwork(LocalStoragePorts(self.array), self._carrier(spec.name))
                 if self.array is not None
                 else None
             )
-            # A runtime per boot: each draws its own boot id, as a real one would.
-            self._boots[spec.name] += 1
             boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
             root_hash = hash_password(spec.root_password, source=boot.secure_random)
             self._hostd[spec.name] = boot_host(spec, disk, root_hash, boot, ports)
         return identity.thumbprint
+
+    def _carrier(self, name: str) -> Callable[..., Awaitable[Any]]:
+        """How the current boot of a host sends over its storage network."""
+        boot = self._boots[name]
+
+        def carry(command: str, send: Callable, landed: tuple | None = None) -> Awaitable[Any]:
+            return self._carry(name, "storage", command, send, landed, boot)
+
+        return carry
 
     async def is_running(self, name: str) -> bool:
         return name in self._hostd
@@ -229,6 +256,7 @@ class InProcessEngine:
         for table in (self._hostd, self._specs, self._identities, self._disks):
             table.pop(name, None)
         self._cut -= {(name, network) for network in NETWORKS}
+        self._thaw(name)
         self._next = {key: fault for key, fault in self._next.items() if key[0] != name}
 
     async def close(self) -> None:
@@ -238,10 +266,63 @@ class InProcessEngine:
 
     def crash(self, name: str) -> None:
         """The host stops answering and stops heartbeating; its runtime state
-        (powered-on VMs, mounts) is lost."""
+        (powered-on VMs, mounts) is lost, and so is every message waiting at its
+        ports (a hang ends with it)."""
         hostd = self._hostd.pop(name, None)
         if hostd is not None:
             hostd.halt()
+        self._thaw(name)
+
+    # The fault plane as the fault service and the simulator drive it.
+
+    async def crash_host(self, name: str) -> None:
+        """Pulls the plug (see `crash`); NotFound for a host never provisioned."""
+        self._known(name)
+        self.crash(name)
+
+    async def power_on_host(self, name: str) -> None:
+        """Boots a crashed host again (a running one is left as it is); vCenter's
+        monitor finds it and reattaches it."""
+        self._known(name)
+        if name not in self._hostd:
+            await self.provision(self._specs[name])
+
+    async def hang_host(self, name: str, seconds: float) -> None:
+        """Freezes the host for `seconds` of the engine's clock: nothing it sends or is
+        sent gets through until then (a later hang replaces the end of this one)."""
+        self._known(name)
+        validate.positive_number(seconds, "hang seconds")
+        if name not in self._hostd:
+            raise InvalidArgument(f"{name} is not running: a host that is off cannot hang")
+        self._thawed.setdefault(name, asyncio.Event())
+        if name in self._thaws:
+            self._thaws.pop(name).cancel()
+        self._thaws[name] = self.runtime.spawn(self._thaw_after(name, seconds), f"hang:{name}")
+
+    async def _thaw_after(self, name: str, seconds: float) -> None:
+        await self.clock.sleep(seconds)
+        self._thaws.pop(name, None)
+        self._thaw(name)
+
+    def hung(self, name: str) -> bool:
+        return name in self._thawed
+
+    def _thaw(self, name: str) -> None:
+        """Ends a hang (at its end, or early: a crash, a decommission)."""
+        timer = self._thaws.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        event = self._thawed.pop(name, None)
+        if event is not None:
+            event.set()
+
+    async def set_link(self, name: str, network: str, up: bool) -> None:
+        """`set_link_now` as the fault service calls it."""
+        self.set_link_now(name, network, up)
+
+    def _known(self, name: str) -> None:
+        if name not in self._specs:
+            raise NotFound(f"no host named {name[:80]!r} was provisioned on this engine")
 
     def drop_connections(self, name: str) -> int:
         """Every open line to the host goes dead, as a crashed host's TCP connections
@@ -257,15 +338,14 @@ class InProcessEngine:
         reply is lost), otherwise before the host saw it."""
         self._arm(name, "management", method, "lost" if applied else "reset")
 
-    def set_link(self, name: str, network: str, up: bool) -> None:
+    def set_link_now(self, name: str, network: str, up: bool) -> None:
         """Cuts (up=False) or mends one of a host's networks (NETWORKS): its other
-        network keeps working, and the host itself keeps running."""
+        networks keep working, and the host itself keeps running."""
         if network not in NETWORKS:
             raise InvalidArgument(
                 f"a host's network is one of {', '.join(NETWORKS)}, got {network[:40]!r}"
             )
-        if name not in self._specs:
-            raise NotFound(f"no host named {name[:80]!r} was provisioned on this engine")
+        self._known(name)
         if up:
             self._cut.discard((name, network))
         else:
@@ -284,6 +364,12 @@ class InProcessEngine:
         reply never reaches the host, which sees its path fail."""
         self._arm(name, "storage", command, "lost")
 
+    def delay_next_storage_reply(self, name: str, command: str, seconds: float) -> None:
+        """The array runs the host's next storage `command` at once, but its reply
+        reaches the host `seconds` later (a slow path: a late heartbeat reply)."""
+        validate.positive_number(seconds, "reply delay")
+        self._arm(name, "storage", command, "late", seconds)
+
     def delay_next_reply(self, name: str, method: str, seconds: float) -> None:
         """The host runs the next `method` call at once, but its reply reaches the
         caller `seconds` later on the engine's clock (a slow line or a busy hostd):
@@ -292,15 +378,26 @@ class InProcessEngine:
         self._arm(name, "management", method, "late", seconds)
 
     def _arm(self, name: str, network: str, command: str, fault: str, seconds: float = 0) -> None:
-        if name not in self._specs:
-            raise NotFound(f"no host named {name[:80]!r} was provisioned on this engine")
+        self._known(name)
         self._next[(name, network, command)] = (fault, seconds)
 
     async def _carry(
-        self, name: str, network: str, command: str, send: Callable[[], Awaitable[Any]]
+        self,
+        name: str,
+        network: str,
+        command: str,
+        send: Callable[[], Awaitable[Any]],
+        landed: tuple | None = None,
+        sender: int = 0,
     ) -> Any:
         """One message over one of a host's networks and its reply, with whatever
-        fault is armed for it: a cut network, a reset, a lost or a late reply."""
+        fault is armed for it: a hung host, a cut network, a reset, a lost or a late
+        reply. `landed` is (device, command, args) of a storage command, for the tap;
+        `sender`, the boot that sends it (a boot that crashed sends nothing more)."""
+        if sender and (self._boots[name] != sender or name not in self._hostd):
+            raise HostConnectFault(f"{name}'s boot {sender} is down: it sends nothing")
+        boot = self._hostd.get(name)
+        await self._through_ports(name, boot, command)
         self._check_link(name, network)
         fault, seconds = self._next.pop((name, network, command), ("", 0.0))
         if fault == "reset":
@@ -308,6 +405,9 @@ class InProcessEngine:
                 f"the {network} connection of {name} was reset before {command} reached it"
             )
         reply = await send()
+        if landed is not None and self.storage_tap is not None:
+            self.storage_tap(name, *landed)
+        await self._through_ports(name, boot, command)
         if fault == "lost":
             raise HostConnectFault(
                 f"the {network} connection of {name} was reset after {command} ran: "
@@ -316,6 +416,16 @@ class InProcessEngine:
         if fault == "late":
             await self.clock.sleep(seconds)
         return reply
+
+    async def _through_ports(self, name: str, boot: Hostd | None, command: str) -> None:
+        """Waits while the host is hung; fails if the boot the message is from or to
+        is gone by then (a crash drops what waits at its ports)."""
+        event = self._thawed.get(name)
+        if event is None:
+            return
+        await event.wait()
+        if self._hostd.get(name) is not boot:
+            raise HostConnectFault(f"{name} crashed while {command} waited at its ports")
 
     async def reboot(self, name: str) -> None:
         """Boots a crashed host again with its identity and accounts."""

@@ -327,7 +327,10 @@ class HostManager:
             return await link.call(method, request)
         except HostConnectFault:
             self._mark_not_responding(name)
-            raise HostNotConnected(f"{name} stopped answering; the operation did not run") from None
+            raise HostNotConnected(
+                f"{name} stopped answering during {method}; whether it ran there is known "
+                "once the host reconnects"
+            ) from None
 
     async def rotate_vpxuser(self, name: str) -> None:
         """Gives vpxuser a new random password on the host (as vCenter does every
@@ -443,6 +446,7 @@ class HostManager:
         are left to that task."""
         reply = await link.call("ListVms", hpb.ListHostVmsRequest())
         on_host = {vm.name: vm for vm in reply.vms}
+        await self._unregister_strays(name, link, on_host)
         inaccessible: set[str] = set()
         self._inaccessible[name] = inaccessible
         for vm in self._inventory.vms(host=name):
@@ -474,6 +478,31 @@ class HostManager:
                     host=name,
                     vm=vm.name,
                 )
+
+    async def _unregister_strays(
+        self, name: str, link: HostLink, on_host: dict[str, hpb.HostVm]
+    ) -> None:
+        """A powered-off VM registered on the host that vCenter does not have there is
+        what a task left whose RegisterVm ran but whose reply was lost (the task
+        failed, the host kept it): unregistered, its files left on the datastore.
+        VMs with a task under way, or powered on, are left alone."""
+        known = {vm.name for vm in self._inventory.vms(host=name)}
+        for vm_name, vm in sorted(on_host.items()):
+            if vm_name in known or vm.powered_on or self._busy("vm", vm_name):
+                continue
+            try:
+                await link.call("UnregisterVm", hpb.HostVmRequest(name=vm_name))
+            except VimFault as fault:
+                log.warning("cannot unregister stray %s from %s: %s", vm_name, name, fault)
+                continue
+            del on_host[vm_name]
+            self._events.post(
+                "VmRemovedEvent",
+                f"{vm_name} was registered on {name} by a task that failed; "
+                "unregistered (its files stay on the datastore)",
+                host=name,
+                vm=vm_name,
+            )
 
     async def _register_inaccessible(self, name: str) -> None:
         """Tries again to mount what the connected host lacks and to register the VMs

@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 
 from vsim import validate
 from vsim.faults import (
+    CannotAccessFile,
     DuplicateName,
+    FileLocked,
     HostConnectFault,
     HostNotConnected,
     InvalidArgument,
@@ -306,8 +308,15 @@ class VmManager:
         for host in hosts:
             try:
                 return await self._hosts.call(host, "VerifyGuestDisk", host_request)
-            except (HostNotConnected, HostConnectFault, RequestTimeout, NotFound) as fault:
-                last = fault
+            except (
+                HostNotConnected,
+                HostConnectFault,
+                RequestTimeout,
+                NotFound,
+                CannotAccessFile,
+                FileLocked,
+            ) as fault:
+                last = fault  # that host cannot read it: the next one may
         raise last
 
     async def guest_luns(self, name: str) -> kpb.GuestLuns:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from vsim.virtual_time import VirtualEventLoop
@@ -25,6 +26,11 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        """Runs callback once `seconds` of this clock have passed (a timer on the
+        running loop; cancel the handle to call it off)."""
+        ...
 
 
 class WallClock:
@@ -45,6 +51,9 @@ class WallClock:
             # Its sleeps would take no real time while now() follows real time.
             raise TypeError("WallClock sleeps in real time; on the virtual loop use SimClock")
         await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds) / self.speed, callback)
 
 
 class SimClock:
@@ -110,6 +119,10 @@ class SimClock:
             await future
         finally:
             timer.cancel()
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        loop = self._bound()
+        return loop.call_at(loop.time() + max(0.0, seconds), callback)
 
     @property
     def next_deadline(self) -> float | None:

@@ -19,6 +19,7 @@ from vsim.cluster.cli import (
     lock,
     network,
     session,
+    sim,
     vm,
 )
 from vsim.cluster.cli.common import Handler
@@ -66,4 +67,5 @@ def build_parser() -> argparse.ArgumentParser:
     lock.add_commands(commands, command)
     fault.add_commands(commands, command)
     events.add_commands(commands, command)
+    sim.add_commands(commands, command)
     return parser

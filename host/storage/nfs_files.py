@@ -185,9 +185,11 @@ class NfsFile:
             raise InvalidState(f"{self.path} is closed")
         if writing and self.mode != LockMode.EXCLUSIVE:
             raise InvalidState(f"{self.path} is open read-only")
+        self.fs.manager.check_held(self._lock_key(), self.path)
+
+    def _lock_key(self) -> tuple[str, str]:
         manager = self.fs.manager
-        name = manager.lock_name(self.fileid, LOCK_TYPES[self.mode])
-        manager.check_held((self.directory, name), self.path)
+        return (self.directory, manager.lock_name(self.fileid, LOCK_TYPES[self.mode]))
 
     async def read(self, offset: int, count: int) -> bytes:
         self._check()
@@ -209,7 +211,14 @@ class NfsFile:
         check_span(offset, len(data))
         try:
             for at in range(0, len(data), MAX_TRANSFER):
-                await self.fs.client.write(self.handle, data[at : at + MAX_TRANSFER], offset + at)
+                chunk = data[at : at + MAX_TRANSFER]
+                await self.fs.manager.within_lease(
+                    self._lock_key(),
+                    self.path,
+                    lambda chunk=chunk, at=at: self.fs.client.write(
+                        self.handle, chunk, offset + at
+                    ),
+                )
         except NfsError as e:
             raise nfs_fault(e, self.path) from None
 

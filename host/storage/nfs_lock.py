@@ -37,11 +37,14 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked
+from vsim.runtime import Timeout
 from vsim.storage.nfs_export import Caller, CreateMode, NfsError, NfsExport, NfsStatus
+
+T = TypeVar("T")
 
 DISK_FILE_LOCK_UPDATE_FREQ = 10.0
 """NFS.DiskFileLockUpdateFreq: seconds between a holder's rewrites of its lock file."""
@@ -171,6 +174,9 @@ class NfsLockManager:
         self.boot = boot
         self.held: dict[tuple[str, str], _Held] = {}
         self.lost: set[tuple[str, str]] = set()
+        self.abandoned: set[tuple[str, str]] = set()
+        """Lock files in this boot's name it no longer uses: given up, lost, or whose
+        release never landed. Only this boot could renew them, so they are stale now."""
         self.stats: Counter[str] = Counter()
         self._watches: dict[tuple[str, str], _Watch] = {}
 
@@ -214,6 +220,7 @@ class NfsLockManager:
                     await self.client.remove(directory, name)
                 raise CannotAccessFile(f"cannot write the lock of {path}: {e}") from None
             self.held[key] = _Held(directory, name, handle, record, self.clock.now())
+            self.abandoned.discard(key)
             self._watches.pop(key, None)
             break
         try:
@@ -262,7 +269,7 @@ class NfsLockManager:
             return False  # released meanwhile
         record, age = seen
         watch = self._watches[key]
-        if age < STALE_AFTER and not self._from_earlier_boot(record):
+        if age < STALE_AFTER and not self._ours_unheld(record, key):
             holder = f"{record.host_name} ({record.owner})" if record else "another host"
             raise FileLocked(
                 f"{path} is locked by {holder}", holder=str(record.owner) if record else ""
@@ -284,15 +291,14 @@ class NfsLockManager:
         self.stats["locks_broken"] += 1
         return True
 
-    def _from_earlier_boot(self, record: LockFile | None) -> bool:
-        """Whether the record is this host's own from another of its boots, which no
-        longer runs: then the lock is stale now, whatever its age."""
-        return (
-            record is not None
-            and record.owner == self.host
-            and record.boot != 0
-            and record.boot != self.boot
-        )
+    def _ours_unheld(self, record: LockFile | None, key: tuple[str, str]) -> bool:
+        """Whether the record is this host's own and nothing of this host's uses it:
+        from another of its boots, which no longer runs, or from this boot but given
+        up or lost (a renewal missed past the give-up point; a release that never
+        landed: `abandoned`). Then the lock is stale now, whatever its age."""
+        if record is None or record.owner != self.host or record.boot == 0:
+            return False
+        return record.boot != self.boot or key in self.abandoned
 
     def _watch(self, key: tuple[str, str], content: bytes) -> float:
         """Seconds this host has seen the lock file's content unchanged."""
@@ -333,6 +339,9 @@ class NfsLockManager:
             # Otherwise it is another host's lock now (ours was broken): leave it.
         except NfsError:
             pass  # already gone
+        except Exception:
+            self.abandoned.add(key)  # the path failed: the file may still stand
+            raise
 
     async def renew(self) -> None:
         """Rewrites every held lock file (one 84-byte WRITE each). A lock whose file
@@ -387,9 +396,31 @@ class NfsLockManager:
                 f"host, or not renewed for {GIVE_UP_AFTER:.0f} s"
             )
 
+    async def within_lease(
+        self, key: tuple[str, str], path: str, command: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Runs an I/O under a held lock that must land, if at all, before this host's
+        give-up point (GIVE_UP_AFTER its last renewal was sent): one still unanswered
+        then (held in a hung host's ports, a slow path) is called off and the lock
+        given up, so no write of this host lands where another may hold the lock."""
+        self.check_held(key, path)
+        held = self.held.get(key)
+        if held is None:  # read-only opens of files another host holds are not leased
+            return await command()
+        left = held.renewed + GIVE_UP_AFTER - self.clock.now()
+        try:
+            async with Timeout(self.clock, left):
+                return await command()
+        except TimeoutError:
+            self._drop(key)
+            raise CannotAccessFile(
+                f"an I/O on {path} was unanswered at this host's give-up point for its lock"
+            ) from None
+
     def _drop(self, key: tuple[str, str]) -> None:
         self.held.pop(key, None)
         self.lost.add(key)
+        self.abandoned.add(key)
         self.stats["locks_lost"] += 1
 
     async def renew_forever(self) -> None:

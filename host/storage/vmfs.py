@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from vsim.clock import Clock
 from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument
+from vsim.runtime import Timeout
 from vsim.storage.lun import MAX_TRANSFER_BLOCKS, Lun
 from vsim.storage.scsi import RESERVATION_CONFLICT, ScsiError
 from vsim.storage.vmfs_format import (
@@ -58,6 +59,10 @@ HB_INTERVAL = 3.0
 HB_TIMEOUT = 16.0
 """Seconds without a heartbeat after which a host is presumed dead (and, for itself,
 after which it marks the volume lost access)."""
+LEASE_MARGIN = 0.5
+"""Seconds before HB_TIMEOUT at which an I/O still unanswered is called off: another
+host may break this host's locks at HB_TIMEOUT, and nothing of this host's may land
+at that same instant."""
 RESERVE_BACKOFF = (0.002, 0.05)
 """Seconds: the first backoff after a RESERVATION CONFLICT, and the most."""
 RESERVATION_RESET_AFTER = 2.0
@@ -147,10 +152,17 @@ class VmfsVolume:
         self.superblock: Superblock | None = None
         self.slot = -1
         self.lost_access = False
+        self.reclaimable = True
+        """Whether a lost access may end (see `reclaim`): not once the slot was
+        cleared by another host, or given back by an unmount."""
         self.stats: Counter[str] = Counter()
         self._slot_sector = b""
         self._last_heartbeat = 0.0
         self._watches: dict[tuple[int, uuid.UUID, int], _Watch] = {}
+        self._held: set[int] = set()
+        """Lock records this mount holds, as it knows: one on disk in this mount's
+        name but not here is an orphan (its release never landed), this host's to
+        take again."""
         self._in_doubt: dict[int, bytes] = {}
         """LBA -> the sector a COMPARE AND WRITE of this host's may have written: its
         reply was lost and the sector could not be read back. Should the sector be
@@ -198,6 +210,7 @@ class VmfsVolume:
             return
         finally:
             self.lost_access = True  # no more I/O through this mount
+            self.reclaimable = False
             self.lost_reason = "unmounted"
 
     @property
@@ -216,6 +229,9 @@ class VmfsVolume:
         current = HeartbeatSlot.unpack(self._slot_sector)
         bumped = replace(current, counter=current.counter + 1, owner_clock=self.clock.now())
         lba = sb.heartbeat_lba(self.slot)
+        # What others watch dates from when the bump was sent, not from its reply: a
+        # late reply must not stretch this host's lease past what they see.
+        issued = self.clock.now()
         try:
             await self.io(self.device.compare_and_write, lba, self._slot_sector, bumped.pack())
             written = True
@@ -227,22 +243,61 @@ class VmfsVolume:
                 return await self.heartbeat()
             if e.miscompare:
                 self._lose_access("another host cleared this host's heartbeat slot")
+                self.reclaimable = False
                 return False
             written = False
         except Exception:  # noqa: BLE001 - a path failure: did the bump land?
             written = await self._applied(lba, bumped.pack())
         if written:
             self._slot_sector = bumped.pack()
-            self._last_heartbeat = self.clock.now()
+            self._last_heartbeat = issued
             self.stats["heartbeats"] += 1
             return True
         self.stats["heartbeat_failures"] += 1
         return not self._heartbeat_too_old()
 
     async def heartbeat_forever(self) -> None:
-        """Heartbeats every HB_INTERVAL until the volume is lost."""
-        while await self.heartbeat():
+        """Heartbeats every HB_INTERVAL; once the volume is lost for want of
+        heartbeats (a path down, a host frozen), tries every HB_INTERVAL to take its
+        slot back, until that succeeds or the slot turns out cleared by another host
+        (then this mount's locks are gone, and the volume stays lost here)."""
+        while True:
+            if not await self.heartbeat() and not await self.reclaim():
+                if not self.reclaimable:
+                    return
             await self.clock.sleep(HB_INTERVAL)
+
+    async def reclaim(self) -> bool:
+        """Takes this host's heartbeat slot back after a lost access, if no other host
+        cleared it meanwhile: one COMPARE AND WRITE against what this host last wrote.
+        Safe because a host breaking this host's locks clears the slot first (with
+        the same atomic swap), so exactly one of the two wins. True when the volume
+        is usable again."""
+        if not (self.lost_access and self.reclaimable and self.superblock is not None):
+            return False
+        current = HeartbeatSlot.unpack(self._slot_sector)
+        bumped = replace(current, counter=current.counter + 1, owner_clock=self.clock.now())
+        issued = self.clock.now()
+        lba = self.superblock.heartbeat_lba(self.slot)
+        try:
+            await self.device.compare_and_write(lba, self._slot_sector, bumped.pack())
+        except ScsiError as e:
+            if not e.miscompare:
+                return False  # still no path, or the LUN is reserved: later
+            if e.data == self._in_doubt.get(lba):  # an earlier bump of ours did land
+                self._slot_sector = self._in_doubt.pop(lba)
+                return await self.reclaim()
+            if e.data != bumped.pack():  # not our own bump whose reply was lost
+                self.reclaimable = False
+                self.lost_reason = "another host cleared this host's heartbeat slot"
+                return False
+        except Exception:  # noqa: BLE001 - the path is still down: try again later
+            return False
+        self._slot_sector = bumped.pack()
+        self._last_heartbeat = issued
+        self.lost_access = False
+        self.stats["reclaims"] += 1
+        return True
 
     def _heartbeat_too_old(self) -> bool:
         """Whether the volume is lost: already, or now because this host's last good
@@ -286,9 +341,13 @@ class VmfsVolume:
                 self.stats["lost_replies"] += 1
                 if record.mode == mode and record.path == path:
                     await self._check_own_slot()
+                    self._held.add(index)
                     self.stats["locks"] += 1
                     return record
             mine = [o for o in record.owners if o == me]
+            if mine and index not in self._held:
+                mine = []  # an orphan of this mount's: taken again below
+                self.stats["orphans_retaken"] += 1
             if mine and (
                 mode == LockMode.EXCLUSIVE
                 or record.mode == LockMode.EXCLUSIVE
@@ -301,7 +360,7 @@ class VmfsVolume:
                 )
             if mine:
                 return record  # a shared lock this host already has
-            others = [o for o in record.owners if o.host != self.host]
+            others = [o for o in record.owners if o != me]
             live = [o for o in others if await self._alive(o)]
             if live and not (record.mode == mode and mode != LockMode.EXCLUSIVE):
                 holder = live[0]
@@ -319,6 +378,7 @@ class VmfsVolume:
             new = LockRecord(mode, record.generation + 1, owners, path)
             if await self.swap(sb.lock_lba(index), sector, new.pack()):
                 await self._check_own_slot()
+                self._held.add(index)
                 self.stats["locks"] += 1
                 return new
             self.stats["lock_races"] += 1
@@ -344,6 +404,8 @@ class VmfsVolume:
             raise CannotAccessFile(f"a lock record on the volume is damaged: {e}") from None
 
     async def unlock(self, index: int) -> None:
+        # Forgotten first: should the release not land, the record is an orphan.
+        self._held.discard(index)
         sb = self.mounted()
         while True:
             sector = await self.io(self.device.read, sb.lock_lba(index), 1)
@@ -415,8 +477,15 @@ class VmfsVolume:
             slot = self._slot(sector)
             if slot.owner == owner.host and slot.generation == owner.slot_generation:
                 cleared = HeartbeatSlot(SlotState.FREE, slot.generation + 1)
-                if await self.swap(lba, sector, cleared.pack()):
-                    self.stats["slots_cleared"] += 1
+                if not await self.swap(lba, sector, cleared.pack()):
+                    # The slot moved under us: its owner heartbeated again (it was
+                    # slow, not dead). Its locks are its own still.
+                    raise FileLocked(
+                        f"{record.path} is held by host {owner.host}, whose heartbeat "
+                        "moved again just as this host went to break the lock",
+                        holder=str(owner.host),
+                    )
+                self.stats["slots_cleared"] += 1
             self._watches.pop((owner.slot, owner.host, owner.slot_generation), None)
         self.stats["locks_broken"] += 1
 
@@ -495,9 +564,10 @@ class VmfsVolume:
         holder = None
         reset = False
         while True:
-            if self.slot >= 0:
-                self.mounted()  # no retried I/O once this host may have lost the volume
             try:
+                if self.slot >= 0:
+                    self.mounted()  # no retried I/O once this host may have lost the volume
+                    return await self._within_lease(command, args)
                 return await command(*args)
             except ScsiError as e:
                 if e.status != RESERVATION_CONFLICT:
@@ -519,6 +589,21 @@ class VmfsVolume:
                 continue
             await self.clock.sleep(backoff * (0.5 + self.rng.random()))
             backoff = min(backoff * 2, RESERVE_BACKOFF[1])
+
+    async def _within_lease(self, command: Callable[..., Awaitable[Any]], args: tuple) -> Any:
+        """Runs a command that must land, if at all, while this host's heartbeat lease
+        holds (HB_TIMEOUT - LEASE_MARGIN after its last good heartbeat was sent):
+        after HB_TIMEOUT others
+        may break its locks, so a command still unanswered then (held in a hung host's
+        ports or a slow path) is called off, and the volume is lost."""
+        left = self._last_heartbeat + HB_TIMEOUT - LEASE_MARGIN - self.clock.now()
+        try:
+            async with Timeout(self.clock, left):
+                return await command(*args)
+        except TimeoutError:
+            self._lose_access(f"an I/O was unanswered when the {HB_TIMEOUT:.0f} s lease ran out")
+            label = self.superblock.label if self.superblock is not None else "?"
+            raise CannotAccessFile(f"lost access to volume {label}: {self.lost_reason}") from None
 
 
 class LunDevice:

@@ -96,6 +96,9 @@ class VmxProcess:
         self._next_seq = max(self._next_seq, found.highest_seq + 1)
         self.acked_seq = max(self.acked_seq, found.highest_seq)
         interval = 1.0 / self.guest_write_iops
+        # The guest's first write comes a random part of an interval after it starts
+        # (its own boot), so guests and heartbeats do not all tick in one phase.
+        await self.clock.sleep(self.runtime.random.uniform(0, interval))
         failing_since: float | None = None
         backoff = RETRY_BACKOFF[0]
         while not self._stopping:

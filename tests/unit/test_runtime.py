@@ -90,6 +90,10 @@ class AskedClock:
     async def sleep(self, seconds: float) -> None:
         self.asked.append(seconds)
 
+    def call_later(self, seconds: float, callback) -> asyncio.TimerHandle:
+        self.asked.append(seconds)
+        return asyncio.get_running_loop().call_soon(callback)
+
 
 async def test_a_timeout_is_that_many_seconds_of_the_runtimes_clock():
     """The timeout is asked of the runtime's own clock in its seconds (a WallClock
