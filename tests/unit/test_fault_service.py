@@ -13,7 +13,7 @@ from vclab import Lab
 
 from vsim.cluster.client import VCenterClient
 from vsim.cluster.fault_service import FaultService
-from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated, NotFound
+from vsim.faults import InvalidArgument, InvalidState, NoPermission, NotAuthenticated, NotFound
 from vsim.iscsi import initiator_name
 from vsim.passwords import hash_password
 from vsim.spec import ClusterSpec
@@ -175,3 +175,55 @@ async def test_clear_mends_every_disk_and_is_an_event(lab):
     assert lab.array.latency == {}
     (event,) = await events_of(lab, "FaultClearedEvent")
     assert event.message == "Cleared 2 fault(s)"
+
+
+# host faults, through the in-process engine's fault methods
+
+
+async def test_crash_and_power_on_act_on_the_engine_and_are_events(lab):
+    answer = await lab.client.crash_host("esxi-01")
+    assert lab.engine.running("esxi-01") is None
+    assert [(f.kind, f.target) for f in answer.faults] == [("host-crash", "esxi-01")]
+    before = state(lab)
+    for again in (
+        lab.client.crash_host("esxi-01"),
+        lab.client.hang_host("esxi-01", 5),
+        lab.client.set_link("esxi-01", "storage", "down"),
+    ):
+        with pytest.raises(InvalidState, match="crashed; power it on"):
+            await again
+    assert state(lab) == before
+    await lab.client.power_on_host("esxi-01")
+    assert lab.engine.running("esxi-01") is not None
+    assert list((await lab.client.faults()).faults) == []
+    messages = [e.message for e in await events_of(lab, "FaultInjectedEvent")]
+    assert messages == ["Crashed host esxi-01 (pulled the plug)", "Powered on host esxi-01"]
+
+
+async def test_links_cut_one_network_and_clear_mends_them(lab):
+    await lab.client.set_link("esxi-02", "storage", "down")
+    await lab.client.set_link("esxi-02", "vmotion", "down")
+    assert not lab.engine.link_up("esxi-02", "storage")
+    assert not lab.engine.link_up("esxi-02", "vmotion")
+    assert lab.engine.link_up("esxi-02", "management")
+    listed = await lab.client.faults()
+    assert sorted(f.detail for f in listed.faults) == ["storage down", "vmotion down"]
+    await lab.client.set_link("esxi-02", "vmotion", "up")
+    assert lab.engine.link_up("esxi-02", "vmotion")
+    await lab.client.crash_host("esxi-01")
+    answer = await lab.client.clear_faults()
+    assert answer.message == "Cleared 2 fault(s)"
+    assert lab.engine.link_up("esxi-02", "storage")
+    assert lab.engine.running("esxi-01") is not None
+
+
+async def test_a_hang_is_listed_until_it_ends_by_itself(lab):
+    await lab.client.hang_host("esxi-02", 20)
+    assert lab.engine.hung("esxi-02")
+    (hang,) = (await lab.client.faults()).faults
+    assert (hang.kind, hang.target, hang.detail) == ("host-hang", "esxi-02", "for 20.0 s more")
+    answer = await lab.client.clear_faults()
+    assert "esxi-02 in 20.0 s" in answer.message  # clear leaves a hang to end
+    await lab.clock.sleep(21)
+    assert not lab.engine.hung("esxi-02")
+    assert list((await lab.client.faults()).faults) == []

@@ -128,7 +128,8 @@ class FaultsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClearFaults(self, request, context):
-        """Mends everything: crashed hosts powered on, hangs ended, links up, disks fast.
+        """Mends everything: crashed hosts powered on, links up, disks fast (a hang ends
+        by itself; the message says when).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
