@@ -70,6 +70,9 @@ class RayEngine:
         self._specs: dict[str, HostSpec] = {}
         """What each host was provisioned with by this engine object (power_on_host
         boots a crashed host from it; vCenter provisions every host it starts with)."""
+        self._crashed: set[str] = set()
+        """Hosts the fault service crashed: off until powered on, even where vCenter's
+        monitor would boot a host whose machine is up (docker-compose)."""
 
     def _actor(self, name: str):  # -> ray.actor.ActorHandle | None
         try:
@@ -127,8 +130,10 @@ class RayEngine:
         return {}
 
     async def can_boot(self, name: str) -> bool:
-        """With machines: whether a live Ray node offers the host's resource (its
-        container is up)."""
+        """Not while the fault service has it crashed; with machines: whether a live
+        Ray node offers the host's resource (its container is up)."""
+        if name in self._crashed:
+            return False
         if not self.machines:
             return True
 
@@ -181,6 +186,7 @@ class RayEngine:
         """Pulls the plug: the actor's process dies at once, nothing is flushed or
         released (its VMFS heartbeat and locks stay on disk, going stale)."""
         ray.kill(self._running_actor(name), no_restart=True)
+        self._crashed.add(name)
 
     async def hang_host(self, name: str, seconds: float) -> None:
         """hostd stops answering and the host's I/O stalls for `seconds` (0 ends it)."""
@@ -194,6 +200,7 @@ class RayEngine:
         spec = self._specs.get(name)
         if spec is None:
             raise InvalidState(f"this vCenter has not booted {name}, so cannot boot it again")
+        self._crashed.discard(name)
         await self.provision(spec)
 
     async def set_link(self, name: str, network: str, up: bool) -> None:
