@@ -9,6 +9,8 @@ pins the server's SHA-256 thumbprint: connecting to a server that presents anoth
 certificate raises SSLVerifyFault before anything is sent. `VCenterClient.in_process`
 reaches a vCenter core in this process through the same dispatch table instead (the
 unit tests drive vCenter this way). `call(method, request)` reaches any RPC by name.
+The fault methods (`crash_host`, `set_link`, ...) call the Faults service vCenter
+serves beside VCenter (proto/vsim/v1/fault.proto), on the same channel and session.
 """
 
 from __future__ import annotations
@@ -22,18 +24,29 @@ from vsim.faults import InvalidArgument, fault_from_proto
 from vsim.rpc import RpcClient, open_channel
 from vsim.tls import normalize_thumbprint
 from vsim.v1 import common_pb2
+from vsim.v1 import fault_pb2 as fpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["VCenter"]
+FAULTS = fpb.DESCRIPTOR.services_by_name["Faults"]
 FINISHED = (common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR)
 IN_PROCESS = "in-process"
 """The endpoint of an in-process client."""
 
 
 class VCenterClient:
-    def __init__(self, rpc: Transport, endpoint: str, thumbprint: str, session: str | None) -> None:
+    def __init__(
+        self,
+        rpc: Transport,
+        endpoint: str,
+        thumbprint: str,
+        session: str | None,
+        faults: Transport | None = None,
+    ) -> None:
         self._rpc = rpc
+        self._faults = faults
+        """The Faults service's line (the same channel as rpc's), if the server has one."""
         self.endpoint = endpoint
         self.thumbprint = thumbprint
         self.session = session
@@ -54,14 +67,29 @@ class VCenterClient:
             hint="If you expected this (the vCenter was set up again), run "
             "`vsim login --accept-new-thumbprint`",
         )
-        return cls(RpcClient(channel, SERVICE), endpoint, presented, session)
+        # One channel for both services; closing the VCenter line closes it.
+        return cls(
+            RpcClient(channel, SERVICE), endpoint, presented, session, RpcClient(channel, FAULTS)
+        )
 
     @classmethod
-    def in_process(cls, table: DispatchTable, session: str | None = None) -> VCenterClient:
+    def in_process(
+        cls,
+        table: DispatchTable,
+        session: str | None = None,
+        faults: DispatchTable | None = None,
+    ) -> VCenterClient:
         """A client of a vCenter core in this process, through its dispatch table
-        (`VCenter.table`): the same session check, message copies and faults as over
-        gRPC, without sockets or certificates (the thumbprint is "")."""
-        return cls(LocalTransport(table), IN_PROCESS, "", session)
+        (`VCenter.table`; `faults`: the fault service's): the same session check,
+        message copies and faults as over gRPC, without sockets or certificates (the
+        thumbprint is "")."""
+        return cls(
+            LocalTransport(table),
+            IN_PROCESS,
+            "",
+            session,
+            LocalTransport(faults) if faults is not None else None,
+        )
 
     async def __aenter__(self) -> VCenterClient:
         return self
@@ -81,6 +109,47 @@ class VCenterClient:
         request exactly as given. The same session, copies and faults as the typed
         methods."""
         return await self._call(method, request)
+
+    # faults of the physical layer (the Faults service; administrators only)
+
+    async def _fault(self, method: str, request: Message) -> fpb.FaultState:
+        if self._faults is None:
+            raise InvalidArgument(
+                f"{method}: this client has no line to a fault service (an in-process "
+                "client made without one)"
+            )
+        return await self._faults.call(method, request, self.session)
+
+    async def crash_host(self, host: str) -> fpb.FaultState:
+        """Pulls the host's plug: its process dies, nothing is flushed."""
+        return await self._fault("CrashHost", fpb.HostFaultRequest(host=host))
+
+    async def hang_host(self, host: str, seconds: float = 30.0) -> fpb.FaultState:
+        """hostd stops answering and the host's I/O stalls for `seconds`."""
+        return await self._fault("HangHost", fpb.HangHostRequest(host=host, seconds=seconds))
+
+    async def power_on_host(self, host: str) -> fpb.FaultState:
+        """Boots a crashed host again; vCenter reattaches it."""
+        return await self._fault("PowerOnHost", fpb.HostFaultRequest(host=host))
+
+    async def set_link(self, host: str, network: str, state: str) -> fpb.FaultState:
+        """network: management, storage or vmotion; state: down or up."""
+        request = fpb.SetLinkRequest(host=host, network=network, state=state)
+        return await self._fault("SetLink", request)
+
+    async def set_disk_latency(self, datastore: str, milliseconds: float) -> fpb.FaultState:
+        """Every command on the datastore's LUN or export is this late (0 mends it)."""
+        request = fpb.DiskLatencyRequest(datastore=datastore, milliseconds=milliseconds)
+        return await self._fault("SetDiskLatency", request)
+
+    async def restart_array(self) -> fpb.FaultState:
+        return await self._fault("RestartArray", fpb.RestartArrayFaultRequest())
+
+    async def faults(self) -> fpb.FaultState:
+        return await self._fault("ListFaults", fpb.ListFaultsRequest())
+
+    async def clear_faults(self) -> fpb.FaultState:
+        return await self._fault("ClearFaults", fpb.ClearFaultsRequest())
 
     # sessions
 

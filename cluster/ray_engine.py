@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 
 from vsim.clock import Clock
-from vsim.faults import HostConnectFault
+from vsim.faults import HostConnectFault, InvalidState, VimFault, fault_from_proto
 from vsim.host.actor import EsxiHost
 from vsim.host.hostd.client import GrpcHostPort
 from vsim.passwords import hash_password
@@ -67,6 +67,12 @@ class RayEngine:
         self.hosts_bind = hosts_bind
         self.hosts_advertise = hosts_advertise
         self.machines = hosts_advertise == "node"
+        self._specs: dict[str, HostSpec] = {}
+        """What each host was provisioned with by this engine object (power_on_host
+        boots a crashed host from it; vCenter provisions every host it starts with)."""
+        self._crashed: set[str] = set()
+        """Hosts the fault service crashed: off until powered on, even where vCenter's
+        monitor would boot a host whose machine is up (docker-compose)."""
 
     def _actor(self, name: str):  # -> ray.actor.ActorHandle | None
         try:
@@ -78,6 +84,7 @@ class RayEngine:
         return self.data_dir / "hosts" / name
 
     async def provision(self, spec: HostSpec) -> str:
+        self._specs[spec.name] = spec
         actor = self._actor(spec.name)
         if actor is None:
             actor = await self._create(spec)
@@ -123,8 +130,10 @@ class RayEngine:
         return {}
 
     async def can_boot(self, name: str) -> bool:
-        """With machines: whether a live Ray node offers the host's resource (its
-        container is up)."""
+        """Not while the fault service has it crashed; with machines: whether a live
+        Ray node offers the host's resource (its container is up)."""
+        if name in self._crashed:
+            return False
         if not self.machines:
             return True
 
@@ -164,6 +173,53 @@ class RayEngine:
                 pass
             ray.kill(actor, no_restart=True)
         await asyncio.to_thread(shutil.rmtree, self.host_dir(name), True)
+
+    # faults (the fault service's FaultEngine)
+
+    def _running_actor(self, name: str):  # -> ray.actor.ActorHandle
+        actor = self._actor(name)
+        if actor is None:
+            raise InvalidState(f"{name} is not running (crashed or powered off); power it on")
+        return actor
+
+    async def crash_host(self, name: str) -> None:
+        """Pulls the plug: the actor's process dies at once, nothing is flushed or
+        released (its VMFS heartbeat and locks stay on disk, going stale)."""
+        ray.kill(self._running_actor(name), no_restart=True)
+        self._crashed.add(name)
+
+    async def hang_host(self, name: str, seconds: float) -> None:
+        """hostd stops answering and the host's I/O stalls for `seconds` (0 ends it)."""
+        await self._ask(name, self._running_actor(name).hang.remote(seconds))
+
+    async def power_on_host(self, name: str) -> None:
+        """Boots a crashed host again, with its certificate and accounts (its data
+        dir); vCenter's monitor reattaches it."""
+        if self._actor(name) is not None:
+            raise InvalidState(f"{name} is running; only a crashed host can be powered on")
+        spec = self._specs.get(name)
+        if spec is None:
+            raise InvalidState(f"this vCenter has not booted {name}, so cannot boot it again")
+        self._crashed.discard(name)
+        await self.provision(spec)
+
+    async def set_link(self, name: str, network: str, up: bool) -> None:
+        """Cuts or mends one network at the host's own ports (see host/uplinks.py)."""
+        await self._ask(name, self._running_actor(name).set_link.remote(network, up))
+
+    async def _ask(self, name: str, call) -> object:  # call: a Ray ObjectRef
+        try:
+            return await asyncio.wait_for(call, 30)
+        except VimFault:
+            raise
+        except ray.exceptions.RayTaskError as e:
+            cause = e.as_instanceof_cause()
+            if isinstance(cause, VimFault):
+                raise fault_from_proto(cause.to_proto()) from None
+            failed = type(cause).__name__
+            raise HostConnectFault(f"{name} did not take the fault: {failed}") from None
+        except Exception as e:  # noqa: BLE001 - a dead or unplaceable actor
+            raise HostConnectFault(f"{name} did not take the fault: {type(e).__name__}") from None
 
     async def close(self) -> None:
         pass

@@ -55,6 +55,7 @@ async def serve_vcenter(
     """Runs vCenter until SIGINT/SIGTERM; the hosts' actors keep running after it."""
     import ray
 
+    from vsim.cluster.fault_service import fault_services
     from vsim.cluster.ray_engine import ray_engines
     from vsim.vcenter.datastore import ArrayRef
     from vsim.vcenter.server import start_vcenter
@@ -73,6 +74,7 @@ async def serve_vcenter(
         bind=bind,
         clock=WallClock(clock_speed),
         array=ArrayRef(array_endpoint, info["thumbprint"]),
+        services=fault_services,
     )
     print(json.dumps({"endpoint": running.endpoint, "thumbprint": running.thumbprint}), flush=True)
     try:

@@ -257,6 +257,7 @@ async def _run(
     """Starts the cluster, serves until a signal, stops it in order; the stop report."""
     import ray
 
+    from vsim.cluster.fault_service import fault_services
     from vsim.cluster.ray_engine import ray_engines
     from vsim.vcenter.server import start_vcenter
 
@@ -295,6 +296,7 @@ async def _run(
             clock=WallClock(options.clock_speed),
             array=ArrayRef(array.endpoint, array.identity.thumbprint, array.array.management_key),
             on_event=_progress_of,
+            services=fault_services,
         )
         try:
             endpoint = client_endpoint(options.bind, int(running.endpoint.rsplit(":", 1)[1]))

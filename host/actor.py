@@ -5,8 +5,13 @@ vCenter restart). It is given root's password hash, never the password. It keeps
 its certificate and local accounts in its data dir, and serves hostd (the HostAgent
 service, with health and reflection) on its own TLS port from the actor's loop.
 The host itself is assembled by host/boot.py, as in the in-process engine; this
-shell adds only the boot lock, the TLS server and Ray's naming. Everything reaches
-the host through hostd's API, behind its session check.
+shell adds only the boot lock, the TLS server, Ray's naming and the host's uplinks.
+Everything reaches the host through hostd's API, behind its session check.
+
+The uplinks (host/uplinks.py) are what the fault service breaks on a live host,
+through Ray rather than hostd (so a host whose management network is cut can still
+be mended): hostd's server crosses management, the host's lines to the array cross
+storage, and a hang stalls both.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from vsim.clock import Clock, WallClock
 from vsim.faults import HostConnectFault
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.storage.array_client import GrpcStoragePorts
+from vsim.host.uplinks import Uplinks, over_uplink
 from vsim.rpc import start_server
 from vsim.runtime import Runtime
 from vsim.spec import HostSpec
@@ -78,12 +84,13 @@ class EsxiHost:
         # One actor is one boot. A live runtime: its boot id is random, as a real
         # host's is, and its session tokens come from the OS (the simulator seeds both).
         self.runtime = Runtime.live(self._clock, spec.name)
+        self.uplinks = Uplinks(spec.name, self._clock)
         self.hostd = boot_host(
             spec,
             LocalDisk.in_directory(self._dir),
             root_password_hash,
             self.runtime,
-            GrpcStoragePorts(),
+            GrpcStoragePorts(self.uplinks),
         )
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
         self._server: Any = None
@@ -96,15 +103,29 @@ class EsxiHost:
             if self._boot_lock is None:  # before hostd can open a disk
                 self._boot_lock = await hold_boot_lock(self._dir, self._name, self._clock)
             if self._server is None:
-                self._server, port = await start_server(
-                    self.identity, self._bind, 0, [self.hostd.table]
-                )
+                table = over_uplink(self.hostd.table, self.uplinks, "management")
+                self._server, port = await start_server(self.identity, self._bind, 0, [table])
                 self._endpoint = f"{self._advertise}:{port}"
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}
 
     async def info(self) -> dict[str, str]:
         """Where hostd listens ("" before boot) and the host's thumbprint."""
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}
+
+    # faults (the fault service's, through Ray)
+
+    async def hang(self, seconds: float) -> dict[str, object]:
+        """hostd stops answering and the host's I/O stalls for `seconds` (0: ends it)."""
+        self.uplinks.hang(seconds)
+        return self.uplinks.state()
+
+    async def set_link(self, network: str, up: bool) -> dict[str, object]:
+        """Cuts or mends one of the host's networks; the others keep working."""
+        self.uplinks.set_link(network, up)
+        return self.uplinks.state()
+
+    async def uplink_state(self) -> dict[str, object]:
+        return self.uplinks.state()
 
     async def shutdown(self) -> None:
         await self.hostd.close()

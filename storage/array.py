@@ -11,6 +11,12 @@ does not exist (LOGICAL UNIT NOT SUPPORTED), as LUN masking does. Initiators nam
 themselves (no CHAP), so masking is changed only by a caller holding the management
 key, never by the hosts, which are only ever given the array's endpoint.
 
+Faults of the physical layer live here too, so the gRPC service and in-process
+hosts get the same ones: an injected latency per LUN or export (every command waits
+on the array's clock first, as behind a slow disk) and `restart()`, the array
+program restarting inside itself (reservations and commands in flight dropped,
+everything else reloaded from its files).
+
 LUN serials come from the array's runtime, the management key from its secure
 random (the OS's CSPRNG when live), so a simulated array is the same from the same
 seed.
@@ -18,8 +24,10 @@ seed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import math
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -38,10 +46,18 @@ MIN_LUN_BYTES = 1024**2
 MAX_LUN_BYTES = 64 * 1024**4
 MAX_LUNS = 256
 EXPORT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+MAX_LATENCY = 60.0
+"""The most injected latency (seconds): far past every timeout a host has (16 s
+heartbeat, 140 s APD are reached by many late commands, not one)."""
 
 
 class ArrayError(ValueError):
     """A management request the array refuses (bad size, name taken, ...)."""
+
+
+class ConnectionDropped(ConnectionResetError):
+    """The array restarted while a command waited: the command was not carried out
+    (its connection is gone, as when a target reboots), so the initiator retries."""
 
 
 class StorageArray:
@@ -54,6 +70,10 @@ class StorageArray:
         self.lun_names: dict[int, str] = {}
         """The name the storage admin gave a LUN (optional; unique)."""
         self.exports: dict[str, NfsExport] = {}
+        self.latency: dict[tuple[str, int | str], float] = {}
+        """("lun", id) or ("export", name) -> injected seconds per command."""
+        self.generation = 0
+        """Restarts so far; a command that waited across one is dropped."""
         self.management_key = self._management_key()
         self._load()
 
@@ -74,8 +94,13 @@ class StorageArray:
         if not path.exists():
             return
         config = json.loads(path.read_text())
+        self.masking.clear()
+        self.lun_names.clear()
         for lun in config.get("luns", []):
-            self._open_lun(lun["id"], lun["size"], lun["serial"])
+            if lun["id"] in self.luns:  # a restart: the same object, its file reopened
+                self.luns[lun["id"]].reopen()
+            else:
+                self._open_lun(lun["id"], lun["size"], lun["serial"])
             self.masking[lun["id"]] = set(lun["initiators"])
             if lun.get("name"):
                 self.lun_names[lun["id"]] = lun["name"]
@@ -83,7 +108,10 @@ class StorageArray:
             options = ExportOptions(
                 **{**export["options"], "clients": tuple(export["options"]["clients"])}
             )
-            self._open_export(export["name"], options)
+            if export["name"] in self.exports:
+                self.exports[export["name"]].reopen(options)
+            else:
+                self._open_export(export["name"], options)
 
     def _save(self) -> None:
         config = {
@@ -116,6 +144,77 @@ class StorageArray:
     def close(self) -> None:
         for lun in self.luns.values():
             lun.close()
+
+    # faults
+
+    def restart(self) -> list[int]:
+        """The array program restarts inside itself, as after a controller reboot:
+        every SCSI-2 reservation is dropped (they are volatile), commands waiting are
+        dropped (ConnectionDropped), counters start again, and LUNs, masking, names and
+        exports are reloaded from array.json and the LUN files; the data is kept.
+        Lun and NfsExport objects stay the same ones, so in-process hosts holding them
+        go on (as a host's iSCSI session logs in again). Returns the LUNs whose
+        reservation was dropped."""
+        dropped = sorted(i for i, lun in self.luns.items() if lun.reservation is not None)
+        self.generation += 1
+        self._load()
+        return dropped
+
+    def set_latency(self, name: str, seconds: float) -> None:
+        """Every command to the LUN named `name` and every operation on the export
+        named `name` waits `seconds` first (0 mends it)."""
+        lun = self.lun_named(name)
+        if lun is None and name not in self.exports:
+            raise ArrayError(f"the array has no LUN or export named {name[:80]!r}")
+        if lun is not None:
+            self.set_lun_latency(lun, seconds)
+        if name in self.exports:
+            self.set_export_latency(name, seconds)
+
+    def set_lun_latency(self, lun_id: int, seconds: float) -> None:
+        if lun_id not in self.luns:
+            raise ArrayError(f"no LUN {lun_id}")
+        self._set_latency(("lun", lun_id), seconds)
+
+    def set_export_latency(self, name: str, seconds: float) -> None:
+        if name not in self.exports:
+            raise ArrayError(f"no export named {name[:80]!r}")
+        self._set_latency(("export", name), seconds)
+
+    def _set_latency(self, key: tuple[str, int | str], seconds: float) -> None:
+        check_latency(seconds)
+        if seconds:
+            self.latency[key] = float(seconds)
+        else:
+            self.latency.pop(key, None)
+
+    def lun_latency(self, lun_id: int) -> float:
+        return self.latency.get(("lun", lun_id), 0.0)
+
+    def export_latency(self, name: str) -> float:
+        return self.latency.get(("export", name), 0.0)
+
+    async def lun_command(self, lun_id: int) -> None:
+        """Awaited before each command to a LUN: its injected latency, on the array's
+        clock; ConnectionDropped if the array restarted meanwhile."""
+        await self._wait(("lun", lun_id))
+
+    async def export_operation(self, name: str) -> None:
+        """Awaited before each operation on an export, as `lun_command`."""
+        await self._wait(("export", name))
+
+    async def _wait(self, key: tuple[str, int | str]) -> None:
+        seconds = self.latency.get(key, 0.0)
+        if not seconds:
+            await asyncio.sleep(0)  # a round trip still lets other tasks run
+            return
+        generation = self.generation
+        await self.runtime.sleep(seconds)
+        if self.generation != generation:
+            raise ConnectionDropped(
+                f"the array restarted while a command to {key[0]} {key[1]} waited; "
+                "it was not carried out"
+            )
 
     # management
 
@@ -205,6 +304,14 @@ class StorageArray:
         if export is None:
             raise NfsError(NfsStatus.NOENT, f"no export named {name[:80]!r}")
         return export
+
+
+def check_latency(seconds: float) -> float:
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_LATENCY):
+        raise ArrayError(
+            f"latency must be 0-{MAX_LATENCY:g} seconds (0 mends the disk), got {seconds!r}"
+        )
+    return seconds
 
 
 def check_initiator(initiator: str) -> str:

@@ -70,6 +70,14 @@ class Lun:
     def blocks(self) -> int:
         return self.size_bytes // SECTOR
 
+    def reopen(self) -> None:
+        """The array program restarted: the file is opened again, the reservation
+        and the counters (volatile state) are gone."""
+        self.close()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_DSYNC)
+        self.reservation = None
+        self.stats.clear()
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

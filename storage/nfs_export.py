@@ -108,6 +108,13 @@ class NfsExport:
         self._verifiers: dict[int, bytes] = {}
         """fileid -> the verifier of the EXCLUSIVE create that made the file."""
 
+    def reopen(self, options: ExportOptions) -> None:
+        """The array program restarted: the options as its config file says, the
+        counters gone. Exclusive-create verifiers are kept, as servers keep them in
+        the file's attributes so a create retried across a reboot still matches."""
+        self.options = options
+        self.stats = ExportStats()
+
     # access
 
     def _enter(self, caller: Caller, operation: str) -> None:

@@ -2,6 +2,9 @@
 
 SCSI and NFS outcomes travel in the response (a RESERVATION CONFLICT is an answer,
 not a failure); management requests the array refuses fail with InvalidArgument.
+Each SCSI command and NFS operation first waits out its LUN's or export's injected
+latency on the array's clock; one the array restarted under fails with
+HostConnectFault (its connection dropped, it was not carried out).
 Management calls (LUNs, masking, exports, the array's state and counters) need the
 array's management key as their session (`@needs(ADMINISTRATOR)`): hosts reach SCSI
 and NFS only. `ArrayService.table` is the service's one dispatch table.
@@ -9,12 +12,12 @@ and NFS only. `ArrayService.table` is the service's one dispatch table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vsim.dispatch import ADMINISTRATOR, PUBLIC, DispatchTable, Entry, Need, needs
-from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated
-from vsim.storage.array import DEFAULT_LUN_BYTES, ArrayError, StorageArray
+from vsim.faults import HostConnectFault, InvalidArgument, NoPermission, NotAuthenticated
+from vsim.storage.array import DEFAULT_LUN_BYTES, ArrayError, ConnectionDropped, StorageArray
 from vsim.storage.lun import Lun
 from vsim.storage.nfs_export import (
     Attributes,
@@ -80,6 +83,14 @@ class ArrayService:
             raise NoPermission(f"{entry.name}: the management key is not this array's")
         return None
 
+    @staticmethod
+    async def _arrive(wait: Awaitable[None]) -> None:
+        """A command's injected latency; a restart meanwhile drops it."""
+        try:
+            await wait
+        except ConnectionDropped as e:
+            raise HostConnectFault(str(e)) from None
+
     # SCSI
 
     def _lun(self, r: pb.ScsiRequest) -> Lun:
@@ -90,7 +101,9 @@ class ArrayService:
         return _scsi(lambda: pb.ScsiResponse(luns=self.array.report_luns(r.initiator)))
 
     @needs(PUBLIC)
-    def Inquiry(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def Inquiry(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
+
         def run() -> pb.ScsiResponse:
             i = self._lun(r).inquiry(r.initiator)
             return pb.ScsiResponse(vendor=i.vendor, product=i.product, serial=i.serial, ats=i.ats)
@@ -98,7 +111,9 @@ class ArrayService:
         return _scsi(run)
 
     @needs(PUBLIC)
-    def ReadCapacity(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def ReadCapacity(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
+
         def run() -> pb.ScsiResponse:
             last_lba, block_length = self._lun(r).read_capacity(r.initiator)
             return pb.ScsiResponse(last_lba=last_lba, block_length=block_length)
@@ -106,29 +121,35 @@ class ArrayService:
         return _scsi(run)
 
     @needs(PUBLIC)
-    def Read(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def Read(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
         return _scsi(lambda: pb.ScsiResponse(data=self._lun(r).read(r.initiator, r.lba, r.blocks)))
 
     @needs(PUBLIC)
-    def Write(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def Write(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
         return _scsi(lambda: self._done(self._lun(r).write(r.initiator, r.lba, r.data)))
 
     @needs(PUBLIC)
-    def CompareAndWrite(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def CompareAndWrite(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
         return _scsi(
             lambda: self._done(self._lun(r).compare_and_write(r.initiator, r.lba, r.verify, r.data))
         )
 
     @needs(PUBLIC)
-    def Reserve(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def Reserve(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
         return _scsi(lambda: self._done(self._lun(r).reserve(r.initiator)))
 
     @needs(PUBLIC)
-    def Release(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def Release(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
         return _scsi(lambda: self._done(self._lun(r).release(r.initiator)))
 
     @needs(PUBLIC)
-    def LunReset(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+    async def LunReset(self, r: pb.ScsiRequest, _: Any) -> pb.ScsiResponse:
+        await self._arrive(self.array.lun_command(r.lun))
         return _scsi(lambda: self._done(self._lun(r).reset(r.initiator)))
 
     @staticmethod
@@ -147,7 +168,9 @@ class ArrayService:
         return pb.NfsResponse(handle=handle, attributes=_attributes(attributes))
 
     @needs(PUBLIC)
-    def NfsLookup(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsLookup(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             return self._entry(export.lookup(caller, r.handle, r.name))
@@ -155,7 +178,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsGetattr(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsGetattr(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             return pb.NfsResponse(
@@ -165,7 +190,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsCreate(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsCreate(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             try:
@@ -179,7 +206,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsMkdir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsMkdir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             return self._entry(export.mkdir(caller, r.handle, r.name))
@@ -187,7 +216,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsRead(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsRead(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             data, eof = export.read(caller, r.handle, r.offset, r.count)
@@ -196,7 +227,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsWrite(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsWrite(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             return pb.NfsResponse(count=export.write(caller, r.handle, r.offset, r.data, r.stable))
@@ -204,7 +237,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsRemove(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsRemove(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             export.remove(caller, r.handle, r.name)
@@ -213,7 +248,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsRename(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsRename(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             export.rename(caller, r.handle, r.name, r.to_handle, r.to_name)
@@ -222,7 +259,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsReaddir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsReaddir(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             entries = [
@@ -234,7 +273,9 @@ class ArrayService:
         return _nfs(run)
 
     @needs(PUBLIC)
-    def NfsFsstat(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+    async def NfsFsstat(self, r: pb.NfsRequest, _: Any) -> pb.NfsResponse:
+        await self._arrive(self.array.export_operation(r.export))
+
         def run() -> pb.NfsResponse:
             export, caller = self._export(r)
             total, free = export.fsstat(caller)
@@ -282,6 +323,7 @@ class ArrayService:
             initiators=sorted(self.array.masking[lun.id]),
             reserved_by=lun.reservation or "",
             name=self.array.lun_names.get(lun.id, ""),
+            latency_seconds=self.array.lun_latency(lun.id),
         )
 
     @needs(ADMINISTRATOR)
@@ -298,8 +340,7 @@ class ArrayService:
             raise InvalidArgument(str(e)) from None
         return self._export_info(export)
 
-    @staticmethod
-    def _export_info(export: NfsExport) -> pb.ExportInfo:
+    def _export_info(self, export: NfsExport) -> pb.ExportInfo:
         o = export.options
         return pb.ExportInfo(
             name=export.name,
@@ -307,6 +348,27 @@ class ArrayService:
             async_writes=not o.sync,
             root_squash=o.root_squash,
             clients=list(o.clients),
+            latency_seconds=self.array.export_latency(export.name),
+        )
+
+    @needs(ADMINISTRATOR)
+    def SetLatency(self, r: pb.SetLatencyRequest, _: Any) -> pb.ArrayInfo:
+        if r.HasField("lun") == bool(r.export):
+            raise InvalidArgument("SetLatency names exactly one of lun and export")
+        try:
+            if r.HasField("lun"):
+                self.array.set_lun_latency(r.lun, r.seconds)
+            else:
+                self.array.set_export_latency(r.export, r.seconds)
+        except ArrayError as e:
+            raise InvalidArgument(str(e)) from None
+        return self.GetArray(pb.GetArrayRequest(), None)
+
+    @needs(ADMINISTRATOR)
+    def RestartArray(self, r: pb.RestartArrayRequest, _: Any) -> pb.RestartArrayResponse:
+        dropped = self.array.restart()
+        return pb.RestartArrayResponse(
+            generation=self.array.generation, reservations_dropped=dropped
         )
 
     @needs(ADMINISTRATOR)

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from vsim.clock import Clock, WallClock
+from vsim.dispatch import DispatchTable
 from vsim.rpc import start_server
 from vsim.runtime import Runtime
 from vsim.spec import ClusterSpec
@@ -50,6 +51,9 @@ class RunningVCenter:
 
 EngineFactory = Callable[[str, Path, Clock], HostEngine]
 """Makes the hosts' engine for (instance UUID, data dir, clock) of a vCenter."""
+ServiceFactory = Callable[[VCenter], list[DispatchTable]]
+"""More services served beside VCenter on its port, made for the started core (the
+launcher's fault service: it lives in cluster/, which vCenter does not import)."""
 
 
 async def start_vcenter(
@@ -62,11 +66,14 @@ async def start_vcenter(
     array: ArrayRef | None = None,
     on_event: Callable[[common_pb2.Event], None] | None = None,
     session_policy: SessionPolicy | None = None,
+    services: ServiceFactory | None = None,
 ) -> RunningVCenter:
     """Starts (or restarts) the vCenter kept in data_dir on the engine `engines`
     makes for it (session_policy: the idle session timeout and the login lockout,
     vSphere's defaults if None).
-    on_event sees every event from the start on (how `vsim up` shows its progress)."""
+    on_event sees every event from the start on (how `vsim up` shows its progress);
+    services makes the tables of the services served beside VCenter (each with its
+    own dispatch table, judged by vCenter's sessions)."""
     clock = clock or WallClock()
     # A live runtime: ids differ between runs and secrets come from the OS.
     runtime = Runtime.live(clock, "vcenter")
@@ -87,7 +94,8 @@ async def start_vcenter(
         await core.stop()  # closes what start opened: links, tasks, the inventory
         raise
     try:
-        server, bound = await start_server(identity, bind, port, [core.table])
+        tables = [core.table, *(services(core) if services is not None else [])]
+        server, bound = await start_server(identity, bind, port, tables)
     except BaseException:
         await core.stop()
         raise

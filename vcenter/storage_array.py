@@ -162,6 +162,23 @@ class StorageArrayManager:
             "",
         )
 
+    # faults (the fault service's: the array's disks and program)
+
+    async def array_state(self) -> spb.ArrayInfo:
+        """The array's LUNs and exports as it reports them, latencies included."""
+        return await self._call("GetArray", spb.GetArrayRequest())
+
+    async def set_latency(self, lun: int | None, export: str, seconds: float) -> spb.ArrayInfo:
+        """Every command to the LUN (or operation on the export) is `seconds` late."""
+        request = spb.SetLatencyRequest(export=export, seconds=seconds)
+        if lun is not None:
+            request.lun = lun
+        return await self._call("SetLatency", request)
+
+    async def restart(self) -> spb.RestartArrayResponse:
+        """The array program restarts inside itself (reservations dropped)."""
+        return await self._call("RestartArray", spb.RestartArrayRequest())
+
     def _lun(self, lun: spb.LunInfo) -> pb.ArrayLun:
         by_initiator = {initiator_name(h): h for h in self._all_hosts()}
         return pb.ArrayLun(

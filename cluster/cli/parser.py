@@ -13,6 +13,7 @@ from vsim.cluster.cli import (
     array,
     datastore,
     events,
+    fault,
     host,
     launch,
     lock,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_commands(commands, command)
     datastore.add_commands(commands, command)
     lock.add_commands(commands, command)
+    fault.add_commands(commands, command)
     events.add_commands(commands, command)
     sim.add_commands(commands, command)
     return parser

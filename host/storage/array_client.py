@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from vsim.faults import CannotAccessFile, HostConnectFault, RequestTimeout
+from vsim.host.uplinks import Uplinks
 from vsim.rpc import RpcClient, open_channel
 from vsim.storage.nfs_export import CreateMode, NfsError, NfsStatus
 from vsim.storage.scsi import GOOD, ScsiError, Sense
@@ -19,18 +20,26 @@ SERVICE = pb.DESCRIPTOR.services_by_name["StorageArray"]
 class ArrayConnection:
     """One TLS channel to the array, pinned to the thumbprint the caller expects."""
 
-    def __init__(self, rpc: RpcClient, thumbprint: str) -> None:
+    def __init__(self, rpc: RpcClient, thumbprint: str, uplinks: Uplinks | None = None) -> None:
         self.rpc = rpc
         self.thumbprint = thumbprint
+        self.uplinks = uplinks
 
     @classmethod
-    async def open(cls, endpoint: str, expected_thumbprint: str = "") -> ArrayConnection:
+    async def open(
+        cls, endpoint: str, expected_thumbprint: str = "", uplinks: Uplinks | None = None
+    ) -> ArrayConnection:
         channel, thumbprint = await open_channel(endpoint, pinned=expected_thumbprint or None)
-        return cls(RpcClient(channel, SERVICE, timeout=30), thumbprint)
+        return cls(RpcClient(channel, SERVICE, timeout=30), thumbprint, uplinks)
 
     async def call(self, method: str, request: Any) -> Any:
         try:
-            return await self.rpc.call(method, request, None)
+            if self.uplinks is not None:  # a cut storage link fails every command, both ways
+                await self.uplinks.cross("storage")
+            reply = await self.rpc.call(method, request, None)
+            if self.uplinks is not None:  # cut while the command was out: the reply is lost
+                await self.uplinks.cross("storage")
+            return reply
         except (HostConnectFault, RequestTimeout) as e:
             # The host's path to the array, not the caller's line to this host:
             # what hostd answers is a datastore it cannot reach.
@@ -41,16 +50,23 @@ class ArrayConnection:
 
 
 class GrpcStoragePorts:
-    """The host's lines to arrays over gRPC, one pinned connection per array."""
+    """The host's lines to arrays over gRPC, one pinned connection per array, over
+    the host's storage uplink (`uplinks`: the live host's, which the fault service
+    can cut)."""
 
-    def __init__(self) -> None:
+    def __init__(self, uplinks: Uplinks | None = None) -> None:
         self._connections: dict[tuple[str, str], ArrayConnection] = {}
+        self.uplinks = uplinks
 
     async def connection(self, endpoint: str, thumbprint: str) -> ArrayConnection:
         """A connection pinned to thumbprint (another pin gets its own, checked anew)."""
         key = (endpoint, thumbprint)
         if key not in self._connections:
-            self._connections[key] = await ArrayConnection.open(endpoint, thumbprint)
+            if self.uplinks is not None:
+                await self.uplinks.cross("storage")
+            self._connections[key] = await ArrayConnection.open(
+                endpoint, thumbprint, self.uplinks
+            )
         return self._connections[key]
 
     async def block_device(

@@ -474,55 +474,63 @@ class NfsLockManager:
 
 class ExportClient:
     """An NfsClient over an in-process NfsExport, as root from one client. Each call
-    yields to the event loop first, as a round trip would."""
+    first awaits `arrive` (the array's `export_operation`: injected latency, a
+    restart dropping it) or at least yields to the event loop, as a round trip would."""
 
-    def __init__(self, export: NfsExport, client: str) -> None:
+    def __init__(
+        self, export: NfsExport, client: str, arrive: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.export = export
         self.caller = Caller(client, 0)
+        self._arrive = arrive or _round_trip
 
     async def fsstat(self) -> tuple[int, int]:
-        await asyncio.sleep(0)
+        await self._arrive()
         return self.export.fsstat(self.caller)
 
     async def lookup(self, directory: str, name: str) -> str:
-        await asyncio.sleep(0)
+        await self._arrive()
         return self.export.lookup(self.caller, directory, name)[0]
 
     async def entry(self, directory: str, name: str) -> tuple[str, str, int]:
-        await asyncio.sleep(0)
+        await self._arrive()
         handle, attributes = self.export.lookup(self.caller, directory, name)
         return handle, attributes.kind, attributes.fileid
 
     async def create(self, directory: str, name: str, verifier: bytes = b"") -> str:
-        await asyncio.sleep(0)
+        await self._arrive()
         mode = CreateMode.EXCLUSIVE if verifier else CreateMode.GUARDED
         return self.export.create(self.caller, directory, name, mode, verifier)[0]
 
     async def getattr(self, handle: str) -> tuple[str, int]:
-        await asyncio.sleep(0)
+        await self._arrive()
         attributes = self.export.getattr(self.caller, handle)
         return attributes.kind, attributes.size
 
     async def mkdir(self, directory: str, name: str) -> str:
-        await asyncio.sleep(0)
+        await self._arrive()
         return self.export.mkdir(self.caller, directory, name)[0]
 
     async def readdir(self, directory: str) -> list[tuple[str, str, int]]:
-        await asyncio.sleep(0)
+        await self._arrive()
         return [(n, a.kind, a.size) for n, a in self.export.readdir(self.caller, directory)]
 
     async def read(self, handle: str, count: int, offset: int = 0) -> bytes:
-        await asyncio.sleep(0)
+        await self._arrive()
         return self.export.read(self.caller, handle, offset, count)[0]
 
     async def write(self, handle: str, data: bytes, offset: int = 0) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.export.write(self.caller, handle, offset, data, stable=True)
 
     async def remove(self, directory: str, name: str) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.export.remove(self.caller, directory, name)
 
     async def rename(self, from_dir: str, from_name: str, to_dir: str, to_name: str) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.export.rename(self.caller, from_dir, from_name, to_dir, to_name)
+
+
+async def _round_trip() -> None:
+    await asyncio.sleep(0)

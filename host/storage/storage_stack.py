@@ -7,6 +7,7 @@ ones for the simulator."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -58,7 +59,9 @@ class StoragePorts(Protocol):
 
 
 class LocalStoragePorts:
-    """StoragePorts onto an array object in this process (the in-process engine)."""
+    """StoragePorts onto an array object in this process (the in-process engine).
+    Each command goes through the array's own latency and restart checks, as the
+    gRPC service's do."""
 
     def __init__(self, array: StorageArray) -> None:
         self.array = array
@@ -67,17 +70,21 @@ class LocalStoragePorts:
         self, endpoint: str, thumbprint: str, lun: int, initiator: str
     ) -> BlockDevice:
         try:
-            return LunDevice(self.array.lun(initiator, lun), initiator)
+            device = self.array.lun(initiator, lun)
         except ScsiError as e:
             raise CannotAccessFile(f"LUN {lun}: {e}") from None
+        return LunDevice(device, initiator, functools.partial(self.array.lun_command, lun))
 
     async def nfs_client(
         self, endpoint: str, thumbprint: str, export: str, client: str
     ) -> NfsClient:
         try:
-            return ExportClient(self.array.export(export), client)
+            mounted = self.array.export(export)
         except NfsError as e:
             raise CannotAccessFile(f"export {export}: {e}") from None
+        return ExportClient(
+            mounted, client, functools.partial(self.array.export_operation, export)
+        )
 
     async def close(self) -> None:
         pass

@@ -608,38 +608,46 @@ class VmfsVolume:
 
 class LunDevice:
     """A BlockDevice over an in-process Lun (the in-process engine and tests). Each
-    command yields to the event loop first, as a round trip to the array would, so
-    hosts running as tasks interleave between commands."""
+    command first awaits `arrive` - the array's `lun_command`: its injected latency,
+    a restart dropping it - or at least yields to the event loop, as a round trip to
+    the array would, so hosts running as tasks interleave between commands."""
 
-    def __init__(self, lun: Lun, initiator: str) -> None:
+    def __init__(
+        self, lun: Lun, initiator: str, arrive: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.lun = lun
         self.initiator = initiator
+        self._arrive = arrive or _round_trip
 
     async def capacity(self) -> int:
-        await asyncio.sleep(0)
+        await self._arrive()
         last_lba, block_length = self.lun.read_capacity(self.initiator)
         return (last_lba + 1) * block_length
 
     async def read(self, lba: int, blocks: int) -> bytes:
-        await asyncio.sleep(0)
+        await self._arrive()
         return self.lun.read(self.initiator, lba, blocks)
 
     async def write(self, lba: int, data: bytes) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.lun.write(self.initiator, lba, data)
 
     async def compare_and_write(self, lba: int, verify: bytes, data: bytes) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.lun.compare_and_write(self.initiator, lba, verify, data)
 
     async def reserve(self) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.lun.reserve(self.initiator)
 
     async def release(self) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.lun.release(self.initiator)
 
     async def lun_reset(self) -> None:
-        await asyncio.sleep(0)
+        await self._arrive()
         self.lun.reset(self.initiator)
+
+
+async def _round_trip() -> None:
+    await asyncio.sleep(0)

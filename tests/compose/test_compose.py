@@ -1,10 +1,12 @@
 """The cluster as containers: every host in its own container on the management,
 storage and vMotion networks; VMs with disks on the array; network cuts, restarts of
-vCenter and of the array, and a host container killed and started again.
+vCenter and of the array, a host container killed and started again, and the fault
+service cutting a host's storage inside its container.
 
 Marked `docker`: the session's stack is started once (conftest.py) and removed with
 its volumes at the end. The tests run in order and build on each other: the VMs of
-the first ones are the subjects of the later ones; the kill comes last but one.
+the first ones are the subjects of the later ones; the kill and the container's
+start come next to last, then the fault service's own cut, on a host they spared.
 """
 
 from __future__ import annotations
@@ -261,3 +263,33 @@ async def test_a_host_container_started_again_is_booted_and_reconnects(compose, 
     assert vms == {"c-web": pb.POWER_STATE_POWERED_OFF, "c-nfs": pb.POWER_STATE_POWERED_OFF}
     events = [(e.type, e.host) for e in await client.events()]
     assert ("HostConnectedEvent", "esxi-02") in events
+
+
+async def test_the_fault_service_cuts_one_hosts_storage_inside_its_container(client, wait_until):
+    """vCenter's fault service in the stack: SetLink cuts esxi-01's storage at the
+    host's own ports, inside its container (no docker network change): its VMFS
+    volume is lost within 16 s while vCenter still manages it, and comes back once the
+    link is up again."""
+
+    async def vmfs_on_esxi_01():
+        datastores = {d.name: d for d in await client.datastores()}
+        return {m.host: m.accessible for m in datastores["vmfs-01"].mounts}.get("esxi-01")
+
+    assert await vmfs_on_esxi_01()
+    state = await client.set_link("esxi-01", "storage", "down")
+    cut = time.monotonic()
+    assert [(f.kind, f.target, f.detail) for f in state.faults] == [
+        ("link", "esxi-01", "storage down")
+    ]
+
+    async def lost():
+        return await vmfs_on_esxi_01() is False
+
+    assert await wait_until(lost, 30)
+    assert time.monotonic() - cut <= 16 + 4
+    hosts = {h.name: h.connection_state for h in await client.hosts()}
+    assert hosts["esxi-01"] == CONNECTED
+    await client.clear_faults()
+    assert await wait_until(vmfs_on_esxi_01, 60), "esxi-01 never got vmfs-01 back"
+    events = [e.type for e in await client.events()]
+    assert "FaultInjectedEvent" in events and "FaultClearedEvent" in events

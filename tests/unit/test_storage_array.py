@@ -6,6 +6,7 @@ management refusals as InvalidArgument, counters in GetStats."""
 from __future__ import annotations
 
 import errno
+import inspect
 import itertools
 import json
 import os
@@ -325,49 +326,51 @@ def nfs(**fields) -> pb.NfsRequest:
     return pb.NfsRequest(**{"client": "esxi-01", "export": "ds1", **fields})
 
 
-def test_service_scsi_write_read_round_trip_is_good(service: ArrayService):
-    response = service.Write(scsi(lba=3, data=block(0x61, 2)), None)
+async def test_service_scsi_write_read_round_trip_is_good(service: ArrayService):
+    response = await service.Write(scsi(lba=3, data=block(0x61, 2)), None)
     assert response.status.status == GOOD
-    response = service.Read(scsi(B, lba=3, blocks=2), None)
+    response = await service.Read(scsi(B, lba=3, blocks=2), None)
     assert response.status.status == GOOD
     assert response.data == block(0x61, 2)
 
 
-def test_service_report_luns_inquiry_read_capacity(service: ArrayService):
+async def test_service_report_luns_inquiry_read_capacity(service: ArrayService):
     assert list(service.ReportLuns(scsi(A), None).luns) == [0]
     assert list(service.ReportLuns(scsi(C), None).luns) == []
-    inquiry = service.Inquiry(scsi(), None)
+    inquiry = await service.Inquiry(scsi(), None)
     assert (inquiry.vendor, inquiry.serial, inquiry.ats) == (
         "VSIM",
         service.array.luns[0].serial,
         True,
     )
-    capacity = service.ReadCapacity(scsi(), None)
+    capacity = await service.ReadCapacity(scsi(), None)
     assert (capacity.last_lba, capacity.block_length) == (MIB // SECTOR - 1, SECTOR)
 
 
-def test_service_reservation_conflict_is_in_band(service: ArrayService):
-    assert service.Reserve(scsi(A), None).status.status == GOOD
+async def test_service_reservation_conflict_is_in_band(service: ArrayService):
+    assert (await service.Reserve(scsi(A), None)).status.status == GOOD
     for call in (
-        service.Write(scsi(B, data=block(0x01)), None),
-        service.Read(scsi(B, blocks=1), None),
-        service.CompareAndWrite(scsi(B, verify=bytes(SECTOR), data=block(0x01)), None),
-        service.Reserve(scsi(B), None),
+        await service.Write(scsi(B, data=block(0x01)), None),
+        await service.Read(scsi(B, blocks=1), None),
+        await service.CompareAndWrite(scsi(B, verify=bytes(SECTOR), data=block(0x01)), None),
+        await service.Reserve(scsi(B), None),
     ):
         assert call.status.status == RESERVATION_CONFLICT == 0x18
         assert call.status.sense_key == 0
-    assert service.Release(scsi(B), None).status.status == GOOD  # a no-op
+    assert (await service.Release(scsi(B), None)).status.status == GOOD  # a no-op
     assert service.GetArray(pb.GetArrayRequest(), None).luns[0].reserved_by == A
-    assert service.Read(scsi(B, blocks=1), None).data == b""
-    assert service.Read(scsi(A, blocks=1), None).data == bytes(SECTOR)
-    assert service.Release(scsi(A), None).status.status == GOOD
+    assert (await service.Read(scsi(B, blocks=1), None)).data == b""
+    assert (await service.Read(scsi(A, blocks=1), None)).data == bytes(SECTOR)
+    assert (await service.Release(scsi(A), None)).status.status == GOOD
     assert service.GetArray(pb.GetArrayRequest(), None).luns[0].reserved_by == ""
 
 
-def test_service_miscompare_is_in_band_with_the_current_data(service: ArrayService):
+async def test_service_miscompare_is_in_band_with_the_current_data(service: ArrayService):
     current = block(0x0C)
-    service.Write(scsi(lba=9, data=current), None)
-    response = service.CompareAndWrite(scsi(B, lba=9, verify=bytes(SECTOR), data=block(1)), None)
+    await service.Write(scsi(lba=9, data=current), None)
+    response = await service.CompareAndWrite(
+        scsi(B, lba=9, verify=bytes(SECTOR), data=block(1)), None
+    )
     assert response.status.status == CHECK_CONDITION
     assert (response.status.sense_key, response.status.asc, response.status.ascq) == (
         MISCOMPARE,
@@ -376,25 +379,25 @@ def test_service_miscompare_is_in_band_with_the_current_data(service: ArrayServi
     )
     assert response.status.sense_key == 0x0E
     assert response.data == current
-    good = service.CompareAndWrite(scsi(B, lba=9, verify=current, data=block(0x0D)), None)
+    good = await service.CompareAndWrite(scsi(B, lba=9, verify=current, data=block(0x0D)), None)
     assert good.status.status == GOOD
-    assert service.Read(scsi(A, lba=9, blocks=1), None).data == block(0x0D)
+    assert (await service.Read(scsi(A, lba=9, blocks=1), None)).data == block(0x0D)
 
 
-def test_service_check_conditions_are_in_band(service: ArrayService):
-    out_of_range = service.Read(scsi(lba=MIB // SECTOR, blocks=1), None)
+async def test_service_check_conditions_are_in_band(service: ArrayService):
+    out_of_range = await service.Read(scsi(lba=MIB // SECTOR, blocks=1), None)
     assert (out_of_range.status.status, out_of_range.status.sense_key) == (
         CHECK_CONDITION,
         ILLEGAL_REQUEST,
     )
     assert out_of_range.status.asc == 0x21
-    unmapped = service.Read(scsi(C, blocks=1), None)
+    unmapped = await service.Read(scsi(C, blocks=1), None)
     assert (unmapped.status.status, unmapped.status.sense_key, unmapped.status.asc) == (
         CHECK_CONDITION,
         ILLEGAL_REQUEST,
         0x25,
     )
-    short = service.Write(scsi(data=b"x" * 100), None)
+    short = await service.Write(scsi(data=b"x" * 100), None)
     assert (short.status.status, short.status.asc) == (CHECK_CONDITION, 0x1A)
 
 
@@ -418,53 +421,61 @@ def test_service_check_conditions_are_in_band(service: ArrayService):
         lambda s: s.NfsLookup(nfs(client="esx\n01", name="f"), None),
     ],
 )
-def test_service_invalid_requests_raise_invalid_argument(service: ArrayService, call):
+async def test_service_invalid_requests_raise_invalid_argument(service: ArrayService, call):
     luns, exports = dict(service.array.luns), dict(service.array.exports)
     with pytest.raises(InvalidArgument):
-        call(service)
+        answer = call(service)
+        if inspect.isawaitable(answer):  # SCSI and NFS wait out injected latency first
+            await answer
     assert service.array.luns == luns and service.array.exports == exports
     assert service.array.masking[0] == {A, B}
 
 
-def test_service_nfs_errors_are_in_band(service: ArrayService):
-    missing = service.NfsLookup(nfs(name="nothing"), None)
+async def test_service_nfs_errors_are_in_band(service: ArrayService):
+    missing = await service.NfsLookup(nfs(name="nothing"), None)
     assert missing.status == NfsStatus.NOENT == 2
     assert missing.message
-    no_export = service.NfsGetattr(nfs(export="nope", handle=""), None)
+    no_export = await service.NfsGetattr(nfs(export="nope", handle=""), None)
     assert no_export.status == 2
-    assert service.NfsCreate(nfs(name="f", create_mode=1), None).status == 0
-    assert service.NfsCreate(nfs(name="f", create_mode=1), None).status == NfsStatus.EXIST
-    assert service.NfsRead(nfs(handle="../sentinel", count=1), None).status == NfsStatus.INVAL
-    assert service.NfsRemove(nfs(name="nothing"), None).status == NfsStatus.NOENT
+    assert (await service.NfsCreate(nfs(name="f", create_mode=1), None)).status == 0
+    assert (await service.NfsCreate(nfs(name="f", create_mode=1), None)).status == NfsStatus.EXIST
+    assert (
+        await service.NfsRead(nfs(handle="../sentinel", count=1), None)
+    ).status == NfsStatus.INVAL
+    assert (await service.NfsRemove(nfs(name="nothing"), None)).status == NfsStatus.NOENT
 
 
-def test_service_nfs_operations(service: ArrayService):
-    created = service.NfsCreate(nfs(name="vm.vmx", create_mode=0), None)
+async def test_service_nfs_operations(service: ArrayService):
+    created = await service.NfsCreate(nfs(name="vm.vmx", create_mode=0), None)
     assert (created.status, created.handle, created.attributes.type) == (0, "vm.vmx", "file")
-    written = service.NfsWrite(nfs(handle="vm.vmx", offset=0, data=b"hello", stable=True), None)
+    written = await service.NfsWrite(
+        nfs(handle="vm.vmx", offset=0, data=b"hello", stable=True), None
+    )
     assert (written.status, written.count) == (0, 5)
-    read = service.NfsRead(nfs(handle="vm.vmx", offset=1, count=100), None)
+    read = await service.NfsRead(nfs(handle="vm.vmx", offset=1, count=100), None)
     assert (read.data, read.eof, read.count) == (b"ello", True, 4)
-    assert service.NfsGetattr(nfs(handle="vm.vmx"), None).attributes.size == 5
-    assert service.NfsMkdir(nfs(name="vm1"), None).attributes.type == "dir"
-    assert service.NfsRename(nfs(name="vm.vmx", to_handle="vm1", to_name="a.vmx"), None).status == 0
-    lookup = service.NfsLookup(nfs(handle="vm1", name="a.vmx"), None)
+    assert (await service.NfsGetattr(nfs(handle="vm.vmx"), None)).attributes.size == 5
+    assert (await service.NfsMkdir(nfs(name="vm1"), None)).attributes.type == "dir"
+    assert (
+        await service.NfsRename(nfs(name="vm.vmx", to_handle="vm1", to_name="a.vmx"), None)
+    ).status == 0
+    lookup = await service.NfsLookup(nfs(handle="vm1", name="a.vmx"), None)
     assert (lookup.handle, lookup.attributes.size) == ("vm1/a.vmx", 5)
-    entries = service.NfsReaddir(nfs(handle="vm1"), None).entries
+    entries = (await service.NfsReaddir(nfs(handle="vm1"), None)).entries
     assert [(e.name, e.attributes.type, e.attributes.size) for e in entries] == [
         ("a.vmx", "file", 5)
     ]
-    assert service.NfsRemove(nfs(handle="vm1", name="a.vmx"), None).status == 0
-    assert list(service.NfsReaddir(nfs(handle="vm1"), None).entries) == []
+    assert (await service.NfsRemove(nfs(handle="vm1", name="a.vmx"), None)).status == 0
+    assert list((await service.NfsReaddir(nfs(handle="vm1"), None)).entries) == []
 
 
-def test_service_nfs_write_at_an_impossible_offset_is_answered_in_band(service: ArrayService):
-    service.NfsCreate(nfs(name="f"), None)
-    response = service.NfsWrite(nfs(handle="f", offset=2**63 - 1, data=b"x"), None)
+async def test_service_nfs_write_at_an_impossible_offset_is_answered_in_band(service: ArrayService):
+    await service.NfsCreate(nfs(name="f"), None)
+    response = await service.NfsWrite(nfs(handle="f", offset=2**63 - 1, data=b"x"), None)
     assert response.status == NfsStatus.FBIG
 
 
-def test_service_management(service: ArrayService):
+async def test_service_management(service: ArrayService):
     default = service.CreateLun(pb.CreateLunRequest(initiators=[C]), None)
     assert (default.id, default.size_bytes, list(default.initiators)) == (1, DEFAULT_LUN_BYTES, [C])
     mapped = service.MapLun(pb.MapLunRequest(lun=1, initiators=[A]), None)
@@ -490,21 +501,21 @@ def test_service_management(service: ArrayService):
     state = service.GetArray(pb.GetArrayRequest(), None)
     assert [lun.id for lun in state.luns] == [0, 1]
     assert [e.name for e in state.exports] == ["ds1", "ro", "rw"]
-    ro = service.NfsCreate(nfs(client="h1", export="ro", name="f"), None)
+    ro = await service.NfsCreate(nfs(client="h1", export="ro", name="f"), None)
     assert ro.status == NfsStatus.ROFS
 
 
-def test_service_get_stats_reflects_counters_and_write_sizes(service: ArrayService):
-    service.Write(scsi(A, data=block(1, 2)), None)
-    service.Read(scsi(A, blocks=1), None)
-    service.CompareAndWrite(scsi(A, verify=block(9), data=block(2)), None)  # miscompare
-    service.Reserve(scsi(A), None)
-    service.Write(scsi(B, data=block(3)), None)  # conflict
-    service.NfsCreate(nfs(name=".lck-1"), None)
+async def test_service_get_stats_reflects_counters_and_write_sizes(service: ArrayService):
+    await service.Write(scsi(A, data=block(1, 2)), None)
+    await service.Read(scsi(A, blocks=1), None)
+    await service.CompareAndWrite(scsi(A, verify=block(9), data=block(2)), None)  # miscompare
+    await service.Reserve(scsi(A), None)
+    await service.Write(scsi(B, data=block(3)), None)  # conflict
+    await service.NfsCreate(nfs(name=".lck-1"), None)
     for _ in range(3):
-        service.NfsWrite(nfs(handle=".lck-1", data=b"L" * 84), None)
-    service.NfsWrite(nfs(handle=".lck-1", data=b"D" * 4096), None)
-    service.NfsWrite(nfs(client="esxi-02", handle=".lck-1", data=b"M" * 84), None)
+        await service.NfsWrite(nfs(handle=".lck-1", data=b"L" * 84), None)
+    await service.NfsWrite(nfs(handle=".lck-1", data=b"D" * 4096), None)
+    await service.NfsWrite(nfs(client="esxi-02", handle=".lck-1", data=b"M" * 84), None)
 
     stats = service.GetStats(pb.GetStatsRequest(), None)
     scsi_counters = {(c.lun, c.initiator): dict(c.counters) for c in stats.scsi}

@@ -159,6 +159,16 @@ class StorageArrayStub:
                 request_serializer=vsim_dot_v1_dot_storage__pb2.MapLunRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_storage__pb2.LunInfo.FromString,
                 _registered_method=True)
+        self.SetLatency = channel.unary_unary(
+                '/vsim.v1.StorageArray/SetLatency',
+                request_serializer=vsim_dot_v1_dot_storage__pb2.SetLatencyRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_storage__pb2.ArrayInfo.FromString,
+                _registered_method=True)
+        self.RestartArray = channel.unary_unary(
+                '/vsim.v1.StorageArray/RestartArray',
+                request_serializer=vsim_dot_v1_dot_storage__pb2.RestartArrayRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_storage__pb2.RestartArrayResponse.FromString,
+                _registered_method=True)
 
 
 class StorageArrayServicer:
@@ -317,6 +327,23 @@ class StorageArrayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLatency(self, request, context):
+        """Injects (seconds > 0) or mends (0) a slow disk; answers the array as GetArray.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartArray(self, request, context):
+        """The array program restarts inside itself: SCSI reservations and the commands in
+        flight are dropped, LUNs, masking and exports are reloaded from its files; the
+        data on them is kept. Injected latencies stay (they are the disks', not the
+        program's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageArrayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -444,6 +471,16 @@ def add_StorageArrayServicer_to_server(servicer, server):
                     servicer.UnmapLun,
                     request_deserializer=vsim_dot_v1_dot_storage__pb2.MapLunRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_storage__pb2.LunInfo.SerializeToString,
+            ),
+            'SetLatency': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLatency,
+                    request_deserializer=vsim_dot_v1_dot_storage__pb2.SetLatencyRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_storage__pb2.ArrayInfo.SerializeToString,
+            ),
+            'RestartArray': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartArray,
+                    request_deserializer=vsim_dot_v1_dot_storage__pb2.RestartArrayRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_storage__pb2.RestartArrayResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1121,6 +1158,60 @@ class StorageArray:
             '/vsim.v1.StorageArray/UnmapLun',
             vsim_dot_v1_dot_storage__pb2.MapLunRequest.SerializeToString,
             vsim_dot_v1_dot_storage__pb2.LunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLatency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.StorageArray/SetLatency',
+            vsim_dot_v1_dot_storage__pb2.SetLatencyRequest.SerializeToString,
+            vsim_dot_v1_dot_storage__pb2.ArrayInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartArray(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.StorageArray/RestartArray',
+            vsim_dot_v1_dot_storage__pb2.RestartArrayRequest.SerializeToString,
+            vsim_dot_v1_dot_storage__pb2.RestartArrayResponse.FromString,
             options,
             channel_credentials,
             insecure,
