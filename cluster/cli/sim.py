@@ -21,7 +21,7 @@ from vsim.faults import InvalidArgument
 
 FAULTS_HELP = (
     "fault kinds, comma-separated, or all / none (crash, reboot, hang, partition, "
-    "storage-path, array-restart, vcenter-restart, lost-reply, slow-heartbeat)"
+    "storage-path, slow-disk, array-restart, vcenter-restart, lost-reply, slow-heartbeat)"
 )
 
 

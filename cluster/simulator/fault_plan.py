@@ -13,8 +13,10 @@ Kinds (FAULT_KINDS):
     partition       the host's management (and vmotion) network is cut
     storage-path    the host's storage network is cut, shorter or longer than the
                     140 s APD timeout
-    array-restart   the array is down (every host's storage path fails), then its
-                    program starts again from its files: reservations are gone
+    slow-disk       every command on one datastore's LUN or export is late (the
+                    array is slow: 50 ms to 8 s a command)
+    array-restart   the array program restarts (reservations and waiting commands
+                    dropped, state reloaded from its files) and is unreachable a while
     vcenter-restart vCenter stops and starts again on its data dir
     lost-reply      the callee does the work, the caller never hears: one call of
                     vCenter's to a host, or one storage command of a host's
@@ -32,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vsim import validate
-from vsim.cluster.simulator.datacenter import SimulatedDatacenter
+from vsim.cluster.simulator.datacenter import DATASTORES, SimulatedDatacenter
 from vsim.cluster.simulator.history import History
 from vsim.faults import InvalidArgument, NotFound
 
@@ -42,6 +44,7 @@ FAULT_KINDS = (
     "hang",
     "partition",
     "storage-path",
+    "slow-disk",
     "array-restart",
     "vcenter-restart",
     "lost-reply",
@@ -50,6 +53,7 @@ FAULT_KINDS = (
 APD_TIMEOUT = 140.0
 MANAGEMENT_CALLS = ("PowerOnVm", "PowerOffVm", "RegisterVm", "CreateVm", "DestroyVm", "ListVms")
 STORAGE_COMMANDS = ("compare_and_write", "write", "read", "create", "remove")
+DATASTORE_NAMES = tuple(d.name for d in DATASTORES)
 
 
 @dataclass(frozen=True, order=True)
@@ -58,7 +62,7 @@ class Fault:
     """Seconds after the workload starts."""
     kind: str
     target: str = ""
-    """A host name, or "" for the array and vCenter."""
+    """A host name; a datastore for slow-disk; "" for the array and vCenter."""
     length: float = 0.0
     """Seconds until it is mended (0: nothing to mend)."""
     detail: str = ""
@@ -125,6 +129,10 @@ class FaultPlan:
             short = rng.random() < 0.7
             length = rng.uniform(2, 60) if short else rng.uniform(APD_TIMEOUT + 5, APD_TIMEOUT + 60)
             return Fault(at, kind, host, round(length, 3))
+        if kind == "slow-disk":
+            latency = rng.choice((0.05, 0.5, 2.0, 8.0))
+            datastore = rng.choice(DATASTORE_NAMES)
+            return Fault(at, kind, datastore, round(rng.uniform(5, 90), 3), f"{latency} s")
         if kind == "array-restart":
             return Fault(at, kind, "", round(rng.uniform(1, 20), 3))
         if kind == "vcenter-restart":
@@ -150,6 +158,7 @@ class FaultInjector:
         self.engine = dc.engine
         self._down: Counter[tuple[str, str]] = Counter()
         self._crashed: Counter[str] = Counter()
+        self._slow: Counter[str] = Counter()
         self._vcenter_down = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._mending: set[asyncio.Task[None]] = set()
@@ -169,7 +178,8 @@ class FaultInjector:
 
     async def _start(self, fault: Fault) -> None:
         host = fault.target
-        if host and host not in self.engine.hosts() and not self._crashed[host]:
+        on_host = fault.kind not in ("slow-disk", "array-restart", "vcenter-restart")
+        if on_host and host not in self.engine.hosts() and not self._crashed[host]:
             # Removed from vCenter and decommissioned meanwhile: nothing to break.
             self.history.record("fault", f"{fault.describe()}: skipped, {host} is gone")
             return
@@ -192,7 +202,12 @@ class FaultInjector:
         elif fault.kind == "storage-path":
             self._cut(host, "storage")
             self._later(fault, lambda: self._mend_all(host, ("storage",)))
+        elif fault.kind == "slow-disk":
+            self._slow[host] += 1
+            self.dc.array.set_latency(host, float(fault.detail.split()[0]))
+            self._later(fault, lambda: self._disk_back(host))
         elif fault.kind == "array-restart":
+            self.dc.array.restart()
             for name in self.dc.host_names:
                 self._cut(name, "storage")
             self._later(fault, self._array_back)
@@ -246,6 +261,12 @@ class FaultInjector:
             with contextlib.suppress(NotFound):  # removed from vCenter meanwhile
                 await self.engine.power_on_host(host)
 
+    async def _disk_back(self, datastore: str) -> None:
+        self._slow[datastore] -= 1
+        if self._slow[datastore] == 0:
+            self.dc.array.set_latency(datastore, 0)
+            self.history.record("heal", f"{datastore} answers at full speed")
+
     async def _array_back(self) -> None:
         for name in self.dc.host_names:
             await self._mend_all(name, ("storage",))
@@ -275,6 +296,10 @@ class FaultInjector:
                 with contextlib.suppress(NotFound):  # removed from vCenter meanwhile
                     await self.engine.power_on_host(host)
         self._crashed.clear()
+        for datastore, count in list(self._slow.items()):
+            if count:
+                self.dc.array.set_latency(datastore, 0)
+        self._slow.clear()
         if self.dc.vcenter is None:
             await self.dc.start_vcenter()
         self._vcenter_down = 0

@@ -7,10 +7,10 @@ ones for the simulator."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from vsim.faults import (
     AlreadyExists,
@@ -58,6 +58,21 @@ class StoragePorts(Protocol):
     async def close(self) -> None: ...
 
 
+def _as_path_loss(
+    arrive: Callable[[Any], Awaitable[None]], target: Any
+) -> Callable[[], Awaitable[None]]:
+    """The array's check as a command arrives, with a command the array dropped (it
+    restarted) failing as a lost path does over gRPC: CannotAccessFile."""
+
+    async def arrived() -> None:
+        try:
+            await arrive(target)
+        except ConnectionResetError as e:
+            raise CannotAccessFile(f"the path to the array failed: {e}") from None
+
+    return arrived
+
+
 class LocalStoragePorts:
     """StoragePorts onto an array object in this process (the in-process engine).
     Each command goes through the array's own latency and restart checks, as the
@@ -73,7 +88,7 @@ class LocalStoragePorts:
             device = self.array.lun(initiator, lun)
         except ScsiError as e:
             raise CannotAccessFile(f"LUN {lun}: {e}") from None
-        return LunDevice(device, initiator, functools.partial(self.array.lun_command, lun))
+        return LunDevice(device, initiator, _as_path_loss(self.array.lun_command, lun))
 
     async def nfs_client(
         self, endpoint: str, thumbprint: str, export: str, client: str
@@ -82,9 +97,7 @@ class LocalStoragePorts:
             mounted = self.array.export(export)
         except NfsError as e:
             raise CannotAccessFile(f"export {export}: {e}") from None
-        return ExportClient(
-            mounted, client, functools.partial(self.array.export_operation, export)
-        )
+        return ExportClient(mounted, client, _as_path_loss(self.array.export_operation, export))
 
     async def close(self) -> None:
         pass

@@ -13,10 +13,16 @@ import pytest
 
 from vsim import dispatch
 from vsim.clock import SimClock
-from vsim.faults import HostConnectFault, InvalidArgument, NoPermission, NotAuthenticated
+from vsim.faults import (
+    CannotAccessFile,
+    HostConnectFault,
+    InvalidArgument,
+    NoPermission,
+    NotAuthenticated,
+)
 from vsim.host.storage.storage_stack import LocalStoragePorts
 from vsim.runtime import Runtime
-from vsim.storage.array import MAX_LATENCY, ArrayError, ConnectionDropped, StorageArray
+from vsim.storage.array import MAX_LATENCY, ArrayError, StorageArray
 from vsim.storage.lun import SECTOR
 from vsim.storage.nfs_export import ExportOptions
 from vsim.storage.scsi import GOOD, RESERVATION_CONFLICT, ScsiError
@@ -188,7 +194,8 @@ async def test_a_command_waiting_across_a_restart_is_dropped_not_run(array):
     remote = asyncio.ensure_future(service.Write(scsi(B, lba=1, data=b"R" * SECTOR), None))
     await array.runtime.sleep(0.5)
     array.restart()
-    with pytest.raises(ConnectionDropped):
+    # The host sees a lost path, as over gRPC (where array_client maps it so).
+    with pytest.raises(CannotAccessFile, match="the array restarted"):
         await local
     with pytest.raises(HostConnectFault):
         await remote

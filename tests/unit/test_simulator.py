@@ -16,6 +16,8 @@ from vsim.cluster.simulator.run import Settings
 from vsim.faults import InvalidArgument
 
 HOSTS = ["esxi-01", "esxi-02", "esxi-03"]
+ONE_OF_A_KIND = ("slow-disk", "array-restart", "vcenter-restart")
+"""Faults on the array, a datastore or vCenter rather than a host."""
 
 
 def test_a_fault_plan_is_a_function_of_its_seed():
@@ -26,9 +28,8 @@ def test_a_fault_plan_is_a_function_of_its_seed():
     faults = [f for p in plans for f in p.faults]
     assert {f.kind for f in faults} == set(FAULT_KINDS)
     assert all(5 <= f.at <= 0.8 * 600 for f in faults)
-    assert all(
-        f.target in HOSTS for f in faults if f.kind not in ("array-restart", "vcenter-restart")
-    )
+    assert all(f.target in HOSTS for f in faults if f.kind not in ONE_OF_A_KIND)
+    assert {f.target for f in faults if f.kind == "slow-disk"} == {"vmfs-01", "vmfs-02", "nfs-01"}
     assert all(list(p.faults) == sorted(p.faults) for p in plans)
     storage = [f.length for f in faults if f.kind == "storage-path"]
     assert any(x < 140 for x in storage) and any(x > 140 for x in storage)  # both sides of APD
