@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from vsim import dispatch, validate
-from vsim.faults import CannotAccessFile, HostConnectFault, InvalidArgument, NotFound, VimFault
+from vsim.faults import (
+    HostConnectFault,
+    InvalidArgument,
+    NotFound,
+    StoragePathLost,
+    VimFault,
+)
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import MemoryConfigStore
@@ -66,7 +72,7 @@ def path_down(network: str, message: str) -> VimFault:
     it cannot reach (CannotAccessFile), which hostd must not relay as its own line
     failing."""
     if network == "storage":
-        return CannotAccessFile(message)
+        return StoragePathLost(message)
     return HostConnectFault(message)
 
 

@@ -64,6 +64,14 @@ HostNotConnected = _fault("HostNotConnected", S.UNAVAILABLE)
 RequestTimeout = _fault("RequestTimeout", S.DEADLINE_EXCEEDED)
 FileLocked = _fault("FileLocked", S.FAILED_PRECONDITION)
 CannotAccessFile = _fault("CannotAccessFile", S.UNAVAILABLE)
+
+
+class StoragePathLost(CannotAccessFile):
+    """A storage command or its reply lost on the way to or from the array (a cut or
+    reset path): on the wire the CannotAccessFile it is; to the host that sent it, a
+    command it may send again if it is idempotent."""
+
+
 CannotCreateFile = _fault("CannotCreateFile", S.PERMISSION_DENIED)
 FileNotFound = _fault("FileNotFound", S.NOT_FOUND)
 FileAlreadyExists = _fault("FileAlreadyExists", S.ALREADY_EXISTS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vsim.faults import CannotAccessFile, HostConnectFault, RequestTimeout
+from vsim.faults import HostConnectFault, RequestTimeout, StoragePathLost
 from vsim.host.uplinks import Uplinks
 from vsim.rpc import RpcClient, open_channel
 from vsim.storage.nfs_export import CreateMode, NfsError, NfsStatus
@@ -43,7 +43,7 @@ class ArrayConnection:
         except (HostConnectFault, RequestTimeout) as e:
             # The host's path to the array, not the caller's line to this host:
             # what hostd answers is a datastore it cannot reach.
-            raise CannotAccessFile(f"no path to the storage array: {e.message}") from None
+            raise StoragePathLost(f"no path to the storage array: {e.message}") from None
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -64,9 +64,7 @@ class GrpcStoragePorts:
         if key not in self._connections:
             if self.uplinks is not None:
                 await self.uplinks.cross("storage")
-            self._connections[key] = await ArrayConnection.open(
-                endpoint, thumbprint, self.uplinks
-            )
+            self._connections[key] = await ArrayConnection.open(endpoint, thumbprint, self.uplinks)
         return self._connections[key]
 
     async def block_device(

@@ -198,7 +198,10 @@ class NfsFile:
         try:
             while len(out) < count:
                 want = min(MAX_TRANSFER, count - len(out))
-                data = await self.fs.client.read(self.handle, want, offset + len(out))
+                at = offset + len(out)
+                data = await self.fs.manager._retransmitted(
+                    lambda want=want, at=at: self.fs.client.read(self.handle, want, at)
+                )
                 out += data
                 if len(data) < want:
                     break

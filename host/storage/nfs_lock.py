@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from vsim.clock import Clock
-from vsim.faults import CannotAccessFile, FileLocked
+from vsim.faults import CannotAccessFile, FileLocked, StoragePathLost
 from vsim.runtime import Timeout
 from vsim.storage.nfs_export import Caller, CreateMode, NfsError, NfsExport, NfsStatus
 
@@ -191,14 +191,12 @@ class NfsLockManager:
 
     async def _retransmitted(self, send: Callable[[], Awaitable[T]]) -> T:
         """An idempotent request sent again when its reply does not come (the path
-        failed), RETRANSMITS times, as an NFS client retransmits; NFS errors are
-        answers, not lost replies, and pass at once."""
+        failed), RETRANSMITS times, as an NFS client retransmits; NFS errors and a
+        lost volume or lease are answers, not lost replies, and pass at once."""
         for attempt in range(RETRANSMITS + 1):
             try:
                 return await send()
-            except NfsError:
-                raise
-            except Exception:
+            except StoragePathLost:
                 if attempt == RETRANSMITS:
                     raise
                 self.stats["retransmits"] += 1
@@ -250,7 +248,9 @@ class NfsLockManager:
                 continue
             record = LockFile(lock_type, self.host, 1, self.clock.now(), self.host_name, self.boot)
             try:
-                await self.client.write(handle, record.pack())
+                await self._retransmitted(
+                    lambda handle=handle, record=record: self.client.write(handle, record.pack())
+                )
             except NfsError as e:
                 # Do not leave an empty lock file that blocks everyone for 35 s.
                 with contextlib.suppress(NfsError):
@@ -437,6 +437,11 @@ class NfsLockManager:
             )
 
     async def within_lease(
+        self, key: tuple[str, str], path: str, command: Callable[[], Awaitable[T]]
+    ) -> T:
+        return await self._retransmitted(lambda: self._once_within_lease(key, path, command))
+
+    async def _once_within_lease(
         self, key: tuple[str, str], path: str, command: Callable[[], Awaitable[T]]
     ) -> T:
         """Runs an I/O under a held lock that must land, if at all, before this host's

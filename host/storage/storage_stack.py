@@ -18,6 +18,7 @@ from vsim.faults import (
     InvalidArgument,
     NotFound,
     ResourceInUse,
+    StoragePathLost,
 )
 from vsim.host.storage.datastore_files import parent_of
 from vsim.host.storage.nfs_files import NfsFileSystem
@@ -68,7 +69,7 @@ def _as_path_loss(
         try:
             await arrive(target)
         except ConnectionResetError as e:
-            raise CannotAccessFile(f"the path to the array failed: {e}") from None
+            raise StoragePathLost(f"the path to the array failed: {e}") from None
 
     return arrived
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from vsim.clock import Clock
-from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument
+from vsim.faults import CannotAccessFile, FileLocked, InvalidArgument, StoragePathLost
 from vsim.runtime import Timeout
 from vsim.storage.lun import MAX_TRANSFER_BLOCKS, Lun
 from vsim.storage.scsi import RESERVATION_CONFLICT, ScsiError
@@ -59,6 +59,8 @@ HB_INTERVAL = 3.0
 HB_TIMEOUT = 16.0
 """Seconds without a heartbeat after which a host is presumed dead (and, for itself,
 after which it marks the volume lost access)."""
+RETRANSMITS = 2
+"""Times a READ or WRITE the path lost is sent again."""
 LEASE_MARGIN = 0.5
 """Seconds before HB_TIMEOUT at which an I/O still unanswered is called off: another
 host may break this host's locks at HB_TIMEOUT, and nothing of this host's may land
@@ -563,6 +565,7 @@ class VmfsVolume:
         first = started
         holder = None
         reset = False
+        resent = 0
         while True:
             try:
                 if self.slot >= 0:
@@ -576,6 +579,15 @@ class VmfsVolume:
                     # Another holder: short holds by live hosts, one after another, are
                     # no reason to reset. Only one holder blocking throughout is.
                     holder, started = e.detail, self.clock.now()
+            except StoragePathLost:
+                # READ and WRITE are sent again, as an initiator retries a command
+                # the transport lost (the same bytes to the same place); the atomic
+                # and reservation commands have their own rules for a lost reply.
+                if command not in self._retransmittable() or resent >= RETRANSMITS:
+                    raise
+                resent += 1
+                self.stats["retransmits"] += 1
+                continue
             self.stats["reservation_conflicts"] += 1
             blocked = self.clock.now() - started
             if self.clock.now() - first >= RESERVE_GIVE_UP:
@@ -589,6 +601,9 @@ class VmfsVolume:
                 continue
             await self.clock.sleep(backoff * (0.5 + self.rng.random()))
             backoff = min(backoff * 2, RESERVE_BACKOFF[1])
+
+    def _retransmittable(self) -> tuple:
+        return (self.device.read, self.device.write)
 
     async def _within_lease(self, command: Callable[..., Awaitable[Any]], args: tuple) -> Any:
         """Runs a command that must land, if at all, while this host's heartbeat lease

@@ -12,7 +12,7 @@ lock has gone stale, as a person would retry.
 from __future__ import annotations
 
 from vsim.cluster.simulator.checkers import Checker
-from vsim.faults import FileLocked, VimFault
+from vsim.faults import CannotAccessFile, FileLocked, VimFault
 from vsim.host.storage.nfs_lock import STALE_AFTER
 
 READ_TRIES = 3
@@ -46,9 +46,10 @@ class AckedWritesChecker(Checker):
                 try:
                     report = await client.verify_disk(name, acked)
                     break
-                except FileLocked as fault:
+                except (FileLocked, CannotAccessFile) as fault:
                     # Held by a host that lost it: readable once other hosts have
-                    # watched the lock stand still long enough (NFS 35 s, VMFS 16 s).
+                    # watched the lock stand still long enough (NFS 35 s, VMFS 16 s);
+                    # or the path failed this once.
                     if attempt == READ_TRIES - 1:
                         self.violate(f"{name}'s disk cannot be read back: {fault}")
                     await self.dc.clock.sleep(STALE_AFTER + 5)
