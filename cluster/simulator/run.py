@@ -224,13 +224,15 @@ def run_seed(
     validate.int_range(seed, 0, MAX_SEED, "seed")
     settings = settings.validated()
     # A simulated run's secrets come from its seed and guard nothing: its password
-    # hashes take scrypt's lowest cost, not the 16 MiB a real login pays.
-    passwords.SCRYPT_N = 2**4
+    # hashes take scrypt's lowest cost, not the 16 MiB a real login pays (for the run
+    # only: the process's own hashes keep theirs).
+    cost, passwords.SCRYPT_N = passwords.SCRYPT_N, 2**4
     directory = run_directory()
     try:
         limit = settings.minutes * 60 + SETTLE + 6 * 3600
         return run_virtual(_run(seed, settings, directory, checkers), start=T0, time_limit=limit)
     finally:
+        passwords.SCRYPT_N = cost
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -4,6 +4,7 @@ the same digest; another seed gives another."""
 
 from __future__ import annotations
 
+from vsim import passwords
 from vsim.cluster.simulator.run import Settings, run_seed, run_seeds
 
 SETTINGS = Settings(hosts=4, minutes=1)
@@ -21,5 +22,6 @@ def test_a_seed_replays_event_for_event_here_and_in_other_processes():
     elsewhere = {r.seed: r.digest for r in run_seeds(SAMPLE, SETTINGS, jobs=2)}
     assert elsewhere == {seed: r.digest for seed, r in first.items()}
     assert len({r.digest for r in first.values()}) == len(SAMPLE)
+    assert passwords.SCRYPT_N == 2**14  # a run's cheap hashing stays inside the run
     kinds = set().union(*(r.faults for r in first.values()))
     assert {"crash", "vcenter-restart", "array-restart", "hang"} <= kinds, kinds
