@@ -15,10 +15,10 @@ gRPC client.
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from vsim import validate
 from vsim.dispatch import ADMINISTRATOR, DispatchTable, needs
 from vsim.faults import InvalidArgument, InvalidState, NotFound, VimFault
 from vsim.v1 import fault_pb2 as pb
@@ -93,12 +93,6 @@ class FaultService:
             raise InvalidState(f"{name} is crashed; power it on first (vsim fault host-power-on)")
         return name
 
-    @staticmethod
-    def _number(value: float, low: float, high: float, what: str, unit: str) -> float:
-        if not (math.isfinite(value) and low <= value <= high):
-            raise InvalidArgument(f"{what} must be {low:g}-{high:g} {unit}, got {value!r}")
-        return value
-
     # the RPCs
 
     @needs(ADMINISTRATOR)
@@ -116,7 +110,7 @@ class FaultService:
     async def HangHost(self, r: pb.HangHostRequest, session: Session) -> pb.FaultState:
         async with self._lock:
             seconds = r.seconds or DEFAULT_HANG
-            self._number(seconds, 0, MAX_HANG, "a hang", "seconds")
+            validate.number_range(seconds, 0, MAX_HANG, "a hang", "seconds")
             if seconds <= 0:
                 raise InvalidArgument(f"a hang must last more than 0 seconds, got {seconds!r}")
             name = self._running(r.host)
@@ -165,7 +159,7 @@ class FaultService:
     @needs(ADMINISTRATOR)
     async def SetDiskLatency(self, r: pb.DiskLatencyRequest, session: Session) -> pb.FaultState:
         async with self._lock:
-            ms = self._number(r.milliseconds, 0, MAX_LATENCY_MS, "disk latency", "ms")
+            ms = validate.number_range(r.milliseconds, 0, MAX_LATENCY_MS, "disk latency", "ms")
             record = self.core.inventory.datastore(r.datastore) if r.datastore else None
             if record is None:
                 known = ", ".join(d.name for d in self.core.inventory.datastores()) or "none"

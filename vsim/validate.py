@@ -108,6 +108,14 @@ def uuid(value: str, field: str = "uuid") -> uuid_.UUID:
         raise InvalidArgument(f"{field} {_shown(str(value))} is not a UUID") from None
 
 
+def number_range(value: float, low: float, high: float, field: str, unit: str = "") -> float:
+    """A finite number from low to high inclusive (a float's int_range)."""
+    if not (math.isfinite(value) and low <= value <= high):
+        shown = f" {unit}" if unit else ""
+        raise InvalidArgument(f"{field} must be {low:g}-{high:g}{shown}, got {value!r}")
+    return value
+
+
 def positive_number(value: float, field: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise InvalidArgument(f"{field} must be a finite number > 0, got {value}")

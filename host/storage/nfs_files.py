@@ -199,7 +199,7 @@ class NfsFile:
             while len(out) < count:
                 want = min(MAX_TRANSFER, count - len(out))
                 at = offset + len(out)
-                data = await self.fs.manager._retransmitted(
+                data = await self.fs.manager.retransmitted(
                     lambda want=want, at=at: self.fs.client.read(self.handle, want, at)
                 )
                 out += data

@@ -189,7 +189,7 @@ class NfsLockManager:
         self.stats: Counter[str] = Counter()
         self._watches: dict[tuple[str, str], _Watch] = {}
 
-    async def _retransmitted(self, send: Callable[[], Awaitable[T]]) -> T:
+    async def retransmitted(self, send: Callable[[], Awaitable[T]]) -> T:
         """An idempotent request sent again when its reply does not come (the path
         failed), RETRANSMITS times, as an NFS client retransmits; NFS errors and a
         lost volume or lease are answers, not lost replies, and pass at once."""
@@ -238,7 +238,7 @@ class NfsLockManager:
         verifier = self._verifiers.setdefault(key, self._next_verifier())
         while True:
             try:
-                handle = await self._retransmitted(
+                handle = await self.retransmitted(
                     lambda: self.client.create(directory, name, verifier)
                 )
             except NfsError as e:
@@ -248,7 +248,7 @@ class NfsLockManager:
                 continue
             record = LockFile(lock_type, self.host, 1, self.clock.now(), self.host_name, self.boot)
             try:
-                await self._retransmitted(
+                await self.retransmitted(
                     lambda handle=handle, record=record: self.client.write(handle, record.pack())
                 )
             except NfsError as e:
@@ -439,7 +439,7 @@ class NfsLockManager:
     async def within_lease(
         self, key: tuple[str, str], path: str, command: Callable[[], Awaitable[T]]
     ) -> T:
-        return await self._retransmitted(lambda: self._once_within_lease(key, path, command))
+        return await self.retransmitted(lambda: self._once_within_lease(key, path, command))
 
     async def _once_within_lease(
         self, key: tuple[str, str], path: str, command: Callable[[], Awaitable[T]]

@@ -583,7 +583,7 @@ class VmfsVolume:
                 # READ and WRITE are sent again, as an initiator retries a command
                 # the transport lost (the same bytes to the same place); the atomic
                 # and reservation commands have their own rules for a lost reply.
-                if command not in self._retransmittable() or resent >= RETRANSMITS:
+                if command not in (self.device.read, self.device.write) or resent >= RETRANSMITS:
                     raise
                 resent += 1
                 self.stats["retransmits"] += 1
@@ -601,9 +601,6 @@ class VmfsVolume:
                 continue
             await self.clock.sleep(backoff * (0.5 + self.rng.random()))
             backoff = min(backoff * 2, RESERVE_BACKOFF[1])
-
-    def _retransmittable(self) -> tuple:
-        return (self.device.read, self.device.write)
 
     async def _within_lease(self, command: Callable[..., Awaitable[Any]], args: tuple) -> Any:
         """Runs a command that must land, if at all, while this host's heartbeat lease
