@@ -172,7 +172,9 @@ class VCenterClient:
     async def hosts(self) -> list[pb.Host]:
         return list((await self._call("ListHosts", pb.ListHostsRequest())).hosts)
 
-    async def add_host(self, name: str, ssl_thumbprint: str = "", **sizes: int) -> common_pb2.Task:
+    async def add_host(
+        self, name: str, ssl_thumbprint: str = "", **sizes: float
+    ) -> common_pb2.Task:
         request = pb.AddHostRequest(name=name, ssl_thumbprint=ssl_thumbprint, **sizes)
         return await self._call("AddHost", request)
 

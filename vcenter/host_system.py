@@ -183,6 +183,7 @@ class HostManager:
             cpu_cores=request.cpu_cores or defaults.cpu_cores,
             cpu_mhz=request.cpu_mhz or defaults.cpu_mhz,
             memory_mb=request.memory_mb or defaults.memory_mb,
+            kernel_period_s=request.kernel_period_s or defaults.kernel_period_s,
             root_password=generate_password(20, self._runtime.secure_random),
         )
         return spec.validated()
@@ -611,6 +612,7 @@ def size_differences(machine: HostSpec, request: pb.AddHostRequest) -> list[str]
         ("CPU cores", machine.cpu_cores, request.cpu_cores),
         ("MHz per core", machine.cpu_mhz, request.cpu_mhz),
         ("MB of memory", machine.memory_mb, request.memory_mb),
+        ("s kernel period", machine.kernel_period_s, request.kernel_period_s),
     )
     return [
         f"{what}: {has} provisioned, {want} asked"

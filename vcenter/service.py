@@ -154,6 +154,7 @@ class VCenter:
                 cpu_cores=host_spec.cpu_cores,
                 cpu_mhz=host_spec.cpu_mhz,
                 memory_mb=host_spec.memory_mb,
+                kernel_period_s=host_spec.kernel_period_s,
             )
             full, reported = await self.hosts.provision(self.hosts.check_add(request), request)
             request.ssl_thumbprint = reported

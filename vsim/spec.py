@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 from vsim import validate
 
+MAX_KERNEL_PERIOD_S = 10.0
+"""The longest kernel period: the memory scheduler covers at most this much time in
+one period (a host back from a long pause does not replay it)."""
+
 
 @dataclass(frozen=True)
 class HostSpec:
@@ -29,6 +33,10 @@ class HostSpec:
     """Physical memory."""
     root_password: str = ""
     """root's password at first boot (set by whoever provisions the host)."""
+    kernel_period_s: float = 1.0
+    """Seconds between the VMkernel's periods, where guests run and CPU and memory
+    are divided again. A coarser period makes a host cheaper to simulate (the
+    simulator's hosts use one), at the price of slower reaction to demand."""
 
     @property
     def host_uuid(self) -> uuid.UUID:
@@ -43,6 +51,9 @@ class HostSpec:
         validate.int_range(self.cpu_cores, 1, validate.MAX_HOST_CPU_CORES, "cpu_cores")
         validate.int_range(self.cpu_mhz, 100, 10_000, "cpu_mhz", "MHz")
         validate.int_range(self.memory_mb, 1024, validate.MAX_HOST_MEMORY_MB, "memory_mb", "MB")
+        validate.number_range(
+            self.kernel_period_s, 0.1, MAX_KERNEL_PERIOD_S, "kernel_period_s", "seconds"
+        )
         return self
 
     def to_json(self) -> str:

@@ -33,8 +33,13 @@ async def cmd_host_list(args: argparse.Namespace, ctx: Context) -> None:
 
 
 async def cmd_host_add(args: argparse.Namespace, ctx: Context) -> None:
-    sizes = {k: v for k, v in (("cpu_cores", args.cpu_cores), ("cpu_mhz", args.cpu_mhz),
-                               ("memory_mb", args.memory_mb)) if v is not None}  # fmt: skip
+    given = (
+        ("cpu_cores", args.cpu_cores),
+        ("cpu_mhz", args.cpu_mhz),
+        ("memory_mb", args.memory_mb),
+        ("kernel_period_s", args.kernel_period),
+    )
+    sizes = {k: v for k, v in given if v is not None}
     async with await ctx.client() as client:
         thumbprint = normalize(args.thumbprint) if args.thumbprint else ""
         task = await client.wait(await client.add_host(args.name, thumbprint, **sizes))
@@ -135,6 +140,11 @@ def add_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("--cpu-cores", type=positive_int)
     p.add_argument("--cpu-mhz", type=positive_int)
     p.add_argument("--memory-mb", type=positive_int)
+    p.add_argument(
+        "--kernel-period",
+        type=float,
+        help="seconds between VMkernel periods, 0.1-10 (default 1; coarser is cheaper)",
+    )
     p = command(hosts, "remove", cmd_host_remove, "remove a host and its VMs from the inventory")
     p.add_argument("name")
     p = command(hosts, "stats", cmd_host_stats, "the host's CPU and memory, and its VMs'")

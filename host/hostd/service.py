@@ -40,7 +40,7 @@ from vsim.host.hostd.kernel_messages import (
     resource_pools_to_proto,
     vm_stats_to_proto,
 )
-from vsim.host.kernel.vmkernel import KERNEL_TICK, DiskConfig, HostKernel, VmConfig
+from vsim.host.kernel.vmkernel import DiskConfig, HostKernel, VmConfig
 from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.storage.vmdk import open_disk
@@ -325,7 +325,7 @@ class Hostd:
     async def _tick(self) -> None:
         """The kernel's periods, while any VM runs here."""
         while self.kernel.powered_on_count():
-            await self.kernel.clock.sleep(KERNEL_TICK)
+            await self.kernel.clock.sleep(self.kernel.spec.kernel_period_s)
             try:
                 self.kernel.tick()
             except Exception:  # noqa: BLE001 - one bad period must not stop the kernel

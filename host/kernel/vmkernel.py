@@ -60,8 +60,6 @@ from vsim.spec import HostSpec
 from vsim.vm_resources import VmResources
 from vsim.vnic_firewall import VnicFirewall
 
-KERNEL_TICK = 1.0
-"""Seconds between the kernel's periods (guest activity, CPU tick, memory reclaim)."""
 DEFAULT_VSWITCH = "vSwitch0"
 DEFAULT_PORT_GROUPS = ("VM Network", "Management Network")
 MANAGEMENT_PORT_GROUP = "Management Network"

@@ -158,6 +158,9 @@ def test_default_cluster_spec_rejects_host_count(hosts: int):
         HostSpec("esxi-01", cpu_cores=0),
         HostSpec("esxi-01", cpu_mhz=99),
         HostSpec("esxi-01", memory_mb=1023),
+        HostSpec("esxi-01", kernel_period_s=0.05),
+        HostSpec("esxi-01", kernel_period_s=11),
+        HostSpec("esxi-01", kernel_period_s=float("nan")),
     ],
 )
 def test_host_spec_validation(spec: HostSpec):
@@ -166,5 +169,13 @@ def test_host_spec_validation(spec: HostSpec):
 
 
 def test_host_spec_json_round_trip():
-    spec = HostSpec("esxi-07", uuid="u-1", cpu_cores=8, cpu_mhz=3000, memory_mb=4096)
+    spec = HostSpec(
+        "esxi-07", uuid="u-1", cpu_cores=8, cpu_mhz=3000, memory_mb=4096, kernel_period_s=5
+    )
     assert HostSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_host_spec_stored_before_kernel_periods_reads_with_the_default():
+    stored = '{"cpu_cores": 8, "cpu_mhz": 3000, "memory_mb": 4096, "name": "esxi-07", '
+    stored += '"root_password": "", "uuid": ""}'
+    assert HostSpec.from_json(stored).kernel_period_s == 1.0

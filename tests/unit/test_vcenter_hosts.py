@@ -4,6 +4,7 @@ and reboots, and a vCenter restart on the same data dir and hosts."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 
 import pytest
@@ -117,6 +118,30 @@ async def test_a_retried_add_host_with_other_sizes_adds_a_host_of_those_sizes(la
     assert (host.cpu_cores, host.memory_mb, host.cpu_mhz) == (8, 16384, HostSpec("x").cpu_mhz)
     spec = lab.engine.spec("esxi-04")
     assert (spec.cpu_cores, spec.memory_mb) == (8, 16384)  # the running host has them too
+
+
+async def test_a_host_added_with_a_kernel_period_runs_its_kernel_at_that_period(lab: Lab):
+    thumbprint = (await add_sized(lab, kernel_period_s=5)).error.properties["thumbprint"]
+    assert (await add_sized(lab, thumbprint, kernel_period_s=5)).state == SUCCESS
+    assert lab.engine.spec("esxi-04").kernel_period_s == 5
+    kernel = lab.engine.running("esxi-04").kernel
+    periods = []
+    tick = kernel.tick
+    kernel.tick = lambda: (periods.append(lab.clock.now()), tick())
+    assert (await lab.create("vm-slow", host="esxi-04")).state == SUCCESS
+    assert (await lab.power_on("vm-slow")).state == SUCCESS
+    await asyncio.sleep(31)
+    assert len(periods) == 6
+    assert all(b - a == pytest.approx(5) for a, b in itertools.pairwise(periods))
+
+
+@pytest.mark.parametrize("period", [0.01, 10.5, -1])
+async def test_add_host_with_a_bad_kernel_period_is_invalid_argument(lab: Lab, period: float):
+    before = await lab.snapshot()
+    with pytest.raises(InvalidArgument, match="kernel_period_s"):
+        await lab.client.add_host("esxi-04", kernel_period_s=period)
+    assert await lab.snapshot() == before
+    assert "esxi-04" not in lab.engine.hosts()
 
 
 async def test_a_retry_that_asks_no_sizes_keeps_the_provisioned_host(lab: Lab):

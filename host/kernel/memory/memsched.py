@@ -37,8 +37,9 @@ from vsim.resource_allocation import (
     ROOT_POOL,
     Unit,
 )
+from vsim.spec import MAX_KERNEL_PERIOD_S
 
-MAX_PERIOD = 10.0
+MAX_PERIOD = MAX_KERNEL_PERIOD_S
 """The most one period covers: a host back from a long pause does not replay it."""
 ACCESS_BATCH = 16 * PAGES_PER_MB
 """Guest pages touched as one step (reclaim may take earlier steps' pages)."""
