@@ -102,6 +102,7 @@ class NfsExport:
     def __init__(self, name: str, root: Path, options: ExportOptions) -> None:
         self.name = name
         self.root = root.resolve()
+        self._root_text = str(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.options = options
         self.stats = ExportStats()
@@ -135,20 +136,32 @@ class NfsExport:
     def _path(self, handle: str) -> Path:
         """The file a handle names; STALE if it is gone, BADHANDLE-like INVAL if it
         points outside the export."""
-        if "\x00" in handle or handle.startswith("/") or ".." in Path(handle).parts:
+        if "\x00" in handle or handle.startswith("/") or ".." in handle.split("/"):
             raise NfsError(NfsStatus.INVAL, f"bad file handle {handle[:80]!r}")
-        try:
-            path = (self.root / handle).resolve() if handle else self.root
-            exists = path.exists()
-        except OSError as e:  # a component too long, a symlink loop, ...
-            raise NfsError(
-                NfsStatus.INVAL, f"bad file handle {handle[:80]!r}: {e.strerror}"
-            ) from None
-        if path != self.root and self.root not in path.parents:
-            raise NfsError(NfsStatus.INVAL, f"bad file handle {handle[:80]!r}")
-        if not exists:
-            raise NfsError(NfsStatus.STALE, f"{handle or '/'} no longer exists")
-        return path
+        # Strings, not Path objects, and a walk of the handle's own components (the
+        # root is resolved once): every NFS call resolves its handle.
+        root = self._root_text
+        real = root
+        for part in handle.split("/") if handle else ():
+            if part in ("", "."):
+                continue
+            candidate = os.path.join(real, part)
+            try:
+                if stat.S_ISLNK(os.lstat(candidate).st_mode):
+                    candidate = os.path.realpath(candidate)
+                    if candidate != root and not candidate.startswith(root + os.sep):
+                        raise NfsError(NfsStatus.INVAL, f"bad file handle {handle[:80]!r}")
+                    os.stat(candidate)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NfsError(NfsStatus.STALE, f"{handle} no longer exists") from None
+            except OSError as e:  # a component too long, a symlink loop, ...
+                raise NfsError(
+                    NfsStatus.INVAL, f"bad file handle {handle[:80]!r}: {e.strerror}"
+                ) from None
+            real = candidate
+        if not handle and not os.path.isdir(root):
+            raise NfsError(NfsStatus.STALE, "/ no longer exists")
+        return Path(real)
 
     def _dir(self, handle: str) -> Path:
         path = self._path(handle)

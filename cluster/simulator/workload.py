@@ -120,7 +120,7 @@ class Workload:
         name = f"vm-{self._next_vm:03d}"
         datastore = self.rng.choice(self.datastores + [""])
         host = self.rng.choice(self.dc.host_names + [""])
-        iops = self.rng.choice((0, 1, 2, 4)) if datastore else 0
+        iops = self.rng.choice((0, 1, 1, 2)) if datastore else 0
         resources = kpb.VmResources(memory_workload=LIGHT_GUEST)
         ok = await self._task(
             f"create {name} on {host or 'any'} {datastore or 'diskless'}",
@@ -146,7 +146,10 @@ class Workload:
             await self._task(f"power-off {vm}", lambda c: c.power_off(vm))
 
     async def destroy(self) -> None:
+        """Most people power a VM off before deleting it; some forget (and are told)."""
         if vm := self._vm():
+            if self.rng.random() < 0.8:
+                await self._task(f"power-off {vm}", lambda c: c.power_off(vm))
             if await self._task(f"destroy {vm}", lambda c: c.destroy_vm(vm)):
                 if vm in self.vms:
                     self.vms.remove(vm)

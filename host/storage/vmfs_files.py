@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -57,6 +58,11 @@ removes a name there) before reporting FileLocked."""
 POINTERS_PER_SECTOR = SECTOR // 4
 
 
+_unpack_descriptor = functools.lru_cache(maxsize=4096)(FileDescriptor.unpack)
+"""Descriptors are immutable and most sectors read again are unchanged (the whole
+region is read to list or find files): each distinct sector is parsed once."""
+
+
 class VmfsFileSystem:
     def __init__(self, volume: VmfsVolume) -> None:
         self.volume = volume
@@ -80,7 +86,7 @@ class VmfsFileSystem:
     @staticmethod
     def _parse(sector: bytes) -> FileDescriptor:
         try:
-            return FileDescriptor.unpack(sector)
+            return _unpack_descriptor(sector)
         except (ValueError, UnicodeDecodeError, struct.error) as e:
             raise CannotAccessFile(f"a file descriptor on the volume is damaged: {e}") from None
 
