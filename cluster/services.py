@@ -51,6 +51,7 @@ async def serve_vcenter(
     array_endpoint: str,
     array_info: Path,
     clock_speed: float = 1.0,
+    array_management: str = "",
 ) -> None:
     """Runs vCenter until SIGINT/SIGTERM; the hosts' actors keep running after it."""
     import ray
@@ -73,7 +74,12 @@ async def serve_vcenter(
         port=port,
         bind=bind,
         clock=WallClock(clock_speed),
-        array=ArrayRef(array_endpoint, info["thumbprint"]),
+        array=ArrayRef(
+            array_endpoint,
+            info["thumbprint"],
+            info.get("management_key", ""),
+            management_endpoint=array_management,
+        ),
         services=fault_services,
     )
     print(json.dumps({"endpoint": running.endpoint, "thumbprint": running.thumbprint}), flush=True)

@@ -25,6 +25,7 @@ async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
     from vsim.cluster.array_setup import prepare_array
     from vsim.spec import ClusterSpec
     from vsim.storage.server import start_array
+    from vsim.tls import write_private
 
     validate.port(args.port)
     data_dir = Path(args.data_dir).expanduser().resolve()
@@ -37,9 +38,14 @@ async def cmd_array_serve(args: argparse.Namespace, ctx: Context) -> None:
         if args.info_file:
             info_file = Path(args.info_file)
             info_file.parent.mkdir(parents=True, exist_ok=True)
-            info_file.write_text(
-                json.dumps({"thumbprint": running.identity.thumbprint, "luns": luns})
-            )
+            # vCenter's management key is in it: only vCenter's container mounts it,
+            # and the file is the owner's alone.
+            info = {
+                "thumbprint": running.identity.thumbprint,
+                "luns": luns,
+                "management_key": running.array.management_key,
+            }
+            write_private(info_file, json.dumps(info).encode())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -90,6 +90,7 @@ async def cmd_vcenter_serve(args: argparse.Namespace, ctx: Context) -> None:
         args.array,
         Path(args.array_info),
         args.clock_speed,
+        args.array_management,
     )
 
 
@@ -136,5 +137,10 @@ def add_vcenter_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument("--hosts", type=positive_int, default=4)
     p.add_argument("--ray-address", default="auto")
     p.add_argument("--array", required=True, help="the array's HOST:PORT as the hosts reach it")
+    p.add_argument(
+        "--array-management",
+        default="",
+        help="the array's HOST:PORT as vCenter reaches it, when not the hosts' (default: --array)",
+    )
     p.add_argument("--array-info", required=True, help="the file the array's --info-file wrote")
     p.add_argument("--clock-speed", type=float, default=1.0)

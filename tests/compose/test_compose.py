@@ -293,3 +293,43 @@ async def test_the_fault_service_cuts_one_hosts_storage_inside_its_container(cli
     assert await wait_until(vmfs_on_esxi_01, 60), "esxi-01 never got vmfs-01 back"
     events = [e.type for e in await client.events()]
     assert "FaultInjectedEvent" in events and "FaultClearedEvent" in events
+
+
+async def test_the_fault_service_slows_a_datastore_and_restarts_the_array_program(
+    client, wait_until
+):
+    """vCenter manages the stack's array with the array's key, over the management
+    network: a disk latency on nfs-01 is set at the array (a guest writing there slows
+    to at most a write a second), then mended; the array program restarts inside
+    itself, and every write acknowledged before reads back."""
+    await running_vm(client, "c-slow", "esxi-01", "nfs-01", iops=20)
+
+    async def writing():
+        return (await client.vm("c-slow")).guest_writes_acked >= 20
+
+    assert await wait_until(writing, 30)
+    state = await client.set_disk_latency("nfs-01", 1000)
+    assert [(f.kind, f.target, f.detail) for f in state.faults] == [
+        ("disk-latency", "nfs-01", "1000 ms")
+    ]
+    await asyncio.sleep(2)  # the write in flight ends
+    slowed = (await client.vm("c-slow")).guest_writes_acked
+    await asyncio.sleep(6)
+    assert (await client.vm("c-slow")).guest_writes_acked - slowed <= 6 + 1
+    assert not (await client.clear_faults()).faults
+
+    state = await client.restart_array()
+    assert "Restarted the storage array program" in state.message
+    acked = (await client.vm("c-slow")).guest_writes_acked
+
+    async def read_back():
+        try:
+            return await client.verify_disk("c-slow", acked)
+        except Exception:  # noqa: BLE001 - the array is still coming back
+            return None
+
+    report = await wait_until(read_back, 60)
+    assert report is not None and report.corrupt == 0 and report.missing == 0
+    messages = [e.message for e in await client.events() if e.type == "FaultInjectedEvent"]
+    assert any("nfs-01" in m and "1000 ms" in m for m in messages)
+    assert any("Restarted the storage array program" in m for m in messages)

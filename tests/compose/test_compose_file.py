@@ -76,5 +76,9 @@ def test_compose_v1_and_v2_read_the_same_cluster(docker_tools):
             "storage": f"172.30.2.1{i}",
             "vmotion": f"172.30.3.1{i}",
         }
-    assert set(v1["array"][0]) == {"storage"}  # a host reaches the array only there
+    # The array's data on storage, its management (vCenter's) on management; vCenter
+    # tells the hosts the storage address, so a host reaches the array only there.
+    assert v1["array"][0] == {"storage": "172.30.2.10", "management": "172.30.1.20"}
+    command = " ".join(resolved("docker-compose")["services"]["vcenter"]["command"])
+    assert "--array 172.30.2.10:50052 --array-management 172.30.1.20:50052" in command
     assert {s[4] for s in v1.values()} == {"on-failure"}  # docker kill still stops one
