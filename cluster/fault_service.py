@@ -41,7 +41,8 @@ class FaultEngine(Protocol):
         """The host dies at once: nothing flushed, its in-memory state lost."""
 
     async def hang_host(self, name: str, seconds: float) -> None:
-        """hostd stops answering and the host's I/O stalls for `seconds` (> 0)."""
+        """hostd stops answering and the host's I/O stalls for `seconds` (0: a hang
+        ends now)."""
 
     async def power_on_host(self, name: str) -> None:
         """A crashed host boots again (vCenter's monitor reattaches it)."""
@@ -199,22 +200,14 @@ class FaultService:
         async with self._lock:
             mended, failed = [], []
             for fault in self._current():
-                if fault.kind == "host-hang":  # a hang ends by itself (no engine ends one early)
-                    continue
                 try:
                     await self._mend(fault)
                     mended.append(f"{fault.kind} {fault.target}")
                 except VimFault as e:  # one that cannot be mended must not stop the rest
                     failed.append(f"{fault.kind} {fault.target}: {e}")
-            hangs = [f for f in self._current() if f.kind == "host-hang"]
             message = f"Cleared {len(mended)} fault(s)" + (
                 f"; could not mend {len(failed)}: {'; '.join(failed)}" if failed else ""
             )
-            if hangs:
-                now = self.core.runtime.now()
-                message += "; hangs end by themselves: " + ", ".join(
-                    f"{f.target} in {f.until - now:.1f} s" for f in hangs
-                )
             self.core.events.post("FaultClearedEvent", message, user=session.user_name)
             return self._state(message)
 
@@ -226,6 +219,9 @@ class FaultService:
                 self.core.hosts.heartbeat(fault.target), f"reattach:{fault.target}"
             )
             key = ("host-crash", fault.target)
+        elif fault.kind == "host-hang" and engine is not None:
+            await engine.hang_host(fault.target, 0)
+            key = ("host-hang", fault.target)
         elif fault.kind == "link" and engine is not None:
             network = fault.detail.split()[0]
             await engine.set_link(fault.target, network, True)

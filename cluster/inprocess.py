@@ -305,8 +305,12 @@ class InProcessEngine:
 
     async def hang_host(self, name: str, seconds: float) -> None:
         """Freezes the host for `seconds` of the engine's clock: nothing it sends or is
-        sent gets through until then (a later hang replaces the end of this one)."""
+        sent gets through until then (a later hang replaces the end of this one; 0
+        ends a hang now)."""
         self._known(name)
+        if seconds == 0:
+            self._thaw(name)
+            return
         validate.positive_number(seconds, "hang seconds")
         if name not in self._hostd:
             raise InvalidArgument(f"{name} is not running: a host that is off cannot hang")

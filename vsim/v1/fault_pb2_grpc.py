@@ -128,8 +128,7 @@ class FaultsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClearFaults(self, request, context):
-        """Mends everything: crashed hosts powered on, links up, disks fast (a hang ends
-        by itself; the message says when).
+        """Mends everything: hangs ended, crashed hosts powered on, links up, disks fast.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
