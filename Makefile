@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/kernel.py
 	$(BIN)/python bench/virtual_time.py
 	$(BIN)/python bench/simulator.py
+	$(BIN)/python bench/vmotion.py
 
 # The container image (debootstrap base + wheelhouse; no registry needed), tagged by
 # a hash of its inputs: a second run with nothing changed takes a second.

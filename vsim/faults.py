@@ -77,6 +77,8 @@ FileNotFound = _fault("FileNotFound", S.NOT_FOUND)
 FileAlreadyExists = _fault("FileAlreadyExists", S.ALREADY_EXISTS)
 FileTooLarge = _fault("FileTooLarge", S.OUT_OF_RANGE)
 NoDiskSpace = _fault("NoDiskSpace", S.RESOURCE_EXHAUSTED)
+MigrationFault = _fault("MigrationFault", S.FAILED_PRECONDITION)
+"""A vMotion that cannot be done or did not complete (the VM stays on its source)."""
 SystemError_ = _fault("SystemError", S.INTERNAL)
 
 _BY_NAME: dict[str, type[VimFault]] = {cls.name: cls for cls in VimFault.__subclasses__()}

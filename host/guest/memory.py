@@ -72,11 +72,25 @@ class GuestMemoryModel:
         ppns = np.arange(self.booted_pages, dtype=np.int64)
         return ppns, self.content(len(ppns))
 
-    def step(self, seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The guest's activity over `seconds`: pages read, pages written, content."""
-        reads = self._pages("touch", self.workload.touch_rate * seconds)
-        writes = self._pages("dirty", self.workload.dirty_rate * seconds)
+    def step(self, seconds: float, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The guest's activity over `seconds`: pages read, pages written, content.
+        `speed` is the share of those seconds its vCPUs ran (SDPS slows them during a
+        vMotion; 0 while it is stunned)."""
+        reads = self._pages("touch", self.workload.touch_rate * seconds * speed)
+        writes = self._pages("dirty", self.workload.dirty_rate * seconds * speed)
         return reads, writes, self.content(len(writes))
+
+    def state(self) -> dict:
+        """What the guest is in the middle of (its generator and fractional carries):
+        a vMotion checkpoint carries it, so the guest goes on where it stopped."""
+        return {"rng": self._rng.bit_generator.state, "carry": dict(self._carry)}
+
+    def restore(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._carry = {
+            "dirty": float(state["carry"]["dirty"]),
+            "touch": float(state["carry"]["touch"]),
+        }
 
     def _pages(self, kind: str, expected: float) -> np.ndarray:
         """Working-set pages; fractional counts carry over to the next step."""

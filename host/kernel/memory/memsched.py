@@ -102,6 +102,10 @@ class _PoweredOn:
     reclaim: VmReclaim
     settings: VmMemorySettings
     memory_mb: int
+    stepped_at: float
+    """Until when the guest has run (its activity is drawn up to here)."""
+    speed: float = 1.0
+    """The share of time its vCPUs run: below 1 while SDPS slows it, 0 stunned."""
 
 
 class MemoryManager:
@@ -172,9 +176,12 @@ class MemoryManager:
         settings: VmMemorySettings | None = None,
         workload: GuestWorkload | None = None,
         pool: str = ROOT_POOL,
+        arriving: bool = False,
     ) -> None:
         """Gives the VM guest memory in resource pool `pool` and boots its guest
-        (writing its boot pages)."""
+        (writing its boot pages); or, `arriving` by vMotion, makes room for a stunned
+        guest whose pages are received (`receive`) and that runs once `resume`d with
+        the state its checkpoint carries."""
         if name in self._vms:
             raise InvalidArgument(f"{name} is already powered on")
         settings = (settings or VmMemorySettings()).validated(memory_mb)
@@ -190,10 +197,13 @@ class MemoryManager:
         if not self._vms:  # the first guest: no idle time to replay
             self._last_tick = self.clock.now()
         self.reclaimer.add(reclaim)
-        self._vms[name] = _PoweredOn(guest, reclaim, settings, memory_mb)
+        self._vms[name] = _PoweredOn(guest, reclaim, settings, memory_mb, self.clock.now())
         try:
-            ppns, content = guest.boot()
-            self.write(name, ppns, content)
+            if arriving:  # vMotion's destination: the pages come over the wire
+                self._vms[name].speed = 0.0
+            else:
+                ppns, content = guest.boot()
+                self.write(name, ppns, content)
         except BaseException:
             self.power_off(name)
             raise
@@ -239,18 +249,101 @@ class MemoryManager:
         elapsed = min(MAX_PERIOD, max(0.0, now - self._last_tick))
         self._last_tick = now
         for name, vm in self._vms.items():
-            reads, writes, content = vm.guest.step(elapsed)
-            try:
-                if len(reads):
-                    self.read(name, reads)
-                if len(writes):
-                    self.write(name, writes, content)
-            except InsufficientResourcesFault:
-                self.stalls += 1  # every other VM is at its reservation: this guest waits
+            self._run_guest(name, vm, now)
         if self.settings.page_sharing and now >= self._next_scan:
             self.scan()
         self._set_targets()
         return self.reclaimer.tick(elapsed)
+
+    def _run_guest(self, name: str, vm: _PoweredOn, now: float) -> None:
+        """The guest's reads and writes from where it was drawn up to `now`."""
+        seconds = min(MAX_PERIOD, max(0.0, now - vm.stepped_at))
+        vm.stepped_at = now
+        if seconds <= 0:
+            return
+        reads, writes, content = vm.guest.step(seconds, vm.speed)
+        try:
+            if len(reads):
+                self.read(name, reads)
+            if len(writes):
+                self.write(name, writes, content)
+        except InsufficientResourcesFault:
+            self.stalls += 1  # every other VM is at its reservation: this guest waits
+
+    # -- vMotion: what leaves and what arrives ---------------------------------------
+
+    def catch_up(self, name: str) -> None:
+        """Draws the guest's activity up to now (between kernel periods, where a
+        pre-copy round ends)."""
+        self._run_guest(name, self._vm(name), self.clock.now())
+
+    def set_speed(self, name: str, speed: float) -> None:
+        """How fast the guest's vCPUs run from now (1 normal; SDPS slows them; 0 is
+        a stun), after it ran until now at the old speed."""
+        if not 0 <= speed <= 1:
+            raise InvalidArgument(f"a guest's speed is 0 to 1, got {speed!r}")
+        self.catch_up(name)
+        self._vm(name).speed = speed
+
+    def speed(self, name: str) -> float:
+        return self._vm(name).speed
+
+    def touched_pages(self, name: str) -> np.ndarray:
+        """Every page the guest has touched, sorted: what a pre-copy's first round
+        sends."""
+        return self._vm(name).reclaim.pages.touched()
+
+    def take_dirty(self, name: str) -> np.ndarray:
+        """The pages the guest wrote since the last take (up to now), sorted; the
+        bitmap starts again."""
+        self.catch_up(name)
+        return self._vm(name).reclaim.pages.take_dirty()
+
+    def guest_content(self, name: str, ppns: np.ndarray) -> np.ndarray:
+        """What the guest sees at these pages, without touching them: mapped pages'
+        content, compressed, swapped and ballooned pages' kept content, zero where
+        it never wrote."""
+        vm = self._vm(name)
+        pages = vm.reclaim.pages
+        ppns = self.memory.check_ppns(pages, np.asarray(ppns, np.int64))
+        if len(ppns) and int(ppns.max()) < len(pages.pmap):
+            mpns = pages.pmap[ppns]
+            if int(mpns.min()) >= 0:  # the usual case: every page is mapped
+                return self.memory.content[mpns]
+        out = np.zeros(len(ppns), np.uint64)
+        inside = ppns < len(pages.pmap)
+        at, backing = ppns[inside], pages.backing[ppns[inside]]
+        got = np.zeros(len(at), np.uint64)
+        mapped = backing == MAPPED
+        got[mapped] = self.memory.content[pages.pmap[at[mapped]]]
+        kept = (backing == COMPRESSED) | (backing == BALLOONED)
+        got[kept] = pages.stash[at[kept]]
+        swapped = backing == SWAPPED
+        if swapped.any():
+            got[swapped] = vm.reclaim.swap.read(pages.stash[at[swapped]].astype(np.int64))
+        out[inside] = got
+        return out
+
+    def receive(self, name: str, ppns: np.ndarray, fingerprints: np.ndarray) -> None:
+        """Pages arriving by vMotion: written into fresh machine pages (zeroed, then
+        filled), as the guest would write them, in one batch (the guest is stunned:
+        none of its pages is in use); not dirty here."""
+        vm = self._vm(name)
+        ppns = np.asarray(ppns, np.int64)
+        if len(ppns) != len(fingerprints):
+            raise InvalidArgument("one fingerprint per page is needed")
+        self.reclaimer.overwrite(vm.reclaim, ppns, fingerprints)
+        vm.reclaim.pages.dirty[ppns] = False
+
+    def guest_state(self, name: str) -> dict:
+        return self._vm(name).guest.state()
+
+    def resume(self, name: str, guest_state: dict) -> None:
+        """An arrived guest runs on from its checkpoint (where it stopped writing)."""
+        vm = self._vm(name)
+        vm.guest.restore(guest_state)
+        vm.stepped_at = self.clock.now()
+        vm.speed = 1.0
 
     def scan(self) -> ScanResult:
         self.last_scan = self.sharing.scan()

@@ -96,15 +96,22 @@ class VmPages:
     """Per PPN: the fingerprint of a compressed page, or the swap slot of a swapped one."""
     zip_mpns: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     """Machine pages holding the VM's compression cache (two compressed pages each)."""
+    dirty: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    """Per PPN: written by the guest since the bitmap was last taken (vMotion's
+    dirty-page tracking; every guest write sets it)."""
 
     def grow(self, pages: int) -> None:
         """Makes the pmap cover PPNs below `pages` (whole chunks, never past the VM)."""
         if pages <= len(self.pmap):
             return
-        size = min(self.configured_pages, -(-pages // PMAP_CHUNK) * PMAP_CHUNK)
+        # Whole chunks, and at least double: a guest touching its memory in order
+        # (a boot, a vMotion's arrival) must not copy the pmap once per chunk.
+        chunks = -(-pages // PMAP_CHUNK) * PMAP_CHUNK
+        size = min(self.configured_pages, max(chunks, 2 * len(self.pmap)))
         old = len(self.pmap)
         self.pmap = np.concatenate([self.pmap, np.full(size - old, UNMAPPED, self.pmap.dtype)])
         self.backing = np.concatenate([self.backing, np.zeros(size - old, np.int8)])
+        self.dirty = np.concatenate([self.dirty, np.zeros(size - old, bool)])
         if len(self.stash):
             self.stash = np.concatenate([self.stash, np.zeros(size - old, np.uint64)])
 
@@ -116,6 +123,16 @@ class VmPages:
                 [self.stash, np.zeros(len(self.pmap) - len(self.stash), np.uint64)]
             )
         self.stash[ppns] = values
+
+    def take_dirty(self) -> np.ndarray:
+        """The pages written since the last take (sorted), and the bitmap cleared."""
+        written = np.flatnonzero(self.dirty)
+        self.dirty[written] = False
+        return written
+
+    def touched(self) -> np.ndarray:
+        """Every page the guest has touched (whatever backs it now), sorted."""
+        return np.flatnonzero(self.backing != UNTOUCHED)
 
     def count(self, backing: int) -> int:
         return int(np.count_nonzero(self.backing == backing))
@@ -162,6 +179,16 @@ class MachineMemory:
                 free_pages=self.free_pages,
             )
         reused = min(count, self._free_top)
+        if reused == 0 and count:  # all fresh: one run of MPNs, set by slices
+            start = self.high_water
+            self._extend(start + count)
+            self.high_water += count
+            run = slice(start, start + count)
+            self.content[run] = 0
+            self.refcount[run] = 1
+            self.domain[run] = domain
+            self.sharable[run] = sharable
+            return np.arange(start, start + count, dtype=self.mpn_type)
         mpns = self._free[self._free_top - reused : self._free_top].copy()
         self._free_top -= reused
         if count > reused:
@@ -285,6 +312,7 @@ class MachineMemory:
     def write_distinct(self, vm: VmPages, ppns: np.ndarray, fingerprints: np.ndarray) -> None:
         """write() for PPNs already checked, sorted, distinct and inside the pmap, one
         fingerprint each (reclaim has them so and need not pay for the checks again)."""
+        vm.dirty[ppns] = True
         mpns = vm.pmap[ppns]
         mapped = vm.backing[ppns] == MAPPED
         shared = mapped.copy()
