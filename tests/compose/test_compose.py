@@ -53,6 +53,21 @@ async def running_vm(client, name: str, host: str, datastore: str, iops: int = 5
     await client.run(await client.power_on(name))
 
 
+async def read_back_after_array_restart(client, wait_until, vm: str, acked: int):
+    """The VM's disk verified against its acknowledged writes once the array answers
+    again (within 60 s)."""
+
+    async def read_back():
+        try:
+            return await client.verify_disk(vm, acked)
+        except Exception:  # noqa: BLE001 - the array is still coming back
+            return None
+
+    report = await wait_until(read_back, 60)
+    assert report is not None, f"{vm}'s disk could not be read after the array restart"
+    return report
+
+
 async def test_every_host_runs_in_its_own_container_on_the_management_network(compose, client):
     hosts = {h.name: h for h in await client.hosts()}
     assert sorted(hosts) == HOSTS
@@ -168,14 +183,7 @@ async def test_acknowledged_writes_survive_an_array_restart(compose, client, wai
     compose.docker("restart", compose.container("array"))
     before = (await client.vm("c-db")).guest_writes_acked
 
-    async def read_back():
-        try:
-            return await client.verify_disk("c-db", before)
-        except Exception:  # noqa: BLE001 - the array is still coming back
-            return None
-
-    report = await wait_until(read_back, 60)
-    assert report is not None, "the VM's disk could not be read after the array restart"
+    report = await read_back_after_array_restart(client, wait_until, "c-db", before)
     assert report.corrupt == 0 and report.missing == 0
     assert report.highest_seq >= before
 
@@ -322,14 +330,8 @@ async def test_the_fault_service_slows_a_datastore_and_restarts_the_array_progra
     assert "Restarted the storage array program" in state.message
     acked = (await client.vm("c-slow")).guest_writes_acked
 
-    async def read_back():
-        try:
-            return await client.verify_disk("c-slow", acked)
-        except Exception:  # noqa: BLE001 - the array is still coming back
-            return None
-
-    report = await wait_until(read_back, 60)
-    assert report is not None and report.corrupt == 0 and report.missing == 0
+    report = await read_back_after_array_restart(client, wait_until, "c-slow", acked)
+    assert report.corrupt == 0 and report.missing == 0
     messages = [e.message for e in await client.events() if e.type == "FaultInjectedEvent"]
     assert any("nfs-01" in m and "1000 ms" in m for m in messages)
     assert any("Restarted the storage array program" in m for m in messages)
