@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -20,15 +21,35 @@ __all__ = ["SERVICE", "RunningArray", "start_array"]
 COMMON_NAME = "array"
 
 
+RESTART_GRACE = 0.2
+"""Seconds the calls in flight get to finish when the array program restarts (the
+RestartArray reply among them); the rest are cut off with their connections."""
+
+
 @dataclass
 class RunningArray:
     array: StorageArray
     server: grpc.aio.Server
     identity: Identity
     endpoint: str
+    service: ArrayService
+    bind: str
+    port: int
+    _restarting: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def restart_server(self) -> None:
+        """The array program's restart, as the network sees it: the server stops
+        (every connection drops; a command still waiting is cut off) and listens on
+        the same port again, and the hosts' channels connect anew."""
+        async with self._restarting:
+            await self.server.stop(grace=RESTART_GRACE)
+            self.server, _ = await start_server(
+                self.identity, self.bind, self.port, [self.service.table]
+            )
 
     async def stop(self) -> None:
-        await self.server.stop(grace=2.0)
+        async with self._restarting:
+            await self.server.stop(grace=2.0)
         self.array.close()
 
 
@@ -43,4 +64,6 @@ async def start_array(data_dir: Path, port: int = 0, bind: str = "127.0.0.1") ->
     except BaseException:
         array.close()
         raise
-    return RunningArray(array, server, identity, f"{bind}:{bound}")
+    running = RunningArray(array, server, identity, f"{bind}:{bound}", service, bind, bound)
+    service.on_restart = running.restart_server
+    return running

@@ -64,6 +64,9 @@ class ArrayService:
 
     def __init__(self, array: StorageArray) -> None:
         self.array = array
+        self.on_restart: Callable[[], Awaitable[None]] | None = None
+        """What else a restart does where the array serves over a network: its server
+        goes down and up again, so every connection to it drops (`RunningArray`)."""
         self.table = DispatchTable.of_methods(SERVICE, self, self)
         """Every StorageArray RPC, as the gRPC server and vCenter's in-process
         provider call it."""
@@ -367,6 +370,8 @@ class ArrayService:
     @needs(ADMINISTRATOR)
     def RestartArray(self, r: pb.RestartArrayRequest, _: Any) -> pb.RestartArrayResponse:
         dropped = self.array.restart()
+        if self.on_restart is not None:  # after this reply has gone out
+            self.array.runtime.spawn(self.on_restart(), "restart-server")
         return pb.RestartArrayResponse(
             generation=self.array.generation, reservations_dropped=dropped
         )

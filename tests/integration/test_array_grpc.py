@@ -15,7 +15,13 @@ from test_api import reflected_services
 
 from vsim.cluster.array_setup import prepare_array
 from vsim.cluster.ray_engine import ray_engines, ray_namespace
-from vsim.faults import InvalidArgument, NoPermission, NotAuthenticated, ResourceInUse
+from vsim.faults import (
+    HostConnectFault,
+    InvalidArgument,
+    NoPermission,
+    NotAuthenticated,
+    ResourceInUse,
+)
 from vsim.rpc import RpcClient, open_channel
 from vsim.spec import ClusterSpec
 from vsim.storage.lun import SECTOR
@@ -216,6 +222,46 @@ async def test_acknowledged_data_survives_an_array_restart(tmp_path):
         assert read.data == b"kept"
         info = await rpc.call("GetArray", pb.GetArrayRequest(), running.array.management_key)
         assert [lun_info.reserved_by for lun_info in info.luns] == [""]  # reservations are volatile
+    finally:
+        await rpc.close()
+        await running.stop()
+
+
+async def test_restart_array_drops_every_connection_and_listens_again(tmp_path):
+    """RestartArray over gRPC restarts the program as the network sees it too: a
+    command waiting at the array is cut off with its connection (not carried out),
+    and the same channel carries calls again once the server listens anew."""
+    running = await start_array(tmp_path)
+    rpc = await connect(running)
+    key = running.array.management_key
+    try:
+        lun = await rpc.call(
+            "CreateLun", pb.CreateLunRequest(size_bytes=4 * 1024**2, initiators=[HOST_A]), key
+        )
+        await rpc.call("SetLatency", pb.SetLatencyRequest(lun=lun.id, seconds=30), key)
+        waiting = asyncio.create_task(
+            rpc.call(
+                "Write",
+                pb.ScsiRequest(initiator=HOST_A, lun=lun.id, lba=3, data=block(0x5A)),
+                None,
+            )
+        )
+        await asyncio.sleep(0.5)
+        answer = await rpc.call("RestartArray", pb.RestartArrayRequest(), key)
+        assert answer.generation == 1
+        with pytest.raises(HostConnectFault):
+            await asyncio.wait_for(waiting, 10)  # cut off, not left for the 30 s
+        for _ in range(100):  # the server is listening again within moments
+            try:
+                await rpc.call("SetLatency", pb.SetLatencyRequest(lun=lun.id, seconds=0), key)
+                break
+            except HostConnectFault:
+                await asyncio.sleep(0.1)
+        reply = await rpc.call(
+            "Read", pb.ScsiRequest(initiator=HOST_A, lun=lun.id, lba=3, blocks=1), None
+        )
+        assert reply.data == bytes(SECTOR)  # the write that was cut off never landed
+        assert running.endpoint.endswith(f":{running.port}")
     finally:
         await rpc.close()
         await running.stop()
