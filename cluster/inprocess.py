@@ -44,12 +44,14 @@ from vsim.faults import (
     HostConnectFault,
     InvalidArgument,
     NotFound,
+    SSLVerifyFault,
     StoragePathLost,
     VimFault,
 )
 from vsim.host.boot import LocalDisk, boot_host
 from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import MemoryConfigStore
+from vsim.host.hostd.migration import PeerConnector, PeerLink
 from vsim.host.hostd.service import Hostd
 from vsim.host.storage.storage_stack import LocalStoragePorts
 from vsim.passwords import hash_password
@@ -156,6 +158,35 @@ class LocalHostPort:
         self._hostd = None
 
 
+class _VmotionLine:
+    """One migration's line from a host to another's HostVMotion service: each call
+    crosses the sender's vMotion network, then the receiver's."""
+
+    def __init__(self, engine: InProcessEngine, source: str, boot: int, peer: str, token: str):
+        self._engine, self._source, self._boot = engine, source, boot
+        self._peer, self._token = peer, token
+
+    async def call(self, method: str, request: Any) -> Any:
+        engine, peer = self._engine, self._peer
+
+        async def arrive() -> Any:
+            hostd = engine.running(peer)
+            if hostd is None:
+                raise HostConnectFault(f"{peer} does not answer on its vMotion network")
+            return await dispatch.call(hostd.migrations.table, method, request, self._token)
+
+        return await engine._carry(
+            self._source,
+            "vmotion",
+            method,
+            lambda: engine._carry(peer, "vmotion", method, arrive),
+            sender=self._boot,
+        )
+
+    async def close(self) -> None:
+        return None
+
+
 class InProcessEngine:
     kind = "in-process"
     machines = False
@@ -221,8 +252,29 @@ class InProcessEngine:
             )
             boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
             root_hash = hash_password(spec.root_password, source=boot.secure_random)
-            self._hostd[spec.name] = boot_host(spec, disk, root_hash, boot, ports)
+            self._hostd[spec.name] = boot_host(
+                spec, disk, root_hash, boot, ports, peers=self._vmotion_connector(spec.name)
+            )
         return identity.thumbprint
+
+    def _vmotion_connector(self, name: str) -> PeerConnector:
+        """How the current boot of a host reaches another host's HostVMotion service:
+        over both hosts' vMotion networks, the peer's certificate pinned."""
+        boot = self._boots[name]
+
+        async def connect(endpoint: str, thumbprint: str, token: str) -> PeerLink:
+            peer = endpoint.removeprefix("in-process://")
+            if not endpoint.startswith("in-process://") or peer not in self._identities:
+                raise HostConnectFault(f"no host answers at {endpoint[:80]!r}")
+            presented = self._identities[peer].thumbprint
+            if presented != thumbprint:
+                raise SSLVerifyFault(
+                    f"{peer} presents the certificate {presented}, not the one pinned",
+                    thumbprint=presented,
+                )
+            return _VmotionLine(self, name, boot, peer, token)
+
+        return connect
 
     def _carrier(self, name: str) -> Callable[..., Awaitable[Any]]:
         """How the current boot of a host sends over its storage network."""

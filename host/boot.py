@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vsim.host.hostd.accounts import AccountStore, FileAccountStore, HostAccounts
 from vsim.host.hostd.esx_conf import ConfigStore, FileConfigStore
+from vsim.host.hostd.migration import PeerConnector
 from vsim.host.hostd.service import Hostd
 from vsim.host.kernel.vmkernel import HostKernel
 from vsim.host.storage.storage_stack import StoragePorts, StorageStack
@@ -55,13 +56,15 @@ def boot_host(
     root_password_hash: str,
     runtime: Runtime,
     storage_ports: StoragePorts | None,
+    peers: PeerConnector | None = None,
 ) -> Hostd:
     """One boot of a host: its hostd, holding the kernel, storage stack and accounts.
 
     `runtime` is this boot's alone (its boot id is drawn from it; a crash halts its
     tasks); `storage_ports` are how the host reaches the array (None: no array,
-    datastores cannot be mounted)."""
+    datastores cannot be mounted); `peers`, how it reaches other hosts over its
+    vMotion network."""
     accounts = HostAccounts(disk.accounts, root_password_hash, runtime.secure_random)
     storage = StorageStack(spec.host_uuid, spec.name, runtime, storage_ports)
     kernel = HostKernel(spec, runtime.clock, disk.swap_dir, disk.config)
-    return Hostd(kernel, accounts, storage, runtime)
+    return Hostd(kernel, accounts, storage, runtime, peers=peers)

@@ -40,6 +40,7 @@ from vsim.host.hostd.kernel_messages import (
     resource_pools_to_proto,
     vm_stats_to_proto,
 )
+from vsim.host.hostd.migration import Migrations, PeerConnector
 from vsim.host.kernel.vmkernel import DiskConfig, HostKernel, VmConfig
 from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
@@ -170,8 +171,11 @@ class Hostd:
         storage: StorageStack,
         runtime: Runtime,
         lockout: LockoutPolicy = ESXI_LOCKOUT,
+        peers: PeerConnector | None = None,
     ) -> None:
-        """runtime: this boot's; every task hostd and what it holds start is its."""
+        """runtime: this boot's; every task hostd and what it holds start is its.
+        peers: how this host reaches other hosts' HostVMotion service (None: it has
+        no vMotion network, and can receive but not send a migration)."""
         self.kernel = kernel
         self.accounts = accounts
         self.runtime = runtime
@@ -184,6 +188,8 @@ class Hostd:
         self.storage = storage
         self.table = DispatchTable.of_methods(SERVICE, accounts, self)
         """Every HostAgent RPC, as the gRPC server and the in-process engine call it."""
+        self.migrations = Migrations(self, peers)
+        """vMotion in and out; `migrations.table` is the HostVMotion service."""
 
     @needs(PUBLIC)
     def Login(self, request: pb.HostLoginRequest, user: str | None) -> pb.HostLoginResponse:
@@ -264,17 +270,76 @@ class Hostd:
             )
         return vmx
 
+    async def register(self, vm: VmConfig) -> None:
+        """Registers a VM whose files exist (checked as RegisterVm checks them)."""
+        validate.uuid(vm.uuid, "vm.uuid")
+        validate.text(vm.guest_os, "vm.guest_os", 64)
+        validate.int_range(vm.guest_write_iops, 0, 10_000, "vm.guest_write_iops")
+        check_disks(vm)
+        if vm.disks:
+            self._files(vm)  # its datastore is mounted here
+        self.kernel.register_vm(vm)
+
+    async def forget(self, name: str) -> None:
+        """Unregisters a powered-off VM, its files left where they are."""
+        vmx = self.vmx.pop(name, None)
+        if vmx is not None:
+            await vmx.close_disks()
+        self.scheduler.forget_vm(name)
+        self.kernel.unregister_vm(name)
+
+    async def resume_arrived(self, name: str, guest_state: dict) -> None:
+        """vMotion's switchover, here: the disks open (FileLocked while the source
+        still holds them), the guest resumes from its checkpoint, its vNICs connect."""
+        vm = self.kernel.vm(name)
+        vmx = self._vmx(vm) if vm.disks else None
+        if vmx is not None:
+            self._set_disk_allocation(vm)
+            await vmx.open_disks()
+        try:
+            self.kernel.resume_arrived(name, guest_state)
+        except BaseException:
+            if vmx is not None:
+                await vmx.close_disks()
+            raise
+        if vmx is not None:
+            vmx.start_guest()  # it goes on from its newest write on disk
+        self._start_ticking()
+
+    async def depart(self, name: str) -> None:
+        """The VM resumed on another host: its memory and CPU here are freed and it
+        is no longer registered here (its disks were released at the stun)."""
+        self.scheduler.forget_vm(name)
+        self.kernel.power_off(name)
+        await self.forget(name)
+
+    @needs(ADMINISTRATOR)
+    async def PrepareVmotion(
+        self, request: pb.PrepareVmotionRequest, user: str | None
+    ) -> pb.HostVmResponse:
+        arriving = await self.migrations.prepare(request.ticket, vm_from_proto(request.vm))
+        return pb.HostVmResponse(vm=vm_to_proto(arriving))
+
+    @needs(ADMINISTRATOR)
+    async def StartVmotion(
+        self, request: pb.StartVmotionRequest, user: str | None
+    ) -> pb.VmotionReport:
+        return await self.migrations.start(request)
+
+    @needs(ADMINISTRATOR)
+    async def AbortVmotion(
+        self, request: pb.AbortVmotionRequest, user: str | None
+    ) -> pb.VmotionAck:
+        await self.migrations.abort(request.ticket)
+        return pb.VmotionAck()
+
     @needs(ADMINISTRATOR)
     async def RegisterVm(
         self, request: pb.RegisterVmRequest, user: str | None
     ) -> pb.RegisterVmResponse:
         vm = vm_from_proto(request.vm)
-        validate.uuid(vm.uuid, "vm.uuid")
-        validate.text(vm.guest_os, "vm.guest_os", 64)
-        validate.int_range(vm.guest_write_iops, 0, 10_000, "vm.guest_write_iops")
-        check_disks(vm)
+        await self.register(vm)
         files = self._files(vm) if vm.disks else None
-        self.kernel.register_vm(vm)
         if request.create_files and files is not None:
             try:
                 await create_vm_files(files, vm)

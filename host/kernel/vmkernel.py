@@ -28,6 +28,7 @@ from vsim.faults import (
     InsufficientResourcesFault,
     InvalidArgument,
     InvalidPowerState,
+    InvalidState,
     NotFound,
     ResourceInUse,
 )
@@ -175,6 +176,8 @@ class HostKernel:
         self.clock = clock
         self.boot_time = clock.now()
         self._vms: dict[str, VmConfig] = {}
+        self._arriving: set[str] = set()
+        """VMs whose vMotion to this host is under way (registered, not running)."""
         self._own_swap_dir = swap_dir is None
         self.swap_dir = Path(swap_dir or tempfile.mkdtemp(prefix=f"vsim-{spec.name}-vswp-"))
         """Host-local swap: each powered-on VM's .vswp."""
@@ -461,6 +464,8 @@ class HostKernel:
         vm = self.vm(name)
         if vm.powered_on:
             raise InvalidPowerState(f"{name} is powered on; power it off before unregistering it")
+        if name in self._arriving:
+            raise InvalidState(f"{name} is arriving by vMotion; abort the migration first")
         self.pci.release_vm(name)
         return self._vms.pop(name)
 
@@ -551,6 +556,8 @@ class HostKernel:
         vm = self.vm(name)
         if vm.powered_on:
             raise InvalidPowerState(f"{name} is already powered on")
+        if name in self._arriving:
+            raise InvalidState(f"{name} is arriving here by vMotion")
         self._admit(vm)
         if not self.powered_on_count():  # the first VM: no idle time to replay
             self._last_tick = self.clock.now()
@@ -573,6 +580,61 @@ class HostKernel:
             raise
         vm = self._vms[name] = replace(vm, powered_on=True)
         return vm
+
+    # -- vMotion's destination ---------------------------------------------------------
+
+    def arrive(self, name: str) -> VmConfig:
+        """A registered, powered-off VM arriving by vMotion: admitted here as a power-on
+        is, given its CPU and its (stunned) memory, which the source's pages fill. It
+        is not running here until `resume_arrived`; its vNICs connect then."""
+        vm = self.vm(name)
+        if vm.powered_on or name in self._arriving:
+            raise InvalidPowerState(f"{name} is already running or arriving on {self.spec.name}")
+        self._admit(vm)
+        if not self.powered_on_count():
+            self._last_tick = self.clock.now()
+        r = vm.resources
+        self.cpu.power_on(name, vm.cpus, r.cpu_allocation(vm.cpus), r.pool)
+        try:
+            self.memory.power_on(
+                name, vm.uuid, vm.memory_mb, vm.guest_os, r.memory, r.workload, r.pool, True
+            )
+        except BaseException:
+            self.cpu.power_off(name)
+            raise
+        self._arriving.add(name)
+        return vm
+
+    def arriving(self, name: str) -> bool:
+        return name in self._arriving
+
+    def resume_arrived(self, name: str, guest_state: dict) -> VmConfig:
+        """The switchover's end here: the guest runs on from its checkpoint and its
+        vNICs connect (the physical switch now finds its MACs on this host)."""
+        if name not in self._arriving:
+            raise InvalidState(f"{name} is not arriving on {self.spec.name}")
+        vm = self.vm(name)
+        connected: list[str] = []
+        try:
+            for nic in vm.nics:
+                self._connect(name, nic)
+                connected.append(nic.name)
+            self.memory.resume(name, guest_state)
+        except BaseException:
+            for nic in connected:
+                self.network.disconnect_vnic(name, nic)
+            raise
+        self._set_cpu_demand(vm, vm.resources)
+        self._arriving.discard(name)
+        vm = self._vms[name] = replace(vm, powered_on=True)
+        return vm
+
+    def abandon_arrival(self, name: str) -> None:
+        """A migration that failed: the partial copy's memory and CPU are freed."""
+        if name in self._arriving:
+            self._arriving.discard(name)
+            self.memory.power_off(name)
+            self.cpu.power_off(name)
 
     def power_off(self, name: str) -> VmConfig:
         vm = self.vm(name)

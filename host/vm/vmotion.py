@@ -18,6 +18,7 @@ Once the rest fits, the guest is stunned and the rest sent. A page travels as it
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vsim.clock import Clock
-from vsim.faults import InvalidArgument, MigrationFault
+from vsim.faults import InvalidArgument, MigrationFault, NotFound
 from vsim.host.kernel.memory.memsched import MemoryManager
 from vsim.host.kernel.memory.pmap import PAGE_SIZE
 
@@ -111,11 +112,18 @@ class PreCopy:
                 f"vMotion did not converge in {MAX_ROUNDS} pre-copy rounds "
                 f"({dirtied} pages still dirty)"
             )
-        rate = dirtied / seconds if seconds > 0 else 0.0
+        if self.converged(dirtied):
+            return self.speed
         link = self.settings.pages_per_second
-        if not self.converged(dirtied) and (rate >= link or dirtied >= SDPS_SHRINK * pages):
+        rate = dirtied / seconds if seconds > 0 else math.inf
+        factors = []
+        if rate >= link:  # it dirties as fast as the link sends: at most half that
+            factors.append(SDPS_TARGET * link / rate)
+        if dirtied >= SDPS_SHRINK * pages:  # the next round as long: at most half as long
+            factors.append(SDPS_TARGET * pages / dirtied)
+        if factors:
             self.sdps = True
-            self.speed = max(MIN_SPEED, self.speed * min(1.0, SDPS_TARGET * link / rate))
+            self.speed = max(MIN_SPEED, self.speed * min(1.0, *factors))
         return self.speed
 
     def switchover_seconds(self, pages: int) -> float:
@@ -185,7 +193,8 @@ async def precopy(
         await send(dirty, memory.guest_content(name, dirty))
         await clock.sleep(send_s)
     except BaseException:
-        memory.set_speed(name, 1.0)
+        with contextlib.suppress(NotFound):  # powered off meanwhile: nothing to resume
+            memory.set_speed(name, 1.0)
         raise
     rounds = tuple(plan.rounds)
     later = sum(r.pages for r in rounds[1:]) + len(dirty)

@@ -79,6 +79,12 @@ def test_compose_v1_and_v2_read_the_same_cluster(docker_tools):
     # The array's data on storage, its management (vCenter's) on management; vCenter
     # tells the hosts the storage address, so a host reaches the array only there.
     assert v1["array"][0] == {"storage": "172.30.2.10", "management": "172.30.1.20"}
-    command = " ".join(resolved("docker-compose")["services"]["vcenter"]["command"])
+    services = resolved("docker-compose")["services"]
+    command = " ".join(services["vcenter"]["command"])
+    # The array's management key is in its info file: no host may mount it.
+    for i in range(1, 5):
+        volumes = services[f"esxi-0{i}"].get("volumes", [])
+        sources = {v["source"] if isinstance(v, dict) else v.split(":")[0] for v in volumes}
+        assert not any("array-info" in source for source in sources)
     assert "--array 172.30.2.10:50052 --array-management 172.30.1.20:50052" in command
     assert {s[4] for s in v1.values()} == {"on-failure"}  # docker kill still stops one

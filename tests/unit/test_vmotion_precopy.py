@@ -159,15 +159,16 @@ async def test_the_destination_ends_with_every_page_the_guest_sees(tmp_path):
 
 async def test_a_failed_send_leaves_the_guest_running_at_full_speed_on_its_source(tmp_path):
     memory = running(host(tmp_path), 4096, 400, working_set_pct=50)
-    sent = []
+    speeds = []
 
     async def send(ppns: np.ndarray, fingerprints: np.ndarray) -> None:
-        sent.append(len(ppns))
-        if len(sent) == 4:  # after SDPS has slowed the guest
+        speeds.append(memory.speed("vm-1"))
+        if len(speeds) == 4:
             raise HostConnectFault("the destination went away")
 
     with pytest.raises(HostConnectFault):
         await precopy(memory, "vm-1", memory.clock, send, PreCopySettings(link_gbps=1.0))
+    assert speeds[-1] < 1.0  # SDPS had slowed it when the send failed
     assert memory.speed("vm-1") == 1.0
     memory.take_dirty("vm-1")
     await memory.clock.sleep(1)
@@ -182,6 +183,28 @@ def test_a_switchover_longer_than_max_switchover_seconds_is_a_migration_fault():
     with pytest.raises(MigrationFault, match="maxSwitchoverSeconds"):
         plan.switchover_seconds(int(plan.settings.pages_per_second * 11))
     assert plan.switchover_seconds(100) == pytest.approx(100 / plan.settings.pages_per_second)
+
+
+def test_sdps_slows_a_round_that_took_no_time_or_hardly_shrank():
+    plan = PreCopy()
+    assert plan.round_done(0, 0.0, 10**6) < 1.0  # no division by a zero-length round
+    plan = PreCopy()
+    # Sent slower than the link (a busy path) and barely shrinking: slowed by the shrink.
+    assert plan.round_done(10**6, 10.0, 950_000) == pytest.approx(0.5 * 10**6 / 950_000)
+    plan = PreCopy()
+    assert plan.round_done(10**6, plan.seconds(10**6), 10) == 1.0  # converged: untouched
+    assert not plan.sdps
+
+
+async def test_a_vm_powered_off_during_pre_copy_ends_it_with_its_own_fault(tmp_path):
+    memory = running(host(tmp_path), 1024, 10)
+
+    async def send(ppns: np.ndarray, fingerprints: np.ndarray) -> None:
+        memory.power_off("vm-1")
+        raise HostConnectFault("the destination saw it go")
+
+    with pytest.raises(HostConnectFault):
+        await precopy(memory, "vm-1", memory.clock, send)
 
 
 def test_a_pre_copy_that_never_converges_fails_after_its_rounds():

@@ -27,6 +27,126 @@ if _version_not_supported:
     )
 
 
+class HostVMotionStub:
+    """Host to host, on the vMotion network: a migration's pages and its switchover.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReceivePages = channel.unary_unary(
+                '/vsim.v1.HostVMotion/ReceivePages',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.VmotionPagesRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
+                _registered_method=True)
+        self.Switchover = channel.unary_unary(
+                '/vsim.v1.HostVMotion/Switchover',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.VmotionSwitchoverRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
+                _registered_method=True)
+
+
+class HostVMotionServicer:
+    """Host to host, on the vMotion network: a migration's pages and its switchover.
+    """
+
+    def ReceivePages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Switchover(self, request, context):
+        """The destination opens the VM's disks (the source has released them) and resumes
+        the guest from its checkpoint; its vNICs connect here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HostVMotionServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReceivePages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceivePages,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmotionPagesRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.SerializeToString,
+            ),
+            'Switchover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Switchover,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmotionSwitchoverRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'vsim.v1.HostVMotion', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('vsim.v1.HostVMotion', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class HostVMotion:
+    """Host to host, on the vMotion network: a migration's pages and its switchover.
+    """
+
+    @staticmethod
+    def ReceivePages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostVMotion/ReceivePages',
+            vsim_dot_v1_dot_host__agent__pb2.VmotionPagesRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Switchover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostVMotion/Switchover',
+            vsim_dot_v1_dot_host__agent__pb2.VmotionSwitchoverRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class HostAgentStub:
     """Missing associated documentation comment in .proto file."""
 
@@ -95,6 +215,21 @@ class HostAgentStub:
                 '/vsim.v1.HostAgent/OpenVmDisks',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+                _registered_method=True)
+        self.PrepareVmotion = channel.unary_unary(
+                '/vsim.v1.HostAgent/PrepareVmotion',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.PrepareVmotionRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+                _registered_method=True)
+        self.StartVmotion = channel.unary_unary(
+                '/vsim.v1.HostAgent/StartVmotion',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.StartVmotionRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmotionReport.FromString,
+                _registered_method=True)
+        self.AbortVmotion = channel.unary_unary(
+                '/vsim.v1.HostAgent/AbortVmotion',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.AbortVmotionRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
                 _registered_method=True)
         self.VerifyGuestDisk = channel.unary_unary(
                 '/vsim.v1.HostAgent/VerifyGuestDisk',
@@ -325,6 +460,27 @@ class HostAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def OpenVmDisks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareVmotion(self, request, context):
+        """vMotion: the destination makes room for the arriving VM (admission control, its
+        memory), the source pre-copies and switches over to it; a failure leaves the VM
+        running on the source. Abort frees the destination's partial copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartVmotion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortVmotion(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -597,6 +753,21 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.OpenVmDisks,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
+            ),
+            'PrepareVmotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareVmotion,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.PrepareVmotionRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.SerializeToString,
+            ),
+            'StartVmotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartVmotion,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.StartVmotionRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.VmotionReport.SerializeToString,
+            ),
+            'AbortVmotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortVmotion,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.AbortVmotionRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.SerializeToString,
             ),
             'VerifyGuestDisk': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyGuestDisk,
@@ -1073,6 +1244,87 @@ class HostAgent:
             '/vsim.v1.HostAgent/OpenVmDisks',
             vsim_dot_v1_dot_host__agent__pb2.HostVmRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareVmotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/PrepareVmotion',
+            vsim_dot_v1_dot_host__agent__pb2.PrepareVmotionRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartVmotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/StartVmotion',
+            vsim_dot_v1_dot_host__agent__pb2.StartVmotionRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.VmotionReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortVmotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/AbortVmotion',
+            vsim_dot_v1_dot_host__agent__pb2.AbortVmotionRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,8 +39,9 @@ from vsim.resource_allocation import (
 )
 from vsim.spec import MAX_KERNEL_PERIOD_S
 
-MAX_PERIOD = MAX_KERNEL_PERIOD_S
-"""The most one period covers: a host back from a long pause does not replay it."""
+MAX_PERIOD = 2 * MAX_KERNEL_PERIOD_S
+"""The most one period covers (twice the longest kernel period, so a late period is
+not cut short): a host back from a long pause does not replay it."""
 ACCESS_BATCH = 16 * PAGES_PER_MB
 """Guest pages touched as one step (reclaim may take earlier steps' pages)."""
 

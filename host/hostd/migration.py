@@ -1,0 +1,274 @@
+"""vMotion between two hosts: the destination's side (an arriving VM and the
+HostVMotion service the source streams to) and the source's (pre-copy, stun,
+switchover, and putting the VM back if any of it fails).
+
+vCenter gives both hosts one migration's ticket (an id and 32 random bytes). The
+destination registers the VM, admits it and gives it stunned memory
+(`PrepareVmotion`); the source pre-copies its memory to the destination's HostVMotion
+service over the vMotion network, with the ticket as the call's token, stuns the
+guest, releases the disks (the guest's write in flight is acknowledged first) and
+sends the checkpoint (`Switchover`): the destination opens the disks, connects the
+vNICs and resumes the guest. The disks' on-disk locks decide who runs a VM whose
+switchover reply was lost: the side that holds them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from google.protobuf.message import Message
+
+from vsim.dispatch import PUBLIC, DispatchTable, Entry, Need, needs
+from vsim.faults import (
+    AlreadyExists,
+    FileLocked,
+    InvalidArgument,
+    InvalidPowerState,
+    InvalidState,
+    MigrationFault,
+    NotAuthenticated,
+    NotFound,
+    VimFault,
+)
+from vsim.host.vm.vmotion import PreCopySettings, precopy
+from vsim.v1 import host_agent_pb2 as pb
+
+log = logging.getLogger("vsim.host.migration")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["HostVMotion"]
+SECRET_BYTES = 32
+BATCH_PAGES = 1 << 16
+"""Pages per ReceivePages call (1 MiB of PPNs and fingerprints)."""
+MIGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class PeerLink(Protocol):
+    """A line from this host to another host's HostVMotion service."""
+
+    async def call(self, method: str, request: Message) -> Message: ...
+
+    async def close(self) -> None: ...
+
+
+PeerConnector = Callable[[str, str, str], Awaitable[PeerLink]]
+"""(endpoint, pinned thumbprint, the ticket's token) -> a line over the vMotion
+network to the host there."""
+
+
+def ticket_token(ticket: pb.VmotionTicket) -> str:
+    return f"{ticket.migration_id}:{ticket.secret.hex()}"
+
+
+def check_ticket(ticket: pb.VmotionTicket) -> None:
+    if not MIGRATION_ID.fullmatch(ticket.migration_id):
+        raise InvalidArgument(
+            f"a migration id is 1-64 letters, digits, '.', '_' or '-', got "
+            f"{ticket.migration_id[:80]!r}"
+        )
+    if len(ticket.secret) != SECRET_BYTES:
+        raise InvalidArgument(
+            f"a migration secret is {SECRET_BYTES} bytes, got {len(ticket.secret)}"
+        )
+
+
+@dataclass
+class _Arrival:
+    migration_id: str
+    secret: bytes
+    vm: str
+    registered_here: bool
+    resumed: bool = False
+
+
+class Migrations:
+    """One host's migrations, in and out; its `table` is the HostVMotion service."""
+
+    judges = frozenset({Need.PUBLIC})
+
+    def __init__(self, hostd: Any, connect: PeerConnector | None) -> None:
+        self.hostd = hostd
+        self._connect = connect
+        self._arrivals: dict[str, _Arrival] = {}
+        self.table = DispatchTable.of_methods(SERVICE, self, self)
+
+    def admit(self, token: str | None, entry: Entry) -> _Arrival:
+        """The host-to-host calls carry the migration's ticket as their token: only
+        the source of a migration under way gets in."""
+        migration_id, _, secret_hex = (token or "").partition(":")
+        arrival = self._arrivals.get(migration_id)
+        try:
+            secret = bytes.fromhex(secret_hex)
+        except ValueError:
+            secret = b""
+        if arrival is None or not hmac.compare_digest(secret, arrival.secret):
+            raise NotAuthenticated(
+                f"{entry.name}: no vMotion to {self.hostd.kernel.spec.name} is under way "
+                "with that migration id and secret"
+            )
+        return arrival
+
+    # -- the destination -----------------------------------------------------------
+
+    async def prepare(self, ticket: pb.VmotionTicket, vm: Any) -> Any:
+        """Registers the arriving VM (a VmConfig; unless it is registered here,
+        powered off) and admits it with stunned memory. Returns its configuration."""
+        check_ticket(ticket)
+        if ticket.migration_id in self._arrivals:
+            raise AlreadyExists(f"migration {ticket.migration_id} is already prepared")
+        kernel = self.hostd.kernel
+        try:
+            known = kernel.vm(vm.name)
+        except NotFound:
+            known = None
+        if known is not None and (known.powered_on or kernel.arriving(vm.name)):
+            raise InvalidPowerState(f"{vm.name} already runs on {kernel.spec.name}")
+        if known is None:
+            await self.hostd.register(vm)
+        try:
+            kernel.arrive(vm.name)
+        except BaseException:
+            if known is None:
+                await self.hostd.forget(vm.name)
+            raise
+        self._arrivals[ticket.migration_id] = _Arrival(
+            ticket.migration_id, bytes(ticket.secret), vm.name, known is None
+        )
+        return kernel.vm(vm.name)
+
+    @needs(PUBLIC)
+    def ReceivePages(self, r: pb.VmotionPagesRequest, arrival: _Arrival) -> pb.VmotionAck:
+        if arrival.resumed:
+            raise InvalidState(f"{arrival.vm} has resumed here: no more pages")
+        if len(r.ppns) % 8 or len(r.ppns) != len(r.fingerprints):
+            raise InvalidArgument("pages come as 8-byte PPNs, each with an 8-byte fingerprint")
+        ppns = np.frombuffer(r.ppns, "<i8").astype(np.int64)
+        fingerprints = np.frombuffer(r.fingerprints, "<u8").astype(np.uint64)
+        self.hostd.kernel.memory.receive(arrival.vm, ppns, fingerprints)
+        return pb.VmotionAck()
+
+    @needs(PUBLIC)
+    async def Switchover(self, r: pb.VmotionSwitchoverRequest, arrival: _Arrival) -> pb.VmotionAck:
+        if arrival.resumed:
+            return pb.VmotionAck()  # the source asking again: it did
+        try:
+            state = json.loads(r.guest_state)
+        except ValueError:
+            raise InvalidArgument("the checkpoint's guest state is not JSON") from None
+        await self.hostd.resume_arrived(arrival.vm, state)
+        arrival.resumed = True
+        return pb.VmotionAck()
+
+    async def abort(self, ticket: pb.VmotionTicket) -> None:
+        """Frees what a failed migration left here: the partial copy, and the VM's
+        registration if the migration made it. A migration that ended (resumed here)
+        is left alone: the VM runs here."""
+        check_ticket(ticket)
+        arrival = self._arrivals.get(ticket.migration_id)
+        if arrival is None or not hmac.compare_digest(arrival.secret, bytes(ticket.secret)):
+            return
+        del self._arrivals[ticket.migration_id]
+        if arrival.resumed:
+            return
+        self.hostd.kernel.abandon_arrival(arrival.vm)
+        if arrival.registered_here:
+            await self.hostd.forget(arrival.vm)
+
+    def ended(self, migration_id: str) -> None:
+        """vCenter has recorded the migration: its ticket opens nothing more."""
+        self._arrivals.pop(migration_id, None)
+
+    # -- the source ----------------------------------------------------------------
+
+    async def start(self, request: pb.StartVmotionRequest) -> pb.VmotionReport:
+        check_ticket(request.ticket)
+        kernel = self.hostd.kernel
+        here = kernel.spec.name
+        vm = kernel.vm(request.vm)
+        if not vm.powered_on:
+            raise InvalidPowerState(f"{vm.name} is not running on {here}: nothing to pre-copy")
+        if self._connect is None:
+            raise InvalidState(f"{here} has no vMotion network to reach other hosts on")
+        settings = PreCopySettings(link_gbps=request.link_gbps or 10.0).validated()
+        link = await self._connect(
+            request.destination_endpoint,
+            request.destination_thumbprint,
+            ticket_token(request.ticket),
+        )
+        try:
+            return await self._migrate(vm.name, request, link, settings)
+        finally:
+            await link.close()
+
+    async def _migrate(
+        self, name: str, request: pb.StartVmotionRequest, link: PeerLink, settings
+    ) -> pb.VmotionReport:
+        hostd, memory, clock = self.hostd, self.hostd.kernel.memory, self.hostd.runtime.clock
+        here, there = hostd.kernel.spec.name, request.destination
+
+        async def send(ppns: np.ndarray, fingerprints: np.ndarray) -> None:
+            for at in range(0, len(ppns), BATCH_PAGES):
+                batch = pb.VmotionPagesRequest(
+                    ppns=ppns[at : at + BATCH_PAGES].astype("<i8").tobytes(),
+                    fingerprints=fingerprints[at : at + BATCH_PAGES].astype("<u8").tobytes(),
+                )
+                await link.call("ReceivePages", batch)
+
+        try:
+            report = await precopy(memory, name, clock, send, settings)
+        except VimFault as e:
+            raise MigrationFault(
+                f"the pre-copy of {name} to {there} failed ({e.name}: {e.message}); it "
+                f"goes on running on {here}"
+            ) from None
+        vmx = hostd.vmx.get(name)
+        checkpoint = pb.VmotionSwitchoverRequest(guest_state=json.dumps(memory.guest_state(name)))
+        try:
+            if vmx is not None and vmx.disks:
+                await vmx.close_disks()  # the write in flight is acknowledged first
+            await link.call("Switchover", checkpoint)
+        except BaseException as e:
+            if not await self._resolve_switchover(name, vmx, link, checkpoint):
+                fault = f"{e.name}: {e.message}" if isinstance(e, VimFault) else repr(e)
+                raise MigrationFault(
+                    f"the switchover of {name} to {there} failed ({fault}); it goes on "
+                    f"running on {here}"
+                ) from None
+        downtime = clock.now() - report.stunned_at
+        await hostd.depart(name)
+        return pb.VmotionReport(
+            rounds=len(report.rounds),
+            memory_sent_bytes=report.memory_sent_bytes,
+            pages_resent=report.pages_resent,
+            sdps=report.sdps,
+            slowest_speed=report.slowest_speed,
+            precopy_s=report.precopy_s,
+            downtime_ms=downtime * 1000,
+        )
+
+    async def _resolve_switchover(
+        self, name: str, vmx: Any, link: PeerLink, checkpoint: pb.VmotionSwitchoverRequest
+    ) -> bool:
+        """After a failed switchover call, where the VM runs: asked once more (the
+        destination answers at once if it resumed and only its reply was lost), else
+        here again, unless the destination holds its disks. True if it moved."""
+        try:
+            await link.call("Switchover", checkpoint)
+            return True
+        except VimFault:
+            pass
+        if vmx is not None and vmx.disk_specs:
+            try:
+                await vmx.open_disks()
+            except FileLocked:
+                log.warning("%s runs on the destination: its disks are held there", name)
+                return True
+            vmx.start_guest()
+        self.hostd.kernel.memory.set_speed(name, 1.0)
+        return False
