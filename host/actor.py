@@ -26,9 +26,10 @@ from typing import Any
 from vsim.clock import Clock, WallClock
 from vsim.faults import HostConnectFault
 from vsim.host.boot import LocalDisk, boot_host
+from vsim.host.hostd.migration import SERVICE as MIGRATION_SERVICE
 from vsim.host.storage.array_client import GrpcStoragePorts
 from vsim.host.uplinks import Uplinks, over_uplink
-from vsim.rpc import start_server
+from vsim.rpc import RpcClient, open_channel, start_server
 from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.tls import load_or_create_identity
@@ -61,6 +62,21 @@ async def hold_boot_lock(directory: Path, name: str, clock: Clock) -> int:
             await clock.sleep(0.1)
 
 
+class _PeerLine:
+    """One migration's gRPC line to the destination's HostVMotion service; each call
+    crosses this host's vMotion uplink first."""
+
+    def __init__(self, rpc: RpcClient, token: str, uplinks: Uplinks) -> None:
+        self._rpc, self._token, self._uplinks = rpc, token, uplinks
+
+    async def call(self, method: str, request: Any) -> Any:
+        await self._uplinks.cross("vmotion")
+        return await self._rpc.call(method, request, self._token)
+
+    async def close(self) -> None:
+        await self._rpc.channel.close()
+
+
 class EsxiHost:
     def __init__(
         self,
@@ -91,6 +107,7 @@ class EsxiHost:
             root_password_hash,
             self.runtime,
             GrpcStoragePorts(self.uplinks),
+            peers=self._connect_peer,
         )
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
         self._server: Any = None
@@ -103,10 +120,20 @@ class EsxiHost:
             if self._boot_lock is None:  # before hostd can open a disk
                 self._boot_lock = await hold_boot_lock(self._dir, self._name, self._clock)
             if self._server is None:
-                table = over_uplink(self.hostd.table, self.uplinks, "management")
-                self._server, port = await start_server(self.identity, self._bind, 0, [table])
+                tables = [
+                    over_uplink(self.hostd.table, self.uplinks, "management"),
+                    over_uplink(self.hostd.migrations.table, self.uplinks, "vmotion"),
+                ]
+                self._server, port = await start_server(self.identity, self._bind, 0, tables)
                 self._endpoint = f"{self._advertise}:{port}"
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}
+
+    async def _connect_peer(self, endpoint: str, thumbprint: str, token: str) -> _PeerLine:
+        """A line over this host's vMotion uplink to another host's HostVMotion
+        service, its certificate pinned."""
+        await self.uplinks.cross("vmotion")
+        channel, _ = await open_channel(endpoint, pinned=thumbprint)
+        return _PeerLine(RpcClient(channel, MIGRATION_SERVICE, timeout=60), token, self.uplinks)
 
     async def info(self) -> dict[str, str]:
         """Where hostd listens ("" before boot) and the host's thumbprint."""

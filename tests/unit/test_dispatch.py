@@ -169,4 +169,9 @@ def test_hostd_declares_what_each_call_needs(lab: Lab):
     assert needs["Login"] is PUBLIC
     assert needs["ListVms"] is needs["GetHostInfo"] is SESSION
     assert needs["PowerOnVm"] is needs["CreateUser"] is ADMINISTRATOR
-    assert sum(n is ADMINISTRATOR for n in needs.values()) == 30
+    assert needs["PrepareVmotion"] is needs["StartVmotion"] is ADMINISTRATOR
+    assert sum(n is ADMINISTRATOR for n in needs.values()) == 33
+    # Host to host, a migration's stream is let in by its ticket alone (checked by the
+    # service's own gate), never by a session.
+    migrations = lab.engine.running("esxi-01").migrations.table
+    assert {e.need for e in migrations.entries.values()} == {PUBLIC}
