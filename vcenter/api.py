@@ -73,6 +73,7 @@ def table(vc: VCenter) -> DispatchTable:
             "PowerOffVm": (SESSION, by_name(vms.power_off)),
             "DestroyVm": (SESSION, by_name(vms.destroy)),
             "LinkedCloneVm": (SESSION, by_user(vms.linked_clone)),
+            "MigrateVm": (SESSION, by_user(vc.vmotion.migrate)),
             "VerifyVmDisk": (SESSION, by_request(vms.verify_disk)),
             "GuestReportLuns": (SESSION, lambda r, s: vms.guest_luns(r.name)),
             # datastores and their locks

@@ -393,6 +393,11 @@ class Inventory:
             nics.setdefault(vm, []).append(body)
         return [_vm(r, nics.get(r[0], [])) for r in rows]
 
+    def set_vm_host(self, name: str, host: str) -> None:
+        """The VM now runs (or is registered) on another host; the hosts' counts
+        follow (the vm_changed trigger)."""
+        self._db.execute("UPDATE vms SET host=? WHERE name=?", (host, name))
+
     def set_power_state(self, name: str, power_state: int) -> None:
         self._db.execute("UPDATE vms SET power_state=? WHERE name=?", (power_state, name))
 

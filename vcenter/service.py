@@ -47,6 +47,7 @@ from vsim.vcenter.tasks import TaskManager
 from vsim.vcenter.virtual_machine import VmManager
 from vsim.vcenter.virtual_nic import MacPool
 from vsim.vcenter.vm_reconfigure import VmReconfigurer
+from vsim.vcenter.vmotion import VMotion
 
 ADMIN_ROLE = "Admin"
 DEFAULT_WAIT = 60.0
@@ -100,6 +101,7 @@ class VCenter:
         self.vms = VmManager(
             inventory, self.hosts, self.tasks, self.events, runtime, self.macs, self.network
         )
+        self.vmotion = VMotion(inventory, self.hosts, self.tasks, self.events, runtime)
         self.reconfigure = VmReconfigurer(
             inventory, self.hosts, self.tasks, self.events, self.macs, self.network
         )

@@ -79,6 +79,8 @@ FileTooLarge = _fault("FileTooLarge", S.OUT_OF_RANGE)
 NoDiskSpace = _fault("NoDiskSpace", S.RESOURCE_EXHAUSTED)
 MigrationFault = _fault("MigrationFault", S.FAILED_PRECONDITION)
 """A vMotion that cannot be done or did not complete (the VM stays on its source)."""
+InvalidDatastore = _fault("InvalidDatastore", S.FAILED_PRECONDITION)
+"""A datastore the operation needs is not accessible where it is needed."""
 SystemError_ = _fault("SystemError", S.INTERNAL)
 
 _BY_NAME: dict[str, type[VimFault]] = {cls.name: cls for cls in VimFault.__subclasses__()}

@@ -10,6 +10,7 @@ the user typed before sending anything, and keep no state of their own.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vsim import validate
 from vsim.cluster import output
@@ -31,6 +32,7 @@ from vsim.resource_allocation import (
     VM_MEMORY_SHARES_PER_MB,
     pool_name,
 )
+from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
 
 VM_COLUMNS = ["name", "host", "power_state", "cpus", "memory_mb", "guest_os", "datastore"]
@@ -73,6 +75,40 @@ async def cmd_vm_clone(args: argparse.Namespace, ctx: Context) -> None:
         task = await client.wait(await client.linked_clone(args.source, args.name, args.host or ""))
         host = (await client.vm(args.name)).host if task.state == SUCCESS else ""
     show_task(ctx, task, f"Created {args.name} on {host}, a linked clone of {args.source}")
+
+
+async def cmd_vm_migrate(args: argparse.Namespace, ctx: Context) -> None:
+    """MigrateVM_Task, with a progress bar (stderr) fed by the task's progress, then
+    what the migration did."""
+    validate.host_name(args.host, "--host")
+    async with await ctx.client() as client:
+        task = await client.migrate_vm(args.name, args.host)
+        while task.state not in (SUCCESS, common_pb2.TASK_STATE_ERROR):
+            _migration_progress(task.progress)
+            task = await client.wait(task, timeout=1.0)
+    _migration_progress(100 if task.state == SUCCESS else task.progress, end=True)
+    show_task_fault(task)
+    m = task.migration
+    shown = {
+        "vm": args.name,
+        "source": m.source,
+        "destination": m.destination,
+        "kind": "vMotion (live)" if m.hot else "cold (powered off)",
+        "precopy_rounds": m.precopy_rounds,
+        "memory_sent_mb": round(m.memory_sent_bytes / 2**20, 1),
+        "pages_resent": m.pages_resent,
+        "sdps": "engaged" if m.sdps else "no",
+        "downtime_ms": round(m.downtime_ms, 1),
+        "total_s": round(m.total_s, 3),
+    }
+    ctx.show(m, output.fields(shown))
+
+
+def _migration_progress(percent: int, end: bool = False) -> None:
+    width = 30
+    filled = width * percent // 100
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r[{bar}] {percent:3d}%", end="\n" if end else "", file=sys.stderr)
 
 
 async def cmd_vm_verify_disk(args: argparse.Namespace, ctx: Context) -> None:
@@ -217,6 +253,9 @@ def add_commands(commands: Subcommands, command: Command) -> None:
     p.add_argument(
         "--acked", type=int, default=0, help="every write up to this sequence number must be there"
     )
+    p = command(vms, "migrate", cmd_vm_migrate, "move a VM to another host (vMotion if it runs)")
+    p.add_argument("name")
+    p.add_argument("--host", required=True, help="the destination host")
     p = command(vms, "list", cmd_vm_list, "list VMs")
     p.add_argument("--host")
     for name, method, done, help_ in (

@@ -78,12 +78,18 @@ def check_ticket(ticket: pb.VmotionTicket) -> None:
         )
 
 
+ARRIVAL_IDLE = 120.0
+"""Seconds a destination waits, hearing nothing of a migration, before it gives the
+partial copy up itself (vCenter's abort may never come: it may be down)."""
+
+
 @dataclass
 class _Arrival:
     migration_id: str
     secret: bytes
     vm: str
     registered_here: bool
+    heard: float
     resumed: bool = False
 
 
@@ -112,6 +118,7 @@ class Migrations:
                 f"{entry.name}: no vMotion to {self.hostd.kernel.spec.name} is under way "
                 "with that migration id and secret"
             )
+        arrival.heard = self._now()
         return arrival
 
     # -- the destination -----------------------------------------------------------
@@ -137,10 +144,31 @@ class Migrations:
             if known is None:
                 await self.hostd.forget(vm.name)
             raise
-        self._arrivals[ticket.migration_id] = _Arrival(
-            ticket.migration_id, bytes(ticket.secret), vm.name, known is None
+        arrival = _Arrival(
+            ticket.migration_id, bytes(ticket.secret), vm.name, known is None, self._now()
         )
+        self._arrivals[ticket.migration_id] = arrival
+        self.hostd.runtime.spawn(self._watch(arrival), f"vmotion-arrival:{arrival.migration_id}")
         return kernel.vm(vm.name)
+
+    def _now(self) -> float:
+        return self.hostd.runtime.clock.now()
+
+    async def _watch(self, arrival: _Arrival) -> None:
+        """Forgets an arrival that resumed (its ticket opens nothing more) and gives
+        up one nothing is heard of for ARRIVAL_IDLE."""
+        while self._arrivals.get(arrival.migration_id) is arrival:
+            await self.hostd.runtime.clock.sleep(ARRIVAL_IDLE)
+            if arrival.resumed or self._now() - arrival.heard >= ARRIVAL_IDLE:
+                if not arrival.resumed:
+                    log.warning(
+                        "%s: gave up %s's arrival (migration %s): nothing arrived for %.0f s",
+                        self.hostd.kernel.spec.name,
+                        arrival.vm,
+                        arrival.migration_id,
+                        ARRIVAL_IDLE,
+                    )
+                await self._drop(arrival)
 
     @needs(PUBLIC)
     def ReceivePages(self, r: pb.VmotionPagesRequest, arrival: _Arrival) -> pb.VmotionAck:
@@ -173,16 +201,16 @@ class Migrations:
         arrival = self._arrivals.get(ticket.migration_id)
         if arrival is None or not hmac.compare_digest(arrival.secret, bytes(ticket.secret)):
             return
-        del self._arrivals[ticket.migration_id]
-        if arrival.resumed:
-            return
-        self.hostd.kernel.abandon_arrival(arrival.vm)
-        if arrival.registered_here:
-            await self.hostd.forget(arrival.vm)
+        await self._drop(arrival)
 
-    def ended(self, migration_id: str) -> None:
-        """vCenter has recorded the migration: its ticket opens nothing more."""
-        self._arrivals.pop(migration_id, None)
+    async def _drop(self, arrival: _Arrival) -> None:
+        if self._arrivals.get(arrival.migration_id) is not arrival:
+            return
+        del self._arrivals[arrival.migration_id]
+        if not arrival.resumed:
+            self.hostd.kernel.abandon_arrival(arrival.vm)
+            if arrival.registered_here:
+                await self.hostd.forget(arrival.vm)
 
     # -- the source ----------------------------------------------------------------
 

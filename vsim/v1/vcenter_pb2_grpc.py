@@ -101,6 +101,11 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.LinkedCloneVmRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.MigrateVm = channel.unary_unary(
+                '/vsim.v1.VCenter/MigrateVm',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.MigrateVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
         self.VerifyVmDisk = channel.unary_unary(
                 '/vsim.v1.VCenter/VerifyVmDisk',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.VerifyVmDiskRequest.SerializeToString,
@@ -415,6 +420,15 @@ class VCenterServicer:
     def LinkedCloneVm(self, request, context):
         """A new VM whose disks are deltas over the source's (the source gets deltas too,
         so the shared base is never written again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateVm(self, request, context):
+        """MigrateVM_Task: a powered-on VM moves live (vMotion: its memory pre-copied host to
+        host over the vMotion network, its disk locks handed over), a powered-off one is
+        registered on the other host (cold). Any failure leaves it on its source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -818,6 +832,11 @@ def add_VCenterServicer_to_server(servicer, server):
             'LinkedCloneVm': grpc.unary_unary_rpc_method_handler(
                     servicer.LinkedCloneVm,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.LinkedCloneVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'MigrateVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateVm,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.MigrateVmRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
             ),
             'VerifyVmDisk': grpc.unary_unary_rpc_method_handler(
@@ -1401,6 +1420,33 @@ class VCenter:
             target,
             '/vsim.v1.VCenter/LinkedCloneVm',
             vsim_dot_v1_dot_vcenter__pb2.LinkedCloneVmRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/MigrateVm',
+            vsim_dot_v1_dot_vcenter__pb2.MigrateVmRequest.SerializeToString,
             vsim_dot_v1_dot_common__pb2.Task.FromString,
             options,
             channel_credentials,

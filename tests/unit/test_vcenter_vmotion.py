@@ -1,0 +1,178 @@
+"""MigrateVM_Task through vCenter's API on the in-process engine (simulated clock):
+a running VM moves live with its memory, disk locks and guest writes; a powered-off
+one moves cold; every check refuses before anything moves; a failure leaves the VM
+running on its source, with the events vSphere posts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from vclab import Lab, host_call
+
+from vsim.faults import (
+    HostNotConnected,
+    InvalidArgument,
+    InvalidDatastore,
+    MigrationFault,
+    NotFound,
+)
+from vsim.spec import ClusterSpec
+from vsim.v1 import common_pb2
+from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import kernel_pb2 as kpb
+from vsim.v1 import vcenter_pb2 as pb
+
+OK, ERROR = common_pb2.TASK_STATE_SUCCESS, common_pb2.TASK_STATE_ERROR
+ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
+
+
+@pytest.fixture
+async def lab(tmp_path, fast_scrypt):
+    lab = Lab(tmp_path / "vc", array=True)
+    await lab.boot(ClusterSpec.default(3))
+    yield lab
+    await lab.close()
+
+
+async def vm_on(lab: Lab, name: str, datastore: str = "vmfs-01", power: bool = True, **kw):
+    task = await lab.client.create_vm(
+        name,
+        memory_mb=256,
+        host="esxi-01",
+        datastore=datastore,
+        disk_mb=8 if datastore else 0,
+        guest_write_iops=20 if datastore else 0,
+        **kw,
+    )
+    assert (await lab.wait(task)).state == OK
+    if power:
+        assert (await lab.power_on(name)).state == OK
+        await asyncio.sleep(3)  # the guest writes
+
+
+def running_on(lab: Lab, name: str) -> list[str]:
+    return [
+        host
+        for host, hostd in sorted(lab.engine.hosts().items())
+        for vm in hostd.kernel.vms()
+        if vm.name == name and vm.powered_on
+    ]
+
+
+async def migrate(lab: Lab, name: str, host: str) -> common_pb2.Task:
+    return await lab.wait(await lab.client.migrate_vm(name, host))
+
+
+async def event_types(lab: Lab, vm: str) -> list[str]:
+    return [e.type for e in await lab.events() if e.vm == vm]
+
+
+@pytest.mark.parametrize("datastore", ["vmfs-01", "nfs-01"])
+async def test_a_running_vm_migrates_live_and_vcenter_follows_it(lab, datastore):
+    await vm_on(lab, "vm-live", datastore)
+    task = await migrate(lab, "vm-live", "esxi-02")
+    assert (task.state, task.name, task.result) == (OK, "MigrateVM_Task", "vm-live")
+    m = task.migration
+    assert (m.source, m.destination, m.hot) == ("esxi-01", "esxi-02", True)
+    assert m.precopy_rounds >= 1 and m.memory_sent_bytes > 0
+    assert 0 <= m.downtime_ms < 500 and m.total_s > 0
+    vm = await lab.client.vm("vm-live")
+    assert (vm.host, vm.power_state) == ("esxi-02", ON)
+    assert running_on(lab, "vm-live") == ["esxi-02"]
+    hosts = {h.name: h for h in await lab.client.hosts()}
+    assert (hosts["esxi-01"].vms, hosts["esxi-02"].vms) == (0, 1)
+    lock = await lab.client.lock_owner(datastore, "vm-live/vm-live-flat.vmdk")
+    assert [h.host for h in lock.holders] == ["esxi-02"]
+    await asyncio.sleep(3)
+    acked = (await lab.client.vm("vm-live")).guest_writes_acked
+    report = await lab.client.verify_disk("vm-live", acked)
+    assert report.missing == 0 and report.corrupt == 0 and report.highest_seq >= acked
+    types = await event_types(lab, "vm-live")
+    assert types.index("VmBeingHotMigratedEvent") < types.index("VmMigratedEvent")
+    # It can go back, and power off where it now is.
+    assert (await migrate(lab, "vm-live", "esxi-01")).state == OK
+    assert (await lab.power_off("vm-live")).state == OK
+
+
+async def test_a_powered_off_vm_migrates_cold_and_powers_on_there(lab):
+    await vm_on(lab, "vm-cold", power=False)
+    task = await migrate(lab, "vm-cold", "esxi-03")
+    assert task.state == OK
+    assert (task.migration.hot, task.migration.precopy_rounds) == (False, 0)
+    assert (await lab.client.vm("vm-cold")).host == "esxi-03"
+    assert "vm-cold" not in {v.name for v in lab.engine.running("esxi-01").kernel.vms()}
+    assert (await lab.power_on("vm-cold")).state == OK
+    assert running_on(lab, "vm-cold") == ["esxi-03"]
+    assert "VmMigratedEvent" in await event_types(lab, "vm-cold")
+
+
+async def test_a_cut_vmotion_link_fails_the_task_and_the_vm_stays_on_its_source(lab):
+    await vm_on(lab, "vm-stay")
+    lab.engine.set_link_now("esxi-02", "vmotion", False)
+    task = await migrate(lab, "vm-stay", "esxi-02")
+    assert (task.state, task.error.name) == (ERROR, "MigrationFault")
+    assert "goes on running on esxi-01" in task.error.message
+    assert (await lab.client.vm("vm-stay")).host == "esxi-01"
+    assert running_on(lab, "vm-stay") == ["esxi-01"]
+    # The destination's partial copy is gone with the abort.
+    assert "vm-stay" not in {v.name for v in lab.engine.running("esxi-02").kernel.vms()}
+    types = await event_types(lab, "vm-stay")
+    assert "VmFailedMigrateEvent" in types and "VmMigratedEvent" not in types
+    lab.engine.set_link_now("esxi-02", "vmotion", True)
+    assert (await migrate(lab, "vm-stay", "esxi-02")).state == OK  # mended, it moves
+
+
+async def test_a_destination_without_the_datastore_is_invalid_datastore(lab):
+    await vm_on(lab, "vm-ds")
+    await host_call(
+        lab.engine, "esxi-03", "UnmountDatastore", hpb.UnmountDatastoreRequest(name="vmfs-01")
+    )
+    task = await migrate(lab, "vm-ds", "esxi-03")
+    assert (task.state, task.error.name) == (ERROR, InvalidDatastore.name)
+    assert "vmfs-01" in task.error.message and "not mounted" in task.error.message
+    assert running_on(lab, "vm-ds") == ["esxi-01"]
+    assert "vm-ds" not in {v.name for v in lab.engine.running("esxi-03").kernel.vms()}
+
+
+@pytest.mark.parametrize("where, vlan", [("esxi-01", 10), ("both", None)])
+async def test_a_port_group_missing_or_on_another_vlan_there_is_a_migration_fault(
+    lab, where, vlan
+):
+    await lab.client.add_port_group("esxi-01", "web", vlan=10)
+    if where == "both":
+        await lab.client.add_port_group("esxi-02", "web", vlan=20)
+    nic = kpb.VmNic(name="ethernet0", port_group="web")
+    await vm_on(lab, "vm-net", datastore="", nics=[nic])
+    task = await migrate(lab, "vm-net", "esxi-02")
+    assert (task.state, task.error.name) == (ERROR, MigrationFault.name)
+    assert "ethernet0" in task.error.message and "web" in task.error.message
+    if where == "both":
+        assert "VLAN 10" in task.error.message and "VLAN 20" in task.error.message
+    assert running_on(lab, "vm-net") == ["esxi-01"]
+
+
+@pytest.mark.parametrize(
+    "name, host, fault",
+    [
+        ("vm-bad", "esxi-01", InvalidArgument),  # where it already is
+        ("vm-bad", "esxi-99", NotFound),
+        ("vm-bad", "", InvalidArgument),
+        ("vm-bad", "ESXI_02", InvalidArgument),
+        ("no-such-vm", "esxi-02", NotFound),
+    ],
+)
+async def test_bad_migrations_are_refused_at_once_and_change_nothing(lab, name, host, fault):
+    await vm_on(lab, "vm-bad", datastore="", power=False)
+    before = await lab.snapshot()
+    with pytest.raises(fault):
+        await lab.client.migrate_vm(name, host)
+    assert await lab.snapshot() == before
+
+
+async def test_a_disconnected_destination_is_host_not_connected(lab):
+    await vm_on(lab, "vm-nc", datastore="", power=False)
+    lab.engine.crash("esxi-02")
+    await asyncio.sleep(20)  # vCenter notices
+    with pytest.raises(HostNotConnected):
+        await lab.client.migrate_vm("vm-nc", "esxi-02")

@@ -1,0 +1,208 @@
+"""MigrateVM_Task: vCenter's side of vMotion.
+
+vCenter checks first and moves nothing if a check fails: the destination is another
+connected host, it mounts the VM's datastore and can reach it (InvalidDatastore), and
+it has every port group the VM's adapters are on, with the same VLAN (MigrationFault
+naming the adapter). A powered-off VM then migrates cold: unregistered on its source
+(its files stay) and registered on the destination. A powered-on one migrates live:
+vCenter makes the migration's ticket (an id and 32 random bytes) and gives it to both
+hosts; the destination admits the VM (its own admission control answers
+InsufficientResourcesFault), and the source pre-copies its memory straight to the
+destination over the vMotion network and switches over (host/hostd/migration.py).
+Any failure before the destination resumes leaves the VM running on its source; the
+destination's partial copy is aborted. Whatever happens, the inventory ends saying
+where the VM runs, as the hosts report it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vsim import validate
+from vsim.faults import InvalidArgument, InvalidDatastore, MigrationFault, VimFault
+from vsim.runtime import Runtime
+from vsim.v1 import common_pb2
+from vsim.v1 import host_agent_pb2 as hpb
+from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.events import EventLog
+from vsim.vcenter.host_system import HostManager, host_vm
+from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.tasks import TaskManager
+
+log = logging.getLogger("vsim.vcenter.vmotion")
+
+ON = pb.POWER_STATE_POWERED_ON
+SECRET_BYTES = 32
+
+
+class VMotion:
+    def __init__(
+        self,
+        inventory: Inventory,
+        hosts: HostManager,
+        tasks: TaskManager,
+        events: EventLog,
+        runtime: Runtime,
+    ) -> None:
+        self._inventory = inventory
+        self._hosts = hosts
+        self._tasks = tasks
+        self._events = events
+        self._runtime = runtime
+
+    def migrate(self, request: pb.MigrateVmRequest, user: str) -> common_pb2.Task:
+        vm = self._inventory.require_vm(request.name)
+        validate.host_name(request.host, "host")
+        destination = request.host
+        if destination == vm.host:
+            raise InvalidArgument(f"{vm.name} already runs on {destination}")
+        self._hosts.connected(destination)
+        self._hosts.connected(vm.host)
+        source, hot = vm.host, vm.power_state == ON
+
+        async def work(task: common_pb2.Task) -> str:
+            began = self._runtime.now()
+            await self._check(vm, destination)
+            task.progress = 10
+            if hot:
+                self._events.post(
+                    "VmBeingHotMigratedEvent",
+                    f"Migrating {vm.name} from {source} to {destination}",
+                    user=user,
+                    host=source,
+                    vm=vm.name,
+                )
+                try:
+                    report = await self._hot(task, vm, destination)
+                except VimFault as fault:
+                    self._failed(vm, source, destination, user, fault)
+                    raise
+            else:
+                report = hpb.VmotionReport()
+                await self._cold(vm, destination)
+            downtime = f", downtime {report.downtime_ms:.0f} ms" if hot else " (powered off)"
+            self._events.post(
+                "VmMigratedEvent",
+                f"Migrated {vm.name} from {source} to {destination}{downtime}",
+                user=user,
+                host=destination,
+                vm=vm.name,
+            )
+            task.migration.CopyFrom(
+                common_pb2.MigrationResult(
+                    source=source,
+                    destination=destination,
+                    hot=hot,
+                    precopy_rounds=report.rounds,
+                    memory_sent_bytes=report.memory_sent_bytes,
+                    pages_resent=report.pages_resent,
+                    sdps=report.sdps,
+                    downtime_ms=report.downtime_ms,
+                    total_s=self._runtime.now() - began,
+                )
+            )
+            return vm.name
+
+        return self._tasks.start(
+            "MigrateVM_Task", vm.name, user, work, kind="vm", within=("host", source)
+        )
+
+    # checks, before anything moves
+
+    async def _check(self, vm: pb.Vm, destination: str) -> None:
+        if vm.datastore:
+            reply = await self._hosts.call(
+                destination, "ListDatastores", hpb.HostListDatastoresRequest()
+            )
+            mounted = {d.name: d.accessible for d in reply.datastores}
+            if not mounted.get(vm.datastore, False):
+                state = "not accessible" if vm.datastore in mounted else "not mounted"
+                raise InvalidDatastore(
+                    f"datastore {vm.datastore}, where {vm.name}'s files are, is {state} on "
+                    f"{destination}",
+                    datastore=vm.datastore,
+                    host=destination,
+                )
+        if vm.nics:
+            here = await self._port_groups(vm.host)
+            there = await self._port_groups(destination)
+            for nic in vm.nics:
+                if nic.port_group not in there:
+                    raise MigrationFault(
+                        f"{vm.name}'s network adapter {nic.name} is on port group "
+                        f"{nic.port_group!r}, which {destination} does not have"
+                    )
+                if here.get(nic.port_group) != there[nic.port_group]:
+                    raise MigrationFault(
+                        f"{vm.name}'s network adapter {nic.name} is on port group "
+                        f"{nic.port_group!r}: VLAN {here.get(nic.port_group)} here, VLAN "
+                        f"{there[nic.port_group]} on {destination}"
+                    )
+
+    async def _port_groups(self, host: str) -> dict[str, int]:
+        network = await self._hosts.call(host, "GetNetwork", hpb.GetNetworkRequest())
+        return {pg.name: pg.vlan for pg in network.port_groups}
+
+    # the moves
+
+    async def _cold(self, vm: pb.Vm, destination: str) -> None:
+        """A powered-off VM: registered on the destination, then off its source."""
+        await self._hosts.call(destination, "RegisterVm", hpb.RegisterVmRequest(vm=host_vm(vm)))
+        try:
+            await self._hosts.call(vm.host, "UnregisterVm", hpb.HostVmRequest(name=vm.name))
+        except BaseException:
+            await self._hosts.call(destination, "UnregisterVm", hpb.HostVmRequest(name=vm.name))
+            raise
+        with self._inventory.transaction():
+            self._inventory.set_vm_host(vm.name, destination)
+
+    async def _hot(self, task: common_pb2.Task, vm: pb.Vm, destination: str) -> hpb.VmotionReport:
+        ticket = hpb.VmotionTicket(
+            migration_id=task.id, secret=self._runtime.secret_bytes(SECRET_BYTES)
+        )
+        prepare = hpb.PrepareVmotionRequest(ticket=ticket, vm=host_vm(vm))
+        await self._hosts.call(destination, "PrepareVmotion", prepare)
+        task.progress = 20
+        record = self._hosts.connected(destination)
+        start = hpb.StartVmotionRequest(
+            ticket=ticket,
+            vm=vm.name,
+            destination=destination,
+            destination_endpoint=record.endpoint,
+            destination_thumbprint=record.thumbprint,
+        )
+        try:
+            report = await self._hosts.call(vm.host, "StartVmotion", start)
+        except VimFault as fault:
+            if not await self._runs_on(destination, vm.name):
+                await self._abort(destination, ticket)
+                raise
+            # The source's answer was lost, but the VM resumed on the destination.
+            log.warning("%s moved to %s though its source said %s", vm.name, destination, fault)
+            report = hpb.VmotionReport()
+        with self._inventory.transaction():
+            self._inventory.set_vm_host(vm.name, destination)
+        return report
+
+    async def _runs_on(self, host: str, name: str) -> bool:
+        try:
+            reply = await self._hosts.call(host, "ListVms", hpb.ListHostVmsRequest())
+        except VimFault:
+            return False
+        return any(v.name == name and v.powered_on for v in reply.vms)
+
+    async def _abort(self, destination: str, ticket: hpb.VmotionTicket) -> None:
+        abort = hpb.AbortVmotionRequest(ticket=ticket)
+        try:
+            await self._hosts.call(destination, "AbortVmotion", abort)
+        except VimFault as fault:  # it gives the copy up itself once nothing arrives
+            log.warning("cannot abort %s on %s: %s", ticket.migration_id, destination, fault)
+
+    def _failed(self, vm: pb.Vm, source: str, destination: str, user: str, fault: VimFault) -> None:
+        self._events.post(
+            "VmFailedMigrateEvent",
+            f"Cannot migrate {vm.name} from {source} to {destination}: {fault.message}",
+            user=user,
+            host=source,
+            vm=vm.name,
+        )
