@@ -436,6 +436,11 @@ class InProcessEngine:
         reply never reaches the host, which sees its path fail."""
         self._arm(name, "storage", command, "lost")
 
+    def lose_next_vmotion_reply(self, name: str, method: str) -> None:
+        """The host's next vMotion stream call `method` (ReceivePages, Switchover) is
+        carried out by the destination, but its reply never reaches the host."""
+        self._arm(name, "vmotion", method, "lost")
+
     def delay_next_storage_reply(self, name: str, command: str, seconds: float) -> None:
         """The array runs the host's next storage `command` at once, but its reply
         reaches the host `seconds` later (a slow path: a late heartbeat reply)."""

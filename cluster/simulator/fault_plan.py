@@ -19,7 +19,8 @@ Kinds (FAULT_KINDS):
                     dropped, state reloaded from its files) and is unreachable a while
     vcenter-restart vCenter stops and starts again on its data dir
     lost-reply      the callee does the work, the caller never hears: one call of
-                    vCenter's to a host, or one storage command of a host's
+                    vCenter's to a host (vMotion's among them), one of a migrating
+                    host's to its destination, or one storage command of a host's
     slow-heartbeat  a rare-but-legal corner forced: one VMFS heartbeat's reply
                     comes many seconds late
 """
@@ -51,7 +52,18 @@ FAULT_KINDS = (
     "slow-heartbeat",
 )
 APD_TIMEOUT = 140.0
-MANAGEMENT_CALLS = ("PowerOnVm", "PowerOffVm", "RegisterVm", "CreateVm", "DestroyVm", "ListVms")
+MANAGEMENT_CALLS = (
+    "PowerOnVm",
+    "PowerOffVm",
+    "RegisterVm",
+    "CreateVm",
+    "DestroyVm",
+    "ListVms",
+    "PrepareVmotion",
+    "StartVmotion",
+)
+VMOTION_CALLS = ("ReceivePages", "Switchover")
+"""A source host's calls to a destination, whose replies a lost-reply fault loses."""
 STORAGE_COMMANDS = ("compare_and_write", "write", "read", "create", "remove")
 DATASTORE_NAMES = tuple(d.name for d in DATASTORES)
 
@@ -138,8 +150,11 @@ class FaultPlan:
         if kind == "vcenter-restart":
             return Fault(at, kind, "", round(rng.uniform(1, 60), 3))
         if kind == "lost-reply":
-            if rng.random() < 0.5:
+            draw = rng.random()
+            if draw < 0.45:
                 return Fault(at, kind, host, 0.0, "management:" + rng.choice(MANAGEMENT_CALLS))
+            if draw < 0.6:
+                return Fault(at, kind, host, 0.0, "vmotion:" + rng.choice(VMOTION_CALLS))
             return Fault(at, kind, host, 0.0, "storage:" + rng.choice(STORAGE_COMMANDS))
         if kind == "slow-heartbeat":
             return Fault(at, kind, host, round(rng.uniform(3, 14), 3), "compare_and_write")
@@ -219,6 +234,8 @@ class FaultInjector:
             network, command = fault.detail.split(":")
             if network == "management":
                 self.engine.reset_next_call(host, command, applied=True)
+            elif network == "vmotion":
+                self.engine.lose_next_vmotion_reply(host, command)
             else:
                 self.engine.lose_next_storage_reply(host, command)
         elif fault.kind == "slow-heartbeat":

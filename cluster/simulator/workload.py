@@ -2,7 +2,8 @@
 vCenter's public API only (the SDK client over vCenter's dispatch table, as over
 gRPC): create, power on and off, clone, reconfigure and destroy VMs with disks on
 VMFS (ats+scsi and ats-only) and NFS, their guests writing; datastores created;
-hosts removed and added back; stale locks broken by hand; and bad requests. A few
+hosts removed and added back; VMs migrated (vMotion, or cold); stale locks broken by
+hand; and bad requests. A few
 users work at once, on the same VMs, so operations race.
 
 Each operation and its outcome go into the history. A fault in reply is an outcome
@@ -40,6 +41,7 @@ WEIGHTS = {
     "power-off": 12,
     "destroy": 6,
     "clone": 5,
+    "migrate": 8,
     "reconfigure": 6,
     "host-cycle": 2,
     "datastore": 2,
@@ -162,6 +164,13 @@ class Workload:
                 f"clone {source} as {name}", lambda c: c.linked_clone(source, name, self._host())
             ):
                 self.vms.append(name)
+
+    async def migrate(self) -> None:
+        """vMotion of a running VM (or a cold migration of a powered-off one) to
+        another host; users may race it with power operations on the same VM."""
+        if vm := self._vm():
+            host = self._host()
+            await self._task(f"migrate {vm} to {host}", lambda c: c.migrate_vm(vm, host))
 
     async def reconfigure(self) -> None:
         if vm := self._vm():

@@ -1,7 +1,9 @@
 """Invariant: no VM runs on two hosts at once (DESIGN.md section 7, 1).
 
 Read from the hosts themselves (each running boot's kernel), once a simulated second
-and before every crash; VM starts and stops go into the history as they are seen.
+and before every crash; VM starts and stops go into the history as they are seen. A
+VM stunned for a vMotion's switchover is not running (its guest does nothing); one
+arriving by vMotion runs from its resume.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ class OneHostChecker(Checker):
         seen: dict[str, list[str]] = {}
         for host, hostd in sorted(self.dc.engine.hosts().items()):
             for vm in hostd.kernel.vms():
-                if vm.powered_on:
+                # A source's VM stunned for a vMotion's switchover does not run: its
+                # guest does nothing until it resumes on one side or the other.
+                if vm.powered_on and hostd.kernel.memory.speed(vm.name) > 0:
                     seen.setdefault(vm.name, []).append(host)
         for vm, hosts in sorted(seen.items()):
             if len(hosts) > 1:
