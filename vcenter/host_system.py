@@ -452,6 +452,7 @@ class HostManager:
         are left to that task."""
         reply = await link.call("ListVms", hpb.ListHostVmsRequest())
         on_host = {vm.name: vm for vm in reply.vms}
+        await self._adopt_moved(name, on_host)
         await self._unregister_strays(name, link, on_host)
         inaccessible: set[str] = set()
         self._inaccessible[name] = inaccessible
@@ -484,6 +485,34 @@ class HostManager:
                     host=name,
                     vm=vm.name,
                 )
+
+    async def _adopt_moved(self, name: str, on_host: dict[str, hpb.HostVm]) -> None:
+        """A VM this host runs that vCenter has on another host moved here by vMotion
+        while vCenter did not hear the end (a lost reply, a restart): vCenter follows
+        it, as it follows a VM found running where it was not expected, and takes a
+        powered-off copy the old host may have registered again off it."""
+        for vm_name, running in sorted(on_host.items()):
+            record = self._inventory.vm(vm_name)
+            if record is None or record.host == name or not running.powered_on:
+                continue
+            if self._busy("vm", vm_name):
+                continue
+            with self._inventory.transaction():
+                self._inventory.set_vm_host(vm_name, name)
+                self._inventory.set_power_state(vm_name, pb.POWER_STATE_POWERED_ON)
+                self._events.post(
+                    "VmMigratedEvent",
+                    f"{vm_name} runs on {name}, not {record.host} (found when reconnecting "
+                    "to the host)",
+                    host=name,
+                    vm=vm_name,
+                )
+            old = self._links.get(record.host)
+            if old is not None:
+                try:
+                    await old.call("UnregisterVm", hpb.HostVmRequest(name=vm_name))
+                except VimFault as fault:  # not there, or running there: left as it is
+                    log.info("%s keeps its %s: %s", record.host, vm_name, fault)
 
     async def _unregister_strays(
         self, name: str, link: HostLink, on_host: dict[str, hpb.HostVm]

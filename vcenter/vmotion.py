@@ -156,14 +156,13 @@ class VMotion:
         with self._inventory.transaction():
             self._inventory.set_vm_host(vm.name, destination)
 
-    async def _hot(self, task: common_pb2.Task, vm: pb.Vm, destination: str) -> hpb.VmotionReport:
+    async def _hot(
+        self, task: common_pb2.Task, vm: pb.Vm, destination: str
+    ) -> hpb.VmotionReport:
+        record = self._hosts.connected(destination)
         ticket = hpb.VmotionTicket(
             migration_id=task.id, secret=self._runtime.secret_bytes(SECRET_BYTES)
         )
-        prepare = hpb.PrepareVmotionRequest(ticket=ticket, vm=host_vm(vm))
-        await self._hosts.call(destination, "PrepareVmotion", prepare)
-        task.progress = 20
-        record = self._hosts.connected(destination)
         start = hpb.StartVmotionRequest(
             ticket=ticket,
             vm=vm.name,
@@ -172,13 +171,17 @@ class VMotion:
             destination_thumbprint=record.thumbprint,
         )
         try:
+            prepare = hpb.PrepareVmotionRequest(ticket=ticket, vm=host_vm(vm))
+            await self._hosts.call(destination, "PrepareVmotion", prepare)
+            task.progress = 20
             report = await self._hosts.call(vm.host, "StartVmotion", start)
         except VimFault as fault:
+            # A lost answer (the source's, or the destination's to PrepareVmotion)
+            # may hide a migration that went through: the hosts say where it runs.
             if not await self._runs_on(destination, vm.name):
                 await self._abort(destination, ticket)
                 raise
-            # The source's answer was lost, but the VM resumed on the destination.
-            log.warning("%s moved to %s though its source said %s", vm.name, destination, fault)
+            log.warning("%s moved to %s though vCenter heard %s", vm.name, destination, fault)
             report = hpb.VmotionReport()
         with self._inventory.transaction():
             self._inventory.set_vm_host(vm.name, destination)

@@ -44,8 +44,8 @@ log = logging.getLogger("vsim.host.migration")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["HostVMotion"]
 SECRET_BYTES = 32
-BATCH_PAGES = 1 << 16
-"""Pages per ReceivePages call (1 MiB of PPNs and fingerprints)."""
+MAX_BATCH_PAGES = 1 << 18
+"""The most pages one ReceivePages call carries (4 MiB of PPNs and fingerprints)."""
 MIGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -78,9 +78,10 @@ def check_ticket(ticket: pb.VmotionTicket) -> None:
         )
 
 
-ARRIVAL_IDLE = 120.0
-"""Seconds a destination waits, hearing nothing of a migration, before it gives the
-partial copy up itself (vCenter's abort may never come: it may be down)."""
+ARRIVAL_IDLE = 20.0
+"""Migrate.NetTimeout: seconds a destination waits, hearing nothing of a migration
+(a source sends every second), before it gives the partial copy up itself (vCenter's
+abort may never come: it may be down)."""
 
 
 @dataclass
@@ -241,10 +242,10 @@ class Migrations:
         here, there = hostd.kernel.spec.name, request.destination
 
         async def send(ppns: np.ndarray, fingerprints: np.ndarray) -> None:
-            for at in range(0, len(ppns), BATCH_PAGES):
+            for at in range(0, len(ppns), MAX_BATCH_PAGES):
                 batch = pb.VmotionPagesRequest(
-                    ppns=ppns[at : at + BATCH_PAGES].astype("<i8").tobytes(),
-                    fingerprints=fingerprints[at : at + BATCH_PAGES].astype("<u8").tobytes(),
+                    ppns=ppns[at : at + MAX_BATCH_PAGES].astype("<i8").tobytes(),
+                    fingerprints=fingerprints[at : at + MAX_BATCH_PAGES].astype("<u8").tobytes(),
                 )
                 await link.call("ReceivePages", batch)
 

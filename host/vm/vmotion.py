@@ -170,16 +170,27 @@ async def precopy(
     """Pre-copies VM `name`'s memory with `send`, then stuns the guest and sends the
     rest. Returns with the guest stunned: the caller resumes it on the destination
     (or, on a failure, on this host with `memory.set_speed(name, 1)`). A failure in
-    here leaves the guest running at full speed."""
+    here leaves the guest running at full speed.
+
+    A round goes out in batches of one second of the link: each batch's pages are
+    read when it is sent, and the link's time for it passes before the next, so the
+    destination hears from the source every second."""
     plan = PreCopy((settings or PreCopySettings()).validated())
+    batch = max(1024, int(plan.settings.pages_per_second))
     began = clock.now()
     memory.take_dirty(name)  # tracking starts: what is written from now is resent
     pages = memory.touched_pages(name)
+
+    async def send_round(ppns: np.ndarray) -> float:
+        for at in range(0, len(ppns), batch):
+            part = ppns[at : at + batch]
+            await send(part, memory.guest_content(name, part))
+            await clock.sleep(plan.seconds(len(part)))
+        return plan.seconds(len(ppns))
+
     try:
         while True:
-            await send(pages, memory.guest_content(name, pages))
-            seconds = plan.seconds(len(pages))
-            await clock.sleep(seconds)
+            seconds = await send_round(pages)
             dirty = memory.take_dirty(name)
             speed = plan.round_done(len(pages), seconds, len(dirty))
             if plan.converged(len(dirty)):
@@ -190,8 +201,7 @@ async def precopy(
         stunned_at = clock.now()
         memory.set_speed(name, 0.0)
         send_s = plan.switchover_seconds(len(dirty))
-        await send(dirty, memory.guest_content(name, dirty))
-        await clock.sleep(send_s)
+        await send_round(dirty)
     except BaseException:
         with contextlib.suppress(NotFound):  # powered off meanwhile: nothing to resume
             memory.set_speed(name, 1.0)

@@ -163,7 +163,7 @@ async def test_a_failed_send_leaves_the_guest_running_at_full_speed_on_its_sourc
 
     async def send(ppns: np.ndarray, fingerprints: np.ndarray) -> None:
         speeds.append(memory.speed("vm-1"))
-        if len(speeds) == 4:
+        if speeds[-1] < 1.0:  # the first batch after SDPS slowed the guest
             raise HostConnectFault("the destination went away")
 
     with pytest.raises(HostConnectFault):
