@@ -14,6 +14,7 @@ switchover reply was lost: the side that holds them.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -63,7 +64,9 @@ network to the host there."""
 
 
 def ticket_token(ticket: pb.VmotionTicket) -> str:
-    return f"{ticket.migration_id}:{ticket.secret.hex()}"
+    """The ticket as the source's calls carry it: its secret in a session token's
+    shape (32 bytes, URL-safe base64), so it travels as any session does."""
+    return base64.urlsafe_b64encode(ticket.secret).rstrip(b"=").decode()
 
 
 def check_ticket(ticket: pb.VmotionTicket) -> None:
@@ -108,19 +111,18 @@ class Migrations:
     def admit(self, token: str | None, entry: Entry) -> _Arrival:
         """The host-to-host calls carry the migration's ticket as their token: only
         the source of a migration under way gets in."""
-        migration_id, _, secret_hex = (token or "").partition(":")
-        arrival = self._arrivals.get(migration_id)
         try:
-            secret = bytes.fromhex(secret_hex)
-        except ValueError:
+            secret = base64.urlsafe_b64decode((token or "") + "=")
+        except (ValueError, TypeError):
             secret = b""
-        if arrival is None or not hmac.compare_digest(secret, arrival.secret):
-            raise NotAuthenticated(
-                f"{entry.name}: no vMotion to {self.hostd.kernel.spec.name} is under way "
-                "with that migration id and secret"
-            )
-        arrival.heard = self._now()
-        return arrival
+        for arrival in self._arrivals.values():
+            if len(secret) == SECRET_BYTES and hmac.compare_digest(secret, arrival.secret):
+                arrival.heard = self._now()
+                return arrival
+        raise NotAuthenticated(
+            f"{entry.name}: no vMotion to {self.hostd.kernel.spec.name} is under way "
+            "with that migration's secret"
+        )
 
     # -- the destination -----------------------------------------------------------
 
