@@ -59,15 +59,16 @@ async def make_lab(request: pytest.FixtureRequest, tmp_path: Path, fast_scrypt: 
     labs: list[Lab] = []
     real_time = on_real_loop(request.node)
 
-    async def make(spec: ClusterSpec | None = None, seed: int = 7) -> Lab:
+    async def make(spec: ClusterSpec | None = None, seed: int = 7, array: bool = False) -> Lab:
+        """`array`: with a storage array in this process, the spec's datastores on it."""
         clock = WallClock(start=T0) if real_time else None
-        lab = Lab(tmp_path / f"vc-{len(labs)}", seed, clock=clock)
+        lab = Lab(tmp_path / f"vc-{len(labs)}", seed, array=array, clock=clock)
         labs.append(lab)
         return await lab.boot(spec if spec is not None else ClusterSpec.default(3))
 
     yield make
     for lab in labs:
-        await lab.stop()
+        await (lab.close() if lab.array is not None else lab.stop())
 
 
 @pytest.fixture

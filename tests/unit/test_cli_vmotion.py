@@ -7,53 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-from vclab import Lab
+from test_cli_faults import vsim  # noqa: F401 - the fixture: `vsim ...` in this process
 
-from vsim.cluster import cli
-from vsim.cluster.client import VCenterClient
-from vsim.spec import ClusterSpec
 from vsim.v1 import common_pb2
 
 
-@pytest.fixture
-async def vsim(tmp_path, monkeypatch, capsys, fast_scrypt):
-    lab = Lab(tmp_path / "vc", array=True)
-    await lab.boot(ClusterSpec.default(2))
-    monkeypatch.setenv("VSIM_CONFIG", str(tmp_path / "config"))
-
-    async def client(self) -> VCenterClient:
-        return VCenterClient.in_process(lab.vc.table, lab.token)
-
-    monkeypatch.setattr(cli.Context, "client", client)
-
-    async def run(*argv: str) -> tuple[int, str, str]:
-        args = cli.build_parser().parse_args(list(argv))
-        capsys.readouterr()
-        try:
-            await args.handler(args, cli.Context(args))
-            status = 0
-        except Exception as fault:  # noqa: BLE001 - what main() reports, exit 1
-            cli.report(args, fault)
-            status = 1
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
+async def vm_cli(lab) -> None:
     task = await lab.client.create_vm(
-        "vm-cli",
-        memory_mb=256,
-        host="esxi-01",
-        datastore="vmfs-01",
-        disk_mb=8,
+        "vm-cli", memory_mb=256, host="esxi-01", datastore="vmfs-01", disk_mb=8,
         guest_write_iops=10,
-    )
+    )  # fmt: skip
     assert (await lab.wait(task)).state == common_pb2.TASK_STATE_SUCCESS
-    yield run, lab
-    await lab.close()
 
 
-async def test_migrate_prints_what_the_vmotion_did(vsim):
+async def test_migrate_prints_what_the_vmotion_did(vsim):  # noqa: F811
     run, lab = vsim
+    await vm_cli(lab)
     assert (await lab.power_on("vm-cli")).state == common_pb2.TASK_STATE_SUCCESS
     await asyncio.sleep(2)
     status, out, err = await run("vm", "migrate", "vm-cli", "--host", "esxi-02")
@@ -73,8 +42,9 @@ async def test_migrate_prints_what_the_vmotion_did(vsim):
     assert (await lab.client.vm("vm-cli")).host == "esxi-01"
 
 
-async def test_a_cold_migration_and_the_refusals(vsim):
+async def test_a_cold_migration_and_the_refusals(vsim):  # noqa: F811
     run, lab = vsim
+    await vm_cli(lab)
     status, out, _ = await run("vm", "migrate", "vm-cli", "--host", "esxi-02")
     assert status == 0 and "cold (powered off)" in out
     status, _, err = await run("vm", "migrate", "vm-cli", "--host", "esxi-02")

@@ -28,11 +28,8 @@ ON, OFF = pb.POWER_STATE_POWERED_ON, pb.POWER_STATE_POWERED_OFF
 
 
 @pytest.fixture
-async def lab(tmp_path, fast_scrypt):
-    lab = Lab(tmp_path / "vc", array=True)
-    await lab.boot(ClusterSpec.default(3))
-    yield lab
-    await lab.close()
+async def lab(make_lab) -> Lab:
+    return await make_lab(ClusterSpec.default(3), array=True)
 
 
 async def vm_on(lab: Lab, name: str, datastore: str = "vmfs-01", power: bool = True, **kw):
@@ -136,9 +133,7 @@ async def test_a_destination_without_the_datastore_is_invalid_datastore(lab):
 
 
 @pytest.mark.parametrize("where, vlan", [("esxi-01", 10), ("both", None)])
-async def test_a_port_group_missing_or_on_another_vlan_there_is_a_migration_fault(
-    lab, where, vlan
-):
+async def test_a_port_group_missing_or_on_another_vlan_there_is_a_migration_fault(lab, where, vlan):
     await lab.client.add_port_group("esxi-01", "web", vlan=10)
     if where == "both":
         await lab.client.add_port_group("esxi-02", "web", vlan=20)

@@ -26,11 +26,8 @@ SOURCE, DESTINATION = "esxi-01", "esxi-02"
 
 
 @pytest.fixture
-async def lab(tmp_path, fast_scrypt):
-    lab = Lab(tmp_path / "vc", array=True)
-    await lab.boot(ClusterSpec.default(2))
-    yield lab
-    await lab.close()
+async def lab(make_lab) -> Lab:
+    return await make_lab(ClusterSpec.default(2), array=True)
 
 
 def ticket(n: int = 1) -> hpb.VmotionTicket:
