@@ -1,10 +1,12 @@
 """MigrateVM_Task: vCenter's side of vMotion.
 
 vCenter checks first and moves nothing if a check fails: the destination is another
-connected host, it mounts the VM's datastore and can reach it (InvalidDatastore), and
-it has every port group the VM's adapters are on, with the same VLAN (MigrationFault
-naming the adapter). A powered-off VM then migrates cold: unregistered on its source
-(its files stay) and registered on the destination. A powered-on one migrates live:
+connected host with as many cores as the VM has vCPUs (NotEnoughCpus); a running VM
+has no DirectPath device (DisallowedMigrationDeviceAttached); the destination mounts
+the VM's datastore and can reach it (InvalidDatastore), and it has every port group
+the VM's adapters are on, with the same VLAN (MigrationFault naming the adapter). A
+powered-off VM then migrates cold: unregistered on its source (its files stay) and
+registered on the destination. A powered-on one migrates live:
 vCenter makes the migration's ticket (an id and 32 random bytes) and gives it to both
 hosts; the destination admits the VM (its own admission control answers
 InsufficientResourcesFault), and the source pre-copies its memory straight to the
@@ -19,7 +21,14 @@ from __future__ import annotations
 import logging
 
 from vsim import validate
-from vsim.faults import InvalidArgument, InvalidDatastore, MigrationFault, VimFault
+from vsim.faults import (
+    DisallowedMigrationDeviceAttached,
+    InvalidArgument,
+    InvalidDatastore,
+    MigrationFault,
+    NotEnoughCpus,
+    VimFault,
+)
 from vsim.runtime import Runtime
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
@@ -59,6 +68,16 @@ class VMotion:
         self._hosts.connected(destination)
         self._hosts.connected(vm.host)
         source, hot = vm.host, vm.power_state == ON
+        cores = self._hosts.public_spec(destination).cpu_cores
+        if vm.cpus > cores:
+            raise NotEnoughCpus(
+                f"{vm.name} has {vm.cpus} virtual CPUs and {destination} has {cores} cores"
+            )
+        if hot and vm.pci_devices:
+            raise DisallowedMigrationDeviceAttached(
+                f"{vm.name} has DirectPath I/O device(s) {', '.join(vm.pci_devices)}, which "
+                "cannot move with a running VM; power it off to migrate it cold"
+            )
 
         async def work(task: common_pb2.Task) -> str:
             began = self._runtime.now()

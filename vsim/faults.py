@@ -79,6 +79,12 @@ FileTooLarge = _fault("FileTooLarge", S.OUT_OF_RANGE)
 NoDiskSpace = _fault("NoDiskSpace", S.RESOURCE_EXHAUSTED)
 MigrationFault = _fault("MigrationFault", S.FAILED_PRECONDITION)
 """A vMotion that cannot be done or did not complete (the VM stays on its source)."""
+NotEnoughCpus = _fault("NotEnoughCpus", S.FAILED_PRECONDITION)
+"""The host has fewer physical cores than the VM has virtual CPUs."""
+DisallowedMigrationDeviceAttached = _fault(
+    "DisallowedMigrationDeviceAttached", S.FAILED_PRECONDITION
+)
+"""A device the VM has (DirectPath I/O) cannot move with it."""
 InvalidDatastore = _fault("InvalidDatastore", S.FAILED_PRECONDITION)
 """A datastore the operation needs is not accessible where it is needed."""
 SystemError_ = _fault("SystemError", S.INTERNAL)

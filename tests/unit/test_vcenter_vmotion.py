@@ -11,13 +11,15 @@ import pytest
 from vclab import Lab, host_call
 
 from vsim.faults import (
+    DisallowedMigrationDeviceAttached,
     HostNotConnected,
     InvalidArgument,
     InvalidDatastore,
     MigrationFault,
+    NotEnoughCpus,
     NotFound,
 )
-from vsim.spec import ClusterSpec
+from vsim.spec import ClusterSpec, HostSpec
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
@@ -171,3 +173,33 @@ async def test_a_disconnected_destination_is_host_not_connected(lab):
     await asyncio.sleep(20)  # vCenter notices
     with pytest.raises(HostNotConnected):
         await lab.client.migrate_vm("vm-nc", "esxi-02")
+
+
+async def test_a_destination_with_fewer_cores_than_the_vms_vcpus_is_not_enough_cpus(make_lab):
+    small = ClusterSpec(
+        hosts=(HostSpec("esxi-01", cpu_cores=16), HostSpec("esxi-02", cpu_cores=4)),
+        datastores=(),
+    )
+    lab = await make_lab(small)
+    assert (
+        await lab.wait(await lab.client.create_vm("vm-wide", cpus=8, host="esxi-01"))
+    ).state == OK
+    for power_on in (False, True):
+        if power_on:
+            assert (await lab.power_on("vm-wide")).state == OK
+        before = await lab.snapshot()
+        with pytest.raises(NotEnoughCpus, match="8 virtual CPUs"):
+            await lab.client.migrate_vm("vm-wide", "esxi-02")
+        assert await lab.snapshot() == before
+
+
+async def test_a_running_vm_with_a_directpath_device_cannot_move_but_moves_powered_off(lab):
+    gpu = (await lab.client.pci_devices("esxi-01"))[0].id
+    await lab.client.update_passthru_config("esxi-01", gpu, True)
+    reserved = kpb.VmResources(memory=kpb.ResourceAllocation(reservation=256))
+    await vm_on(lab, "vm-gpu", datastore="", power=False, resources=reserved)
+    assert (await lab.wait(await lab.client.assign_pci_device("vm-gpu", gpu))).state == OK
+    assert (await lab.power_on("vm-gpu")).state == OK
+    with pytest.raises(DisallowedMigrationDeviceAttached, match=gpu):
+        await lab.client.migrate_vm("vm-gpu", "esxi-02")
+    assert running_on(lab, "vm-gpu") == ["esxi-01"]
