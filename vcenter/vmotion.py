@@ -18,7 +18,10 @@ where the VM runs, as the hosts report it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections import Counter
 
 from vsim import validate
 from vsim.faults import (
@@ -42,6 +45,10 @@ log = logging.getLogger("vsim.vcenter.vmotion")
 
 ON = pb.POWER_STATE_POWERED_ON
 SECRET_BYTES = 32
+HOST_LIMIT = 8
+"""Concurrent vMotions a host takes part in (over 10 GbE; vSphere allows 4 at 1 GbE)."""
+DATASTORE_BUDGET = 128
+"""A datastore's cost budget for concurrent migrations; a vMotion costs 1."""
 
 
 class VMotion:
@@ -58,6 +65,33 @@ class VMotion:
         self._tasks = tasks
         self._events = events
         self._runtime = runtime
+        self._running: Counter[str] = Counter()
+        """Migrations under way per host (source and destination) and per datastore."""
+        self._freed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, task: common_pb2.Task, vm: pb.Vm, destination: str):
+        """Holds the migration's place in vCenter's limits: at most HOST_LIMIT per host
+        and DATASTORE_BUDGET per datastore at once; beyond them the task is queued."""
+        hosts, datastore = (vm.host, destination), vm.datastore
+
+        def fits() -> bool:
+            full = any(self._running[("host", h)] >= HOST_LIMIT for h in hosts)
+            return not full and self._running[("datastore", datastore)] < DATASTORE_BUDGET
+
+        async with self._freed:
+            if not fits():
+                task.state = common_pb2.TASK_STATE_QUEUED
+                await self._freed.wait_for(fits)
+                task.state = common_pb2.TASK_STATE_RUNNING
+            held = [("host", h) for h in hosts] + ([("datastore", datastore)] if datastore else [])
+            self._running.update(held)
+        try:
+            yield
+        finally:
+            async with self._freed:
+                self._running.subtract(held)
+                self._freed.notify_all()
 
     def migrate(self, request: pb.MigrateVmRequest, user: str) -> common_pb2.Task:
         vm = self._inventory.require_vm(request.name)
@@ -80,6 +114,12 @@ class VMotion:
             )
 
         async def work(task: common_pb2.Task) -> str:
+            if not hot:
+                return await move(task)
+            async with self._admitted(task, vm, destination):
+                return await move(task)
+
+        async def move(task: common_pb2.Task) -> str:
             began = self._runtime.now()
             await self._check(vm, destination)
             task.progress = 10
@@ -175,9 +215,7 @@ class VMotion:
         with self._inventory.transaction():
             self._inventory.set_vm_host(vm.name, destination)
 
-    async def _hot(
-        self, task: common_pb2.Task, vm: pb.Vm, destination: str
-    ) -> hpb.VmotionReport:
+    async def _hot(self, task: common_pb2.Task, vm: pb.Vm, destination: str) -> hpb.VmotionReport:
         record = self._hosts.connected(destination)
         ticket = hpb.VmotionTicket(
             migration_id=task.id, secret=self._runtime.secret_bytes(SECRET_BYTES)

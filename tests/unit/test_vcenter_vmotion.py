@@ -203,3 +203,20 @@ async def test_a_running_vm_with_a_directpath_device_cannot_move_but_moves_power
     with pytest.raises(DisallowedMigrationDeviceAttached, match=gpu):
         await lab.client.migrate_vm("vm-gpu", "esxi-02")
     assert running_on(lab, "vm-gpu") == ["esxi-01"]
+
+
+async def test_the_ninth_vmotion_from_one_host_is_queued_not_failed(lab):
+    names = [f"vm-q{i}" for i in range(9)]
+    for name in names:
+        await vm_on(lab, name, datastore="", power=False)
+        assert (await lab.power_on(name)).state == OK
+    tasks = [await lab.client.migrate_vm(name, "esxi-02") for name in names]
+    await asyncio.sleep(0.001)  # all nine under way or waiting
+    states = [(await lab.client.task(t.id)).state for t in tasks]
+    assert states.count(common_pb2.TASK_STATE_QUEUED) == 1
+    assert states.count(common_pb2.TASK_STATE_RUNNING) == 8
+    done = [await lab.wait(t) for t in tasks]
+    assert all(t.state == OK for t in done)
+    queued = done[states.index(common_pb2.TASK_STATE_QUEUED)]
+    assert queued.complete_time > min(t.complete_time for t in done)
+    assert running_on(lab, "vm-q8") == ["esxi-02"]
