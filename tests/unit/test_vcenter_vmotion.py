@@ -220,3 +220,15 @@ async def test_the_ninth_vmotion_from_one_host_is_queued_not_failed(lab):
     queued = done[states.index(common_pb2.TASK_STATE_QUEUED)]
     assert queued.complete_time > min(t.complete_time for t in done)
     assert running_on(lab, "vm-q8") == ["esxi-02"]
+
+
+async def test_a_frame_sent_to_the_vm_right_after_its_migration_reaches_it_there(lab):
+    nic = kpb.VmNic(name="ethernet0", port_group="VM Network")
+    await vm_on(lab, "vm-web", datastore="", nics=[nic])
+    await vm_on(lab, "vm-client", datastore="", nics=[nic])
+    assert (await migrate(lab, "vm-client", "esxi-03")).state == OK
+    before = await lab.client.send_test_frame("vm-client", dst_vm="vm-web")
+    assert [(r.host, r.vm) for r in before.received] == [("esxi-01", "vm-web")]
+    assert (await migrate(lab, "vm-web", "esxi-02")).state == OK
+    after = await lab.client.send_test_frame("vm-client", dst_vm="vm-web")
+    assert [(r.host, r.vm) for r in after.received] == [("esxi-02", "vm-web")]
