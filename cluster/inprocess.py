@@ -252,9 +252,11 @@ class InProcessEngine:
             )
             boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
             root_hash = hash_password(spec.root_password, source=boot.secure_random)
-            self._hostd[spec.name] = boot_host(
+            hostd = boot_host(
                 spec, disk, root_hash, boot, ports, peers=self._vmotion_connector(spec.name)
             )
+            hostd.vmotion_endpoint = f"in-process://{spec.name}"
+            self._hostd[spec.name] = hostd
         return identity.thumbprint
 
     def _vmotion_connector(self, name: str) -> PeerConnector:

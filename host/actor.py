@@ -34,6 +34,9 @@ from vsim.runtime import Runtime
 from vsim.spec import HostSpec
 from vsim.tls import load_or_create_identity
 
+VMOTION_ADDRESS_ENV = "VSIM_VMOTION_ADDRESS"
+"""The host's address on the vMotion network, where its container has one (set per
+host in docker-compose.yml); otherwise its management address."""
 BOOT_LOCK = "boot.lock"
 BOOT_LOCK_WAIT = 15.0
 """Seconds a boot waits for the previous one's process to be gone (a killed actor's
@@ -126,6 +129,10 @@ class EsxiHost:
                 ]
                 self._server, port = await start_server(self.identity, self._bind, 0, tables)
                 self._endpoint = f"{self._advertise}:{port}"
+                # The same server on the host's vMotion address (its own network in
+                # docker-compose; loopback under `vsim up`).
+                vmotion = os.environ.get(VMOTION_ADDRESS_ENV) or self._advertise
+                self.hostd.vmotion_endpoint = f"{vmotion}:{port}"
         return {"endpoint": self._endpoint, "thumbprint": self.identity.thumbprint}
 
     async def _connect_peer(self, endpoint: str, thumbprint: str, token: str) -> _PeerLine:

@@ -31,6 +31,7 @@ from vsim.faults import (
     MigrationFault,
     NotEnoughCpus,
     VimFault,
+    VMotionNotConfigured,
 )
 from vsim.runtime import Runtime
 from vsim.v1 import common_pb2
@@ -217,6 +218,12 @@ class VMotion:
 
     async def _hot(self, task: common_pb2.Task, vm: pb.Vm, destination: str) -> hpb.VmotionReport:
         record = self._hosts.connected(destination)
+        endpoints = {}
+        for host in (vm.host, destination):
+            info = await self._hosts.call(host, "GetHostInfo", hpb.GetHostInfoRequest())
+            if not info.vmotion_endpoint:
+                raise VMotionNotConfigured(f"{host} has no vMotion network")
+            endpoints[host] = info.vmotion_endpoint
         ticket = hpb.VmotionTicket(
             migration_id=task.id, secret=self._runtime.secret_bytes(SECRET_BYTES)
         )
@@ -224,7 +231,7 @@ class VMotion:
             ticket=ticket,
             vm=vm.name,
             destination=destination,
-            destination_endpoint=record.endpoint,
+            destination_endpoint=endpoints[destination],
             destination_thumbprint=record.thumbprint,
         )
         try:

@@ -85,6 +85,8 @@ DisallowedMigrationDeviceAttached = _fault(
     "DisallowedMigrationDeviceAttached", S.FAILED_PRECONDITION
 )
 """A device the VM has (DirectPath I/O) cannot move with it."""
+VMotionNotConfigured = _fault("VMotionNotConfigured", S.FAILED_PRECONDITION)
+"""A host of the migration has no vMotion network to send or receive it on."""
 InvalidDatastore = _fault("InvalidDatastore", S.FAILED_PRECONDITION)
 """A datastore the operation needs is not accessible where it is needed."""
 SystemError_ = _fault("SystemError", S.INTERNAL)

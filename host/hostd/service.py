@@ -190,6 +190,9 @@ class Hostd:
         """Every HostAgent RPC, as the gRPC server and the in-process engine call it."""
         self.migrations = Migrations(self, peers)
         """vMotion in and out; `migrations.table` is the HostVMotion service."""
+        self.vmotion_endpoint = ""
+        """Where the shell serves `migrations.table` on the vMotion network, once it
+        does ("": this host has no vMotion network)."""
 
     @needs(PUBLIC)
     def Login(self, request: pb.HostLoginRequest, user: str | None) -> pb.HostLoginResponse:
@@ -230,6 +233,7 @@ class Hostd:
             vms=k.vm_count(),
             vms_powered_on=k.powered_on_count(),
             boot_time=k.boot_time,
+            vmotion_endpoint=self.vmotion_endpoint,
         )
 
     @needs(ADMINISTRATOR)

@@ -335,3 +335,28 @@ async def test_the_fault_service_slows_a_datastore_and_restarts_the_array_progra
     messages = [e.message for e in await client.events() if e.type == "FaultInjectedEvent"]
     assert any("nfs-01" in m and "1000 ms" in m for m in messages)
     assert any("Restarted the storage array program" in m for m in messages)
+
+
+async def test_a_vmotion_between_host_containers_goes_over_the_vmotion_network(
+    compose, client, wait_until
+):
+    """c-slow (on esxi-01, writing to nfs-01) moves to esxi-02 host to host: with
+    esxi-02 off the vmotion network the migration fails and the VM runs on where it
+    was, though esxi-02's management is fine; back on it, the VM moves, and every
+    write acknowledged before reads back."""
+    vmotion, esxi_02 = compose.network("vmotion"), compose.container("esxi-02")
+    compose.docker("network", "disconnect", vmotion, esxi_02)
+    try:
+        task = await client.wait(await client.migrate_vm("c-slow", "esxi-02"), timeout=120)
+        assert task.error.name == "MigrationFault", task
+        vm = await client.vm("c-slow")
+        assert (vm.host, vm.power_state) == ("esxi-01", pb.POWER_STATE_POWERED_ON)
+        hosts = {h.name: h.connection_state for h in await client.hosts()}
+        assert hosts["esxi-02"] == CONNECTED
+    finally:
+        compose.docker("network", "connect", "--ip", f"{compose.net}.3.12", vmotion, esxi_02)
+    task = await client.run(await client.migrate_vm("c-slow", "esxi-02"), timeout=120)
+    assert (task.migration.hot, task.migration.destination) == (True, "esxi-02")
+    acked = (await client.vm("c-slow")).guest_writes_acked
+    report = await client.verify_disk("c-slow", acked)
+    assert report.corrupt == 0 and report.missing == 0

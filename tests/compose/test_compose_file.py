@@ -81,6 +81,9 @@ def test_compose_v1_and_v2_read_the_same_cluster(docker_tools):
     assert v1["array"][0] == {"storage": "172.30.2.10", "management": "172.30.1.20"}
     services = resolved("docker-compose")["services"]
     command = " ".join(services["vcenter"]["command"])
+    for i in range(1, 5):  # each host streams vMotion on its vmotion-network address
+        env = services[f"esxi-0{i}"]["environment"]
+        assert env["VSIM_VMOTION_ADDRESS"] == f"172.30.3.1{i}"
     # The array's management key is in its info file: no host may mount it.
     for i in range(1, 5):
         volumes = services[f"esxi-0{i}"].get("volumes", [])

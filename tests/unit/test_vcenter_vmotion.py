@@ -232,3 +232,13 @@ async def test_a_frame_sent_to_the_vm_right_after_its_migration_reaches_it_there
     assert (await migrate(lab, "vm-web", "esxi-02")).state == OK
     after = await lab.client.send_test_frame("vm-client", dst_vm="vm-web")
     assert [(r.host, r.vm) for r in after.received] == [("esxi-02", "vm-web")]
+
+
+async def test_a_host_without_a_vmotion_network_is_vmotion_not_configured(lab):
+    await vm_on(lab, "vm-nv", datastore="")
+    lab.engine.running("esxi-02").vmotion_endpoint = ""  # a host with no vMotion network
+    task = await migrate(lab, "vm-nv", "esxi-02")
+    assert (task.state, task.error.name) == (ERROR, "VMotionNotConfigured")
+    assert "esxi-02" in task.error.message
+    assert running_on(lab, "vm-nv") == ["esxi-01"]
+    assert "vm-nv" not in {v.name for v in lab.engine.running("esxi-02").kernel.vms()}
