@@ -178,10 +178,12 @@ class VCenterClient:
         request = pb.AddHostRequest(name=name, ssl_thumbprint=ssl_thumbprint, **sizes)
         return await self._call("AddHost", request)
 
-    async def migrate_vm(self, name: str, host: str) -> common_pb2.Task:
+    async def migrate_vm(self, name: str, host: str, encryption: str = "") -> common_pb2.Task:
         """MigrateVM_Task: vMotion of a running VM, or a cold migration of a
-        powered-off one, to host."""
-        return await self._call("MigrateVm", pb.MigrateVmRequest(name=name, host=host))
+        powered-off one, to host; `encryption` disabled, opportunistic (default) or
+        required."""
+        request = pb.MigrateVmRequest(name=name, host=host, encryption=encryption)
+        return await self._call("MigrateVm", request)
 
     async def remove_host(self, name: str) -> common_pb2.Task:
         return await self._call("RemoveHost", pb.RemoveHostRequest(name=name))

@@ -46,6 +46,9 @@ log = logging.getLogger("vsim.vcenter.vmotion")
 
 ON = pb.POWER_STATE_POWERED_ON
 SECRET_BYTES = 32
+ENCRYPTION = ("disabled", "opportunistic", "required")
+"""Encrypted vMotion's settings. Every simulated host can encrypt, so opportunistic
+and required both encrypt."""
 HOST_LIMIT = 8
 """Concurrent vMotions a host takes part in (over 10 GbE; vSphere allows 4 at 1 GbE)."""
 DATASTORE_BUDGET = 128
@@ -98,6 +101,11 @@ class VMotion:
         vm = self._inventory.require_vm(request.name)
         validate.host_name(request.host, "host")
         destination = request.host
+        encryption = request.encryption or "opportunistic"
+        if encryption not in ENCRYPTION:
+            raise InvalidArgument(
+                f"encryption is one of {', '.join(ENCRYPTION)}, got {request.encryption[:40]!r}"
+            )
         if destination == vm.host:
             raise InvalidArgument(f"{vm.name} already runs on {destination}")
         self._hosts.connected(destination)
@@ -132,8 +140,17 @@ class VMotion:
                     host=source,
                     vm=vm.name,
                 )
+                encrypted = encryption != "disabled"
+                if encrypted:
+                    self._events.post(
+                        "VmHotMigratingWithEncryptionEvent",
+                        f"Migrating {vm.name} to {destination} with encryption",
+                        user=user,
+                        host=source,
+                        vm=vm.name,
+                    )
                 try:
-                    report = await self._hot(task, vm, destination)
+                    report = await self._hot(task, vm, destination, encrypted)
                 except VimFault as fault:
                     self._failed(vm, source, destination, user, fault)
                     raise
@@ -159,6 +176,7 @@ class VMotion:
                     sdps=report.sdps,
                     downtime_ms=report.downtime_ms,
                     total_s=self._runtime.now() - began,
+                    encrypted=report.encrypted,
                 )
             )
             return vm.name
@@ -216,7 +234,9 @@ class VMotion:
         with self._inventory.transaction():
             self._inventory.set_vm_host(vm.name, destination)
 
-    async def _hot(self, task: common_pb2.Task, vm: pb.Vm, destination: str) -> hpb.VmotionReport:
+    async def _hot(
+        self, task: common_pb2.Task, vm: pb.Vm, destination: str, encrypted: bool
+    ) -> hpb.VmotionReport:
         record = self._hosts.connected(destination)
         endpoints = {}
         for host in (vm.host, destination):
@@ -227,6 +247,9 @@ class VMotion:
         ticket = hpb.VmotionTicket(
             migration_id=task.id, secret=self._runtime.secret_bytes(SECRET_BYTES)
         )
+        if encrypted:  # a one-time key and nonce, for these two hosts only
+            ticket.key = self._runtime.secret_bytes(32)
+            ticket.nonce = self._runtime.secret_bytes(8)
         start = hpb.StartVmotionRequest(
             ticket=ticket,
             vm=vm.name,

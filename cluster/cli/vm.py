@@ -82,7 +82,7 @@ async def cmd_vm_migrate(args: argparse.Namespace, ctx: Context) -> None:
     what the migration did."""
     validate.host_name(args.host, "--host")
     async with await ctx.client() as client:
-        task = await client.migrate_vm(args.name, args.host)
+        task = await client.migrate_vm(args.name, args.host, args.encryption)
         while task.state not in (SUCCESS, common_pb2.TASK_STATE_ERROR):
             _migration_progress(task.progress)
             task = await client.wait(task, timeout=1.0)
@@ -99,6 +99,7 @@ async def cmd_vm_migrate(args: argparse.Namespace, ctx: Context) -> None:
         "pages_resent": m.pages_resent,
         "sdps": "engaged" if m.sdps else "no",
         "downtime_ms": round(m.downtime_ms, 1),
+        "encrypted": "yes (AES-256-GCM)" if m.encrypted else "no",
         "total_s": round(m.total_s, 3),
     }
     ctx.show(m, output.fields(shown))
@@ -256,6 +257,12 @@ def add_commands(commands: Subcommands, command: Command) -> None:
     p = command(vms, "migrate", cmd_vm_migrate, "move a VM to another host (vMotion if it runs)")
     p.add_argument("name")
     p.add_argument("--host", required=True, help="the destination host")
+    p.add_argument(
+        "--encryption",
+        choices=["disabled", "opportunistic", "required"],
+        default="opportunistic",
+        help="encrypted vMotion (default opportunistic: encrypted, as both hosts can)",
+    )
     p = command(vms, "list", cmd_vm_list, "list VMs")
     p.add_argument("--host")
     for name, method, done, help_ in (

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 
 from vsim.dispatch import PUBLIC, DispatchTable, Entry, Need, needs
@@ -69,6 +71,40 @@ def ticket_token(ticket: pb.VmotionTicket) -> str:
     return base64.urlsafe_b64encode(ticket.secret).rstrip(b"=").decode()
 
 
+KEY_BYTES, NONCE_BYTES = 32, 8
+
+
+class Sealer:
+    """Encrypted vMotion's sealing, one per side of a migration: every message is
+    sealed with AES-256-GCM under the ticket's key, its nonce the ticket's 64-bit
+    nonce and a 32-bit message number that only ever grows (a replayed or reordered
+    message fails), and the migration id as associated data."""
+
+    def __init__(self, ticket: pb.VmotionTicket) -> None:
+        self._aead = AESGCM(bytes(ticket.key))
+        self._nonce = bytes(ticket.nonce)
+        self._aad = ticket.migration_id.encode()
+        self._sent = 0
+        self._received = 0
+
+    def seal(self, data: bytes) -> tuple[bytes, int]:
+        self._sent += 1
+        return self._aead.encrypt(self._nonce_for(self._sent), data, self._aad), self._sent
+
+    def open(self, sealed: bytes, sequence: int) -> bytes:
+        if sequence <= self._received:
+            raise InvalidArgument(f"sealed message {sequence} comes again or out of order")
+        try:
+            data = self._aead.decrypt(self._nonce_for(sequence), sealed, self._aad)
+        except InvalidTag:
+            raise InvalidArgument("a sealed vMotion message failed authentication") from None
+        self._received = sequence
+        return data
+
+    def _nonce_for(self, sequence: int) -> bytes:
+        return self._nonce + sequence.to_bytes(4, "big")
+
+
 def check_ticket(ticket: pb.VmotionTicket) -> None:
     if not MIGRATION_ID.fullmatch(ticket.migration_id):
         raise InvalidArgument(
@@ -79,6 +115,12 @@ def check_ticket(ticket: pb.VmotionTicket) -> None:
         raise InvalidArgument(
             f"a migration secret is {SECRET_BYTES} bytes, got {len(ticket.secret)}"
         )
+    if ticket.key or ticket.nonce:
+        if (len(ticket.key), len(ticket.nonce)) != (KEY_BYTES, NONCE_BYTES):
+            raise InvalidArgument(
+                f"an encrypted vMotion's key is {KEY_BYTES} bytes and its nonce "
+                f"{NONCE_BYTES}, got {len(ticket.key)} and {len(ticket.nonce)}"
+            )
 
 
 ARRIVAL_IDLE = 20.0
@@ -94,7 +136,18 @@ class _Arrival:
     vm: str
     registered_here: bool
     heard: float
+    sealer: Sealer | None
+    """Encrypted vMotion: what opens the source's messages."""
     resumed: bool = False
+
+    def payload(self, clear: bytes, sealed: bytes, sequence: int) -> bytes:
+        if self.sealer is None:
+            if sealed:
+                raise InvalidArgument("this migration is not encrypted: send it in the clear")
+            return clear
+        if not sealed:
+            raise InvalidArgument("this migration is encrypted: its messages must be sealed")
+        return self.sealer.open(sealed, sequence)
 
 
 class Migrations:
@@ -148,7 +201,12 @@ class Migrations:
                 await self.hostd.forget(vm.name)
             raise
         arrival = _Arrival(
-            ticket.migration_id, bytes(ticket.secret), vm.name, known is None, self._now()
+            ticket.migration_id,
+            bytes(ticket.secret),
+            vm.name,
+            known is None,
+            self._now(),
+            Sealer(ticket) if ticket.key else None,
         )
         self._arrivals[ticket.migration_id] = arrival
         self.hostd.runtime.spawn(self._watch(arrival), f"vmotion-arrival:{arrival.migration_id}")
@@ -177,10 +235,19 @@ class Migrations:
     def ReceivePages(self, r: pb.VmotionPagesRequest, arrival: _Arrival) -> pb.VmotionAck:
         if arrival.resumed:
             raise InvalidState(f"{arrival.vm} has resumed here: no more pages")
-        if len(r.ppns) % 8 or len(r.ppns) != len(r.fingerprints):
+        if arrival.sealer is None:
+            raw_ppns, raw_fingerprints = r.ppns, r.fingerprints
+            if r.sealed:
+                raise InvalidArgument("this migration is not encrypted: send it in the clear")
+        else:
+            if r.ppns or r.fingerprints:
+                raise InvalidArgument("this migration is encrypted: its pages must be sealed")
+            data = arrival.sealer.open(r.sealed, r.sequence)
+            raw_ppns, raw_fingerprints = data[: len(data) // 2], data[len(data) // 2 :]
+        if len(raw_ppns) % 8 or len(raw_ppns) != len(raw_fingerprints):
             raise InvalidArgument("pages come as 8-byte PPNs, each with an 8-byte fingerprint")
-        ppns = np.frombuffer(r.ppns, "<i8").astype(np.int64)
-        fingerprints = np.frombuffer(r.fingerprints, "<u8").astype(np.uint64)
+        ppns = np.frombuffer(raw_ppns, "<i8").astype(np.int64)
+        fingerprints = np.frombuffer(raw_fingerprints, "<u8").astype(np.uint64)
         self.hostd.kernel.memory.receive(arrival.vm, ppns, fingerprints)
         return pb.VmotionAck()
 
@@ -188,8 +255,9 @@ class Migrations:
     async def Switchover(self, r: pb.VmotionSwitchoverRequest, arrival: _Arrival) -> pb.VmotionAck:
         if arrival.resumed:
             return pb.VmotionAck()  # the source asking again: it did
+        text = arrival.payload(r.guest_state.encode(), r.sealed, r.sequence)
         try:
-            state = json.loads(r.guest_state)
+            state = json.loads(text)
         except ValueError:
             raise InvalidArgument("the checkpoint's guest state is not JSON") from None
         await self.hostd.resume_arrived(arrival.vm, state)
@@ -243,12 +311,17 @@ class Migrations:
         hostd, memory, clock = self.hostd, self.hostd.kernel.memory, self.hostd.runtime.clock
         here, there = hostd.kernel.spec.name, request.destination
 
+        sealer = Sealer(request.ticket) if request.ticket.key else None
+
         async def send(ppns: np.ndarray, fingerprints: np.ndarray) -> None:
             for at in range(0, len(ppns), MAX_BATCH_PAGES):
-                batch = pb.VmotionPagesRequest(
-                    ppns=ppns[at : at + MAX_BATCH_PAGES].astype("<i8").tobytes(),
-                    fingerprints=fingerprints[at : at + MAX_BATCH_PAGES].astype("<u8").tobytes(),
-                )
+                raw_ppns = ppns[at : at + MAX_BATCH_PAGES].astype("<i8").tobytes()
+                raw = fingerprints[at : at + MAX_BATCH_PAGES].astype("<u8").tobytes()
+                if sealer is None:
+                    batch = pb.VmotionPagesRequest(ppns=raw_ppns, fingerprints=raw)
+                else:
+                    sealed, sequence = sealer.seal(raw_ppns + raw)
+                    batch = pb.VmotionPagesRequest(sealed=sealed, sequence=sequence)
                 await link.call("ReceivePages", batch)
 
         try:
@@ -259,7 +332,12 @@ class Migrations:
                 f"goes on running on {here}"
             ) from None
         vmx = hostd.vmx.get(name)
-        checkpoint = pb.VmotionSwitchoverRequest(guest_state=json.dumps(memory.guest_state(name)))
+        state = json.dumps(memory.guest_state(name))
+        if sealer is None:
+            checkpoint = pb.VmotionSwitchoverRequest(guest_state=state)
+        else:
+            sealed, sequence = sealer.seal(state.encode())
+            checkpoint = pb.VmotionSwitchoverRequest(sealed=sealed, sequence=sequence)
         try:
             if vmx is not None and vmx.disks:
                 await vmx.close_disks()  # the write in flight is acknowledged first
@@ -281,6 +359,7 @@ class Migrations:
             slowest_speed=report.slowest_speed,
             precopy_s=report.precopy_s,
             downtime_ms=downtime * 1000,
+            encrypted=sealer is not None,
         )
 
     async def _resolve_switchover(

@@ -242,3 +242,39 @@ async def test_a_host_without_a_vmotion_network_is_vmotion_not_configured(lab):
     assert "esxi-02" in task.error.message
     assert running_on(lab, "vm-nv") == ["esxi-01"]
     assert "vm-nv" not in {v.name for v in lab.engine.running("esxi-02").kernel.vms()}
+
+
+@pytest.mark.parametrize("encryption", ["disabled", "opportunistic", "required"])
+async def test_encrypted_vmotion_seals_the_pages_on_the_wire(lab, monkeypatch, encryption):
+    from vsim.cluster import inprocess
+
+    await vm_on(lab, "vm-enc", datastore="")
+    source = lab.engine.running("esxi-01").kernel.memory
+    touched = source.touched_pages("vm-enc")
+    content = source.guest_content("vm-enc", touched)
+    page = int(next(c for c in content if c)).to_bytes(8, "little")  # one page's content
+    wire: list[bytes] = []
+    call = inprocess.dispatch.call
+
+    async def on_the_wire(table, method, request, token):
+        if method in ("ReceivePages", "Switchover"):
+            wire.append(request.SerializeToString())
+        return await call(table, method, request, token)
+
+    monkeypatch.setattr(inprocess.dispatch, "call", on_the_wire)
+    task = await lab.wait(await lab.client.migrate_vm("vm-enc", "esxi-02", encryption))
+    assert task.state == OK
+    encrypted = encryption != "disabled"
+    assert task.migration.encrypted is encrypted
+    sent = b"".join(wire)
+    assert (page in sent) is not encrypted  # in the clear only when disabled
+    assert (b'"rng"' in sent) is not encrypted  # the checkpoint's guest state likewise
+    types = await event_types(lab, "vm-enc")
+    assert ("VmHotMigratingWithEncryptionEvent" in types) is encrypted
+    assert running_on(lab, "vm-enc") == ["esxi-02"]
+
+
+async def test_an_unknown_encryption_setting_is_invalid_argument(lab):
+    await vm_on(lab, "vm-e2", datastore="", power=False)
+    with pytest.raises(InvalidArgument, match="encryption"):
+        await lab.client.migrate_vm("vm-e2", "esxi-02", "sometimes")

@@ -210,3 +210,57 @@ async def test_a_vm_that_is_not_running_has_nothing_to_pre_copy(lab):
     with pytest.raises(InvalidPowerState):
         await migrate(lab, vm)
     assert "vm-m" in {v.name for v in lab.engine.running(SOURCE).kernel.vms()}
+
+
+async def test_an_encrypted_migrations_stream_takes_only_its_own_sealed_messages(lab):
+    from vsim import dispatch
+    from vsim.host.hostd.migration import Sealer
+
+    vm = await running_vm(lab)
+    sealed_ticket = ticket()
+    sealed_ticket.key, sealed_ticket.nonce = b"k" * 32, b"n" * 8
+    request = hpb.PrepareVmotionRequest(ticket=sealed_ticket, vm=host_vm(vm))
+    await host_call(lab.engine, DESTINATION, "PrepareVmotion", request)
+    table = lab.engine.running(DESTINATION).migrations.table
+    token = ticket_token(sealed_ticket)
+    clear = hpb.VmotionPagesRequest(ppns=b"\0" * 8, fingerprints=b"\1" * 8)
+    with pytest.raises(InvalidArgument, match="sealed"):
+        await dispatch.call(table, "ReceivePages", clear, token)
+    sealer = Sealer(sealed_ticket)
+    data, sequence = sealer.seal(b"\0" * 8 + b"\1" * 8)
+    tampered = bytes([data[0] ^ 1]) + data[1:]
+    with pytest.raises(InvalidArgument, match="authentication"):
+        await dispatch.call(
+            table,
+            "ReceivePages",
+            hpb.VmotionPagesRequest(sealed=tampered, sequence=sequence),
+            token,
+        )
+    good = hpb.VmotionPagesRequest(sealed=data, sequence=sequence)
+    await dispatch.call(table, "ReceivePages", good, token)
+    with pytest.raises(InvalidArgument, match="again"):  # replayed
+        await dispatch.call(table, "ReceivePages", good, token)
+    other = hpb.VmotionTicket(
+        migration_id="mig-1", secret=b"\1" * 32, key=b"x" * 32, nonce=b"n" * 8
+    )
+    forged, number = Sealer(other).seal(b"\0" * 16)
+    with pytest.raises(InvalidArgument, match="authentication"):  # another key
+        await dispatch.call(
+            table,
+            "ReceivePages",
+            hpb.VmotionPagesRequest(sealed=forged, sequence=number + 5),
+            token,
+        )
+
+
+async def test_a_ticket_with_a_bad_key_or_nonce_is_invalid_argument(lab):
+    vm = await running_vm(lab)
+    bad = ticket()
+    bad.key, bad.nonce = b"k" * 16, b"n" * 8
+    with pytest.raises(InvalidArgument, match="key"):
+        await host_call(
+            lab.engine,
+            DESTINATION,
+            "PrepareVmotion",
+            hpb.PrepareVmotionRequest(ticket=bad, vm=host_vm(vm)),
+        )
