@@ -410,13 +410,23 @@ def _mb(value: float) -> str:
     return f"{value:.0f} MB"
 
 
+def _slowed(share: float) -> str:
+    """What a vMotion does to the guest's vCPUs, while it does."""
+    if share >= 1:
+        return ""
+    if share == 0:
+        return "; stunned (vMotion switchover)"
+    return f"; vCPUs run {share:.0%} of the time (SDPS: a vMotion's pre-copy)"
+
+
 def vm_stats_text(stats: Any) -> str:
     cpu, mem = stats.cpu, stats.memory
     lines = fields(
         {
             "vm": f"{stats.name} on {stats.host}",
             "cpu": f"demand {cpu.demand:.0f} MHz, entitlement {cpu.entitlement:.0f} MHz, "
-            f"usage {cpu.usage:.0f} MHz, ready {cpu.ready_pct:.1f} %",
+            f"usage {cpu.usage:.0f} MHz, ready {cpu.ready_pct:.1f} %"
+            + _slowed(cpu.vcpu_run_share),
             "memory": f"granted {_mb(mem.granted)}, consumed {_mb(mem.consumed)}, "
             f"active {_mb(mem.active)}, target {_mb(mem.target)}",
             "shared": f"{_mb(mem.shared)} ({_mb(mem.shared_saved)} saved), zero {_mb(mem.zero)}",

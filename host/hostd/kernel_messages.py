@@ -238,6 +238,7 @@ def vm_stats_to_proto(
             entitlement=cpu.entitlement_mhz,
             usage=cpu.usage_mhz,
             ready_pct=cpu.ready_percent,
+            vcpu_run_share=kernel.memory.speed(name),
         ),
         nics={nic.name: nic_stats(kernel.network.stats(name, nic.name)) for nic in vm.nics},
     )

@@ -264,3 +264,13 @@ async def test_a_ticket_with_a_bad_key_or_nonce_is_invalid_argument(lab):
             "PrepareVmotion",
             hpb.PrepareVmotionRequest(ticket=bad, vm=host_vm(vm)),
         )
+
+
+async def test_a_vms_cpu_statistics_show_sdps_slowing_its_vcpus(lab):
+    await running_vm(lab)
+    memory = lab.engine.running(SOURCE).kernel.memory
+    stats = await host_call(lab.engine, SOURCE, "GetVmStats", hpb.HostVmRequest(name="vm-m"))
+    assert stats.cpu.vcpu_run_share == 1.0
+    memory.set_speed("vm-m", 0.25)  # as SDPS sets it during a pre-copy
+    stats = await host_call(lab.engine, SOURCE, "GetVmStats", hpb.HostVmRequest(name="vm-m"))
+    assert stats.cpu.vcpu_run_share == 0.25
