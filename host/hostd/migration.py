@@ -295,11 +295,18 @@ class Migrations:
         if self._connect is None:
             raise InvalidState(f"{here} has no vMotion network to reach other hosts on")
         settings = PreCopySettings(link_gbps=request.link_gbps or 10.0).validated()
-        link = await self._connect(
-            request.destination_endpoint,
-            request.destination_thumbprint,
-            ticket_token(request.ticket),
-        )
+        try:
+            link = await self._connect(
+                request.destination_endpoint,
+                request.destination_thumbprint,
+                ticket_token(request.ticket),
+            )
+        except VimFault as e:  # not this host's line to vCenter failing: never relayed so
+            raise MigrationFault(
+                f"{here} cannot reach {request.destination}'s vMotion network at "
+                f"{request.destination_endpoint[:80]} ({e.name}: {e.message}); {vm.name} "
+                f"goes on running on {here}"
+            ) from None
         try:
             return await self._migrate(vm.name, request, link, settings)
         finally:

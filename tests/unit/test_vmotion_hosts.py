@@ -274,3 +274,26 @@ async def test_a_vms_cpu_statistics_show_sdps_slowing_its_vcpus(lab):
     memory.set_speed("vm-m", 0.25)  # as SDPS sets it during a pre-copy
     stats = await host_call(lab.engine, SOURCE, "GetVmStats", hpb.HostVmRequest(name="vm-m"))
     assert stats.cpu.vcpu_run_share == 0.25
+
+
+@pytest.mark.parametrize(
+    "endpoint, thumbprint",
+    [("in-process://esxi-99", None), (f"in-process://{DESTINATION}", "AA:" * 31 + "AA")],
+    ids=["nobody-there", "another-certificate"],
+)
+async def test_a_destination_the_source_cannot_reach_is_a_migration_fault(
+    lab, endpoint, thumbprint
+):
+    """Never the HostConnectFault of the source's own line: vCenter must not take the
+    source for unreachable because its peer is."""
+    vm = await running_vm(lab)
+    start = hpb.StartVmotionRequest(
+        ticket=ticket(),
+        vm=vm.name,
+        destination=DESTINATION,
+        destination_endpoint=endpoint,
+        destination_thumbprint=thumbprint or lab.engine.thumbprint(DESTINATION),
+    )
+    with pytest.raises(MigrationFault, match="cannot reach"):
+        await host_call(lab.engine, SOURCE, "StartVmotion", start)
+    assert running_on(lab, "vm-m") == [SOURCE]
