@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 from vclab import Lab, host_call
+from vclab import running_on as hosts_running
 
 from vsim.faults import (
     DisallowedMigrationDeviceAttached,
@@ -51,12 +52,7 @@ async def vm_on(lab: Lab, name: str, datastore: str = "vmfs-01", power: bool = T
 
 
 def running_on(lab: Lab, name: str) -> list[str]:
-    return [
-        host
-        for host, hostd in sorted(lab.engine.hosts().items())
-        for vm in hostd.kernel.vms()
-        if vm.name == name and vm.powered_on
-    ]
+    return hosts_running(lab.engine, name)
 
 
 async def migrate(lab: Lab, name: str, host: str) -> common_pb2.Task:

@@ -10,6 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 from vclab import Lab, host_call
+from vclab import running_on as hosts_running
 
 from vsim.faults import (
     InvalidArgument,
@@ -21,6 +22,7 @@ from vsim.host.hostd.migration import SECRET_BYTES, ticket_token
 from vsim.spec import ClusterSpec
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
+from vsim.vcenter.host_system import host_vm
 
 SOURCE, DESTINATION = "esxi-01", "esxi-02"
 
@@ -49,18 +51,6 @@ async def running_vm(lab: Lab, name: str = "vm-m", datastore: str = "vmfs-01") -
     return await lab.client.vm(name)
 
 
-def host_vm(vm: pb.Vm) -> hpb.HostVm:
-    return hpb.HostVm(
-        name=vm.name,
-        uuid=vm.uuid,
-        cpus=vm.cpus,
-        memory_mb=vm.memory_mb,
-        datastore=vm.datastore,
-        disks=list(vm.disks),
-        guest_write_iops=vm.guest_write_iops,
-    )
-
-
 async def migrate(lab: Lab, vm: pb.Vm, n: int = 1, link_gbps: float = 10) -> hpb.VmotionReport:
     await host_call(
         lab.engine,
@@ -80,12 +70,7 @@ async def migrate(lab: Lab, vm: pb.Vm, n: int = 1, link_gbps: float = 10) -> hpb
 
 
 def running_on(lab: Lab, name: str) -> list[str]:
-    return [
-        host
-        for host, hostd in sorted(lab.engine.hosts().items())
-        for vm in hostd.kernel.vms()
-        if vm.name == name and vm.powered_on
-    ]
+    return hosts_running(lab.engine, name)
 
 
 @pytest.mark.parametrize("datastore", ["vmfs-01", "nfs-01"])

@@ -198,6 +198,16 @@ async def host_call(engine: InProcessEngine, host: str, method: str, request: Me
     return await line.call(method, request, session)
 
 
+def running_on(engine: InProcessEngine, vm: str) -> list[str]:
+    """The hosts whose kernel runs vm now (a correct cluster has at most one)."""
+    return [
+        host
+        for host, hostd in sorted(engine.hosts().items())
+        for config in hostd.kernel.vms()
+        if config.name == vm and config.powered_on
+    ]
+
+
 def small_cluster(hosts: int = 2, memory_mb: int = 8192, cpu_cores: int = 4) -> ClusterSpec:
     return ClusterSpec(
         hosts=tuple(
