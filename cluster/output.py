@@ -157,6 +157,14 @@ def events_table(events: Sequence[Any]) -> str:
     return table(rows, ["key", "time", "type", "message"])
 
 
+def progress(done: int, total: int, what: str, end: bool = False) -> None:
+    """A progress bar on stderr, drawn over itself; `end` ends its line."""
+    width = 30
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r[{bar}] {what}", end="\n" if end else "", file=sys.stderr)
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Rows as aligned columns, headed by the column names in upper case."""
     grid = [[c.upper() for c in columns]] + [[cell(r.get(c)) for c in columns] for r in rows]

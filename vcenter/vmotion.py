@@ -41,11 +41,11 @@ from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import HostManager, host_vm
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.tasks import TaskManager
+from vsim.vmotion_ticket import KEY_BYTES, NONCE_BYTES, SECRET_BYTES
 
 log = logging.getLogger("vsim.vcenter.vmotion")
 
 ON = pb.POWER_STATE_POWERED_ON
-SECRET_BYTES = 32
 ENCRYPTION = ("disabled", "opportunistic", "required")
 """Encrypted vMotion's settings. Every simulated host can encrypt, so opportunistic
 and required both encrypt."""
@@ -248,8 +248,8 @@ class VMotion:
             migration_id=task.id, secret=self._runtime.secret_bytes(SECRET_BYTES)
         )
         if encrypted:  # a one-time key and nonce, for these two hosts only
-            ticket.key = self._runtime.secret_bytes(32)
-            ticket.nonce = self._runtime.secret_bytes(8)
+            ticket.key = self._runtime.secret_bytes(KEY_BYTES)
+            ticket.nonce = self._runtime.secret_bytes(NONCE_BYTES)
         start = hpb.StartVmotionRequest(
             ticket=ticket,
             vm=vm.name,

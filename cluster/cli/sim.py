@@ -13,7 +13,6 @@ a command runs.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from vsim.cluster import output
 from vsim.cluster.cli.common import Command, Context, Subcommands, positive_int
@@ -39,11 +38,7 @@ def _settings(args: argparse.Namespace):
 
 
 def _progress(done: int, total: int, failed: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    bar = "#" * filled + "." * (width - filled)
-    end = "\n" if done == total else ""
-    print(f"\r[{bar}] {done}/{total} seeds, {failed} failing", end=end, file=sys.stderr)
+    output.progress(done, total, f"{done}/{total} seeds, {failed} failing", done == total)
 
 
 def cmd_sim_run(args: argparse.Namespace, ctx: Context) -> None:

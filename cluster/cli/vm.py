@@ -10,7 +10,6 @@ the user typed before sending anything, and keep no state of their own.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from vsim import validate
 from vsim.cluster import output
@@ -106,10 +105,7 @@ async def cmd_vm_migrate(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def _migration_progress(percent: int, end: bool = False) -> None:
-    width = 30
-    filled = width * percent // 100
-    bar = "#" * filled + "." * (width - filled)
-    print(f"\r[{bar}] {percent:3d}%", end="\n" if end else "", file=sys.stderr)
+    output.progress(percent, 100, f"{percent:3d}%", end)
 
 
 async def cmd_vm_verify_disk(args: argparse.Namespace, ctx: Context) -> None:

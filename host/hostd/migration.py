@@ -42,11 +42,11 @@ from vsim.faults import (
 )
 from vsim.host.vm.vmotion import PreCopySettings, precopy
 from vsim.v1 import host_agent_pb2 as pb
+from vsim.vmotion_ticket import KEY_BYTES, NONCE_BYTES, SECRET_BYTES
 
 log = logging.getLogger("vsim.host.migration")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["HostVMotion"]
-SECRET_BYTES = 32
 MAX_BATCH_PAGES = 1 << 18
 """The most pages one ReceivePages call carries (4 MiB of PPNs and fingerprints)."""
 MIGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -69,9 +69,6 @@ def ticket_token(ticket: pb.VmotionTicket) -> str:
     """The ticket as the source's calls carry it: its secret in a session token's
     shape (32 bytes, URL-safe base64), so it travels as any session does."""
     return base64.urlsafe_b64encode(ticket.secret).rstrip(b"=").decode()
-
-
-KEY_BYTES, NONCE_BYTES = 32, 8
 
 
 class Sealer:
@@ -141,11 +138,13 @@ class _Arrival:
     resumed: bool = False
 
     def payload(self, clear: bytes, sealed: bytes, sequence: int) -> bytes:
+        """A message's content: in the clear, or opened from its sealed form on an
+        encrypted migration (never both, never the wrong one)."""
         if self.sealer is None:
             if sealed:
                 raise InvalidArgument("this migration is not encrypted: send it in the clear")
             return clear
-        if not sealed:
+        if clear or not sealed:
             raise InvalidArgument("this migration is encrypted: its messages must be sealed")
         return self.sealer.open(sealed, sequence)
 
@@ -193,7 +192,7 @@ class Migrations:
         if known is not None and (known.powered_on or kernel.arriving(vm.name)):
             raise InvalidPowerState(f"{vm.name} already runs on {kernel.spec.name}")
         if known is None:
-            await self.hostd.register(vm)
+            self.hostd.register(vm)
         try:
             kernel.arrive(vm.name)
         except BaseException:
@@ -235,19 +234,16 @@ class Migrations:
     def ReceivePages(self, r: pb.VmotionPagesRequest, arrival: _Arrival) -> pb.VmotionAck:
         if arrival.resumed:
             raise InvalidState(f"{arrival.vm} has resumed here: no more pages")
-        if arrival.sealer is None:
-            raw_ppns, raw_fingerprints = r.ppns, r.fingerprints
-            if r.sealed:
-                raise InvalidArgument("this migration is not encrypted: send it in the clear")
-        else:
-            if r.ppns or r.fingerprints:
-                raise InvalidArgument("this migration is encrypted: its pages must be sealed")
-            data = arrival.sealer.open(r.sealed, r.sequence)
-            raw_ppns, raw_fingerprints = data[: len(data) // 2], data[len(data) // 2 :]
-        if len(raw_ppns) % 8 or len(raw_ppns) != len(raw_fingerprints):
+        # PPNs then fingerprints, as the source seals them (the halves of the clear
+        # message must match before they are joined, or they could not be told apart).
+        if len(r.ppns) % 8 or len(r.ppns) != len(r.fingerprints):
             raise InvalidArgument("pages come as 8-byte PPNs, each with an 8-byte fingerprint")
-        ppns = np.frombuffer(raw_ppns, "<i8").astype(np.int64)
-        fingerprints = np.frombuffer(raw_fingerprints, "<u8").astype(np.uint64)
+        data = arrival.payload(r.ppns + r.fingerprints, r.sealed, r.sequence)
+        pages = len(data) // 16
+        if len(data) % 16:
+            raise InvalidArgument("pages come as 8-byte PPNs, each with an 8-byte fingerprint")
+        ppns = np.frombuffer(data, "<i8", pages).astype(np.int64)
+        fingerprints = np.frombuffer(data, "<u8", pages, pages * 8).astype(np.uint64)
         self.hostd.kernel.memory.receive(arrival.vm, ppns, fingerprints)
         return pb.VmotionAck()
 

@@ -42,6 +42,7 @@ from vsim.host.hostd.kernel_messages import (
 )
 from vsim.host.hostd.migration import Migrations, PeerConnector
 from vsim.host.kernel.vmkernel import DiskConfig, HostKernel, VmConfig
+from vsim.host.storage.datastore_files import DatastoreFiles
 from vsim.host.storage.disk_scheduler import DiskAllocation, DiskScheduler
 from vsim.host.storage.storage_stack import Datastore, LockStatus, StorageStack
 from vsim.host.storage.vmdk import open_disk
@@ -274,15 +275,16 @@ class Hostd:
             )
         return vmx
 
-    async def register(self, vm: VmConfig) -> None:
-        """Registers a VM whose files exist (checked as RegisterVm checks them)."""
+    def register(self, vm: VmConfig) -> DatastoreFiles | None:
+        """Registers a VM (checked as RegisterVm checks it); returns the files of its
+        datastore, which must be mounted here, if it has disks."""
         validate.uuid(vm.uuid, "vm.uuid")
         validate.text(vm.guest_os, "vm.guest_os", 64)
         validate.int_range(vm.guest_write_iops, 0, 10_000, "vm.guest_write_iops")
         check_disks(vm)
-        if vm.disks:
-            self._files(vm)  # its datastore is mounted here
+        files = self._files(vm) if vm.disks else None
         self.kernel.register_vm(vm)
+        return files
 
     async def forget(self, name: str) -> None:
         """Unregisters a powered-off VM, its files left where they are."""
@@ -313,7 +315,6 @@ class Hostd:
     async def depart(self, name: str) -> None:
         """The VM resumed on another host: its memory and CPU here are freed and it
         is no longer registered here (its disks were released at the stun)."""
-        self.scheduler.forget_vm(name)
         self.kernel.power_off(name)
         await self.forget(name)
 
@@ -342,8 +343,7 @@ class Hostd:
         self, request: pb.RegisterVmRequest, user: str | None
     ) -> pb.RegisterVmResponse:
         vm = vm_from_proto(request.vm)
-        await self.register(vm)
-        files = self._files(vm) if vm.disks else None
+        files = self.register(vm)
         if request.create_files and files is not None:
             try:
                 await create_vm_files(files, vm)

@@ -553,31 +553,7 @@ class HostKernel:
         """Admission control (the CPU and memory reservations included), then the VM's
         CPU, memory (its guest boots) and vNICs; if a boot or a vNIC fails, whatever
         was done is undone."""
-        vm = self.vm(name)
-        if vm.powered_on:
-            raise InvalidPowerState(f"{name} is already powered on")
-        if name in self._arriving:
-            raise InvalidState(f"{name} is arriving here by vMotion")
-        self._admit(vm)
-        if not self.powered_on_count():  # the first VM: no idle time to replay
-            self._last_tick = self.clock.now()
-        undo: list = []
-        try:
-            r = vm.resources
-            self.cpu.power_on(name, vm.cpus, r.cpu_allocation(vm.cpus), r.pool)
-            undo.append(lambda: self.cpu.power_off(name))
-            self._set_cpu_demand(vm, r)
-            self.memory.power_on(
-                name, vm.uuid, vm.memory_mb, vm.guest_os, r.memory, r.workload, r.pool
-            )
-            undo.append(lambda: self.memory.power_off(name))
-            for nic in vm.nics:
-                self._connect(name, nic)
-                undo.append(lambda nic=nic: self.network.disconnect_vnic(name, nic.name))
-        except BaseException:
-            for step in reversed(undo):
-                step()
-            raise
+        vm = self._start(self._stopped(name), arriving=False)
         vm = self._vms[name] = replace(vm, powered_on=True)
         return vm
 
@@ -587,22 +563,43 @@ class HostKernel:
         """A registered, powered-off VM arriving by vMotion: admitted here as a power-on
         is, given its CPU and its (stunned) memory, which the source's pages fill. It
         is not running here until `resume_arrived`; its vNICs connect then."""
-        vm = self.vm(name)
-        if vm.powered_on or name in self._arriving:
-            raise InvalidPowerState(f"{name} is already running or arriving on {self.spec.name}")
-        self._admit(vm)
-        if not self.powered_on_count():
-            self._last_tick = self.clock.now()
-        r = vm.resources
-        self.cpu.power_on(name, vm.cpus, r.cpu_allocation(vm.cpus), r.pool)
-        try:
-            self.memory.power_on(
-                name, vm.uuid, vm.memory_mb, vm.guest_os, r.memory, r.workload, r.pool, True
-            )
-        except BaseException:
-            self.cpu.power_off(name)
-            raise
+        vm = self._start(self._stopped(name), arriving=True)
         self._arriving.add(name)
+        return vm
+
+    def _stopped(self, name: str) -> VmConfig:
+        vm = self.vm(name)
+        if vm.powered_on:
+            raise InvalidPowerState(f"{name} is already powered on")
+        if name in self._arriving:
+            raise InvalidState(f"{name} is arriving here by vMotion")
+        return vm
+
+    def _start(self, vm: VmConfig, arriving: bool) -> VmConfig:
+        """Admission control, then the VM's CPU and memory and, unless it arrives by
+        vMotion (it demands nothing and connects nothing until it resumes), its CPU
+        demand and vNICs; whatever was done is undone if a step fails."""
+        self._admit(vm)
+        if not self.powered_on_count():  # the first VM: no idle time to replay
+            self._last_tick = self.clock.now()
+        name, r = vm.name, vm.resources
+        undo: list = []
+        try:
+            self.cpu.power_on(name, vm.cpus, r.cpu_allocation(vm.cpus), r.pool)
+            undo.append(lambda: self.cpu.power_off(name))
+            if not arriving:
+                self._set_cpu_demand(vm, r)
+            self.memory.power_on(
+                name, vm.uuid, vm.memory_mb, vm.guest_os, r.memory, r.workload, r.pool, arriving
+            )
+            undo.append(lambda: self.memory.power_off(name))
+            for nic in () if arriving else vm.nics:
+                self._connect(name, nic)
+                undo.append(lambda nic=nic: self.network.disconnect_vnic(name, nic.name))
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
         return vm
 
     def arriving(self, name: str) -> bool:
