@@ -173,17 +173,33 @@ class VCenterClient:
         return list((await self._call("ListHosts", pb.ListHostsRequest())).hosts)
 
     async def add_host(
-        self, name: str, ssl_thumbprint: str = "", **sizes: float
+        self, name: str, ssl_thumbprint: str = "", **sizes: float | str
     ) -> common_pb2.Task:
         request = pb.AddHostRequest(name=name, ssl_thumbprint=ssl_thumbprint, **sizes)
         return await self._call("AddHost", request)
 
-    async def migrate_vm(self, name: str, host: str, encryption: str = "") -> common_pb2.Task:
+    async def migrate_vm(
+        self, name: str, host: str, encryption: str = "", priority: str = ""
+    ) -> common_pb2.Task:
         """MigrateVM_Task: vMotion of a running VM, or a cold migration of a
         powered-off one, to host; `encryption` disabled, opportunistic (default) or
-        required."""
-        request = pb.MigrateVmRequest(name=name, host=host, encryption=encryption)
+        required; `priority` high, default or low."""
+        request = pb.MigrateVmRequest(
+            name=name, host=host, encryption=encryption, priority=priority
+        )
         return await self._call("MigrateVm", request)
+
+    async def enter_maintenance_mode(self, host: str, evacuate: bool = False) -> common_pb2.Task:
+        """EnterMaintenanceMode_Task; with evacuate, its powered-on VMs move off first."""
+        request = pb.EnterMaintenanceModeRequest(name=host, evacuate=evacuate)
+        return await self._call("EnterMaintenanceMode", request)
+
+    async def exit_maintenance_mode(self, host: str) -> common_pb2.Task:
+        return await self._call("ExitMaintenanceMode", pb.HostRequest(name=host))
+
+    async def configure_evc(self, mode: str) -> pb.Status:
+        """Sets the cluster's EVC mode (a CPU generation; "" turns EVC off)."""
+        return await self._call("ConfigureEvc", pb.ConfigureEvcRequest(mode=mode))
 
     async def remove_host(self, name: str) -> common_pb2.Task:
         return await self._call("RemoveHost", pb.RemoveHostRequest(name=name))

@@ -58,10 +58,13 @@ def table(vc: VCenter) -> DispatchTable:
             "Login": (PUBLIC, vc.Login),
             "Logout": (SESSION, vc.Logout),
             "GetStatus": (SESSION, vc.GetStatus),
+            "ConfigureEvc": (ADMINISTRATOR, vc.ConfigureEvc),
             # hosts
             "ListHosts": (SESSION, lambda r, s: pb.ListHostsResponse(hosts=vc.hosts.list())),
             "AddHost": (SESSION, vc.AddHost),
             "RemoveHost": (SESSION, vc.RemoveHost),
+            "EnterMaintenanceMode": (SESSION, by_user(vc.maintenance.enter)),
+            "ExitMaintenanceMode": (SESSION, by_name(vc.maintenance.exit)),
             # VMs
             "CreateVm": (SESSION, by_user(vms.create)),
             "ListVms": (

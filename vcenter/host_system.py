@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vsim import validate
+from vsim import cpu_features, validate
 from vsim.faults import (
     DuplicateName,
+    EVCAdmissionFailed,
     HostConnectFault,
     HostNotConnected,
     InvalidArgument,
@@ -40,6 +41,8 @@ from vsim.vcenter.secrets import SecretBox
 
 log = logging.getLogger("vsim.vcenter.hosts")
 
+EVC_META = "evc_mode"
+"""The inventory's meta key holding the cluster's EVC mode."""
 VPXUSER = "vpxuser"
 VPXUSER_PASSWORD_LENGTH = 32
 HEARTBEAT_INTERVAL = 10.0
@@ -100,6 +103,8 @@ class HostManager:
         self._clock = runtime.clock
         self._links: dict[str, HostLink] = {}
         self._rotating: set[str] = set()
+        self.entering_maintenance: set[str] = set()
+        """Hosts whose EnterMaintenanceMode_Task is under way: they take no new VM."""
         self._checks: dict[str, asyncio.Lock] = {}
         """Per host: held by its heartbeat check and by its removal, so a check that
         reattaches a host never overlaps the host's removal."""
@@ -118,9 +123,29 @@ class HostManager:
             raise HostNotConnected(f"{name} is not connected (not responding); try again later")
         return host
 
+    def usable(self, name: str) -> HostRecord:
+        """A connected host that may start a VM: not in maintenance mode nor entering it."""
+        host = self.connected(name)
+        if host.in_maintenance or name in self.entering_maintenance:
+            state = "in" if host.in_maintenance else "entering"
+            raise InvalidState(
+                f"{name} is {state} maintenance mode: it powers on no VM and receives no migration"
+            )
+        return host
+
     def connected_names(self) -> list[str]:
         """The connected hosts, by name (from the inventory alone)."""
         return [h.name for h in self._inventory.hosts() if h.connection_state == CONNECTED]
+
+    def usable_names(self) -> list[str]:
+        """The connected hosts that may start VMs (none in or entering maintenance mode)."""
+        return [
+            h.name
+            for h in self._inventory.hosts()
+            if h.connection_state == CONNECTED
+            and not h.in_maintenance
+            and h.name not in self.entering_maintenance
+        ]
 
     def list(self) -> list[pb.Host]:
         hosts = []
@@ -139,9 +164,25 @@ class HostManager:
                     vms=record.vms,
                     vms_powered_on=record.vms_powered_on,
                     uuid=spec.uuid,
+                    in_maintenance_mode=bool(record.in_maintenance),
+                    cpu_model=spec.cpu_model,
                 )
             )
         return hosts
+
+    def evc_mode(self) -> str:
+        """The cluster's EVC mode ("": none)."""
+        return self._inventory.meta(EVC_META) or ""
+
+    def guest_cpu(self, host: str) -> str:
+        """The CPU generation a VM powering on on `host` sees."""
+        return cpu_features.guest_features(self.public_spec(host).cpu_model, self.evc_mode())
+
+    def record_guest_cpu(self, vm_name: str, host: str) -> None:
+        """Notes the features a VM just found running (or powered on) on `host` sees."""
+        vm = self._inventory.require_vm(vm_name)
+        vm.cpu_features = self.guest_cpu(host)
+        self._inventory.set_vm_config(vm)
 
     def names_by_uuid(self) -> dict[str, str]:
         """hardware UUID -> host name, for the hosts in the inventory."""
@@ -184,9 +225,22 @@ class HostManager:
             cpu_mhz=request.cpu_mhz or defaults.cpu_mhz,
             memory_mb=request.memory_mb or defaults.memory_mb,
             kernel_period_s=request.kernel_period_s or defaults.kernel_period_s,
+            cpu_model=request.cpu_model or defaults.cpu_model,
             root_password=generate_password(20, self._runtime.secure_random),
         )
-        return spec.validated()
+        self.check_evc(spec.validated())
+        return spec
+
+    def check_evc(self, spec: HostSpec) -> None:
+        """A host joins an EVC cluster only if its CPU has every feature of the mode."""
+        mode = self.evc_mode()
+        lacking = cpu_features.missing(mode, spec.cpu_model) if mode else []
+        if lacking:
+            raise EVCAdmissionFailed(
+                f"{spec.name}'s CPU ({spec.cpu_model}) lacks {', '.join(lacking[:8])} of the "
+                f"cluster's EVC mode {mode}; lower the EVC mode or add a newer host",
+                host=spec.name,
+            )
 
     async def provision(
         self, spec: HostSpec, request: pb.AddHostRequest | None = None
@@ -214,6 +268,7 @@ class HostManager:
     async def add(self, request: pb.AddHostRequest, spec: HostSpec, user: str) -> str:
         """AddHost's work: provision if needed, verify the certificate, create vpxuser."""
         spec, reported = await self.provision(spec, request)
+        self.check_evc(spec)  # a machine provisioned earlier has the CPU it has
         port = await self._engine.connect(spec.name)
         try:
             if port.thumbprint != reported:
@@ -424,6 +479,7 @@ class HostManager:
             if self.prepare_storage is not None:
                 self._note_mounted(name, await self.prepare_storage(name, link.call))
             await self._reconcile(name, link)
+            info = await link.call("GetHostInfo", hpb.GetHostInfoRequest())
         except asyncio.CancelledError:  # vCenter is stopping
             if port is not None:
                 await port.close()
@@ -439,7 +495,12 @@ class HostManager:
             await old.port.close()
         self._links[name] = link
         with self._inventory.transaction():
-            self._inventory.update_host(name, connection_state=CONNECTED, endpoint=port.endpoint)
+            self._inventory.update_host(
+                name,
+                connection_state=CONNECTED,
+                endpoint=port.endpoint,
+                in_maintenance=int(info.in_maintenance_mode),
+            )
             if host.connection_state != CONNECTED:
                 self._events.post("HostConnectedEvent", f"Host {name} is connected", host=name)
 
@@ -474,6 +535,8 @@ class HostManager:
             else:
                 powered_on = running.powered_on
                 self._adopt_pool(vm, running.resources.resource_pool)
+                if powered_on and not vm.cpu_features:
+                    self.record_guest_cpu(vm.name, name)
             state = ON if powered_on else OFF
             if state != vm.power_state:
                 self._inventory.set_power_state(vm.name, state)
@@ -582,11 +645,14 @@ class HostManager:
             return
         try:
             request = hpb.GetHostInfoRequest()
-            await self._runtime.wait_for(self.call(name, "GetHostInfo", request), HEARTBEAT_TIMEOUT)
+            call = self.call(name, "GetHostInfo", request)
+            info = await self._runtime.wait_for(call, HEARTBEAT_TIMEOUT)
         except (VimFault, TimeoutError) as exc:
             log.warning("%s failed its heartbeat: %s", name, exc)
             self._mark_not_responding(name)
             return
+        if bool(record.in_maintenance) != info.in_maintenance_mode:  # the host is the truth
+            self._inventory.update_host(name, in_maintenance=int(info.in_maintenance_mode))
         if self._inaccessible.get(name) or name in self._unmounted:
             await self._register_inaccessible(name)
         if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
@@ -642,6 +708,7 @@ def size_differences(machine: HostSpec, request: pb.AddHostRequest) -> list[str]
         ("MHz per core", machine.cpu_mhz, request.cpu_mhz),
         ("MB of memory", machine.memory_mb, request.memory_mb),
         ("s kernel period", machine.kernel_period_s, request.kernel_period_s),
+        ("CPU model", machine.cpu_model, request.cpu_model),
     )
     return [
         f"{what}: {has} provisioned, {want} asked"

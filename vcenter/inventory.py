@@ -60,10 +60,11 @@ CREATE TABLE hosts (
     memory_used_mb INTEGER NOT NULL DEFAULT 0,
     vpx_password_set REAL NOT NULL DEFAULT 0,
     -- A new vpxuser password being set on the host (rotation), until a login settles it.
-    vpx_password_next_enc BLOB
+    vpx_password_next_enc BLOB,
+    in_maintenance INTEGER NOT NULL DEFAULT 0
 );
 -- vms.storage: a serialized vsim.v1.Vm holding only datastore, disks and guest_write_iops;
--- vms.config: one holding only resources and pci_devices (their NICs are in vm_nics).
+-- vms.config: one holding only resources, pci_devices and cpu_features (NICs: vm_nics).
 -- (No comments among the columns: SQLite's DROP COLUMN rewrites that text.)
 CREATE TABLE vms (
     name TEXT PRIMARY KEY,
@@ -135,7 +136,7 @@ CREATE TABLE sessions (
 """
 
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MIGRATIONS = {
     2: "ALTER TABLE vms ADD COLUMN storage BLOB NOT NULL DEFAULT x''",
     3: "ALTER TABLE vms ADD COLUMN config BLOB NOT NULL DEFAULT x''; " + _KERNEL_TABLES,
@@ -143,6 +144,7 @@ MIGRATIONS = {
     # A session from before counts as last used when it was made.
     5: "ALTER TABLE sessions ADD COLUMN last_active REAL NOT NULL DEFAULT 0; "
     "UPDATE sessions SET last_active = created; " + _SESSIONS_INDEX,
+    6: "ALTER TABLE hosts ADD COLUMN in_maintenance INTEGER NOT NULL DEFAULT 0",
 }
 """Schema version -> the SQL that brings it to the next version."""
 
@@ -174,6 +176,8 @@ class HostRecord:
     """When (simulated clock) vpxuser's password was last set on the host."""
     vpx_password_next_enc: bytes | None = None
     """A rotation's new password, until a login shows whether the host took it."""
+    in_maintenance: bool = False
+    """Maintenance mode, as the host last reported it (the host is the truth)."""
 
 
 @dataclass(frozen=True)
@@ -569,7 +573,7 @@ def _storage(vm: vcenter_pb2.Vm) -> bytes:
 
 
 def _config(vm: vcenter_pb2.Vm) -> bytes:
-    config = vcenter_pb2.Vm(pci_devices=vm.pci_devices)
+    config = vcenter_pb2.Vm(pci_devices=vm.pci_devices, cpu_features=vm.cpu_features)
     if vm.HasField("resources"):
         config.resources.CopyFrom(vm.resources)
     return config.SerializeToString()

@@ -31,9 +31,11 @@ from vsim.vcenter import api
 from vsim.vcenter.autostart import AutoStart
 from vsim.vcenter.datastore import ArrayRef, DatastoreManager
 from vsim.vcenter.engine import HostEngine
+from vsim.vcenter.evc import ClusterEvc
 from vsim.vcenter.events import EventLog
 from vsim.vcenter.host_system import CONNECTED, HostManager
 from vsim.vcenter.inventory import Inventory
+from vsim.vcenter.maintenance import HostMaintenance
 from vsim.vcenter.network_system import NetworkSystem
 from vsim.vcenter.pci_passthru import PciPassthruManager
 from vsim.vcenter.performance import Performance
@@ -102,6 +104,10 @@ class VCenter:
             inventory, self.hosts, self.tasks, self.events, runtime, self.macs, self.network
         )
         self.vmotion = VMotion(inventory, self.hosts, self.tasks, self.events, runtime)
+        self.evc = ClusterEvc(inventory, self.hosts, self.events)
+        self.maintenance = HostMaintenance(
+            inventory, self.hosts, self.tasks, self.events, self.vmotion
+        )
         self.reconfigure = VmReconfigurer(
             inventory, self.hosts, self.tasks, self.events, self.macs, self.network
         )
@@ -157,6 +163,7 @@ class VCenter:
                 cpu_mhz=host_spec.cpu_mhz,
                 memory_mb=host_spec.memory_mb,
                 kernel_period_s=host_spec.kernel_period_s,
+                cpu_model=host_spec.cpu_model,
             )
             full, reported = await self.hosts.provision(self.hosts.check_add(request), request)
             request.ssl_thumbprint = reported
@@ -269,7 +276,12 @@ class VCenter:
             clock_speed=self.clock.speed if self.clock.speed != float("inf") else 0.0,
             now=self.clock.now(),
             version=__version__,
+            evc_mode=self.hosts.evc_mode(),
         )
+
+    def ConfigureEvc(self, request: pb.ConfigureEvcRequest, session: Session) -> pb.Status:
+        self.evc.configure(request, session.user_name)
+        return self.GetStatus(pb.GetStatusRequest(), session)
 
     # hosts
 

@@ -62,14 +62,17 @@ class TaskManager:
         kind: str,
         within: tuple[str, str] | None = None,
         also: tuple[tuple[str, str], ...] = (),
+        parent: str = "",
     ) -> common_pb2.Task:
         """Queues work on entity (of `kind`, "vm" or "host") and returns the task.
         `within` names the entity that holds it (a VM's host): a task on the holder
         and tasks on what it holds exclude each other. `also` names more entities the
-        task keeps busy (a linked clone's source VM)."""
+        task keeps busy (a linked clone's source VM). A subtask names its `parent`
+        (a host entering maintenance mode moving its VMs): what the parent keeps busy
+        does not block it."""
         key = (kind, entity)
         for blocker in (key, within, *also):
-            if blocker in self._busy:
+            if blocker in self._busy and self._busy[blocker] != parent:
                 raise TaskInProgress(
                     f"{blocker[1]} is busy with {self._busy[blocker]}; wait for it to finish",
                     task=self._busy[blocker],
@@ -86,9 +89,10 @@ class TaskManager:
             queue_time=self._clock.now(),
         )
         self._inventory.add_task(task)
-        for busy in (key, *also):
+        owned = tuple(k for k in (key, *also) if k not in self._busy)  # not the parent's
+        for busy in owned:
             self._busy[busy] = task.id
-        self._busy_key[task.id] = (key, *also)
+        self._busy_key[task.id] = owned
         if within is not None:
             self._within[task.id] = within
             self._inner[within] += 1
@@ -151,6 +155,13 @@ class TaskManager:
                 await self._runtime.wait_for(live[1].wait(), timeout)
             except TimeoutError:
                 pass
+        return self.get(task_id)
+
+    async def finished(self, task_id: str) -> common_pb2.Task:
+        """The task once it has finished, however long that takes."""
+        live = self._live.get(task_id)
+        if live is not None:
+            await live[1].wait()
         return self.get(task_id)
 
     def recent(self, limit: int) -> list[common_pb2.Task]:

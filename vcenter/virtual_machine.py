@@ -32,7 +32,7 @@ from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import kernel_pb2 as kpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
-from vsim.vcenter.host_system import CONNECTED, HEARTBEAT_TIMEOUT, HostManager, host_vm
+from vsim.vcenter.host_system import HEARTBEAT_TIMEOUT, HostManager, host_vm
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.network_system import NetworkSystem
 from vsim.vcenter.tasks import TaskManager
@@ -384,18 +384,21 @@ class VmManager:
             raise
 
     def _place(self, requested: str) -> str:
-        """The requested host, or the connected host with the most free memory."""
+        """The requested host, or the connected host out of maintenance mode with the
+        most free memory."""
         if requested:
             validate.host_name(requested, "host")
-            self._hosts.connected(requested)
+            self._hosts.usable(requested)
             return requested
+        usable = set(self._hosts.usable_names())
         candidates = [
-            (h.memory_mb - h.memory_used_mb, h.name)
-            for h in self._hosts.list()
-            if h.connection_state == CONNECTED
+            (h.memory_mb - h.memory_used_mb, h.name) for h in self._hosts.list() if h.name in usable
         ]
         if not candidates:
-            raise InvalidState("no connected host to place the VM on; add a host first")
+            raise InvalidState(
+                "no connected host out of maintenance mode to place the VM on; add a host "
+                "or exit maintenance mode on one"
+            )
         return min(candidates, key=lambda c: (-c[0], c[1]))[1]
 
     def power_on(self, name: str, user: str) -> common_pb2.Task:
@@ -409,13 +412,18 @@ class VmManager:
         word = "on" if state == ON else "off"
         if vm.power_state == state:
             raise InvalidPowerState(f"{name} is already powered {word}")
-        self._hosts.connected(vm.host)
+        if state == ON:
+            self._hosts.usable(vm.host)
+        else:
+            self._hosts.connected(vm.host)
         method = "PowerOnVm" if state == ON else "PowerOffVm"
 
         async def work(task: common_pb2.Task) -> str:
             await self._hosts.call(vm.host, method, hpb.HostVmRequest(name=name))
             with self._inventory.transaction():
                 self._inventory.set_power_state(name, state)
+                if state == ON:  # the features its guest sees until it powers off
+                    self._hosts.record_guest_cpu(name, vm.host)
                 self._events.post(
                     f"VmPowered{word.capitalize()}Event",
                     f"{name} on {vm.host} is powered {word}",

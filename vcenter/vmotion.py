@@ -23,8 +23,9 @@ import contextlib
 import logging
 from collections import Counter
 
-from vsim import validate
+from vsim import cpu_features, validate
 from vsim.faults import (
+    CpuIncompatible,
     DisallowedMigrationDeviceAttached,
     InvalidArgument,
     InvalidDatastore,
@@ -49,6 +50,8 @@ ON = pb.POWER_STATE_POWERED_ON
 ENCRYPTION = ("disabled", "opportunistic", "required")
 """Encrypted vMotion's settings. Every simulated host can encrypt, so opportunistic
 and required both encrypt."""
+PRIORITIES = ("high", "default", "low")
+"""vMotion priorities, highest first: the order queued migrations start in."""
 HOST_LIMIT = 8
 """Concurrent vMotions a host takes part in (over 10 GbE; vSphere allows 4 at 1 GbE)."""
 DATASTORE_BUDGET = 128
@@ -69,26 +72,43 @@ class VMotion:
         self._tasks = tasks
         self._events = events
         self._runtime = runtime
-        self._running: Counter[str] = Counter()
+        self._running: Counter[tuple[str, str]] = Counter()
         """Migrations under way per host (source and destination) and per datastore."""
+        self._queued: list[tuple[int, int, list[tuple[str, str]]]] = []
+        """Migrations waiting for room: (priority rank, arrival, what each holds)."""
+        self._arrivals = 0
         self._freed = asyncio.Condition()
 
-    @contextlib.asynccontextmanager
-    async def _admitted(self, task: common_pb2.Task, vm: pb.Vm, destination: str):
-        """Holds the migration's place in vCenter's limits: at most HOST_LIMIT per host
-        and DATASTORE_BUDGET per datastore at once; beyond them the task is queued."""
-        hosts, datastore = (vm.host, destination), vm.datastore
+    def _fits(self, held: list[tuple[str, str]]) -> bool:
+        return all(
+            self._running[k] < (HOST_LIMIT if k[0] == "host" else DATASTORE_BUDGET) for k in held
+        )
 
-        def fits() -> bool:
-            full = any(self._running[("host", h)] >= HOST_LIMIT for h in hosts)
-            return not full and self._running[("datastore", datastore)] < DATASTORE_BUDGET
+    @contextlib.asynccontextmanager
+    async def _admitted(self, task: common_pb2.Task, vm: pb.Vm, destination: str, priority: str):
+        """Holds the migration's place in vCenter's limits: at most HOST_LIMIT per host
+        and DATASTORE_BUDGET per datastore at once. Beyond them the task is queued; a
+        queued migration starts once it fits and no queued one of higher priority (or
+        of its own, queued earlier) would fit in its place."""
+        held = [("host", vm.host), ("host", destination)]
+        held += [("datastore", vm.datastore)] if vm.datastore else []
+        self._arrivals += 1
+        me = (PRIORITIES.index(priority), self._arrivals, held)
+
+        def my_turn() -> bool:
+            ahead = (w for w in self._queued if w[:2] < me[:2])
+            return self._fits(held) and not any(self._fits(w[2]) for w in ahead)
 
         async with self._freed:
-            if not fits():
+            if not my_turn():
                 task.state = common_pb2.TASK_STATE_QUEUED
-                await self._freed.wait_for(fits)
+                self._queued.append(me)
+                try:
+                    await self._freed.wait_for(my_turn)
+                finally:
+                    self._queued.remove(me)
+                    self._freed.notify_all()  # who was behind it may go now
                 task.state = common_pb2.TASK_STATE_RUNNING
-            held = [("host", h) for h in hosts] + ([("datastore", datastore)] if datastore else [])
             self._running.update(held)
         try:
             yield
@@ -97,7 +117,10 @@ class VMotion:
                 self._running.subtract(held)
                 self._freed.notify_all()
 
-    def migrate(self, request: pb.MigrateVmRequest, user: str) -> common_pb2.Task:
+    def migrate(self, request: pb.MigrateVmRequest, user: str, parent: str = "") -> common_pb2.Task:
+        """Checks what can be checked at once (faults raised here move nothing) and
+        starts MigrateVM_Task; `parent` is the task this migration is part of (a host
+        entering maintenance mode)."""
         vm = self._inventory.require_vm(request.name)
         validate.host_name(request.host, "host")
         destination = request.host
@@ -106,9 +129,14 @@ class VMotion:
             raise InvalidArgument(
                 f"encryption is one of {', '.join(ENCRYPTION)}, got {request.encryption[:40]!r}"
             )
+        priority = request.priority or "default"
+        if priority not in PRIORITIES:
+            raise InvalidArgument(
+                f"priority is one of {', '.join(PRIORITIES)}, got {request.priority[:40]!r}"
+            )
         if destination == vm.host:
             raise InvalidArgument(f"{vm.name} already runs on {destination}")
-        self._hosts.connected(destination)
+        self._hosts.usable(destination)
         self._hosts.connected(vm.host)
         source, hot = vm.host, vm.power_state == ON
         cores = self._hosts.public_spec(destination).cpu_cores
@@ -116,6 +144,8 @@ class VMotion:
             raise NotEnoughCpus(
                 f"{vm.name} has {vm.cpus} virtual CPUs and {destination} has {cores} cores"
             )
+        if hot:
+            self._check_cpu(vm, destination)
         if hot and vm.pci_devices:
             raise DisallowedMigrationDeviceAttached(
                 f"{vm.name} has DirectPath I/O device(s) {', '.join(vm.pci_devices)}, which "
@@ -125,7 +155,7 @@ class VMotion:
         async def work(task: common_pb2.Task) -> str:
             if not hot:
                 return await move(task)
-            async with self._admitted(task, vm, destination):
+            async with self._admitted(task, vm, destination, priority):
                 return await move(task)
 
         async def move(task: common_pb2.Task) -> str:
@@ -182,12 +212,19 @@ class VMotion:
             return vm.name
 
         return self._tasks.start(
-            "MigrateVM_Task", vm.name, user, work, kind="vm", within=("host", source)
+            "MigrateVM_Task",
+            vm.name,
+            user,
+            work,
+            kind="vm",
+            within=("host", source),
+            parent=parent,
         )
 
     # checks, before anything moves
 
     async def _check(self, vm: pb.Vm, destination: str) -> None:
+        self._hosts.usable(destination)  # it may have begun entering maintenance mode
         if vm.datastore:
             reply = await self._hosts.call(
                 destination, "ListDatastores", hpb.HostListDatastoresRequest()
@@ -216,6 +253,30 @@ class VMotion:
                         f"{nic.port_group!r}: VLAN {here.get(nic.port_group)} here, VLAN "
                         f"{there[nic.port_group]} on {destination}"
                     )
+
+    def _check_cpu(self, vm: pb.Vm, destination: str) -> None:
+        """A running VM keeps the CPU features it powered on with: the destination
+        must offer every one to its guests (its CPU, or the cluster's EVC mode)."""
+        needed = vm.cpu_features or self._hosts.guest_cpu(vm.host)
+        offered = self._hosts.guest_cpu(destination)
+        if cpu_features.vendor(needed) != cpu_features.vendor(offered):
+            raise CpuIncompatible(
+                f"{vm.name} runs with the features of an {cpu_features.vendor(needed)} CPU "
+                f"({needed}) and {destination}'s is {cpu_features.vendor(offered)} "
+                f"({offered}): a running VM never moves between the two; power it off to "
+                "migrate it cold",
+                host=destination,
+            )
+        lacking = cpu_features.missing(needed, offered)
+        if lacking:
+            more = f" and {len(lacking) - 8} more" if len(lacking) > 8 else ""
+            shown = ", ".join(lacking[:8]) + more
+            raise CpuIncompatible(
+                f"{vm.name} runs with the CPU features of {needed} and {destination} offers "
+                f"{offered}, which lacks {shown}; power it off to migrate it cold, or set "
+                "the cluster's EVC mode to a generation every host has",
+                host=destination,
+            )
 
     async def _port_groups(self, host: str) -> dict[str, int]:
         network = await self._hosts.call(host, "GetNetwork", hpb.GetNetworkRequest())

@@ -89,6 +89,12 @@ VMotionNotConfigured = _fault("VMotionNotConfigured", S.FAILED_PRECONDITION)
 """A host of the migration has no vMotion network to send or receive it on."""
 InvalidDatastore = _fault("InvalidDatastore", S.FAILED_PRECONDITION)
 """A datastore the operation needs is not accessible where it is needed."""
+CpuIncompatible = _fault("CpuIncompatible", S.FAILED_PRECONDITION)
+"""The destination's CPU lacks features a running VM uses (it keeps those it powered
+on with)."""
+EVCAdmissionFailed = _fault("EVCAdmissionFailed", S.FAILED_PRECONDITION)
+"""An EVC mode a host's CPU cannot provide, or one that would take features from
+running VMs."""
 SystemError_ = _fault("SystemError", S.INTERNAL)
 
 _BY_NAME: dict[str, type[VimFault]] = {cls.name: cls for cls in VimFault.__subclasses__()}

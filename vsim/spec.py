@@ -10,7 +10,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from vsim import validate
+from vsim import cpu_features, validate
 
 MAX_KERNEL_PERIOD_S = 10.0
 """The longest kernel period: the memory scheduler covers at most this much time in
@@ -37,6 +37,8 @@ class HostSpec:
     """Seconds between the VMkernel's periods, where guests run and CPU and memory
     are divided again. A coarser period makes a host cheaper to simulate (the
     simulator's hosts use one), at the price of slower reaction to demand."""
+    cpu_model: str = cpu_features.DEFAULT_MODEL
+    """The CPU's generation (vsim/cpu_features.py): the features its VMs see."""
 
     @property
     def host_uuid(self) -> uuid.UUID:
@@ -54,6 +56,7 @@ class HostSpec:
         validate.number_range(
             self.kernel_period_s, 0.1, MAX_KERNEL_PERIOD_S, "kernel_period_s", "seconds"
         )
+        cpu_features.check(self.cpu_model)
         return self
 
     def to_json(self) -> str:

@@ -1,6 +1,7 @@
 """`vsim host list|add|remove` (the inventory's ESXi hosts, with AddHost's certificate
-check) and a host's kernel as vCenter shows it: `vsim host stats`, `memory` (page
-sharing and salting) and `pci` (DirectPath I/O); `vsim host pool` is in `pool`.
+check), `vsim host maintenance enter|exit`, and a host's kernel as vCenter shows it:
+`vsim host stats`, `memory` (page sharing and salting) and `pci` (DirectPath I/O);
+`vsim host pool` is in `pool`.
 
 Like every command, these are a thin layer over the SDK client: they validate what
 the user typed before sending anything, and keep no state of their own.
@@ -11,14 +12,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vsim import validate
+from vsim import cpu_features, validate
 from vsim.cluster import output
 from vsim.cluster.cli import pool
-from vsim.cluster.cli.common import Command, Context, Subcommands, positive_int, show_task
+from vsim.cluster.cli.common import (
+    Command,
+    Context,
+    Subcommands,
+    positive_int,
+    show_task,
+    show_task_fault,
+)
 from vsim.faults import InvalidArgument, SSLVerifyFault, VimFault, fault_from_proto
+from vsim.v1 import vcenter_pb2 as pb
 
-HOST_COLUMNS = ["name", "connection_state", "cpu_cores", "cpu_mhz", "memory_mb",
-                "memory_used_mb", "vms", "vms_powered_on", "endpoint"]  # fmt: skip
+ON = pb.POWER_STATE_POWERED_ON
+
+HOST_COLUMNS = ["name", "connection_state", "in_maintenance_mode", "cpu_model", "cpu_cores",
+                "cpu_mhz", "memory_mb", "memory_used_mb", "vms", "vms_powered_on",
+                "endpoint"]  # fmt: skip
 
 
 PASS_THUMBPRINT = "verify it and pass it as ssl_thumbprint to add the host"
@@ -38,6 +50,7 @@ async def cmd_host_add(args: argparse.Namespace, ctx: Context) -> None:
         ("cpu_mhz", args.cpu_mhz),
         ("memory_mb", args.memory_mb),
         ("kernel_period_s", args.kernel_period),
+        ("cpu_model", args.cpu_model),
     )
     sizes = {k: v for k, v in given if v is not None}
     async with await ctx.client() as client:
@@ -93,6 +106,30 @@ async def cmd_host_remove(args: argparse.Namespace, ctx: Context) -> None:
     show_task(ctx, task, f"Removed host {args.name}")
 
 
+async def cmd_host_maintenance_enter(args: argparse.Namespace, ctx: Context) -> None:
+    """EnterMaintenanceMode_Task; with --evacuate, then where each VM went."""
+    validate.host_name(args.name, "host")
+    async with await ctx.client() as client:
+        running = [v.name for v in await client.vms(args.name) if v.power_state == ON]
+        task = await client.wait(await client.enter_maintenance_mode(args.name, args.evacuate))
+        show_task_fault(task)
+        now = {v.name: v.host for v in await client.vms()}
+    moved = [{"vm": name, "now_on": now.get(name, "")} for name in running]
+    text = f"{args.name} is in maintenance mode"
+    if moved:
+        text += f"; {len(moved)} VM(s) moved off it by vMotion:\n" + output.table(
+            moved, ["vm", "now_on"]
+        )
+    ctx.show(task, text)
+
+
+async def cmd_host_maintenance_exit(args: argparse.Namespace, ctx: Context) -> None:
+    validate.host_name(args.name, "host")
+    async with await ctx.client() as client:
+        task = await client.wait(await client.exit_maintenance_mode(args.name))
+    show_task(ctx, task, f"{args.name} has exited maintenance mode")
+
+
 async def cmd_host_stats(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
         stats = await client.host_stats(args.name)
@@ -145,7 +182,24 @@ def add_commands(commands: Subcommands, command: Command) -> None:
         type=float,
         help="seconds between VMkernel periods, 0.1-10 (default 1; coarser is cheaper)",
     )
+    p.add_argument(
+        "--cpu-model",
+        choices=list(cpu_features.GENERATIONS),
+        help=f"the CPU's generation (default {cpu_features.DEFAULT_MODEL})",
+    )
     p = command(hosts, "remove", cmd_host_remove, "remove a host and its VMs from the inventory")
+    p.add_argument("name")
+    maintenance = command(hosts, "maintenance", None, "maintenance mode").add_subparsers(
+        dest="sub2", required=True
+    )
+    p = command(maintenance, "enter", cmd_host_maintenance_enter, "enter maintenance mode")
+    p.add_argument("name")
+    p.add_argument(
+        "--evacuate",
+        action="store_true",
+        help="move the host's powered-on VMs to other hosts by vMotion first",
+    )
+    p = command(maintenance, "exit", cmd_host_maintenance_exit, "exit maintenance mode")
     p.add_argument("name")
     p = command(hosts, "stats", cmd_host_stats, "the host's CPU and memory, and its VMs'")
     p.add_argument("name")

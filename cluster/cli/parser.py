@@ -11,6 +11,7 @@ import argparse
 
 from vsim.cluster.cli import (
     array,
+    cluster,
     datastore,
     events,
     fault,
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_vcenter_commands(commands, command)
     session.add_commands(commands, command)
     host.add_commands(commands, command)
+    cluster.add_commands(commands, command)
     vm.add_commands(commands, command)
     network.add_commands(commands, command)
     datastore.add_commands(commands, command)

@@ -81,7 +81,7 @@ async def cmd_vm_migrate(args: argparse.Namespace, ctx: Context) -> None:
     what the migration did."""
     validate.host_name(args.host, "--host")
     async with await ctx.client() as client:
-        task = await client.migrate_vm(args.name, args.host, args.encryption)
+        task = await client.migrate_vm(args.name, args.host, args.encryption, args.priority)
         while task.state not in (SUCCESS, common_pb2.TASK_STATE_ERROR):
             _migration_progress(task.progress)
             task = await client.wait(task, timeout=1.0)
@@ -258,6 +258,12 @@ def add_commands(commands: Subcommands, command: Command) -> None:
         choices=["disabled", "opportunistic", "required"],
         default="opportunistic",
         help="encrypted vMotion (default opportunistic: encrypted, as both hosts can)",
+    )
+    p.add_argument(
+        "--priority",
+        choices=["high", "default", "low"],
+        default="default",
+        help="where the migration goes in vCenter's queue when the limits are full",
     )
     p = command(vms, "list", cmd_vm_list, "list VMs")
     p.add_argument("--host")

@@ -235,7 +235,22 @@ class Hostd:
             vms_powered_on=k.powered_on_count(),
             boot_time=k.boot_time,
             vmotion_endpoint=self.vmotion_endpoint,
+            in_maintenance_mode=k.in_maintenance,
         )
+
+    @needs(ADMINISTRATOR)
+    def EnterMaintenanceMode(
+        self, request: pb.MaintenanceModeRequest, user: str | None
+    ) -> pb.HostInfo:
+        self.kernel.enter_maintenance()
+        return self.GetHostInfo(pb.GetHostInfoRequest(), user)
+
+    @needs(ADMINISTRATOR)
+    def ExitMaintenanceMode(
+        self, request: pb.MaintenanceModeRequest, user: str | None
+    ) -> pb.HostInfo:
+        self.kernel.exit_maintenance()
+        return self.GetHostInfo(pb.GetHostInfoRequest(), user)
 
     @needs(ADMINISTRATOR)
     def CreateUser(self, request: pb.CreateUserRequest, user: str | None) -> pb.CreateUserResponse:

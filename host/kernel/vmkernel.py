@@ -203,6 +203,9 @@ class HostKernel:
             else default_network(self.spec.name)
         )
         self.pci = PciPassthruSystem(PCI_DEVICES, stored.get("passthru", ()))
+        self.in_maintenance = bool(stored.get("maintenance", False))
+        """Maintenance mode, kept across reboots as ESXi keeps it: the host powers on
+        nothing and admits no arriving vMotion while it lasts."""
         self._last_tick = clock.now()
 
     def close(self) -> None:
@@ -339,8 +342,27 @@ class HostKernel:
                 "memory": memory_config(self.memory.settings),
                 "passthru": [i.id for i in self.pci.passthru_info() if i.enabled],
                 "resource_pools": resource_pools_config(self.resource_pool_configs()),
+                "maintenance": self.in_maintenance,
             }
         )
+
+    # -- maintenance mode (kept in esx.conf) -------------------------------------------
+
+    def enter_maintenance(self) -> None:
+        """Only a host that runs nothing enters maintenance mode: whoever asks moves or
+        powers off its VMs first (vCenter evacuates them by vMotion)."""
+        running = [vm.name for vm in self.vms() if vm.powered_on or vm.name in self._arriving]
+        if running:
+            raise InvalidState(
+                f"{self.spec.name} cannot enter maintenance mode: {len(running)} VM(s) "
+                f"still run here ({', '.join(running[:5])}); migrate or power them off first"
+            )
+        self.in_maintenance = True
+        self._save_config()
+
+    def exit_maintenance(self) -> None:
+        self.in_maintenance = False
+        self._save_config()
 
     # -- resource pools (kept in esx.conf) ---------------------------------------------
 
@@ -579,6 +601,12 @@ class HostKernel:
         """Admission control, then the VM's CPU and memory and, unless it arrives by
         vMotion (it demands nothing and connects nothing until it resumes), its CPU
         demand and vNICs; whatever was done is undone if a step fails."""
+        if self.in_maintenance:
+            what = "receives no vMotion" if arriving else "powers on no VM"
+            raise InvalidState(
+                f"{self.spec.name} is in maintenance mode and {what}; exit maintenance "
+                f"mode first (cannot start {vm.name})"
+            )
         self._admit(vm)
         if not self.powered_on_count():  # the first VM: no idle time to replay
             self._last_tick = self.clock.now()

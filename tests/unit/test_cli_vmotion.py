@@ -53,3 +53,46 @@ async def test_a_cold_migration_and_the_refusals(vsim):  # noqa: F811
     assert status == 1 and "InvalidArgument" in err
     status, _, err = await run("vm", "migrate", "nope", "--host", "esxi-01")
     assert status == 1 and "NotFound" in err
+
+
+async def test_maintenance_mode_evacuates_and_refuses_from_the_cli(vsim):  # noqa: F811
+    run, lab = vsim
+    await vm_cli(lab)
+    assert (await lab.power_on("vm-cli")).state == common_pb2.TASK_STATE_SUCCESS
+    status, _, err = await run("host", "maintenance", "enter", "esxi-01")
+    assert status == 1 and "InvalidState" in err and "--evacuate" not in err
+    assert "vm-cli" in err and "evacuate" in err
+    status, out, err = await run("host", "maintenance", "enter", "esxi-01", "--evacuate")
+    assert status == 0, err
+    assert "esxi-01 is in maintenance mode; 1 VM(s) moved off it by vMotion" in out
+    now_on = (await lab.client.vm("vm-cli")).host
+    assert now_on != "esxi-01" and now_on in out
+    status, out, _ = await run("host", "list", "-o", "json")
+    listed = {h["name"]: h for h in json.loads(out)}
+    assert listed["esxi-01"]["in_maintenance_mode"] is True
+    status, _, err = await run("vm", "migrate", "vm-cli", "--host", "esxi-01")
+    assert status == 1 and "InvalidState" in err and "maintenance mode" in err
+    status, out, _ = await run("host", "maintenance", "exit", "esxi-01")
+    assert status == 0 and "exited maintenance mode" in out
+    status, _, err = await run("host", "maintenance", "exit", "esxi-01")
+    assert status == 1 and "not in maintenance mode" in err
+    status, out, err = await run(
+        "vm", "migrate", "vm-cli", "--host", "esxi-01", "--priority", "high"
+    )
+    assert status == 0, err
+
+
+async def test_cluster_evc_shows_sets_and_refuses(vsim):  # noqa: F811
+    run, lab = vsim
+    status, out, _ = await run("cluster", "evc")
+    assert status == 0 and "EVC is off" in out
+    status, out, err = await run("cluster", "evc", "intel-broadwell")
+    assert status == 0, err
+    assert "EVC mode: intel-broadwell" in out
+    assert (await lab.client.status()).evc_mode == "intel-broadwell"
+    status, _, err = await run("cluster", "evc", "intel-sapphirerapids")
+    assert status == 1 and "EVCAdmissionFailed" in err  # newer than every host's CPU
+    status, _, err = await run("cluster", "evc", "pentium")
+    assert status == 1 and "InvalidArgument" in err and "intel-skylake" in err
+    status, out, _ = await run("cluster", "evc", "off")
+    assert status == 0 and "EVC is off" in out

@@ -1,7 +1,8 @@
 """Schema migrations: an inventory of schema 2, 3 or 4 is brought to the current
 one in place and keeps its rows; schema 4 added VMs' resources, NICs and DirectPath
 devices and the physical switch's ports (one adapter per MAC), schema 5 each
-datastore's Storage I/O Control threshold, schema 6 each session's last activity."""
+datastore's Storage I/O Control threshold, schema 6 each session's last activity,
+schema 7 each host's maintenance mode."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def old_schema(path, version: int) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(SCHEMA)
     db.executescript(
-        "DROP INDEX sessions_by_last_active; ALTER TABLE sessions DROP COLUMN last_active"
+        "DROP INDEX sessions_by_last_active; ALTER TABLE sessions DROP COLUMN last_active; "
+        "ALTER TABLE hosts DROP COLUMN in_maintenance"
     )
     if version == 5:
         db.execute("INSERT INTO accounts VALUES ('administrator@vsphere.local', 'h', 'Admin')")
@@ -59,7 +61,7 @@ def test_an_old_inventory_is_migrated_to_schema_4_and_keeps_its_rows(tmp_path, v
     inventory = Inventory(path)
     try:
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         datastore_columns = [r[1] for r in db.execute("PRAGMA table_info(datastores)")]
         assert datastore_columns[-1] == "sioc_threshold_ms"
         assert [r[1] for r in db.execute("PRAGMA table_info(vms)")][-2:] == ["storage", "config"]
@@ -70,6 +72,7 @@ def test_an_old_inventory_is_migrated_to_schema_4_and_keeps_its_rows(tmp_path, v
         assert (list(vm.nics), list(vm.pci_devices), vm.HasField("resources")) == ([], [], False)
         assert inventory.physical_ports() == []
         assert inventory.hosts()[0].vms == 1  # the triggers still count it
+        assert not inventory.hosts()[0].in_maintenance  # schema 7: none is
 
         # The new tables work: NICs with unique MACs, resources, devices, ports.
         vm.resources.cpu.reservation = 500

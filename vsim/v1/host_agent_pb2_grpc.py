@@ -231,6 +231,16 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.AbortVmotionRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
                 _registered_method=True)
+        self.EnterMaintenanceMode = channel.unary_unary(
+                '/vsim.v1.HostAgent/EnterMaintenanceMode',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostInfo.FromString,
+                _registered_method=True)
+        self.ExitMaintenanceMode = channel.unary_unary(
+                '/vsim.v1.HostAgent/ExitMaintenanceMode',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostInfo.FromString,
+                _registered_method=True)
         self.VerifyGuestDisk = channel.unary_unary(
                 '/vsim.v1.HostAgent/VerifyGuestDisk',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.VerifyGuestDiskRequest.SerializeToString,
@@ -481,6 +491,18 @@ class HostAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AbortVmotion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnterMaintenanceMode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExitMaintenanceMode(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -768,6 +790,16 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.AbortVmotion,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.AbortVmotionRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.VmotionAck.SerializeToString,
+            ),
+            'EnterMaintenanceMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnterMaintenanceMode,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostInfo.SerializeToString,
+            ),
+            'ExitMaintenanceMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExitMaintenanceMode,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostInfo.SerializeToString,
             ),
             'VerifyGuestDisk': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyGuestDisk,
@@ -1325,6 +1357,60 @@ class HostAgent:
             '/vsim.v1.HostAgent/AbortVmotion',
             vsim_dot_v1_dot_host__agent__pb2.AbortVmotionRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.VmotionAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnterMaintenanceMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/EnterMaintenanceMode',
+            vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExitMaintenanceMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ExitMaintenanceMode',
+            vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.HostInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,11 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_vcenter__pb2.Status.FromString,
                 _registered_method=True)
+        self.ConfigureEvc = channel.unary_unary(
+                '/vsim.v1.VCenter/ConfigureEvc',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureEvcRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.Status.FromString,
+                _registered_method=True)
         self.ListHosts = channel.unary_unary(
                 '/vsim.v1.VCenter/ListHosts',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListHostsRequest.SerializeToString,
@@ -64,6 +69,16 @@ class VCenterStub:
         self.RemoveHost = channel.unary_unary(
                 '/vsim.v1.VCenter/RemoveHost',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.EnterMaintenanceMode = channel.unary_unary(
+                '/vsim.v1.VCenter/EnterMaintenanceMode',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.EnterMaintenanceModeRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.ExitMaintenanceMode = channel.unary_unary(
+                '/vsim.v1.VCenter/ExitMaintenanceMode',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_common__pb2.Task.FromString,
                 _registered_method=True)
         self.CreateVm = channel.unary_unary(
@@ -359,6 +374,15 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureEvc(self, request, context):
+        """Turns the cluster's EVC mode on, changes or turns it off (mode ""); refused
+        (EVCAdmissionFailed) if a host's CPU lacks the mode's features, or a powered-on
+        VM uses features the mode would take away.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListHosts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -377,6 +401,23 @@ class VCenterServicer:
     def RemoveHost(self, request, context):
         """Removes a host with no powered-on VMs; its VMs leave the inventory with it.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnterMaintenanceMode(self, request, context):
+        """EnterMaintenanceMode_Task: with evacuate, the host's powered-on VMs move by
+        vMotion to other connected hosts first (placed by free memory, each host's
+        admission control deciding); the task fails, the host staying out of maintenance
+        mode, if one cannot move. A host in maintenance mode powers on nothing and
+        receives no migration. Powered-off VMs stay registered where they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExitMaintenanceMode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -784,6 +825,11 @@ def add_VCenterServicer_to_server(servicer, server):
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.GetStatusRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_vcenter__pb2.Status.SerializeToString,
             ),
+            'ConfigureEvc': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureEvc,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureEvcRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.Status.SerializeToString,
+            ),
             'ListHosts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHosts,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListHostsRequest.FromString,
@@ -797,6 +843,16 @@ def add_VCenterServicer_to_server(servicer, server):
             'RemoveHost': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveHost,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.RemoveHostRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'EnterMaintenanceMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnterMaintenanceMode,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.EnterMaintenanceModeRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'ExitMaintenanceMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExitMaintenanceMode,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_common__pb2.Task.SerializeToString,
             ),
             'CreateVm': grpc.unary_unary_rpc_method_handler(
@@ -1162,6 +1218,33 @@ class VCenter:
             _registered_method=True)
 
     @staticmethod
+    def ConfigureEvc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ConfigureEvc',
+            vsim_dot_v1_dot_vcenter__pb2.ConfigureEvcRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListHosts(request,
             target,
             options=(),
@@ -1231,6 +1314,60 @@ class VCenter:
             target,
             '/vsim.v1.VCenter/RemoveHost',
             vsim_dot_v1_dot_vcenter__pb2.RemoveHostRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnterMaintenanceMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/EnterMaintenanceMode',
+            vsim_dot_v1_dot_vcenter__pb2.EnterMaintenanceModeRequest.SerializeToString,
+            vsim_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExitMaintenanceMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ExitMaintenanceMode',
+            vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
             vsim_dot_v1_dot_common__pb2.Task.FromString,
             options,
             channel_credentials,
