@@ -387,6 +387,17 @@ class VCenterClient:
     async def host_network(self, host: str) -> kpb.HostNetwork:
         return await self._call("GetHostNetwork", pb.HostRequest(name=host))
 
+    async def update_vmknic(
+        self, host: str, device: str, vmotion: bool | None = None, link_speed_mbps: int = 0
+    ) -> kpb.HostNetwork:
+        """Tags a VMkernel adapter (vmk1) for vMotion or not, or sets its link speed."""
+        request = pb.UpdateHostVmknicRequest(
+            host=host, device=device, link_speed_mbps=link_speed_mbps
+        )
+        if vmotion is not None:
+            request.vmotion = vmotion
+        return await self._call("UpdateHostVmknic", request)
+
     async def add_virtual_switch(
         self,
         host: str,

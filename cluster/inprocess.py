@@ -256,6 +256,7 @@ class InProcessEngine:
                 spec, disk, root_hash, boot, ports, peers=self._vmotion_connector(spec.name)
             )
             hostd.vmotion_endpoint = f"in-process://{spec.name}"
+            hostd.management_endpoint = f"in-process://{spec.name}"
             self._hostd[spec.name] = hostd
         return identity.thumbprint
 

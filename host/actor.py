@@ -129,6 +129,7 @@ class EsxiHost:
                 ]
                 self._server, port = await start_server(self.identity, self._bind, 0, tables)
                 self._endpoint = f"{self._advertise}:{port}"
+                self.hostd.management_endpoint = self._endpoint
                 # The same server on the host's vMotion address (its own network in
                 # docker-compose; loopback under `vsim up`).
                 vmotion = os.environ.get(VMOTION_ADDRESS_ENV) or self._advertise

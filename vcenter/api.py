@@ -119,6 +119,7 @@ def table(vc: VCenter) -> DispatchTable:
             "UpdateVirtualSwitch": (SESSION, by_user(network.update_vswitch)),
             "UpdatePortGroup": (SESSION, by_user(network.update_port_group)),
             "GetHostNetwork": (SESSION, by_request(network.get)),
+            "UpdateHostVmknic": (SESSION, by_user(network.update_vmknic)),
             "ConfigurePhysicalPort": (SESSION, by_user(physical.configure)),
             "ListPhysicalPorts": (
                 SESSION,

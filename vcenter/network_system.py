@@ -58,6 +58,38 @@ class NetworkSystem:
         self._connected(request.name)
         return await self._network(request.name)
 
+    async def update_vmknic(
+        self, request: pb.UpdateHostVmknicRequest, user: str
+    ) -> kpb.HostNetwork:
+        """vmk1: tagged for vMotion or not, and its link's speed (the host checks both
+        and keeps them in esx.conf)."""
+        self._connected(request.host)
+        tagged = request.HasField("vmotion")
+        if not (tagged or request.link_speed_mbps):
+            raise InvalidArgument(
+                f"nothing to change on {request.device[:20]!r}: give vmotion or link_speed_mbps"
+            )
+        forwarded = hpb.UpdateVmknicRequest(
+            device=request.device, link_speed_mbps=request.link_speed_mbps
+        )
+        if tagged:
+            forwarded.vmotion = request.vmotion
+        network = await self._hosts.call(request.host, "UpdateVmknic", forwarded)
+        done = [
+            ("tagged for vMotion" if request.vmotion else "no longer tagged for vMotion")
+            if tagged
+            else "",
+            f"link {request.link_speed_mbps} Mb/s" if request.link_speed_mbps else "",
+        ]
+        self._events.post(
+            "HostVmknicReconfiguredEvent",
+            f"Reconfigured {request.device} on {request.host}: " + ", ".join(filter(None, done)),
+            user=user,
+            host=request.host,
+        )
+        network.host = network.host or request.host
+        return network
+
     async def _network(self, host: str) -> kpb.HostNetwork:
         network = await self._hosts.call(host, "GetNetwork", hpb.GetNetworkRequest())
         network.host = network.host or host

@@ -53,7 +53,10 @@ and required both encrypt."""
 PRIORITIES = ("high", "default", "low")
 """vMotion priorities, highest first: the order queued migrations start in."""
 HOST_LIMIT = 8
-"""Concurrent vMotions a host takes part in (over 10 GbE; vSphere allows 4 at 1 GbE)."""
+"""Concurrent vMotions a host takes part in when its vMotion link is 10 Gb/s or more."""
+SLOW_HOST_LIMIT = 4
+"""The same for a host whose vMotion link is slower (1 GbE)."""
+FAST_LINK_MBPS = 10000
 DATASTORE_BUDGET = 128
 """A datastore's cost budget for concurrent migrations; a vMotion costs 1."""
 
@@ -78,11 +81,15 @@ class VMotion:
         """Migrations waiting for room: (priority rank, arrival, what each holds)."""
         self._arrivals = 0
         self._freed = asyncio.Condition()
+        self._host_limit: dict[str, int] = {}
+        """Each host's limit, from its vMotion link's speed as last heard."""
 
     def _fits(self, held: list[tuple[str, str]]) -> bool:
-        return all(
-            self._running[k] < (HOST_LIMIT if k[0] == "host" else DATASTORE_BUDGET) for k in held
-        )
+        def limit(key: tuple[str, str]) -> int:
+            kind, name = key
+            return self._host_limit.get(name, HOST_LIMIT) if kind == "host" else DATASTORE_BUDGET
+
+        return all(self._running[k] < limit(k) for k in held)
 
     @contextlib.asynccontextmanager
     async def _admitted(self, task: common_pb2.Task, vm: pb.Vm, destination: str, priority: str):
@@ -154,11 +161,12 @@ class VMotion:
 
         async def work(task: common_pb2.Task) -> str:
             if not hot:
-                return await move(task)
+                return await move(task, {})
+            vmknics = await self._vmotion_nics(vm.host, destination)
             async with self._admitted(task, vm, destination, priority):
-                return await move(task)
+                return await move(task, vmknics)
 
-        async def move(task: common_pb2.Task) -> str:
+        async def move(task: common_pb2.Task, vmknics: dict[str, hpb.HostInfo]) -> str:
             began = self._runtime.now()
             await self._check(vm, destination)
             task.progress = 10
@@ -180,7 +188,7 @@ class VMotion:
                         vm=vm.name,
                     )
                 try:
-                    report = await self._hot(task, vm, destination, encrypted)
+                    report = await self._hot(task, vm, destination, encrypted, vmknics)
                 except VimFault as fault:
                     self._failed(vm, source, destination, user, fault)
                     raise
@@ -295,16 +303,33 @@ class VMotion:
         with self._inventory.transaction():
             self._inventory.set_vm_host(vm.name, destination)
 
-    async def _hot(
-        self, task: common_pb2.Task, vm: pb.Vm, destination: str, encrypted: bool
-    ) -> hpb.VmotionReport:
-        record = self._hosts.connected(destination)
-        endpoints = {}
-        for host in (vm.host, destination):
+    async def _vmotion_nics(self, *hosts: str) -> dict[str, hpb.HostInfo]:
+        """Each host's vMotion adapter as it reports it (VMotionNotConfigured if one
+        has none tagged for vMotion); notes each one's limit from its link's speed."""
+        infos = {}
+        for host in hosts:
             info = await self._hosts.call(host, "GetHostInfo", hpb.GetHostInfoRequest())
             if not info.vmotion_endpoint:
-                raise VMotionNotConfigured(f"{host} has no vMotion network")
-            endpoints[host] = info.vmotion_endpoint
+                raise VMotionNotConfigured(
+                    f"{host} has no VMkernel adapter tagged for vMotion (tag vmk1 with "
+                    f"`vsim network vmknic set {host} vmk1 --vmotion on`)"
+                )
+            fast = info.vmotion_link_mbps >= FAST_LINK_MBPS
+            self._host_limit[host] = HOST_LIMIT if fast else SLOW_HOST_LIMIT
+            infos[host] = info
+        return infos
+
+    async def _hot(
+        self,
+        task: common_pb2.Task,
+        vm: pb.Vm,
+        destination: str,
+        encrypted: bool,
+        vmknics: dict[str, hpb.HostInfo],
+    ) -> hpb.VmotionReport:
+        record = self._hosts.connected(destination)
+        endpoints = {host: info.vmotion_endpoint for host, info in vmknics.items()}
+        link_mbps = min(info.vmotion_link_mbps for info in vmknics.values())
         ticket = hpb.VmotionTicket(
             migration_id=task.id, secret=self._runtime.secret_bytes(SECRET_BYTES)
         )
@@ -317,6 +342,7 @@ class VMotion:
             destination=destination,
             destination_endpoint=endpoints[destination],
             destination_thumbprint=record.thumbprint,
+            link_gbps=link_mbps / 1000,
         )
         try:
             prepare = hpb.PrepareVmotionRequest(ticket=ticket, vm=host_vm(vm))

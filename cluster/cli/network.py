@@ -109,6 +109,33 @@ async def cmd_portgroup_list(args: argparse.Namespace, ctx: Context) -> None:
     ctx.show(list(network.port_groups), output.port_groups_table(network))
 
 
+async def cmd_vmknic_list(args: argparse.Namespace, ctx: Context) -> None:
+    async with await ctx.client() as client:
+        network = await client.host_network(args.host)
+    ctx.show(list(network.vmknics), vmknics_table(network))
+
+
+async def cmd_vmknic_set(args: argparse.Namespace, ctx: Context) -> None:
+    vmotion = None if args.vmotion is None else args.vmotion == "on"
+    async with await ctx.client() as client:
+        network = await client.update_vmknic(args.host, args.device, vmotion, args.link_speed or 0)
+    ctx.show(list(network.vmknics), vmknics_table(network))
+
+
+def vmknics_table(network) -> str:
+    rows = [
+        {
+            "device": n.device,
+            "network": n.network,
+            "services": ",".join(n.services) or "-",
+            "link_mbps": n.link_speed_mbps,
+            "address": n.address,
+        }
+        for n in network.vmknics
+    ]
+    return output.table(rows, ["device", "network", "services", "link_mbps", "address"])
+
+
 async def cmd_pswitch_list(args: argparse.Namespace, ctx: Context) -> None:
     async with await ctx.client() as client:
         ports = await client.physical_ports()
@@ -228,6 +255,15 @@ def add_commands(commands: Subcommands, command: Command) -> None:
     p = command(portgroup, "remove", cmd_portgroup_remove, "remove a port group no VM uses")
     p.add_argument("host")
     p.add_argument("name")
+    vmknic = command(groups, "vmknic", None, "VMkernel adapters").add_subparsers(
+        dest="sub2", required=True
+    )
+    command(vmknic, "list", cmd_vmknic_list, "a host's VMkernel adapters").add_argument("host")
+    p = command(vmknic, "set", cmd_vmknic_set, "tag vmk1 for vMotion, or set its link speed")
+    p.add_argument("host")
+    p.add_argument("device", help="vmk1")
+    p.add_argument("--vmotion", choices=["on", "off"])
+    p.add_argument("--link-speed", type=int, metavar="MBPS", help="1000, 10000, 25000, ...")
     pswitch = command(groups, "pswitch", None, "the physical switch").add_subparsers(
         dest="sub2", required=True
     )

@@ -39,6 +39,7 @@ from vsim.faults import (
     NotAuthenticated,
     NotFound,
     VimFault,
+    VMotionNotConfigured,
 )
 from vsim.host.vm.vmotion import PreCopySettings, precopy
 from vsim.v1 import host_agent_pb2 as pb
@@ -182,6 +183,7 @@ class Migrations:
         """Registers the arriving VM (a VmConfig; unless it is registered here,
         powered off) and admits it with stunned memory. Returns its configuration."""
         check_ticket(ticket)
+        self._require_vmotion_nic()
         if ticket.migration_id in self._arrivals:
             raise AlreadyExists(f"migration {ticket.migration_id} is already prepared")
         kernel = self.hostd.kernel
@@ -210,6 +212,12 @@ class Migrations:
         self._arrivals[ticket.migration_id] = arrival
         self.hostd.runtime.spawn(self._watch(arrival), f"vmotion-arrival:{arrival.migration_id}")
         return kernel.vm(vm.name)
+
+    def _require_vmotion_nic(self) -> None:
+        if not self.hostd.vmotion_address():
+            raise VMotionNotConfigured(
+                f"{self.hostd.kernel.spec.name} has no VMkernel adapter tagged for vMotion"
+            )
 
     def _now(self) -> float:
         return self.hostd.runtime.clock.now()
@@ -288,6 +296,7 @@ class Migrations:
         vm = kernel.vm(request.vm)
         if not vm.powered_on:
             raise InvalidPowerState(f"{vm.name} is not running on {here}: nothing to pre-copy")
+        self._require_vmotion_nic()
         if self._connect is None:
             raise InvalidState(f"{here} has no vMotion network to reach other hosts on")
         settings = PreCopySettings(link_gbps=request.link_gbps or 10.0).validated()

@@ -194,6 +194,8 @@ class Hostd:
         self.vmotion_endpoint = ""
         """Where the shell serves `migrations.table` on the vMotion network, once it
         does ("": this host has no vMotion network)."""
+        self.management_endpoint = ""
+        """Where the shell serves hostd on the management network, once it does."""
 
     @needs(PUBLIC)
     def Login(self, request: pb.HostLoginRequest, user: str | None) -> pb.HostLoginResponse:
@@ -234,9 +236,45 @@ class Hostd:
             vms=k.vm_count(),
             vms_powered_on=k.powered_on_count(),
             boot_time=k.boot_time,
-            vmotion_endpoint=self.vmotion_endpoint,
+            vmotion_endpoint=self.vmotion_address(),
             in_maintenance_mode=k.in_maintenance,
+            vmotion_link_mbps=k.vmotion_nic.link_speed_mbps if self.vmotion_address() else 0,
         )
+
+    def vmotion_address(self) -> str:
+        """Where this host takes part in vMotion: vmk1's address while it is tagged
+        for vMotion ("": no migration in or out)."""
+        return self.vmotion_endpoint if self.kernel.vmotion_nic.vmotion else ""
+
+    def vmknics(self) -> list[kpb.VmkernelNic]:
+        nic = self.kernel.vmotion_nic
+        return [
+            kpb.VmkernelNic(
+                device="vmk0",
+                network="management",
+                address=self.management_endpoint,
+                services=["management"],
+                link_speed_mbps=10000,
+            ),
+            kpb.VmkernelNic(
+                device="vmk1",
+                network="vmotion",
+                address=self.vmotion_endpoint,
+                services=["vmotion"] if nic.vmotion else [],
+                link_speed_mbps=nic.link_speed_mbps,
+            ),
+        ]
+
+    @needs(ADMINISTRATOR)
+    def UpdateVmknic(self, request: pb.UpdateVmknicRequest, user: str | None) -> kpb.HostNetwork:
+        if request.device != "vmk1":
+            raise InvalidArgument(
+                f"only vmk1 (vMotion) can be changed; {request.device[:20]!r} is not it "
+                "(vmk0 carries management)"
+            )
+        vmotion = request.vmotion if request.HasField("vmotion") else None
+        self.kernel.update_vmotion_nic(vmotion, request.link_speed_mbps)
+        return self.GetNetwork(pb.GetNetworkRequest(), user)
 
     @needs(ADMINISTRATOR)
     def EnterMaintenanceMode(
@@ -716,7 +754,9 @@ class Hostd:
 
     @needs(SESSION)
     def GetNetwork(self, request: pb.GetNetworkRequest, user: str | None) -> kpb.HostNetwork:
-        return network_to_proto(self.kernel)
+        network = network_to_proto(self.kernel)
+        network.vmknics.extend(self.vmknics())
+        return network
 
     @needs(ADMINISTRATOR)
     def SendFrame(self, request: pb.SendFrameRequest, user: str | None) -> kpb.HostDelivery:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from vsim import validate
@@ -142,6 +142,27 @@ class VmConfig:
     """DirectPath devices assigned to it (PCI ids)."""
 
 
+LINK_SPEEDS_MBPS = (1000, 10000, 25000, 40000, 100000)
+"""The physical NIC speeds a vmknic's link may have."""
+
+
+@dataclass(frozen=True)
+class VmotionNic:
+    """vmk1, the host's vMotion VMkernel adapter (on its vMotion network)."""
+
+    vmotion: bool = True
+    """Tagged for vMotion: without it the host sends and receives no migration."""
+    link_speed_mbps: int = 10000
+
+    def validated(self) -> VmotionNic:
+        if self.link_speed_mbps not in LINK_SPEEDS_MBPS:
+            raise InvalidArgument(
+                f"link_speed_mbps is one of {', '.join(map(str, LINK_SPEEDS_MBPS))}, got "
+                f"{self.link_speed_mbps}"
+            )
+        return self
+
+
 def default_network(host: str) -> HostNetworkSystem:
     """An ESXi host as installed: vSwitch0 on vmnic0 with the default port groups."""
     network = HostNetworkSystem(host)
@@ -204,6 +225,7 @@ class HostKernel:
         )
         self.pci = PciPassthruSystem(PCI_DEVICES, stored.get("passthru", ()))
         self.in_maintenance = bool(stored.get("maintenance", False))
+        self.vmotion_nic = VmotionNic(**stored.get("vmotion_nic", {}))
         """Maintenance mode, kept across reboots as ESXi keeps it: the host powers on
         nothing and admits no arriving vMotion while it lasts."""
         self._last_tick = clock.now()
@@ -343,8 +365,20 @@ class HostKernel:
                 "passthru": [i.id for i in self.pci.passthru_info() if i.enabled],
                 "resource_pools": resource_pools_config(self.resource_pool_configs()),
                 "maintenance": self.in_maintenance,
+                "vmotion_nic": asdict(self.vmotion_nic),
             }
         )
+
+    def update_vmotion_nic(self, vmotion: bool | None, link_speed_mbps: int) -> VmotionNic:
+        """Tags vmk1 for vMotion or not, and sets its link speed (0: unchanged)."""
+        nic = self.vmotion_nic
+        if vmotion is not None:
+            nic = replace(nic, vmotion=vmotion)
+        if link_speed_mbps:
+            nic = replace(nic, link_speed_mbps=link_speed_mbps)
+        self.vmotion_nic = nic.validated()
+        self._save_config()
+        return self.vmotion_nic
 
     # -- maintenance mode (kept in esx.conf) -------------------------------------------
 

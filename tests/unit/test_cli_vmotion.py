@@ -96,3 +96,20 @@ async def test_cluster_evc_shows_sets_and_refuses(vsim):  # noqa: F811
     assert status == 1 and "InvalidArgument" in err and "intel-skylake" in err
     status, out, _ = await run("cluster", "evc", "off")
     assert status == 0 and "EVC is off" in out
+
+
+async def test_vmknic_list_and_set_from_the_cli(vsim):  # noqa: F811
+    run, lab = vsim
+    status, out, _ = await run("network", "vmknic", "list", "esxi-01")
+    assert status == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
+    assert rows["vmk0"][1:3] == ["management", "management"]
+    assert rows["vmk1"][1:4] == ["vmotion", "vmotion", "10000"]
+    status, out, err = await run(
+        "network", "vmknic", "set", "esxi-01", "vmk1", "--vmotion", "off", "--link-speed", "1000"
+    )
+    assert status == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
+    assert rows["vmk1"][1:4] == ["vmotion", "-", "1000"]
+    status, _, err = await run("network", "vmknic", "set", "esxi-01", "vmk0", "--vmotion", "on")
+    assert status == 1 and "InvalidArgument" in err and "only vmk1" in err

@@ -217,3 +217,54 @@ async def test_a_high_priority_vmotion_starts_before_queued_default_ones(lab):
     assert began.index("vm-p10") < min(began.index("vm-p8"), began.index("vm-p9"))
     with pytest.raises(InvalidArgument, match="priority"):
         await lab.client.migrate_vm("vm-p0", "esxi-03", priority="urgent")
+
+
+async def test_vmk1_untagged_is_vmotion_not_configured_and_its_link_sets_speed_and_limits(lab):
+    network = await lab.client.host_network("esxi-02")
+    nics = {n.device: n for n in network.vmknics}
+    assert list(nics["vmk0"].services) == ["management"]
+    assert (list(nics["vmk1"].services), nics["vmk1"].link_speed_mbps) == (["vmotion"], 10000)
+    await vm(lab, "vm-t", memory_mb=1024)
+    network = await lab.client.update_vmknic("esxi-02", "vmk1", vmotion=False)
+    assert list({n.device: n for n in network.vmknics}["vmk1"].services) == []
+    task = await lab.wait(await lab.client.migrate_vm("vm-t", "esxi-02"))
+    assert (task.state, task.error.name) == (ERROR, "VMotionNotConfigured")
+    assert "vmk1" in task.error.message and running_on(lab, "vm-t") == ["esxi-01"]
+    # Kept in esx.conf: still untagged after a reboot; tagged again, it moves.
+    await lab.engine.reboot("esxi-02")
+    for _ in range(2):  # found rebooted (not responding), then attached again
+        await lab.vc.hosts.heartbeat("esxi-02")
+    network = await lab.client.host_network("esxi-02")
+    assert list({n.device: n for n in network.vmknics}["vmk1"].services) == []
+    await lab.client.update_vmknic("esxi-02", "vmk1", vmotion=True)
+    fast = await lab.wait(await lab.client.migrate_vm("vm-t", "esxi-02"))
+    assert fast.state == OK
+    # At 1 Gb/s the same VM takes longer to pre-copy, and the host takes 4 at once.
+    await lab.client.update_vmknic("esxi-01", "vmk1", link_speed_mbps=1000)
+    slow = await lab.wait(await lab.client.migrate_vm("vm-t", "esxi-01"))
+    assert slow.state == OK and slow.migration.total_s > 5 * fast.migration.total_s
+    names = [f"vm-s{i}" for i in range(5)]
+    for name in names:
+        await vm(lab, name, memory_mb=64)
+    tasks = [await lab.client.migrate_vm(n, "esxi-03") for n in names]
+    await asyncio.sleep(0.001)
+    states = [(await lab.client.task(t.id)).state for t in tasks]
+    assert states.count(QUEUED) == 1
+    assert all(t.state == OK for t in [await lab.wait(t) for t in tasks])
+    events = [e.type for e in await lab.events() if e.host == "esxi-01"]
+    assert "HostVmknicReconfiguredEvent" in events
+
+
+@pytest.mark.parametrize(
+    "device, vmotion, speed, match",
+    [
+        ("vmk0", False, 0, "only vmk1"),
+        ("vmk1", None, 1234, "link_speed_mbps is one of"),
+        ("vmk1", None, 0, "nothing to change"),
+    ],
+)
+async def test_bad_vmknic_changes_are_refused(lab, device, vmotion, speed, match):
+    with pytest.raises(InvalidArgument, match=match):
+        await lab.client.update_vmknic("esxi-01", device, vmotion, speed)
+    nics = {n.device: n for n in (await lab.client.host_network("esxi-01")).vmknics}
+    assert (list(nics["vmk1"].services), nics["vmk1"].link_speed_mbps) == (["vmotion"], 10000)

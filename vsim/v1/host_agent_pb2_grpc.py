@@ -241,6 +241,11 @@ class HostAgentStub:
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.HostInfo.FromString,
                 _registered_method=True)
+        self.UpdateVmknic = channel.unary_unary(
+                '/vsim.v1.HostAgent/UpdateVmknic',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.UpdateVmknicRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
         self.VerifyGuestDisk = channel.unary_unary(
                 '/vsim.v1.HostAgent/VerifyGuestDisk',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.VerifyGuestDiskRequest.SerializeToString,
@@ -503,6 +508,12 @@ class HostAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExitMaintenanceMode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateVmknic(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -800,6 +811,11 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.ExitMaintenanceMode,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.HostInfo.SerializeToString,
+            ),
+            'UpdateVmknic': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateVmknic,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.UpdateVmknicRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
             ),
             'VerifyGuestDisk': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyGuestDisk,
@@ -1411,6 +1427,33 @@ class HostAgent:
             '/vsim.v1.HostAgent/ExitMaintenanceMode',
             vsim_dot_v1_dot_host__agent__pb2.MaintenanceModeRequest.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.HostInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateVmknic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/UpdateVmknic',
+            vsim_dot_v1_dot_host__agent__pb2.UpdateVmknicRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
             options,
             channel_credentials,
             insecure,

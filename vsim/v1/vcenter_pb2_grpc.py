@@ -231,6 +231,11 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
                 _registered_method=True)
+        self.UpdateHostVmknic = channel.unary_unary(
+                '/vsim.v1.VCenter/UpdateHostVmknic',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostVmknicRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+                _registered_method=True)
         self.ConfigurePhysicalPort = channel.unary_unary(
                 '/vsim.v1.VCenter/ConfigurePhysicalPort',
                 request_serializer=vsim_dot_v1_dot_kernel__pb2.PhysicalPort.SerializeToString,
@@ -632,6 +637,14 @@ class VCenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateHostVmknic(self, request, context):
+        """Tags vmk1 for vMotion or not, or changes its link speed (a host whose vMotion
+        link is under 10 Gb/s takes part in at most 4 concurrent vMotions, not 8).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ConfigurePhysicalPort(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -1003,6 +1016,11 @@ def add_VCenterServicer_to_server(servicer, server):
             'GetHostNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHostNetwork,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.HostRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
+            ),
+            'UpdateHostVmknic': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateHostVmknic,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.UpdateHostVmknicRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_kernel__pb2.HostNetwork.SerializeToString,
             ),
             'ConfigurePhysicalPort': grpc.unary_unary_rpc_method_handler(
@@ -2178,6 +2196,33 @@ class VCenter:
             target,
             '/vsim.v1.VCenter/GetHostNetwork',
             vsim_dot_v1_dot_vcenter__pb2.HostRequest.SerializeToString,
+            vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateHostVmknic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/UpdateHostVmknic',
+            vsim_dot_v1_dot_vcenter__pb2.UpdateHostVmknicRequest.SerializeToString,
             vsim_dot_v1_dot_kernel__pb2.HostNetwork.FromString,
             options,
             channel_credentials,
