@@ -15,6 +15,7 @@ switchover reply was lost: the side that holds them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import logging
@@ -148,6 +149,75 @@ class _Arrival:
         if clear or not sealed:
             raise InvalidArgument("this migration is encrypted: its messages must be sealed")
         return self.sealer.open(sealed, sequence)
+
+
+class _PageStream:
+    """The source's page batches to the destination, in order, while the pre-copy
+    goes on: what one `send` was given (a second of the link) is encoded, sealed and
+    sent while the pre-copy waits out the link's time for it, so the destination
+    takes pages in while the source sends. Its calls go one at a time, and the next
+    send's only once they are answered: the destination applies pages in the order
+    they were read. A failed call is raised at the next send, or by `drain`."""
+
+    def __init__(self, link: PeerLink, sealer: Sealer | None, spawn: Any) -> None:
+        self._link, self._sealer, self._spawn = link, sealer, spawn
+        self._calls: Any = None
+        """The calls under way (an asyncio task answering their failure), or None."""
+
+    async def send(self, ppns: np.ndarray, fingerprints: np.ndarray) -> None:
+        await self.drain()
+        self._calls = self._spawn(self._deliver(ppns, fingerprints), "vmotion-pages")
+
+    async def _deliver(self, ppns: np.ndarray, fingerprints: np.ndarray) -> BaseException | None:
+        try:
+            for at in range(0, len(ppns), MAX_BATCH_PAGES):
+                batch = self._batch(
+                    ppns[at : at + MAX_BATCH_PAGES], fingerprints[at : at + MAX_BATCH_PAGES]
+                )
+                await self._link.call("ReceivePages", batch)
+        except Exception as e:  # noqa: BLE001 - answered to whoever waits for the calls
+            return e
+        return None
+
+    def _batch(self, ppns: np.ndarray, fingerprints: np.ndarray) -> pb.VmotionPagesRequest:
+        raw_ppns, raw = ppns.astype("<i8").tobytes(), fingerprints.astype("<u8").tobytes()
+        if self._sealer is None:
+            return pb.VmotionPagesRequest(ppns=raw_ppns, fingerprints=raw)
+        sealed, sequence = self._sealer.seal(raw_ppns + raw)
+        return pb.VmotionPagesRequest(sealed=sealed, sequence=sequence)
+
+    async def drain(self) -> None:
+        """Waits for the calls under way; raises their failure."""
+        calls, self._calls = self._calls, None
+        if calls is not None:
+            failure = await calls
+            if failure is not None:
+                raise failure
+
+    def cancel(self) -> None:
+        if self._calls is not None:
+            self._calls.cancel()
+            self._calls = None
+
+
+class _LinkPace:
+    """The host's clock as the pre-copy sees it: the link's time for a batch has
+    passed once that time is over and the batch has arrived, whichever is later (a
+    destination slower than the link holds the pre-copy back, never the stun)."""
+
+    def __init__(self, clock: Any, stream: _PageStream) -> None:
+        self._clock, self._stream = clock, stream
+        self.speed = clock.speed
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)  # the batch's calls are under way meanwhile
+        await self._stream.drain()
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Any:
+        return self._clock.call_later(seconds, callback)
 
 
 class Migrations:
@@ -324,25 +394,22 @@ class Migrations:
         here, there = hostd.kernel.spec.name, request.destination
 
         sealer = Sealer(request.ticket) if request.ticket.key else None
-
-        async def send(ppns: np.ndarray, fingerprints: np.ndarray) -> None:
-            for at in range(0, len(ppns), MAX_BATCH_PAGES):
-                raw_ppns = ppns[at : at + MAX_BATCH_PAGES].astype("<i8").tobytes()
-                raw = fingerprints[at : at + MAX_BATCH_PAGES].astype("<u8").tobytes()
-                if sealer is None:
-                    batch = pb.VmotionPagesRequest(ppns=raw_ppns, fingerprints=raw)
-                else:
-                    sealed, sequence = sealer.seal(raw_ppns + raw)
-                    batch = pb.VmotionPagesRequest(sealed=sealed, sequence=sequence)
-                await link.call("ReceivePages", batch)
-
+        stream = _PageStream(link, sealer, hostd.runtime.spawn)
         try:
-            report = await precopy(memory, name, clock, send, settings)
+            report = await precopy(memory, name, _LinkPace(clock, stream), stream.send, settings)
+            try:
+                await stream.drain()  # the stun's last pages are there
+            except BaseException:
+                with contextlib.suppress(NotFound):  # precopy left the guest stunned
+                    memory.set_speed(name, 1.0)
+                raise
         except VimFault as e:
             raise MigrationFault(
                 f"the pre-copy of {name} to {there} failed ({e.name}: {e.message}); it "
                 f"goes on running on {here}"
             ) from None
+        finally:
+            stream.cancel()
         vmx = hostd.vmx.get(name)
         state = json.dumps(memory.guest_state(name))
         if sealer is None:

@@ -94,7 +94,12 @@ def compressible(fingerprints: np.ndarray) -> np.ndarray:
 
 
 class VmSwapFile:
-    """A VM's `.vswp`: one 4 KiB slot per page it may swap."""
+    """A VM's `.vswp`: one 4 KiB slot per page it may swap.
+
+    Slots never used are handed out in order from `_fresh` on; released ones are kept
+    on a stack and handed out first, the last released first. Nothing per slot is
+    kept until a slot has been used: a 64 GiB VM's power-on (or vMotion arrival) does
+    not page in a list of 16 Mi free slots."""
 
     def __init__(self, path: Path, slots: int) -> None:
         self.path = path
@@ -103,26 +108,32 @@ class VmSwapFile:
         with open(path, "wb") as f:
             f.truncate(max(1, slots) * PAGE_SIZE)  # sparse, as a thin .vswp
         self._map = np.memmap(path, np.uint64, "r+", shape=(max(1, slots), PAGE_SIZE // 8))
-        self._free = np.arange(slots - 1, -1, -1, dtype=np.int64)
-        self._top = slots
-        """Free slots are _free[:_top], the next one handed out last."""
+        self._fresh = 0
+        """Slots at and above this one were never used."""
+        self._released = np.zeros(0, np.int64)
+        self._top = 0
+        """Released slots are _released[:_top], the next one handed out last."""
 
     @property
     def used(self) -> int:
-        return self.slots - self._top
+        return self.slots - self.free
 
     @property
     def free(self) -> int:
-        return self._top
+        return self._top + self.slots - self._fresh
 
     def write(self, fingerprints: np.ndarray) -> np.ndarray:
         count = len(fingerprints)
-        if count > self._top:
+        if count > self.free:
             raise InsufficientResourcesFault(
-                f"{self.path.name} has {self._top} free slots, {count} are needed"
+                f"{self.path.name} has {self.free} free slots, {count} are needed"
             )
-        slots = self._free[self._top - count : self._top][::-1].copy()
-        self._top -= count
+        reused = min(count, self._top)
+        again = self._released[self._top - reused : self._top][::-1]
+        fresh = np.arange(self._fresh, self._fresh + count - reused, dtype=np.int64)
+        slots = np.concatenate([again, fresh])
+        self._top -= reused
+        self._fresh += len(fresh)
         self._map[slots, 0] = fingerprints
         return slots
 
@@ -131,8 +142,13 @@ class VmSwapFile:
 
     def release(self, slots: np.ndarray) -> None:
         self._map[slots, 0] = 0
-        self._free[self._top : self._top + len(slots)] = slots
-        self._top += len(slots)
+        need = self._top + len(slots)
+        if need > len(self._released):
+            grown = np.zeros(max(need, 2 * len(self._released), 1024), np.int64)
+            grown[: self._top] = self._released[: self._top]
+            self._released = grown
+        self._released[self._top : need] = slots
+        self._top = need
 
     def delete(self) -> None:
         del self._map
