@@ -294,9 +294,12 @@ class Migrations:
 
     async def _watch(self, arrival: _Arrival) -> None:
         """Forgets an arrival that resumed (its ticket opens nothing more) and gives
-        up one nothing is heard of for ARRIVAL_IDLE."""
+        up one nothing is heard of for ARRIVAL_IDLE (then, not up to twice that: each
+        wait lasts until ARRIVAL_IDLE after the source was last heard)."""
+        wait = ARRIVAL_IDLE
         while self._arrivals.get(arrival.migration_id) is arrival:
-            await self.hostd.runtime.clock.sleep(ARRIVAL_IDLE)
+            await self.hostd.runtime.clock.sleep(wait)
+            wait = arrival.heard + ARRIVAL_IDLE - self._now()
             if arrival.resumed or self._now() - arrival.heard >= ARRIVAL_IDLE:
                 if not arrival.resumed:
                     log.warning(
