@@ -166,6 +166,7 @@ class HostManager:
                     uuid=spec.uuid,
                     in_maintenance_mode=bool(record.in_maintenance),
                     cpu_model=spec.cpu_model,
+                    vmotion_encryption=spec.vmotion_encryption,
                 )
             )
         return hosts
@@ -226,6 +227,11 @@ class HostManager:
             memory_mb=request.memory_mb or defaults.memory_mb,
             kernel_period_s=request.kernel_period_s or defaults.kernel_period_s,
             cpu_model=request.cpu_model or defaults.cpu_model,
+            vmotion_encryption=(
+                request.vmotion_encryption
+                if request.HasField("vmotion_encryption")
+                else defaults.vmotion_encryption
+            ),
             root_password=generate_password(20, self._runtime.secure_random),
         )
         self.check_evc(spec.validated())
@@ -710,11 +716,20 @@ def size_differences(machine: HostSpec, request: pb.AddHostRequest) -> list[str]
         ("s kernel period", machine.kernel_period_s, request.kernel_period_s),
         ("CPU model", machine.cpu_model, request.cpu_model),
     )
-    return [
+    differences = [
         f"{what}: {has} provisioned, {want} asked"
         for what, has, want in asked
         if want and want != has
     ]
+    if (
+        request.HasField("vmotion_encryption")
+        and request.vmotion_encryption != machine.vmotion_encryption
+    ):
+        differences.append(
+            f"vMotion encryption: {machine.vmotion_encryption} provisioned, "
+            f"{request.vmotion_encryption} asked"
+        )
+    return differences
 
 
 def host_vm(vm: pb.Vm) -> hpb.HostVm:

@@ -164,6 +164,7 @@ class VCenter:
                 memory_mb=host_spec.memory_mb,
                 kernel_period_s=host_spec.kernel_period_s,
                 cpu_model=host_spec.cpu_model,
+                vmotion_encryption=host_spec.vmotion_encryption,
             )
             full, reported = await self.hosts.provision(self.hosts.check_add(request), request)
             request.ssl_thumbprint = reported

@@ -48,8 +48,9 @@ log = logging.getLogger("vsim.vcenter.vmotion")
 
 ON = pb.POWER_STATE_POWERED_ON
 ENCRYPTION = ("disabled", "opportunistic", "required")
-"""Encrypted vMotion's settings. Every simulated host can encrypt, so opportunistic
-and required both encrypt."""
+"""Encrypted vMotion's settings: opportunistic encrypts when both hosts can (as each
+reports: HostSpec.vmotion_encryption), required fails before anything moves when one
+cannot."""
 PRIORITIES = ("high", "default", "low")
 """vMotion priorities, highest first: the order queued migrations start in."""
 HOST_LIMIT = 8
@@ -161,12 +162,15 @@ class VMotion:
 
         async def work(task: common_pb2.Task) -> str:
             if not hot:
-                return await move(task, {})
+                return await move(task, {}, False)
             vmknics = await self._vmotion_nics(vm.host, destination)
+            encrypted = self._encrypts(vm.name, encryption, vmknics)
             async with self._admitted(task, vm, destination, priority):
-                return await move(task, vmknics)
+                return await move(task, vmknics, encrypted)
 
-        async def move(task: common_pb2.Task, vmknics: dict[str, hpb.HostInfo]) -> str:
+        async def move(
+            task: common_pb2.Task, vmknics: dict[str, hpb.HostInfo], encrypted: bool
+        ) -> str:
             began = self._runtime.now()
             await self._check(vm, destination)
             task.progress = 10
@@ -178,7 +182,6 @@ class VMotion:
                     host=source,
                     vm=vm.name,
                 )
-                encrypted = encryption != "disabled"
                 if encrypted:
                     self._events.post(
                         "VmHotMigratingWithEncryptionEvent",
@@ -302,6 +305,19 @@ class VMotion:
             raise
         with self._inventory.transaction():
             self._inventory.set_vm_host(vm.name, destination)
+
+    @staticmethod
+    def _encrypts(name: str, encryption: str, hosts: dict[str, hpb.HostInfo]) -> bool:
+        """Whether the stream is sealed: never when disabled, else when both hosts
+        can; `required` with a host that cannot is a MigrationFault, nothing moved."""
+        unable = sorted(host for host, info in hosts.items() if not info.vmotion_encryption)
+        if encryption == "required" and unable:
+            raise MigrationFault(
+                f"{name} must migrate with encryption and {' and '.join(unable)} cannot "
+                "encrypt a vMotion stream; migrate it with encryption opportunistic or "
+                "disabled, or to a host that can"
+            )
+        return encryption != "disabled" and not unable
 
     async def _vmotion_nics(self, *hosts: str) -> dict[str, hpb.HostInfo]:
         """Each host's vMotion adapter as it reports it (VMotionNotConfigured if one

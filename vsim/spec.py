@@ -39,6 +39,9 @@ class HostSpec:
     simulator's hosts use one), at the price of slower reaction to demand."""
     cpu_model: str = cpu_features.DEFAULT_MODEL
     """The CPU's generation (vsim/cpu_features.py): the features its VMs see."""
+    vmotion_encryption: bool = True
+    """Whether it can seal a vMotion stream with AES-256-GCM (ESXi 6.5 and later can;
+    an older host cannot, and takes part only in unencrypted migrations)."""
 
     @property
     def host_uuid(self) -> uuid.UUID:

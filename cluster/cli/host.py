@@ -51,6 +51,7 @@ async def cmd_host_add(args: argparse.Namespace, ctx: Context) -> None:
         ("memory_mb", args.memory_mb),
         ("kernel_period_s", args.kernel_period),
         ("cpu_model", args.cpu_model),
+        ("vmotion_encryption", args.vmotion_encryption),
     )
     sizes = {k: v for k, v in given if v is not None}
     async with await ctx.client() as client:
@@ -186,6 +187,13 @@ def add_commands(commands: Subcommands, command: Command) -> None:
         "--cpu-model",
         choices=list(cpu_features.GENERATIONS),
         help=f"the CPU's generation (default {cpu_features.DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--no-vmotion-encryption",
+        dest="vmotion_encryption",
+        action="store_false",
+        default=None,
+        help="a host that cannot encrypt vMotion (as ESXi before 6.5)",
     )
     p = command(hosts, "remove", cmd_host_remove, "remove a host and its VMs from the inventory")
     p.add_argument("name")

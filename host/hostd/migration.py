@@ -254,6 +254,7 @@ class Migrations:
         powered off) and admits it with stunned memory. Returns its configuration."""
         check_ticket(ticket)
         self._require_vmotion_nic()
+        self._require_encryption(ticket)
         if ticket.migration_id in self._arrivals:
             raise AlreadyExists(f"migration {ticket.migration_id} is already prepared")
         kernel = self.hostd.kernel
@@ -287,6 +288,13 @@ class Migrations:
         if not self.hostd.vmotion_address():
             raise VMotionNotConfigured(
                 f"{self.hostd.kernel.spec.name} has no VMkernel adapter tagged for vMotion"
+            )
+
+    def _require_encryption(self, ticket: pb.VmotionTicket) -> None:
+        if ticket.key and not self.hostd.kernel.spec.vmotion_encryption:
+            raise MigrationFault(
+                f"{self.hostd.kernel.spec.name} cannot encrypt a vMotion stream; migrate "
+                "with encryption disabled or opportunistic"
             )
 
     def _now(self) -> float:
@@ -370,6 +378,7 @@ class Migrations:
         if not vm.powered_on:
             raise InvalidPowerState(f"{vm.name} is not running on {here}: nothing to pre-copy")
         self._require_vmotion_nic()
+        self._require_encryption(request.ticket)
         if self._connect is None:
             raise InvalidState(f"{here} has no vMotion network to reach other hosts on")
         settings = PreCopySettings(link_gbps=request.link_gbps or 10.0).validated()

@@ -239,6 +239,7 @@ class Hostd:
             vmotion_endpoint=self.vmotion_address(),
             in_maintenance_mode=k.in_maintenance,
             vmotion_link_mbps=k.vmotion_nic.link_speed_mbps if self.vmotion_address() else 0,
+            vmotion_encryption=k.spec.vmotion_encryption,
         )
 
     def vmotion_address(self) -> str:

@@ -113,3 +113,25 @@ async def test_vmknic_list_and_set_from_the_cli(vsim):  # noqa: F811
     assert rows["vmk1"][1:4] == ["vmotion", "-", "1000"]
     status, _, err = await run("network", "vmknic", "set", "esxi-01", "vmk0", "--vmotion", "on")
     assert status == 1 and "InvalidArgument" in err and "only vmk1" in err
+
+
+async def test_a_host_added_without_vmotion_encryption_refuses_required(vsim):  # noqa: F811
+    run, lab = vsim
+    status, _, err = await run(
+        "host", "add", "esxi-09", "--accept-thumbprint", "--no-vmotion-encryption"
+    )
+    assert status == 0, err
+    status, out, _ = await run("host", "list", "-o", "json")
+    capable = {h["name"]: h.get("vmotion_encryption", False) for h in json.loads(out)}
+    assert (capable["esxi-01"], capable["esxi-09"]) == (True, False)
+    await vm_cli(lab)
+    assert (await lab.power_on("vm-cli")).state == common_pb2.TASK_STATE_SUCCESS
+    argv = ("vm", "migrate", "vm-cli", "--host", "esxi-09", "--encryption", "required")
+    status, _, err = await run(*argv)
+    assert status == 1 and "MigrationFault" in err and "esxi-09 cannot encrypt" in err
+    status, out, err = await run(*argv[:-1], "opportunistic", "-o", "json")
+    assert status == 0, err
+    assert (json.loads(out)["destination"], json.loads(out).get("encrypted", False)) == (
+        "esxi-09",
+        False,
+    )

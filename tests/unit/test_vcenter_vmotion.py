@@ -6,6 +6,8 @@ running on its source, with the events vSphere posts."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 
 import pytest
 from vclab import Lab, host_call
@@ -268,6 +270,38 @@ async def test_encrypted_vmotion_seals_the_pages_on_the_wire(lab, monkeypatch, e
     types = await event_types(lab, "vm-enc")
     assert ("VmHotMigratingWithEncryptionEvent" in types) is encrypted
     assert running_on(lab, "vm-enc") == ["esxi-02"]
+
+
+@pytest.mark.parametrize(
+    ("encryption", "state", "encrypted"),
+    [("disabled", OK, False), ("opportunistic", OK, False), ("required", ERROR, False)],
+)
+async def test_a_host_that_cannot_encrypt_gets_a_clear_stream_or_none(
+    make_lab, encryption, state, encrypted
+):
+    spec = ClusterSpec.default(2)
+    old = dataclasses.replace(spec.hosts[1], vmotion_encryption=False)
+    lab = await make_lab(dataclasses.replace(spec, hosts=(spec.hosts[0], old)), array=True)
+    assert [h.vmotion_encryption for h in await lab.client.hosts()] == [True, False]
+    await vm_on(lab, "vm-old", datastore="")
+    task = await lab.wait(await lab.client.migrate_vm("vm-old", "esxi-02", encryption))
+    assert (task.state, task.migration.encrypted) == (state, encrypted)
+    assert "VmHotMigratingWithEncryptionEvent" not in await event_types(lab, "vm-old")
+    if state == ERROR:  # refused before anything moved
+        assert task.error.name == "MigrationFault"
+        assert "esxi-02 cannot encrypt" in task.error.message
+        assert running_on(lab, "vm-old") == ["esxi-01"]
+        assert "vm-old" not in {v.name for v in lab.engine.running("esxi-02").kernel.vms()}
+        assert "VmBeingHotMigratedEvent" not in await event_types(lab, "vm-old")
+    else:
+        assert running_on(lab, "vm-old") == ["esxi-02"]
+    # The host itself refuses a sealed stream, whoever asks.
+    ticket = hpb.VmotionTicket(migration_id="m-1", secret=bytes(32), key=bytes(32), nonce=bytes(8))
+    vm = hpb.HostVm(name="vm-x", uuid=str(uuid.uuid4()), memory_mb=64, cpus=1)
+    with pytest.raises(MigrationFault, match="esxi-02 cannot encrypt a vMotion stream"):
+        await host_call(
+            lab.engine, "esxi-02", "PrepareVmotion", hpb.PrepareVmotionRequest(ticket=ticket, vm=vm)
+        )
 
 
 async def test_an_unknown_encryption_setting_is_invalid_argument(lab):
