@@ -1,0 +1,1 @@
+"""vSphere HA on a host: the FDM agent (master election, heartbeats, verdicts, isolation)."""
