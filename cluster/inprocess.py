@@ -24,7 +24,10 @@ it, on any network, waits at its ports until the hang ends, then goes on; one wh
 sender gave up meanwhile (its own I/O deadline cancelled it) never leaves. A crash
 drops whatever was waiting. `storage_tap`, when set, sees every storage command the
 array ran, at the instant it ran: the simulator's checkers read the array's own state
-there, not what the hosts believe.
+there, not what the hosts believe. `vmotion_tap` likewise sees every host-to-host
+vMotion call as it reaches its destination and once the destination has run it:
+the simulator compares both hosts' memory at the switchover, and aims faults at a
+migration's phases.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ NETWORKS = ("management", "storage", "vmotion")
 StorageTap = Callable[[str, Any, str, tuple], None]
 """(host, device, command, args): a storage command the array has just run for the
 host; device is the array-side LunDevice or ExportClient it ran on."""
+
+VmotionTap = Callable[[str, str, str, str], None]
+"""(source, destination, method, moment): a vMotion call from source to destination
+(ReceivePages, Switchover) "arriving" (the destination has not run it yet) or
+"landed" (it ran there; its reply has not left)."""
 
 
 def path_down(network: str, message: str) -> VimFault:
@@ -170,10 +178,15 @@ class _VmotionLine:
         engine, peer = self._engine, self._peer
 
         async def arrive() -> Any:
+            engine.tap_vmotion(self._source, peer, method, "arriving")
             hostd = engine.running(peer)
             if hostd is None:
                 raise HostConnectFault(f"{peer} does not answer on its vMotion network")
-            return await dispatch.call(hostd.migrations.table, method, request, self._token)
+            reply = await dispatch.call(hostd.migrations.table, method, request, self._token)
+            engine.tap_vmotion(self._source, peer, method, "landed")
+            if engine.running(peer) is not hostd:
+                raise path_down("vmotion", f"{peer} crashed before its reply to {method} left")
+            return reply
 
         return await engine._carry(
             self._source,
@@ -202,6 +215,7 @@ class InProcessEngine:
         self.array = array
         """The storage array the hosts reach (in this process), if any."""
         self.storage_tap = storage_tap
+        self.vmotion_tap: VmotionTap | None = None
         self._thawed: dict[str, asyncio.Event] = {}
         """Hung hosts: each one's event is set when its hang ends."""
         self._thaws: dict[str, asyncio.Task[None]] = {}
@@ -332,6 +346,10 @@ class InProcessEngine:
 
     async def close(self) -> None:
         pass
+
+    def tap_vmotion(self, source: str, destination: str, method: str, moment: str) -> None:
+        if self.vmotion_tap is not None:
+            self.vmotion_tap(source, destination, method, moment)
 
     # Faults the simulator injects (a host is hardware that can fail).
 

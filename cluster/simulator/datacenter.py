@@ -11,6 +11,7 @@ dir, and the array restarted, as their processes would be.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from vsim.clock import SimClock
@@ -71,6 +72,9 @@ class SimulatedDatacenter:
         self.vcenter: VCenter | None = None
         self._token = ""
         self._starts = 0
+        self.vcenter_started: list[Callable[[VCenter], None]] = []
+        """Called with each vCenter the run starts, before it starts (a checker
+        listens to its events)."""
 
     @property
     def host_names(self) -> list[str]:
@@ -90,6 +94,8 @@ class SimulatedDatacenter:
             array=ArrayRef("", ""),
             storage_provider=LocalStorageProvider(self.array),
         )
+        for started in self.vcenter_started:
+            started(self.vcenter)
         await self.vcenter.start(self.spec)
         if not self._token:
             anonymous = VCenterClient.in_process(self.vcenter.table)

@@ -23,6 +23,10 @@ Kinds (FAULT_KINDS):
                     host's to its destination, or one storage command of a host's
     slow-heartbeat  a rare-but-legal corner forced: one VMFS heartbeat's reply
                     comes many seconds late
+    migration       the next vMotion after its time is broken at one phase: its
+                    destination crashes during the pre-copy, as the switchover
+                    reaches it, or just after it resumed the VM (before its reply
+                    leaves); or the destination's vMotion link is cut mid-pre-copy
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ FAULT_KINDS = (
     "vcenter-restart",
     "lost-reply",
     "slow-heartbeat",
+    "migration",
 )
 APD_TIMEOUT = 140.0
 MANAGEMENT_CALLS = (
@@ -64,6 +69,13 @@ MANAGEMENT_CALLS = (
 )
 VMOTION_CALLS = ("ReceivePages", "Switchover")
 """A source host's calls to a destination, whose replies a lost-reply fault loses."""
+MIGRATION_PHASES = {
+    "destination-crash:precopy": ("ReceivePages", "arriving"),
+    "destination-crash:switchover": ("Switchover", "arriving"),
+    "destination-crash:resumed": ("Switchover", "landed"),
+    "link-cut:precopy": ("ReceivePages", "arriving"),
+}
+"""A migration fault's detail -> the vMotion call and moment it fires at."""
 STORAGE_COMMANDS = ("compare_and_write", "write", "read", "create", "remove")
 DATASTORE_NAMES = tuple(d.name for d in DATASTORES)
 
@@ -158,6 +170,10 @@ class FaultPlan:
             return Fault(at, kind, host, 0.0, "storage:" + rng.choice(STORAGE_COMMANDS))
         if kind == "slow-heartbeat":
             return Fault(at, kind, host, round(rng.uniform(3, 14), 3), "compare_and_write")
+        if kind == "migration":
+            detail = rng.choice(sorted(MIGRATION_PHASES))
+            length = rng.uniform(5, 60) if detail.startswith("link") else rng.uniform(10, 120)
+            return Fault(at, kind, "", round(length, 3), detail)
         raise InvalidArgument(f"unknown fault kind {kind!r}")
 
     def kinds(self) -> Counter[str]:
@@ -178,6 +194,8 @@ class FaultInjector:
         self._tasks: list[asyncio.Task[None]] = []
         self._mending: set[asyncio.Task[None]] = set()
         self.injected: Counter[str] = Counter()
+        self._armed: list[Fault] = []
+        """Migration faults waiting for a vMotion to reach their phase."""
         self.before_crash: list = []
         """Callbacks run just before a host is crashed (a checker's last look)."""
 
@@ -193,7 +211,7 @@ class FaultInjector:
 
     async def _start(self, fault: Fault) -> None:
         host = fault.target
-        on_host = fault.kind not in ("slow-disk", "array-restart", "vcenter-restart")
+        on_host = fault.kind not in ("slow-disk", "array-restart", "vcenter-restart", "migration")
         if on_host and host not in self.engine.hosts() and not self._crashed[host]:
             # Removed from vCenter and decommissioned meanwhile: nothing to break.
             self.history.record("fault", f"{fault.describe()}: skipped, {host} is gone")
@@ -240,6 +258,30 @@ class FaultInjector:
                 self.engine.lose_next_storage_reply(host, command)
         elif fault.kind == "slow-heartbeat":
             self.engine.delay_next_storage_reply(host, fault.detail, fault.length)
+        elif fault.kind == "migration":
+            self._armed.append(fault)
+
+    def vmotion(self, source: str, destination: str, method: str, moment: str) -> None:
+        """The engine's vMotion tap: fires the first armed migration fault whose
+        phase this call is."""
+        for fault in self._armed:
+            if MIGRATION_PHASES[fault.detail] == (method, moment):
+                self._armed.remove(fault)
+                break
+        else:
+            return
+        self.history.record(
+            "fault", f"{fault.describe()} fires: {source} to {destination}, {method} {moment}"
+        )
+        if fault.detail.startswith("destination-crash"):
+            self._crashed[destination] += 1
+            for look in self.before_crash:
+                look(destination)
+            self.engine.crash(destination)
+            self._later(fault, lambda: self._boot(destination))
+        else:
+            self._cut(destination, "vmotion")
+            self._later(fault, lambda: self._mend_all(destination, ("vmotion",)))
 
     def _later(self, fault: Fault, mend: Callable[[], Awaitable[None]]) -> None:
         async def after() -> None:
@@ -298,6 +340,9 @@ class FaultInjector:
         """Mends everything at once: faults still pending are called off, links come
         up, crashed hosts boot, vCenter starts (a hang, at most 40 s, ends by itself
         within the settle period)."""
+        for fault in self._armed:
+            self.history.record("heal", f"{fault.describe()}: no vMotion reached its phase")
+        self._armed.clear()
         for task in self._tasks:
             if task not in self._mending:  # a mend under way (vCenter starting) ends
                 task.cancel()

@@ -7,8 +7,8 @@ settles, and the liveness checks read the result. Everything in it comes from th
 seed: the workload's choices, the plan, and every id, secret and backoff of every
 component, so `replay(seed)` gives the same timeline and digest on any machine.
 
-The checkers run in every run; `checkers` lets a caller add its own (vMotion's and
-HA's, later) or replace the list.
+The checkers run in every run; `checkers` lets a caller add its own (HA's, later)
+or replace the list.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from vsim.cluster.simulator.checkers import Checker
 from vsim.cluster.simulator.checkers.acked_writes import AckedWritesChecker
 from vsim.cluster.simulator.checkers.disk_locks import DiskLockChecker
 from vsim.cluster.simulator.checkers.inventory import InventoryChecker
+from vsim.cluster.simulator.checkers.maintenance import MaintenanceChecker
 from vsim.cluster.simulator.checkers.no_crash import NoCrashChecker
 from vsim.cluster.simulator.checkers.one_host import OneHostChecker
 from vsim.cluster.simulator.checkers.tasks_end import TasksEndChecker
+from vsim.cluster.simulator.checkers.vmotion import VMotionChecker
 from vsim.cluster.simulator.datacenter import T0, SimulatedDatacenter
 from vsim.cluster.simulator.fault_plan import FAULT_KINDS, FaultInjector, FaultPlan
 from vsim.cluster.simulator.history import History
@@ -57,6 +59,8 @@ STANDARD_CHECKERS: tuple[CheckerFactory, ...] = (
     AckedWritesChecker,
     TasksEndChecker,
     InventoryChecker,
+    VMotionChecker,
+    MaintenanceChecker,
 )
 """The no-crash checker is always there (the workload reports to it)."""
 
@@ -149,10 +153,18 @@ async def _run(
             checker.storage(host, device, command, args)
 
     dc = SimulatedDatacenter(directory, seed, settings.hosts, tap)
+    vmotion_taps: list = []
+
+    def vmotion_tap(source: str, destination: str, method: str, moment: str) -> None:
+        for hook in vmotion_taps:  # the checkers look before a fault breaks it
+            hook(source, destination, method, moment)
+
+    dc.engine.vmotion_tap = vmotion_tap
     history = History(dc.clock, T0)
     crashes = NoCrashChecker(dc, history)
     watching = [crashes] + [make(dc, history) for make in checkers]
     taps.extend(watching)
+    vmotion_taps.extend(checker.vmotion for checker in watching)
     rng = random.Random(derive_seed(seed, "workload"))
     plan = FaultPlan.draw(
         random.Random(derive_seed(seed, "faults")),
@@ -161,6 +173,7 @@ async def _run(
         settings.minutes * 60,
     )
     injector = FaultInjector(dc, history)
+    vmotion_taps.append(injector.vmotion)
     workload = Workload(dc, history, rng, crashes, settings.vms)
 
     def sample(_host: str = "") -> None:

@@ -2,8 +2,9 @@
 vCenter's public API only (the SDK client over vCenter's dispatch table, as over
 gRPC): create, power on and off, clone, reconfigure and destroy VMs with disks on
 VMFS (ats+scsi and ats-only) and NFS, their guests writing; datastores created;
-hosts removed and added back; VMs migrated (vMotion, or cold); stale locks broken by
-hand; and bad requests. A few
+hosts removed and added back; VMs migrated (vMotion, or cold); hosts put in
+maintenance mode (evacuated by vMotion) and taken out; stale locks broken by hand;
+and bad requests. A few
 users work at once, on the same VMs, so operations race.
 
 Each operation and its outcome go into the history. A fault in reply is an outcome
@@ -44,6 +45,7 @@ WEIGHTS = {
     "migrate": 8,
     "reconfigure": 6,
     "host-cycle": 2,
+    "maintenance": 2,
     "datastore": 2,
     "break-lock": 3,
     "bad-input": 6,
@@ -197,6 +199,22 @@ class Workload:
                 break
             await self.dc.clock.sleep(30)
         self._removed.discard(host)
+
+    async def maintenance(self) -> None:
+        """A host put in maintenance mode, most often evacuated (else refused while it
+        runs VMs), and taken out again a while later."""
+        host = self._host()
+        evacuate = self.rng.random() < 0.8
+        what = f"enter-maintenance {host}{' evacuate' if evacuate else ''}"
+        if not await self._task(what, lambda c: c.enter_maintenance_mode(host, evacuate)):
+            return
+        await self.dc.clock.sleep(self.rng.uniform(5, 90))
+        for _ in range(10):
+            if await self._task(
+                f"exit-maintenance {host}", lambda c: c.exit_maintenance_mode(host)
+            ):
+                break
+            await self.dc.clock.sleep(30)
 
     async def datastore(self) -> None:
         if self._next_datastore >= 2:

@@ -128,6 +128,11 @@ ARRIVAL_IDLE = 20.0
 abort may never come: it may be down)."""
 
 
+REOPEN_BACKOFF_MAX = 5.0
+"""Seconds, at most, between tries to open again the disks of a VM whose switchover
+failed while its host had lost its storage."""
+
+
 @dataclass
 class _Arrival:
     migration_id: str
@@ -470,6 +475,35 @@ class Migrations:
             except FileLocked:
                 log.warning("%s runs on the destination: its disks are held there", name)
                 return True
+            except VimFault as e:
+                # This host lost its storage (APD): the guest stays stunned, its I/O
+                # hung, until its disks open here again or turn out held there.
+                log.warning("%s cannot open its disks again (%s): it waits for them", name, e)
+                self.hostd.runtime.spawn(self._reopen(name, vmx), f"vmotion-reopen:{name}")
+                return False
             vmx.start_guest()
         self.hostd.kernel.memory.set_speed(name, 1.0)
         return False
+
+    async def _reopen(self, name: str, vmx: Any) -> None:
+        """A failed switchover's VM whose disks could not be opened again: tried again
+        (1 s, doubling to REOPEN_BACKOFF_MAX) until they open (the guest resumes here)
+        or are held elsewhere (the destination resumed it: it departs from here)."""
+        hostd, wait = self.hostd, 1.0
+        while True:
+            await hostd.runtime.clock.sleep(wait)
+            wait = min(wait * 2, REOPEN_BACKOFF_MAX)
+            if hostd.vmx.get(name) is not vmx or not hostd.kernel.vm(name).powered_on:
+                return  # powered off (or unregistered) meanwhile
+            try:
+                await vmx.open_disks()
+            except FileLocked:
+                log.warning("%s runs on the destination: its disks are held there", name)
+                await hostd.depart(name)
+                return
+            except VimFault:
+                continue
+            vmx.start_guest()
+            hostd.kernel.memory.set_speed(name, 1.0)
+            log.warning("%s has its disks again and runs on", name)
+            return

@@ -12,6 +12,8 @@ import pytest
 
 from vsim.cluster.simulator import workload
 from vsim.cluster.simulator.run import SeedReport, Settings, run_seed
+from vsim.host.hostd.migration import Migrations
+from vsim.host.kernel.memory.memsched import MemoryManager
 from vsim.host.storage import nfs_lock, vmfs
 from vsim.host.storage.vmdk import VirtualDisk
 
@@ -78,3 +80,43 @@ def test_a_guest_write_acknowledged_before_it_is_durable_is_caught(monkeypatch):
     lost = [v for v in report.violations if v.checker == "acknowledged writes survive"]
     assert any("missing" in v.event for v in lost)
     replays(report, settings, "acknowledged writes survive")
+
+
+def migrators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users who migrate VMs often, among their other work."""
+    monkeypatch.setattr(workload, "WEIGHTS", {**workload.WEIGHTS, "migrate": 120})
+
+
+def test_a_vmotion_that_loses_pages_is_caught(monkeypatch):
+    """Planted: the destination drops the last page of every batch the source sends,
+    so the guest resumes there with memory unlike what it left."""
+    receive = MemoryManager.receive
+
+    def lossy(self: MemoryManager, name: str, ppns, fingerprints) -> None:
+        receive(self, name, ppns[:-1], fingerprints[:-1])
+
+    monkeypatch.setattr(MemoryManager, "receive", lossy)
+    migrators(monkeypatch)
+    settings = Settings(hosts=3, minutes=1, faults=())
+    report = first_failure(settings, range(20), "vmotion moves the whole VM")
+    broken = [v for v in report.violations if v.checker == "vmotion moves the whole VM"]
+    assert any("pages unlike" in v.event for v in broken)
+    replays(report, settings, "vmotion moves the whole VM")
+
+
+def test_a_failed_switchover_that_never_resumes_the_guest_is_caught(monkeypatch):
+    """Planted: a source whose switchover failed takes its VM's disks back but never
+    lets its guest run again, so the VM stays frozen on its source for good."""
+
+    async def frozen(self, name, vmx, link, checkpoint) -> bool:
+        if vmx is not None and vmx.disk_specs:
+            await vmx.open_disks()
+        return False
+
+    monkeypatch.setattr(Migrations, "_resolve_switchover", frozen)
+    migrators(monkeypatch)
+    settings = Settings(hosts=3, minutes=2, faults=("migration",))
+    report = first_failure(settings, range(40), "vmotion moves the whole VM")
+    broken = [v for v in report.violations if v.checker == "vmotion moves the whole VM"]
+    assert any("still stunned" in v.event for v in broken)
+    replays(report, settings, "vmotion moves the whole VM")

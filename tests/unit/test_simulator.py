@@ -10,14 +10,14 @@ import pytest
 
 from vsim.clock import SimClock
 from vsim.cluster.cli import main
-from vsim.cluster.simulator.fault_plan import FAULT_KINDS, FaultPlan, parse_kinds
+from vsim.cluster.simulator.fault_plan import FAULT_KINDS, MIGRATION_PHASES, FaultPlan, parse_kinds
 from vsim.cluster.simulator.history import History
 from vsim.cluster.simulator.run import Settings
 from vsim.faults import InvalidArgument
 
 HOSTS = ["esxi-01", "esxi-02", "esxi-03"]
-ONE_OF_A_KIND = ("slow-disk", "array-restart", "vcenter-restart")
-"""Faults on the array, a datastore or vCenter rather than a host."""
+ONE_OF_A_KIND = ("slow-disk", "array-restart", "vcenter-restart", "migration")
+"""Faults on the array, a datastore, vCenter or the next vMotion rather than a host."""
 
 
 def test_a_fault_plan_is_a_function_of_its_seed():
@@ -33,6 +33,10 @@ def test_a_fault_plan_is_a_function_of_its_seed():
     assert all(list(p.faults) == sorted(p.faults) for p in plans)
     storage = [f.length for f in faults if f.kind == "storage-path"]
     assert any(x < 140 for x in storage) and any(x > 140 for x in storage)  # both sides of APD
+    phases = {f.detail for f in faults if f.kind == "migration"}
+    assert phases == set(MIGRATION_PHASES) and all(
+        f.target == "" for f in faults if f.kind == "migration"
+    )
     assert sum(1 for p in plans if not p.faults) >= 5
     assert sum(1 for p in plans if len(p.kinds()) >= 3) >= 40
 

@@ -30,6 +30,10 @@ class Checker:
     def storage(self, host: str, device: Any, command: str, args: tuple) -> None:
         """A storage command the array has just run for `host`."""
 
+    def vmotion(self, source: str, destination: str, method: str, moment: str) -> None:
+        """A vMotion call from source to destination "arriving" there or "landed"
+        (the engine's vMotion tap)."""
+
     def sample(self) -> None:
         """A look at the hosts, once a simulated second and before every crash."""
 
