@@ -120,6 +120,37 @@ async def test_a_cut_vmotion_link_fails_the_task_and_the_vm_stays_on_its_source(
     assert (await migrate(lab, "vm-stay", "esxi-02")).state == OK  # mended, it moves
 
 
+async def test_a_source_without_its_storage_keeps_the_guest_stunned_until_its_disks_open(lab):
+    """The switchover fails (the destination dies as it arrives) while the source has
+    lost its storage: the VM stays on its source, stunned (its I/O hung) until the
+    path is back, then runs on with its disk, every acknowledged write there."""
+    await vm_on(lab, "vm-apd")
+
+    def break_both(source: str, destination: str, method: str, moment: str) -> None:
+        if (method, moment) == ("Switchover", "arriving"):
+            lab.engine.set_link_now(source, "storage", False)
+            lab.engine.crash(destination)
+
+    lab.engine.vmotion_tap = break_both
+    task = await migrate(lab, "vm-apd", "esxi-02")
+    lab.engine.vmotion_tap = None
+    assert (task.state, task.error.name) == (ERROR, "MigrationFault")
+    source = lab.engine.running("esxi-01")
+    assert source.kernel.vm("vm-apd").powered_on
+    assert source.kernel.memory.speed("vm-apd") == 0  # waiting for its disks
+    await asyncio.sleep(30)
+    assert source.kernel.memory.speed("vm-apd") == 0
+    lab.engine.set_link_now("esxi-01", "storage", True)
+    await asyncio.sleep(30)  # the volume is taken back, the disks open again
+    assert source.kernel.memory.speed("vm-apd") == 1.0
+    assert running_on(lab, "vm-apd") == ["esxi-01"]
+    acked = source.vmx["vm-apd"].acked_seq
+    await asyncio.sleep(3)
+    assert source.vmx["vm-apd"].acked_seq > acked  # the guest writes again
+    report = await lab.client.verify_disk("vm-apd", source.vmx["vm-apd"].acked_seq)
+    assert (report.corrupt, report.missing) == (0, 0)
+
+
 async def test_a_destination_without_the_datastore_is_invalid_datastore(lab):
     await vm_on(lab, "vm-ds")
     await host_call(
