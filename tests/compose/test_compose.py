@@ -1,12 +1,15 @@
 """The cluster as containers: every host in its own container on the management,
 storage and vMotion networks; VMs with disks on the array; network cuts, restarts of
-vCenter and of the array, a host container killed and started again, and the fault
-service cutting a host's storage inside its container.
+vCenter and of the array, a host container killed and started again, the fault
+service cutting a host's storage inside its container, and vMotion between host
+containers: over the vmotion network, evacuating a host entering maintenance mode,
+and failing back to its source when the destination's container is killed.
 
 Marked `docker`: the session's stack is started once (conftest.py) and removed with
 its volumes at the end. The tests run in order and build on each other: the VMs of
 the first ones are the subjects of the later ones; the kill and the container's
-start come next to last, then the fault service's own cut, on a host they spared.
+start come in the middle, then the fault service's own cut, on a host they spared;
+the vMotions come last, and the last one kills esxi-01 and starts it again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import time
 import pytest
 
 from vsim.cluster.client import VCenterClient
-from vsim.faults import FileLocked
+from vsim.faults import FileLocked, InvalidState
+from vsim.v1 import common_pb2
 from vsim.v1 import vcenter_pb2 as pb
 
 pytestmark = pytest.mark.docker
@@ -30,6 +34,9 @@ HA_DETECTION = 18.0
 """Seconds in which HA declares a silent host dead when it has heartbeat datastores:
 vCenter must call it not responding within that (+ one poll of ours)."""
 POLL_SLACK = 2.0
+BIG_MB = 4096
+"""A VM whose pre-copy over 1 GbE lasts ~13 s (its guest has touched 1.6 GB): time to
+kill its destination in while it runs."""
 
 
 async def not_responding_within_ha_detection(client, host: str, since: float, wait_until):
@@ -51,6 +58,27 @@ async def running_vm(client, name: str, host: str, datastore: str, iops: int = 5
         )
     )
     await client.run(await client.power_on(name))
+
+
+async def started_again(compose, client, wait_until, host: str) -> None:
+    """docker start of host's killed container once vCenter calls it not responding;
+    returns once vCenter has it connected again (within 120 s)."""
+
+    async def state():
+        return {h.name: h.connection_state for h in await client.hosts()}[host]
+
+    async def not_responding():
+        return await state() == NOT_RESPONDING
+
+    async def connected():
+        return await state() == CONNECTED
+
+    assert await wait_until(not_responding, 60), f"{host} is still called responding"
+    compose.docker("start", compose.container(host))
+    assert await wait_until(connected, 120), (
+        f"{host} did not reconnect within 120 s of its container's start:\n"
+        + compose.logs("vcenter", host)
+    )
 
 
 async def read_back_after_array_restart(client, wait_until, vm: str, acked: int):
@@ -360,3 +388,90 @@ async def test_a_vmotion_between_host_containers_goes_over_the_vmotion_network(
     acked = (await client.vm("c-slow")).guest_writes_acked
     report = await client.verify_disk("c-slow", acked)
     assert report.corrupt == 0 and report.missing == 0
+
+
+async def test_maintenance_mode_evacuates_a_host_by_vmotion(client):
+    """esxi-01 enters maintenance mode with evacuate: c-db moves off by vMotion and
+    runs on elsewhere, its disk lock and acknowledged writes with it; a powered-off
+    VM stays, refused power-on until the host exits maintenance mode."""
+    await client.run(await client.create_vm("c-idle", memory_mb=64, host="esxi-01"))
+    assert (await client.vm("c-db")).host == "esxi-01"
+    task = await client.run(
+        await client.enter_maintenance_mode("esxi-01", evacuate=True), timeout=180
+    )
+    assert (task.name, task.result) == ("EnterMaintenanceMode_Task", "esxi-01")
+    assert {h.name: h for h in await client.hosts()}["esxi-01"].in_maintenance_mode
+    vm = await client.vm("c-db")
+    assert vm.host != "esxi-01" and vm.power_state == pb.POWER_STATE_POWERED_ON
+    moved = [t for t in await client.tasks() if t.name == "MigrateVM_Task"][0]  # newest
+    assert moved.entity == "c-db" and moved.migration.hot
+    assert moved.migration.destination == vm.host
+    lock = await client.lock_owner("nfs-01", "c-db/c-db-flat.vmdk")
+    assert [h.host for h in lock.holders] == [vm.host]
+    report = await client.verify_disk("c-db", vm.guest_writes_acked)
+    assert (report.corrupt, report.missing) == (0, 0)
+    idle = await client.vm("c-idle")
+    assert (idle.host, idle.power_state) == ("esxi-01", pb.POWER_STATE_POWERED_OFF)
+    with pytest.raises(InvalidState, match="maintenance mode"):
+        await client.power_on("c-idle")
+
+    await client.run(await client.exit_maintenance_mode("esxi-01"))
+    assert not {h.name: h for h in await client.hosts()}["esxi-01"].in_maintenance_mode
+    await client.run(await client.power_on("c-idle"))
+    await client.run(await client.power_off("c-idle"))
+    await client.run(await client.destroy_vm("c-idle"))
+
+
+async def test_a_destination_container_killed_during_precopy_leaves_the_vm_on_its_source(
+    compose, client, wait_until
+):
+    """docker kill esxi-01 while c-big (4 GiB, writing to nfs-01) pre-copies to it
+    from esxi-02 over a 1 Gb/s vMotion link: the task fails with MigrationFault,
+    VmFailedMigrateEvent is posted, and c-big goes on running on esxi-02, every
+    acknowledged write reading back. esxi-01 is started again and reconnects."""
+    esxi_01 = compose.container("esxi-01")
+    await client.update_vmknic("esxi-01", "vmk1", link_speed_mbps=1000)
+    await client.run(
+        await client.create_vm(
+            "c-big", memory_mb=BIG_MB, host="esxi-02", datastore="nfs-01", disk_mb=16,
+            guest_write_iops=100,
+        )
+    )  # fmt: skip
+    await client.run(await client.power_on("c-big"))
+
+    async def writing():
+        return (await client.vm("c-big")).guest_writes_acked >= 20
+
+    assert await wait_until(writing, 30)
+    task = await client.migrate_vm("c-big", "esxi-01")
+
+    async def precopying():
+        """Past PrepareVmotion (progress 20) and c-big's pages arriving on esxi-01."""
+        now = await client.task(task.id)
+        assert now.state in (common_pb2.TASK_STATE_QUEUED, common_pb2.TASK_STATE_RUNNING), now
+        stats = await client.host_stats("esxi-01")
+        arriving = any(v.name == "c-big" and v.memory.granted > 0 for v in stats.vms)
+        return now.progress >= 20 and arriving
+
+    assert await wait_until(precopying, 60, step=0.2), "c-big's pre-copy never got under way"
+    compose.docker("kill", esxi_01)
+    try:
+        done = await client.wait(task, timeout=180)
+        assert (done.state, done.error.name) == (common_pb2.TASK_STATE_ERROR, "MigrationFault")
+        vm = await client.vm("c-big")
+        assert (vm.host, vm.power_state) == ("esxi-02", pb.POWER_STATE_POWERED_ON)
+        failed = [(e.vm, e.host) for e in await client.events() if e.type == "VmFailedMigrateEvent"]
+        assert ("c-big", "esxi-02") in failed
+
+        async def writing_on():  # its guest was never stopped
+            return (await client.vm("c-big")).guest_writes_acked >= vm.guest_writes_acked + 20
+
+        assert await wait_until(writing_on, 30), "c-big's guest stopped writing"
+        acked = (await client.vm("c-big")).guest_writes_acked
+        report = await client.verify_disk("c-big", acked)
+        assert (report.corrupt, report.missing) == (0, 0)
+        lock = await client.lock_owner("nfs-01", "c-big/c-big-flat.vmdk")
+        assert [h.host for h in lock.holders] == ["esxi-02"]
+    finally:
+        await started_again(compose, client, wait_until, "esxi-01")
+    await client.update_vmknic("esxi-01", "vmk1", link_speed_mbps=10000)
