@@ -117,7 +117,8 @@ class HostMaintenance:
         what does not fit); raises MigrationFault naming each VM that could not move."""
         placed: dict[str, int] = {}  # destination -> MB this evacuation sends it
         order = sorted(vms, key=lambda v: (-self._inventory.require_vm(v).memory_mb, v))
-        plans = [(vm, self._destinations(name, vm, placed)) for vm in order]
+        reach = await self._datastores_reached(self._candidates(name))
+        plans = [(vm, self._destinations(name, vm, placed, reach)) for vm in order]
         moved = 0
 
         async def move(vm: str, destinations: list[str]) -> str | None:
@@ -139,7 +140,9 @@ class HostMaintenance:
                 if self._inventory.require_vm(vm).host != name:
                     return None  # it moved after all (the hosts said so)
             if not destinations:
-                reasons.append("no other connected host out of maintenance mode")
+                datastore = self._inventory.require_vm(vm).datastore
+                reaching = f" that reaches datastore {datastore}" if datastore else ""
+                reasons.append(f"no other connected host out of maintenance mode{reaching}")
             return f"{vm} ({'; '.join(reasons)})"
 
         failures = [f for f in await asyncio.gather(*(move(vm, d) for vm, d in plans)) if f]
@@ -149,17 +152,44 @@ class HostMaintenance:
                 f"off it: {', '.join(failures)}"
             )
 
-    def _destinations(self, source: str, vm_name: str, placed: dict[str, int]) -> list[str]:
-        """The hosts to try for one VM, the one with the most free memory (after what
-        this evacuation already sends each) first; the first is counted as chosen."""
-        vm = self._inventory.require_vm(vm_name)
-        free = {
-            h.name: h.memory_mb - h.memory_used_mb - placed.get(h.name, 0)
+    def _candidates(self, source: str) -> list[pb.Host]:
+        """The hosts a VM may be evacuated to: connected, in no maintenance mode."""
+        return [
+            h
             for h in self._hosts.list()
             if h.name != source
             and h.connection_state == CONNECTED
             and not h.in_maintenance_mode
             and h.name not in self._hosts.entering_maintenance
+        ]
+
+    async def _datastores_reached(self, hosts: list[pb.Host]) -> dict[str, set[str]]:
+        """Each host's datastores, mounted and accessible, as it reports them (none
+        for a host that does not answer)."""
+
+        async def reached(host: str) -> set[str]:
+            try:
+                reply = await self._hosts.call(
+                    host, "ListDatastores", hpb.HostListDatastoresRequest()
+                )
+            except VimFault:
+                return set()
+            return {d.name for d in reply.datastores if d.accessible}
+
+        names = [h.name for h in hosts]
+        return dict(zip(names, await asyncio.gather(*(reached(h) for h in names)), strict=True))
+
+    def _destinations(
+        self, source: str, vm_name: str, placed: dict[str, int], reach: dict[str, set[str]]
+    ) -> list[str]:
+        """The hosts to try for one VM: those that reach its datastore, the one with
+        the most free memory (after what this evacuation already sends each) first;
+        the first is counted as chosen."""
+        vm = self._inventory.require_vm(vm_name)
+        free = {
+            h.name: h.memory_mb - h.memory_used_mb - placed.get(h.name, 0)
+            for h in self._candidates(source)
+            if not vm.datastore or vm.datastore in reach.get(h.name, set())
         }
         ranked = sorted(free, key=lambda h: (-free[h], h))
         if ranked:

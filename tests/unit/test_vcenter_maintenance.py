@@ -144,6 +144,28 @@ async def test_a_vm_that_cannot_move_fails_the_task_and_the_host_stays_out(make_
     assert (await lab.power_on("vm-wide")).state == OK
 
 
+async def test_evacuation_places_a_vm_only_where_its_datastore_is_reached(lab):
+    await vm(lab, "vm-roomy", host="esxi-02", memory_mb=2048)  # esxi-03 has more free
+    await vm(lab, "vm-ds", datastore="vmfs-01")
+    await host_call(
+        lab.engine, "esxi-03", "UnmountDatastore", hpb.UnmountDatastoreRequest(name="vmfs-01")
+    )
+    task = await lab.wait(await lab.client.enter_maintenance_mode("esxi-01", evacuate=True))
+    assert task.state == OK
+    assert running_on(lab, "vm-ds") == ["esxi-02"]
+    migrations = [t for t in await lab.client.tasks(50) if t.name == "MigrateVM_Task"]
+    assert [(t.entity, t.state) for t in migrations] == [("vm-ds", OK)]  # no try on esxi-03
+    assert (await lab.wait(await lab.client.exit_maintenance_mode("esxi-01"))).state == OK
+    # Nowhere else reaches it: refused, naming the datastore.
+    await host_call(
+        lab.engine, "esxi-01", "UnmountDatastore", hpb.UnmountDatastoreRequest(name="vmfs-01")
+    )
+    task = await lab.wait(await lab.client.enter_maintenance_mode("esxi-02", evacuate=True))
+    assert (task.state, task.error.name) == (ERROR, "MigrationFault")
+    assert "vm-ds" in task.error.message and "reaches datastore vmfs-01" in task.error.message
+    assert running_on(lab, "vm-ds") == ["esxi-02"]
+
+
 async def test_a_running_vm_needs_its_cpu_features_on_the_destination(make_lab):
     spec = ClusterSpec(
         hosts=(
