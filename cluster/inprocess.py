@@ -52,6 +52,7 @@ from vsim.faults import (
     VimFault,
 )
 from vsim.host.boot import LocalDisk, boot_host
+from vsim.host.fdm.service import FdmConnector, FdmLine, GatewayPing
 from vsim.host.hostd.accounts import MemoryAccountStore
 from vsim.host.hostd.esx_conf import MemoryConfigStore
 from vsim.host.hostd.migration import PeerConnector, PeerLink
@@ -200,6 +201,39 @@ class _VmotionLine:
         return None
 
 
+class _FdmLine:
+    """A host's HA agent's line to another host's agent: each call crosses the
+    sender's management network, then the receiver's."""
+
+    def __init__(self, engine: InProcessEngine, source: str, boot: int, peer: str, token: str):
+        self._engine, self._source, self._boot = engine, source, boot
+        self._peer, self._token = peer, token
+
+    async def call(self, method: str, request: Any) -> Any:
+        engine, peer = self._engine, self._peer
+
+        async def arrive() -> Any:
+            hostd = engine.running(peer)
+            if hostd is None:
+                raise HostConnectFault(f"{peer} does not answer on its management network")
+            return await dispatch.call(hostd.fdm.table, method, request, self._token)
+
+        return await engine._carry(
+            self._source,
+            "management",
+            method,
+            lambda: engine._carry(peer, "management", method, arrive),
+            sender=self._boot,
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+async def _nothing() -> None:
+    return None
+
+
 class InProcessEngine:
     kind = "in-process"
     machines = False
@@ -267,7 +301,14 @@ class InProcessEngine:
             boot = self.runtime.child(f"{spec.name}/boot-{self._boots[spec.name]}")
             root_hash = hash_password(spec.root_password, source=boot.secure_random)
             hostd = boot_host(
-                spec, disk, root_hash, boot, ports, peers=self._vmotion_connector(spec.name)
+                spec,
+                disk,
+                root_hash,
+                boot,
+                ports,
+                peers=self._vmotion_connector(spec.name),
+                fdm_peers=self._fdm_connector(spec.name),
+                gateway=self._gateway(spec.name),
             )
             hostd.vmotion_endpoint = f"in-process://{spec.name}"
             hostd.management_endpoint = f"in-process://{spec.name}"
@@ -292,6 +333,38 @@ class InProcessEngine:
             return _VmotionLine(self, name, boot, peer, token)
 
         return connect
+
+    def _fdm_connector(self, name: str) -> FdmConnector:
+        """How the current boot of a host's HA agent reaches another host's: over both
+        hosts' management networks, the peer's certificate pinned."""
+        boot = self._boots[name]
+
+        async def connect(endpoint: str, thumbprint: str, token: str) -> FdmLine:
+            peer = endpoint.removeprefix("in-process://")
+            if not endpoint.startswith("in-process://") or peer not in self._identities:
+                raise HostConnectFault(f"no host answers at {endpoint[:80]!r}")
+            if self._identities[peer].thumbprint != thumbprint:
+                raise SSLVerifyFault(
+                    f"{peer} presents another certificate than the one pinned",
+                    thumbprint=self._identities[peer].thumbprint,
+                )
+            return _FdmLine(self, name, boot, peer, token)
+
+        return connect
+
+    def _gateway(self, name: str) -> GatewayPing:
+        """The management network's gateway answers a host whose management link is
+        up and that is not hung."""
+        boot = self._boots[name]
+
+        async def ping(address: str) -> bool:
+            try:
+                await self._carry(name, "management", "ping", _nothing, sender=boot)
+            except VimFault:
+                return False
+            return True
+
+        return ping
 
     def _carrier(self, name: str) -> Callable[..., Awaitable[Any]]:
         """How the current boot of a host sends over its storage network."""

@@ -20,12 +20,16 @@ import asyncio
 import fcntl
 import json
 import os
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
 from vsim.clock import Clock, WallClock
 from vsim.faults import HostConnectFault
 from vsim.host.boot import LocalDisk, boot_host
+from vsim.host.fdm.service import GATEWAY, RESTART_CALL_S
+from vsim.host.fdm.service import SERVICE as FDM_SERVICE
 from vsim.host.hostd.migration import SERVICE as MIGRATION_SERVICE
 from vsim.host.storage.array_client import GrpcStoragePorts
 from vsim.host.uplinks import Uplinks, over_uplink
@@ -80,6 +84,50 @@ class _PeerLine:
         await self._rpc.channel.close()
 
 
+class _FdmLine:
+    """The HA agent's gRPC line to another host's agent (HostFdm); each call crosses
+    this host's management uplink first."""
+
+    def __init__(self, rpc: RpcClient, token: str, uplinks: Uplinks) -> None:
+        self._rpc, self._token, self._uplinks = rpc, token, uplinks
+
+    async def call(self, method: str, request: Any) -> Any:
+        await self._uplinks.cross("management")
+        return await self._rpc.call(method, request, self._token)
+
+    async def close(self) -> None:
+        await self._rpc.channel.close()
+
+
+def default_gateway() -> str:
+    """The default route's gateway (/proc/net/route), or loopback where there is none
+    (`vsim up`: every host on one machine)."""
+    try:
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return "127.0.0.1"
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000" and fields[2] != "00000000":
+            return socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
+    return "127.0.0.1"
+
+
+async def answers(address: str, seconds: float = 1.0) -> bool:
+    """Whether an address answers on the network: a TCP connection to it (port 7, or
+    the one given as host:port) accepted or refused; silence or no route is no
+    answer. What an ICMP echo tells, without needing a raw socket."""
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", "7")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), seconds)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    return True
+
+
 class EsxiHost:
     def __init__(
         self,
@@ -111,6 +159,8 @@ class EsxiHost:
             self.runtime,
             GrpcStoragePorts(self.uplinks),
             peers=self._connect_peer,
+            fdm_peers=self._connect_fdm,
+            gateway=self._ping_gateway,
         )
         self.identity = load_or_create_identity(self._dir / "ssl", spec.name)
         self._server: Any = None
@@ -126,6 +176,7 @@ class EsxiHost:
                 tables = [
                     over_uplink(self.hostd.table, self.uplinks, "management"),
                     over_uplink(self.hostd.migrations.table, self.uplinks, "vmotion"),
+                    over_uplink(self.hostd.fdm.table, self.uplinks, "management"),
                 ]
                 self._server, port = await start_server(self.identity, self._bind, 0, tables)
                 self._endpoint = f"{self._advertise}:{port}"
@@ -142,6 +193,24 @@ class EsxiHost:
         await self.uplinks.cross("vmotion")
         channel, _ = await open_channel(endpoint, pinned=thumbprint)
         return _PeerLine(RpcClient(channel, MIGRATION_SERVICE, timeout=60), token, self.uplinks)
+
+    async def _connect_fdm(self, endpoint: str, thumbprint: str, token: str) -> _FdmLine:
+        """A line over this host's management uplink to another host's HA agent, its
+        certificate pinned."""
+        await self.uplinks.cross("management")
+        channel, _ = await open_channel(endpoint, pinned=thumbprint)
+        return _FdmLine(
+            RpcClient(channel, FDM_SERVICE, timeout=RESTART_CALL_S), token, self.uplinks
+        )
+
+    async def _ping_gateway(self, address: str) -> bool:
+        """The isolation address, pinged over the management uplink ("gateway": the
+        default route's gateway)."""
+        try:
+            await self.uplinks.cross("management")
+        except HostConnectFault:
+            return False
+        return await answers(default_gateway() if address == GATEWAY else address)
 
     async def info(self) -> dict[str, str]:
         """Where hostd listens ("" before boot) and the host's thumbprint."""

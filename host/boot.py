@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vsim.host.fdm.service import FdmConnector, GatewayPing
 from vsim.host.hostd.accounts import AccountStore, FileAccountStore, HostAccounts
 from vsim.host.hostd.esx_conf import ConfigStore, FileConfigStore
 from vsim.host.hostd.migration import PeerConnector
@@ -57,14 +58,19 @@ def boot_host(
     runtime: Runtime,
     storage_ports: StoragePorts | None,
     peers: PeerConnector | None = None,
+    fdm_peers: FdmConnector | None = None,
+    gateway: GatewayPing | None = None,
 ) -> Hostd:
     """One boot of a host: its hostd, holding the kernel, storage stack and accounts.
 
     `runtime` is this boot's alone (its boot id is drawn from it; a crash halts its
     tasks); `storage_ports` are how the host reaches the array (None: no array,
     datastores cannot be mounted); `peers`, how it reaches other hosts over its
-    vMotion network."""
+    vMotion network; `fdm_peers` and `gateway`, how its HA agent reaches the other
+    agents and pings the isolation address over its management network."""
     accounts = HostAccounts(disk.accounts, root_password_hash, runtime.secure_random)
     storage = StorageStack(spec.host_uuid, spec.name, runtime, storage_ports)
     kernel = HostKernel(spec, runtime.clock, disk.swap_dir, disk.config)
-    return Hostd(kernel, accounts, storage, runtime, peers=peers)
+    return Hostd(
+        kernel, accounts, storage, runtime, peers=peers, fdm_peers=fdm_peers, gateway=gateway
+    )

@@ -27,6 +27,7 @@ from vsim.faults import (
     InvalidState,
     NotFound,
 )
+from vsim.host.fdm.service import Fdm, FdmConnector, GatewayPing
 from vsim.host.guest.disk_writes import GuestDiskReport, verify_guest_disk
 from vsim.host.hostd.accounts import ROLES, VPXUSER, HostAccounts
 from vsim.host.hostd.kernel_messages import (
@@ -173,10 +174,14 @@ class Hostd:
         runtime: Runtime,
         lockout: LockoutPolicy = ESXI_LOCKOUT,
         peers: PeerConnector | None = None,
+        fdm_peers: FdmConnector | None = None,
+        gateway: GatewayPing | None = None,
     ) -> None:
         """runtime: this boot's; every task hostd and what it holds start is its.
         peers: how this host reaches other hosts' HostVMotion service (None: it has
-        no vMotion network, and can receive but not send a migration)."""
+        no vMotion network, and can receive but not send a migration); fdm_peers and
+        gateway: how its HA agent reaches the others' and pings the isolation address
+        over the management network."""
         self.kernel = kernel
         self.accounts = accounts
         self.runtime = runtime
@@ -191,6 +196,8 @@ class Hostd:
         """Every HostAgent RPC, as the gRPC server and the in-process engine call it."""
         self.migrations = Migrations(self, peers)
         """vMotion in and out; `migrations.table` is the HostVMotion service."""
+        self.fdm = Fdm(self, fdm_peers, gateway)
+        """vSphere HA's agent; `fdm.table` is the HostFdm service."""
         self.vmotion_endpoint = ""
         """Where the shell serves `migrations.table` on the vMotion network, once it
         does ("": this host has no vMotion network)."""
@@ -373,6 +380,14 @@ class Hostd:
         await self.forget(name)
 
     @needs(ADMINISTRATOR)
+    def ConfigureFdm(self, request: pb.ConfigureFdmRequest, user: str | None) -> pb.FdmState:
+        return self.fdm.configure(request)
+
+    @needs(ADMINISTRATOR)
+    def GetFdmState(self, request: pb.GetFdmStateRequest, user: str | None) -> pb.FdmState:
+        return self.fdm.state(request.events_after)
+
+    @needs(ADMINISTRATOR)
     async def PrepareVmotion(
         self, request: pb.PrepareVmotionRequest, user: str | None
     ) -> pb.HostVmResponse:
@@ -422,8 +437,16 @@ class Hostd:
 
     @needs(ADMINISTRATOR)
     async def PowerOnVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
-        vm = self.kernel.power_on(request.name)  # admission control first: no locks taken
+        vm = await self.power_on(request.name)
+        return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
+
+    async def power_on(self, name: str) -> VmConfig:
+        """Powers a registered VM on: admission control, then its disks opened
+        (FileLocked if another host runs them), its guest started."""
+        vm = self.kernel.power_on(name)  # admission control first: no locks taken
         if vm.disks:
+            # Its guest does not run until its disks are open: powering on, not on.
+            self.kernel.memory.set_speed(name, 0.0)
             try:
                 self._set_disk_allocation(vm)
                 vmx = self._vmx(vm)
@@ -432,8 +455,9 @@ class Hostd:
             except BaseException:
                 self.kernel.power_off(vm.name)
                 raise
+            self.kernel.memory.set_speed(name, 1.0)
         self._start_ticking()
-        return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
+        return vm
 
     def _set_disk_allocation(self, vm: VmConfig) -> None:
         """The VM's Storage I/O Control shares and IOPS limit on its datastore."""
@@ -456,7 +480,12 @@ class Hostd:
 
     @needs(ADMINISTRATOR)
     async def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
-        vm = self.kernel.vm(request.name)
+        vmx = self.vmx.get(request.name)
+        return pb.HostVmResponse(vm=vm_to_proto(await self.power_off(request.name), vmx))
+
+    async def power_off(self, name: str) -> VmConfig:
+        """Powers a VM off: its guest's write in flight finishes, its disks close."""
+        vm = self.kernel.vm(name)
         if not vm.powered_on:
             raise InvalidPowerState(f"{vm.name} is already powered off")
         vmx = self.vmx.get(vm.name)
@@ -466,7 +495,7 @@ class Hostd:
             except CannotAccessFile:
                 pass  # the datastore is gone; the locks are others' to break
         self.scheduler.forget_vm(vm.name)
-        return pb.HostVmResponse(vm=vm_to_proto(self.kernel.power_off(request.name), vmx))
+        return self.kernel.power_off(name)
 
     @needs(ADMINISTRATOR)
     async def SnapshotVmDisks(

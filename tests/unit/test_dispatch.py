@@ -170,8 +170,12 @@ def test_hostd_declares_what_each_call_needs(lab: Lab):
     assert needs["ListVms"] is needs["GetHostInfo"] is SESSION
     assert needs["PowerOnVm"] is needs["CreateUser"] is ADMINISTRATOR
     assert needs["PrepareVmotion"] is needs["StartVmotion"] is ADMINISTRATOR
-    assert sum(n is ADMINISTRATOR for n in needs.values()) == 36
+    assert needs["ConfigureFdm"] is needs["GetFdmState"] is ADMINISTRATOR
+    assert sum(n is ADMINISTRATOR for n in needs.values()) == 38
     # Host to host, a migration's stream is let in by its ticket alone (checked by the
     # service's own gate), never by a session.
     migrations = lab.engine.running("esxi-01").migrations.table
     assert {e.need for e in migrations.entries.values()} == {PUBLIC}
+    # Likewise the HA agents' calls: the cluster's secret lets them in (Fdm.admit).
+    fdm = lab.engine.running("esxi-01").fdm.table
+    assert {e.need for e in fdm.entries.values()} == {PUBLIC}

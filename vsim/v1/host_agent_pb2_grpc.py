@@ -147,6 +147,166 @@ class HostVMotion:
             _registered_method=True)
 
 
+class HostFdmStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Heartbeat = channel.unary_unary(
+                '/vsim.v1.HostFdm/Heartbeat',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmHeartbeat.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmAck.FromString,
+                _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/vsim.v1.HostFdm/Ping',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmPingRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmAck.FromString,
+                _registered_method=True)
+        self.RestartVm = channel.unary_unary(
+                '/vsim.v1.HostFdm/RestartVm',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmRestartVmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmAck.FromString,
+                _registered_method=True)
+
+
+class HostFdmServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartVm(self, request, context):
+        """The master asks a host to power on a failed host's VM: it waits for the VM's
+        disk locks to go stale, and never breaks a live one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HostFdmServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmHeartbeat.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmAck.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmPingRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmAck.SerializeToString,
+            ),
+            'RestartVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartVm,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmRestartVmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'vsim.v1.HostFdm', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('vsim.v1.HostFdm', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class HostFdm:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostFdm/Heartbeat',
+            vsim_dot_v1_dot_host__agent__pb2.FdmHeartbeat.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.FdmAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostFdm/Ping',
+            vsim_dot_v1_dot_host__agent__pb2.FdmPingRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.FdmAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostFdm/RestartVm',
+            vsim_dot_v1_dot_host__agent__pb2.FdmRestartVmRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.FdmAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class HostAgentStub:
     """Missing associated documentation comment in .proto file."""
 
@@ -395,6 +555,16 @@ class HostAgentStub:
                 '/vsim.v1.HostAgent/QueryVmfsVolume',
                 request_serializer=vsim_dot_v1_dot_host__agent__pb2.ArrayTarget.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_host__agent__pb2.VmfsVolumeInfo.FromString,
+                _registered_method=True)
+        self.ConfigureFdm = channel.unary_unary(
+                '/vsim.v1.HostAgent/ConfigureFdm',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.ConfigureFdmRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmState.FromString,
+                _registered_method=True)
+        self.GetFdmState = channel.unary_unary(
+                '/vsim.v1.HostAgent/GetFdmState',
+                request_serializer=vsim_dot_v1_dot_host__agent__pb2.GetFdmStateRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_host__agent__pb2.FdmState.FromString,
                 _registered_method=True)
 
 
@@ -724,6 +894,18 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureFdm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFdmState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -966,6 +1148,16 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.QueryVmfsVolume,
                     request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ArrayTarget.FromString,
                     response_serializer=vsim_dot_v1_dot_host__agent__pb2.VmfsVolumeInfo.SerializeToString,
+            ),
+            'ConfigureFdm': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureFdm,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.ConfigureFdmRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmState.SerializeToString,
+            ),
+            'GetFdmState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFdmState,
+                    request_deserializer=vsim_dot_v1_dot_host__agent__pb2.GetFdmStateRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_host__agent__pb2.FdmState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2264,6 +2456,60 @@ class HostAgent:
             '/vsim.v1.HostAgent/QueryVmfsVolume',
             vsim_dot_v1_dot_host__agent__pb2.ArrayTarget.SerializeToString,
             vsim_dot_v1_dot_host__agent__pb2.VmfsVolumeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureFdm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/ConfigureFdm',
+            vsim_dot_v1_dot_host__agent__pb2.ConfigureFdmRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.FdmState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFdmState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.HostAgent/GetFdmState',
+            vsim_dot_v1_dot_host__agent__pb2.GetFdmStateRequest.SerializeToString,
+            vsim_dot_v1_dot_host__agent__pb2.FdmState.FromString,
             options,
             channel_credentials,
             insecure,

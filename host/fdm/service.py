@@ -1,0 +1,517 @@
+"""vSphere HA's agent on a host (FDM): the shell around the agent core (agent.py) and
+the master's restart core (restart.py).
+
+vCenter configures it (hostd's ConfigureFdm: the cluster's hosts with their
+management addresses and certificates, a secret the agents present to each other, the
+protected VMs, the isolation address and response); from then on it acts alone. Once
+a heartbeat interval it ticks the agent and carries out what the agent asks: network
+heartbeats to the other agents over the management network (HostFdm, host to host,
+certificates pinned), pings of a silent host or of the isolation address, the
+isolation response. A master declaring a host dead restarts that host's protected VMs
+on the survivors through their agents' RestartVm, which waits for the VM's disk locks
+to go stale and never breaks a live one: a wrong verdict only costs a failed
+power-on. Only VMs on a datastore are protected: the locks on their files are what
+keep a VM from running twice.
+
+Every heartbeat carries what the master needs to place restarts: the sender's
+powered-on VMs, the datastores it reaches, its free memory and CPU. What the agent
+does goes into its event list (DasHostFailedEvent, ClusterFailoverAction...Event,
+VmRestartedByHAEvent, ...) with the host's time, for vCenter to collect.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from google.protobuf.message import Message as ProtoMessage
+
+from vsim import validate
+from vsim.dispatch import PUBLIC, DispatchTable, Entry, Need, needs
+from vsim.faults import (
+    FileLocked,
+    InvalidArgument,
+    InvalidState,
+    NotAuthenticated,
+    NotFound,
+    VimFault,
+)
+from vsim.host.fdm import agent as fdm
+from vsim.host.fdm import restart
+from vsim.runtime import Timeout
+from vsim.v1 import host_agent_pb2 as pb
+
+log = logging.getLogger("vsim.host.fdm")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["HostFdm"]
+SECRET_BYTES = 32
+ISOLATION_RESPONSES = ("none", "power-off", "shutdown")
+GATEWAY = "gateway"
+"""The isolation address when none is set: the management network's gateway."""
+CALL_TIMEOUT_S = 1.0
+"""A heartbeat or ping unanswered this long is lost (the next comes a second later)."""
+LOCK_WAIT_S = 45.0
+"""How long a restart's power-on waits for the failed host's disk locks to go stale
+(NFS's 35 s, with room): FileLocked until then, tried again every LOCK_POLL_S."""
+LOCK_POLL_S = 2.0
+RESTART_CALL_S = LOCK_WAIT_S + 15.0
+REACHED_EVERY_S = 10.0
+"""How often the agent reads which datastores this host reaches."""
+MAX_EVENTS = 1000
+
+
+class FdmLine(Protocol):
+    """A line from this host to another host's HostFdm service."""
+
+    async def call(self, method: str, request: ProtoMessage) -> ProtoMessage: ...
+
+    async def close(self) -> None: ...
+
+
+FdmConnector = Callable[[str, str, str], Awaitable[FdmLine]]
+"""(endpoint, pinned thumbprint, the cluster's token) -> a line over the management
+network to the host there."""
+GatewayPing = Callable[[str], Awaitable[bool]]
+"""Whether the isolation address answers, pinged over the management network."""
+
+
+def cluster_token(secret: bytes) -> str:
+    """The cluster's secret as the agents' calls carry it, in a session token's shape."""
+    return base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
+
+
+class Fdm:
+    judges = frozenset({Need.PUBLIC})
+
+    def __init__(self, hostd: Any, connect: FdmConnector | None, ping: GatewayPing | None):
+        self.hostd = hostd
+        self._connect = connect
+        self._ping_gateway = ping
+        self.table = DispatchTable.of_methods(SERVICE, self, self)
+        self.config: pb.FdmConfig | None = None
+        self.agent: fdm.FdmAgent | None = None
+        self._restarts: restart.RestartManager | None = None
+        self._peers: dict[str, pb.FdmPeer] = {}
+        self._lines: dict[str, FdmLine] = {}
+        self._reports: dict[str, pb.FdmHeartbeat] = {}
+        """Each agent's last heartbeat, as heard here."""
+        self._heard: dict[str, float] = {}
+        self._failed_from: dict[str, str] = {}
+        """VM -> the dead host the master restarts it for."""
+        self._verdicts: dict[str, str] = {}
+        self._reached: set[str] = set()
+        self._reached_at = float("-inf")
+        self._events: list[pb.FdmEvent] = []
+        self._next_key = 0
+        self._loop: Any = None
+
+    # -- the host's part ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.hostd.kernel.spec.name
+
+    def _now(self) -> float:
+        return self.hostd.runtime.clock.now()
+
+    def configure(self, request: pb.ConfigureFdmRequest) -> pb.FdmState:
+        """Starts, reconfigures or stops the agent. A new cluster membership starts a
+        new agent (an election); a new protected list or response keeps it."""
+        if not request.enabled:
+            self._stop()
+            self.config = None
+            return self.state(0)
+        config = request.config
+        _check(config, self.name)
+        peers = {p.host: p for p in config.hosts}
+        same_cluster = (
+            self.config is not None
+            and self.agent is not None
+            and sorted(peers) == sorted(self._peers)
+            and self.config.secret == config.secret
+        )
+        self.config, self._peers = config, peers
+        if not same_cluster:
+            self._stop()
+            self.agent = fdm.FdmAgent(
+                host=self.name,
+                peers=tuple(sorted(h for h in peers if h != self.name)),
+                datastores=len(self._reached),
+                heartbeat_datastores=False,
+                isolation_address=config.isolation_address or GATEWAY,
+                now=self._now(),
+            )
+            self._loop = self.hostd.runtime.spawn(self._run(), "fdm")
+        return self.state(0)
+
+    def _stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            self._loop = None
+        self.agent, self._restarts = None, None
+        self._reports.clear()
+        self._verdicts.clear()
+        for line in self._lines.values():
+            self.hostd.runtime.spawn(line.close(), "fdm-close")
+        self._lines.clear()
+
+    def state(self, events_after: int) -> pb.FdmState:
+        agent = self.agent
+        protected = sorted(v.vm.name for v in self._protected()) if self.config else []
+        return pb.FdmState(
+            enabled=agent is not None,
+            role=agent.role if agent else "",
+            master=agent.master if agent else "",
+            hosts=[pb.FdmHostState(host=h, state=s) for h, s in sorted(self._verdicts.items())],
+            events=[e for e in self._events if e.key > events_after],
+            protected_vms=protected,
+        )
+
+    def _protected(self) -> list[pb.FdmProtectedVm]:
+        """The configured VMs HA protects: those with files on a datastore."""
+        return [v for v in self.config.vms if v.vm.datastore] if self.config else []
+
+    def _event(self, kind: str, message: str, host: str = "", vm: str = "") -> None:
+        self._next_key += 1
+        self._events.append(
+            pb.FdmEvent(
+                key=self._next_key, time=self._now(), type=kind, message=message, host=host, vm=vm
+            )
+        )
+        del self._events[:-MAX_EVENTS]
+        log.info("%s: %s", self.name, message)
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        clock = self.hostd.runtime.clock
+        while self.agent is not None:
+            if self._now() - self._reached_at >= REACHED_EVERY_S:
+                await self._read_reached()
+            agent = self.agent
+            if agent is None:
+                return
+            agent.datastores = len(self._reached)
+            self._carry_out(agent.tick(self._now()))
+            if self._restarts is not None:
+                self._restart_actions(self._restarts.tick(self._now()))
+            await clock.sleep(agent.settings.heartbeat_interval_s)
+
+    async def _read_reached(self) -> None:
+        self._reached_at = self._now()
+        try:
+            datastores = await self.hostd.storage.datastores()
+        except VimFault:
+            return
+        self._reached = {d.name for d in datastores if d.accessible}
+
+    def _carry_out(self, actions: list[fdm.Action]) -> None:
+        for action in actions:
+            if isinstance(action, fdm.Send):
+                self.hostd.runtime.spawn(self._send(action.to), "fdm-heartbeat")
+            elif isinstance(action, fdm.Ping):
+                self.hostd.runtime.spawn(self._ping(action.address), "fdm-ping")
+            elif isinstance(action, fdm.Verdict):
+                self._verdict(action.host, action.state)
+            elif isinstance(action, fdm.ApplyIsolationResponse):
+                self.hostd.runtime.spawn(self._isolated(), "fdm-isolation")
+            elif isinstance(action, fdm.RoleChanged):
+                self._role_changed(action.role)
+            # ReadDatastoreHeartbeat: never asked (no heartbeat datastores yet)
+
+    def heartbeat(self) -> pb.FdmHeartbeat:
+        agent, kernel = self.agent, self.hostd.kernel
+        return pb.FdmHeartbeat(
+            sender=self.name,
+            role=agent.role if agent else "",
+            datastores=len(self._reached),
+            master=agent.master if agent else "",
+            powered_on=[vm.name for vm in kernel.vms() if vm.powered_on],
+            reached=sorted(self._reached),
+            free_memory_mb=max(0, kernel.memory_free_mb),
+            free_cpu_mhz=kernel.spec.cpu_cores * kernel.spec.cpu_mhz,
+            in_maintenance_mode=kernel.in_maintenance,
+        )
+
+    async def _line(self, host: str) -> FdmLine:
+        line = self._lines.get(host)
+        if line is None:
+            peer = self._peers.get(host)
+            if peer is None or self._connect is None or self.config is None:
+                raise InvalidState(f"{host} is not an agent of this cluster")
+            line = await self._connect(
+                peer.endpoint, peer.thumbprint, cluster_token(self.config.secret)
+            )
+            self._lines[host] = line
+        return line
+
+    async def _call(self, host: str, method: str, request: ProtoMessage, seconds: float):
+        try:
+            async with Timeout(self.hostd.runtime.clock, seconds):
+                return await (await self._line(host)).call(method, request)
+        except (VimFault, TimeoutError, OSError):
+            line = self._lines.pop(host, None)
+            if line is not None:
+                self.hostd.runtime.spawn(line.close(), "fdm-close")
+            raise
+
+    async def _send(self, host: str) -> None:
+        try:
+            await self._call(host, "Heartbeat", self.heartbeat(), CALL_TIMEOUT_S)
+        except (VimFault, TimeoutError, OSError):
+            pass  # lost: the agents' timeline is made of silences
+
+    async def _ping(self, address: str) -> None:
+        try:
+            if address == (self.config.isolation_address or GATEWAY):
+                answered = self._ping_gateway is not None and await self._ping_gateway(address)
+            else:
+                await self._call(address, "Ping", pb.FdmPingRequest(), CALL_TIMEOUT_S)
+                answered = True
+        except (VimFault, TimeoutError, OSError):
+            answered = False
+        if self.agent is not None:
+            self._carry_out(self.agent.ping_answered(self._now(), address, answered))
+
+    # -- verdicts and failovers --------------------------------------------------
+
+    def _role_changed(self, role: str) -> None:
+        if role == fdm.MASTER:
+            self._event("DasAgentRunningEvent", f"{self.name} is the vSphere HA master")
+            hosts = [
+                self._surviving(h, r) for h, r in sorted(self._reports.items()) if h != self.name
+            ]
+            self._restarts = restart.RestartManager(
+                [self._surviving(self.name, self.heartbeat()), *hosts], self._now()
+            )
+        else:
+            self._restarts = None
+            self._verdicts.clear()
+
+    def _surviving(self, host: str, report: pb.FdmHeartbeat) -> restart.SurvivingHost:
+        return restart.SurvivingHost(
+            host,
+            frozenset(report.reached),
+            report.free_memory_mb,
+            report.free_cpu_mhz,
+            report.in_maintenance_mode,
+        )
+
+    def _verdict(self, host: str, state: str) -> None:
+        before = self._verdicts.get(host)
+        self._verdicts[host] = state
+        if state == fdm.DEAD and before != fdm.DEAD:
+            self._event("DasHostFailedEvent", f"vSphere HA detected that {host} failed", host)
+            self._fail_over(host)
+        elif state == fdm.ISOLATED and before != fdm.ISOLATED:
+            self._event("DasHostIsolatedEvent", f"{host} is network isolated", host)
+
+    def _runs_on(self) -> dict[str, str]:
+        """Where each protected VM runs, as the agents last said (vCenter's word for
+        one no agent has reported)."""
+        where = {v.vm.name: v.host for v in self._protected()}
+        for host, report in sorted(self._reports.items()):
+            for vm in report.powered_on:
+                if vm in where:
+                    where[vm] = host
+        for vm in self.hostd.kernel.vms():
+            if vm.powered_on and vm.name in where:
+                where[vm.name] = self.name
+        return where
+
+    def _fail_over(self, host: str) -> None:
+        if self._restarts is None:
+            return
+        where = self._runs_on()
+        vms = [
+            restart.ProtectedVm(
+                v.vm.name,
+                v.vm.memory_mb,
+                v.vm.resources.cpu.reservation if v.vm.HasField("resources") else 0,
+                (restart.Datastore(v.vm.datastore, v.datastore_kind or restart.VMFS),),
+                v.restart_priority or restart.MEDIUM,
+                has_disks=bool(v.vm.disks),
+            )
+            for v in self._protected()
+            if where.get(v.vm.name) == host
+        ]
+        self._failed_from.update((vm.name, host) for vm in vms)
+        last_heard = self._heard.get(host, self._now())
+        self._restart_actions(self._restarts.begin(self._now(), host, vms, last_heard))
+
+    def _restart_actions(self, actions: list[restart.Action]) -> None:
+        for action in actions:
+            if isinstance(action, restart.PowerOn):
+                self.hostd.runtime.spawn(self._power_on(action), f"fdm-restart:{action.vm}")
+            elif isinstance(action, restart.FailoverInitiated):
+                self._event(
+                    "ClusterFailoverActionInitiatedEvent",
+                    f"vSphere HA initiated a failover of {len(action.vms)} VM(s) of "
+                    f"{action.dead_host}: {', '.join(action.vms)}",
+                    action.dead_host,
+                )
+            elif isinstance(action, restart.FailoverCompleted):
+                self._event(
+                    "ClusterFailoverActionCompletedEvent",
+                    f"vSphere HA completed the failover of {action.dead_host}: "
+                    f"{len(action.restarted)} restarted, {len(action.given_up)} given up",
+                    action.dead_host,
+                )
+            elif isinstance(action, restart.GiveUp):
+                self._event(
+                    "VmFailoverFailed",
+                    f"vSphere HA stopped trying to restart {action.vm}: "
+                    + "; ".join(action.reasons),
+                    vm=action.vm,
+                )
+            elif isinstance(action, restart.LeftOff):
+                log.info("%s: %s left off: %s", self.name, action.vm, action.why)
+
+    async def _power_on(self, action: restart.PowerOn) -> None:
+        manager = self._restarts
+        config = {v.vm.name: v for v in self._protected()}.get(action.vm)
+        if manager is None or config is None:
+            return
+        request = pb.FdmRestartVmRequest(
+            vm=config.vm, failed_host=self._failed_from.get(action.vm, ""), attempt=action.attempt
+        )
+        try:
+            if action.host == self.name:
+                await self.restart_here(request)
+            else:
+                await self._call(action.host, "RestartVm", request, RESTART_CALL_S)
+        except (VimFault, TimeoutError, OSError) as e:
+            reason = f"{action.host}: {getattr(e, 'name', type(e).__name__)}: {e}"
+            if manager is self._restarts:
+                self._restart_actions(
+                    manager.power_on_failed(self._now(), action.vm, action.host, reason[:1000])
+                )
+            return
+        self._event(
+            "VmRestartedByHAEvent",
+            f"vSphere HA restarted {action.vm} on {action.host}",
+            action.host,
+            action.vm,
+        )
+        if manager is self._restarts:
+            self._restart_actions(manager.power_on_succeeded(self._now(), action.vm, action.host))
+
+    async def _isolated(self) -> None:
+        response = self.config.isolation_response if self.config else "none"
+        self._event(
+            "DasHostIsolatedEvent",
+            f"{self.name} is network isolated; isolation response {response or 'none'}",
+            self.name,
+        )
+        if response in ("power-off", "shutdown"):
+            for v in self._protected():
+                try:
+                    running = self.hostd.kernel.vm(v.vm.name).powered_on
+                except NotFound:
+                    continue
+                if running:
+                    await self.hostd.power_off(v.vm.name)
+                    self._event(
+                        "VmPoweredOffEvent",
+                        f"vSphere HA powered {v.vm.name} off: {self.name} is isolated",
+                        self.name,
+                        v.vm.name,
+                    )
+
+    # -- what another agent asks ---------------------------------------------------
+
+    def admit(self, token: str | None, entry: Entry) -> None:
+        """Only an agent of this cluster (it presents the cluster's secret) gets in."""
+        if self.config is None or self.agent is None:
+            raise NotAuthenticated(f"vSphere HA is not configured on {self.name}")
+        expected = cluster_token(self.config.secret)
+        if not hmac.compare_digest((token or "").encode(), expected.encode()):
+            raise NotAuthenticated(f"{entry.name}: not an agent of {self.config.cluster}")
+
+    @needs(PUBLIC)
+    def Heartbeat(self, r: pb.FdmHeartbeat, _: None) -> pb.FdmAck:
+        agent = self.agent
+        if agent is None or r.sender not in self._peers or r.sender == self.name:
+            raise InvalidArgument(f"{r.sender[:64]!r} is not another agent of this cluster")
+        now = self._now()
+        self._reports[r.sender] = r
+        self._heard[r.sender] = now
+        message = fdm.Message(r.sender, r.role, r.datastores, r.master)
+        self._carry_out(agent.heard(now, message))
+        if self._restarts is not None and self._verdicts.get(r.sender) != fdm.DEAD:
+            self._restart_actions(self._restarts.host_changed(now, self._surviving(r.sender, r)))
+        return pb.FdmAck()
+
+    @needs(PUBLIC)
+    def Ping(self, r: pb.FdmPingRequest, _: None) -> pb.FdmAck:
+        return pb.FdmAck()
+
+    @needs(PUBLIC)
+    async def RestartVm(self, r: pb.FdmRestartVmRequest, _: None) -> pb.FdmAck:
+        await self.restart_here(r)
+        return pb.FdmAck()
+
+    async def restart_here(self, r: pb.FdmRestartVmRequest) -> None:
+        """Registers the VM here if it is not, and powers it on once its disks can be
+        opened: FileLocked while the failed host's locks are live, tried again every
+        LOCK_POLL_S for LOCK_WAIT_S. A VM that cannot start is not left registered."""
+        from vsim.host.hostd.service import vm_from_proto  # hostd's module imports this one
+
+        hostd, vm = self.hostd, vm_from_proto(r.vm)
+        try:
+            known = hostd.kernel.vm(vm.name)
+        except NotFound:
+            known = None
+        if known is not None and known.powered_on:
+            return  # asked again after a lost reply: it runs here
+        if known is None:
+            hostd.register(vm)
+        deadline = self._now() + LOCK_WAIT_S
+        try:
+            while True:
+                try:
+                    await hostd.power_on(vm.name)
+                    return
+                except FileLocked:
+                    if self._now() >= deadline:
+                        raise
+                await hostd.runtime.clock.sleep(LOCK_POLL_S)
+        except BaseException:
+            if known is None:
+                await hostd.forget(vm.name)
+            raise
+
+
+def _check(config: pb.FdmConfig, here: str) -> None:
+    validate.text(config.cluster, "cluster", 80)
+    if not config.cluster:
+        raise InvalidArgument("an HA configuration names its cluster")
+    if len(config.secret) != SECRET_BYTES:
+        raise InvalidArgument(
+            f"the cluster's secret is {SECRET_BYTES} bytes, got {len(config.secret)}"
+        )
+    names = [p.host for p in config.hosts]
+    if len(set(names)) != len(names):
+        raise InvalidArgument("a host is named twice in the cluster")
+    for p in config.hosts:
+        validate.host_name(p.host, "host")
+        validate.text(p.endpoint, f"{p.host}'s endpoint", 200)
+    if here not in names:
+        raise InvalidArgument(f"{here} is not one of the cluster's hosts")
+    if config.isolation_response not in ("", *ISOLATION_RESPONSES):
+        raise InvalidArgument(
+            f"isolation_response is one of {', '.join(ISOLATION_RESPONSES)}, got "
+            f"{config.isolation_response[:40]!r}"
+        )
+    validate.text(config.isolation_address, "isolation_address", 200)
+    for v in config.vms:
+        if v.restart_priority not in ("", *restart.RESTART_PRIORITIES):
+            raise InvalidArgument(
+                f"{v.vm.name}'s restart priority is one of "
+                f"{', '.join(restart.RESTART_PRIORITIES)}, got {v.restart_priority[:40]!r}"
+            )
+        if v.datastore_kind not in ("", *restart.DATASTORE_KINDS):
+            raise InvalidArgument(f"{v.vm.name}'s datastore kind is vmfs or nfs")
