@@ -325,13 +325,14 @@ class StorageStack:
             if before.mode == "FREE":
                 return before
             broken = (await volume.break_stale(index)).mode != LockMode.FREE
-            return replace(before, broken=broken)
+            return _as_broken(before) if broken else before
         manager = self.nfs_mount(label)
         directory, fileid = await self._nfs_file(label, path)
         before = await self._nfs_status(manager, directory, fileid)
         if before.mode == "FREE":
             return before
-        return replace(before, broken=await manager.break_stale(directory, fileid, path))
+        broken = await manager.break_stale(directory, fileid, path)
+        return _as_broken(before) if broken else before
 
     @staticmethod
     async def _vmfs_status(volume: VmfsVolume, index: int) -> LockStatus:
@@ -384,3 +385,11 @@ class StorageStack:
         self.halt()
         if self.ports is not None:
             await self.ports.close()
+
+
+def _as_broken(before: LockStatus) -> LockStatus:
+    """The lock as it was when broken: its holders were judged gone by the break, even
+    if the look just before it (a moment earlier) still found them live."""
+    return replace(
+        before, broken=True, holders=tuple(replace(h, live=False) for h in before.holders)
+    )
