@@ -201,6 +201,31 @@ class VCenterClient:
         """Sets the cluster's EVC mode (a CPU generation; "" turns EVC off)."""
         return await self._call("ConfigureEvc", pb.ConfigureEvcRequest(mode=mode))
 
+    async def configure_ha(
+        self,
+        enabled: bool = True,
+        host_failures: int = 1,
+        isolation_response: str = "",
+        heartbeat_datastores: tuple[str, ...] = (),
+        isolation_address: str = "",
+    ) -> pb.HaStatus:
+        """Turns vSphere HA on (or off, enabled False) with its settings."""
+        config = pb.HaConfig(
+            enabled=enabled,
+            host_failures=host_failures if enabled else 0,
+            isolation_response=isolation_response,
+            heartbeat_datastores=list(heartbeat_datastores),
+            isolation_address=isolation_address,
+        )
+        return await self._call("ConfigureHa", pb.ConfigureHaRequest(config=config))
+
+    async def ha_status(self) -> pb.HaStatus:
+        return await self._call("GetHaStatus", pb.GetHaStatusRequest())
+
+    async def set_vm_ha(self, name: str, restart_priority: str) -> pb.Vm:
+        request = pb.SetVmHaRequest(name=name, restart_priority=restart_priority)
+        return await self._call("SetVmHa", request)
+
     async def remove_host(self, name: str) -> common_pb2.Task:
         return await self._call("RemoveHost", pb.RemoveHostRequest(name=name))
 

@@ -59,6 +59,9 @@ def table(vc: VCenter) -> DispatchTable:
             "Logout": (SESSION, vc.Logout),
             "GetStatus": (SESSION, vc.GetStatus),
             "ConfigureEvc": (ADMINISTRATOR, vc.ConfigureEvc),
+            "ConfigureHa": (ADMINISTRATOR, by_user(vc.ha.configure)),
+            "GetHaStatus": (SESSION, lambda request, session: vc.ha.status()),
+            "SetVmHa": (ADMINISTRATOR, by_request(vc.ha.set_vm)),
             # hosts
             "ListHosts": (SESSION, lambda r, s: pb.ListHostsResponse(hosts=vc.hosts.list())),
             "AddHost": (SESSION, vc.AddHost),

@@ -22,11 +22,20 @@ class EventLog:
         """Called with each event as it is posted (after it is stored)."""
 
     def post(
-        self, type_: str, message: str, *, user: str = "", host: str = "", vm: str = ""
+        self,
+        type_: str,
+        message: str,
+        *,
+        user: str = "",
+        host: str = "",
+        vm: str = "",
+        at: float | None = None,
     ) -> common_pb2.Event:
+        """`at`: when it happened, if not now (what a host's agent did while vCenter
+        could not hear it)."""
         event = self._inventory.add_event(
             common_pb2.Event(
-                created_time=self._clock.now(),
+                created_time=self._clock.now() if at is None else at,
                 type=type_,
                 message=message,
                 user=user,

@@ -573,7 +573,11 @@ def _storage(vm: vcenter_pb2.Vm) -> bytes:
 
 
 def _config(vm: vcenter_pb2.Vm) -> bytes:
-    config = vcenter_pb2.Vm(pci_devices=vm.pci_devices, cpu_features=vm.cpu_features)
+    config = vcenter_pb2.Vm(
+        pci_devices=vm.pci_devices,
+        cpu_features=vm.cpu_features,
+        ha_restart_priority=vm.ha_restart_priority,
+    )
     if vm.HasField("resources"):
         config.resources.CopyFrom(vm.resources)
     return config.SerializeToString()

@@ -33,6 +33,7 @@ from vsim.vcenter.datastore import ArrayRef, DatastoreManager
 from vsim.vcenter.engine import HostEngine
 from vsim.vcenter.evc import ClusterEvc
 from vsim.vcenter.events import EventLog
+from vsim.vcenter.ha import ClusterHa
 from vsim.vcenter.host_system import CONNECTED, HostManager
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.maintenance import HostMaintenance
@@ -90,10 +91,11 @@ class VCenter:
         self.sessions = SessionManager(inventory, runtime, data_dir, session_policy)
         self.events = EventLog(inventory, self.clock)
         self.tasks = TaskManager(inventory, runtime)
+        secrets = SecretBox(data_dir, runtime)
         self.hosts = HostManager(
             inventory,
             engine,
-            SecretBox(data_dir, runtime),
+            secrets,
             self.events,
             runtime,
             self.tasks.busy,
@@ -105,6 +107,8 @@ class VCenter:
         )
         self.vmotion = VMotion(inventory, self.hosts, self.tasks, self.events, runtime)
         self.evc = ClusterEvc(inventory, self.hosts, self.events)
+        self.ha = ClusterHa(inventory, self.hosts, self.events, secrets, runtime)
+        self.vms.admission = self.ha.admit
         self.maintenance = HostMaintenance(
             inventory, self.hosts, self.tasks, self.events, self.vmotion
         )
@@ -126,6 +130,7 @@ class VCenter:
         self.hosts.prepare_storage = self.datastores.remount
         self.autostart = AutoStart(inventory, self.hosts, self.vms, self.tasks, self.events)
         self._monitor: asyncio.Task | None = None
+        self._ha_monitor: asyncio.Task | None = None
         self.table = api.table(self)
         """Every VCenter RPC, as the gRPC server and the in-process client call it."""
 
@@ -149,6 +154,7 @@ class VCenter:
             self.inventory.set_meta("realised", "1")
         await self.autostart.power_up()
         self._monitor = self.runtime.spawn(self.hosts.monitor(), "host-monitor")
+        self._ha_monitor = self.runtime.spawn(self.ha.monitor(), "ha-monitor")
 
     async def realise(self, spec: ClusterSpec) -> None:
         """Adds the spec's hosts that the inventory lacks, trusting the certificates of
@@ -206,11 +212,12 @@ class VCenter:
 
     async def stop(self) -> None:
         """Stops this vCenter; the hosts keep running."""
-        if self._monitor is not None:
-            self._monitor.cancel()
-            # Its host checks end before the links and the inventory close under them.
-            await asyncio.gather(self._monitor, return_exceptions=True)
-            self._monitor = None
+        monitors = [m for m in (self._monitor, self._ha_monitor) if m is not None]
+        for monitor in monitors:
+            monitor.cancel()
+        # Their host calls end before the links and the inventory close under them.
+        await asyncio.gather(*monitors, return_exceptions=True)
+        self._monitor = self._ha_monitor = None
         await self.tasks.drain()
         await self.hosts.close()
         if self.storage_array.provider is not None:

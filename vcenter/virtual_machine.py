@@ -65,6 +65,8 @@ class VmManager:
         network: NetworkSystem,
     ) -> None:
         """runtime: vCenter's (VM UUIDs, how long a host may take to answer)."""
+        self.admission: Callable[[pb.Vm], None] | None = None
+        """vSphere HA's admission control, asked before a power-on."""
         self._inventory = inventory
         self._hosts = hosts
         self._tasks = tasks
@@ -414,6 +416,8 @@ class VmManager:
             raise InvalidPowerState(f"{name} is already powered {word}")
         if state == ON:
             self._hosts.usable(vm.host)
+            if self.admission is not None:
+                self.admission(vm)
         else:
             self._hosts.connected(vm.host)
         method = "PowerOnVm" if state == ON else "PowerOffVm"

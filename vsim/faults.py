@@ -95,6 +95,11 @@ on with)."""
 EVCAdmissionFailed = _fault("EVCAdmissionFailed", S.FAILED_PRECONDITION)
 """An EVC mode a host's CPU cannot provide, or one that would take features from
 running VMs."""
+InsufficientFailoverResourcesFault = _fault(
+    "InsufficientFailoverResourcesFault", S.RESOURCE_EXHAUSTED
+)
+"""A power-on that would leave the HA cluster too little failover capacity for the
+host failures it tolerates."""
 SystemError_ = _fault("SystemError", S.INTERNAL)
 
 _BY_NAME: dict[str, type[VimFault]] = {cls.name: cls for cls in VimFault.__subclasses__()}

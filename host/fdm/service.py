@@ -107,6 +107,8 @@ class Fdm:
         self._events: list[pb.FdmEvent] = []
         self._next_key = 0
         self._loop: Any = None
+        self.agent_id = f"{hostd.runtime.random.getrandbits(64):016x}"
+        """This boot's agent (its events' keys start again with the next boot's)."""
 
     # -- the host's part ---------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Fdm:
             hosts=[pb.FdmHostState(host=h, state=s) for h, s in sorted(self._verdicts.items())],
             events=[e for e in self._events if e.key > events_after],
             protected_vms=protected,
+            agent_id=self.agent_id,
         )
 
     def _protected(self) -> list[pb.FdmProtectedVm]:

@@ -56,6 +56,21 @@ class VCenterStub:
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureEvcRequest.SerializeToString,
                 response_deserializer=vsim_dot_v1_dot_vcenter__pb2.Status.FromString,
                 _registered_method=True)
+        self.ConfigureHa = channel.unary_unary(
+                '/vsim.v1.VCenter/ConfigureHa',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureHaRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.HaStatus.FromString,
+                _registered_method=True)
+        self.GetHaStatus = channel.unary_unary(
+                '/vsim.v1.VCenter/GetHaStatus',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.GetHaStatusRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.HaStatus.FromString,
+                _registered_method=True)
+        self.SetVmHa = channel.unary_unary(
+                '/vsim.v1.VCenter/SetVmHa',
+                request_serializer=vsim_dot_v1_dot_vcenter__pb2.SetVmHaRequest.SerializeToString,
+                response_deserializer=vsim_dot_v1_dot_vcenter__pb2.Vm.FromString,
+                _registered_method=True)
         self.ListHosts = channel.unary_unary(
                 '/vsim.v1.VCenter/ListHosts',
                 request_serializer=vsim_dot_v1_dot_vcenter__pb2.ListHostsRequest.SerializeToString,
@@ -383,6 +398,30 @@ class VCenterServicer:
         """Turns the cluster's EVC mode on, changes or turns it off (mode ""); refused
         (EVCAdmissionFailed) if a host's CPU lacks the mode's features, or a powered-on
         VM uses features the mode would take away.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigureHa(self, request, context):
+        """vSphere HA: turns it on (configuring the FDM agent on every connected host, which
+        from then on detect failures and restart protected VMs without vCenter), changes
+        it, or turns it off (enabled false). Administrators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHaStatus(self, request, context):
+        """Each host's agent state, the protected VMs and where they run, and the failover
+        capacity admission control keeps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVmHa(self, request, context):
+        """A VM's HA settings: its restart priority (disabled leaves it off after a failure).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -843,6 +882,21 @@ def add_VCenterServicer_to_server(servicer, server):
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureEvcRequest.FromString,
                     response_serializer=vsim_dot_v1_dot_vcenter__pb2.Status.SerializeToString,
             ),
+            'ConfigureHa': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureHa,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ConfigureHaRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.HaStatus.SerializeToString,
+            ),
+            'GetHaStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHaStatus,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.GetHaStatusRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.HaStatus.SerializeToString,
+            ),
+            'SetVmHa': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVmHa,
+                    request_deserializer=vsim_dot_v1_dot_vcenter__pb2.SetVmHaRequest.FromString,
+                    response_serializer=vsim_dot_v1_dot_vcenter__pb2.Vm.SerializeToString,
+            ),
             'ListHosts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHosts,
                     request_deserializer=vsim_dot_v1_dot_vcenter__pb2.ListHostsRequest.FromString,
@@ -1252,6 +1306,87 @@ class VCenter:
             '/vsim.v1.VCenter/ConfigureEvc',
             vsim_dot_v1_dot_vcenter__pb2.ConfigureEvcRequest.SerializeToString,
             vsim_dot_v1_dot_vcenter__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureHa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/ConfigureHa',
+            vsim_dot_v1_dot_vcenter__pb2.ConfigureHaRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.HaStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHaStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/GetHaStatus',
+            vsim_dot_v1_dot_vcenter__pb2.GetHaStatusRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.HaStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVmHa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vsim.v1.VCenter/SetVmHa',
+            vsim_dot_v1_dot_vcenter__pb2.SetVmHaRequest.SerializeToString,
+            vsim_dot_v1_dot_vcenter__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,
