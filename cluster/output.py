@@ -40,6 +40,8 @@ DEFAULT_WORDS: dict[tuple[str, str], str] = {
     ("vsim.v1.SecurityPolicy", "mac_changes"): "inherit",
     ("vsim.v1.SecurityPolicy", "forged_transmits"): "inherit",
     ("vsim.v1.PhysicalPort", "vlans"): "all",
+    ("vsim.v1.HaConfig", "isolation_response"): "none",
+    ("vsim.v1.Vm", "ha_restart_priority"): "medium",
 }
 """(message, field) whose zero, empty or unset value stands for a setting: its word."""
 
@@ -433,8 +435,7 @@ def vm_stats_text(stats: Any) -> str:
         {
             "vm": f"{stats.name} on {stats.host}",
             "cpu": f"demand {cpu.demand:.0f} MHz, entitlement {cpu.entitlement:.0f} MHz, "
-            f"usage {cpu.usage:.0f} MHz, ready {cpu.ready_pct:.1f} %"
-            + _slowed(cpu.vcpu_run_share),
+            f"usage {cpu.usage:.0f} MHz, ready {cpu.ready_pct:.1f} %" + _slowed(cpu.vcpu_run_share),
             "memory": f"granted {_mb(mem.granted)}, consumed {_mb(mem.consumed)}, "
             f"active {_mb(mem.active)}, target {_mb(mem.target)}",
             "shared": f"{_mb(mem.shared)} ({_mb(mem.shared_saved)} saved), zero {_mb(mem.zero)}",
@@ -504,3 +505,68 @@ def luns_table(luns: Any) -> str:
     if not rows:
         return f"{luns.vm}'s guest sees no disks"
     return table(rows, ["address", "lun", "vendor", "product", "capacity_mb"])
+
+
+def ha_status_text(status: Any) -> str:
+    """vSphere HA's settings; then, while it is on, each host's agent state, the
+    protected VMs and the failover capacity, current against required."""
+    config = status.config
+    if not config.enabled:
+        return "vSphere HA is disabled on the cluster"
+    head = fields(
+        {
+            "vSphere HA": "enabled",
+            "master": status.master or "-",
+            "host failures tolerated": config.host_failures or "0 (admission control off)",
+            "isolation response": config.isolation_response or "none",
+            "isolation address": config.isolation_address or "the management network's gateway",
+            "heartbeat datastores": ", ".join(config.heartbeat_datastores) or "-",
+        }
+    )
+    hosts = table(
+        [{"host": h.host, "state": h.state or "-"} for h in status.hosts], ["host", "state"]
+    )
+    protected = [v for v in status.vms if v.protected]
+    rows = [
+        {"vm": v.name, "host": v.host, "restart_priority": v.restart_priority} for v in protected
+    ]
+    vms = table(rows, ["vm", "host", "restart_priority"]) if rows else "no protected VMs"
+    left = [v.name for v in status.vms if not v.protected]
+    if left:
+        vms += (
+            f"\nnot protected (powered off, no datastore or priority disabled): {', '.join(left)}"
+        )
+    capacity = table(
+        [
+            {"failover_capacity": "cpu", "current": _pct(status.cpu_failover_pct),
+             "required": _pct(status.required_cpu_failover_pct)},
+            {"failover_capacity": "memory", "current": _pct(status.memory_failover_pct),
+             "required": _pct(status.required_memory_failover_pct)},
+        ],
+        ["failover_capacity", "current", "required"],
+    )  # fmt: skip
+    return "\n\n".join((head, hosts, vms, capacity))
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1f} %"
+
+
+def ha_vm_text(vm: Any, ha_enabled: bool) -> str:
+    """A VM's HA settings and whether HA protects it now."""
+    if vm.protected:
+        protected = "yes"
+    elif not ha_enabled:
+        protected = "no (vSphere HA is disabled)"
+    elif vm.restart_priority == "disabled":
+        protected = "no (restart priority disabled)"
+    else:
+        protected = "no (powered off or without a datastore)"
+    return fields(
+        {
+            "vm": vm.name,
+            "host": vm.host or "-",
+            "restart_priority": vm.restart_priority or "medium",
+            "protected": protected,
+        }
+    )

@@ -6,11 +6,12 @@ exit 1 (with `-o json`, the fault is the JSON document).
 
 One module per noun, each owning its commands' handlers, option parsing and
 registration: `session` (login, logout, status), `launch` (up, down, vcenter serve),
-`array` (array serve, LUNs, exports), `host`, `pool` (a host's resource pools), `vm`,
-`nic` (a VM's adapters and firewall), `network`, `datastore`, `lock`, `fault` (the
-live fault service), `events` (events and tasks). `common` holds what they share
-(the `Context`), `parser` builds the whole parser, and this module is the entry
-point (`main`; `python -m vsim.cluster.cli` runs it too).
+`array` (array serve, LUNs, exports), `host`, `pool` (a host's resource pools),
+`cluster` (EVC), `ha` (vSphere HA: `cluster ha`, `vm ha`), `vm`, `nic` (a VM's
+adapters and firewall), `network`, `datastore`, `lock`, `fault` (the live fault
+service), `events` (events and tasks), `sim` (the deterministic simulator).
+`common` holds what they share (the `Context`), `parser` builds the whole parser, and
+this module is the entry point (`main`; `python -m vsim.cluster.cli` runs it too).
 
 Every command starts a process, so the package imports only what parsing and the
 client commands need: the SDK client (gRPC, TLS) is imported when a command connects,

@@ -1,10 +1,12 @@
-"""`vsim cluster evc`: the cluster's Enhanced vMotion Compatibility mode, shown or set."""
+"""`vsim cluster evc`: the cluster's Enhanced vMotion Compatibility mode, shown or set;
+`vsim cluster ha ...` (vSphere HA) is in `ha`."""
 
 from __future__ import annotations
 
 import argparse
 
 from vsim import cpu_features
+from vsim.cluster.cli import ha
 from vsim.cluster.cli.common import Command, Context, Subcommands
 
 OFF = "off"
@@ -32,3 +34,4 @@ def add_commands(commands: Subcommands, command: Command) -> None:
         nargs="?",
         help=f"a CPU generation every host has ({', '.join(cpu_features.GENERATIONS)}), or off",
     )
+    ha.add_cluster_commands(clusters, command)

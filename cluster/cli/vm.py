@@ -1,7 +1,8 @@
 """`vsim vm ...`: creating, cloning, listing, showing, powering and destroying VMs, a
 guest's disk writes checked (`verify-disk`), and what reaches a VM's kernel side:
 `resources` (shares, reservations, limits, page sharing, its pool), `stats`, `luns`
-and `pci` (DirectPath I/O). The VM's network adapters and firewall are in `nic`.
+and `pci` (DirectPath I/O). The VM's network adapters and firewall are in `nic`, its
+vSphere HA restart priority (`vm ha`) in `ha`.
 
 Like every command, these are a thin layer over the SDK client: they validate what
 the user typed before sending anything, and keep no state of their own.
@@ -13,7 +14,7 @@ import argparse
 
 from vsim import validate
 from vsim.cluster import output
-from vsim.cluster.cli import nic
+from vsim.cluster.cli import ha, nic
 from vsim.cluster.cli.common import (
     SUCCESS,
     Command,
@@ -288,6 +289,7 @@ def add_commands(commands: Subcommands, command: Command) -> None:
     command(vms, "stats", cmd_vm_stats, "a running VM's CPU, memory and NICs").add_argument("name")
     command(vms, "luns", cmd_vm_luns, "the disks a running guest sees").add_argument("name")
     nic.add_commands(vms, command)
+    ha.add_vm_commands(vms, command)
     pci = command(vms, "pci", None, "DirectPath I/O").add_subparsers(dest="sub2", required=True)
     p = command(pci, "add", cmd_vm_pci_add, "give a powered-off VM a passthrough device")
     p.add_argument("name")
