@@ -7,11 +7,13 @@ protected VMs, the isolation address and response); from then on it acts alone. 
 a heartbeat interval it ticks the agent and carries out what the agent asks: network
 heartbeats to the other agents over the management network (HostFdm, host to host,
 certificates pinned), pings of a silent host or of the isolation address, the
-isolation response. A master declaring a host dead restarts that host's protected VMs
-on the survivors through their agents' RestartVm, which waits for the VM's disk locks
-to go stale and never breaks a live one: a wrong verdict only costs a failed
-power-on. Only VMs on a datastore are protected: the locks on their files are what
-keep a VM from running twice.
+isolation response. With heartbeat datastores it keeps its files there and, as a
+master, watches the others' and reads a silent host's before its verdict
+(datastore_heartbeat.py). A master declaring a host dead restarts that host's
+protected VMs on the survivors through their agents' RestartVm, which waits for the
+VM's disk locks to go stale and never breaks a live one: a wrong verdict only costs a
+failed power-on. Only VMs on a datastore are protected: the locks on their files are
+what keep a VM from running twice.
 
 Every heartbeat carries what the master needs to place restarts: the sender's
 powered-on VMs, the datastores it reaches, its free memory and CPU. What the agent
@@ -21,6 +23,7 @@ VmRestartedByHAEvent, ...) with the host's time, for vCenter to collect.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -41,6 +44,12 @@ from vsim.faults import (
 )
 from vsim.host.fdm import agent as fdm
 from vsim.host.fdm import restart
+from vsim.host.fdm.datastore_heartbeat import (
+    WATCH_EVERY_S,
+    HeartbeatFiles,
+    HeartbeatReader,
+    check_paths,
+)
 from vsim.runtime import Timeout
 from vsim.v1 import host_agent_pb2 as pb
 
@@ -61,6 +70,15 @@ RESTART_CALL_S = LOCK_WAIT_S + 15.0
 REACHED_EVERY_S = 10.0
 """How often the agent reads which datastores this host reaches."""
 MAX_EVENTS = 1000
+MAX_HEARTBEAT_DATASTORES = 5
+"""das.heartbeatDsPerHost's highest setting (its default is 2)."""
+KEEP_FILES_EVERY_S = 1.0
+"""How often the agent sees to its files on the heartbeat datastores."""
+KEEP_FILES_TIMEOUT_S = 5.0
+"""One round on one heartbeat datastore taking longer is called off (a path down)."""
+READ_HEARTBEAT_TIMEOUT_S = 1.0
+"""A master's read of another host's files on one datastore taking longer counts as no
+heartbeat there (the reads before a verdict hold up the agent's loop meanwhile)."""
 
 
 class FdmLine(Protocol):
@@ -107,6 +125,13 @@ class Fdm:
         self._events: list[pb.FdmEvent] = []
         self._next_key = 0
         self._loop: Any = None
+        self._files: HeartbeatFiles | None = None
+        self._reader: HeartbeatReader | None = None
+        self._keeper: Any = None
+        self._watcher: Any = None
+        self._asked: set[str] = set()
+        """Hosts whose datastore heartbeat the agent asked for, read before each tick
+        until its verdict on them is in (alive and heard, or dead)."""
         self.agent_id = f"{hostd.runtime.random.getrandbits(64):016x}"
         """This boot's agent (its events' keys start again with the next boot's)."""
 
@@ -142,17 +167,29 @@ class Fdm:
                 host=self.name,
                 peers=tuple(sorted(h for h in peers if h != self.name)),
                 datastores=len(self._reached),
-                heartbeat_datastores=False,
+                heartbeat_datastores=bool(config.heartbeat_datastores),
                 isolation_address=config.isolation_address or GATEWAY,
                 now=self._now(),
             )
+            storage = self.hostd.storage
+            self._files = HeartbeatFiles(storage, config.cluster, self.name, self._poweron)
+            self._reader = HeartbeatReader(storage, config.cluster, self.hostd.runtime.clock)
             self._loop = self.hostd.runtime.spawn(self._run(), "fdm")
+            self._keeper = self.hostd.runtime.spawn(self._keep_files(), "fdm-heartbeat-files")
+        else:
+            self.agent.heartbeat_datastores = bool(config.heartbeat_datastores)
+        self._sync_watch()
         return self.state(0)
 
     def _stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            self._loop = None
+        for task in (self._loop, self._keeper, self._watcher):
+            if task is not None:
+                task.cancel()
+        self._loop = self._keeper = self._watcher = None
+        if self._files is not None:
+            self.hostd.runtime.spawn(self._files.close(), "fdm-heartbeat-files-close")
+        self._files, self._reader = None, None
+        self._asked.clear()
         self.agent, self._restarts = None, None
         self._reports.clear()
         self._verdicts.clear()
@@ -198,6 +235,10 @@ class Fdm:
             if agent is None:
                 return
             agent.datastores = len(self._reached)
+            if self._asked:
+                await self._read_asked(agent)
+                if self.agent is not agent:
+                    return
             self._carry_out(agent.tick(self._now()))
             if self._restarts is not None:
                 self._restart_actions(self._restarts.tick(self._now()))
@@ -223,7 +264,8 @@ class Fdm:
                 self.hostd.runtime.spawn(self._isolated(), "fdm-isolation")
             elif isinstance(action, fdm.RoleChanged):
                 self._role_changed(action.role)
-            # ReadDatastoreHeartbeat: never asked (no heartbeat datastores yet)
+            elif isinstance(action, fdm.ReadDatastoreHeartbeat):
+                self._asked.add(action.host)  # read before each tick until its verdict
 
     def heartbeat(self) -> pb.FdmHeartbeat:
         agent, kernel = self.agent, self.hostd.kernel
@@ -279,6 +321,107 @@ class Fdm:
         if self.agent is not None:
             self._carry_out(self.agent.ping_answered(self._now(), address, answered))
 
+    # -- datastore heartbeating -------------------------------------------------
+
+    def _heartbeat_datastores(self) -> list[str]:
+        """The cluster's heartbeat datastores this host reaches."""
+        if self.config is None:
+            return []
+        return [d for d in self.config.heartbeat_datastores if d in self._reached]
+
+    async def _keep_files(self) -> None:
+        clock = self.hostd.runtime.clock
+        while self.agent is not None:
+            await self._keep_files_once()
+            await clock.sleep(KEEP_FILES_EVERY_S)
+
+    async def _keep_files_once(self) -> None:
+        """One round of this host's files on the heartbeat datastores it reaches (the
+        others' given up), each datastore on its own."""
+        files, agent = self._files, self.agent
+        if files is None or agent is None:
+            return
+        datastores = self._heartbeat_datastores()
+        for gone in sorted(set(files.kept()) - set(datastores)):
+            await files.forget(gone)
+        await asyncio.gather(*(self._keep_on(files, d) for d in datastores))
+
+    def _poweron(self) -> tuple[list[str], bool]:
+        """What this host's poweron files say: its powered-on VMs, and whether its
+        agent is isolated."""
+        vms = [vm.name for vm in self.hostd.kernel.vms() if vm.powered_on]
+        return vms, self.agent is not None and self.agent.role == fdm.ISOLATED
+
+    async def _keep_on(self, files: HeartbeatFiles, datastore: str) -> None:
+        try:
+            async with Timeout(self.hostd.runtime.clock, KEEP_FILES_TIMEOUT_S):
+                await files.keep(datastore)
+        except (VimFault, TimeoutError, OSError) as e:
+            log.info("%s: vSphere HA's files on %s: %s", self.name, datastore, e)
+        except Exception:  # noqa: BLE001 - a failure on one datastore, not the agent's
+            log.exception("%s: vSphere HA's files on %s", self.name, datastore)
+
+    def _sync_watch(self) -> None:
+        """A master with heartbeat datastores watches the others' heartbeat files."""
+        agent = self.agent
+        wanted = (
+            agent is not None
+            and agent.role == fdm.MASTER
+            and self.config is not None
+            and bool(self.config.heartbeat_datastores)
+        )
+        if wanted and self._watcher is None:
+            self._watcher = self.hostd.runtime.spawn(self._watch(), "fdm-heartbeat-watch")
+        elif not wanted and self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        clock = self.hostd.runtime.clock
+        while self.agent is not None:
+            peers, datastores = self.agent.peers, self._heartbeat_datastores()
+            await asyncio.gather(*(self._beating(d, h) for h in peers for d in datastores))
+            await clock.sleep(WATCH_EVERY_S)
+
+    async def _read_asked(self, agent: fdm.FdmAgent) -> None:
+        """Reads the datastore heartbeats the agent asked for, just before its tick,
+        so that a verdict rests on what the files say now: live if the host beats on
+        any heartbeat datastore, isolated if a poweron file there says so."""
+        hosts, datastores = sorted(self._asked), self._heartbeat_datastores()
+        reads = await asyncio.gather(
+            *(self._read_datastore(d, h) for h in hosts for d in datastores)
+        )
+        if self.agent is not agent:
+            return
+        now, per_host = self._now(), len(datastores)
+        for i, host in enumerate(hosts):
+            seen = reads[i * per_host : (i + 1) * per_host]
+            live, isolated = any(s[0] for s in seen), any(s[1] for s in seen)
+            agent.datastore_heartbeat(now, host, live, isolated)
+
+    async def _read_datastore(self, datastore: str, host: str) -> tuple[bool, bool]:
+        """(beating, says isolated) of a host's files on one datastore."""
+        reader = self._reader
+        if reader is None or not await self._beating(datastore, host):
+            return False, False
+        return True, await self._bounded(reader.isolated(datastore, host))
+
+    async def _beating(self, datastore: str, host: str) -> bool:
+        reader = self._reader
+        return reader is not None and await self._bounded(reader.beating(datastore, host))
+
+    async def _bounded(self, read: Awaitable[bool]) -> bool:
+        """A read of another host's files; one that fails or takes longer than
+        READ_HEARTBEAT_TIMEOUT_S says no."""
+        try:
+            async with Timeout(self.hostd.runtime.clock, READ_HEARTBEAT_TIMEOUT_S):
+                return await read
+        except (VimFault, TimeoutError, OSError) as e:
+            log.debug("%s: a datastore heartbeat read: %s", self.name, e)
+        except Exception:  # noqa: BLE001 - a failed read, not the agent's end
+            log.exception("%s: a datastore heartbeat read", self.name)
+        return False
+
     # -- verdicts and failovers --------------------------------------------------
 
     def _role_changed(self, role: str) -> None:
@@ -293,6 +436,10 @@ class Fdm:
         else:
             self._restarts = None
             self._verdicts.clear()
+        self._asked.clear()
+        self._sync_watch()
+        # An isolation (or its end) is in the poweron files at once.
+        self.hostd.runtime.spawn(self._keep_files_once(), "fdm-heartbeat-files")
 
     def _surviving(self, host: str, report: pb.FdmHeartbeat) -> restart.SurvivingHost:
         return restart.SurvivingHost(
@@ -306,6 +453,8 @@ class Fdm:
     def _verdict(self, host: str, state: str) -> None:
         before = self._verdicts.get(host)
         self._verdicts[host] = state
+        if state in (fdm.SLAVE, fdm.DEAD):
+            self._asked.discard(host)
         if state == fdm.DEAD and before != fdm.DEAD:
             self._event("DasHostFailedEvent", f"vSphere HA detected that {host} failed", host)
             self._fail_over(host)
@@ -510,6 +659,7 @@ def _check(config: pb.FdmConfig, here: str) -> None:
             f"{config.isolation_response[:40]!r}"
         )
     validate.text(config.isolation_address, "isolation_address", 200)
+    _check_heartbeat_datastores(config)
     for v in config.vms:
         if v.restart_priority not in ("", *restart.RESTART_PRIORITIES):
             raise InvalidArgument(
@@ -518,3 +668,20 @@ def _check(config: pb.FdmConfig, here: str) -> None:
             )
         if v.datastore_kind not in ("", *restart.DATASTORE_KINDS):
             raise InvalidArgument(f"{v.vm.name}'s datastore kind is vmfs or nfs")
+
+
+def _check_heartbeat_datastores(config: pb.FdmConfig) -> None:
+    names = list(config.heartbeat_datastores)
+    if len(names) > MAX_HEARTBEAT_DATASTORES:
+        raise InvalidArgument(
+            f"at most {MAX_HEARTBEAT_DATASTORES} heartbeat datastores "
+            f"(das.heartbeatDsPerHost), got {len(names)}"
+        )
+    if len(set(names)) != len(names):
+        raise InvalidArgument("a heartbeat datastore is named twice")
+    for name in names:
+        validate.text(name, "heartbeat datastore", 80)
+        if not name:
+            raise InvalidArgument("a heartbeat datastore has a name")
+    if names:
+        check_paths(config.cluster, [p.host for p in config.hosts])

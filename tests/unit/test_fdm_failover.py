@@ -35,9 +35,15 @@ async def running_vm(lab: Lab, name: str, datastore: str, host: str = "esxi-01")
     assert (await lab.power_on(name)).state == OK
 
 
-async def configure(lab: Lab, response: str = "", enabled: bool = True, **priorities: str):
+async def configure(
+    lab: Lab,
+    response: str = "",
+    enabled: bool = True,
+    heartbeat_datastores: tuple[str, ...] = (),
+    **priorities: str,
+):
     """ConfigureFdm on every running host, as vCenter will: the cluster, the VMs with
-    where each runs."""
+    where each runs, the heartbeat datastores."""
     vms = []
     for host in HOSTS:
         if lab.engine.running(host) is None:
@@ -58,6 +64,7 @@ async def configure(lab: Lab, response: str = "", enabled: bool = True, **priori
         ],
         isolation_response=response,
         vms=vms,
+        heartbeat_datastores=heartbeat_datastores,
     )
     states = {}
     for host in HOSTS:
