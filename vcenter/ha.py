@@ -42,6 +42,8 @@ RESTART_PRIORITIES = ("disabled", "lowest", "low", "medium", "high", "highest")
 ISOLATION_RESPONSES = ("none", "power-off", "shutdown")
 HA_SYNC_INTERVAL = 5.0
 """Seconds between vCenter's rounds of configuring the agents and collecting events."""
+HEARTBEAT_DATASTORES = 2
+"""das.heartbeatDsPerHost: how many heartbeat datastores vCenter picks."""
 MIN_VM_CPU_MHZ = 32
 """The CPU a powered-on VM counts for in admission control without a reservation."""
 ON = pb.POWER_STATE_POWERED_ON
@@ -153,8 +155,17 @@ class ClusterHa:
                 isolation_address=config.isolation_address,
                 isolation_response=config.isolation_response,
                 vms=vms,
+                heartbeat_datastores=self.heartbeat_datastores(config),
             ),
         )
+
+    def heartbeat_datastores(self, config: pb.HaConfig) -> list[str]:
+        """The datastores the agents heartbeat on: the configured ones, else vCenter's
+        pick of HEARTBEAT_DATASTORES (VMFS first, as vSphere prefers, then by name)."""
+        if config.heartbeat_datastores:
+            return list(config.heartbeat_datastores)
+        ranked = sorted(self._inventory.datastores(), key=lambda d: (d.type != "vmfs", d.name))
+        return [d.name for d in ranked[:HEARTBEAT_DATASTORES]]
 
     async def sync(self) -> None:
         """Tells each connected host's agent what changed since it was last told (a
@@ -255,6 +266,8 @@ class ClusterHa:
             for vm in self._inventory.vms()
         ]
         capacity = self._capacity()
+        if config.enabled and not config.heartbeat_datastores:
+            config.heartbeat_datastores.extend(self.heartbeat_datastores(config))
         return pb.HaStatus(
             config=config,
             master=master,

@@ -93,8 +93,8 @@ def add_cluster_commands(clusters: Subcommands, command: Command) -> None:
         "--heartbeat-datastores",
         type=datastore_names,
         metavar="DS,DS",
-        help="heartbeat datastores, each a datastore vCenter knows ('' for none): kept in "
-        "HA's settings and shown by status; vCenter does not give them to the agents yet",
+        help="the datastores the agents heartbeat on, each a datastore vCenter knows "
+        "(default: vCenter picks 2, VMFS first)",
     )
     p.add_argument(
         "--isolation-address",
