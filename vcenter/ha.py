@@ -144,7 +144,7 @@ class ClusterHa:
                 datastore_kind=kinds.get(vm.datastore, "vmfs"),
             )
             for vm in self._inventory.vms()
-            if vm.power_state == ON and vm.datastore
+            if wanted_on(vm) and vm.datastore
         ]
         return hpb.ConfigureFdmRequest(
             enabled=True,
@@ -206,19 +206,39 @@ class ClusterHa:
                     host, "GetFdmState", hpb.GetFdmStateRequest(events_after=0)
                 )
             last = 0 if state.agent_id != agent else int(key)
+            moved: list[tuple[str, str]] = []
             with self._inventory.transaction():
                 for event in state.events:
-                    self._record(event)
+                    moved += self._record(event)
                     last = max(last, event.key)
                 self._inventory.set_meta(EVENTS_META + host, f"{state.agent_id}:{last}")
+            for vm, old in moved:
+                await self._forget_on(old, vm)
 
-    def _record(self, event: hpb.FdmEvent) -> None:
+    def _record(self, event: hpb.FdmEvent) -> list[tuple[str, str]]:
+        """Posts an agent's event; follows a restarted VM. Returns (VM, the host it
+        left) for each VM followed."""
         self._events.post(event.type, event.message, host=event.host, vm=event.vm, at=event.time)
-        if event.type == "VmRestartedByHAEvent":
-            vm = self._inventory.vm(event.vm)
-            if vm is not None and self._inventory.host(event.host) is not None:
-                self._inventory.set_vm_host(event.vm, event.host)
-                self._inventory.set_power_state(event.vm, ON)
+        if event.type != "VmRestartedByHAEvent":
+            return []
+        vm = self._inventory.vm(event.vm)
+        if vm is None or self._inventory.host(event.host) is None:
+            return []
+        self._inventory.set_power_state(event.vm, ON)
+        if vm.host == event.host:  # restarted where it was (its host came back first)
+            return []
+        self._inventory.set_vm_host(event.vm, event.host)
+        return [(event.vm, vm.host)]
+
+    async def _forget_on(self, host: str, vm: str) -> None:
+        """The failed host, if it is back, still has the VM registered (powered off,
+        its memory lost with it): unregistered there, its files staying."""
+        if host not in self._hosts.connected_names():
+            return  # its reconcile, when it reconnects, takes the stray off
+        try:
+            await self._hosts.call(host, "UnregisterVm", hpb.HostVmRequest(name=vm))
+        except VimFault as fault:  # not there, or running there: its reconcile decides
+            log.warning("%s keeps its %s: %s", host, vm, fault)
 
     async def monitor(self) -> None:
         """Configures and collects every HA_SYNC_INTERVAL, forever."""
@@ -259,7 +279,7 @@ class ClusterHa:
                 host=vm.host,
                 restart_priority=vm.ha_restart_priority or "medium",
                 protected=config.enabled
-                and vm.power_state == ON
+                and wanted_on(vm)
                 and bool(vm.datastore)
                 and vm.ha_restart_priority != "disabled",
             )
@@ -321,3 +341,9 @@ class ClusterHa:
                 f"host failure(s) needs {need_cpu:.1f}% and {need_memory:.1f}%: lower its "
                 "reservations, add a host, or tolerate fewer failures"
             )
+
+
+def wanted_on(vm: pb.Vm) -> bool:
+    """Whether HA keeps the VM running: powered on, or powered on by a user and not
+    powered off by one since (its host lost it)."""
+    return vm.power_state == ON or vm.ha_protected

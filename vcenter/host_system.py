@@ -659,6 +659,15 @@ class HostManager:
             return
         if bool(record.in_maintenance) != info.in_maintenance_mode:  # the host is the truth
             self._inventory.update_host(name, in_maintenance=int(info.in_maintenance_mode))
+        here = self._inventory.vms(host=name)
+        running = sum(vm.power_state == ON for vm in here)
+        if (info.vms, info.vms_powered_on) != (len(here), running):
+            # What runs there changed under vCenter (a VM killed for a lost lock, one
+            # HA restarted there): the host is the truth.
+            try:
+                await self._reconcile(name, self._links[name])
+            except VimFault as fault:
+                log.warning("reconciling %s: %s", name, fault)
         if self._inaccessible.get(name) or name in self._unmounted:
             await self._register_inaccessible(name)
         if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:

@@ -577,6 +577,7 @@ def _config(vm: vcenter_pb2.Vm) -> bytes:
         pci_devices=vm.pci_devices,
         cpu_features=vm.cpu_features,
         ha_restart_priority=vm.ha_restart_priority,
+        ha_protected=vm.ha_protected,
     )
     if vm.HasField("resources"):
         config.resources.CopyFrom(vm.resources)

@@ -426,6 +426,10 @@ class VmManager:
             await self._hosts.call(vm.host, method, hpb.HostVmRequest(name=name))
             with self._inventory.transaction():
                 self._inventory.set_power_state(name, state)
+                # What the user wants, which HA keeps: on until they power it off.
+                record = self._inventory.require_vm(name)
+                record.ha_protected = state == ON
+                self._inventory.set_vm_config(record)
                 if state == ON:  # the features its guest sees until it powers off
                     self._hosts.record_guest_cpu(name, vm.host)
                 self._events.post(

@@ -7,8 +7,8 @@ settles, and the liveness checks read the result. Everything in it comes from th
 seed: the workload's choices, the plan, and every id, secret and backoff of every
 component, so `replay(seed)` gives the same timeline and digest on any machine.
 
-The checkers run in every run; `checkers` lets a caller add its own (HA's, later)
-or replace the list.
+The checkers run in every run; `checkers` lets a caller add its own or replace the
+list.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from vsim import passwords, validate
 from vsim.cluster.simulator.checkers import Checker
 from vsim.cluster.simulator.checkers.acked_writes import AckedWritesChecker
 from vsim.cluster.simulator.checkers.disk_locks import DiskLockChecker
+from vsim.cluster.simulator.checkers.ha import HaChecker
 from vsim.cluster.simulator.checkers.inventory import InventoryChecker
 from vsim.cluster.simulator.checkers.maintenance import MaintenanceChecker
 from vsim.cluster.simulator.checkers.no_crash import NoCrashChecker
@@ -61,6 +62,7 @@ STANDARD_CHECKERS: tuple[CheckerFactory, ...] = (
     InventoryChecker,
     VMotionChecker,
     MaintenanceChecker,
+    HaChecker,
 )
 """The no-crash checker is always there (the workload reports to it)."""
 
@@ -180,7 +182,12 @@ async def _run(
         for checker in watching:
             checker.sample()
 
-    injector.before_crash.append(sample)
+    def before_crash(host: str) -> None:
+        sample()
+        for checker in watching:
+            checker.crashing(host)
+
+    injector.before_crash.append(before_crash)
     logs = _LogToHistory(history, directory)
     logging.getLogger("vsim").addHandler(logs)
     error = ""

@@ -291,7 +291,15 @@ class Workload:
     # the users
 
     async def setup(self) -> None:
-        """The initial VMs, each on a datastore, most powered on."""
+        """vSphere HA turned on in most runs (its isolation response drawn), then the
+        initial VMs, each on a datastore, most powered on."""
+        if self.rng.random() < 0.75:
+            response = self.rng.choice(("none", "none", "power-off"))
+            failures = self.rng.choice((0, 1))
+            await self._call(
+                f"enable-ha host-failures {failures} isolation {response}",
+                lambda c: c.configure_ha(host_failures=failures, isolation_response=response),
+            )
         for _ in range(self.initial_vms):
             await self.create()
         for vm in list(self.vms):

@@ -301,7 +301,15 @@ class HeartbeatReader:
 
     async def isolated(self, datastore: str, host: str) -> bool:
         """Whether the host's poweron file on this datastore says it is isolated."""
+        return (await self.poweron(datastore, host))[0]
+
+    async def poweron(self, datastore: str, host: str) -> tuple[bool, frozenset[str]]:
+        """What the host's poweron file on this datastore says: whether it is
+        isolated, and the VMs it runs (nothing known: not isolated, none)."""
         data = await _read(
             self._files(datastore), poweron_path(self.cluster, host), POWERON_BYTES, wait=True
         )
-        return data is not None and poweron_says_isolated(data)
+        if data is None:
+            return False, frozenset()
+        lines = data.decode(errors="replace").split("\n")
+        return poweron_says_isolated(data), frozenset(line for line in lines[1:] if line)

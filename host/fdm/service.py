@@ -37,6 +37,7 @@ from vsim.dispatch import PUBLIC, DispatchTable, Entry, Need, needs
 from vsim.faults import (
     FileLocked,
     InvalidArgument,
+    InvalidPowerState,
     InvalidState,
     NotAuthenticated,
     NotFound,
@@ -70,6 +71,14 @@ RESTART_CALL_S = LOCK_WAIT_S + 15.0
 REACHED_EVERY_S = 10.0
 """How often the agent reads which datastores this host reaches."""
 MAX_EVENTS = 1000
+VM_MISSING_S = 30.0
+"""How long a master sees a protected VM run nowhere, its host heard, before it
+restarts it."""
+ISOLATED_READ_S = 20.0
+"""An isolated host's poweron file read within this long says what it runs (a master
+reads it again every 8 s while the host stays isolated)."""
+MISSING_HEARD_S = 3.0
+"""A host heard within this long counts as reporting what it runs."""
 MAX_HEARTBEAT_DATASTORES = 5
 """das.heartbeatDsPerHost's highest setting (its default is 2)."""
 KEEP_FILES_EVERY_S = 1.0
@@ -132,6 +141,12 @@ class Fdm:
         self._asked: set[str] = set()
         """Hosts whose datastore heartbeat the agent asked for, read before each tick
         until its verdict on them is in (alive and heard, or dead)."""
+        self._isolated_runs: dict[str, tuple[float, frozenset[str]]] = {}
+        """An isolated host's poweron file as last read: when, and the VMs it runs."""
+        self._missing: dict[str, float] = {}
+        """Protected VMs no heard host runs, since when (a master's)."""
+        self.restarting: set[str] = set()
+        """VMs this host is restarting for a master (registered, waiting for locks)."""
         self.agent_id = f"{hostd.runtime.random.getrandbits(64):016x}"
         """This boot's agent (its events' keys start again with the next boot's)."""
 
@@ -242,7 +257,46 @@ class Fdm:
             self._carry_out(agent.tick(self._now()))
             if self._restarts is not None:
                 self._restart_actions(self._restarts.tick(self._now()))
+                self._find_missing()
             await clock.sleep(agent.settings.heartbeat_interval_s)
+
+    def _find_missing(self) -> None:
+        """A master's watch over the protected list: a protected VM whose host is heard
+        and does not run it, nor any other heard host, for VM_MISSING_S was lost (its
+        host rebooted before it was found dead, perhaps while another master ruled)
+        and is restarted like a failed host's. A VM whose host is silent is left to
+        that host's verdict; one powered off by a user leaves the list (vCenter's next
+        word, within seconds) before its time is up."""
+        now = self._now()
+        heard = {h for h, at in self._heard.items() if now - at < MISSING_HEARD_S}
+        heard.add(self.name)
+        running = set(self.hostd.running_vms())
+        for host in heard - {self.name}:
+            running.update(self._reports[host].powered_on)
+        for host, (read, vms) in self._isolated_runs.items():
+            # An isolated host speaks through its poweron file, read lately.
+            if self._verdicts.get(host) == fdm.ISOLATED and now - read < ISOLATED_READ_S:
+                heard.add(host)
+                running.update(vms)
+        where = self._runs_on()
+        lost: dict[str, set[str]] = {}
+        for v in self._protected():
+            name = v.vm.name
+            if name in running or name in self._failed_from or where.get(name) not in heard:
+                self._missing.pop(name, None)
+                continue
+            since = self._missing.setdefault(name, now)
+            if now - since >= VM_MISSING_S:
+                lost.setdefault(where[name], set()).add(name)
+        for host, names in sorted(lost.items()):
+            for name in names:
+                del self._missing[name]
+            self._event(
+                "DasHostFailedEvent",
+                f"vSphere HA found {', '.join(sorted(names))} no longer running on {host}",
+                host,
+            )
+            self._fail_over(host, names)
 
     async def _read_reached(self) -> None:
         self._reached_at = self._now()
@@ -274,7 +328,8 @@ class Fdm:
             role=agent.role if agent else "",
             datastores=len(self._reached),
             master=agent.master if agent else "",
-            powered_on=[vm.name for vm in kernel.vms() if vm.powered_on],
+            powered_on=self.hostd.running_vms(),
+            agent_id=self.agent_id,
             reached=sorted(self._reached),
             free_memory_mb=max(0, kernel.memory_free_mb),
             free_cpu_mhz=kernel.spec.cpu_cores * kernel.spec.cpu_mhz,
@@ -349,8 +404,7 @@ class Fdm:
     def _poweron(self) -> tuple[list[str], bool]:
         """What this host's poweron files say: its powered-on VMs, and whether its
         agent is isolated."""
-        vms = [vm.name for vm in self.hostd.kernel.vms() if vm.powered_on]
-        return vms, self.agent is not None and self.agent.role == fdm.ISOLATED
+        return self.hostd.running_vms(), self.agent is not None and self.agent.role == fdm.ISOLATED
 
     async def _keep_on(self, files: HeartbeatFiles, datastore: str) -> None:
         try:
@@ -400,11 +454,21 @@ class Fdm:
             agent.datastore_heartbeat(now, host, live, isolated)
 
     async def _read_datastore(self, datastore: str, host: str) -> tuple[bool, bool]:
-        """(beating, says isolated) of a host's files on one datastore."""
+        """(beating, says isolated) of a host's files on one datastore; an isolated
+        host's poweron file also says which VMs it still runs (its isolation
+        response may have powered the others off: they are restarted elsewhere)."""
         reader = self._reader
         if reader is None or not await self._beating(datastore, host):
             return False, False
-        return True, await self._bounded(reader.isolated(datastore, host))
+        try:
+            async with Timeout(self.hostd.runtime.clock, READ_HEARTBEAT_TIMEOUT_S):
+                isolated, vms = await reader.poweron(datastore, host)
+        except (VimFault, TimeoutError, OSError) as e:
+            log.debug("%s: a poweron file read: %s", self.name, e)
+            return True, False
+        if isolated:
+            self._isolated_runs[host] = (self._now(), vms)
+        return True, isolated
 
     async def _beating(self, datastore: str, host: str) -> bool:
         reader = self._reader
@@ -436,6 +500,7 @@ class Fdm:
         else:
             self._restarts = None
             self._verdicts.clear()
+            self._failed_from.clear()
         self._asked.clear()
         self._sync_watch()
         # An isolation (or its end) is in the poweron files at once.
@@ -469,12 +534,14 @@ class Fdm:
             for vm in report.powered_on:
                 if vm in where:
                     where[vm] = host
-        for vm in self.hostd.kernel.vms():
-            if vm.powered_on and vm.name in where:
-                where[vm.name] = self.name
+        for vm in self.hostd.running_vms():
+            if vm in where:
+                where[vm] = self.name
         return where
 
-    def _fail_over(self, host: str) -> None:
+    def _fail_over(self, host: str, names: set[str] | None = None) -> None:
+        """Restarts the protected VMs that ran on `host` (or those of `names`), but
+        those already being restarted."""
         if self._restarts is None:
             return
         where = self._runs_on()
@@ -488,11 +555,17 @@ class Fdm:
                 has_disks=bool(v.vm.disks),
             )
             for v in self._protected()
-            if where.get(v.vm.name) == host
+            if (where.get(v.vm.name) == host if names is None else v.vm.name in names)
+            and v.vm.name not in self._failed_from
         ]
-        self._failed_from.update((vm.name, host) for vm in vms)
         last_heard = self._heard.get(host, self._now())
-        self._restart_actions(self._restarts.begin(self._now(), host, vms, last_heard))
+        try:
+            actions = self._restarts.begin(self._now(), host, vms, last_heard)
+        except InvalidArgument as e:  # its failover is under way: it restarts them
+            log.info("%s: no new failover of %s: %s", self.name, host, e)
+            return
+        self._failed_from.update((vm.name, host) for vm in vms)
+        self._restart_actions(actions)
 
     def _restart_actions(self, actions: list[restart.Action]) -> None:
         for action in actions:
@@ -513,6 +586,7 @@ class Fdm:
                     action.dead_host,
                 )
             elif isinstance(action, restart.GiveUp):
+                self._failed_from.pop(action.vm, None)
                 self._event(
                     "VmFailoverFailed",
                     f"vSphere HA stopped trying to restart {action.vm}: "
@@ -525,7 +599,10 @@ class Fdm:
     async def _power_on(self, action: restart.PowerOn) -> None:
         manager = self._restarts
         config = {v.vm.name: v for v in self._protected()}.get(action.vm)
-        if manager is None or config is None:
+        if manager is None:
+            return
+        if config is None:  # vCenter no longer protects it (powered off, destroyed)
+            self._tell(manager, "power_on_failed", action, "it is no longer protected")
             return
         request = pb.FdmRestartVmRequest(
             vm=config.vm, failed_host=self._failed_from.get(action.vm, ""), attempt=action.attempt
@@ -537,10 +614,7 @@ class Fdm:
                 await self._call(action.host, "RestartVm", request, RESTART_CALL_S)
         except (VimFault, TimeoutError, OSError) as e:
             reason = f"{action.host}: {getattr(e, 'name', type(e).__name__)}: {e}"
-            if manager is self._restarts:
-                self._restart_actions(
-                    manager.power_on_failed(self._now(), action.vm, action.host, reason[:1000])
-                )
+            self._tell(manager, "power_on_failed", action, reason[:1000])
             return
         self._event(
             "VmRestartedByHAEvent",
@@ -548,8 +622,21 @@ class Fdm:
             action.host,
             action.vm,
         )
-        if manager is self._restarts:
-            self._restart_actions(manager.power_on_succeeded(self._now(), action.vm, action.host))
+        self._failed_from.pop(action.vm, None)
+        self._tell(manager, "power_on_succeeded", action)
+
+    def _tell(self, manager: restart.RestartManager, what: str, action: restart.PowerOn, *why: str):
+        """How a power-on ended, to the restart core it came from, if this agent is
+        still that master and the core still waits for it (the host may have been
+        declared dead meanwhile: its outcome is then moot)."""
+        if manager is not self._restarts:
+            return
+        try:
+            actions = getattr(manager, what)(self._now(), action.vm, action.host, *why)
+        except InvalidArgument as e:
+            log.info("%s: %s on %s: %s", self.name, action.vm, action.host, e)
+            return
+        self._restart_actions(actions)
 
     async def _isolated(self) -> None:
         response = self.config.isolation_response if self.config else "none"
@@ -589,13 +676,36 @@ class Fdm:
         if agent is None or r.sender not in self._peers or r.sender == self.name:
             raise InvalidArgument(f"{r.sender[:64]!r} is not another agent of this cluster")
         now = self._now()
+        before, heard = self._reports.get(r.sender), self._heard.get(r.sender, now)
         self._reports[r.sender] = r
         self._heard[r.sender] = now
+        if before is not None and before.agent_id != r.agent_id:
+            self._rebooted(r.sender, before, r, heard)
         message = fdm.Message(r.sender, r.role, r.datastores, r.master)
         self._carry_out(agent.heard(now, message))
         if self._restarts is not None and self._verdicts.get(r.sender) != fdm.DEAD:
             self._restart_actions(self._restarts.host_changed(now, self._surviving(r.sender, r)))
         return pb.FdmAck()
+
+    def _rebooted(
+        self, host: str, before: pb.FdmHeartbeat, now: pb.FdmHeartbeat, last_heard: float
+    ) -> None:
+        """A host heard again from a new boot, back before its silence made it dead:
+        the protected VMs its last boot ran and this one does not were lost with it,
+        and are restarted as a dead host's are."""
+        lost = set(before.powered_on) - set(now.powered_on)
+        lost &= {v.vm.name for v in self._protected()}
+        if not lost or self._restarts is None or self._verdicts.get(host) == fdm.DEAD:
+            return
+        self._event(
+            "DasHostFailedEvent",
+            f"vSphere HA detected that {host} failed (it rebooted, losing "
+            f"{', '.join(sorted(lost))})",
+            host,
+        )
+        self._heard[host] = last_heard
+        self._fail_over(host, lost)
+        self._heard[host] = self._now()
 
     @needs(PUBLIC)
     def Ping(self, r: pb.FdmPingRequest, _: None) -> pb.FdmAck:
@@ -617,11 +727,14 @@ class Fdm:
             known = hostd.kernel.vm(vm.name)
         except NotFound:
             known = None
+        if vm.name in hostd.powering_on:
+            raise InvalidPowerState(f"{vm.name} is powering on here already")
         if known is not None and known.powered_on:
             return  # asked again after a lost reply: it runs here
         if known is None:
             hostd.register(vm)
         deadline = self._now() + LOCK_WAIT_S
+        self.restarting.add(vm.name)
         try:
             while True:
                 try:
@@ -635,6 +748,8 @@ class Fdm:
             if known is None:
                 await hostd.forget(vm.name)
             raise
+        finally:
+            self.restarting.discard(vm.name)
 
 
 def _check(config: pb.FdmConfig, here: str) -> None:

@@ -189,6 +189,8 @@ class Hostd:
         """Failed logins per user; in memory, so a reboot unlocks, as on ESXi."""
         self.scheduler = DiskScheduler(runtime=runtime)
         self._ticker: asyncio.Task | None = None
+        self.powering_on: set[str] = set()
+        """VMs whose power-on waits for their disks: not running yet."""
         self.vmx: dict[str, VmxProcess] = {}
         """VMs with a VMX here: powered on, or holding their disks for a hand-off."""
         self.storage = storage
@@ -240,8 +242,8 @@ class Hostd:
             cpu_mhz=k.spec.cpu_mhz,
             memory_mb=k.spec.memory_mb,
             memory_used_mb=k.memory_used_mb,
-            vms=k.vm_count(),
-            vms_powered_on=k.powered_on_count(),
+            vms=k.vm_count() - len(self.fdm.restarting),  # as ListVms counts them
+            vms_powered_on=len(self.running_vms()),
             boot_time=k.boot_time,
             vmotion_endpoint=self.vmotion_address(),
             in_maintenance_mode=k.in_maintenance,
@@ -440,6 +442,12 @@ class Hostd:
         vm = await self.power_on(request.name)
         return pb.HostVmResponse(vm=vm_to_proto(vm, self.vmx.get(vm.name)))
 
+    def running_vms(self) -> list[str]:
+        """The VMs running here: powered on, their power-on complete."""
+        return [
+            vm.name for vm in self.kernel.vms() if vm.powered_on and vm.name not in self.powering_on
+        ]
+
     async def power_on(self, name: str) -> VmConfig:
         """Powers a registered VM on: admission control, then its disks opened
         (FileLocked if another host runs them), its guest started."""
@@ -447,6 +455,7 @@ class Hostd:
         if vm.disks:
             # Its guest does not run until its disks are open: powering on, not on.
             self.kernel.memory.set_speed(name, 0.0)
+            self.powering_on.add(name)
             try:
                 self._set_disk_allocation(vm)
                 vmx = self._vmx(vm)
@@ -455,6 +464,8 @@ class Hostd:
             except BaseException:
                 self.kernel.power_off(vm.name)
                 raise
+            finally:
+                self.powering_on.discard(name)
             self.kernel.memory.set_speed(name, 1.0)
         self._start_ticking()
         return vm
@@ -477,6 +488,27 @@ class Hostd:
                 self.kernel.tick()
             except Exception:  # noqa: BLE001 - one bad period must not stop the kernel
                 log.exception("%s: a kernel period failed", self.kernel.spec.name)
+            self._kill_lock_losers()
+
+    def _kill_lock_losers(self) -> None:
+        """A VM whose disk lock is gone (another host may hold it now) is killed, as
+        ESXi kills a VM that lost its lock: it must not run on beside the one that
+        took the lock. Its disks are dropped, not closed: the locks are not its own."""
+        for name, vmx in list(self.vmx.items()):
+            if not vmx.disks or not vmx.lock_lost():
+                continue
+            vm = self.kernel.vm(name)
+            if not vm.powered_on:
+                continue
+            log.warning(
+                "%s: %s lost the lock on its disk: powered off", self.kernel.spec.name, name
+            )
+            vmx.kill()
+            for disk in vmx.disks:
+                disk.abandon()
+            vmx.disks = []
+            self.scheduler.forget_vm(name)
+            self.kernel.power_off(name)
 
     @needs(ADMINISTRATOR)
     async def PowerOffVm(self, request: pb.HostVmRequest, user: str | None) -> pb.HostVmResponse:
@@ -665,9 +697,15 @@ class Hostd:
 
     @needs(SESSION)
     def ListVms(self, request: pb.ListHostVmsRequest, user: str | None) -> pb.ListHostVmsResponse:
-        return pb.ListHostVmsResponse(
-            vms=[vm_to_proto(vm, self.vmx.get(vm.name)) for vm in self.kernel.vms()]
-        )
+        vms = [
+            vm_to_proto(vm, self.vmx.get(vm.name))
+            for vm in self.kernel.vms()
+            if vm.name not in self.fdm.restarting  # HA's, until it runs or is gone
+        ]
+        for vm in vms:
+            if vm.name in self.powering_on:
+                vm.powered_on = False  # off until its power-on completes, as vSphere says
+        return pb.ListHostVmsResponse(vms=vms)
 
     # -- the VMkernel ------------------------------------------------------------------
 

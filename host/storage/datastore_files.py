@@ -67,6 +67,15 @@ class DatastoreFile(Protocol):
     async def close(self) -> None:
         """Releases the file's lock."""
 
+    def lock_lost(self) -> bool:
+        """Whether the file's lock is gone: another host may hold it (no I/O)."""
+
+    def lock_in_doubt(self) -> bool:
+        """Whether the lock may be gone or may go any moment (no I/O)."""
+
+    def abandon(self) -> None:
+        """Drops the file without closing it (no I/O): its lock is given up."""
+
 
 class DatastoreFiles(Protocol):
     """The file system of one mounted datastore, as this host sees it."""

@@ -187,6 +187,20 @@ class NfsFile:
             raise InvalidState(f"{self.path} is open read-only")
         self.fs.manager.check_held(self._lock_key(), self.path)
 
+    def lock_lost(self) -> bool:
+        """Whether the lock this file was opened under is gone (lost or given up):
+        another host may hold it now or soon."""
+        return self.mode == LockMode.EXCLUSIVE and self.fs.manager.gone(self._lock_key())
+
+    def lock_in_doubt(self) -> bool:
+        return self.lock_lost()
+
+    def abandon(self) -> None:
+        """The file is dropped unclosed (its VM killed): its lock is given up."""
+        self._closed = True
+        if self.mode == LockMode.EXCLUSIVE:
+            self.fs.manager.abandon(self._lock_key())
+
     def _lock_key(self) -> tuple[str, str]:
         manager = self.fs.manager
         return (self.directory, manager.lock_name(self.fileid, LOCK_TYPES[self.mode]))

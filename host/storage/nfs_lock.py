@@ -422,6 +422,14 @@ class NfsLockManager:
         if self.clock.now() - held.renewed >= GIVE_UP_AFTER:
             self._drop(key)
 
+    def gone(self, key: tuple[str, str]) -> bool:
+        """Whether this host can no longer count on the lock: lost, or not renewed
+        for GIVE_UP_AFTER (others may break it soon). No I/O."""
+        held = self.held.get(key)
+        return key in self.lost or (
+            held is not None and self.clock.now() - held.renewed >= GIVE_UP_AFTER
+        )
+
     def check_held(self, key: tuple[str, str], path: str) -> None:
         """Raises CannotAccessFile unless I/O under this lock is still safe: it is not
         lost, and was renewed within GIVE_UP_AFTER. Checked at every I/O, not only at
@@ -461,6 +469,12 @@ class NfsLockManager:
             raise CannotAccessFile(
                 f"an I/O on {path} was unanswered at this host's give-up point for its lock"
             ) from None
+
+    def abandon(self, key: tuple[str, str]) -> None:
+        """Gives the lock up without I/O (its holder was killed): no more renewals,
+        so it goes stale for others; this host may break it at once."""
+        if key in self.held:
+            self._drop(key)
 
     def _drop(self, key: tuple[str, str]) -> None:
         self.held.pop(key, None)

@@ -283,6 +283,20 @@ class VirtualDisk:
                 f"sectors {lba}..{lba + sectors} are outside the {self.sectors}-sector disk"
             )
 
+    def lock_lost(self) -> bool:
+        """Whether the lock on its top layer is gone: another host may write it."""
+        return self.layers[0].extent.lock_lost()
+
+    def lock_in_doubt(self) -> bool:
+        """Whether this host may no longer hold the lock on its top layer."""
+        return self.layers[0].extent.lock_in_doubt()
+
+    def abandon(self) -> None:
+        """Dropped without closing (its VM killed for a lost lock)."""
+        self._closed = True
+        for layer in self.layers:
+            layer.extent.abandon()
+
     @property
     def has_parent(self) -> bool:
         """A delta over other disks: blocks written by the VMs of the chain below may

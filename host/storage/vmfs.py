@@ -301,6 +301,17 @@ class VmfsVolume:
         self.stats["reclaims"] += 1
         return True
 
+    @property
+    def slot_cleared(self) -> bool:
+        """Another host cleared this host's heartbeat slot: every lock it held here is
+        broken, and the volume stays lost."""
+        return self.lost_access and not self.reclaimable
+
+    def access_in_doubt(self) -> bool:
+        """Whether others may break this host's locks now: its last good heartbeat is
+        HB_TIMEOUT old (no I/O)."""
+        return self._heartbeat_too_old()
+
     def _heartbeat_too_old(self) -> bool:
         """Whether the volume is lost: already, or now because this host's last good
         heartbeat is HB_TIMEOUT old."""

@@ -359,6 +359,21 @@ class VmfsFile:
         self._pointer_sectors: dict[int, bytes] = {}
         self._closed = False
 
+    def lock_lost(self) -> bool:
+        """Whether another host has cleared this host's heartbeat slot, breaking
+        every lock it held on the volume."""
+        return self.volume.slot_cleared
+
+    def abandon(self) -> None:
+        """The file is dropped unclosed (its VM killed after another host broke its
+        locks): nothing of it is this host's any more."""
+        self._closed = True
+
+    def lock_in_doubt(self) -> bool:
+        """Whether this host may have lost the lock: its volume is lost (its heartbeat
+        too old, so others may break its locks) or its slot was cleared."""
+        return self.volume.access_in_doubt()
+
     def _check(self, writing: bool = False) -> Superblock:
         if self._closed:
             raise InvalidState(f"{self.path} is closed")

@@ -161,6 +161,13 @@ class VmxProcess:
         disks, self.disks = self.disks, []
         await close_all(disks)
 
+    def lock_lost(self) -> bool:
+        """Whether another host may hold one of its disks' locks now."""
+        return any(disk.lock_lost() for disk in self.disks)
+
+    def lock_in_doubt(self) -> bool:
+        return any(disk.lock_in_doubt() for disk in self.disks)
+
     def kill(self) -> None:
         """The host died: the guest stops mid-stride, nothing is closed."""
         if self._guest is not None:

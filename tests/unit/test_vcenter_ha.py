@@ -166,3 +166,32 @@ async def test_bad_vm_ha_settings_are_refused(lab):
     with pytest.raises(NotFound):
         await lab.client.set_vm_ha("no-such-vm", "high")
     assert (await lab.client.vm("vm-b")).ha_restart_priority == ""
+
+
+async def test_an_isolated_hosts_powered_off_vm_is_restarted_elsewhere(lab):
+    """Response power-off, heartbeat datastores (vCenter's pick): the host cut from
+    management isolates itself at 30 s and powers its VM off (its lock released);
+    the master, reading its poweron file, finds the VM running nowhere and restarts
+    it on another host."""
+    await running_vm(lab, "vm-iso", "vmfs-01")
+    await lab.client.configure_ha(isolation_response="power-off")
+    await asyncio.sleep(25)
+    lab.engine.set_link_now("esxi-01", "management", False)
+    await asyncio.sleep(25)
+    assert running_on(lab, "vm-iso") == ["esxi-01"]  # not isolated yet: it runs on
+    await asyncio.sleep(100)
+    hosts = running_on(lab, "vm-iso")
+    assert len(hosts) == 1 and hosts[0] in ("esxi-02", "esxi-03")
+
+
+async def test_a_host_that_reboots_before_it_is_found_dead_has_its_vms_restarted(lab):
+    await running_vm(lab, "vm-rb", "nfs-01")
+    await lab.client.configure_ha()
+    await asyncio.sleep(25)
+    lab.engine.crash("esxi-01")
+    await lab.engine.power_on_host("esxi-01")  # back at once, its VM lost with its memory
+    await asyncio.sleep(120)
+    hosts = running_on(lab, "vm-rb")
+    assert len(hosts) == 1
+    vm = await lab.client.vm("vm-rb")
+    assert (vm.host, vm.power_state) == (hosts[0], ON)

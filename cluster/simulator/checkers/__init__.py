@@ -34,6 +34,9 @@ class Checker:
         """A vMotion call from source to destination "arriving" there or "landed"
         (the engine's vMotion tap)."""
 
+    def crashing(self, host: str) -> None:
+        """The host is about to crash (after a last `sample`)."""
+
     def sample(self) -> None:
         """A look at the hosts, once a simulated second and before every crash."""
 

@@ -3,7 +3,10 @@
 Read from the hosts themselves (each running boot's kernel), once a simulated second
 and before every crash; VM starts and stops go into the history as they are seen. A
 VM stunned for a vMotion's switchover is not running (its guest does nothing); one
-arriving by vMotion runs from its resume.
+arriving by vMotion runs from its resume. Nor does a VM whose host may have lost its
+disk's lock (its volume lost for want of heartbeats, its NFS lock not renewed in
+time): another host may take the lock, and the first host kills the VM once it knows
+the lock is gone; until then it cannot write.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ class OneHostChecker(Checker):
             for vm in hostd.kernel.vms():
                 # A source's VM stunned for a vMotion's switchover does not run: its
                 # guest does nothing until it resumes on one side or the other.
+                vmx = hostd.vmx.get(vm.name)
+                if vmx is not None and vmx.disks and vmx.lock_in_doubt():
+                    continue
                 if vm.powered_on and hostd.kernel.memory.speed(vm.name) > 0:
                     seen.setdefault(vm.name, []).append(host)
         for vm, hosts in sorted(seen.items()):
