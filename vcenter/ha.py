@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import sqlite3
 
 from vsim import validate
 from vsim.faults import InsufficientFailoverResourcesFault, InvalidArgument, VimFault
@@ -207,13 +208,19 @@ class ClusterHa:
                 )
             last = 0 if state.agent_id != agent else int(key)
             moved: list[tuple[str, str]] = []
+            host_of: dict[str, str] = {}
             with self._inventory.transaction():
                 for event in state.events:
                     moved += self._record(event)
+                    if event.type == "VmRestartedByHAEvent":
+                        host_of[event.vm] = event.host
                     last = max(last, event.key)
                 self._inventory.set_meta(EVENTS_META + host, f"{state.agent_id}:{last}")
             for vm, old in moved:
-                await self._forget_on(old, vm)
+                if old:
+                    await self._forget_on(old, vm)
+                else:
+                    await self._discover(vm, host_of[vm])
 
     def _record(self, event: hpb.FdmEvent) -> list[tuple[str, str]]:
         """Posts an agent's event; follows a restarted VM. Returns (VM, the host it
@@ -222,13 +229,55 @@ class ClusterHa:
         if event.type != "VmRestartedByHAEvent":
             return []
         vm = self._inventory.vm(event.vm)
-        if vm is None or self._inventory.host(event.host) is None:
+        if self._inventory.host(event.host) is None:
             return []
+        if vm is None:  # it left the inventory with its failed host (removed)
+            return [(event.vm, "")]
         self._inventory.set_power_state(event.vm, ON)
         if vm.host == event.host:  # restarted where it was (its host came back first)
             return []
         self._inventory.set_vm_host(event.vm, event.host)
         return [(event.vm, vm.host)]
+
+    async def _discover(self, name: str, host: str) -> None:
+        """A VM an agent restarted that vCenter no longer knows (its failed host was
+        removed, and its VMs with it): taken into the inventory from the host that
+        runs it, as vCenter discovers a VM registered on one of its hosts."""
+        try:
+            reply = await self._hosts.call(host, "ListVms", hpb.ListHostVmsRequest())
+        except VimFault as fault:
+            log.warning("cannot discover %s on %s: %s", name, host, fault)
+            return
+        found = next((v for v in reply.vms if v.name == name and v.powered_on), None)
+        if found is None or self._inventory.vm(name) is not None:
+            return
+        vm = pb.Vm(
+            name=found.name,
+            host=host,
+            cpus=found.cpus,
+            memory_mb=found.memory_mb,
+            power_state=ON,
+            uuid=found.uuid,
+            guest_os=found.guest_os,
+            datastore=found.datastore,
+            disks=found.disks,
+            guest_write_iops=found.guest_write_iops,
+            resources=found.resources if found.HasField("resources") else None,
+            nics=found.nics,
+            pci_devices=found.pci_devices,
+            ha_protected=True,
+        )
+        try:
+            with self._inventory.transaction():
+                self._inventory.add_vm(vm)
+                self._events.post(
+                    "VmDiscoveredEvent",
+                    f"Discovered {name} on {host} (restarted there by vSphere HA)",
+                    host=host,
+                    vm=name,
+                )
+        except sqlite3.IntegrityError as e:  # a MAC of its is another VM's now
+            log.warning("cannot take %s on %s into the inventory: %s", name, host, e)
 
     async def _forget_on(self, host: str, vm: str) -> None:
         """The failed host, if it is back, still has the VM registered (powered off,

@@ -146,7 +146,8 @@ class Fdm:
         self._missing: dict[str, float] = {}
         """Protected VMs no heard host runs, since when (a master's)."""
         self.restarting: set[str] = set()
-        """VMs this host is restarting for a master (registered, waiting for locks)."""
+        """VMs this host registered to restart them for a master, until they run (or
+        are given up and forgotten): not yet the host's to report."""
         self.agent_id = f"{hostd.runtime.random.getrandbits(64):016x}"
         """This boot's agent (its events' keys start again with the next boot's)."""
 
@@ -733,8 +734,8 @@ class Fdm:
             return  # asked again after a lost reply: it runs here
         if known is None:
             hostd.register(vm)
+            self.restarting.add(vm.name)  # registered for the restart alone, until it runs
         deadline = self._now() + LOCK_WAIT_S
-        self.restarting.add(vm.name)
         try:
             while True:
                 try:

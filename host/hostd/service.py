@@ -189,6 +189,8 @@ class Hostd:
         """Failed logins per user; in memory, so a reboot unlocks, as on ESXi."""
         self.scheduler = DiskScheduler(runtime=runtime)
         self._ticker: asyncio.Task | None = None
+        self.lock_losers: set[str] = set()
+        """VMs this boot killed since they last powered on, for a lost disk lock."""
         self.powering_on: set[str] = set()
         """VMs whose power-on waits for their disks: not running yet."""
         self.vmx: dict[str, VmxProcess] = {}
@@ -452,6 +454,7 @@ class Hostd:
         """Powers a registered VM on: admission control, then its disks opened
         (FileLocked if another host runs them), its guest started."""
         vm = self.kernel.power_on(name)  # admission control first: no locks taken
+        self.lock_losers.discard(name)
         if vm.disks:
             # Its guest does not run until its disks are open: powering on, not on.
             self.kernel.memory.set_speed(name, 0.0)
@@ -503,6 +506,7 @@ class Hostd:
             log.warning(
                 "%s: %s lost the lock on its disk: powered off", self.kernel.spec.name, name
             )
+            self.lock_losers.add(name)
             vmx.kill()
             for disk in vmx.disks:
                 disk.abandon()

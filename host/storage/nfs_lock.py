@@ -257,6 +257,7 @@ class NfsLockManager:
                     await self.client.remove(directory, name)
                 raise CannotAccessFile(f"cannot write the lock of {path}: {e}") from None
             self.held[key] = _Held(directory, name, handle, record, self.clock.now())
+            self.lost.discard(key)  # a lock lost before, taken again: this one holds
             self.abandoned.discard(key)
             self._verifiers.pop(key, None)
             self._watches.pop(key, None)

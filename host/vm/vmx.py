@@ -91,8 +91,20 @@ class VmxProcess:
         if blocks == 0:
             return
         # A guest that ran before (another host, another boot) goes on from its newest
-        # write on disk, so sequence numbers never repeat.
-        found = await verify_guest_disk(disk, self.vm_uuid, 0)
+        # write on disk, so sequence numbers never repeat; it reads that as it writes,
+        # retrying while the disk cannot be read (paths down), up to the APD timeout
+        # (a lost lock: its host kills the VM meanwhile).
+        began, backoff = self.clock.now(), RETRY_BACKOFF[0]
+        while True:
+            try:
+                found = await verify_guest_disk(disk, self.vm_uuid, 0)
+                break
+            except Exception as e:  # noqa: BLE001 - a fault or a SCSI error: an I/O error
+                if self._stopping or self.clock.now() - began >= APD_TIMEOUT:
+                    log.warning("%s: the guest cannot read its disk: %s", self.name, e)
+                    return
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF[1])
         self._next_seq = max(self._next_seq, found.highest_seq + 1)
         self.acked_seq = max(self.acked_seq, found.highest_seq)
         interval = 1.0 / self.guest_write_iops

@@ -9,7 +9,7 @@
   powered on on its source and runs on no other host, unless its source crashed
   during the migration (the VM is lost with its host, as in vSphere). It may be
   stunned there still: a source that lost its storage keeps the guest stunned until
-  its disks open again.
+  its disks open again; or killed there for a lost disk lock, as ESXi kills it.
 - Once the run has settled, no powered-on VM is left stunned (liveness).
 - When vCenter reports one done (VmMigratedEvent), the VM runs on the destination
   and no longer on the source, unless the destination crashed after it resumed it.
@@ -107,6 +107,9 @@ class VMotionChecker(Checker):
                 return
             if not runs and self._powered_on(source, event.vm):
                 runs = [source]  # stunned, waiting for its disks
+            if not runs and event.vm in source_boot.lock_losers:
+                self.history.record("vmotion", f"{event.vm} killed on {source}: its lock was lost")
+                return
             if runs != [source]:
                 self.violate(
                     f"the failed migration of {event.vm} to {destination} left it running on "
