@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/virtual_time.py
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/vmotion.py
+	$(BIN)/python bench/ha.py
 
 # The container image (debootstrap base + wheelhouse; no registry needed), tagged by
 # a hash of its inputs: a second run with nothing changed takes a second.
