@@ -63,9 +63,15 @@ GATEWAY = "gateway"
 """The isolation address when none is set: the management network's gateway."""
 CALL_TIMEOUT_S = 1.0
 """A heartbeat or ping unanswered this long is lost (the next comes a second later)."""
-LOCK_WAIT_S = 45.0
-"""How long a restart's power-on waits for the failed host's disk locks to go stale
-(NFS's 35 s, with room): FileLocked until then, tried again every LOCK_POLL_S."""
+LOCK_WAIT_S = 60.0
+"""How long a restart's power-on waits for the failed host's disk locks to go stale,
+as the restarting host itself watches them (NFS: 35 s unchanged; VMFS: its holder's
+heartbeat 16 s still), with room: FileLocked until then, tried every LOCK_POLL_S."""
+RESTART_TIMING = restart.RestartSettings(vmfs_lock_stale_s=0.0, nfs_lock_stale_s=0.0)
+"""The master asks for a power-on at once after its verdict: the restarting host's
+own wait on the locks (LOCK_WAIT_S) is what keeps it from breaking a live one, and
+the stale times counted twice (before asking, then again as that host watches the
+locks from the first try) would only delay it."""
 LOCK_POLL_S = 2.0
 RESTART_CALL_S = LOCK_WAIT_S + 15.0
 REACHED_EVERY_S = 10.0
@@ -496,7 +502,9 @@ class Fdm:
                 self._surviving(h, r) for h, r in sorted(self._reports.items()) if h != self.name
             ]
             self._restarts = restart.RestartManager(
-                [self._surviving(self.name, self.heartbeat()), *hosts], self._now()
+                [self._surviving(self.name, self.heartbeat()), *hosts],
+                self._now(),
+                RESTART_TIMING,
             )
         else:
             self._restarts = None

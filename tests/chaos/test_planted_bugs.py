@@ -12,6 +12,7 @@ import pytest
 
 from vsim.cluster.simulator import workload
 from vsim.cluster.simulator.run import SeedReport, Settings, run_seed
+from vsim.host.fdm.service import Fdm
 from vsim.host.hostd.migration import Migrations
 from vsim.host.kernel.memory.memsched import MemoryManager
 from vsim.host.storage import nfs_lock, vmfs
@@ -120,3 +121,15 @@ def test_a_failed_switchover_that_never_resumes_the_guest_is_caught(monkeypatch)
     broken = [v for v in report.violations if v.checker == "vmotion moves the whole VM"]
     assert any("still stunned" in v.event for v in broken)
     replays(report, settings, "vmotion moves the whole VM")
+
+
+def test_a_master_that_restarts_nothing_is_caught(monkeypatch):
+    """Planted: the HA master declares hosts dead but never restarts their VMs, so a
+    crashed host's protected VMs stay down."""
+    monkeypatch.setattr(Fdm, "_fail_over", lambda self, host, names=None: None)
+    monkeypatch.setattr(Fdm, "_find_missing", lambda self: None)
+    settings = Settings(hosts=3, minutes=4, faults=("crash",))
+    report = first_failure(settings, range(40), "HA restarts a failed host's VMs")
+    broken = [v for v in report.violations if v.checker == "HA restarts a failed host's VMs"]
+    assert any("runs on no host" in v.event for v in broken)
+    replays(report, settings, "HA restarts a failed host's VMs")
