@@ -9,7 +9,8 @@ Marked `docker`: the session's stack is started once (conftest.py) and removed w
 its volumes at the end. The tests run in order and build on each other: the VMs of
 the first ones are the subjects of the later ones; the kill and the container's
 start come in the middle, then the fault service's own cut, on a host they spared;
-the vMotions come last, and the last one kills esxi-01 and starts it again.
+the vMotions come next, the last of them killing esxi-01 and starting it again;
+last, vSphere HA restarts a VM of a killed esxi-01 on another host.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ POLL_SLACK = 2.0
 BIG_MB = 4096
 """A VM whose pre-copy over 1 GbE lasts ~13 s (its guest has touched 1.6 GB): time to
 kill its destination in while it runs."""
+HA_RESTART_S = 90.0
+"""Seconds from a host's kill to its VM running elsewhere by HA: dead at 18 s, the
+VMFS lock stale 16 s later as the restarting host watches it, then the power-on."""
+ON = pb.POWER_STATE_POWERED_ON
 
 
 async def not_responding_within_ha_detection(client, host: str, since: float, wait_until):
@@ -475,3 +480,62 @@ async def test_a_destination_container_killed_during_precopy_leaves_the_vm_on_it
     finally:
         await started_again(compose, client, wait_until, "esxi-01")
     await client.update_vmknic("esxi-01", "vmk1", link_speed_mbps=10000)
+
+
+async def ha_ready(client, host: str, vm: str) -> bool:
+    """An HA master elected, host its slave (not the master: a master's death would
+    add an election), and vm protected."""
+    status = await client.ha_status()
+    states = {h.host: h.state for h in status.hosts}
+    protected = {v.name for v in status.vms if v.protected}
+    return bool(status.master) and states.get(host) == "connectedToMaster" and vm in protected
+
+
+async def test_ha_restarts_a_killed_host_containers_vm_on_another_host(compose, client, wait_until):
+    """vSphere HA on, docker kill esxi-01 while c-ha (its disk on vmfs-01) runs there:
+    the master's agent finds esxi-01 dead (18 s: its network and datastore heartbeats
+    stopped), and c-ha runs again on a survivor once esxi-01's VMFS lock is stale
+    (16 s), within HA_RESTART_S; every write acknowledged before the kill reads back,
+    and vCenter's log has VmRestartedByHAEvent. esxi-01 is started again and
+    reconnects; HA is turned off again."""
+    await running_vm(client, "c-ha", "esxi-01", "vmfs-01")
+    await client.configure_ha()
+    try:
+        assert await wait_until(lambda: ha_ready(client, "esxi-01", "c-ha"), 60), (
+            f"HA not ready: {await client.ha_status()}"
+        )
+
+        async def writing():
+            return (await client.vm("c-ha")).guest_writes_acked >= 20
+
+        assert await wait_until(writing, 30)
+        acked = (await client.vm("c-ha")).guest_writes_acked
+        compose.docker("kill", compose.container("esxi-01"))
+        killed = time.monotonic()
+        try:
+
+            async def restarted():
+                vm = await client.vm("c-ha")
+                return vm if vm.host != "esxi-01" and vm.power_state == ON else None
+
+            vm = await wait_until(restarted, HA_RESTART_S, step=1)
+            assert vm, f"c-ha was not restarted within {HA_RESTART_S:.0f} s:\n" + (
+                compose.logs("vcenter", "esxi-02", "esxi-03")
+            )
+            took = time.monotonic() - killed
+            assert took >= 16, took  # never before the dead host's VMFS lock was stale
+            report = await client.verify_disk("c-ha", acked)
+            assert (report.corrupt, report.missing) == (0, 0)
+            assert report.highest_seq >= acked
+            lock = await client.lock_owner("vmfs-01", "c-ha/c-ha-flat.vmdk")
+            assert [h.host for h in lock.holders] == [vm.host]
+
+            async def event():
+                events = await client.events()
+                return [(e.vm, e.host) for e in events if e.type == "VmRestartedByHAEvent"]
+
+            assert ("c-ha", vm.host) in await wait_until(event, 30)
+        finally:
+            await started_again(compose, client, wait_until, "esxi-01")
+    finally:
+        await client.configure_ha(enabled=False)
