@@ -10,7 +10,8 @@ its volumes at the end. The tests run in order and build on each other: the VMs 
 the first ones are the subjects of the later ones; the kill and the container's
 start come in the middle, then the fault service's own cut, on a host they spared;
 the vMotions come next, the last of them killing esxi-01 and starting it again;
-last, vSphere HA restarts a VM of a killed esxi-01 on another host.
+last, vSphere HA restarts a VM of a killed esxi-01 on another host, and leaves the
+VM of an esxi-01 cut from management only where it runs.
 """
 
 from __future__ import annotations
@@ -537,5 +538,53 @@ async def test_ha_restarts_a_killed_host_containers_vm_on_another_host(compose, 
             assert ("c-ha", vm.host) in await wait_until(event, 30)
         finally:
             await started_again(compose, client, wait_until, "esxi-01")
+    finally:
+        await client.configure_ha(enabled=False)
+
+
+async def test_an_isolated_host_keeps_its_vm_and_nobody_else_starts_it(compose, client, wait_until):
+    """vSphere HA on (isolation response none), docker network disconnect management
+    esxi-01 while c-island (vmfs-01) runs there: for 60 s vCenter has it on esxi-01,
+    powered on, no VmRestartedByHAEvent for it, its disk lock live and esxi-01's as
+    another host sees it; reconnected, esxi-01 (its Ray node alive throughout) is
+    connected again and c-island's guest wrote on."""
+    await running_vm(client, "c-island", "esxi-01", "vmfs-01")
+    await client.configure_ha()
+    management, esxi_01 = compose.network("management"), compose.container("esxi-01")
+    try:
+        assert await wait_until(lambda: ha_ready(client, "esxi-01", "c-island"), 60), (
+            f"HA not ready: {await client.ha_status()}"
+        )
+        acked = (await client.vm("c-island")).guest_writes_acked
+        compose.docker("network", "disconnect", management, esxi_01)
+        cut = time.monotonic()
+        try:
+            while time.monotonic() - cut < 60:
+                vm = await client.vm("c-island")
+                assert (vm.host, vm.power_state) == ("esxi-01", ON)
+                events = await client.events()
+                assert not [
+                    e for e in events if e.type == "VmRestartedByHAEvent" and e.vm == "c-island"
+                ]
+                await asyncio.sleep(2)
+            lock = await client.lock_owner("vmfs-01", "c-island/c-island-flat.vmdk")
+            (holder,) = lock.holders
+            assert lock.observed_by != "esxi-01" and holder.host == "esxi-01" and holder.live
+        finally:
+            compose.docker("network", "connect", "--ip", f"{compose.net}.1.11", management, esxi_01)
+
+        async def connected():
+            hosts = {h.name: h.connection_state for h in await client.hosts()}
+            return hosts["esxi-01"] == CONNECTED
+
+        assert await wait_until(connected, 60), compose.logs("vcenter", "esxi-01")
+
+        async def wrote_on():
+            vm = await client.vm("c-island")
+            return vm.host == "esxi-01" and vm.power_state == ON and vm.guest_writes_acked > acked
+
+        assert await wait_until(wrote_on, 30), f"{await client.vm('c-island')}"
+        report = await client.verify_disk("c-island", acked)
+        assert (report.corrupt, report.missing) == (0, 0)
     finally:
         await client.configure_ha(enabled=False)
