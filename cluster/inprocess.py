@@ -167,62 +167,47 @@ class LocalHostPort:
         self._hostd = None
 
 
-class _VmotionLine:
-    """One migration's line from a host to another's HostVMotion service: each call
-    crosses the sender's vMotion network, then the receiver's."""
+class _HostLine:
+    """A host's line to another host's service (a migration's to HostVMotion over
+    the vMotion networks, the HA agent's to HostFdm over the management networks):
+    each call crosses the sender's network, then the receiver's. vMotion calls go
+    by the engine's vMotion tap as they arrive and once they landed."""
 
-    def __init__(self, engine: InProcessEngine, source: str, boot: int, peer: str, token: str):
+    def __init__(
+        self,
+        engine: InProcessEngine,
+        source: str,
+        boot: int,
+        peer: str,
+        token: str,
+        network: str,
+        table: Callable[[Hostd], Any],
+    ):
         self._engine, self._source, self._boot = engine, source, boot
-        self._peer, self._token = peer, token
+        self._peer, self._token, self._network, self._table = peer, token, network, table
 
     async def call(self, method: str, request: Any) -> Any:
-        engine, peer = self._engine, self._peer
+        engine, peer, network = self._engine, self._peer, self._network
+        tapped = network == "vmotion"
 
         async def arrive() -> Any:
-            engine.tap_vmotion(self._source, peer, method, "arriving")
+            if tapped:
+                engine.tap_vmotion(self._source, peer, method, "arriving")
             hostd = engine.running(peer)
             if hostd is None:
-                raise HostConnectFault(f"{peer} does not answer on its vMotion network")
-            reply = await dispatch.call(hostd.migrations.table, method, request, self._token)
-            engine.tap_vmotion(self._source, peer, method, "landed")
+                raise HostConnectFault(f"{peer} does not answer on its {network} network")
+            reply = await dispatch.call(self._table(hostd), method, request, self._token)
+            if tapped:
+                engine.tap_vmotion(self._source, peer, method, "landed")
             if engine.running(peer) is not hostd:
-                raise path_down("vmotion", f"{peer} crashed before its reply to {method} left")
+                raise path_down(network, f"{peer} crashed before its reply to {method} left")
             return reply
 
         return await engine._carry(
             self._source,
-            "vmotion",
+            network,
             method,
-            lambda: engine._carry(peer, "vmotion", method, arrive),
-            sender=self._boot,
-        )
-
-    async def close(self) -> None:
-        return None
-
-
-class _FdmLine:
-    """A host's HA agent's line to another host's agent: each call crosses the
-    sender's management network, then the receiver's."""
-
-    def __init__(self, engine: InProcessEngine, source: str, boot: int, peer: str, token: str):
-        self._engine, self._source, self._boot = engine, source, boot
-        self._peer, self._token = peer, token
-
-    async def call(self, method: str, request: Any) -> Any:
-        engine, peer = self._engine, self._peer
-
-        async def arrive() -> Any:
-            hostd = engine.running(peer)
-            if hostd is None:
-                raise HostConnectFault(f"{peer} does not answer on its management network")
-            return await dispatch.call(hostd.fdm.table, method, request, self._token)
-
-        return await engine._carry(
-            self._source,
-            "management",
-            method,
-            lambda: engine._carry(peer, "management", method, arrive),
+            lambda: engine._carry(peer, network, method, arrive),
             sender=self._boot,
         )
 
@@ -330,7 +315,9 @@ class InProcessEngine:
                     f"{peer} presents the certificate {presented}, not the one pinned",
                     thumbprint=presented,
                 )
-            return _VmotionLine(self, name, boot, peer, token)
+            return _HostLine(
+                self, name, boot, peer, token, "vmotion", lambda hostd: hostd.migrations.table
+            )
 
         return connect
 
@@ -348,7 +335,9 @@ class InProcessEngine:
                     f"{peer} presents another certificate than the one pinned",
                     thumbprint=self._identities[peer].thumbprint,
                 )
-            return _FdmLine(self, name, boot, peer, token)
+            return _HostLine(
+                self, name, boot, peer, token, "management", lambda hostd: hostd.fdm.table
+            )
 
         return connect
 

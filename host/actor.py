@@ -70,29 +70,14 @@ async def hold_boot_lock(directory: Path, name: str, clock: Clock) -> int:
 
 
 class _PeerLine:
-    """One migration's gRPC line to the destination's HostVMotion service; each call
-    crosses this host's vMotion uplink first."""
+    """A gRPC line to another host's service (a migration's to HostVMotion, the HA
+    agent's to HostFdm); each call crosses this host's uplink on `network` first."""
 
-    def __init__(self, rpc: RpcClient, token: str, uplinks: Uplinks) -> None:
-        self._rpc, self._token, self._uplinks = rpc, token, uplinks
-
-    async def call(self, method: str, request: Any) -> Any:
-        await self._uplinks.cross("vmotion")
-        return await self._rpc.call(method, request, self._token)
-
-    async def close(self) -> None:
-        await self._rpc.channel.close()
-
-
-class _FdmLine:
-    """The HA agent's gRPC line to another host's agent (HostFdm); each call crosses
-    this host's management uplink first."""
-
-    def __init__(self, rpc: RpcClient, token: str, uplinks: Uplinks) -> None:
-        self._rpc, self._token, self._uplinks = rpc, token, uplinks
+    def __init__(self, rpc: RpcClient, token: str, uplinks: Uplinks, network: str) -> None:
+        self._rpc, self._token, self._uplinks, self._network = rpc, token, uplinks, network
 
     async def call(self, method: str, request: Any) -> Any:
-        await self._uplinks.cross("management")
+        await self._uplinks.cross(self._network)
         return await self._rpc.call(method, request, self._token)
 
     async def close(self) -> None:
@@ -192,16 +177,16 @@ class EsxiHost:
         service, its certificate pinned."""
         await self.uplinks.cross("vmotion")
         channel, _ = await open_channel(endpoint, pinned=thumbprint)
-        return _PeerLine(RpcClient(channel, MIGRATION_SERVICE, timeout=60), token, self.uplinks)
+        rpc = RpcClient(channel, MIGRATION_SERVICE, timeout=60)
+        return _PeerLine(rpc, token, self.uplinks, "vmotion")
 
-    async def _connect_fdm(self, endpoint: str, thumbprint: str, token: str) -> _FdmLine:
+    async def _connect_fdm(self, endpoint: str, thumbprint: str, token: str) -> _PeerLine:
         """A line over this host's management uplink to another host's HA agent, its
         certificate pinned."""
         await self.uplinks.cross("management")
         channel, _ = await open_channel(endpoint, pinned=thumbprint)
-        return _FdmLine(
-            RpcClient(channel, FDM_SERVICE, timeout=RESTART_CALL_S), token, self.uplinks
-        )
+        rpc = RpcClient(channel, FDM_SERVICE, timeout=RESTART_CALL_S)
+        return _PeerLine(rpc, token, self.uplinks, "management")
 
     async def _ping_gateway(self, address: str) -> bool:
         """The isolation address, pinged over the management uplink ("gateway": the
