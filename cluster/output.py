@@ -26,6 +26,8 @@ from typing import Any
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from vsim.ha_settings import DEFAULT_RESTART_PRIORITY
+
 DECIMALS = 3
 """Places a float keeps in JSON: milliseconds of a timestamp, a thousandth of a MB."""
 
@@ -41,7 +43,7 @@ DEFAULT_WORDS: dict[tuple[str, str], str] = {
     ("vsim.v1.SecurityPolicy", "forged_transmits"): "inherit",
     ("vsim.v1.PhysicalPort", "vlans"): "all",
     ("vsim.v1.HaConfig", "isolation_response"): "none",
-    ("vsim.v1.Vm", "ha_restart_priority"): "medium",
+    ("vsim.v1.Vm", "ha_restart_priority"): DEFAULT_RESTART_PRIORITY,
 }
 """(message, field) whose zero, empty or unset value stands for a setting: its word."""
 
@@ -566,7 +568,7 @@ def ha_vm_text(vm: Any, ha_enabled: bool) -> str:
         {
             "vm": vm.name,
             "host": vm.host or "-",
-            "restart_priority": vm.restart_priority or "medium",
+            "restart_priority": vm.restart_priority or DEFAULT_RESTART_PRIORITY,
             "protected": protected,
         }
     )

@@ -25,11 +25,12 @@ import sqlite3
 
 from vsim import validate
 from vsim.faults import InsufficientFailoverResourcesFault, InvalidArgument, VimFault
+from vsim.ha_settings import DEFAULT_RESTART_PRIORITY, ISOLATION_RESPONSES, RESTART_PRIORITIES
 from vsim.runtime import Runtime
 from vsim.v1 import host_agent_pb2 as hpb
 from vsim.v1 import vcenter_pb2 as pb
 from vsim.vcenter.events import EventLog
-from vsim.vcenter.host_system import CONNECTED, HostManager, host_vm
+from vsim.vcenter.host_system import CONNECTED, HostManager, host_vm, inventory_vm
 from vsim.vcenter.inventory import Inventory
 from vsim.vcenter.secrets import SecretBox
 
@@ -39,8 +40,6 @@ HA_META = "ha"
 SECRET_META = "ha_secret"
 EVENTS_META = "ha_events:"
 """+ host: the agent id and the last event key collected from it."""
-RESTART_PRIORITIES = ("disabled", "lowest", "low", "medium", "high", "highest")
-ISOLATION_RESPONSES = ("none", "power-off", "shutdown")
 HA_SYNC_INTERVAL = 5.0
 """Seconds between vCenter's rounds of configuring the agents and collecting events."""
 HEARTBEAT_DATASTORES = 2
@@ -64,6 +63,7 @@ class ClusterHa:
         self._events = events
         self._secrets = secrets
         self._runtime = runtime
+        self._opened_secret: bytes | None = None
         self._pushed: dict[str, bytes] = {}
         """Host -> the configuration it was last given (serialized)."""
 
@@ -121,9 +121,11 @@ class ClusterHa:
         return self._inventory.require_vm(request.name)
 
     def _secret(self) -> bytes:
-        return base64.b64decode(
-            self._secrets.open(base64.b64decode(self._inventory.meta(SECRET_META)))
-        )
+        """The cluster's secret, opened once (it never changes once made)."""
+        if self._opened_secret is None:
+            sealed = base64.b64decode(self._inventory.meta(SECRET_META))
+            self._opened_secret = base64.b64decode(self._secrets.open(sealed))
+        return self._opened_secret
 
     # the agents
 
@@ -140,7 +142,7 @@ class ClusterHa:
         vms = [
             hpb.FdmProtectedVm(
                 vm=host_vm(vm),
-                restart_priority=vm.ha_restart_priority or "medium",
+                restart_priority=vm.ha_restart_priority or DEFAULT_RESTART_PRIORITY,
                 host=vm.host,
                 datastore_kind=kinds.get(vm.datastore, "vmfs"),
             )
@@ -251,22 +253,8 @@ class ClusterHa:
         found = next((v for v in reply.vms if v.name == name and v.powered_on), None)
         if found is None or self._inventory.vm(name) is not None:
             return
-        vm = pb.Vm(
-            name=found.name,
-            host=host,
-            cpus=found.cpus,
-            memory_mb=found.memory_mb,
-            power_state=ON,
-            uuid=found.uuid,
-            guest_os=found.guest_os,
-            datastore=found.datastore,
-            disks=found.disks,
-            guest_write_iops=found.guest_write_iops,
-            resources=found.resources if found.HasField("resources") else None,
-            nics=found.nics,
-            pci_devices=found.pci_devices,
-            ha_protected=True,
-        )
+        vm = inventory_vm(found, host)
+        vm.ha_protected = True
         try:
             with self._inventory.transaction():
                 self._inventory.add_vm(vm)
@@ -326,7 +314,7 @@ class ClusterHa:
             pb.HaVmStatus(
                 name=vm.name,
                 host=vm.host,
-                restart_priority=vm.ha_restart_priority or "medium",
+                restart_priority=vm.ha_restart_priority or DEFAULT_RESTART_PRIORITY,
                 protected=config.enabled
                 and wanted_on(vm)
                 and bool(vm.datastore)

@@ -661,15 +661,15 @@ class HostManager:
             self._inventory.update_host(name, in_maintenance=int(info.in_maintenance_mode))
         here = self._inventory.vms(host=name)
         running = sum(vm.power_state == ON for vm in here)
-        if (info.vms, info.vms_powered_on) != (len(here), running):
+        if self._inaccessible.get(name) or name in self._unmounted:
+            await self._register_inaccessible(name)  # a reconcile of the host, too
+        elif (info.vms, info.vms_powered_on) != (len(here), running):
             # What runs there changed under vCenter (a VM killed for a lost lock, one
-            # HA restarted there): the host is the truth.
+            # HA restarted there, a stale copy left registered): the host is the truth.
             try:
                 await self._reconcile(name, self._links[name])
             except VimFault as fault:
                 log.warning("reconciling %s: %s", name, fault)
-        if self._inaccessible.get(name) or name in self._unmounted:
-            await self._register_inaccessible(name)
         if self._clock.now() - record.vpx_password_set >= VIM_PASSWORD_EXPIRATION:
             try:
                 await self.rotate_vpxuser(name)
@@ -749,6 +749,25 @@ def host_vm(vm: pb.Vm) -> hpb.HostVm:
         uuid=vm.uuid,
         cpus=vm.cpus,
         memory_mb=vm.memory_mb,
+        guest_os=vm.guest_os,
+        datastore=vm.datastore,
+        disks=vm.disks,
+        guest_write_iops=vm.guest_write_iops,
+        resources=vm.resources if vm.HasField("resources") else None,
+        nics=vm.nics,
+        pci_devices=vm.pci_devices,
+    )
+
+
+def inventory_vm(vm: hpb.HostVm, host: str) -> pb.Vm:
+    """The inventory's record of a VM found running on `host`: host_vm's inverse."""
+    return pb.Vm(
+        name=vm.name,
+        host=host,
+        cpus=vm.cpus,
+        memory_mb=vm.memory_mb,
+        power_state=ON if vm.powered_on else OFF,
+        uuid=vm.uuid,
         guest_os=vm.guest_os,
         datastore=vm.datastore,
         disks=vm.disks,

@@ -14,12 +14,9 @@ import argparse
 
 from vsim.cluster import output
 from vsim.cluster.cli.common import Command, Context, Subcommands, positive_int
+from vsim.ha_settings import ISOLATION_RESPONSES, RESTART_PRIORITIES
 from vsim.v1 import vcenter_pb2 as pb
 
-RESTART_PRIORITIES = ("disabled", "lowest", "low", "medium", "high", "highest")
-"""vsim.vcenter.ha.RESTART_PRIORITIES."""
-ISOLATION_RESPONSES = ("none", "power-off", "shutdown")
-"""vsim.vcenter.ha.ISOLATION_RESPONSES."""
 DEFAULT_HOST_FAILURES = 1
 """Admission control's "host failures cluster tolerates" when HA is turned on."""
 

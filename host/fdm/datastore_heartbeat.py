@@ -299,10 +299,6 @@ class HeartbeatReader:
             self._seen[(datastore, host)] = seen = (content, now)
         return seen is not None and now - seen[1] < NFS_STALE_AFTER_S
 
-    async def isolated(self, datastore: str, host: str) -> bool:
-        """Whether the host's poweron file on this datastore says it is isolated."""
-        return (await self.poweron(datastore, host))[0]
-
     async def poweron(self, datastore: str, host: str) -> tuple[bool, frozenset[str]]:
         """What the host's poweron file on this datastore says: whether it is
         isolated, and the VMs it runs (nothing known: not isolated, none)."""

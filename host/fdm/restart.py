@@ -51,19 +51,11 @@ from dataclasses import dataclass, field
 
 from vsim import validate
 from vsim.faults import InvalidArgument
+from vsim.ha_settings import DATASTORE_KINDS, RESTART_PRIORITIES
 
-DISABLED = "disabled"
-LOWEST = "lowest"
-LOW = "low"
-MEDIUM = "medium"
-HIGH = "high"
-HIGHEST = "highest"
-RESTART_PRIORITIES = (DISABLED, LOWEST, LOW, MEDIUM, HIGH, HIGHEST)
-"""vSphere's restart priorities (ClusterDasVmSettingsRestartPriority), lowest first."""
+DISABLED, LOWEST, LOW, MEDIUM, HIGH, HIGHEST = RESTART_PRIORITIES
 _RANK = {priority: rank for rank, priority in enumerate(RESTART_PRIORITIES)}
-VMFS = "vmfs"
-NFS = "nfs"
-DATASTORE_KINDS = (VMFS, NFS)
+VMFS, NFS = DATASTORE_KINDS
 
 _WAITING = "waiting"
 """For its next attempt's time, a slot, or a host that fits."""

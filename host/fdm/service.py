@@ -43,6 +43,7 @@ from vsim.faults import (
     NotFound,
     VimFault,
 )
+from vsim.ha_settings import DATASTORE_KINDS, ISOLATION_RESPONSES, RESTART_PRIORITIES
 from vsim.host.fdm import agent as fdm
 from vsim.host.fdm import restart
 from vsim.host.fdm.datastore_heartbeat import (
@@ -51,6 +52,7 @@ from vsim.host.fdm.datastore_heartbeat import (
     HeartbeatReader,
     check_paths,
 )
+from vsim.host.hostd.kernel_messages import vm_from_proto
 from vsim.runtime import Timeout
 from vsim.v1 import host_agent_pb2 as pb
 
@@ -58,7 +60,6 @@ log = logging.getLogger("vsim.host.fdm")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["HostFdm"]
 SECRET_BYTES = 32
-ISOLATION_RESPONSES = ("none", "power-off", "shutdown")
 GATEWAY = "gateway"
 """The isolation address when none is set: the management network's gateway."""
 CALL_TIMEOUT_S = 1.0
@@ -132,8 +133,8 @@ class Fdm:
         self._reports: dict[str, pb.FdmHeartbeat] = {}
         """Each agent's last heartbeat, as heard here."""
         self._heard: dict[str, float] = {}
-        self._failed_from: dict[str, str] = {}
-        """VM -> the dead host the master restarts it for."""
+        self._failing_over: set[str] = set()
+        """The VMs a failover of this master's is restarting (until run or given up)."""
         self._verdicts: dict[str, str] = {}
         self._reached: set[str] = set()
         self._reached_at = float("-inf")
@@ -289,7 +290,7 @@ class Fdm:
         lost: dict[str, set[str]] = {}
         for v in self._protected():
             name = v.vm.name
-            if name in running or name in self._failed_from or where.get(name) not in heard:
+            if name in running or name in self._failing_over or where.get(name) not in heard:
                 self._missing.pop(name, None)
                 continue
             since = self._missing.setdefault(name, now)
@@ -339,7 +340,7 @@ class Fdm:
             agent_id=self.agent_id,
             reached=sorted(self._reached),
             free_memory_mb=max(0, kernel.memory_free_mb),
-            free_cpu_mhz=kernel.spec.cpu_cores * kernel.spec.cpu_mhz,
+            free_cpu_mhz=kernel.cpu_unreserved_mhz,
             in_maintenance_mode=kernel.in_maintenance,
         )
 
@@ -509,7 +510,7 @@ class Fdm:
         else:
             self._restarts = None
             self._verdicts.clear()
-            self._failed_from.clear()
+            self._failing_over.clear()
         self._asked.clear()
         self._sync_watch()
         # An isolation (or its end) is in the poweron files at once.
@@ -548,9 +549,12 @@ class Fdm:
                 where[vm] = self.name
         return where
 
-    def _fail_over(self, host: str, names: set[str] | None = None) -> None:
+    def _fail_over(
+        self, host: str, names: set[str] | None = None, last_heard: float | None = None
+    ) -> None:
         """Restarts the protected VMs that ran on `host` (or those of `names`), but
-        those already being restarted."""
+        those already being restarted; `last_heard`: when the host was last heard
+        (its last report here, unless given)."""
         if self._restarts is None:
             return
         where = self._runs_on()
@@ -565,15 +569,16 @@ class Fdm:
             )
             for v in self._protected()
             if (where.get(v.vm.name) == host if names is None else v.vm.name in names)
-            and v.vm.name not in self._failed_from
+            and v.vm.name not in self._failing_over
         ]
-        last_heard = self._heard.get(host, self._now())
+        if last_heard is None:
+            last_heard = self._heard.get(host, self._now())
         try:
             actions = self._restarts.begin(self._now(), host, vms, last_heard)
         except InvalidArgument as e:  # its failover is under way: it restarts them
             log.info("%s: no new failover of %s: %s", self.name, host, e)
             return
-        self._failed_from.update((vm.name, host) for vm in vms)
+        self._failing_over.update(vm.name for vm in vms)
         self._restart_actions(actions)
 
     def _restart_actions(self, actions: list[restart.Action]) -> None:
@@ -595,7 +600,7 @@ class Fdm:
                     action.dead_host,
                 )
             elif isinstance(action, restart.GiveUp):
-                self._failed_from.pop(action.vm, None)
+                self._failing_over.discard(action.vm)
                 self._event(
                     "VmFailoverFailed",
                     f"vSphere HA stopped trying to restart {action.vm}: "
@@ -613,9 +618,7 @@ class Fdm:
         if config is None:  # vCenter no longer protects it (powered off, destroyed)
             self._tell(manager, "power_on_failed", action, "it is no longer protected")
             return
-        request = pb.FdmRestartVmRequest(
-            vm=config.vm, failed_host=self._failed_from.get(action.vm, ""), attempt=action.attempt
-        )
+        request = pb.FdmRestartVmRequest(vm=config.vm)
         try:
             if action.host == self.name:
                 await self.restart_here(request)
@@ -631,7 +634,7 @@ class Fdm:
             action.host,
             action.vm,
         )
-        self._failed_from.pop(action.vm, None)
+        self._failing_over.discard(action.vm)
         self._tell(manager, "power_on_succeeded", action)
 
     def _tell(self, manager: restart.RestartManager, what: str, action: restart.PowerOn, *why: str):
@@ -712,9 +715,7 @@ class Fdm:
             f"{', '.join(sorted(lost))})",
             host,
         )
-        self._heard[host] = last_heard
-        self._fail_over(host, lost)
-        self._heard[host] = self._now()
+        self._fail_over(host, lost, last_heard)
 
     @needs(PUBLIC)
     def Ping(self, r: pb.FdmPingRequest, _: None) -> pb.FdmAck:
@@ -729,8 +730,6 @@ class Fdm:
         """Registers the VM here if it is not, and powers it on once its disks can be
         opened: FileLocked while the failed host's locks are live, tried again every
         LOCK_POLL_S for LOCK_WAIT_S. A VM that cannot start is not left registered."""
-        from vsim.host.hostd.service import vm_from_proto  # hostd's module imports this one
-
         hostd, vm = self.hostd, vm_from_proto(r.vm)
         try:
             known = hostd.kernel.vm(vm.name)
@@ -785,12 +784,12 @@ def _check(config: pb.FdmConfig, here: str) -> None:
     validate.text(config.isolation_address, "isolation_address", 200)
     _check_heartbeat_datastores(config)
     for v in config.vms:
-        if v.restart_priority not in ("", *restart.RESTART_PRIORITIES):
+        if v.restart_priority not in ("", *RESTART_PRIORITIES):
             raise InvalidArgument(
                 f"{v.vm.name}'s restart priority is one of "
-                f"{', '.join(restart.RESTART_PRIORITIES)}, got {v.restart_priority[:40]!r}"
+                f"{', '.join(RESTART_PRIORITIES)}, got {v.restart_priority[:40]!r}"
             )
-        if v.datastore_kind not in ("", *restart.DATASTORE_KINDS):
+        if v.datastore_kind not in ("", *DATASTORE_KINDS):
             raise InvalidArgument(f"{v.vm.name}'s datastore kind is vmfs or nfs")
 
 

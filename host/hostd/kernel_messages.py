@@ -7,6 +7,8 @@ that validates itself); nothing here decides what is allowed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vsim.ethernet_frame import PHYSICAL_NICS
 from vsim.faults import NotFound
 from vsim.host.kernel.memory.memsched import VmMemoryStats
@@ -18,10 +20,12 @@ from vsim.host.kernel.net.vswitch import (
     Vnic,
 )
 from vsim.host.kernel.vmkernel import (
+    DiskConfig,
     HostKernel,
     NicConfig,
     PoolUsage,
     ResourcePoolInfo,
+    VmConfig,
 )
 from vsim.host.storage.disk_scheduler import DiskScheduler
 from vsim.network_messages import (
@@ -31,9 +35,19 @@ from vsim.network_messages import (
     security_to_proto,
 )
 from vsim.resource_allocation import Unit
-from vsim.resource_messages import pool_allocation_to_proto
+from vsim.resource_messages import (
+    pool_allocation_to_proto,
+    resources_from_proto,
+    resources_to_proto,
+)
 from vsim.security_policy import SecurityPolicy
+from vsim.v1 import common_pb2
+from vsim.v1 import host_agent_pb2 as pb
 from vsim.v1 import kernel_pb2 as kpb
+from vsim.vm_resources import VmResources
+
+if TYPE_CHECKING:
+    from vsim.host.vm.vmx import VmxProcess
 
 
 def nic_from_proto(message: kpb.VmNic) -> NicConfig:
@@ -241,4 +255,48 @@ def vm_stats_to_proto(
             vcpu_run_share=kernel.memory.speed(name),
         ),
         nics={nic.name: nic_stats(kernel.network.stats(name, nic.name)) for nic in vm.nics},
+    )
+
+
+def vm_to_proto(vm: VmConfig, vmx: VmxProcess | None = None) -> pb.HostVm:
+    return pb.HostVm(
+        name=vm.name,
+        uuid=vm.uuid,
+        cpus=vm.cpus,
+        memory_mb=vm.memory_mb,
+        powered_on=vm.powered_on,
+        guest_os=vm.guest_os,
+        datastore=vm.datastore,
+        disks=[
+            common_pb2.VirtualDisk(path=d.path, capacity_bytes=d.capacity_bytes, parent=d.parent)
+            for d in vm.disks
+        ],
+        guest_write_iops=vm.guest_write_iops,
+        guest_writes_acked=vmx.acked_seq if vmx else 0,
+        guest_write_retries=vmx.write_retries if vmx else 0,
+        disks_open=bool(vmx and vmx.disks),
+        resources=resources_to_proto(vm.resources),
+        nics=[nic_to_proto(n) for n in vm.nics],
+        pci_devices=list(vm.pci_devices),
+    )
+
+
+def vm_from_proto(vm: pb.HostVm) -> VmConfig:
+    guest_os = vm.guest_os or "otherGuest64"
+    return VmConfig(
+        vm.name,
+        vm.uuid,
+        vm.cpus,
+        vm.memory_mb,
+        guest_os,
+        datastore=vm.datastore,
+        disks=tuple(DiskConfig(d.path, d.capacity_bytes, d.parent) for d in vm.disks),
+        guest_write_iops=vm.guest_write_iops,
+        resources=(
+            resources_from_proto(vm.resources, guest_os)
+            if vm.HasField("resources")
+            else VmResources()
+        ),
+        nics=tuple(nic_from_proto(n) for n in vm.nics),
+        pci_devices=tuple(vm.pci_devices),
     )

@@ -36,10 +36,10 @@ from vsim.host.hostd.kernel_messages import (
     delivery_to_proto,
     host_stats_to_proto,
     network_to_proto,
-    nic_from_proto,
-    nic_to_proto,
     resource_pools_to_proto,
+    vm_from_proto,
     vm_stats_to_proto,
+    vm_to_proto,
 )
 from vsim.host.hostd.migration import Migrations, PeerConnector
 from vsim.host.kernel.vmkernel import DiskConfig, HostKernel, VmConfig
@@ -63,8 +63,6 @@ from vsim.lockout import ESXI_LOCKOUT, AccountLockout, LockoutPolicy
 from vsim.network_messages import frame_from_proto, security_changes, security_from_proto
 from vsim.resource_messages import (
     pool_allocations_from_proto,
-    resources_from_proto,
-    resources_to_proto,
 )
 from vsim.runtime import Runtime
 from vsim.security_policy import STANDARD_SWITCH_SECURITY
@@ -73,55 +71,10 @@ from vsim.storage_io_control import congestion_threshold_s
 from vsim.v1 import common_pb2
 from vsim.v1 import host_agent_pb2 as pb
 from vsim.v1 import kernel_pb2 as kpb
-from vsim.vm_resources import VmResources
 
 log = logging.getLogger(__name__)
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 SERVICE = pb.DESCRIPTOR.services_by_name["HostAgent"]
-
-
-def vm_to_proto(vm: VmConfig, vmx: VmxProcess | None = None) -> pb.HostVm:
-    return pb.HostVm(
-        name=vm.name,
-        uuid=vm.uuid,
-        cpus=vm.cpus,
-        memory_mb=vm.memory_mb,
-        powered_on=vm.powered_on,
-        guest_os=vm.guest_os,
-        datastore=vm.datastore,
-        disks=[
-            common_pb2.VirtualDisk(path=d.path, capacity_bytes=d.capacity_bytes, parent=d.parent)
-            for d in vm.disks
-        ],
-        guest_write_iops=vm.guest_write_iops,
-        guest_writes_acked=vmx.acked_seq if vmx else 0,
-        guest_write_retries=vmx.write_retries if vmx else 0,
-        disks_open=bool(vmx and vmx.disks),
-        resources=resources_to_proto(vm.resources),
-        nics=[nic_to_proto(n) for n in vm.nics],
-        pci_devices=list(vm.pci_devices),
-    )
-
-
-def vm_from_proto(vm: pb.HostVm) -> VmConfig:
-    guest_os = vm.guest_os or "otherGuest64"
-    return VmConfig(
-        vm.name,
-        vm.uuid,
-        vm.cpus,
-        vm.memory_mb,
-        guest_os,
-        datastore=vm.datastore,
-        disks=tuple(DiskConfig(d.path, d.capacity_bytes, d.parent) for d in vm.disks),
-        guest_write_iops=vm.guest_write_iops,
-        resources=(
-            resources_from_proto(vm.resources, guest_os)
-            if vm.HasField("resources")
-            else VmResources()
-        ),
-        nics=tuple(nic_from_proto(n) for n in vm.nics),
-        pci_devices=tuple(vm.pci_devices),
-    )
 
 
 def report_to_proto(report: GuestDiskReport, host: str) -> common_pb2.GuestDiskReport:

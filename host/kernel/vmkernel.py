@@ -244,6 +244,11 @@ class HostKernel:
     def memory_free_mb(self) -> int:
         return self.spec.memory_mb - self.memory_used_mb
 
+    @property
+    def cpu_unreserved_mhz(self) -> int:
+        """The CPU a new VM could still reserve here (the root pool's unreserved)."""
+        return self.pools.view(Unit.MHZ).unreserved()
+
     def vms(self) -> list[VmConfig]:
         return sorted(self._vms.values(), key=lambda vm: vm.name)
 

@@ -308,9 +308,9 @@ class VmfsVolume:
         return self.lost_access and not self.reclaimable
 
     def access_in_doubt(self) -> bool:
-        """Whether others may break this host's locks now: its last good heartbeat is
-        HB_TIMEOUT old (no I/O)."""
-        return self._heartbeat_too_old()
+        """Whether others may break this host's locks now: the volume is lost, or its
+        last good heartbeat is HB_TIMEOUT old (no I/O, nothing changed: a query)."""
+        return self.lost_access or self.clock.now() - self._last_heartbeat >= HB_TIMEOUT
 
     def _heartbeat_too_old(self) -> bool:
         """Whether the volume is lost: already, or now because this host's last good

@@ -14,10 +14,8 @@ import pytest
 from test_cli_faults import vsim  # noqa: F401 - the fixture: `vsim ...` in this process
 
 from vsim.cluster import cli, output
-from vsim.cluster.cli import ha as cli_ha
 from vsim.v1 import common_pb2
 from vsim.v1 import kernel_pb2 as kpb
-from vsim.vcenter import ha as vcenter_ha
 
 OK = common_pb2.TASK_STATE_SUCCESS
 ELECTION_S = 20
@@ -207,8 +205,3 @@ async def test_admission_control_refuses_a_power_on_from_the_cli(vsim):  # noqa:
     assert section(out, "FAILOVER_CAPACITY CURRENT REQUIRED")["memory"] == [
         "70.7", "%", "50.0", "%"
     ]  # fmt: skip
-
-
-def test_the_choices_the_parser_offers_are_vcenters():
-    assert cli_ha.RESTART_PRIORITIES == vcenter_ha.RESTART_PRIORITIES
-    assert cli_ha.ISOLATION_RESPONSES == vcenter_ha.ISOLATION_RESPONSES

@@ -467,4 +467,5 @@ def test_the_core_is_sans_io():
         "math",
         "vsim",
         "vsim.faults",
+        "vsim.ha_settings",
     }
